@@ -1,0 +1,28 @@
+# make test : install what is missing, then run the whole test suite
+# make demo : install what is missing, then run an example job on a dev cluster
+PYTHON ?= python3
+VENV := .venv
+VENV_PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.uds-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg setup.py pyproject.toml csrc/wire.h csrc/build_wire.py scripts/install-system-deps.sh
+	scripts/install-system-deps.sh $(PYTHON)
+	test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
+	$(VENV_PYTHON) -m pip install -q --upgrade pip
+	$(VENV_PYTHON) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+test: setup
+	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(VENV_PYTHON) bench/wire_codec.py
+	$(VENV_PYTHON) bench/fuzz_wire.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info wire/_wire_cffi.*

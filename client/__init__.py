@@ -1,0 +1,1 @@
+"""uds client library (filled in by the phase-1 work)."""

@@ -1,0 +1,429 @@
+/*
+ * uds wire protocol: the one definition of every fixed message header.
+ *
+ * Rules:
+ *  - All integers are little-endian and every struct is packed: no padding.
+ *  - Every message is one ZeroMQ multipart message. Frame 0 is the packed
+ *    struct of its type, which begins with `struct generic_message header`.
+ *    `header.header_length` is sizeof() of that whole struct.
+ *  - Frame 1, for types that have a body, is a msgpack map; later frames are
+ *    raw bytes (file data). Each struct's comment says which follow.
+ *  - 128-bit ids (node, job, file) travel as two uint64 halves: `upper` is the
+ *    first 8 bytes of the id read big-endian, `lower` the last 8.
+ *  - Request/reply types carry a `request_id` chosen by the requester and
+ *    echoed in the reply, so several requests can be in flight on one socket.
+ *
+ * This file is compiled into the cffi module wire._wire_cffi and is checked
+ * against gcc's own layout by tests/test_c_layout.py. Between the CDEF
+ * markers only plain declarations may appear: the build feeds that part to
+ * cffi's parser.
+ */
+#ifndef UDS_WIRE_H
+#define UDS_WIRE_H
+
+#include <stdint.h>
+
+#define UDS_PACKED __attribute__((packed))
+
+/* CDEF BEGIN */
+
+enum message_type {
+    MSG_WORKER_REQUEST = 1,
+    MSG_WORKER_STATUS = 2,
+    MSG_FILE_REQUEST = 3,
+    MSG_FILE_RESPONSE = 4,
+    MSG_ERROR = 5,
+    MSG_HELLO = 6,
+    MSG_HELLO_REPLY = 7,
+    MSG_HEARTBEAT = 8,
+    MSG_JOB_SUBMIT = 9,
+    MSG_JOB_SUBMIT_REPLY = 10,
+    MSG_JOB_STATUS = 11,
+    MSG_JOB_STATUS_REPLY = 12,
+    MSG_JOB_CANCEL = 13,
+    MSG_CHUNK_DISPATCH = 14,
+    MSG_CHUNK_CANCEL = 15,
+    MSG_CHUNK_EVENTS = 16,
+    MSG_CHUNK_EVENTS_ACK = 17,
+    MSG_FILE_PUT_BEGIN = 18,
+    MSG_FILE_PUT_DATA = 19,
+    MSG_FILE_PUT_END = 20,
+    MSG_FILE_PUT_REPLY = 21,
+    MSG_FILE_STAT = 22,
+    MSG_FILE_STAT_REPLY = 23,
+    MSG_FILE_READ = 24,
+    MSG_FILE_READ_REPLY = 25,
+    MSG_NODES_QUERY = 26,
+    MSG_NODES_REPLY = 27,
+    MSG_EVENTS_QUERY = 28,
+    MSG_EVENTS_REPLY = 29,
+    MSG_STATS_QUERY = 30,
+    MSG_STATS_REPLY = 31,
+    MSG_STATUS_ACK = 32,
+    MSG_NODE_REPORT = 33
+};
+
+/* Roles, in hello.role and nodes_reply. */
+enum node_role {
+    ROLE_CLIENT = 1,
+    ROLE_MASTER = 2,
+    ROLE_LOADBALANCER = 3,
+    ROLE_STORAGE = 4,
+    ROLE_WORKER = 5
+};
+
+/* State of one chunk attempt, in worker_status.state and chunk events. */
+enum chunk_state {
+    CHUNK_STARTED = 1,
+    CHUNK_SUCCEEDED = 2,
+    CHUNK_FAILED = 3,
+    CHUNK_CANCELLED = 4,
+    CHUNK_TIMED_OUT = 5,
+    CHUNK_LOST = 6,
+    CHUNK_REJECTED = 7
+};
+
+/* State of a job, in job_status_reply.state. */
+enum job_state {
+    JOB_QUEUED = 1,
+    JOB_RUNNING = 2,
+    JOB_SUCCEEDED = 3,
+    JOB_FAILED = 4,
+    JOB_CANCELLED = 5
+};
+
+/* error.error_code */
+enum error_code {
+    ERR_MALFORMED = 1,       /* the request did not decode */
+    ERR_UNEXPECTED = 2,      /* a valid message this node does not accept */
+    ERR_INVALID = 3,         /* decoded, but its content breaks a rule */
+    ERR_UNKNOWN_FILE = 4,
+    ERR_UNKNOWN_JOB = 5,
+    ERR_HASH_MISMATCH = 6,   /* uploaded bytes do not hash to the claimed id */
+    ERR_RANGE = 7,           /* offset/length outside the file */
+    ERR_TOO_LARGE = 8,
+    ERR_NOT_LEADER = 9,
+    ERR_BUSY = 10,
+    ERR_INTERNAL = 11
+};
+
+/* file_put_reply.status */
+enum put_status {
+    PUT_STORED = 1,          /* the blob is now durable on this node */
+    PUT_PRESENT = 2,         /* the node already had it: nothing to send */
+    PUT_SEND_DATA = 3        /* go ahead with file_put_data frames */
+};
+
+/* Common prefix of every message's frame 0. 25 bytes. */
+struct generic_message {
+    uint8_t message_type;
+    uint64_t node_uuid_upper;    /* sender's node id */
+    uint64_t node_uuid_lower;
+    uint64_t header_length;      /* sizeof the whole struct of this type */
+} UDS_PACKED;
+
+/* load balancer -> worker: run chunks of one job.
+ * Body: epoch, program [id, size], args, inputs {name: [id, size]},
+ * chunk_count, timeout_s, assignments [{chunk, attempt, inputs}].
+ * program_length is the program blob's size; num_input_files counts the
+ * job-wide inputs. */
+struct worker_request {
+    struct generic_message header;
+    uint64_t job_uuid_upper;
+    uint64_t job_uuid_lower;
+    uint64_t program_length;
+    uint32_t num_input_files;
+} UDS_PACKED;
+
+/* worker -> load balancer: one chunk attempt changed state (enum chunk_state).
+ * Body: epoch, chunk, attempt, exit_code, outputs, stdout, stderr, error,
+ * elapsed_s, bytes_from_cache, bytes_from_storage. */
+struct worker_status {
+    struct generic_message header;
+    uint64_t job_uuid_upper;
+    uint64_t job_uuid_lower;
+    uint8_t state;
+} UDS_PACKED;
+
+/* anyone -> storage: send me this whole file. No body. Answered by
+ * file_response, or by error (ERR_UNKNOWN_FILE, ERR_TOO_LARGE: use
+ * file_read for files larger than one data frame). */
+struct file_request {
+    struct generic_message header;
+    uint64_t file_uuid_upper;
+    uint64_t file_uuid_lower;
+} UDS_PACKED;
+
+/* storage -> requester: a whole file. Frame 1 is the raw content. */
+struct file_response {
+    struct generic_message header;
+    uint64_t file_uuid_upper;
+    uint64_t file_uuid_lower;
+    uint64_t file_length;
+} UDS_PACKED;
+
+/* any -> any: a request failed. Body: reason (text for a person). */
+struct error {
+    struct generic_message header;
+    uint64_t request_id;         /* of the failed request; 0 if it had none */
+    uint16_t error_code;         /* enum error_code */
+    uint8_t failed_type;         /* message_type of the failed request, 0 if unknown */
+} UDS_PACKED;
+
+/* worker/load balancer/client -> master or load balancer: I am here.
+ * Body: host, address (where the sender serves, "" if nowhere), version. */
+struct hello {
+    struct generic_message header;
+    uint64_t request_id;
+    uint8_t role;                /* enum node_role */
+    uint32_t slots;              /* chunks it can run at once (workers) */
+    uint64_t cache_bytes;        /* cache capacity (workers) */
+    uint64_t start_time_ms;      /* unix time the process started */
+} UDS_PACKED;
+
+/* master/load balancer -> sender of hello: welcome. No body. */
+struct hello_reply {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t epoch;              /* load-balancer epoch the receiver must use */
+    uint32_t heartbeat_interval_ms;
+    uint32_t lease_ms;           /* silence after which the sender is lost */
+} UDS_PACKED;
+
+/* worker -> load balancer, load balancer -> master: still alive.
+ * Body: running [[job, chunk, attempt]], cache_added [[id, size]],
+ * cache_removed [id]. */
+struct heartbeat {
+    struct generic_message header;
+    uint64_t epoch;
+    uint32_t free_slots;
+    uint32_t running_count;
+} UDS_PACKED;
+
+/* client -> master: run this job (idempotent by job id).
+ * Body: program [id, size], args, inputs {name: [id, size]},
+ * chunk_inputs [{name: [id, size]}] (empty or one per chunk), timeout_s,
+ * max_retries, name. */
+struct job_submit {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t job_uuid_upper;
+    uint64_t job_uuid_lower;
+    uint32_t chunk_count;
+} UDS_PACKED;
+
+/* master -> client: the job is committed. created = 0 if it already was. */
+struct job_submit_reply {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t job_uuid_upper;
+    uint64_t job_uuid_lower;
+    uint8_t created;
+} UDS_PACKED;
+
+/* client -> master: how is this job? No body. */
+struct job_status {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t job_uuid_upper;
+    uint64_t job_uuid_lower;
+} UDS_PACKED;
+
+/* master -> client: answer to job_status and job_cancel.
+ * Body: name, submitted_at, finished_at, chunks [{chunk, state, attempt,
+ * exit_code, outputs, stdout, stderr, error, worker, elapsed_s,
+ * bytes_from_cache, bytes_from_storage}]. */
+struct job_status_reply {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t job_uuid_upper;
+    uint64_t job_uuid_lower;
+    uint8_t state;               /* enum job_state */
+    uint32_t chunk_count;
+    uint32_t chunks_succeeded;
+    uint32_t chunks_failed;
+} UDS_PACKED;
+
+/* client -> master: cancel this job. No body. Answered by job_status_reply. */
+struct job_cancel {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t job_uuid_upper;
+    uint64_t job_uuid_lower;
+} UDS_PACKED;
+
+/* master -> active load balancer: run these chunk attempts.
+ * Body: jobs [{job, program, args, inputs, chunk_count, timeout_s}],
+ * attempts [{job, chunk, attempt, inputs}]. */
+struct chunk_dispatch {
+    struct generic_message header;
+    uint64_t epoch;
+    uint32_t attempt_count;
+} UDS_PACKED;
+
+/* master -> load balancer, load balancer -> worker: stop these attempts.
+ * Body: attempts [[chunk, attempt]]; empty means every chunk of the job. */
+struct chunk_cancel {
+    struct generic_message header;
+    uint64_t epoch;
+    uint64_t job_uuid_upper;
+    uint64_t job_uuid_lower;
+} UDS_PACKED;
+
+/* load balancer -> master: a batch of chunk-attempt events.
+ * Body: events [{job, chunk, attempt, state, worker, exit_code, outputs,
+ * stdout, stderr, error, elapsed_s, bytes_from_cache, bytes_from_storage}].
+ * Resent until acknowledged; the master applies each event at most once. */
+struct chunk_events {
+    struct generic_message header;
+    uint64_t epoch;
+    uint64_t batch_id;
+    uint32_t event_count;
+} UDS_PACKED;
+
+/* master -> load balancer: the batch is committed. No body. */
+struct chunk_events_ack {
+    struct generic_message header;
+    uint64_t epoch;
+    uint64_t batch_id;
+} UDS_PACKED;
+
+/* uploader -> storage: I want to store this file. No body. Answered by
+ * file_put_reply PUT_PRESENT (done) or PUT_SEND_DATA. */
+struct file_put_begin {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t file_uuid_upper;
+    uint64_t file_uuid_lower;
+    uint64_t file_length;
+} UDS_PACKED;
+
+/* uploader -> storage: a piece of the file at offset. Frame 1: raw bytes.
+ * Pieces arrive in order on one connection. Not answered. */
+struct file_put_data {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t file_uuid_upper;
+    uint64_t file_uuid_lower;
+    uint64_t offset;
+} UDS_PACKED;
+
+/* uploader -> storage: that was all of it. Answered by file_put_reply
+ * PUT_STORED or error (ERR_HASH_MISMATCH, ERR_RANGE). */
+struct file_put_end {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t file_uuid_upper;
+    uint64_t file_uuid_lower;
+} UDS_PACKED;
+
+/* storage -> uploader. No body. */
+struct file_put_reply {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t file_uuid_upper;
+    uint64_t file_uuid_lower;
+    uint8_t status;              /* enum put_status */
+} UDS_PACKED;
+
+/* anyone -> storage: do you have this file, how long is it? No body. */
+struct file_stat {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t file_uuid_upper;
+    uint64_t file_uuid_lower;
+} UDS_PACKED;
+
+/* storage -> requester. No body. */
+struct file_stat_reply {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t file_uuid_upper;
+    uint64_t file_uuid_lower;
+    uint64_t file_length;
+    uint8_t present;
+} UDS_PACKED;
+
+/* anyone -> storage: send length bytes from offset. No body. */
+struct file_read {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t file_uuid_upper;
+    uint64_t file_uuid_lower;
+    uint64_t offset;
+    uint64_t length;
+} UDS_PACKED;
+
+/* storage -> requester: the range. Frame 1: raw bytes, exactly length. */
+struct file_read_reply {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t file_uuid_upper;
+    uint64_t file_uuid_lower;
+    uint64_t offset;
+    uint64_t length;
+} UDS_PACKED;
+
+/* client -> master or load balancer: which nodes do you know? No body. */
+struct nodes_query {
+    struct generic_message header;
+    uint64_t request_id;
+} UDS_PACKED;
+
+/* Body: nodes [{node, role, host, address, slots, free_slots, running,
+ * cache_bytes, started_at, last_seen_s, state}]. */
+struct nodes_reply {
+    struct generic_message header;
+    uint64_t request_id;
+} UDS_PACKED;
+
+/* client -> master: events with sequence number > after_seq. No body. */
+struct events_query {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t after_seq;
+    uint32_t limit;
+} UDS_PACKED;
+
+/* Body: events [{seq, at, kind, job, chunk, attempt, node, detail}]. */
+struct events_reply {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t last_seq;           /* newest sequence number the master has */
+} UDS_PACKED;
+
+/* anyone -> any daemon: your counters, please. No body. */
+struct stats_query {
+    struct generic_message header;
+    uint64_t request_id;
+} UDS_PACKED;
+
+/* Body: role, counters {name: int}. */
+struct stats_reply {
+    struct generic_message header;
+    uint64_t request_id;
+} UDS_PACKED;
+
+/* load balancer -> worker: the masters have committed this final status;
+ * stop resending it. No body. */
+struct status_ack {
+    struct generic_message header;
+    uint64_t epoch;
+    uint64_t job_uuid_upper;
+    uint64_t job_uuid_lower;
+    uint32_t chunk;
+    uint32_t attempt;
+    uint8_t state;
+} UDS_PACKED;
+
+/* load balancer -> master: the workers it knows, every heartbeat period.
+ * Body: nodes [{node, role, host, address, slots, free_slots, running,
+ * cache_bytes, started_at, last_seen_s, state}]. */
+struct node_report {
+    struct generic_message header;
+    uint64_t epoch;
+} UDS_PACKED;
+
+/* CDEF END */
+
+#endif /* UDS_WIRE_H */

@@ -1,0 +1,165 @@
+"""Start real uds daemons as subprocesses on 127.0.0.1, and always clean up.
+
+    layout = ClusterLayout.create(tmp_path)          # keys + cluster.toml, free ports
+    storage = layout.start("storage")                # python -m storage ..., waits for ready
+    storage.kill9(); storage = layout.start("storage")
+
+Every process started here is killed at the end of the test by the
+`daemons` fixture in conftest.py, and FUSE mounts under the test's folder
+are lazily unmounted, even when the test fails.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from wire import cluster as cluster_file
+from wire.daemon import ready_pid
+from wire.keys import KeyFolder
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+READY_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Daemon:
+    role: str
+    args: list[str]
+    data: pathlib.Path
+    log_path: pathlib.Path
+    process: subprocess.Popen
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> "Daemon":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ready_pid(self.data) == self.process.pid:
+                return self
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.role} exited with {self.process.returncode}:\n{self.log()}")
+            time.sleep(0.02)
+        raise TimeoutError(f"{self.role} not ready after {timeout}s:\n{self.log()}")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill9(self) -> None:
+        if self.alive():
+            os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL if it does not exit in time; the exit code."""
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        return self.process.returncode
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-20000:]
+        except OSError:
+            return "(no log)"
+
+
+@dataclass
+class ClusterLayout:
+    """A cluster file with fresh keys and free ports under `root`."""
+
+    root: pathlib.Path
+    path: pathlib.Path
+    started: list[Daemon] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, root: pathlib.Path, lease_s: float = 2.0, heartbeat_interval_s: float = 0.25,
+               slots: int = 2, cache_bytes: int = 1 << 30) -> "ClusterLayout":
+        root.mkdir(parents=True, exist_ok=True)
+        KeyFolder.create(root / "keys")
+        text = cluster_file.render(
+            keys="keys",
+            masters=[{"address": f"tcp://127.0.0.1:{free_port()}", "raft": f"127.0.0.1:{free_port()}",
+                      "data": "data/master-0"}],
+            loadbalancers=[{"address": f"tcp://127.0.0.1:{free_port()}", "data": "data/loadbalancer-0"}],
+            storage=[{"address": f"tcp://127.0.0.1:{free_port()}", "data": "data/storage-0"}],
+            workers={"data": "data/workers", "slots": slots, "cache_bytes": cache_bytes,
+                     "heartbeat_interval_s": heartbeat_interval_s, "lease_s": lease_s},
+        )
+        path = root / "cluster.toml"
+        path.write_text(text)
+        return cls(root=root, path=path)
+
+    @property
+    def cluster(self) -> cluster_file.Cluster:
+        return cluster_file.load(self.path)
+
+    def data_of(self, role: str, name: str | None) -> pathlib.Path:
+        loaded = self.cluster
+        if role == "worker":
+            return loaded.worker_data(name or "w0")
+        entries = {"master": loaded.masters, "loadbalancer": loaded.loadbalancers,
+                   "storage": loaded.storage}[role]
+        return entries[0].data
+
+    def start(self, role: str, *extra: str, name: str | None = None, wait: bool = True) -> Daemon:
+        args = [sys.executable, "-m", role, "--cluster", str(self.path)]
+        if role == "worker":
+            args += ["--name", name or "w0"]
+        args += list(extra)
+        data = self.data_of(role, name)
+        data.mkdir(parents=True, exist_ok=True)
+        log_path = self.root / f"{role}-{name or 0}.log"
+        log = open(log_path, "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root,
+                                   start_new_session=True)
+        log.close()
+        daemon = Daemon(role=role, args=args, data=data, log_path=log_path, process=process)
+        self.started.append(daemon)
+        return daemon.wait_ready() if wait else daemon
+
+    def cleanup(self) -> None:
+        for daemon in self.started:
+            if daemon.alive():
+                try:
+                    os.killpg(daemon.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                daemon.process.wait(timeout=10)
+        unmount_under(self.root)
+
+
+def unmount_under(root: pathlib.Path) -> None:
+    """Lazily unmount every FUSE mount below `root` (a crashed worker leaves one)."""
+    try:
+        mounts = pathlib.Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return
+    prefix = str(root.resolve())
+    for line in mounts:
+        parts = line.split()
+        if len(parts) > 2 and parts[1].startswith(prefix) and parts[2].startswith("fuse"):
+            for command in (["fusermount", "-u", "-z", parts[1]], ["fusermount3", "-u", "-z", parts[1]],
+                            ["umount", "-l", parts[1]]):
+                try:
+                    if subprocess.run(command, capture_output=True, timeout=10).returncode == 0:
+                        break
+                except (OSError, subprocess.TimeoutExpired):
+                    continue

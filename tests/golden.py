@@ -1,0 +1,115 @@
+"""One fixed example of every message type, and the golden byte vectors.
+
+The vectors in tests/golden/wire_vectors.json pin the wire format: another
+implementation (a C client, say) can be checked against them, and a change
+to the format shows up as a failing test. Regenerate them deliberately with
+`python tests/golden.py --write` when the format is meant to change.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import wire
+from wire import ChunkState, ErrorCode, JobState, NodeRole, PutStatus
+
+VECTORS_PATH = pathlib.Path(__file__).resolve().parent / "golden" / "wire_vectors.json"
+
+NODE = bytes.fromhex("00112233445566778899aabbccddeeff")
+JOB = bytes.fromhex("0123456789abcdef0123456789abcdef")
+FILE = bytes.fromhex("a1b2c3d4e5f60718293a4b5c6d7e8f90")
+PROGRAM = bytes.fromhex("feedfacecafebeef0011223344556677")
+OUTPUT = bytes.fromhex("77665544332211000011223344556677")
+LOG = bytes.fromhex("10101010202020203030303040404040")
+RESULT = dict(exit_code=0, outputs={"counts.txt": [OUTPUT, 1234]}, stdout=[LOG, 10],
+              stderr=None, error="", elapsed_s=0.25, bytes_from_cache=4096,
+              bytes_from_storage=65536)
+
+
+def samples() -> list[wire.Message]:
+    """One message of every type, in message_type order."""
+    m = wire
+    return [
+        m.WorkerRequest.make(
+            NODE, job=JOB, program_length=512, num_input_files=1, epoch=3,
+            program=[PROGRAM, 512], args=["--top", "10"], inputs={"data.txt": [FILE, 70000]},
+            chunk_count=2, timeout_s=60.0,
+            assignments=[{"chunk": 0, "attempt": 1, "inputs": {}},
+                         {"chunk": 1, "attempt": 1, "inputs": {"extra.txt": [FILE, 70000]}}]),
+        m.WorkerStatus.make(NODE, job=JOB, state=int(ChunkState.SUCCEEDED), epoch=3, chunk=1,
+                            attempt=1, **RESULT),
+        m.FileRequest.make(NODE, file=FILE),
+        m.FileResponse.make(NODE, file=FILE, file_length=5, data=b"hello"),
+        m.Error.make(NODE, request_id=7, error_code=int(ErrorCode.UNKNOWN_FILE),
+                     failed_type=int(m.MessageType.FILE_READ), reason="no such file"),
+        m.Hello.make(NODE, request_id=1, role=int(NodeRole.WORKER), slots=4,
+                     cache_bytes=1 << 30, start_time_ms=1_795_000_000_000,
+                     host="node-1", address="tcp://127.0.0.1:5601", version=1),
+        m.HelloReply.make(NODE, request_id=1, epoch=3, heartbeat_interval_ms=500, lease_ms=3000),
+        m.Heartbeat.make(NODE, epoch=3, free_slots=3, running_count=1,
+                         running=[[JOB, 1, 1]], cache_added=[[FILE, 70000]], cache_removed=[]),
+        m.JobSubmit.make(NODE, request_id=2, job=JOB, chunk_count=2, program=[PROGRAM, 512],
+                         args=["--top", "10"], inputs={"data.txt": [FILE, 70000]},
+                         chunk_inputs=[], timeout_s=60.0, max_retries=2, name="count"),
+        m.JobSubmitReply.make(NODE, request_id=2, job=JOB, created=1),
+        m.JobStatus.make(NODE, request_id=3, job=JOB),
+        m.JobStatusReply.make(
+            NODE, request_id=3, job=JOB, state=int(JobState.RUNNING), chunk_count=2,
+            chunks_succeeded=1, chunks_failed=0, name="count", submitted_at=1_795_000_000.5,
+            finished_at=None, error="",
+            chunks=[{"chunk": 0, "state": "succeeded", "attempt": 1, "worker": NODE, **RESULT}]),
+        m.JobCancel.make(NODE, request_id=4, job=JOB),
+        m.ChunkDispatch.make(
+            NODE, epoch=3, attempt_count=1,
+            jobs=[{"job": JOB, "program": [PROGRAM, 512], "args": [], "inputs": {},
+                   "chunk_count": 2, "timeout_s": 60.0}],
+            attempts=[{"job": JOB, "chunk": 0, "attempt": 1, "inputs": {}}]),
+        m.ChunkCancel.make(NODE, epoch=3, job=JOB, attempts=[[0, 1]]),
+        m.ChunkEvents.make(NODE, epoch=3, batch_id=9, event_count=1, events=[
+            {"job": JOB, "chunk": 0, "attempt": 1, "state": int(ChunkState.SUCCEEDED),
+             "worker": NODE, **RESULT}]),
+        m.ChunkEventsAck.make(NODE, epoch=3, batch_id=9),
+        m.FilePutBegin.make(NODE, request_id=5, file=FILE, file_length=11),
+        m.FilePutData.make(NODE, request_id=5, file=FILE, offset=0, data=b"hello world"),
+        m.FilePutEnd.make(NODE, request_id=5, file=FILE),
+        m.FilePutReply.make(NODE, request_id=5, file=FILE, status=int(PutStatus.STORED)),
+        m.FileStat.make(NODE, request_id=6, file=FILE),
+        m.FileStatReply.make(NODE, request_id=6, file=FILE, file_length=11, present=1),
+        m.FileRead.make(NODE, request_id=7, file=FILE, offset=6, length=5),
+        m.FileReadReply.make(NODE, request_id=7, file=FILE, offset=6, length=5, data=b"world"),
+        m.NodesQuery.make(NODE, request_id=8),
+        m.NodesReply.make(NODE, request_id=8, nodes=[{
+            "node": NODE, "role": int(NodeRole.WORKER), "host": "node-1",
+            "address": "", "slots": 4, "free_slots": 3, "running": 1, "cache_bytes": 1 << 30,
+            "started_at": 1_795_000_000.0, "last_seen_s": 0.5, "state": "alive"}]),
+        m.EventsQuery.make(NODE, request_id=9, after_seq=0, limit=100),
+        m.EventsReply.make(NODE, request_id=9, last_seq=1, events=[{
+            "seq": 1, "at": 1_795_000_000.0, "kind": "job_submitted", "job": JOB, "chunk": None,
+            "attempt": None, "node": None, "detail": "count, 2 chunks"}]),
+        m.StatsQuery.make(NODE, request_id=10),
+        m.StatsReply.make(NODE, request_id=10, role=int(NodeRole.STORAGE),
+                          counters={"bytes_served": 4096, "reads": 1}),
+        m.StatusAck.make(NODE, epoch=3, job=JOB, chunk=1, attempt=1, state=int(ChunkState.SUCCEEDED)),
+        m.NodeReport.make(NODE, epoch=3, nodes=[{
+            "node": NODE, "role": int(NodeRole.WORKER), "host": "node-1",
+            "address": "", "slots": 4, "free_slots": 3, "running": 1, "cache_bytes": 1 << 30,
+            "started_at": 1_795_000_000.0, "last_seen_s": 0.5, "state": "alive"}]),
+    ]
+
+
+def vectors() -> dict[str, list[str]]:
+    return {type(sample).SPEC.name: [bytes(frame).hex() for frame in wire.encode(sample)]
+            for sample in samples()}
+
+
+def load_vectors() -> dict[str, list[str]]:
+    return json.loads(VECTORS_PATH.read_text())
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        sys.exit("usage: python tests/golden.py --write   (rewrites the golden vectors)")
+    VECTORS_PATH.parent.mkdir(exist_ok=True)
+    VECTORS_PATH.write_text(json.dumps(vectors(), indent=1) + "\n")
+    print(f"wrote {len(vectors())} vectors to {VECTORS_PATH}")

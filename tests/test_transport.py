@@ -1,0 +1,353 @@
+"""Transport against real CURVE sockets on 127.0.0.1.
+
+Hostile clients are built from raw pyzmq sockets on a separate context: they
+play someone who does not use our code.
+"""
+
+import threading
+import time
+
+import pytest
+import zmq
+
+from wire.keys import KeyFolder
+from wire.limits import (
+    LINGER_MS,
+    MAX_FRAME_BYTES,
+    MAX_FRAMES_PER_MESSAGE,
+    MAX_MESSAGE_BYTES,
+    RECEIVE_HIGH_WATER_MARK,
+    SEND_HIGH_WATER_MARK,
+)
+from wire.transport import (
+    MAX_WIRE_FRAME_BYTES,
+    Counters,
+    Received,
+    Transport,
+    TransportError,
+    recv_message,
+    send_message,
+)
+
+DEADLINE_S = 5.0
+NOTHING_WITHIN_S = 0.3
+POLL_MS = 20
+
+
+def wait_until(predicate, timeout=DEADLINE_S):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s")
+        time.sleep(0.01)
+
+
+def request(sock, frames, timeout=DEADLINE_S):
+    """Send frames on a DEALER; return the reply frames or None on timeout."""
+    sock.send_multipart(frames)
+    if not sock.poll(timeout * 1000):
+        return None
+    return sock.recv_multipart()
+
+
+class EchoServer(threading.Thread):
+    """A ROUTER server that replies [b"echo", *frames] and records requests."""
+
+    def __init__(self, transport):
+        super().__init__(name="echo-server", daemon=True)
+        self.transport = transport
+        self.endpoint = None
+        self.received: list[Received] = []
+        self.error = None
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+
+    def start_and_wait(self):
+        self.start()
+        assert self._ready.wait(DEADLINE_S), "server did not start"
+        if self.error:
+            raise self.error
+        return self
+
+    def run(self):
+        sock = None
+        try:
+            sock = self.transport.server_socket(zmq.ROUTER, "tcp://127.0.0.1:*")
+            self.endpoint = sock.last_endpoint.decode()
+            self._ready.set()
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            while not self._stopping.is_set():
+                if not poller.poll(POLL_MS):
+                    continue
+                while (message := recv_message(sock, self.transport)) is not None:
+                    self.received.append(message)
+                    send_message(
+                        sock, [b"echo", *message.frames], peer=message.peer,
+                        counters=self.transport,
+                    )
+        except BaseException as e:  # surfaced by stop()
+            self.error = e
+            self._ready.set()
+        finally:
+            if sock is not None:
+                sock.close()
+
+    def stop(self):
+        self._stopping.set()
+        self.join(DEADLINE_S)
+        assert not self.is_alive(), "server thread did not stop"
+        if self.error:
+            raise self.error
+
+
+@pytest.fixture
+def keys(tmp_path):
+    return KeyFolder.create(tmp_path / "keys")
+
+
+@pytest.fixture
+def transport(keys):
+    transport = Transport(keys)
+    try:
+        yield transport
+    finally:
+        transport.close()
+
+
+@pytest.fixture
+def server(transport):
+    server = EchoServer(transport)
+    try:
+        yield server.start_and_wait()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def rogue_context():
+    """Context for sockets that bypass Transport.
+
+    Default linger 0: a rogue socket garbage-collected with an undeliverable
+    message would otherwise close with infinite linger and hang term().
+    """
+    context = zmq.Context()
+    context.setsockopt(zmq.LINGER, 0)
+    try:
+        yield context
+    finally:
+        context.destroy(linger=0)
+
+
+def test_admitted_client_gets_a_reply(transport, server, keys):
+    client = transport.client_socket(zmq.DEALER, server.endpoint)
+    assert request(client, [b"hello", b"world"]) == [b"echo", b"hello", b"world"]
+    wait_until(lambda: transport.counters["handshakes_succeeded"] >= 1)
+    (message,) = server.received
+    assert message.frames == [b"hello", b"world"]
+    assert all(isinstance(f, memoryview) for f in message.frames)
+    assert message.peer
+    # pyzmq's authenticator: User-Id is the z85 client public key as text.
+    assert message.user_id == keys.client_keypair()[0].decode("ascii")
+
+
+def test_large_frames_round_trip(transport, server):
+    client = transport.client_socket(zmq.DEALER, server.endpoint)
+    payload = bytes(range(256)) * 1024  # 256 KiB: sent zero-copy
+    assert send_message(client, [b"big", memoryview(payload)]) is True
+    assert client.poll(DEADLINE_S * 1000)
+    assert client.recv_multipart() == [b"echo", b"big", payload]
+
+
+def _other_cluster_client(rogue_context, endpoint, keys, tmp_path):
+    # Keys from another cluster's folder: their own server key pinned, so
+    # our server cannot even open the HELLO box.
+    other = KeyFolder.create(tmp_path / "other-cluster")
+    sock = rogue_context.socket(zmq.DEALER)
+    sock.curve_publickey, sock.curve_secretkey = other.client_keypair()
+    sock.curve_serverkey = other.server_public_key()
+    sock.connect(endpoint)
+    return sock
+
+
+def _null_client(rogue_context, endpoint, keys, tmp_path):
+    sock = rogue_context.socket(zmq.DEALER)
+    sock.connect(endpoint)
+    return sock
+
+
+def _fresh_key_client(rogue_context, endpoint, keys, tmp_path):
+    sock = rogue_context.socket(zmq.DEALER)
+    sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+    sock.curve_serverkey = keys.server_public_key()
+    sock.connect(endpoint)
+    return sock
+
+
+@pytest.mark.parametrize(
+    "make_client, detail_counter",
+    [
+        (_other_cluster_client, "handshakes_rejected_protocol"),
+        (_null_client, "handshakes_rejected_protocol"),
+        (_fresh_key_client, "handshakes_rejected_auth"),
+    ],
+    ids=["key-not-in-folder", "null-mechanism", "fresh-key-pair"],
+)
+def test_unadmitted_clients_are_rejected_and_counted(
+    transport, server, keys, rogue_context, tmp_path, make_client, detail_counter
+):
+    client = make_client(rogue_context, server.endpoint, keys, tmp_path)
+    assert request(client, [b"let me in"], timeout=NOTHING_WITHIN_S) is None
+    wait_until(lambda: transport.counters["handshakes_rejected"] >= 1)
+    assert transport.counters[detail_counter] >= 1
+    assert transport.counters["handshakes_succeeded"] == 0
+    assert server.received == []
+    # The server still serves admitted clients.
+    good = transport.client_socket(zmq.DEALER, server.endpoint)
+    assert request(good, [b"ok"]) == [b"echo", b"ok"]
+
+
+def test_oversized_frame_disconnects_peer_and_server_carries_on(transport, server):
+    client = transport.client_socket(zmq.DEALER, server.endpoint)
+    assert request(client, [b"first"]) == [b"echo", b"first"]
+    client.send(b"x" * (MAX_FRAME_BYTES + 1))
+    wait_until(lambda: transport.counters["peers_disconnected"] >= 1)
+    good = transport.client_socket(zmq.DEALER, server.endpoint)
+    assert request(good, [b"still there?"]) == [b"echo", b"still there?"]
+    assert [bytes(m.frames[0]) for m in server.received] == [b"first", b"still there?"]
+
+
+def test_frame_of_exactly_max_frame_bytes_is_accepted(transport, server):
+    # libzmq counts CURVE's framing against MAXMSGSIZE; make sure the
+    # allowance for it is right to the byte.
+    client = transport.client_socket(zmq.DEALER, server.endpoint)
+    client.send(b"z" * MAX_FRAME_BYTES)
+    assert client.poll(DEADLINE_S * 1000)
+    reply = client.recv_multipart(copy=False)
+    assert [len(f) for f in reply] == [4, MAX_FRAME_BYTES]
+
+
+def test_too_many_frames_is_dropped_and_counted(transport, server):
+    client = transport.client_socket(zmq.DEALER, server.endpoint)
+    client.send_multipart([b"f"] * (MAX_FRAMES_PER_MESSAGE + 1))
+    # Same connection: proves the rejected message was drained completely.
+    assert request(client, [b"next"]) == [b"echo", b"next"]
+    assert transport.counters["messages_dropped_too_many_frames"] == 1
+    good = transport.client_socket(zmq.DEALER, server.endpoint)
+    assert request(good, [b"good"]) == [b"echo", b"good"]
+    assert [m.frames for m in server.received] == [[b"next"], [b"good"]]
+
+
+def test_max_frames_is_still_accepted(transport, server):
+    client = transport.client_socket(zmq.DEALER, server.endpoint)
+    frames = [b"%d" % i for i in range(MAX_FRAMES_PER_MESSAGE)]
+    assert request(client, frames) == [b"echo", *frames]
+
+
+def test_too_many_bytes_is_dropped_and_counted(transport, server):
+    client = transport.client_socket(zmq.DEALER, server.endpoint)
+    frame = b"y" * MAX_FRAME_BYTES  # each frame is legal, the sum is not
+    assert 2 * len(frame) > MAX_MESSAGE_BYTES
+    client.send_multipart([frame, frame])
+    assert request(client, [b"next"]) == [b"echo", b"next"]
+    assert transport.counters["messages_dropped_too_large"] == 1
+    assert [m.frames for m in server.received] == [[b"next"]]
+
+
+def test_send_to_unknown_router_peer_returns_false_at_once(transport):
+    sock = transport.server_socket(zmq.ROUTER, "tcp://127.0.0.1:0")
+    started = time.monotonic()
+    assert send_message(sock, [b"hello"], peer=b"nobody", counters=transport) is False
+    assert time.monotonic() - started < 0.5
+    assert transport.counters["sends_dropped"] == 1
+
+
+def test_send_on_full_queue_returns_false(transport):
+    # Nothing listens there, so messages pile up until the high-water mark.
+    with Transport(transport.keys) as other:
+        listener = other.server_socket(zmq.ROUTER, "tcp://127.0.0.1:*")
+        endpoint = listener.last_endpoint.decode()
+    sock = transport.client_socket(zmq.DEALER, endpoint)
+    counters = Counters()
+    sent = 0
+    while send_message(sock, [b"m"], counters=counters):
+        sent += 1
+        assert sent <= 3 * SEND_HIGH_WATER_MARK, "send never reported a full queue"
+    assert counters["sends_dropped"] == 1
+    assert sent >= SEND_HIGH_WATER_MARK
+
+
+def test_send_rejects_non_bytes_before_sending_anything(transport, server):
+    client = transport.client_socket(zmq.DEALER, server.endpoint)
+    with pytest.raises(TypeError):
+        send_message(client, [b"ok", "text"])
+    # No half message is left behind to corrupt the next one.
+    assert request(client, [b"clean"]) == [b"echo", b"clean"]
+
+
+def test_recv_returns_none_when_idle(transport):
+    sock = transport.server_socket(zmq.ROUTER, "tcp://127.0.0.1:*")
+    assert recv_message(sock, transport) is None
+
+
+@pytest.mark.parametrize("bind", ["tcp://127.0.0.1:0", "tcp://127.0.0.1:*"])
+def test_server_socket_options(transport, bind):
+    sock = transport.server_socket(zmq.ROUTER, bind)
+    endpoint = sock.last_endpoint.decode()
+    assert endpoint.startswith("tcp://127.0.0.1:")
+    assert int(endpoint.rsplit(":", 1)[1]) > 0
+    assert sock.curve_server
+    assert sock.getsockopt(zmq.MAXMSGSIZE) == MAX_WIRE_FRAME_BYTES
+    assert sock.getsockopt(zmq.LINGER) == LINGER_MS
+    assert sock.getsockopt(zmq.SNDHWM) == SEND_HIGH_WATER_MARK
+    assert sock.getsockopt(zmq.RCVHWM) == RECEIVE_HIGH_WATER_MARK
+
+
+def test_bind_failure_leaves_no_socket_behind(transport):
+    sock = transport.server_socket(zmq.ROUTER, "tcp://127.0.0.1:*")
+    with pytest.raises(zmq.ZMQError):
+        transport.server_socket(zmq.ROUTER, sock.last_endpoint.decode())
+    assert len(transport._sockets) == 1
+
+
+def test_close_closes_everything_and_is_idempotent(keys):
+    transport = Transport(keys)
+    server = transport.server_socket(zmq.ROUTER, "tcp://127.0.0.1:*")
+    client = transport.client_socket(zmq.DEALER, server.last_endpoint.decode())
+    client.send(b"queued")  # must not make close() wait beyond LINGER_MS
+    started = time.monotonic()
+    transport.close()
+    transport.close()
+    assert time.monotonic() - started < 2.0
+    assert server.closed and client.closed
+    assert transport.context.closed
+    assert not transport._monitor.is_alive()
+    with pytest.raises(TransportError, match="closed"):
+        transport.client_socket(zmq.DEALER, "tcp://127.0.0.1:1")
+
+
+def test_shared_context_is_left_running(keys):
+    context = zmq.Context()
+    try:
+        with Transport(keys, context) as transport:
+            transport.server_socket(zmq.ROUTER, "tcp://127.0.0.1:*")
+            # One ZAP handler per context: a second Transport must fail loudly.
+            with pytest.raises(TransportError, match="authenticator"):
+                Transport(keys, context)
+        assert not context.closed
+    finally:
+        context.destroy(linger=0)
+
+
+def test_keys_added_after_start_need_reload(transport, server, rogue_context, tmp_path):
+    newcomer = KeyFolder.create(tmp_path / "newcomer")
+    client = rogue_context.socket(zmq.DEALER)
+    client.curve_publickey, client.curve_secretkey = newcomer.client_keypair()
+    client.curve_serverkey = transport.keys.server_public_key()
+    (transport.keys.public_dir / "newcomer.key").write_bytes(
+        (newcomer.public_dir / "client.key").read_bytes()
+    )
+    transport.reload_admitted_keys()
+    client.connect(server.endpoint)
+    assert request(client, [b"hi"]) == [b"echo", b"hi"]
+    assert server.received[0].user_id == newcomer.client_keypair()[0].decode()

@@ -1,0 +1,20 @@
+"""uds wire protocol: the only package that knows bytes.
+
+    frames = wire.encode(wire.FileRequest.make(node_id, file=file_id))
+    message = wire.decode(frames)       # raises wire.WireError on any fault
+
+Structs are defined once in csrc/wire.h; see doc/wire.md.
+"""
+from wire.codec import decode, encode
+from wire.enums import (
+    FINAL_CHUNK_STATES, ChunkState, ErrorCode, JobState, MessageType, NodeRole, PutStatus,
+)
+from wire.errors import EncodeError, WireError
+from wire.messages import *  # noqa: F401,F403  (one class per message type)
+from wire.messages import REGISTRY, Message
+
+__all__ = [
+    "decode", "encode", "WireError", "EncodeError", "Message", "REGISTRY",
+    "ChunkState", "ErrorCode", "JobState", "MessageType", "NodeRole", "PutStatus",
+    "FINAL_CHUNK_STATES",
+] + [cls.__name__ for cls in REGISTRY.values()]

@@ -1,0 +1,167 @@
+"""The cluster file: one TOML file that every node and client reads.
+
+    keys = "keys"                       # key folder, relative to this file
+
+    [[masters]]
+    address = "tcp://127.0.0.1:7100"    # clients, load balancers: ZeroMQ ROUTER
+    raft = "127.0.0.1:7110"             # pysyncobj peer address
+    data = "data/master-0"
+
+    [[loadbalancers]]
+    address = "tcp://127.0.0.1:7200"    # workers connect here
+    data = "data/loadbalancer-0"
+
+    [[storage]]
+    address = "tcp://127.0.0.1:7300"
+    data = "data/storage-0"
+
+    [workers]                           # defaults for every worker
+    data = "data/workers"               # a worker named N keeps its data in DATA/N
+    slots = 2
+    cache_bytes = 1073741824
+    heartbeat_interval_s = 0.5
+    lease_s = 3.0                       # silence after which a worker is lost
+
+Relative paths are relative to the cluster file's folder. See doc/cluster.md.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ClusterFileError(Exception):
+    """The cluster file is missing, not TOML, or breaks a rule; says which."""
+
+
+@dataclass(frozen=True)
+class MasterEntry:
+    address: str
+    raft: str
+    data: pathlib.Path
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    address: str
+    data: pathlib.Path
+
+
+@dataclass(frozen=True)
+class WorkerDefaults:
+    data: pathlib.Path
+    slots: int = 2
+    cache_bytes: int = 1 << 30
+    heartbeat_interval_s: float = 0.5
+    lease_s: float = 3.0
+
+
+@dataclass(frozen=True)
+class Cluster:
+    path: pathlib.Path
+    keys: pathlib.Path
+    masters: tuple[MasterEntry, ...]
+    loadbalancers: tuple[ServiceEntry, ...]
+    storage: tuple[ServiceEntry, ...]
+    workers: WorkerDefaults
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def worker_data(self, name: str) -> pathlib.Path:
+        return self.workers.data / name
+
+
+def _require(table: dict, key: str, kind: type, where: str) -> Any:
+    if key not in table:
+        raise ClusterFileError(f"{where}: missing {key!r}")
+    value = table[key]
+    if kind is float and type(value) is int:
+        value = float(value)
+    if type(value) is not kind:
+        raise ClusterFileError(f"{where}.{key}: expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _address(table: dict, key: str, where: str) -> str:
+    value = _require(table, key, str, where)
+    if not value.startswith(("tcp://", "ipc://")):
+        raise ClusterFileError(f"{where}.{key}: {value!r} is not a tcp:// or ipc:// address")
+    return value
+
+
+def load(path: str | os.PathLike[str]) -> Cluster:
+    file = pathlib.Path(path).resolve()
+    try:
+        document = tomllib.loads(file.read_text())
+    except FileNotFoundError:
+        raise ClusterFileError(f"no cluster file at {file}") from None
+    except (OSError, UnicodeDecodeError) as fault:
+        raise ClusterFileError(f"cannot read {file}: {fault}") from None
+    except tomllib.TOMLDecodeError as fault:
+        raise ClusterFileError(f"{file} is not valid TOML: {fault}") from None
+    base = file.parent
+
+    def resolve(value: str) -> pathlib.Path:
+        return (base / value).resolve()
+
+    def entries(name: str) -> list[dict]:
+        value = document.get(name, [])
+        if type(value) is not list or not all(type(item) is dict for item in value):
+            raise ClusterFileError(f"{name}: expected an array of tables ([[{name}]])")
+        if not value:
+            raise ClusterFileError(f"{file}: needs at least one [[{name}]]")
+        return value
+
+    masters = tuple(
+        MasterEntry(_address(item, "address", f"masters[{index}]"),
+                    _require(item, "raft", str, f"masters[{index}]"),
+                    resolve(_require(item, "data", str, f"masters[{index}]")))
+        for index, item in enumerate(entries("masters")))
+    services = {}
+    for name in ("loadbalancers", "storage"):
+        services[name] = tuple(
+            ServiceEntry(_address(item, "address", f"{name}[{index}]"),
+                         resolve(_require(item, "data", str, f"{name}[{index}]")))
+            for index, item in enumerate(entries(name)))
+    workers_table = document.get("workers", {})
+    if type(workers_table) is not dict:
+        raise ClusterFileError("workers: expected a table ([workers])")
+    workers = WorkerDefaults(
+        data=resolve(workers_table.get("data", "data/workers")),
+        slots=int(workers_table.get("slots", 2)),
+        cache_bytes=int(workers_table.get("cache_bytes", 1 << 30)),
+        heartbeat_interval_s=float(workers_table.get("heartbeat_interval_s", 0.5)),
+        lease_s=float(workers_table.get("lease_s", 3.0)),
+    )
+    if workers.slots < 1 or workers.cache_bytes < 1 or workers.heartbeat_interval_s <= 0 \
+            or workers.lease_s <= workers.heartbeat_interval_s:
+        raise ClusterFileError("workers: slots and cache_bytes must be positive, "
+                               "lease_s longer than heartbeat_interval_s")
+    known = {"keys", "masters", "loadbalancers", "storage", "workers"}
+    return Cluster(
+        path=file, keys=resolve(_require(document, "keys", str, str(file))),
+        masters=masters, loadbalancers=services["loadbalancers"], storage=services["storage"],
+        workers=workers, extra={key: value for key, value in document.items() if key not in known},
+    )
+
+
+def render(keys: str, masters: list[dict], loadbalancers: list[dict], storage: list[dict],
+           workers: dict) -> str:
+    """TOML text for a cluster file (values: str, int, float)."""
+
+    def value(item: Any) -> str:
+        if isinstance(item, str):
+            return '"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return repr(item)
+
+    lines = ["# uds cluster file: see doc/cluster.md", f"keys = {value(keys)}", ""]
+    for name, tables in (("masters", masters), ("loadbalancers", loadbalancers), ("storage", storage)):
+        for table in tables:
+            lines.append(f"[[{name}]]")
+            lines += [f"{key} = {value(item)}" for key, item in table.items()]
+            lines.append("")
+    lines.append("[workers]")
+    lines += [f"{key} = {value(item)}" for key, item in workers.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,520 @@
+"""One frozen dataclass per message type.
+
+Fields keep the C names of csrc/wire.h. A class lists, in this order: the
+fields of its struct after the generic header, then its body fields (the keys
+of the msgpack map in frame 1), then its raw frames. `@message` checks that
+list against the compiled struct, so the header and this file cannot drift
+apart. `check()` holds the rules that span several fields; encode and decode
+both call it.
+
+Every id property (`node_uuid`, `job_uuid`, `file_uuid`) gives the 16-byte
+id joined from its two halves; `Class.make(node_id, job=..., ...)` splits
+16-byte ids into halves for you.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+from wire._wire_cffi import ffi
+from wire.enums import ChunkState, ErrorCode, JobState, MessageType, NodeRole, PutStatus
+from wire.errors import WireError
+from wire.ids import join_id, split_id
+from wire.schema import (
+    FILE_MAP, FILE_REF, I64, ID, OUTPUT_MAP, SECONDS, U8, U32, U64,
+    Choice, List, Map, Nullable, Schema, Str, Tuple, record,
+)
+
+GENERIC_FIELDS = ("node_uuid_upper", "node_uuid_lower")
+GENERIC_HEADER_BYTES = ffi.sizeof("struct generic_message")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSpec:
+    """What the codec needs to know about one message type."""
+
+    number: int
+    name: str                                # the C struct's name
+    pointer_type: Any                        # cffi type "struct NAME *"
+    size: int                                # sizeof(struct NAME)
+    struct_fields: tuple[str, ...]           # after the generic header
+    body: tuple[tuple[str, Schema], ...]     # msgpack map in frame 1
+    data: tuple[str, ...]                    # raw frames after the body
+
+    @property
+    def frame_count(self) -> int:
+        return 1 + (1 if self.body else 0) + len(self.data)
+
+
+REGISTRY: dict[int, type["Message"]] = {}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    node_uuid_upper: int
+    node_uuid_lower: int
+
+    SPEC: ClassVar[MessageSpec]
+    message_type: ClassVar[int]
+
+    @property
+    def header_length(self) -> int:
+        return self.SPEC.size
+
+    @classmethod
+    def make(cls, node: bytes, **values: Any) -> "Message":
+        """Build from 16-byte ids: `FileRead.make(node_id, file=fid, ...)`."""
+        node_upper, node_lower = split_id(node)
+        expanded = {"node_uuid_upper": node_upper, "node_uuid_lower": node_lower}
+        for name, value in values.items():
+            if f"{name}_uuid_upper" in cls.SPEC.struct_fields:
+                expanded[f"{name}_uuid_upper"], expanded[f"{name}_uuid_lower"] = split_id(value)
+            else:
+                expanded[name] = value
+        return cls(**expanded)
+
+    def check(self) -> None:
+        """Rules that span fields; raise WireError. Most types have none."""
+
+
+def _id_property(prefix: str) -> property:
+    def get(message: Message) -> bytes:
+        return join_id(getattr(message, f"{prefix}_upper"), getattr(message, f"{prefix}_lower"))
+
+    get.__doc__ = f"{prefix} as 16 bytes"
+    return property(get)
+
+
+def message(name: str, body: dict[str, Schema] | None = None, data: tuple[str, ...] = ()):
+    """Register a message class for `struct NAME` of csrc/wire.h."""
+
+    def register(cls: type) -> type[Message]:
+        cls = dataclass(frozen=True, slots=True, kw_only=True)(cls)
+        number = int(MessageType[name.upper()])
+        c_type = ffi.typeof(f"struct {name}")
+        c_fields = [field_name for field_name, _ in c_type.fields]
+        if c_fields[0] != "header" or ffi.typeof(f"struct {name}").fields[0][1].offset != 0:
+            raise TypeError(f"struct {name} must begin with struct generic_message header")
+        struct_fields = tuple(c_fields[1:])
+        body_fields = tuple((body or {}).items())
+        declared = [field.name for field in fields(cls)]
+        expected = [*GENERIC_FIELDS, *struct_fields, *(n for n, _ in body_fields), *data]
+        if declared != expected:
+            raise TypeError(f"{cls.__name__} fields {declared} do not match struct {name}: {expected}")
+        cls.SPEC = MessageSpec(
+            number=number, name=name, pointer_type=ffi.typeof(f"struct {name} *"),
+            size=ffi.sizeof(c_type), struct_fields=struct_fields, body=body_fields, data=data,
+        )
+        cls.message_type = number
+        for prefix in {field[: -len("_upper")] for field in expected if field.endswith("_uuid_upper")}:
+            setattr(cls, prefix, _id_property(prefix))
+        REGISTRY[number] = cls
+        return cls
+
+    return register
+
+
+def _require(condition: bool, reason: str) -> None:
+    if not condition:
+        raise WireError(reason)
+
+
+def _check_member(enum: type, value: int, where: str) -> None:
+    _require(value in enum._value2member_map_, f"{where}: {value} is not a known {enum.__name__}")
+
+
+# Shapes shared by several bodies.
+ASSIGNMENT = record(chunk=U32, attempt=U32, inputs=FILE_MAP)
+JOB_SPEC = record(job=ID, program=FILE_REF, args=List(Str()), inputs=FILE_MAP,
+                  chunk_count=U32, timeout_s=SECONDS)
+DISPATCH_ATTEMPT = record(job=ID, chunk=U32, attempt=U32, inputs=FILE_MAP)
+RESULT_FIELDS: dict[str, Schema] = dict(
+    exit_code=Nullable(I64), outputs=OUTPUT_MAP, stdout=Nullable(FILE_REF),
+    stderr=Nullable(FILE_REF), error=Str(), elapsed_s=SECONDS,
+    bytes_from_cache=U64, bytes_from_storage=U64,
+)
+CHUNK_EVENT = record(job=ID, chunk=U32, attempt=U32, state=U8, worker=ID, **RESULT_FIELDS)
+CHUNK_REPORT_STATES = ("queued", "dispatched", "running", "succeeded", "failed", "cancelled")
+CHUNK_REPORT = record(chunk=U32, state=Choice(CHUNK_REPORT_STATES), attempt=U32,
+                      worker=Nullable(ID), **RESULT_FIELDS)
+NODE = record(node=ID, role=U8, host=Str(255), address=Str(1024), slots=U32,
+              free_slots=U32, running=U32, cache_bytes=U64, started_at=SECONDS,
+              last_seen_s=SECONDS, state=Choice(("alive", "lost")))
+EVENT = record(seq=U64, at=SECONDS, kind=Str(64), job=Nullable(ID), chunk=Nullable(U32),
+               attempt=Nullable(U32), node=Nullable(ID), detail=Str())
+RUNNING_ATTEMPT = Tuple((ID, U32, U32))
+
+
+@message("worker_request", body=dict(
+    epoch=U64, program=FILE_REF, args=List(Str()), inputs=FILE_MAP, chunk_count=U32,
+    timeout_s=SECONDS, assignments=List(ASSIGNMENT)))
+class WorkerRequest(Message):
+    job_uuid_upper: int
+    job_uuid_lower: int
+    program_length: int
+    num_input_files: int
+    epoch: int
+    program: list
+    args: list
+    inputs: dict
+    chunk_count: int
+    timeout_s: float
+    assignments: list
+
+    def check(self) -> None:
+        _require(self.program_length == self.program[1],
+                 f"worker_request: program_length {self.program_length} != program size {self.program[1]}")
+        _require(self.num_input_files == len(self.inputs),
+                 f"worker_request: num_input_files {self.num_input_files} != {len(self.inputs)} inputs")
+        _require(len(self.assignments) > 0, "worker_request: no assignments")
+        for assignment in self.assignments:
+            _require(assignment["chunk"] < self.chunk_count,
+                     f"worker_request: chunk {assignment['chunk']} >= chunk_count {self.chunk_count}")
+
+
+@message("worker_status", body=dict(epoch=U64, chunk=U32, attempt=U32, **RESULT_FIELDS))
+class WorkerStatus(Message):
+    job_uuid_upper: int
+    job_uuid_lower: int
+    state: int
+    epoch: int
+    chunk: int
+    attempt: int
+    exit_code: int | None
+    outputs: dict
+    stdout: list | None
+    stderr: list | None
+    error: str
+    elapsed_s: float
+    bytes_from_cache: int
+    bytes_from_storage: int
+
+    def check(self) -> None:
+        _check_member(ChunkState, self.state, "worker_status.state")
+
+
+@message("file_request")
+class FileRequest(Message):
+    file_uuid_upper: int
+    file_uuid_lower: int
+
+
+@message("file_response", data=("data",))
+class FileResponse(Message):
+    file_uuid_upper: int
+    file_uuid_lower: int
+    file_length: int
+    data: bytes | memoryview
+
+    def check(self) -> None:
+        _require(self.file_length == len(self.data),
+                 f"file_response: file_length {self.file_length} != {len(self.data)} data bytes")
+
+
+@message("error", body=dict(reason=Str()))
+class Error(Message):
+    request_id: int
+    error_code: int
+    failed_type: int
+    reason: str
+
+    def check(self) -> None:
+        _check_member(ErrorCode, self.error_code, "error.error_code")
+
+
+@message("hello", body=dict(host=Str(255), address=Str(1024), version=U32))
+class Hello(Message):
+    request_id: int
+    role: int
+    slots: int
+    cache_bytes: int
+    start_time_ms: int
+    host: str
+    address: str
+    version: int
+
+    def check(self) -> None:
+        _check_member(NodeRole, self.role, "hello.role")
+
+
+@message("hello_reply")
+class HelloReply(Message):
+    request_id: int
+    epoch: int
+    heartbeat_interval_ms: int
+    lease_ms: int
+
+
+@message("heartbeat", body=dict(running=List(RUNNING_ATTEMPT), cache_added=List(FILE_REF),
+                                cache_removed=List(ID)))
+class Heartbeat(Message):
+    epoch: int
+    free_slots: int
+    running_count: int
+    running: list
+    cache_added: list
+    cache_removed: list
+
+    def check(self) -> None:
+        _require(self.running_count == len(self.running),
+                 f"heartbeat: running_count {self.running_count} != {len(self.running)} listed")
+
+
+@message("job_submit", body=dict(
+    program=FILE_REF, args=List(Str()), inputs=FILE_MAP, chunk_inputs=List(FILE_MAP),
+    timeout_s=SECONDS, max_retries=U32, name=Str(255)))
+class JobSubmit(Message):
+    request_id: int
+    job_uuid_upper: int
+    job_uuid_lower: int
+    chunk_count: int
+    program: list
+    args: list
+    inputs: dict
+    chunk_inputs: list
+    timeout_s: float
+    max_retries: int
+    name: str
+
+    def check(self) -> None:
+        _require(self.chunk_count >= 1, "job_submit: chunk_count must be at least 1")
+        _require(not self.chunk_inputs or len(self.chunk_inputs) == self.chunk_count,
+                 f"job_submit: {len(self.chunk_inputs)} chunk_inputs for {self.chunk_count} chunks")
+        _require(self.timeout_s > 0, "job_submit: timeout_s must be positive")
+
+
+@message("job_submit_reply")
+class JobSubmitReply(Message):
+    request_id: int
+    job_uuid_upper: int
+    job_uuid_lower: int
+    created: int
+
+    def check(self) -> None:
+        _require(self.created in (0, 1), f"job_submit_reply: created {self.created} is not 0 or 1")
+
+
+@message("job_status")
+class JobStatus(Message):
+    request_id: int
+    job_uuid_upper: int
+    job_uuid_lower: int
+
+
+@message("job_status_reply", body=dict(
+    name=Str(255), submitted_at=SECONDS, finished_at=Nullable(SECONDS), error=Str(),
+    chunks=List(CHUNK_REPORT)))
+class JobStatusReply(Message):
+    request_id: int
+    job_uuid_upper: int
+    job_uuid_lower: int
+    state: int
+    chunk_count: int
+    chunks_succeeded: int
+    chunks_failed: int
+    name: str
+    submitted_at: float
+    finished_at: float | None
+    error: str
+    chunks: list
+
+    def check(self) -> None:
+        _check_member(JobState, self.state, "job_status_reply.state")
+        _require(self.chunks_succeeded + self.chunks_failed <= self.chunk_count,
+                 "job_status_reply: more chunks finished than the job has")
+
+
+@message("job_cancel")
+class JobCancel(Message):
+    request_id: int
+    job_uuid_upper: int
+    job_uuid_lower: int
+
+
+@message("chunk_dispatch", body=dict(jobs=List(JOB_SPEC), attempts=List(DISPATCH_ATTEMPT)))
+class ChunkDispatch(Message):
+    epoch: int
+    attempt_count: int
+    jobs: list
+    attempts: list
+
+    def check(self) -> None:
+        _require(self.attempt_count == len(self.attempts),
+                 f"chunk_dispatch: attempt_count {self.attempt_count} != {len(self.attempts)} attempts")
+
+
+@message("chunk_cancel", body=dict(attempts=List(Tuple((U32, U32)))))
+class ChunkCancel(Message):
+    epoch: int
+    job_uuid_upper: int
+    job_uuid_lower: int
+    attempts: list
+
+
+@message("chunk_events", body=dict(events=List(CHUNK_EVENT)))
+class ChunkEvents(Message):
+    epoch: int
+    batch_id: int
+    event_count: int
+    events: list
+
+    def check(self) -> None:
+        _require(self.event_count == len(self.events),
+                 f"chunk_events: event_count {self.event_count} != {len(self.events)} events")
+        for index, event in enumerate(self.events):
+            _check_member(ChunkState, event["state"], f"chunk_events.events[{index}].state")
+
+
+@message("chunk_events_ack")
+class ChunkEventsAck(Message):
+    epoch: int
+    batch_id: int
+
+
+@message("file_put_begin")
+class FilePutBegin(Message):
+    request_id: int
+    file_uuid_upper: int
+    file_uuid_lower: int
+    file_length: int
+
+
+@message("file_put_data", data=("data",))
+class FilePutData(Message):
+    request_id: int
+    file_uuid_upper: int
+    file_uuid_lower: int
+    offset: int
+    data: bytes | memoryview
+
+
+@message("file_put_end")
+class FilePutEnd(Message):
+    request_id: int
+    file_uuid_upper: int
+    file_uuid_lower: int
+
+
+@message("file_put_reply")
+class FilePutReply(Message):
+    request_id: int
+    file_uuid_upper: int
+    file_uuid_lower: int
+    status: int
+
+    def check(self) -> None:
+        _check_member(PutStatus, self.status, "file_put_reply.status")
+
+
+@message("file_stat")
+class FileStat(Message):
+    request_id: int
+    file_uuid_upper: int
+    file_uuid_lower: int
+
+
+@message("file_stat_reply")
+class FileStatReply(Message):
+    request_id: int
+    file_uuid_upper: int
+    file_uuid_lower: int
+    file_length: int
+    present: int
+
+    def check(self) -> None:
+        _require(self.present in (0, 1), f"file_stat_reply: present {self.present} is not 0 or 1")
+
+
+@message("file_read")
+class FileRead(Message):
+    request_id: int
+    file_uuid_upper: int
+    file_uuid_lower: int
+    offset: int
+    length: int
+
+
+@message("file_read_reply", data=("data",))
+class FileReadReply(Message):
+    request_id: int
+    file_uuid_upper: int
+    file_uuid_lower: int
+    offset: int
+    length: int
+    data: bytes | memoryview
+
+    def check(self) -> None:
+        _require(self.length == len(self.data),
+                 f"file_read_reply: length {self.length} != {len(self.data)} data bytes")
+
+
+@message("nodes_query")
+class NodesQuery(Message):
+    request_id: int
+
+
+@message("nodes_reply", body=dict(nodes=List(NODE)))
+class NodesReply(Message):
+    request_id: int
+    nodes: list
+
+    def check(self) -> None:
+        for index, node in enumerate(self.nodes):
+            _check_member(NodeRole, node["role"], f"nodes_reply.nodes[{index}].role")
+
+
+@message("events_query")
+class EventsQuery(Message):
+    request_id: int
+    after_seq: int
+    limit: int
+
+
+@message("events_reply", body=dict(events=List(EVENT)))
+class EventsReply(Message):
+    request_id: int
+    last_seq: int
+    events: list
+
+
+@message("stats_query")
+class StatsQuery(Message):
+    request_id: int
+
+
+@message("stats_reply", body=dict(role=U8, counters=Map(Str(128), I64)))
+class StatsReply(Message):
+    request_id: int
+    role: int
+    counters: dict
+
+    def check(self) -> None:
+        _check_member(NodeRole, self.role, "stats_reply.role")
+
+
+@message("status_ack")
+class StatusAck(Message):
+    epoch: int
+    job_uuid_upper: int
+    job_uuid_lower: int
+    chunk: int
+    attempt: int
+    state: int
+
+    def check(self) -> None:
+        _check_member(ChunkState, self.state, "status_ack.state")
+
+
+@message("node_report", body=dict(nodes=List(NODE)))
+class NodeReport(Message):
+    epoch: int
+    nodes: list
+
+    def check(self) -> None:
+        for index, node in enumerate(self.nodes):
+            _check_member(NodeRole, node["role"], f"node_report.nodes[{index}].role")
+
+
+_missing = set(MessageType) - {MessageType(number) for number in REGISTRY}
+if _missing:
+    raise TypeError(f"message types without a class: {sorted(t.name for t in _missing)}")

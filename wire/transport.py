@@ -1,0 +1,445 @@
+"""ZeroMQ sockets for uds. This is the only module that creates sockets.
+
+Rules, so that no socket in the project can be opened without them:
+
+* Every socket is CURVE-encrypted. Servers (bind side) use the cluster's
+  server key pair; clients (connect side) use the client key pair and pin
+  the server's public key.
+* A server admits only clients whose public key is in the key folder's
+  `public/`; one ZAP authenticator per Transport enforces that. The
+  authenticator starts before any socket exists and stops after all are
+  closed, because libzmq *accepts any CURVE client* when no ZAP handler is
+  running.
+* Every socket has MAXMSGSIZE (MAX_FRAME_BYTES plus CURVE's framing),
+  LINGER and both high-water marks from wire.limits. A frame over
+  MAX_FRAME_BYTES makes libzmq disconnect that peer.
+* Rejected handshakes are counted (monitor thread), as are messages dropped
+  for breaking MAX_FRAMES_PER_MESSAGE / MAX_MESSAGE_BYTES and sends dropped
+  because the peer is slow or gone. Nothing here raises on peer misbehaviour.
+* recv_message / send_message never block.
+
+Received.user_id: for CURVE peers pyzmq's authenticator sets the ZAP User-Id
+to the z85 text of the client's public key (40 characters, e.g. the content
+of public/client.key), on every frame including the ROUTER routing id.
+
+A Transport's sockets follow libzmq's rule of one thread per socket; close()
+must only run once the threads using them have stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import parse_monitor_message
+
+from wire.keys import KeyFolder, KeyFolderError
+from wire.limits import (
+    LINGER_MS,
+    MAX_FRAME_BYTES,
+    MAX_FRAMES_PER_MESSAGE,
+    MAX_MESSAGE_BYTES,
+    RECEIVE_HIGH_WATER_MARK,
+    SEND_HIGH_WATER_MARK,
+)
+
+# pyzmq's authenticator matches the socket's ZAP domain *literally* against
+# configure_curve's domain ('*' only stands for an empty domain), so both
+# sides use this one name; a mismatch would reject every client.
+ZAP_DOMAIN = "uds"
+
+# libzmq applies MAXMSGSIZE to the encrypted CURVE MESSAGE command, which is
+# the frame plus "\x07MESSAGE" (8) + nonce (8) + flags (1) + MAC (16) bytes.
+# Without this allowance a frame of exactly MAX_FRAME_BYTES is refused.
+CURVE_MESSAGE_OVERHEAD_BYTES = 33
+MAX_WIRE_FRAME_BYTES = MAX_FRAME_BYTES + CURVE_MESSAGE_OVERHEAD_BYTES
+
+# Below this pyzmq copying is cheaper than tracking a zero-copy buffer.
+ZERO_COPY_MIN_BYTES = 64 * 1024
+
+MONITOR_REGISTER_TIMEOUT_S = 5.0
+MONITOR_JOIN_TIMEOUT_S = 5.0
+
+_REJECTED_EVENTS = {
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshakes_rejected_no_detail",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshakes_rejected_protocol",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "handshakes_rejected_auth",
+}
+_MONITORED_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_MONITOR_STOPPED
+)
+for _event in _REJECTED_EVENTS:
+    _MONITORED_EVENTS |= _event
+
+COUNTER_NAMES = (
+    "handshakes_rejected",
+    *_REJECTED_EVENTS.values(),
+    "handshakes_succeeded",
+    "peers_disconnected",
+    "messages_dropped_too_many_frames",
+    "messages_dropped_too_large",
+    "sends_dropped",
+)
+
+
+class TransportError(Exception):
+    """A Transport could not be set up (authenticator, monitor, closed)."""
+
+
+class Counters(Mapping[str, int]):
+    """Named event counts. Increments take a lock; reads need none."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values = dict.fromkeys(COUNTER_NAMES, 0)
+
+    def increment(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self._values[name] = self._values.get(name, 0) + amount
+
+    def __getitem__(self, name: str) -> int:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._values))
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Counters({dict(self._values)!r})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Received:
+    """One whole message. `frames` are views into zmq frames, not copies."""
+
+    peer: bytes | None
+    user_id: str | None
+    frames: list[memoryview]
+
+
+class Transport:
+    """Makes and owns every socket of one process (or one component)."""
+
+    def __init__(self, keys: KeyFolder, context: zmq.Context | None = None) -> None:
+        self.keys = keys
+        self.counters = Counters()
+        self._owns_context = context is None
+        self._context = zmq.Context() if context is None else context
+        if self._owns_context:
+            # Default for any socket made on it (the authenticator's too), so
+            # one closed by the garbage collector cannot hang term().
+            self._context.setsockopt(zmq.LINGER, LINGER_MS)
+        self._sockets: set[zmq.Socket] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._auth = ThreadAuthenticator(self._context)
+        try:
+            self._auth.start()
+        except zmq.ZMQError as e:
+            self._abort()
+            # libzmq allows one ZAP handler per context (a fixed inproc name).
+            raise TransportError(
+                f"cannot start the ZAP authenticator ({e}); "
+                "is another Transport using this context?"
+            ) from e
+        try:
+            self.reload_admitted_keys()
+        except TransportError:
+            self._abort()
+            raise
+        self._monitor = _MonitorThread(self._context, self.counters)
+        self._monitor.start()
+
+    @property
+    def context(self) -> zmq.Context:
+        return self._context
+
+    def reload_admitted_keys(self) -> None:
+        """Re-read public/ after keys were added or removed there."""
+        # pyzmq's loader only logs a bad certificate, so check it ourselves.
+        try:
+            admitted = self.keys.admitted_public_keys()
+        except KeyFolderError as e:
+            raise TransportError(f"cannot load admitted keys: {e}") from e
+        if not admitted:
+            raise TransportError(f"no admitted public keys in {self.keys.public_dir}")
+        self._auth.configure_curve(domain=ZAP_DOMAIN, location=str(self.keys.public_dir))
+
+    def server_socket(self, kind: int, bind: str) -> zmq.Socket:
+        """A CURVE server socket bound to `bind` (port 0 or `*` allowed).
+
+        The endpoint actually bound is `socket.last_endpoint`.
+        """
+        public, secret = self.keys.server_keypair()
+
+        def setup(sock: zmq.Socket) -> None:
+            sock.curve_server = True
+            sock.curve_secretkey = secret
+            sock.curve_publickey = public
+            sock.zap_domain = ZAP_DOMAIN.encode()
+            if kind == zmq.ROUTER:
+                # Unknown peer -> EHOSTUNREACH instead of a silent drop.
+                sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            # Monitor before bind so no handshake can slip past the counters.
+            self._monitor.watch(sock)
+            sock.bind(bind)
+
+        return self._new_socket(kind, setup)
+
+    def client_socket(
+        self, kind: int, connect: str, server_public_key: bytes | None = None
+    ) -> zmq.Socket:
+        """A CURVE client socket connected to `connect`, pinning the server key."""
+        public, secret = self.keys.client_keypair()
+        server_key = server_public_key or self.keys.server_public_key()
+
+        def setup(sock: zmq.Socket) -> None:
+            sock.curve_secretkey = secret
+            sock.curve_publickey = public
+            sock.curve_serverkey = server_key
+            sock.connect(connect)
+
+        return self._new_socket(kind, setup)
+
+    def _new_socket(self, kind: int, setup: Callable[[zmq.Socket], None]) -> zmq.Socket:
+        with self._lock:
+            if self._closed:
+                raise TransportError("transport is closed")
+            # Sockets closed by their users need not be remembered.
+            self._sockets = {s for s in self._sockets if not s.closed}
+        sock = self._context.socket(kind)
+        try:
+            sock.setsockopt(zmq.LINGER, LINGER_MS)
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_WIRE_FRAME_BYTES)
+            sock.setsockopt(zmq.SNDHWM, SEND_HIGH_WATER_MARK)
+            sock.setsockopt(zmq.RCVHWM, RECEIVE_HIGH_WATER_MARK)
+            setup(sock)
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        with self._lock:
+            self._sockets.add(sock)
+        return sock
+
+    def close(self) -> None:
+        """Close every socket, stop auth and monitor, end the context if ours."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            sockets, self._sockets = self._sockets, set()
+        for sock in sockets:
+            if not sock.closed:
+                sock.close()
+        self._monitor.stop()
+        self._abort()
+
+    def _abort(self) -> None:
+        self._auth.stop()
+        if self._owns_context:
+            # destroy() also closes any stray socket, so term() cannot hang.
+            self._context.destroy(linger=LINGER_MS)
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _MonitorThread(threading.Thread):
+    """Owns the monitor PAIR sockets of all server sockets of a Transport.
+
+    Callers only hand over an inproc address; the PAIR socket is created and
+    used in this thread alone. A self-pipe wakes the poll for new work.
+    """
+
+    _ids = itertools.count()
+
+    def __init__(self, context: zmq.Context, counters: Counters) -> None:
+        super().__init__(name="uds-transport-monitor", daemon=True)
+        self._context = context
+        self._counters = counters
+        self._requests: queue.Queue[tuple[str, threading.Event]] = queue.Queue()
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+
+    def watch(self, sock: zmq.Socket) -> None:
+        address = f"inproc://uds-monitor-{os.getpid()}-{next(self._ids)}"
+        sock.monitor(address, _MONITORED_EVENTS)
+        attached = threading.Event()
+        self._requests.put((address, attached))
+        os.write(self._wake_w, b"x")
+        # Events emitted before the PAIR peer connects are lost, so wait.
+        if not attached.wait(MONITOR_REGISTER_TIMEOUT_S):
+            raise TransportError("transport monitor thread did not respond")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        os.write(self._wake_w, b"x")
+        self.join(MONITOR_JOIN_TIMEOUT_S)
+        if not self.is_alive():
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._wake_r, zmq.POLLIN)
+        pairs: set[zmq.Socket] = set()
+        try:
+            while not self._stopping.is_set():
+                for item, _ in poller.poll():
+                    if item == self._wake_r:
+                        os.read(self._wake_r, 4096)
+                        self._attach_pending(poller, pairs)
+                    else:
+                        self._handle_event(poller, pairs, item)
+        finally:
+            for pair in pairs:
+                pair.close(linger=0)
+
+    def _attach_pending(self, poller: zmq.Poller, pairs: set[zmq.Socket]) -> None:
+        while True:
+            try:
+                address, attached = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            pair = self._context.socket(zmq.PAIR)
+            pair.linger = 0
+            pair.connect(address)
+            poller.register(pair, zmq.POLLIN)
+            pairs.add(pair)
+            attached.set()
+
+    def _handle_event(
+        self, poller: zmq.Poller, pairs: set[zmq.Socket], pair: zmq.Socket
+    ) -> None:
+        try:
+            event = parse_monitor_message(pair.recv_multipart(zmq.NOBLOCK))["event"]
+        except zmq.Again:
+            return
+        if event in _REJECTED_EVENTS:
+            self._counters.increment("handshakes_rejected")
+            self._counters.increment(_REJECTED_EVENTS[event])
+        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._counters.increment("handshakes_succeeded")
+        elif event == zmq.EVENT_DISCONNECTED:
+            self._counters.increment("peers_disconnected")
+        elif event == zmq.EVENT_MONITOR_STOPPED:
+            # The watched socket was closed.
+            poller.unregister(pair)
+            pairs.discard(pair)
+            pair.close(linger=0)
+
+
+CountersLike = Transport | Counters | None
+
+
+def _counters_of(target: CountersLike) -> Counters | None:
+    return target.counters if isinstance(target, Transport) else target
+
+
+def recv_message(socket: zmq.Socket, counters: CountersLike) -> Received | None:
+    """Receive one whole message without blocking, or None.
+
+    None means nothing was waiting, or the message broke a limit and was
+    drained and counted. On ROUTER sockets the routing id is `peer` and is
+    not counted against the limits.
+    """
+    try:
+        first = socket.recv(zmq.NOBLOCK, copy=False)
+    except zmq.Again:
+        return None
+    parts = _parts(socket, first)
+    peer = next(parts).bytes if socket.type == zmq.ROUTER else None
+    frames: list[zmq.Frame] = []
+    total_bytes = 0
+    dropped_as: str | None = None
+    for frame in parts:
+        if dropped_as is not None:
+            continue  # drain the rest of a rejected message, storing nothing
+        frames.append(frame)
+        total_bytes += len(frame)
+        if len(frames) > MAX_FRAMES_PER_MESSAGE:
+            dropped_as = "messages_dropped_too_many_frames"
+        elif total_bytes > MAX_MESSAGE_BYTES:
+            dropped_as = "messages_dropped_too_large"
+        if dropped_as is not None:
+            frames.clear()
+    if dropped_as is not None:
+        sink = _counters_of(counters)
+        if sink is not None:
+            sink.increment(dropped_as)
+        return None
+    return Received(peer=peer, user_id=_user_id(first), frames=[f.buffer for f in frames])
+
+
+def _parts(socket: zmq.Socket, first: zmq.Frame) -> Iterator[zmq.Frame]:
+    frame = first
+    yield frame
+    while frame.more:
+        # libzmq delivers multipart messages atomically: once the first part
+        # is here the rest is too, so NOBLOCK cannot fail with EAGAIN.
+        frame = socket.recv(zmq.NOBLOCK, copy=False)
+        yield frame
+
+
+def _user_id(frame: zmq.Frame) -> str | None:
+    try:
+        return frame.get("User-Id")
+    except zmq.ZMQError:
+        return None  # no ZAP involved (e.g. inproc) or no metadata
+
+
+def send_message(
+    socket: zmq.Socket,
+    frames: Sequence[bytes | bytearray | memoryview | zmq.Frame],
+    peer: bytes | None = None,
+    counters: CountersLike = None,
+) -> bool:
+    """Send one whole message without blocking; False if it was dropped.
+
+    Dropped means the send queue is full (zmq.Again) or, on a ROUTER with
+    ROUTER_MANDATORY, `peer` is not connected (EHOSTUNREACH); both are
+    counted as `sends_dropped`. If the first part fails nothing was sent.
+    High-water marks are only checked on a message's first part, so a later
+    part can only fail if the peer vanishes mid-message, and libzmq never
+    delivers a partial message: a DEALER-like socket rolls back the queued
+    parts and fails with EAGAIN (we return False); a ROUTER silently drops
+    the rest and reports success (we return True for a peer that is gone).
+    Large buffers go zero-copy and must not be modified after the call.
+    """
+    parts: list[bytes | bytearray | memoryview | zmq.Frame] = list(frames)
+    if peer is not None:
+        parts.insert(0, peer)
+    if not parts:
+        raise ValueError("send_message needs at least one frame")
+    # Check every part before sending any: a TypeError after a SNDMORE part
+    # would leave half a message on the socket, glued to the next one.
+    for part in parts:
+        if not isinstance(part, (bytes, bytearray, memoryview, zmq.Frame)):
+            raise TypeError(f"frames must be bytes-like, not {type(part).__name__}")
+    last = len(parts) - 1
+    for index, part in enumerate(parts):
+        flags = zmq.NOBLOCK if index == last else zmq.NOBLOCK | zmq.SNDMORE
+        size = part.nbytes if isinstance(part, memoryview) else len(part)
+        try:
+            socket.send(part, flags, copy=size < ZERO_COPY_MIN_BYTES)
+        except zmq.ZMQError as e:
+            if e.errno not in (zmq.EAGAIN, zmq.EHOSTUNREACH):
+                raise
+            sink = _counters_of(counters)
+            if sink is not None:
+                sink.increment("sends_dropped")
+            return False
+    return True
