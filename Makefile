@@ -20,9 +20,13 @@ $(STAMP): setup.cfg setup.py pyproject.toml csrc/wire.h csrc/build_wire.py scrip
 test: setup
 	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
 
+demo: setup
+	$(VENV_PYTHON) scripts/demo.py
+
 bench: setup
 	$(VENV_PYTHON) bench/wire_codec.py
 	$(VENV_PYTHON) bench/fuzz_wire.py
+	$(VENV_PYTHON) bench/fuse_read.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info wire/_wire_cffi.*

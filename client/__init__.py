@@ -1,1 +1,45 @@
-"""uds client library (filled in by the phase-1 work)."""
+"""uds client library: `connect()`, `put()`, `get()`, `submit_job()`.
+
+The module-level functions use one default connection, opened on first use
+(from $UDS_CLUSTER, else the running dev cluster). See doc/client.md.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+from client.api import Connection, connect, find_cluster_file
+from client.errors import (
+    ClientError, InvalidJobError, JobFailed, JobTimeout, NoClusterError, RemoteError,
+    RequestTimeout, UnknownJobError,
+)
+from client.jobs import ChunkResult, Job, JobStatus
+
+_default: Connection | None = None
+
+
+def _connection() -> Connection:
+    global _default
+    if _default is None:
+        _default = connect()
+    return _default
+
+
+def put(source: Any) -> str:
+    return _connection().put(source)
+
+
+def get(file_id: str) -> bytes:
+    return _connection().get(file_id)
+
+
+def submit_job(program: Any, **options: Any) -> Job:
+    return _connection().submit_job(program, **options)
+
+
+def as_completed(jobs: Iterable[Job], timeout: float | None = None) -> Iterator[Job]:
+    return _connection().as_completed(jobs, timeout=timeout)
+
+
+__all__ = ["connect", "put", "get", "submit_job", "as_completed", "find_cluster_file", "Connection",
+           "Job", "JobStatus", "ChunkResult", "ClientError", "InvalidJobError", "JobFailed",
+           "JobTimeout", "NoClusterError", "RemoteError", "RequestTimeout", "UnknownJobError"]

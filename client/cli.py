@@ -2,14 +2,68 @@
 from __future__ import annotations
 
 import argparse
+import os
+import pathlib
 import sys
+import time
+from typing import Any, Callable
 
 from wire.keys import KeyFolder, KeyFolderError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
 
 
 class CommandError(Exception):
     """A command that cannot be carried out; its message is shown as is."""
 
+
+# -- output helpers -------------------------------------------------------------
+
+class Progress:
+    """A one-line progress bar on a terminal; occasional lines otherwise."""
+
+    def __init__(self, label: str, stream: Any = sys.stderr) -> None:
+        self.label = label
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last_line = ""
+        self.last_print = 0.0
+
+    def update(self, done: float, total: float, suffix: str = "") -> None:
+        fraction = 0.0 if total <= 0 else min(1.0, done / total)
+        width = 30
+        filled = int(fraction * width)
+        line = f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {suffix}"
+        if self.tty:
+            if line != self.last_line:
+                self.stream.write("\r" + line.ljust(len(self.last_line)))
+                self.stream.flush()
+        elif line != self.last_line and (time.monotonic() - self.last_print > 2 or fraction >= 1):
+            self.stream.write(line + "\n")
+            self.last_print = time.monotonic()
+        self.last_line = line
+
+    def close(self) -> None:
+        if self.tty and self.last_line:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GiB"
+
+
+def _connect(options: argparse.Namespace):
+    from client.api import connect
+    return connect(options.cluster)
+
+
+# -- commands -------------------------------------------------------------------
 
 def keys_init(options: argparse.Namespace) -> int:
     try:
@@ -20,27 +74,272 @@ def keys_init(options: argparse.Namespace) -> int:
     return 0
 
 
+def dev(options: argparse.Namespace) -> int:
+    from client import devcluster
+    folder = pathlib.Path(options.dir).expanduser()
+    try:
+        if options.stop:
+            count = devcluster.stop(folder)
+            print(f"stopped {count} processes" if count else f"no dev cluster running in {folder}")
+            return 0
+        processes = devcluster.start(folder, options.workers, options.slots, detach=options.detach)
+    except devcluster.DevClusterError as fault:
+        raise CommandError(str(fault)) from None
+    cluster = folder.expanduser().resolve() / "cluster.toml"
+    print(f"dev cluster ready: {len(processes)} processes, cluster file {cluster}")
+    if options.detach:
+        print(f"stop it with: uds dev --stop --dir {folder}")
+        return 0
+    print("press Ctrl-C to stop")
+    return devcluster.run_foreground(folder.expanduser().resolve(), processes)
+
+
+def put(options: argparse.Namespace) -> int:
+    with _connect(options) as connection:
+        for path in options.paths:
+            if not pathlib.Path(path).is_file():
+                raise CommandError(f"no such file: {path}")
+            bar = Progress(f"put {pathlib.Path(path).name}")
+            try:
+                file_id = connection.put(path, progress=lambda done, total: bar.update(
+                    done, total, f"{_size(done)}/{_size(total)}"))
+            finally:
+                bar.close()
+            print(f"{file_id}  {path}")
+    return 0
+
+
+def get(options: argparse.Namespace) -> int:
+    with _connect(options) as connection:
+        if options.output in (None, "-"):
+            sys.stdout.buffer.write(connection.get(options.file_id))
+            sys.stdout.buffer.flush()
+        else:
+            bar = Progress(f"get {options.file_id[:8]}")
+            try:
+                connection.get_to_file(options.file_id, options.output, progress=lambda done, total:
+                                       bar.update(done, total, f"{_size(done)}/{_size(total)}"))
+            finally:
+                bar.close()
+    return 0
+
+
+def _parse_assignment(text: str, what: str) -> tuple[str, str]:
+    name, separator, value = text.partition("=")
+    if not separator or not name or not value:
+        raise CommandError(f"{what} {text!r}: expected NAME=PATH or NAME=FILE_ID")
+    return name, value
+
+
+def submit(options: argparse.Namespace) -> int:
+    inputs = dict(_parse_assignment(text, "--input") for text in options.input)
+    chunk_inputs = None
+    if options.chunk_input:
+        chunk_inputs = [{} for _ in range(options.chunks)]
+        for text in options.chunk_input:
+            index, separator, rest = text.partition(":")
+            if not separator or not index.isdigit() or int(index) >= options.chunks:
+                raise CommandError(f"--chunk-input {text!r}: expected CHUNK:NAME=PATH with CHUNK "
+                                   f"below --chunks ({options.chunks})")
+            name, value = _parse_assignment(rest, "--chunk-input")
+            chunk_inputs[int(index)][name] = value
+    with _connect(options) as connection:
+        job = connection.submit_job(options.program, args=options.args, inputs=inputs,
+                                    chunk_inputs=chunk_inputs, chunks=options.chunks,
+                                    timeout=options.timeout, max_retries=options.retries,
+                                    name=options.name)
+        print(job.id)
+        if not options.wait:
+            return 0
+        status = _wait_with_bar(job)
+        _print_status(status)
+        return 0 if status.state == "succeeded" else EXIT_FAILED
+
+
+def _wait_with_bar(job: Any) -> Any:
+    bar = Progress(f"job {job.id[:8]}")
+
+    def show(status: Any) -> None:
+        bar.update(status.finished, status.chunk_count,
+                   f"{status.finished}/{status.chunk_count} chunks, {status.state}")
+
+    try:
+        return job.wait(progress=show)
+    finally:
+        bar.close()
+
+
+def _print_status(status: Any) -> None:
+    print(f"job {status.id} {status.name!r}: {status.state}, {status.succeeded} succeeded, "
+          f"{status.failed} failed of {status.chunk_count} chunks")
+    if status.error:
+        print(f"error: {status.error}")
+    for chunk in status.chunks:
+        exit_text = "-" if chunk.exit_code is None else str(chunk.exit_code)
+        line = f"  chunk {chunk.chunk:>4}  {chunk.state:<10} attempt {chunk.attempt}  exit {exit_text:>4}"
+        if chunk.elapsed_s:
+            line += f"  {chunk.elapsed_s:.2f}s"
+        if chunk.outputs:
+            line += "  outputs: " + ", ".join(f"{name}={fid}" for name, fid in sorted(chunk.outputs.items()))
+        if chunk.error:
+            line += f"  ({chunk.error})"
+        print(line)
+
+
+def status(options: argparse.Namespace) -> int:
+    with _connect(options) as connection:
+        job = connection.job(options.job)
+        result = _wait_with_bar(job) if options.wait else job.status()
+        _print_status(result)
+        return 0 if result.state in ("succeeded", "queued", "running") else EXIT_FAILED
+
+
+def logs(options: argparse.Namespace) -> int:
+    with _connect(options) as connection:
+        job = connection.job(options.job)
+        chunks = job.result()
+        if not 0 <= options.chunk < len(chunks):
+            raise CommandError(f"job {options.job} has chunks 0..{len(chunks) - 1}, not {options.chunk}")
+        stdout, stderr = job.logs(options.chunk)
+        if options.stream in ("stdout", "both"):
+            sys.stdout.buffer.write(stdout)
+        if options.stream in ("stderr", "both"):
+            (sys.stdout.buffer if options.stream == "stderr" else sys.stderr.buffer).write(stderr)
+        sys.stdout.buffer.flush()
+    return 0
+
+
+def cancel(options: argparse.Namespace) -> int:
+    with _connect(options) as connection:
+        _print_status(connection.job(options.job).cancel())
+    return 0
+
+
+def nodes(options: argparse.Namespace) -> int:
+    from wire.enums import NodeRole
+    with _connect(options) as connection:
+        listed = connection.nodes()
+        print(f"{'node':<34}{'role':<14}{'state':<7}{'host':<16}{'slots':>6}{'free':>6}{'running':>8}  address")
+        for node in listed:
+            print(f"{node['node'].hex():<34}{NodeRole(node['role']).name.lower():<14}{node['state']:<7}"
+                  f"{node['host'][:15]:<16}{node['slots']:>6}{node['free_slots']:>6}{node['running']:>8}"
+                  f"  {node['address']}")
+        try:
+            counters = connection.storage.stats()
+            print(f"storage at {connection.cluster.storage[0].address}: reachable, "
+                  f"{counters.get('bytes_served', 0)} bytes served")
+        except Exception as fault:  # noqa: BLE001 - reported, not fatal
+            print(f"storage at {connection.cluster.storage[0].address}: unreachable ({fault})")
+    return 0
+
+
+def events(options: argparse.Namespace) -> int:
+    with _connect(options) as connection:
+        after = options.after
+        while True:
+            listed, last_seq = connection.events(after=after, limit=1000)
+            for event in listed:
+                parts = [f"{event['seq']:>6}", time.strftime("%H:%M:%S", time.localtime(event["at"])),
+                         event["kind"]]
+                if event["job"]:
+                    parts.append(f"job {event['job'].hex()[:8]}")
+                if event["chunk"] is not None:
+                    parts.append(f"chunk {event['chunk']}")
+                if event["attempt"] is not None:
+                    parts.append(f"attempt {event['attempt']}")
+                if event["node"]:
+                    parts.append(f"node {event['node'].hex()[:8]}")
+                if event["detail"]:
+                    parts.append(event["detail"])
+                print("  ".join(parts), flush=True)
+                after = event["seq"]
+            if not options.follow:
+                return 0
+            if not listed:
+                time.sleep(0.5)
+
+
+# -- parser ---------------------------------------------------------------------
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uds", description="uds: distributed job execution")
+    parser.add_argument("--cluster", metavar="FILE",
+                        help="cluster file (default: $UDS_CLUSTER, else the dev cluster's)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(run=run)
+        return sub
+
+    sub = command("dev", dev, "run a one-machine cluster (master, load balancer, storage, workers)")
+    sub.add_argument("--workers", type=int, default=2, help="number of workers (default 2)")
+    sub.add_argument("--slots", type=int, default=2, help="chunks each worker runs at once (default 2)")
+    sub.add_argument("--dir", default=str(pathlib.Path.home() / ".uds" / "dev"),
+                     help="folder for keys, data and logs (default ~/.uds/dev)")
+    mode = sub.add_mutually_exclusive_group()
+    mode.add_argument("--detach", action="store_true", help="start in the background, return when ready")
+    mode.add_argument("--stop", action="store_true", help="stop the dev cluster in --dir")
 
     keys = commands.add_parser("keys", help="manage cluster keys")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     init = keys_commands.add_parser("init", help="write a new cluster key folder")
     init.add_argument("dir", help="folder to create (must not hold keys yet)")
     init.set_defaults(run=keys_init)
+
+    sub = command("put", put, "store files; prints each file's id")
+    sub.add_argument("paths", nargs="+", metavar="PATH")
+
+    sub = command("get", get, "fetch a stored file")
+    sub.add_argument("file_id", metavar="FILE_ID")
+    sub.add_argument("-o", "--output", help="write to this file (default: standard output)")
+
+    sub = command("submit", submit, "submit a job; prints its id")
+    sub.add_argument("program", help="executable file (a script with #! or a binary)")
+    sub.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the program")
+    sub.add_argument("--input", action="append", default=[], metavar="NAME=PATH|ID",
+                     help="an input every chunk sees as $UDS_INPUTS/NAME (repeatable)")
+    sub.add_argument("--chunk-input", action="append", default=[], metavar="CHUNK:NAME=PATH|ID",
+                     help="an input only chunk CHUNK sees (repeatable)")
+    sub.add_argument("--chunks", type=int, default=1, help="number of chunks (default 1)")
+    sub.add_argument("--timeout", type=float, default=3600.0, help="per-chunk timeout in seconds")
+    sub.add_argument("--retries", type=int, default=0, help="retries of a failing chunk (default 0)")
+    sub.add_argument("--name", help="a name for the job (default: the program's file name)")
+    sub.add_argument("--wait", action="store_true", help="wait for the job, showing progress")
+
+    sub = command("status", status, "show a job's state and per-chunk results")
+    sub.add_argument("job", metavar="JOB")
+    sub.add_argument("--wait", action="store_true", help="wait until it finishes")
+
+    sub = command("logs", logs, "print a chunk's captured output")
+    sub.add_argument("job", metavar="JOB")
+    sub.add_argument("--chunk", type=int, default=0, help="chunk index (default 0)")
+    sub.add_argument("--stream", choices=("stdout", "stderr", "both"), default="both")
+
+    sub = command("cancel", cancel, "cancel a job and kill its running chunks")
+    sub.add_argument("job", metavar="JOB")
+
+    command("nodes", nodes, "list the cluster's nodes")
+
+    sub = command("events", events, "print the cluster's event log")
+    sub.add_argument("--after", type=int, default=0, help="start after this sequence number")
+    sub.add_argument("--follow", action="store_true", help="keep printing new events")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     options = build_parser().parse_args(argv)
+    from client.errors import ClientError
     try:
         return options.run(options)
-    except CommandError as fault:
+    except (CommandError, ClientError) as fault:
         print(f"uds: {fault}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

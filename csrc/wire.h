@@ -192,7 +192,9 @@ struct hello_reply {
 
 /* worker -> load balancer, load balancer -> master: still alive.
  * Body: running [[job, chunk, attempt]], cache_added [[id, size]],
- * cache_removed [id]. */
+ * cache_removed [id]. A worker lists every attempt it runs; a load
+ * balancer sends its total free slots and assigned attempts as counts and
+ * lists nothing. */
 struct heartbeat {
     struct generic_message header;
     uint64_t epoch;

@@ -163,3 +163,42 @@ def unmount_under(root: pathlib.Path) -> None:
                         break
                 except (OSError, subprocess.TimeoutExpired):
                     continue
+
+
+@dataclass
+class RunningCluster:
+    """A started phase-1 cluster and a connected client."""
+
+    layout: ClusterLayout
+    daemons: dict[str, Daemon]
+    connection: object = None
+
+    def worker_names(self) -> list[str]:
+        return sorted(name for name in self.daemons if name.startswith("w"))
+
+    def restart(self, name: str, kill: bool = True) -> Daemon:
+        old = self.daemons[name]
+        old.kill9() if kill else old.stop()
+        role = old.role
+        daemon = self.layout.start(role, name=name if role == "worker" else None)
+        self.daemons[name] = daemon
+        return daemon
+
+    def worker_by_node(self, node_hex: str) -> str:
+        for name in self.worker_names():
+            data = self.daemons[name].data
+            if (data / "node_id").read_text().strip() == node_hex:
+                return name
+        raise KeyError(node_hex)
+
+
+def start_cluster(layout: ClusterLayout, workers: int = 2) -> RunningCluster:
+    """Start storage, master, load balancer and workers at once, then wait for all."""
+    daemons = {"storage": layout.start("storage", wait=False),
+               "master": layout.start("master", wait=False),
+               "loadbalancer": layout.start("loadbalancer", wait=False)}
+    for index in range(workers):
+        daemons[f"w{index}"] = layout.start("worker", name=f"w{index}", wait=False)
+    for daemon in daemons.values():
+        daemon.wait_ready()
+    return RunningCluster(layout=layout, daemons=daemons)

@@ -74,3 +74,28 @@ def stop_event_on_signals() -> threading.Event:
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     return stop
+
+
+class ConfigurationError(Exception):
+    """The daemon cannot start with this cluster file; one line says why."""
+
+
+def open_cluster(path: str, role_entries: str, index: int):
+    """Load the cluster file and the key folder; pick entry `index` of
+    `role_entries` ("masters", "loadbalancers", "storage"), or None for
+    workers. Raises ConfigurationError with a one-line reason."""
+    from wire import cluster as cluster_file
+    from wire.keys import KeyFolder, KeyFolderError
+    try:
+        cluster = cluster_file.load(path)
+        keys = KeyFolder(cluster.keys)
+    except (cluster_file.ClusterFileError, KeyFolderError) as fault:
+        raise ConfigurationError(str(fault)) from None
+    entry = None
+    if role_entries:
+        entries = getattr(cluster, role_entries)
+        if not 0 <= index < len(entries):
+            raise ConfigurationError(f"{cluster.path}: --index {index}, but there are "
+                                     f"{len(entries)} [[{role_entries}]] entries")
+        entry = entries[index]
+    return cluster, entry, keys

@@ -72,12 +72,10 @@ _REJECTED_EVENTS = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "handshakes_rejected_auth",
 }
 _MONITORED_EVENTS = (
-    zmq.EVENT_HANDSHAKE_SUCCEEDED
-    | zmq.EVENT_DISCONNECTED
-    | zmq.EVENT_MONITOR_STOPPED
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED
 )
-for _event in _REJECTED_EVENTS:
-    _MONITORED_EVENTS |= _event
 
 COUNTER_NAMES = (
     "handshakes_rejected",
@@ -95,18 +93,30 @@ class TransportError(Exception):
 
 
 class Counters(Mapping[str, int]):
-    """Named event counts. Increments take a lock; reads need none."""
+    """Named event counts. Increments take a lock; reads need none.
+
+    Handshake counters count attempts, not peers: a rejected client keeps
+    reconnecting. `handshakes_rejected_no_detail` also counts peers that
+    hung up mid-handshake (libzmq cannot tell the two apart).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values = dict.fromkeys(COUNTER_NAMES, 0)
 
-    def increment(self, name: str, amount: int = 1) -> None:
+    def increment(self, *names: str) -> None:
+        """Add one to each name, atomically (a total and its breakdown agree)."""
         with self._lock:
-            self._values[name] = self._values.get(name, 0) + amount
+            for name in names:
+                self._values[name] = self._values.get(name, 0) + 1
 
     def __getitem__(self, name: str) -> int:
         return self._values[name]
+
+    def snapshot(self) -> dict[str, int]:
+        """A consistent copy: totals match their breakdowns."""
+        with self._lock:
+            return dict(self._values)
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._values))
@@ -144,15 +154,14 @@ class Transport:
         self._closed = False
         self._auth = ThreadAuthenticator(self._context)
         try:
-            self._auth.start()
-        except zmq.ZMQError as e:
-            self._abort()
-            # libzmq allows one ZAP handler per context (a fixed inproc name).
-            raise TransportError(
-                f"cannot start the ZAP authenticator ({e}); "
-                "is another Transport using this context?"
-            ) from e
-        try:
+            try:
+                self._auth.start()
+            except zmq.ZMQError as e:
+                # libzmq allows one ZAP handler per context (a fixed inproc name).
+                raise TransportError(
+                    f"cannot start the ZAP authenticator ({e}); "
+                    "is another Transport using this context?"
+                ) from e
             self.reload_admitted_keys()
         except TransportError:
             self._abort()
@@ -228,8 +237,11 @@ class Transport:
             sock.close(linger=0)
             raise
         with self._lock:
-            self._sockets.add(sock)
-        return sock
+            if not self._closed:
+                self._sockets.add(sock)
+                return sock
+        sock.close(linger=0)  # close() ran meanwhile and would miss it
+        raise TransportError("transport is closed")
 
     def close(self) -> None:
         """Close every socket, stop auth and monitor, end the context if ours."""
@@ -329,8 +341,7 @@ class _MonitorThread(threading.Thread):
         except zmq.Again:
             return
         if event in _REJECTED_EVENTS:
-            self._counters.increment("handshakes_rejected")
-            self._counters.increment(_REJECTED_EVENTS[event])
+            self._counters.increment("handshakes_rejected", _REJECTED_EVENTS[event])
         elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._counters.increment("handshakes_succeeded")
         elif event == zmq.EVENT_DISCONNECTED:

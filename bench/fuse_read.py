@@ -1,0 +1,194 @@
+"""FUSE read throughput of a 256 MiB input against a page-cached local read of
+the same bytes, measured in the same run. Prints one JSON line (MiB/s).
+
+- first_read: an empty block cache behind a fresh chunk directory, so every
+  block comes from the source: the real storage daemon through
+  StorageBlockSource when it starts, else a local file ("source": "local").
+- reread_page_cache: the same file again; the kernel keeps its pages.
+- reread_block_cache: the same input under another chunk directory (a new
+  inode, so the kernel asks us again), served from the block cache on disk;
+  best of three, dropping each inode's pages after it is read.
+- local_read: the same bytes from a local file in the page cache: the limit.
+- storage_fetch (with the daemon): 1 MiB fetches from one thread, no FUSE.
+Every read is 1 MiB read(2) calls into one reused buffer (FUSE splits them
+into 128 KiB requests). Memory is touched first: this VM backs memory at
+~3 s/GiB on first touch, which would otherwise land inside the timings.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from wire.ids import file_hasher, new_id  # noqa: E402
+from worker.blocks import BlockSource  # noqa: E402
+from worker.cache import BlockCache  # noqa: E402
+from worker.fusefs import FuseMount  # noqa: E402
+
+MiB = 1 << 20
+FILE_BYTES = 256 * MiB
+READ_BYTES = MiB
+WARM_UP_BYTES = 3072 * MiB  # local copy, blob, cache file, two inodes' pages, buffers: ~2 GiB, with room
+REREAD_REPEATS = 3
+
+
+class LocalFileSource:
+    """A BlockSource reading a local file: used when no storage daemon runs."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def fetch(self, file_id: bytes, offset: int, length: int) -> bytes:
+        return os.pread(self._fd, length, offset)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def warm_up_memory() -> None:
+    block = bytearray(WARM_UP_BYTES)
+    block[::4096] = b"\1" * (WARM_UP_BYTES // 4096)  # one write per page backs it
+    del block
+
+
+def timed_read(path: str, buffer: bytearray) -> tuple[float, int]:
+    """Seconds to read `path` to its end, and the bytes read."""
+    view = memoryview(buffer)
+    total = 0
+    with open(path, "rb", buffering=0) as stream:
+        started = time.perf_counter()
+        while count := stream.readinto(view):
+            total += count
+        return time.perf_counter() - started, total
+
+
+def drop_page_cache(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def id_of_file(path: str) -> bytes:
+    hasher = file_hasher()
+    with open(path, "rb", buffering=0) as stream:
+        while block := stream.read(8 * MiB):
+            hasher.update(block)
+    return hasher.digest()
+
+
+def mib_per_s(seconds: float) -> float:
+    return round(FILE_BYTES / MiB / seconds, 1)
+
+
+@contextlib.contextmanager
+def storage_source(work: pathlib.Path, local_copy: pathlib.Path):
+    """(source, file id, description, extra figures); the daemon is stopped on exit."""
+    try:
+        from client.storage_client import StorageClient
+        from daemons import ClusterLayout
+        from wire.keys import KeyFolder
+        from wire.transport import Transport
+        from worker.blocks import StorageBlockSource
+    except ImportError as error:
+        yield _local(local_copy, f"storage client unavailable: {error}")
+        return
+    layout = ClusterLayout.create(work / "cluster")
+    transport = None
+    source = None
+    try:
+        try:
+            layout.start("storage")
+            transport = Transport(KeyFolder(layout.cluster.keys))
+            address, node_id = layout.cluster.storage[0].address, new_id()
+            with StorageClient(transport, address, node_id) as uploader:
+                file_id, _ = uploader.put_file(local_copy)
+        except Exception as error:  # no working daemon yet: measure against a local file
+            yield _local(local_copy, f"storage daemon failed: {error!r}")
+            return
+        source = StorageBlockSource(lambda: StorageClient(transport, address, node_id))
+        yield source, file_id, "storage", {"storage_fetch_MiBps": fetch_throughput(source, file_id)}
+    finally:
+        if source is not None:
+            source.close()
+        if transport is not None:
+            transport.close()
+        layout.cleanup()
+
+
+def _local(local_copy: pathlib.Path, why: str):
+    source = LocalFileSource(local_copy)
+    return source, id_of_file(str(local_copy)), "local", {"why_local": why}
+
+
+def fetch_throughput(source: BlockSource, file_id: bytes) -> float:
+    source.fetch(file_id, 0, READ_BYTES)  # connect first
+    started = time.perf_counter()
+    for offset in range(0, FILE_BYTES, READ_BYTES):
+        source.fetch(file_id, offset, READ_BYTES)
+    return mib_per_s(time.perf_counter() - started)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    warm_up_memory()
+    buffer = bytearray(READ_BYTES)
+    with tempfile.TemporaryDirectory(prefix="uds-fuse-bench-") as folder:
+        work = pathlib.Path(folder)
+        local_copy = work / "input.bin"
+        local_copy.write_bytes(os.urandom(FILE_BYTES))
+        timed_read(str(local_copy), buffer)  # into the page cache
+        local_s = min(timed_read(str(local_copy), buffer)[0] for _ in range(REREAD_REPEATS))
+
+        with storage_source(work, local_copy) as (source, file_id, source_name, extra):
+            cache = BlockCache(work / "cache", source, capacity_bytes=4 * FILE_BYTES)
+            mount = FuseMount(work / "mnt", cache)
+            try:
+                mount.start()
+                first = os.path.join(mount.add_chunk("first", {"input": (file_id, FILE_BYTES)}), "input")
+                first_s, first_bytes = timed_read(first, buffer)
+                reread_s = min(timed_read(first, buffer)[0] for _ in range(REREAD_REPEATS))
+                assert first_bytes == FILE_BYTES and id_of_file(first) == file_id, "wrong bytes through FUSE"
+                drop_page_cache(first)  # frees warm pages for the next inode to reuse
+                cached_s = float("inf")
+                for attempt in range(REREAD_REPEATS):  # a new inode each time: the kernel must ask us
+                    directory = mount.add_chunk(f"again-{attempt}", {"input": (file_id, FILE_BYTES)})
+                    again = os.path.join(directory, "input")
+                    cached_s = min(cached_s, timed_read(again, buffer)[0])
+                    drop_page_cache(again)
+                counters = cache.counters()
+            finally:
+                mount.stop()
+                cache.close()
+
+    figures = {
+        "benchmark": "fuse_read",
+        "source": source_name,
+        "file_MiB": FILE_BYTES // MiB,
+        "first_read_MiBps": mib_per_s(first_s),
+        "reread_page_cache_MiBps": mib_per_s(reread_s),
+        "reread_block_cache_MiBps": mib_per_s(cached_s),
+        "local_read_MiBps": mib_per_s(local_s),
+        "first_read_ratio_to_local": round(local_s / first_s, 3),
+        "reread_page_cache_ratio_to_local": round(local_s / reread_s, 3),
+        "reread_block_cache_ratio_to_local": round(local_s / cached_s, 3),
+        "bytes_fetched": counters.bytes_fetched,
+        **extra,
+    }
+    if "storage_fetch_MiBps" in extra:  # the first read's own limit: fetching alone, one thread
+        figures["first_read_ratio_to_storage_fetch"] = round(
+            figures["first_read_MiBps"] / extra["storage_fetch_MiBps"], 3)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""The client library: connect to a cluster, store files, run jobs.
+
+    import client
+    c = client.connect()                       # UDS_CLUSTER, else the dev cluster
+    fid = c.put("data.txt")                    # 32 hex characters
+    job = c.submit_job("count.py", args=["--top", "10"], inputs={"data.txt": fid}, chunks=2)
+    job.wait(timeout=120)
+    print(job.result()[0].outputs)
+
+Arguments are checked before anything is sent; every request to a master
+carries a request id and is resent with the same id (and job id) when no
+answer comes, which is safe because the masters apply it once.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import zmq
+
+import wire
+from client.errors import (
+    ClientError, InvalidJobError, NoClusterError, RemoteError, RequestTimeout, UnknownJobError,
+)
+from client.jobs import ChunkResult, Job, JobStatus
+from client.storage_client import StorageClient
+from wire import cluster as cluster_file
+from wire.ids import ID_BYTES, id_from_hex, new_id
+from wire.keys import KeyFolder
+from wire.schema import NAME_MAX_BYTES
+from wire.transport import Transport, recv_message, send_message
+
+DEFAULT_DEV_DIR = pathlib.Path.home() / ".uds" / "dev"
+CLUSTER_ENV = "UDS_CLUSTER"
+# One try waits this long before the same request is sent again.
+RESEND_AFTER_S = 2.0
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+DEFAULT_CHUNK_TIMEOUT_S = 3600.0
+
+
+def find_cluster_file(cluster: str | os.PathLike[str] | None = None) -> pathlib.Path:
+    """The argument, else $UDS_CLUSTER, else the running dev cluster's file."""
+    if cluster is not None:
+        path = pathlib.Path(cluster)
+        if path.is_dir():
+            path = path / "cluster.toml"
+    elif os.environ.get(CLUSTER_ENV):
+        path = pathlib.Path(os.environ[CLUSTER_ENV])
+    else:
+        path = DEFAULT_DEV_DIR / "cluster.toml"
+        if not path.exists():
+            raise NoClusterError(f"no cluster: pass connect(path), set {CLUSTER_ENV}, "
+                                 f"or start one with `uds dev`")
+    if not path.exists():
+        raise NoClusterError(f"no cluster file at {path}")
+    return path
+
+
+def connect(cluster: str | os.PathLike[str] | None = None,
+            timeout: float = DEFAULT_REQUEST_TIMEOUT_S) -> "Connection":
+    return Connection(find_cluster_file(cluster), timeout=timeout)
+
+
+def _check_input_name(name: Any, where: str) -> str:
+    if not isinstance(name, str):
+        raise InvalidJobError(f"{where}: input name must be a string, got {type(name).__name__}")
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise InvalidJobError(f"{where}: input name {name!r} must be a plain file name "
+                              f"(no '/', NUL, '.' or '..')")
+    if len(name.encode("utf-8", "surrogatepass")) > NAME_MAX_BYTES:
+        raise InvalidJobError(f"{where}: input name {name[:40]!r}... is longer than {NAME_MAX_BYTES} bytes")
+    return name
+
+
+def _looks_like_id(value: str) -> bool:
+    return len(value) == 2 * ID_BYTES and all(c in "0123456789abcdef" for c in value.lower())
+
+
+class Connection:
+    """One client's link to a cluster: its masters and its storage."""
+
+    def __init__(self, cluster_path: pathlib.Path, timeout: float = DEFAULT_REQUEST_TIMEOUT_S) -> None:
+        try:
+            self.cluster = cluster_file.load(cluster_path)
+            keys = KeyFolder(self.cluster.keys)
+        except Exception as fault:
+            raise NoClusterError(f"cannot use cluster file {cluster_path}: {fault}") from None
+        self.timeout = timeout
+        self.node_id = new_id()
+        self._transport = Transport(keys)
+        self._masters: list[zmq.Socket | None] = [None] * len(self.cluster.masters)
+        self._master_index = 0
+        self._next_request_id = 1
+        self._storage: StorageClient | None = None
+
+    # -- files ---------------------------------------------------------------
+
+    @property
+    def storage(self) -> StorageClient:
+        if self._storage is None:
+            self._storage = StorageClient(self._transport, self.cluster.storage[0].address,
+                                          self.node_id, timeout_s=self.timeout)
+        return self._storage
+
+    def put(self, source: str | os.PathLike[str] | bytes,
+            progress: Callable[[int, int], None] | None = None) -> str:
+        """Store a file (a path, or bytes); its id as 32 hex characters."""
+        return self._put(source, progress)[0].hex()
+
+    def _put(self, source: Any, progress: Callable[[int, int], None] | None = None) -> tuple[bytes, int]:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            return self.storage.put_bytes(bytes(source))
+        path = pathlib.Path(source)
+        if not path.is_file():
+            raise ClientError(f"no such file: {path}")
+        return self.storage.put_file(path, progress=progress)
+
+    def get(self, file_id: str | bytes) -> bytes:
+        return self.storage.get(self._file_id(file_id))
+
+    def get_to_file(self, file_id: str | bytes, path: str | os.PathLike[str],
+                    progress: Callable[[int, int], None] | None = None) -> None:
+        self.storage.get_to_file(self._file_id(file_id), pathlib.Path(path), progress=progress)
+
+    @staticmethod
+    def _file_id(file_id: str | bytes) -> bytes:
+        if isinstance(file_id, bytes) and len(file_id) == ID_BYTES:
+            return file_id
+        try:
+            return id_from_hex(str(file_id))
+        except ValueError as fault:
+            raise ClientError(str(fault)) from None
+
+    # -- jobs ----------------------------------------------------------------
+
+    def submit_job(self, program: str | os.PathLike[str] | bytes, args: Sequence[str] = (),
+                   inputs: Mapping[str, Any] | None = None,
+                   chunk_inputs: Sequence[Mapping[str, Any]] | None = None, chunks: int = 1,
+                   timeout: float = DEFAULT_CHUNK_TIMEOUT_S, max_retries: int = 0,
+                   name: str | None = None, job_id: str | None = None) -> Job:
+        """Run `program` as `chunks` chunks. Inputs are file ids, paths or bytes.
+
+        `timeout` is per chunk, in seconds. Raises InvalidJobError, before
+        sending anything, when an argument breaks a rule.
+        """
+        spec = self._check_job(program, args, inputs, chunk_inputs, chunks, timeout, max_retries, name)
+        job = id_from_hex(job_id) if job_id else new_id()
+        program_ref = self._resolve(program, "program")
+        input_refs = {key: self._resolve(value, f"input {key!r}") for key, value in spec["inputs"].items()}
+        chunk_refs = [{key: self._resolve(value, f"chunk {index} input {key!r}")
+                       for key, value in per_chunk.items()}
+                      for index, per_chunk in enumerate(spec["chunk_inputs"])]
+
+        def request(request_id: int) -> wire.Message:
+            return wire.JobSubmit.make(
+                self.node_id, request_id=request_id, job=job, chunk_count=chunks,
+                program=list(program_ref), args=list(args),
+                inputs={key: list(ref) for key, ref in input_refs.items()},
+                chunk_inputs=[{key: list(ref) for key, ref in refs.items()} for refs in chunk_refs],
+                timeout_s=float(timeout), max_retries=max_retries, name=spec["name"])
+
+        self._ask(request, wire.JobSubmitReply)
+        return Job(self, job.hex())
+
+    def _check_job(self, program: Any, args: Any, inputs: Any, chunk_inputs: Any, chunks: Any,
+                   timeout: Any, max_retries: Any, name: Any) -> dict:
+        if type(chunks) is not int or chunks < 1:
+            raise InvalidJobError(f"chunks must be a positive integer, got {chunks!r}")
+        if isinstance(args, (str, bytes)) or not all(isinstance(arg, str) for arg in args):
+            raise InvalidJobError("args must be a list of strings")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 1e9:
+            raise InvalidJobError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if type(max_retries) is not int or max_retries < 0:
+            raise InvalidJobError(f"max_retries must be a non-negative integer, got {max_retries!r}")
+        if not isinstance(program, (str, os.PathLike, bytes, bytearray)):
+            raise InvalidJobError(f"program must be a path or bytes, got {type(program).__name__}")
+        if isinstance(program, (str, os.PathLike)) and not pathlib.Path(program).is_file() \
+                and not (isinstance(program, str) and _looks_like_id(program)):
+            raise InvalidJobError(f"program {str(program)!r} is not a file")
+        inputs = dict(inputs or {})
+        for key in inputs:
+            _check_input_name(key, "inputs")
+        if chunk_inputs is None:
+            chunk_inputs = []
+        else:
+            chunk_inputs = [dict(per_chunk) for per_chunk in chunk_inputs]
+            if len(chunk_inputs) != chunks:
+                raise InvalidJobError(f"chunk_inputs has {len(chunk_inputs)} entries for {chunks} chunks")
+            for index, per_chunk in enumerate(chunk_inputs):
+                for key in per_chunk:
+                    _check_input_name(key, f"chunk_inputs[{index}]")
+                    if key in inputs:
+                        raise InvalidJobError(f"input {key!r} of chunk {index} is also a job input")
+        if name is None:
+            name = pathlib.Path(program).name if isinstance(program, (str, os.PathLike)) else "job"
+        if not isinstance(name, str) or len(name.encode()) > NAME_MAX_BYTES:
+            raise InvalidJobError("name must be a string of at most 255 bytes")
+        return {"inputs": inputs, "chunk_inputs": chunk_inputs, "name": name}
+
+    def _resolve(self, value: Any, what: str) -> tuple[bytes, int]:
+        """A file reference (id, size) for an id, a path or bytes."""
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return self._put(value)
+        if isinstance(value, os.PathLike) or (isinstance(value, str) and pathlib.Path(value).is_file()):
+            path = pathlib.Path(value)
+            if not path.is_file():
+                raise InvalidJobError(f"{what}: no such file {path}")
+            return self._put(path)
+        if isinstance(value, str) and _looks_like_id(value):
+            file_id = bytes.fromhex(value)
+            size = self.storage.stat(file_id)
+            if size is None:
+                raise InvalidJobError(f"{what}: unknown file id {value} (not in storage)")
+            return file_id, size
+        raise InvalidJobError(f"{what}: {value!r} is neither a file id, a path to a file, nor bytes")
+
+    def job(self, job_id: str) -> Job:
+        return Job(self, self._file_id(job_id).hex())
+
+    def job_status(self, job_id: str) -> JobStatus:
+        job = self._file_id(job_id)
+        reply = self._ask(lambda rid: wire.JobStatus.make(self.node_id, request_id=rid, job=job),
+                          wire.JobStatusReply)
+        return JobStatus.from_reply(reply)
+
+    def cancel_job(self, job_id: str) -> JobStatus:
+        job = self._file_id(job_id)
+        reply = self._ask(lambda rid: wire.JobCancel.make(self.node_id, request_id=rid, job=job),
+                          wire.JobStatusReply)
+        return JobStatus.from_reply(reply)
+
+    def nodes(self) -> list[dict]:
+        reply = self._ask(lambda rid: wire.NodesQuery.make(self.node_id, request_id=rid), wire.NodesReply)
+        return reply.nodes
+
+    def events(self, after: int = 0, limit: int = 1000) -> tuple[list[dict], int]:
+        reply = self._ask(lambda rid: wire.EventsQuery.make(self.node_id, request_id=rid, after_seq=after,
+                                                            limit=limit), wire.EventsReply)
+        return reply.events, reply.last_seq
+
+    def master_stats(self) -> dict:
+        reply = self._ask(lambda rid: wire.StatsQuery.make(self.node_id, request_id=rid), wire.StatsReply)
+        return reply.counters
+
+    def as_completed(self, jobs: Iterable[Job], timeout: float | None = None) -> Iterator[Job]:
+        """Yield each job once it has finished, in the order they finish."""
+        waiting = list(jobs)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.005
+        while waiting:
+            for job in list(waiting):
+                if job.status().done:
+                    waiting.remove(job)
+                    yield job
+            if waiting:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise RequestTimeout(f"{len(waiting)} jobs still running after {timeout}s")
+                time.sleep(pause)
+                pause = min(pause * 1.5, 0.25)
+
+    # -- requests to the masters -------------------------------------------
+
+    def _master_socket(self) -> zmq.Socket:
+        index = self._master_index
+        if self._masters[index] is None:
+            self._masters[index] = self._transport.client_socket(zmq.DEALER, self.cluster.masters[index].address)
+        return self._masters[index]
+
+    def _ask(self, make: Callable[[int], wire.Message], expected: type) -> Any:
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        frames = wire.encode(make(request_id))
+        deadline = time.monotonic() + self.timeout
+        while True:
+            socket = self._master_socket()
+            send_message(socket, frames, counters=self._transport)
+            resend_at = min(deadline, time.monotonic() + RESEND_AFTER_S)
+            while (remaining := resend_at - time.monotonic()) > 0:
+                if not socket.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                    continue
+                received = recv_message(socket, self._transport)
+                if received is None:
+                    continue
+                try:
+                    reply = wire.decode(received.frames)
+                except wire.WireError:
+                    continue
+                if getattr(reply, "request_id", None) != request_id:
+                    continue  # an answer to an earlier, already abandoned try
+                if isinstance(reply, wire.Error):
+                    self._raise_error(reply)
+                    break  # not the leader: try the next master now
+                if isinstance(reply, expected):
+                    return reply
+            if time.monotonic() >= deadline:
+                address = self.cluster.masters[self._master_index].address
+                raise RequestTimeout(f"no answer from the masters ({address}) in {self.timeout:g}s")
+
+    def _raise_error(self, reply: wire.Error) -> None:
+        """Raise the error, or return to have the request tried again."""
+        if reply.error_code == wire.ErrorCode.NOT_LEADER:
+            self._master_index = (self._master_index + 1) % len(self._masters)
+            time.sleep(0.05)
+            return
+        if reply.error_code == wire.ErrorCode.BUSY:  # starting up, or electing a leader
+            time.sleep(0.1)
+            return
+        if reply.error_code == wire.ErrorCode.UNKNOWN_JOB:
+            raise UnknownJobError(reply.error_code, reply.reason)
+        if reply.error_code == wire.ErrorCode.INVALID:
+            raise InvalidJobError(reply.reason)
+        raise RemoteError(reply.error_code, reply.reason)
+
+    def close(self) -> None:
+        if self._storage is not None:
+            self._storage.close()
+        self._transport.close()
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+__all__ = ["connect", "Connection", "find_cluster_file"]

@@ -1,0 +1,222 @@
+"""`uds dev`: a phase-1 cluster on this machine (one master, one load
+balancer, one storage node, N workers), all real daemons on 127.0.0.1.
+
+DIR holds everything: `keys/` (a fresh set each start), `cluster.toml`,
+`data/` (kept across starts, so stored files and jobs survive), `logs/`,
+and `dev.pids` while it runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from wire import cluster as cluster_file
+from wire.daemon import ready_pid
+from wire.keys import KeyFolder
+
+PIDS_FILE = "dev.pids"
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+ROLES_IN_START_ORDER = ("storage", "master", "loadbalancer")
+
+
+class DevClusterError(Exception):
+    """The dev cluster cannot be started or stopped; says why."""
+
+
+@dataclass
+class DevProcess:
+    role: str
+    name: str
+    pid: int
+    data: pathlib.Path
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_pids(folder: pathlib.Path) -> list[dict]:
+    try:
+        entries = json.loads((folder / PIDS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    return [entry for entry in entries if _alive(entry["pid"])]
+
+
+def write_cluster_file(folder: pathlib.Path, workers: int, slots: int) -> pathlib.Path:
+    """Fresh keys and ports; data folders stay where they were."""
+    keys = folder / "keys"
+    if keys.exists():
+        shutil.rmtree(keys)
+    KeyFolder.create(keys)
+    path = folder / "cluster.toml"
+    path.write_text(cluster_file.render(
+        keys="keys",
+        masters=[{"address": f"tcp://127.0.0.1:{_free_port()}", "raft": f"127.0.0.1:{_free_port()}",
+                  "data": "data/master-0"}],
+        loadbalancers=[{"address": f"tcp://127.0.0.1:{_free_port()}", "data": "data/loadbalancer-0"}],
+        storage=[{"address": f"tcp://127.0.0.1:{_free_port()}", "data": "data/storage-0"}],
+        workers={"data": "data/workers", "slots": slots, "cache_bytes": 2 << 30,
+                 "heartbeat_interval_s": 0.25, "lease_s": 3.0},
+    ))
+    return path
+
+
+def start(folder: pathlib.Path, workers: int, slots: int, detach: bool) -> list[DevProcess]:
+    """Start every daemon and wait until each is ready."""
+    folder = folder.expanduser().resolve()
+    if running_pids(folder):
+        raise DevClusterError(f"a dev cluster is already running in {folder}; stop it with "
+                              f"`uds dev --stop --dir {folder}`")
+    if workers < 1:
+        raise DevClusterError("--workers must be at least 1")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = write_cluster_file(folder, workers, slots)
+    cluster = cluster_file.load(path)
+    logs = folder / "logs"
+    logs.mkdir(exist_ok=True)
+    plan = [("storage", "storage-0", cluster.storage[0].data, []),
+            ("master", "master-0", cluster.masters[0].data, []),
+            ("loadbalancer", "loadbalancer-0", cluster.loadbalancers[0].data, [])]
+    plan += [("worker", f"worker-{index}", cluster.worker_data(f"worker-{index}"),
+              ["--name", f"worker-{index}"]) for index in range(workers)]
+    started: list[DevProcess] = []
+    try:
+        for role, name, data, extra in plan:
+            data.mkdir(parents=True, exist_ok=True)
+            with open(logs / f"{name}.log", "ab") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", role, "--cluster", str(path), *extra],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    cwd=folder, start_new_session=detach)
+            started.append(DevProcess(role, name, process.pid, data))
+            _record(folder, started)
+        for process in started:
+            _wait_ready(process, logs)
+    except BaseException:
+        stop_processes(started)
+        _record(folder, [])
+        raise
+    return started
+
+
+def _record(folder: pathlib.Path, processes: list[DevProcess]) -> None:
+    (folder / PIDS_FILE).write_text(json.dumps(
+        [{"role": p.role, "name": p.name, "pid": p.pid, "data": str(p.data)} for p in processes]))
+
+
+def _wait_ready(process: DevProcess, logs: pathlib.Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if ready_pid(process.data) == process.pid:
+            return
+        if not _alive(process.pid) or _is_zombie(process.pid):
+            tail = (logs / f"{process.name}.log").read_text(errors="replace")[-2000:]
+            raise DevClusterError(f"{process.name} exited during start-up; its log ends:\n{tail}")
+        time.sleep(0.05)
+    raise DevClusterError(f"{process.name} was not ready after {READY_TIMEOUT_S:g}s "
+                          f"(see {logs / (process.name + '.log')})")
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def stop_processes(processes: list[DevProcess] | list[dict]) -> None:
+    """SIGTERM in reverse start order (workers first), SIGKILL what lingers."""
+    pids = [p.pid if isinstance(p, DevProcess) else p["pid"] for p in processes][::-1]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for pid in pids:
+        while _alive(pid) and not _is_zombie(pid) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.05)
+        if _alive(pid) and not _is_zombie(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def stop(folder: pathlib.Path) -> int:
+    """Stop the dev cluster in `folder`; the number of processes stopped."""
+    folder = folder.expanduser().resolve()
+    entries = running_pids(folder)
+    stop_processes(entries)
+    if (folder / PIDS_FILE).exists():
+        (folder / PIDS_FILE).unlink()
+    _unmount_stale(folder)
+    return len(entries)
+
+
+def _unmount_stale(folder: pathlib.Path) -> None:
+    try:
+        mounts = pathlib.Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return
+    for line in mounts:
+        parts = line.split()
+        if len(parts) > 2 and parts[1].startswith(str(folder)) and parts[2].startswith("fuse"):
+            subprocess.run(["fusermount", "-u", "-z", parts[1]], capture_output=True)
+
+
+def run_foreground(folder: pathlib.Path, processes: list[DevProcess], say=print) -> int:
+    """Wait until interrupted or a daemon dies, then stop everything."""
+    stop_requested = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    code = 0
+    try:
+        while not stop_requested:
+            dead = [p for p in processes if not _alive(p.pid) or _is_zombie(p.pid)]
+            if dead:
+                say(f"uds dev: {', '.join(p.name for p in dead)} exited; stopping the cluster")
+                code = 1
+                break
+            time.sleep(0.2)
+    finally:
+        stop_processes(processes)
+        (folder / PIDS_FILE).unlink(missing_ok=True)
+        _unmount_stale(folder)
+    return code

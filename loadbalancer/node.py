@@ -1,0 +1,373 @@
+"""The load balancer's shell: a ROUTER for workers, a DEALER to the master,
+and a loop that turns messages into scheduler events and effects into
+messages.
+
+Rules: all decisions are the scheduler's (loadbalancer/scheduler.py); this
+module only translates. Chunk events go to the master in batches
+(chunk_events) that are resent until acknowledged; once a batch is
+acknowledged, each final status in it is confirmed to its worker
+(status_ack), so a result is never lost between worker and master.
+"""
+from __future__ import annotations
+
+import logging
+import socket as socket_module
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import zmq
+
+import wire
+from loadbalancer import scheduler as core
+from wire.enums import FINAL_CHUNK_STATES, ErrorCode, NodeRole
+from wire.transport import Transport, recv_message, send_message
+
+log = logging.getLogger("loadbalancer")
+
+EVENTS_PER_BATCH = 1000
+# An unacknowledged batch is sent again after this long.
+RESEND_BATCH_S = 1.0
+# Hello again to the master when it has not answered for this long.
+MASTER_HELLO_RETRY_S = 1.0
+NODE_REPORT_INTERVAL_S = 1.0
+MESSAGES_PER_WAKEUP = 1000
+# Heartbeat periods to listen before placing anything after a start.
+SETTLE_HEARTBEATS = 1.5
+
+
+@dataclass
+class EventBatch:
+    batch_id: int
+    frames: list
+    finals: list[tuple[bytes, bytes, int, int, int]]   # worker, job, chunk, attempt, state
+    sent_at: float
+
+
+class LoadBalancerNode:
+    def __init__(self, node_id: bytes, address: str, master_addresses: list[str], transport: Transport,
+                 heartbeat_interval_s: float, lease_s: float) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.transport = transport
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.lease_s = lease_s
+        self.host = socket_module.gethostname()
+        self.started_at = time.time()
+        # Soft state starts empty: wait for workers' first heartbeats to say what
+        # they run before placing anything the master re-sends.
+        self.scheduler = core.Scheduler(lease_s=lease_s, settle_s=SETTLE_HEARTBEATS * heartbeat_interval_s)
+        self.workers_socket = transport.server_socket(zmq.ROUTER, address)
+        self.master_addresses = master_addresses
+        self.master_index = 0
+        self.master_socket = transport.client_socket(zmq.DEALER, master_addresses[0])
+        self.master_registered = False
+        self.last_master_hello = 0.0
+        self.last_master_message = 0.0
+        self.epoch = 0
+        self.worker_peers: dict[bytes, bytes] = {}
+        self.outgoing_events: list[core.ForwardEvent] = []
+        self.unacknowledged: dict[int, EventBatch] = {}
+        self.next_batch_id = int(time.time() * 1000)  # unique across restarts of this node
+        self.next_request_id = 1
+        self.counters: dict[str, int] = {}
+        self.last_tick = 0.0
+        self.last_node_report = 0.0
+        self.worker_handlers: dict[type, Callable[[Any, bytes, float], None]] = {
+            wire.Hello: self.on_worker_hello,
+            wire.Heartbeat: self.on_worker_heartbeat,
+            wire.WorkerStatus: self.on_worker_status,
+            wire.StatsQuery: self.on_stats_query,
+            wire.NodesQuery: self.on_nodes_query,
+        }
+        self.master_handlers: dict[type, Callable[[Any, float], None]] = {
+            wire.HelloReply: self.on_master_hello_reply,
+            wire.ChunkDispatch: self.on_dispatch,
+            wire.ChunkCancel: self.on_cancel,
+            wire.ChunkEventsAck: self.on_events_ack,
+            wire.Error: self.on_master_error,
+        }
+        self.effect_handlers: dict[type, Callable[[Any, float], None]] = {
+            core.AssignChunks: self.do_assign,
+            core.ForwardEvent: self.do_forward,
+            core.CancelOnWorker: self.do_cancel_on_worker,
+            core.WorkerJoined: self.do_worker_joined,
+            core.WorkerLost: self.do_worker_lost,
+            core.AskHello: self.do_ask_hello,
+            core.Note: lambda effect, now: log.info("%s", effect.text),
+        }
+
+    # -- loop -----------------------------------------------------------------
+
+    def run(self, stop: Callable[[], bool], on_serving: Callable[[], None]) -> None:
+        poller = zmq.Poller()
+        poller.register(self.workers_socket, zmq.POLLIN)
+        poller.register(self.master_socket, zmq.POLLIN)
+        on_serving()
+        while not stop():
+            timeout_ms = max(1, int(self.heartbeat_interval_s * 1000 / 2))
+            ready = dict(poller.poll(timeout_ms))
+            now = time.monotonic()
+            if self.master_socket in ready:
+                self._drain(self.master_socket, now, self._handle_master)
+            if self.workers_socket in ready:
+                self._drain(self.workers_socket, now, self._handle_worker)
+            self._on_timers(now)
+            self._flush_events(now)
+
+    def _drain(self, socket: zmq.Socket, now: float, handle: Callable[[Any, float], None]) -> None:
+        for _ in range(MESSAGES_PER_WAKEUP):
+            received = recv_message(socket, self.transport)
+            if received is None:
+                return
+            handle(received, now)
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + amount
+
+    def _apply(self, event: Any, now: float) -> None:
+        for effect in self.scheduler.handle(event, now):
+            try:
+                self.effect_handlers[type(effect)](effect, now)
+            except Exception:
+                log.exception("carrying out %s", type(effect).__name__)
+
+    # -- workers --------------------------------------------------------------
+
+    def _handle_worker(self, received: Any, now: float) -> None:
+        try:
+            message = wire.decode(received.frames)
+        except wire.WireError as fault:
+            self._count("malformed")
+            self._send_worker_error(received.peer, 0, 0, ErrorCode.MALFORMED, str(fault))
+            return
+        handler = self.worker_handlers.get(type(message))
+        if handler is None:
+            self._send_worker_error(received.peer, getattr(message, "request_id", 0), message.message_type,
+                                    ErrorCode.UNEXPECTED,
+                                    f"a load balancer does not accept {type(message).SPEC.name}")
+            return
+        try:
+            handler(message, received.peer, now)
+        except Exception:
+            log.exception("handling %s", type(message).SPEC.name)
+            self._send_worker_error(received.peer, getattr(message, "request_id", 0), message.message_type,
+                                    ErrorCode.INTERNAL, "internal error in the load balancer")
+
+    def _send_worker(self, worker: bytes, message: wire.Message) -> bool:
+        peer = self.worker_peers.get(worker)
+        if peer is None:
+            return False
+        return send_message(self.workers_socket, wire.encode(message), peer=peer, counters=self.transport)
+
+    def _send_worker_error(self, peer: bytes, request_id: int, failed_type: int, code: int, reason: str) -> None:
+        self._count("errors_sent")
+        send_message(self.workers_socket, wire.encode(wire.Error.make(
+            self.node_id, request_id=request_id, error_code=int(code), failed_type=failed_type,
+            reason=reason[:4000])), peer=peer, counters=self.transport)
+
+    def on_worker_hello(self, message: wire.Hello, peer: bytes, now: float) -> None:
+        if message.role != NodeRole.WORKER:
+            self._send_worker_error(peer, message.request_id, message.message_type, ErrorCode.UNEXPECTED,
+                                    "only workers say hello to a load balancer")
+            return
+        worker = message.node_uuid
+        self.worker_peers[worker] = peer
+        send_message(self.workers_socket, wire.encode(wire.HelloReply.make(
+            self.node_id, request_id=message.request_id, epoch=max(self.epoch, 1),
+            heartbeat_interval_ms=int(self.heartbeat_interval_s * 1000),
+            lease_ms=int(self.lease_s * 1000))), peer=peer, counters=self.transport)
+        self._apply(core.WorkerHello(worker=worker, slots=message.slots, cache_bytes=message.cache_bytes,
+                                     host=message.host, address=message.address,
+                                     started_at=message.start_time_ms / 1000.0), now)
+
+    def on_worker_heartbeat(self, message: wire.Heartbeat, peer: bytes, now: float) -> None:
+        worker = message.node_uuid
+        self.worker_peers[worker] = peer
+        self._apply(core.WorkerHeartbeat(
+            worker=worker, running=tuple((job, chunk, attempt) for job, chunk, attempt in message.running),
+            cache_added=tuple((file_id, size) for file_id, size in message.cache_added),
+            cache_removed=tuple(message.cache_removed)), now)
+
+    def on_worker_status(self, message: wire.WorkerStatus, peer: bytes, now: float) -> None:
+        worker = message.node_uuid
+        self.worker_peers[worker] = peer
+        self._count("worker_statuses")
+        self._apply(core.WorkerStatusReport(
+            worker=worker, job=message.job_uuid, chunk=message.chunk, attempt=message.attempt,
+            state=message.state, exit_code=message.exit_code,
+            outputs={name: (ref[0], ref[1]) for name, ref in message.outputs.items()},
+            stdout=tuple(message.stdout) if message.stdout else None,
+            stderr=tuple(message.stderr) if message.stderr else None,
+            error=message.error, elapsed_s=message.elapsed_s,
+            bytes_from_cache=message.bytes_from_cache, bytes_from_storage=message.bytes_from_storage), now)
+
+    def on_stats_query(self, message: wire.StatsQuery, peer: bytes, now: float) -> None:
+        counters = dict(self.counters)
+        counters.update({f"transport_{name}": value for name, value in self.transport.counters.items()})
+        total, free = self.scheduler.capacity()
+        counters.update(slots=total, free_slots=free, pending=self.scheduler.pending_count(),
+                        unacknowledged_batches=len(self.unacknowledged),
+                        master_registered=int(self.master_registered))
+        send_message(self.workers_socket, wire.encode(wire.StatsReply.make(
+            self.node_id, request_id=message.request_id, role=int(NodeRole.LOADBALANCER),
+            counters=counters)), peer=peer, counters=self.transport)
+
+    def on_nodes_query(self, message: wire.NodesQuery, peer: bytes, now: float) -> None:
+        send_message(self.workers_socket, wire.encode(wire.NodesReply.make(
+            self.node_id, request_id=message.request_id,
+            nodes=[view.to_record() for view in self.scheduler.workers(now)])),
+            peer=peer, counters=self.transport)
+
+    # -- effects --------------------------------------------------------------
+
+    def do_assign(self, effect: core.AssignChunks, now: float) -> None:
+        spec = effect.job_spec
+        message = wire.WorkerRequest.make(
+            self.node_id, job=spec.job, program_length=spec.program[1], num_input_files=len(spec.inputs),
+            epoch=max(self.epoch, 1), program=list(spec.program), args=list(spec.args),
+            inputs={name: list(ref) for name, ref in spec.inputs.items()}, chunk_count=spec.chunk_count,
+            timeout_s=spec.timeout_s, assignments=[assignment.to_record() for assignment in effect.assignments])
+        if self._send_worker(effect.worker, message):
+            self._count("attempts_assigned", len(effect.assignments))
+        else:
+            # The scheduler will see no STARTED and take the attempts back.
+            self._count("assignments_undeliverable")
+
+    def do_forward(self, effect: core.ForwardEvent, now: float) -> None:
+        self.outgoing_events.append(effect)
+
+    def do_cancel_on_worker(self, effect: core.CancelOnWorker, now: float) -> None:
+        self._send_worker(effect.worker, wire.ChunkCancel.make(
+            self.node_id, epoch=max(self.epoch, 1), job=effect.job,
+            attempts=[list(pair) for pair in effect.attempts]))
+
+    def do_worker_joined(self, effect: core.WorkerJoined, now: float) -> None:
+        log.info("worker %s (%s) joined with %d slots", effect.worker.hex(), effect.view.host, effect.view.slots)
+        self.last_node_report = 0.0  # tell the master soon
+
+    def do_worker_lost(self, effect: core.WorkerLost, now: float) -> None:
+        log.warning("worker %s (%s) lost", effect.worker.hex(), effect.view.host)
+        self.worker_peers.pop(effect.worker, None)
+        self._send_master(wire.NodeReport.make(self.node_id, epoch=max(self.epoch, 1),
+                                               nodes=[effect.view.to_record()]))
+
+    def do_ask_hello(self, effect: core.AskHello, now: float) -> None:
+        peer = self.worker_peers.get(effect.worker)
+        if peer is not None:
+            self._send_worker_error(peer, 0, int(wire.MessageType.HEARTBEAT), ErrorCode.UNEXPECTED, "hello first")
+
+    # -- the master -----------------------------------------------------------
+
+    def _send_master(self, message: wire.Message) -> bool:
+        return send_message(self.master_socket, wire.encode(message), counters=self.transport)
+
+    def _handle_master(self, received: Any, now: float) -> None:
+        try:
+            message = wire.decode(received.frames)
+        except wire.WireError as fault:
+            self._count("malformed_from_master")
+            log.warning("undecodable message from the master: %s", fault)
+            return
+        self.last_master_message = now
+        handler = self.master_handlers.get(type(message))
+        if handler is None:
+            log.warning("unexpected %s from the master", type(message).SPEC.name)
+            return
+        try:
+            handler(message, now)
+        except Exception:
+            log.exception("handling %s from the master", type(message).SPEC.name)
+
+    def _hello_master(self, now: float) -> None:
+        self.last_master_hello = now
+        request_id = self.next_request_id
+        self.next_request_id += 1
+        self._send_master(wire.Hello.make(
+            self.node_id, request_id=request_id, role=int(NodeRole.LOADBALANCER), slots=0, cache_bytes=0,
+            start_time_ms=int(self.started_at * 1000), host=self.host, address=self.address, version=1))
+
+    def on_master_hello_reply(self, message: wire.HelloReply, now: float) -> None:
+        if not self.master_registered:
+            log.info("registered with the master (epoch %d)", message.epoch)
+        self.master_registered = True
+        self.epoch = message.epoch
+        self.last_node_report = 0.0
+        for batch in self.unacknowledged.values():
+            batch.sent_at = 0.0  # resend now: the master may have restarted
+
+    def on_master_error(self, message: wire.Error, now: float) -> None:
+        if message.error_code in (ErrorCode.UNEXPECTED, ErrorCode.BUSY):
+            self.master_registered = False  # "hello first", or it restarted
+        elif message.error_code == ErrorCode.NOT_LEADER:
+            self.master_registered = False
+            self._switch_master()
+        else:
+            log.warning("master error %d: %s", message.error_code, message.reason)
+
+    def _switch_master(self) -> None:
+        if len(self.master_addresses) < 2:
+            return
+        self.master_socket.close()
+        self.master_index = (self.master_index + 1) % len(self.master_addresses)
+        self.master_socket = self.transport.client_socket(zmq.DEALER, self.master_addresses[self.master_index])
+
+    def on_dispatch(self, message: wire.ChunkDispatch, now: float) -> None:
+        self._count("attempts_received", len(message.attempts))
+        self._apply(core.Dispatched(
+            jobs=tuple(core.JobSpec.from_record(record) for record in message.jobs),
+            attempts=tuple(core.DispatchAttempt.from_record(record) for record in message.attempts)), now)
+
+    def on_cancel(self, message: wire.ChunkCancel, now: float) -> None:
+        self._apply(core.CancelRequested(job=message.job_uuid,
+                                         attempts=tuple((chunk, attempt) for chunk, attempt in message.attempts)),
+                    now)
+
+    def on_events_ack(self, message: wire.ChunkEventsAck, now: float) -> None:
+        batch = self.unacknowledged.pop(message.batch_id, None)
+        if batch is None:
+            return
+        for worker, job, chunk, attempt, state in batch.finals:
+            self._send_worker(worker, wire.StatusAck.make(self.node_id, epoch=max(self.epoch, 1), job=job,
+                                                          chunk=chunk, attempt=attempt, state=state))
+
+    # -- timers and batching ----------------------------------------------------
+
+    def _on_timers(self, now: float) -> None:
+        if not self.master_registered and now - self.last_master_hello > MASTER_HELLO_RETRY_S:
+            self._hello_master(now)
+        if now - self.last_tick >= self.heartbeat_interval_s:
+            self.last_tick = now
+            self._apply(core.Tick(), now)
+            total, free = self.scheduler.capacity()
+            if self.master_registered:
+                self._send_master(wire.Heartbeat.make(self.node_id, epoch=max(self.epoch, 1), free_slots=free,
+                                                      running_count=total - free, running=[], cache_added=[],
+                                                      cache_removed=[]))
+        if self.master_registered and now - self.last_node_report >= NODE_REPORT_INTERVAL_S:
+            self.last_node_report = now
+            self._send_master(wire.NodeReport.make(
+                self.node_id, epoch=max(self.epoch, 1),
+                nodes=[view.to_record() for view in self.scheduler.workers(now)]))
+        if self.master_registered:
+            for batch in self.unacknowledged.values():
+                if now - batch.sent_at > RESEND_BATCH_S:
+                    batch.sent_at = now
+                    self._count("batches_resent")
+                    send_message(self.master_socket, batch.frames, counters=self.transport)
+
+    def _flush_events(self, now: float) -> None:
+        while self.outgoing_events:
+            events = self.outgoing_events[:EVENTS_PER_BATCH]
+            del self.outgoing_events[:EVENTS_PER_BATCH]
+            batch_id = self.next_batch_id
+            self.next_batch_id += 1
+            frames = wire.encode(wire.ChunkEvents.make(
+                self.node_id, epoch=max(self.epoch, 1), batch_id=batch_id, event_count=len(events),
+                events=[event.to_record() for event in events]))
+            finals = [(event.worker, event.job, event.chunk, event.attempt, event.state) for event in events
+                      if event.state in FINAL_CHUNK_STATES and event.worker != core.NO_WORKER]
+            self.unacknowledged[batch_id] = EventBatch(batch_id, frames, finals, now)
+            self._count("events_forwarded", len(events))
+            if self.master_registered:
+                send_message(self.master_socket, frames, counters=self.transport)

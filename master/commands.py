@@ -1,0 +1,481 @@
+"""What goes into the masters' replicated state and what comes out of it.
+
+Commands are the entries of the Raft log: frozen, slotted, picklable
+dataclasses that `ClusterState.apply` consumes in lists. Outcomes are what
+`apply` returns for each command, in order. Views are the read-only shapes the
+queries return; each one converts itself into the body of its wire record
+(`JOB_SPEC`, `DISPATCH_ATTEMPT`, `CHUNK_REPORT`, `EVENT`, `NODE`) so that the
+shell never has to know the state's insides.
+
+Ids are 16-byte `bytes`; a file reference is `(file id, size in bytes)`.
+Nothing here reads the clock or touches the network.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from wire.enums import ChunkState, JobState, NodeRole
+from wire.ids import ID_BYTES
+
+if TYPE_CHECKING:
+    from master.state import ChunkRecord
+
+FileRef = tuple[bytes, int]
+
+
+class ChunkPhase(IntEnum):
+    """Where a chunk stands as the masters see it (not a worker's ChunkState)."""
+
+    QUEUED = 1       # waiting for the leader to dispatch its current attempt
+    DISPATCHED = 2   # committed as sent to the load balancer, not yet started
+    RUNNING = 3      # a worker reported STARTED for the current attempt
+    SUCCEEDED = 4    # final
+    FAILED = 5       # final: retries used up, or poison
+    CANCELLED = 6    # final
+
+    @property
+    def label(self) -> str:
+        """The name CHUNK_REPORT uses: "queued", "dispatched", ..."""
+        return self.name.lower()
+
+
+FINAL_PHASES = frozenset({ChunkPhase.SUCCEEDED, ChunkPhase.FAILED, ChunkPhase.CANCELLED})
+IN_FLIGHT_PHASES = frozenset({ChunkPhase.DISPATCHED, ChunkPhase.RUNNING})
+
+
+# --------------------------------------------------------------------------
+# Commands (Raft log entries)
+
+@dataclass(frozen=True, slots=True)
+class SubmitJob:
+    """Create a job and its chunks. Idempotent by job id."""
+
+    job: bytes
+    name: str
+    program: FileRef
+    args: tuple[str, ...]
+    inputs: dict[str, FileRef]              # job-wide inputs, by file name
+    chunk_inputs: tuple[dict[str, FileRef], ...]  # empty, or one map per chunk
+    chunk_count: int
+    timeout_s: float
+    max_retries: int                        # program failures allowed per chunk
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchAttempts:
+    """The leader is about to send these (job, chunk, attempt) to the load
+    balancer; it commits this first so that a new leader knows they may run."""
+
+    attempts: tuple[tuple[bytes, int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkEvent:
+    """A worker's report on one chunk attempt (a CHUNK_EVENT record)."""
+
+    job: bytes
+    chunk: int
+    attempt: int
+    state: int                              # wire.enums.ChunkState
+    worker: bytes
+    exit_code: int | None = None
+    outputs: dict[str, FileRef] = field(default_factory=dict)
+    stdout: FileRef | None = None
+    stderr: FileRef | None = None
+    error: str = ""
+    elapsed_s: float = 0.0
+    bytes_from_cache: int = 0
+    bytes_from_storage: int = 0
+
+    def failure_text(self) -> str:
+        """Why the attempt failed, for people: the worker's text when it gave one."""
+        if self.error:
+            return self.error
+        if self.state == ChunkState.TIMED_OUT:
+            return "timed out"
+        if self.exit_code is not None:
+            return f"exit code {self.exit_code}"
+        return "failed"
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "ChunkEvent":
+        """Build from a decoded CHUNK_EVENT body (lists become tuples)."""
+        return cls(
+            job=record["job"], chunk=record["chunk"], attempt=record["attempt"],
+            state=record["state"], worker=record["worker"], exit_code=record["exit_code"],
+            outputs=file_map(record["outputs"]),
+            stdout=optional_file_ref(record["stdout"]), stderr=optional_file_ref(record["stderr"]),
+            error=record["error"], elapsed_s=record["elapsed_s"],
+            bytes_from_cache=record["bytes_from_cache"],
+            bytes_from_storage=record["bytes_from_storage"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CancelJob:
+    job: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSeen:
+    """A node registered (or re-registered) with the cluster."""
+
+    node: bytes
+    role: int                               # wire.enums.NodeRole
+    host: str
+    address: str
+    slots: int
+    cache_bytes: int
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLost:
+    node: bytes
+
+
+Command = SubmitJob | DispatchAttempts | ChunkEvent | CancelJob | NodeSeen | NodeLost
+
+
+def file_ref(ref: Any) -> FileRef:
+    return (bytes(ref[0]), ref[1])
+
+
+def optional_file_ref(ref: Any) -> FileRef | None:
+    return None if ref is None else file_ref(ref)
+
+
+def file_map(files: dict) -> dict[str, FileRef]:
+    return {name: file_ref(ref) for name, ref in files.items()}
+
+
+def normalised_submit(command: SubmitJob) -> SubmitJob:
+    """Tuples for lists, floats for seconds: a resubmission decoded from
+    msgpack compares equal to the stored spec. Check it first."""
+    return SubmitJob(
+        job=bytes(command.job), name=command.name, program=file_ref(command.program),
+        args=tuple(command.args), inputs=file_map(command.inputs),
+        chunk_inputs=tuple(file_map(inputs) for inputs in command.chunk_inputs),
+        chunk_count=command.chunk_count, timeout_s=float(command.timeout_s),
+        max_retries=command.max_retries,
+    )
+
+
+# --------------------------------------------------------------------------
+# Checks. The wire codec has already checked what peers send; these repeat
+# what the state relies on, because a committed command that crashed `apply`
+# would crash every replica. Each returns the first problem, or "".
+
+def is_id(value: Any) -> bool:
+    return type(value) is bytes and len(value) == ID_BYTES
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _is_seconds(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value) and value >= 0
+
+
+def _is_file_ref(value: Any) -> bool:
+    return (isinstance(value, (tuple, list)) and len(value) == 2
+            and is_id(value[0]) and _is_count(value[1]))
+
+
+def _is_file_map(value: Any) -> bool:
+    return type(value) is dict and all(
+        type(name) is str and _is_file_ref(ref) for name, ref in value.items())
+
+
+def submit_problem(command: SubmitJob, max_chunks: int) -> str:
+    if not is_id(command.job):
+        return "job id must be 16 bytes"
+    if type(command.name) is not str:
+        return "name must be a string"
+    if not _is_file_ref(command.program):
+        return "program must be a file reference"
+    if not isinstance(command.args, (tuple, list)) or not all(type(arg) is str for arg in command.args):
+        return "args must be strings"
+    if not _is_file_map(command.inputs):
+        return "inputs must map file names to file references"
+    if type(command.chunk_count) is not int or not 1 <= command.chunk_count <= max_chunks:
+        return f"chunk_count must be 1..{max_chunks}"
+    if not isinstance(command.chunk_inputs, (tuple, list)) or not all(
+            _is_file_map(inputs) for inputs in command.chunk_inputs):
+        return "chunk_inputs must be a list of input maps"
+    if command.chunk_inputs and len(command.chunk_inputs) != command.chunk_count:
+        return f"{len(command.chunk_inputs)} chunk_inputs for {command.chunk_count} chunks"
+    if not _is_seconds(command.timeout_s) or command.timeout_s == 0:
+        return "timeout_s must be positive"
+    if not _is_count(command.max_retries):
+        return "max_retries must be a count"
+    return ""
+
+
+def chunk_event_problem(event: ChunkEvent) -> str:
+    """Checks attempt, state and worker; the state looks up job and chunk
+    itself, and checks the result fields only when it keeps them."""
+    if type(event.attempt) is not int:
+        return "attempt must be an integer"
+    if not isinstance(event.state, int) or event.state not in ChunkState._value2member_map_:
+        return f"unknown chunk state {event.state!r}"
+    if not is_id(event.worker):
+        return "worker id must be 16 bytes"
+    return ""
+
+
+def chunk_result_problem(event: ChunkEvent) -> str:
+    if event.exit_code is not None and type(event.exit_code) is not int:
+        return "exit_code must be an integer or None"
+    if not _is_file_map(event.outputs):
+        return "outputs must map paths to file references"
+    for name in ("stdout", "stderr"):
+        if getattr(event, name) is not None and not _is_file_ref(getattr(event, name)):
+            return f"{name} must be a file reference or None"
+    if type(event.error) is not str:
+        return "error must be a string"
+    if not _is_seconds(event.elapsed_s):
+        return "elapsed_s must be seconds"
+    if not _is_count(event.bytes_from_cache) or not _is_count(event.bytes_from_storage):
+        return "byte counts must be counts"
+    return ""
+
+
+def node_seen_problem(command: NodeSeen) -> str:
+    if not is_id(command.node):
+        return "node id must be 16 bytes"
+    if not isinstance(command.role, int) or command.role not in NodeRole._value2member_map_:
+        return f"unknown node role {command.role!r}"
+    if type(command.host) is not str or type(command.address) is not str:
+        return "host and address must be strings"
+    if not _is_count(command.slots) or not _is_count(command.cache_bytes):
+        return "slots and cache_bytes must be counts"
+    if not _is_seconds(command.started_at):
+        return "started_at must be seconds"
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkResult:
+    """What the worker reported when an attempt ended, as the state keeps it."""
+
+    exit_code: int | None
+    outputs: dict[str, FileRef]
+    stdout: FileRef | None
+    stderr: FileRef | None
+    error: str
+    elapsed_s: float
+    bytes_from_cache: int
+    bytes_from_storage: int
+
+    @classmethod
+    def of_event(cls, event: ChunkEvent, error: str | None = None) -> "ChunkResult":
+        """The event's result fields (checked already), `error` replacing its text."""
+        return cls(
+            exit_code=event.exit_code, outputs=file_map(event.outputs),
+            stdout=optional_file_ref(event.stdout), stderr=optional_file_ref(event.stderr),
+            error=event.error if error is None else error, elapsed_s=float(event.elapsed_s),
+            bytes_from_cache=event.bytes_from_cache, bytes_from_storage=event.bytes_from_storage,
+        )
+
+
+NO_RESULT = ChunkResult(exit_code=None, outputs={}, stdout=None, stderr=None, error="",
+                        elapsed_s=0.0, bytes_from_cache=0, bytes_from_storage=0)
+
+
+# --------------------------------------------------------------------------
+# Outcomes (one per command, in order)
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """ok=False means the command was refused and changed nothing;
+    error_code is a wire.enums.ErrorCode value for the reply (0 when ok)."""
+
+    ok: bool = True
+    error: str = ""
+    error_code: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOutcome(Outcome):
+    created: bool = False                   # False: the job already existed
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchOutcome(Outcome):
+    dispatched: tuple[tuple[bytes, int, int], ...] = ()   # (job, chunk, attempt)
+    skipped: int = 0                        # listed but no longer QUEUED at that attempt
+
+
+# ChunkEventOutcome.status values.
+EVENT_APPLIED = "applied"
+EVENT_DUPLICATE = "duplicate"   # current attempt, but it says nothing new
+EVENT_STALE = "stale"           # not the chunk's current attempt (fenced)
+EVENT_FINAL = "final"           # the chunk had already finished
+EVENT_UNKNOWN = "unknown"       # no such job or chunk (ok=False)
+EVENT_INVALID = "invalid"       # an event no dispatched attempt can send (ok=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkEventOutcome(Outcome):
+    status: str = EVENT_APPLIED
+    phase: str = ""                         # the chunk's phase label afterwards
+    job_finished: bool = False              # this event finished the job
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOutcome(Outcome):
+    # (chunk, attempt, worker or None) that were DISPATCHED or RUNNING: the
+    # shell asks the load balancer to kill them.
+    cancelled_attempts: tuple[tuple[int, int, bytes | None], ...] = ()
+    changed: bool = False                   # False: already cancelled or finished
+
+
+@dataclass(frozen=True, slots=True)
+class NodeOutcome(Outcome):
+    changed: bool = False                   # joined, came back, or was declared lost
+    updated: bool = False                   # an alive node's details changed
+
+
+# --------------------------------------------------------------------------
+# Views (query results)
+
+class Event(NamedTuple):
+    """One entry of the sequenced event log; `_asdict()` is an EVENT record."""
+
+    seq: int
+    at: float
+    kind: str
+    job: bytes | None
+    chunk: int | None
+    attempt: int | None
+    node: bytes | None
+    detail: str
+
+
+# Event kinds.
+JOB_SUBMITTED = "job_submitted"
+CHUNK_DISPATCHED = "chunk_dispatched"
+CHUNK_STARTED = "chunk_started"
+CHUNK_SUCCEEDED = "chunk_succeeded"
+CHUNK_FAILED = "chunk_failed"
+CHUNK_RETRIED = "chunk_retried"
+CHUNK_LOST = "chunk_lost"
+CHUNK_CANCELLED = "chunk_cancelled"
+JOB_SUCCEEDED = "job_succeeded"
+JOB_FAILED = "job_failed"
+JOB_CANCELLED = "job_cancelled"
+NODE_JOINED = "node_joined"
+NODE_LOST = "node_lost"
+
+
+class ReadyAttempt(NamedTuple):
+    """A chunk attempt to dispatch; `_asdict()` is a DISPATCH_ATTEMPT record."""
+
+    job: bytes
+    chunk: int
+    attempt: int
+    inputs: dict[str, FileRef]              # this chunk's own inputs
+
+
+class RunningAttempt(NamedTuple):
+    job: bytes
+    chunk: int
+    attempt: int
+    worker: bytes
+
+
+class JobSummary(NamedTuple):
+    job: bytes
+    name: str
+    state: JobState
+    submitted_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkView:
+    chunk: int
+    phase: str                              # ChunkPhase label
+    attempt: int
+    worker: bytes | None
+    exit_code: int | None
+    outputs: dict[str, FileRef]
+    stdout: FileRef | None
+    stderr: FileRef | None
+    error: str
+    elapsed_s: float
+    bytes_from_cache: int
+    bytes_from_storage: int
+    retries_used: int
+    lost_count: int
+
+    @classmethod
+    def of_record(cls, index: int, chunk: "ChunkRecord") -> "ChunkView":
+        result = chunk.result or NO_RESULT
+        return cls(
+            chunk=index, phase=chunk.phase.label, attempt=chunk.attempt, worker=chunk.worker,
+            exit_code=result.exit_code, outputs=dict(result.outputs), stdout=result.stdout,
+            stderr=result.stderr, error=result.error, elapsed_s=result.elapsed_s,
+            bytes_from_cache=result.bytes_from_cache, bytes_from_storage=result.bytes_from_storage,
+            retries_used=chunk.retries_used, lost_count=chunk.lost_count,
+        )
+
+    def as_report(self) -> dict[str, Any]:
+        """The CHUNK_REPORT record."""
+        return dict(
+            chunk=self.chunk, state=self.phase, attempt=self.attempt, worker=self.worker,
+            exit_code=self.exit_code, outputs=self.outputs, stdout=self.stdout,
+            stderr=self.stderr, error=self.error, elapsed_s=self.elapsed_s,
+            bytes_from_cache=self.bytes_from_cache, bytes_from_storage=self.bytes_from_storage,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class JobView:
+    job: bytes
+    state: JobState
+    chunk_count: int
+    chunks_succeeded: int
+    chunks_failed: int
+    name: str
+    submitted_at: float
+    finished_at: float | None
+    error: str                              # the first chunk failure, or ""
+    chunks: tuple[ChunkView, ...]
+
+    def reply_fields(self) -> dict[str, Any]:
+        """Keyword arguments for `JobStatusReply.make(node, request_id=..., **these)`."""
+        return dict(
+            job=self.job, state=int(self.state), chunk_count=self.chunk_count,
+            chunks_succeeded=self.chunks_succeeded, chunks_failed=self.chunks_failed,
+            name=self.name, submitted_at=self.submitted_at, finished_at=self.finished_at,
+            error=self.error, chunks=[chunk.as_report() for chunk in self.chunks],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    node: bytes
+    role: int
+    host: str
+    address: str
+    slots: int
+    cache_bytes: int
+    started_at: float
+    state: str                              # "alive" or "lost"
+    changed_at: float                       # when it joined or was lost
+
+    def as_record(self, free_slots: int = 0, running: int = 0,
+                  last_seen_s: float = 0.0) -> dict[str, Any]:
+        """The NODE record; load and liveness figures are the load balancer's
+        soft state, so the shell passes them in."""
+        return dict(
+            node=self.node, role=self.role, host=self.host, address=self.address,
+            slots=self.slots, free_slots=free_slots, running=running,
+            cache_bytes=self.cache_bytes, started_at=self.started_at,
+            last_seen_s=last_seen_s, state=self.state,
+        )

@@ -1,0 +1,113 @@
+"""The Raft group around master/state.py.
+
+`ReplicatedState.apply(commands, now)` is the one replicated method: it
+carries a whole batch of commands, so one Raft entry commits many
+submissions or chunk events. It and the commit callbacks run on pysyncobj's
+own thread; the node loop reads the state under `lock` and learns of
+commits through a queue and a wake-up pipe (see RaftGroup.propose).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConsumer, replicated
+
+from master.raft import syncobj_conf
+from master.state import ClusterState
+from wire.keys import KeyFolder
+
+JOURNAL_FILE = "raft.journal"
+DUMP_FILE = "raft.dump"
+# Compact the journal into a full dump once it holds this many entries.
+LOG_COMPACTION_MIN_ENTRIES = 20_000
+LOG_COMPACTION_MIN_TIME_S = 60
+
+
+class ReplicatedState(SyncObjConsumer):
+    def __init__(self) -> None:
+        # Set before SyncObjConsumer.__init__, which marks existing attributes
+        # as not to be serialised: the lock stays local, the state replicates.
+        self.lock = threading.Lock()
+        super().__init__()
+        self.state = ClusterState()
+
+    @replicated
+    def apply(self, commands: list, now: float) -> list:
+        with self.lock:
+            return self.state.apply(commands, now)
+
+
+@dataclass
+class Commit:
+    token: int
+    outcomes: list | None      # None when the proposal failed
+    failure: str
+
+
+class RaftGroup:
+    """A SyncObj with our state, persistent in `data`, password from `keys`."""
+
+    def __init__(self, self_address: str, partner_addresses: list[str], data: pathlib.Path,
+                 keys: KeyFolder, wake_fd: int) -> None:
+        self.replicated = ReplicatedState()
+        self.commits: queue.SimpleQueue[Commit] = queue.SimpleQueue()
+        self._wake_fd = wake_fd
+        self._ready = threading.Event()
+        conf = syncobj_conf(
+            keys, journalFile=str(data / JOURNAL_FILE), fullDumpFile=str(data / DUMP_FILE),
+            logCompactionMinEntries=LOG_COMPACTION_MIN_ENTRIES,
+            logCompactionMinTime=LOG_COMPACTION_MIN_TIME_S,
+            onReady=self._ready.set,
+            # Compaction must not fork a process full of ZeroMQ threads.
+            useFork=False,
+        )
+        self.syncobj = SyncObj(self_address, partner_addresses, conf, consumers=[self.replicated])
+        # pysyncobj logs a CRITICAL "truncating already-applied log entries" in
+        # normal operation; it is noise to anyone reading a master's log.
+        logging.getLogger("pysyncobj").setLevel(logging.ERROR)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def is_leader(self) -> bool:
+        return self.ready and self.syncobj._isLeader()
+
+    def leader_address(self) -> str | None:
+        leader = self.syncobj._getLeader()
+        return None if leader is None else str(getattr(leader, "address", leader))
+
+    def propose(self, token: int, commands: list, now: float) -> None:
+        """Replicate a batch; its outcome arrives later on `commits`."""
+
+        def on_commit(outcomes: Any, error: int) -> None:
+            # pysyncobj's thread: hand over and wake the node loop.
+            if error == FAIL_REASON.SUCCESS:
+                self.commits.put(Commit(token, outcomes, ""))
+            else:
+                self.commits.put(Commit(token, None, f"raft: {_fail_reason(error)}"))
+            try:
+                os.write(self._wake_fd, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full, so the loop is awake anyway
+
+        self.replicated.apply(commands, now, callback=on_commit)
+
+    def read(self, reader: Callable[[ClusterState], Any]) -> Any:
+        with self.replicated.lock:
+            return reader(self.replicated.state)
+
+    def destroy(self) -> None:
+        self.syncobj.destroy()
+
+
+def _fail_reason(code: int) -> str:
+    names = {value: name for name, value in vars(FAIL_REASON).items() if name.isupper()}
+    return names.get(code, str(code)).lower()

@@ -1,0 +1,556 @@
+"""The masters' replicated truth: jobs, chunks and their attempts, nodes and
+the sequenced event log.
+
+Rules of this module:
+- Nothing here reads the clock, draws random numbers, sleeps, or touches files
+  or sockets. `now` comes in with every `apply`, so every replica that applies
+  the same Raft log computes the same state.
+- `apply` never raises on what a peer sent: a bad command becomes an error
+  outcome and changes nothing, because a replica must not crash on a command
+  that is already committed. A command is checked completely before anything
+  changes. A broken invariant of our own raises `StateInvariantError`: a bug,
+  which should crash tests loudly.
+- The attempt number is the fencing token: only an event of a chunk's current
+  attempt changes the chunk; a final chunk never changes again.
+- Everything is plain data (dataclasses, dicts, deques, no lambdas or locks),
+  so pysyncobj can pickle the whole object as a snapshot. Keep it compact.
+- Queries are pure reads that return copies; the shell calls them under its
+  own lock.
+
+Transitions are the table CHUNK_TRANSITIONS; doc/states.md draws them.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from enum import Enum
+from itertools import islice
+from typing import Any, Callable, Iterable
+
+from master.commands import (
+    CHUNK_CANCELLED, CHUNK_DISPATCHED, CHUNK_FAILED, CHUNK_LOST, CHUNK_RETRIED,
+    CHUNK_STARTED, CHUNK_SUCCEEDED, EVENT_DUPLICATE, EVENT_FINAL,
+    EVENT_INVALID, EVENT_STALE, EVENT_UNKNOWN, FINAL_PHASES, IN_FLIGHT_PHASES, JOB_CANCELLED,
+    JOB_FAILED,
+    JOB_SUBMITTED, JOB_SUCCEEDED, NODE_JOINED, NODE_LOST,
+    CancelJob, CancelOutcome, ChunkEvent, ChunkEventOutcome, ChunkPhase, ChunkResult, ChunkView,
+    Command, DispatchAttempts, DispatchOutcome, Event, FileRef, JobSummary,
+    JobView, NodeLost, NodeOutcome, NodeSeen, NodeView, Outcome, ReadyAttempt,
+    RunningAttempt, SubmitJob, SubmitOutcome,
+    chunk_event_problem, chunk_result_problem, is_id, node_seen_problem, normalised_submit,
+    submit_problem,
+)
+from wire.enums import ChunkState, ErrorCode, JobState, NodeRole
+from wire.limits import MAX_BODY_ITEMS
+
+# A chunk that has taken down this many workers (lost or rejected attempts)
+# is failed instead of being handed to yet another worker.
+POISON_LIMIT = 3
+POISON_ERROR = f"poison: chunk lost {POISON_LIMIT} workers"
+
+# Newest events kept in the log; older ones are dropped, seq keeps counting.
+EVENT_LOG_LIMIT = 100_000
+
+# Event details are for people reading `uds events`; long stderr-like texts
+# are cut so that the replicated log stays small.
+EVENT_DETAIL_MAX_CHARS = 200
+
+# Every replica holds every chunk record; this bounds what one submission can
+# cost them. It matches the wire's cap on a body list (chunk_inputs).
+MAX_CHUNKS_PER_JOB = MAX_BODY_ITEMS
+
+
+class StateInvariantError(Exception):
+    """Our own bookkeeping is inconsistent: a bug, never a peer's fault."""
+
+
+class ChunkAction(Enum):
+    """What a worker's report does to a chunk of its current attempt."""
+
+    START = "start"         # -> RUNNING
+    SUCCEED = "succeed"     # -> SUCCEEDED
+    FAIL = "fail"           # -> QUEUED with a new attempt, or FAILED when retries are used up
+    LOSE = "lose"           # -> QUEUED with a new attempt, or FAILED as poison
+    CANCEL = "cancel"       # -> CANCELLED
+    DUPLICATE = "duplicate" # nothing new (a second STARTED)
+
+
+_CHUNK_STATES: dict[int, ChunkState] = dict(ChunkState._value2member_map_)
+_REPORT_ACTIONS = {
+    ChunkState.SUCCEEDED: ChunkAction.SUCCEED,
+    ChunkState.FAILED: ChunkAction.FAIL,
+    ChunkState.TIMED_OUT: ChunkAction.FAIL,
+    ChunkState.LOST: ChunkAction.LOSE,
+    ChunkState.REJECTED: ChunkAction.LOSE,
+    ChunkState.CANCELLED: ChunkAction.CANCEL,
+}
+# (phase, reported state) -> action, for events of the current attempt of a
+# chunk that is not final. A pair missing here (any report on a QUEUED chunk,
+# whose current attempt was never dispatched) is refused as invalid.
+CHUNK_TRANSITIONS: dict[tuple[ChunkPhase, ChunkState], ChunkAction] = {
+    (ChunkPhase.DISPATCHED, ChunkState.STARTED): ChunkAction.START,
+    (ChunkPhase.RUNNING, ChunkState.STARTED): ChunkAction.DUPLICATE,
+    **{(phase, state): action for phase in IN_FLIGHT_PHASES for state, action in _REPORT_ACTIONS.items()},
+}
+
+
+@dataclass(slots=True)
+class ChunkRecord:
+    phase: ChunkPhase = ChunkPhase.QUEUED
+    attempt: int = 1
+    retries_used: int = 0           # program failures (FAILED, TIMED_OUT) requeued
+    lost_count: int = 0             # workers lost or refusing it (LOST, REJECTED)
+    worker: bytes | None = None
+    result: ChunkResult | None = None   # set only in a final phase
+
+    # A bare tuple keeps snapshots small: a job may have 100,000 of these.
+    def __getstate__(self) -> tuple:
+        return (self.phase, self.attempt, self.retries_used, self.lost_count, self.worker, self.result)
+
+    def __setstate__(self, values: tuple) -> None:
+        (self.phase, self.attempt, self.retries_used, self.lost_count, self.worker,
+         self.result) = values
+
+
+@dataclass(slots=True)
+class JobRecord:
+    spec: SubmitJob                 # as submitted, normalised; compared on resubmission
+    submitted_at: float
+    chunks: list[ChunkRecord]
+    finished_at: float | None = None
+    cancelled: bool = False         # by CancelJob
+    ever_dispatched: bool = False
+    chunks_succeeded: int = 0
+    chunks_failed: int = 0
+    chunks_cancelled: int = 0
+    first_error: str = ""           # "chunk N: why", from the first chunk that failed
+
+    @property
+    def chunks_final(self) -> int:
+        return self.chunks_succeeded + self.chunks_failed + self.chunks_cancelled
+
+    @property
+    def state(self) -> JobState:
+        if self.cancelled:
+            return JobState.CANCELLED
+        if self.chunks_final == self.spec.chunk_count:
+            if self.chunks_failed:
+                return JobState.FAILED
+            # A chunk that a worker reports cancelled without CancelJob (an
+            # operator's kill) leaves the job incomplete: not a success.
+            return JobState.CANCELLED if self.chunks_cancelled else JobState.SUCCEEDED
+        return JobState.RUNNING if self.ever_dispatched else JobState.QUEUED
+
+
+@dataclass(slots=True)
+class NodeRecord:
+    role: int
+    host: str
+    address: str
+    slots: int
+    cache_bytes: int
+    started_at: float
+    alive: bool
+    changed_at: float               # when it joined or was declared lost
+
+
+def _new_event_log() -> deque:
+    return deque(maxlen=EVENT_LOG_LIMIT)
+
+
+ChunkKey = tuple[bytes, int]        # (job, chunk index)
+
+
+@dataclass(slots=True)
+class ClusterState:
+    job_records: dict[bytes, JobRecord] = field(default_factory=dict)   # in submission order
+    node_records: dict[bytes, NodeRecord] = field(default_factory=dict)
+    # QUEUED chunks in dispatch order. An OrderedDict (a linked list inside)
+    # reads its first entries in O(1) however many were removed before them,
+    # which a plain dict does not; a requeued chunk is appended at the back.
+    queued: OrderedDict[ChunkKey, None] = field(default_factory=OrderedDict)
+    dispatched: dict[ChunkKey, None] = field(default_factory=dict)
+    running: dict[ChunkKey, None] = field(default_factory=dict)
+    event_log: deque[Event] = field(default_factory=_new_event_log)
+    last_seq: int = 0
+
+    # ------------------------------------------------------------------
+    # Writing: the one entry point the replicated method calls.
+
+    def apply(self, commands: Iterable[Command], now: float) -> list[Outcome]:
+        """Apply committed commands in order; one outcome per command."""
+        outcomes = []
+        for command in commands:
+            handler = _HANDLERS.get(type(command))
+            if handler is None:
+                outcomes.append(_refused(f"unknown command {type(command).__name__}"))
+            else:
+                outcomes.append(handler(self, command, now))
+        return outcomes
+
+    def _apply_submit_job(self, command: SubmitJob, now: float) -> SubmitOutcome:
+        problem = submit_problem(command, MAX_CHUNKS_PER_JOB)
+        if problem:
+            return SubmitOutcome(ok=False, error=problem, error_code=ErrorCode.INVALID)
+        spec = normalised_submit(command)
+        existing = self.job_records.get(spec.job)
+        if existing is not None:
+            if existing.spec == spec:
+                return SubmitOutcome(created=False)
+            return SubmitOutcome(ok=False, error="job id reused with a different spec",
+                                 error_code=ErrorCode.INVALID)
+        job = spec.job
+        self.job_records[job] = JobRecord(spec=spec, submitted_at=now,
+                                   chunks=[ChunkRecord() for _ in range(spec.chunk_count)])
+        self.queued.update(((job, index), None) for index in range(spec.chunk_count))
+        label = f"{spec.name}: " if spec.name else ""
+        self._log(now, JOB_SUBMITTED, job=job, detail=f"{label}{spec.chunk_count} chunks")
+        return SubmitOutcome(created=True)
+
+    def _apply_dispatch_attempts(self, command: DispatchAttempts, now: float) -> DispatchOutcome:
+        dispatched = []
+        skipped = 0
+        for entry in _sequence(command.attempts):
+            found = self._chunk_at(entry)
+            if found is None:
+                skipped += 1
+                continue
+            job_record, index, chunk = found
+            if chunk.phase is not ChunkPhase.QUEUED or chunk.attempt != entry[2]:
+                skipped += 1
+                continue
+            key = (job_record.spec.job, index)
+            _move(self.queued, self.dispatched, key)
+            chunk.phase = ChunkPhase.DISPATCHED
+            job_record.ever_dispatched = True
+            dispatched.append((key[0], index, chunk.attempt))
+            self._log(now, CHUNK_DISPATCHED, job=key[0], chunk=index, attempt=chunk.attempt)
+        return DispatchOutcome(dispatched=tuple(dispatched), skipped=skipped)
+
+    def _apply_chunk_event(self, event: ChunkEvent, now: float) -> ChunkEventOutcome:
+        job_record = self.job_records.get(event.job) if is_id(event.job) else None
+        if job_record is None:
+            return ChunkEventOutcome(ok=False, error="unknown job", error_code=ErrorCode.UNKNOWN_JOB,
+                                     status=EVENT_UNKNOWN)
+        if type(event.chunk) is not int or not 0 <= event.chunk < job_record.spec.chunk_count:
+            return ChunkEventOutcome(ok=False, error=f"unknown chunk {event.chunk!r}",
+                                     error_code=ErrorCode.INVALID, status=EVENT_UNKNOWN)
+        problem = chunk_event_problem(event)
+        if problem:
+            return ChunkEventOutcome(ok=False, error=problem, error_code=ErrorCode.INVALID,
+                                     status=EVENT_INVALID)
+        chunk = job_record.chunks[event.chunk]
+        if event.attempt != chunk.attempt:
+            return ChunkEventOutcome(status=EVENT_STALE, phase=chunk.phase.label)
+        if chunk.phase in FINAL_PHASES:
+            return ChunkEventOutcome(status=EVENT_FINAL, phase=chunk.phase.label)
+        state = _CHUNK_STATES[event.state]
+        action = CHUNK_TRANSITIONS.get((chunk.phase, state))
+        if action is None:
+            return ChunkEventOutcome(
+                ok=False, error=f"{state.name} for attempt {chunk.attempt} which is {chunk.phase.label}",
+                error_code=ErrorCode.INVALID, status=EVENT_INVALID, phase=chunk.phase.label)
+        if action is ChunkAction.DUPLICATE:
+            return ChunkEventOutcome(status=EVENT_DUPLICATE, phase=chunk.phase.label)
+        problem = chunk_result_problem(event) if action is not ChunkAction.START else ""
+        if problem:
+            return ChunkEventOutcome(ok=False, error=problem, error_code=ErrorCode.INVALID,
+                                     status=EVENT_INVALID, phase=chunk.phase.label)
+        _ACTIONS[action](self, job_record, event, chunk, now)
+        finished = self._finish_job_if_done(job_record, now)
+        return ChunkEventOutcome(phase=chunk.phase.label, job_finished=finished)
+
+    def _apply_cancel_job(self, command: CancelJob, now: float) -> CancelOutcome:
+        job_record = self.job_records.get(command.job) if is_id(command.job) else None
+        if job_record is None:
+            return CancelOutcome(ok=False, error="unknown job", error_code=ErrorCode.UNKNOWN_JOB)
+        if job_record.finished_at is not None:
+            return CancelOutcome(changed=False)
+        job = job_record.spec.job
+        cancelled_attempts = []
+        for index, chunk in enumerate(job_record.chunks):
+            if chunk.phase in FINAL_PHASES:
+                continue
+            if chunk.phase is ChunkPhase.QUEUED:
+                _remove(self.queued, (job, index))
+            else:
+                self._leave_flight(job, index, chunk)
+                cancelled_attempts.append((index, chunk.attempt, chunk.worker))
+                self._log(now, CHUNK_CANCELLED, job=job, chunk=index, attempt=chunk.attempt,
+                          node=chunk.worker, detail="job cancelled")
+            chunk.phase = ChunkPhase.CANCELLED
+            job_record.chunks_cancelled += 1
+        job_record.cancelled = True
+        self._finish_job_if_done(job_record, now)
+        return CancelOutcome(cancelled_attempts=tuple(cancelled_attempts), changed=True)
+
+    def _apply_node_seen(self, command: NodeSeen, now: float) -> NodeOutcome:
+        problem = node_seen_problem(command)
+        if problem:
+            return NodeOutcome(ok=False, error=problem, error_code=ErrorCode.INVALID)
+        details = dict(role=command.role, host=command.host, address=command.address,
+                       slots=command.slots, cache_bytes=command.cache_bytes,
+                       started_at=float(command.started_at))
+        existing = self.node_records.get(command.node)
+        if existing is not None and existing.alive:
+            if all(getattr(existing, name) == value for name, value in details.items()):
+                return NodeOutcome(changed=False)
+            for name, value in details.items():
+                setattr(existing, name, value)
+            return NodeOutcome(changed=False, updated=True)
+        # First time, or back after being lost.
+        self.node_records[command.node] = NodeRecord(**details, alive=True, changed_at=now)
+        self._log(now, NODE_JOINED, node=command.node,
+                  detail=f"{NodeRole(command.role).name.lower()} {command.host} {command.address}")
+        return NodeOutcome(changed=True)
+
+    def _apply_node_lost(self, command: NodeLost, now: float) -> NodeOutcome:
+        record = self.node_records.get(command.node) if is_id(command.node) else None
+        if record is None:
+            return NodeOutcome(ok=False, error="unknown node", error_code=ErrorCode.INVALID)
+        if not record.alive:
+            return NodeOutcome(changed=False)
+        record.alive = False
+        record.changed_at = now
+        self._log(now, NODE_LOST, node=command.node, detail=NodeRole(record.role).name.lower())
+        return NodeOutcome(changed=True)
+
+    # ------------------------------------------------------------------
+    # Chunk actions: `event` is of the chunk's current attempt and the chunk
+    # is DISPATCHED or RUNNING (CHUNK_TRANSITIONS guarantees both).
+
+    def _start(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord, now: float) -> None:
+        key = (job_record.spec.job, event.chunk)
+        _move(self.dispatched, self.running, key)
+        chunk.phase = ChunkPhase.RUNNING
+        chunk.worker = event.worker
+        self._log(now, CHUNK_STARTED, job=key[0], chunk=event.chunk, attempt=chunk.attempt,
+                  node=event.worker)
+
+    def _succeed(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord, now: float) -> None:
+        self._finish_chunk(job_record, event, chunk, ChunkPhase.SUCCEEDED, ChunkResult.of_event(event))
+        job_record.chunks_succeeded += 1
+        self._log(now, CHUNK_SUCCEEDED, job=job_record.spec.job, chunk=event.chunk,
+                  attempt=chunk.attempt, node=event.worker, detail=f"{event.elapsed_s:.3f} s")
+
+    def _fail(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord, now: float) -> None:
+        why = event.failure_text()
+        if chunk.retries_used < job_record.spec.max_retries:
+            chunk.retries_used += 1
+            self._requeue(job_record, event, chunk, now, CHUNK_RETRIED,
+                          f"{why}; retry {chunk.retries_used} of {job_record.spec.max_retries}")
+            return
+        self._fail_finally(job_record, event, chunk, now, why)
+
+    def _lose(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord, now: float) -> None:
+        chunk.lost_count += 1
+        if chunk.lost_count >= POISON_LIMIT:
+            self._fail_finally(job_record, event, chunk, now, POISON_ERROR)
+            return
+        why = _CHUNK_STATES[event.state].name.lower() + (f": {event.error}" if event.error else "")
+        self._requeue(job_record, event, chunk, now, CHUNK_LOST,
+                      f"{why}; loss {chunk.lost_count} of {POISON_LIMIT}")
+
+    def _cancel(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord, now: float) -> None:
+        self._finish_chunk(job_record, event, chunk, ChunkPhase.CANCELLED, ChunkResult.of_event(event))
+        job_record.chunks_cancelled += 1
+        self._log(now, CHUNK_CANCELLED, job=job_record.spec.job, chunk=event.chunk,
+                  attempt=chunk.attempt, node=event.worker, detail=event.error)
+
+    def _fail_finally(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord,
+                      now: float, why: str) -> None:
+        self._finish_chunk(job_record, event, chunk, ChunkPhase.FAILED, ChunkResult.of_event(event, error=why))
+        job_record.chunks_failed += 1
+        if not job_record.first_error:
+            job_record.first_error = _short(f"chunk {event.chunk}: {why}")
+        self._log(now, CHUNK_FAILED, job=job_record.spec.job, chunk=event.chunk,
+                  attempt=chunk.attempt, node=event.worker, detail=why)
+
+    def _finish_chunk(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord,
+                      phase: ChunkPhase, result: ChunkResult) -> None:
+        self._leave_flight(job_record.spec.job, event.chunk, chunk)
+        chunk.phase = phase
+        chunk.worker = event.worker
+        chunk.result = result
+
+    def _requeue(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord, now: float,
+                 kind: str, detail: str) -> None:
+        """A new attempt at the back of the queue; the old one is fenced off."""
+        job = job_record.spec.job
+        self._leave_flight(job, event.chunk, chunk)
+        self._log(now, kind, job=job, chunk=event.chunk, attempt=chunk.attempt,
+                  node=event.worker, detail=detail)
+        chunk.phase = ChunkPhase.QUEUED
+        chunk.attempt += 1
+        chunk.worker = None
+        self.queued[(job, event.chunk)] = None
+
+    def _leave_flight(self, job: bytes, index: int, chunk: ChunkRecord) -> None:
+        if chunk.phase not in IN_FLIGHT_PHASES:
+            raise StateInvariantError(f"chunk {index} of job {job.hex()} is {chunk.phase.label}, not in flight")
+        _remove(self.dispatched if chunk.phase is ChunkPhase.DISPATCHED else self.running, (job, index))
+
+    def _finish_job_if_done(self, job_record: JobRecord, now: float) -> bool:
+        if job_record.finished_at is not None or job_record.chunks_final < job_record.spec.chunk_count:
+            return False
+        job_record.finished_at = now
+        state = job_record.state
+        kind = {JobState.SUCCEEDED: JOB_SUCCEEDED, JobState.FAILED: JOB_FAILED,
+                JobState.CANCELLED: JOB_CANCELLED}.get(state)
+        if kind is None:
+            raise StateInvariantError(f"job {job_record.spec.job.hex()} has all chunks final but is {state.name}")
+        detail = job_record.first_error if state is JobState.FAILED else (
+            f"{job_record.chunks_succeeded} of {job_record.spec.chunk_count} chunks succeeded")
+        self._log(now, kind, job=job_record.spec.job, detail=detail)
+        return True
+
+    def _log(self, now: float, kind: str, *, job: bytes | None = None, chunk: int | None = None,
+             attempt: int | None = None, node: bytes | None = None, detail: str = "") -> None:
+        self.last_seq += 1
+        self.event_log.append(Event(self.last_seq, now, kind, job, chunk, attempt, node, _short(detail)))
+
+    def _chunk_at(self, entry: Any) -> tuple[JobRecord, int, ChunkRecord] | None:
+        """The chunk a peer-supplied (job, chunk, attempt) names, if it exists."""
+        if not isinstance(entry, (tuple, list)) or len(entry) != 3 or not is_id(entry[0]):
+            return None
+        job_record = self.job_records.get(entry[0])
+        index = entry[1]
+        if job_record is None or type(index) is not int or not 0 <= index < job_record.spec.chunk_count:
+            return None
+        return job_record, index, job_record.chunks[index]
+
+    # ------------------------------------------------------------------
+    # Queries: pure reads returning copies.
+
+    def job_state(self, job: bytes) -> JobState | None:
+        job_record = self.job_records.get(job)
+        return None if job_record is None else job_record.state
+
+    def job_view(self, job: bytes) -> JobView | None:
+        job_record = self.job_records.get(job)
+        if job_record is None:
+            return None
+        spec = job_record.spec
+        return JobView(
+            job=spec.job, state=job_record.state, chunk_count=spec.chunk_count,
+            chunks_succeeded=job_record.chunks_succeeded, chunks_failed=job_record.chunks_failed,
+            name=spec.name, submitted_at=job_record.submitted_at, finished_at=job_record.finished_at,
+            error=job_record.first_error,
+            chunks=tuple(ChunkView.of_record(index, chunk) for index, chunk in enumerate(job_record.chunks)),
+        )
+
+    def job_spec(self, job: bytes) -> dict[str, Any] | None:
+        """The JOB_SPEC record: what a worker needs to run any chunk of the job."""
+        job_record = self.job_records.get(job)
+        if job_record is None:
+            return None
+        spec = job_record.spec
+        return dict(job=spec.job, program=spec.program, args=list(spec.args), inputs=dict(spec.inputs),
+                    chunk_count=spec.chunk_count, timeout_s=spec.timeout_s)
+
+    def chunk_inputs(self, job: bytes, chunk: int) -> dict[str, FileRef]:
+        """The chunk's own inputs (DISPATCH_ATTEMPT.inputs); {} when the job has none
+        or there is no such chunk."""
+        job_record = self.job_records.get(job)
+        if job_record is None or not job_record.spec.chunk_inputs:
+            return {}
+        if not 0 <= chunk < job_record.spec.chunk_count:
+            return {}
+        return dict(job_record.spec.chunk_inputs[chunk])
+
+    def ready_attempts(self, limit: int) -> list[ReadyAttempt]:
+        """QUEUED chunks, oldest first; costs O(limit)."""
+        return [self._attempt_of(key) for key in islice(self.queued, max(0, limit))]
+
+    def in_flight_count(self) -> int:
+        return len(self.dispatched) + len(self.running)
+
+    def dispatched_attempts(self) -> list[ReadyAttempt]:
+        """DISPATCHED but not yet started: what a newly active load balancer
+        must be sent again."""
+        return [self._attempt_of(key) for key in self.dispatched]
+
+    def running_attempts(self) -> list[RunningAttempt]:
+        running = []
+        for job, index in self.running:
+            chunk = self.job_records[job].chunks[index]
+            running.append(RunningAttempt(job, index, chunk.attempt, chunk.worker))
+        return running
+
+    def events_after(self, seq: int, limit: int) -> tuple[list[Event], int]:
+        """Up to `limit` events with seq > `seq`, oldest first, and the newest
+        seq in the log. Events older than the log keeps are gone: the first
+        returned seq is then larger than seq + 1."""
+        log = self.event_log
+        first_seq = self.last_seq - len(log) + 1
+        start = max(seq + 1, first_seq) - first_seq
+        stop = min(start + max(0, limit), len(log))
+        if start >= stop:
+            return [], self.last_seq
+        if start < len(log) // 2:
+            return list(islice(log, start, stop)), self.last_seq
+        # Followers read near the tail: walk from that end instead.
+        newest_first = list(islice(reversed(log), len(log) - stop, len(log) - start))
+        newest_first.reverse()
+        return newest_first, self.last_seq
+
+    def nodes(self) -> list[NodeView]:
+        return [NodeView(node=node, role=record.role, host=record.host, address=record.address,
+                         slots=record.slots, cache_bytes=record.cache_bytes,
+                         started_at=record.started_at, state="alive" if record.alive else "lost",
+                         changed_at=record.changed_at)
+                for node, record in self.node_records.items()]
+
+    def jobs(self, limit: int) -> list[JobSummary]:
+        """Up to `limit` jobs, newest first."""
+        return [JobSummary(job, record.spec.name, record.state, record.submitted_at)
+                for job, record in islice(reversed(self.job_records.items()), max(0, limit))]
+
+    def _attempt_of(self, key: ChunkKey) -> ReadyAttempt:
+        job, index = key
+        return ReadyAttempt(job, index, self.job_records[job].chunks[index].attempt,
+                            self.chunk_inputs(job, index))
+
+
+_HANDLERS: dict[type, Callable[[ClusterState, Any, float], Outcome]] = {
+    SubmitJob: ClusterState._apply_submit_job,
+    DispatchAttempts: ClusterState._apply_dispatch_attempts,
+    ChunkEvent: ClusterState._apply_chunk_event,
+    CancelJob: ClusterState._apply_cancel_job,
+    NodeSeen: ClusterState._apply_node_seen,
+    NodeLost: ClusterState._apply_node_lost,
+}
+
+_ACTIONS: dict[ChunkAction, Callable[[ClusterState, JobRecord, ChunkEvent, ChunkRecord, float], None]] = {
+    ChunkAction.START: ClusterState._start,
+    ChunkAction.SUCCEED: ClusterState._succeed,
+    ChunkAction.FAIL: ClusterState._fail,
+    ChunkAction.LOSE: ClusterState._lose,
+    ChunkAction.CANCEL: ClusterState._cancel,
+}
+
+
+def _refused(reason: str) -> Outcome:
+    return Outcome(ok=False, error=reason, error_code=ErrorCode.INVALID)
+
+
+def _sequence(value: Any) -> tuple | list:
+    return value if isinstance(value, (tuple, list)) else ()
+
+
+def _move(source: dict, target: dict, key: ChunkKey) -> None:
+    _remove(source, key)
+    target[key] = None
+
+
+def _remove(table: dict, key: ChunkKey) -> None:
+    try:
+        del table[key]
+    except KeyError:
+        raise StateInvariantError(f"chunk {key[1]} of job {key[0].hex()} missing from its phase table") from None
+
+
+def _short(text: str) -> str:
+    if len(text) <= EVENT_DETAIL_MAX_CHARS:
+        return text
+    return text[: EVENT_DETAIL_MAX_CHARS - 3] + "..."

@@ -1,0 +1,308 @@
+"""The storage daemon's shell: one ROUTER socket, one loop, one dispatch table.
+
+Rules: every message is decoded by wire.decode and dispatched through
+`self.handlers`; a handler returns the reply (or None) and raises for
+refusals, which `ERROR_CODES` turns into an `error` reply. Nothing a peer
+sends and no exception in a handler ends the loop: unknown faults are logged
+and answered with ERR_INTERNAL. Sends never block (send_message), and data
+frames go out as the bytes read from disk, without another copy.
+
+Storage never answers an `error` with an `error`, so two nodes that
+misunderstand each other cannot start an endless exchange.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+import wire
+from storage.blobstore import (
+    BlobStore, HashMismatch, LengthMismatch, NoSpace, PutWriter, RangeError, UnknownFile,
+)
+from storage.uploads import (
+    IncompleteUpload, PieceBeyondLength, PieceDecision, PieceOutOfOrder, TooManyUploads,
+    UnknownUpload, UploadAlreadyOpen, UploadFailed, UploadFault, UploadKey, UploadTracker,
+)
+from wire import ErrorCode, Message, NodeRole, PutStatus, WireError
+from wire.limits import MAX_DATA_FRAME_BYTES
+from wire.transport import Received, Transport, recv_message, send_message
+
+# How long one poll waits; bounds how late a stop signal or an expiry is seen.
+POLL_INTERVAL_MS = 200
+# How often idle upload sessions are looked for.
+EXPIRY_CHECK_INTERVAL_S = 1.0
+# Messages handled per wake-up before the loop looks at stop and expiry again.
+MESSAGES_PER_WAKEUP = 256
+# Error reasons are for people; a WireError about a huge value stays readable.
+MAX_REASON_CHARS = 1000
+
+COUNTER_NAMES = (
+    "file_requests", "reads", "bytes_served", "stats",
+    "puts_begun", "puts_present", "puts_stored", "bytes_received",
+    "hash_mismatches", "uploads_failed", "uploads_expired",
+    "malformed", "unexpected", "internal_errors", "errors",
+)
+
+log = logging.getLogger("storage")
+
+
+class RequestRefused(Exception):
+    """A request this node will not serve as asked, with its error code."""
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+# Refusals from the store and the upload tracker, and the code that tells the
+# peer about each. A class missing here is a bug on our side: ERR_INTERNAL.
+ERROR_CODES: dict[type[Exception], ErrorCode] = {
+    UnknownFile: ErrorCode.UNKNOWN_FILE,
+    RangeError: ErrorCode.RANGE,
+    HashMismatch: ErrorCode.HASH_MISMATCH,
+    LengthMismatch: ErrorCode.RANGE,
+    NoSpace: ErrorCode.TOO_LARGE,
+    TooManyUploads: ErrorCode.BUSY,
+    UploadAlreadyOpen: ErrorCode.INVALID,
+    UnknownUpload: ErrorCode.INVALID,
+    PieceOutOfOrder: ErrorCode.INVALID,
+    PieceBeyondLength: ErrorCode.RANGE,
+    IncompleteUpload: ErrorCode.RANGE,
+    UploadFailed: ErrorCode.INTERNAL,
+}
+
+
+def _error_code_of(fault: Exception) -> ErrorCode | None:
+    if isinstance(fault, RequestRefused):
+        return fault.code
+    for cls in type(fault).__mro__:
+        if cls in ERROR_CODES:
+            return ERROR_CODES[cls]
+    return None
+
+
+def _type_byte(frames: list[memoryview]) -> int:
+    """The message_type a malformed message claimed, for error.failed_type."""
+    return frames[0][0] if frames and len(frames[0]) else 0
+
+
+Handler = Callable[[bytes, Any, float], Message | None]
+
+
+class StorageService:
+    """Serves one BlobStore on a ROUTER socket bound at `address`."""
+
+    def __init__(self, transport: Transport, address: str, store: BlobStore, node_id: bytes,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.transport = transport
+        self.store = store
+        self.node_id = node_id
+        self._clock = clock
+        self.uploads = UploadTracker()
+        self._writers: dict[UploadKey, PutWriter] = {}
+        self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+        self.handlers: dict[type[Message], Handler] = {
+            wire.FileRequest: self.on_file_request,
+            wire.FileStat: self.on_file_stat,
+            wire.FileRead: self.on_file_read,
+            wire.FilePutBegin: self.on_put_begin,
+            wire.FilePutData: self.on_put_data,
+            wire.FilePutEnd: self.on_put_end,
+            wire.StatsQuery: self.on_stats_query,
+        }
+        self.socket = transport.server_socket(zmq.ROUTER, address)
+
+    @property
+    def endpoint(self) -> str:
+        return self.socket.last_endpoint.decode()
+
+    # -- the loop ---------------------------------------------------------
+
+    def serve(self, stop: threading.Event) -> None:
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        next_expiry = self._clock() + EXPIRY_CHECK_INTERVAL_S
+        while not stop.is_set():
+            if poller.poll(POLL_INTERVAL_MS):
+                for _ in range(MESSAGES_PER_WAKEUP):
+                    received = recv_message(self.socket, self.transport)
+                    if received is None:
+                        break
+                    self.handle(received, self._clock())
+            now = self._clock()
+            if now >= next_expiry:
+                self.expire_uploads(now)
+                next_expiry = now + EXPIRY_CHECK_INTERVAL_S
+
+    def handle(self, received: Received, now: float) -> None:
+        peer = received.peer
+        assert peer is not None, "a ROUTER always names the peer"
+        try:
+            message = wire.decode(received.frames)
+        except WireError as fault:
+            self.counters["malformed"] += 1
+            log.debug("malformed message from %s: %s", peer.hex(), fault)
+            self._send_error(peer, 0, _type_byte(received.frames), ErrorCode.MALFORMED, str(fault))
+            return
+        handler = self.handlers.get(type(message))
+        if handler is None:
+            self.counters["unexpected"] += 1
+            if not isinstance(message, wire.Error):
+                self._send_error(peer, getattr(message, "request_id", 0), message.message_type,
+                                 ErrorCode.UNEXPECTED,
+                                 f"storage does not serve {type(message).__name__} messages")
+            return
+        try:
+            reply = handler(peer, message, now)
+            if reply is not None:
+                send_message(self.socket, wire.encode(reply), peer, self.transport)
+        except Exception as fault:  # one bad request must not end the loop
+            code = _error_code_of(fault)
+            reason = str(fault)
+            if code is None:
+                self.counters["internal_errors"] += 1
+                log.exception("internal error on %s from %s", type(message).__name__, peer.hex())
+                code = ErrorCode.INTERNAL
+                reason = f"internal error: {type(fault).__name__}: {fault}"
+            self._send_error(peer, getattr(message, "request_id", 0), message.message_type,
+                             code, reason)
+
+    def _send_error(self, peer: bytes, request_id: int, failed_type: int, code: ErrorCode,
+                    reason: str) -> None:
+        self.counters["errors"] += 1
+        error = wire.Error.make(self.node_id, request_id=request_id, error_code=int(code),
+                                failed_type=failed_type, reason=reason[:MAX_REASON_CHARS])
+        send_message(self.socket, wire.encode(error), peer, self.transport)
+
+    # -- reads ------------------------------------------------------------
+
+    def on_file_request(self, peer: bytes, request: wire.FileRequest, now: float) -> Message:
+        self.counters["file_requests"] += 1
+        file_id = request.file_uuid
+        size = self.store.size(file_id)
+        if size > MAX_DATA_FRAME_BYTES:
+            raise RequestRefused(ErrorCode.TOO_LARGE,
+                                 f"{file_id.hex()} is {size} bytes, more than one data frame "
+                                 f"({MAX_DATA_FRAME_BYTES}); use file_read")
+        data = self.store.read(file_id, 0, size)
+        self.counters["bytes_served"] += size
+        return wire.FileResponse.make(self.node_id, file=file_id, file_length=size, data=data)
+
+    def on_file_stat(self, peer: bytes, request: wire.FileStat, now: float) -> Message:
+        try:
+            size, present = self.store.size(request.file_uuid), 1
+        except UnknownFile:
+            size, present = 0, 0
+        return wire.FileStatReply.make(self.node_id, request_id=request.request_id,
+                                       file=request.file_uuid, file_length=size, present=present)
+
+    def on_file_read(self, peer: bytes, request: wire.FileRead, now: float) -> Message:
+        self.counters["reads"] += 1
+        if request.length > MAX_DATA_FRAME_BYTES:
+            raise RequestRefused(ErrorCode.TOO_LARGE,
+                                 f"read of {request.length} bytes exceeds one data frame "
+                                 f"({MAX_DATA_FRAME_BYTES})")
+        data = self.store.read(request.file_uuid, request.offset, request.length)
+        self.counters["bytes_served"] += len(data)
+        return wire.FileReadReply.make(self.node_id, request_id=request.request_id,
+                                       file=request.file_uuid, offset=request.offset,
+                                       length=len(data), data=data)
+
+    # -- puts -------------------------------------------------------------
+
+    def on_put_begin(self, peer: bytes, request: wire.FilePutBegin, now: float) -> Message:
+        file_id = request.file_uuid
+        if self.store.has(file_id):
+            self.counters["puts_present"] += 1
+            status = PutStatus.PRESENT
+        else:
+            key = UploadKey(peer, request.request_id, file_id)
+            self.uploads.begin(key, request.file_length, now)
+            try:
+                self._writers[key] = self.store.begin_put(file_id, request.file_length)
+            except BaseException:
+                self.uploads.abort(key)
+                raise
+            self.counters["puts_begun"] += 1
+            status = PutStatus.SEND_DATA
+        return wire.FilePutReply.make(self.node_id, request_id=request.request_id,
+                                      file=file_id, status=int(status))
+
+    def on_put_data(self, peer: bytes, piece: wire.FilePutData, now: float) -> None:
+        key = UploadKey(peer, piece.request_id, piece.file_uuid)
+        try:
+            decision = self.uploads.data(key, piece.offset, len(piece.data), now)
+        except UploadFault:
+            self._discard_writer(key)
+            raise
+        if decision is PieceDecision.WRITE:
+            try:
+                self._writers[key].write(piece.data)
+            except Exception as fault:
+                self._discard_writer(key)
+                self.uploads.fail(key, UploadFailed(key, f"could not store a piece: {fault}"))
+                raise
+            self.counters["bytes_received"] += len(piece.data)
+        return None
+
+    def on_put_end(self, peer: bytes, request: wire.FilePutEnd, now: float) -> Message:
+        key = UploadKey(peer, request.request_id, request.file_uuid)
+        try:
+            self.uploads.end(key, now)
+        except UploadFault:
+            self._discard_writer(key)
+            raise
+        writer = self._writers.pop(key)
+        try:
+            writer.finish()
+        except HashMismatch:
+            self.counters["hash_mismatches"] += 1
+            self.counters["uploads_failed"] += 1
+            raise
+        except Exception:
+            self.counters["uploads_failed"] += 1
+            raise
+        self.counters["puts_stored"] += 1
+        log.debug("stored %s (%d bytes)", key.file_id.hex(), writer.length)
+        return wire.FilePutReply.make(self.node_id, request_id=request.request_id,
+                                      file=request.file_uuid, status=int(PutStatus.STORED))
+
+    def _discard_writer(self, key: UploadKey) -> None:
+        """Delete the temporary file of an upload that cannot succeed any more."""
+        writer = self._writers.pop(key, None)
+        if writer is not None:
+            writer.abort()
+            self.counters["uploads_failed"] += 1
+
+    def expire_uploads(self, now: float) -> None:
+        for key in self.uploads.expire(now):
+            writer = self._writers.pop(key, None)
+            if writer is not None:
+                writer.abort()
+                self.counters["uploads_expired"] += 1
+                log.info("%s abandoned after %d bytes", key, writer.received)
+
+    # -- stats ------------------------------------------------------------
+
+    def on_stats_query(self, peer: bytes, request: wire.StatsQuery, now: float) -> Message:
+        self.counters["stats"] += 1
+        return wire.StatsReply.make(self.node_id, request_id=request.request_id,
+                                    role=int(NodeRole.STORAGE), counters=self.snapshot())
+
+    def snapshot(self) -> dict[str, int]:
+        """This node's counters and gauges, and its transport's counters."""
+        return {**self.counters, "uploads_open": len(self.uploads),
+                "temp_files_removed": self.store.temp_files_removed,
+                **dict(self.transport.counters)}
+
+    def close(self) -> None:
+        """Abandon open uploads (their temporary files go) and close the socket."""
+        for writer in self._writers.values():
+            writer.abort()
+        self._writers.clear()
+        self.socket.close()

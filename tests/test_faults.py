@@ -1,0 +1,138 @@
+"""Daemons and programs that die, hang or get killed: the work still finishes,
+exactly once, and nothing is left running."""
+import os
+import pathlib
+import time
+
+import pytest
+
+WAIT_S = 45.0
+
+
+def _wait_until(predicate, timeout=WAIT_S, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not reached in {timeout}s")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is as good as dead
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _events_of(connection, job_id, kind):
+    events, _ = connection.events(after=0, limit=10_000)
+    return [event for event in events if event["kind"] == kind and event["job"] and event["job"].hex() == job_id]
+
+
+def test_worker_killed_mid_chunk_completes_elsewhere_exactly_once(cluster):
+    connection = cluster.connection
+    program = b"#!/bin/sh\nsleep 1.5\necho finished > $UDS_OUTPUT/result\n"
+    job = connection.submit_job(program, timeout=60)
+    running = _wait_until(lambda: next((c for c in job.status().chunks if c.state == "running"), None),
+                          what="chunk running")
+    victim = cluster.worker_by_node(running.worker)
+    cluster.daemons[victim].kill9()
+    status = job.wait(timeout=WAIT_S)
+    assert status.state == "succeeded", status
+    chunk = status.chunks[0]
+    assert chunk.attempt >= 2
+    assert chunk.worker != running.worker
+    assert connection.get(chunk.outputs["result"]) == b"finished\n"
+    assert len(_events_of(connection, job.id, "chunk_succeeded")) == 1
+    assert len(_events_of(connection, job.id, "chunk_lost")) >= 1
+
+
+def _pid_program(pid_file: pathlib.Path) -> bytes:
+    # The program and a child that ignores SIGTERM both record their pids.
+    return (b"#!/bin/sh\n"
+            b"(trap '' TERM; exec sleep 120) &\n"
+            b"echo $$ $! > " + str(pid_file).encode() + b".tmp\n"
+            b"mv " + str(pid_file).encode() + b".tmp " + str(pid_file).encode() + b"\n"
+            b"sleep 120\n")
+
+
+def _pids(pid_file: pathlib.Path):
+    try:
+        return [int(pid) for pid in pid_file.read_text().split()]
+    except (OSError, ValueError):
+        return None
+
+
+def test_cancel_kills_the_whole_process_group(shared_cluster, tmp_path):
+    pid_file = tmp_path / "pids"
+    job = shared_cluster.connection.submit_job(_pid_program(pid_file), timeout=300)
+    pids = _wait_until(lambda: _pids(pid_file), what="program started")
+    assert all(_alive(pid) for pid in pids)
+    status = job.cancel()
+    assert status.state == "cancelled"
+    _wait_until(lambda: not any(_alive(pid) for pid in pids), timeout=15, what="processes gone")
+    final = job.wait(timeout=WAIT_S)
+    assert final.state == "cancelled"
+    assert final.chunks[0].state == "cancelled"
+
+
+def test_timeout_kills_the_whole_process_group(shared_cluster, tmp_path):
+    pid_file = tmp_path / "pids"
+    job = shared_cluster.connection.submit_job(_pid_program(pid_file), timeout=1.0)
+    pids = _wait_until(lambda: _pids(pid_file), what="program started")
+    status = job.wait(timeout=WAIT_S)
+    assert status.state == "failed"
+    assert "timed out" in status.chunks[0].error
+    _wait_until(lambda: not any(_alive(pid) for pid in pids), timeout=15, what="processes gone")
+
+
+def test_master_killed_and_restarted_keeps_every_job(cluster):
+    connection = cluster.connection
+    done = connection.submit_job(b"#!/bin/sh\necho before\n")
+    assert done.wait(timeout=WAIT_S).state == "succeeded"
+    running = connection.submit_job(b"#!/bin/sh\nsleep 1\necho during $UDS_CHUNK\n", chunks=3, timeout=60)
+    cluster.restart("master", kill=True)
+    status = running.wait(timeout=WAIT_S)
+    assert status.state == "succeeded", status
+    assert sorted(connection.get(chunk.stdout) for chunk in status.chunks) == [
+        b"during 0\n", b"during 1\n", b"during 2\n"]
+    assert done.status().state == "succeeded"
+    assert connection.get(done.result()[0].stdout) == b"before\n"
+    for chunk in range(3):
+        succeeded = [event for event in _events_of(connection, running.id, "chunk_succeeded")
+                     if event["chunk"] == chunk]
+        assert len(succeeded) == 1
+    # And new work is accepted and run after the restart.
+    assert connection.submit_job(b"#!/bin/sh\ntrue\n").wait(timeout=WAIT_S).state == "succeeded"
+
+
+def test_storage_killed_and_restarted_keeps_every_blob(cluster):
+    connection = cluster.connection
+    blobs = [os.urandom(size) for size in (0, 1, 100_000, 3_000_000)]
+    ids = [connection.put(blob) for blob in blobs]
+    cluster.restart("storage", kill=True)
+    assert [connection.get(file_id) for file_id in ids] == blobs
+    job = connection.submit_job(b"#!/bin/sh\nwc -c < $UDS_INPUTS/data\n", inputs={"data": ids[3]})
+    status = job.wait(timeout=WAIT_S)
+    assert status.state == "succeeded"
+    assert connection.get(status.chunks[0].stdout).strip() == b"3000000"
+
+
+def test_loadbalancer_killed_mid_job_and_restarted(cluster):
+    connection = cluster.connection
+    job = connection.submit_job(b"#!/bin/sh\nsleep 1\necho $UDS_CHUNK\n", chunks=4, timeout=60)
+    _wait_until(lambda: any(c.state == "running" for c in job.status().chunks), what="chunk running")
+    cluster.restart("loadbalancer", kill=True)
+    status = job.wait(timeout=WAIT_S)
+    assert status.state == "succeeded", status
+    assert sorted(connection.get(chunk.stdout) for chunk in status.chunks) == [b"0\n", b"1\n", b"2\n", b"3\n"]
+    for chunk in range(4):
+        succeeded = [event for event in _events_of(connection, job.id, "chunk_succeeded")
+                     if event["chunk"] == chunk]
+        assert len(succeeded) == 1

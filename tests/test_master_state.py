@@ -1,0 +1,706 @@
+"""master/state.py: the replicated truth, driven by commands with exact
+outcomes, views and events; then a hypothesis state machine that checks the
+invariants after every step."""
+import copy
+import pickle
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+import wire
+from master.commands import (
+    CancelJob, CancelOutcome, ChunkEvent, ChunkEventOutcome, DispatchAttempts, DispatchOutcome, Event,
+    JobSummary, NodeLost, NodeOutcome, NodeSeen, Outcome, ReadyAttempt, RunningAttempt,
+    SubmitJob, SubmitOutcome,
+)
+from master.state import (
+    EVENT_LOG_LIMIT, POISON_LIMIT, ClusterState, StateInvariantError,
+)
+from wire.enums import ChunkState, ErrorCode, JobState, NodeRole
+
+JOB_A = bytes.fromhex("aa" * 16)
+JOB_B = bytes.fromhex("bb" * 16)
+WORKER_1 = bytes.fromhex("01" * 16)
+WORKER_2 = bytes.fromhex("02" * 16)
+PROGRAM = (bytes.fromhex("f0" * 16), 1234)
+DATA = (bytes.fromhex("da" * 16), 10)
+OUT = (bytes.fromhex("0e" * 16), 5)
+LOG = (bytes.fromhex("1e" * 16), 7)
+NODE_ID = bytes.fromhex("cd" * 16)
+
+
+def submit(job=JOB_A, chunk_count=2, max_retries=0, chunk_inputs=(), name="demo") -> SubmitJob:
+    return SubmitJob(job=job, name=name, program=PROGRAM, args=("-v",), inputs={"data": DATA},
+                     chunk_inputs=chunk_inputs, chunk_count=chunk_count, timeout_s=60.0,
+                     max_retries=max_retries)
+
+
+def event(chunk, attempt, state, job=JOB_A, worker=WORKER_1, **result) -> ChunkEvent:
+    return ChunkEvent(job=job, chunk=chunk, attempt=attempt, state=state, worker=worker, **result)
+
+
+def one(state: ClusterState, command, now=10.0):
+    [outcome] = state.apply([command], now)
+    return outcome
+
+
+def started(chunk_count=2, max_retries=0, job=JOB_A) -> ClusterState:
+    """A state with one job whose chunks are all dispatched (attempt 1)."""
+    state = ClusterState()
+    state.apply([submit(job=job, chunk_count=chunk_count, max_retries=max_retries)], 1.0)
+    state.apply([DispatchAttempts(tuple((job, index, 1) for index in range(chunk_count)))], 2.0)
+    return state
+
+
+def phases(state, job=JOB_A):
+    return [(chunk.phase, chunk.attempt) for chunk in state.job_view(job).chunks]
+
+
+def kinds(state, after=0):
+    events, _ = state.events_after(after, 1000)
+    return [(e.kind, e.chunk, e.attempt) for e in events]
+
+
+# -- SubmitJob --------------------------------------------------------------
+
+def test_submit_creates_a_queued_job_with_queued_chunks():
+    state = ClusterState()
+    assert state.apply([submit(chunk_count=3)], 5.0) == [SubmitOutcome(created=True)]
+    view = state.job_view(JOB_A)
+    assert (view.state, view.chunk_count, view.name, view.submitted_at, view.finished_at) == (
+        JobState.QUEUED, 3, "demo", 5.0, None)
+    assert phases(state) == [("queued", 1)] * 3
+    assert state.ready_attempts(10) == [ReadyAttempt(JOB_A, index, 1, {}) for index in range(3)]
+    assert state.events_after(0, 10) == (
+        [Event(1, 5.0, "job_submitted", JOB_A, None, None, None, "demo: 3 chunks")], 1)
+    assert state.job_spec(JOB_A) == dict(job=JOB_A, program=PROGRAM, args=["-v"],
+                                         inputs={"data": DATA}, chunk_count=3, timeout_s=60.0)
+
+
+def test_submit_is_idempotent_by_job_id():
+    state = ClusterState()
+    state.apply([submit()], 1.0)
+    before = copy.deepcopy(state)
+    assert one(state, submit()) == SubmitOutcome(created=False)
+    # As decoded from msgpack: lists instead of tuples, an int timeout.
+    as_decoded = SubmitJob(job=JOB_A, name="demo", program=list(PROGRAM), args=["-v"],
+                           inputs={"data": list(DATA)}, chunk_inputs=[], chunk_count=2,
+                           timeout_s=60, max_retries=0)
+    assert one(state, as_decoded) == SubmitOutcome(created=False)
+    assert state == before
+
+
+def test_submit_with_a_reused_id_and_another_spec_changes_nothing():
+    state = ClusterState()
+    state.apply([submit()], 1.0)
+    before = copy.deepcopy(state)
+    assert one(state, submit(chunk_count=5)) == SubmitOutcome(
+        ok=False, error="job id reused with a different spec", error_code=ErrorCode.INVALID)
+    assert state == before
+
+
+@pytest.mark.parametrize("command, error", [
+    (submit(chunk_count=0), "chunk_count must be 1..200000"),
+    (submit(chunk_count=2, chunk_inputs=({},)), "1 chunk_inputs for 2 chunks"),
+    (submit(job=b"short"), "job id must be 16 bytes"),
+    (SubmitJob(JOB_A, "x", PROGRAM, (), {}, (), 1, 0.0, 0), "timeout_s must be positive"),
+    (SubmitJob(JOB_A, "x", PROGRAM, (), {}, (), 1, 1.0, -1), "max_retries must be a count"),
+    (SubmitJob(JOB_A, "x", (b"x", 1), (), {}, (), 1, 1.0, 0), "program must be a file reference"),
+])
+def test_an_invalid_submission_is_refused(command, error):
+    state = ClusterState()
+    assert one(state, command) == SubmitOutcome(ok=False, error=error, error_code=ErrorCode.INVALID)
+    assert state == ClusterState()
+
+
+def test_per_chunk_inputs_go_with_each_ready_attempt():
+    state = ClusterState()
+    per_chunk = ({"part": DATA}, {"part": OUT})
+    state.apply([submit(chunk_inputs=per_chunk)], 1.0)
+    assert state.ready_attempts(2) == [ReadyAttempt(JOB_A, 0, 1, {"part": DATA}),
+                                       ReadyAttempt(JOB_A, 1, 1, {"part": OUT})]
+    assert state.chunk_inputs(JOB_A, 1) == {"part": OUT}
+    assert state.chunk_inputs(JOB_A, 7) == {}
+
+
+def test_unknown_commands_are_refused_and_outcomes_follow_command_order():
+    state = ClusterState()
+    outcomes = state.apply([submit(), "nonsense", CancelJob(JOB_B), submit()], 1.0)
+    assert outcomes == [
+        SubmitOutcome(created=True),
+        Outcome(ok=False, error="unknown command str", error_code=ErrorCode.INVALID),
+        CancelOutcome(ok=False, error="unknown job", error_code=ErrorCode.UNKNOWN_JOB),
+        SubmitOutcome(created=False),
+    ]
+
+
+# -- DispatchAttempts -------------------------------------------------------
+
+def test_dispatch_moves_queued_chunks_of_that_attempt_only():
+    state = ClusterState()
+    state.apply([submit(chunk_count=3)], 1.0)
+    outcome = one(state, DispatchAttempts(((JOB_A, 0, 1), (JOB_A, 1, 2), (JOB_B, 0, 1),
+                                           (JOB_A, 0, 1), (JOB_A, 9, 1), ("junk",))))
+    assert outcome == DispatchOutcome(dispatched=((JOB_A, 0, 1),), skipped=5)
+    assert phases(state) == [("dispatched", 1), ("queued", 1), ("queued", 1)]
+    assert state.job_view(JOB_A).state == JobState.RUNNING
+    assert state.in_flight_count() == 1
+    assert state.dispatched_attempts() == [ReadyAttempt(JOB_A, 0, 1, {})]
+    assert [attempt.chunk for attempt in state.ready_attempts(10)] == [1, 2]
+    assert kinds(state, after=1) == [("chunk_dispatched", 0, 1)]
+
+
+def test_ready_attempts_are_fifo_by_submission_then_chunk():
+    state = ClusterState()
+    state.apply([submit(job=JOB_A, chunk_count=2), submit(job=JOB_B, chunk_count=2)], 1.0)
+    assert [attempt[:3] for attempt in state.ready_attempts(3)] == [
+        (JOB_A, 0, 1), (JOB_A, 1, 1), (JOB_B, 0, 1)]
+    assert state.ready_attempts(0) == []
+
+
+def test_a_requeued_chunk_goes_to_the_back_of_the_queue():
+    state = ClusterState()
+    state.apply([submit(chunk_count=3, max_retries=1)], 1.0)
+    state.apply([DispatchAttempts(((JOB_A, 0, 1),))], 2.0)
+    state.apply([event(0, 1, ChunkState.FAILED, exit_code=1)], 3.0)
+    assert [attempt[:3] for attempt in state.ready_attempts(10)] == [
+        (JOB_A, 1, 1), (JOB_A, 2, 1), (JOB_A, 0, 2)]
+
+
+# -- ChunkEvent -------------------------------------------------------------
+
+def test_started_marks_the_chunk_running_on_its_worker():
+    state = started()
+    assert one(state, event(0, 1, ChunkState.STARTED)) == ChunkEventOutcome(phase="running")
+    chunk = state.job_view(JOB_A).chunks[0]
+    assert (chunk.phase, chunk.worker) == ("running", WORKER_1)
+    assert state.running_attempts() == [RunningAttempt(JOB_A, 0, 1, WORKER_1)]
+    assert state.dispatched_attempts() == [ReadyAttempt(JOB_A, 1, 1, {})]
+    assert state.in_flight_count() == 2
+    assert one(state, event(0, 1, ChunkState.STARTED)) == ChunkEventOutcome(
+        status="duplicate", phase="running")
+
+
+def test_success_commits_the_result_once():
+    state = started()
+    state.apply([event(0, 1, ChunkState.STARTED)], 3.0)
+    succeeded = event(0, 1, ChunkState.SUCCEEDED, exit_code=0, outputs={"out/a": OUT}, stdout=LOG,
+                      elapsed_s=1.5, bytes_from_cache=3, bytes_from_storage=4)
+    assert state.apply([succeeded, succeeded], 4.0) == [
+        ChunkEventOutcome(phase="succeeded"), ChunkEventOutcome(status="final", phase="succeeded")]
+    view = state.job_view(JOB_A)
+    assert (view.state, view.chunks_succeeded, view.chunks_failed) == (JobState.RUNNING, 1, 0)
+    chunk = view.chunks[0]
+    assert chunk.as_report() == dict(
+        chunk=0, state="succeeded", attempt=1, worker=WORKER_1, exit_code=0, outputs={"out/a": OUT},
+        stdout=LOG, stderr=None, error="", elapsed_s=1.5, bytes_from_cache=3, bytes_from_storage=4)
+    # The second chunk succeeds straight from DISPATCHED (its STARTED was lost).
+    assert one(state, event(1, 1, ChunkState.SUCCEEDED, worker=WORKER_2, exit_code=0), now=5.0) == (
+        ChunkEventOutcome(phase="succeeded", job_finished=True))
+    view = state.job_view(JOB_A)
+    assert (view.state, view.chunks_succeeded, view.finished_at, view.error) == (
+        JobState.SUCCEEDED, 2, 5.0, "")
+    assert view.chunks[1].worker == WORKER_2
+    assert state.in_flight_count() == 0
+    assert kinds(state)[-3:] == [("chunk_succeeded", 0, 1), ("chunk_succeeded", 1, 1),
+                                 ("job_succeeded", None, None)]
+
+
+def test_events_of_other_attempts_are_fenced_off():
+    state = started(max_retries=1)
+    state.apply([event(0, 1, ChunkState.FAILED, exit_code=2)], 3.0)
+    assert phases(state)[0] == ("queued", 2)
+    before = copy.deepcopy(state)
+    for late in (event(0, 1, ChunkState.SUCCEEDED), event(0, 1, ChunkState.STARTED),
+                 event(0, 3, ChunkState.SUCCEEDED)):
+        assert one(state, late) == ChunkEventOutcome(status="stale", phase="queued")
+    assert state == before
+
+
+def test_an_event_for_an_undispatched_attempt_is_refused():
+    state = ClusterState()
+    state.apply([submit()], 1.0)
+    assert one(state, event(0, 1, ChunkState.STARTED)) == ChunkEventOutcome(
+        ok=False, error="STARTED for attempt 1 which is queued", error_code=ErrorCode.INVALID,
+        status="invalid", phase="queued")
+
+
+def test_a_late_started_after_the_final_event_is_ignored():
+    state = started()
+    state.apply([event(0, 1, ChunkState.SUCCEEDED, exit_code=0)], 3.0)
+    assert one(state, event(0, 1, ChunkState.STARTED)) == ChunkEventOutcome(
+        status="final", phase="succeeded")
+    assert state.running_attempts() == []
+
+
+@pytest.mark.parametrize("bad, outcome", [
+    (event(0, 1, ChunkState.STARTED, job=JOB_B),
+     ChunkEventOutcome(ok=False, error="unknown job", error_code=ErrorCode.UNKNOWN_JOB, status="unknown")),
+    (event(5, 1, ChunkState.STARTED),
+     ChunkEventOutcome(ok=False, error="unknown chunk 5", error_code=ErrorCode.INVALID, status="unknown")),
+    (event(0, 1, 99),
+     ChunkEventOutcome(ok=False, error="unknown chunk state 99", error_code=ErrorCode.INVALID,
+                       status="invalid")),
+    (event(0, 1, ChunkState.SUCCEEDED, outputs={"a": ("no", 1)}),
+     ChunkEventOutcome(ok=False, error="outputs must map paths to file references",
+                       error_code=ErrorCode.INVALID, status="invalid", phase="dispatched")),
+])
+def test_bad_events_are_refused_without_change(bad, outcome):
+    state = started()
+    before = copy.deepcopy(state)
+    assert one(state, bad) == outcome
+    assert state == before
+
+
+def test_failures_use_retries_then_fail_the_chunk_and_the_job():
+    state = started(chunk_count=1, max_retries=2)
+    outcomes = []
+    for attempt in (1, 2, 3):
+        if attempt > 1:
+            state.apply([DispatchAttempts(((JOB_A, 0, attempt),))], 3.0)
+        outcomes += state.apply([event(0, attempt, ChunkState.FAILED, exit_code=3, stderr=LOG)], 4.0)
+    assert outcomes == [ChunkEventOutcome(phase="queued"), ChunkEventOutcome(phase="queued"),
+                        ChunkEventOutcome(phase="failed", job_finished=True)]
+    view = state.job_view(JOB_A)
+    assert (view.state, view.chunks_failed, view.finished_at, view.error) == (
+        JobState.FAILED, 1, 4.0, "chunk 0: exit code 3")
+    chunk = view.chunks[0]
+    assert (chunk.phase, chunk.attempt, chunk.exit_code, chunk.stderr, chunk.error, chunk.retries_used) == (
+        "failed", 3, 3, LOG, "exit code 3", 2)
+    events, _ = state.events_after(0, 100)
+    assert [(e.kind, e.attempt, e.detail) for e in events if e.kind.startswith(("chunk_retried", "chunk_f", "job_f"))] == [
+        ("chunk_retried", 1, "exit code 3; retry 1 of 2"),
+        ("chunk_retried", 2, "exit code 3; retry 2 of 2"),
+        ("chunk_failed", 3, "exit code 3"),
+        ("job_failed", None, "chunk 0: exit code 3"),
+    ]
+
+
+def test_a_timeout_counts_as_a_program_failure():
+    state = started(chunk_count=1, max_retries=0)
+    assert one(state, event(0, 1, ChunkState.TIMED_OUT)) == ChunkEventOutcome(
+        phase="failed", job_finished=True)
+    assert state.job_view(JOB_A).error == "chunk 0: timed out"
+
+
+@pytest.mark.parametrize("loss", [ChunkState.LOST, ChunkState.REJECTED])
+def test_worker_loss_does_not_use_retries_but_poison_fails_the_chunk(loss):
+    state = started(chunk_count=1, max_retries=0)
+    for attempt in range(1, POISON_LIMIT + 1):
+        if attempt > 1:
+            state.apply([DispatchAttempts(((JOB_A, 0, attempt),))], 3.0)
+        outcome = one(state, event(0, attempt, loss))
+        if attempt < POISON_LIMIT:
+            assert outcome == ChunkEventOutcome(phase="queued")
+            assert phases(state) == [("queued", attempt + 1)]
+    assert outcome == ChunkEventOutcome(phase="failed", job_finished=True)
+    chunk = state.job_view(JOB_A).chunks[0]
+    assert (chunk.error, chunk.retries_used, chunk.lost_count) == (
+        "poison: chunk lost 3 workers", 0, 3)
+    assert state.job_view(JOB_A).error == "chunk 0: poison: chunk lost 3 workers"
+    assert [kind for kind, _, _ in kinds(state)].count("chunk_lost") == POISON_LIMIT - 1
+
+
+def test_a_chunk_cancelled_by_its_worker_leaves_the_job_cancelled():
+    state = started(chunk_count=2)
+    state.apply([event(0, 1, ChunkState.SUCCEEDED, exit_code=0)], 3.0)
+    assert one(state, event(1, 1, ChunkState.CANCELLED)) == ChunkEventOutcome(
+        phase="cancelled", job_finished=True)
+    assert state.job_view(JOB_A).state == JobState.CANCELLED
+
+
+def test_job_state_stays_running_while_a_dispatched_chunk_is_requeued():
+    state = started(chunk_count=1, max_retries=1)
+    state.apply([event(0, 1, ChunkState.LOST)], 3.0)
+    assert state.job_view(JOB_A).state == JobState.RUNNING
+    assert state.job_state(JOB_A) == JobState.RUNNING
+    assert state.job_state(JOB_B) is None
+
+
+# -- CancelJob --------------------------------------------------------------
+
+def test_cancel_cancels_every_unfinished_chunk_and_lists_those_in_flight():
+    state = ClusterState()
+    state.apply([submit(chunk_count=4)], 1.0)
+    state.apply([DispatchAttempts(((JOB_A, 0, 1), (JOB_A, 1, 1), (JOB_A, 2, 1)))], 2.0)
+    state.apply([event(0, 1, ChunkState.SUCCEEDED, exit_code=0),
+                 event(1, 1, ChunkState.STARTED, worker=WORKER_2)], 3.0)
+    assert one(state, CancelJob(JOB_A), now=7.0) == CancelOutcome(
+        cancelled_attempts=((1, 1, WORKER_2), (2, 1, None)), changed=True)
+    view = state.job_view(JOB_A)
+    assert [chunk.phase for chunk in view.chunks] == ["succeeded", "cancelled", "cancelled", "cancelled"]
+    assert (view.state, view.finished_at, view.chunks_succeeded) == (JobState.CANCELLED, 7.0, 1)
+    assert state.in_flight_count() == 0 and state.ready_attempts(10) == []
+    assert kinds(state)[-3:] == [("chunk_cancelled", 1, 1), ("chunk_cancelled", 2, 1),
+                                 ("job_cancelled", None, None)]
+    before = copy.deepcopy(state)
+    assert one(state, CancelJob(JOB_A)) == CancelOutcome(changed=False)
+    assert one(state, event(1, 1, ChunkState.SUCCEEDED)) == ChunkEventOutcome(
+        status="final", phase="cancelled")
+    assert state == before
+
+
+def test_cancelling_a_finished_job_changes_nothing():
+    state = started(chunk_count=1)
+    state.apply([event(0, 1, ChunkState.SUCCEEDED, exit_code=0)], 3.0)
+    assert one(state, CancelJob(JOB_A)) == CancelOutcome(changed=False)
+    assert state.job_view(JOB_A).state == JobState.SUCCEEDED
+
+
+# -- Nodes ------------------------------------------------------------------
+
+def node_seen(host="w1", slots=4) -> NodeSeen:
+    return NodeSeen(node=NODE_ID, role=int(NodeRole.WORKER), host=host, address="tcp://w1:5000",
+                    slots=slots, cache_bytes=1 << 30, started_at=100.0)
+
+
+def test_nodes_join_are_lost_and_come_back_with_one_event_per_change():
+    state = ClusterState()
+    assert one(state, node_seen(), now=1.0) == NodeOutcome(changed=True)
+    assert one(state, node_seen(), now=2.0) == NodeOutcome(changed=False)
+    assert one(state, node_seen(slots=8), now=2.0) == NodeOutcome(updated=True)
+    [view] = state.nodes()
+    assert (view.state, view.slots, view.changed_at) == ("alive", 8, 1.0)
+    assert one(state, NodeLost(NODE_ID), now=3.0) == NodeOutcome(changed=True)
+    assert one(state, NodeLost(NODE_ID), now=4.0) == NodeOutcome(changed=False)
+    assert state.nodes()[0].state == "lost"
+    assert one(state, node_seen(), now=5.0) == NodeOutcome(changed=True)
+    assert (state.nodes()[0].state, state.nodes()[0].changed_at) == ("alive", 5.0)
+    events, last_seq = state.events_after(0, 10)
+    assert [(e.kind, e.node, e.at) for e in events] == [
+        ("node_joined", NODE_ID, 1.0), ("node_lost", NODE_ID, 3.0), ("node_joined", NODE_ID, 5.0)]
+    assert events[0].detail == "worker w1 tcp://w1:5000" and last_seq == 3
+
+
+def test_unknown_or_malformed_nodes_are_refused():
+    state = ClusterState()
+    assert one(state, NodeLost(NODE_ID)) == NodeOutcome(
+        ok=False, error="unknown node", error_code=ErrorCode.INVALID)
+    assert one(state, NodeSeen(NODE_ID, 99, "h", "a", 1, 0, 0.0)) == NodeOutcome(
+        ok=False, error="unknown node role 99", error_code=ErrorCode.INVALID)
+    assert state == ClusterState()
+
+
+# -- Listing, the event log, snapshots --------------------------------------
+
+def test_jobs_are_listed_newest_first():
+    state = ClusterState()
+    state.apply([submit(job=JOB_A, name="first")], 1.0)
+    state.apply([submit(job=JOB_B, name="second")], 2.0)
+    assert state.jobs(10) == [JobSummary(JOB_B, "second", JobState.QUEUED, 2.0),
+                              JobSummary(JOB_A, "first", JobState.QUEUED, 1.0)]
+    assert state.jobs(1) == [JobSummary(JOB_B, "second", JobState.QUEUED, 2.0)]
+
+
+def test_event_log_pages_by_sequence_number():
+    state = started(chunk_count=3)
+    events, last_seq = state.events_after(0, 2)
+    assert [e.seq for e in events] == [1, 2] and last_seq == 4
+    assert [e.seq for e in state.events_after(2, 100)[0]] == [3, 4]
+    assert state.events_after(4, 100) == ([], 4)
+    assert state.events_after(3, 0) == ([], 4)
+
+
+def test_event_log_keeps_the_newest_events_and_keeps_counting():
+    chunk_count = EVENT_LOG_LIMIT // 2
+    state = ClusterState()
+    state.apply([submit(chunk_count=chunk_count)], 1.0)
+    state.apply([DispatchAttempts(tuple((JOB_A, index, 1) for index in range(chunk_count)))], 2.0)
+    state.apply([event(index, 1, ChunkState.STARTED) for index in range(chunk_count)], 3.0)
+    total = 1 + 2 * chunk_count
+    events, last_seq = state.events_after(0, 3)
+    assert last_seq == total
+    assert [e.seq for e in events] == [total - EVENT_LOG_LIMIT + 1 + offset for offset in range(3)]
+    assert [e.seq for e in state.events_after(total - 2, 10)[0]] == [total - 1, total]
+    # Either side of the middle (the log is read from its nearer end).
+    last_dispatched = 1 + chunk_count
+    assert [(e.seq, e.kind) for e in state.events_after(last_dispatched - 1, 2)[0]] == [
+        (last_dispatched, "chunk_dispatched"), (last_dispatched + 1, "chunk_started")]
+    assert [(e.seq, e.kind) for e in state.events_after(last_dispatched, 2)[0]] == [
+        (last_dispatched + 1, "chunk_started"), (last_dispatched + 2, "chunk_started")]
+
+
+def test_pickle_round_trip_gives_an_equal_state_that_carries_on_identically():
+    state = started(chunk_count=3, max_retries=1)
+    state.apply([event(0, 1, ChunkState.STARTED), event(1, 1, ChunkState.FAILED, exit_code=1),
+                 event(2, 1, ChunkState.SUCCEEDED, exit_code=0, outputs={"o": OUT}), node_seen()], 3.0)
+    restored = pickle.loads(pickle.dumps(state))
+    assert restored == state
+    follow_up = [event(0, 1, ChunkState.SUCCEEDED, exit_code=0), DispatchAttempts(((JOB_A, 1, 2),)),
+                 CancelJob(JOB_A)]
+    assert restored.apply(follow_up, 9.0) == state.apply(follow_up, 9.0)
+    assert restored == state
+    assert restored.ready_attempts(5) == state.ready_attempts(5)
+
+
+def test_a_broken_bookkeeping_invariant_raises():
+    state = started()
+    state.dispatched.clear()  # simulate a bug elsewhere in this module
+    with pytest.raises(StateInvariantError, match="missing from its phase table"):
+        state.apply([event(0, 1, ChunkState.STARTED)], 3.0)
+
+
+def test_views_encode_as_their_wire_messages():
+    state = started(chunk_count=2)
+    state.apply([event(0, 1, ChunkState.SUCCEEDED, exit_code=0, outputs={"out/a": OUT}, stdout=LOG),
+                 event(1, 1, ChunkState.STARTED), node_seen()], 3.0)
+    view = state.job_view(JOB_A)
+    messages = [
+        wire.JobStatusReply.make(NODE_ID, request_id=1, **view.reply_fields()),
+        wire.ChunkDispatch.make(NODE_ID, epoch=1, attempt_count=1, jobs=[state.job_spec(JOB_A)],
+                                attempts=[ReadyAttempt(JOB_A, 0, 2, {"x": DATA})._asdict()]),
+        wire.EventsReply.make(NODE_ID, request_id=2, last_seq=state.events_after(0, 10)[1],
+                              events=[e._asdict() for e in state.events_after(0, 10)[0]]),
+        wire.NodesReply.make(NODE_ID, request_id=3, nodes=[n.as_record(free_slots=2, running=2)
+                                                           for n in state.nodes()]),
+    ]
+    for message in messages:
+        decoded = wire.decode(wire.encode(message))
+        assert type(decoded) is type(message)
+    assert decoded.nodes[0]["state"] == "alive"
+
+
+def test_chunk_event_from_a_decoded_record():
+    record = dict(job=JOB_A, chunk=0, attempt=1, state=int(ChunkState.SUCCEEDED), worker=WORKER_1,
+                  exit_code=0, outputs={"o": list(OUT)}, stdout=list(LOG), stderr=None, error="",
+                  elapsed_s=1.0, bytes_from_cache=0, bytes_from_storage=9)
+    assert ChunkEvent.from_record(record) == event(
+        0, 1, int(ChunkState.SUCCEEDED), exit_code=0, outputs={"o": OUT}, stdout=LOG,
+        elapsed_s=1.0, bytes_from_storage=9)
+
+
+# Anything at all in any field: `apply` must answer, never raise.
+anything = st.one_of(
+    st.none(), st.booleans(), st.integers(-2, 2**33), st.floats(allow_nan=True), st.text(max_size=3),
+    st.sampled_from([JOB_A, WORKER_1, b"short", PROGRAM, list(PROGRAM), {"x": DATA}, {"x": "y"},
+                     (), ({},), ((JOB_A, 0, 1),), [[JOB_A, 0, 1]], [[]], {1: 2}]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.builds(SubmitJob, anything, anything, anything, anything, anything, anything, anything,
+              anything, anything),
+    st.builds(DispatchAttempts, anything),
+    st.builds(ChunkEvent, anything, anything, anything, anything, anything, anything, anything,
+              anything, anything, anything, anything, anything, anything),
+    st.builds(CancelJob, anything), st.builds(NodeLost, anything),
+    st.builds(NodeSeen, anything, anything, anything, anything, anything, anything, anything),
+), max_size=4))
+def test_malformed_commands_get_error_outcomes_and_change_nothing(commands):
+    state = started(chunk_count=2)
+    for command in commands:
+        before = copy.deepcopy(state)
+        [outcome] = state.apply([command], 5.0)
+        if not outcome.ok:
+            assert state == before and outcome.error and outcome.error_code
+
+
+# -- The state machine ------------------------------------------------------
+
+FINAL = {"succeeded", "failed", "cancelled"}
+JOB_IDS = [bytes([index]) * 16 for index in range(1, 5)]
+WORKERS = [WORKER_1, WORKER_2]
+
+
+class ClusterStateMachine(RuleBasedStateMachine):
+    """Submits, dispatches, feeds often stale or duplicated chunk events and
+    cancels; checks the invariants after every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = ClusterState()
+        self.now = 0.0
+        self.history: list[tuple[list, float]] = []       # every apply, for replay
+        self.final_chunks: dict[tuple[bytes, int], object] = {}
+        self.attempts: dict[tuple[bytes, int], int] = {}
+        self.ever_dispatched: set[bytes] = set()
+        self.cancelled: set[bytes] = set()
+        self.sent_events: list[ChunkEvent] = []
+        self.submitted: dict[bytes, SubmitJob] = {}
+
+    def apply(self, commands: list) -> list:
+        self.now += 1.0
+        self.history.append((commands, self.now))
+        return self.state.apply(commands, self.now)
+
+    @rule(job=st.sampled_from(JOB_IDS), chunk_count=st.integers(1, 4),
+          max_retries=st.integers(0, 2), other_spec=st.booleans())
+    def submit(self, job, chunk_count, max_retries, other_spec):
+        first = self.submitted.get(job)
+        command = submit(job=job, chunk_count=chunk_count, max_retries=max_retries)
+        if first is not None:
+            command = submit(job=job, chunk_count=first.chunk_count + 1) if other_spec else first
+        [outcome] = self.apply([command])
+        if first is None:
+            assert outcome == SubmitOutcome(created=True)
+            self.submitted[job] = command
+        else:
+            assert outcome.created is False
+            assert outcome.ok is not other_spec
+
+    @precondition(lambda self: self.state.ready_attempts(1))
+    @rule(limit=st.integers(1, 6), stale=st.booleans())
+    def dispatch(self, limit, stale):
+        ready = [attempt[:3] for attempt in self.state.ready_attempts(limit)]
+        extra = [(job, chunk, attempt - 1) for job, chunk, attempt in ready] if stale else []
+        [outcome] = self.apply([DispatchAttempts(tuple(ready + extra))])
+        assert list(outcome.dispatched) == ready
+        assert outcome.skipped == len(extra)
+        self.ever_dispatched.update(job for job, _, _ in ready)
+
+    @precondition(lambda self: self.submitted)
+    @rule(data=st.data(), state=st.sampled_from(list(ChunkState)), worker=st.sampled_from(WORKERS),
+          attempt_offset=st.sampled_from([0, 0, 0, -1, 1]))
+    def chunk_event(self, data, state, worker, attempt_offset):
+        """Any chunk, often of another attempt."""
+        chunks = [(view, chunk) for view in self.views() for chunk in view.chunks]
+        view, chunk = data.draw(st.sampled_from(chunks))
+        self.feed(event(chunk.chunk, chunk.attempt + attempt_offset, int(state), job=view.job,
+                        worker=worker, exit_code=1, stderr=LOG, elapsed_s=0.5))
+
+    @precondition(lambda self: self.state.in_flight_count())
+    @rule(data=st.data(), worker=st.sampled_from(WORKERS),
+          state=st.sampled_from([ChunkState.STARTED, ChunkState.STARTED, ChunkState.SUCCEEDED,
+                                 ChunkState.SUCCEEDED, ChunkState.FAILED, ChunkState.TIMED_OUT,
+                                 ChunkState.LOST, ChunkState.REJECTED, ChunkState.CANCELLED]))
+    def work(self, data, worker, state):
+        """What a worker would say about an attempt in flight."""
+        chunks = [(view, chunk) for view in self.views() for chunk in view.chunks
+                  if chunk.phase in ("dispatched", "running")]
+        view, chunk = data.draw(st.sampled_from(chunks))
+        succeeded = state == ChunkState.SUCCEEDED
+        self.feed(event(chunk.chunk, chunk.attempt, int(state), job=view.job, worker=worker,
+                        exit_code=0 if succeeded else 1, stderr=LOG,
+                        outputs={"out": OUT} if succeeded else {}))
+
+    def views(self):
+        return [view for view in map(self.state.job_view, JOB_IDS) if view is not None]
+
+    @precondition(lambda self: self.sent_events)
+    @rule(data=st.data())
+    def replay_event(self, data):
+        self.feed(data.draw(st.sampled_from(self.sent_events)))
+
+    def feed(self, sent: ChunkEvent) -> None:
+        """Apply one event and check its outcome against the transition rules."""
+        before = copy.deepcopy(self.state)
+        chunk = self.state.job_view(sent.job).chunks[sent.chunk]
+        [outcome] = self.apply([sent])
+        self.sent_events.append(sent)
+        expected_status = self.expected_status(sent, chunk)
+        assert outcome.status == expected_status, (outcome, chunk)
+        if expected_status != "applied":
+            assert self.state == before, outcome
+            return
+        after = self.state.job_view(sent.job).chunks[sent.chunk]
+        assert (after.phase, after.attempt) == self.expected_phase(sent, chunk)
+
+    def expected_status(self, sent: ChunkEvent, chunk) -> str:
+        if sent.attempt != chunk.attempt:
+            return "stale"
+        if chunk.phase in FINAL:
+            return "final"
+        if chunk.phase == "queued":
+            return "invalid"
+        if chunk.phase == "running" and sent.state == ChunkState.STARTED:
+            return "duplicate"
+        return "applied"
+
+    def expected_phase(self, sent: ChunkEvent, chunk) -> tuple[str, int]:
+        state = ChunkState(sent.state)
+        requeued = ("queued", chunk.attempt + 1)
+        if state == ChunkState.STARTED:
+            return "running", chunk.attempt
+        if state in (ChunkState.FAILED, ChunkState.TIMED_OUT):
+            retries_left = chunk.retries_used < self.submitted[sent.job].max_retries
+            return requeued if retries_left else ("failed", chunk.attempt)
+        if state in (ChunkState.LOST, ChunkState.REJECTED):
+            return requeued if chunk.lost_count + 1 < POISON_LIMIT else ("failed", chunk.attempt)
+        return state.name.lower(), chunk.attempt
+
+    @rule(job=st.sampled_from(JOB_IDS), really=st.integers(0, 3))
+    def cancel(self, job, really):
+        if really:
+            return  # cancel rarely, or every job ends cancelled
+        view = self.state.job_view(job)
+        [outcome] = self.apply([CancelJob(job)])
+        if view is None:
+            assert not outcome.ok
+            return
+        in_flight = {(c.chunk, c.attempt, c.worker) for c in view.chunks if c.phase in ("dispatched", "running")}
+        assert set(outcome.cancelled_attempts) == in_flight
+        if view.finished_at is None:
+            self.cancelled.add(job)
+
+    @rule(seen=st.booleans(), really=st.integers(0, 2))
+    def node(self, seen, really):
+        if not really:
+            self.apply([node_seen() if seen else NodeLost(NODE_ID)])
+
+    @invariant()
+    def chunks_agree_with_jobs_and_queues(self):
+        state = self.state
+        counts = {"queued": 0, "dispatched": 0, "running": 0}
+        queued = set()
+        for job in JOB_IDS:
+            view = state.job_view(job)
+            if view is None:
+                continue
+            for chunk in view.chunks:
+                key = (job, chunk.chunk)
+                assert chunk.phase in counts or chunk.phase in FINAL
+                assert chunk.attempt >= self.attempts.get(key, 1)
+                self.attempts[key] = chunk.attempt
+                if key in self.final_chunks:
+                    assert chunk == self.final_chunks[key]
+                elif chunk.phase in FINAL:
+                    self.final_chunks[key] = chunk
+                else:
+                    counts[chunk.phase] += 1
+                if chunk.phase == "queued":
+                    queued.add((job, chunk.chunk, chunk.attempt))
+            phases_of_job = [chunk.phase for chunk in view.chunks]
+            assert view.chunks_succeeded == phases_of_job.count("succeeded")
+            assert view.chunks_failed == phases_of_job.count("failed")
+            assert view.state == self.expected_job_state(job, phases_of_job)
+            assert (view.finished_at is not None) == (
+                view.state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED))
+        assert state.in_flight_count() == counts["dispatched"] + counts["running"]
+        assert len(state.dispatched_attempts()) == counts["dispatched"]
+        assert len(state.running_attempts()) == counts["running"]
+        ready = [attempt[:3] for attempt in state.ready_attempts(1000)]
+        assert len(ready) == len(queued) and set(ready) == queued
+
+    def expected_job_state(self, job, phases_of_job):
+        if job in self.cancelled:
+            return JobState.CANCELLED
+        if all(phase in FINAL for phase in phases_of_job):
+            if "failed" in phases_of_job:
+                return JobState.FAILED
+            return JobState.CANCELLED if "cancelled" in phases_of_job else JobState.SUCCEEDED
+        return JobState.RUNNING if job in self.ever_dispatched else JobState.QUEUED
+
+    @invariant()
+    def each_success_is_committed_once(self):
+        events, last_seq = self.state.events_after(0, EVENT_LOG_LIMIT)
+        assert [e.seq for e in events] == list(range(1, last_seq + 1))
+        successes = [(e.job, e.chunk) for e in events if e.kind == "chunk_succeeded"]
+        assert len(successes) == len(set(successes))
+        assert len(successes) == sum(view.chunks_succeeded for view in (
+            self.state.job_view(job) for job in JOB_IDS) if view is not None)
+
+    def teardown(self):
+        replicas = [ClusterState(), ClusterState()]
+        for replica in replicas:
+            for commands, now in self.history:
+                replica.apply(commands, now)
+        assert replicas[0] == replicas[1] == self.state
+        assert pickle.loads(pickle.dumps(self.state)) == self.state
+
+
+ClusterStateMachine.TestCase.settings = settings(
+    max_examples=300, stateful_step_count=40, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow])
+test_cluster_state_machine = ClusterStateMachine.TestCase

@@ -1,0 +1,497 @@
+"""The worker's on-disk block cache of input files, shared by every chunk (doc/worker-fuse.md).
+
+Rules:
+- Files are cached in BLOCK_BYTES blocks: a sparse CACHE/partial/<hex id> plus
+  a set of present blocks, renamed to CACHE/complete/<hex id> (0o444) once
+  every block is present and the content hashes to the id.
+- One lock guards all state and is never held across a fetch, a hash or a
+  wait; waiters sleep on one Condition. A block is fetched by one thread only.
+- Once the last block is present nothing is served until the file verifies.
+  A file that fails is deleted and its reads raise CorruptFile (new reads too,
+  while it stays pinned).
+- Least recently used files that are neither pinned nor being filled are
+  evicted to stay under capacity_bytes; if none is left, the cache overshoots.
+- On start partial files are deleted; complete ones are kept and re-hashed on
+  first use (writes are not fsynced: a power cut may leave holes).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import shutil
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from wire.ids import file_hasher, id_from_hex
+
+from .blocks import BlockSource, ShortBlock
+
+log = logging.getLogger(__name__)
+
+BLOCK_BYTES = 1 << 20  # 1 MiB: 8 FUSE reads per fetch, one storage round trip per block
+READAHEAD_BLOCKS = 8  # 8 MiB ahead of a sequential reader hides ~8 fetch latencies
+READAHEAD_THREADS = 4  # fetches in flight for read-ahead, across all files
+READAHEAD_MAX_PENDING_BLOCKS = 32  # queued + running read-ahead fetches; beyond this, skip
+SEQUENTIAL_SLACK_BYTES = 256 * 1024  # the kernel keeps ~2 reads of 128 KiB in flight, slightly out of order
+SEQUENTIAL_TRIGGER_BYTES = 256 * 1024  # read this much in a row before read-ahead: the kernel's own
+#   read-ahead turns a few small nearby reads into a short stream that would not use 8 MiB
+COMPLETE_IN_FLIGHT = 4  # block fetches in flight for ensure_complete
+MAX_IDLE_OPEN_FILES = 64  # descriptors kept open for complete files nobody is reading
+
+
+class CacheError(Exception):
+    """The cache could not serve a request."""
+
+
+class CorruptFile(CacheError):
+    """The file's content does not hash to its id; it has been deleted."""
+
+
+class CacheClosed(CacheError):
+    """The cache was closed while the request was in progress."""
+
+
+@dataclass(frozen=True)
+class CacheCounters:
+    bytes_fetched: int
+    bytes_served_from_cache: int
+    evictions: int
+    corrupt_files: int
+    disk_bytes: int
+    capacity_bytes: int
+
+
+@dataclass(eq=False)
+class _CachedFile:
+    file_id: bytes
+    size: int
+    path: pathlib.Path
+    fd: int
+    present: set[int]
+    disk_bytes: int = 0  # bytes of present blocks
+    complete: bool = False  # lives in complete/
+    verified: bool = False  # hashed to its id in this process
+    users: int = 0  # threads using fd; it is closed only when this is 0
+    retired: bool = False  # no longer in the cache (evicted or corrupt)
+    corrupt: bool = False
+    fetching: set[int] = field(default_factory=set)
+    hasher: object = field(default_factory=file_hasher)
+    hashed_blocks: int = 0
+    hashing: bool = False  # one thread at a time feeds the hasher
+    next_offset: int = -1  # where the previous read ended, to spot sequential readers
+    run_bytes: int = 0  # bytes read in the current sequential run
+    readahead_upto: int = -1  # highest block handed to read-ahead
+
+    @property
+    def block_count(self) -> int:
+        return -(-self.size // BLOCK_BYTES)
+
+    def block_length(self, index: int) -> int:
+        return min(BLOCK_BYTES, self.size - index * BLOCK_BYTES)
+
+
+class BlockCache:
+    def __init__(self, root: pathlib.Path | str, source: BlockSource, capacity_bytes: int,
+                 readahead_blocks: int = READAHEAD_BLOCKS) -> None:
+        self.root = pathlib.Path(root)
+        self._partial_dir = self.root / "partial"
+        self._complete_dir = self.root / "complete"
+        self._source = source
+        self._capacity_bytes = capacity_bytes
+        self._readahead_blocks = readahead_blocks
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._files: dict[bytes, _CachedFile] = {}
+        self._lru: OrderedDict[bytes, None] = OrderedDict()  # every entry, least recently used first
+        self._idle: OrderedDict[bytes, _CachedFile] = OrderedDict()  # complete, fd open, no users
+        self._pins: dict[bytes, int] = {}
+        self._poisoned: set[bytes] = set()
+        self._added: dict[bytes, int] = {}
+        self._removed: set[bytes] = set()
+        self._disk_bytes = 0
+        self._readahead_pending = 0
+        self._over_capacity_logged = False
+        self._closed = False
+        self._bytes_fetched = self._bytes_served_from_cache = self._evictions = self._corrupt_files = 0
+        self._readahead_pool = ThreadPoolExecutor(READAHEAD_THREADS, thread_name_prefix="cache-readahead")
+        self._bulk_pool = ThreadPoolExecutor(COMPLETE_IN_FLIGHT, thread_name_prefix="cache-complete")
+        self._restore()
+
+    # ----- public API -------------------------------------------------------------------------
+
+    def read(self, file_id: bytes, size: int, offset: int, length: int) -> tuple[bytes, int]:
+        """Up to `length` bytes at `offset`, and the bytes this read made the cache fetch
+        (its own fetches plus the read-ahead it started)."""
+        if offset < 0 or length < 0:
+            raise ValueError(f"bad range: offset {offset}, length {length}")
+        length = min(length, size - offset)
+        if length <= 0:
+            return b"", 0
+        first, last = offset // BLOCK_BYTES, (offset + length - 1) // BLOCK_BYTES
+        entry = self._acquire(file_id, size)
+        try:
+            fetched = 0
+            from_cache = length
+            if not entry.verified:
+                with self._lock:
+                    missing = [i for i in range(first, last + 1) if i not in entry.present]
+                from_cache -= sum(_overlap(offset, length, i) for i in missing)
+                fetched += self._schedule_readahead(entry, offset, length, last)
+                for index in missing:
+                    fetched += self._fetch_block(entry, index)
+                with self._lock:
+                    all_present = len(entry.present) == entry.block_count
+                if all_present:
+                    self._wait_verified(entry)
+            data = os.pread(entry.fd, length, offset)
+            with self._lock:
+                self._bytes_served_from_cache += from_cache
+            return data, fetched
+        finally:
+            self._release(entry)
+
+    def ensure_complete(self, file_id: bytes, size: int) -> pathlib.Path:
+        """Fetch every missing block, verify, and return the complete file's path.
+        Pin the file first if the path must outlive the next eviction."""
+        entry = self._acquire(file_id, size)
+        try:
+            if not entry.verified:
+                with self._lock:
+                    missing = [i for i in range(entry.block_count) if i not in entry.present]
+                futures = [self._bulk_pool.submit(self._fetch_block, entry, i) for i in missing]
+                wait(futures)  # all of them, even after a failure: they use entry.fd
+                for future in futures:
+                    future.result()
+                self._wait_verified(entry)
+            return entry.path
+        finally:
+            self._release(entry)
+
+    def pin(self, file_id: bytes) -> None:
+        """Keep the file from eviction until a matching unpin (refcounted)."""
+        with self._lock:
+            self._pins[file_id] = self._pins.get(file_id, 0) + 1
+
+    def unpin(self, file_id: bytes) -> None:
+        with self._lock:
+            count = self._pins.get(file_id, 0)
+            if count <= 0:
+                log.warning("unpin of %s, which is not pinned", file_id.hex())
+                return
+            if count > 1:
+                self._pins[file_id] = count - 1
+                return
+            del self._pins[file_id]
+            self._poisoned.discard(file_id)  # the next user of a corrupt file gets a fresh fetch
+            self._evict_locked()
+
+    def drain_changes(self) -> tuple[list[tuple[bytes, int]], list[bytes]]:
+        """Complete files added and removed since the previous call (for heartbeats)."""
+        with self._lock:
+            added, removed = list(self._added.items()), sorted(self._removed)
+            self._added, self._removed = {}, set()
+        return added, removed
+
+    def complete_files(self) -> list[tuple[bytes, int]]:
+        with self._lock:
+            entries = (self._files[file_id] for file_id in self._lru)
+            return [(entry.file_id, entry.size) for entry in entries if entry.complete]
+
+    def counters(self) -> CacheCounters:
+        with self._lock:
+            return CacheCounters(self._bytes_fetched, self._bytes_served_from_cache, self._evictions,
+                                 self._corrupt_files, self._disk_bytes, self._capacity_bytes)
+
+    def close(self) -> None:
+        """Stop read-ahead and wake every waiter with CacheClosed. Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._changed.notify_all()
+        self._readahead_pool.shutdown(wait=True)  # queued tasks see _closed and only drop their claims
+        self._bulk_pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            for entry in self._files.values():
+                if entry.users == 0:
+                    _close_fd(entry)
+
+    # ----- entries ----------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        shutil.rmtree(self._partial_dir, ignore_errors=True)
+        self._partial_dir.mkdir(parents=True)
+        self._complete_dir.mkdir(parents=True, exist_ok=True)
+        found = []
+        for path in self._complete_dir.iterdir():
+            try:
+                file_id = id_from_hex(path.name)
+                status = path.lstat()
+            except (ValueError, OSError):
+                log.warning("removing unexpected cache file %s", path)
+                path.unlink(missing_ok=True)
+                continue
+            found.append((status.st_mtime, file_id, status.st_size, path))
+        with self._lock:
+            for _, file_id, size, path in sorted(found):  # oldest first: LRU order by completion time
+                entry = _CachedFile(file_id, size, path, fd=-1, present=set(), disk_bytes=size, complete=True)
+                entry.present.update(range(entry.block_count))
+                self._files[file_id] = entry
+                self._lru[file_id] = None
+                self._disk_bytes += size
+            self._evict_locked()
+        log.info("block cache at %s: %d complete files, %d bytes", self.root, len(found), self._disk_bytes)
+
+    def _acquire(self, file_id: bytes, size: int) -> _CachedFile:
+        with self._lock:
+            self._check_open()
+            if file_id in self._poisoned:
+                raise CorruptFile(f"{file_id.hex()} failed verification while pinned")
+            entry = self._files.get(file_id)
+            if entry is not None and entry.size != size:
+                raise CacheError(f"{file_id.hex()} is {entry.size} bytes in the cache, asked as {size}")
+            if entry is not None and entry.fd < 0:
+                try:
+                    entry.fd = os.open(entry.path, os.O_RDONLY)
+                except FileNotFoundError:  # deleted behind our back: forget it and fetch again
+                    log.warning("cache file %s vanished", entry.path)
+                    self._discard_locked(entry, corrupt=False)
+                    entry = None
+            if entry is None:
+                path = self._partial_dir / file_id.hex()
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.ftruncate(fd, size)  # sparse: blocks take space only once written
+                entry = self._files[file_id] = _CachedFile(file_id, size, path, fd, present=set())
+                self._lru[file_id] = None
+            entry.users += 1
+            self._idle.pop(file_id, None)
+            self._lru.move_to_end(file_id)
+            return entry
+
+    def _release(self, entry: _CachedFile) -> None:
+        with self._lock:
+            entry.users -= 1
+            if entry.users > 0:
+                return
+            if entry.retired or self._closed:
+                _close_fd(entry)
+            elif not entry.complete and entry.disk_bytes == 0:  # every fetch failed: keep nothing
+                self._discard_locked(entry, corrupt=False)
+            elif entry.complete and entry.fd >= 0:
+                self._idle[entry.file_id] = entry
+                while len(self._idle) > MAX_IDLE_OPEN_FILES:
+                    _close_fd(self._idle.popitem(last=False)[1])
+            self._evict_locked()  # a file in use could not be evicted until now
+
+    def _discard_locked(self, entry: _CachedFile, corrupt: bool) -> None:
+        entry.retired, entry.corrupt = True, corrupt
+        if self._files.get(entry.file_id) is entry:
+            del self._files[entry.file_id]
+        self._idle.pop(entry.file_id, None)
+        self._lru.pop(entry.file_id, None)
+        if entry.complete and self._added.pop(entry.file_id, None) is None:  # the balancer knew of it
+            self._removed.add(entry.file_id)
+        self._disk_bytes -= entry.disk_bytes
+        entry.path.unlink(missing_ok=True)  # under the lock, so a new entry's file is never hit
+        if entry.users == 0:
+            _close_fd(entry)
+        if corrupt:
+            self._corrupt_files += 1
+            if self._pins.get(entry.file_id):
+                self._poisoned.add(entry.file_id)
+        self._changed.notify_all()
+
+    def _evict_locked(self) -> None:
+        if self._disk_bytes <= self._capacity_bytes:
+            self._over_capacity_logged = False
+            return
+        for file_id in list(self._lru):
+            entry = self._files[file_id]
+            if self._pins.get(file_id) or (entry.users and not entry.verified):
+                continue  # pinned, or being filled or verified right now
+            self._discard_locked(entry, corrupt=False)
+            self._evictions += 1
+            if self._disk_bytes <= self._capacity_bytes:
+                return
+        if not self._over_capacity_logged:
+            self._over_capacity_logged = True
+            log.warning("block cache holds %d bytes, over its capacity of %d: the rest is pinned or in use",
+                        self._disk_bytes, self._capacity_bytes)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheClosed("the block cache is closed")
+
+    def _check_usable(self, entry: _CachedFile) -> None:
+        self._check_open()
+        if entry.corrupt:
+            raise CorruptFile(f"{entry.file_id.hex()} does not hash to its id")
+
+    # ----- fetching ---------------------------------------------------------------------------
+
+    def _fetch_block(self, entry: _CachedFile, index: int) -> int:
+        """Make block `index` present, fetching it or waiting for the thread that is.
+        Returns the bytes this call fetched."""
+        with self._lock:
+            while True:
+                self._check_usable(entry)
+                if index in entry.present:
+                    return 0
+                if index not in entry.fetching:
+                    entry.fetching.add(index)
+                    break
+                self._changed.wait()
+        return self._fetch_claimed(entry, index)
+
+    def _fetch_claimed(self, entry: _CachedFile, index: int) -> int:
+        """Fetch and store a block this thread has claimed in `entry.fetching`."""
+        offset, length = index * BLOCK_BYTES, entry.block_length(index)
+        data = None
+        try:
+            data = self._source.fetch(entry.file_id, offset, length)
+            if len(data) != length:
+                raise ShortBlock(f"{entry.file_id.hex()} block {index}: {len(data)} bytes, expected {length}")
+            if os.pwrite(entry.fd, data, offset) != length:
+                raise OSError(f"short write to {entry.path}")
+        except BaseException:
+            data = None
+            raise
+        finally:
+            with self._lock:
+                entry.fetching.discard(index)
+                if data is not None:
+                    self._bytes_fetched += length
+                    if not entry.retired:
+                        entry.present.add(index)
+                        entry.disk_bytes += length
+                        self._disk_bytes += length
+                        self._evict_locked()
+                self._changed.notify_all()
+        self._advance_hash(entry, index, data)
+        return length
+
+    def _schedule_readahead(self, entry: _CachedFile, offset: int, length: int, last: int) -> int:
+        """Hand the blocks after a sequential read to the read-ahead pool; returns their bytes."""
+        claimed = []
+        with self._lock:
+            # near where the previous read ended, and going further: a re-read is not a stream
+            sequential = (entry.next_offset >= 0 and abs(offset - entry.next_offset) <= SEQUENTIAL_SLACK_BYTES
+                          and offset + length > entry.next_offset)
+            entry.run_bytes = entry.run_bytes + length if sequential else length
+            entry.next_offset = offset + length
+            if entry.run_bytes < SEQUENTIAL_TRIGGER_BYTES:
+                return 0
+            end = min(last + self._readahead_blocks, entry.block_count - 1)
+            for index in range(max(last + 1, entry.readahead_upto + 1), end + 1):
+                if self._readahead_pending >= READAHEAD_MAX_PENDING_BLOCKS:
+                    break
+                entry.readahead_upto = index
+                if index in entry.present or index in entry.fetching:
+                    continue
+                entry.fetching.add(index)
+                entry.users += 1  # the task's reference; released when it ends
+                self._readahead_pending += 1
+                claimed.append(index)
+        for position, index in enumerate(claimed):
+            try:
+                self._readahead_pool.submit(self._readahead_task, entry, index)
+            except RuntimeError:  # the pool is shut down: the cache is closing
+                for unsubmitted in claimed[position:]:
+                    self._end_readahead(entry, unsubmitted, fetched=False)
+                return 0
+        return sum(entry.block_length(index) for index in claimed)
+
+    def _readahead_task(self, entry: _CachedFile, index: int) -> None:
+        if self._closed:  # queued before close(): drop it
+            self._end_readahead(entry, index, fetched=False)
+            return
+        try:
+            self._fetch_claimed(entry, index)
+        except Exception as error:  # the reader fetches the block itself when it gets there
+            log.warning("read-ahead of %s block %d failed: %r", entry.file_id.hex(), index, error)
+        finally:
+            self._end_readahead(entry, index, fetched=True)
+
+    def _end_readahead(self, entry: _CachedFile, index: int, fetched: bool) -> None:
+        with self._lock:
+            self._readahead_pending -= 1
+            if not fetched:
+                entry.fetching.discard(index)
+                self._changed.notify_all()
+        self._release(entry)
+
+    # ----- verification -----------------------------------------------------------------------
+
+    def _advance_hash(self, entry: _CachedFile, fresh_index: int = -1, fresh: bytes | None = None) -> None:
+        """Feed contiguous present blocks to the hasher; the thread that feeds the last one
+        finishes verification. Only one thread feeds a file's hasher at a time."""
+        with self._lock:
+            if entry.hashing or entry.verified or entry.retired:
+                return
+            entry.hashing = owned = True
+        try:
+            while True:
+                with self._lock:
+                    index = entry.hashed_blocks
+                    if entry.retired or (index < entry.block_count and index not in entry.present):
+                        # given up in the same locked step that checked: whoever stores this
+                        # block next sees hashing off and carries on
+                        entry.hashing = owned = False
+                        return
+                if index == entry.block_count:
+                    break
+                if index == fresh_index and fresh is not None:
+                    data = fresh
+                else:
+                    data = os.pread(entry.fd, entry.block_length(index), index * BLOCK_BYTES)
+                entry.hasher.update(data)
+                entry.hashed_blocks += 1
+            self._finish_verification(entry)
+        finally:
+            if owned:  # finished, or an error escaped: a waiter may try again
+                with self._lock:
+                    entry.hashing = False
+                    self._changed.notify_all()
+
+    def _finish_verification(self, entry: _CachedFile) -> None:
+        good = entry.hasher.digest() == entry.file_id
+        complete_path = self._complete_dir / entry.file_id.hex()
+        if good and not entry.complete:
+            os.fchmod(entry.fd, 0o444)
+            os.rename(entry.path, complete_path)
+        with self._lock:
+            if not good:
+                log.error("cached file %s does not hash to its id: deleted", entry.file_id.hex())
+                self._discard_locked(entry, corrupt=True)
+                return
+            entry.verified = True
+            if not entry.complete:
+                entry.complete, entry.path = True, complete_path
+                self._removed.discard(entry.file_id)
+                self._added[entry.file_id] = entry.size
+            self._changed.notify_all()
+
+    def _wait_verified(self, entry: _CachedFile) -> None:
+        """Return once every block is present and the file verified; CorruptFile if it failed."""
+        while True:
+            self._advance_hash(entry)
+            with self._lock:
+                while entry.hashing and not entry.verified and not entry.corrupt and not self._closed:
+                    self._changed.wait()
+                self._check_usable(entry)
+                if entry.verified:
+                    return
+                if entry.retired:  # cannot happen to a file in use; never spin on it
+                    raise CacheError(f"{entry.file_id.hex()} left the cache before it verified")
+
+
+def _overlap(offset: int, length: int, index: int) -> int:
+    start, end = index * BLOCK_BYTES, (index + 1) * BLOCK_BYTES
+    return max(0, min(end, offset + length) - max(start, offset))
+
+
+def _close_fd(entry: _CachedFile) -> None:
+    if entry.fd >= 0:
+        os.close(entry.fd)
+        entry.fd = -1

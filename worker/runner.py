@@ -1,0 +1,211 @@
+"""Running one chunk attempt as a process group, and knowing when it ends.
+
+Rules: the program runs in a session (and so a process group) of its own,
+in a working folder of its own, with stdin from /dev/null and stdout/stderr
+captured into files capped at LOG_CAP_BYTES (the rest is counted and
+dropped). Its end is seen through a pidfd that the worker's loop polls, so
+no thread waits on it. Cancel and timeout signal the whole group: SIGTERM,
+then SIGKILL after KILL_GRACE_S. When the program exits, whatever it left
+running in its group is killed, so nothing outlives its chunk.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+LOG_CAP_BYTES = 16 * 1024 * 1024
+KILL_GRACE_S = 2.0
+PIPE_READ_BYTES = 64 * 1024
+# Conventional exit code when the program could not be executed at all.
+EXIT_NOT_EXECUTABLE = 127
+
+
+@dataclass(frozen=True)
+class ChunkKey:
+    job: bytes
+    chunk: int
+    attempt: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.job.hex()}-{self.chunk}-{self.attempt}"
+
+
+class LogPump(threading.Thread):
+    """Copies a pipe into a file, keeping at most LOG_CAP_BYTES."""
+
+    def __init__(self, pipe: int, path: pathlib.Path) -> None:
+        super().__init__(daemon=True, name=f"log-{path.name}")
+        self.pipe = pipe
+        self.path = path
+        self.dropped_bytes = 0
+
+    def run(self) -> None:
+        kept = 0
+        with open(self.path, "wb") as sink:
+            while True:
+                try:
+                    data = os.read(self.pipe, PIPE_READ_BYTES)
+                except OSError:
+                    break
+                if not data:
+                    break
+                room = LOG_CAP_BYTES - kept
+                if room > 0:
+                    sink.write(data[:room])
+                    kept += min(room, len(data))
+                self.dropped_bytes += max(0, len(data) - max(room, 0))
+            if self.dropped_bytes:
+                sink.write(f"\n[uds: {self.dropped_bytes} more bytes dropped]\n".encode())
+        os.close(self.pipe)
+
+
+@dataclass
+class RunningChunk:
+    key: ChunkKey
+    workdir: pathlib.Path
+    output_dir: pathlib.Path
+    process: subprocess.Popen | None
+    pidfd: int | None
+    started: float                      # time.monotonic()
+    deadline: float
+    pumps: list[LogPump] = field(default_factory=list)
+    launch_error: str = ""
+    stop_reason: str = ""               # "", "cancelled" or "timed out"
+    kill_at: float | None = None
+    exit_code: int | None = None
+
+    @property
+    def stdout_path(self) -> pathlib.Path:
+        return self.workdir / "stdout.log"
+
+    @property
+    def stderr_path(self) -> pathlib.Path:
+        return self.workdir / "stderr.log"
+
+    def stop(self, reason: str, now: float) -> None:
+        """Cancel or time out: SIGTERM the group now, SIGKILL it later."""
+        if self.stop_reason or self.process is None or self.exit_code is not None:
+            return
+        self.stop_reason = reason
+        self.kill_at = now + KILL_GRACE_S
+        _signal_group(self.process.pid, signal.SIGTERM)
+
+    def on_timer(self, now: float) -> None:
+        if self.exit_code is not None or self.process is None:
+            return
+        if not self.stop_reason and now >= self.deadline:
+            self.stop("timed out", now)
+        elif self.kill_at is not None and now >= self.kill_at:
+            self.kill_at = None
+            _signal_group(self.process.pid, signal.SIGKILL)
+
+    def next_timer(self) -> float:
+        return self.kill_at if self.kill_at is not None else self.deadline
+
+    def reap(self) -> int:
+        """Collect the exit status once the pidfd is readable; kills stragglers."""
+        assert self.process is not None
+        self.exit_code = self.process.wait()
+        # Anything the program left behind in its group goes with it.
+        _signal_group(self.process.pid, signal.SIGKILL)
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        for pump in self.pumps:
+            pump.join(timeout=5.0)
+        return self.exit_code
+
+    def elapsed(self, now: float) -> float:
+        return max(0.0, now - self.started)
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        pass
+
+
+def start_chunk(key: ChunkKey, program: pathlib.Path, args: list[str], inputs_dir: str,
+                chunk_count: int, workdir: pathlib.Path, timeout_s: float) -> RunningChunk:
+    """Start the program; a program that cannot be executed gives a chunk
+    that has already ended with EXIT_NOT_EXECUTABLE and the reason on stderr."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    output_dir = workdir / "out"
+    output_dir.mkdir(exist_ok=True)
+    now = time.monotonic()
+    chunk = RunningChunk(key=key, workdir=workdir, output_dir=output_dir, process=None, pidfd=None,
+                         started=now, deadline=now + timeout_s)
+    environment = dict(os.environ)
+    environment.update(UDS_CHUNK=str(key.chunk), UDS_CHUNKS=str(chunk_count), UDS_INPUTS=inputs_dir,
+                       UDS_OUTPUT=str(output_dir), UDS_JOB=key.job.hex(), UDS_ATTEMPT=str(key.attempt))
+    stdout_read, stdout_write = os.pipe()
+    stderr_read, stderr_write = os.pipe()
+    try:
+        chunk.process = subprocess.Popen(
+            [str(program), *args], cwd=workdir, env=environment, stdin=subprocess.DEVNULL,
+            stdout=stdout_write, stderr=stderr_write, start_new_session=True, close_fds=True)
+    except OSError as fault:
+        os.close(stdout_read)
+        os.close(stderr_read)
+        chunk.launch_error = f"cannot execute the program: {_describe_exec_error(fault, program)}"
+        chunk.stdout_path.write_bytes(b"")
+        chunk.stderr_path.write_text(chunk.launch_error + "\n")
+        chunk.exit_code = EXIT_NOT_EXECUTABLE
+        return chunk
+    finally:
+        os.close(stdout_write)
+        os.close(stderr_write)
+    chunk.pumps = [LogPump(stdout_read, chunk.stdout_path), LogPump(stderr_read, chunk.stderr_path)]
+    for pump in chunk.pumps:
+        pump.start()
+    chunk.pidfd = os.pidfd_open(chunk.process.pid)
+    return chunk
+
+
+def _describe_exec_error(fault: OSError, program: pathlib.Path) -> str:
+    if fault.errno == errno.ENOENT and program.exists():
+        interpreter = _shebang(program)
+        if interpreter:
+            return f"its interpreter {interpreter!r} does not exist"
+    if fault.errno == errno.ENOEXEC:
+        return "it is neither a binary for this machine nor a script with a #! line"
+    return f"{fault.strerror or fault}"
+
+
+def _shebang(program: pathlib.Path) -> str:
+    try:
+        with open(program, "rb") as file:
+            first = file.readline(256)
+    except OSError:
+        return ""
+    if first.startswith(b"#!"):
+        parts = first[2:].strip().split()
+        return parts[0].decode(errors="replace") if parts else ""
+    return ""
+
+
+def remove_workdir(workdir: pathlib.Path) -> None:
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def output_files(output_dir: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
+    """Regular files the program left under its output folder, by relative path."""
+    found = []
+    for root, dirs, files in os.walk(output_dir, followlinks=False):
+        dirs.sort()
+        for name in sorted(files):
+            path = pathlib.Path(root) / name
+            if path.is_file() and not path.is_symlink():
+                found.append((str(path.relative_to(output_dir)), path))
+    return found
