@@ -219,9 +219,14 @@ class Connection:
     def job(self, job_id: str) -> Job:
         return Job(self, self._file_id(job_id).hex())
 
-    def job_status(self, job_id: str) -> JobStatus:
+    def job_status(self, job_id: str, detail: bool = True, wait: float = 0.0) -> JobStatus:
+        """The job's state; with detail=False the counts only (no per-chunk
+        list); with `wait` seconds, the answer comes once the job has ended or
+        the wait is over (at most RESEND_AFTER_S / 2)."""
         job = self._file_id(job_id)
-        reply = self._ask(lambda rid: wire.JobStatus.make(self.node_id, request_id=rid, job=job),
+        wait_ms = int(min(wait, RESEND_AFTER_S / 2) * 1000)
+        reply = self._ask(lambda rid: wire.JobStatus.make(self.node_id, request_id=rid, job=job,
+                                                          detail=int(detail), wait_ms=wait_ms),
                           wire.JobStatusReply)
         return JobStatus.from_reply(reply)
 
@@ -251,7 +256,7 @@ class Connection:
         pause = 0.005
         while waiting:
             for job in list(waiting):
-                if job.status().done:
+                if job.status(detail=False).done:
                     waiting.remove(job)
                     yield job
             if waiting:

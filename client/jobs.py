@@ -12,9 +12,8 @@ if TYPE_CHECKING:
     from client.api import Connection
 
 FINAL_JOB_STATES = ("succeeded", "failed", "cancelled")
-# Job.wait polls: fast at first for short jobs, then backing off.
-FIRST_POLL_S = 0.002
-MAX_POLL_S = 0.25
+# Job.wait hears of progress at least this often.
+PROGRESS_INTERVAL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,8 @@ class JobStatus:
 
     @property
     def finished(self) -> int:
-        return sum(chunk.state in FINAL_JOB_STATES for chunk in self.chunks)
+        """Chunks that succeeded or failed for good."""
+        return self.succeeded + self.failed
 
     @classmethod
     def from_reply(cls, reply: wire.JobStatusReply) -> "JobStatus":
@@ -87,25 +87,29 @@ class Job:
     def __repr__(self) -> str:
         return f"Job({self.id})"
 
-    def status(self) -> JobStatus:
-        return self.connection.job_status(self.id)
+    def status(self, detail: bool = True) -> JobStatus:
+        """The job's state; with detail=False only the counts (cheap to poll)."""
+        return self.connection.job_status(self.id, detail=detail)
 
     def wait(self, timeout: float | None = None,
              progress: Callable[[JobStatus], None] | None = None) -> JobStatus:
-        """Block until the job is final; its status. Raises JobTimeout."""
+        """Block until the job is final; its full status. Raises JobTimeout.
+
+        Each request asks the master to answer as soon as the job ends (or
+        after PROGRESS_INTERVAL_S, for the progress callback), so the end is
+        seen at once; every chunk's report is fetched once, at the end."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        pause = FIRST_POLL_S
         while True:
-            status = self.status()
+            remaining = PROGRESS_INTERVAL_S if deadline is None else deadline - time.monotonic()
+            status = self.connection.job_status(self.id, detail=False,
+                                                wait=max(0.0, min(remaining, PROGRESS_INTERVAL_S)))
             if progress is not None:
                 progress(status)
             if status.done:
-                return status
+                return self.status()
             if deadline is not None and time.monotonic() >= deadline:
                 raise JobTimeout(f"job {self.id} still {status.state} after {timeout:g}s "
                                  f"({status.finished}/{status.chunk_count} chunks done)")
-            time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
-            pause = min(pause * 1.5, MAX_POLL_S)
 
     def result(self, check: bool = False) -> list[ChunkResult]:
         """Per chunk: state, exit code, outputs, log ids, error.

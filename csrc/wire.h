@@ -223,12 +223,17 @@ struct job_submit_reply {
     uint8_t created;
 } UDS_PACKED;
 
-/* client -> master: how is this job? No body. */
+/* client -> master: how is this job? No body. With detail 0 the reply
+ * carries the counts only (an empty chunks list). With wait_ms > 0 the
+ * master answers once the job is final or wait_ms has passed, whichever
+ * comes first: a waiting client learns of the end at once, without polling. */
 struct job_status {
     struct generic_message header;
     uint64_t request_id;
     uint64_t job_uuid_upper;
     uint64_t job_uuid_lower;
+    uint8_t detail;              /* 1: every chunk's report; 0: counts only */
+    uint32_t wait_ms;            /* 0: answer now */
 } UDS_PACKED;
 
 /* master -> client: answer to job_status and job_cancel.
@@ -406,16 +411,13 @@ struct stats_reply {
     uint64_t request_id;
 } UDS_PACKED;
 
-/* load balancer -> worker: the masters have committed this final status;
- * stop resending it. No body. */
+/* load balancer -> worker: the masters have committed these final
+ * statuses; stop resending them.
+ * Body: attempts [[job, chunk, attempt, state]]. */
 struct status_ack {
     struct generic_message header;
     uint64_t epoch;
-    uint64_t job_uuid_upper;
-    uint64_t job_uuid_lower;
-    uint32_t chunk;
-    uint32_t attempt;
-    uint8_t state;
+    uint32_t attempt_count;
 } UDS_PACKED;
 
 /* load balancer -> master: the workers it knows, every heartbeat period.

@@ -327,9 +327,12 @@ class LoadBalancerNode:
         batch = self.unacknowledged.pop(message.batch_id, None)
         if batch is None:
             return
+        by_worker: dict[bytes, list] = {}
         for worker, job, chunk, attempt, state in batch.finals:
-            self._send_worker(worker, wire.StatusAck.make(self.node_id, epoch=max(self.epoch, 1), job=job,
-                                                          chunk=chunk, attempt=attempt, state=state))
+            by_worker.setdefault(worker, []).append([job, chunk, attempt, state])
+        for worker, attempts in by_worker.items():
+            self._send_worker(worker, wire.StatusAck.make(self.node_id, epoch=max(self.epoch, 1),
+                                                          attempt_count=len(attempts), attempts=attempts))
 
     # -- timers and batching ----------------------------------------------------
 

@@ -24,12 +24,14 @@ from master import state as core
 from master.links import LoadBalancerLink, dispatch_messages
 from master.replicated import RaftGroup
 from master.views import job_status_reply, node_records, event_records
-from wire.enums import ErrorCode, NodeRole
+from wire.enums import ErrorCode, JobState, NodeRole
 from wire.transport import Transport, recv_message, send_message
 
 log = logging.getLogger("master")
 
-MAX_OUTSTANDING_PROPOSALS = 4
+# One batch in flight: while it commits (about a millisecond) the next one
+# gathers everything that arrives, which is what makes batches large.
+MAX_OUTSTANDING_PROPOSALS = 1
 MAX_COMMANDS_PER_PROPOSAL = 2000
 # A proposal whose callback never came is given up after this long; its
 # requesters retry (every command is idempotent).
@@ -41,6 +43,9 @@ HEARTBEAT_INTERVAL_S = 0.25
 LOADBALANCER_LEASE_S = 3.0
 MESSAGES_PER_WAKEUP = 1000
 IDLE_POLL_MS = 100
+# The longest a job_status may wait for its job to end (wait_ms is capped).
+MAX_STATUS_WAIT_S = 30.0
+FINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 Continuation = Callable[[Any], None]
 
@@ -61,6 +66,15 @@ class Request:
     message_type: int
 
 
+@dataclass
+class StatusWaiter:
+    """A job_status with wait_ms, answered when its job ends or at `deadline`."""
+
+    request: Request
+    detail: bool
+    deadline: float
+
+
 class MasterNode:
     def __init__(self, node_id: bytes, address: str, raft: RaftGroup, transport: Transport,
                  wake_fd: int, host: str | None = None) -> None:
@@ -78,6 +92,7 @@ class MasterNode:
         self.proposals: dict[int, Proposal] = {}
         self.next_token = 1
         self.dispatching: set[tuple[bytes, int, int]] = set()
+        self.status_waiters: dict[bytes, list[StatusWaiter]] = {}
         self.last_resend = 0.0
         self.announced_self = False
         self.started_at = time.time()
@@ -106,7 +121,8 @@ class MasterNode:
             now = time.time()
             if self.wake_fd in ready:
                 self._drain_wake_pipe()
-            self._apply_commits()
+            if self._apply_commits() and self.status_waiters:
+                self._answer_waiters(now)
             if self.socket in ready:
                 for _ in range(MESSAGES_PER_WAKEUP):
                     received = recv_message(self.socket, self.transport)
@@ -191,8 +207,11 @@ class MasterNode:
             self._count("commands_proposed", len(commands))
             self.raft.propose(token, commands, now)
 
-    def _apply_commits(self) -> None:
+    def _apply_commits(self) -> bool:
+        """Carry on after committed proposals; True if there were any."""
+        applied = False
         while not self.raft.commits.empty():
+            applied = True
             commit = self.raft.commits.get()
             proposal = self.proposals.pop(commit.token, None)
             if proposal is None:
@@ -201,6 +220,7 @@ class MasterNode:
                 self._count("proposals_failed")
                 log.warning("proposal of %d commands failed: %s", len(proposal.commands), commit.failure)
             self._finish(proposal, commit.outcomes, commit.failure)
+        return applied
 
     def _finish(self, proposal: Proposal, outcomes: list | None, failure: str) -> None:
         for index, continuation in enumerate(proposal.continuations):
@@ -215,6 +235,8 @@ class MasterNode:
     # -- timers ---------------------------------------------------------------
 
     def _on_timers(self, now: float) -> None:
+        if self.status_waiters:
+            self._answer_waiters(now, only_expired=True)
         for token, proposal in list(self.proposals.items()):
             if now - proposal.sent_at > PROPOSAL_TIMEOUT_S:
                 del self.proposals[token]
@@ -249,9 +271,11 @@ class MasterNode:
             return
         ready = self.raft.read(lambda state: state.ready_attempts(credit + len(self.dispatching)))
         chosen = [attempt for attempt in ready if attempt[:3] not in self.dispatching][:credit]
-        if not chosen:
-            return
-        keys = [attempt[:3] for attempt in chosen]
+        if chosen:
+            self._queue_dispatch([attempt[:3] for attempt in chosen])
+
+    def _queue_dispatch(self, keys: list[tuple[bytes, int, int]]) -> None:
+        """Commit "dispatched" for these attempts, then send them to the balancer."""
         self.dispatching.update(keys)
 
         def dispatched(outcome: Any) -> None:
@@ -298,14 +322,53 @@ class MasterNode:
                 created=1 if outcome.created else 0))
 
         self._queue(command, submitted)
+        self._dispatch_with_submission(command)
+
+    def _dispatch_with_submission(self, command: core.SubmitJob) -> None:
+        """Dispatch the new job's first chunks in the same batch as the job
+        itself: the batch applies in order, so they are queued by then, and
+        the job starts one commit sooner. (Skipped harmlessly for a job that
+        already existed: only chunks queued at attempt 1 are dispatched.)"""
+        link = self.loadbalancer
+        if link is None:
+            return
+        in_flight = self.raft.read(lambda state: state.in_flight_count())
+        credit = link.credit() - in_flight - len(self.dispatching)
+        count = min(credit, command.chunk_count)
+        if count > 0:
+            self._queue_dispatch([(command.job, chunk, 1) for chunk in range(count)])
 
     def on_job_status(self, message: wire.JobStatus, peer: bytes, now: float) -> None:
         if not self._require_leader(message, peer):
             return
-        self._reply_status(Request(peer, message.request_id, message.message_type), message.job_uuid)
+        request = Request(peer, message.request_id, message.message_type)
+        job = message.job_uuid
+        if message.wait_ms:
+            state = self.raft.read(lambda state: state.job_state(job))
+            if state is not None and state not in FINAL_JOB_STATES:
+                deadline = now + min(message.wait_ms / 1000.0, MAX_STATUS_WAIT_S)
+                self.status_waiters.setdefault(job, []).append(
+                    StatusWaiter(request, bool(message.detail), deadline))
+                return
+        self._reply_status(request, job, detail=bool(message.detail))
 
-    def _reply_status(self, request: Request, job: bytes) -> None:
-        view = self.raft.read(lambda state: state.job_view(job))
+    def _answer_waiters(self, now: float, only_expired: bool = False) -> None:
+        """Answer waiters whose job has ended (unless only_expired) or whose wait is over."""
+        for job, waiters in list(self.status_waiters.items()):
+            ended = not only_expired and self.raft.read(lambda state: state.job_state(job)) in FINAL_JOB_STATES
+            remaining = []
+            for waiter in waiters:
+                if ended or now >= waiter.deadline:
+                    self._reply_status(waiter.request, job, detail=waiter.detail)
+                else:
+                    remaining.append(waiter)
+            if remaining:
+                self.status_waiters[job] = remaining
+            else:
+                del self.status_waiters[job]
+
+    def _reply_status(self, request: Request, job: bytes, detail: bool = True) -> None:
+        view = self.raft.read(lambda state: state.job_view(job, chunks=detail))
         if view is None:
             self._error(request.peer, request.request_id, request.message_type, ErrorCode.UNKNOWN_JOB,
                         f"unknown job {job.hex()}")

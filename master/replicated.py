@@ -2,9 +2,16 @@
 
 `ReplicatedState.apply(commands, now)` is the one replicated method: it
 carries a whole batch of commands, so one Raft entry commits many
-submissions or chunk events. It and the commit callbacks run on pysyncobj's
-own thread; the node loop reads the state under `lock` and learns of
-commits through a queue and a wake-up pipe (see RaftGroup.propose).
+submissions or chunk events. It and the commit callbacks run on the Raft
+thread; the node loop reads the state under `lock` and learns of commits
+through a queue and a wake-up pipe (see RaftGroup.propose).
+
+The Raft thread is ours, not pysyncobj's automatic one: pysyncobj appends a
+command at the end of one tick and commits it in the next, and with no peer
+to answer nothing wakes that next tick before its period ends, so a
+one-master group would take 50 ms per commit. While a proposal is
+outstanding we tick twice in a row (append, then commit) and again after
+BUSY_TICK_S; otherwise every IDLE_TICK_S.
 """
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ import os
 import pathlib
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -22,6 +30,9 @@ from master.raft import syncobj_conf
 from master.state import ClusterState
 from wire.keys import KeyFolder
 
+# Wait between ticks while proposals are outstanding, and when idle.
+BUSY_TICK_S = 0.0005
+IDLE_TICK_S = 0.05
 JOURNAL_FILE = "raft.journal"
 DUMP_FILE = "raft.dump"
 # Compact the journal into a full dump once it holds this many entries.
@@ -59,6 +70,9 @@ class RaftGroup:
         self.commits: queue.SimpleQueue[Commit] = queue.SimpleQueue()
         self._wake_fd = wake_fd
         self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._outstanding = 0
+        self._outstanding_lock = threading.Lock()
         conf = syncobj_conf(
             keys, journalFile=str(data / JOURNAL_FILE), fullDumpFile=str(data / DUMP_FILE),
             logCompactionMinEntries=LOG_COMPACTION_MIN_ENTRIES,
@@ -66,8 +80,11 @@ class RaftGroup:
             onReady=self._ready.set,
             # Compaction must not fork a process full of ZeroMQ threads.
             useFork=False,
+            autoTick=False,
         )
         self.syncobj = SyncObj(self_address, partner_addresses, conf, consumers=[self.replicated])
+        self._thread = threading.Thread(target=self._tick_forever, name="raft", daemon=True)
+        self._thread.start()
         # pysyncobj logs a CRITICAL "truncating already-applied log entries" in
         # normal operation; it is noise to anyone reading a master's log.
         logging.getLogger("pysyncobj").setLevel(logging.ERROR)
@@ -88,7 +105,9 @@ class RaftGroup:
         """Replicate a batch; its outcome arrives later on `commits`."""
 
         def on_commit(outcomes: Any, error: int) -> None:
-            # pysyncobj's thread: hand over and wake the node loop.
+            # The Raft thread: hand over and wake the node loop.
+            with self._outstanding_lock:
+                self._outstanding -= 1
             if error == FAIL_REASON.SUCCESS:
                 self.commits.put(Commit(token, outcomes, ""))
             else:
@@ -98,14 +117,31 @@ class RaftGroup:
             except BlockingIOError:
                 pass  # the pipe is full, so the loop is awake anyway
 
+        with self._outstanding_lock:
+            self._outstanding += 1
         self.replicated.apply(commands, now, callback=on_commit)
 
     def read(self, reader: Callable[[ClusterState], Any]) -> Any:
         with self.replicated.lock:
             return reader(self.replicated.state)
 
-    def destroy(self) -> None:
+    def _tick_forever(self) -> None:
+        log = logging.getLogger("master.raft")
+        while not self._stopping.is_set():
+            try:
+                self.syncobj.doTick(BUSY_TICK_S if self._outstanding > 0 else IDLE_TICK_S)
+                if self._outstanding > 0:
+                    # A tick appends what arrived at its end; one more commits
+                    # it at once when no peer has to answer first.
+                    self.syncobj.doTick(0.0)
+            except Exception:  # one bad tick must not end replication
+                log.exception("raft tick failed")
+                time.sleep(IDLE_TICK_S)
         self.syncobj.destroy()
+
+    def destroy(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5.0)
 
 
 def _fail_reason(code: int) -> str:

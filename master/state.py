@@ -426,7 +426,8 @@ class ClusterState:
         job_record = self.job_records.get(job)
         return None if job_record is None else job_record.state
 
-    def job_view(self, job: bytes) -> JobView | None:
+    def job_view(self, job: bytes, chunks: bool = True) -> JobView | None:
+        """The job as a client sees it; without `chunks`, counts only."""
         job_record = self.job_records.get(job)
         if job_record is None:
             return None
@@ -436,7 +437,8 @@ class ClusterState:
             chunks_succeeded=job_record.chunks_succeeded, chunks_failed=job_record.chunks_failed,
             name=spec.name, submitted_at=job_record.submitted_at, finished_at=job_record.finished_at,
             error=job_record.first_error,
-            chunks=tuple(ChunkView.of_record(index, chunk) for index, chunk in enumerate(job_record.chunks)),
+            chunks=tuple(ChunkView.of_record(index, chunk) for index, chunk in enumerate(job_record.chunks))
+            if chunks else (),
         )
 
     def job_spec(self, job: bytes) -> dict[str, Any] | None:

@@ -53,7 +53,7 @@ def samples() -> list[wire.Message]:
                          args=["--top", "10"], inputs={"data.txt": [FILE, 70000]},
                          chunk_inputs=[], timeout_s=60.0, max_retries=2, name="count"),
         m.JobSubmitReply.make(NODE, request_id=2, job=JOB, created=1),
-        m.JobStatus.make(NODE, request_id=3, job=JOB),
+        m.JobStatus.make(NODE, request_id=3, job=JOB, detail=1, wait_ms=0),
         m.JobStatusReply.make(
             NODE, request_id=3, job=JOB, state=int(JobState.RUNNING), chunk_count=2,
             chunks_succeeded=1, chunks_failed=0, name="count", submitted_at=1_795_000_000.5,
@@ -90,7 +90,8 @@ def samples() -> list[wire.Message]:
         m.StatsQuery.make(NODE, request_id=10),
         m.StatsReply.make(NODE, request_id=10, role=int(NodeRole.STORAGE),
                           counters={"bytes_served": 4096, "reads": 1}),
-        m.StatusAck.make(NODE, epoch=3, job=JOB, chunk=1, attempt=1, state=int(ChunkState.SUCCEEDED)),
+        m.StatusAck.make(NODE, epoch=3, attempt_count=1,
+                         attempts=[[JOB, 1, 1, int(ChunkState.SUCCEEDED)]]),
         m.NodeReport.make(NODE, epoch=3, nodes=[{
             "node": NODE, "role": int(NodeRole.WORKER), "host": "node-1",
             "address": "", "slots": 4, "free_slots": 3, "running": 1, "cache_bytes": 1 << 30,

@@ -94,6 +94,8 @@ def _satisfy_rules(cls: type, values: dict) -> dict:
         values["timeout_s"] = max(values["timeout_s"], 0.5)
     elif name == "job_submit_reply":
         values["created"] %= 2
+    elif name == "job_status":
+        values["detail"] %= 2
     elif name == "file_stat_reply":
         values["present"] %= 2
     elif name == "job_status_reply":
@@ -110,7 +112,9 @@ def _satisfy_rules(cls: type, values: dict) -> dict:
     elif name == "file_put_reply":
         values["status"] = _member(PutStatus, values["status"])
     elif name == "status_ack":
-        values["state"] = _member(ChunkState, values["state"])
+        values["attempt_count"] = len(values["attempts"])
+        for entry in values["attempts"]:
+            entry[3] = _member(ChunkState, entry[3])
     elif name in ("nodes_reply", "node_report"):
         for node in values["nodes"]:
             node["role"] = _member(NodeRole, node["role"])

@@ -300,6 +300,11 @@ class JobStatus(Message):
     request_id: int
     job_uuid_upper: int
     job_uuid_lower: int
+    detail: int
+    wait_ms: int
+
+    def check(self) -> None:
+        _require(self.detail in (0, 1), f"job_status: detail {self.detail} is not 0 or 1")
 
 
 @message("job_status_reply", body=dict(
@@ -493,17 +498,17 @@ class StatsReply(Message):
         _check_member(NodeRole, self.role, "stats_reply.role")
 
 
-@message("status_ack")
+@message("status_ack", body=dict(attempts=List(Tuple((ID, U32, U32, U8)))))
 class StatusAck(Message):
     epoch: int
-    job_uuid_upper: int
-    job_uuid_lower: int
-    chunk: int
-    attempt: int
-    state: int
+    attempt_count: int
+    attempts: list
 
     def check(self) -> None:
-        _check_member(ChunkState, self.state, "status_ack.state")
+        _require(self.attempt_count == len(self.attempts),
+                 f"status_ack: attempt_count {self.attempt_count} != {len(self.attempts)} attempts")
+        for index, (_job, _chunk, _attempt, state) in enumerate(self.attempts):
+            _check_member(ChunkState, state, f"status_ack.attempts[{index}] state")
 
 
 @message("node_report", body=dict(nodes=List(NODE)))

@@ -32,12 +32,21 @@ from wire.transport import Transport, recv_message, send_message
 from worker.blocks import StorageBlockSource
 from worker.cache import BlockCache
 from worker.fusefs import FuseMount, clear_stale_mount
-from worker.runner import ChunkKey, RunningChunk, output_files, remove_workdir, start_chunk
+from worker.runner import (
+    LOG_KILL_BYTES, ChunkKey, RunningChunk, output_files, remove_workdir, start_chunk,
+)
 
 log = logging.getLogger("worker")
 
 HELLO_RETRY_S = 1.0
 RESEND_STATUS_S = 2.0
+# STARTED is reported only for chunks still running this long after launch:
+# a chunk that ends sooner is reported once, final, which halves the messages
+# for short chunks. Heartbeats acknowledge assignments meanwhile.
+STARTED_DELAY_S = 0.05
+# Program executables kept (one per program id); older unused ones are removed.
+MAX_PROGRAMS = 256
+PROGRAM_IDLE_S = 600.0
 PREPARE_THREADS = 4
 MESSAGES_PER_WAKEUP = 1000
 
@@ -56,6 +65,7 @@ class Attempt:
     final: wire.WorkerStatus | None = None
     final_sent_at: float = 0.0
     counters: tuple[int, int] = (0, 0)
+    report_started_at: float | None = None   # when to send STARTED, if still running
 
 
 @dataclass
@@ -93,6 +103,10 @@ class WorkerNode:
         self.work_root = data / "work"
         shutil.rmtree(self.work_root, ignore_errors=True)  # left by a crash: nothing in it is still running
         self.work_root.mkdir(parents=True, exist_ok=True)
+        self.programs = data / "programs"
+        self.programs.mkdir(exist_ok=True)
+        for leftover in self.programs.glob("*.tmp*"):
+            leftover.unlink(missing_ok=True)
         self._clients = threading.local()
         self.block_source = StorageBlockSource(self._storage_client)
         self.cache = BlockCache(data / "cache", self.block_source, cache_bytes)
@@ -133,6 +147,8 @@ class WorkerNode:
             for attempt in self.attempts.values():
                 if attempt.running is not None and attempt.phase == "running":
                     timeout_s = min(timeout_s, max(0.0, attempt.running.next_timer() - now))
+                    if attempt.report_started_at is not None:
+                        timeout_s = min(timeout_s, max(0.0, attempt.report_started_at - now))
             pidfds = {attempt.running.pidfd: attempt for attempt in self.attempts.values()
                       if attempt.phase == "running" and attempt.running is not None
                       and attempt.running.pidfd is not None}
@@ -236,23 +252,38 @@ class WorkerNode:
             self.attempts[key] = attempt
             self._count("attempts_accepted")
             program_id, program_size = spec["program"]
-            self.helpers.submit(self._prepare, key, program_id, program_size, self.work_root / key.name)
+            program = self.programs / program_id.hex()
+            if program.exists():
+                self._launch(attempt, program, "", now)
+            else:
+                self.helpers.submit(self._prepare, key, program_id, program_size)
 
-    def _prepare(self, key: ChunkKey, program_id: bytes, program_size: int, workdir: pathlib.Path) -> None:
-        """Helper thread: the program, whole and verified, copied into the
-        attempt's working folder (pinned meanwhile so eviction cannot take it)."""
+    def _prepare(self, key: ChunkKey, program_id: bytes, program_size: int) -> None:
+        """Helper thread: the program, whole and verified, as an executable
+        shared by every chunk that runs it (programs never change: the id is
+        the content's hash). Pinned in the cache while it is copied out."""
+        program = self.programs / program_id.hex()
         self.cache.pin(program_id)
         try:
-            cached = self.cache.ensure_complete(program_id, program_size)
-            workdir.mkdir(parents=True, exist_ok=True)
-            program = workdir / "program"
-            shutil.copyfile(cached, program)
-            program.chmod(0o755)
+            if not program.exists():
+                cached = self.cache.ensure_complete(program_id, program_size)
+                temporary = program.with_name(f"{program.name}.tmp{threading.get_ident()}")
+                shutil.copyfile(cached, temporary)
+                temporary.chmod(0o555)
+                os.replace(temporary, program)
+                self._forget_old_programs()
             self._hand_back(Handoff("prepared", key, program))
         except Exception as fault:  # noqa: BLE001 - reported as the attempt's failure
             self._hand_back(Handoff("prepared", key, None, f"cannot fetch the program: {fault}"))
         finally:
             self.cache.unpin(program_id)
+
+    def _forget_old_programs(self) -> None:
+        programs = sorted(self.programs.iterdir(), key=lambda path: path.stat().st_mtime)
+        cutoff = time.time() - PROGRAM_IDLE_S
+        for path in programs[:max(0, len(programs) - MAX_PROGRAMS)]:
+            if path.stat().st_mtime < cutoff:  # a running process keeps its inode anyway
+                path.unlink(missing_ok=True)
 
     def on_chunk_cancel(self, message: wire.ChunkCancel, now: float) -> None:
         wanted = {(chunk, attempt) for chunk, attempt in message.attempts}
@@ -266,10 +297,11 @@ class WorkerNode:
                 self._count("attempts_cancelled")
 
     def on_status_ack(self, message: wire.StatusAck, now: float) -> None:
-        key = ChunkKey(message.job_uuid, message.chunk, message.attempt)
-        attempt = self.attempts.get(key)
-        if attempt is not None and attempt.phase == "reported":
-            del self.attempts[key]
+        for job, chunk, attempt_number, _state in message.attempts:
+            key = ChunkKey(job, chunk, attempt_number)
+            attempt = self.attempts.get(key)
+            if attempt is not None and attempt.phase == "reported":
+                del self.attempts[key]
 
     # -- attempts -----------------------------------------------------------------
 
@@ -286,15 +318,14 @@ class WorkerNode:
         key = attempt.key
         workdir = self.work_root / key.name
         if attempt.cancelled:
-            remove_workdir(workdir)
             self._report_final(attempt, self._status(attempt, ChunkState.CANCELLED, error="cancelled"), now)
             return
         if program is None:
             # Not the program's fault: the masters will have it run again.
-            remove_workdir(workdir)
             self._report_final(attempt, self._status(attempt, ChunkState.REJECTED, error=error), now)
             return
         try:
+            os.utime(program)  # recently used: kept by _forget_old_programs
             attempt.inputs_dir = self.mount.add_chunk(key.name, attempt.inputs)
         except Exception as fault:  # noqa: BLE001
             log.exception("preparing %s", key.name)
@@ -304,8 +335,8 @@ class WorkerNode:
         attempt.running = start_chunk(key, program, attempt.spec["args"], attempt.inputs_dir,
                                       attempt.spec["chunk_count"], workdir, attempt.spec["timeout_s"])
         attempt.phase = "running"
+        attempt.report_started_at = now + STARTED_DELAY_S
         self._count("attempts_started")
-        self._send(self._status(attempt, ChunkState.STARTED))
         if attempt.running.exit_code is not None:  # could not be executed at all
             self._on_exit(attempt, now)
 
@@ -324,6 +355,8 @@ class WorkerNode:
             state, error = ChunkState.CANCELLED, "cancelled"
         elif running.stop_reason == "timed out":
             state, error = ChunkState.TIMED_OUT, f"timed out after {attempt.spec['timeout_s']:g}s"
+        elif running.stop_reason == "log too large":
+            state, error = ChunkState.FAILED, f"stopped: stdout or stderr passed {LOG_KILL_BYTES} bytes"
         elif exit_code == 0:
             state, error = ChunkState.SUCCEEDED, ""
         else:
@@ -332,12 +365,11 @@ class WorkerNode:
                                              else f"exit code {exit_code}")
         elapsed = running.elapsed(now)
         files = output_files(running.output_dir)
-        logs = [path for path in (running.stdout_path, running.stderr_path)
-                if path.exists() and path.stat().st_size > 0]
+        logs = [path for path in (running.stdout_path, running.stderr_path) if _size_of(path) > 0]
         if not files and not logs:
             # Nothing to store: report straight away (the common case for tiny chunks).
             status = self._status(attempt, state, exit_code=exit_code, error=error, elapsed_s=elapsed)
-            remove_workdir(running.workdir)
+            self.helpers.submit(remove_workdir, running.workdir)
             self._report_final(attempt, status, now)
             return
         self.helpers.submit(self._upload, attempt, state, exit_code, error, elapsed, files)
@@ -363,9 +395,7 @@ class WorkerNode:
 
     @staticmethod
     def _put_log(client: StorageClient, path: pathlib.Path) -> list | None:
-        if not path.exists() or path.stat().st_size == 0:
-            return None
-        return list(client.put_file(path))
+        return list(client.put_file(path)) if _size_of(path) > 0 else None
 
     def _status(self, attempt: Attempt, state: int, exit_code: int | None = None, error: str = "",
                 elapsed_s: float = 0.0, outputs: dict | None = None, stdout: list | None = None,
@@ -390,6 +420,9 @@ class WorkerNode:
         for attempt in self.attempts.values():
             if attempt.phase == "running" and attempt.running is not None:
                 attempt.running.on_timer(now)
+                if attempt.report_started_at is not None and now >= attempt.report_started_at:
+                    attempt.report_started_at = None
+                    self._send(self._status(attempt, ChunkState.STARTED))
         if not self.registered:
             if now - self.last_hello > HELLO_RETRY_S:
                 self._hello(now)
@@ -423,3 +456,10 @@ class WorkerNode:
         self.helpers.shutdown(wait=False, cancel_futures=True)
         self.mount.stop()
         self.cache.close()
+
+
+def _size_of(path: pathlib.Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0

@@ -1,0 +1,86 @@
+"""Chunks per second for /bin/true chunks on a dev cluster with 2 workers,
+beside the rate at which this machine starts and reaps /bin/true with two
+launcher processes, measured in the same run. Prints one JSON line.
+
+    python bench/throughput.py [--chunks N] [--jobs J] [--slots S]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from cluster import dev_cluster, true_binary  # noqa: E402
+
+LAUNCH_SECONDS = 3.0
+
+
+def _launch_loop(seconds: float, counter) -> None:
+    true = "/bin/true"
+    count = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pid = os.posix_spawn(true, [true], os.environ)
+        os.waitpid(pid, 0)
+        count += 1
+    with counter.get_lock():
+        counter.value += count
+
+
+def launch_rate(launchers: int = 2, seconds: float = LAUNCH_SECONDS) -> float:
+    """/bin/true started and reaped per second by `launchers` processes."""
+    counter = multiprocessing.Value("q", 0)
+    processes = [multiprocessing.Process(target=_launch_loop, args=(seconds, counter)) for _ in range(launchers)]
+    started = time.monotonic()
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    return counter.value / (time.monotonic() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunks", type=int, default=3000, help="chunks per job")
+    parser.add_argument("--jobs", type=int, default=2, help="jobs submitted at once")
+    parser.add_argument("--slots", type=int, default=4, help="slots per worker")
+    options = parser.parse_args()
+
+    limit = launch_rate()
+    with dev_cluster(workers=2, slots=options.slots) as connection:
+        program = connection.put(true_binary())
+        warm = connection.submit_job(program, chunks=50, timeout=60)   # warm caches and processes
+        warm.wait(timeout=120)
+        started = time.monotonic()
+        jobs = [connection.submit_job(program, chunks=options.chunks, timeout=60) for _ in range(options.jobs)]
+        for job in connection.as_completed(jobs, timeout=600):
+            pass
+        elapsed = time.monotonic() - started
+        statuses = [job.status(detail=False) for job in jobs]
+        succeeded = sum(status.succeeded for status in statuses)
+        stats = connection.master_stats()
+    total = options.chunks * options.jobs
+    rate = succeeded / elapsed
+    print(json.dumps({
+        "benchmark": "throughput",
+        "chunks": total,
+        "succeeded": succeeded,
+        "seconds": round(elapsed, 2),
+        "chunks_per_second": round(rate, 1),
+        "limit_true_spawn_per_second_2_launchers": round(limit, 1),
+        "ratio_to_limit": round(rate / limit, 3),
+        "workers": 2,
+        "slots_per_worker": options.slots,
+        "raft_proposals": stats.get("proposals", 0),
+        "commands_per_proposal": round(stats.get("commands_proposed", 0) / max(1, stats.get("proposals", 1)), 1),
+    }))
+    return 0 if succeeded == total else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
