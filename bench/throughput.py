@@ -48,7 +48,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=3000, help="chunks per job")
     parser.add_argument("--jobs", type=int, default=2, help="jobs submitted at once")
-    parser.add_argument("--slots", type=int, default=4, help="slots per worker")
+    parser.add_argument("--slots", type=int, default=8, help="slots per worker (short chunks: several per core)")
     options = parser.parse_args()
 
     limit = launch_rate()

@@ -4,14 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import zmq
-
-from loadbalancer.node import LoadBalancerNode
-from wire.daemon import (
-    ConfigurationError, announce_ready, load_node_id, open_cluster, setup_logging,
-    stop_event_on_signals, withdraw_ready,
-)
-from wire.transport import Transport, TransportError
+from wire.daemon import DaemonContext, add_common_arguments, run_daemon
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,40 +12,21 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m loadbalancer",
         description="uds load balancer: takes chunk attempts from the master and places each on "
                     "the worker that caches most of its inputs; watches worker heartbeats.")
-    parser.add_argument("--cluster", metavar="FILE", required=True, help="cluster file (TOML)")
-    parser.add_argument("--index", type=int, default=0, metavar="N",
-                        help="which [[loadbalancers]] entry to run (default 0)")
-    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    add_common_arguments(parser, "loadbalancers")
     return parser
+
+
+def build(context: DaemonContext):
+    from loadbalancer.node import LoadBalancerNode
+    workers = context.cluster.workers
+    return LoadBalancerNode(context.node_id, context.entry.address,
+                            [master.address for master in context.cluster.masters], context.transport,
+                            heartbeat_interval_s=workers.heartbeat_interval_s, lease_s=workers.lease_s)
 
 
 def main(argv: list[str] | None = None) -> int:
     options = build_parser().parse_args(argv)
-    try:
-        cluster, entry, keys = open_cluster(options.cluster, "loadbalancers", options.index)
-        transport = Transport(keys)
-    except (ConfigurationError, TransportError) as fault:
-        print(f"loadbalancer: {fault}", file=sys.stderr)
-        return 2
-    log = setup_logging("loadbalancer", options.verbose)
-    stop = stop_event_on_signals()
-    try:
-        node_id = load_node_id(entry.data)
-        node = LoadBalancerNode(node_id, entry.address, [master.address for master in cluster.masters],
-                                transport, heartbeat_interval_s=cluster.workers.heartbeat_interval_s,
-                                lease_s=cluster.workers.lease_s)
-    except (OSError, zmq.ZMQError) as fault:
-        print(f"loadbalancer: cannot start: {fault}", file=sys.stderr)
-        transport.close()
-        return 1
-    log.info("node %s serving workers at %s", node_id.hex(), entry.address)
-    try:
-        node.run(stop.is_set, lambda: announce_ready(entry.data))
-    finally:
-        withdraw_ready(entry.data)
-        transport.close()
-    log.info("stopped")
-    return 0
+    return run_daemon("loadbalancer", options, "loadbalancers", lambda cluster, entry: entry.data, build)
 
 
 if __name__ == "__main__":

@@ -132,6 +132,10 @@ class LoadBalancerNode:
             except Exception:
                 log.exception("carrying out %s", type(effect).__name__)
 
+    def close(self) -> None:
+        self.workers_socket.close()
+        self.master_socket.close()
+
     # -- workers --------------------------------------------------------------
 
     def _handle_worker(self, received: Any, now: float) -> None:

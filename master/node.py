@@ -11,7 +11,6 @@ carries many submissions or chunk events.
 from __future__ import annotations
 
 import logging
-import os
 import socket as socket_module
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from master.links import LoadBalancerLink, dispatch_messages
 from master.replicated import RaftGroup
 from master.views import job_status_reply, node_records, event_records
 from wire.enums import ErrorCode, JobState, NodeRole
+from wire.daemon import drain
 from wire.transport import Transport, recv_message, send_message
 
 log = logging.getLogger("master")
@@ -120,7 +120,7 @@ class MasterNode:
             ready = dict(poller.poll(IDLE_POLL_MS))
             now = time.time()
             if self.wake_fd in ready:
-                self._drain_wake_pipe()
+                drain(self.wake_fd)
             if self._apply_commits() and self.status_waiters:
                 self._answer_waiters(now)
             if self.socket in ready:
@@ -135,12 +135,6 @@ class MasterNode:
                 serving = True
                 on_serving()
 
-    def _drain_wake_pipe(self) -> None:
-        try:
-            while os.read(self.wake_fd, 4096):
-                pass
-        except BlockingIOError:
-            pass
 
     def _handle(self, received: Any, now: float) -> None:
         self._count("messages")
@@ -162,6 +156,10 @@ class MasterNode:
             self._count("internal_errors")
             self._error(received.peer, getattr(message, "request_id", 0), message.message_type,
                         ErrorCode.INTERNAL, "internal error in the master (see its log)")
+
+    def close(self) -> None:
+        self.raft.destroy()
+        self.socket.close()
 
     # -- sending --------------------------------------------------------------
 

@@ -16,7 +16,6 @@ BUSY_TICK_S; otherwise every IDLE_TICK_S.
 from __future__ import annotations
 
 import logging
-import os
 import pathlib
 import queue
 import threading
@@ -28,6 +27,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConsumer, replicated
 
 from master.raft import syncobj_conf
 from master.state import ClusterState
+from wire.daemon import wake
 from wire.keys import KeyFolder
 
 # Wait between ticks while proposals are outstanding, and when idle.
@@ -112,10 +112,7 @@ class RaftGroup:
                 self.commits.put(Commit(token, outcomes, ""))
             else:
                 self.commits.put(Commit(token, None, f"raft: {_fail_reason(error)}"))
-            try:
-                os.write(self._wake_fd, b"\0")
-            except BlockingIOError:
-                pass  # the pipe is full, so the loop is awake anyway
+            wake(self._wake_fd)
 
         with self._outstanding_lock:
             self._outstanding += 1

@@ -13,7 +13,6 @@ misunderstand each other cannot start an endless exchange.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -123,11 +122,13 @@ class StorageService:
 
     # -- the loop ---------------------------------------------------------
 
-    def serve(self, stop: threading.Event) -> None:
+    def run(self, stop: Callable[[], bool], on_serving: Callable[[], None] = lambda: None) -> None:
+        """Serve until stop() is true; on_serving() once the socket is bound."""
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         next_expiry = self._clock() + EXPIRY_CHECK_INTERVAL_S
-        while not stop.is_set():
+        on_serving()
+        while not stop():
             if poller.poll(POLL_INTERVAL_MS):
                 for _ in range(MESSAGES_PER_WAKEUP):
                     received = recv_message(self.socket, self.transport)

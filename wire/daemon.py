@@ -9,12 +9,15 @@ and stopping on SIGTERM/SIGINT.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import pathlib
 import signal
 import sys
 import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 from wire.ids import ID_BYTES, id_from_hex, new_id
 
@@ -80,10 +83,10 @@ class ConfigurationError(Exception):
     """The daemon cannot start with this cluster file; one line says why."""
 
 
-def open_cluster(path: str, role_entries: str, index: int):
+def open_cluster(path: str, role_entries: str, index: int) -> tuple[Any, Any, Any]:
     """Load the cluster file and the key folder; pick entry `index` of
-    `role_entries` ("masters", "loadbalancers", "storage"), or None for
-    workers. Raises ConfigurationError with a one-line reason."""
+    `role_entries` ("masters", "loadbalancers", "storage"), or None when
+    `role_entries` is empty (workers). Raises ConfigurationError."""
     from wire import cluster as cluster_file
     from wire.keys import KeyFolder, KeyFolderError
     try:
@@ -99,3 +102,90 @@ def open_cluster(path: str, role_entries: str, index: int):
                                      f"{len(entries)} [[{role_entries}]] entries")
         entry = entries[index]
     return cluster, entry, keys
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, entries: str) -> None:
+    parser.add_argument("--cluster", metavar="FILE", required=True, help="cluster file (TOML)")
+    if entries:
+        parser.add_argument("--index", type=int, default=0, metavar="N",
+                            help=f"which [[{entries}]] entry of the cluster file to run (default 0)")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+
+
+@dataclass
+class DaemonContext:
+    """What a daemon's node is built from."""
+
+    options: argparse.Namespace
+    cluster: Any
+    entry: Any
+    transport: Any
+    node_id: bytes
+    data: pathlib.Path
+    log: logging.Logger
+
+
+class Node(Protocol):
+    def run(self, stop: Callable[[], bool], on_serving: Callable[[], None]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def run_daemon(role: str, options: argparse.Namespace, entries: str,
+               data_of: Callable[[Any, Any], pathlib.Path], build: Callable[[DaemonContext], Node]) -> int:
+    """The life of every daemon: configuration (a fault exits 2 with one
+    line), node id, the node's loop until SIGTERM/SIGINT, the ready file
+    while it serves, and a clean shutdown. Start-up faults exit 1."""
+    from wire.transport import Transport, TransportError
+    try:
+        cluster, entry, keys = open_cluster(options.cluster, entries, getattr(options, "index", 0))
+        transport = Transport(keys)
+    except (ConfigurationError, TransportError) as fault:
+        print(f"{role}: {fault}", file=sys.stderr)
+        return 2
+    log = setup_logging(role, options.verbose)
+    stop = stop_event_on_signals()
+    data = data_of(cluster, entry)
+    try:
+        node_id = load_node_id(data)
+        node = build(DaemonContext(options, cluster, entry, transport, node_id, data, log))
+    except Exception as fault:  # noqa: BLE001 - any start-up fault is reported in one line
+        log.debug("start-up failed", exc_info=True)
+        print(f"{role}: cannot start: {fault}", file=sys.stderr)
+        transport.close()
+        return 1
+    log.info("node %s started, data in %s", node_id.hex(), data)
+    try:
+        node.run(stop.is_set, lambda: announce_ready(data))
+    finally:
+        withdraw_ready(data)
+        try:
+            node.close()
+        finally:
+            transport.close()
+    log.info("stopped")
+    return 0
+
+
+def wake_pipe() -> tuple[int, int]:
+    """A non-blocking pipe (read end, write end) by which helper threads wake
+    a loop that polls the read end."""
+    read_end, write_end = os.pipe()
+    for descriptor in (read_end, write_end):
+        os.set_blocking(descriptor, False)
+    return read_end, write_end
+
+
+def wake(write_end: int) -> None:
+    try:
+        os.write(write_end, b"\0")
+    except BlockingIOError:
+        pass  # the pipe is full, so the loop is awake anyway
+
+
+def drain(read_end: int) -> None:
+    try:
+        while os.read(read_end, 4096):
+            pass
+    except BlockingIOError:
+        pass

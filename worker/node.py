@@ -27,6 +27,7 @@ import zmq
 
 import wire
 from client.storage_client import StorageClient
+from wire.daemon import drain, wake
 from wire.enums import ChunkState, ErrorCode, NodeRole
 from wire.transport import Transport, recv_message, send_message
 from worker.blocks import StorageBlockSource
@@ -160,7 +161,7 @@ class WorkerNode:
             ready = dict(poller.poll(int(timeout_s * 1000) + 1))
             now = time.monotonic()
             if self.wake_read in ready:
-                self._drain_wake_pipe()
+                drain(self.wake_read)
             while not self.handoffs.empty():
                 self._on_handoff(self.handoffs.get(), now)
             for descriptor, attempt in pidfds.items():
@@ -176,20 +177,10 @@ class WorkerNode:
                     self._handle(received, now)
             self._on_timers(now)
 
-    def _drain_wake_pipe(self) -> None:
-        try:
-            while os.read(self.wake_read, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
     def _hand_back(self, handoff: Handoff) -> None:
         """From a helper thread: queue it and wake the loop."""
         self.handoffs.put(handoff)
-        try:
-            os.write(self.wake_write, b"\0")
-        except BlockingIOError:
-            pass
+        wake(self.wake_write)
 
     def _count(self, name: str, amount: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + amount
