@@ -294,9 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("file_id", metavar="FILE_ID")
     sub.add_argument("-o", "--output", help="write to this file (default: standard output)")
 
-    sub = command("submit", submit, "submit a job; prints its id")
+    sub = command("submit", submit, "submit a job; prints its id. Options go anywhere; program "
+                                    "arguments that start with '-' go after '--'.")
     sub.add_argument("program", help="executable file (a script with #! or a binary)")
-    sub.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the program")
+    sub.add_argument("args", nargs="*", help="arguments for the program")
     sub.add_argument("--input", action="append", default=[], metavar="NAME=PATH|ID",
                      help="an input every chunk sees as $UDS_INPUTS/NAME (repeatable)")
     sub.add_argument("--chunk-input", action="append", default=[], metavar="CHUNK:NAME=PATH|ID",
@@ -328,7 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Everything after "--" is the program's, even words that look like options.
+    program_words: list[str] = []
+    if "--" in words:
+        program_words = words[words.index("--") + 1:]
+        words = words[:words.index("--")]
+    parser = build_parser()
+    options = parser.parse_args(words)
+    if program_words:
+        if options.command != "submit":
+            parser.error("'--' only goes with submit, before the program's own options")
+        options.args = [*options.args, *program_words]
     from client.errors import ClientError
     try:
         return options.run(options)
@@ -339,6 +351,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except Exception as fault:  # a bug or an unforeseen fault: still one line, unless asked
+        if os.environ.get("UDS_DEBUG"):
+            raise
+        print(f"uds: unexpected {type(fault).__name__}: {fault} (set UDS_DEBUG=1 for details)",
+              file=sys.stderr)
         return EXIT_FAILED
 
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 import zmq
 
 import wire
+from client.errors import ClientError
 from wire import ErrorCode, Message, PutStatus, WireError
 from wire.ids import file_hasher, file_id_of
 from wire.limits import MAX_DATA_FRAME_BYTES
@@ -51,7 +52,7 @@ Progress = Callable[[int, int], None]
 log = logging.getLogger("client.storage")
 
 
-class StorageError(Exception):
+class StorageError(ClientError):
     """A storage request failed. `error_code` is the node's ErrorCode, or
     None for faults found on this side (timeout, corrupt data)."""
 

@@ -1,0 +1,122 @@
+"""The `uds` command against a real dev cluster started by `uds dev --detach`."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+COMMAND_TIMEOUT_S = 90
+
+
+def uds(*args, cluster_dir=None, input_bytes=None, check=True):
+    environment = dict(os.environ, PYTHONPATH=str(ROOT))
+    environment.pop("UDS_CLUSTER", None)
+    prefix = ["--cluster", str(cluster_dir)] if cluster_dir else []
+    result = subprocess.run([sys.executable, "-m", "client.cli", *prefix, *args], capture_output=True,
+                            input=input_bytes, timeout=COMMAND_TIMEOUT_S, env=environment)
+    if check and result.returncode != 0:
+        raise AssertionError(f"uds {' '.join(args)} exited {result.returncode}: {result.stderr.decode()}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def dev_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dev")
+    try:
+        started = uds("dev", "--detach", "--workers", "2", "--dir", str(folder))
+        assert b"dev cluster ready" in started.stdout
+        yield folder
+    finally:
+        uds("dev", "--stop", "--dir", str(folder), check=False)
+        from daemons import unmount_under
+        unmount_under(folder)
+
+
+def test_dev_cluster_refuses_a_second_start(dev_dir):
+    again = uds("dev", "--detach", "--dir", str(dev_dir), check=False)
+    assert again.returncode == 1
+    assert b"already running" in again.stderr
+    assert len(again.stderr.decode().strip().splitlines()) == 1
+
+
+def test_put_get_submit_status_logs(dev_dir, tmp_path):
+    data = tmp_path / "data.txt"
+    data.write_text("alpha beta\ngamma\n")
+    put = uds("put", str(data), cluster_dir=dev_dir).stdout.decode().split()
+    file_id = put[0]
+    assert len(file_id) == 32
+    assert uds("get", file_id, cluster_dir=dev_dir).stdout == data.read_bytes()
+
+    program = tmp_path / "wc.sh"
+    program.write_text("#!/bin/sh\nwc -w < $UDS_INPUTS/data.txt\necho warning >&2\n")
+    program.chmod(0o755)
+    submitted = uds("submit", str(program), "--input", f"data.txt={file_id}", "--chunks", "2", "--wait",
+                    cluster_dir=dev_dir)
+    lines = submitted.stdout.decode().splitlines()
+    job = lines[0]
+    assert len(job) == 32
+    assert any("succeeded, 2 succeeded, 0 failed of 2 chunks" in line for line in lines)
+
+    status = uds("status", job, cluster_dir=dev_dir).stdout.decode()
+    assert "succeeded" in status and "chunk    1" in status
+    assert uds("logs", job, "--chunk", "1", "--stream", "stdout", cluster_dir=dev_dir).stdout.strip() == b"3"
+    assert uds("logs", job, "--stream", "stderr", cluster_dir=dev_dir).stdout == b"warning\n"
+
+
+def test_cancel_and_failed_jobs_exit_non_zero(dev_dir, tmp_path):
+    program = tmp_path / "slow.sh"
+    program.write_text("#!/bin/sh\nsleep 60\n")
+    program.chmod(0o755)
+    job = uds("submit", str(program), cluster_dir=dev_dir).stdout.decode().strip()
+    cancelled = uds("cancel", job, cluster_dir=dev_dir)
+    assert b"cancelled" in cancelled.stdout
+    failing = tmp_path / "fail.sh"
+    failing.write_text("#!/bin/sh\nexit 3\n")
+    failing.chmod(0o755)
+    result = uds("submit", str(failing), "--wait", cluster_dir=dev_dir, check=False)
+    assert result.returncode == 1
+    assert b"exit code 3" in result.stdout
+
+
+def test_nodes_and_events(dev_dir):
+    nodes = uds("nodes", cluster_dir=dev_dir).stdout.decode()
+    assert nodes.count("worker") == 2 and "master" in nodes and "loadbalancer" in nodes
+    assert "storage at tcp://" in nodes and "reachable" in nodes
+    events = uds("events", cluster_dir=dev_dir).stdout.decode()
+    assert "node_joined" in events
+
+
+@pytest.mark.parametrize("args, message", [
+    (("get", "nothex"), "an id is 32 hex characters"),
+    (("get", "0" * 32), "no file 000"),
+    (("status", "0" * 32), "unknown job"),
+    (("submit", "/no/such/program"), "is not a file"),
+    (("submit", "/bin/true", "--input", "bad"), "expected NAME=PATH"),
+    (("submit", "/bin/true", "--input", "a/b=/bin/true"), "plain file name"),
+    (("submit", "/bin/true", "--chunks", "0"), "chunks must be a positive integer"),
+    (("put", "/no/such/file"), "no such file"),
+])
+def test_errors_print_one_line_and_exit_non_zero(dev_dir, args, message):
+    result = uds(*args, cluster_dir=dev_dir, check=False)
+    assert result.returncode != 0
+    error = result.stderr.decode().strip()
+    assert len(error.splitlines()) == 1, error
+    assert error.startswith("uds: ") and message in error, error
+
+
+def test_no_cluster_is_a_clear_error(tmp_path):
+    result = uds("nodes", cluster_dir=tmp_path / "nowhere.toml", check=False)
+    assert result.returncode == 1
+    assert b"no cluster file" in result.stderr
+
+
+def test_program_arguments_after_double_dash(dev_dir, tmp_path):
+    program = tmp_path / "echo.sh"
+    program.write_text('#!/bin/sh\necho "$@"\n')
+    program.chmod(0o755)
+    lines = uds("submit", str(program), "plain", "--wait", "--", "--top", "10",
+                cluster_dir=dev_dir).stdout.decode().splitlines()
+    assert "succeeded" in lines[1]
+    assert uds("logs", lines[0], "--stream", "stdout", cluster_dir=dev_dir).stdout == b"plain --top 10\n"
