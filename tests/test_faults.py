@@ -136,3 +136,17 @@ def test_loadbalancer_killed_mid_job_and_restarted(cluster):
         succeeded = [event for event in _events_of(connection, job.id, "chunk_succeeded")
                      if event["chunk"] == chunk]
         assert len(succeeded) == 1
+
+
+def test_restarted_worker_kills_what_its_dead_predecessor_left_running(cluster, tmp_path):
+    pid_file = tmp_path / "pids"
+    job = cluster.connection.submit_job(_pid_program(pid_file), timeout=300)
+    pids = _wait_until(lambda: _pids(pid_file), what="program started")
+    running = _wait_until(lambda: next((c for c in job.status().chunks if c.state == "running"), None),
+                          what="chunk running")
+    victim = cluster.worker_by_node(running.worker)
+    cluster.daemons[victim].kill9()
+    assert all(_alive(pid) for pid in pids)  # orphans, in their own session
+    cluster.restart(victim)
+    _wait_until(lambda: not any(_alive(pid) for pid in pids), timeout=15, what="orphans gone")
+    job.cancel()

@@ -34,7 +34,8 @@ from worker.blocks import StorageBlockSource
 from worker.cache import BlockCache
 from worker.fusefs import FuseMount, clear_stale_mount
 from worker.runner import (
-    LOG_KILL_BYTES, ChunkKey, RunningChunk, output_files, remove_workdir, start_chunk,
+    LOG_KILL_BYTES, ChunkKey, RunningChunk, forget_group, kill_leftover_groups, output_files,
+    record_group, remove_workdir, start_chunk,
 )
 
 log = logging.getLogger("worker")
@@ -101,8 +102,13 @@ class WorkerNode:
         self.last_hello = 0.0
         self.last_heartbeat = 0.0
         self.next_request_id = 1
+        self.groups = data / "groups"
+        self.groups.mkdir(parents=True, exist_ok=True)
+        leftovers = kill_leftover_groups(self.groups)
+        if leftovers:
+            log.warning("killed %d processes left running by an earlier run", leftovers)
         self.work_root = data / "work"
-        shutil.rmtree(self.work_root, ignore_errors=True)  # left by a crash: nothing in it is still running
+        shutil.rmtree(self.work_root, ignore_errors=True)  # left by a crash: nothing in it runs now
         self.work_root.mkdir(parents=True, exist_ok=True)
         self.programs = data / "programs"
         self.programs.mkdir(exist_ok=True)
@@ -325,6 +331,7 @@ class WorkerNode:
             return
         attempt.running = start_chunk(key, program, attempt.spec["args"], attempt.inputs_dir,
                                       attempt.spec["chunk_count"], workdir, attempt.spec["timeout_s"])
+        record_group(self.groups, attempt.running)
         attempt.phase = "running"
         attempt.report_started_at = now + STARTED_DELAY_S
         self._count("attempts_started")
@@ -336,6 +343,7 @@ class WorkerNode:
         assert running is not None
         if running.process is not None:
             running.reap()
+            forget_group(self.groups, running)
         attempt.phase = "finishing"
         try:
             attempt.counters = self.mount.remove_chunk(attempt.key.name)

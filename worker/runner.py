@@ -216,3 +216,62 @@ def output_files(output_dir: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
             if path.is_file() and not path.is_symlink():
                 found.append((str(path.relative_to(output_dir)), path))
     return found
+
+
+# -- process groups left by a worker that died ------------------------------
+
+def record_group(records: pathlib.Path, chunk: RunningChunk) -> None:
+    """Note the chunk's process group, so a restarted worker can end it."""
+    if chunk.process is not None:
+        (records / str(chunk.process.pid)).write_text(chunk.key.job.hex())
+
+
+def forget_group(records: pathlib.Path, chunk: RunningChunk) -> None:
+    if chunk.process is not None:
+        try:
+            os.unlink(records / str(chunk.process.pid))
+        except FileNotFoundError:
+            pass
+
+
+def kill_leftover_groups(records: pathlib.Path) -> int:
+    """SIGKILL what remains of groups recorded by an earlier run of this worker.
+
+    Only members of a recorded group whose environment carries that job's
+    UDS_JOB are killed, so a process that merely reuses a number is spared.
+    Returns how many processes were killed."""
+    killed = 0
+    for record in list(records.iterdir()):
+        try:
+            group, marker = int(record.name), f"UDS_JOB={record.read_text().strip()}".encode()
+        except (OSError, ValueError):
+            record.unlink(missing_ok=True)
+            continue
+        for pid in _members_of(group):
+            try:
+                environment = pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if marker in environment:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+                except ProcessLookupError:
+                    pass
+        record.unlink(missing_ok=True)
+    return killed
+
+
+def _members_of(group: int) -> list[int]:
+    members = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # Fields after the command name, which may itself hold spaces.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group:          # field 5 of stat: the process group
+            members.append(int(entry.name))
+    return members
