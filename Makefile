@@ -27,6 +27,8 @@ bench: setup
 	$(VENV_PYTHON) bench/wire_codec.py
 	$(VENV_PYTHON) bench/fuzz_wire.py
 	$(VENV_PYTHON) bench/fuse_read.py
+	$(VENV_PYTHON) bench/throughput.py
+	$(VENV_PYTHON) bench/latency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info wire/_wire_cffi.*

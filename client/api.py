@@ -24,7 +24,7 @@ import wire
 from client.errors import (
     ClientError, InvalidJobError, NoClusterError, RemoteError, RequestTimeout, UnknownJobError,
 )
-from client.jobs import ChunkResult, Job, JobStatus
+from client.jobs import Job, JobStatus
 from client.storage_client import StorageClient
 from wire import cluster as cluster_file
 from wire.ids import ID_BYTES, id_from_hex, new_id

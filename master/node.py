@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import socket as socket_module
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import zmq
@@ -46,6 +46,8 @@ IDLE_POLL_MS = 100
 # The longest a job_status may wait for its job to end (wait_ms is capped).
 MAX_STATUS_WAIT_S = 30.0
 FINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+# Chunk event outcomes that change nothing and are worth a log line.
+IGNORED_EVENT_STATUSES = frozenset({core.EVENT_STALE, core.EVENT_UNKNOWN, core.EVENT_INVALID})
 
 Continuation = Callable[[Any], None]
 
@@ -222,6 +224,8 @@ class MasterNode:
 
     def _finish(self, proposal: Proposal, outcomes: list | None, failure: str) -> None:
         for index, continuation in enumerate(proposal.continuations):
+            if outcomes is not None and getattr(outcomes[index], "status", "") in IGNORED_EVENT_STATUSES:
+                self._note_ignored_event(proposal.commands[index], outcomes[index])
             if continuation is None:
                 continue
             try:
@@ -229,6 +233,14 @@ class MasterNode:
                              else core.Outcome(ok=False, error=failure, error_code=int(ErrorCode.BUSY)))
             except Exception:
                 log.exception("continuation of %s", type(proposal.commands[index]).__name__)
+
+    def _note_ignored_event(self, event: core.ChunkEvent, outcome: Any) -> None:
+        """A result for an attempt that is not current (or not known) changes
+        nothing; say so, since it usually means a worker was presumed lost."""
+        self._count(f"chunk_events_{outcome.status}")
+        log.info("ignored %s event for job %s chunk %d attempt %d from worker %s: %s",
+                 wire.ChunkState(event.state).name, event.job.hex(), event.chunk, event.attempt,
+                 event.worker.hex(), outcome.error or outcome.status)
 
     # -- timers ---------------------------------------------------------------
 

@@ -99,7 +99,7 @@ def field_table(struct: str) -> list[str]:
     rows = ["| offset | size | field | C type |", "| --- | --- | --- | --- |"]
     for name, field in ffi.typeof(f"struct {struct}").fields:
         if name == "header":
-            rows.append(f"| 0 | 25 | header | struct generic_message |")
+            rows.append("| 0 | 25 | header | struct generic_message |")
             continue
         rows.append(f"| {field.offset} | {ffi.sizeof(field.type)} | {name} | {field.type.cname} |")
     return rows

@@ -2,9 +2,8 @@
 exactly once, and nothing is left running."""
 import os
 import pathlib
+import signal
 import time
-
-import pytest
 
 WAIT_S = 45.0
 
@@ -150,3 +149,24 @@ def test_restarted_worker_kills_what_its_dead_predecessor_left_running(cluster, 
     cluster.restart(victim)
     _wait_until(lambda: not any(_alive(pid) for pid in pids), timeout=15, what="orphans gone")
     job.cancel()
+
+
+def test_result_of_a_worker_presumed_lost_is_ignored_and_logged(cluster):
+    connection = cluster.connection
+    job = connection.submit_job(b"#!/bin/sh\nsleep 1\necho $UDS_ATTEMPT\n", timeout=60)
+    running = _wait_until(lambda: next((c for c in job.status().chunks if c.state == "running"), None),
+                          what="chunk running")
+    frozen = cluster.daemons[cluster.worker_by_node(running.worker)]
+    os.kill(frozen.pid, signal.SIGSTOP)  # silent past its lease, but its chunk runs on
+    try:
+        status = job.wait(timeout=WAIT_S)
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    assert status.state == "succeeded" and status.chunks[0].attempt >= 2
+    assert connection.get(status.chunks[0].stdout) == f"{status.chunks[0].attempt}\n".encode()
+    # The thawed worker reports attempt 1; the masters fence it off.
+    _wait_until(lambda: connection.master_stats().get("chunk_events_stale", 0) >= 1, what="stale event")
+    assert "ignored SUCCEEDED event" in cluster.daemons["master"].log()
+    final = job.status()
+    assert final.chunks[0].attempt == status.chunks[0].attempt
+    assert len(_events_of(connection, job.id, "chunk_succeeded")) == 1

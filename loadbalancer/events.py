@@ -1,0 +1,220 @@
+"""What the load balancer's scheduler takes in and gives out.
+
+Events are what the shell feeds `Scheduler.handle()`; effects are what it
+returns, each carried out by the shell as one message (see
+doc/loadbalancer.md). Plain frozen data: nothing here does anything.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, NamedTuple, Union
+
+from wire.enums import NodeRole
+
+FileRef = tuple[bytes, int]                  # (file id, size in bytes)
+# The worker id of an event about an attempt that never reached a worker.
+NO_WORKER = bytes(16)
+
+
+class AttemptKey(NamedTuple):
+    job: bytes
+    chunk: int
+    attempt: int
+
+
+class Assignment(NamedTuple):
+    """One entry of worker_request.assignments."""
+
+    chunk: int
+    attempt: int
+    inputs: dict[str, FileRef]
+
+    def to_record(self) -> dict[str, Any]:
+        return {"chunk": self.chunk, "attempt": self.attempt, "inputs": dict(self.inputs)}
+
+
+def _file_map(value: Mapping[str, Any]) -> dict[str, FileRef]:
+    return {name: (bytes(ref[0]), int(ref[1])) for name, ref in value.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """What a worker needs to know about a job (JOB_SPEC of chunk_dispatch)."""
+
+    job: bytes
+    program: FileRef
+    args: tuple[str, ...]
+    inputs: dict[str, FileRef]
+    chunk_count: int
+    timeout_s: float
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> JobSpec:
+        return cls(job=record["job"], program=(record["program"][0], record["program"][1]),
+                   args=tuple(record["args"]), inputs=_file_map(record["inputs"]),
+                   chunk_count=record["chunk_count"], timeout_s=record["timeout_s"])
+
+    def to_record(self) -> dict[str, Any]:
+        return {"job": self.job, "program": self.program, "args": list(self.args),
+                "inputs": dict(self.inputs), "chunk_count": self.chunk_count,
+                "timeout_s": self.timeout_s}
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchAttempt:
+    """One attempt the master wants run (DISPATCH_ATTEMPT of chunk_dispatch)."""
+
+    job: bytes
+    chunk: int
+    attempt: int
+    inputs: dict[str, FileRef] = field(default_factory=dict)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> DispatchAttempt:
+        return cls(job=record["job"], chunk=record["chunk"], attempt=record["attempt"],
+                   inputs=_file_map(record["inputs"]))
+
+    @property
+    def key(self) -> AttemptKey:
+        return AttemptKey(self.job, self.chunk, self.attempt)
+
+
+# ---- events: what the shell feeds in -------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkResult:
+    """The result fields that worker_status and CHUNK_EVENT share."""
+
+    exit_code: int | None = None
+    outputs: dict[str, FileRef] = field(default_factory=dict)
+    stdout: FileRef | None = None
+    stderr: FileRef | None = None
+    error: str = ""
+    elapsed_s: float = 0.0
+    bytes_from_cache: int = 0
+    bytes_from_storage: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerHello:
+    worker: bytes
+    slots: int
+    cache_bytes: int          # cache capacity
+    host: str
+    address: str
+    started_at: float         # of the worker process: a new value means it restarted
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerHeartbeat:
+    worker: bytes
+    running: tuple[tuple[bytes, int, int], ...] = ()    # (job, chunk, attempt)
+    cache_added: tuple[FileRef, ...] = ()
+    cache_removed: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatched:
+    jobs: tuple[JobSpec, ...]
+    attempts: tuple[DispatchAttempt, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatusReport(ChunkResult):
+    worker: bytes
+    job: bytes
+    chunk: int
+    attempt: int
+    state: int                # ChunkState: STARTED or final
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested:
+    job: bytes
+    attempts: tuple[tuple[int, int], ...] = ()    # (chunk, attempt); empty = the whole job
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    pass
+
+
+Event = Union[WorkerHello, WorkerHeartbeat, Dispatched, WorkerStatusReport, CancelRequested, Tick]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """One worker, as a NODE record of node_report shows it."""
+
+    node: bytes
+    host: str
+    address: str
+    slots: int
+    free_slots: int           # 0 until the first heartbeat after hello
+    running: int
+    cache_bytes: int          # capacity
+    started_at: float
+    last_seen_s: float
+    state: str = "alive"
+
+    def to_record(self) -> dict[str, Any]:
+        record = {item.name: getattr(self, item.name) for item in fields(self)}
+        record["role"] = int(NodeRole.WORKER)
+        return record
+
+
+# ---- effects: what the shell carries out, one message each ---------------
+
+@dataclass(frozen=True, slots=True)
+class AssignChunks:           # -> worker_request to worker
+    worker: bytes
+    job_spec: JobSpec
+    assignments: tuple[Assignment, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardEvent(ChunkResult):  # -> one CHUNK_EVENT record of chunk_events to the master
+    job: bytes
+    chunk: int
+    attempt: int
+    state: int
+    worker: bytes
+
+    def to_record(self) -> dict[str, Any]:
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOnWorker:         # -> chunk_cancel to worker
+    worker: bytes
+    job: bytes
+    attempts: tuple[tuple[int, int], ...]     # (chunk, attempt), never empty
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerJoined:           # -> node_report to the master: [view.to_record()]
+    worker: bytes
+    view: WorkerView
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLost:             # -> node_report to the master: [view.to_record()]
+    worker: bytes
+    view: WorkerView          # as last seen, state "lost"
+
+
+@dataclass(frozen=True, slots=True)
+class AskHello:               # -> error ERR_UNEXPECTED to worker: say hello first
+    worker: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Note:                   # -> a log line
+    text: str
+
+
+Effect = Union[AssignChunks, ForwardEvent, CancelOnWorker, WorkerJoined, WorkerLost, AskHello, Note]
+
+
+class UnknownEventError(TypeError):
+    """handle() got something that is not one of this module's events."""
