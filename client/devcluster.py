@@ -114,6 +114,7 @@ def start(folder: pathlib.Path, workers: int, slots: int, detach: bool) -> list[
             _record(folder, started)
         for process in started:
             _wait_ready(process, logs)
+        _wait_for_workers(path, workers)
     except BaseException:
         stop_processes(started)
         _record(folder, [])
@@ -137,6 +138,24 @@ def _wait_ready(process: DevProcess, logs: pathlib.Path) -> None:
         time.sleep(0.05)
     raise DevClusterError(f"{process.name} was not ready after {READY_TIMEOUT_S:g}s "
                           f"(see {logs / (process.name + '.log')})")
+
+
+def _wait_for_workers(cluster_path: pathlib.Path, count: int) -> None:
+    """Until the masters know `count` live workers with free slots: then
+    the cluster is usable, not just started."""
+    from client.api import connect
+    from wire.enums import NodeRole
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    with connect(cluster_path) as connection:
+        while True:
+            alive = [node for node in connection.nodes()
+                     if node["role"] == NodeRole.WORKER and node["state"] == "alive" and node["free_slots"]]
+            if len(alive) >= count:
+                return
+            if time.monotonic() > deadline:
+                raise DevClusterError(f"only {len(alive)} of {count} workers registered after "
+                                      f"{READY_TIMEOUT_S:g}s (see the logs folder)")
+            time.sleep(0.05)
 
 
 def _is_zombie(pid: int) -> bool:

@@ -120,3 +120,34 @@ def test_program_arguments_after_double_dash(dev_dir, tmp_path):
                 cluster_dir=dev_dir).stdout.decode().splitlines()
     assert "succeeded" in lines[1]
     assert uds("logs", lines[0], "--stream", "stdout", cluster_dir=dev_dir).stdout == b"plain --top 10\n"
+
+
+def test_dev_in_the_foreground_stops_everything_on_interrupt(tmp_path):
+    import json
+    import signal
+    import time
+    folder = tmp_path / "fg"
+    environment = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    process = subprocess.Popen([sys.executable, "-m", "client.cli", "dev", "--workers", "1", "--dir", str(folder)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment)
+    try:
+        deadline = time.monotonic() + 60
+        output = b""
+        while b"press Ctrl-C" not in output and time.monotonic() < deadline:
+            output += process.stdout.readline()
+        assert b"press Ctrl-C" in output, output
+        pids = [entry["pid"] for entry in json.loads((folder / "dev.pids").read_text())]
+        assert len(pids) == 4
+        assert b"worker" in uds("nodes", cluster_dir=folder).stdout
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+        for pid in pids:
+            assert not pathlib.Path(f"/proc/{pid}").exists() or \
+                pathlib.Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+        assert not (folder / "dev.pids").exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        uds("dev", "--stop", "--dir", str(folder), check=False)
+        from daemons import unmount_under
+        unmount_under(folder)
