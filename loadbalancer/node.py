@@ -20,6 +20,7 @@ import zmq
 
 import wire
 from loadbalancer import scheduler as core
+from wire.daemon import guarded
 from wire.enums import FINAL_CHUNK_STATES, ErrorCode, NodeRole
 from wire.transport import Transport, recv_message, send_message
 
@@ -112,8 +113,8 @@ class LoadBalancerNode:
                 self._drain(self.master_socket, now, self._handle_master)
             if self.workers_socket in ready:
                 self._drain(self.workers_socket, now, self._handle_worker)
-            self._on_timers(now)
-            self._flush_events(now)
+            guarded(log, self._count, self._on_timers, now)
+            guarded(log, self._count, self._flush_events, now)
 
     def _drain(self, socket: zmq.Socket, now: float, handle: Callable[[Any, float], None]) -> None:
         for _ in range(MESSAGES_PER_WAKEUP):

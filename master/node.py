@@ -24,7 +24,7 @@ from master.links import LoadBalancerLink, dispatch_messages
 from master.replicated import RaftGroup
 from master.views import job_status_reply, node_records, event_records
 from wire.enums import ErrorCode, JobState, NodeRole
-from wire.daemon import drain
+from wire.daemon import drain, guarded
 from wire.transport import Transport, recv_message, send_message
 
 log = logging.getLogger("master")
@@ -123,20 +123,22 @@ class MasterNode:
             now = time.time()
             if self.wake_fd in ready:
                 drain(self.wake_fd)
-            if self._apply_commits() and self.status_waiters:
-                self._answer_waiters(now)
+            guarded(log, self._count, self._after_commits, now)
             if self.socket in ready:
                 for _ in range(MESSAGES_PER_WAKEUP):
                     received = recv_message(self.socket, self.transport)
                     if received is None:
                         break
                     self._handle(received, now)
-            self._on_timers(now)
-            self._flush(now)
+            guarded(log, self._count, self._on_timers, now)
+            guarded(log, self._count, self._flush, now)
             if not serving and self.raft.is_leader:
                 serving = True
                 on_serving()
 
+    def _after_commits(self, now: float) -> None:
+        if self._apply_commits() and self.status_waiters:
+            self._answer_waiters(now)
 
     def _handle(self, received: Any, now: float) -> None:
         self._count("messages")

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 import wire
 from wire import ChunkState, ErrorCode, JobState, NodeRole, PutStatus
 from wire._wire_cffi import ffi
+from wire.messages import MAX_TIME_MS
 from wire.schema import (
     Bin, Bool, Choice, FileName, Float, Int, List, Map, Nullable, Record, RelPath, Str, Tuple,
 )
@@ -85,6 +86,8 @@ def _satisfy_rules(cls: type, values: dict) -> dict:
         values["error_code"] = _member(ErrorCode, values["error_code"])
     elif name in ("hello", "stats_reply"):
         values["role"] = _member(NodeRole, values["role"])
+        if name == "hello":
+            values["start_time_ms"] %= MAX_TIME_MS + 1
     elif name == "heartbeat":
         values["running_count"] = len(values["running"])
     elif name == "job_submit":

@@ -142,3 +142,10 @@ def test_encode_refuses_values_that_do_not_fit():
         wire.encode(wire.JobSubmit.make(bytes(16), request_id=1, job=bytes(16), chunk_count=1,
                                         program=[bytes(16), 1], args=[], inputs={"a/b": [bytes(16), 1]},
                                         chunk_inputs=[], timeout_s=1.0, max_retries=0, name=""))
+
+
+def test_timestamps_in_structs_are_range_checked():
+    frame = bytearray(frames_of("hello")[0])
+    offset = 25 + 8 + 1 + 4 + 8   # request_id, role, slots, cache_bytes
+    frame[offset:offset + 8] = (2**64 - 1).to_bytes(8, "little")
+    rejects([bytes(frame), frames_of("hello")[1]], "hello: start_time_ms 18446744073709551615 is beyond")

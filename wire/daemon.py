@@ -189,3 +189,14 @@ def drain(read_end: int) -> None:
             pass
     except BlockingIOError:
         pass
+
+
+def guarded(log: logging.Logger, count: Callable[[str], None], step: Callable[..., Any], *args: Any) -> None:
+    """Run one step of a daemon's loop; a fault in it is logged and counted as
+    `internal_errors`, never the end of the daemon (a peer's odd but valid
+    data must not be able to stop it)."""
+    try:
+        step(*args)
+    except Exception:
+        log.exception("%s failed", getattr(step, "__name__", "a step"))
+        count("internal_errors")

@@ -26,6 +26,8 @@ from wire.schema import (
 )
 
 GENERIC_FIELDS = ("node_uuid_upper", "node_uuid_lower")
+# Timestamps in structs (milliseconds) share the range of those in bodies.
+MAX_TIME_MS = int(SECONDS.high * 1000)
 GENERIC_HEADER_BYTES = ffi.sizeof("struct generic_message")
 
 
@@ -235,6 +237,8 @@ class Hello(Message):
 
     def check(self) -> None:
         _check_member(NodeRole, self.role, "hello.role")
+        _require(self.start_time_ms <= MAX_TIME_MS,
+                 f"hello: start_time_ms {self.start_time_ms} is beyond {MAX_TIME_MS}")
 
 
 @message("hello_reply")

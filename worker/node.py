@@ -27,7 +27,7 @@ import zmq
 
 import wire
 from client.storage_client import StorageClient
-from wire.daemon import drain, wake
+from wire.daemon import drain, guarded, wake
 from wire.enums import ChunkState, ErrorCode, NodeRole
 from wire.transport import Transport, recv_message, send_message
 from worker.blocks import StorageBlockSource
@@ -169,19 +169,19 @@ class WorkerNode:
             if self.wake_read in ready:
                 drain(self.wake_read)
             while not self.handoffs.empty():
-                self._on_handoff(self.handoffs.get(), now)
+                guarded(log, self._count, self._on_handoff, self.handoffs.get(), now)
             for descriptor, attempt in pidfds.items():
                 if descriptor in ready:
                     poller.unregister(descriptor)
                     registered_pidfds.discard(descriptor)
-                    self._on_exit(attempt, now)
+                    guarded(log, self._count, self._on_exit, attempt, now)
             if self.socket in ready:
                 for _ in range(MESSAGES_PER_WAKEUP):
                     received = recv_message(self.socket, self.transport)
                     if received is None:
                         break
                     self._handle(received, now)
-            self._on_timers(now)
+            guarded(log, self._count, self._on_timers, now)
 
     def _hand_back(self, handoff: Handoff) -> None:
         """From a helper thread: queue it and wake the loop."""
