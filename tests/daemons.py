@@ -143,6 +143,11 @@ class ClusterLayout:
                 except ProcessLookupError:
                     pass
                 daemon.process.wait(timeout=10)
+        # Chunk processes run in sessions of their own: end them through the
+        # workers' records of the groups they started.
+        from worker.runner import kill_leftover_groups
+        for groups in self.root.glob("data/workers/*/groups"):
+            kill_leftover_groups(groups)
         unmount_under(self.root)
 
 
