@@ -143,11 +143,10 @@ class ClusterLayout:
                 except ProcessLookupError:
                     pass
                 daemon.process.wait(timeout=10)
-        # Chunk processes run in sessions of their own: end them through the
-        # workers' records of the groups they started.
-        from worker.runner import kill_leftover_groups
-        for groups in self.root.glob("data/workers/*/groups"):
-            kill_leftover_groups(groups)
+        # Chunk processes run in sessions of their own: end them by their workers' mark.
+        from worker.runner import kill_leftovers
+        for node_id in self.root.glob("data/workers/*/node_id"):
+            kill_leftovers(node_id.read_text().strip())
         unmount_under(self.root)
 
 

@@ -170,3 +170,15 @@ def test_result_of_a_worker_presumed_lost_is_ignored_and_logged(cluster):
     final = job.status()
     assert final.chunks[0].attempt == status.chunks[0].attempt
     assert len(_events_of(connection, job.id, "chunk_succeeded")) == 1
+
+
+def test_a_stopped_worker_leaves_no_program_running(cluster, tmp_path):
+    pid_file = tmp_path / "pids"
+    job = cluster.connection.submit_job(_pid_program(pid_file), timeout=300)
+    pids = _wait_until(lambda: _pids(pid_file), what="program started")
+    running = _wait_until(lambda: next((c for c in job.status().chunks if c.state == "running"), None),
+                          what="chunk running")
+    worker = cluster.daemons[cluster.worker_by_node(running.worker)]
+    assert worker.stop(timeout=20) == 0   # SIGTERM: a clean shutdown
+    assert not any(_alive(pid) for pid in pids)
+    job.cancel()

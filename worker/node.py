@@ -34,8 +34,8 @@ from worker.blocks import StorageBlockSource
 from worker.cache import BlockCache
 from worker.fusefs import FuseMount, clear_stale_mount
 from worker.runner import (
-    LOG_KILL_BYTES, ChunkKey, RunningChunk, forget_group, kill_leftover_groups, output_files,
-    record_group, remove_workdir, start_chunk,
+    KILL_GRACE_S, LOG_KILL_BYTES, ChunkKey, RunningChunk, kill_leftovers, output_files, remove_workdir,
+    start_chunk,
 )
 
 log = logging.getLogger("worker")
@@ -102,9 +102,7 @@ class WorkerNode:
         self.last_hello = 0.0
         self.last_heartbeat = 0.0
         self.next_request_id = 1
-        self.groups = data / "groups"
-        self.groups.mkdir(parents=True, exist_ok=True)
-        leftovers = kill_leftover_groups(self.groups)
+        leftovers = kill_leftovers(node_id.hex())
         if leftovers:
             log.warning("killed %d processes left running by an earlier run", leftovers)
         self.work_root = data / "work"
@@ -330,8 +328,8 @@ class WorkerNode:
                                                      error=f"worker could not prepare the chunk: {fault}"), now)
             return
         attempt.running = start_chunk(key, program, attempt.spec["args"], attempt.inputs_dir,
-                                      attempt.spec["chunk_count"], workdir, attempt.spec["timeout_s"])
-        record_group(self.groups, attempt.running)
+                                      attempt.spec["chunk_count"], workdir, attempt.spec["timeout_s"],
+                                      worker=self.node_id.hex())
         attempt.phase = "running"
         attempt.report_started_at = now + STARTED_DELAY_S
         self._count("attempts_started")
@@ -343,7 +341,6 @@ class WorkerNode:
         assert running is not None
         if running.process is not None:
             running.reap()
-            forget_group(self.groups, running)
         attempt.phase = "finishing"
         try:
             attempt.counters = self.mount.remove_chunk(attempt.key.name)
@@ -448,10 +445,12 @@ class WorkerNode:
                                        cache_added=[list(item) for item in added], cache_removed=removed))
 
     def close(self) -> None:
+        """Shut down: what still runs is ended (SIGTERM, then SIGKILL after the
+        grace period), so no program outlives its worker."""
+        deadline = time.monotonic() + KILL_GRACE_S
         for attempt in self.attempts.values():
-            if attempt.running is not None and attempt.running.process is not None \
-                    and attempt.running.exit_code is None:
-                attempt.running.stop("cancelled", time.monotonic())
+            if attempt.running is not None:
+                attempt.running.end(max(0.0, deadline - time.monotonic()))
         self.helpers.shutdown(wait=False, cancel_futures=True)
         self.mount.stop()
         self.cache.close()

@@ -84,6 +84,18 @@ class RunningChunk:
             self.kill_at = None
             _signal_group(self.process.pid, signal.SIGKILL)
 
+    def end(self, grace_s: float) -> None:
+        """Stop now and wait: SIGTERM, up to grace_s for the program to go, then
+        SIGKILL the group and reap. For a worker that is shutting down."""
+        if self.process is None or self.exit_code is not None:
+            return
+        self.stop("cancelled", time.monotonic())
+        try:
+            self.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            _signal_group(self.process.pid, signal.SIGKILL)
+        self.reap()
+
     def next_timer(self) -> float:
         return self.kill_at if self.kill_at is not None else self.deadline
 
@@ -120,7 +132,7 @@ def _signal_group(pid: int, signum: int) -> None:
 
 
 def start_chunk(key: ChunkKey, program: pathlib.Path, args: list[str], inputs_dir: str,
-                chunk_count: int, workdir: pathlib.Path, timeout_s: float) -> RunningChunk:
+                chunk_count: int, workdir: pathlib.Path, timeout_s: float, worker: str) -> RunningChunk:
     """Start the program; a program that cannot be executed gives a chunk
     that has already ended with EXIT_NOT_EXECUTABLE and the reason on stderr."""
     output_dir = workdir / "out"
@@ -137,7 +149,8 @@ def start_chunk(key: ChunkKey, program: pathlib.Path, args: list[str], inputs_di
                          started=now, deadline=now + timeout_s)
     environment = dict(_BASE_ENVIRONMENT)
     environment.update(UDS_CHUNK=str(key.chunk), UDS_CHUNKS=str(chunk_count), UDS_INPUTS=inputs_dir,
-                       UDS_OUTPUT=str(output_dir), UDS_JOB=key.job.hex(), UDS_ATTEMPT=str(key.attempt))
+                       UDS_OUTPUT=str(output_dir), UDS_JOB=key.job.hex(), UDS_ATTEMPT=str(key.attempt),
+                       **{WORKER_MARK: worker})
     try:
         with open(chunk.stdout_path, "wb") as stdout, open(chunk.stderr_path, "wb") as stderr:
             chunk.process = subprocess.Popen(
@@ -218,60 +231,26 @@ def output_files(output_dir: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
     return found
 
 
-# -- process groups left by a worker that died ------------------------------
+# -- processes left by a worker that died ------------------------------------
 
-def record_group(records: pathlib.Path, chunk: RunningChunk) -> None:
-    """Note the chunk's process group, so a restarted worker can end it."""
-    if chunk.process is not None:
-        (records / str(chunk.process.pid)).write_text(chunk.key.job.hex())
+WORKER_MARK = "UDS_WORKER"
 
 
-def forget_group(records: pathlib.Path, chunk: RunningChunk) -> None:
-    if chunk.process is not None:
-        try:
-            os.unlink(records / str(chunk.process.pid))
-        except FileNotFoundError:
-            pass
-
-
-def kill_leftover_groups(records: pathlib.Path) -> int:
-    """SIGKILL what remains of groups recorded by an earlier run of this worker.
-
-    Only members of a recorded group whose environment carries that job's
-    UDS_JOB are killed, so a process that merely reuses a number is spared.
-    Returns how many processes were killed."""
+def kill_leftovers(worker: str) -> int:
+    """SIGKILL every process that carries this worker's mark (UDS_WORKER=<its
+    node id> in its environment): what an earlier run of the worker that died
+    left running. A process whose number was reused carries no such mark.
+    Returns how many were killed."""
+    mark = f"{WORKER_MARK}={worker}".encode()
     killed = 0
-    for record in list(records.iterdir()):
-        try:
-            group, marker = int(record.name), f"UDS_JOB={record.read_text().strip()}".encode()
-        except (OSError, ValueError):
-            record.unlink(missing_ok=True)
-            continue
-        for pid in _members_of(group):
-            try:
-                environment = pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if marker in environment:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    killed += 1
-                except ProcessLookupError:
-                    pass
-        record.unlink(missing_ok=True)
-    return killed
-
-
-def _members_of(group: int) -> list[int]:
-    members = []
     for entry in pathlib.Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            # Fields after the command name, which may itself hold spaces.
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            if mark not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            os.kill(int(entry.name), signal.SIGKILL)
+            killed += 1
+        except (OSError, ProcessLookupError):
             continue
-        if int(fields[2]) == group:          # field 5 of stat: the process group
-            members.append(int(entry.name))
-    return members
+    return killed
