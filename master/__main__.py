@@ -24,7 +24,8 @@ def build(context: DaemonContext):
     wake_read, wake_write = wake_pipe()
     raft = RaftGroup(entry.raft, partners, context.data, context.transport.keys, wake_write)
     try:
-        return MasterNode(context.node_id, entry.address, raft, context.transport, wake_read)
+        return MasterNode(context.node_id, entry.address, raft, context.transport, wake_read,
+                          client_addresses={master.raft: master.address for master in context.cluster.masters})
     except Exception:
         raft.destroy()
         raise

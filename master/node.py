@@ -79,13 +79,16 @@ class StatusWaiter:
 
 class MasterNode:
     def __init__(self, node_id: bytes, address: str, raft: RaftGroup, transport: Transport,
-                 wake_fd: int, host: str | None = None) -> None:
+                 wake_fd: int, host: str | None = None,
+                 client_addresses: dict[str, str] | None = None) -> None:
         self.node_id = node_id
         self.address = address
         self.raft = raft
         self.transport = transport
         self.wake_fd = wake_fd
         self.host = host or socket_module.gethostname()
+        # Raft address -> the address clients use, to point them at the leader.
+        self.client_addresses = client_addresses or {}
         self.socket = transport.server_socket(zmq.ROUTER, address)
         self.counters: dict[str, int] = {}
         self.loadbalancer: LoadBalancerLink | None = None
@@ -186,8 +189,9 @@ class MasterNode:
             self._error(peer, request_id, message.message_type, ErrorCode.BUSY, "master is starting")
         else:
             leader = self.raft.leader_address()
+            leader = self.client_addresses.get(leader, leader) if leader else None
             self._error(peer, request_id, message.message_type, ErrorCode.NOT_LEADER,
-                        f"not the leader; leader is {leader}" if leader else "no leader elected yet")
+                        f"not the leader; the leader is at {leader}" if leader else "no leader elected yet")
         return False
 
     # -- proposals ------------------------------------------------------------
