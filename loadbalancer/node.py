@@ -20,9 +20,9 @@ import zmq
 
 import wire
 from loadbalancer import scheduler as core
-from wire.daemon import guarded
+from wire.daemon import guarded, handle_request
 from wire.enums import FINAL_CHUNK_STATES, ErrorCode, NodeRole
-from wire.transport import Transport, recv_message, send_message
+from wire.transport import Transport, recv_messages, send_message
 
 log = logging.getLogger("loadbalancer")
 
@@ -117,10 +117,7 @@ class LoadBalancerNode:
             guarded(log, self._count, self._flush_events, now)
 
     def _drain(self, socket: zmq.Socket, now: float, handle: Callable[[Any, float], None]) -> None:
-        for _ in range(MESSAGES_PER_WAKEUP):
-            received = recv_message(socket, self.transport)
-            if received is None:
-                return
+        for received in recv_messages(socket, self.transport, MESSAGES_PER_WAKEUP):
             handle(received, now)
 
     def _count(self, name: str, amount: int = 1) -> None:
@@ -140,24 +137,8 @@ class LoadBalancerNode:
     # -- workers --------------------------------------------------------------
 
     def _handle_worker(self, received: Any, now: float) -> None:
-        try:
-            message = wire.decode(received.frames)
-        except wire.WireError as fault:
-            self._count("malformed")
-            self._send_worker_error(received.peer, 0, 0, ErrorCode.MALFORMED, str(fault))
-            return
-        handler = self.worker_handlers.get(type(message))
-        if handler is None:
-            self._send_worker_error(received.peer, getattr(message, "request_id", 0), message.message_type,
-                                    ErrorCode.UNEXPECTED,
-                                    f"a load balancer does not accept {type(message).SPEC.name}")
-            return
-        try:
-            handler(message, received.peer, now)
-        except Exception:
-            log.exception("handling %s", type(message).SPEC.name)
-            self._send_worker_error(received.peer, getattr(message, "request_id", 0), message.message_type,
-                                    ErrorCode.INTERNAL, "internal error in the load balancer")
+        handle_request(received, self.worker_handlers, now, "a load balancer", self._send_worker_error,
+                       self._count, log)
 
     def _send_worker(self, worker: bytes, message: wire.Message) -> bool:
         peer = self.worker_peers.get(worker)

@@ -24,8 +24,8 @@ from master.links import LoadBalancerLink, dispatch_messages
 from master.replicated import RaftGroup
 from master.views import job_status_reply, node_records, event_records
 from wire.enums import ErrorCode, JobState, NodeRole
-from wire.daemon import drain, guarded
-from wire.transport import Transport, recv_message, send_message
+from wire.daemon import drain, guarded, handle_request
+from wire.transport import Transport, recv_messages, send_message
 
 log = logging.getLogger("master")
 
@@ -128,11 +128,9 @@ class MasterNode:
                 drain(self.wake_fd)
             guarded(log, self._count, self._after_commits, now)
             if self.socket in ready:
-                for _ in range(MESSAGES_PER_WAKEUP):
-                    received = recv_message(self.socket, self.transport)
-                    if received is None:
-                        break
-                    self._handle(received, now)
+                for received in recv_messages(self.socket, self.transport, MESSAGES_PER_WAKEUP):
+                    self._count("messages")
+                    handle_request(received, self.handlers, now, "a master", self._error, self._count, log)
             guarded(log, self._count, self._on_timers, now)
             guarded(log, self._count, self._flush, now)
             if not serving and self.raft.is_leader:
@@ -142,27 +140,6 @@ class MasterNode:
     def _after_commits(self, now: float) -> None:
         if self._apply_commits() and self.status_waiters:
             self._answer_waiters(now)
-
-    def _handle(self, received: Any, now: float) -> None:
-        self._count("messages")
-        try:
-            message = wire.decode(received.frames)
-        except wire.WireError as fault:
-            self._count("malformed")
-            self._error(received.peer, 0, 0, ErrorCode.MALFORMED, str(fault))
-            return
-        handler = self.handlers.get(type(message))
-        if handler is None:
-            self._error(received.peer, getattr(message, "request_id", 0), message.message_type,
-                        ErrorCode.UNEXPECTED, f"a master does not accept {type(message).SPEC.name}")
-            return
-        try:
-            handler(message, received.peer, now)
-        except Exception:  # one bad request must not stop the master
-            log.exception("handling %s", type(message).SPEC.name)
-            self._count("internal_errors")
-            self._error(received.peer, getattr(message, "request_id", 0), message.message_type,
-                        ErrorCode.INTERNAL, "internal error in the master (see its log)")
 
     def close(self) -> None:
         self.raft.destroy()

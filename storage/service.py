@@ -29,7 +29,7 @@ from storage.uploads import (
 )
 from wire import ErrorCode, Message, NodeRole, PutStatus, WireError
 from wire.limits import MAX_DATA_FRAME_BYTES
-from wire.transport import Received, Transport, recv_message, send_message
+from wire.transport import Received, Transport, recv_messages, send_message
 
 # How long one poll waits; bounds how late a stop signal or an expiry is seen.
 POLL_INTERVAL_MS = 200
@@ -130,10 +130,7 @@ class StorageService:
         on_serving()
         while not stop():
             if poller.poll(POLL_INTERVAL_MS):
-                for _ in range(MESSAGES_PER_WAKEUP):
-                    received = recv_message(self.socket, self.transport)
-                    if received is None:
-                        break
+                for received in recv_messages(self.socket, self.transport, MESSAGES_PER_WAKEUP):
                     self.handle(received, self._clock())
             now = self._clock()
             if now >= next_expiry:

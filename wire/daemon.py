@@ -200,3 +200,34 @@ def guarded(log: logging.Logger, count: Callable[[str], None], step: Callable[..
     except Exception:
         log.exception("%s failed", getattr(step, "__name__", "a step"))
         count("internal_errors")
+
+
+def handle_request(received: Any, handlers: dict, now: float, who: str,
+                   send_error: Callable[[bytes, int, int, int, str], None],
+                   count: Callable[[str], None], log: logging.Logger) -> None:
+    """Decode a request and hand it to its handler, `handlers[type](message,
+    peer, now)`. A message that does not decode gets ERR_MALFORMED, one of a
+    type `who` does not serve ERR_UNEXPECTED, and a handler's fault is logged
+    and answered with ERR_INTERNAL: nothing a peer sends ends the loop."""
+    import wire
+    from wire.enums import ErrorCode
+    try:
+        message = wire.decode(received.frames)
+    except wire.WireError as fault:
+        count("malformed")
+        send_error(received.peer, 0, 0, ErrorCode.MALFORMED, str(fault))
+        return
+    request_id = getattr(message, "request_id", 0)
+    handler = handlers.get(type(message))
+    if handler is None:
+        count("unexpected")
+        send_error(received.peer, request_id, message.message_type, ErrorCode.UNEXPECTED,
+                   f"{who} does not accept {type(message).SPEC.name}")
+        return
+    try:
+        handler(message, received.peer, now)
+    except Exception:  # one bad request must not stop the daemon
+        log.exception("handling %s", type(message).SPEC.name)
+        count("internal_errors")
+        send_error(received.peer, request_id, message.message_type, ErrorCode.INTERNAL,
+                   f"internal error in {who} (see its log)")

@@ -395,6 +395,16 @@ def recv_message(socket: zmq.Socket, counters: CountersLike) -> Received | None:
     return Received(peer=peer, user_id=_user_id(first), frames=[f.buffer for f in frames])
 
 
+def recv_messages(socket: zmq.Socket, counters: CountersLike, limit: int) -> Iterator[Received]:
+    """The messages waiting on `socket`, at most `limit` of them, so that a
+    busy socket cannot keep a loop from its timers. Never blocks."""
+    for _ in range(limit):
+        received = recv_message(socket, counters)
+        if received is None:
+            return
+        yield received
+
+
 def _parts(socket: zmq.Socket, first: zmq.Frame) -> Iterator[zmq.Frame]:
     frame = first
     yield frame

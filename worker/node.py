@@ -29,7 +29,7 @@ import wire
 from client.storage_client import StorageClient
 from wire.daemon import drain, guarded, wake
 from wire.enums import ChunkState, ErrorCode, NodeRole
-from wire.transport import Transport, recv_message, send_message
+from wire.transport import Transport, recv_messages, send_message
 from worker.blocks import StorageBlockSource
 from worker.cache import BlockCache
 from worker.fusefs import FuseMount, clear_stale_mount
@@ -174,10 +174,7 @@ class WorkerNode:
                     registered_pidfds.discard(descriptor)
                     guarded(log, self._count, self._on_exit, attempt, now)
             if self.socket in ready:
-                for _ in range(MESSAGES_PER_WAKEUP):
-                    received = recv_message(self.socket, self.transport)
-                    if received is None:
-                        break
+                for received in recv_messages(self.socket, self.transport, MESSAGES_PER_WAKEUP):
                     self._handle(received, now)
             guarded(log, self._count, self._on_timers, now)
 
