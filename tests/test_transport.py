@@ -44,7 +44,11 @@ def wait_until(predicate, timeout=DEADLINE_S):
 
 def request(sock, frames, timeout=DEADLINE_S):
     """Send frames on a DEALER; return the reply frames or None on timeout."""
-    sock.send_multipart(frames)
+    try:
+        # Never block: a socket whose handshake was refused may have no pipe.
+        sock.send_multipart(frames, flags=zmq.NOBLOCK)
+    except zmq.Again:
+        return None
     if not sock.poll(timeout * 1000):
         return None
     return sock.recv_multipart()
