@@ -24,12 +24,12 @@ import wire
 from client.errors import (
     ClientError, InvalidJobError, NoClusterError, RemoteError, RequestTimeout, UnknownJobError,
 )
-from client.jobs import Job, JobStatus
+from client.jobs import ChunkResult, Job, JobStatus
 from client.storage_client import StorageClient
 from wire import cluster as cluster_file
 from wire.ids import ID_BYTES, id_from_hex, new_id
 from wire.keys import KeyFolder
-from wire.schema import NAME_MAX_BYTES
+from wire.schema import NAME_MAX_BYTES, U32_MAX
 from wire.transport import Transport, recv_message, send_message
 
 DEFAULT_DEV_DIR = pathlib.Path.home() / ".uds" / "dev"
@@ -161,7 +161,10 @@ class Connection:
                 chunk_inputs=[{key: list(ref) for key, ref in refs.items()} for refs in chunk_refs],
                 timeout_s=float(timeout), max_retries=max_retries, name=spec["name"])
 
-        self._ask(request, wire.JobSubmitReply)
+        try:
+            self._ask(request, wire.JobSubmitReply)
+        except wire.EncodeError as fault:  # raised before anything is sent
+            raise InvalidJobError(f"job cannot be sent: {fault}") from None
         return Job(self, job.hex())
 
     def _check_job(self, program: Any, args: Any, inputs: Any, chunk_inputs: Any, chunks: Any,
@@ -219,16 +222,44 @@ class Connection:
     def job(self, job_id: str) -> Job:
         return Job(self, self._file_id(job_id).hex())
 
-    def job_status(self, job_id: str, detail: bool = True, wait: float = 0.0) -> JobStatus:
+    def job_status(self, job_id: str, detail: bool = True, wait: float = 0.0,
+                   first_chunk: int = 0, max_chunks: int | None = None) -> JobStatus:
         """The job's state; with detail=False the counts only (no per-chunk
         list); with `wait` seconds, the answer comes once the job has ended or
-        the wait is over (at most RESEND_AFTER_S / 2)."""
+        the wait is over (at most RESEND_AFTER_S / 2).
+
+        With detail, `chunks` holds the reports of chunks first_chunk,
+        first_chunk + 1, ...: all the rest of them, or at most `max_chunks`.
+        A large job's reports are read page by page; the job's own fields
+        are those of the first page, so no chunk report is older than them."""
         job = self._file_id(job_id)
+        if type(first_chunk) is not int or first_chunk < 0:
+            raise InvalidJobError(f"first_chunk must be a non-negative integer, not {first_chunk!r}")
+        if max_chunks is not None and (type(max_chunks) is not int or max_chunks < 1):
+            raise InvalidJobError(f"max_chunks must be a positive integer, not {max_chunks!r}")
         wait_ms = int(min(wait, RESEND_AFTER_S / 2) * 1000)
-        reply = self._ask(lambda rid: wire.JobStatus.make(self.node_id, request_id=rid, job=job,
-                                                          detail=int(detail), wait_ms=wait_ms),
-                          wire.JobStatusReply)
-        return JobStatus.from_reply(reply)
+        first_chunk = min(first_chunk, U32_MAX)
+        reply = self._status_page(job, detail, wait_ms, first_chunk, max_chunks or 0)
+        status = JobStatus.from_reply(reply)
+        if not detail:
+            return status
+        end = reply.chunk_count if max_chunks is None else min(reply.chunk_count, first_chunk + max_chunks)
+        next_chunk = reply.next_chunk
+        while next_chunk < end:
+            page = self._status_page(job, True, 0, next_chunk, end - next_chunk)
+            if page.first_chunk != next_chunk or page.next_chunk <= next_chunk:
+                raise RemoteError(wire.ErrorCode.INTERNAL,
+                                  f"master sent chunks {page.first_chunk}..{page.next_chunk} "
+                                  f"when asked for chunk {next_chunk} on")
+            status.chunks.extend(ChunkResult.from_report(report) for report in page.chunks)
+            next_chunk = page.next_chunk
+        return status
+
+    def _status_page(self, job: bytes, detail: bool, wait_ms: int, first_chunk: int,
+                     max_chunks: int) -> wire.JobStatusReply:
+        return self._ask(lambda rid: wire.JobStatus.make(
+            self.node_id, request_id=rid, job=job, detail=int(detail), wait_ms=wait_ms,
+            first_chunk=first_chunk, max_chunks=min(max_chunks, U32_MAX)), wire.JobStatusReply)
 
     def cancel_job(self, job_id: str) -> JobStatus:
         job = self._file_id(job_id)

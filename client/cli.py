@@ -197,9 +197,9 @@ def status(options: argparse.Namespace) -> int:
 def logs(options: argparse.Namespace) -> int:
     with _connect(options) as connection:
         job = connection.job(options.job)
-        chunks = job.result()
-        if not 0 <= options.chunk < len(chunks):
-            raise CommandError(f"job {options.job} has chunks 0..{len(chunks) - 1}, not {options.chunk}")
+        page = connection.job_status(job.id, first_chunk=max(0, options.chunk), max_chunks=1)
+        if options.chunk < 0 or not page.chunks:
+            raise CommandError(f"job {options.job} has chunks 0..{page.chunk_count - 1}, not {options.chunk}")
         stdout, stderr = job.logs(options.chunk)
         if options.stream in ("stdout", "both"):
             sys.stdout.buffer.write(stdout)

@@ -120,15 +120,22 @@ class Job:
             raise JobFailed(f"job {self.id} {status.state}: {status.error or 'not finished'}")
         return status.chunks
 
+    def chunk(self, index: int) -> ChunkResult:
+        """One chunk's report, without reading the others."""
+        status = self.connection.job_status(self.id, first_chunk=index, max_chunks=1)
+        if not status.chunks:
+            raise IndexError(f"job {self.id} has {status.chunk_count} chunks, no chunk {index}")
+        return status.chunks[0]
+
     def outputs(self, chunk: int = 0) -> dict[str, str]:
-        return self.result()[chunk].outputs
+        return self.chunk(chunk).outputs
 
     def output(self, name: str, chunk: int = 0) -> bytes:
         return self.connection.get(self.outputs(chunk)[name])
 
     def logs(self, chunk: int = 0) -> tuple[bytes, bytes]:
         """The chunk's captured (stdout, stderr); empty if not yet stored."""
-        result = self.result()[chunk]
+        result = self.chunk(chunk)
         stdout = self.connection.get(result.stdout) if result.stdout else b""
         stderr = self.connection.get(result.stderr) if result.stderr else b""
         return stdout, stderr

@@ -224,22 +224,31 @@ struct job_submit_reply {
 } UDS_PACKED;
 
 /* client -> master: how is this job? No body. With detail 0 the reply
- * carries the counts only (an empty chunks list). With wait_ms > 0 the
- * master answers once the job is final or wait_ms has passed, whichever
- * comes first: a waiting client learns of the end at once, without polling. */
+ * carries the counts only (an empty chunks list). With detail 1 it carries
+ * the reports of chunks first_chunk, first_chunk + 1, ...: at most
+ * max_chunks of them (0: as many as the master allows) and never more than
+ * fit in one body, so a client reads a large job page by page. With
+ * wait_ms > 0 the master answers once the job is final or wait_ms has
+ * passed, whichever comes first: a waiting client learns of the end at
+ * once, without polling. */
 struct job_status {
     struct generic_message header;
     uint64_t request_id;
     uint64_t job_uuid_upper;
     uint64_t job_uuid_lower;
-    uint8_t detail;              /* 1: every chunk's report; 0: counts only */
+    uint8_t detail;              /* 1: chunk reports; 0: counts only */
     uint32_t wait_ms;            /* 0: answer now */
+    uint32_t first_chunk;        /* the first chunk to report (detail 1) */
+    uint32_t max_chunks;         /* 0: the master's page size */
 } UDS_PACKED;
 
 /* master -> client: answer to job_status and job_cancel.
  * Body: name, submitted_at, finished_at, chunks [{chunk, state, attempt,
  * exit_code, outputs, stdout, stderr, error, worker, elapsed_s,
- * bytes_from_cache, bytes_from_storage}]. */
+ * bytes_from_cache, bytes_from_storage}]: the reports of chunks
+ * first_chunk .. next_chunk - 1 in order; next_chunk == chunk_count once
+ * the last page is reached (a reply without detail has
+ * next_chunk == first_chunk and no reports). */
 struct job_status_reply {
     struct generic_message header;
     uint64_t request_id;
@@ -249,6 +258,8 @@ struct job_status_reply {
     uint32_t chunk_count;
     uint32_t chunks_succeeded;
     uint32_t chunks_failed;
+    uint32_t first_chunk;        /* the first chunk reported */
+    uint32_t next_chunk;         /* the chunk after the last one reported */
 } UDS_PACKED;
 
 /* client -> master: cancel this job. No body. Answered by job_status_reply. */

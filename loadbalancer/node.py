@@ -19,6 +19,7 @@ from typing import Any, Callable
 import zmq
 
 import wire
+from wire.limits import LIST_BUDGET_BYTES
 from loadbalancer import scheduler as core
 from wire.daemon import guarded, handle_request
 from wire.enums import FINAL_CHUNK_STATES, ErrorCode, NodeRole
@@ -209,16 +210,23 @@ class LoadBalancerNode:
 
     def do_assign(self, effect: core.AssignChunks, now: float) -> None:
         spec = effect.job_spec
-        message = wire.WorkerRequest.make(
-            self.node_id, job=spec.job, program_length=spec.program[1], num_input_files=len(spec.inputs),
-            epoch=max(self.epoch, 1), program=list(spec.program), args=list(spec.args),
-            inputs={name: list(ref) for name, ref in spec.inputs.items()}, chunk_count=spec.chunk_count,
-            timeout_s=spec.timeout_s, assignments=[assignment.to_record() for assignment in effect.assignments])
-        if self._send_worker(effect.worker, message):
-            self._count("attempts_assigned", len(effect.assignments))
-        else:
-            # The scheduler will see no STARTED and take the attempts back.
-            self._count("assignments_undeliverable")
+        job_fields = dict(program=list(spec.program), args=list(spec.args),
+                          inputs={name: list(ref) for name, ref in spec.inputs.items()})
+        records = [assignment.to_record() for assignment in effect.assignments]
+        # Chunks with many inputs of their own go in several requests.
+        budget = max(1, LIST_BUDGET_BYTES - wire.packed_size(job_fields))
+        while records:
+            part = records[:wire.items_that_fit(records, budget)]
+            del records[:len(part)]
+            message = wire.WorkerRequest.make(
+                self.node_id, job=spec.job, program_length=spec.program[1], num_input_files=len(spec.inputs),
+                epoch=max(self.epoch, 1), chunk_count=spec.chunk_count, timeout_s=spec.timeout_s,
+                assignments=part, **job_fields)
+            if self._send_worker(effect.worker, message):
+                self._count("attempts_assigned", len(part))
+            else:
+                # The scheduler will see no STARTED and take the attempts back.
+                self._count("assignments_undeliverable")
 
     def do_forward(self, effect: core.ForwardEvent, now: float) -> None:
         self.outgoing_events.append(effect)
@@ -347,13 +355,16 @@ class LoadBalancerNode:
 
     def _flush_events(self, now: float) -> None:
         while self.outgoing_events:
-            events = self.outgoing_events[:EVENTS_PER_BATCH]
-            del self.outgoing_events[:EVENTS_PER_BATCH]
+            records = [event.to_record() for event in self.outgoing_events[:EVENTS_PER_BATCH]]
+            # Results with many outputs are large: a batch ends where one body does.
+            records = records[:wire.items_that_fit(records)]
+            events = self.outgoing_events[:len(records)]
+            del self.outgoing_events[:len(records)]
             batch_id = self.next_batch_id
             self.next_batch_id += 1
             frames = wire.encode(wire.ChunkEvents.make(
                 self.node_id, epoch=max(self.epoch, 1), batch_id=batch_id, event_count=len(events),
-                events=[event.to_record() for event in events]))
+                events=records))
             finals = [(event.worker, event.job, event.chunk, event.attempt, event.state) for event in events
                       if event.state in FINAL_CHUNK_STATES and event.worker != core.NO_WORKER]
             self.unacknowledged[batch_id] = EventBatch(batch_id, frames, finals, now)

@@ -445,7 +445,8 @@ class JobView:
     submitted_at: float
     finished_at: float | None
     error: str                              # the first chunk failure, or ""
-    chunks: tuple[ChunkView, ...]
+    first_chunk: int                        # the first chunk in `chunks`
+    chunks: tuple[ChunkView, ...]           # consecutive, from first_chunk on
 
     def reply_fields(self) -> dict[str, Any]:
         """Keyword arguments for `JobStatusReply.make(node, request_id=..., **these)`."""
@@ -453,7 +454,9 @@ class JobView:
             job=self.job, state=int(self.state), chunk_count=self.chunk_count,
             chunks_succeeded=self.chunks_succeeded, chunks_failed=self.chunks_failed,
             name=self.name, submitted_at=self.submitted_at, finished_at=self.finished_at,
-            error=self.error, chunks=[chunk.as_report() for chunk in self.chunks],
+            error=self.error, first_chunk=self.first_chunk,
+            next_chunk=self.first_chunk + len(self.chunks),
+            chunks=[chunk.as_report() for chunk in self.chunks],
         )
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import wire
+from wire.limits import LIST_BUDGET_BYTES
 
 # Chunks the balancer may hold beyond its free slots, so that a slot that
 # frees up is refilled without waiting for the master: credit = slots * this.
@@ -33,11 +34,30 @@ class LoadBalancerLink:
 
 def dispatch_messages(node_id: bytes, epoch: int, specs: list[dict],
                       attempts: list[dict]) -> Iterator[wire.ChunkDispatch]:
-    """chunk_dispatch messages for `attempts`, each with the specs it needs."""
+    """chunk_dispatch messages for `attempts`, each with the specs it needs,
+    cut at ATTEMPTS_PER_MESSAGE or where the body would outgrow its budget
+    (chunk inputs and job inputs can be large)."""
     by_job = {spec["job"]: spec for spec in specs}
-    for start in range(0, len(attempts), ATTEMPTS_PER_MESSAGE):
-        part = attempts[start:start + ATTEMPTS_PER_MESSAGE]
-        jobs = {attempt["job"] for attempt in part}
-        yield wire.ChunkDispatch.make(node_id, epoch=epoch, attempt_count=len(part),
-                                      jobs=[by_job[job] for job in jobs if job in by_job],
-                                      attempts=part)
+    part: list[dict] = []
+    jobs: dict[bytes, dict] = {}
+    used = 0
+    for attempt in attempts:
+        job = attempt["job"]
+        size = wire.packed_size(attempt)
+        spec_size = wire.packed_size(by_job[job]) if job in by_job else 0
+        adds = size + (spec_size if job not in jobs else 0)
+        if part and (len(part) >= ATTEMPTS_PER_MESSAGE or used + adds > LIST_BUDGET_BYTES):
+            yield _dispatch(node_id, epoch, jobs, part)
+            part, jobs, used = [], {}, 0
+            adds = size + spec_size
+        part.append(attempt)
+        if job in by_job:
+            jobs[job] = by_job[job]
+        used += adds
+    if part:
+        yield _dispatch(node_id, epoch, jobs, part)
+
+
+def _dispatch(node_id: bytes, epoch: int, jobs: dict[bytes, dict], part: list[dict]) -> wire.ChunkDispatch:
+    return wire.ChunkDispatch.make(node_id, epoch=epoch, attempt_count=len(part),
+                                   jobs=list(jobs.values()), attempts=part)

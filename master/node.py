@@ -43,6 +43,9 @@ HEARTBEAT_INTERVAL_S = 0.25
 LOADBALANCER_LEASE_S = 3.0
 MESSAGES_PER_WAKEUP = 1000
 IDLE_POLL_MS = 100
+# The most chunk reports one job_status reply carries (fewer if they do not
+# fit in one body): reading them holds the state's lock, so keep it short.
+STATUS_PAGE_CHUNKS = 5000
 # The longest a job_status may wait for its job to end (wait_ms is capped).
 MAX_STATUS_WAIT_S = 30.0
 FINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
@@ -73,8 +76,23 @@ class StatusWaiter:
     """A job_status with wait_ms, answered when its job ends or at `deadline`."""
 
     request: Request
-    detail: bool
+    page: StatusPage
     deadline: float
+
+
+@dataclass(frozen=True)
+class StatusPage:
+    """Which chunk reports a job_status asked for."""
+
+    first_chunk: int = 0
+    chunk_limit: int = 0        # 0: counts only
+
+    @classmethod
+    def of(cls, message: wire.JobStatus) -> StatusPage:
+        if not message.detail:
+            return cls(message.first_chunk, 0)
+        asked = message.max_chunks or STATUS_PAGE_CHUNKS
+        return cls(message.first_chunk, min(asked, STATUS_PAGE_CHUNKS))
 
 
 class MasterNode:
@@ -341,9 +359,9 @@ class MasterNode:
             if state is not None and state not in FINAL_JOB_STATES:
                 deadline = now + min(message.wait_ms / 1000.0, MAX_STATUS_WAIT_S)
                 self.status_waiters.setdefault(job, []).append(
-                    StatusWaiter(request, bool(message.detail), deadline))
+                    StatusWaiter(request, StatusPage.of(message), deadline))
                 return
-        self._reply_status(request, job, detail=bool(message.detail))
+        self._reply_status(request, job, StatusPage.of(message))
 
     def _answer_waiters(self, now: float, only_expired: bool = False) -> None:
         """Answer waiters whose job has ended (unless only_expired) or whose wait is over."""
@@ -352,7 +370,7 @@ class MasterNode:
             remaining = []
             for waiter in waiters:
                 if ended or now >= waiter.deadline:
-                    self._reply_status(waiter.request, job, detail=waiter.detail)
+                    self._reply_status(waiter.request, job, waiter.page)
                 else:
                     remaining.append(waiter)
             if remaining:
@@ -360,8 +378,8 @@ class MasterNode:
             else:
                 del self.status_waiters[job]
 
-    def _reply_status(self, request: Request, job: bytes, detail: bool = True) -> None:
-        view = self.raft.read(lambda state: state.job_view(job, chunks=detail))
+    def _reply_status(self, request: Request, job: bytes, page: StatusPage = StatusPage()) -> None:
+        view = self.raft.read(lambda state: state.job_view(job, page.first_chunk, page.chunk_limit))
         if view is None:
             self._error(request.peer, request.request_id, request.message_type, ErrorCode.UNKNOWN_JOB,
                         f"unknown job {job.hex()}")

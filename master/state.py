@@ -426,19 +426,24 @@ class ClusterState:
         job_record = self.job_records.get(job)
         return None if job_record is None else job_record.state
 
-    def job_view(self, job: bytes, chunks: bool = True) -> JobView | None:
-        """The job as a client sees it; without `chunks`, counts only."""
+    def job_view(self, job: bytes, first_chunk: int = 0, chunk_limit: int | None = None) -> JobView | None:
+        """The job as a client sees it, with the reports of up to `chunk_limit`
+        chunks from `first_chunk` on (None: all of them; 0: counts only).
+        Costs O(chunk_limit), so a page of a huge job is cheap to read."""
         job_record = self.job_records.get(job)
         if job_record is None:
             return None
         spec = job_record.spec
+        first_chunk = min(max(0, first_chunk), spec.chunk_count)
+        last_chunk = spec.chunk_count if chunk_limit is None else min(spec.chunk_count,
+                                                                      first_chunk + max(0, chunk_limit))
         return JobView(
             job=spec.job, state=job_record.state, chunk_count=spec.chunk_count,
             chunks_succeeded=job_record.chunks_succeeded, chunks_failed=job_record.chunks_failed,
             name=spec.name, submitted_at=job_record.submitted_at, finished_at=job_record.finished_at,
-            error=job_record.first_error,
-            chunks=tuple(ChunkView.of_record(index, chunk) for index, chunk in enumerate(job_record.chunks))
-            if chunks else (),
+            error=job_record.first_error, first_chunk=first_chunk,
+            chunks=tuple(ChunkView.of_record(index, job_record.chunks[index])
+                         for index in range(first_chunk, last_chunk)),
         )
 
     def job_spec(self, job: bytes) -> dict[str, Any] | None:

@@ -8,7 +8,14 @@ from master.state import Event, JobView, NodeView
 
 
 def job_status_reply(node_id: bytes, request_id: int, job: bytes, view: JobView) -> wire.JobStatusReply:
-    return wire.JobStatusReply.make(node_id, request_id=request_id, **view.reply_fields())
+    """The reply for a page of the job; reports beyond what one body holds
+    are left for the next page."""
+    fields = view.reply_fields()
+    fit = wire.items_that_fit(fields["chunks"])
+    if fit < len(fields["chunks"]):
+        fields["chunks"] = fields["chunks"][:fit]
+        fields["next_chunk"] = fields["first_chunk"] + fit
+    return wire.JobStatusReply.make(node_id, request_id=request_id, **fields)
 
 
 def node_records(nodes: list[NodeView], live: dict[bytes, dict], now: float) -> list[dict[str, Any]]:
@@ -26,4 +33,7 @@ def node_records(nodes: list[NodeView], live: dict[bytes, dict], now: float) -> 
 
 
 def event_records(events: list[Event]) -> list[dict[str, Any]]:
-    return [event._asdict() for event in events]
+    """EVENT records, oldest first, as many as one body holds: a reader asks
+    again after the last seq it got."""
+    records = [event._asdict() for event in events]
+    return records[:wire.items_that_fit(records)]

@@ -71,6 +71,9 @@ Defined once in `wire/limits.py`; the codec and every socket enforce them.
 LIMIT_REASONS = {
     "MAX_DATA_FRAME_BYTES": "one raw frame: a ranged read or a put piece",
     "MAX_BODY_BYTES": "one msgpack body: a job of thousands of chunks fits",
+    "LIST_BUDGET_BYTES": "what one long list in a body may fill (chunk reports, events, results, "
+                         "dispatched attempts); senders cut lists there with `wire.items_that_fit` "
+                         "and send the rest in a later message or page",
     "MAX_FRAME_BYTES": "any frame on any socket (ZMQ_MAXMSGSIZE); a larger one disconnects the peer",
     "MAX_FRAMES_PER_MESSAGE": "struct, body and raw frames; more is dropped and counted",
     "MAX_MESSAGE_BYTES": "all frames of one message together",

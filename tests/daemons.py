@@ -10,6 +10,7 @@ are lazily unmounted, even when the test fails.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import pathlib
 import signal
@@ -22,6 +23,17 @@ from dataclasses import dataclass, field
 from wire import cluster as cluster_file
 from wire.daemon import ready_pid
 from wire.keys import KeyFolder
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with_test_process() -> None:
+    """In the child: get SIGTERM when the test process dies, however it dies,
+    so a killed test run leaves no daemon (and, through its clean shutdown,
+    no mount) behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 30.0
@@ -129,7 +141,7 @@ class ClusterLayout:
         log = open(log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=_end_with_test_process)
         log.close()
         daemon = Daemon(role=role, args=args, data=data, log_path=log_path, process=process)
         self.started.append(daemon)

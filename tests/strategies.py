@@ -106,6 +106,13 @@ def _satisfy_rules(cls: type, values: dict) -> dict:
         values["chunks_succeeded"] = min(values["chunks_succeeded"], values["chunk_count"])
         values["chunks_failed"] = min(values["chunks_failed"],
                                       values["chunk_count"] - values["chunks_succeeded"])
+        # The reports cover a run of consecutive chunks within the job.
+        chunk_count = max(values["chunk_count"], len(values["chunks"]))
+        values["chunk_count"] = chunk_count
+        first = min(values["first_chunk"], chunk_count - len(values["chunks"]))
+        values["first_chunk"], values["next_chunk"] = first, first + len(values["chunks"])
+        for offset, report in enumerate(values["chunks"]):
+            report["chunk"] = first + offset
     elif name == "chunk_dispatch":
         values["attempt_count"] = len(values["attempts"])
     elif name == "chunk_events":

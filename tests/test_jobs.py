@@ -72,6 +72,21 @@ def test_outputs_in_subfolders_and_binary_content(shared_cluster):
     assert connection.get(outputs["top"]) == b"x"
 
 
+def test_outputs_that_cannot_be_reported_fail_the_chunk_clearly(shared_cluster):
+    connection = shared_cluster.connection
+    # A name that is not UTF-8, and too many files for one result.
+    program = (b"#!/usr/bin/env python3\nimport os, sys\nout = os.environb[b'UDS_OUTPUT']\n"
+               b"if sys.argv[1] == 'bad-name':\n    open(out + b'/caf\\xe9', 'w').close()\n"
+               b"else:\n    [open(out + b'/%d' % i, 'w').close() for i in range(10001)]\n"
+               b"print('ran', file=sys.stderr)\n")
+    for argument, reason in (("bad-name", "is not a usable name"), ("many", "left 10001 files")):
+        status = connection.submit_job(program, args=[argument]).wait(timeout=60)
+        assert status.state == "failed", status
+        chunk = status.chunks[0]
+        assert reason in chunk.error and chunk.outputs == {}
+        assert connection.get(chunk.stderr) == b"ran\n"
+
+
 def test_failing_program_leaves_the_job_failed_with_stderr(shared_cluster):
     connection = shared_cluster.connection
     job = connection.submit_job(b"#!/bin/sh\necho something went wrong >&2\nexit 3\n")
@@ -125,6 +140,7 @@ def test_resubmitting_the_same_job_id_is_idempotent(shared_cluster):
     (dict(chunks=2, chunk_inputs=[{}]), "1 entries for 2 chunks"),
     (dict(timeout=0), "timeout must be a positive number"),
     (dict(args="not a list"), "args must be a list"),
+    (dict(args=["x" * 60_000] * 40), "program, args and inputs take 2400"),
 ])
 def test_bad_arguments_are_refused_before_sending(shared_cluster, arguments, message):
     before = shared_cluster.connection.master_stats().get("jobs_submitted", 0)
@@ -144,3 +160,29 @@ def test_module_level_api_uses_the_cluster_from_the_environment(shared_cluster, 
         if client._default is not None:
             client._default.close()
         monkeypatch.setattr(client, "_default", None)
+
+
+def test_a_large_job_is_read_page_by_page(shared_cluster):
+    """More chunks than one status reply holds: the client reads every page,
+    in order; one chunk or a slice is read without the rest."""
+    from master.node import STATUS_PAGE_CHUNKS
+    connection = shared_cluster.connection
+    chunk_count = 2 * STATUS_PAGE_CHUNKS + 7
+    job = connection.submit_job(b"#!/bin/sh\nsleep 600\n", chunks=chunk_count, timeout=600)
+    cancelled = job.cancel()
+    assert cancelled.chunks == []  # a cancel answers with the counts only
+    status = job.wait(timeout=60)
+    assert status.state == "cancelled"
+    assert [chunk.chunk for chunk in status.chunks] == list(range(chunk_count))
+    assert {chunk.state for chunk in status.chunks} == {"cancelled"}
+    middle = connection.job_status(job.id, first_chunk=STATUS_PAGE_CHUNKS - 2, max_chunks=5)
+    assert [chunk.chunk for chunk in middle.chunks] == list(range(STATUS_PAGE_CHUNKS - 2,
+                                                                  STATUS_PAGE_CHUNKS + 3))
+    assert job.chunk(chunk_count - 1).chunk == chunk_count - 1
+    with pytest.raises(IndexError, match=f"has {chunk_count} chunks"):
+        job.chunk(chunk_count)
+    assert connection.job_status(job.id, first_chunk=chunk_count + 10).chunks == []
+    with pytest.raises(InvalidJobError, match="first_chunk"):
+        connection.job_status(job.id, first_chunk=-1)
+    with pytest.raises(InvalidJobError, match="max_chunks"):
+        connection.job_status(job.id, max_chunks=0)

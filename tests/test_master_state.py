@@ -442,6 +442,44 @@ def test_a_broken_bookkeeping_invariant_raises():
         state.apply([event(0, 1, ChunkState.STARTED)], 3.0)
 
 
+def test_job_view_pages_through_the_chunks():
+    state = started(chunk_count=5)
+    assert [c.chunk for c in state.job_view(JOB_A).chunks] == [0, 1, 2, 3, 4]
+    page = state.job_view(JOB_A, first_chunk=1, chunk_limit=2)
+    assert page.first_chunk == 1 and [c.chunk for c in page.chunks] == [1, 2]
+    assert page.reply_fields()["next_chunk"] == 3
+    counts_only = state.job_view(JOB_A, first_chunk=2, chunk_limit=0)
+    assert counts_only.chunks == () and counts_only.reply_fields()["next_chunk"] == 2
+    past_the_end = state.job_view(JOB_A, first_chunk=99, chunk_limit=10)
+    assert past_the_end.first_chunk == 5 and past_the_end.chunks == ()
+    assert [c.chunk for c in state.job_view(JOB_A, first_chunk=3, chunk_limit=99).chunks] == [3, 4]
+
+
+def test_a_status_reply_stops_at_what_one_body_holds():
+    from master.views import job_status_reply
+    chunk_count = 40
+    state = started(chunk_count=chunk_count)
+    # Each chunk reports about 300 KiB of output names: 40 of them are far
+    # more than one body holds.
+    outputs = {f"out/{index:05d}-" + "x" * 200: OUT for index in range(1400)}
+    state.apply([event(chunk, 1, ChunkState.SUCCEEDED, exit_code=0, outputs=outputs)
+                 for chunk in range(chunk_count)], 3.0)
+    reply = job_status_reply(NODE_ID, 1, JOB_A, state.job_view(JOB_A))
+    frames = wire.encode(reply)
+    assert len(frames[1]) <= wire.limits.MAX_BODY_BYTES
+    assert 0 < reply.next_chunk < chunk_count and reply.first_chunk == 0
+    rest = job_status_reply(NODE_ID, 2, JOB_A, state.job_view(JOB_A, first_chunk=reply.next_chunk))
+    assert rest.first_chunk == reply.next_chunk and rest.next_chunk == chunk_count
+    decoded = wire.decode(wire.encode(rest))
+    assert [report["chunk"] for report in decoded.chunks] == list(range(reply.next_chunk, chunk_count))
+
+
+def test_items_that_fit_cuts_a_list_at_its_budget():
+    assert wire.items_that_fit([b"x" * 10] * 10, budget_bytes=36) == 3   # 12 bytes each packed
+    assert wire.items_that_fit([b"x" * 100], budget_bytes=10) == 1      # never zero
+    assert wire.items_that_fit([], budget_bytes=10) == 0
+
+
 def test_views_encode_as_their_wire_messages():
     state = started(chunk_count=2)
     state.apply([event(0, 1, ChunkState.SUCCEEDED, exit_code=0, outputs={"out/a": OUT}, stdout=LOG),

@@ -5,7 +5,7 @@
 
 Structs are defined once in csrc/wire.h; see doc/wire.md.
 """
-from wire.codec import decode, encode
+from wire.codec import decode, encode, items_that_fit, packed_size
 from wire.enums import (
     FINAL_CHUNK_STATES, ChunkState, ErrorCode, JobState, MessageType, NodeRole, PutStatus,
 )
@@ -14,7 +14,7 @@ from wire.messages import *  # noqa: F401,F403  (one class per message type)
 from wire.messages import REGISTRY, Message
 
 __all__ = [
-    "decode", "encode", "WireError", "EncodeError", "Message", "REGISTRY",
+    "decode", "encode", "items_that_fit", "packed_size", "WireError", "EncodeError", "Message", "REGISTRY",
     "ChunkState", "ErrorCode", "JobState", "MessageType", "NodeRole", "PutStatus",
     "FINAL_CHUNK_STATES",
 ] + [cls.__name__ for cls in REGISTRY.values()]

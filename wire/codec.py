@@ -13,7 +13,7 @@ import msgpack
 from wire._wire_cffi import ffi
 from wire.errors import EncodeError, WireError
 from wire.limits import (
-    MAX_BODY_BYTES, MAX_BODY_ITEMS, MAX_DATA_FRAME_BYTES, MAX_FRAMES_PER_MESSAGE,
+    LIST_BUDGET_BYTES, MAX_BODY_BYTES, MAX_BODY_ITEMS, MAX_DATA_FRAME_BYTES, MAX_FRAMES_PER_MESSAGE,
     MAX_STRING_BYTES,
 )
 from wire.messages import GENERIC_HEADER_BYTES, REGISTRY, Message
@@ -24,6 +24,24 @@ _GENERIC_POINTER = ffi.typeof("struct generic_message *")
 
 def _reject_extension(code: int, data: bytes) -> Any:
     raise WireError(f"msgpack extension type {code} is not allowed")
+
+
+def packed_size(value: Any) -> int:
+    """Bytes that `value` takes inside a msgpack body."""
+    return len(msgpack.packb(value, use_bin_type=True))
+
+
+def items_that_fit(items: Sequence[Any], budget_bytes: int = LIST_BUDGET_BYTES) -> int:
+    """How many leading `items` of a body list fit in `budget_bytes` once
+    packed: a sender cuts a long list (chunk reports, events, results) there
+    and sends the rest in a later message or page. At least one item is
+    always allowed; a single item too big for a body fails at encode."""
+    used = 0
+    for count, item in enumerate(items):
+        used += packed_size(item)
+        if used > budget_bytes and count > 0:
+            return count
+    return len(items)
 
 
 def encode(message: Message) -> list[Any]:

@@ -13,6 +13,18 @@ MAX_DATA_FRAME_BYTES = 4 * 1024 * 1024
 # inputs; anything bigger should be split by the sender.
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
+# The share of a body that one long list of records (chunk reports, events,
+# chunk results, dispatched attempts) may fill; the rest is room for the
+# body's other fields, whose strings are capped far below it. Senders cut
+# their lists here (wire.items_that_fit) and send the rest later.
+LIST_BUDGET_BYTES = MAX_BODY_BYTES - 512 * 1024
+
+# A job's program, args and inputs together, and one chunk's own inputs,
+# packed. Every message that carries a job to a worker holds the first and
+# some of the second, so both stay well inside one body.
+MAX_JOB_SPEC_BYTES = 2 * 1024 * 1024
+MAX_CHUNK_INPUTS_BYTES = 2 * 1024 * 1024
+
 # Any single frame on any socket (ZMQ_MAXMSGSIZE): the largest of the above.
 MAX_FRAME_BYTES = max(MAX_DATA_FRAME_BYTES, MAX_BODY_BYTES)
 

@@ -16,10 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
+import msgpack
+
 from wire._wire_cffi import ffi
 from wire.enums import ChunkState, ErrorCode, JobState, MessageType, NodeRole, PutStatus
 from wire.errors import WireError
 from wire.ids import join_id, split_id
+from wire.limits import MAX_CHUNK_INPUTS_BYTES, MAX_JOB_SPEC_BYTES
 from wire.schema import (
     FILE_MAP, FILE_REF, I64, ID, OUTPUT_MAP, SECONDS, U8, U32, U64,
     Choice, List, Map, Nullable, Schema, Str, Tuple, record,
@@ -114,6 +117,10 @@ def message(name: str, body: dict[str, Schema] | None = None, data: tuple[str, .
         return cls
 
     return register
+
+
+def _packed_size(value: Any) -> int:
+    return len(msgpack.packb(value, use_bin_type=True))
 
 
 def _require(condition: bool, reason: str) -> None:
@@ -286,6 +293,15 @@ class JobSubmit(Message):
         _require(not self.chunk_inputs or len(self.chunk_inputs) == self.chunk_count,
                  f"job_submit: {len(self.chunk_inputs)} chunk_inputs for {self.chunk_count} chunks")
         _require(self.timeout_s > 0, "job_submit: timeout_s must be positive")
+        spec_bytes = _packed_size([self.program, self.args, self.inputs])
+        _require(spec_bytes <= MAX_JOB_SPEC_BYTES,
+                 f"job_submit: program, args and inputs take {spec_bytes} bytes, "
+                 f"more than {MAX_JOB_SPEC_BYTES}")
+        for index, chunk_inputs in enumerate(self.chunk_inputs):
+            chunk_bytes = _packed_size(chunk_inputs)
+            _require(chunk_bytes <= MAX_CHUNK_INPUTS_BYTES,
+                     f"job_submit: the inputs of chunk {index} take {chunk_bytes} bytes, "
+                     f"more than {MAX_CHUNK_INPUTS_BYTES}")
 
 
 @message("job_submit_reply")
@@ -306,6 +322,8 @@ class JobStatus(Message):
     job_uuid_lower: int
     detail: int
     wait_ms: int
+    first_chunk: int
+    max_chunks: int
 
     def check(self) -> None:
         _require(self.detail in (0, 1), f"job_status: detail {self.detail} is not 0 or 1")
@@ -322,6 +340,8 @@ class JobStatusReply(Message):
     chunk_count: int
     chunks_succeeded: int
     chunks_failed: int
+    first_chunk: int
+    next_chunk: int
     name: str
     submitted_at: float
     finished_at: float | None
@@ -332,6 +352,16 @@ class JobStatusReply(Message):
         _check_member(JobState, self.state, "job_status_reply.state")
         _require(self.chunks_succeeded + self.chunks_failed <= self.chunk_count,
                  "job_status_reply: more chunks finished than the job has")
+        _require(self.first_chunk <= self.next_chunk <= self.chunk_count,
+                 f"job_status_reply: chunks {self.first_chunk}..{self.next_chunk} "
+                 f"are not within the job's {self.chunk_count}")
+        _require(len(self.chunks) == self.next_chunk - self.first_chunk,
+                 f"job_status_reply: {len(self.chunks)} reports for chunks "
+                 f"{self.first_chunk}..{self.next_chunk}")
+        for offset, report in enumerate(self.chunks):
+            _require(report["chunk"] == self.first_chunk + offset,
+                     f"job_status_reply: chunks[{offset}] reports chunk {report['chunk']}, "
+                     f"not {self.first_chunk + offset}")
 
 
 @message("job_cancel")

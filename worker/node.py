@@ -34,8 +34,8 @@ from worker.blocks import StorageBlockSource
 from worker.cache import BlockCache
 from worker.fusefs import FuseMount, clear_stale_mount
 from worker.runner import (
-    KILL_GRACE_S, LOG_KILL_BYTES, ChunkKey, RunningChunk, kill_leftovers, output_files, remove_workdir,
-    start_chunk,
+    KILL_GRACE_S, LOG_KILL_BYTES, ChunkKey, RunningChunk, kill_leftovers, output_files, outputs_refusal,
+    remove_workdir, start_chunk,
 )
 
 log = logging.getLogger("worker")
@@ -358,6 +358,10 @@ class WorkerNode:
                                              else f"exit code {exit_code}")
         elapsed = running.elapsed(now)
         files = output_files(running.output_dir)
+        refusal = outputs_refusal(files)
+        if refusal is not None:
+            # Storing them could never be reported: fail the chunk, keep the logs.
+            state, error, files = ChunkState.FAILED, refusal, []
         logs = [path for path in (running.stdout_path, running.stderr_path) if _size_of(path) > 0]
         if not files and not logs:
             # Nothing to store: report straight away (the common case for tiny chunks).

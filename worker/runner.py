@@ -21,6 +21,10 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from wire.errors import WireError
+from wire.limits import LIST_BUDGET_BYTES
+from wire.schema import RelPath
+
 # Stored of each log; the rest is dropped with a note.
 LOG_CAP_BYTES = 16 * 1024 * 1024
 # A log this large stops the program.
@@ -212,6 +216,29 @@ def remove_workdir(workdir: pathlib.Path) -> None:
         os.rmdir(workdir)
     except OSError:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+# A chunk's outputs are named in its one result message; a chunk that leaves
+# more than this, or names too long to fit there together, fails instead.
+MAX_OUTPUT_FILES = 10_000
+# Per output in the result: its file id, its size and msgpack's framing.
+OUTPUT_RECORD_BYTES = 40
+
+
+def outputs_refusal(files: list[tuple[str, pathlib.Path]]) -> str | None:
+    """Why these outputs cannot be reported, or None if they can."""
+    if len(files) > MAX_OUTPUT_FILES:
+        return f"left {len(files)} files in $UDS_OUTPUT; at most {MAX_OUTPUT_FILES} are allowed"
+    total = 0
+    for name, _ in files:
+        try:
+            RelPath().check(name, "output")
+            total += len(name.encode()) + OUTPUT_RECORD_BYTES
+        except (WireError, UnicodeEncodeError):
+            return f"output {name!r} is not a usable name (UTF-8 path of at most 255-byte names)"
+    if total > LIST_BUDGET_BYTES:
+        return f"the names of the {len(files)} output files take {total} bytes; at most {LIST_BUDGET_BYTES}"
+    return None
 
 
 def output_files(output_dir: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
