@@ -421,6 +421,7 @@ class MasterNode:
         counters = dict(self.counters)
         counters.update({f"transport_{name}": value for name, value in self.transport.counters.items()})
         counters["leader"] = int(self.raft.is_leader)
+        counters["raft_journal_syncs"] = self.raft.journal_syncs
         counters["in_flight"] = self.raft.read(lambda state: state.in_flight_count())
         self._send(peer, wire.StatsReply.make(self.node_id, request_id=message.request_id,
                                               role=int(NodeRole.MASTER), counters=counters))
