@@ -38,13 +38,14 @@ def dispatch_messages(node_id: bytes, epoch: int, specs: list[dict],
     cut at ATTEMPTS_PER_MESSAGE or where the body would outgrow its budget
     (chunk inputs and job inputs can be large)."""
     by_job = {spec["job"]: spec for spec in specs}
+    spec_sizes = {job: wire.packed_size(spec) for job, spec in by_job.items()}
     part: list[dict] = []
     jobs: dict[bytes, dict] = {}
     used = 0
     for attempt in attempts:
         job = attempt["job"]
         size = wire.packed_size(attempt)
-        spec_size = wire.packed_size(by_job[job]) if job in by_job else 0
+        spec_size = spec_sizes.get(job, 0)
         adds = size + (spec_size if job not in jobs else 0)
         if part and (len(part) >= ATTEMPTS_PER_MESSAGE or used + adds > LIST_BUDGET_BYTES):
             yield _dispatch(node_id, epoch, jobs, part)
