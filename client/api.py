@@ -24,7 +24,7 @@ import wire
 from client.errors import (
     ClientError, InvalidJobError, NoClusterError, RemoteError, RequestTimeout, UnknownJobError,
 )
-from client.jobs import ChunkResult, Job, JobStatus
+from client.jobs import ChunkStatus, Job, JobStatus
 from client.storage_client import StorageClient
 from wire import cluster as cluster_file
 from wire.ids import ID_BYTES, id_from_hex, new_id
@@ -251,7 +251,7 @@ class Connection:
                 raise RemoteError(wire.ErrorCode.INTERNAL,
                                   f"master sent chunks {page.first_chunk}..{page.next_chunk} "
                                   f"when asked for chunk {next_chunk} on")
-            status.chunks.extend(ChunkResult.from_report(report) for report in page.chunks)
+            status.chunks.extend(ChunkStatus.from_report(report) for report in page.chunks)
             next_chunk = page.next_chunk
         return status
 

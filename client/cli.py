@@ -175,14 +175,15 @@ def _print_status(status: Any) -> None:
     if status.error:
         print(f"error: {status.error}")
     for chunk in status.chunks:
-        exit_text = "-" if chunk.exit_code is None else str(chunk.exit_code)
+        result = chunk.result
+        exit_text = "-" if result.exit_code is None else str(result.exit_code)
         line = f"  chunk {chunk.chunk:>4}  {chunk.state:<10} attempt {chunk.attempt}  exit {exit_text:>4}"
-        if chunk.elapsed_s:
-            line += f"  {chunk.elapsed_s:.2f}s"
+        if result.elapsed_s:
+            line += f"  {result.elapsed_s:.2f}s"
         if chunk.outputs:
             line += "  outputs: " + ", ".join(f"{name}={fid}" for name, fid in sorted(chunk.outputs.items()))
-        if chunk.error:
-            line += f"  ({chunk.error})"
+        if result.error:
+            line += f"  ({result.error})"
         print(line)
 
 

@@ -68,7 +68,7 @@ class LoadBalancerNode:
         self.last_master_message = 0.0
         self.epoch = 0
         self.worker_peers: dict[bytes, bytes] = {}
-        self.outgoing_events: list[core.ForwardEvent] = []
+        self.outgoing_events: list[wire.ChunkEvent] = []
         self.unacknowledged: dict[int, EventBatch] = {}
         self.next_batch_id = int(time.time() * 1000)  # unique across restarts of this node
         self.next_request_id = 1
@@ -91,7 +91,7 @@ class LoadBalancerNode:
         }
         self.effect_handlers: dict[type, Callable[[Any, float], None]] = {
             core.AssignChunks: self.do_assign,
-            core.ForwardEvent: self.do_forward,
+            core.ForwardToMaster: self.do_forward,
             core.CancelOnWorker: self.do_cancel_on_worker,
             core.WorkerJoined: self.do_worker_joined,
             core.WorkerLost: self.do_worker_lost,
@@ -180,14 +180,7 @@ class LoadBalancerNode:
         worker = message.node_uuid
         self.worker_peers[worker] = peer
         self._count("worker_statuses")
-        self._apply(core.WorkerStatusReport(
-            worker=worker, job=message.job_uuid, chunk=message.chunk, attempt=message.attempt,
-            state=message.state, exit_code=message.exit_code,
-            outputs={name: (ref[0], ref[1]) for name, ref in message.outputs.items()},
-            stdout=tuple(message.stdout) if message.stdout else None,
-            stderr=tuple(message.stderr) if message.stderr else None,
-            error=message.error, elapsed_s=message.elapsed_s,
-            bytes_from_cache=message.bytes_from_cache, bytes_from_storage=message.bytes_from_storage), now)
+        self._apply(message.chunk_event(), now)
 
     def on_stats_query(self, message: wire.StatsQuery, peer: bytes, now: float) -> None:
         counters = dict(self.counters)
@@ -228,8 +221,8 @@ class LoadBalancerNode:
                 # The scheduler will see no STARTED and take the attempts back.
                 self._count("assignments_undeliverable")
 
-    def do_forward(self, effect: core.ForwardEvent, now: float) -> None:
-        self.outgoing_events.append(effect)
+    def do_forward(self, effect: core.ForwardToMaster, now: float) -> None:
+        self.outgoing_events.append(effect.event)
 
     def do_cancel_on_worker(self, effect: core.CancelOnWorker, now: float) -> None:
         self._send_worker(effect.worker, wire.ChunkCancel.make(
@@ -355,16 +348,14 @@ class LoadBalancerNode:
 
     def _flush_events(self, now: float) -> None:
         while self.outgoing_events:
-            records = [event.to_record() for event in self.outgoing_events[:EVENTS_PER_BATCH]]
+            events = self.outgoing_events[:EVENTS_PER_BATCH]
             # Results with many outputs are large: a batch ends where one body does.
-            records = records[:wire.items_that_fit(records)]
-            events = self.outgoing_events[:len(records)]
-            del self.outgoing_events[:len(records)]
+            events = events[:wire.items_that_fit([event.as_body() for event in events])]
+            del self.outgoing_events[:len(events)]
             batch_id = self.next_batch_id
             self.next_batch_id += 1
-            frames = wire.encode(wire.ChunkEvents.make(
-                self.node_id, epoch=max(self.epoch, 1), batch_id=batch_id, event_count=len(events),
-                events=records))
+            frames = wire.encode(wire.ChunkEvents.carrying(self.node_id, max(self.epoch, 1), batch_id,
+                                                           events))
             finals = [(event.worker, event.job, event.chunk, event.attempt, event.state) for event in events
                       if event.state in FINAL_CHUNK_STATES and event.worker != core.NO_WORKER]
             self.unacknowledged[batch_id] = EventBatch(batch_id, frames, finals, now)

@@ -87,7 +87,7 @@ def test_timeout_kills_the_whole_process_group(shared_cluster, tmp_path):
     pids = _wait_until(lambda: _pids(pid_file), what="program started")
     status = job.wait(timeout=WAIT_S)
     assert status.state == "failed"
-    assert "timed out" in status.chunks[0].error
+    assert "timed out" in status.chunks[0].result.error
     _wait_until(lambda: not any(_alive(pid) for pid in pids), timeout=15, what="processes gone")
 
 

@@ -3,6 +3,7 @@ outcomes, views and events; then a hypothesis state machine that checks the
 invariants after every step."""
 import copy
 import pickle
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import wire
 from master.commands import (
-    CancelJob, CancelOutcome, ChunkEvent, ChunkEventOutcome, DispatchAttempts, DispatchOutcome, Event,
+    CancelJob, CancelOutcome, ChunkEventOutcome, DispatchAttempts, DispatchOutcome, Event,
     JobSummary, NodeLost, NodeOutcome, NodeSeen, Outcome, ReadyAttempt, RunningAttempt,
     SubmitJob, SubmitOutcome,
 )
@@ -19,6 +20,7 @@ from master.state import (
     EVENT_LOG_LIMIT, POISON_LIMIT, ClusterState, StateInvariantError,
 )
 from wire.enums import ChunkState, ErrorCode, JobState, NodeRole
+from wire.records import NO_RESULT, ChunkEvent, ChunkResult
 
 JOB_A = bytes.fromhex("aa" * 16)
 JOB_B = bytes.fromhex("bb" * 16)
@@ -38,7 +40,8 @@ def submit(job=JOB_A, chunk_count=2, max_retries=0, chunk_inputs=(), name="demo"
 
 
 def event(chunk, attempt, state, job=JOB_A, worker=WORKER_1, **result) -> ChunkEvent:
-    return ChunkEvent(job=job, chunk=chunk, attempt=attempt, state=state, worker=worker, **result)
+    return ChunkEvent(job=job, chunk=chunk, attempt=attempt, state=state, worker=worker,
+                      result=ChunkResult(**result))
 
 
 def one(state: ClusterState, command, now=10.0):
@@ -244,7 +247,13 @@ def test_a_late_started_after_the_final_event_is_ignored():
      ChunkEventOutcome(ok=False, error="unknown chunk state 99", error_code=ErrorCode.INVALID,
                        status="invalid")),
     (event(0, 1, ChunkState.SUCCEEDED, outputs={"a": ("no", 1)}),
-     ChunkEventOutcome(ok=False, error="outputs must map paths to file references",
+     ChunkEventOutcome(ok=False, error="result.outputs['a'][0]: expected bytes, got str",
+                       error_code=ErrorCode.INVALID, status="invalid", phase="dispatched")),
+    (event(0, 1, ChunkState.FAILED, elapsed_s=float("nan")),
+     ChunkEventOutcome(ok=False, error="result.elapsed_s: nan outside 0.0..10000000000.0",
+                       error_code=ErrorCode.INVALID, status="invalid", phase="dispatched")),
+    (ChunkEvent(JOB_A, 0, 1, ChunkState.SUCCEEDED, WORKER_1, result={"exit_code": 0}),
+     ChunkEventOutcome(ok=False, error="result is a dict, not a ChunkResult",
                        error_code=ErrorCode.INVALID, status="invalid", phase="dispatched")),
 ])
 def test_bad_events_are_refused_without_change(bad, outcome):
@@ -267,7 +276,8 @@ def test_failures_use_retries_then_fail_the_chunk_and_the_job():
     assert (view.state, view.chunks_failed, view.finished_at, view.error) == (
         JobState.FAILED, 1, 4.0, "chunk 0: exit code 3")
     chunk = view.chunks[0]
-    assert (chunk.phase, chunk.attempt, chunk.exit_code, chunk.stderr, chunk.error, chunk.retries_used) == (
+    result = chunk.result
+    assert (chunk.phase, chunk.attempt, result.exit_code, result.stderr, result.error, chunk.retries_used) == (
         "failed", 3, 3, LOG, "exit code 3", 2)
     events, _ = state.events_after(0, 100)
     assert [(e.kind, e.attempt, e.detail) for e in events if e.kind.startswith(("chunk_retried", "chunk_f", "job_f"))] == [
@@ -297,7 +307,7 @@ def test_worker_loss_does_not_use_retries_but_poison_fails_the_chunk(loss):
             assert phases(state) == [("queued", attempt + 1)]
     assert outcome == ChunkEventOutcome(phase="failed", job_finished=True)
     chunk = state.job_view(JOB_A).chunks[0]
-    assert (chunk.error, chunk.retries_used, chunk.lost_count) == (
+    assert (chunk.result.error, chunk.retries_used, chunk.lost_count) == (
         "poison: chunk lost 3 workers", 0, 3)
     assert state.job_view(JOB_A).error == "chunk 0: poison: chunk lost 3 workers"
     assert [kind for kind, _, _ in kinds(state)].count("chunk_lost") == POISON_LIMIT - 1
@@ -504,7 +514,7 @@ def test_chunk_event_from_a_decoded_record():
     record = dict(job=JOB_A, chunk=0, attempt=1, state=int(ChunkState.SUCCEEDED), worker=WORKER_1,
                   exit_code=0, outputs={"o": list(OUT)}, stdout=list(LOG), stderr=None, error="",
                   elapsed_s=1.0, bytes_from_cache=0, bytes_from_storage=9)
-    assert ChunkEvent.from_record(record) == event(
+    assert ChunkEvent.from_body(record) == event(
         0, 1, int(ChunkState.SUCCEEDED), exit_code=0, outputs={"o": OUT}, stdout=LOG,
         elapsed_s=1.0, bytes_from_storage=9)
 
@@ -521,8 +531,9 @@ anything = st.one_of(
     st.builds(SubmitJob, anything, anything, anything, anything, anything, anything, anything,
               anything, anything),
     st.builds(DispatchAttempts, anything),
-    st.builds(ChunkEvent, anything, anything, anything, anything, anything, anything, anything,
-              anything, anything, anything, anything, anything, anything),
+    st.builds(ChunkEvent, anything, anything, anything, anything, anything, st.one_of(
+        anything, st.builds(ChunkResult, anything, anything, anything, anything, anything, anything,
+                            anything, anything))),
     st.builds(CancelJob, anything), st.builds(NodeLost, anything),
     st.builds(NodeSeen, anything, anything, anything, anything, anything, anything, anything),
 ), max_size=4))
@@ -533,6 +544,25 @@ def test_malformed_commands_get_error_outcomes_and_change_nothing(commands):
         [outcome] = state.apply([command], 5.0)
         if not outcome.ok:
             assert state == before and outcome.error and outcome.error_code
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([ChunkState.SUCCEEDED, ChunkState.FAILED, ChunkState.LOST, ChunkState.CANCELLED]),
+       st.builds(ChunkResult, anything, anything, anything, anything, anything, anything, anything,
+                 anything))
+def test_a_final_event_with_any_result_is_kept_checked_or_refused_unchanged(reported, result):
+    state = started(chunk_count=1)
+    before = copy.deepcopy(state)
+    [outcome] = state.apply([ChunkEvent(JOB_A, 0, 1, int(reported), WORKER_1, result)], 5.0)
+    if not outcome.ok:
+        assert state == before and outcome.status == "invalid" and outcome.error.startswith("result")
+        return
+    chunk = state.job_view(JOB_A).chunks[0]
+    expected = {ChunkState.SUCCEEDED: ("succeeded", result.checked()),
+                ChunkState.CANCELLED: ("cancelled", result.checked()),
+                ChunkState.FAILED: ("failed", replace(result.checked(), error=result.failure_text(reported))),
+                ChunkState.LOST: ("queued", NO_RESULT)}[reported]
+    assert (chunk.phase, chunk.result) == expected
 
 
 # -- The state machine ------------------------------------------------------

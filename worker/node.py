@@ -377,7 +377,7 @@ class WorkerNode:
         running = attempt.running
         client = self._storage_client()
         try:
-            outputs = {name: list(client.put_file(path)) for name, path in files}
+            outputs = {name: client.put_file(path) for name, path in files}
             stdout = self._put_log(client, running.stdout_path)
             stderr = self._put_log(client, running.stderr_path)
             status = self._status(attempt, state, exit_code=exit_code, error=error, elapsed_s=elapsed,
@@ -391,18 +391,21 @@ class WorkerNode:
         self._hand_back(Handoff("uploaded", attempt.key, status))
 
     @staticmethod
-    def _put_log(client: StorageClient, path: pathlib.Path) -> list | None:
-        return list(client.put_file(path)) if _size_of(path) > 0 else None
+    def _put_log(client: StorageClient, path: pathlib.Path) -> wire.records.FileRef | None:
+        return client.put_file(path) if _size_of(path) > 0 else None
 
     def _status(self, attempt: Attempt, state: int, exit_code: int | None = None, error: str = "",
-                elapsed_s: float = 0.0, outputs: dict | None = None, stdout: list | None = None,
-                stderr: list | None = None) -> wire.WorkerStatus:
+                elapsed_s: float = 0.0, outputs: dict | None = None,
+                stdout: wire.records.FileRef | None = None,
+                stderr: wire.records.FileRef | None = None) -> wire.WorkerStatus:
         read_bytes, fetched_bytes = attempt.counters
-        return wire.WorkerStatus.make(
-            self.node_id, job=attempt.key.job, state=int(state), epoch=1, chunk=attempt.key.chunk,
-            attempt=attempt.key.attempt, exit_code=exit_code, outputs=outputs or {}, stdout=stdout,
-            stderr=stderr, error=error[:4000], elapsed_s=elapsed_s,
-            bytes_from_cache=max(0, read_bytes - fetched_bytes), bytes_from_storage=fetched_bytes)
+        result = wire.ChunkResult(
+            exit_code=exit_code, outputs=outputs or {}, stdout=stdout, stderr=stderr, error=error[:4000],
+            elapsed_s=elapsed_s, bytes_from_cache=max(0, read_bytes - fetched_bytes),
+            bytes_from_storage=fetched_bytes)
+        event = wire.ChunkEvent(job=attempt.key.job, chunk=attempt.key.chunk, attempt=attempt.key.attempt,
+                                state=int(state), worker=self.node_id, result=result)
+        return wire.WorkerStatus.reporting(event, epoch=1)
 
     def _report_final(self, attempt: Attempt, status: wire.WorkerStatus, now: float) -> None:
         attempt.phase = "reported"
