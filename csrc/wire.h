@@ -132,7 +132,7 @@ struct worker_request {
     uint64_t job_uuid_upper;
     uint64_t job_uuid_lower;
     uint64_t program_length;
-    uint32_t num_input_files;
+    uint64_t num_input_files;
 } UDS_PACKED;
 
 /* worker -> load balancer: one chunk attempt changed state (enum chunk_state).

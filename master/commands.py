@@ -132,6 +132,11 @@ def _is_count(value: Any) -> bool:
     return type(value) is int and value >= 0
 
 
+def _is_enum_int(value: Any) -> bool:
+    # An int or an IntEnum member, but not a bool: True would pass as 1.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _is_seconds(value: Any) -> bool:
     return type(value) in (int, float) and math.isfinite(value) and value >= 0
 
@@ -176,7 +181,7 @@ def chunk_event_problem(event: ChunkEvent) -> str:
     itself, and checks the result fields only when it keeps them."""
     if type(event.attempt) is not int:
         return "attempt must be an integer"
-    if not isinstance(event.state, int) or event.state not in ChunkState._value2member_map_:
+    if not _is_enum_int(event.state) or event.state not in ChunkState._value2member_map_:
         return f"unknown chunk state {event.state!r}"
     if not is_id(event.worker):
         return "worker id must be 16 bytes"
@@ -194,7 +199,7 @@ def checked_result(result: Any) -> ChunkResult:
 def node_seen_problem(command: NodeSeen) -> str:
     if not is_id(command.node):
         return "node id must be 16 bytes"
-    if not isinstance(command.role, int) or command.role not in NodeRole._value2member_map_:
+    if not _is_enum_int(command.role) or command.role not in NodeRole._value2member_map_:
         return f"unknown node role {command.role!r}"
     if type(command.host) is not str or type(command.address) is not str:
         return "host and address must be strings"

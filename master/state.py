@@ -218,7 +218,7 @@ class ClusterState:
                 skipped += 1
                 continue
             job_record, index, chunk = found
-            if chunk.phase is not ChunkPhase.QUEUED or chunk.attempt != entry[2]:
+            if chunk.phase is not ChunkPhase.QUEUED or type(entry[2]) is not int or chunk.attempt != entry[2]:
                 skipped += 1
                 continue
             key = (job_record.spec.job, index)

@@ -47,6 +47,10 @@ The structs are declared once, in `csrc/wire.h`, and compiled into the cffi modu
 `wire._wire_cffi`; `wire.encode(message)` and `wire.decode(frames)` pack and unpack
 through it. `tests/test_c_layout.py` checks gcc's layout of every struct against it,
 and `tests/golden/wire_vectors.json` holds a golden byte vector for every type.
+The seed structs (`generic_message`, `worker_request`, `worker_status`,
+`file_request`, `file_response`) are the design document's own, field for field:
+`tests/test_seed_structs.py` compares them with a verbatim copy of its
+declarations in `tests/seed_structs.h`, so a C peer built from the design reads them.
 
 What several bodies carry is declared once, in `wire/records.py`, as a typed
 record with its schema: `ChunkResult` (the fields from `exit_code` to

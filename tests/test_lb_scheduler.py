@@ -2,6 +2,7 @@
 hypothesis state machine of workers, a master and a restartable balancer."""
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from itertools import count
 from unittest.mock import ANY
@@ -367,7 +368,19 @@ def test_effects_and_views_encode_as_their_messages():
         wire.NodeReport.make(W3, epoch=1, nodes=[v.to_record() for v in scheduler.workers(4.0)]),
     ]
     for message in messages:
-        assert wire.decode(wire.encode(message)) is not None
+        decoded = wire.decode(wire.encode(message))
+        assert type(decoded) is type(message)
+        for field in dataclasses.fields(message):
+            # msgpack gives back lists where the cores hold tuples.
+            assert getattr(decoded, field.name) == _as_lists(getattr(message, field.name)), field.name
+
+
+def _as_lists(value):
+    if isinstance(value, (tuple, list)):
+        return [_as_lists(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _as_lists(item) for key, item in value.items()}
+    return value
 
 
 # ---- the state machine ------------------------------------------------------

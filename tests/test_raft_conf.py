@@ -146,16 +146,24 @@ def test_node_with_another_password_cannot_join(keys, nodes, tmp_path):
 
 
 def _send_raw_pickle(address, payload):
-    """Speak pysyncobj's framing (length + zlib(pickle)) without a password."""
+    """Speak pysyncobj's framing (length + zlib(pickle)) without a password.
+    Returns the open connection, so the caller can watch what the node does."""
     host, port = address.split(":")
     data = zlib.compress(pickle.dumps(payload))
-    with socket.create_connection((host, int(port)), timeout=DEADLINE_S) as conn:
-        conn.sendall(struct.pack("i", len(data)) + data)
-        conn.settimeout(0.5)
-        try:
-            conn.recv(1)  # wait until the node has read (and dropped) it
-        except (TimeoutError, ConnectionError):
-            pass
+    conn = socket.create_connection((host, int(port)), timeout=DEADLINE_S)
+    conn.sendall(struct.pack("i", len(data)) + data)
+    return conn
+
+
+def _hung_up(conn) -> bool:
+    """Whether the node closed the connection within DEADLINE_S."""
+    conn.settimeout(DEADLINE_S)
+    try:
+        return conn.recv(1) == b""
+    except ConnectionError:
+        return True
+    except TimeoutError:
+        return False
 
 
 def test_password_stops_unpickling_of_strangers_data(keys, nodes, tmp_path):
@@ -164,17 +172,18 @@ def test_password_stops_unpickling_of_strangers_data(keys, nodes, tmp_path):
     open_node = nodes([open_address], 0, SyncObjConf(autoTick=True))
     open_node.waitBinded()
     open_marker = tmp_path / "unpickled-without-password"
-    _send_raw_pickle(open_address, Touch(open_marker))
-    wait_until(open_marker.exists)
+    with _send_raw_pickle(open_address, Touch(open_marker)):
+        wait_until(open_marker.exists)
 
     (address,) = addresses_for(1)
     node = nodes([address], 0, syncobj_conf(keys))
     node.waitBinded()
     marker = tmp_path / "unpickled-with-password"
-    _send_raw_pickle(address, Touch(marker))
-    time.sleep(0.3)
+    with _send_raw_pickle(address, Touch(marker)) as conn:
+        # A node with a password fails to decrypt the frame and hangs up
+        # before it could unpickle anything of it.
+        assert _hung_up(conn)
     assert not marker.exists()
-
 
 
 def test_the_journal_is_synced_before_a_commit_is_handed_over(keys, tmp_path, monkeypatch):
