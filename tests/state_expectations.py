@@ -8,6 +8,7 @@ the change of state are exactly the ones the command calls for.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -17,6 +18,8 @@ from master.commands import (
 )
 from master.state import MAX_CHUNKS_PER_JOB, POISON_LIMIT, ClusterState
 from wire.enums import ChunkState, JobState, NodeRole
+from wire.errors import WireError
+from wire.records import NO_RESULT, ChunkResult
 
 FINAL = {"succeeded", "failed", "cancelled"}
 IN_FLIGHT = {"dispatched", "running"}
@@ -132,7 +135,7 @@ def _check_submit(before, after, command: SubmitJob, outcome, now):
     view = after.job_view(job)
     assert (view.state, view.chunk_count, view.name, view.submitted_at, view.finished_at, view.error) == (
         JobState.QUEUED, count, command.name, now, None, "")
-    assert [(c.phase, c.attempt, c.worker, c.outputs) for c in view.chunks] == [("queued", 1, None, {})] * count
+    assert [(c.phase, c.attempt, c.worker, c.result) for c in view.chunks] == [("queued", 1, None, NO_RESULT)] * count
     chunk_inputs = [_file_map(inputs) for inputs in command.chunk_inputs] or [{}] * count
     assert after.ready_attempts(10 * MAX_CHUNKS_PER_JOB)[-count:] == [
         ReadyAttempt(job, index, 1, chunk_inputs[index]) for index in range(count)]
@@ -183,15 +186,13 @@ def _check_chunk_event(before, after, command: ChunkEvent, outcome, now):
         assert after == before
         return
     state = ChunkState(command.state)
+    checked = None
     if state != ChunkState.STARTED:
-        _require(command.exit_code is None or type(command.exit_code) is int, command, "exit_code")
-        _require(_is_file_map(command.outputs), command, "outputs")
-        _require(command.stdout is None or _is_ref(command.stdout), command, "stdout")
-        _require(command.stderr is None or _is_ref(command.stderr), command, "stderr")
-        _require(type(command.error) is str, command, "error")
-        _require(_is_seconds(command.elapsed_s), command, "elapsed_s")
-        _require(_is_count(command.bytes_from_cache) and _is_count(command.bytes_from_storage),
-                 command, "byte counts")
+        _require(isinstance(command.result, ChunkResult), command, "result")
+        try:
+            checked = command.result.checked()
+        except WireError:
+            _require(False, command, "result fields")
     max_retries = before.job_records[command.job].spec.max_retries
     phase, attempt = expected_event_phase(command, chunk, max_retries)
     after_view = after.job_view(command.job)
@@ -201,12 +202,8 @@ def _check_chunk_event(before, after, command: ChunkEvent, outcome, now):
     assert outcome == ChunkEventOutcome(phase=phase, job_finished=finished)
     if phase in FINAL:
         assert changed.worker == command.worker
-        assert (changed.exit_code, changed.outputs, changed.stdout, changed.stderr, changed.elapsed_s,
-                changed.bytes_from_cache, changed.bytes_from_storage) == (
-            command.exit_code, _file_map(command.outputs),
-            None if command.stdout is None else _ref(command.stdout),
-            None if command.stderr is None else _ref(command.stderr), float(command.elapsed_s),
-            command.bytes_from_cache, command.bytes_from_storage)
+        # A chunk failed for good carries the state's reason, not the worker's text.
+        assert dataclasses.replace(changed.result, error="") == dataclasses.replace(checked, error="")
     assert [c for i, c in enumerate(after_view.chunks) if i != command.chunk] == [
         c for i, c in enumerate(view.chunks) if i != command.chunk]
 

@@ -263,8 +263,8 @@ def test_a_stale_success_is_ignored_while_the_newer_attempt_is_in_flight(newer_p
     view = state.job_view(JOB_A)
     assert (view.state, view.chunks_succeeded, view.finished_at) == (JobState.SUCCEEDED, 1, 8.0)
     chunk = view.chunks[0]
-    assert (chunk.attempt, chunk.worker, chunk.outputs, chunk.stdout, chunk.elapsed_s) == (
-        2, WORKER_2, {"out/a": OUT_2}, None, 2.0)
+    assert (chunk.attempt, chunk.worker, chunk.result.outputs, chunk.result.stdout,
+            chunk.result.elapsed_s) == (2, WORKER_2, {"out/a": OUT_2}, None, 2.0)
     assert state.in_flight_count() == 0
     assert [(kind, attempt) for kind, _, attempt in kinds(state) if kind == "chunk_succeeded"] == [
         ("chunk_succeeded", 2)]
