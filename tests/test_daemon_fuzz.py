@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 import wire
 from golden import load_vectors
 from strategies import any_message
-from wire.keys import KeyFolder
+from wire.keys import role_of_name
 from wire.transport import Transport, recv_message, send_message
 
 MUTATED_MESSAGES = 300
@@ -62,8 +62,8 @@ def _still_serves(socket):
 @pytest.mark.parametrize("role", ["master", "loadbalancer", "storage"])
 def test_daemon_survives_a_storm_of_bad_messages(cluster, role):
     rng = random.Random(role)
-    with Transport(KeyFolder(cluster.layout.cluster.keys)) as transport:
-        socket = transport.client_socket(zmq.DEALER, _address(cluster, role))
+    with Transport(cluster.layout.keys()) as transport:
+        socket = transport.client_socket(zmq.DEALER, _address(cluster, role), role_of_name(role))
         for _ in range(MUTATED_MESSAGES):
             send_message(socket, _mutated(rng))
             _drain(socket)

@@ -2,11 +2,12 @@
 
 Rules, so that no socket in the project can be opened without them:
 
-* Every socket is CURVE-encrypted. Servers (bind side) use the cluster's
-  server key pair; clients (connect side) use the client key pair and pin
-  the server's public key.
-* A server admits only clients whose public key is in the key folder's
-  `public/`; one ZAP authenticator per Transport enforces that. The
+* Every socket is CURVE-encrypted with the key pair of this process's role
+  (wire/keys.py), on both sides; a connecting socket pins the public key of
+  the role it connects to.
+* A server admits only peers whose public key is in the key folder's
+  `public/`, and tags each connection with the role that key belongs to;
+  one ZAP authenticator per Transport enforces that. The
   authenticator starts before any socket exists and stops after all are
   closed, because libzmq *accepts any CURVE client* when no ZAP handler is
   running.
@@ -18,9 +19,14 @@ Rules, so that no socket in the project can be opened without them:
   because the peer is slow or gone. Nothing here raises on peer misbehaviour.
 * recv_message / send_message never block.
 
-Received.user_id: for CURVE peers pyzmq's authenticator sets the ZAP User-Id
-to the z85 text of the client's public key (40 characters, e.g. the content
-of public/client.key), on every frame including the ROUTER routing id.
+Received.role: the sender's role. On a server socket it is the ZAP User-Id
+our authenticator set (the role's name, on every frame including the ROUTER
+routing id); on a connecting socket it is the role whose key it pinned, the
+only peer that can complete the handshake.
+
+A connecting socket whose handshake the server refuses learns it from its
+monitor at once: `refusal(socket)` says so in a sentence, so a caller can
+fail in well under a second instead of waiting out its timeout.
 
 A Transport's sockets follow libzmq's rule of one thread per socket; close()
 must only run once the threads using them have stopped.
@@ -37,9 +43,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
-from wire.keys import KeyFolder, KeyFolderError
+from wire.enums import NodeRole
+from wire.keys import UPSTREAM_ROLE, KeyFolder, KeyFolderError, role_name
 from wire.limits import (
     LINGER_MS,
     MAX_FRAME_BYTES,
@@ -77,6 +85,14 @@ _MONITORED_EVENTS = (
     | zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED
 )
 
+# What a connecting socket's refused handshake means, for `refusal`.
+_REFUSALS = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "this key is not admitted",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the handshake broke the protocol "
+                                         "(are both sides using this cluster's keys?)",
+}
+_ROLE_OF_TAG = {role_name(role): role for role in NodeRole}
+
 COUNTER_NAMES = (
     "handshakes_rejected",
     *_REJECTED_EVENTS.values(),
@@ -85,6 +101,7 @@ COUNTER_NAMES = (
     "messages_dropped_too_many_frames",
     "messages_dropped_too_large",
     "sends_dropped",
+    "handshakes_refused_by_peer",
 )
 
 
@@ -133,8 +150,38 @@ class Received:
     """One whole message. `frames` are views into zmq frames, not copies."""
 
     peer: bytes | None
-    user_id: str | None
+    role: NodeRole | None
     frames: list[memoryview]
+
+
+class RoleSocket(zmq.Socket):
+    """A zmq socket that knows whom it talks to: `server_role` is the role
+    whose key a connecting socket pinned (None on a bound one), and
+    `refused` the reason its last handshake was refused, if it was."""
+
+    server_role: NodeRole | None = None
+    refused: str | None = None
+
+
+def refusal(socket: zmq.Socket) -> str | None:
+    """Why the server refused this connecting socket's handshake, in one
+    sentence, or None while it has not (or has since accepted it)."""
+    return getattr(socket, "refused", None)
+
+
+class _RoleAuthenticator(ThreadAuthenticator):
+    """Admits the keys it is given and tags each connection with the role
+    of its key, as the ZAP User-Id."""
+
+    def __init__(self, context: zmq.Context) -> None:
+        super().__init__(context)
+        self.roles: dict[bytes, NodeRole] = {}
+
+    def callback(self, domain: str, z85_key: bytes) -> bool:
+        return z85_key in self.roles
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        return role_name(self.roles[z85.encode(client_public_key)])
 
 
 class Transport:
@@ -152,7 +199,7 @@ class Transport:
         self._sockets: set[zmq.Socket] = set()
         self._lock = threading.Lock()
         self._closed = False
-        self._auth = ThreadAuthenticator(self._context)
+        self._auth = _RoleAuthenticator(self._context)
         try:
             try:
                 self._auth.start()
@@ -177,19 +224,20 @@ class Transport:
         """Re-read public/ after keys were added or removed there."""
         # pyzmq's loader only logs a bad certificate, so check it ourselves.
         try:
-            admitted = self.keys.admitted_public_keys()
+            admitted = self.keys.admitted_roles()
         except KeyFolderError as e:
             raise TransportError(f"cannot load admitted keys: {e}") from e
         if not admitted:
             raise TransportError(f"no admitted public keys in {self.keys.public_dir}")
-        self._auth.configure_curve(domain=ZAP_DOMAIN, location=str(self.keys.public_dir))
+        self._auth.roles = admitted  # one assignment: the ZAP thread sees the old or the new set
+        self._auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=self._auth)
 
     def server_socket(self, kind: int, bind: str) -> zmq.Socket:
         """A CURVE server socket bound to `bind` (port 0 or `*` allowed).
 
         The endpoint actually bound is `socket.last_endpoint`.
         """
-        public, secret = self.keys.server_keypair()
+        public, secret = self.keys.keypair()
 
         def setup(sock: zmq.Socket) -> None:
             sock.curve_server = True
@@ -200,22 +248,27 @@ class Transport:
                 # Unknown peer -> EHOSTUNREACH instead of a silent drop.
                 sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             # Monitor before bind so no handshake can slip past the counters.
-            self._monitor.watch(sock)
+            self._monitor.watch(sock, connecting=False)
             sock.bind(bind)
 
         return self._new_socket(kind, setup)
 
     def client_socket(
-        self, kind: int, connect: str, server_public_key: bytes | None = None
+        self, kind: int, connect: str, server_role: NodeRole | None = None
     ) -> zmq.Socket:
-        """A CURVE client socket connected to `connect`, pinning the server key."""
-        public, secret = self.keys.client_keypair()
-        server_key = server_public_key or self.keys.server_public_key()
+        """A CURVE client socket connected to `connect`, pinning the public
+        key of `server_role` (by default this role's upstream, see
+        wire.keys.UPSTREAM_ROLE). A refused handshake shows in `refusal`."""
+        public, secret = self.keys.keypair()
+        role = NodeRole(server_role) if server_role is not None else UPSTREAM_ROLE[self.keys.role]
+        server_key = self.keys.public_key(role)
 
         def setup(sock: zmq.Socket) -> None:
+            sock.server_role = role
             sock.curve_secretkey = secret
             sock.curve_publickey = public
             sock.curve_serverkey = server_key
+            self._monitor.watch(sock, connecting=True, name=f"{role_name(role)} at {connect}")
             sock.connect(connect)
 
         return self._new_socket(kind, setup)
@@ -226,7 +279,7 @@ class Transport:
                 raise TransportError("transport is closed")
             # Sockets closed by their users need not be remembered.
             self._sockets = {s for s in self._sockets if not s.closed}
-        sock = self._context.socket(kind)
+        sock = self._context.socket(kind, socket_class=RoleSocket)
         try:
             sock.setsockopt(zmq.LINGER, LINGER_MS)
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_WIRE_FRAME_BYTES)
@@ -282,15 +335,21 @@ class _MonitorThread(threading.Thread):
         super().__init__(name="uds-transport-monitor", daemon=True)
         self._context = context
         self._counters = counters
-        self._requests: queue.Queue[tuple[str, threading.Event]] = queue.Queue()
+        self._requests: queue.Queue[tuple[str, threading.Event, tuple | None]] = queue.Queue()
+        # Monitor PAIR -> (connecting socket, its server's name); bound
+        # sockets are not here. Touched by this thread only.
+        self._connecting: dict[zmq.Socket, tuple[zmq.Socket, str]] = {}
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
 
-    def watch(self, sock: zmq.Socket) -> None:
+    def watch(self, sock: zmq.Socket, connecting: bool, name: str = "") -> None:
+        """Count `sock`'s handshakes; for a connecting socket, also note on
+        it why the server `name` ("master at tcp://...") refused one."""
         address = f"inproc://uds-monitor-{os.getpid()}-{next(self._ids)}"
         sock.monitor(address, _MONITORED_EVENTS)
         attached = threading.Event()
-        self._requests.put((address, attached))
+        watched = (sock, name) if connecting else None
+        self._requests.put((address, attached, watched))
         os.write(self._wake_w, b"x")
         # Events emitted before the PAIR peer connects are lost, so wait.
         if not attached.wait(MONITOR_REGISTER_TIMEOUT_S):
@@ -323,7 +382,7 @@ class _MonitorThread(threading.Thread):
     def _attach_pending(self, poller: zmq.Poller, pairs: set[zmq.Socket]) -> None:
         while True:
             try:
-                address, attached = self._requests.get_nowait()
+                address, attached, watched = self._requests.get_nowait()
             except queue.Empty:
                 return
             pair = self._context.socket(zmq.PAIR)
@@ -331,6 +390,8 @@ class _MonitorThread(threading.Thread):
             pair.connect(address)
             poller.register(pair, zmq.POLLIN)
             pairs.add(pair)
+            if watched is not None:
+                self._connecting[pair] = watched
             attached.set()
 
     def _handle_event(
@@ -340,7 +401,10 @@ class _MonitorThread(threading.Thread):
             event = parse_monitor_message(pair.recv_multipart(zmq.NOBLOCK))["event"]
         except zmq.Again:
             return
-        if event in _REJECTED_EVENTS:
+        watched = self._connecting.get(pair)
+        if watched is not None and event != zmq.EVENT_MONITOR_STOPPED:
+            self._note_outcome(watched, event)
+        elif event in _REJECTED_EVENTS:
             self._counters.increment("handshakes_rejected", _REJECTED_EVENTS[event])
         elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._counters.increment("handshakes_succeeded")
@@ -350,7 +414,16 @@ class _MonitorThread(threading.Thread):
             # The watched socket was closed.
             poller.unregister(pair)
             pairs.discard(pair)
+            self._connecting.pop(pair, None)
             pair.close(linger=0)
+
+    def _note_outcome(self, watched: tuple[zmq.Socket, str], event: int) -> None:
+        sock, name = watched
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            sock.refused = None  # admitted now (keys were reloaded)
+        elif event in _REFUSALS:
+            self._counters.increment("handshakes_refused_by_peer")
+            sock.refused = f"authentication refused by {name}: {_REFUSALS[event]}"
 
 
 CountersLike = Transport | Counters | None
@@ -392,7 +465,8 @@ def recv_message(socket: zmq.Socket, counters: CountersLike) -> Received | None:
         if sink is not None:
             sink.increment(dropped_as)
         return None
-    return Received(peer=peer, user_id=_user_id(first), frames=[f.buffer for f in frames])
+    role = _ROLE_OF_TAG.get(_user_id(first)) or getattr(socket, "server_role", None)
+    return Received(peer=peer, role=role, frames=[f.buffer for f in frames])
 
 
 def recv_messages(socket: zmq.Socket, counters: CountersLike, limit: int) -> Iterator[Received]:
