@@ -4,7 +4,8 @@
 hosts (it holds every secret):
 
     public/ROLE.key           z85 public key of each role (client, master,
-                              loadbalancer, storage, worker)
+                              loadbalancer, storage, worker); more keys of
+                              a role may be added as ROLE-NAME.key
     private/                  mode 0700
     private/ROLE.key_secret   mode 0600, one per role
     private/raft.password     mode 0600, pysyncobj's password (master/raft.py)
@@ -121,13 +122,14 @@ class KeyFolder:
         return self._public_keys[NodeRole(role)]
 
     def admitted_roles(self) -> dict[bytes, NodeRole]:
-        """z85 public key -> role, for every `ROLE.key` in public/, read now
+        """z85 public key -> role, for every `ROLE.key` and `ROLE-NAME.key`
+        (another key of that role, e.g. one per host) in public/, read now
         (it may change). A file that names no role is an error: its key
         would have no role to be tagged with."""
         admitted: dict[bytes, NodeRole] = {}
         for cert in sorted(self.public_dir.glob("*.key")):
             try:
-                role = role_of_name(cert.stem)
+                role = role_of_name(cert.stem.split("-", 1)[0])
             except ValueError as fault:
                 raise KeyFolderError(f"{cert}: {fault}") from None
             admitted[_read_public(cert)] = role
