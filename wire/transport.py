@@ -91,6 +91,13 @@ _REFUSALS = {
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the handshake broke the protocol "
                                          "(are both sides using this cluster's keys?)",
 }
+# A server that cannot open our handshake (we pinned a key it does not hold)
+# just hangs up: libzmq reports that without detail. One such hang-up may be
+# a server stopping mid-handshake; this many in a row, with none accepted,
+# is a refusal.
+HANG_UPS_FOR_REFUSAL = 3
+_HANG_UP_REFUSAL = ("it ends every handshake; is this the cluster's public key for it "
+                    "(does the cluster file hold this cluster's keys)?")
 _ROLE_OF_TAG = {role_name(role): role for role in NodeRole}
 
 COUNTER_NAMES = (
@@ -338,7 +345,7 @@ class _MonitorThread(threading.Thread):
         self._requests: queue.Queue[tuple[str, threading.Event, tuple | None]] = queue.Queue()
         # Monitor PAIR -> (connecting socket, its server's name); bound
         # sockets are not here. Touched by this thread only.
-        self._connecting: dict[zmq.Socket, tuple[zmq.Socket, str]] = {}
+        self._connecting: dict[zmq.Socket, _Connecting] = {}
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
 
@@ -391,7 +398,7 @@ class _MonitorThread(threading.Thread):
             poller.register(pair, zmq.POLLIN)
             pairs.add(pair)
             if watched is not None:
-                self._connecting[pair] = watched
+                self._connecting[pair] = _Connecting(*watched)
             attached.set()
 
     def _handle_event(
@@ -417,13 +424,28 @@ class _MonitorThread(threading.Thread):
             self._connecting.pop(pair, None)
             pair.close(linger=0)
 
-    def _note_outcome(self, watched: tuple[zmq.Socket, str], event: int) -> None:
-        sock, name = watched
+    def _note_outcome(self, watched: _Connecting, event: int) -> None:
+        sock = watched.socket
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            watched.hang_ups = 0
             sock.refused = None  # admitted now (keys were reloaded)
         elif event in _REFUSALS:
             self._counters.increment("handshakes_refused_by_peer")
-            sock.refused = f"authentication refused by {name}: {_REFUSALS[event]}"
+            sock.refused = f"authentication refused by {watched.name}: {_REFUSALS[event]}"
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            watched.hang_ups += 1
+            if watched.hang_ups >= HANG_UPS_FOR_REFUSAL:
+                self._counters.increment("handshakes_refused_by_peer")
+                sock.refused = f"authentication refused by {watched.name}: {_HANG_UP_REFUSAL}"
+
+
+@dataclasses.dataclass
+class _Connecting:
+    """A connecting socket the monitor thread watches, and its server's name."""
+
+    socket: zmq.Socket
+    name: str
+    hang_ups: int = 0
 
 
 CountersLike = Transport | Counters | None
