@@ -63,8 +63,10 @@ SENDERS: dict[T, frozenset[NodeRole]] = {
 ROLE_FIELDS: dict[T, str] = {T.HELLO: "role"}
 
 
-# The same tables by type number: checking a message costs two dict lookups.
-_SENDERS_BY_NUMBER = {int(message_type): roles for message_type, roles in SENDERS.items()}
+# The same tables by type number: checking a message costs two dict lookups
+# and a scan of a short tuple, where the role is found by identity (hashing
+# an enum member would run Python code for every message).
+_SENDERS_BY_NUMBER = {int(message_type): tuple(roles) for message_type, roles in SENDERS.items()}
 _ROLE_FIELDS_BY_NUMBER = {int(message_type): field for message_type, field in ROLE_FIELDS.items()}
 
 
