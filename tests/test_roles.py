@@ -36,12 +36,13 @@ def _address(layout, role):
             NodeRole.STORAGE: loaded.storage[0].address}[role]
 
 
-def ask(layout, sender: NodeRole, receiver: NodeRole, message: wire.Message) -> wire.Message | None:
+def ask(layout, sender: NodeRole, receiver: NodeRole, message: wire.Message,
+        timeout_ms: int = REPLY_TIMEOUT_MS) -> wire.Message | None:
     """Send `message` with `sender`'s key to the daemon of `receiver`; its reply."""
     with Transport(layout.keys(sender)) as transport:
         socket = transport.client_socket(zmq.DEALER, _address(layout, receiver), receiver)
         send_message(socket, wire.encode(message))
-        if not socket.poll(REPLY_TIMEOUT_MS, zmq.POLLIN):
+        if not socket.poll(timeout_ms, zmq.POLLIN):
             return None
         return wire.decode(recv_message(socket, None).frames)
 
@@ -103,10 +104,13 @@ def test_a_worker_key_cannot_submit_jobs(shared_cluster):
         shared_cluster.connection.job(submit.job_uuid.hex()).status()
 
 
-def test_an_error_is_never_answered(shared_cluster):
+@pytest.mark.parametrize("receiver", [NodeRole.MASTER, NodeRole.STORAGE])
+def test_an_error_is_never_answered(shared_cluster, receiver):
     error = sample(wire.Error)
-    # An error from a role that may send one, and to a node that has no use for it.
-    assert ask(shared_cluster.layout, NodeRole.CLIENT, NodeRole.STORAGE, error) is None
+    # Neither node has a use for an error from a client: counted, not answered.
+    before = stats(shared_cluster.layout, receiver)
+    assert ask(shared_cluster.layout, NodeRole.CLIENT, receiver, error, timeout_ms=500) is None
+    assert stats(shared_cluster.layout, receiver)["unexpected"] == before.get("unexpected", 0) + 1
 
 
 # -- refusals are said at once -----------------------------------------------

@@ -188,7 +188,10 @@ class _RoleAuthenticator(ThreadAuthenticator):
         return z85_key in self.roles
 
     def curve_user_id(self, client_public_key: bytes) -> str:
-        return role_name(self.roles[z85.encode(client_public_key)])
+        # The key may have left `roles` since `callback` admitted it (a
+        # reload in between): no tag, so the dispatcher refuses its messages.
+        role = self.roles.get(z85.encode(client_public_key))
+        return "" if role is None else role_name(role)
 
 
 class Transport:
