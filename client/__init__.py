@@ -9,7 +9,7 @@ from typing import Any, Iterable, Iterator
 
 from client.api import Connection, connect, find_cluster_file
 from client.errors import (
-    ClientError, InvalidJobError, JobFailed, JobTimeout, NoClusterError, RemoteError,
+    AuthenticationRefused, ClientError, InvalidJobError, JobFailed, JobTimeout, NoClusterError, RemoteError,
     RequestTimeout, UnknownJobError,
 )
 from client.jobs import ChunkStatus, Job, JobStatus
@@ -42,5 +42,6 @@ def as_completed(jobs: Iterable[Job], timeout: float | None = None) -> Iterator[
 
 
 __all__ = ["connect", "put", "get", "submit_job", "as_completed", "find_cluster_file", "Connection",
-           "Job", "JobStatus", "ChunkStatus", "ChunkResult", "ClientError", "InvalidJobError", "JobFailed",
+           "Job", "JobStatus", "ChunkStatus", "ChunkResult", "AuthenticationRefused", "ClientError",
+           "InvalidJobError", "JobFailed",
            "JobTimeout", "NoClusterError", "RemoteError", "RequestTimeout", "UnknownJobError"]

@@ -8,7 +8,8 @@ import sys
 import time
 from typing import Any, Callable
 
-from wire.keys import KeyFolder, KeyFolderError
+from wire.enums import NodeRole
+from wire.keys import KeyFolderError, create_cluster_keys, export_role, role_name, role_of_name
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -67,10 +68,22 @@ def _connect(options: argparse.Namespace):
 
 def keys_init(options: argparse.Namespace) -> int:
     try:
-        folder = KeyFolder.create(options.dir)
+        folder = create_cluster_keys(options.dir)
     except KeyFolderError as fault:
         raise CommandError(str(fault)) from None
-    print(f"wrote cluster keys to {folder.path}")
+    print(f"wrote a key pair for each role and the Raft password to {folder}; keep it off the hosts "
+          f"and give each host its role's folder with `uds keys export --role ROLE DIR`")
+    return 0
+
+
+def keys_export(options: argparse.Namespace) -> int:
+    try:
+        role = role_of_name(options.role)
+        folder = export_role(options.keys, role, options.dir)
+    except (KeyFolderError, ValueError) as fault:
+        raise CommandError(str(fault)) from None
+    print(f"wrote the {role_name(role)} key folder to {folder.path}; on the host, put it at "
+          f"KEYS/{role_name(role)} where KEYS is the cluster file's `keys`")
     return 0
 
 
@@ -284,9 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = commands.add_parser("keys", help="manage cluster keys")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    init = keys_commands.add_parser("init", help="write a new cluster key folder")
+    init = keys_commands.add_parser("init", help="write a key pair for each role and the Raft password")
     init.add_argument("dir", help="folder to create (must not hold keys yet)")
     init.set_defaults(run=keys_init)
+    export = keys_commands.add_parser("export", help="write the key folder one host of a role holds")
+    export.add_argument("--role", required=True, choices=[role_name(role) for role in NodeRole])
+    export.add_argument("--keys", default="keys", metavar="DIR",
+                        help="the folder `uds keys init` wrote (default ./keys)")
+    export.add_argument("dir", help="folder to create (must not hold keys yet)")
+    export.set_defaults(run=keys_export)
 
     sub = command("put", put, "store files; prints each file's id")
     sub.add_argument("paths", nargs="+", metavar="PATH")

@@ -104,7 +104,8 @@ enum error_code {
     ERR_TOO_LARGE = 8,
     ERR_NOT_LEADER = 9,
     ERR_BUSY = 10,
-    ERR_INTERNAL = 11
+    ERR_INTERNAL = 11,
+    ERR_FORBIDDEN = 12       /* the sender's role may not send this message type */
 };
 
 /* file_put_reply.status */

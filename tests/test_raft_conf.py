@@ -11,7 +11,8 @@ from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.syncobj import SyncObjException
 
 from master.raft import syncobj_conf
-from wire.keys import KeyFolder
+from wire.enums import NodeRole
+from wire.keys import KeyFolder, create_cluster_keys
 
 DEADLINE_S = 5.0
 # Short enough to keep the suite fast, long enough for a leader election.
@@ -60,7 +61,7 @@ def wait_until(predicate, timeout=DEADLINE_S):
 
 @pytest.fixture
 def keys(tmp_path):
-    return KeyFolder.create(tmp_path / "keys")
+    return KeyFolder(create_cluster_keys(tmp_path / "keys"), NodeRole.MASTER)
 
 
 @pytest.fixture
@@ -131,7 +132,7 @@ def test_nodes_with_the_same_password_replicate(keys, nodes):
 
 
 def test_node_with_another_password_cannot_join(keys, nodes, tmp_path):
-    stranger_keys = KeyFolder.create(tmp_path / "stranger")
+    stranger_keys = KeyFolder(create_cluster_keys(tmp_path / "stranger"), NodeRole.MASTER)
     addresses = addresses_for(3)
     members = [nodes(addresses, i, syncobj_conf(keys)) for i in range(2)]
     stranger = nodes(addresses, 2, syncobj_conf(stranger_keys))
