@@ -26,7 +26,7 @@ def test_a_chunk_that_fails_then_succeeds_on_its_retry(shared_cluster, tmp_path)
     status = job.wait(timeout=WAIT_S)
     assert status.state == "succeeded", status
     [chunk] = status.chunks
-    assert (chunk.state, chunk.attempt, chunk.exit_code, chunk.error) == ("succeeded", 2, 0, "")
+    assert (chunk.state, chunk.attempt, chunk.result.exit_code, chunk.result.error) == ("succeeded", 2, 0, "")
     assert connection.get(chunk.stdout) == b"attempt 2 ran\n"
     assert [(e["attempt"], e["detail"]) for e in _events_of(connection, job.id, "chunk_retried")] == [
         (1, "exit code 3; retry 1 of 1")]
@@ -52,7 +52,7 @@ def test_a_program_writing_past_the_kill_limit_is_stopped(shared_cluster):
     assert status.state == "failed", status
     [chunk] = status.chunks
     reason = f"stopped: stdout or stderr passed {LOG_KILL_BYTES} bytes"
-    assert (chunk.state, chunk.error) == ("failed", reason)
+    assert (chunk.state, chunk.result.error) == ("failed", reason)
     assert status.error == f"chunk 0: {reason}"
     stdout = connection.get(chunk.stdout)
     # What was stored is the cap, whatever the program wrote before it died.
@@ -71,7 +71,7 @@ def test_a_program_no_worker_can_fetch_is_rejected_until_it_is_poison(shared_clu
     status = connection.submit_job(b"never stored", timeout=WAIT_S).wait(timeout=WAIT_S)
     assert status.state == "failed", status
     [chunk] = status.chunks
-    assert (chunk.state, chunk.attempt, chunk.error) == ("failed", POISON_LIMIT, POISON_ERROR)
+    assert (chunk.state, chunk.attempt, chunk.result.error) == ("failed", POISON_LIMIT, POISON_ERROR)
     assert status.error == f"chunk 0: {POISON_ERROR}"
     # Each worker said why it refused: the rejections are in the event log.
     rejections = _events_of(connection, status.id, "chunk_lost")
