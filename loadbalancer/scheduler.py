@@ -249,8 +249,15 @@ class Scheduler:
     def _on_status(self, event: WorkerStatusReport, now: float) -> list[Effect]:
         key = AttemptKey(event.job, event.chunk, event.attempt)
         result = {item.name: getattr(event, item.name) for item in fields(ChunkResult)}
+        state = int(event.state)
+        if state == ChunkState.CANCELLED and self._ended.get(key) in (_Ended.LOST, _Ended.FINAL):
+            # A copy this balancer cancelled on its own after reporting the
+            # attempt LOST or final: to the master it is lost, never a cancel
+            # of the chunk (which a CANCELLED committed before that report,
+            # in a batch overtaken by this one, would be).
+            state = int(ChunkState.LOST)
         effects: list[Effect] = [ForwardEvent(
-            job=event.job, chunk=event.chunk, attempt=event.attempt, state=int(event.state),
+            job=event.job, chunk=event.chunk, attempt=event.attempt, state=state,
             worker=event.worker, **result)]
         worker = self._workers.get(event.worker)
         owner = self._owner.get(key)

@@ -295,13 +295,19 @@ class ClusterState:
         if existing is not None and existing.alive:
             if all(getattr(existing, name) == value for name, value in details.items()):
                 return NodeOutcome(changed=False)
+            restarted = existing.started_at != details["started_at"]
             for name, value in details.items():
                 setattr(existing, name, value)
+            if restarted:
+                self._lose_attempts_on(command.node, now, "worker restarted")
             return NodeOutcome(changed=False, updated=True)
         # First time, or back after being lost.
         self.node_records[command.node] = NodeRecord(**details, alive=True, changed_at=now)
         self._log(now, NODE_JOINED, node=command.node,
                   detail=f"{NodeRole(command.role).name.lower()} {command.host} {command.address}")
+        # Attempts it started while not known as alive may be an earlier
+        # process's, which no balancer remembers: give them up (fenced, so safe).
+        self._lose_attempts_on(command.node, now, "worker joined again")
         return NodeOutcome(changed=True)
 
     def _apply_node_lost(self, command: NodeLost, now: float) -> NodeOutcome:
@@ -313,7 +319,21 @@ class ClusterState:
         record.alive = False
         record.changed_at = now
         self._log(now, NODE_LOST, node=command.node, detail=NodeRole(record.role).name.lower())
+        self._lose_attempts_on(command.node, now, "worker lost")
         return NodeOutcome(changed=True)
+
+    def _lose_attempts_on(self, node: bytes, now: float, why: str) -> None:
+        """The node's processes are gone: its RUNNING attempts are lost. The
+        balancer says so too, unless it restarted and never learnt of them;
+        then nothing else would ever requeue them."""
+        on_node = [key for key in self.running if self.job_records[key[0]].chunks[key[1]].worker == node]
+        for job, index in on_node:
+            job_record = self.job_records[job]
+            chunk = job_record.chunks[index]
+            event = ChunkEvent(job=job, chunk=index, attempt=chunk.attempt, state=int(ChunkState.LOST),
+                               worker=node, error=why)
+            self._lose(job_record, event, chunk, now)
+            self._finish_job_if_done(job_record, now)
 
     # ------------------------------------------------------------------
     # Chunk actions: `event` is of the chunk's current attempt and the chunk
