@@ -90,7 +90,7 @@ class Simulation:
     # -- the network -----------------------------------------------------------
 
     def send(self, source: str, target: str, message: wire.Message) -> None:
-        frames = [bytes(frame) for frame in wire.encode(message)]
+        frames = wire.encode(message)
         copies = 1
         faults = self.faults
         if faults.drop or faults.duplicate or faults.slow:
