@@ -374,6 +374,51 @@ def test_nodes_join_are_lost_and_come_back_with_one_event_per_change():
     assert events[0].detail == "worker w1 tcp://w1:5000" and last_seq == 3
 
 
+def worker_seen(started_at=100.0, worker=WORKER_1) -> NodeSeen:
+    return NodeSeen(node=worker, role=int(NodeRole.WORKER), host="w1", address="", slots=2,
+                    cache_bytes=0, started_at=started_at)
+
+
+def running_on_worker_1() -> ClusterState:
+    """Chunk 0 RUNNING on WORKER_1 (a known worker), chunk 1 DISPATCHED."""
+    state = started(chunk_count=2)
+    state.apply([worker_seen(), event(0, 1, ChunkState.STARTED)], 3.0)
+    assert phases(state) == [("running", 1), ("dispatched", 1)]
+    return state
+
+
+@pytest.mark.parametrize("command, why", [
+    (NodeLost(WORKER_1), "worker lost"),
+    (worker_seen(started_at=200.0), "worker restarted"),
+])
+def test_a_lost_or_restarted_worker_loses_its_running_attempts(command, why):
+    # A restarted balancer may never learn what the dead process ran.
+    state = running_on_worker_1()
+    after = state.last_seq
+    one(state, command, now=4.0)
+    assert phases(state) == [("queued", 2), ("dispatched", 1)]
+    assert state.job_view(JOB_A).chunks[0].lost_count == 1
+    lost_events = [e for e in state.events_after(after, 10)[0] if e.kind == "chunk_lost"]
+    assert [(e.chunk, e.attempt, e.node, e.detail) for e in lost_events] == [
+        (0, 1, WORKER_1, f"lost: {why}; loss 1 of {POISON_LIMIT}")]
+    # The balancer's own LOST, or a late result of that attempt, is stale now.
+    assert one(state, event(0, 1, ChunkState.LOST)).status == "stale"
+    assert one(state, event(0, 1, ChunkState.SUCCEEDED, exit_code=0)).status == "stale"
+
+
+def test_the_same_worker_process_seen_again_keeps_its_attempts():
+    state = running_on_worker_1()
+    assert one(state, worker_seen(), now=4.0) == NodeOutcome(changed=False)
+    assert phases(state) == [("running", 1), ("dispatched", 1)]
+
+
+def test_a_worker_joining_while_unknown_loses_what_it_started_before():
+    state = started(chunk_count=1)
+    state.apply([event(0, 1, ChunkState.STARTED)], 3.0)
+    assert one(state, worker_seen(), now=4.0) == NodeOutcome(changed=True)
+    assert phases(state) == [("queued", 2)]
+
+
 def test_unknown_or_malformed_nodes_are_refused():
     state = ClusterState()
     assert one(state, NodeLost(NODE_ID)) == NodeOutcome(

@@ -18,6 +18,7 @@ from master.state import (
 )
 
 from .storage import PROOF_NAME, ContentStore, Proof
+from .trace import short
 
 FINAL_EVENT_KINDS = frozenset({CHUNK_SUCCEEDED, CHUNK_FAILED, CHUNK_CANCELLED})
 
@@ -46,7 +47,7 @@ class Checker:
             self._check_job(job, record)
         for job in self.acknowledged:
             if job not in state.job_records:
-                raise InvariantBroken(f"acknowledged job {job.hex()} is not in the state")
+                raise InvariantBroken(f"acknowledged job {short(job)} is not in the state")
 
     def _count_final_events(self) -> None:
         events, self.seen_seq = self.state.events_after(self.seen_seq, 1 << 30)
@@ -55,7 +56,7 @@ class Checker:
                 key = (event.job, event.chunk)
                 self.final_events[key] = self.final_events.get(key, 0) + 1
                 if self.final_events[key] > 1:
-                    raise InvariantBroken(f"chunk {event.chunk} of job {event.job.hex()} committed "
+                    raise InvariantBroken(f"chunk {event.chunk} of job {short(event.job)} committed "
                                           f"{self.final_events[key]} times (attempt {event.attempt})")
 
     def _check_job(self, job: bytes, record) -> None:
@@ -67,23 +68,23 @@ class Checker:
             key = (job, index)
             for phase, table in tables.items():
                 if (key in table) != (chunk.phase is phase):
-                    raise InvariantBroken(f"chunk {index} of job {job.hex()} is {chunk.phase.label} "
+                    raise InvariantBroken(f"chunk {index} of job {short(job)} is {chunk.phase.label} "
                                           f"but {'in' if key in table else 'not in'} the {phase.label} table")
             if chunk.phase not in FINAL_PHASES:
                 continue
             succeeded += chunk.phase is ChunkPhase.SUCCEEDED
             if chunk.phase is ChunkPhase.CANCELLED:
-                raise InvariantBroken(f"chunk {index} of job {job.hex()} cancelled, but nobody cancelled it")
+                raise InvariantBroken(f"chunk {index} of job {short(job)} cancelled, but nobody cancelled it")
             self._check_result(job, index, chunk)
             if self.final_events.get(key) != 1:
-                raise InvariantBroken(f"chunk {index} of job {job.hex()} is {chunk.phase.label} "
+                raise InvariantBroken(f"chunk {index} of job {short(job)} is {chunk.phase.label} "
                                       f"with {self.final_events.get(key, 0)} final events")
             fingerprint = (chunk.phase, chunk.attempt, chunk.worker, chunk.result)
             if self.final_records.setdefault(key, fingerprint) != fingerprint:
-                raise InvariantBroken(f"chunk {index} of job {job.hex()} changed after it was final: "
+                raise InvariantBroken(f"chunk {index} of job {short(job)} changed after it was final: "
                                       f"{self.final_records[key]} became {fingerprint}")
         if succeeded != record.chunks_succeeded:
-            raise InvariantBroken(f"job {job.hex()} counts {record.chunks_succeeded} chunks succeeded "
+            raise InvariantBroken(f"job {short(job)} counts {record.chunks_succeeded} chunks succeeded "
                                   f"but {succeeded} are")
         if record.finished_at is None:
             self.unfinished += 1
@@ -94,15 +95,15 @@ class Checker:
             # Only a poisoned chunk ends without a program's output.
             if chunk.phase is ChunkPhase.FAILED and chunk.result and chunk.result.error == POISON_ERROR:
                 return
-            raise InvariantBroken(f"chunk {index} of job {job.hex()} is {chunk.phase.label} "
+            raise InvariantBroken(f"chunk {index} of job {short(job)} is {chunk.phase.label} "
                                   f"without a program's output: {chunk.result}")
         proof = self.store.proof_of(ref)
         expected = Proof(job, index, chunk.attempt, chunk.worker)
         if proof != expected:
             raise InvariantBroken(
-                f"chunk {index} of job {job.hex()} committed the output of attempt "
-                f"{proof.attempt if proof else '?'} on worker {proof.worker.hex() if proof else '?'}, "
-                f"but its current attempt is {chunk.attempt} on {chunk.worker.hex() if chunk.worker else None}")
+                f"chunk {index} of job {short(job)} committed the output of attempt "
+                f"{proof.attempt if proof else '?'} on worker {short(proof.worker) if proof else '?'}, "
+                f"but its current attempt is {chunk.attempt} on {short(chunk.worker) if chunk.worker else None}")
 
     def all_finished(self, expected_jobs: int) -> bool:
         return (len(self.acknowledged) == expected_jobs and self.unfinished == 0
@@ -116,4 +117,4 @@ class Checker:
             if record.finished_at is None:
                 phases = ", ".join(f"{index}:{chunk.phase.label}/{chunk.attempt}"
                                    for index, chunk in enumerate(record.chunks))
-                raise InvariantBroken(f"job {job.hex()} unfinished at {now:.2f} s: {phases}")
+                raise InvariantBroken(f"job {short(job)} unfinished at {now:.2f} s: {phases}")

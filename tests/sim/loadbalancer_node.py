@@ -63,9 +63,13 @@ class SimBalancer(Host):
             core.WorkerJoined: self._do_worker_joined,
             core.WorkerLost: self._do_worker_lost,
             core.AskHello: self._do_ask_hello,
-            core.Note: lambda effect: self.sim.note(f"{self.name}: {effect.text}"),
+            core.Note: self._note,
         }
         self.every(heartbeat_interval_s / 2, self._after_wakeup)
+
+    def _note(self, effect: core.Note) -> None:
+        if self.sim.tracing:
+            self.sim.note(f"{self.name}: {effect.text}")
 
     def on_message(self, source: str, message: wire.Message) -> None:
         handler = self.handlers.get(type(message))

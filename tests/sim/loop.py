@@ -97,7 +97,8 @@ class Simulation:
             roll = self.random.random()
             if roll < faults.drop:
                 self.count("message_dropped")
-                self.note(f"drop {source} -> {target} {describe(message)}")
+                if self.tracing:
+                    self.note(f"drop {source} -> {target} {describe(message)}")
                 return
             if roll < faults.drop + faults.duplicate:
                 self.count("message_duplicated")

@@ -7,14 +7,13 @@ committed (applied, but nobody hears of it) or dropped.
 """
 from __future__ import annotations
 
-from master.state import ClusterState
-
 import wire
+from master.state import ClusterState
 
 from .host import Host
 from .loop import Simulation
-from .today import IDLE_POLL_MS
 from .master_node import Committed, Propose, Received, Send, SimLeader, Tick
+from .today import IDLE_POLL_MS
 
 # A proposal commits this long after it is proposed (plus up to as much again).
 COMMIT_DELAY_S = 0.002
@@ -57,8 +56,9 @@ class MasterHost(Host):
             return                                  # dropped in an election
         generation, commands = entry
         outcomes = self.state.apply(commands, self.sim.now)
-        self.sim.note(f"commit {len(commands)} commands: " + ", ".join(
-            type(command).__name__ for command in commands))
+        if self.sim.tracing:
+            self.sim.note(f"commit {len(commands)} commands: " + ", ".join(
+                type(command).__name__ for command in commands))
         if generation == self.generation:
             self._carry_out(self.leader.handle(Committed(tag, outcomes), self.sim.now))
 
