@@ -71,7 +71,6 @@ class ChunkAction(Enum):
     SUCCEED = "succeed"     # -> SUCCEEDED
     FAIL = "fail"           # -> QUEUED with a new attempt, or FAILED when retries are used up
     LOSE = "lose"           # -> QUEUED with a new attempt, or FAILED as poison
-    CANCEL = "cancel"       # -> CANCELLED
     DUPLICATE = "duplicate" # nothing new (a second STARTED)
 
 
@@ -82,7 +81,11 @@ _REPORT_ACTIONS = {
     ChunkState.TIMED_OUT: ChunkAction.FAIL,
     ChunkState.LOST: ChunkAction.LOSE,
     ChunkState.REJECTED: ChunkAction.LOSE,
-    ChunkState.CANCELLED: ChunkAction.CANCEL,
+    # A worker cancels an attempt only when a balancer tells it to. The masters
+    # ask that only through CancelJob, which has made the chunk final already;
+    # any other cancel is a balancer taking a copy back (maybe a balancer since
+    # restarted, which cannot say so): to the chunk it is a loss.
+    ChunkState.CANCELLED: ChunkAction.LOSE,
 }
 # (phase, reported state) -> action, for events of the current attempt of a
 # chunk that is not final. A pair missing here (any report on a QUEUED chunk,
@@ -134,11 +137,8 @@ class JobRecord:
         if self.cancelled:
             return JobState.CANCELLED
         if self.chunks_final == self.spec.chunk_count:
-            if self.chunks_failed:
-                return JobState.FAILED
-            # A chunk that a worker reports cancelled without CancelJob (an
-            # operator's kill) leaves the job incomplete: not a success.
-            return JobState.CANCELLED if self.chunks_cancelled else JobState.SUCCEEDED
+            # Chunks are cancelled only with their job (self.cancelled).
+            return JobState.FAILED if self.chunks_failed else JobState.SUCCEEDED
         return JobState.RUNNING if self.ever_dispatched else JobState.QUEUED
 
 
@@ -371,12 +371,6 @@ class ClusterState:
         self._requeue(job_record, event, chunk, now, CHUNK_LOST,
                       f"{why}; loss {chunk.lost_count} of {POISON_LIMIT}")
 
-    def _cancel(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord, now: float) -> None:
-        self._finish_chunk(job_record, event, chunk, ChunkPhase.CANCELLED, ChunkResult.of_event(event))
-        job_record.chunks_cancelled += 1
-        self._log(now, CHUNK_CANCELLED, job=job_record.spec.job, chunk=event.chunk,
-                  attempt=chunk.attempt, node=event.worker, detail=event.error)
-
     def _fail_finally(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord,
                       now: float, why: str) -> None:
         self._finish_chunk(job_record, event, chunk, ChunkPhase.FAILED, ChunkResult.of_event(event, error=why))
@@ -553,7 +547,6 @@ _ACTIONS: dict[ChunkAction, Callable[[ClusterState, JobRecord, ChunkEvent, Chunk
     ChunkAction.SUCCEED: ClusterState._succeed,
     ChunkAction.FAIL: ClusterState._fail,
     ChunkAction.LOSE: ClusterState._lose,
-    ChunkAction.CANCEL: ClusterState._cancel,
 }
 
 

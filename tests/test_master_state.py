@@ -285,7 +285,7 @@ def test_a_timeout_counts_as_a_program_failure():
     assert state.job_view(JOB_A).error == "chunk 0: timed out"
 
 
-@pytest.mark.parametrize("loss", [ChunkState.LOST, ChunkState.REJECTED])
+@pytest.mark.parametrize("loss", [ChunkState.LOST, ChunkState.REJECTED, ChunkState.CANCELLED])
 def test_worker_loss_does_not_use_retries_but_poison_fails_the_chunk(loss):
     state = started(chunk_count=1, max_retries=0)
     for attempt in range(1, POISON_LIMIT + 1):
@@ -303,12 +303,14 @@ def test_worker_loss_does_not_use_retries_but_poison_fails_the_chunk(loss):
     assert [kind for kind, _, _ in kinds(state)].count("chunk_lost") == POISON_LIMIT - 1
 
 
-def test_a_chunk_cancelled_by_its_worker_leaves_the_job_cancelled():
+def test_a_chunk_cancelled_by_its_worker_without_cancel_job_is_lost_not_cancelled():
+    # Only a balancer taking back a copy cancels without CancelJob; the chunk
+    # must run again, not end cancelled with nobody having asked.
     state = started(chunk_count=2)
     state.apply([event(0, 1, ChunkState.SUCCEEDED, exit_code=0)], 3.0)
-    assert one(state, event(1, 1, ChunkState.CANCELLED)) == ChunkEventOutcome(
-        phase="cancelled", job_finished=True)
-    assert state.job_view(JOB_A).state == JobState.CANCELLED
+    assert one(state, event(1, 1, ChunkState.CANCELLED)) == ChunkEventOutcome(phase="queued")
+    assert phases(state) == [("succeeded", 1), ("queued", 2)]
+    assert state.job_view(JOB_A).state == JobState.RUNNING
 
 
 def test_job_state_stays_running_while_a_dispatched_chunk_is_requeued():
@@ -699,7 +701,7 @@ class ClusterStateMachine(RuleBasedStateMachine):
         if state in (ChunkState.FAILED, ChunkState.TIMED_OUT):
             retries_left = chunk.retries_used < self.submitted[sent.job].max_retries
             return requeued if retries_left else ("failed", chunk.attempt)
-        if state in (ChunkState.LOST, ChunkState.REJECTED):
+        if state in (ChunkState.LOST, ChunkState.REJECTED, ChunkState.CANCELLED):
             return requeued if chunk.lost_count + 1 < POISON_LIMIT else ("failed", chunk.attempt)
         return state.name.lower(), chunk.attempt
 
@@ -760,9 +762,7 @@ class ClusterStateMachine(RuleBasedStateMachine):
         if job in self.cancelled:
             return JobState.CANCELLED
         if all(phase in FINAL for phase in phases_of_job):
-            if "failed" in phases_of_job:
-                return JobState.FAILED
-            return JobState.CANCELLED if "cancelled" in phases_of_job else JobState.SUCCEEDED
+            return JobState.FAILED if "failed" in phases_of_job else JobState.SUCCEEDED
         return JobState.RUNNING if job in self.ever_dispatched else JobState.QUEUED
 
     @invariant()
