@@ -305,9 +305,11 @@ class ClusterState:
         self.node_records[command.node] = NodeRecord(**details, alive=True, changed_at=now)
         self._log(now, NODE_JOINED, node=command.node,
                   detail=f"{NodeRole(command.role).name.lower()} {command.host} {command.address}")
-        # Attempts it started while not known as alive may be an earlier
-        # process's, which no balancer remembers: give them up (fenced, so safe).
-        self._lose_attempts_on(command.node, now, "worker joined again")
+        if existing is None or existing.started_at != details["started_at"]:
+            # What it started before the masters knew this process may be an
+            # earlier process's, which no balancer remembers: give it up
+            # (fenced, so safe). Back as the same process, it keeps its work.
+            self._lose_attempts_on(command.node, now, "worker joined as a new process")
         return NodeOutcome(changed=True)
 
     def _apply_node_lost(self, command: NodeLost, now: float) -> NodeOutcome:

@@ -421,6 +421,19 @@ def test_a_worker_joining_while_unknown_loses_what_it_started_before():
     assert phases(state) == [("queued", 2)]
 
 
+def test_a_lost_worker_back_as_the_same_process_keeps_what_it_started_since():
+    state = running_on_worker_1()
+    state.apply([NodeLost(WORKER_1), DispatchAttempts(((JOB_A, 0, 2),)), event(0, 2, ChunkState.STARTED)], 4.0)
+    assert one(state, worker_seen(), now=5.0) == NodeOutcome(changed=True)
+    assert phases(state) == [("running", 2), ("dispatched", 1)]
+    # Back from lost as a new process, it loses it.
+    state.apply([NodeLost(WORKER_1)], 6.0)
+    state.apply([DispatchAttempts(((JOB_A, 0, 3),)), event(0, 3, ChunkState.STARTED)], 7.0)
+    one(state, worker_seen(started_at=300.0), now=8.0)
+    assert phases(state) == [("failed", 3), ("dispatched", 1)]
+    assert state.job_view(JOB_A).chunks[0].error == f"poison: chunk lost {POISON_LIMIT} workers"
+
+
 def test_unknown_or_malformed_nodes_are_refused():
     state = ClusterState()
     assert one(state, NodeLost(NODE_ID)) == NodeOutcome(
