@@ -47,7 +47,7 @@ class SeedReport:
         return not self.failure
 
 
-def _node_id(name: str) -> bytes:
+def _id(name: str) -> bytes:
     return name.encode().ljust(16, b"\0")
 
 
@@ -69,9 +69,9 @@ class Cluster:
 
     def restart(self, name: str) -> None:
         if name == BALANCER:
-            host = SimBalancer(self.sim, name, _node_id(name), MASTER, WORKER_HEARTBEAT_S, WORKER_LEASE_S)
+            host = SimBalancer(self.sim, name, _id(name), MASTER, WORKER_HEARTBEAT_S, WORKER_LEASE_S)
         else:
-            host = SimWorker(self.sim, name, _node_id(name), BALANCER, self.store, self.slots, WORKER_HEARTBEAT_S)
+            host = SimWorker(self.sim, name, _id(name), BALANCER, self.store, self.slots, WORKER_HEARTBEAT_S)
         self.sim.nodes[name] = host
         self.sim.note(f"start {name}")
 
@@ -109,7 +109,7 @@ def run_seed(seed: int, tracing: bool = False) -> SeedReport:
     for index in range(job_count):
         chunks = rng.randint(1, 3)
         report.chunks += chunks
-        job = _node_id(f"job{index}")
+        job = _id(f"job{index}")
         sim.at(rng.uniform(0.0, SUBMIT_BY_S), cluster.client.submit, job, chunks, rng.choice((0, 2)))
     Nemesis(sim, cluster, FaultPlan.draw(sim), end=FAULT_PHASE_S).start()
     checker = Checker(cluster.master.state, cluster.store, cluster.client.acknowledged)

@@ -13,6 +13,10 @@ def short(node_id: bytes) -> str:
     return name.decode() if name.isascii() and name.isalnum() else node_id.hex()[:8]
 
 
+def attempt_name(key: tuple[bytes, int, int]) -> str:
+    return _attempt(*key)
+
+
 def _attempt(job: bytes, chunk: int, attempt: int, state: int | None = None) -> str:
     text = f"{short(job)}/{chunk}/{attempt}"
     return text if state is None else f"{text}:{ChunkState(state).name}"

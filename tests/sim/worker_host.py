@@ -11,6 +11,7 @@ import wire
 from .host import Host
 from .loop import Simulation
 from .storage import PROOF_NAME, ContentStore, Proof
+from .trace import attempt_name
 from .worker_node import (
     Exited, FetchProgram, Fetched, Received, Send, Signal, SimWorkerCore, Start, Tick, Upload, Uploaded, Wake,
 )
@@ -57,6 +58,8 @@ class SimWorker(Host):
         self.next_run += 1
         exit_code = 1 if self.sim.random.random() < PROGRAM_FAILURE_ODDS else 0
         self.later(self._uniform(PROGRAM_RUN_S), self._exit, effect.key, run, exit_code, False)
+        if self.sim.tracing:
+            self.sim.note(f"{self.name} starts {attempt_name(effect.key)}")
 
     def _signal(self, effect: Signal) -> None:
         run = self.runs.get(effect.key)
@@ -67,6 +70,8 @@ class SimWorker(Host):
         if self.runs.get(key) != run:
             return                                  # that process already ended
         del self.runs[key]
+        if self.sim.tracing:
+            self.sim.note(f"{self.name} ends {attempt_name(key)}: {'signalled' if stopped else f'exit {exit_code}'}")
         if not stopped:
             self.outputs[key] = Proof(key.job, key.chunk, key.attempt, self.node_id).content()
         self._handle(Exited(key, exit_code, stopped))
