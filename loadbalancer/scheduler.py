@@ -19,7 +19,7 @@ Rules of this module:
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Callable, Mapping
 
@@ -249,6 +249,12 @@ class Scheduler:
 
     def _on_status(self, event: ChunkEvent, now: float) -> list[Effect]:
         key = AttemptKey(event.job, event.chunk, event.attempt)
+        if event.state == ChunkState.CANCELLED and self._ended.get(key) in (_Ended.LOST, _Ended.FINAL):
+            # A copy this balancer cancelled on its own after reporting the
+            # attempt LOST or final: to the master it is lost, never a cancel
+            # of the chunk (which a CANCELLED committed before that report,
+            # in a batch overtaken by this one, would be).
+            event = replace(event, state=int(ChunkState.LOST))
         effects: list[Effect] = [ForwardToMaster(event)]
         worker = self._workers.get(event.worker)
         owner = self._owner.get(key)

@@ -494,7 +494,8 @@ class MasterNode:
         for node_id, node in reported.items():
             view = known.get(node_id)
             alive = node["state"] == "alive"
-            if alive and (view is None or view.state != "alive"):
+            # A new started_at is a new process: what the old one ran is lost.
+            if alive and (view is None or view.state != "alive" or view.started_at != node["started_at"]):
                 self._queue(core.NodeSeen(node=node_id, role=node["role"], host=node["host"],
                                           address=node["address"], slots=node["slots"],
                                           cache_bytes=node["cache_bytes"], started_at=node["started_at"]))

@@ -73,7 +73,6 @@ class ChunkAction(Enum):
     SUCCEED = "succeed"     # -> SUCCEEDED
     FAIL = "fail"           # -> QUEUED with a new attempt, or FAILED when retries are used up
     LOSE = "lose"           # -> QUEUED with a new attempt, or FAILED as poison
-    CANCEL = "cancel"       # -> CANCELLED
     DUPLICATE = "duplicate" # nothing new (a second STARTED)
 
 
@@ -84,7 +83,11 @@ _REPORT_ACTIONS = {
     ChunkState.TIMED_OUT: ChunkAction.FAIL,
     ChunkState.LOST: ChunkAction.LOSE,
     ChunkState.REJECTED: ChunkAction.LOSE,
-    ChunkState.CANCELLED: ChunkAction.CANCEL,
+    # A worker cancels an attempt only when a balancer tells it to. The masters
+    # ask that only through CancelJob, which has made the chunk final already;
+    # any other cancel is a balancer taking a copy back (maybe a balancer since
+    # restarted, which cannot say so): to the chunk it is a loss.
+    ChunkState.CANCELLED: ChunkAction.LOSE,
 }
 # (phase, reported state) -> action, for events of the current attempt of a
 # chunk that is not final. A pair missing here (any report on a QUEUED chunk,
@@ -136,11 +139,8 @@ class JobRecord:
         if self.cancelled:
             return JobState.CANCELLED
         if self.chunks_final == self.spec.chunk_count:
-            if self.chunks_failed:
-                return JobState.FAILED
-            # A chunk that a worker reports cancelled without CancelJob (an
-            # operator's kill) leaves the job incomplete: not a success.
-            return JobState.CANCELLED if self.chunks_cancelled else JobState.SUCCEEDED
+            # Chunks are cancelled only with their job (self.cancelled).
+            return JobState.FAILED if self.chunks_failed else JobState.SUCCEEDED
         return JobState.RUNNING if self.ever_dispatched else JobState.QUEUED
 
 
@@ -299,13 +299,21 @@ class ClusterState:
         if existing is not None and existing.alive:
             if all(getattr(existing, name) == value for name, value in details.items()):
                 return NodeOutcome(changed=False)
+            restarted = existing.started_at != details["started_at"]
             for name, value in details.items():
                 setattr(existing, name, value)
+            if restarted:
+                self._lose_attempts_on(command.node, now, "worker restarted")
             return NodeOutcome(changed=False, updated=True)
         # First time, or back after being lost.
         self.node_records[command.node] = NodeRecord(**details, alive=True, changed_at=now)
         self._log(now, NODE_JOINED, node=command.node,
                   detail=f"{NodeRole(command.role).name.lower()} {command.host} {command.address}")
+        if existing is None or existing.started_at != details["started_at"]:
+            # What it started before the masters knew this process may be an
+            # earlier process's, which no balancer remembers: give it up
+            # (fenced, so safe). Back as the same process, it keeps its work.
+            self._lose_attempts_on(command.node, now, "worker joined as a new process")
         return NodeOutcome(changed=True)
 
     def _apply_node_lost(self, command: NodeLost, now: float) -> NodeOutcome:
@@ -317,7 +325,21 @@ class ClusterState:
         record.alive = False
         record.changed_at = now
         self._log(now, NODE_LOST, node=command.node, detail=NodeRole(record.role).name.lower())
+        self._lose_attempts_on(command.node, now, "worker lost")
         return NodeOutcome(changed=True)
+
+    def _lose_attempts_on(self, node: bytes, now: float, why: str) -> None:
+        """The node's processes are gone: its RUNNING attempts are lost. The
+        balancer says so too, unless it restarted and never learnt of them;
+        then nothing else would ever requeue them."""
+        on_node = [key for key in self.running if self.job_records[key[0]].chunks[key[1]].worker == node]
+        for job, index in on_node:
+            job_record = self.job_records[job]
+            chunk = job_record.chunks[index]
+            event = ChunkEvent(job=job, chunk=index, attempt=chunk.attempt, state=int(ChunkState.LOST),
+                               worker=node, result=ChunkResult(error=why))
+            self._lose(job_record, event, chunk, now)
+            self._finish_job_if_done(job_record, now)
 
     # ------------------------------------------------------------------
     # Chunk actions: `event` is of the chunk's current attempt and the chunk
@@ -355,12 +377,6 @@ class ClusterState:
         why = _CHUNK_STATES[event.state].name.lower() + (f": {error}" if error else "")
         self._requeue(job_record, event, chunk, now, CHUNK_LOST,
                       f"{why}; loss {chunk.lost_count} of {POISON_LIMIT}")
-
-    def _cancel(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord, now: float) -> None:
-        self._finish_chunk(job_record, event, chunk, ChunkPhase.CANCELLED, event.result)
-        job_record.chunks_cancelled += 1
-        self._log(now, CHUNK_CANCELLED, job=job_record.spec.job, chunk=event.chunk,
-                  attempt=chunk.attempt, node=event.worker, detail=event.result.error)
 
     def _fail_finally(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord,
                       now: float, why: str) -> None:
@@ -538,7 +554,6 @@ _ACTIONS: dict[ChunkAction, Callable[[ClusterState, JobRecord, ChunkEvent, Chunk
     ChunkAction.SUCCEED: ClusterState._succeed,
     ChunkAction.FAIL: ClusterState._fail,
     ChunkAction.LOSE: ClusterState._lose,
-    ChunkAction.CANCEL: ClusterState._cancel,
 }
 
 

@@ -48,7 +48,7 @@ def expected_event_phase(sent: ChunkEvent, chunk, max_retries: int) -> tuple[str
         return "running", chunk.attempt
     if state in (ChunkState.FAILED, ChunkState.TIMED_OUT):
         return requeued if chunk.retries_used < max_retries else ("failed", chunk.attempt)
-    if state in (ChunkState.LOST, ChunkState.REJECTED):
+    if state in (ChunkState.LOST, ChunkState.REJECTED, ChunkState.CANCELLED):
         return requeued if chunk.lost_count + 1 < POISON_LIMIT else ("failed", chunk.attempt)
     return state.name.lower(), chunk.attempt
 

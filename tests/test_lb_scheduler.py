@@ -315,6 +315,23 @@ def test_attempt_claimed_by_two_workers_is_lost_and_cancelled_on_both():
         CancelOnWorker(W1, JOB, ((0, 1),)), CancelOnWorker(W2, JOB, ((0, 1),))]
 
 
+def test_a_copy_cancelled_by_the_balancer_reports_lost_not_cancelled():
+    # The master heard LOST for attempt 1; if the CANCELLED of a copy it
+    # never asked to cancel overtook that LOST, it would cancel the chunk.
+    scheduler = Scheduler(LEASE_S)
+    join(scheduler, W1, slots=1)
+    join(scheduler, W2, slots=1)
+    scheduler.handle(Dispatched((spec(),), (attempt(0),)), 1.0)
+    scheduler.handle(WorkerHeartbeat(W2, ((JOB, 0, 1),)), 2.0)
+    assert without_notes(scheduler.handle(status(W2, 0, 1, ChunkState.CANCELLED), 3.0)) == [
+        forwarded(W2, 0, 1, ChunkState.LOST)]
+    # A cancel the master asked for stays a cancel.
+    scheduler.handle(Dispatched((spec(),), (attempt(1),)), 4.0)
+    scheduler.handle(CancelRequested(JOB, ((1, 1),)), 5.0)
+    assert without_notes(scheduler.handle(status(W1, 1, 1, ChunkState.CANCELLED), 6.0)) == [
+        forwarded(W1, 1, 1, ChunkState.CANCELLED)]
+
+
 def test_adopting_onto_a_full_worker_displaces_its_unacknowledged_assignment():
     scheduler = Scheduler(LEASE_S)
     join(scheduler, W1, slots=1)

@@ -345,7 +345,7 @@ def test_a_timeout_counts_as_a_program_failure():
     assert state.job_view(JOB_A).error == "chunk 0: timed out"
 
 
-@pytest.mark.parametrize("loss", [ChunkState.LOST, ChunkState.REJECTED])
+@pytest.mark.parametrize("loss", [ChunkState.LOST, ChunkState.REJECTED, ChunkState.CANCELLED])
 def test_worker_loss_does_not_use_retries_but_poison_fails_the_chunk(loss):
     state = started(chunk_count=1, max_retries=0)
     for attempt in range(1, POISON_LIMIT + 1):
@@ -363,12 +363,14 @@ def test_worker_loss_does_not_use_retries_but_poison_fails_the_chunk(loss):
     assert [kind for kind, _, _ in kinds(state)].count("chunk_lost") == POISON_LIMIT - 1
 
 
-def test_a_chunk_cancelled_by_its_worker_leaves_the_job_cancelled():
+def test_a_chunk_cancelled_by_its_worker_without_cancel_job_is_lost_not_cancelled():
+    # Only a balancer taking back a copy cancels without CancelJob; the chunk
+    # must run again, not end cancelled with nobody having asked.
     state = started(chunk_count=2)
     state.apply([event(0, 1, ChunkState.SUCCEEDED, exit_code=0)], 3.0)
-    assert one(state, event(1, 1, ChunkState.CANCELLED)) == ChunkEventOutcome(
-        phase="cancelled", job_finished=True)
-    assert state.job_view(JOB_A).state == JobState.CANCELLED
+    assert one(state, event(1, 1, ChunkState.CANCELLED)) == ChunkEventOutcome(phase="queued")
+    assert phases(state) == [("succeeded", 1), ("queued", 2)]
+    assert state.job_view(JOB_A).state == JobState.RUNNING
 
 
 def test_job_state_stays_running_while_a_dispatched_chunk_is_requeued():
@@ -432,6 +434,64 @@ def test_nodes_join_are_lost_and_come_back_with_one_event_per_change():
     assert [(e.kind, e.node, e.at) for e in events] == [
         ("node_joined", NODE_ID, 1.0), ("node_lost", NODE_ID, 3.0), ("node_joined", NODE_ID, 5.0)]
     assert events[0].detail == "worker w1 tcp://w1:5000" and last_seq == 3
+
+
+def worker_seen(started_at=100.0, worker=WORKER_1) -> NodeSeen:
+    return NodeSeen(node=worker, role=int(NodeRole.WORKER), host="w1", address="", slots=2,
+                    cache_bytes=0, started_at=started_at)
+
+
+def running_on_worker_1() -> ClusterState:
+    """Chunk 0 RUNNING on WORKER_1 (a known worker), chunk 1 DISPATCHED."""
+    state = started(chunk_count=2)
+    state.apply([worker_seen(), event(0, 1, ChunkState.STARTED)], 3.0)
+    assert phases(state) == [("running", 1), ("dispatched", 1)]
+    return state
+
+
+@pytest.mark.parametrize("command, why", [
+    (NodeLost(WORKER_1), "worker lost"),
+    (worker_seen(started_at=200.0), "worker restarted"),
+])
+def test_a_lost_or_restarted_worker_loses_its_running_attempts(command, why):
+    # A restarted balancer may never learn what the dead process ran.
+    state = running_on_worker_1()
+    after = state.last_seq
+    one(state, command, now=4.0)
+    assert phases(state) == [("queued", 2), ("dispatched", 1)]
+    assert state.job_view(JOB_A).chunks[0].lost_count == 1
+    lost_events = [e for e in state.events_after(after, 10)[0] if e.kind == "chunk_lost"]
+    assert [(e.chunk, e.attempt, e.node, e.detail) for e in lost_events] == [
+        (0, 1, WORKER_1, f"lost: {why}; loss 1 of {POISON_LIMIT}")]
+    # The balancer's own LOST, or a late result of that attempt, is stale now.
+    assert one(state, event(0, 1, ChunkState.LOST)).status == "stale"
+    assert one(state, event(0, 1, ChunkState.SUCCEEDED, exit_code=0)).status == "stale"
+
+
+def test_the_same_worker_process_seen_again_keeps_its_attempts():
+    state = running_on_worker_1()
+    assert one(state, worker_seen(), now=4.0) == NodeOutcome(changed=False)
+    assert phases(state) == [("running", 1), ("dispatched", 1)]
+
+
+def test_a_worker_joining_while_unknown_loses_what_it_started_before():
+    state = started(chunk_count=1)
+    state.apply([event(0, 1, ChunkState.STARTED)], 3.0)
+    assert one(state, worker_seen(), now=4.0) == NodeOutcome(changed=True)
+    assert phases(state) == [("queued", 2)]
+
+
+def test_a_lost_worker_back_as_the_same_process_keeps_what_it_started_since():
+    state = running_on_worker_1()
+    state.apply([NodeLost(WORKER_1), DispatchAttempts(((JOB_A, 0, 2),)), event(0, 2, ChunkState.STARTED)], 4.0)
+    assert one(state, worker_seen(), now=5.0) == NodeOutcome(changed=True)
+    assert phases(state) == [("running", 2), ("dispatched", 1)]
+    # Back from lost as a new process, it loses it.
+    state.apply([NodeLost(WORKER_1)], 6.0)
+    state.apply([DispatchAttempts(((JOB_A, 0, 3),)), event(0, 3, ChunkState.STARTED)], 7.0)
+    one(state, worker_seen(started_at=300.0), now=8.0)
+    assert phases(state) == [("failed", 3), ("dispatched", 1)]
+    assert state.job_view(JOB_A).chunks[0].result.error == f"poison: chunk lost {POISON_LIMIT} workers"
 
 
 def test_unknown_or_malformed_nodes_are_refused():
@@ -847,9 +907,7 @@ class ClusterStateMachine(RuleBasedStateMachine):
         if job in self.cancelled:
             return JobState.CANCELLED
         if all(phase in FINAL for phase in phases_of_job):
-            if "failed" in phases_of_job:
-                return JobState.FAILED
-            return JobState.CANCELLED if "cancelled" in phases_of_job else JobState.SUCCEEDED
+            return JobState.FAILED if "failed" in phases_of_job else JobState.SUCCEEDED
         return JobState.RUNNING if job in self.ever_dispatched else JobState.QUEUED
 
     @invariant()

@@ -1,0 +1,120 @@
+"""Known bugs planted in the real cores, to prove the simulation catches
+them. Each is a patch of master/state.py as it is loaded (its handler table
+or its methods), applied by `planted(name)` and undone afterwards.
+
+- stale_result_accepted: the fence is gone for results: a late SUCCEEDED
+  of an earlier attempt becomes the chunk's result whatever the chunk does.
+- stale_result_accepted_in_flight: the subtle one: the fence lets an earlier
+  attempt through only while the chunk's newer attempt is dispatched or
+  running (a one-line change of `_apply_chunk_event`).
+- lost_chunk_never_redispatched: a lost attempt (its worker lost, restarted,
+  or refusing it) is counted but no new attempt is queued.
+- duplicate_result_committed_twice: a repeated SUCCEEDED of the attempt that
+  already succeeded is committed again.
+"""
+from __future__ import annotations
+
+import inspect
+import textwrap
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any, Callable, Iterator
+
+from master import state as state_module
+from master.commands import FINAL_PHASES, ChunkEvent, ChunkPhase
+from master.state import CHUNK_SUCCEEDED, ChunkAction, ChunkEventOutcome, ClusterState
+from wire.enums import ChunkState
+
+Patch = tuple[Any, str, Any]        # (object, attribute or key, new value)
+
+
+def _chunk_of(state: ClusterState, event: ChunkEvent):
+    record = state.job_records.get(event.job)
+    if record is None or type(event.chunk) is not int or not 0 <= event.chunk < len(record.chunks):
+        return None, None
+    return record, record.chunks[event.chunk]
+
+
+def _stale_result_accepted() -> list[Patch]:
+    original = state_module._HANDLERS[ChunkEvent]
+
+    def apply(state: ClusterState, event: ChunkEvent, now: float):
+        record, chunk = _chunk_of(state, event)
+        if (chunk is not None and event.state == ChunkState.SUCCEEDED and event.attempt < chunk.attempt
+                and chunk.phase not in FINAL_PHASES):
+            if chunk.phase is ChunkPhase.QUEUED:
+                state_module._move(state.queued, state.dispatched, (event.job, event.chunk))
+                chunk.phase = ChunkPhase.DISPATCHED
+            event = replace(event, attempt=chunk.attempt)
+        return original(state, event, now)
+
+    return [(state_module._HANDLERS, ChunkEvent, apply)]
+
+
+def _source_patched(function: Callable, old: str, new: str) -> Callable:
+    """`function` compiled again from its source with `old` replaced by `new`."""
+    source = textwrap.dedent(inspect.getsource(function))
+    if source.count(old) != 1:
+        raise LookupError(f"{function.__qualname__} no longer contains {old!r}")
+    namespace = dict(vars(state_module))
+    exec(compile(source.replace(old, new), state_module.__file__, "exec"), namespace)
+    return namespace[function.__name__]
+
+
+def _stale_result_accepted_in_flight() -> list[Patch]:
+    patched = _source_patched(
+        ClusterState._apply_chunk_event, "if event.attempt != chunk.attempt:",
+        "if event.attempt != chunk.attempt and chunk.phase not in IN_FLIGHT_PHASES:")
+    return [(state_module._HANDLERS, ChunkEvent, patched)]
+
+
+def _lost_chunk_never_redispatched() -> list[Patch]:
+    def lose(state: ClusterState, job_record, event: ChunkEvent, chunk, now: float) -> None:
+        chunk.lost_count += 1           # counted, but the attempt stays in flight
+
+    return [(state_module._ACTIONS, ChunkAction.LOSE, lose), (ClusterState, "_lose", lose)]
+
+
+def _duplicate_result_committed_twice() -> list[Patch]:
+    original = state_module._HANDLERS[ChunkEvent]
+
+    def apply(state: ClusterState, event: ChunkEvent, now: float):
+        record, chunk = _chunk_of(state, event)
+        if (chunk is not None and chunk.phase is ChunkPhase.SUCCEEDED and event.attempt == chunk.attempt
+                and event.state == ChunkState.SUCCEEDED):
+            record.chunks_succeeded += 1
+            state._log(now, CHUNK_SUCCEEDED, job=event.job, chunk=event.chunk, attempt=event.attempt,
+                       node=event.worker)
+            return ChunkEventOutcome(phase=chunk.phase.label)
+        return original(state, event, now)
+
+    return [(state_module._HANDLERS, ChunkEvent, apply)]
+
+
+BUGS: dict[str, Callable[[], list[Patch]]] = {
+    "stale_result_accepted": _stale_result_accepted,
+    "stale_result_accepted_in_flight": _stale_result_accepted_in_flight,
+    "lost_chunk_never_redispatched": _lost_chunk_never_redispatched,
+    "duplicate_result_committed_twice": _duplicate_result_committed_twice,
+}
+
+
+@contextmanager
+def planted(name: str) -> Iterator[None]:
+    patches = BUGS[name]()
+    saved = []
+    for target, key, value in patches:
+        if isinstance(target, dict):
+            saved.append((target, key, target[key]))
+            target[key] = value
+        else:
+            saved.append((target, key, target.__dict__[key]))
+            setattr(target, key, value)
+    try:
+        yield
+    finally:
+        for target, key, value in reversed(saved):
+            if isinstance(target, dict):
+                target[key] = value
+            else:
+                setattr(target, key, value)

@@ -1,0 +1,91 @@
+"""The nemesis: which faults a seed injects, and when.
+
+Each seed draws its own mix (a calm seed next to a stormy one), then injects
+node faults at random times during the fault phase: a worker frozen and
+thawed, a worker or the load balancer crashed and restarted empty, the
+leader replaced with its soft state lost. The network drops, duplicates and
+delays (so reorders) messages at the seed's odds until the phase ends.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .loop import NetworkFaults, Simulation
+
+FREEZE_S = (0.2, 4.0)           # past the worker lease (1.5 s) about half the time
+DOWN_S = (0.05, 2.0)            # how long a crashed node stays down
+NODE_FAULT_KINDS = ("worker_frozen", "worker_crashed", "balancer_crashed", "leader_replaced")
+
+
+@dataclass
+class FaultPlan:
+    network: NetworkFaults
+    node_faults_per_s: float
+    weights: tuple[float, ...]  # one per NODE_FAULT_KINDS
+
+    @classmethod
+    def draw(cls, sim: Simulation) -> "FaultPlan":
+        rng = sim.random
+        network = NetworkFaults(drop=rng.choice((0.0, 0.02, 0.1)), duplicate=rng.choice((0.0, 0.05, 0.2)),
+                                slow=rng.choice((0.0, 0.05, 0.2)), slow_max_s=rng.uniform(0.1, 3.0))
+        return cls(network=network, node_faults_per_s=rng.choice((0.0, 0.5, 1.5)),
+                   weights=tuple(rng.random() for _ in NODE_FAULT_KINDS))
+
+
+class Nemesis:
+    """Injects a plan's faults into a cluster between `start` and `end`.
+
+    `cluster` offers: workers (names), freeze(name), thaw(name), crash(name),
+    restart(name), balancer (its name), replace_leader()."""
+
+    def __init__(self, sim: Simulation, cluster, plan: FaultPlan, end: float) -> None:
+        self.sim = sim
+        self.cluster = cluster
+        self.plan = plan
+        self.end = end
+        self.actions: dict[str, Callable[[], None]] = {
+            "worker_frozen": self._freeze_worker,
+            "worker_crashed": lambda: self._crash(self.sim.random.choice(self.cluster.workers)),
+            "balancer_crashed": lambda: self._crash(self.cluster.balancer),
+            "leader_replaced": self._replace_leader,
+        }
+
+    def start(self) -> None:
+        self.sim.faults = self.plan.network
+        self.sim.at(self.end, self._stop)
+        if self.plan.node_faults_per_s:
+            self._schedule_next()
+
+    def _schedule_next(self) -> None:
+        self.sim.after(self.sim.random.expovariate(self.plan.node_faults_per_s), self._inject)
+
+    def _inject(self) -> None:
+        if self.sim.now >= self.end:
+            return
+        kind = self.sim.random.choices(NODE_FAULT_KINDS, weights=self.plan.weights)[0]
+        self.actions[kind]()
+        self._schedule_next()
+
+    def _stop(self) -> None:
+        self.sim.faults = NetworkFaults()
+        self.sim.note("faults stop")
+
+    def _freeze_worker(self) -> None:
+        name = self.sim.random.choice(self.cluster.workers)
+        if not self.cluster.freeze(name):
+            return
+        self.sim.count("worker_frozen")
+        self.sim.note(f"freeze {name}")
+        self.sim.after(self.sim.random.uniform(*FREEZE_S), self.cluster.thaw, name)
+
+    def _crash(self, name: str) -> None:
+        if not self.cluster.crash(name):
+            return
+        self.sim.count("worker_crashed" if name != self.cluster.balancer else "balancer_crashed")
+        self.sim.note(f"crash {name}")
+        self.sim.after(self.sim.random.uniform(*DOWN_S), self.cluster.restart, name)
+
+    def _replace_leader(self) -> None:
+        self.sim.count("leader_replaced")
+        self.cluster.replace_leader()

@@ -1,0 +1,217 @@
+"""The load balancer as the simulation runs it: the real scheduler core
+(loadbalancer/scheduler.py) inside a shell that translates the way
+loadbalancer/node.py does: worker messages become scheduler events, effects
+become messages, chunk events go to the master in batches resent until
+acknowledged, and each acknowledged final status is confirmed to its worker
+(status_ack). A crash loses all of it; the restarted balancer starts empty.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import wire
+from loadbalancer import scheduler as core
+from wire.enums import FINAL_CHUNK_STATES, ErrorCode, NodeRole
+
+from .host import Host
+from .loop import Simulation
+from .today import EVENTS_PER_BATCH, MASTER_HELLO_RETRY_S, NODE_REPORT_INTERVAL_S, RESEND_BATCH_S, SETTLE_HEARTBEATS
+
+
+@dataclass
+class _Batch:
+    message: wire.ChunkEvents
+    finals: list[tuple[bytes, bytes, int, int, int]]   # worker, job, chunk, attempt, state
+    sent_at: float
+
+
+class SimBalancer(Host):
+    def __init__(self, sim: Simulation, name: str, node_id: bytes, master: str,
+                 heartbeat_interval_s: float, lease_s: float) -> None:
+        super().__init__(sim, name)
+        self.node_id = node_id
+        self.master = master
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.lease_s = lease_s
+        self.started_at = sim.now
+        self.scheduler = core.Scheduler(lease_s=lease_s, settle_s=SETTLE_HEARTBEATS * heartbeat_interval_s)
+        self.master_registered = False
+        self.last_master_hello = -MASTER_HELLO_RETRY_S
+        self.epoch = 0
+        self.worker_peers: dict[bytes, str] = {}
+        self.outgoing_events: list[wire.ChunkEvent] = []
+        self.unacknowledged: dict[int, _Batch] = {}
+        self.next_batch_id = int(sim.now * 1000) * 1000      # unique across restarts
+        self.next_request_id = 1
+        self.last_tick = 0.0
+        self.last_node_report = 0.0
+        self.handlers: dict[type, Callable[[Any, str], None]] = {
+            wire.Hello: self._on_worker_hello,
+            wire.Heartbeat: self._on_worker_heartbeat,
+            wire.WorkerStatus: self._on_worker_status,
+            wire.HelloReply: self._on_master_hello_reply,
+            wire.ChunkDispatch: self._on_dispatch,
+            wire.ChunkCancel: self._on_cancel,
+            wire.ChunkEventsAck: self._on_events_ack,
+            wire.Error: self._on_master_error,
+        }
+        self.effect_handlers: dict[type, Callable[[Any], None]] = {
+            core.AssignChunks: self._do_assign,
+            core.ForwardToMaster: lambda effect: self.outgoing_events.append(effect.event),
+            core.CancelOnWorker: self._do_cancel_on_worker,
+            core.WorkerJoined: self._do_worker_joined,
+            core.WorkerLost: self._do_worker_lost,
+            core.AskHello: self._do_ask_hello,
+            core.Note: self._note,
+        }
+        self.every(heartbeat_interval_s / 2, self._after_wakeup)
+
+    def _note(self, effect: core.Note) -> None:
+        if self.sim.tracing:
+            self.sim.note(f"{self.name}: {effect.text}")
+
+    def on_message(self, source: str, message: wire.Message) -> None:
+        handler = self.handlers.get(type(message))
+        if handler is not None:
+            handler(message, source)
+        self._after_wakeup()
+
+    def _after_wakeup(self) -> None:
+        self._on_timers(self.sim.now)
+        self._flush_events(self.sim.now)
+
+    def _apply(self, event: Any) -> None:
+        for effect in self.scheduler.handle(event, self.sim.now):
+            self.effect_handlers[type(effect)](effect)
+
+    # -- workers ---------------------------------------------------------------
+
+    def _on_worker_hello(self, message: wire.Hello, peer: str) -> None:
+        if message.role != NodeRole.WORKER:
+            return
+        self.worker_peers[message.node_uuid] = peer
+        self.send(peer, wire.HelloReply.make(
+            self.node_id, request_id=message.request_id, epoch=max(self.epoch, 1),
+            heartbeat_interval_ms=int(self.heartbeat_interval_s * 1000), lease_ms=int(self.lease_s * 1000)))
+        self._apply(core.WorkerHello(worker=message.node_uuid, slots=message.slots,
+                                     cache_bytes=message.cache_bytes, host=message.host,
+                                     address=message.address, started_at=message.start_time_ms / 1000.0))
+
+    def _on_worker_heartbeat(self, message: wire.Heartbeat, peer: str) -> None:
+        self.worker_peers[message.node_uuid] = peer
+        self._apply(core.WorkerHeartbeat(
+            worker=message.node_uuid, running=tuple((job, chunk, attempt) for job, chunk, attempt in message.running),
+            cache_added=tuple((file_id, size) for file_id, size in message.cache_added),
+            cache_removed=tuple(message.cache_removed)))
+
+    def _on_worker_status(self, message: wire.WorkerStatus, peer: str) -> None:
+        self.worker_peers[message.node_uuid] = peer
+        self._apply(message.chunk_event())
+
+    def _send_worker(self, worker: bytes, message: wire.Message) -> None:
+        peer = self.worker_peers.get(worker)
+        if peer is not None:
+            self.send(peer, message)
+
+    def _do_assign(self, effect: core.AssignChunks) -> None:
+        spec = effect.job_spec
+        self._send_worker(effect.worker, wire.WorkerRequest.make(
+            self.node_id, job=spec.job, program_length=spec.program[1], num_input_files=len(spec.inputs),
+            epoch=max(self.epoch, 1), chunk_count=spec.chunk_count, timeout_s=spec.timeout_s,
+            program=list(spec.program), args=list(spec.args),
+            inputs={name: list(ref) for name, ref in spec.inputs.items()},
+            assignments=[assignment.to_record() for assignment in effect.assignments]))
+
+    def _do_cancel_on_worker(self, effect: core.CancelOnWorker) -> None:
+        self._send_worker(effect.worker, wire.ChunkCancel.make(
+            self.node_id, epoch=max(self.epoch, 1), job=effect.job, attempts=[list(pair) for pair in effect.attempts]))
+
+    def _do_worker_joined(self, effect: core.WorkerJoined) -> None:
+        self.last_node_report = 0.0   # tell the master soon
+
+    def _do_worker_lost(self, effect: core.WorkerLost) -> None:
+        self.worker_peers.pop(effect.worker, None)
+        self.send(self.master, wire.NodeReport.make(self.node_id, epoch=max(self.epoch, 1),
+                                                    nodes=[effect.view.to_record()]))
+
+    def _do_ask_hello(self, effect: core.AskHello) -> None:
+        peer = self.worker_peers.get(effect.worker)
+        if peer is not None:
+            self.send(peer, wire.Error.make(self.node_id, request_id=0, error_code=int(ErrorCode.UNEXPECTED),
+                                            failed_type=int(wire.MessageType.HEARTBEAT), reason="hello first"))
+
+    # -- the master ------------------------------------------------------------
+
+    def _on_master_hello_reply(self, message: wire.HelloReply, peer: str) -> None:
+        self.master_registered = True
+        self.epoch = message.epoch
+        self.last_node_report = 0.0
+        for batch in self.unacknowledged.values():
+            batch.sent_at = -RESEND_BATCH_S   # resend now: the master may have changed
+
+    def _on_master_error(self, message: wire.Error, peer: str) -> None:
+        if message.error_code in (ErrorCode.UNEXPECTED, ErrorCode.BUSY, ErrorCode.NOT_LEADER):
+            self.master_registered = False
+
+    def _on_dispatch(self, message: wire.ChunkDispatch, peer: str) -> None:
+        self._apply(core.Dispatched(
+            jobs=tuple(core.JobSpec.from_record(record) for record in message.jobs),
+            attempts=tuple(core.DispatchAttempt.from_record(record) for record in message.attempts)))
+
+    def _on_cancel(self, message: wire.ChunkCancel, peer: str) -> None:
+        self._apply(core.CancelRequested(job=message.job_uuid, attempts=tuple(
+            (chunk, attempt) for chunk, attempt in message.attempts)))
+
+    def _on_events_ack(self, message: wire.ChunkEventsAck, peer: str) -> None:
+        batch = self.unacknowledged.pop(message.batch_id, None)
+        if batch is None:
+            return
+        by_worker: dict[bytes, list] = {}
+        for worker, job, chunk, attempt, state in batch.finals:
+            by_worker.setdefault(worker, []).append([job, chunk, attempt, state])
+        for worker, attempts in by_worker.items():
+            self._send_worker(worker, wire.StatusAck.make(self.node_id, epoch=max(self.epoch, 1),
+                                                          attempt_count=len(attempts), attempts=attempts))
+
+    # -- timers and batching ---------------------------------------------------
+
+    def _on_timers(self, now: float) -> None:
+        if not self.master_registered and now - self.last_master_hello > MASTER_HELLO_RETRY_S:
+            self.last_master_hello = now
+            self.next_request_id += 1
+            self.send(self.master, wire.Hello.make(
+                self.node_id, request_id=self.next_request_id, role=int(NodeRole.LOADBALANCER), slots=0,
+                cache_bytes=0, start_time_ms=int(self.started_at * 1000), host=self.name, address=self.name,
+                version=1))
+        if now - self.last_tick >= self.heartbeat_interval_s:
+            self.last_tick = now
+            self._apply(core.Tick())
+            total, free = self.scheduler.capacity()
+            if self.master_registered:
+                self.send(self.master, wire.Heartbeat.make(
+                    self.node_id, epoch=max(self.epoch, 1), free_slots=free, running_count=total - free,
+                    running=[], cache_added=[], cache_removed=[]))
+        if self.master_registered and now - self.last_node_report >= NODE_REPORT_INTERVAL_S:
+            self.last_node_report = now
+            self.send(self.master, wire.NodeReport.make(
+                self.node_id, epoch=max(self.epoch, 1),
+                nodes=[view.to_record() for view in self.scheduler.workers(now)]))
+        if self.master_registered:
+            for batch in self.unacknowledged.values():
+                if now - batch.sent_at > RESEND_BATCH_S:
+                    batch.sent_at = now
+                    self.send(self.master, batch.message)
+
+    def _flush_events(self, now: float) -> None:
+        while self.outgoing_events:
+            events = self.outgoing_events[:EVENTS_PER_BATCH]
+            del self.outgoing_events[:len(events)]
+            batch_id = self.next_batch_id
+            self.next_batch_id += 1
+            message = wire.ChunkEvents.carrying(self.node_id, max(self.epoch, 1), batch_id, events)
+            finals = [(e.worker, e.job, e.chunk, e.attempt, e.state) for e in events
+                      if e.state in FINAL_CHUNK_STATES and e.worker != core.NO_WORKER]
+            self.unacknowledged[batch_id] = _Batch(message, finals, now)
+            if self.master_registered:
+                self.send(self.master, message)

@@ -1,0 +1,128 @@
+"""One seed of the simulation, start to end: `run_seed(seed) -> SeedReport`.
+
+A cluster of one master (a linearizable log and its leader), one load
+balancer, two workers and a client that submits a few small jobs.
+A fault phase (FAULT_PHASE_S) is followed by a quiet one: by
+QUIET_DEADLINE_S after the faults stop, every acknowledged job must have
+finished. Checks run after every step; the first broken one ends the seed.
+"""
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+
+from .checks import Checker, InvariantBroken
+from .client import SimClient
+from .faults import FaultPlan, Nemesis
+from .loadbalancer_node import SimBalancer
+from .loop import Simulation
+from .master_host import MasterHost
+from .storage import ContentStore
+from .worker_host import SimWorker
+
+FAULT_PHASE_S = 5.0
+# Jobs are submitted before this, so that faults hit them while they run.
+SUBMIT_BY_S = 2.5
+# Longest freeze or downtime (4 s) plus a few rounds of every resend timer.
+QUIET_DEADLINE_S = 30.0
+WORKER_HEARTBEAT_S = 0.5
+WORKER_LEASE_S = 1.5
+WORKER_COUNT = 2          # the fewest that can hold two copies of an attempt
+MASTER, BALANCER, CLIENT = "master", "lb", "client"
+
+
+@dataclass
+class SeedReport:
+    seed: int
+    failure: str = ""               # "" when every check held
+    sim_time_s: float = 0.0
+    messages: int = 0
+    jobs: int = 0
+    chunks: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+    trace: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failure
+
+
+def _id(name: str) -> bytes:
+    return name.encode().ljust(16, b"\0")
+
+
+class Cluster:
+    """The simulated processes, by name, and what the nemesis may do to them."""
+
+    def __init__(self, sim: Simulation, worker_count: int, slots: int) -> None:
+        self.sim = sim
+        self.store = ContentStore()
+        self.master = MasterHost(sim, MASTER)
+        self.balancer = BALANCER
+        self.workers = [f"w{index}" for index in range(worker_count)]
+        self.slots = slots
+        self.client = SimClient(sim, CLIENT, MASTER, self.store.put(b"#!/bin/sim-program\n"))
+        for host in (self.master, self.client):
+            sim.nodes[host.name] = host
+        for name in [BALANCER, *self.workers]:
+            self.restart(name)
+
+    def restart(self, name: str) -> None:
+        if name == BALANCER:
+            host = SimBalancer(self.sim, name, _id(name), MASTER, WORKER_HEARTBEAT_S, WORKER_LEASE_S)
+        else:
+            host = SimWorker(self.sim, name, _id(name), BALANCER, self.store, self.slots, WORKER_HEARTBEAT_S)
+        self.sim.nodes[name] = host
+        self.sim.note(f"start {name}")
+
+    def crash(self, name: str) -> bool:
+        host = self.sim.nodes.get(name)
+        if host is None:
+            return False
+        host.crash()
+        del self.sim.nodes[name]
+        return True
+
+    def freeze(self, name: str) -> bool:
+        host = self.sim.nodes.get(name)
+        if host is None or host.frozen:
+            return False
+        host.freeze()
+        return True
+
+    def thaw(self, name: str) -> None:
+        host = self.sim.nodes.get(name)
+        if host is not None and host.frozen:
+            self.sim.note(f"thaw {name}")
+            host.thaw()
+
+    def replace_leader(self) -> None:
+        self.master.replace_leader()
+
+
+def run_seed(seed: int, tracing: bool = False) -> SeedReport:
+    sim = Simulation(seed, tracing=tracing)
+    rng = sim.random
+    cluster = Cluster(sim, worker_count=WORKER_COUNT, slots=rng.choice((1, 2)))
+    job_count = rng.choice((1, 2))
+    report = SeedReport(seed, jobs=job_count)
+    for index in range(job_count):
+        chunks = rng.randint(1, 3)
+        report.chunks += chunks
+        job = _id(f"job{index}")
+        sim.at(rng.uniform(0.0, SUBMIT_BY_S), cluster.client.submit, job, chunks, rng.choice((0, 2)))
+    Nemesis(sim, cluster, FaultPlan.draw(sim), end=FAULT_PHASE_S).start()
+    checker = Checker(cluster.master.state, cluster.store, cluster.client.acknowledged)
+    try:
+        sim.run_until(FAULT_PHASE_S + QUIET_DEADLINE_S, lambda: checker.all_finished(job_count),
+                      checker.after_step)
+        checker.at_end(job_count, sim.now)
+    except InvariantBroken as broken:
+        report.failure = f"at {sim.now:.4f} s: {broken}"
+    except Exception:  # noqa: BLE001 - any crash of a core is a finding too
+        report.failure = f"at {sim.now:.4f} s: " + traceback.format_exc(limit=8)
+    report.sim_time_s = sim.now
+    report.messages = sim.messages
+    report.faults = dict(sim.injected)
+    report.trace = sim.trace_lines
+    return report

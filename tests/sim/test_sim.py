@@ -1,0 +1,92 @@
+"""The simulation of the chunk path (doc/simulation.md): a thousand seeds
+with faults, every invariant checked after every step; replay; and planted
+bugs that it must catch."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .bugs import BUGS, planted
+from .faults import NODE_FAULT_KINDS
+from .run import SeedReport, run_seed
+
+SUITE_SEEDS = range(1000)
+# Each planted bug is caught within this many seeds (seeds 0, 1, ...); today
+# each is caught within the first ten.
+PLANTED_BUG_SEED_LIMIT = 50
+TRACE_TAIL_LINES = 60
+
+
+def explain(report: SeedReport) -> str:
+    """A failing seed, replayed with its trace, for the assertion message."""
+    replay = run_seed(report.seed, tracing=True)
+    tail = "\n".join(replay.trace[-TRACE_TAIL_LINES:])
+    return (f"seed {report.seed} failed {report.failure}\n"
+            f"replay: python -m tests.sim --seed {report.seed} --trace\n"
+            f"last {TRACE_TAIL_LINES} lines of its trace:\n{tail}")
+
+
+@pytest.fixture(scope="module")
+def suite_reports() -> list[SeedReport]:
+    return [run_seed(seed) for seed in SUITE_SEEDS]
+
+
+def test_a_thousand_seeds_with_faults_keep_every_invariant(suite_reports):
+    failed = [report for report in suite_reports if not report.ok]
+    assert not failed, f"{len(failed)} seeds failed: {[r.seed for r in failed][:20]}\n" + explain(failed[0])
+
+
+def test_the_seeds_inject_every_kind_of_fault(suite_reports):
+    totals: dict[str, int] = {}
+    for report in suite_reports:
+        for kind, count in report.faults.items():
+            totals[kind] = totals.get(kind, 0) + count
+    for kind in (*NODE_FAULT_KINDS, "message_dropped", "message_duplicated", "message_delayed"):
+        assert totals.get(kind, 0) >= 50, totals
+    assert sum(report.chunks for report in suite_reports) >= 2000
+
+
+def test_a_seed_replays_exactly_with_a_readable_trace():
+    with planted("stale_result_accepted_in_flight"):
+        first = next(report for report in map(run_seed, range(PLANTED_BUG_SEED_LIMIT)) if not report.ok)
+        again = run_seed(first.seed, tracing=True)
+        third = run_seed(first.seed, tracing=True)
+    assert again.failure == first.failure and again.messages == first.messages
+    assert again.trace == third.trace
+    assert any(" -> " in line and "worker_status" in line for line in again.trace)
+    for line in again.trace:
+        float(line.split()[0])          # every line starts with the fake time
+
+
+@pytest.mark.parametrize("bug", sorted(BUGS))
+def test_a_planted_bug_is_caught(bug):
+    with planted(bug):
+        for seed in range(PLANTED_BUG_SEED_LIMIT):
+            if not run_seed(seed).ok:
+                return
+    pytest.fail(f"{bug} went unnoticed for {PLANTED_BUG_SEED_LIMIT} seeds")
+
+
+def test_planting_a_bug_is_undone_afterwards():
+    with planted("duplicate_result_committed_twice"):
+        pass
+    assert all(run_seed(seed).ok for seed in range(10))
+
+
+def test_a_seed_replays_the_same_trace_in_another_process():
+    # Another hash seed changes the order of any set of bytes: nothing may
+    # depend on it.
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    outputs = []
+    for hash_seed in ("1", "2"):
+        environment = dict(os.environ, PYTHONHASHSEED=hash_seed,
+                           PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        done = subprocess.run([sys.executable, "-m", "tests.sim", "--seed", "56", "--trace"], cwd=root,
+                              env=environment, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout)
+    assert outputs[0] == outputs[1]
+    assert outputs[0].count("\n") > 50
