@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import wire
+from master.state import ClusterState
 from wire.limits import LIST_BUDGET_BYTES
 
 # Chunks the balancer may hold beyond its free slots, so that a slot that
@@ -62,3 +63,19 @@ def dispatch_messages(node_id: bytes, epoch: int, specs: list[dict],
 def _dispatch(node_id: bytes, epoch: int, jobs: dict[bytes, dict], part: list[dict]) -> wire.ChunkDispatch:
     return wire.ChunkDispatch.make(node_id, epoch=epoch, attempt_count=len(part),
                                    jobs=list(jobs.values()), attempts=part)
+
+
+def dispatch_records(state: ClusterState, attempts: list) -> tuple[list[dict], list[dict]]:
+    """Job specs and DISPATCH_ATTEMPT records for (job, chunk, attempt)
+    triples, read from the state (under its lock, in the shell)."""
+    specs: dict[bytes, dict] = {}
+    records = []
+    for job, chunk, attempt in attempts:
+        if job not in specs:
+            spec = state.job_spec(job)
+            if spec is None:
+                continue
+            specs[job] = spec
+        records.append({"job": job, "chunk": chunk, "attempt": attempt,
+                        "inputs": state.chunk_inputs(job, chunk)})
+    return list(specs.values()), records
