@@ -43,7 +43,9 @@ from typing import Any, Callable
 
 import wire
 from master import state as core
-from master.links import LoadBalancerLink, dispatch_messages, dispatch_records
+from master.links import (  # noqa: F401
+    LOADBALANCER_LEASE_S, LoadBalancerLease, LoadBalancerLink, dispatch_messages, dispatch_records,
+)
 # The events and effects are re-exported: drivers use them as leader.X.
 from master.leader_events import (  # noqa: F401
     NOT_STARTED, Committed, DirectReader, Effect, Event, Note, ProposalFailed, Propose, RaftStatus,
@@ -60,8 +62,6 @@ from wire.enums import ErrorCode, JobState, NodeRole
 # case a message or the load balancer was lost; the balancer ignores repeats.
 RESEND_DISPATCHED_S = 3.0
 HEARTBEAT_INTERVAL_S = 0.25
-# A load balancer silent for this long is dispatched to no more.
-LOADBALANCER_LEASE_S = 3.0
 FINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 # Chunk event outcomes that change nothing and are worth a log line.
 IGNORED_EVENT_STATUSES = frozenset({core.EVENT_STALE, core.EVENT_UNKNOWN, core.EVENT_INVALID})
@@ -119,7 +119,7 @@ class Leader:
         self._host, self._address, self._started_at = host, address, started_at
         self._raft = NOT_STARTED
         self._announced = False
-        self._loadbalancer: LoadBalancerLink | None = None
+        self._lease = LoadBalancerLease()
         self._proposals = Proposals(self._count)
         self._dispatching: set[tuple[bytes, int, int]] = set()
         self._waiters = StatusWaiters()
@@ -163,7 +163,8 @@ class Leader:
 
     @property
     def loadbalancer(self) -> LoadBalancerLink | None:
-        return self._loadbalancer
+        """The load balancer holding the lease, if any."""
+        return self._lease.holder
 
     @property
     def dispatching(self) -> frozenset[tuple[bytes, int, int]]:
@@ -189,7 +190,7 @@ class Leader:
         if was_leader and not event.leader:
             # Another master dispatches now; what this one meant to is its to redo.
             self._dispatching.clear()
-            self._loadbalancer = None
+            self._lease.revoke()
             return [Note("no longer the leader")]
         return []
 
@@ -279,7 +280,7 @@ class Leader:
             return [self._error(purpose.request, outcome.error_code or ErrorCode.INVALID, outcome.error)]
         effects: list[Effect] = []
         attempts = [[chunk, attempt] for chunk, attempt, _worker in outcome.cancelled_attempts]
-        link = self._loadbalancer
+        link = self._lease.holder
         if attempts and link is not None:
             effects.append(Send(link.peer, wire.ChunkCancel.make(
                 self.node_id, epoch=link.epoch, job=purpose.job, attempts=attempts)))
@@ -288,7 +289,7 @@ class Leader:
 
     def _on_nodes_query(self, message: wire.NodesQuery, request: Request, now: float) -> list[Effect]:
         nodes = self._reader.read(lambda state: state.nodes())
-        live = self._loadbalancer.workers if self._loadbalancer is not None else {}
+        live = self._lease.holder.workers if self._lease.holder is not None else {}
         return [Reply(request, wire.NodesReply.make(self.node_id, request_id=request.request_id,
                                                     nodes=node_records(nodes, live, now)))]
 
@@ -298,11 +299,7 @@ class Leader:
         return [Reply(request, wire.EventsReply.make(self.node_id, request_id=request.request_id,
                                                      last_seq=last_seq, events=event_records(events)))]
 
-    # ---- the load balancer's lease ----------------------------------------
-    # Today the leader alone grants the lease, to whichever balancer said
-    # hello last, and the epoch stays 1. The load-balancer pair will grant it
-    # through a Raft command (the epoch rising with each grant) in
-    # _grant_lease, and keep its expiry in _lease_lapsed.
+    # ---- the load balancer ------------------------------------------------
 
     def _on_hello(self, message: wire.Hello, request: Request, now: float) -> list[Effect]:
         if message.role != NodeRole.LOADBALANCER:
@@ -310,7 +307,7 @@ class Leader:
         refused = self._not_leading(request)
         if refused:
             return refused
-        link = self._grant_lease(message, request.peer, now)
+        link = self._lease.grant(message.node_uuid, request.peer, now)
         effects: list[Effect] = [
             Note(f"load balancer {message.node_uuid.hex()} at {message.address or '?'} joined"),
             Reply(request, wire.HelloReply.make(
@@ -323,23 +320,11 @@ class Leader:
         self._last_resend = now
         return effects + self._resend_dispatched(link)
 
-    def _grant_lease(self, message: wire.Hello, peer: bytes, now: float) -> LoadBalancerLink:
-        previous = self._loadbalancer
-        epoch = 1 if previous is None else previous.epoch
-        self._loadbalancer = LoadBalancerLink(peer=peer, node=message.node_uuid, epoch=epoch, last_seen=now)
-        return self._loadbalancer
-
-    def _lease_lapsed(self, link: LoadBalancerLink, now: float) -> bool:
-        return now >= link.last_seen + LOADBALANCER_LEASE_S
-
     def _lease_holder(self, message: Any, request: Request, now: float) -> LoadBalancerLink | None:
         """The link, renewed, if `message` comes from the balancer holding the lease."""
-        link = self._loadbalancer
-        if link is None or link.node != message.node_uuid or not self._raft.leader:
+        if not self._raft.leader:
             return None
-        link.peer = request.peer  # a reconnected balancer may have a new routing id
-        link.last_seen = now
-        return link
+        return self._lease.renew(message.node_uuid, request.peer, now)
 
     def _on_heartbeat(self, message: wire.Heartbeat, request: Request, now: float) -> list[Effect]:
         link = self._lease_holder(message, request, now)
@@ -368,7 +353,7 @@ class Leader:
         # Any outcome but a failed proposal is final for these events.
         if not outcome.ok and outcome.error_code == ErrorCode.BUSY:
             return []
-        link = self._loadbalancer
+        link = self._lease.holder
         peer = link.peer if link is not None and link.node == purpose.loadbalancer else purpose.peer
         return [Send(peer, wire.ChunkEventsAck.make(self.node_id, epoch=purpose.epoch,
                                                     batch_id=purpose.batch_id))]
@@ -414,7 +399,7 @@ class Leader:
         itself: the batch applies in order, so they are queued by then, and
         the job starts one commit sooner. (Skipped harmlessly for a job that
         already existed: only chunks queued at attempt 1 are dispatched.)"""
-        link = self._loadbalancer
+        link = self._lease.holder
         if link is None:
             return
         count = min(self._credit(link), command.chunk_count)
@@ -428,8 +413,8 @@ class Leader:
 
     def _dispatched(self, purpose: _SendDispatched, outcome: core.Outcome) -> list[Effect]:
         self._dispatching.difference_update(purpose.keys)
-        if outcome.ok and outcome.dispatched and self._loadbalancer is not None:
-            return self._send_dispatch(self._loadbalancer, list(outcome.dispatched))
+        if outcome.ok and outcome.dispatched and self._lease.holder is not None:
+            return self._send_dispatch(self._lease.holder, list(outcome.dispatched))
         return []
 
     def _send_dispatch(self, link: LoadBalancerLink, attempts: list) -> list[Effect]:
@@ -464,13 +449,13 @@ class Leader:
             self._queue(core.NodeSeen(node=self.node_id, role=int(NodeRole.MASTER), host=self._host,
                                       address=self._address, slots=0, cache_bytes=0,
                                       started_at=self._started_at))
-        link = self._loadbalancer
+        lapsed = self._lease.lapse(now)
+        if lapsed is not None:
+            return [Note(f"load balancer {lapsed.node.hex()} silent for {now - lapsed.last_seen:.1f}s: "
+                         "no more dispatches to it", warning=True)]
+        link = self._lease.holder
         if link is None:
             return []
-        if self._lease_lapsed(link, now):
-            self._loadbalancer = None
-            return [Note(f"load balancer {link.node.hex()} silent for {now - link.last_seen:.1f}s: "
-                         "no more dispatches to it", warning=True)]
         effects: list[Effect] = []
         if now >= self._last_resend + RESEND_DISPATCHED_S:
             self._last_resend = now
@@ -482,9 +467,8 @@ class Leader:
         """When the next timer falls due, if any is set. Each timer compares
         `now >=` the very sum returned here, so a Tick at that time fires it."""
         times = [self._waiters.next_deadline(), self._proposals.next_deadline()]
-        link = self._loadbalancer
-        if link is not None and self._raft.leader:
-            times += [link.last_seen + LOADBALANCER_LEASE_S, self._last_resend + RESEND_DISPATCHED_S]
+        if self._lease.holder is not None and self._raft.leader:
+            times += [self._lease.expires_at(), self._last_resend + RESEND_DISPATCHED_S]
         return min((at for at in times if at is not None), default=None)
 
     # ---- proposals -------------------------------------------------------
