@@ -628,7 +628,8 @@ class LeaderMachine(RuleBasedStateMachine):
     def only_attempts_committed_as_dispatched_are_sent(self):
         for job, chunk, attempt in self.dispatched_sent:
             record = self.cluster.state.job_records[job].chunks[chunk]
-            assert attempt < record.attempt or (attempt == record.attempt and record.phase is not ChunkPhase.QUEUED)
+            assert attempt < record.attempt or (
+                attempt == record.attempt and record.phase is not ChunkPhase.QUEUED)
 
     def teardown(self):
         """Raft commits everything and time runs out: every request is answered."""
