@@ -42,7 +42,7 @@ class DirectReader:
 class RaftStatus:
     ready: bool                     # replayed its log and joined the group
     leader: bool
-    leader_address: str | None      # where clients reach the leader, if known
+    leader_address: str | None      # where clients reach the leader (a follower), if known
 
 
 @dataclass(frozen=True, slots=True)

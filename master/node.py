@@ -94,12 +94,15 @@ class MasterNode:
         return max(0, min(IDLE_POLL_MS, int((self.wake_at - time.time()) * 1000) + 1))
 
     def _feed_raft_status(self, now: float) -> None:
-        leader = self.raft.leader_address() if self.raft.ready else None
-        status = core.RaftStatus(ready=self.raft.ready, leader=self.raft.is_leader,
-                                 leader_address=self.client_addresses.get(leader, leader) if leader else None)
-        if status != self.raft_status:
-            self.raft_status = status
-            self._apply(status, now)
+        ready, leader = self.raft.ready, self.raft.is_leader
+        address = None
+        if ready and not leader:   # only a follower needs to say where the leader is
+            raft_address = self.raft.leader_address()
+            address = self.client_addresses.get(raft_address, raft_address) if raft_address else None
+        known = self.raft_status
+        if (ready, leader, address) != (known.ready, known.leader, known.leader_address):
+            self.raft_status = core.RaftStatus(ready=ready, leader=leader, leader_address=address)
+            self._apply(self.raft_status, now)
 
     def _feed_commits(self, now: float) -> None:
         while not self.raft.commits.empty():

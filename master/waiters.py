@@ -59,6 +59,9 @@ class StatusWaiters:
     def due(self, now: float, ended: set[bytes] | frozenset[bytes] = frozenset()) -> list[StatusWaiter]:
         """Waiters to answer now, no longer held: those of an `ended` job,
         and those whose wait is over; job by job, each in the order it came."""
+        deadline = self.next_deadline()
+        if not ended and (deadline is None or now < deadline):
+            return []           # the common case, on every Tick
         answered = []
         for job, waiters in list(self._by_job.items()):
             remaining = []
