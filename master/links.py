@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import wire
+from master.state import ClusterState
 from wire.limits import LIST_BUDGET_BYTES
 
 # Chunks the balancer may hold beyond its free slots, so that a slot that
@@ -15,6 +16,8 @@ CREDIT_PER_SLOT = 2
 MIN_CREDIT = 4
 # Attempts per chunk_dispatch message; keeps each body well under its limit.
 ATTEMPTS_PER_MESSAGE = 1000
+# A load balancer silent for this long is dispatched to no more.
+LOADBALANCER_LEASE_S = 3.0
 
 
 @dataclass
@@ -30,6 +33,48 @@ class LoadBalancerLink:
     def credit(self) -> int:
         total_slots = self.free_slots + self.running
         return max(MIN_CREDIT, total_slots * CREDIT_PER_SLOT)
+
+
+class LoadBalancerLease:
+    """Which load balancer the leader dispatches to, under which epoch, and
+    until when: every message from the holder renews the lease, and
+    LOADBALANCER_LEASE_S of silence ends it.
+
+    Today the leader alone grants it, to whichever balancer said hello last,
+    and the epoch stays 1. The load-balancer pair will have it granted through
+    a Raft command, the epoch rising with each grant: `grant` is that place.
+    """
+
+    def __init__(self) -> None:
+        self.holder: LoadBalancerLink | None = None
+
+    def grant(self, node: bytes, peer: bytes, now: float) -> LoadBalancerLink:
+        epoch = 1 if self.holder is None else self.holder.epoch
+        self.holder = LoadBalancerLink(peer=peer, node=node, epoch=epoch, last_seen=now)
+        return self.holder
+
+    def renew(self, node: bytes, peer: bytes, now: float) -> LoadBalancerLink | None:
+        """The holder, renewed, if `node` holds the lease; else None."""
+        link = self.holder
+        if link is None or link.node != node:
+            return None
+        link.peer = peer  # a reconnected balancer may have a new routing id
+        link.last_seen = now
+        return link
+
+    def expires_at(self) -> float | None:
+        return None if self.holder is None else self.holder.last_seen + LOADBALANCER_LEASE_S
+
+    def lapse(self, now: float) -> LoadBalancerLink | None:
+        """The holder, if its lease has run out by `now`: it holds it no more."""
+        expires_at = self.expires_at()
+        if expires_at is None or now < expires_at:
+            return None
+        lapsed, self.holder = self.holder, None
+        return lapsed
+
+    def revoke(self) -> None:
+        self.holder = None
 
 
 def dispatch_messages(node_id: bytes, epoch: int, specs: list[dict],
@@ -62,3 +107,19 @@ def dispatch_messages(node_id: bytes, epoch: int, specs: list[dict],
 def _dispatch(node_id: bytes, epoch: int, jobs: dict[bytes, dict], part: list[dict]) -> wire.ChunkDispatch:
     return wire.ChunkDispatch.make(node_id, epoch=epoch, attempt_count=len(part),
                                    jobs=list(jobs.values()), attempts=part)
+
+
+def dispatch_records(state: ClusterState, attempts: list) -> tuple[list[dict], list[dict]]:
+    """Job specs and DISPATCH_ATTEMPT records for (job, chunk, attempt)
+    triples, read from the state (under its lock, in the shell)."""
+    specs: dict[bytes, dict] = {}
+    records = []
+    for job, chunk, attempt in attempts:
+        if job not in specs:
+            spec = state.job_spec(job)
+            if spec is None:
+                continue
+            specs[job] = spec
+        records.append({"job": job, "chunk": chunk, "attempt": attempt,
+                        "inputs": state.chunk_inputs(job, chunk)})
+    return list(specs.values()), records
