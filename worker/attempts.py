@@ -270,7 +270,6 @@ class Attempts:
                 continue
             self._check(attempt, event)
             if attempt.phase is Phase.RUNNING:
-                self._count("attempts_cancelled")
                 effects.extend(self._stop(attempt, StopReason.CANCELLED, now, event))
             elif attempt.phase in (Phase.FETCHING, Phase.MOUNTING, Phase.STARTING):
                 attempt.cancel_requested = True
@@ -385,14 +384,13 @@ class Attempts:
 
     def _on_process_started(self, event: ProcessStarted, now: float) -> list[Effect]:
         attempt = self._held(event)
-        self._move(attempt, Phase.RUNNING, event)
         self._count("attempts_started")
         attempt.started_at = now
         attempt.deadline = now + attempt.job.timeout_s
         attempt.started_report_at = now + STARTED_DELAY_S
         if attempt.cancel_requested:
-            self._count("attempts_cancelled")
             return self._stop(attempt, StopReason.CANCELLED, now, event)
+        self._move(attempt, Phase.RUNNING, event)
         return []
 
     def _on_log_size(self, event: LogSize, now: float) -> list[Effect]:
