@@ -119,7 +119,7 @@ class WorkerNode:
             if now - self.last_log_check >= LOG_CHECK_S:
                 self.last_log_check = now
                 for key in self.core.in_phase(core.Phase.RUNNING):
-                    guarded(log, self._count, self._apply, self.host.log_size(key), now)
+                    guarded(log, self._count, self._on_log_size, key, now)
             guarded(log, self._count, self._apply, core.Tick(), now)
 
     def _apply(self, event: Any, now: float) -> None:
@@ -128,12 +128,20 @@ class WorkerNode:
         events = deque([event])
         while events:
             for effect in self.core.handle(events.popleft(), now):
-                answer = self.effects[type(effect)](effect)
+                try:
+                    answer = self.effects[type(effect)](effect)
+                except Exception:  # the effects after it still happen
+                    log.exception("carrying out %s", type(effect).__name__)
+                    self._count("internal_errors")
+                    continue
                 if answer is not None:
                     events.append(answer)
 
     def _on_exit(self, key: AttemptKey, now: float) -> None:
         self._apply(self.host.exited(key), now)
+
+    def _on_log_size(self, key: AttemptKey, now: float) -> None:
+        self._apply(self.host.log_size(key), now)
 
     def _hand_back(self, answer: Any) -> None:
         """From a helper thread: queue the answer and wake the loop."""
