@@ -27,9 +27,11 @@ Rules of this module (the contract for worker/node.py and tests/sim/):
   InvalidTransition: that is a bug of the shell or the simulation, never a
   peer's doing.
 - `Tick` fires the timers (timeouts, the SIGKILL after a grace, the STARTED
-  report, resends, hello and heartbeat); the shell sends it on every pass of
-  its loop and no later than `next_wakeup()`. The shell also reports the
-  size of a running attempt's logs (LogSize) as often as it likes.
+  report, resends, hello and heartbeat). The shell sends it once `now`
+  reaches `next_wakeup()`; more often is harmless. No event but
+  HelloAnswered (which ticks itself) sets a timer that is already due. The
+  shell also reports the size of a running attempt's logs (LogSize) as often
+  as it likes.
 - An attempt takes a slot from assignment to its final report. Its final
   report is sent once, then resent every RESEND_STATUS_S while registered,
   until a status_ack confirms the masters committed it.
@@ -85,6 +87,10 @@ class Phase(Enum):
     UPLOADING = "uploading"     # Upload sent
     REPORTED = "reported"       # final report sent, resent until acknowledged
     DONE = "done"               # acknowledged: forgotten
+
+    # Members are singletons compared by identity: hash them as objects (a C
+    # slot), not by name, since the table is looked up on every event.
+    __hash__ = object.__hash__
 
 
 class StopReason(Enum):
@@ -227,13 +233,15 @@ class Attempts:
         else:
             times.append(self._next_heartbeat)
         for attempt in self._attempts.values():
-            if attempt.phase is Phase.RUNNING:
-                times.append(attempt.deadline)
-            if attempt.phase in _SIGNALLABLE and attempt.started_report_at is not None:
-                times.append(attempt.started_report_at)
-            if attempt.phase is Phase.STOPPING and attempt.kill_at is not None:
-                times.append(attempt.kill_at)
-            if attempt.phase is Phase.REPORTED and self.registered:
+            phase = attempt.phase
+            if phase is Phase.RUNNING or phase is Phase.STOPPING:
+                if phase is Phase.RUNNING:
+                    times.append(attempt.deadline)
+                elif attempt.kill_at is not None:
+                    times.append(attempt.kill_at)
+                if attempt.started_report_at is not None:
+                    times.append(attempt.started_report_at)
+            elif phase is Phase.REPORTED and self.registered:
                 times.append(attempt.resend_at)
         return min(times) if times else None
 
@@ -314,7 +322,7 @@ class Attempts:
                 effects.extend(self._step(attempt, DeadlinePassed(attempt.key), now))
             if attempt.phase is Phase.STOPPING and attempt.kill_at is not None and now >= attempt.kill_at:
                 effects.extend(self._step(attempt, GraceOver(attempt.key), now))
-            if (attempt.phase in _SIGNALLABLE and attempt.started_report_at is not None
+            if (attempt.started_report_at is not None and attempt.phase in _SIGNALLABLE
                     and now >= attempt.started_report_at):
                 attempt.started_report_at = None
                 effects.append(Report(attempt.key, ChunkState.STARTED, self.epoch, ChunkResult()))

@@ -93,6 +93,7 @@ class WorkerNode:
         poller.register(self.wake_read, zmq.POLLIN)
         on_serving()
         watched: dict[int, AttemptKey] = {}
+        wakeup = self.core.next_wakeup()
         while not stop():
             pidfds = self.host.pidfds()
             for descriptor in watched.keys() - pidfds.keys():
@@ -101,7 +102,6 @@ class WorkerNode:
                 poller.register(descriptor, zmq.POLLIN)
             watched = pidfds
             timeout_s = self.heartbeat_interval_s / 2
-            wakeup = self.core.next_wakeup()
             if wakeup is not None:
                 timeout_s = min(timeout_s, max(0.0, wakeup - time.monotonic()))
             ready = dict(poller.poll(int(timeout_s * 1000) + 1))
@@ -120,7 +120,10 @@ class WorkerNode:
                 self.last_log_check = now
                 for key in self.core.in_phase(core.Phase.RUNNING):
                     guarded(log, self._count, self._on_log_size, key, now)
-            guarded(log, self._count, self._apply, core.Tick(), now)
+            wakeup = self.core.next_wakeup()
+            if wakeup is not None and now >= wakeup:
+                guarded(log, self._count, self._apply, core.Tick(), now)
+                wakeup = self.core.next_wakeup()
 
     def _apply(self, event: Any, now: float) -> None:
         """Hand an event to the core and carry out its effects; an effect
