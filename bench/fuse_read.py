@@ -96,7 +96,6 @@ def storage_source(work: pathlib.Path, local_copy: pathlib.Path):
     try:
         from client.storage_client import StorageClient
         from daemons import ClusterLayout
-        from wire.keys import KeyFolder
         from wire.transport import Transport
         from worker.blocks import StorageBlockSource
     except ImportError as error:
@@ -108,7 +107,7 @@ def storage_source(work: pathlib.Path, local_copy: pathlib.Path):
     try:
         try:
             layout.start("storage")
-            transport = Transport(KeyFolder(layout.cluster.keys))
+            transport = Transport(layout.keys())
             address, node_id = layout.cluster.storage[0].address, new_id()
             with StorageClient(transport, address, node_id) as uploader:
                 file_id, _ = uploader.put_file(local_copy)

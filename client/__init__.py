@@ -9,10 +9,11 @@ from typing import Any, Iterable, Iterator
 
 from client.api import Connection, connect, find_cluster_file
 from client.errors import (
-    ClientError, InvalidJobError, JobFailed, JobTimeout, NoClusterError, RemoteError,
+    AuthenticationRefused, ClientError, InvalidJobError, JobFailed, JobTimeout, NoClusterError, RemoteError,
     RequestTimeout, UnknownJobError,
 )
-from client.jobs import ChunkResult, Job, JobStatus
+from client.jobs import ChunkStatus, Job, JobStatus
+from wire.records import ChunkResult
 
 _default: Connection | None = None
 
@@ -41,5 +42,6 @@ def as_completed(jobs: Iterable[Job], timeout: float | None = None) -> Iterator[
 
 
 __all__ = ["connect", "put", "get", "submit_job", "as_completed", "find_cluster_file", "Connection",
-           "Job", "JobStatus", "ChunkResult", "ClientError", "InvalidJobError", "JobFailed",
+           "Job", "JobStatus", "ChunkStatus", "ChunkResult", "AuthenticationRefused", "ClientError",
+           "InvalidJobError", "JobFailed",
            "JobTimeout", "NoClusterError", "RemoteError", "RequestTimeout", "UnknownJobError"]

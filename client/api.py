@@ -22,15 +22,16 @@ import zmq
 
 import wire
 from client.errors import (
-    ClientError, InvalidJobError, NoClusterError, RemoteError, RequestTimeout, UnknownJobError,
+    AuthenticationRefused, ClientError, InvalidJobError, NoClusterError, RemoteError, RequestTimeout, UnknownJobError,
 )
-from client.jobs import ChunkResult, Job, JobStatus
+from client.jobs import ChunkStatus, Job, JobStatus
 from client.storage_client import StorageClient
 from wire import cluster as cluster_file
 from wire.ids import ID_BYTES, id_from_hex, new_id
-from wire.keys import KeyFolder
+from wire.enums import NodeRole
+from wire.keys import open_role
 from wire.schema import NAME_MAX_BYTES, U32_MAX
-from wire.transport import Transport, recv_message, send_message
+from wire.transport import Transport, recv_message, refusal, send_message
 
 DEFAULT_DEV_DIR = pathlib.Path.home() / ".uds" / "dev"
 CLUSTER_ENV = "UDS_CLUSTER"
@@ -38,6 +39,9 @@ CLUSTER_ENV = "UDS_CLUSTER"
 RESEND_AFTER_S = 2.0
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 DEFAULT_CHUNK_TIMEOUT_S = 3600.0
+# How often a wait looks whether a master refused our key: a refusal is
+# reported within this, not after the whole timeout.
+REFUSAL_CHECK_S = 0.1
 
 
 def find_cluster_file(cluster: str | os.PathLike[str] | None = None) -> pathlib.Path:
@@ -84,7 +88,7 @@ class Connection:
     def __init__(self, cluster_path: pathlib.Path, timeout: float = DEFAULT_REQUEST_TIMEOUT_S) -> None:
         try:
             self.cluster = cluster_file.load(cluster_path)
-            keys = KeyFolder(self.cluster.keys)
+            keys = open_role(self.cluster.keys, NodeRole.CLIENT)
         except Exception as fault:
             raise NoClusterError(f"cannot use cluster file {cluster_path}: {fault}") from None
         self.timeout = timeout
@@ -251,7 +255,7 @@ class Connection:
                 raise RemoteError(wire.ErrorCode.INTERNAL,
                                   f"master sent chunks {page.first_chunk}..{page.next_chunk} "
                                   f"when asked for chunk {next_chunk} on")
-            status.chunks.extend(ChunkResult.from_report(report) for report in page.chunks)
+            status.chunks.extend(ChunkStatus.from_report(report) for report in page.chunks)
             next_chunk = page.next_chunk
         return status
 
@@ -301,7 +305,8 @@ class Connection:
     def _master_socket(self) -> zmq.Socket:
         index = self._master_index
         if self._masters[index] is None:
-            self._masters[index] = self._transport.client_socket(zmq.DEALER, self.cluster.masters[index].address)
+            self._masters[index] = self._transport.client_socket(zmq.DEALER, self.cluster.masters[index].address,
+                                                                 NodeRole.MASTER)
         return self._masters[index]
 
     def _ask(self, make: Callable[[int], wire.Message], expected: type) -> Any:
@@ -314,7 +319,9 @@ class Connection:
             send_message(socket, frames, counters=self._transport)
             resend_at = min(deadline, time.monotonic() + RESEND_AFTER_S)
             while (remaining := resend_at - time.monotonic()) > 0:
-                if not socket.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                if (reason := refusal(socket)) is not None:
+                    raise AuthenticationRefused(reason)
+                if not socket.poll(int(min(remaining, REFUSAL_CHECK_S) * 1000) + 1, zmq.POLLIN):
                     continue
                 received = recv_message(socket, self._transport)
                 if received is None:

@@ -8,7 +8,8 @@ import sys
 import time
 from typing import Any, Callable
 
-from wire.keys import KeyFolder, KeyFolderError
+from wire.enums import NodeRole
+from wire.keys import KeyFolderError, create_cluster_keys, export_role, role_name, role_of_name
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -67,10 +68,22 @@ def _connect(options: argparse.Namespace):
 
 def keys_init(options: argparse.Namespace) -> int:
     try:
-        folder = KeyFolder.create(options.dir)
+        folder = create_cluster_keys(options.dir)
     except KeyFolderError as fault:
         raise CommandError(str(fault)) from None
-    print(f"wrote cluster keys to {folder.path}")
+    print(f"wrote a key pair for each role and the Raft password to {folder}; keep it off the hosts "
+          f"and give each host its role's folder with `uds keys export --role ROLE DIR`")
+    return 0
+
+
+def keys_export(options: argparse.Namespace) -> int:
+    try:
+        role = role_of_name(options.role)
+        folder = export_role(options.keys, role, options.dir)
+    except (KeyFolderError, ValueError) as fault:
+        raise CommandError(str(fault)) from None
+    print(f"wrote the {role_name(role)} key folder to {folder.path}; on the host, put it at "
+          f"KEYS/{role_name(role)} where KEYS is the cluster file's `keys`")
     return 0
 
 
@@ -175,14 +188,15 @@ def _print_status(status: Any) -> None:
     if status.error:
         print(f"error: {status.error}")
     for chunk in status.chunks:
-        exit_text = "-" if chunk.exit_code is None else str(chunk.exit_code)
+        result = chunk.result
+        exit_text = "-" if result.exit_code is None else str(result.exit_code)
         line = f"  chunk {chunk.chunk:>4}  {chunk.state:<10} attempt {chunk.attempt}  exit {exit_text:>4}"
-        if chunk.elapsed_s:
-            line += f"  {chunk.elapsed_s:.2f}s"
+        if result.elapsed_s:
+            line += f"  {result.elapsed_s:.2f}s"
         if chunk.outputs:
             line += "  outputs: " + ", ".join(f"{name}={fid}" for name, fid in sorted(chunk.outputs.items()))
-        if chunk.error:
-            line += f"  ({chunk.error})"
+        if result.error:
+            line += f"  ({result.error})"
         print(line)
 
 
@@ -283,9 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = commands.add_parser("keys", help="manage cluster keys")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    init = keys_commands.add_parser("init", help="write a new cluster key folder")
+    init = keys_commands.add_parser("init", help="write a key pair for each role and the Raft password")
     init.add_argument("dir", help="folder to create (must not hold keys yet)")
     init.set_defaults(run=keys_init)
+    export = keys_commands.add_parser("export", help="write the key folder one host of a role holds")
+    export.add_argument("--role", required=True, choices=[role_name(role) for role in NodeRole])
+    export.add_argument("--keys", default="keys", metavar="DIR",
+                        help="the folder `uds keys init` wrote (default ./keys)")
+    export.add_argument("dir", help="folder to create (must not hold keys yet)")
+    export.set_defaults(run=keys_export)
 
     sub = command("put", put, "store files; prints each file's id")
     sub.add_argument("paths", nargs="+", metavar="PATH")

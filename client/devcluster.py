@@ -1,7 +1,8 @@
 """`uds dev`: a phase-1 cluster on this machine (one master, one load
 balancer, one storage node, N workers), all real daemons on 127.0.0.1.
 
-DIR holds everything: `keys/` (a fresh set each start), `cluster.toml`,
+DIR holds everything: `cluster-keys/` (a fresh key set each start) and
+`keys/ROLE/` exported from it (one folder per role), `cluster.toml`,
 `data/` (kept across starts, so stored files and jobs survive), `logs/`,
 and `dev.pids` while it runs.
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 from wire import cluster as cluster_file
 from wire.daemon import ready_pid
-from wire.keys import KeyFolder
+from wire.keys import create_cluster_keys, export_every_role
 
 PIDS_FILE = "dev.pids"
 READY_TIMEOUT_S = 60.0
@@ -65,11 +66,15 @@ def running_pids(folder: pathlib.Path) -> list[dict]:
 
 
 def write_cluster_file(folder: pathlib.Path, workers: int, slots: int) -> pathlib.Path:
-    """Fresh keys and ports; data folders stay where they were."""
-    keys = folder / "keys"
-    if keys.exists():
-        shutil.rmtree(keys)
-    KeyFolder.create(keys)
+    """Fresh keys and ports; data folders stay where they were. The cluster
+    file's `keys` is `keys/`, one folder per role exported from the key set
+    in `cluster-keys/`, as on separate hosts."""
+    keys, cluster_keys = folder / "keys", folder / "cluster-keys"
+    for old in (keys, cluster_keys):
+        if old.exists():
+            shutil.rmtree(old)
+    create_cluster_keys(cluster_keys)
+    export_every_role(cluster_keys, keys)
     path = folder / "cluster.toml"
     path.write_text(cluster_file.render(
         keys="keys",

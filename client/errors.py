@@ -18,6 +18,11 @@ class RequestTimeout(ClientError, TimeoutError):
     """No master answered in time."""
 
 
+class AuthenticationRefused(ClientError):
+    """A daemon refused this client's key in the handshake, e.g.
+    "authentication refused by master at tcp://...: this key is not admitted"."""
+
+
 class RemoteError(ClientError):
     """A daemon answered with an error message."""
 

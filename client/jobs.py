@@ -1,48 +1,56 @@
-"""Job handles and the results a client sees."""
+"""Job handles and the results a client sees.
+
+A chunk's result is the wire's own record, `ChunkResult`, whose file
+references are `(id bytes, size)`; the client names files by hex id, so
+`ChunkStatus` also gives the result's files that way. A `Job` asks its
+questions through any object with the `JobQueries` methods (a `Connection`).
+"""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 import wire
 from client.errors import JobFailed, JobTimeout
-
-if TYPE_CHECKING:
-    from client.api import Connection
+from wire.records import ChunkResult
 
 FINAL_JOB_STATES = ("succeeded", "failed", "cancelled")
 # Job.wait hears of progress at least this often.
 PROGRESS_INTERVAL_S = 0.5
 
 
-@dataclass(frozen=True)
-class ChunkResult:
+@dataclass(frozen=True, slots=True)
+class ChunkStatus:
+    """One chunk as a client sees it: where it stands and, once it is
+    final, the result of its last attempt."""
+
     chunk: int
     state: str                       # queued, dispatched, running, succeeded, failed, cancelled
     attempt: int
-    exit_code: int | None
-    outputs: dict[str, str]          # name under $UDS_OUTPUT -> file id
-    stdout: str | None               # file id of the captured stdout
-    stderr: str | None
-    error: str
-    worker: str | None
-    elapsed_s: float
-    bytes_from_cache: int
-    bytes_from_storage: int
+    worker: str | None               # hex id of the worker that ran it last
+    result: ChunkResult              # exit code, outputs, logs, error, time, bytes read
 
     @classmethod
-    def from_report(cls, report: dict) -> "ChunkResult":
-        return cls(
-            chunk=report["chunk"], state=report["state"], attempt=report["attempt"],
-            exit_code=report["exit_code"],
-            outputs={name: ref[0].hex() for name, ref in report["outputs"].items()},
-            stdout=report["stdout"][0].hex() if report["stdout"] else None,
-            stderr=report["stderr"][0].hex() if report["stderr"] else None,
-            error=report["error"], worker=report["worker"].hex() if report["worker"] else None,
-            elapsed_s=report["elapsed_s"], bytes_from_cache=report["bytes_from_cache"],
-            bytes_from_storage=report["bytes_from_storage"],
-        )
+    def from_report(cls, report: dict) -> ChunkStatus:
+        """From a CHUNK_REPORT of a job_status reply."""
+        return cls(chunk=report["chunk"], state=report["state"], attempt=report["attempt"],
+                   worker=report["worker"].hex() if report["worker"] else None,
+                   result=ChunkResult.from_body(report))
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        """The result's outputs: name under $UDS_OUTPUT -> hex file id."""
+        return {name: ref[0].hex() for name, ref in self.result.outputs.items()}
+
+    @property
+    def stdout(self) -> str | None:
+        """Hex file id of the captured stdout; None if there was none."""
+        return self.result.stdout[0].hex() if self.result.stdout else None
+
+    @property
+    def stderr(self) -> str | None:
+        return self.result.stderr[0].hex() if self.result.stderr else None
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ class JobStatus:
     submitted_at: float
     finished_at: float | None
     error: str
-    chunks: list[ChunkResult] = field(default_factory=list)
+    chunks: list[ChunkStatus] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
@@ -73,14 +81,25 @@ class JobStatus:
             id=reply.job_uuid.hex(), name=reply.name, state=wire.JobState(reply.state).name.lower(),
             chunk_count=reply.chunk_count, succeeded=reply.chunks_succeeded, failed=reply.chunks_failed,
             submitted_at=reply.submitted_at, finished_at=reply.finished_at, error=reply.error,
-            chunks=[ChunkResult.from_report(report) for report in reply.chunks],
+            chunks=[ChunkStatus.from_report(report) for report in reply.chunks],
         )
+
+
+class JobQueries(Protocol):
+    """What a Job asks of its connection."""
+
+    def job_status(self, job_id: str, detail: bool = True, wait: float = 0.0,
+                   first_chunk: int = 0, max_chunks: int | None = None) -> JobStatus: ...
+
+    def cancel_job(self, job_id: str) -> JobStatus: ...
+
+    def get(self, file_id: str | bytes) -> bytes: ...
 
 
 class Job:
     """A submitted job. Every method asks the masters afresh."""
 
-    def __init__(self, connection: "Connection", job_id: str) -> None:
+    def __init__(self, connection: JobQueries, job_id: str) -> None:
         self.connection = connection
         self.id = job_id
 
@@ -111,7 +130,7 @@ class Job:
                 raise JobTimeout(f"job {self.id} still {status.state} after {timeout:g}s "
                                  f"({status.finished}/{status.chunk_count} chunks done)")
 
-    def result(self, check: bool = False) -> list[ChunkResult]:
+    def result(self, check: bool = False) -> list[ChunkStatus]:
         """Per chunk: state, exit code, outputs, log ids, error.
 
         With check=True, raise JobFailed unless every chunk succeeded."""
@@ -120,7 +139,7 @@ class Job:
             raise JobFailed(f"job {self.id} {status.state}: {status.error or 'not finished'}")
         return status.chunks
 
-    def chunk(self, index: int) -> ChunkResult:
+    def chunk(self, index: int) -> ChunkStatus:
         """One chunk's report, without reading the others."""
         status = self.connection.job_status(self.id, first_chunk=index, max_chunks=1)
         if not status.chunks:

@@ -28,11 +28,12 @@ from collections.abc import Callable, Iterable, Iterator
 import zmq
 
 import wire
-from client.errors import ClientError
+from client.errors import AuthenticationRefused, ClientError
 from wire import ErrorCode, Message, PutStatus, WireError
 from wire.ids import file_hasher, file_id_of
 from wire.limits import MAX_DATA_FRAME_BYTES
-from wire.transport import Transport, recv_message, send_message
+from wire.enums import NodeRole
+from wire.transport import Transport, recv_message, refusal, send_message
 
 # Upload pieces: big enough that per-message costs vanish, small enough that
 # the queue below holds little memory.
@@ -47,6 +48,9 @@ READS_IN_FLIGHT = 4
 # Block size when hashing a local file before its upload.
 HASH_BLOCK_BYTES = 1024 * 1024
 DEFAULT_TIMEOUT_S = 30.0
+# How often a wait looks whether the node refused our key: a refusal is
+# reported within this, not after the whole timeout.
+REFUSAL_CHECK_MS = 100
 
 Progress = Callable[[int, int], None]
 log = logging.getLogger("client.storage")
@@ -144,7 +148,7 @@ class StorageClient:
         self.node_id = node_id
         self.timeout_s = timeout_s
         self._transport = transport
-        self._socket = transport.client_socket(zmq.DEALER, address)
+        self._socket = transport.client_socket(zmq.DEALER, address, NodeRole.STORAGE)
         # Tightening the transport's high-water mark is safe after connect:
         # libzmq applies it to the existing pipe.
         self._socket.setsockopt(zmq.SNDHWM, SEND_QUEUE_MESSAGES)
@@ -332,8 +336,9 @@ class StorageClient:
         frames = wire.encode(message)
         deadline = time.monotonic() + self.timeout_s
         while True:
+            self._check_admitted()
             remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            if self._socket.poll(remaining_ms, zmq.POLLOUT) and \
+            if self._socket.poll(min(remaining_ms, REFUSAL_CHECK_MS), zmq.POLLOUT) and \
                     send_message(self._socket, frames, counters=self._transport):
                 return
             if time.monotonic() >= deadline:
@@ -347,14 +352,20 @@ class StorageClient:
         wanted = set(request_ids)
         deadline = time.monotonic() + self.timeout_s
         while True:
+            self._check_admitted()
             remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            if self._socket.poll(remaining_ms, zmq.POLLIN):
+            if self._socket.poll(min(remaining_ms, REFUSAL_CHECK_MS), zmq.POLLIN):
                 reply = self._receive(wanted, reply_type)
                 if reply is not None:
                     return reply
             elif time.monotonic() >= deadline:
                 raise StorageTimeout(self.address, f"no reply within {self.timeout_s:g} s; "
                                                    "is the node running and reachable?")
+
+    def _check_admitted(self) -> None:
+        reason = refusal(self._socket)
+        if reason is not None:
+            raise AuthenticationRefused(reason)
 
     def _receive(self, wanted: set[int], reply_type: type[Message]) -> tuple[int, Message] | None:
         received = recv_message(self._socket, self._transport)

@@ -104,7 +104,8 @@ enum error_code {
     ERR_TOO_LARGE = 8,
     ERR_NOT_LEADER = 9,
     ERR_BUSY = 10,
-    ERR_INTERNAL = 11
+    ERR_INTERNAL = 11,
+    ERR_FORBIDDEN = 12       /* the sender's role may not send this message type */
 };
 
 /* file_put_reply.status */
@@ -132,7 +133,7 @@ struct worker_request {
     uint64_t job_uuid_upper;
     uint64_t job_uuid_lower;
     uint64_t program_length;
-    uint32_t num_input_files;
+    uint64_t num_input_files;
 } UDS_PACKED;
 
 /* worker -> load balancer: one chunk attempt changed state (enum chunk_state).

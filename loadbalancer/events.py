@@ -10,10 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, NamedTuple, Union
 
 from wire.enums import NodeRole
-
-FileRef = tuple[bytes, int]                  # (file id, size in bytes)
-# The worker id of an event about an attempt that never reached a worker.
-NO_WORKER = bytes(16)
+from wire.records import NO_WORKER, ChunkEvent, FileRef  # noqa: F401  (used as scheduler.X)
 
 
 class AttemptKey(NamedTuple):
@@ -81,20 +78,6 @@ class DispatchAttempt:
 
 # ---- events: what the shell feeds in -------------------------------------
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ChunkResult:
-    """The result fields that worker_status and CHUNK_EVENT share."""
-
-    exit_code: int | None = None
-    outputs: dict[str, FileRef] = field(default_factory=dict)
-    stdout: FileRef | None = None
-    stderr: FileRef | None = None
-    error: str = ""
-    elapsed_s: float = 0.0
-    bytes_from_cache: int = 0
-    bytes_from_storage: int = 0
-
-
 @dataclass(frozen=True, slots=True)
 class WorkerHello:
     worker: bytes
@@ -120,15 +103,6 @@ class Dispatched:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerStatusReport(ChunkResult):
-    worker: bytes
-    job: bytes
-    chunk: int
-    attempt: int
-    state: int                # ChunkState: STARTED or final
-
-
-@dataclass(frozen=True, slots=True)
 class CancelRequested:
     job: bytes
     attempts: tuple[tuple[int, int], ...] = ()    # (chunk, attempt); empty = the whole job
@@ -139,7 +113,8 @@ class Tick:
     pass
 
 
-Event = Union[WorkerHello, WorkerHeartbeat, Dispatched, WorkerStatusReport, CancelRequested, Tick]
+# A worker's status on a chunk attempt comes in as the wire's ChunkEvent.
+Event = Union[WorkerHello, WorkerHeartbeat, Dispatched, ChunkEvent, CancelRequested, Tick]
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,15 +148,8 @@ class AssignChunks:           # -> worker_request to worker
 
 
 @dataclass(frozen=True, slots=True)
-class ForwardEvent(ChunkResult):  # -> one CHUNK_EVENT record of chunk_events to the master
-    job: bytes
-    chunk: int
-    attempt: int
-    state: int
-    worker: bytes
-
-    def to_record(self) -> dict[str, Any]:
-        return {item.name: getattr(self, item.name) for item in fields(self)}
+class ForwardToMaster:        # -> one CHUNK_EVENT of the next chunk_events batch to the master
+    event: ChunkEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +181,7 @@ class Note:                   # -> a log line
     text: str
 
 
-Effect = Union[AssignChunks, ForwardEvent, CancelOnWorker, WorkerJoined, WorkerLost, AskHello, Note]
+Effect = Union[AssignChunks, ForwardToMaster, CancelOnWorker, WorkerJoined, WorkerLost, AskHello, Note]
 
 
 class UnknownEventError(TypeError):

@@ -21,7 +21,8 @@ import zmq
 import wire
 from wire.limits import LIST_BUDGET_BYTES
 from loadbalancer import scheduler as core
-from wire.daemon import guarded, handle_request
+from wire.daemon import guarded
+from wire.dispatch import Dispatcher
 from wire.enums import FINAL_CHUNK_STATES, ErrorCode, NodeRole
 from wire.transport import Transport, recv_messages, send_message
 
@@ -62,13 +63,13 @@ class LoadBalancerNode:
         self.workers_socket = transport.server_socket(zmq.ROUTER, address)
         self.master_addresses = master_addresses
         self.master_index = 0
-        self.master_socket = transport.client_socket(zmq.DEALER, master_addresses[0])
+        self.master_socket = transport.client_socket(zmq.DEALER, master_addresses[0], NodeRole.MASTER)
         self.master_registered = False
         self.last_master_hello = 0.0
         self.last_master_message = 0.0
         self.epoch = 0
         self.worker_peers: dict[bytes, bytes] = {}
-        self.outgoing_events: list[core.ForwardEvent] = []
+        self.outgoing_events: list[wire.ChunkEvent] = []
         self.unacknowledged: dict[int, EventBatch] = {}
         self.next_batch_id = int(time.time() * 1000)  # unique across restarts of this node
         self.next_request_id = 1
@@ -82,7 +83,7 @@ class LoadBalancerNode:
             wire.StatsQuery: self.on_stats_query,
             wire.NodesQuery: self.on_nodes_query,
         }
-        self.master_handlers: dict[type, Callable[[Any, float], None]] = {
+        self.master_handlers: dict[type, Callable[[Any, bytes | None, float], None]] = {
             wire.HelloReply: self.on_master_hello_reply,
             wire.ChunkDispatch: self.on_dispatch,
             wire.ChunkCancel: self.on_cancel,
@@ -91,13 +92,19 @@ class LoadBalancerNode:
         }
         self.effect_handlers: dict[type, Callable[[Any, float], None]] = {
             core.AssignChunks: self.do_assign,
-            core.ForwardEvent: self.do_forward,
+            core.ForwardToMaster: self.do_forward,
             core.CancelOnWorker: self.do_cancel_on_worker,
             core.WorkerJoined: self.do_worker_joined,
             core.WorkerLost: self.do_worker_lost,
             core.AskHello: self.do_ask_hello,
             core.Note: lambda effect, now: log.info("%s", effect.text),
         }
+        self.worker_dispatcher = Dispatcher("a load balancer", node_id, self.worker_handlers,
+                                            self._send_to_worker_peer, self._count, log)
+        # Errors are never sent to the master: they are logged, so that a
+        # misunderstanding cannot become an exchange of errors.
+        self.master_dispatcher = Dispatcher("a load balancer", node_id, self.master_handlers,
+                                            self._note_master_fault, self._count, log)
 
     # -- loop -----------------------------------------------------------------
 
@@ -138,8 +145,10 @@ class LoadBalancerNode:
     # -- workers --------------------------------------------------------------
 
     def _handle_worker(self, received: Any, now: float) -> None:
-        handle_request(received, self.worker_handlers, now, "a load balancer", self._send_worker_error,
-                       self._count, log)
+        self.worker_dispatcher.handle(received, now)
+
+    def _send_to_worker_peer(self, peer: bytes | None, message: wire.Message) -> None:
+        send_message(self.workers_socket, wire.encode(message), peer=peer, counters=self.transport)
 
     def _send_worker(self, worker: bytes, message: wire.Message) -> bool:
         peer = self.worker_peers.get(worker)
@@ -148,10 +157,7 @@ class LoadBalancerNode:
         return send_message(self.workers_socket, wire.encode(message), peer=peer, counters=self.transport)
 
     def _send_worker_error(self, peer: bytes, request_id: int, failed_type: int, code: int, reason: str) -> None:
-        self._count("errors_sent")
-        send_message(self.workers_socket, wire.encode(wire.Error.make(
-            self.node_id, request_id=request_id, error_code=int(code), failed_type=failed_type,
-            reason=reason[:4000])), peer=peer, counters=self.transport)
+        self.worker_dispatcher.send_error(peer, request_id, failed_type, code, reason)
 
     def on_worker_hello(self, message: wire.Hello, peer: bytes, now: float) -> None:
         if message.role != NodeRole.WORKER:
@@ -180,14 +186,7 @@ class LoadBalancerNode:
         worker = message.node_uuid
         self.worker_peers[worker] = peer
         self._count("worker_statuses")
-        self._apply(core.WorkerStatusReport(
-            worker=worker, job=message.job_uuid, chunk=message.chunk, attempt=message.attempt,
-            state=message.state, exit_code=message.exit_code,
-            outputs={name: (ref[0], ref[1]) for name, ref in message.outputs.items()},
-            stdout=tuple(message.stdout) if message.stdout else None,
-            stderr=tuple(message.stderr) if message.stderr else None,
-            error=message.error, elapsed_s=message.elapsed_s,
-            bytes_from_cache=message.bytes_from_cache, bytes_from_storage=message.bytes_from_storage), now)
+        self._apply(message.chunk_event(), now)
 
     def on_stats_query(self, message: wire.StatsQuery, peer: bytes, now: float) -> None:
         counters = dict(self.counters)
@@ -228,8 +227,8 @@ class LoadBalancerNode:
                 # The scheduler will see no STARTED and take the attempts back.
                 self._count("assignments_undeliverable")
 
-    def do_forward(self, effect: core.ForwardEvent, now: float) -> None:
-        self.outgoing_events.append(effect)
+    def do_forward(self, effect: core.ForwardToMaster, now: float) -> None:
+        self.outgoing_events.append(effect.event)
 
     def do_cancel_on_worker(self, effect: core.CancelOnWorker, now: float) -> None:
         self._send_worker(effect.worker, wire.ChunkCancel.make(
@@ -257,21 +256,12 @@ class LoadBalancerNode:
         return send_message(self.master_socket, wire.encode(message), counters=self.transport)
 
     def _handle_master(self, received: Any, now: float) -> None:
-        try:
-            message = wire.decode(received.frames)
-        except wire.WireError as fault:
-            self._count("malformed_from_master")
-            log.warning("undecodable message from the master: %s", fault)
-            return
         self.last_master_message = now
-        handler = self.master_handlers.get(type(message))
-        if handler is None:
-            log.warning("unexpected %s from the master", type(message).SPEC.name)
-            return
-        try:
-            handler(message, now)
-        except Exception:
-            log.exception("handling %s from the master", type(message).SPEC.name)
+        self.master_dispatcher.handle(received, now)
+
+    def _note_master_fault(self, peer: bytes | None, message: wire.Message) -> None:
+        self._count("faults_from_master")
+        log.warning("a message from the master was refused: %s", getattr(message, "reason", message))
 
     def _hello_master(self, now: float) -> None:
         self.last_master_hello = now
@@ -281,7 +271,7 @@ class LoadBalancerNode:
             self.node_id, request_id=request_id, role=int(NodeRole.LOADBALANCER), slots=0, cache_bytes=0,
             start_time_ms=int(self.started_at * 1000), host=self.host, address=self.address, version=1))
 
-    def on_master_hello_reply(self, message: wire.HelloReply, now: float) -> None:
+    def on_master_hello_reply(self, message: wire.HelloReply, peer: bytes | None, now: float) -> None:
         if not self.master_registered:
             log.info("registered with the master (epoch %d)", message.epoch)
         self.master_registered = True
@@ -290,7 +280,7 @@ class LoadBalancerNode:
         for batch in self.unacknowledged.values():
             batch.sent_at = 0.0  # resend now: the master may have restarted
 
-    def on_master_error(self, message: wire.Error, now: float) -> None:
+    def on_master_error(self, message: wire.Error, peer: bytes | None, now: float) -> None:
         if message.error_code in (ErrorCode.UNEXPECTED, ErrorCode.BUSY):
             self.master_registered = False  # "hello first", or it restarted
         elif message.error_code == ErrorCode.NOT_LEADER:
@@ -304,20 +294,21 @@ class LoadBalancerNode:
             return
         self.master_socket.close()
         self.master_index = (self.master_index + 1) % len(self.master_addresses)
-        self.master_socket = self.transport.client_socket(zmq.DEALER, self.master_addresses[self.master_index])
+        self.master_socket = self.transport.client_socket(zmq.DEALER, self.master_addresses[self.master_index],
+                                                         NodeRole.MASTER)
 
-    def on_dispatch(self, message: wire.ChunkDispatch, now: float) -> None:
+    def on_dispatch(self, message: wire.ChunkDispatch, peer: bytes | None, now: float) -> None:
         self._count("attempts_received", len(message.attempts))
         self._apply(core.Dispatched(
             jobs=tuple(core.JobSpec.from_record(record) for record in message.jobs),
             attempts=tuple(core.DispatchAttempt.from_record(record) for record in message.attempts)), now)
 
-    def on_cancel(self, message: wire.ChunkCancel, now: float) -> None:
+    def on_cancel(self, message: wire.ChunkCancel, peer: bytes | None, now: float) -> None:
         self._apply(core.CancelRequested(job=message.job_uuid,
                                          attempts=tuple((chunk, attempt) for chunk, attempt in message.attempts)),
                     now)
 
-    def on_events_ack(self, message: wire.ChunkEventsAck, now: float) -> None:
+    def on_events_ack(self, message: wire.ChunkEventsAck, peer: bytes | None, now: float) -> None:
         batch = self.unacknowledged.pop(message.batch_id, None)
         if batch is None:
             return
@@ -355,16 +346,14 @@ class LoadBalancerNode:
 
     def _flush_events(self, now: float) -> None:
         while self.outgoing_events:
-            records = [event.to_record() for event in self.outgoing_events[:EVENTS_PER_BATCH]]
+            events = self.outgoing_events[:EVENTS_PER_BATCH]
             # Results with many outputs are large: a batch ends where one body does.
-            records = records[:wire.items_that_fit(records)]
-            events = self.outgoing_events[:len(records)]
-            del self.outgoing_events[:len(records)]
+            events = events[:wire.items_that_fit([event.as_body() for event in events])]
+            del self.outgoing_events[:len(events)]
             batch_id = self.next_batch_id
             self.next_batch_id += 1
-            frames = wire.encode(wire.ChunkEvents.make(
-                self.node_id, epoch=max(self.epoch, 1), batch_id=batch_id, event_count=len(events),
-                events=records))
+            frames = wire.encode(wire.ChunkEvents.carrying(self.node_id, max(self.epoch, 1), batch_id,
+                                                           events))
             finals = [(event.worker, event.job, event.chunk, event.attempt, event.state) for event in events
                       if event.state in FINAL_CHUNK_STATES and event.worker != core.NO_WORKER]
             self.unacknowledged[batch_id] = EventBatch(batch_id, frames, finals, now)

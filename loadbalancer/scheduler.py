@@ -19,18 +19,19 @@ Rules of this module:
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, Mapping
 
 # The events and effects are re-exported: callers use them as scheduler.X.
 from loadbalancer.events import (  # noqa: F401
     NO_WORKER, AskHello, AssignChunks, Assignment, AttemptKey, CancelOnWorker, CancelRequested,
-    ChunkResult, Dispatched, DispatchAttempt, Effect, Event, FileRef, ForwardEvent, JobSpec, Note,
+    ChunkEvent, Dispatched, DispatchAttempt, Effect, Event, FileRef, ForwardToMaster, JobSpec, Note,
     Tick, UnknownEventError, WorkerHeartbeat, WorkerHello, WorkerJoined, WorkerLost,
-    WorkerStatusReport, WorkerView,
+    WorkerView,
 )
 from wire.enums import FINAL_CHUNK_STATES, ChunkState
+from wire.records import ChunkResult
 
 # Attempts that ended (final, lost, cancelled) are remembered so that a late
 # heartbeat or a re-sent dispatch naming them is recognised. ~150 bytes each.
@@ -122,7 +123,7 @@ class Scheduler:
             WorkerHello: self._on_hello,
             WorkerHeartbeat: self._on_heartbeat,
             Dispatched: self._on_dispatched,
-            WorkerStatusReport: self._on_status,
+            ChunkEvent: self._on_status,
             CancelRequested: self._on_cancel,
             Tick: self._on_tick,
         }
@@ -226,9 +227,9 @@ class Scheduler:
             if problem:
                 # Refuse loudly instead of holding it forever: the master retries.
                 self._remember(key, _Ended.FINAL)
-                effects.append(ForwardEvent(job=key.job, chunk=key.chunk, attempt=key.attempt,
-                                            state=int(ChunkState.REJECTED), worker=NO_WORKER,
-                                            error=f"load balancer: {problem}"))
+                effects.append(ForwardToMaster(ChunkEvent(
+                    job=key.job, chunk=key.chunk, attempt=key.attempt, state=int(ChunkState.REJECTED),
+                    worker=NO_WORKER, result=ChunkResult(error=f"load balancer: {problem}"))))
                 effects.append(Note(f"rejected dispatch of {_name(key)}: {problem}"))
                 continue
             self._pending[key] = attempt
@@ -246,12 +247,9 @@ class Scheduler:
             return f"chunk >= chunk_count {spec.chunk_count}"
         return ""
 
-    def _on_status(self, event: WorkerStatusReport, now: float) -> list[Effect]:
+    def _on_status(self, event: ChunkEvent, now: float) -> list[Effect]:
         key = AttemptKey(event.job, event.chunk, event.attempt)
-        result = {item.name: getattr(event, item.name) for item in fields(ChunkResult)}
-        effects: list[Effect] = [ForwardEvent(
-            job=event.job, chunk=event.chunk, attempt=event.attempt, state=int(event.state),
-            worker=event.worker, **result)]
+        effects: list[Effect] = [ForwardToMaster(event)]
         worker = self._workers.get(event.worker)
         owner = self._owner.get(key)
         if owner != event.worker:
@@ -388,9 +386,9 @@ class Scheduler:
             self._release(key, _Ended.CANCELLED)
             return []
         self._release(key, _Ended.LOST)
-        return [ForwardEvent(job=key.job, chunk=key.chunk, attempt=key.attempt,
-                             state=int(ChunkState.LOST), worker=worker.node, error=reason,
-                             elapsed_s=max(0.0, now - placement.assigned_at))]
+        return [ForwardToMaster(ChunkEvent(
+            job=key.job, chunk=key.chunk, attempt=key.attempt, state=int(ChunkState.LOST), worker=worker.node,
+            result=ChunkResult(error=reason, elapsed_s=max(0.0, now - placement.assigned_at))))]
 
     def _place(self, key: AttemptKey, worker: _Worker, now: float, acknowledged: bool) -> None:
         worker.attempts[key] = _Placement(now, acknowledged)

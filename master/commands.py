@@ -1,7 +1,9 @@
 """What goes into the masters' replicated state and what comes out of it.
 
 Commands are the entries of the Raft log: frozen, slotted, picklable
-dataclasses that `ClusterState.apply` consumes in lists. Outcomes are what
+dataclasses that `ClusterState.apply` consumes in lists. A worker's report is
+committed as the wire's own `ChunkEvent` record, with its `ChunkResult`
+(wire/records.py), so the masters never restate their fields. Outcomes are what
 `apply` returns for each command, in order. Views are the read-only shapes the
 queries return; each one converts itself into the body of its wire record
 (`JOB_SPEC`, `DISPATCH_ATTEMPT`, `CHUNK_REPORT`, `EVENT`, `NODE`) so that the
@@ -13,17 +15,14 @@ Nothing here reads the clock or touches the network.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from wire.enums import ChunkState, JobState, NodeRole
+from wire.errors import WireError
 from wire.ids import ID_BYTES
-
-if TYPE_CHECKING:
-    from master.state import ChunkRecord
-
-FileRef = tuple[bytes, int]
+from wire.records import ChunkEvent, ChunkResult, FileRef
 
 
 class ChunkPhase(IntEnum):
@@ -73,48 +72,6 @@ class DispatchAttempts:
 
 
 @dataclass(frozen=True, slots=True)
-class ChunkEvent:
-    """A worker's report on one chunk attempt (a CHUNK_EVENT record)."""
-
-    job: bytes
-    chunk: int
-    attempt: int
-    state: int                              # wire.enums.ChunkState
-    worker: bytes
-    exit_code: int | None = None
-    outputs: dict[str, FileRef] = field(default_factory=dict)
-    stdout: FileRef | None = None
-    stderr: FileRef | None = None
-    error: str = ""
-    elapsed_s: float = 0.0
-    bytes_from_cache: int = 0
-    bytes_from_storage: int = 0
-
-    def failure_text(self) -> str:
-        """Why the attempt failed, for people: the worker's text when it gave one."""
-        if self.error:
-            return self.error
-        if self.state == ChunkState.TIMED_OUT:
-            return "timed out"
-        if self.exit_code is not None:
-            return f"exit code {self.exit_code}"
-        return "failed"
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> "ChunkEvent":
-        """Build from a decoded CHUNK_EVENT body (lists become tuples)."""
-        return cls(
-            job=record["job"], chunk=record["chunk"], attempt=record["attempt"],
-            state=record["state"], worker=record["worker"], exit_code=record["exit_code"],
-            outputs=file_map(record["outputs"]),
-            stdout=optional_file_ref(record["stdout"]), stderr=optional_file_ref(record["stderr"]),
-            error=record["error"], elapsed_s=record["elapsed_s"],
-            bytes_from_cache=record["bytes_from_cache"],
-            bytes_from_storage=record["bytes_from_storage"],
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class CancelJob:
     job: bytes
 
@@ -137,15 +94,12 @@ class NodeLost:
     node: bytes
 
 
+# A worker's report on a chunk attempt is committed as the wire's ChunkEvent itself.
 Command = SubmitJob | DispatchAttempts | ChunkEvent | CancelJob | NodeSeen | NodeLost
 
 
 def file_ref(ref: Any) -> FileRef:
     return (bytes(ref[0]), ref[1])
-
-
-def optional_file_ref(ref: Any) -> FileRef | None:
-    return None if ref is None else file_ref(ref)
 
 
 def file_map(files: dict) -> dict[str, FileRef]:
@@ -167,7 +121,8 @@ def normalised_submit(command: SubmitJob) -> SubmitJob:
 # --------------------------------------------------------------------------
 # Checks. The wire codec has already checked what peers send; these repeat
 # what the state relies on, because a committed command that crashed `apply`
-# would crash every replica. Each returns the first problem, or "".
+# would crash every replica. Each returns the first problem, or "" (a chunk
+# result is checked against its wire schema instead, by `checked_result`).
 
 def is_id(value: Any) -> bool:
     return type(value) is bytes and len(value) == ID_BYTES
@@ -175,6 +130,11 @@ def is_id(value: Any) -> bool:
 
 def _is_count(value: Any) -> bool:
     return type(value) is int and value >= 0
+
+
+def _is_enum_int(value: Any) -> bool:
+    # An int or an IntEnum member, but not a bool: True would pass as 1.
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_seconds(value: Any) -> bool:
@@ -221,34 +181,25 @@ def chunk_event_problem(event: ChunkEvent) -> str:
     itself, and checks the result fields only when it keeps them."""
     if type(event.attempt) is not int:
         return "attempt must be an integer"
-    if not isinstance(event.state, int) or event.state not in ChunkState._value2member_map_:
+    if not _is_enum_int(event.state) or event.state not in ChunkState._value2member_map_:
         return f"unknown chunk state {event.state!r}"
     if not is_id(event.worker):
         return "worker id must be 16 bytes"
     return ""
 
 
-def chunk_result_problem(event: ChunkEvent) -> str:
-    if event.exit_code is not None and type(event.exit_code) is not int:
-        return "exit_code must be an integer or None"
-    if not _is_file_map(event.outputs):
-        return "outputs must map paths to file references"
-    for name in ("stdout", "stderr"):
-        if getattr(event, name) is not None and not _is_file_ref(getattr(event, name)):
-            return f"{name} must be a file reference or None"
-    if type(event.error) is not str:
-        return "error must be a string"
-    if not _is_seconds(event.elapsed_s):
-        return "elapsed_s must be seconds"
-    if not _is_count(event.bytes_from_cache) or not _is_count(event.bytes_from_storage):
-        return "byte counts must be counts"
-    return ""
+def checked_result(result: Any) -> ChunkResult:
+    """The result of a committed event, normalised, once the wire schema
+    passed it; raises WireError otherwise."""
+    if type(result) is not ChunkResult:
+        raise WireError(f"result is a {type(result).__name__}, not a ChunkResult")
+    return result.checked()
 
 
 def node_seen_problem(command: NodeSeen) -> str:
     if not is_id(command.node):
         return "node id must be 16 bytes"
-    if not isinstance(command.role, int) or command.role not in NodeRole._value2member_map_:
+    if not _is_enum_int(command.role) or command.role not in NodeRole._value2member_map_:
         return f"unknown node role {command.role!r}"
     if type(command.host) is not str or type(command.address) is not str:
         return "host and address must be strings"
@@ -257,34 +208,6 @@ def node_seen_problem(command: NodeSeen) -> str:
     if not _is_seconds(command.started_at):
         return "started_at must be seconds"
     return ""
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkResult:
-    """What the worker reported when an attempt ended, as the state keeps it."""
-
-    exit_code: int | None
-    outputs: dict[str, FileRef]
-    stdout: FileRef | None
-    stderr: FileRef | None
-    error: str
-    elapsed_s: float
-    bytes_from_cache: int
-    bytes_from_storage: int
-
-    @classmethod
-    def of_event(cls, event: ChunkEvent, error: str | None = None) -> "ChunkResult":
-        """The event's result fields (checked already), `error` replacing its text."""
-        return cls(
-            exit_code=event.exit_code, outputs=file_map(event.outputs),
-            stdout=optional_file_ref(event.stdout), stderr=optional_file_ref(event.stderr),
-            error=event.error if error is None else error, elapsed_s=float(event.elapsed_s),
-            bytes_from_cache=event.bytes_from_cache, bytes_from_storage=event.bytes_from_storage,
-        )
-
-
-NO_RESULT = ChunkResult(exit_code=None, outputs={}, stdout=None, stderr=None, error="",
-                        elapsed_s=0.0, bytes_from_cache=0, bytes_from_storage=0)
 
 
 # --------------------------------------------------------------------------
@@ -402,36 +325,14 @@ class ChunkView:
     phase: str                              # ChunkPhase label
     attempt: int
     worker: bytes | None
-    exit_code: int | None
-    outputs: dict[str, FileRef]
-    stdout: FileRef | None
-    stderr: FileRef | None
-    error: str
-    elapsed_s: float
-    bytes_from_cache: int
-    bytes_from_storage: int
+    result: ChunkResult                     # NO_RESULT until the chunk is final
     retries_used: int
     lost_count: int
 
-    @classmethod
-    def of_record(cls, index: int, chunk: "ChunkRecord") -> "ChunkView":
-        result = chunk.result or NO_RESULT
-        return cls(
-            chunk=index, phase=chunk.phase.label, attempt=chunk.attempt, worker=chunk.worker,
-            exit_code=result.exit_code, outputs=dict(result.outputs), stdout=result.stdout,
-            stderr=result.stderr, error=result.error, elapsed_s=result.elapsed_s,
-            bytes_from_cache=result.bytes_from_cache, bytes_from_storage=result.bytes_from_storage,
-            retries_used=chunk.retries_used, lost_count=chunk.lost_count,
-        )
-
     def as_report(self) -> dict[str, Any]:
         """The CHUNK_REPORT record."""
-        return dict(
-            chunk=self.chunk, state=self.phase, attempt=self.attempt, worker=self.worker,
-            exit_code=self.exit_code, outputs=self.outputs, stdout=self.stdout,
-            stderr=self.stderr, error=self.error, elapsed_s=self.elapsed_s,
-            bytes_from_cache=self.bytes_from_cache, bytes_from_storage=self.bytes_from_storage,
-        )
+        return dict(chunk=self.chunk, state=self.phase, attempt=self.attempt, worker=self.worker,
+                    **self.result.as_body())
 
 
 @dataclass(frozen=True, slots=True)

@@ -468,8 +468,8 @@ class MasterNode:
         if link is None:
             return
         self._count("chunk_events", len(message.events))
-        for event in message.events:
-            self._queue(core.ChunkEvent.from_record(event))
+        for event in message.chunk_events():
+            self._queue(event)
         batch_id, epoch = message.batch_id, message.epoch
 
         def committed(outcome: Any) -> None:

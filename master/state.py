@@ -22,7 +22,7 @@ Transitions are the table CHUNK_TRANSITIONS; doc/states.md draws them.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from itertools import islice
 from typing import Any, Callable, Iterable
@@ -33,15 +33,17 @@ from master.commands import (
     EVENT_INVALID, EVENT_STALE, EVENT_UNKNOWN, FINAL_PHASES, IN_FLIGHT_PHASES, JOB_CANCELLED,
     JOB_FAILED,
     JOB_SUBMITTED, JOB_SUCCEEDED, NODE_JOINED, NODE_LOST,
-    CancelJob, CancelOutcome, ChunkEvent, ChunkEventOutcome, ChunkPhase, ChunkResult, ChunkView,
+    CancelJob, CancelOutcome, ChunkEventOutcome, ChunkPhase, ChunkView,
     Command, DispatchAttempts, DispatchOutcome, Event, FileRef, JobSummary,
     JobView, NodeLost, NodeOutcome, NodeSeen, NodeView, Outcome, ReadyAttempt,
     RunningAttempt, SubmitJob, SubmitOutcome,
-    chunk_event_problem, chunk_result_problem, is_id, node_seen_problem, normalised_submit,
+    checked_result, chunk_event_problem, is_id, node_seen_problem, normalised_submit,
     submit_problem,
 )
 from wire.enums import ChunkState, ErrorCode, JobState, NodeRole
+from wire.errors import WireError
 from wire.limits import MAX_BODY_ITEMS
+from wire.records import NO_RESULT, ChunkEvent, ChunkResult
 
 # A chunk that has taken down this many workers (lost or rejected attempts)
 # is failed instead of being handed to yet another worker.
@@ -216,7 +218,7 @@ class ClusterState:
                 skipped += 1
                 continue
             job_record, index, chunk = found
-            if chunk.phase is not ChunkPhase.QUEUED or chunk.attempt != entry[2]:
+            if chunk.phase is not ChunkPhase.QUEUED or type(entry[2]) is not int or chunk.attempt != entry[2]:
                 skipped += 1
                 continue
             key = (job_record.spec.job, index)
@@ -252,10 +254,12 @@ class ClusterState:
                 error_code=ErrorCode.INVALID, status=EVENT_INVALID, phase=chunk.phase.label)
         if action is ChunkAction.DUPLICATE:
             return ChunkEventOutcome(status=EVENT_DUPLICATE, phase=chunk.phase.label)
-        problem = chunk_result_problem(event) if action is not ChunkAction.START else ""
-        if problem:
-            return ChunkEventOutcome(ok=False, error=problem, error_code=ErrorCode.INVALID,
-                                     status=EVENT_INVALID, phase=chunk.phase.label)
+        if action is not ChunkAction.START:
+            try:
+                event = replace(event, result=checked_result(event.result))
+            except WireError as fault:
+                return ChunkEventOutcome(ok=False, error=str(fault), error_code=ErrorCode.INVALID,
+                                         status=EVENT_INVALID, phase=chunk.phase.label)
         _ACTIONS[action](self, job_record, event, chunk, now)
         finished = self._finish_job_if_done(job_record, now)
         return ChunkEventOutcome(phase=chunk.phase.label, job_finished=finished)
@@ -328,13 +332,13 @@ class ClusterState:
                   node=event.worker)
 
     def _succeed(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord, now: float) -> None:
-        self._finish_chunk(job_record, event, chunk, ChunkPhase.SUCCEEDED, ChunkResult.of_event(event))
+        self._finish_chunk(job_record, event, chunk, ChunkPhase.SUCCEEDED, event.result)
         job_record.chunks_succeeded += 1
         self._log(now, CHUNK_SUCCEEDED, job=job_record.spec.job, chunk=event.chunk,
-                  attempt=chunk.attempt, node=event.worker, detail=f"{event.elapsed_s:.3f} s")
+                  attempt=chunk.attempt, node=event.worker, detail=f"{event.result.elapsed_s:.3f} s")
 
     def _fail(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord, now: float) -> None:
-        why = event.failure_text()
+        why = event.result.failure_text(event.state)
         if chunk.retries_used < job_record.spec.max_retries:
             chunk.retries_used += 1
             self._requeue(job_record, event, chunk, now, CHUNK_RETRIED,
@@ -347,19 +351,20 @@ class ClusterState:
         if chunk.lost_count >= POISON_LIMIT:
             self._fail_finally(job_record, event, chunk, now, POISON_ERROR)
             return
-        why = _CHUNK_STATES[event.state].name.lower() + (f": {event.error}" if event.error else "")
+        error = event.result.error
+        why = _CHUNK_STATES[event.state].name.lower() + (f": {error}" if error else "")
         self._requeue(job_record, event, chunk, now, CHUNK_LOST,
                       f"{why}; loss {chunk.lost_count} of {POISON_LIMIT}")
 
     def _cancel(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord, now: float) -> None:
-        self._finish_chunk(job_record, event, chunk, ChunkPhase.CANCELLED, ChunkResult.of_event(event))
+        self._finish_chunk(job_record, event, chunk, ChunkPhase.CANCELLED, event.result)
         job_record.chunks_cancelled += 1
         self._log(now, CHUNK_CANCELLED, job=job_record.spec.job, chunk=event.chunk,
-                  attempt=chunk.attempt, node=event.worker, detail=event.error)
+                  attempt=chunk.attempt, node=event.worker, detail=event.result.error)
 
     def _fail_finally(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord,
                       now: float, why: str) -> None:
-        self._finish_chunk(job_record, event, chunk, ChunkPhase.FAILED, ChunkResult.of_event(event, error=why))
+        self._finish_chunk(job_record, event, chunk, ChunkPhase.FAILED, replace(event.result, error=why))
         job_record.chunks_failed += 1
         if not job_record.first_error:
             job_record.first_error = _short(f"chunk {event.chunk}: {why}")
@@ -442,7 +447,7 @@ class ClusterState:
             chunks_succeeded=job_record.chunks_succeeded, chunks_failed=job_record.chunks_failed,
             name=spec.name, submitted_at=job_record.submitted_at, finished_at=job_record.finished_at,
             error=job_record.first_error, first_chunk=first_chunk,
-            chunks=tuple(ChunkView.of_record(index, job_record.chunks[index])
+            chunks=tuple(_chunk_view(index, job_record.chunks[index])
                          for index in range(first_chunk, last_chunk)),
         )
 
@@ -535,6 +540,12 @@ _ACTIONS: dict[ChunkAction, Callable[[ClusterState, JobRecord, ChunkEvent, Chunk
     ChunkAction.LOSE: ClusterState._lose,
     ChunkAction.CANCEL: ClusterState._cancel,
 }
+
+
+def _chunk_view(index: int, chunk: ChunkRecord) -> ChunkView:
+    return ChunkView(chunk=index, phase=chunk.phase.label, attempt=chunk.attempt, worker=chunk.worker,
+                     result=chunk.result or NO_RESULT, retries_used=chunk.retries_used,
+                     lost_count=chunk.lost_count)
 
 
 def _refused(reason: str) -> Outcome:

@@ -80,7 +80,7 @@ def main() -> int:
             bar.close()
             if status.state != "succeeded":
                 for chunk in status.chunks:
-                    print(f"chunk {chunk.chunk}: {chunk.state} {chunk.error}")
+                    print(f"chunk {chunk.chunk}: {chunk.state} {chunk.result.error}")
                     if chunk.stderr:
                         print(connection.get(chunk.stderr).decode(errors="replace"))
                 print(f"demo: the job {status.state}")
@@ -88,9 +88,10 @@ def main() -> int:
             merged: collections.Counter = collections.Counter()
             for chunk in status.chunks:
                 merged.update(json.loads(connection.get(chunk.outputs["counts.json"])))
-                print(f"  chunk {chunk.chunk} on worker {chunk.worker[:8]}: {chunk.elapsed_s:.2f}s, "
-                      f"{chunk.bytes_from_storage} bytes from storage, "
-                      f"{chunk.bytes_from_cache} from cache; stdout: "
+                result = chunk.result
+                print(f"  chunk {chunk.chunk} on worker {chunk.worker[:8]}: {result.elapsed_s:.2f}s, "
+                      f"{result.bytes_from_storage} bytes from storage, "
+                      f"{result.bytes_from_cache} from cache; stdout: "
                       f"{connection.get(chunk.stdout).decode().strip()}")
         print(f"\ntop {TOP} words of {sum(merged.values())}:")
         for word, count in merged.most_common(TOP):

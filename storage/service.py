@@ -1,14 +1,10 @@
 """The storage daemon's shell: one ROUTER socket, one loop, one dispatch table.
 
-Rules: every message is decoded by wire.decode and dispatched through
-`self.handlers`; a handler returns the reply (or None) and raises for
-refusals, which `ERROR_CODES` turns into an `error` reply. Nothing a peer
-sends and no exception in a handler ends the loop: unknown faults are logged
-and answered with ERR_INTERNAL. Sends never block (send_message), and data
-frames go out as the bytes read from disk, without another copy.
-
-Storage never answers an `error` with an `error`, so two nodes that
-misunderstand each other cannot start an endless exchange.
+Rules: every message goes through the daemons' one dispatcher
+(wire/dispatch.py) to `self.handlers`; a handler returns the reply (or
+None) and raises for refusals, which `ERROR_CODES` turns into an `error`
+reply. Sends never block (send_message), and data frames go out as the
+bytes read from disk, without another copy.
 """
 from __future__ import annotations
 
@@ -27,7 +23,8 @@ from storage.uploads import (
     IncompleteUpload, PieceBeyondLength, PieceDecision, PieceOutOfOrder, TooManyUploads,
     UnknownUpload, UploadAlreadyOpen, UploadFailed, UploadFault, UploadKey, UploadTracker,
 )
-from wire import ErrorCode, Message, NodeRole, PutStatus, WireError
+from wire import ErrorCode, Message, NodeRole, PutStatus
+from wire.dispatch import Dispatcher, RequestRefused
 from wire.limits import MAX_DATA_FRAME_BYTES
 from wire.transport import Received, Transport, recv_messages, send_message
 
@@ -37,25 +34,15 @@ POLL_INTERVAL_MS = 200
 EXPIRY_CHECK_INTERVAL_S = 1.0
 # Messages handled per wake-up before the loop looks at stop and expiry again.
 MESSAGES_PER_WAKEUP = 256
-# Error reasons are for people; a WireError about a huge value stays readable.
-MAX_REASON_CHARS = 1000
 
 COUNTER_NAMES = (
     "file_requests", "reads", "bytes_served", "stats",
     "puts_begun", "puts_present", "puts_stored", "bytes_received",
     "hash_mismatches", "uploads_failed", "uploads_expired",
-    "malformed", "unexpected", "internal_errors", "errors",
+    "malformed", "unexpected", "forbidden", "internal_errors", "errors_sent",
 )
 
 log = logging.getLogger("storage")
-
-
-class RequestRefused(Exception):
-    """A request this node will not serve as asked, with its error code."""
-
-    def __init__(self, code: ErrorCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
 
 
 # Refusals from the store and the upload tracker, and the code that tells the
@@ -76,21 +63,7 @@ ERROR_CODES: dict[type[Exception], ErrorCode] = {
 }
 
 
-def _error_code_of(fault: Exception) -> ErrorCode | None:
-    if isinstance(fault, RequestRefused):
-        return fault.code
-    for cls in type(fault).__mro__:
-        if cls in ERROR_CODES:
-            return ERROR_CODES[cls]
-    return None
-
-
-def _type_byte(frames: list[memoryview]) -> int:
-    """The message_type a malformed message claimed, for error.failed_type."""
-    return frames[0][0] if frames and len(frames[0]) else 0
-
-
-Handler = Callable[[bytes, Any, float], Message | None]
+Handler = Callable[[Any, bytes, float], Message | None]
 
 
 class StorageService:
@@ -115,6 +88,8 @@ class StorageService:
             wire.StatsQuery: self.on_stats_query,
         }
         self.socket = transport.server_socket(zmq.ROUTER, address)
+        self.dispatcher = Dispatcher("storage", node_id, self.handlers, self._send, self._count, log,
+                                     refusals=ERROR_CODES)
 
     @property
     def endpoint(self) -> str:
@@ -138,48 +113,17 @@ class StorageService:
                 next_expiry = now + EXPIRY_CHECK_INTERVAL_S
 
     def handle(self, received: Received, now: float) -> None:
-        peer = received.peer
-        assert peer is not None, "a ROUTER always names the peer"
-        try:
-            message = wire.decode(received.frames)
-        except WireError as fault:
-            self.counters["malformed"] += 1
-            log.debug("malformed message from %s: %s", peer.hex(), fault)
-            self._send_error(peer, 0, _type_byte(received.frames), ErrorCode.MALFORMED, str(fault))
-            return
-        handler = self.handlers.get(type(message))
-        if handler is None:
-            self.counters["unexpected"] += 1
-            if not isinstance(message, wire.Error):
-                self._send_error(peer, getattr(message, "request_id", 0), message.message_type,
-                                 ErrorCode.UNEXPECTED,
-                                 f"storage does not serve {type(message).__name__} messages")
-            return
-        try:
-            reply = handler(peer, message, now)
-            if reply is not None:
-                send_message(self.socket, wire.encode(reply), peer, self.transport)
-        except Exception as fault:  # one bad request must not end the loop
-            code = _error_code_of(fault)
-            reason = str(fault)
-            if code is None:
-                self.counters["internal_errors"] += 1
-                log.exception("internal error on %s from %s", type(message).__name__, peer.hex())
-                code = ErrorCode.INTERNAL
-                reason = f"internal error: {type(fault).__name__}: {fault}"
-            self._send_error(peer, getattr(message, "request_id", 0), message.message_type,
-                             code, reason)
+        self.dispatcher.handle(received, now)
 
-    def _send_error(self, peer: bytes, request_id: int, failed_type: int, code: ErrorCode,
-                    reason: str) -> None:
-        self.counters["errors"] += 1
-        error = wire.Error.make(self.node_id, request_id=request_id, error_code=int(code),
-                                failed_type=failed_type, reason=reason[:MAX_REASON_CHARS])
-        send_message(self.socket, wire.encode(error), peer, self.transport)
+    def _send(self, peer: bytes | None, message: Message) -> None:
+        send_message(self.socket, wire.encode(message), peer, self.transport)
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
 
     # -- reads ------------------------------------------------------------
 
-    def on_file_request(self, peer: bytes, request: wire.FileRequest, now: float) -> Message:
+    def on_file_request(self, request: wire.FileRequest, peer: bytes, now: float) -> Message:
         self.counters["file_requests"] += 1
         file_id = request.file_uuid
         size = self.store.size(file_id)
@@ -191,7 +135,7 @@ class StorageService:
         self.counters["bytes_served"] += size
         return wire.FileResponse.make(self.node_id, file=file_id, file_length=size, data=data)
 
-    def on_file_stat(self, peer: bytes, request: wire.FileStat, now: float) -> Message:
+    def on_file_stat(self, request: wire.FileStat, peer: bytes, now: float) -> Message:
         try:
             size, present = self.store.size(request.file_uuid), 1
         except UnknownFile:
@@ -199,7 +143,7 @@ class StorageService:
         return wire.FileStatReply.make(self.node_id, request_id=request.request_id,
                                        file=request.file_uuid, file_length=size, present=present)
 
-    def on_file_read(self, peer: bytes, request: wire.FileRead, now: float) -> Message:
+    def on_file_read(self, request: wire.FileRead, peer: bytes, now: float) -> Message:
         self.counters["reads"] += 1
         if request.length > MAX_DATA_FRAME_BYTES:
             raise RequestRefused(ErrorCode.TOO_LARGE,
@@ -213,7 +157,7 @@ class StorageService:
 
     # -- puts -------------------------------------------------------------
 
-    def on_put_begin(self, peer: bytes, request: wire.FilePutBegin, now: float) -> Message:
+    def on_put_begin(self, request: wire.FilePutBegin, peer: bytes, now: float) -> Message:
         file_id = request.file_uuid
         if self.store.has(file_id):
             self.counters["puts_present"] += 1
@@ -231,7 +175,7 @@ class StorageService:
         return wire.FilePutReply.make(self.node_id, request_id=request.request_id,
                                       file=file_id, status=int(status))
 
-    def on_put_data(self, peer: bytes, piece: wire.FilePutData, now: float) -> None:
+    def on_put_data(self, piece: wire.FilePutData, peer: bytes, now: float) -> None:
         key = UploadKey(peer, piece.request_id, piece.file_uuid)
         try:
             decision = self.uploads.data(key, piece.offset, len(piece.data), now)
@@ -248,7 +192,7 @@ class StorageService:
             self.counters["bytes_received"] += len(piece.data)
         return None
 
-    def on_put_end(self, peer: bytes, request: wire.FilePutEnd, now: float) -> Message:
+    def on_put_end(self, request: wire.FilePutEnd, peer: bytes, now: float) -> Message:
         key = UploadKey(peer, request.request_id, request.file_uuid)
         try:
             self.uploads.end(key, now)
@@ -287,7 +231,7 @@ class StorageService:
 
     # -- stats ------------------------------------------------------------
 
-    def on_stats_query(self, peer: bytes, request: wire.StatsQuery, now: float) -> Message:
+    def on_stats_query(self, request: wire.StatsQuery, peer: bytes, now: float) -> Message:
         self.counters["stats"] += 1
         return wire.StatsReply.make(self.node_id, request_id=request.request_id,
                                     role=int(NodeRole.STORAGE), counters=self.snapshot())

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 from wire import cluster as cluster_file
 from wire.daemon import ready_pid
-from wire.keys import KeyFolder
+from wire.enums import NodeRole
+from wire.keys import KeyFolder, create_cluster_keys, export_every_role, open_role
 
 _PR_SET_PDEATHSIG = 1
 
@@ -104,7 +105,8 @@ class ClusterLayout:
     def create(cls, root: pathlib.Path, lease_s: float = 2.0, heartbeat_interval_s: float = 0.25,
                slots: int = 2, cache_bytes: int = 1 << 30) -> "ClusterLayout":
         root.mkdir(parents=True, exist_ok=True)
-        KeyFolder.create(root / "keys")
+        create_cluster_keys(root / "cluster-keys")
+        export_every_role(root / "cluster-keys", root / "keys")
         text = cluster_file.render(
             keys="keys",
             masters=[{"address": f"tcp://127.0.0.1:{free_port()}", "raft": f"127.0.0.1:{free_port()}",
@@ -121,6 +123,10 @@ class ClusterLayout:
     @property
     def cluster(self) -> cluster_file.Cluster:
         return cluster_file.load(self.path)
+
+    def keys(self, role: NodeRole = NodeRole.CLIENT) -> KeyFolder:
+        """The key folder a process of `role` uses (a client's by default)."""
+        return open_role(self.cluster.keys, role)
 
     def data_of(self, role: str, name: str | None) -> pathlib.Path:
         loaded = self.cluster

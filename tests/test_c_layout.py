@@ -72,6 +72,12 @@ def test_generic_message_is_25_packed_bytes(c_output):
     assert "offset generic_message header_length 17 8" in c_output
 
 
+def test_worker_request_is_the_design_documents_57_bytes(c_output):
+    # The design document's worker_request ends in a uint64_t num_input_files.
+    assert "size worker_request 57" in c_output
+    assert "offset worker_request num_input_files 49 8" in c_output
+
+
 def test_c_filled_file_request_decodes(c_output):
     hex_bytes = next(line.split()[1] for line in c_output if line.startswith("bytes "))
     message = wire.decode([bytes.fromhex(hex_bytes)])

@@ -151,3 +151,25 @@ def test_dev_in_the_foreground_stops_everything_on_interrupt(tmp_path):
         uds("dev", "--stop", "--dir", str(folder), check=False)
         from daemons import unmount_under
         unmount_under(folder)
+
+
+def _files(root):
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
+
+
+def test_keys_init_then_export_one_role(tmp_path):
+    uds("keys", "init", str(tmp_path / "set"))
+    uds("keys", "export", "--role", "client", "--keys", str(tmp_path / "set"), str(tmp_path / "client"))
+    publics = [f"public/{role}.key" for role in ("client", "loadbalancer", "master", "storage", "worker")]
+    assert _files(tmp_path / "client") == sorted([*publics, "private/client.key_secret"])
+    uds("keys", "export", "--role", "master", "--keys", str(tmp_path / "set"), str(tmp_path / "master"))
+    assert _files(tmp_path / "master") == sorted([*publics, "private/master.key_secret", "private/raft.password"])
+    again = uds("keys", "export", "--role", "client", "--keys", str(tmp_path / "set"), str(tmp_path / "client"),
+                check=False)
+    assert again.returncode == 1 and b"already exists" in again.stderr
+
+
+def test_dev_lays_out_one_key_folder_per_role(dev_dir):
+    for role in ("client", "loadbalancer", "master", "storage", "worker"):
+        secrets = sorted(path.name for path in (dev_dir / "keys" / role / "private").iterdir())
+        assert secrets == sorted([f"{role}.key_secret", *(["raft.password"] if role == "master" else [])])

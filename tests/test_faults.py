@@ -4,6 +4,10 @@ import os
 import pathlib
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
+
+import client.api
+import wire
 
 WAIT_S = 45.0
 
@@ -87,7 +91,7 @@ def test_timeout_kills_the_whole_process_group(shared_cluster, tmp_path):
     pids = _wait_until(lambda: _pids(pid_file), what="program started")
     status = job.wait(timeout=WAIT_S)
     assert status.state == "failed"
-    assert "timed out" in status.chunks[0].error
+    assert "timed out" in status.chunks[0].result.error
     _wait_until(lambda: not any(_alive(pid) for pid in pids), timeout=15, what="processes gone")
 
 
@@ -182,3 +186,37 @@ def test_a_stopped_worker_leaves_no_program_running(cluster, tmp_path):
     assert worker.stop(timeout=20) == 0   # SIGTERM: a clean shutdown
     assert not any(_alive(pid) for pid in pids)
     job.cancel()
+
+
+def test_a_submission_resent_while_the_master_is_frozen_runs_once(cluster, tmp_path, monkeypatch):
+    """The client resends a request that is not answered in RESEND_AFTER_S;
+    the frozen master later reads both copies, and the job is still
+    submitted and run exactly once."""
+    connection = cluster.connection
+    submits = []
+    real_send = client.api.send_message
+
+    def counting_send(socket, frames, **options):
+        if isinstance(wire.decode([bytes(frame) for frame in frames]), wire.JobSubmit):
+            submits.append(time.monotonic())
+        return real_send(socket, frames, **options)
+
+    monkeypatch.setattr(client.api, "send_message", counting_send)
+    runs = tmp_path / "runs"
+    program = b'#!/bin/sh\necho "$UDS_ATTEMPT" >> "$1"\n'
+    master = cluster.daemons["master"]
+    pool = ThreadPoolExecutor(max_workers=1)
+    os.kill(master.pid, signal.SIGSTOP)
+    try:
+        submitted = pool.submit(connection.submit_job, program, args=[str(runs)], timeout=60)
+        _wait_until(lambda: len(submits) >= 2, timeout=client.api.RESEND_AFTER_S + 10, what="resend")
+    finally:
+        os.kill(master.pid, signal.SIGCONT)
+    job = submitted.result(timeout=WAIT_S)
+    pool.shutdown()
+    assert submits[1] - submits[0] >= client.api.RESEND_AFTER_S * 0.9
+    status = job.wait(timeout=WAIT_S)
+    assert status.state == "succeeded", status
+    assert runs.read_text() == "1\n"
+    assert len(_events_of(connection, job.id, "job_submitted")) == 1
+    assert len(_events_of(connection, job.id, "chunk_succeeded")) == 1

@@ -37,7 +37,7 @@ def test_multi_chunk_job_matches_a_local_computation(shared_cluster):
     assert status.state == "succeeded", status
     merged = collections.Counter()
     for chunk in status.chunks:
-        assert chunk.exit_code == 0
+        assert chunk.result.exit_code == 0
         merged.update(json.loads(connection.get(chunk.outputs["counts.json"])))
         stdout = connection.get(chunk.stdout).decode().split()
         # UDS_CHUNK, UDS_CHUNKS, and exactly the chunk's own input.
@@ -83,7 +83,7 @@ def test_outputs_that_cannot_be_reported_fail_the_chunk_clearly(shared_cluster):
         status = connection.submit_job(program, args=[argument]).wait(timeout=60)
         assert status.state == "failed", status
         chunk = status.chunks[0]
-        assert reason in chunk.error and chunk.outputs == {}
+        assert reason in chunk.result.error and chunk.outputs == {}
         assert connection.get(chunk.stderr) == b"ran\n"
 
 
@@ -93,7 +93,7 @@ def test_failing_program_leaves_the_job_failed_with_stderr(shared_cluster):
     status = job.wait(timeout=60)
     assert status.state == "failed"
     chunk = status.chunks[0]
-    assert (chunk.state, chunk.exit_code) == ("failed", 3)
+    assert (chunk.state, chunk.result.exit_code) == ("failed", 3)
     assert "exit code 3" in status.error
     assert job.logs(0)[1] == b"something went wrong\n"
 
@@ -103,7 +103,7 @@ def test_missing_interpreter_fails_with_a_readable_reason(shared_cluster):
     job = connection.submit_job(b"#!/nonexistent/interpreter\nprint('never')\n")
     status = job.wait(timeout=60)
     assert status.state == "failed"
-    assert status.chunks[0].exit_code == 127
+    assert status.chunks[0].result.exit_code == 127
     assert b"/nonexistent/interpreter" in job.logs(0)[1]
 
 

@@ -2,6 +2,7 @@
 hypothesis state machine of workers, a master and a restartable balancer."""
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from itertools import count
 from unittest.mock import ANY
@@ -14,11 +15,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 import wire
 from loadbalancer.scheduler import (
     NO_WORKER, AskHello, AssignChunks, Assignment, AttemptKey, CancelOnWorker,
-    CancelRequested, Dispatched, DispatchAttempt, ForwardEvent, JobSpec, Note, Scheduler, Tick,
+    CancelRequested, Dispatched, DispatchAttempt, ForwardToMaster, JobSpec, Note, Scheduler, Tick,
     UnknownEventError, WorkerHeartbeat, WorkerHello, WorkerJoined, WorkerLost,
-    WorkerStatusReport,
 )
 from wire import ChunkState, FINAL_CHUNK_STATES
+from wire.records import ChunkEvent, ChunkResult
 
 LEASE_S = 10.0
 W1, W2, W3 = (bytes([n]) * 16 for n in (1, 2, 3))
@@ -45,11 +46,11 @@ def join(scheduler: Scheduler, worker: bytes, slots: int = 2, now: float = 0.0,
 
 
 def status(worker: bytes, chunk: int, number: int, state: int, job: bytes = JOB):
-    return WorkerStatusReport(worker, job, chunk, number, state)
+    return ChunkEvent(job, chunk, number, state, worker)
 
 
 def forwarded(worker: bytes, chunk: int, number: int, state: int, job: bytes = JOB, **result):
-    return ForwardEvent(job=job, chunk=chunk, attempt=number, state=state, worker=worker, **result)
+    return ForwardToMaster(ChunkEvent(job, chunk, number, state, worker, ChunkResult(**result)))
 
 
 def lost(worker: bytes, chunk: int, number: int, error: str, elapsed_s: float, job: bytes = JOB):
@@ -141,8 +142,8 @@ def test_no_free_slot_keeps_it_pending_until_a_final_status_frees_one():
     assert (scheduler.pending_count(), scheduler.capacity()) == (1, (1, 0))
     assert scheduler.handle(status(W1, 0, 1, ChunkState.STARTED), 2.0) == [
         forwarded(W1, 0, 1, ChunkState.STARTED)]
-    done = WorkerStatusReport(W1, JOB, 0, 1, ChunkState.SUCCEEDED, exit_code=0, elapsed_s=1.5,
-                              outputs={"out": SMALL_INPUT})
+    done = ChunkEvent(JOB, 0, 1, ChunkState.SUCCEEDED, W1,
+                      ChunkResult(exit_code=0, elapsed_s=1.5, outputs={"out": SMALL_INPUT}))
     assert scheduler.handle(done, 3.0) == [
         forwarded(W1, 0, 1, ChunkState.SUCCEEDED, exit_code=0, elapsed_s=1.5,
                   outputs={"out": SMALL_INPUT}),
@@ -363,11 +364,23 @@ def test_effects_and_views_encode_as_their_messages():
     messages = [
         request,
         wire.ChunkCancel.make(W3, epoch=1, job=cancel.job, attempts=list(cancel.attempts)),
-        wire.ChunkEvents.make(W3, epoch=1, batch_id=1, event_count=1, events=[event.to_record()]),
+        wire.ChunkEvents.carrying(W3, 1, 1, [event.event]),
         wire.NodeReport.make(W3, epoch=1, nodes=[v.to_record() for v in scheduler.workers(4.0)]),
     ]
     for message in messages:
-        assert wire.decode(wire.encode(message)) is not None
+        decoded = wire.decode(wire.encode(message))
+        assert type(decoded) is type(message)
+        for field in dataclasses.fields(message):
+            # msgpack gives back lists where the cores hold tuples.
+            assert getattr(decoded, field.name) == _as_lists(getattr(message, field.name)), field.name
+
+
+def _as_lists(value):
+    if isinstance(value, (tuple, list)):
+        return [_as_lists(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _as_lists(item) for key, item in value.items()}
+    return value
 
 
 # ---- the state machine ------------------------------------------------------
@@ -426,16 +439,16 @@ class SchedulerMachine(RuleBasedStateMachine):
                 if len(sim.running) < sim.slots:
                     sim.running[key] = None
                 else:
-                    self.inbox.append(WorkerStatusReport(sim.node, *key, ChunkState.REJECTED))
+                    self.inbox.append(ChunkEvent(*key, ChunkState.REJECTED, sim.node))
         elif isinstance(effect, CancelOnWorker):
             assert effect.attempts
             sim = self.sims[effect.worker]
             for chunk, number in effect.attempts:
                 key = AttemptKey(effect.job, chunk, number)
                 if sim.running.pop(key, False) is None:
-                    self.inbox.append(WorkerStatusReport(sim.node, *key, ChunkState.CANCELLED))
-        elif isinstance(effect, ForwardEvent) and effect.state in FINAL_CHUNK_STATES:
-            self.outstanding.pop(AttemptKey(effect.job, effect.chunk, effect.attempt), None)
+                    self.inbox.append(ChunkEvent(*key, ChunkState.CANCELLED, sim.node))
+        elif isinstance(effect, ForwardToMaster) and effect.event.state in FINAL_CHUNK_STATES:
+            self.outstanding.pop(AttemptKey(effect.event.job, effect.event.chunk, effect.event.attempt), None)
         elif isinstance(effect, AskHello) and effect.worker in self.sims:
             self.inbox.append(self._hello(self.sims[effect.worker]))
 
@@ -481,7 +494,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             key = next(iter(sim.running))
             if state != ChunkState.STARTED:
                 del sim.running[key]
-            self.send(WorkerStatusReport(sim.node, *key, state))
+            self.send(ChunkEvent(*key, state, sim.node))
 
     @rule(job=st.sampled_from([JOB, JOB_B, JOB_C]), whole=st.booleans())
     def cancel(self, job: bytes, whole: bool) -> None:
@@ -561,7 +574,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 self.send(WorkerHeartbeat(sim.node, tuple(sim.running)))
                 for key in list(sim.running):
                     del sim.running[key]
-                    self.send(WorkerStatusReport(sim.node, *key, ChunkState.SUCCEEDED))
+                    self.send(ChunkEvent(*key, ChunkState.SUCCEEDED, sim.node))
             self.now += LEASE_S / 3
             self.send(Tick())
         assert not self.outstanding

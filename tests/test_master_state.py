@@ -2,7 +2,9 @@
 outcomes, views and events; then a hypothesis state machine that checks the
 invariants after every step."""
 import copy
+import dataclasses
 import pickle
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,14 +13,16 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import wire
 from master.commands import (
-    CancelJob, CancelOutcome, ChunkEvent, ChunkEventOutcome, DispatchAttempts, DispatchOutcome, Event,
+    CancelJob, CancelOutcome, ChunkEventOutcome, DispatchAttempts, DispatchOutcome, Event,
     JobSummary, NodeLost, NodeOutcome, NodeSeen, Outcome, ReadyAttempt, RunningAttempt,
     SubmitJob, SubmitOutcome,
 )
 from master.state import (
     EVENT_LOG_LIMIT, POISON_LIMIT, ClusterState, StateInvariantError,
 )
+from state_expectations import check_accepted, expected_event_phase, expected_event_status
 from wire.enums import ChunkState, ErrorCode, JobState, NodeRole
+from wire.records import NO_RESULT, ChunkEvent, ChunkResult
 
 JOB_A = bytes.fromhex("aa" * 16)
 JOB_B = bytes.fromhex("bb" * 16)
@@ -38,7 +42,8 @@ def submit(job=JOB_A, chunk_count=2, max_retries=0, chunk_inputs=(), name="demo"
 
 
 def event(chunk, attempt, state, job=JOB_A, worker=WORKER_1, **result) -> ChunkEvent:
-    return ChunkEvent(job=job, chunk=chunk, attempt=attempt, state=state, worker=worker, **result)
+    return ChunkEvent(job=job, chunk=chunk, attempt=attempt, state=state, worker=worker,
+                      result=ChunkResult(**result))
 
 
 def one(state: ClusterState, command, now=10.0):
@@ -219,6 +224,54 @@ def test_events_of_other_attempts_are_fenced_off():
     assert state == before
 
 
+OUT_2 = (bytes.fromhex("2e" * 16), 6)
+
+
+@pytest.mark.parametrize("newer_phase", ["dispatched", "running"])
+@pytest.mark.parametrize("ended_by", [ChunkState.LOST, ChunkState.FAILED], ids=["lost", "failed"])
+def test_a_stale_success_is_ignored_while_the_newer_attempt_is_in_flight(newer_phase, ended_by):
+    """Worker 1's attempt 1 is given up (lost, or failed with a retry left)
+    and attempt 2 goes to worker 2; then attempt 1's SUCCEEDED arrives late.
+    It must not finish the chunk: attempt 2 stays in flight, and its own
+    result is the one committed."""
+    state = started(chunk_count=1, max_retries=1)
+    state.apply([event(0, 1, ChunkState.STARTED)], 3.0)
+    state.apply([event(0, 1, ended_by, exit_code=1)], 4.0)
+    state.apply([DispatchAttempts(((JOB_A, 0, 2),))], 5.0)
+    if newer_phase == "running":
+        state.apply([event(0, 2, ChunkState.STARTED, worker=WORKER_2)], 6.0)
+    before = copy.deepcopy(state)
+
+    stale = event(0, 1, ChunkState.SUCCEEDED, exit_code=0, outputs={"out/a": OUT}, stdout=LOG)
+    assert one(state, stale, now=7.0) == ChunkEventOutcome(status="stale", phase=newer_phase)
+    assert state == before
+    assert phases(state) == [(newer_phase, 2)]
+    assert state.in_flight_count() == 1
+    if newer_phase == "dispatched":
+        assert state.dispatched_attempts() == [ReadyAttempt(JOB_A, 0, 2, {})]
+        assert state.running_attempts() == []
+    else:
+        assert state.running_attempts() == [RunningAttempt(JOB_A, 0, 2, WORKER_2)]
+        assert state.dispatched_attempts() == []
+    view = state.job_view(JOB_A)
+    assert (view.state, view.chunks_succeeded, view.finished_at) == (JobState.RUNNING, 0, None)
+    assert "chunk_succeeded" not in [kind for kind, _, _ in kinds(state)]
+
+    current = event(0, 2, ChunkState.SUCCEEDED, worker=WORKER_2, exit_code=0, outputs={"out/a": OUT_2},
+                    elapsed_s=2.0)
+    assert one(state, current, now=8.0) == ChunkEventOutcome(phase="succeeded", job_finished=True)
+    view = state.job_view(JOB_A)
+    assert (view.state, view.chunks_succeeded, view.finished_at) == (JobState.SUCCEEDED, 1, 8.0)
+    chunk = view.chunks[0]
+    assert (chunk.attempt, chunk.worker, chunk.result.outputs, chunk.result.stdout,
+            chunk.result.elapsed_s) == (2, WORKER_2, {"out/a": OUT_2}, None, 2.0)
+    assert state.in_flight_count() == 0
+    assert [(kind, attempt) for kind, _, attempt in kinds(state) if kind == "chunk_succeeded"] == [
+        ("chunk_succeeded", 2)]
+    # And once final, the stale result is still ignored.
+    assert one(state, stale, now=9.0) == ChunkEventOutcome(status="stale", phase="succeeded")
+
+
 def test_an_event_for_an_undispatched_attempt_is_refused():
     state = ClusterState()
     state.apply([submit()], 1.0)
@@ -244,7 +297,13 @@ def test_a_late_started_after_the_final_event_is_ignored():
      ChunkEventOutcome(ok=False, error="unknown chunk state 99", error_code=ErrorCode.INVALID,
                        status="invalid")),
     (event(0, 1, ChunkState.SUCCEEDED, outputs={"a": ("no", 1)}),
-     ChunkEventOutcome(ok=False, error="outputs must map paths to file references",
+     ChunkEventOutcome(ok=False, error="result.outputs['a'][0]: expected bytes, got str",
+                       error_code=ErrorCode.INVALID, status="invalid", phase="dispatched")),
+    (event(0, 1, ChunkState.FAILED, elapsed_s=float("nan")),
+     ChunkEventOutcome(ok=False, error="result.elapsed_s: nan outside 0.0..10000000000.0",
+                       error_code=ErrorCode.INVALID, status="invalid", phase="dispatched")),
+    (ChunkEvent(JOB_A, 0, 1, ChunkState.SUCCEEDED, WORKER_1, result={"exit_code": 0}),
+     ChunkEventOutcome(ok=False, error="result is a dict, not a ChunkResult",
                        error_code=ErrorCode.INVALID, status="invalid", phase="dispatched")),
 ])
 def test_bad_events_are_refused_without_change(bad, outcome):
@@ -267,7 +326,8 @@ def test_failures_use_retries_then_fail_the_chunk_and_the_job():
     assert (view.state, view.chunks_failed, view.finished_at, view.error) == (
         JobState.FAILED, 1, 4.0, "chunk 0: exit code 3")
     chunk = view.chunks[0]
-    assert (chunk.phase, chunk.attempt, chunk.exit_code, chunk.stderr, chunk.error, chunk.retries_used) == (
+    result = chunk.result
+    assert (chunk.phase, chunk.attempt, result.exit_code, result.stderr, result.error, chunk.retries_used) == (
         "failed", 3, 3, LOG, "exit code 3", 2)
     events, _ = state.events_after(0, 100)
     assert [(e.kind, e.attempt, e.detail) for e in events if e.kind.startswith(("chunk_retried", "chunk_f", "job_f"))] == [
@@ -297,7 +357,7 @@ def test_worker_loss_does_not_use_retries_but_poison_fails_the_chunk(loss):
             assert phases(state) == [("queued", attempt + 1)]
     assert outcome == ChunkEventOutcome(phase="failed", job_finished=True)
     chunk = state.job_view(JOB_A).chunks[0]
-    assert (chunk.error, chunk.retries_used, chunk.lost_count) == (
+    assert (chunk.result.error, chunk.retries_used, chunk.lost_count) == (
         "poison: chunk lost 3 workers", 0, 3)
     assert state.job_view(JOB_A).error == "chunk 0: poison: chunk lost 3 workers"
     assert [kind for kind, _, _ in kinds(state)].count("chunk_lost") == POISON_LIMIT - 1
@@ -504,7 +564,7 @@ def test_chunk_event_from_a_decoded_record():
     record = dict(job=JOB_A, chunk=0, attempt=1, state=int(ChunkState.SUCCEEDED), worker=WORKER_1,
                   exit_code=0, outputs={"o": list(OUT)}, stdout=list(LOG), stderr=None, error="",
                   elapsed_s=1.0, bytes_from_cache=0, bytes_from_storage=9)
-    assert ChunkEvent.from_record(record) == event(
+    assert ChunkEvent.from_body(record) == event(
         0, 1, int(ChunkState.SUCCEEDED), exit_code=0, outputs={"o": OUT}, stdout=LOG,
         elapsed_s=1.0, bytes_from_storage=9)
 
@@ -516,23 +576,117 @@ anything = st.one_of(
                      (), ({},), ((JOB_A, 0, 1),), [[JOB_A, 0, 1]], [[]], {1: 2}]))
 
 
+# Well-formed commands about the jobs and nodes at hand, of which the test
+# spoils none, one or two fields with `anything`: most are accepted, so the
+# exact change an accepted command makes is checked as often as a refusal.
+JOBS_AT_HAND = st.sampled_from([JOB_A, JOB_B])
+CHUNKS_AT_HAND = st.integers(0, 1)
+ATTEMPTS_AT_HAND = st.sampled_from([1, 1, 2])
+chunk_events_at_hand = st.builds(
+    event, CHUNKS_AT_HAND, ATTEMPTS_AT_HAND, st.sampled_from(list(ChunkState)),
+    job=JOBS_AT_HAND, worker=st.sampled_from([WORKER_1, WORKER_2]),
+    exit_code=st.sampled_from([None, 0, 3]), outputs=st.sampled_from([{}, {"o": OUT}]),
+    stdout=st.sampled_from([None, LOG]), error=st.sampled_from(["", "why"]),
+    elapsed_s=st.sampled_from([0, 1.5]), bytes_from_cache=st.integers(0, 9))
+well_formed = st.one_of(
+    chunk_events_at_hand,   # the richest command: drawn as often as all the others together
+    st.one_of(
+        st.builds(submit, job=st.sampled_from([JOB_A, JOB_B, bytes.fromhex("cc" * 16)]),
+                  chunk_count=st.integers(1, 3), max_retries=st.integers(0, 2),
+                  name=st.sampled_from(["demo", ""])),
+        st.builds(DispatchAttempts, st.lists(st.tuples(JOBS_AT_HAND, CHUNKS_AT_HAND, ATTEMPTS_AT_HAND),
+                                             max_size=3).map(tuple)),
+        st.builds(CancelJob, JOBS_AT_HAND),
+        st.builds(node_seen, host=st.sampled_from(["w1", "w2"]), slots=st.integers(0, 8)),
+        st.builds(NodeLost, st.sampled_from([NODE_ID, WORKER_1])),
+    ),
+)
+
+
+def commands_at_hand_state() -> ClusterState:
+    """Both jobs at hand in flight, one chunk running, the node at hand alive."""
+    state = started(chunk_count=2, max_retries=1)
+    state.apply([submit(job=JOB_B, chunk_count=2), DispatchAttempts(((JOB_B, 0, 1), (JOB_B, 1, 1))),
+                 event(0, 1, ChunkState.STARTED, job=JOB_B), node_seen()], 3.0)
+    return state
+
+
+@st.composite
+def spoiled(draw, commands=well_formed):
+    command = draw(commands)
+    names = [field.name for field in dataclasses.fields(command)]
+    spoil_count = min(len(names), draw(st.sampled_from([0, 1, 1, 2])))
+    for name in draw(st.lists(st.sampled_from(names), min_size=spoil_count, max_size=spoil_count,
+                              unique=True)):
+        command = dataclasses.replace(command, **{name: draw(anything)})
+    return command
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.one_of(
+@given(st.lists(st.one_of(spoiled(), st.one_of(
     st.builds(SubmitJob, anything, anything, anything, anything, anything, anything, anything,
               anything, anything),
     st.builds(DispatchAttempts, anything),
-    st.builds(ChunkEvent, anything, anything, anything, anything, anything, anything, anything,
-              anything, anything, anything, anything, anything, anything),
+    st.builds(ChunkEvent, anything, anything, anything, anything, anything, st.one_of(
+        anything, st.builds(ChunkResult, anything, anything, anything, anything, anything, anything,
+                            anything, anything))),
     st.builds(CancelJob, anything), st.builds(NodeLost, anything),
     st.builds(NodeSeen, anything, anything, anything, anything, anything, anything, anything),
-), max_size=4))
+)), max_size=6))
 def test_malformed_commands_get_error_outcomes_and_change_nothing(commands):
-    state = started(chunk_count=2)
+    state = commands_at_hand_state()
     for command in commands:
         before = copy.deepcopy(state)
         [outcome] = state.apply([command], 5.0)
         if not outcome.ok:
             assert state == before and outcome.error and outcome.error_code
+        else:
+            # Accepted: it must have been well formed and done exactly its change.
+            check_accepted(before, state, command, outcome, 5.0)
+
+
+@pytest.mark.parametrize("command", [
+    event(0, True, ChunkState.SUCCEEDED, exit_code=0),
+    event(0, 1, True),
+    event(0, 1, ChunkState.SUCCEEDED, exit_code=True),
+    event(0, 1, ChunkState.SUCCEEDED, elapsed_s=float("nan")),
+    DispatchAttempts(((JOB_A, 0, True),)),
+    NodeSeen(NODE_ID, True, "h", "a", 1, 0, 0.0),
+    SubmitJob(JOB_B, "x", PROGRAM, (), {}, (), True, 1.0, 0),
+], ids=["bool attempt", "bool state", "bool exit code", "nan elapsed", "bool attempt to dispatch",
+        "bool role", "bool chunk count"])
+def test_values_of_the_wrong_type_are_not_taken_as_ok(command):
+    """Each of these once looked like a valid value to a loose check (a bool
+    is an int to isinstance); none may be accepted as what it resembles."""
+    state = ClusterState()
+    state.apply([submit(chunk_count=1)], 1.0)
+    if not isinstance(command, DispatchAttempts):
+        state.apply([DispatchAttempts(((JOB_A, 0, 1),))], 2.0)
+    before = copy.deepcopy(state)
+    [outcome] = state.apply([command], 5.0)
+    if outcome.ok:
+        check_accepted(before, state, command, outcome, 5.0)
+    else:
+        assert state == before
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([ChunkState.SUCCEEDED, ChunkState.FAILED, ChunkState.LOST, ChunkState.CANCELLED]),
+       st.builds(ChunkResult, anything, anything, anything, anything, anything, anything, anything,
+                 anything))
+def test_a_final_event_with_any_result_is_kept_checked_or_refused_unchanged(reported, result):
+    state = started(chunk_count=1)
+    before = copy.deepcopy(state)
+    [outcome] = state.apply([ChunkEvent(JOB_A, 0, 1, int(reported), WORKER_1, result)], 5.0)
+    if not outcome.ok:
+        assert state == before and outcome.status == "invalid" and outcome.error.startswith("result")
+        return
+    chunk = state.job_view(JOB_A).chunks[0]
+    expected = {ChunkState.SUCCEEDED: ("succeeded", result.checked()),
+                ChunkState.CANCELLED: ("cancelled", result.checked()),
+                ChunkState.FAILED: ("failed", replace(result.checked(), error=result.failure_text(reported))),
+                ChunkState.LOST: ("queued", NO_RESULT)}[reported]
+    assert (chunk.phase, chunk.result) == expected
 
 
 # -- The state machine ------------------------------------------------------
@@ -627,36 +781,14 @@ class ClusterStateMachine(RuleBasedStateMachine):
         chunk = self.state.job_view(sent.job).chunks[sent.chunk]
         [outcome] = self.apply([sent])
         self.sent_events.append(sent)
-        expected_status = self.expected_status(sent, chunk)
+        expected_status = expected_event_status(sent, chunk)
         assert outcome.status == expected_status, (outcome, chunk)
         if expected_status != "applied":
             assert self.state == before, outcome
             return
         after = self.state.job_view(sent.job).chunks[sent.chunk]
-        assert (after.phase, after.attempt) == self.expected_phase(sent, chunk)
-
-    def expected_status(self, sent: ChunkEvent, chunk) -> str:
-        if sent.attempt != chunk.attempt:
-            return "stale"
-        if chunk.phase in FINAL:
-            return "final"
-        if chunk.phase == "queued":
-            return "invalid"
-        if chunk.phase == "running" and sent.state == ChunkState.STARTED:
-            return "duplicate"
-        return "applied"
-
-    def expected_phase(self, sent: ChunkEvent, chunk) -> tuple[str, int]:
-        state = ChunkState(sent.state)
-        requeued = ("queued", chunk.attempt + 1)
-        if state == ChunkState.STARTED:
-            return "running", chunk.attempt
-        if state in (ChunkState.FAILED, ChunkState.TIMED_OUT):
-            retries_left = chunk.retries_used < self.submitted[sent.job].max_retries
-            return requeued if retries_left else ("failed", chunk.attempt)
-        if state in (ChunkState.LOST, ChunkState.REJECTED):
-            return requeued if chunk.lost_count + 1 < POISON_LIMIT else ("failed", chunk.attempt)
-        return state.name.lower(), chunk.attempt
+        assert (after.phase, after.attempt) == expected_event_phase(
+            sent, chunk, self.submitted[sent.job].max_retries)
 
     @rule(job=st.sampled_from(JOB_IDS), really=st.integers(0, 3))
     def cancel(self, job, really):

@@ -20,7 +20,7 @@ def test_reading_4k_of_a_64mib_input_fetches_far_less_than_the_file(shared_clust
     assert connection.get(status.chunks[0].outputs["piece"]) == big[middle:middle + 4096]
     served = _storage_bytes_served(connection) - before
     assert 4096 <= served <= 8 * 1024 * 1024, served       # a block or a few, not 64 MiB
-    assert status.chunks[0].bytes_from_storage <= 8 * 1024 * 1024
+    assert status.chunks[0].result.bytes_from_storage <= 8 * 1024 * 1024
 
 
 def test_second_job_goes_to_the_worker_that_caches_its_inputs(shared_cluster):
@@ -37,5 +37,5 @@ def test_second_job_goes_to_the_worker_that_caches_its_inputs(shared_cluster):
     assert second.state == "succeeded"
     assert second.chunks[0].worker == placed[1]
     assert second.chunks[1].worker == placed[0]
-    assert all(chunk.bytes_from_storage == 0 for chunk in second.chunks)
-    assert all(chunk.bytes_from_cache == 4 * 1024 * 1024 for chunk in second.chunks)
+    assert all(chunk.result.bytes_from_storage == 0 for chunk in second.chunks)
+    assert all(chunk.result.bytes_from_cache == 4 * 1024 * 1024 for chunk in second.chunks)

@@ -11,7 +11,8 @@ from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.syncobj import SyncObjException
 
 from master.raft import syncobj_conf
-from wire.keys import KeyFolder
+from wire.enums import NodeRole
+from wire.keys import KeyFolder, create_cluster_keys
 
 DEADLINE_S = 5.0
 # Short enough to keep the suite fast, long enough for a leader election.
@@ -60,7 +61,7 @@ def wait_until(predicate, timeout=DEADLINE_S):
 
 @pytest.fixture
 def keys(tmp_path):
-    return KeyFolder.create(tmp_path / "keys")
+    return KeyFolder(create_cluster_keys(tmp_path / "keys"), NodeRole.MASTER)
 
 
 @pytest.fixture
@@ -131,7 +132,7 @@ def test_nodes_with_the_same_password_replicate(keys, nodes):
 
 
 def test_node_with_another_password_cannot_join(keys, nodes, tmp_path):
-    stranger_keys = KeyFolder.create(tmp_path / "stranger")
+    stranger_keys = KeyFolder(create_cluster_keys(tmp_path / "stranger"), NodeRole.MASTER)
     addresses = addresses_for(3)
     members = [nodes(addresses, i, syncobj_conf(keys)) for i in range(2)]
     stranger = nodes(addresses, 2, syncobj_conf(stranger_keys))
@@ -146,16 +147,24 @@ def test_node_with_another_password_cannot_join(keys, nodes, tmp_path):
 
 
 def _send_raw_pickle(address, payload):
-    """Speak pysyncobj's framing (length + zlib(pickle)) without a password."""
+    """Speak pysyncobj's framing (length + zlib(pickle)) without a password.
+    Returns the open connection, so the caller can watch what the node does."""
     host, port = address.split(":")
     data = zlib.compress(pickle.dumps(payload))
-    with socket.create_connection((host, int(port)), timeout=DEADLINE_S) as conn:
-        conn.sendall(struct.pack("i", len(data)) + data)
-        conn.settimeout(0.5)
-        try:
-            conn.recv(1)  # wait until the node has read (and dropped) it
-        except (TimeoutError, ConnectionError):
-            pass
+    conn = socket.create_connection((host, int(port)), timeout=DEADLINE_S)
+    conn.sendall(struct.pack("i", len(data)) + data)
+    return conn
+
+
+def _hung_up(conn) -> bool:
+    """Whether the node closed the connection within DEADLINE_S."""
+    conn.settimeout(DEADLINE_S)
+    try:
+        return conn.recv(1) == b""
+    except ConnectionError:
+        return True
+    except TimeoutError:
+        return False
 
 
 def test_password_stops_unpickling_of_strangers_data(keys, nodes, tmp_path):
@@ -164,17 +173,18 @@ def test_password_stops_unpickling_of_strangers_data(keys, nodes, tmp_path):
     open_node = nodes([open_address], 0, SyncObjConf(autoTick=True))
     open_node.waitBinded()
     open_marker = tmp_path / "unpickled-without-password"
-    _send_raw_pickle(open_address, Touch(open_marker))
-    wait_until(open_marker.exists)
+    with _send_raw_pickle(open_address, Touch(open_marker)):
+        wait_until(open_marker.exists)
 
     (address,) = addresses_for(1)
     node = nodes([address], 0, syncobj_conf(keys))
     node.waitBinded()
     marker = tmp_path / "unpickled-with-password"
-    _send_raw_pickle(address, Touch(marker))
-    time.sleep(0.3)
+    with _send_raw_pickle(address, Touch(marker)) as conn:
+        # A node with a password fails to decrypt the frame and hangs up
+        # before it could unpickle anything of it.
+        assert _hung_up(conn)
     assert not marker.exists()
-
 
 
 def test_the_journal_is_synced_before_a_commit_is_handed_over(keys, tmp_path, monkeypatch):

@@ -4,7 +4,8 @@ import pytest
 import zmq
 
 import wire
-from wire.keys import KeyFolder
+from wire.enums import NodeRole
+from wire.keys import role_of_name
 from wire.transport import Transport, recv_message, send_message
 
 NO_REPLY_WAIT_MS = 700
@@ -32,8 +33,8 @@ def _stats(socket):
 
 @pytest.mark.parametrize("role", ["master", "loadbalancer", "storage"])
 def test_malformed_and_unexpected_requests_get_errors(shared_cluster, role):
-    with Transport(KeyFolder(shared_cluster.layout.cluster.keys)) as transport:
-        socket = transport.client_socket(zmq.DEALER, _address(shared_cluster, role))
+    with Transport(shared_cluster.layout.keys()) as transport:
+        socket = transport.client_socket(zmq.DEALER, _address(shared_cluster, role), role_of_name(role))
         for frames in ([b"garbage"], [b"\x03" + bytes(40)], [bytes(100)] * 3,
                        [wire.encode(wire.FileRequest.make(bytes(16), file=bytes(16)))[0][:30]]):
             reply = _ask(socket, frames)
@@ -65,12 +66,12 @@ def _foreign_curve_socket(context, address, server_key):
 
 @pytest.mark.parametrize("role", ["master", "loadbalancer", "storage"])
 def test_unauthenticated_clients_get_nothing(shared_cluster, role):
-    keys = KeyFolder(shared_cluster.layout.cluster.keys)
+    keys = shared_cluster.layout.keys()
     address = _address(shared_cluster, role)
     context = zmq.Context()
     try:
         for socket in (_null_socket(context, address),
-                       _foreign_curve_socket(context, address, keys.server_public_key())):
+                       _foreign_curve_socket(context, address, keys.public_key(role_of_name(role)))):
             try:
                 # A rejected handshake may leave the socket with no pipe to
                 # queue on; a blocking send would then wait forever.
@@ -83,6 +84,6 @@ def test_unauthenticated_clients_get_nothing(shared_cluster, role):
     finally:
         context.destroy(linger=0)
     with Transport(keys) as transport:
-        counters = _stats(transport.client_socket(zmq.DEALER, address))
+        counters = _stats(transport.client_socket(zmq.DEALER, address, role_of_name(role)))
         rejected = counters.get("transport_handshakes_rejected", counters.get("handshakes_rejected", 0))
         assert rejected >= 2, counters

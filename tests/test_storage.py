@@ -16,7 +16,7 @@ from daemons import ROOT, free_port
 from storage.blobstore import BlobStore, HashMismatch, LengthMismatch, RangeError, UnknownFile
 from wire import ErrorCode, PutStatus
 from wire.ids import file_id_of, new_id
-from wire.keys import KeyFolder
+from wire.enums import NodeRole
 from wire.limits import MAX_DATA_FRAME_BYTES
 from wire.transport import Transport
 
@@ -33,7 +33,7 @@ def node(daemons):
 
 @pytest.fixture
 def transport(daemons):
-    with Transport(KeyFolder(daemons.cluster.keys)) as shared:
+    with Transport(daemons.keys(NodeRole.CLIENT)) as shared:
         yield shared
 
 
@@ -47,7 +47,7 @@ def client(daemons, transport, node):
 @pytest.fixture
 def raw(daemons, transport, node):
     """An admitted DEALER for messages the client would never send."""
-    return transport.client_socket(zmq.DEALER, daemons.cluster.storage[0].address)
+    return transport.client_socket(zmq.DEALER, daemons.cluster.storage[0].address, NodeRole.STORAGE)
 
 
 def exchange(sock, frames, timeout_s=REPLY_TIMEOUT_S):
@@ -206,7 +206,7 @@ def test_kill9_and_restart_keep_every_blob_and_drop_temp_files(daemons, transpor
     with StorageClient(transport, address, NODE, timeout_s=REPLY_TIMEOUT_S) as storage:
         ids = [storage.put_bytes(blob)[0] for blob in blobs]
     # An upload cut short by the crash leaves its temporary file behind.
-    raw = transport.client_socket(zmq.DEALER, address)
+    raw = transport.client_socket(zmq.DEALER, address, NodeRole.STORAGE)
     half = os.urandom(1000)
     begin = wire.FilePutBegin.make(NODE, request_id=1, file=new_id(), file_length=2000)
     assert exchange(raw, begin).status == PutStatus.SEND_DATA
@@ -259,7 +259,7 @@ def test_unauthenticated_clients_get_nothing(daemons, client, tmp_path):
         null_client = rogue.socket(zmq.DEALER)
         foreign = rogue.socket(zmq.DEALER)
         foreign.curve_publickey, foreign.curve_secretkey = zmq.curve_keypair()
-        foreign.curve_serverkey = KeyFolder(daemons.cluster.keys).server_public_key()
+        foreign.curve_serverkey = daemons.keys().public_key(NodeRole.STORAGE)
         query = wire.encode(wire.StatsQuery.make(NODE, request_id=1))
         for sock in (null_client, foreign):
             sock.linger = 0

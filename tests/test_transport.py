@@ -10,7 +10,8 @@ import time
 import pytest
 import zmq
 
-from wire.keys import KeyFolder
+from wire.enums import NodeRole
+from wire.keys import KeyFolder, create_cluster_keys
 from wire.limits import (
     LINGER_MS,
     MAX_FRAME_BYTES,
@@ -26,6 +27,7 @@ from wire.transport import (
     Transport,
     TransportError,
     recv_message,
+    refusal,
     send_message,
 )
 
@@ -106,8 +108,14 @@ class EchoServer(threading.Thread):
 
 
 @pytest.fixture
-def keys(tmp_path):
-    return KeyFolder.create(tmp_path / "keys")
+def cluster_keys(tmp_path):
+    return create_cluster_keys(tmp_path / "keys")
+
+
+@pytest.fixture
+def keys(cluster_keys):
+    """A master's keys: its sockets connect to masters, so to its own server."""
+    return KeyFolder(cluster_keys, NodeRole.MASTER)
 
 
 @pytest.fixture
@@ -160,8 +168,33 @@ def test_admitted_client_gets_a_reply(transport, server, keys):
     assert message.frames == [b"hello", b"world"]
     assert all(isinstance(f, memoryview) for f in message.frames)
     assert message.peer
-    # pyzmq's authenticator: User-Id is the z85 client public key as text.
-    assert message.user_id == keys.client_keypair()[0].decode("ascii")
+    # The ZAP handler tags the connection with the role of the key it admitted.
+    assert message.role == NodeRole.MASTER
+
+
+@pytest.mark.parametrize("role", list(NodeRole))
+def test_each_role_is_tagged_with_its_own_key(transport, server, cluster_keys, role):
+    with Transport(KeyFolder(cluster_keys, role)) as other:
+        client = other.client_socket(zmq.DEALER, server.endpoint, NodeRole.MASTER)
+        assert request(client, [b"who"]) == [b"echo", b"who"]
+    assert server.received[-1].role == role
+
+
+def test_a_refused_key_is_known_at_once(transport, server, tmp_path):
+    stranger = KeyFolder(create_cluster_keys(tmp_path / "stranger"), NodeRole.CLIENT)
+    with Transport(stranger) as other:
+        client = other.client_socket(zmq.DEALER, server.endpoint, NodeRole.MASTER)
+        client.curve_serverkey = transport.keys.public_key(NodeRole.MASTER)
+        client.disconnect(server.endpoint)
+        client.connect(server.endpoint)  # again, now pinning our server's key
+        started = time.monotonic()
+        wait_until(lambda: refusal(client) is not None, timeout=1.0)
+        assert time.monotonic() - started < 1.0
+        assert refusal(client) == f"authentication refused by master at {server.endpoint}: this key is not admitted"
+        assert other.counters["handshakes_refused_by_peer"] >= 1
+    good = transport.client_socket(zmq.DEALER, server.endpoint)
+    assert request(good, [b"ok"]) == [b"echo", b"ok"]
+    assert refusal(good) is None
 
 
 def test_large_frames_round_trip(transport, server):
@@ -175,10 +208,10 @@ def test_large_frames_round_trip(transport, server):
 def _other_cluster_client(rogue, endpoint, keys, tmp_path):
     # Keys from another cluster's folder: their own server key pinned, so
     # our server cannot even open the HELLO box.
-    other = KeyFolder.create(tmp_path / "other-cluster")
+    other = KeyFolder(create_cluster_keys(tmp_path / "other-cluster"), NodeRole.CLIENT)
     sock = rogue()
-    sock.curve_publickey, sock.curve_secretkey = other.client_keypair()
-    sock.curve_serverkey = other.server_public_key()
+    sock.curve_publickey, sock.curve_secretkey = other.keypair()
+    sock.curve_serverkey = other.public_key(NodeRole.MASTER)
     sock.connect(endpoint)
     return sock
 
@@ -192,7 +225,7 @@ def _null_client(rogue, endpoint, keys, tmp_path):
 def _fresh_key_client(rogue, endpoint, keys, tmp_path):
     sock = rogue()
     sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
-    sock.curve_serverkey = keys.server_public_key()
+    sock.curve_serverkey = keys.public_key(NodeRole.MASTER)
     sock.connect(endpoint)
     return sock
 
@@ -311,7 +344,7 @@ def test_non_router_messages_have_no_peer(transport, keys):
     assert pull.poll(DEADLINE_S * 1000)
     message = recv_message(pull, None)
     assert message == Received(
-        peer=None, user_id=keys.client_keypair()[0].decode(), frames=[b"a", b"b"]
+        peer=None, role=NodeRole.MASTER, frames=[b"a", b"b"]
     )
 
 
@@ -373,14 +406,21 @@ def test_shared_context_is_left_running(keys):
 
 
 def test_keys_added_after_start_need_reload(transport, server, rogue, tmp_path):
-    newcomer = KeyFolder.create(tmp_path / "newcomer")
+    newcomer = KeyFolder(create_cluster_keys(tmp_path / "newcomer"), NodeRole.WORKER)
     client = rogue()
-    client.curve_publickey, client.curve_secretkey = newcomer.client_keypair()
-    client.curve_serverkey = transport.keys.server_public_key()
-    (transport.keys.public_dir / "newcomer.key").write_bytes(
-        (newcomer.public_dir / "client.key").read_bytes()
+    client.curve_publickey, client.curve_secretkey = newcomer.keypair()
+    client.curve_serverkey = transport.keys.public_key(NodeRole.MASTER)
+    # Another key of the worker role, e.g. one host's own.
+    (transport.keys.public_dir / "worker-newcomer.key").write_bytes(
+        (newcomer.public_dir / "worker.key").read_bytes()
     )
     transport.reload_admitted_keys()
     client.connect(server.endpoint)
     assert request(client, [b"hi"]) == [b"echo", b"hi"]
-    assert server.received[0].user_id == newcomer.client_keypair()[0].decode()
+    assert server.received[0].role == NodeRole.WORKER
+
+
+def test_a_key_file_that_names_no_role_is_refused(transport):
+    (transport.keys.public_dir / "junk.key").write_bytes((transport.keys.public_dir / "client.key").read_bytes())
+    with pytest.raises(TransportError, match="junk.key: unknown role"):
+        transport.reload_admitted_keys()

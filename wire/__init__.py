@@ -12,9 +12,10 @@ from wire.enums import (
 from wire.errors import EncodeError, WireError
 from wire.messages import *  # noqa: F401,F403  (one class per message type)
 from wire.messages import REGISTRY, Message
+from wire.records import NO_RESULT, NO_WORKER, ChunkEvent, ChunkResult
 
 __all__ = [
     "decode", "encode", "items_that_fit", "packed_size", "WireError", "EncodeError", "Message", "REGISTRY",
     "ChunkState", "ErrorCode", "JobState", "MessageType", "NodeRole", "PutStatus",
-    "FINAL_CHUNK_STATES",
+    "FINAL_CHUNK_STATES", "ChunkEvent", "ChunkResult", "NO_RESULT", "NO_WORKER",
 ] + [cls.__name__ for cls in REGISTRY.values()]

@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+from wire.dispatch import handle_request  # noqa: F401  (the daemons' one dispatcher)
 from wire.ids import ID_BYTES, id_from_hex, new_id
 
 NODE_ID_FILE = "node_id"
@@ -83,15 +84,16 @@ class ConfigurationError(Exception):
     """The daemon cannot start with this cluster file; one line says why."""
 
 
-def open_cluster(path: str, role_entries: str, index: int) -> tuple[Any, Any, Any]:
-    """Load the cluster file and the key folder; pick entry `index` of
-    `role_entries` ("masters", "loadbalancers", "storage"), or None when
-    `role_entries` is empty (workers). Raises ConfigurationError."""
+def open_cluster(path: str, role: str, role_entries: str, index: int) -> tuple[Any, Any, Any]:
+    """Load the cluster file and the key folder of `role` ("master"), which
+    must hold that role's secret; pick entry `index` of `role_entries`
+    ("masters", "loadbalancers", "storage"), or None when `role_entries` is
+    empty (workers). Raises ConfigurationError."""
     from wire import cluster as cluster_file
-    from wire.keys import KeyFolder, KeyFolderError
+    from wire.keys import KeyFolderError, open_role, role_of_name
     try:
         cluster = cluster_file.load(path)
-        keys = KeyFolder(cluster.keys)
+        keys = open_role(cluster.keys, role_of_name(role))
     except (cluster_file.ClusterFileError, KeyFolderError) as fault:
         raise ConfigurationError(str(fault)) from None
     entry = None
@@ -138,7 +140,7 @@ def run_daemon(role: str, options: argparse.Namespace, entries: str,
     while it serves, and a clean shutdown. Start-up faults exit 1."""
     from wire.transport import Transport, TransportError
     try:
-        cluster, entry, keys = open_cluster(options.cluster, entries, getattr(options, "index", 0))
+        cluster, entry, keys = open_cluster(options.cluster, role, entries, getattr(options, "index", 0))
         transport = Transport(keys)
     except (ConfigurationError, TransportError) as fault:
         print(f"{role}: {fault}", file=sys.stderr)
@@ -200,34 +202,3 @@ def guarded(log: logging.Logger, count: Callable[[str], None], step: Callable[..
     except Exception:
         log.exception("%s failed", getattr(step, "__name__", "a step"))
         count("internal_errors")
-
-
-def handle_request(received: Any, handlers: dict, now: float, who: str,
-                   send_error: Callable[[bytes, int, int, int, str], None],
-                   count: Callable[[str], None], log: logging.Logger) -> None:
-    """Decode a request and hand it to its handler, `handlers[type](message,
-    peer, now)`. A message that does not decode gets ERR_MALFORMED, one of a
-    type `who` does not serve ERR_UNEXPECTED, and a handler's fault is logged
-    and answered with ERR_INTERNAL: nothing a peer sends ends the loop."""
-    import wire
-    from wire.enums import ErrorCode
-    try:
-        message = wire.decode(received.frames)
-    except wire.WireError as fault:
-        count("malformed")
-        send_error(received.peer, 0, 0, ErrorCode.MALFORMED, str(fault))
-        return
-    request_id = getattr(message, "request_id", 0)
-    handler = handlers.get(type(message))
-    if handler is None:
-        count("unexpected")
-        send_error(received.peer, request_id, message.message_type, ErrorCode.UNEXPECTED,
-                   f"{who} does not accept {type(message).SPEC.name}")
-        return
-    try:
-        handler(message, received.peer, now)
-    except Exception:  # one bad request must not stop the daemon
-        log.exception("handling %s", type(message).SPEC.name)
-        count("internal_errors")
-        send_error(received.peer, request_id, message.message_type, ErrorCode.INTERNAL,
-                   f"internal error in {who} (see its log)")

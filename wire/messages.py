@@ -14,7 +14,7 @@ id joined from its two halves; `Class.make(node_id, job=..., ...)` splits
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import msgpack
 
@@ -23,8 +23,9 @@ from wire.enums import ChunkState, ErrorCode, JobState, MessageType, NodeRole, P
 from wire.errors import WireError
 from wire.ids import join_id, split_id
 from wire.limits import MAX_CHUNK_INPUTS_BYTES, MAX_JOB_SPEC_BYTES
+from wire.records import CHUNK_EVENT, RESULT_FIELDS, ChunkEvent, ChunkResult
 from wire.schema import (
-    FILE_MAP, FILE_REF, I64, ID, OUTPUT_MAP, SECONDS, U8, U32, U64,
+    FILE_MAP, FILE_REF, I64, ID, SECONDS, U8, U32, U64,
     Choice, List, Map, Nullable, Schema, Str, Tuple, record,
 )
 
@@ -137,12 +138,6 @@ ASSIGNMENT = record(chunk=U32, attempt=U32, inputs=FILE_MAP)
 JOB_SPEC = record(job=ID, program=FILE_REF, args=List(Str()), inputs=FILE_MAP,
                   chunk_count=U32, timeout_s=SECONDS)
 DISPATCH_ATTEMPT = record(job=ID, chunk=U32, attempt=U32, inputs=FILE_MAP)
-RESULT_FIELDS: dict[str, Schema] = dict(
-    exit_code=Nullable(I64), outputs=OUTPUT_MAP, stdout=Nullable(FILE_REF),
-    stderr=Nullable(FILE_REF), error=Str(), elapsed_s=SECONDS,
-    bytes_from_cache=U64, bytes_from_storage=U64,
-)
-CHUNK_EVENT = record(job=ID, chunk=U32, attempt=U32, state=U8, worker=ID, **RESULT_FIELDS)
 CHUNK_REPORT_STATES = ("queued", "dispatched", "running", "succeeded", "failed", "cancelled")
 CHUNK_REPORT = record(chunk=U32, state=Choice(CHUNK_REPORT_STATES), attempt=U32,
                       worker=Nullable(ID), **RESULT_FIELDS)
@@ -200,6 +195,18 @@ class WorkerStatus(Message):
 
     def check(self) -> None:
         _check_member(ChunkState, self.state, "worker_status.state")
+
+    @classmethod
+    def reporting(cls, event: ChunkEvent, epoch: int) -> "WorkerStatus":
+        """The message in which `event.worker` reports `event`."""
+        return cls.make(event.worker, job=event.job, state=int(event.state), epoch=epoch,
+                        chunk=event.chunk, attempt=event.attempt, **event.result.as_body())
+
+    def chunk_event(self) -> ChunkEvent:
+        """The report, from its sender."""
+        return ChunkEvent(job=self.job_uuid, chunk=self.chunk, attempt=self.attempt, state=self.state,
+                          worker=self.node_uuid,
+                          result=ChunkResult.from_body({name: getattr(self, name) for name in RESULT_FIELDS}))
 
 
 @message("file_request")
@@ -403,6 +410,15 @@ class ChunkEvents(Message):
                  f"chunk_events: event_count {self.event_count} != {len(self.events)} events")
         for index, event in enumerate(self.events):
             _check_member(ChunkState, event["state"], f"chunk_events.events[{index}].state")
+
+    @classmethod
+    def carrying(cls, node: bytes, epoch: int, batch_id: int, events: Sequence[ChunkEvent]) -> "ChunkEvents":
+        """One batch of `events`, all of which must fit one body."""
+        return cls.make(node, epoch=epoch, batch_id=batch_id, event_count=len(events),
+                        events=[event.as_body() for event in events])
+
+    def chunk_events(self) -> list[ChunkEvent]:
+        return [ChunkEvent.from_body(event) for event in self.events]
 
 
 @message("chunk_events_ack")

@@ -1,12 +1,14 @@
-"""ZeroMQ sockets for uds. This is the only module that creates sockets.
+"""ZeroMQ sockets for uds. This is the only module that creates sockets
+(with wire/handshakes.py, whose thread owns their monitor sockets).
 
 Rules, so that no socket in the project can be opened without them:
 
-* Every socket is CURVE-encrypted. Servers (bind side) use the cluster's
-  server key pair; clients (connect side) use the client key pair and pin
-  the server's public key.
-* A server admits only clients whose public key is in the key folder's
-  `public/`; one ZAP authenticator per Transport enforces that. The
+* Every socket is CURVE-encrypted with the key pair of this process's role
+  (wire/keys.py), on both sides; a connecting socket pins the public key of
+  the role it connects to.
+* A server admits only peers whose public key is in the key folder's
+  `public/`, and tags each connection with the role that key belongs to;
+  one ZAP authenticator per Transport enforces that. The
   authenticator starts before any socket exists and stops after all are
   closed, because libzmq *accepts any CURVE client* when no ZAP handler is
   running.
@@ -18,9 +20,14 @@ Rules, so that no socket in the project can be opened without them:
   because the peer is slow or gone. Nothing here raises on peer misbehaviour.
 * recv_message / send_message never block.
 
-Received.user_id: for CURVE peers pyzmq's authenticator sets the ZAP User-Id
-to the z85 text of the client's public key (40 characters, e.g. the content
-of public/client.key), on every frame including the ROUTER routing id.
+Received.role: the sender's role. On a server socket it is the ZAP User-Id
+our authenticator set (the role's name, on every frame including the ROUTER
+routing id); on a connecting socket it is the role whose key it pinned, the
+only peer that can complete the handshake.
+
+A connecting socket whose handshake the server refuses learns it from its
+monitor at once: `refusal(socket)` says so in a sentence, so a caller can
+fail in well under a second instead of waiting out its timeout.
 
 A Transport's sockets follow libzmq's rule of one thread per socket; close()
 must only run once the threads using them have stopped.
@@ -29,17 +36,16 @@ must only run once the threads using them have stopped.
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import os
-import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
-from zmq.utils.monitor import parse_monitor_message
+from zmq.utils import z85
 
-from wire.keys import KeyFolder, KeyFolderError
+from wire.enums import NodeRole
+from wire.handshakes import REJECTED_EVENTS, HandshakeMonitor
+from wire.keys import UPSTREAM_ROLE, KeyFolder, KeyFolderError, role_name
 from wire.limits import (
     LINGER_MS,
     MAX_FRAME_BYTES,
@@ -63,28 +69,17 @@ MAX_WIRE_FRAME_BYTES = MAX_FRAME_BYTES + CURVE_MESSAGE_OVERHEAD_BYTES
 # Below this pyzmq copying is cheaper than tracking a zero-copy buffer.
 ZERO_COPY_MIN_BYTES = 64 * 1024
 
-MONITOR_REGISTER_TIMEOUT_S = 5.0
-MONITOR_JOIN_TIMEOUT_S = 5.0
-
-_REJECTED_EVENTS = {
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshakes_rejected_no_detail",
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshakes_rejected_protocol",
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "handshakes_rejected_auth",
-}
-_MONITORED_EVENTS = (
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED
-    | zmq.EVENT_DISCONNECTED | zmq.EVENT_MONITOR_STOPPED
-)
+_ROLE_OF_TAG = {role_name(role): role for role in NodeRole}
 
 COUNTER_NAMES = (
     "handshakes_rejected",
-    *_REJECTED_EVENTS.values(),
+    *REJECTED_EVENTS.values(),
     "handshakes_succeeded",
     "peers_disconnected",
     "messages_dropped_too_many_frames",
     "messages_dropped_too_large",
     "sends_dropped",
+    "handshakes_refused_by_peer",
 )
 
 
@@ -133,8 +128,41 @@ class Received:
     """One whole message. `frames` are views into zmq frames, not copies."""
 
     peer: bytes | None
-    user_id: str | None
+    role: NodeRole | None
     frames: list[memoryview]
+
+
+class RoleSocket(zmq.Socket):
+    """A zmq socket that knows whom it talks to: `server_role` is the role
+    whose key a connecting socket pinned (None on a bound one), and
+    `refused` the reason its last handshake was refused, if it was."""
+
+    server_role: NodeRole | None = None
+    refused: str | None = None
+
+
+def refusal(socket: zmq.Socket) -> str | None:
+    """Why the server refused this connecting socket's handshake, in one
+    sentence, or None while it has not (or has since accepted it)."""
+    return getattr(socket, "refused", None)
+
+
+class _RoleAuthenticator(ThreadAuthenticator):
+    """Admits the keys it is given and tags each connection with the role
+    of its key, as the ZAP User-Id."""
+
+    def __init__(self, context: zmq.Context) -> None:
+        super().__init__(context)
+        self.roles: dict[bytes, NodeRole] = {}
+
+    def callback(self, domain: str, z85_key: bytes) -> bool:
+        return z85_key in self.roles
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        # The key may have left `roles` since `callback` admitted it (a
+        # reload in between): no tag, so the dispatcher refuses its messages.
+        role = self.roles.get(z85.encode(client_public_key))
+        return "" if role is None else role_name(role)
 
 
 class Transport:
@@ -152,7 +180,7 @@ class Transport:
         self._sockets: set[zmq.Socket] = set()
         self._lock = threading.Lock()
         self._closed = False
-        self._auth = ThreadAuthenticator(self._context)
+        self._auth = _RoleAuthenticator(self._context)
         try:
             try:
                 self._auth.start()
@@ -166,7 +194,7 @@ class Transport:
         except TransportError:
             self._abort()
             raise
-        self._monitor = _MonitorThread(self._context, self.counters)
+        self._monitor = HandshakeMonitor(self._context, self.counters)
         self._monitor.start()
 
     @property
@@ -177,19 +205,20 @@ class Transport:
         """Re-read public/ after keys were added or removed there."""
         # pyzmq's loader only logs a bad certificate, so check it ourselves.
         try:
-            admitted = self.keys.admitted_public_keys()
+            admitted = self.keys.admitted_roles()
         except KeyFolderError as e:
             raise TransportError(f"cannot load admitted keys: {e}") from e
         if not admitted:
             raise TransportError(f"no admitted public keys in {self.keys.public_dir}")
-        self._auth.configure_curve(domain=ZAP_DOMAIN, location=str(self.keys.public_dir))
+        self._auth.roles = admitted  # one assignment: the ZAP thread sees the old or the new set
+        self._auth.configure_curve_callback(domain=ZAP_DOMAIN, credentials_provider=self._auth)
 
     def server_socket(self, kind: int, bind: str) -> zmq.Socket:
         """A CURVE server socket bound to `bind` (port 0 or `*` allowed).
 
         The endpoint actually bound is `socket.last_endpoint`.
         """
-        public, secret = self.keys.server_keypair()
+        public, secret = self.keys.keypair()
 
         def setup(sock: zmq.Socket) -> None:
             sock.curve_server = True
@@ -200,25 +229,34 @@ class Transport:
                 # Unknown peer -> EHOSTUNREACH instead of a silent drop.
                 sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             # Monitor before bind so no handshake can slip past the counters.
-            self._monitor.watch(sock)
+            self._watch(sock, connecting=False)
             sock.bind(bind)
 
         return self._new_socket(kind, setup)
 
     def client_socket(
-        self, kind: int, connect: str, server_public_key: bytes | None = None
+        self, kind: int, connect: str, server_role: NodeRole | None = None
     ) -> zmq.Socket:
-        """A CURVE client socket connected to `connect`, pinning the server key."""
-        public, secret = self.keys.client_keypair()
-        server_key = server_public_key or self.keys.server_public_key()
+        """A CURVE client socket connected to `connect`, pinning the public
+        key of `server_role` (by default this role's upstream, see
+        wire.keys.UPSTREAM_ROLE). A refused handshake shows in `refusal`."""
+        public, secret = self.keys.keypair()
+        role = NodeRole(server_role) if server_role is not None else UPSTREAM_ROLE[self.keys.role]
+        server_key = self.keys.public_key(role)
 
         def setup(sock: zmq.Socket) -> None:
+            sock.server_role = role
             sock.curve_secretkey = secret
             sock.curve_publickey = public
             sock.curve_serverkey = server_key
+            self._watch(sock, connecting=True, name=f"{role_name(role)} at {connect}")
             sock.connect(connect)
 
         return self._new_socket(kind, setup)
+
+    def _watch(self, sock: zmq.Socket, connecting: bool, name: str = "") -> None:
+        if not self._monitor.watch(sock, connecting, name):
+            raise TransportError("transport monitor thread did not respond")
 
     def _new_socket(self, kind: int, setup: Callable[[zmq.Socket], None]) -> zmq.Socket:
         with self._lock:
@@ -226,7 +264,7 @@ class Transport:
                 raise TransportError("transport is closed")
             # Sockets closed by their users need not be remembered.
             self._sockets = {s for s in self._sockets if not s.closed}
-        sock = self._context.socket(kind)
+        sock = self._context.socket(kind, socket_class=RoleSocket)
         try:
             sock.setsockopt(zmq.LINGER, LINGER_MS)
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_WIRE_FRAME_BYTES)
@@ -269,90 +307,6 @@ class Transport:
         self.close()
 
 
-class _MonitorThread(threading.Thread):
-    """Owns the monitor PAIR sockets of all server sockets of a Transport.
-
-    Callers only hand over an inproc address; the PAIR socket is created and
-    used in this thread alone. A self-pipe wakes the poll for new work.
-    """
-
-    _ids = itertools.count()
-
-    def __init__(self, context: zmq.Context, counters: Counters) -> None:
-        super().__init__(name="uds-transport-monitor", daemon=True)
-        self._context = context
-        self._counters = counters
-        self._requests: queue.Queue[tuple[str, threading.Event]] = queue.Queue()
-        self._stopping = threading.Event()
-        self._wake_r, self._wake_w = os.pipe()
-
-    def watch(self, sock: zmq.Socket) -> None:
-        address = f"inproc://uds-monitor-{os.getpid()}-{next(self._ids)}"
-        sock.monitor(address, _MONITORED_EVENTS)
-        attached = threading.Event()
-        self._requests.put((address, attached))
-        os.write(self._wake_w, b"x")
-        # Events emitted before the PAIR peer connects are lost, so wait.
-        if not attached.wait(MONITOR_REGISTER_TIMEOUT_S):
-            raise TransportError("transport monitor thread did not respond")
-
-    def stop(self) -> None:
-        self._stopping.set()
-        os.write(self._wake_w, b"x")
-        self.join(MONITOR_JOIN_TIMEOUT_S)
-        if not self.is_alive():
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-
-    def run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._wake_r, zmq.POLLIN)
-        pairs: set[zmq.Socket] = set()
-        try:
-            while not self._stopping.is_set():
-                for item, _ in poller.poll():
-                    if item == self._wake_r:
-                        os.read(self._wake_r, 4096)
-                        self._attach_pending(poller, pairs)
-                    else:
-                        self._handle_event(poller, pairs, item)
-        finally:
-            for pair in pairs:
-                pair.close(linger=0)
-
-    def _attach_pending(self, poller: zmq.Poller, pairs: set[zmq.Socket]) -> None:
-        while True:
-            try:
-                address, attached = self._requests.get_nowait()
-            except queue.Empty:
-                return
-            pair = self._context.socket(zmq.PAIR)
-            pair.linger = 0
-            pair.connect(address)
-            poller.register(pair, zmq.POLLIN)
-            pairs.add(pair)
-            attached.set()
-
-    def _handle_event(
-        self, poller: zmq.Poller, pairs: set[zmq.Socket], pair: zmq.Socket
-    ) -> None:
-        try:
-            event = parse_monitor_message(pair.recv_multipart(zmq.NOBLOCK))["event"]
-        except zmq.Again:
-            return
-        if event in _REJECTED_EVENTS:
-            self._counters.increment("handshakes_rejected", _REJECTED_EVENTS[event])
-        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            self._counters.increment("handshakes_succeeded")
-        elif event == zmq.EVENT_DISCONNECTED:
-            self._counters.increment("peers_disconnected")
-        elif event == zmq.EVENT_MONITOR_STOPPED:
-            # The watched socket was closed.
-            poller.unregister(pair)
-            pairs.discard(pair)
-            pair.close(linger=0)
-
-
 CountersLike = Transport | Counters | None
 
 
@@ -392,7 +346,8 @@ def recv_message(socket: zmq.Socket, counters: CountersLike) -> Received | None:
         if sink is not None:
             sink.increment(dropped_as)
         return None
-    return Received(peer=peer, user_id=_user_id(first), frames=[f.buffer for f in frames])
+    role = _ROLE_OF_TAG.get(_user_id(first)) or getattr(socket, "server_role", None)
+    return Received(peer=peer, role=role, frames=[f.buffer for f in frames])
 
 
 def recv_messages(socket: zmq.Socket, counters: CountersLike, limit: int) -> Iterator[Received]:

@@ -10,6 +10,7 @@ from enum import Enum
 from typing import Mapping, NamedTuple, Union
 
 from wire.enums import ChunkState
+from wire.records import ChunkResult
 
 FileRef = tuple[bytes, int]                     # (file id, size in bytes)
 
@@ -47,20 +48,6 @@ class ChunkAssignment:
     chunk: int
     attempt: int
     inputs: Mapping[str, FileRef] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ChunkResult:
-    """The result fields of a worker_status."""
-
-    exit_code: int | None = None
-    outputs: Mapping[str, FileRef] = field(default_factory=dict)
-    stdout: FileRef | None = None
-    stderr: FileRef | None = None
-    error: str = ""
-    elapsed_s: float = 0.0
-    bytes_from_cache: int = 0
-    bytes_from_storage: int = 0
 
 
 # ---- events: what the shell feeds in ---------------------------------------

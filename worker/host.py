@@ -138,8 +138,8 @@ class AttemptHost:
         """Helper thread: store outputs and logs, then hand the answer back."""
         try:
             client = self._storage_client()
-            outputs = {name: tuple(client.put_file(path)) for name, path in files}
-            stdout, stderr = (tuple(client.put_file(path)) if path else None for path in logs)
+            outputs = {name: client.put_file(path) for name, path in files}
+            stdout, stderr = (client.put_file(path) if path else None for path in logs)
             self.hand_back(core.Uploaded(key, outputs, stdout, stderr))
         except Exception as fault:  # noqa: BLE001 - storage trouble is not the program's fault
             log.warning("storing the results of %s failed: %s", key.name, fault)

@@ -17,6 +17,7 @@ import queue
 import socket as socket_module
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Any, Callable
 
 import zmq
@@ -38,15 +39,11 @@ LOG_CHECK_S = 0.1
 
 def status_message(node_id: bytes, report: core.Report) -> wire.WorkerStatus:
     """The worker_status that carries a report: the one place it is built."""
-    key, result = report.key, report.result
-    return wire.WorkerStatus.make(
-        node_id, job=key.job, state=int(report.state), epoch=report.epoch, chunk=key.chunk,
-        attempt=key.attempt, exit_code=result.exit_code,
-        outputs={name: list(ref) for name, ref in result.outputs.items()},
-        stdout=list(result.stdout) if result.stdout else None,
-        stderr=list(result.stderr) if result.stderr else None, error=result.error[:4000],
-        elapsed_s=result.elapsed_s, bytes_from_cache=result.bytes_from_cache,
-        bytes_from_storage=result.bytes_from_storage)
+    key = report.key
+    result = replace(report.result, error=report.result.error[:4000])
+    return wire.WorkerStatus.reporting(wire.ChunkEvent(job=key.job, chunk=key.chunk, attempt=key.attempt,
+                                                       state=int(report.state), worker=node_id, result=result),
+                                       epoch=report.epoch)
 
 
 class WorkerNode:

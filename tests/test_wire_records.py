@@ -1,0 +1,100 @@
+"""wire/records.py: the chunk result and the chunk event, through the messages
+that carry them, and the check a committed result gets."""
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import wire
+from strategies import for_schema, messages_of
+from wire import ChunkState, WireError
+from wire.records import CHUNK_EVENT, NO_RESULT, RESULT, ChunkEvent, ChunkResult
+
+NODE = bytes(range(16))
+JOB = b"J" * 16
+OUT = (b"o" * 16, 5)
+LOG = (b"l" * 16, 7)
+
+results = for_schema(RESULT).map(ChunkResult.from_body)
+events = for_schema(CHUNK_EVENT).map(lambda body: ChunkEvent.from_body(
+    {**body, "state": int(ChunkState.SUCCEEDED)}))
+
+
+def roundtrip(message: wire.Message) -> wire.Message:
+    return wire.decode(wire.encode(message))
+
+
+@settings(max_examples=100, deadline=None)
+@given(events, st.integers(1, 2**64 - 1))
+def test_a_worker_status_carries_its_chunk_event_from_its_sender(event, epoch):
+    event = ChunkEvent(event.job, event.chunk, event.attempt, event.state, NODE, event.result)
+    message = roundtrip(wire.WorkerStatus.reporting(event, epoch))
+    assert (message.node_uuid, message.epoch) == (NODE, epoch)
+    assert message.chunk_event() == event
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(events, max_size=3))
+def test_chunk_events_carry_their_records(records):
+    message = roundtrip(wire.ChunkEvents.carrying(NODE, 3, 9, records))
+    assert (message.epoch, message.batch_id, message.event_count) == (3, 9, len(records))
+    assert message.chunk_events() == records
+
+
+@settings(max_examples=50, deadline=None)
+@given(messages_of(wire.ChunkEvents))
+def test_decoded_events_are_sent_on_unchanged(message):
+    decoded = roundtrip(message)
+    again = wire.ChunkEvents.carrying(decoded.node_uuid, decoded.epoch, decoded.batch_id,
+                                      decoded.chunk_events())
+    assert roundtrip(again) == decoded
+
+
+def test_a_result_keeps_file_references_as_tuples():
+    body = dict(exit_code=0, outputs={"a/b": list(OUT)}, stdout=list(LOG), stderr=None, error="",
+                elapsed_s=2, bytes_from_cache=1, bytes_from_storage=2)
+    result = ChunkResult.from_body(body)
+    assert result == ChunkResult(exit_code=0, outputs={"a/b": OUT}, stdout=LOG, elapsed_s=2,
+                                 bytes_from_cache=1, bytes_from_storage=2)
+    assert result.checked().elapsed_s == 2.0 and type(result.checked().elapsed_s) is float
+    assert ChunkResult.from_body(result.as_body()) == result
+
+
+@pytest.mark.parametrize("result, problem", [
+    (ChunkResult(outputs={"../x": OUT}), "result.outputs"),
+    (ChunkResult(outputs={"x": ("no", 1)}), "result.outputs['x'][0]: expected bytes"),
+    (ChunkResult(stdout=(b"short", 1)), "result.stdout[0]: 5 bytes"),
+    (ChunkResult(exit_code=True), "result.exit_code: expected integer"),
+    (ChunkResult(exit_code=2**63), "result.exit_code"),
+    (ChunkResult(error=None), "result.error: expected string"),
+    (ChunkResult(elapsed_s=-1.0), "result.elapsed_s"),
+    (ChunkResult(bytes_from_cache=-1), "result.bytes_from_cache"),
+    (ChunkResult(bytes_from_storage=1.5), "result.bytes_from_storage"),
+])
+def test_checked_names_the_field_that_breaks_the_schema(result, problem):
+    with pytest.raises(WireError, match=problem.replace("[", r"\[").replace("]", r"\]")):
+        result.checked()
+
+
+anything = st.one_of(st.none(), st.booleans(), st.integers(-2, 2**65), st.floats(), st.text(max_size=3),
+                     st.binary(max_size=17), st.lists(st.integers(), max_size=2),
+                     st.dictionaries(st.text(max_size=2), st.tuples(st.binary(max_size=16), st.integers())))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.builds(ChunkResult, anything, anything, anything, anything, anything, anything, anything, anything))
+def test_checked_raises_only_wire_errors(result):
+    try:
+        checked = result.checked()
+    except WireError:
+        return
+    assert checked.checked() == checked
+
+
+@pytest.mark.parametrize("result, state, text", [
+    (ChunkResult(error="disk full", exit_code=1), ChunkState.FAILED, "disk full"),
+    (ChunkResult(), ChunkState.TIMED_OUT, "timed out"),
+    (ChunkResult(exit_code=3), ChunkState.FAILED, "exit code 3"),
+    (NO_RESULT, ChunkState.FAILED, "failed"),
+])
+def test_failure_text(result, state, text):
+    assert result.failure_text(state) == text

@@ -1,0 +1,130 @@
+"""The records that several messages carry, each declared once with its schema.
+
+A record is one concept under one name in every role: a `ChunkResult` is what
+a chunk attempt left behind; a `ChunkEvent` is a worker's report on one
+attempt, as the worker sends it (`worker_status`), the load balancer forwards
+it (a CHUNK_EVENT of `chunk_events`) and the masters commit it.
+
+Rules of this module:
+- Records are frozen, slotted, picklable plain data; the masters keep them in
+  their replicated state and their Raft log.
+- On the wire a record's fields lie flat in its message's body, so the bodies
+  (and csrc/wire.h) are the same as before records existed: `from_body` reads
+  them out of a decoded body, `as_body` gives them back.
+- Building a record checks nothing. The codec checks what a peer sends;
+  `ChunkResult.checked()` checks a record that did not come through it, with
+  the same schema.
+- A file reference is `(file id, size in bytes)`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from wire.enums import ChunkState
+from wire.schema import (
+    FILE_REF, I64, ID, OUTPUT_MAP, SECONDS, U8, U32, U64, Nullable, Record, Schema, Str, record,
+)
+
+FileRef = tuple[bytes, int]
+
+# The worker id of an event about an attempt that never reached a worker.
+NO_WORKER = bytes(16)
+
+RESULT_FIELDS: dict[str, Schema] = dict(
+    exit_code=Nullable(I64), outputs=OUTPUT_MAP, stdout=Nullable(FILE_REF),
+    stderr=Nullable(FILE_REF), error=Str(), elapsed_s=SECONDS,
+    bytes_from_cache=U64, bytes_from_storage=U64,
+)
+RESULT = record(**RESULT_FIELDS)
+EVENT_FIELDS: dict[str, Schema] = dict(job=ID, chunk=U32, attempt=U32, state=U8, worker=ID)
+CHUNK_EVENT: Record = record(**EVENT_FIELDS, **RESULT_FIELDS)
+
+
+def _file_ref(ref: Any) -> FileRef:
+    return (bytes(ref[0]), ref[1])
+
+
+def _optional_file_ref(ref: Any) -> FileRef | None:
+    return None if ref is None else _file_ref(ref)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkResult:
+    """What a chunk attempt left behind, as its worker reported it."""
+
+    exit_code: int | None = None            # None: the program never exited by itself
+    outputs: dict[str, FileRef] = field(default_factory=dict)   # path under $UDS_OUTPUT
+    stdout: FileRef | None = None           # None: nothing was written
+    stderr: FileRef | None = None
+    error: str = ""                         # why it failed, for people; "" on success
+    elapsed_s: float = 0.0
+    bytes_from_cache: int = 0               # inputs read from the worker's block cache
+    bytes_from_storage: int = 0             # inputs fetched from storage nodes
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> ChunkResult:
+        """The result fields of a decoded body (other keys are ignored);
+        file references become tuples."""
+        return cls(
+            exit_code=body["exit_code"],
+            outputs={name: _file_ref(ref) for name, ref in body["outputs"].items()},
+            stdout=_optional_file_ref(body["stdout"]), stderr=_optional_file_ref(body["stderr"]),
+            error=body["error"], elapsed_s=body["elapsed_s"],
+            bytes_from_cache=body["bytes_from_cache"], bytes_from_storage=body["bytes_from_storage"],
+        )
+
+    def as_body(self) -> dict[str, Any]:
+        """The result fields as a body holds them (sharing the outputs map)."""
+        return dict(
+            exit_code=self.exit_code, outputs=self.outputs, stdout=self.stdout,
+            stderr=self.stderr, error=self.error, elapsed_s=self.elapsed_s,
+            bytes_from_cache=self.bytes_from_cache, bytes_from_storage=self.bytes_from_storage,
+        )
+
+    def checked(self) -> ChunkResult:
+        """This result, normalised (tuples for file references, float
+        seconds), after checking it against the wire schema. Raises
+        WireError naming the first field that breaks it, whatever the values."""
+        return ChunkResult.from_body(RESULT.check(self.as_body(), "result"))
+
+    def failure_text(self, state: int) -> str:
+        """Why an attempt that ended in `state` failed, for people: the
+        worker's own text when it gave one."""
+        if self.error:
+            return self.error
+        if state == ChunkState.TIMED_OUT:
+            return "timed out"
+        if self.exit_code is not None:
+            return f"exit code {self.exit_code}"
+        return "failed"
+
+
+NO_RESULT = ChunkResult()
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkEvent:
+    """A worker's report on one chunk attempt: STARTED, or how it ended.
+
+    The attempt number fences it: the masters apply an event only to the
+    chunk's current attempt. The load balancer also reports attempts it took
+    back (LOST, REJECTED) in the same shape."""
+
+    job: bytes
+    chunk: int
+    attempt: int
+    state: int                              # wire.enums.ChunkState
+    worker: bytes                           # NO_WORKER: the attempt never reached one
+    result: ChunkResult = NO_RESULT         # NO_RESULT for STARTED
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> ChunkEvent:
+        """From a decoded CHUNK_EVENT."""
+        return cls(job=body["job"], chunk=body["chunk"], attempt=body["attempt"], state=body["state"],
+                   worker=body["worker"], result=ChunkResult.from_body(body))
+
+    def as_body(self) -> dict[str, Any]:
+        """The CHUNK_EVENT."""
+        return dict(job=self.job, chunk=self.chunk, attempt=self.attempt, state=int(self.state),
+                    worker=self.worker, **self.result.as_body())
