@@ -84,8 +84,8 @@ def test_a_short_chunk_is_reported_once_final_without_an_upload():
     core = registered()
     k = running(core, 0, now=1.0)
     effects = core.handle(ProcessExited(k, 0, bytes_read=100, bytes_fetched=30), 1.02)
-    assert effects == [Unmount(k), Clean(k), final(k, ChunkState.SUCCEEDED, exit_code=0, elapsed_s=pytest.approx(0.02),
-                                                    bytes_from_cache=70, bytes_from_storage=30)]
+    assert effects == [final(k, ChunkState.SUCCEEDED, exit_code=0, elapsed_s=pytest.approx(0.02),
+                             bytes_from_cache=70, bytes_from_storage=30), Unmount(k), Clean(k)]
     assert core.phase(k) is Phase.REPORTED
     assert core.free_slots() == 2
     assert core.handle(Tick(), 1.03) == []      # no STARTED for a chunk that ended within the delay
@@ -152,7 +152,7 @@ def test_a_program_that_cannot_be_executed_fails_with_the_reason():
 def test_a_failure_says_how_the_program_ended(exit_code, error):
     core = registered()
     k = running(core, 0, now=1.0)
-    assert core.handle(ProcessExited(k, exit_code), 1.0)[-1] == final(k, ChunkState.FAILED, exit_code=exit_code,
+    assert core.handle(ProcessExited(k, exit_code), 1.0)[0] == final(k, ChunkState.FAILED, exit_code=exit_code,
                                                                      error=error)
 
 
@@ -177,7 +177,7 @@ def test_cancel_terminates_the_group_then_kills_it_after_the_grace():
     assert Signal(k, SignalName.KILL) not in core.handle(Tick(), 2.0 + KILL_GRACE_S / 2)
     assert Signal(k, SignalName.KILL) in core.handle(Tick(), 2.0 + KILL_GRACE_S)
     assert Signal(k, SignalName.KILL) not in core.handle(Tick(), 3.0 + KILL_GRACE_S)
-    assert core.handle(ProcessExited(k, -9), 5.0)[-1] == final(k, ChunkState.CANCELLED, exit_code=-9,
+    assert core.handle(ProcessExited(k, -9), 5.0)[0] == final(k, ChunkState.CANCELLED, exit_code=-9,
                                                                error="cancelled", elapsed_s=4.0)
     assert core.counters["attempts_cancelled"] == 1      # counted once, by its report
 
@@ -220,7 +220,7 @@ def test_a_chunk_past_its_timeout_is_stopped_and_timed_out():
     assert Signal(k, SignalName.TERM) not in core.handle(Tick(), 5.9)
     assert core.next_wakeup() <= 6.0
     assert Signal(k, SignalName.TERM) in core.handle(Tick(), 6.0)
-    assert core.handle(ProcessExited(k, -15), 6.5)[-1] == final(
+    assert core.handle(ProcessExited(k, -15), 6.5)[0] == final(
         k, ChunkState.TIMED_OUT, exit_code=-15, error="timed out after 5s", elapsed_s=5.5)
     assert core.counters["attempts_timed_out"] == 1
 
@@ -231,7 +231,7 @@ def test_a_program_whose_log_is_too_large_is_stopped_and_fails():
     assert core.handle(LogSize(k, LOG_KILL_BYTES), 2.0) == []
     assert core.handle(LogSize(k, LOG_KILL_BYTES + 1), 2.0) == [Signal(k, SignalName.TERM)]
     assert core.handle(LogSize(k, LOG_KILL_BYTES + 2), 2.1) == []
-    report = core.handle(ProcessExited(k, -15), 3.0)[-1]
+    report = core.handle(ProcessExited(k, -15), 3.0)[0]
     assert (report.state, report.result.error) == (ChunkState.FAILED,
                                                    f"stopped: stdout or stderr passed {LOG_KILL_BYTES} bytes")
 
@@ -241,7 +241,7 @@ def test_a_program_whose_log_is_too_large_is_stopped_and_fails():
 def test_a_final_report_is_resent_until_acknowledged_and_never_after():
     core = registered()
     k = running(core, 0, now=0.0)
-    report = core.handle(ProcessExited(k, 0), 0.0)[-1]
+    report = core.handle(ProcessExited(k, 0), 0.0)[0]
     core.handle(Tick(), 0.5)
     assert Resend(report) not in core.handle(Tick(), RESEND_STATUS_S - 0.1)
     assert Resend(report) in core.handle(Tick(), RESEND_STATUS_S)
@@ -257,7 +257,7 @@ def test_a_final_report_is_resent_until_acknowledged_and_never_after():
 def test_reports_are_resent_at_once_to_a_balancer_that_answers_hello_again():
     core = registered()
     k = running(core, 0, now=0.0)
-    report = core.handle(ProcessExited(k, 0), 0.0)[-1]
+    report = core.handle(ProcessExited(k, 0), 0.0)[0]
     assert core.handle(HelloRequired(), 0.5) == []
     assert core.handle(Tick(), 1.0) == [SayHello()]          # a second since the first hello
     assert core.handle(Tick(), 5.0) == [SayHello()]          # not registered: no resend, hello again

@@ -418,15 +418,13 @@ class Attempts:
         result = ChunkResult(exit_code=event.exit_code, error=error, elapsed_s=max(0.0, now - attempt.started_at),
                              bytes_from_cache=max(0, event.bytes_read - event.bytes_fetched),
                              bytes_from_storage=event.bytes_fetched)
-        effects: list[Effect] = [Unmount(attempt.key)]
         if not outputs and not event.stdout_bytes and not event.stderr_bytes:
-            # Nothing to store: report straight away (the common case for tiny chunks).
-            effects.append(Clean(attempt.key))
-            return effects + self._finish(attempt, state, result, now, event)
+            # Nothing to store: report straight away (the common case for tiny
+            # chunks), and tidy up after the report is on its way.
+            return [*self._finish(attempt, state, result, now, event), Unmount(attempt.key), Clean(attempt.key)]
         attempt.exit_state, attempt.exit_result = state, result
         self._move(attempt, Phase.UPLOADING, event)
-        effects.append(Upload(attempt.key, outputs, event.stdout_bytes > 0, event.stderr_bytes > 0))
-        return effects
+        return [Unmount(attempt.key), Upload(attempt.key, outputs, event.stdout_bytes > 0, event.stderr_bytes > 0)]
 
     def _outcome(self, attempt: _Attempt, event: ProcessExited) -> tuple[ChunkState, str]:
         if attempt.stop_reason is StopReason.CANCELLED:
