@@ -2,7 +2,8 @@
 only a running system shows: a failure that a retry mends, logs over the
 stored cap and over the kill limit, and a program that no worker can fetch."""
 from master.state import POISON_ERROR, POISON_LIMIT
-from worker.runner import LOG_CAP_BYTES, LOG_KILL_BYTES
+from worker.attempts import LOG_KILL_BYTES
+from worker.runner import LOG_CAP_BYTES
 
 WAIT_S = 60.0
 

@@ -4,11 +4,10 @@ Rules: the program runs in a session (and so a process group) of its own,
 in a working folder of its own, with stdin from /dev/null and stdout/stderr
 written straight to files there (no thread per chunk). What is stored of a
 log is its first LOG_CAP_BYTES; a program whose log passes LOG_KILL_BYTES is
-stopped, so a runaway writer cannot fill the disk. Its end is seen through a
-pidfd that the worker's loop polls. Cancel and timeout signal the whole
-group: SIGTERM, then SIGKILL after KILL_GRACE_S. When the program exits,
-whatever it left running in its group is killed, so nothing outlives its
-chunk.
+stopped (worker/attempts.py decides that, and when to signal). Its end is
+seen through a pidfd that the worker's loop polls. Signals go to the whole
+group. When the program exits, whatever it left running in its group is
+killed, so nothing outlives its chunk.
 """
 from __future__ import annotations
 
@@ -18,47 +17,26 @@ import pathlib
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 
-from wire.errors import WireError
-from wire.limits import LIST_BUDGET_BYTES
-from wire.schema import RelPath
+from worker.attempts import AttemptKey
 
 # Stored of each log; the rest is dropped with a note.
 LOG_CAP_BYTES = 16 * 1024 * 1024
-# A log this large stops the program.
-LOG_KILL_BYTES = 1024 * 1024 * 1024
-KILL_GRACE_S = 2.0
 # Conventional exit code when the program could not be executed at all.
 EXIT_NOT_EXECUTABLE = 127
 # Programs inherit the worker's environment, read once.
 _BASE_ENVIRONMENT = dict(os.environ)
 
 
-@dataclass(frozen=True)
-class ChunkKey:
-    job: bytes
-    chunk: int
-    attempt: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.job.hex()}-{self.chunk}-{self.attempt}"
-
-
 @dataclass
 class RunningChunk:
-    key: ChunkKey
+    key: AttemptKey
     workdir: pathlib.Path
     output_dir: pathlib.Path
     process: subprocess.Popen | None
     pidfd: int | None
-    started: float                      # time.monotonic()
-    deadline: float
     launch_error: str = ""
-    stop_reason: str = ""               # "", "cancelled", "timed out" or "log too large"
-    kill_at: float | None = None
     exit_code: int | None = None
 
     @property
@@ -69,39 +47,22 @@ class RunningChunk:
     def stderr_path(self) -> pathlib.Path:
         return self.workdir / "stderr.log"
 
-    def stop(self, reason: str, now: float) -> None:
-        """Cancel or time out: SIGTERM the group now, SIGKILL it later."""
-        if self.stop_reason or self.process is None or self.exit_code is not None:
-            return
-        self.stop_reason = reason
-        self.kill_at = now + KILL_GRACE_S
-        _signal_group(self.process.pid, signal.SIGTERM)
-
-    def on_timer(self, now: float) -> None:
-        if self.exit_code is not None or self.process is None:
-            return
-        if not self.stop_reason and now >= self.deadline:
-            self.stop("timed out", now)
-        elif not self.stop_reason and self.log_bytes() > LOG_KILL_BYTES:
-            self.stop("log too large", now)
-        elif self.kill_at is not None and now >= self.kill_at:
-            self.kill_at = None
-            _signal_group(self.process.pid, signal.SIGKILL)
+    def signal(self, signum: int) -> None:
+        """Signal the whole group, unless the program was already reaped."""
+        if self.process is not None and self.exit_code is None:
+            _signal_group(self.process.pid, signum)
 
     def end(self, grace_s: float) -> None:
         """Stop now and wait: SIGTERM, up to grace_s for the program to go, then
         SIGKILL the group and reap. For a worker that is shutting down."""
         if self.process is None or self.exit_code is not None:
             return
-        self.stop("cancelled", time.monotonic())
+        _signal_group(self.process.pid, signal.SIGTERM)
         try:
             self.process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             _signal_group(self.process.pid, signal.SIGKILL)
         self.reap()
-
-    def next_timer(self) -> float:
-        return self.kill_at if self.kill_at is not None else self.deadline
 
     def reap(self) -> int:
         """Collect the exit status once the pidfd is readable; kills stragglers."""
@@ -122,9 +83,6 @@ class RunningChunk:
         except OSError:
             return 0
 
-    def elapsed(self, now: float) -> float:
-        return max(0.0, now - self.started)
-
 
 def _signal_group(pid: int, signum: int) -> None:
     try:
@@ -135,8 +93,8 @@ def _signal_group(pid: int, signum: int) -> None:
         pass
 
 
-def start_chunk(key: ChunkKey, program: pathlib.Path, args: list[str], inputs_dir: str,
-                chunk_count: int, workdir: pathlib.Path, timeout_s: float, worker: str) -> RunningChunk:
+def start_chunk(key: AttemptKey, program: pathlib.Path, args: list[str] | tuple[str, ...], inputs_dir: str,
+                chunk_count: int, workdir: pathlib.Path, worker: str) -> RunningChunk:
     """Start the program; a program that cannot be executed gives a chunk
     that has already ended with EXIT_NOT_EXECUTABLE and the reason on stderr."""
     output_dir = workdir / "out"
@@ -148,9 +106,7 @@ def start_chunk(key: ChunkKey, program: pathlib.Path, args: list[str], inputs_di
         os.mkdir(output_dir)
     except FileExistsError:
         pass
-    now = time.monotonic()
-    chunk = RunningChunk(key=key, workdir=workdir, output_dir=output_dir, process=None, pidfd=None,
-                         started=now, deadline=now + timeout_s)
+    chunk = RunningChunk(key=key, workdir=workdir, output_dir=output_dir, process=None, pidfd=None)
     environment = dict(_BASE_ENVIRONMENT)
     environment.update(UDS_CHUNK=str(key.chunk), UDS_CHUNKS=str(chunk_count), UDS_INPUTS=inputs_dir,
                        UDS_OUTPUT=str(output_dir), UDS_JOB=key.job.hex(), UDS_ATTEMPT=str(key.attempt),
@@ -216,29 +172,6 @@ def remove_workdir(workdir: pathlib.Path) -> None:
         os.rmdir(workdir)
     except OSError:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-# A chunk's outputs are named in its one result message; a chunk that leaves
-# more than this, or names too long to fit there together, fails instead.
-MAX_OUTPUT_FILES = 10_000
-# Per output in the result: its file id, its size and msgpack's framing.
-OUTPUT_RECORD_BYTES = 40
-
-
-def outputs_refusal(files: list[tuple[str, pathlib.Path]]) -> str | None:
-    """Why these outputs cannot be reported, or None if they can."""
-    if len(files) > MAX_OUTPUT_FILES:
-        return f"left {len(files)} files in $UDS_OUTPUT; at most {MAX_OUTPUT_FILES} are allowed"
-    total = 0
-    for name, _ in files:
-        try:
-            RelPath().check(name, "output")
-            total += len(name.encode()) + OUTPUT_RECORD_BYTES
-        except (WireError, UnicodeEncodeError):
-            return f"output {name!r} is not a usable name (UTF-8 path of at most 255-byte names)"
-    if total > LIST_BUDGET_BYTES:
-        return f"the names of the {len(files)} output files take {total} bytes; at most {LIST_BUDGET_BYTES}"
-    return None
 
 
 def output_files(output_dir: pathlib.Path) -> list[tuple[str, pathlib.Path]]:

@@ -1,0 +1,508 @@
+"""The worker's brain: the life of every chunk attempt on this worker, from
+assignment to the load balancer's confirmation, and the worker's liveness.
+
+Rules of this module (the contract for worker/node.py and tests/sim/):
+- Pure. Nothing here imports zmq, threading, socket, time, os or llfuse, or
+  touches a file. Time comes in as `now` (seconds on the caller's monotonic
+  clock). `Attempts.handle(event, now)` returns a list of effects and is
+  deterministic: the same events at the same `now`s give the same effects
+  in the same order.
+- Every effect that asks for work is answered by exactly one event naming
+  the same attempt, at once or after any delay:
+      FetchProgram -> ProgramFetched | ProgramUnavailable
+      Mount        -> Mounted | MountFailed
+      Start        -> ProcessStarted, then ProcessExited (or ProcessExited
+                      alone: the program could not be executed)
+      Upload       -> Uploaded | UploadFailed (the working folder is removed
+                      either way)
+  Signal, Unmount, Clean, Report, Resend, SayHello and SendHeartbeat are
+  fire and forget. A process's end always arrives as ProcessExited, however
+  it was stopped. No attempt is forgotten while one of its requests is
+  unanswered, so every answer finds its attempt.
+- Messages from the balancer (Assigned, CancelReceived, StatusAcknowledged,
+  HelloAnswered, HelloRequired) may be lost, repeated or reordered: a repeat
+  of an attempt already held (or recently finished) is ignored, and a cancel
+  or an acknowledgement naming an attempt not held is ignored.
+- An answer that is not allowed in its attempt's phase (TRANSITIONS) raises
+  InvalidTransition: that is a bug of the shell or the simulation, never a
+  peer's doing.
+- `Tick` fires the timers (timeouts, the SIGKILL after a grace, the STARTED
+  report, resends, hello and heartbeat). The shell sends it once `now`
+  reaches `next_wakeup()`; more often is harmless. No event but
+  HelloAnswered (which ticks itself) sets a timer that is already due. The
+  shell also reports the size of a running attempt's logs (LogSize) as often
+  as it likes.
+- An attempt takes a slot from assignment to its final report. Its final
+  report is sent once, then resent every RESEND_STATUS_S while registered,
+  until a status_ack confirms the masters committed it.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Any, Callable, Sequence
+
+# The events and effects are re-exported: callers use them as attempts.X.
+from worker.attempt_events import (  # noqa: F401
+    AttemptKey, Assigned, CancelReceived, ChunkAssignment, ChunkResult, Clean, DeadlinePassed, Effect,
+    Event, FetchProgram, FileRef, GraceOver, HelloAnswered, HelloRequired, JobSpec, LogSize, Mount,
+    Mounted, MountFailed, ProcessExited, ProcessStarted, ProgramFetched, ProgramUnavailable, Report,
+    Resend, SayHello, SendHeartbeat, Signal, SignalName, Start, StatusAcknowledged, Tick, Unmount,
+    Upload, Uploaded, UploadFailed,
+)
+from wire.enums import ChunkState
+from wire.errors import WireError
+from wire.limits import LIST_BUDGET_BYTES
+from wire.schema import RelPath
+
+# The epoch this worker obeys. Fixed today; epoch fencing (a load-balancer
+# pair) replaces it with the newest epoch seen, see Attempts._obeys.
+EPOCH = 1
+HELLO_RETRY_S = 1.0
+RESEND_STATUS_S = 2.0
+# STARTED is reported only for chunks still running this long after launch:
+# a chunk that ends sooner is reported once, final, which halves the messages
+# for short chunks. Heartbeats acknowledge assignments meanwhile.
+STARTED_DELAY_S = 0.05
+# SIGTERM first; SIGKILL this long after, if the group is still there.
+KILL_GRACE_S = 2.0
+# A log this large stops the program (only LOG_CAP_BYTES of it is stored).
+LOG_KILL_BYTES = 1024 * 1024 * 1024
+# Finished attempts remembered so that a repeated assignment is not run again.
+MAX_REMEMBERED_FINISHED = 10_000
+# A chunk's outputs are named in its one result message; a chunk that leaves
+# more than this, or names too long to fit there together, fails instead.
+MAX_OUTPUT_FILES = 10_000
+# Per output in the result: its file id, its size and msgpack's framing.
+OUTPUT_RECORD_BYTES = 40
+
+
+class Phase(Enum):
+    FETCHING = "fetching"       # FetchProgram sent
+    MOUNTING = "mounting"       # Mount sent
+    STARTING = "starting"       # Start sent
+    RUNNING = "running"
+    STOPPING = "stopping"       # SIGTERM sent; SIGKILL at kill_at
+    UPLOADING = "uploading"     # Upload sent
+    REPORTED = "reported"       # final report sent, resent until acknowledged
+    DONE = "done"               # acknowledged: forgotten
+
+    # Members are singletons compared by identity: hash them as objects (a C
+    # slot), not by name, since the table is looked up on every event.
+    __hash__ = object.__hash__
+
+
+class StopReason(Enum):
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed out"
+    LOG_TOO_LARGE = "log too large"
+
+
+class InvalidTransition(Exception):
+    """An event arrived in a phase that does not allow it."""
+
+    def __init__(self, event: Any, phase: Phase | None, key: AttemptKey) -> None:
+        where = f"phase {phase.name}" if phase is not None else "no phase (not held)"
+        super().__init__(f"{type(event).__name__} in {where} for attempt {_name(key)}")
+        self.event, self.phase, self.key = event, phase, key
+
+
+class UnknownEventError(Exception):
+    """Something that is not an event of this core."""
+
+
+P = Phase
+# Which phases an event may move an attempt from, and to which; the handler
+# picks one of the targets from what the event says.
+TRANSITIONS: dict[tuple[Phase, type], frozenset[Phase]] = {
+    (P.FETCHING, ProgramFetched): frozenset({P.MOUNTING, P.REPORTED}),   # REPORTED: cancelled meanwhile
+    (P.FETCHING, ProgramUnavailable): frozenset({P.REPORTED}),
+    (P.MOUNTING, Mounted): frozenset({P.STARTING, P.REPORTED}),
+    (P.MOUNTING, MountFailed): frozenset({P.REPORTED}),
+    (P.STARTING, ProcessStarted): frozenset({P.RUNNING, P.STOPPING}),
+    (P.STARTING, ProcessExited): frozenset({P.UPLOADING, P.REPORTED}),
+    (P.RUNNING, ProcessExited): frozenset({P.UPLOADING, P.REPORTED}),
+    (P.RUNNING, LogSize): frozenset({P.RUNNING, P.STOPPING}),
+    (P.RUNNING, DeadlinePassed): frozenset({P.STOPPING}),
+    (P.STOPPING, ProcessExited): frozenset({P.UPLOADING, P.REPORTED}),
+    (P.STOPPING, LogSize): frozenset({P.STOPPING}),
+    (P.STOPPING, GraceOver): frozenset({P.STOPPING}),
+    (P.UPLOADING, Uploaded): frozenset({P.REPORTED}),
+    (P.UPLOADING, UploadFailed): frozenset({P.REPORTED}),
+    (P.REPORTED, StatusAcknowledged): frozenset({P.DONE}),
+    # A cancel is remembered until the pending step answers, acted on while
+    # running, and changes nothing once the program has ended.
+    **{(phase, CancelReceived): frozenset({phase}) for phase in
+       (P.FETCHING, P.MOUNTING, P.STARTING, P.STOPPING, P.UPLOADING, P.REPORTED)},
+    (P.RUNNING, CancelReceived): frozenset({P.STOPPING}),
+    # The masters gave up on an attempt still in hand: it runs to its end.
+    **{(phase, StatusAcknowledged): frozenset({phase}) for phase in
+       (P.FETCHING, P.MOUNTING, P.STARTING, P.RUNNING, P.STOPPING, P.UPLOADING)},
+}
+del P
+
+# Attempts in these phases have a process group that a Signal reaches.
+_SIGNALLABLE = frozenset({Phase.RUNNING, Phase.STOPPING})
+
+
+@dataclass(slots=True)
+class _Attempt:
+    key: AttemptKey
+    job: JobSpec
+    inputs: dict[str, FileRef]
+    phase: Phase = Phase.FETCHING
+    cancel_requested: bool = False
+    program: str = ""
+    started_at: float = 0.0
+    started_report_at: float | None = None   # STARTED is sent then, if it still runs
+    deadline: float = 0.0
+    stop_reason: StopReason | None = None
+    kill_at: float | None = None
+    final: Report | None = None
+    resend_at: float = 0.0
+    exit_state: ChunkState | None = None       # set at exit, before the upload
+    exit_result: ChunkResult | None = None
+
+
+class Attempts:
+    """The chunk attempts of one worker. `handle(event, now) -> effects`."""
+
+    def __init__(self, slots: int, heartbeat_interval_s: float) -> None:
+        self.slots = slots
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.epoch = EPOCH
+        self.registered = False
+        self.counters: dict[str, int] = {}
+        self._attempts: dict[AttemptKey, _Attempt] = {}
+        self._finished: OrderedDict[AttemptKey, None] = OrderedDict()
+        self._full_cache_next = True
+        self._last_hello: float | None = None
+        self._next_heartbeat = 0.0
+        self._handlers: dict[type, Callable[[Any, float], list[Effect]]] = {
+            Assigned: self._on_assigned,
+            CancelReceived: self._on_cancel,
+            StatusAcknowledged: self._on_acknowledged,
+            HelloAnswered: self._on_hello_answered,
+            HelloRequired: self._on_hello_required,
+            Tick: self._on_tick,
+            ProgramFetched: self._on_program_fetched,
+            ProgramUnavailable: self._on_program_unavailable,
+            Mounted: self._on_mounted,
+            MountFailed: self._on_mount_failed,
+            ProcessStarted: self._on_process_started,
+            ProcessExited: self._on_process_exited,
+            LogSize: self._on_log_size,
+            Uploaded: self._on_uploaded,
+            UploadFailed: self._on_upload_failed,
+        }
+
+    # ---- public ----------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Effect]:
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            raise UnknownEventError(f"{type(event).__name__} is not an event of the worker's attempts")
+        return handler(event, now)
+
+    def phase(self, key: AttemptKey) -> Phase | None:
+        attempt = self._attempts.get(key)
+        return attempt.phase if attempt is not None else None
+
+    def phases(self) -> dict[AttemptKey, Phase]:
+        return {key: attempt.phase for key, attempt in self._attempts.items()}
+
+    def busy_slots(self) -> int:
+        """Attempts not yet reported final: each holds a slot."""
+        return sum(1 for attempt in self._attempts.values() if attempt.phase is not Phase.REPORTED)
+
+    def free_slots(self) -> int:
+        return max(0, self.slots - self.busy_slots())
+
+    def in_phase(self, *phases: Phase) -> list[AttemptKey]:
+        return [key for key, attempt in self._attempts.items() if attempt.phase in phases]
+
+    def unacknowledged(self) -> dict[AttemptKey, Report]:
+        return {key: attempt.final for key, attempt in self._attempts.items() if attempt.final is not None}
+
+    def next_wakeup(self) -> float | None:
+        """The earliest time a Tick has something to do, or None."""
+        times: list[float] = []
+        if not self.registered:
+            times.append(self._last_hello + HELLO_RETRY_S if self._last_hello is not None else 0.0)
+        else:
+            times.append(self._next_heartbeat)
+        for attempt in self._attempts.values():
+            phase = attempt.phase
+            if phase is Phase.RUNNING or phase is Phase.STOPPING:
+                if phase is Phase.RUNNING:
+                    times.append(attempt.deadline)
+                elif attempt.kill_at is not None:
+                    times.append(attempt.kill_at)
+                if attempt.started_report_at is not None:
+                    times.append(attempt.started_report_at)
+            elif phase is Phase.REPORTED and self.registered:
+                times.append(attempt.resend_at)
+        return min(times) if times else None
+
+    # ---- messages from the load balancer -----------------------------------
+
+    def _obeys(self, epoch: int) -> bool:
+        """Whether a message of this balancer epoch is obeyed. Always today:
+        epoch fencing will refuse epochs older than self.epoch and adopt newer
+        ones here, and every message from the balancer passes through here."""
+        return True
+
+    def _on_assigned(self, event: Assigned, now: float) -> list[Effect]:
+        if not self._obeys(event.epoch):
+            return []
+        effects: list[Effect] = []
+        for chunk in event.chunks:
+            key = AttemptKey(event.job.job, chunk.chunk, chunk.attempt)
+            if key in self._attempts or key in self._finished:
+                continue                                # a repeated assignment
+            inputs = dict(event.job.inputs)
+            inputs.update(chunk.inputs)
+            self._attempts[key] = _Attempt(key=key, job=event.job, inputs=inputs)
+            self._count("attempts_accepted")
+            effects.append(FetchProgram(key, event.job.program))
+        return effects
+
+    def _on_cancel(self, event: CancelReceived, now: float) -> list[Effect]:
+        if not self._obeys(event.epoch):
+            return []
+        wanted = set(event.attempts)
+        effects: list[Effect] = []
+        for key, attempt in list(self._attempts.items()):
+            if key.job != event.job or (wanted and (key.chunk, key.attempt) not in wanted):
+                continue
+            self._check(attempt, event)
+            if attempt.phase is Phase.RUNNING:
+                effects.extend(self._stop(attempt, StopReason.CANCELLED, now, event))
+            elif attempt.phase in (Phase.FETCHING, Phase.MOUNTING, Phase.STARTING):
+                attempt.cancel_requested = True
+        return effects
+
+    def _on_acknowledged(self, event: StatusAcknowledged, now: float) -> list[Effect]:
+        if not self._obeys(event.epoch):
+            return []
+        for key in event.attempts:
+            attempt = self._attempts.get(key)
+            if attempt is None:
+                continue                                # a repeated ack
+            self._check(attempt, event)
+            if attempt.phase is Phase.REPORTED:
+                self._move(attempt, Phase.DONE, event)
+                del self._attempts[key]
+                self._finished[key] = None
+                if len(self._finished) > MAX_REMEMBERED_FINISHED:
+                    self._finished.popitem(last=False)
+        return []
+
+    def _on_hello_answered(self, event: HelloAnswered, now: float) -> list[Effect]:
+        if not self._obeys(event.epoch):
+            return []
+        self.registered = True
+        self._full_cache_next = True
+        self._next_heartbeat = now
+        for attempt in self._attempts.values():
+            attempt.resend_at = now     # to the (maybe new) balancer at once
+        return self._on_tick(Tick(), now)
+
+    def _on_hello_required(self, event: HelloRequired, now: float) -> list[Effect]:
+        self.registered = False
+        return []
+
+    # ---- timers ------------------------------------------------------------
+
+    def _on_tick(self, event: Tick, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        for attempt in list(self._attempts.values()):
+            if attempt.phase is Phase.RUNNING and now >= attempt.deadline:
+                effects.extend(self._step(attempt, DeadlinePassed(attempt.key), now))
+            if attempt.phase is Phase.STOPPING and attempt.kill_at is not None and now >= attempt.kill_at:
+                effects.extend(self._step(attempt, GraceOver(attempt.key), now))
+            if (attempt.started_report_at is not None and attempt.phase in _SIGNALLABLE
+                    and now >= attempt.started_report_at):
+                attempt.started_report_at = None
+                effects.append(Report(attempt.key, ChunkState.STARTED, self.epoch, ChunkResult()))
+        if not self.registered:
+            if self._last_hello is None or now >= self._last_hello + HELLO_RETRY_S:
+                self._last_hello = now
+                effects.append(SayHello())
+            return effects
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.heartbeat_interval_s
+            effects.append(self._heartbeat())
+        for attempt in self._attempts.values():
+            if attempt.final is not None and now >= attempt.resend_at:
+                attempt.resend_at = now + RESEND_STATUS_S
+                self._count("statuses_resent")
+                effects.append(Resend(attempt.final))
+        return effects
+
+    def _heartbeat(self) -> SendHeartbeat:
+        running = tuple(key for key, attempt in self._attempts.items() if attempt.phase is not Phase.REPORTED)
+        full_cache, self._full_cache_next = self._full_cache_next, False
+        return SendHeartbeat(self.epoch, max(0, self.slots - len(running)), running, full_cache)
+
+    # ---- answers to effects ------------------------------------------------
+
+    def _step(self, attempt: _Attempt, event: Any, now: float) -> list[Effect]:
+        """Internal events (timers) go through the same table."""
+        self._check(attempt, event)
+        if isinstance(event, DeadlinePassed):
+            return self._stop(attempt, StopReason.TIMED_OUT, now, event)
+        attempt.kill_at = None                          # GraceOver: SIGKILL once
+        return [Signal(attempt.key, SignalName.KILL)]
+
+    def _held(self, event: Any) -> _Attempt:
+        attempt = self._attempts.get(event.key)
+        if attempt is None:
+            raise InvalidTransition(event, None, event.key)
+        self._check(attempt, event)
+        return attempt
+
+    def _on_program_fetched(self, event: ProgramFetched, now: float) -> list[Effect]:
+        attempt = self._held(event)
+        if attempt.cancel_requested:
+            return self._finish(attempt, ChunkState.CANCELLED, ChunkResult(error="cancelled"), now, event)
+        attempt.program = event.program
+        self._move(attempt, Phase.MOUNTING, event)
+        return [Mount(attempt.key, dict(attempt.inputs))]
+
+    def _on_program_unavailable(self, event: ProgramUnavailable, now: float) -> list[Effect]:
+        attempt = self._held(event)
+        # Not the program's fault: the masters will have it run again.
+        return self._finish(attempt, ChunkState.REJECTED, ChunkResult(error=event.reason), now, event)
+
+    def _on_mounted(self, event: Mounted, now: float) -> list[Effect]:
+        attempt = self._held(event)
+        if attempt.cancel_requested:
+            return [Unmount(attempt.key), *self._finish(attempt, ChunkState.CANCELLED,
+                                                        ChunkResult(error="cancelled"), now, event)]
+        self._move(attempt, Phase.STARTING, event)
+        attempt.started_at = now
+        return [Start(attempt.key, attempt.program, attempt.job.args, event.inputs_dir, attempt.job.chunk_count)]
+
+    def _on_mount_failed(self, event: MountFailed, now: float) -> list[Effect]:
+        attempt = self._held(event)
+        return self._finish(attempt, ChunkState.REJECTED,
+                            ChunkResult(error=f"worker could not prepare the chunk: {event.reason}"), now, event)
+
+    def _on_process_started(self, event: ProcessStarted, now: float) -> list[Effect]:
+        attempt = self._held(event)
+        self._count("attempts_started")
+        attempt.started_at = now
+        attempt.deadline = now + attempt.job.timeout_s
+        attempt.started_report_at = now + STARTED_DELAY_S
+        if attempt.cancel_requested:
+            return self._stop(attempt, StopReason.CANCELLED, now, event)
+        self._move(attempt, Phase.RUNNING, event)
+        return []
+
+    def _on_log_size(self, event: LogSize, now: float) -> list[Effect]:
+        attempt = self._held(event)
+        if attempt.phase is Phase.RUNNING and event.size_bytes > LOG_KILL_BYTES:
+            return self._stop(attempt, StopReason.LOG_TOO_LARGE, now, event)
+        return []
+
+    def _on_process_exited(self, event: ProcessExited, now: float) -> list[Effect]:
+        attempt = self._held(event)
+        state, error = self._outcome(attempt, event)
+        outputs = event.outputs
+        refusal = outputs_refusal(outputs)
+        if refusal is not None:
+            # Storing them could never be reported: fail the chunk, keep the logs.
+            state, error, outputs = ChunkState.FAILED, refusal, ()
+        result = ChunkResult(exit_code=event.exit_code, error=error, elapsed_s=max(0.0, now - attempt.started_at),
+                             bytes_from_cache=max(0, event.bytes_read - event.bytes_fetched),
+                             bytes_from_storage=event.bytes_fetched)
+        if not outputs and not event.stdout_bytes and not event.stderr_bytes:
+            # Nothing to store: report straight away (the common case for tiny
+            # chunks), and tidy up after the report is on its way.
+            return [*self._finish(attempt, state, result, now, event), Unmount(attempt.key), Clean(attempt.key)]
+        attempt.exit_state, attempt.exit_result = state, result
+        self._move(attempt, Phase.UPLOADING, event)
+        return [Unmount(attempt.key), Upload(attempt.key, outputs, event.stdout_bytes > 0, event.stderr_bytes > 0)]
+
+    def _outcome(self, attempt: _Attempt, event: ProcessExited) -> tuple[ChunkState, str]:
+        if attempt.stop_reason is StopReason.CANCELLED:
+            return ChunkState.CANCELLED, "cancelled"
+        if attempt.stop_reason is StopReason.TIMED_OUT:
+            return ChunkState.TIMED_OUT, f"timed out after {attempt.job.timeout_s:g}s"
+        if attempt.stop_reason is StopReason.LOG_TOO_LARGE:
+            return ChunkState.FAILED, f"stopped: stdout or stderr passed {LOG_KILL_BYTES} bytes"
+        if event.exit_code == 0:
+            return ChunkState.SUCCEEDED, ""
+        if event.launch_error:
+            return ChunkState.FAILED, event.launch_error
+        if event.exit_code < 0:
+            return ChunkState.FAILED, f"killed by signal {-event.exit_code}"
+        return ChunkState.FAILED, f"exit code {event.exit_code}"
+
+    def _on_uploaded(self, event: Uploaded, now: float) -> list[Effect]:
+        attempt = self._held(event)
+        assert attempt.exit_state is not None and attempt.exit_result is not None
+        result = replace(attempt.exit_result, outputs=dict(event.outputs), stdout=event.stdout,
+                          stderr=event.stderr)
+        return self._finish(attempt, attempt.exit_state, result, now, event)
+
+    def _on_upload_failed(self, event: UploadFailed, now: float) -> list[Effect]:
+        attempt = self._held(event)
+        assert attempt.exit_result is not None
+        # Storage trouble is not the program's fault.
+        result = ChunkResult(error=f"could not store results: {event.reason}",
+                             elapsed_s=attempt.exit_result.elapsed_s)
+        return self._finish(attempt, ChunkState.REJECTED, result, now, event)
+
+    # ---- moves -------------------------------------------------------------
+
+    def _stop(self, attempt: _Attempt, reason: StopReason, now: float, event: Any) -> list[Effect]:
+        """SIGTERM the group now, SIGKILL it after the grace."""
+        self._move(attempt, Phase.STOPPING, event)
+        attempt.stop_reason = reason
+        attempt.kill_at = now + KILL_GRACE_S
+        return [Signal(attempt.key, SignalName.TERM)]
+
+    def _finish(self, attempt: _Attempt, state: ChunkState, result: ChunkResult, now: float,
+                event: Any) -> list[Effect]:
+        self._move(attempt, Phase.REPORTED, event)
+        attempt.final = Report(attempt.key, state, self.epoch, result)
+        attempt.resend_at = now + RESEND_STATUS_S
+        self._count(f"attempts_{state.name.lower()}")
+        return [attempt.final]
+
+    def _check(self, attempt: _Attempt, event: Any) -> None:
+        if (attempt.phase, type(event)) not in TRANSITIONS:
+            raise InvalidTransition(event, attempt.phase, attempt.key)
+
+    @staticmethod
+    def _move(attempt: _Attempt, phase: Phase, event: Any) -> None:
+        allowed = TRANSITIONS.get((attempt.phase, type(event)), frozenset())
+        if phase not in allowed:
+            raise InvalidTransition(event, attempt.phase, attempt.key)
+        attempt.phase = phase
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + amount
+
+
+def outputs_refusal(names: Sequence[str]) -> str | None:
+    """Why these outputs (relative paths) cannot be reported, or None if they can."""
+    if len(names) > MAX_OUTPUT_FILES:
+        return f"left {len(names)} files in $UDS_OUTPUT; at most {MAX_OUTPUT_FILES} are allowed"
+    total = 0
+    for name in names:
+        try:
+            RelPath().check(name, "output")
+            total += len(name.encode()) + OUTPUT_RECORD_BYTES
+        except (WireError, UnicodeEncodeError):
+            return f"output {name!r} is not a usable name (UTF-8 path of at most 255-byte names)"
+    if total > LIST_BUDGET_BYTES:
+        return f"the names of the {len(names)} output files take {total} bytes; at most {LIST_BUDGET_BYTES}"
+    return None
+
+
+def _name(key: AttemptKey) -> str:
+    return f"{key.job.hex()}/{key.chunk}/{key.attempt}"
