@@ -12,8 +12,8 @@ from typing import Iterator
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import client  # noqa: E402
-from client import devcluster  # noqa: E402
+from uds import client  # noqa: E402
+from uds.client import devcluster  # noqa: E402
 
 
 

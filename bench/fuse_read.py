@@ -28,10 +28,10 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from wire.ids import file_hasher, new_id  # noqa: E402
-from worker.blocks import BlockSource  # noqa: E402
-from worker.cache import BlockCache  # noqa: E402
-from worker.fusefs import FuseMount  # noqa: E402
+from uds.wire.ids import file_hasher, new_id  # noqa: E402
+from uds.worker.blocks import BlockSource  # noqa: E402
+from uds.worker.cache import BlockCache  # noqa: E402
+from uds.worker.fusefs import FuseMount  # noqa: E402
 
 MiB = 1 << 20
 FILE_BYTES = 256 * MiB
@@ -94,10 +94,10 @@ def mib_per_s(seconds: float) -> float:
 def storage_source(work: pathlib.Path, local_copy: pathlib.Path):
     """(source, file id, description, extra figures); the daemon is stopped on exit."""
     try:
-        from client.storage_client import StorageClient
+        from uds.storage.client import StorageClient
         from daemons import ClusterLayout
-        from wire.transport import Transport
-        from worker.blocks import StorageBlockSource
+        from uds.wire.transport import Transport
+        from uds.worker.blocks import StorageBlockSource
     except ImportError as error:
         yield _local(local_copy, f"storage client unavailable: {error}")
         return

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import msgpack  # noqa: E402
 
-import wire  # noqa: E402
+from uds import wire  # noqa: E402
 from golden import load_vectors  # noqa: E402
 
 MAX_FAILURES_KEPT = 10

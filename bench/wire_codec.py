@@ -14,7 +14,7 @@ import timeit
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import wire  # noqa: E402
+from uds import wire  # noqa: E402
 
 ITERATIONS = 50_000
 REPEATS = 7

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator
 
-from client.api import Connection, connect, find_cluster_file
-from client.errors import (
+from uds.client.api import Connection, connect, find_cluster_file
+from uds.errors import (
     AuthenticationRefused, ClientError, InvalidJobError, JobFailed, JobTimeout, NoClusterError, RemoteError,
     RequestTimeout, UnknownJobError,
 )
-from client.jobs import ChunkStatus, Job, JobStatus
-from wire.records import ChunkResult
+from uds.client.jobs import ChunkStatus, Job, JobStatus
+from uds.wire.records import ChunkResult
 
 _default: Connection | None = None
 

@@ -1,6 +1,6 @@
 """The client library: connect to a cluster, store files, run jobs.
 
-    import client
+    from uds import client
     c = client.connect()                       # UDS_CLUSTER, else the dev cluster
     fid = c.put("data.txt")                    # 32 hex characters
     job = c.submit_job("count.py", args=["--top", "10"], inputs={"data.txt": fid}, chunks=2)
@@ -20,18 +20,18 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import zmq
 
-import wire
-from client.errors import (
+from uds import wire
+from uds.errors import (
     AuthenticationRefused, ClientError, InvalidJobError, NoClusterError, RemoteError, RequestTimeout, UnknownJobError,
 )
-from client.jobs import ChunkStatus, Job, JobStatus
-from client.storage_client import StorageClient
-from wire import cluster as cluster_file
-from wire.ids import ID_BYTES, id_from_hex, new_id
-from wire.enums import NodeRole
-from wire.keys import open_role
-from wire.schema import NAME_MAX_BYTES, U32_MAX
-from wire.transport import Transport, recv_message, refusal, send_message
+from uds.client.jobs import ChunkStatus, Job, JobStatus
+from uds.storage.client import StorageClient
+from uds.wire import cluster as cluster_file
+from uds.wire.ids import ID_BYTES, id_from_hex, new_id
+from uds.wire.enums import NodeRole
+from uds.wire.keys import open_role
+from uds.wire.schema import NAME_MAX_BYTES, U32_MAX
+from uds.wire.transport import Transport, recv_message, refusal, send_message
 
 DEFAULT_DEV_DIR = pathlib.Path.home() / ".uds" / "dev"
 CLUSTER_ENV = "UDS_CLUSTER"

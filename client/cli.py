@@ -8,8 +8,8 @@ import sys
 import time
 from typing import Any, Callable
 
-from wire.enums import NodeRole
-from wire.keys import KeyFolderError, create_cluster_keys, export_role, role_name, role_of_name
+from uds.wire.enums import NodeRole
+from uds.wire.keys import KeyFolderError, create_cluster_keys, export_role, role_name, role_of_name
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -60,7 +60,7 @@ def _size(count: float) -> str:
 
 
 def _connect(options: argparse.Namespace):
-    from client.api import connect
+    from uds.client.api import connect
     return connect(options.cluster)
 
 
@@ -88,7 +88,7 @@ def keys_export(options: argparse.Namespace) -> int:
 
 
 def dev(options: argparse.Namespace) -> int:
-    from client import devcluster
+    from uds.client import devcluster
     folder = pathlib.Path(options.dir).expanduser()
     try:
         if options.stop:
@@ -230,7 +230,7 @@ def cancel(options: argparse.Namespace) -> int:
 
 
 def nodes(options: argparse.Namespace) -> int:
-    from wire.enums import NodeRole
+    from uds.wire.enums import NodeRole
     with _connect(options) as connection:
         listed = connection.nodes()
         print(f"{'node':<34}{'role':<14}{'state':<7}{'host':<16}{'slots':>6}{'free':>6}{'running':>8}  address")
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         if options.command != "submit":
             parser.error("'--' only goes with submit, before the program's own options")
         options.args = [*options.args, *program_words]
-    from client.errors import ClientError
+    from uds.errors import ClientError
     try:
         return options.run(options)
     except (CommandError, ClientError) as fault:

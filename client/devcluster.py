@@ -19,9 +19,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-from wire import cluster as cluster_file
-from wire.daemon import ready_pid
-from wire.keys import create_cluster_keys, export_every_role
+from uds.wire import cluster as cluster_file
+from uds.daemon.runtime import ready_pid
+from uds.wire.keys import create_cluster_keys, export_every_role
 
 PIDS_FILE = "dev.pids"
 READY_TIMEOUT_S = 60.0
@@ -112,7 +112,7 @@ def start(folder: pathlib.Path, workers: int, slots: int, detach: bool) -> list[
             data.mkdir(parents=True, exist_ok=True)
             with open(logs / f"{name}.log", "ab") as log:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", role, "--cluster", str(path), *extra],
+                    [sys.executable, "-m", f"uds.{role}", "--cluster", str(path), *extra],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     cwd=folder, start_new_session=detach)
             started.append(DevProcess(role, name, process.pid, data))
@@ -148,8 +148,8 @@ def _wait_ready(process: DevProcess, logs: pathlib.Path) -> None:
 def _wait_for_workers(cluster_path: pathlib.Path, count: int) -> None:
     """Until the masters know `count` live workers with free slots: then
     the cluster is usable, not just started."""
-    from client.api import connect
-    from wire.enums import NodeRole
+    from uds.client.api import connect
+    from uds.wire.enums import NodeRole
     deadline = time.monotonic() + READY_TIMEOUT_S
     with connect(cluster_path) as connection:
         while True:

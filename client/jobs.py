@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-import wire
-from client.errors import JobFailed, JobTimeout
-from wire.records import ChunkResult
+from uds import wire
+from uds.errors import JobFailed, JobTimeout
+from uds.wire.records import ChunkResult
 
 FINAL_JOB_STATES = ("succeeded", "failed", "cancelled")
 # Job.wait hears of progress at least this often.

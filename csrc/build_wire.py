@@ -1,4 +1,4 @@
-"""cffi build script: compiles csrc/wire.h into the module wire._wire_cffi.
+"""cffi build script: compiles csrc/wire.h into the module uds.wire._wire_cffi.
 
 Out-of-line API mode, so the C compiler itself lays out the structs and cffi
 checks its own (packed) reading of them against that layout at build time.
@@ -23,7 +23,7 @@ def cdef_source(header_text: str) -> str:
 ffibuilder = cffi.FFI()
 ffibuilder.cdef(cdef_source(HEADER.read_text()), packed=True)
 ffibuilder.set_source(
-    "wire._wire_cffi",
+    "uds.wire._wire_cffi",
     '#include "wire.h"',
     include_dirs=[str(HEADER.parent)],
     depends=[str(HEADER)],

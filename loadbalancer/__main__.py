@@ -1,15 +1,15 @@
-"""python -m loadbalancer: the load balancer daemon. See doc/loadbalancer.md."""
+"""python -m uds.loadbalancer: the load balancer daemon. See doc/loadbalancer.md."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from wire.daemon import DaemonContext, add_common_arguments, run_daemon
+from uds.daemon.runtime import DaemonContext, add_common_arguments, run_daemon
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m loadbalancer",
+        prog="python -m uds.loadbalancer",
         description="uds load balancer: takes chunk attempts from the master and places each on "
                     "the worker that caches most of its inputs; watches worker heartbeats.")
     add_common_arguments(parser, "loadbalancers")
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build(context: DaemonContext):
-    from loadbalancer.node import LoadBalancerNode
+    from uds.loadbalancer.node import LoadBalancerNode
     workers = context.cluster.workers
     return LoadBalancerNode(context.node_id, context.entry.address,
                             [master.address for master in context.cluster.masters], context.transport,

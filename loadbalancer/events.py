@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, NamedTuple, Union
 
-from wire.enums import NodeRole
-from wire.records import NO_WORKER, ChunkEvent, FileRef  # noqa: F401  (used as scheduler.X)
+from uds.wire.enums import NodeRole
+from uds.wire.records import NO_WORKER, ChunkEvent, FileRef  # noqa: F401  (used as scheduler.X)
 
 
 class AttemptKey(NamedTuple):

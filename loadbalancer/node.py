@@ -18,13 +18,13 @@ from typing import Any, Callable
 
 import zmq
 
-import wire
-from wire.limits import LIST_BUDGET_BYTES
-from loadbalancer import scheduler as core
-from wire.daemon import guarded
-from wire.dispatch import Dispatcher
-from wire.enums import FINAL_CHUNK_STATES, ErrorCode, NodeRole
-from wire.transport import Transport, recv_messages, send_message
+from uds import wire
+from uds.wire.limits import LIST_BUDGET_BYTES
+from uds.loadbalancer import scheduler as core
+from uds.daemon.runtime import guarded
+from uds.daemon.dispatch import Dispatcher
+from uds.wire.enums import FINAL_CHUNK_STATES, ErrorCode, NodeRole
+from uds.wire.transport import Transport, recv_messages, send_message
 
 log = logging.getLogger("loadbalancer")
 

@@ -24,14 +24,14 @@ from enum import Enum
 from typing import Any, Callable, Mapping
 
 # The events and effects are re-exported: callers use them as scheduler.X.
-from loadbalancer.events import (  # noqa: F401
+from uds.loadbalancer.events import (  # noqa: F401
     NO_WORKER, AskHello, AssignChunks, Assignment, AttemptKey, CancelOnWorker, CancelRequested,
     ChunkEvent, Dispatched, DispatchAttempt, Effect, Event, FileRef, ForwardToMaster, JobSpec, Note,
     Tick, UnknownEventError, WorkerHeartbeat, WorkerHello, WorkerJoined, WorkerLost,
     WorkerView,
 )
-from wire.enums import FINAL_CHUNK_STATES, ChunkState
-from wire.records import ChunkResult
+from uds.wire.enums import FINAL_CHUNK_STATES, ChunkState
+from uds.wire.records import ChunkResult
 
 # Attempts that ended (final, lost, cancelled) are remembered so that a late
 # heartbeat or a re-sent dispatch naming them is recognised. ~150 bytes each.

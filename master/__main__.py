@@ -1,15 +1,15 @@
-"""python -m master: a master daemon (one member of the Raft group). See doc/master.md."""
+"""python -m uds.master: a master daemon (one member of the Raft group). See doc/master.md."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from wire.daemon import DaemonContext, add_common_arguments, run_daemon, wake_pipe
+from uds.daemon.runtime import DaemonContext, add_common_arguments, run_daemon, wake_pipe
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m master",
+        prog="python -m uds.master",
         description="uds master: one member of the Raft group that holds jobs, chunks, nodes and "
                     "the event log; the leader accepts jobs and dispatches chunks.")
     add_common_arguments(parser, "masters")
@@ -17,8 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build(context: DaemonContext):
-    from master.node import MasterNode
-    from master.replicated import RaftGroup
+    from uds.master.node import MasterNode
+    from uds.master.replicated import RaftGroup
     entry = context.entry
     partners = [master.raft for master in context.cluster.masters if master.raft != entry.raft]
     wake_read, wake_write = wake_pipe()

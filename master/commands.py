@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, NamedTuple
 
-from wire.enums import ChunkState, JobState, NodeRole
-from wire.errors import WireError
-from wire.ids import ID_BYTES
-from wire.records import ChunkEvent, ChunkResult, FileRef
+from uds.wire.enums import ChunkState, JobState, NodeRole
+from uds.wire.errors import WireError
+from uds.wire.ids import ID_BYTES
+from uds.wire.records import ChunkEvent, ChunkResult, FileRef
 
 
 class ChunkPhase(IntEnum):

@@ -41,22 +41,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import wire
-from master import state as core
-from master.links import (  # noqa: F401
+from uds import wire
+from uds.master import state as core
+from uds.master.links import (  # noqa: F401
     LOADBALANCER_LEASE_S, LoadBalancerLease, LoadBalancerLink, dispatch_messages, dispatch_records,
 )
 # The events and effects are re-exported: drivers use them as leader.X.
-from master.leader_events import (  # noqa: F401
+from uds.master.leader_events import (  # noqa: F401
     NOT_STARTED, Committed, DirectReader, Effect, Event, Note, ProposalFailed, Propose, RaftStatus,
     Received, Reply, Request, Send, StateReader, Tick, UnknownEventError, Wake,
 )
-from master.proposals import (  # noqa: F401
+from uds.master.proposals import (  # noqa: F401
     MAX_COMMANDS_PER_PROPOSAL, MAX_OUTSTANDING_PROPOSALS, PROPOSAL_TIMEOUT_S, Proposal, Proposals,
 )
-from master.views import event_records, job_status_reply, node_records
-from master.waiters import MAX_STATUS_WAIT_S, STATUS_PAGE_CHUNKS, StatusPage, StatusWaiters  # noqa: F401
-from wire.enums import ErrorCode, JobState, NodeRole
+from uds.master.views import event_records, job_status_reply, node_records
+from uds.master.waiters import MAX_STATUS_WAIT_S, STATUS_PAGE_CHUNKS, StatusPage, StatusWaiters  # noqa: F401
+from uds.wire.enums import ErrorCode, JobState, NodeRole
 
 # Dispatched attempts that have not started are sent again this often, in
 # case a message or the load balancer was lost; the balancer ignores repeats.

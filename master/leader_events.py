@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Protocol, TypeVar
 
-import wire
-from master.commands import Outcome
-from master.state import ClusterState
+from uds import wire
+from uds.master.commands import Outcome
+from uds.master.state import ClusterState
 
 T = TypeVar("T")
 

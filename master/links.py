@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import wire
-from master.state import ClusterState
-from wire.limits import LIST_BUDGET_BYTES
+from uds import wire
+from uds.master.state import ClusterState
+from uds.wire.limits import LIST_BUDGET_BYTES
 
 # Chunks the balancer may hold beyond its free slots, so that a slot that
 # frees up is refilled without waiting for the master: credit = slots * this.

@@ -17,12 +17,13 @@ from typing import Any, Callable
 
 import zmq
 
-import wire
-from master import leader as core
-from master.replicated import Commit, RaftGroup
-from wire.daemon import drain, guarded, handle_request
-from wire.enums import NodeRole
-from wire.transport import Transport, recv_messages, send_message
+from uds import wire
+from uds.master import leader as core
+from uds.master.replicated import Commit, RaftGroup
+from uds.daemon.dispatch import handle_request
+from uds.daemon.runtime import drain, guarded
+from uds.wire.enums import NodeRole
+from uds.wire.transport import Transport, recv_messages, send_message
 
 log = logging.getLogger("master")
 

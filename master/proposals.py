@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from master.leader_events import Propose
+from uds.master.leader_events import Propose
 
 # One batch in flight: while it commits (about a millisecond) the next one
 # gathers everything that arrives, which is what makes batches large.

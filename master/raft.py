@@ -17,7 +17,7 @@ from typing import Any
 import pysyncobj
 from pysyncobj.encryptor import HAS_CRYPTO
 
-from wire.keys import KeyFolder
+from uds.wire.keys import KeyFolder
 
 # Faster failover than pysyncobj's defaults (0.4 s / 1.4 s); masters share a
 # LAN. pysyncobj requires raftMinTimeout > 3 * appendEntriesPeriod, so the

@@ -26,10 +26,10 @@ from typing import Any, Callable
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConsumer, replicated
 
-from master.raft import syncobj_conf
-from master.state import ClusterState
-from wire.daemon import wake
-from wire.keys import KeyFolder
+from uds.master.raft import syncobj_conf
+from uds.master.state import ClusterState
+from uds.daemon.runtime import wake
+from uds.wire.keys import KeyFolder
 
 # Wait between ticks while proposals are outstanding, and when idle.
 BUSY_TICK_S = 0.0005

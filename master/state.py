@@ -27,7 +27,7 @@ from enum import Enum
 from itertools import islice
 from typing import Any, Callable, Iterable
 
-from master.commands import (
+from uds.master.commands import (
     CHUNK_CANCELLED, CHUNK_DISPATCHED, CHUNK_FAILED, CHUNK_LOST, CHUNK_RETRIED,
     CHUNK_STARTED, CHUNK_SUCCEEDED, EVENT_DUPLICATE, EVENT_FINAL,
     EVENT_INVALID, EVENT_STALE, EVENT_UNKNOWN, FINAL_PHASES, IN_FLIGHT_PHASES, JOB_CANCELLED,
@@ -40,10 +40,10 @@ from master.commands import (
     checked_result, chunk_event_problem, is_id, node_seen_problem, normalised_submit,
     submit_problem,
 )
-from wire.enums import ChunkState, ErrorCode, JobState, NodeRole
-from wire.errors import WireError
-from wire.limits import MAX_BODY_ITEMS
-from wire.records import NO_RESULT, ChunkEvent, ChunkResult
+from uds.wire.enums import ChunkState, ErrorCode, JobState, NodeRole
+from uds.wire.errors import WireError
+from uds.wire.limits import MAX_BODY_ITEMS
+from uds.wire.records import NO_RESULT, ChunkEvent, ChunkResult
 
 # A chunk that has taken down this many workers (lost or rejected attempts)
 # is failed instead of being handed to yet another worker.

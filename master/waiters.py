@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import wire
-from master.leader_events import Request
+from uds import wire
+from uds.master.leader_events import Request
 
 # The most chunk reports one job_status reply carries (fewer if they do not
 # fit in one body): reading them holds the state's lock, so keep it short.

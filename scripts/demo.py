@@ -19,9 +19,9 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import client  # noqa: E402
-from client import devcluster  # noqa: E402
-from client.cli import Progress  # noqa: E402
+from uds import client  # noqa: E402
+from uds.client import devcluster  # noqa: E402
+from uds.client.cli import Progress  # noqa: E402
 
 LICENSES = pathlib.Path("/usr/share/common-licenses")
 CHUNKS = 4

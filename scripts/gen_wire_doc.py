@@ -15,10 +15,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-import wire  # noqa: E402
+from uds import wire  # noqa: E402
 from golden import samples  # noqa: E402
-from wire import limits  # noqa: E402
-from wire._wire_cffi import ffi  # noqa: E402
+from uds.wire import limits  # noqa: E402
+from uds.wire._wire_cffi import ffi  # noqa: E402
 
 DOC = ROOT / "doc" / "wire.md"
 HEADER = ROOT / "csrc" / "wire.h"
@@ -44,7 +44,7 @@ two uint64 halves: `upper` is the first 8 bytes of the id read big-endian. In bo
 an id is 16 bytes of msgpack `bin`; a file reference is `[id, size]`.
 
 The structs are declared once, in `csrc/wire.h`, and compiled into the cffi module
-`wire._wire_cffi`; `wire.encode(message)` and `wire.decode(frames)` pack and unpack
+`uds.wire._wire_cffi`; `wire.encode(message)` and `wire.decode(frames)` pack and unpack
 through it. `tests/test_c_layout.py` checks gcc's layout of every struct against it,
 and `tests/golden/wire_vectors.json` holds a golden byte vector for every type.
 The seed structs (`generic_message`, `worker_request`, `worker_status`,

@@ -1,4 +1,4 @@
-"""python -m storage: the storage daemon.
+"""python -m uds.storage: the storage daemon.
 
 Serves the blobs of one [[storage]] entry of the cluster file until SIGTERM
 or SIGINT. Configuration faults print one line on stderr and exit 2; an
@@ -10,12 +10,12 @@ import argparse
 import sys
 from typing import Callable
 
-from wire.daemon import DaemonContext, add_common_arguments, run_daemon
+from uds.daemon.runtime import DaemonContext, add_common_arguments, run_daemon
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m storage",
+        prog="python -m uds.storage",
         description="uds storage daemon: keeps immutable blobs addressed by their content "
                     "hash and serves puts, stats and ranged reads over CURVE-authenticated "
                     "ZeroMQ. Data lives in the `data` folder of its [[storage]] entry.",
@@ -28,8 +28,8 @@ class StorageNode:
     """The service and the store it serves, run and closed together."""
 
     def __init__(self, context: DaemonContext) -> None:
-        from storage.blobstore import BlobStore
-        from storage.service import StorageService
+        from uds.storage.blobstore import BlobStore
+        from uds.storage.service import StorageService
         self.store = BlobStore(context.data)
         try:
             self.service = StorageService(context.transport, context.entry.address, self.store, context.node_id)

@@ -20,7 +20,7 @@ import pathlib
 import secrets
 import shutil
 
-from wire.ids import ID_BYTES, file_hasher
+from uds.wire.ids import ID_BYTES, file_hasher
 
 BLOBS_FOLDER = "blobs"
 TEMP_FOLDER = "tmp"

@@ -1,7 +1,7 @@
 """The storage daemon's shell: one ROUTER socket, one loop, one dispatch table.
 
 Rules: every message goes through the daemons' one dispatcher
-(wire/dispatch.py) to `self.handlers`; a handler returns the reply (or
+(daemon/dispatch.py) to `self.handlers`; a handler returns the reply (or
 None) and raises for refusals, which `ERROR_CODES` turns into an `error`
 reply. Sends never block (send_message), and data frames go out as the
 bytes read from disk, without another copy.
@@ -15,18 +15,18 @@ from typing import Any
 
 import zmq
 
-import wire
-from storage.blobstore import (
+from uds import wire
+from uds.storage.blobstore import (
     BlobStore, HashMismatch, LengthMismatch, NoSpace, PutWriter, RangeError, UnknownFile,
 )
-from storage.uploads import (
+from uds.storage.uploads import (
     IncompleteUpload, PieceBeyondLength, PieceDecision, PieceOutOfOrder, TooManyUploads,
     UnknownUpload, UploadAlreadyOpen, UploadFailed, UploadFault, UploadKey, UploadTracker,
 )
-from wire import ErrorCode, Message, NodeRole, PutStatus
-from wire.dispatch import Dispatcher, RequestRefused
-from wire.limits import MAX_DATA_FRAME_BYTES
-from wire.transport import Received, Transport, recv_messages, send_message
+from uds.wire import ErrorCode, Message, NodeRole, PutStatus
+from uds.daemon.dispatch import Dispatcher, RequestRefused
+from uds.wire.limits import MAX_DATA_FRAME_BYTES
+from uds.wire.transport import Received, Transport, recv_messages, send_message
 
 # How long one poll waits; bounds how late a stop signal or an expiry is seen.
 POLL_INTERVAL_MS = 200

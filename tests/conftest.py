@@ -24,7 +24,7 @@ def daemons(tmp_path):
 
 
 def _running_cluster(root, workers):
-    import client
+    from uds import client
     layout = ClusterLayout.create(root)
     connection = None
     try:

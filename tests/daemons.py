@@ -1,7 +1,7 @@
 """Start real uds daemons as subprocesses on 127.0.0.1, and always clean up.
 
     layout = ClusterLayout.create(tmp_path)          # keys + cluster.toml, free ports
-    storage = layout.start("storage")                # python -m storage ..., waits for ready
+    storage = layout.start("storage")                # python -m uds.storage ..., waits for ready
     storage.kill9(); storage = layout.start("storage")
 
 Every process started here is killed at the end of the test by the
@@ -20,10 +20,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from wire import cluster as cluster_file
-from wire.daemon import ready_pid
-from wire.enums import NodeRole
-from wire.keys import KeyFolder, create_cluster_keys, export_every_role, open_role
+from uds.wire import cluster as cluster_file
+from uds.daemon.runtime import ready_pid
+from uds.wire.enums import NodeRole
+from uds.wire.keys import KeyFolder, create_cluster_keys, export_every_role, open_role
 
 _PR_SET_PDEATHSIG = 1
 
@@ -137,7 +137,7 @@ class ClusterLayout:
         return entries[0].data
 
     def start(self, role: str, *extra: str, name: str | None = None, wait: bool = True) -> Daemon:
-        args = [sys.executable, "-m", role, "--cluster", str(self.path)]
+        args = [sys.executable, "-m", f"uds.{role}", "--cluster", str(self.path)]
         if role == "worker":
             args += ["--name", name or "w0"]
         args += list(extra)
@@ -162,7 +162,7 @@ class ClusterLayout:
                     pass
                 daemon.process.wait(timeout=10)
         # Chunk processes run in sessions of their own: end them by their workers' mark.
-        from worker.runner import kill_leftovers
+        from uds.worker.runner import kill_leftovers
         for node_id in self.root.glob("data/workers/*/node_id"):
             kill_leftovers(node_id.read_text().strip())
         unmount_under(self.root)

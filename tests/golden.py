@@ -11,8 +11,8 @@ import json
 import pathlib
 import sys
 
-import wire
-from wire import ChunkState, ErrorCode, JobState, NodeRole, PutStatus
+from uds import wire
+from uds.wire import ChunkState, ErrorCode, JobState, NodeRole, PutStatus
 
 VECTORS_PATH = pathlib.Path(__file__).resolve().parent / "golden" / "wire_vectors.json"
 

@@ -12,14 +12,14 @@ import dataclasses
 import math
 from typing import Any
 
-from master.commands import (
+from uds.master.commands import (
     CancelJob, CancelOutcome, ChunkEvent, ChunkEventOutcome, DispatchAttempts, DispatchOutcome,
     Event, NodeLost, NodeOutcome, NodeSeen, NodeView, ReadyAttempt, SubmitJob, SubmitOutcome,
 )
-from master.state import MAX_CHUNKS_PER_JOB, POISON_LIMIT, ClusterState
-from wire.enums import ChunkState, JobState, NodeRole
-from wire.errors import WireError
-from wire.records import NO_RESULT, ChunkResult
+from uds.master.state import MAX_CHUNKS_PER_JOB, POISON_LIMIT, ClusterState
+from uds.wire.enums import ChunkState, JobState, NodeRole
+from uds.wire.errors import WireError
+from uds.wire.records import NO_RESULT, ChunkResult
 
 FINAL = {"succeeded", "failed", "cancelled"}
 IN_FLIGHT = {"dispatched", "running"}

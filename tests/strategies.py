@@ -6,11 +6,11 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-import wire
-from wire import ChunkState, ErrorCode, JobState, NodeRole, PutStatus
-from wire._wire_cffi import ffi
-from wire.messages import MAX_TIME_MS
-from wire.schema import (
+from uds import wire
+from uds.wire import ChunkState, ErrorCode, JobState, NodeRole, PutStatus
+from uds.wire._wire_cffi import ffi
+from uds.wire.messages import MAX_TIME_MS
+from uds.wire.schema import (
     Bin, Bool, Choice, FileName, Float, Int, List, Map, Nullable, Record, RelPath, Str, Tuple,
 )
 

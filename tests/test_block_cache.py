@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from wire.ids import file_id_of
-from worker.blocks import BlockUnavailable
-from worker.cache import BLOCK_BYTES, READAHEAD_BLOCKS, BlockCache, CorruptFile
+from uds.wire.ids import file_id_of
+from uds.worker.blocks import BlockUnavailable
+from uds.worker.cache import BLOCK_BYTES, READAHEAD_BLOCKS, BlockCache, CorruptFile
 
 MiB = 1 << 20
 
@@ -306,8 +306,8 @@ def test_source_errors_propagate_and_failed_read_ahead_is_retried_by_the_reader(
 
 
 def test_storage_block_source_keeps_one_client_per_thread_and_maps_errors():
-    from client.storage_client import UnknownFileError
-    from worker.blocks import ShortBlock, StorageBlockSource
+    from uds.storage.client import UnknownFileError
+    from uds.worker.blocks import ShortBlock, StorageBlockSource
 
     class FakeClient:
         def __init__(self) -> None:

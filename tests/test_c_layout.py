@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-import wire
-from wire._wire_cffi import ffi
+from uds import wire
+from uds.wire._wire_cffi import ffi
 
 CSRC = pathlib.Path(__file__).resolve().parent.parent / "csrc"
 STRUCTS = ["generic_message"] + [cls.SPEC.name for cls in wire.REGISTRY.values()]

@@ -1,9 +1,9 @@
 """How a chunk attempt ends on a real phase-1 cluster, for the endings that
 only a running system shows: a failure that a retry mends, logs over the
 stored cap and over the kill limit, and a program that no worker can fetch."""
-from master.state import POISON_ERROR, POISON_LIMIT
-from worker.attempts import LOG_KILL_BYTES
-from worker.runner import LOG_CAP_BYTES
+from uds.master.state import POISON_ERROR, POISON_LIMIT
+from uds.worker.attempts import LOG_KILL_BYTES
+from uds.worker.runner import LOG_CAP_BYTES
 
 WAIT_S = 60.0
 

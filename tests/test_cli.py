@@ -14,7 +14,7 @@ def uds(*args, cluster_dir=None, input_bytes=None, check=True):
     environment = dict(os.environ, PYTHONPATH=str(ROOT))
     environment.pop("UDS_CLUSTER", None)
     prefix = ["--cluster", str(cluster_dir)] if cluster_dir else []
-    result = subprocess.run([sys.executable, "-m", "client.cli", *prefix, *args], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "uds.client.cli", *prefix, *args], capture_output=True,
                             input=input_bytes, timeout=COMMAND_TIMEOUT_S, env=environment)
     if check and result.returncode != 0:
         raise AssertionError(f"uds {' '.join(args)} exited {result.returncode}: {result.stderr.decode()}")
@@ -128,7 +128,7 @@ def test_dev_in_the_foreground_stops_everything_on_interrupt(tmp_path):
     import time
     folder = tmp_path / "fg"
     environment = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    process = subprocess.Popen([sys.executable, "-m", "client.cli", "dev", "--workers", "1", "--dir", str(folder)],
+    process = subprocess.Popen([sys.executable, "-m", "uds.client.cli", "dev", "--workers", "1", "--dir", str(folder)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment)
     try:
         deadline = time.monotonic() + 60

@@ -11,13 +11,13 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 
-import wire
+from uds import wire
 from golden import load_vectors
 from strategies import any_message
-from wire.enums import MessageType, NodeRole
-from wire.keys import role_of_name
-from wire.senders import SENDERS
-from wire.transport import Transport, recv_message, send_message
+from uds.wire.enums import MessageType, NodeRole
+from uds.wire.keys import role_of_name
+from uds.wire.senders import SENDERS
+from uds.wire.transport import Transport, recv_message, send_message
 
 MUTATED_MESSAGES = 300
 WELL_FORMED_MESSAGES = 150

@@ -3,12 +3,12 @@ import logging
 
 import pytest
 
-import wire
+from uds import wire
 from golden import samples
-from wire.dispatch import MAX_REASON_CHARS, Dispatcher, RequestRefused
-from wire.enums import ErrorCode, MessageType, NodeRole
-from wire.senders import SENDERS, refusal
-from wire.transport import Received
+from uds.daemon.dispatch import MAX_REASON_CHARS, Dispatcher, RequestRefused
+from uds.wire.enums import ErrorCode, MessageType, NodeRole
+from uds.wire.senders import SENDERS, refusal
+from uds.wire.transport import Received
 
 NODE = bytes(range(16))
 PEER = b"peer"

@@ -6,8 +6,8 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import client.api
-import wire
+import uds.client.api
+from uds import wire
 
 WAIT_S = 45.0
 

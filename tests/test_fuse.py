@@ -16,8 +16,8 @@ import pytest
 
 from daemons import ROOT, unmount_under
 from test_block_cache import MemorySource, wait_until
-from worker.cache import BLOCK_BYTES, BlockCache
-from worker.fusefs import FuseMount, clear_stale_mount
+from uds.worker.cache import BLOCK_BYTES, BlockCache
+from uds.worker.fusefs import FuseMount, clear_stale_mount
 
 MiB = 1 << 20
 FUSE_READ_BYTES = 128 * 1024
@@ -191,8 +191,8 @@ KILLED_MOUNT_SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path[:0] = [{root!r}, {tests!r}]
     from test_block_cache import MemorySource
-    from worker.cache import BlockCache
-    from worker.fusefs import FuseMount
+    from uds.worker.cache import BlockCache
+    from uds.worker.fusefs import FuseMount
     mount = FuseMount({mountpoint!r}, BlockCache({cache!r}, MemorySource(), 1 << 30))
     mount.start()
     mount.add_chunk("c", {{}})

@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-import client
-from client.errors import InvalidJobError
+from uds import client
+from uds.errors import InvalidJobError
 
 WORD_COUNT = b'''#!/usr/bin/env python3
 import collections, json, os, re
@@ -165,7 +165,7 @@ def test_module_level_api_uses_the_cluster_from_the_environment(shared_cluster, 
 def test_a_large_job_is_read_page_by_page(shared_cluster):
     """More chunks than one status reply holds: the client reads every page,
     in order; one chunk or a slice is read without the rest."""
-    from master.waiters import STATUS_PAGE_CHUNKS
+    from uds.master.waiters import STATUS_PAGE_CHUNKS
     connection = shared_cluster.connection
     chunk_count = 2 * STATUS_PAGE_CHUNKS + 7
     job = connection.submit_job(b"#!/bin/sh\nsleep 600\n", chunks=chunk_count, timeout=600)

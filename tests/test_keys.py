@@ -8,8 +8,8 @@ import pytest
 import zmq
 import zmq.auth
 
-from wire.enums import NodeRole
-from wire.keys import (
+from uds.wire.enums import NodeRole
+from uds.wire.keys import (
     KeyFolder, KeyFolderError, create_cluster_keys, export_every_role, export_role, open_role, role_name,
 )
 

@@ -12,14 +12,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-import wire
-from loadbalancer.scheduler import (
+from uds import wire
+from uds.loadbalancer.scheduler import (
     NO_WORKER, AskHello, AssignChunks, Assignment, AttemptKey, CancelOnWorker,
     CancelRequested, Dispatched, DispatchAttempt, ForwardToMaster, JobSpec, Note, Scheduler, Tick,
     UnknownEventError, WorkerHeartbeat, WorkerHello, WorkerJoined, WorkerLost,
 )
-from wire import ChunkState, FINAL_CHUNK_STATES
-from wire.records import ChunkEvent, ChunkResult
+from uds.wire import ChunkState, FINAL_CHUNK_STATES
+from uds.wire.records import ChunkEvent, ChunkResult
 
 LEASE_S = 10.0
 W1, W2, W3 = (bytes([n]) * 16 for n in (1, 2, 3))

@@ -15,19 +15,19 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-import wire
-from master import proposals
-from master.commands import (
+from uds import wire
+from uds.master import proposals
+from uds.master.commands import (
     CancelJob, ChunkPhase, ChunkEvent, DispatchAttempts, NodeLost, NodeSeen, SubmitJob,
 )
-from master.leader import (
+from uds.master.leader import (
     LOADBALANCER_LEASE_S, MAX_OUTSTANDING_PROPOSALS, MAX_STATUS_WAIT_S, PROPOSAL_TIMEOUT_S,
     RESEND_DISPATCHED_S, Committed, DirectReader, Leader, Note, ProposalFailed, Propose,
     RaftStatus, Received, Reply, Request, Send, Tick, UnknownEventError, Wake,
 )
-from master.links import CREDIT_PER_SLOT, MIN_CREDIT
-from master.state import ClusterState
-from wire import ChunkState, ErrorCode, JobState, MessageType, NodeRole
+from uds.master.links import CREDIT_PER_SLOT, MIN_CREDIT
+from uds.master.state import ClusterState
+from uds.wire import ChunkState, ErrorCode, JobState, MessageType, NodeRole
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MASTER = b"M" * 16

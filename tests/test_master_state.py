@@ -11,18 +11,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-import wire
-from master.commands import (
+from uds import wire
+from uds.master.commands import (
     CancelJob, CancelOutcome, ChunkEventOutcome, DispatchAttempts, DispatchOutcome, Event,
     JobSummary, NodeLost, NodeOutcome, NodeSeen, Outcome, ReadyAttempt, RunningAttempt,
     SubmitJob, SubmitOutcome,
 )
-from master.state import (
+from uds.master.state import (
     EVENT_LOG_LIMIT, POISON_LIMIT, ClusterState, StateInvariantError,
 )
 from state_expectations import check_accepted, expected_event_phase, expected_event_status
-from wire.enums import ChunkState, ErrorCode, JobState, NodeRole
-from wire.records import NO_RESULT, ChunkEvent, ChunkResult
+from uds.wire.enums import ChunkState, ErrorCode, JobState, NodeRole
+from uds.wire.records import NO_RESULT, ChunkEvent, ChunkResult
 
 JOB_A = bytes.fromhex("aa" * 16)
 JOB_B = bytes.fromhex("bb" * 16)
@@ -576,7 +576,7 @@ def test_job_view_pages_through_the_chunks():
 
 
 def test_a_status_reply_stops_at_what_one_body_holds():
-    from master.views import job_status_reply
+    from uds.master.views import job_status_reply
     chunk_count = 40
     state = started(chunk_count=chunk_count)
     # Each chunk reports about 300 KiB of output names: 40 of them are far

@@ -1,11 +1,11 @@
 """Long lists are cut so that every message a daemon builds fits one body."""
 import os
 
-import wire
-from master.links import ATTEMPTS_PER_MESSAGE, dispatch_messages
-from wire.ids import new_id
-from wire.limits import MAX_BODY_BYTES
-from worker.attempts import MAX_OUTPUT_FILES, outputs_refusal
+from uds import wire
+from uds.master.links import ATTEMPTS_PER_MESSAGE, dispatch_messages
+from uds.wire.ids import new_id
+from uds.wire.limits import MAX_BODY_BYTES
+from uds.worker.attempts import MAX_OUTPUT_FILES, outputs_refusal
 
 NODE = bytes(16)
 

@@ -10,9 +10,9 @@ import pytest
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.syncobj import SyncObjException
 
-from master.raft import syncobj_conf
-from wire.enums import NodeRole
-from wire.keys import KeyFolder, create_cluster_keys
+from uds.master.raft import syncobj_conf
+from uds.wire.enums import NodeRole
+from uds.wire.keys import KeyFolder, create_cluster_keys
 
 DEADLINE_S = 5.0
 # Short enough to keep the suite fast, long enough for a leader election.
@@ -192,8 +192,8 @@ def test_the_journal_is_synced_before_a_commit_is_handed_over(keys, tmp_path, mo
     node loop may answer anyone."""
     import os
 
-    import master.replicated
-    from master.replicated import RaftGroup
+    import uds.master.replicated
+    from uds.master.replicated import RaftGroup
 
     synced = []
     real_fsync = os.fsync
@@ -206,7 +206,7 @@ def test_the_journal_is_synced_before_a_commit_is_handed_over(keys, tmp_path, mo
     group = RaftGroup(addresses_for(1)[0], [], tmp_path, keys, write_end)
     try:
         wait_until(lambda: group.is_leader)
-        monkeypatch.setattr(master.replicated.os, "fsync", recording_fsync)
+        monkeypatch.setattr(uds.master.replicated.os, "fsync", recording_fsync)
         group.propose(1, [], 1.0)
         commit = group.commits.get(timeout=DEADLINE_S)
         assert commit.token == 1 and commit.outcomes == []

@@ -11,13 +11,13 @@ import time
 import pytest
 import zmq
 
-import client
-import wire
-from client.storage_client import StorageClient
+from uds import client
+from uds import wire
+from uds.storage.client import StorageClient
 from golden import samples
-from wire.enums import ErrorCode, NodeRole
-from wire.keys import create_cluster_keys, export_every_role
-from wire.transport import Transport, recv_message, send_message
+from uds.wire.enums import ErrorCode, NodeRole
+from uds.wire.keys import create_cluster_keys, export_every_role
+from uds.wire.transport import Transport, recv_message, send_message
 
 REPLY_TIMEOUT_MS = 5000
 # A refusal must be said within this; the request timeout is far longer.
@@ -167,7 +167,7 @@ def test_storage_refusal_is_said_at_once(shared_cluster, stranger_cluster_file, 
 def test_the_command_says_the_key_is_refused(shared_cluster, stranger_cluster_file):
     environment = dict(os.environ, PYTHONPATH=str(ROOT))
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "client.cli", "--cluster", str(stranger_cluster_file), "nodes"],
+    result = subprocess.run([sys.executable, "-m", "uds.client.cli", "--cluster", str(stranger_cluster_file), "nodes"],
                             capture_output=True, timeout=60, env=environment)
     # The interpreter's start is in this figure too; without the monitor it takes 30 s.
     assert time.monotonic() - started < 10

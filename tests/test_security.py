@@ -3,10 +3,10 @@ socket: an error reply or nothing, and the daemon keeps serving."""
 import pytest
 import zmq
 
-import wire
-from wire.enums import NodeRole
-from wire.keys import role_of_name
-from wire.transport import Transport, recv_message, send_message
+from uds import wire
+from uds.wire.enums import NodeRole
+from uds.wire.keys import role_of_name
+from uds.wire.transport import Transport, recv_message, send_message
 
 NO_REPLY_WAIT_MS = 700
 

@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from wire._wire_cffi import ffi
+from uds.wire._wire_cffi import ffi
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SEED_COPY = ROOT / "tests" / "seed_structs.h"

@@ -8,17 +8,17 @@ import time
 import pytest
 import zmq
 
-import wire
-from client.storage_client import (
+from uds import wire
+from uds.storage.client import (
     CorruptDataError, OutOfRangeError, StorageClient, StorageTimeout, UnknownFileError,
 )
 from daemons import ROOT, free_port
-from storage.blobstore import BlobStore, HashMismatch, LengthMismatch, RangeError, UnknownFile
-from wire import ErrorCode, PutStatus
-from wire.ids import file_id_of, new_id
-from wire.enums import NodeRole
-from wire.limits import MAX_DATA_FRAME_BYTES
-from wire.transport import Transport
+from uds.storage.blobstore import BlobStore, HashMismatch, LengthMismatch, RangeError, UnknownFile
+from uds.wire import ErrorCode, PutStatus
+from uds.wire.ids import file_id_of, new_id
+from uds.wire.enums import NodeRole
+from uds.wire.limits import MAX_DATA_FRAME_BYTES
+from uds.wire.transport import Transport
 
 REPLY_TIMEOUT_S = 5.0
 NOTHING_WITHIN_S = 0.3
@@ -288,7 +288,7 @@ def test_a_node_that_does_not_answer_times_out_naming_its_address(transport):
 
 def test_bad_cluster_file_is_one_line_and_exit_2(tmp_path):
     missing = tmp_path / "nope.toml"
-    result = subprocess.run([sys.executable, "-m", "storage", "--cluster", str(missing)],
+    result = subprocess.run([sys.executable, "-m", "uds.storage", "--cluster", str(missing)],
                             capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert result.returncode == 2
     assert result.stderr == f"storage: no cluster file at {missing}\n"

@@ -10,9 +10,9 @@ import time
 import pytest
 import zmq
 
-from wire.enums import NodeRole
-from wire.keys import KeyFolder, create_cluster_keys
-from wire.limits import (
+from uds.wire.enums import NodeRole
+from uds.wire.keys import KeyFolder, create_cluster_keys
+from uds.wire.limits import (
     LINGER_MS,
     MAX_FRAME_BYTES,
     MAX_FRAMES_PER_MESSAGE,
@@ -20,7 +20,7 @@ from wire.limits import (
     RECEIVE_HIGH_WATER_MARK,
     SEND_HIGH_WATER_MARK,
 )
-from wire.transport import (
+from uds.wire.transport import (
     MAX_WIRE_FRAME_BYTES,
     Counters,
     Received,

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storage.uploads import (
+from uds.storage.uploads import (
     UPLOAD_IDLE_TIMEOUT_S, IncompleteUpload, PieceBeyondLength, PieceDecision, PieceOutOfOrder,
     TooManyUploads, UnknownUpload, UploadAlreadyOpen, UploadFailed, UploadKey, UploadTracker,
 )

@@ -5,7 +5,7 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import wire
+from uds import wire
 from golden import load_vectors
 
 GOLDEN = [[bytes.fromhex(frame) for frame in frames] for frames in load_vectors().values()]

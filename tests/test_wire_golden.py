@@ -1,7 +1,7 @@
 """Golden byte vectors, both directions, for every message type."""
 import pytest
 
-import wire
+from uds import wire
 from golden import load_vectors, samples
 
 VECTORS = load_vectors()

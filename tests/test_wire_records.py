@@ -4,10 +4,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import wire
+from uds import wire
 from strategies import for_schema, messages_of
-from wire import ChunkState, WireError
-from wire.records import CHUNK_EVENT, NO_RESULT, RESULT, ChunkEvent, ChunkResult
+from uds.wire import ChunkState, WireError
+from uds.wire.records import CHUNK_EVENT, NO_RESULT, RESULT, ChunkEvent, ChunkResult
 
 NODE = bytes(range(16))
 JOB = b"J" * 16

@@ -2,7 +2,7 @@
 import pytest
 from hypothesis import given, settings
 
-import wire
+from uds import wire
 from strategies import messages_of
 
 TYPES = sorted(wire.REGISTRY.values(), key=lambda cls: cls.message_type)

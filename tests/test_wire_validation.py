@@ -2,9 +2,9 @@
 import msgpack
 import pytest
 
-import wire
+from uds import wire
 from golden import samples
-from wire.limits import MAX_BODY_ITEMS, MAX_DATA_FRAME_BYTES, MAX_FRAMES_PER_MESSAGE
+from uds.wire.limits import MAX_BODY_ITEMS, MAX_DATA_FRAME_BYTES, MAX_FRAMES_PER_MESSAGE
 
 SAMPLES = {type(sample).SPEC.name: sample for sample in samples()}
 

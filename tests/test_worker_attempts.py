@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from wire import FINAL_CHUNK_STATES, ChunkState
-from worker import attempts
-from worker.attempts import (
+from uds.wire import FINAL_CHUNK_STATES, ChunkState
+from uds.worker import attempts
+from uds.worker.attempts import (
     EPOCH, HELLO_RETRY_S, KILL_GRACE_S, LOG_KILL_BYTES, MAX_OUTPUT_FILES, RESEND_STATUS_S, STARTED_DELAY_S,
     TRANSITIONS, Assigned, AttemptKey, Attempts, CancelReceived, ChunkAssignment, ChunkResult, Clean,
     DeadlinePassed, FetchProgram, GraceOver, HelloAnswered, HelloRequired, InvalidTransition, JobSpec, LogSize,

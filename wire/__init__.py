@@ -5,14 +5,14 @@
 
 Structs are defined once in csrc/wire.h; see doc/wire.md.
 """
-from wire.codec import decode, encode, items_that_fit, packed_size
-from wire.enums import (
+from uds.wire.codec import decode, encode, items_that_fit, packed_size
+from uds.wire.enums import (
     FINAL_CHUNK_STATES, ChunkState, ErrorCode, JobState, MessageType, NodeRole, PutStatus,
 )
-from wire.errors import EncodeError, WireError
-from wire.messages import *  # noqa: F401,F403  (one class per message type)
-from wire.messages import REGISTRY, Message
-from wire.records import NO_RESULT, NO_WORKER, ChunkEvent, ChunkResult
+from uds.wire.errors import EncodeError, WireError
+from uds.wire.messages import *  # noqa: F401,F403  (one class per message type)
+from uds.wire.messages import REGISTRY, Message
+from uds.wire.records import NO_RESULT, NO_WORKER, ChunkEvent, ChunkResult
 
 __all__ = [
     "decode", "encode", "items_that_fit", "packed_size", "WireError", "EncodeError", "Message", "REGISTRY",

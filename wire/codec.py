@@ -10,14 +10,14 @@ from typing import Any, Sequence
 
 import msgpack
 
-from wire._wire_cffi import ffi
-from wire.errors import EncodeError, WireError
-from wire.limits import (
+from uds.wire._wire_cffi import ffi
+from uds.wire.errors import EncodeError, WireError
+from uds.wire.limits import (
     LIST_BUDGET_BYTES, MAX_BODY_BYTES, MAX_BODY_ITEMS, MAX_DATA_FRAME_BYTES, MAX_FRAMES_PER_MESSAGE,
     MAX_STRING_BYTES,
 )
-from wire.messages import GENERIC_HEADER_BYTES, REGISTRY, Message
-from wire.schema import check_fields
+from uds.wire.messages import GENERIC_HEADER_BYTES, REGISTRY, Message
+from uds.wire.schema import check_fields
 
 _GENERIC_POINTER = ffi.typeof("struct generic_message *")
 

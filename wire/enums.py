@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from wire._wire_cffi import ffi
+from uds.wire._wire_cffi import ffi
 
 
 def _from_header(class_name: str, c_enum: str, prefix: str) -> type[IntEnum]:

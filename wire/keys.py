@@ -36,7 +36,7 @@ import zmq
 import zmq.auth
 from zmq.utils import z85
 
-from wire.enums import NodeRole
+from uds.wire.enums import NodeRole
 
 RAFT_PASSWORD_FILE = "raft.password"
 PUBLIC_DIR = "public"

@@ -18,13 +18,13 @@ from typing import Any, ClassVar, Sequence
 
 import msgpack
 
-from wire._wire_cffi import ffi
-from wire.enums import ChunkState, ErrorCode, JobState, MessageType, NodeRole, PutStatus
-from wire.errors import WireError
-from wire.ids import join_id, split_id
-from wire.limits import MAX_CHUNK_INPUTS_BYTES, MAX_JOB_SPEC_BYTES
-from wire.records import CHUNK_EVENT, RESULT_FIELDS, ChunkEvent, ChunkResult
-from wire.schema import (
+from uds.wire._wire_cffi import ffi
+from uds.wire.enums import ChunkState, ErrorCode, JobState, MessageType, NodeRole, PutStatus
+from uds.wire.errors import WireError
+from uds.wire.ids import join_id, split_id
+from uds.wire.limits import MAX_CHUNK_INPUTS_BYTES, MAX_JOB_SPEC_BYTES
+from uds.wire.records import CHUNK_EVENT, RESULT_FIELDS, ChunkEvent, ChunkResult
+from uds.wire.schema import (
     FILE_MAP, FILE_REF, I64, ID, SECONDS, U8, U32, U64,
     Choice, List, Map, Nullable, Schema, Str, Tuple, record,
 )

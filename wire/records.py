@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from wire.enums import ChunkState
-from wire.schema import (
+from uds.wire.enums import ChunkState
+from uds.wire.schema import (
     FILE_REF, I64, ID, OUTPUT_MAP, SECONDS, U8, U32, U64, Nullable, Record, Schema, Str, record,
 )
 

@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from wire.errors import WireError
-from wire.limits import MAX_BODY_ITEMS, MAX_STRING_BYTES
+from uds.wire.errors import WireError
+from uds.wire.limits import MAX_BODY_ITEMS, MAX_STRING_BYTES
 
 U8_MAX = 2**8 - 1
 U16_MAX = 2**16 - 1

@@ -1,5 +1,5 @@
 """Who may send what: for each message type, the roles whose keys may send
-it. The request dispatcher (wire/dispatch.py) checks every message against
+it. The request dispatcher (daemon/dispatch.py) checks every message against
 this table, with the role the transport learnt from the sender's key
 (wire/keys.py), and answers anything else with ERR_FORBIDDEN.
 
@@ -9,8 +9,8 @@ must name the role of its key: a client key cannot say hello as a worker.
 """
 from __future__ import annotations
 
-from wire.enums import MessageType as T
-from wire.enums import NodeRole
+from uds.wire.enums import MessageType as T
+from uds.wire.enums import NodeRole
 
 CLIENT, MASTER, LOADBALANCER, STORAGE, WORKER = (
     NodeRole.CLIENT, NodeRole.MASTER, NodeRole.LOADBALANCER, NodeRole.STORAGE, NodeRole.WORKER)

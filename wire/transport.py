@@ -43,10 +43,10 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
-from wire.enums import NodeRole
-from wire.handshakes import REJECTED_EVENTS, HandshakeMonitor
-from wire.keys import UPSTREAM_ROLE, KeyFolder, KeyFolderError, role_name
-from wire.limits import (
+from uds.wire.enums import NodeRole
+from uds.wire.handshakes import REJECTED_EVENTS, HandshakeMonitor
+from uds.wire.keys import UPSTREAM_ROLE, KeyFolder, KeyFolderError, role_name
+from uds.wire.limits import (
     LINGER_MS,
     MAX_FRAME_BYTES,
     MAX_FRAMES_PER_MESSAGE,

@@ -1,4 +1,4 @@
-"""python -m worker: a worker daemon. See doc/worker.md."""
+"""python -m uds.worker: a worker daemon. See doc/worker.md."""
 from __future__ import annotations
 
 import argparse
@@ -6,12 +6,12 @@ import pathlib
 import socket
 import sys
 
-from wire.daemon import ConfigurationError, DaemonContext, add_common_arguments, run_daemon, wake_pipe
+from uds.daemon.runtime import ConfigurationError, DaemonContext, add_common_arguments, run_daemon, wake_pipe
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m worker",
+        prog="python -m uds.worker",
         description="uds worker: runs chunk attempts the load balancer assigns, showing their inputs "
                     "through a FUSE mount that fetches blocks from storage on first read.")
     add_common_arguments(parser, "")
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build(context: DaemonContext):
-    from worker.node import WorkerNode
+    from uds.worker.node import WorkerNode
     options, cluster = context.options, context.cluster
     if options.slots is not None and options.slots < 1:
         raise ConfigurationError("--slots must be at least 1")

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Mapping, NamedTuple, Union
 
-from wire.enums import ChunkState
-from wire.records import ChunkResult
+from uds.wire.enums import ChunkState
+from uds.wire.records import ChunkResult
 
 FileRef = tuple[bytes, int]                     # (file id, size in bytes)
 

@@ -44,17 +44,17 @@ from enum import Enum
 from typing import Any, Callable, Sequence
 
 # The events and effects are re-exported: callers use them as attempts.X.
-from worker.attempt_events import (  # noqa: F401
+from uds.worker.attempt_events import (  # noqa: F401
     AttemptKey, Assigned, CancelReceived, ChunkAssignment, ChunkResult, Clean, DeadlinePassed, Effect,
     Event, FetchProgram, FileRef, GraceOver, HelloAnswered, HelloRequired, JobSpec, LogSize, Mount,
     Mounted, MountFailed, ProcessExited, ProcessStarted, ProgramFetched, ProgramUnavailable, Report,
     Resend, SayHello, SendHeartbeat, Signal, SignalName, Start, StatusAcknowledged, Tick, Unmount,
     Upload, Uploaded, UploadFailed,
 )
-from wire.enums import ChunkState
-from wire.errors import WireError
-from wire.limits import LIST_BUDGET_BYTES
-from wire.schema import RelPath
+from uds.wire.enums import ChunkState
+from uds.wire.errors import WireError
+from uds.wire.limits import LIST_BUDGET_BYTES
+from uds.wire.schema import RelPath
 
 # The epoch this worker obeys. Fixed today; epoch fencing (a load-balancer
 # pair) replaces it with the newest epoch seen, see Attempts._obeys.

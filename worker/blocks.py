@@ -14,7 +14,7 @@ import threading
 from typing import TYPE_CHECKING, Callable, Protocol
 
 if TYPE_CHECKING:  # the storage client is imported only to name its type
-    from client.storage_client import StorageClient
+    from uds.storage.client import StorageClient
 
 
 class BlockSourceError(Exception):
@@ -57,7 +57,7 @@ class StorageBlockSource:
         return client
 
     def fetch(self, file_id: bytes, offset: int, length: int) -> bytes:
-        from client.storage_client import StorageError  # imported late: client may be absent in unit tests
+        from uds.storage.client import StorageError  # imported late: client may be absent in unit tests
 
         try:
             data = self._client().read(file_id, offset, length)

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from wire.ids import file_hasher, id_from_hex
+from uds.wire.ids import file_hasher, id_from_hex
 
 from .blocks import BlockSource, ShortBlock
 

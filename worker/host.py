@@ -19,15 +19,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-from client.storage_client import StorageClient
-from wire.transport import Transport
-from worker import attempts as core
-from worker.attempts import AttemptKey
-from worker.blocks import StorageBlockSource
-from worker.cache import BlockCache
-from worker.fusefs import FuseMount, clear_stale_mount
-from worker.programs import ProgramStore
-from worker.runner import RunningChunk, kill_leftovers, output_files, remove_workdir, start_chunk
+from uds.storage.client import StorageClient
+from uds.wire.transport import Transport
+from uds.worker import attempts as core
+from uds.worker.attempts import AttemptKey
+from uds.worker.blocks import StorageBlockSource
+from uds.worker.cache import BlockCache
+from uds.worker.fusefs import FuseMount, clear_stale_mount
+from uds.worker.programs import ProgramStore
+from uds.worker.runner import RunningChunk, kill_leftovers, output_files, remove_workdir, start_chunk
 
 log = logging.getLogger("worker")
 

@@ -22,13 +22,14 @@ from typing import Any, Callable
 
 import zmq
 
-import wire
-from wire.daemon import drain, guarded, handle_request, wake
-from wire.enums import ErrorCode, NodeRole
-from wire.transport import Transport, recv_messages, send_message
-from worker import attempts as core
-from worker.attempts import AttemptKey
-from worker.host import AttemptHost
+from uds import wire
+from uds.daemon.dispatch import handle_request
+from uds.daemon.runtime import drain, guarded, wake
+from uds.wire.enums import ErrorCode, NodeRole
+from uds.wire.transport import Transport, recv_messages, send_message
+from uds.worker import attempts as core
+from uds.worker.attempts import AttemptKey
+from uds.worker.host import AttemptHost
 
 log = logging.getLogger("worker")
 

@@ -13,7 +13,7 @@ import shutil
 import threading
 import time
 
-from worker.cache import BlockCache
+from uds.worker.cache import BlockCache
 
 # Program executables kept (one per program id); older unused ones are removed.
 MAX_PROGRAMS = 256

@@ -19,7 +19,7 @@ import signal
 import subprocess
 from dataclasses import dataclass
 
-from worker.attempts import AttemptKey
+from uds.worker.attempts import AttemptKey
 
 # Stored of each log; the rest is dropped with a note.
 LOG_CAP_BYTES = 16 * 1024 * 1024

@@ -20,10 +20,10 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Callable, Iterator
 
-from master import state as state_module
-from master.commands import FINAL_PHASES, ChunkEvent, ChunkPhase
-from master.state import CHUNK_SUCCEEDED, ChunkAction, ChunkEventOutcome, ClusterState
-from wire.enums import ChunkState
+from uds.master import state as state_module
+from uds.master.commands import FINAL_PHASES, ChunkEvent, ChunkPhase
+from uds.master.state import CHUNK_SUCCEEDED, ChunkAction, ChunkEventOutcome, ClusterState
+from uds.wire.enums import ChunkState
 
 Patch = tuple[Any, str, Any]        # (object, attribute or key, new value)
 

@@ -12,8 +12,8 @@ Liveness, at the end: every acknowledged job finished.
 """
 from __future__ import annotations
 
-from master.commands import FINAL_PHASES, ChunkPhase
-from master.state import (
+from uds.master.commands import FINAL_PHASES, ChunkPhase
+from uds.master.state import (
     CHUNK_CANCELLED, CHUNK_FAILED, CHUNK_SUCCEEDED, POISON_ERROR, ClusterState,
 )
 

@@ -2,7 +2,7 @@
 answers; a job counts as acknowledged once job_submit_reply arrived."""
 from __future__ import annotations
 
-import wire
+from uds import wire
 
 from .host import Host
 from .loop import Simulation

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import wire
+from uds import wire
 
 from .loop import Simulation
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import wire
-from loadbalancer import scheduler as core
-from wire.enums import FINAL_CHUNK_STATES, ErrorCode, NodeRole
+from uds import wire
+from uds.loadbalancer import scheduler as core
+from uds.wire.enums import FINAL_CHUNK_STATES, ErrorCode, NodeRole
 
 from .host import Host
 from .loop import Simulation

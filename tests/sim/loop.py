@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-import wire
+from uds import wire
 
 from .trace import describe
 

@@ -7,8 +7,8 @@ committed (applied, but nobody hears of it) or dropped.
 """
 from __future__ import annotations
 
-import wire
-from master.state import ClusterState
+from uds import wire
+from uds.master.state import ClusterState
 
 from .host import Host
 from .loop import Simulation

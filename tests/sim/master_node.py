@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import wire
-from master import state as core
-from master.links import LoadBalancerLink, dispatch_messages
-from wire.enums import ErrorCode, NodeRole
+from uds import wire
+from uds.master import state as core
+from uds.master.links import LoadBalancerLink, dispatch_messages
+from uds.wire.enums import ErrorCode, NodeRole
 
 from .today import (
     HEARTBEAT_INTERVAL_S, LOADBALANCER_LEASE_S, MAX_COMMANDS_PER_PROPOSAL, MAX_OUTSTANDING_PROPOSALS,

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import wire
-from wire.enums import ChunkState
+from uds import wire
+from uds.wire.enums import ChunkState
 
 
 def short(node_id: bytes) -> str:

@@ -6,7 +6,7 @@ store. A crash kills the programs with the worker; the restarted worker is
 a new process that knows nothing."""
 from __future__ import annotations
 
-import wire
+from uds import wire
 
 from .host import Host
 from .loop import Simulation

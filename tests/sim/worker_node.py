@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
 
-import wire
-from wire.enums import ChunkState, ErrorCode, NodeRole
-from loadbalancer.events import AttemptKey as ChunkKey
+from uds import wire
+from uds.wire.enums import ChunkState, ErrorCode, NodeRole
+from uds.loadbalancer.events import AttemptKey as ChunkKey
 
 from .today import HELLO_RETRY_S, RESEND_STATUS_S, STARTED_DELAY_S
 

@@ -25,9 +25,9 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import wire
-from wire.enums import ErrorCode
-from wire.senders import refusal as forbidden_reason
+from uds import wire
+from uds.wire.enums import ErrorCode
+from uds.wire.senders import refusal as forbidden_reason
 
 # Error reasons are for people; a WireError about a huge value stays readable.
 MAX_REASON_CHARS = 1000

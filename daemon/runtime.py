@@ -19,8 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from wire.dispatch import handle_request  # noqa: F401  (the daemons' one dispatcher)
-from wire.ids import ID_BYTES, id_from_hex, new_id
+from uds.wire.ids import ID_BYTES, id_from_hex, new_id
 
 NODE_ID_FILE = "node_id"
 READY_FILE = "ready"
@@ -89,8 +88,8 @@ def open_cluster(path: str, role: str, role_entries: str, index: int) -> tuple[A
     must hold that role's secret; pick entry `index` of `role_entries`
     ("masters", "loadbalancers", "storage"), or None when `role_entries` is
     empty (workers). Raises ConfigurationError."""
-    from wire import cluster as cluster_file
-    from wire.keys import KeyFolderError, open_role, role_of_name
+    from uds.wire import cluster as cluster_file
+    from uds.wire.keys import KeyFolderError, open_role, role_of_name
     try:
         cluster = cluster_file.load(path)
         keys = open_role(cluster.keys, role_of_name(role))
@@ -138,7 +137,7 @@ def run_daemon(role: str, options: argparse.Namespace, entries: str,
     """The life of every daemon: configuration (a fault exits 2 with one
     line), node id, the node's loop until SIGTERM/SIGINT, the ready file
     while it serves, and a clean shutdown. Start-up faults exit 1."""
-    from wire.transport import Transport, TransportError
+    from uds.wire.transport import Transport, TransportError
     try:
         cluster, entry, keys = open_cluster(options.cluster, role, entries, getattr(options, "index", 0))
         transport = Transport(keys)

@@ -27,13 +27,13 @@ from collections.abc import Callable, Iterable, Iterator
 
 import zmq
 
-import wire
-from client.errors import AuthenticationRefused, ClientError
-from wire import ErrorCode, Message, PutStatus, WireError
-from wire.ids import file_hasher, file_id_of
-from wire.limits import MAX_DATA_FRAME_BYTES
-from wire.enums import NodeRole
-from wire.transport import Transport, recv_message, refusal, send_message
+from uds import wire
+from uds.errors import AuthenticationRefused, ClientError
+from uds.wire import ErrorCode, Message, PutStatus, WireError
+from uds.wire.ids import file_hasher, file_id_of
+from uds.wire.limits import MAX_DATA_FRAME_BYTES
+from uds.wire.enums import NodeRole
+from uds.wire.transport import Transport, recv_message, refusal, send_message
 
 # Upload pieces: big enough that per-message costs vanish, small enough that
 # the queue below holds little memory.
