@@ -6,7 +6,7 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import uds.client.api
+from uds.client import api as client_api
 from uds import wire
 
 WAIT_S = 45.0
@@ -195,14 +195,14 @@ def test_a_submission_resent_while_the_master_is_frozen_runs_once(cluster, tmp_p
     submitted and run exactly once."""
     connection = cluster.connection
     submits = []
-    real_send = client.api.send_message
+    real_send = client_api.send_message
 
     def counting_send(socket, frames, **options):
         if isinstance(wire.decode([bytes(frame) for frame in frames]), wire.JobSubmit):
             submits.append(time.monotonic())
         return real_send(socket, frames, **options)
 
-    monkeypatch.setattr(client.api, "send_message", counting_send)
+    monkeypatch.setattr(client_api, "send_message", counting_send)
     runs = tmp_path / "runs"
     program = b'#!/bin/sh\necho "$UDS_ATTEMPT" >> "$1"\n'
     master = cluster.daemons["master"]
@@ -210,12 +210,12 @@ def test_a_submission_resent_while_the_master_is_frozen_runs_once(cluster, tmp_p
     os.kill(master.pid, signal.SIGSTOP)
     try:
         submitted = pool.submit(connection.submit_job, program, args=[str(runs)], timeout=60)
-        _wait_until(lambda: len(submits) >= 2, timeout=client.api.RESEND_AFTER_S + 10, what="resend")
+        _wait_until(lambda: len(submits) >= 2, timeout=client_api.RESEND_AFTER_S + 10, what="resend")
     finally:
         os.kill(master.pid, signal.SIGCONT)
     job = submitted.result(timeout=WAIT_S)
     pool.shutdown()
-    assert submits[1] - submits[0] >= client.api.RESEND_AFTER_S * 0.9
+    assert submits[1] - submits[0] >= client_api.RESEND_AFTER_S * 0.9
     status = job.wait(timeout=WAIT_S)
     assert status.state == "succeeded", status
     assert runs.read_text() == "1\n"
