@@ -25,8 +25,11 @@ from .trace import attempt_name
 
 PROGRAM_FAILURE_ODDS = 0.1
 PROGRAM_RUN_S = (0.02, 0.6)
+# Some programs run long, so that cancels and freezes find them running.
+LONG_PROGRAM_ODDS = 0.15
+LONG_PROGRAM_RUN_S = (0.6, 3.0)
 STDOUT_ODDS = 0.3
-TERM_IGNORED_ODDS = 0.2
+TERM_IGNORED_ODDS = 0.5
 # A program stopped by a signal has written its proof before this often.
 PROOF_BEFORE_STOP_ODDS = 0.5
 FETCH_S = (0.001, 0.02)
@@ -104,7 +107,8 @@ class SimAttemptHost:
         if random.random() < TERM_IGNORED_ODDS:
             self.ignores_term.add(key)
         exit_code = 1 if random.random() < PROGRAM_FAILURE_ODDS else 0
-        self.later(self._uniform(PROGRAM_RUN_S), self._exit, key, run, exit_code, False)
+        run_s = self._uniform(LONG_PROGRAM_RUN_S if random.random() < LONG_PROGRAM_ODDS else PROGRAM_RUN_S)
+        self.later(run_s, self._exit, key, run, exit_code, False)
         if self.sim.tracing:
             self.sim.note(f"{self.name} starts {attempt_name(key)}")
         return core.ProcessStarted(key)
