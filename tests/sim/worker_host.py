@@ -8,8 +8,8 @@ sometimes not served), a mount is made (or fails), outputs are stored (or
 storing fails). A program runs for a seeded time and exits 0, or 1 one time
 in ten; it writes one output, a proof naming the job, chunk, attempt and
 worker that ran it, and sometimes a stdout. SIGTERM ends it shortly, unless
-it is one of the programs that ignore it, which SIGKILL ends after the core's
-grace. Everything here belongs to the worker's process: a crash loses the
+it is one of the programs that trap it and hang, which only the core's
+SIGKILL after its grace ends. Everything here belongs to the worker's process: a crash loses the
 programs, the processes and the fetched programs alike.
 """
 from __future__ import annotations
@@ -55,6 +55,7 @@ class SimAttemptHost:
         self.programs: set[bytes] = set()                       # fetched program ids
         self.processes: dict[AttemptKey, int] = {}              # key -> run number of its live process
         self.ignores_term: set[AttemptKey] = set()
+        self.hung: set[AttemptKey] = set()                      # trapped SIGTERM: ends only by SIGKILL
         self.left: dict[AttemptKey, tuple[bytes | None, bytes | None]] = {}   # key -> (proof, stdout)
         self.next_run = 1
         self.handlers: dict[type, Callable[[Any], Any]] = {
@@ -118,15 +119,18 @@ class SimAttemptHost:
         if run is None:
             raise ProcessGone(f"{effect.signal.value} for {attempt_name(effect.key)}, which runs no process")
         if effect.signal is core.SignalName.TERM and effect.key in self.ignores_term:
-            self.sim.note(f"{self.name}: {attempt_name(effect.key)} ignores SIGTERM")
+            self.hung.add(effect.key)
+            if self.sim.tracing:
+                self.sim.note(f"{self.name}: {attempt_name(effect.key)} traps SIGTERM and hangs")
             return
         self.later(SIGNAL_EXIT_S, self._exit, effect.key, run, EXIT_CODES[effect.signal], True)
 
     def _exit(self, key: AttemptKey, run: int, exit_code: int, stopped: bool) -> None:
-        if self.processes.get(key) != run:
-            return                                  # that process already ended
+        if self.processes.get(key) != run or (key in self.hung and exit_code != EXIT_CODES[core.SignalName.KILL]):
+            return                                  # that process already ended, or hangs
         del self.processes[key]
         self.ignores_term.discard(key)
+        self.hung.discard(key)
         if self.sim.tracing:
             ending = f"signal {-exit_code}" if stopped else f"exit {exit_code}"
             self.sim.note(f"{self.name} ends {attempt_name(key)}: {ending}")
