@@ -29,7 +29,7 @@ PROGRAM_RUN_S = (0.02, 0.6)
 LONG_PROGRAM_ODDS = 0.15
 LONG_PROGRAM_RUN_S = (0.6, 3.0)
 STDOUT_ODDS = 0.3
-TERM_IGNORED_ODDS = 0.5
+TERM_TRAPPED_ODDS = 0.5
 # A program stopped by a signal has written its proof before this often.
 PROOF_BEFORE_STOP_ODDS = 0.5
 FETCH_S = (0.001, 0.02)
@@ -54,7 +54,7 @@ class SimAttemptHost:
         self.faults_until = faults_until
         self.programs: set[bytes] = set()                       # fetched program ids
         self.processes: dict[AttemptKey, int] = {}              # key -> run number of its live process
-        self.ignores_term: set[AttemptKey] = set()
+        self.traps_term: set[AttemptKey] = set()
         self.hung: set[AttemptKey] = set()                      # trapped SIGTERM: ends only by SIGKILL
         self.left: dict[AttemptKey, tuple[bytes | None, bytes | None]] = {}   # key -> (proof, stdout)
         self.next_run = 1
@@ -71,7 +71,8 @@ class SimAttemptHost:
         if self.sim.now >= self.faults_until or self.sim.random.random() >= odds:
             return False
         self.sim.count(kind)
-        self.sim.note(f"{self.name} {kind.replace('_', ' ')}")
+        if self.sim.tracing:
+            self.sim.note(f"{self.name} {kind.replace('_', ' ')}")
         return True
 
     def _answer(self, bounds: tuple[float, float], event: Any) -> None:
@@ -105,8 +106,8 @@ class SimAttemptHost:
         run = self.processes[key] = self.next_run
         self.next_run += 1
         random = self.sim.random
-        if random.random() < TERM_IGNORED_ODDS:
-            self.ignores_term.add(key)
+        if random.random() < TERM_TRAPPED_ODDS:
+            self.traps_term.add(key)
         exit_code = 1 if random.random() < PROGRAM_FAILURE_ODDS else 0
         run_s = self._uniform(LONG_PROGRAM_RUN_S if random.random() < LONG_PROGRAM_ODDS else PROGRAM_RUN_S)
         self.later(run_s, self._exit, key, run, exit_code, False)
@@ -118,7 +119,7 @@ class SimAttemptHost:
         run = self.processes.get(effect.key)
         if run is None:
             raise ProcessGone(f"{effect.signal.value} for {attempt_name(effect.key)}, which runs no process")
-        if effect.signal is core.SignalName.TERM and effect.key in self.ignores_term:
+        if effect.signal is core.SignalName.TERM and effect.key in self.traps_term:
             self.hung.add(effect.key)
             if self.sim.tracing:
                 self.sim.note(f"{self.name}: {attempt_name(effect.key)} traps SIGTERM and hangs")
@@ -126,10 +127,12 @@ class SimAttemptHost:
         self.later(SIGNAL_EXIT_S, self._exit, effect.key, run, EXIT_CODES[effect.signal], True)
 
     def _exit(self, key: AttemptKey, run: int, exit_code: int, stopped: bool) -> None:
-        if self.processes.get(key) != run or (key in self.hung and exit_code != EXIT_CODES[core.SignalName.KILL]):
-            return                                  # that process already ended, or hangs
+        if self.processes.get(key) != run:
+            return                                  # that process already ended
+        if key in self.hung and exit_code != EXIT_CODES[core.SignalName.KILL]:
+            return                                  # it hangs until SIGKILL
         del self.processes[key]
-        self.ignores_term.discard(key)
+        self.traps_term.discard(key)
         self.hung.discard(key)
         if self.sim.tracing:
             ending = f"signal {-exit_code}" if stopped else f"exit {exit_code}"
@@ -138,7 +141,9 @@ class SimAttemptHost:
         proof = None
         if not stopped or random.random() < PROOF_BEFORE_STOP_ODDS:
             proof = Proof(key.job, key.chunk, key.attempt, self.node_id).content()
-        stdout = f"stdout of {attempt_name(key)} on {self.name}".encode() if random.random() < STDOUT_ODDS else None
+        stdout = None
+        if random.random() < STDOUT_ODDS:
+            stdout = f"stdout of {attempt_name(key)} on {self.name}".encode()
         self.left[key] = (proof, stdout)
         self.hand_back(core.ProcessExited(key, exit_code, outputs=(PROOF_NAME,) if proof else (),
                                           stdout_bytes=len(stdout) if stdout else 0))
@@ -152,7 +157,6 @@ class SimAttemptHost:
         outputs = {name: self.store.put(contents[name]) for name in effect.outputs}
         stdout_ref = self.store.put(stdout) if effect.stdout and stdout else None
         self._answer(UPLOAD_S, core.Uploaded(effect.key, outputs, stdout_ref, None))
-
 
     def clean(self, effect: core.Clean) -> None:
         self.left.pop(effect.key, None)
