@@ -18,7 +18,7 @@ from .loadbalancer_node import SimBalancer
 from .loop import Simulation
 from .master_host import MasterHost
 from .storage import ContentStore
-from .worker_host import SimWorker
+from .worker_node import SimWorker
 
 FAULT_PHASE_S = 5.0
 # Jobs are submitted before this, so that faults hit them while they run.
@@ -71,7 +71,8 @@ class Cluster:
         if name == BALANCER:
             host = SimBalancer(self.sim, name, _id(name), MASTER, WORKER_HEARTBEAT_S, WORKER_LEASE_S)
         else:
-            host = SimWorker(self.sim, name, _id(name), BALANCER, self.store, self.slots, WORKER_HEARTBEAT_S)
+            host = SimWorker(self.sim, name, _id(name), BALANCER, self.store, self.slots, WORKER_HEARTBEAT_S,
+                             faults_until=FAULT_PHASE_S)
         self.sim.nodes[name] = host
         self.sim.note(f"start {name}")
 

@@ -90,3 +90,11 @@ def test_a_seed_replays_the_same_trace_in_another_process():
         outputs.append(done.stdout)
     assert outputs[0] == outputs[1]
     assert outputs[0].count("\n") > 50
+
+
+def test_the_workers_machines_fail_requests(suite_reports):
+    totals: dict[str, int] = {}
+    for report in suite_reports:
+        for kind in ("program_unavailable", "mount_failed", "upload_failed"):
+            totals[kind] = totals.get(kind, 0) + report.faults.get(kind, 0)
+    assert all(count >= 30 for count in totals.values()), totals

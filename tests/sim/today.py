@@ -10,4 +10,3 @@ from uds.master.node import IDLE_POLL_MS  # noqa: F401
 from uds.master.proposals import (  # noqa: F401
     MAX_COMMANDS_PER_PROPOSAL, MAX_OUTSTANDING_PROPOSALS, PROPOSAL_TIMEOUT_S,
 )
-from uds.worker.attempts import HELLO_RETRY_S, RESEND_STATUS_S, STARTED_DELAY_S  # noqa: F401

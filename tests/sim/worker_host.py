@@ -1,95 +1,166 @@
-"""A worker process as the simulation runs it: the worker core, and what its
-effects do here. Programs are fetched after a short delay, run for a random
-time, exit 0 or (sometimes) 1, and write one output, a proof of which job,
-chunk, attempt and worker ran them, which Upload stores in the content
-store. A crash kills the programs with the worker; the restarted worker is
-a new process that knows nothing."""
+"""The machine under a simulated worker: what the attempts core's effects do
+here, as worker/host.py does them on a real one.
+
+Each request effect is answered once, after a seeded delay (the program's
+start at once, as on a real machine): a program is fetched from the content
+store (or is unavailable: missing from it, or, during the fault phase,
+sometimes not served), a mount is made (or fails), outputs are stored (or
+storing fails). A program runs for a seeded time and exits 0, or 1 one time
+in ten; it writes one output, a proof naming the job, chunk, attempt and
+worker that ran it, and sometimes a stdout. SIGTERM ends it shortly, unless
+it is one of the programs that trap it and hang, which only the core's
+SIGKILL after its grace ends. Everything here belongs to the worker's process: a crash loses the
+programs, the processes and the fetched programs alike.
+"""
 from __future__ import annotations
 
-from uds import wire
+from typing import Any, Callable
 
-from .host import Host
+from uds.worker import attempts as core
+from uds.worker.attempts import AttemptKey
+
 from .loop import Simulation
 from .storage import PROOF_NAME, ContentStore, Proof
 from .trace import attempt_name
-from .worker_node import (
-    Exited, FetchProgram, Fetched, Received, Send, Signal, SimWorkerCore, Start, Tick, Upload, Uploaded, Wake,
-)
 
 PROGRAM_FAILURE_ODDS = 0.1
 PROGRAM_RUN_S = (0.02, 0.6)
+# Some programs run long, so that cancels and freezes find them running.
+LONG_PROGRAM_ODDS = 0.15
+LONG_PROGRAM_RUN_S = (0.6, 3.0)
+STDOUT_ODDS = 0.3
+TERM_TRAPPED_ODDS = 0.5
+# A program stopped by a signal has written its proof before this often.
+PROOF_BEFORE_STOP_ODDS = 0.5
 FETCH_S = (0.001, 0.02)
+MOUNT_S = (0.0005, 0.005)
 UPLOAD_S = (0.001, 0.02)
 SIGNAL_EXIT_S = 0.01
+# During the fault phase: storage does not serve a program, a mount fails,
+# storing outputs fails, each at these odds.
+FETCH_FAILURE_ODDS = 0.03
+MOUNT_FAILURE_ODDS = 0.03
+UPLOAD_FAILURE_ODDS = 0.03
+EXIT_CODES = {core.SignalName.TERM: -15, core.SignalName.KILL: -9}
+
+Later = Callable[..., None]             # later(delay_s, action, *args), stopped by a crash or freeze
 
 
-class SimWorker(Host):
-    def __init__(self, sim: Simulation, name: str, node_id: bytes, balancer: str, store: ContentStore,
-                 slots: int, heartbeat_interval_s: float) -> None:
-        super().__init__(sim, name)
-        self.node_id = node_id
-        self.balancer = balancer
-        self.store = store
-        self.core = SimWorkerCore(node_id=node_id, slots=slots, started_at=round(sim.now, 3),
-                                  heartbeat_interval_s=heartbeat_interval_s)
-        self.runs: dict = {}            # attempt key -> run number of its live process
-        self.outputs: dict = {}         # attempt key -> what its program wrote
+class SimAttemptHost:
+    def __init__(self, sim: Simulation, name: str, node_id: bytes, store: ContentStore, later: Later,
+                 hand_back: Callable[[Any], None], faults_until: float) -> None:
+        self.sim, self.name, self.node_id, self.store = sim, name, node_id, store
+        self.later, self.hand_back = later, hand_back
+        self.faults_until = faults_until
+        self.programs: set[bytes] = set()                       # fetched program ids
+        self.processes: dict[AttemptKey, int] = {}              # key -> run number of its live process
+        self.traps_term: set[AttemptKey] = set()
+        self.hung: set[AttemptKey] = set()                      # trapped SIGTERM: ends only by SIGKILL
+        self.left: dict[AttemptKey, tuple[bytes | None, bytes | None]] = {}   # key -> (proof, stdout)
         self.next_run = 1
-        self.every(heartbeat_interval_s / 2, lambda: self._handle(Tick()))
-
-    def on_message(self, source: str, message: wire.Message) -> None:
-        self._handle(Received(message))
-
-    def _handle(self, event: object) -> None:
-        for effect in self.core.handle(event, self.sim.now):
-            _EFFECTS[type(effect)](self, effect)
+        self.handlers: dict[type, Callable[[Any], Any]] = {
+            core.FetchProgram: self.fetch, core.Mount: self.mount, core.Start: self.start,
+            core.Signal: self.signal, core.Unmount: lambda effect: None, core.Upload: self.upload,
+            core.Clean: self.clean,
+        }
 
     def _uniform(self, bounds: tuple[float, float]) -> float:
         return self.sim.random.uniform(*bounds)
 
-    def _send(self, effect: Send) -> None:
-        self.send(self.balancer, effect.message)
+    def _fails(self, odds: float, kind: str) -> bool:
+        if self.sim.now >= self.faults_until or self.sim.random.random() >= odds:
+            return False
+        self.sim.count(kind)
+        if self.sim.tracing:
+            self.sim.note(f"{self.name} {kind.replace('_', ' ')}")
+        return True
 
-    def _fetch(self, effect: FetchProgram) -> None:
-        self.later(self._uniform(FETCH_S), self._handle, Fetched(effect.key))
+    def _answer(self, bounds: tuple[float, float], event: Any) -> None:
+        self.later(self._uniform(bounds), self.hand_back, event)
 
-    def _start(self, effect: Start) -> None:
-        run = self.runs[effect.key] = self.next_run
+    # -- effects -----------------------------------------------------------------
+
+    def fetch(self, effect: core.FetchProgram) -> core.ProgramFetched | None:
+        program_id = bytes(effect.program[0])
+        path = f"/sim/programs/{program_id.hex()}"
+        if program_id in self.programs:
+            return core.ProgramFetched(effect.key, path)
+        if program_id not in self.store.blobs or self._fails(FETCH_FAILURE_ODDS, "program_unavailable"):
+            self._answer(FETCH_S, core.ProgramUnavailable(effect.key, "cannot fetch the program: not in storage"))
+        else:
+            self.later(self._uniform(FETCH_S), self._fetched, effect.key, program_id, path)
+        return None
+
+    def _fetched(self, key: AttemptKey, program_id: bytes, path: str) -> None:
+        self.programs.add(program_id)
+        self.hand_back(core.ProgramFetched(key, path))
+
+    def mount(self, effect: core.Mount) -> None:
+        if self._fails(MOUNT_FAILURE_ODDS, "mount_failed"):
+            self._answer(MOUNT_S, core.MountFailed(effect.key, "simulated mount failure"))
+        else:
+            self._answer(MOUNT_S, core.Mounted(effect.key, f"/sim/mnt/{effect.key.name}"))
+
+    def start(self, effect: core.Start) -> core.ProcessStarted:
+        key = effect.key
+        run = self.processes[key] = self.next_run
         self.next_run += 1
-        exit_code = 1 if self.sim.random.random() < PROGRAM_FAILURE_ODDS else 0
-        self.later(self._uniform(PROGRAM_RUN_S), self._exit, effect.key, run, exit_code, False)
+        random = self.sim.random
+        if random.random() < TERM_TRAPPED_ODDS:
+            self.traps_term.add(key)
+        exit_code = 1 if random.random() < PROGRAM_FAILURE_ODDS else 0
+        run_s = self._uniform(LONG_PROGRAM_RUN_S if random.random() < LONG_PROGRAM_ODDS else PROGRAM_RUN_S)
+        self.later(run_s, self._exit, key, run, exit_code, False)
         if self.sim.tracing:
-            self.sim.note(f"{self.name} starts {attempt_name(effect.key)}")
+            self.sim.note(f"{self.name} starts {attempt_name(key)}")
+        return core.ProcessStarted(key)
 
-    def _signal(self, effect: Signal) -> None:
-        run = self.runs.get(effect.key)
-        if run is not None:
-            self.later(SIGNAL_EXIT_S, self._exit, effect.key, run, -15, True)
+    def signal(self, effect: core.Signal) -> None:
+        run = self.processes.get(effect.key)
+        if run is None:
+            raise ProcessGone(f"{effect.signal.value} for {attempt_name(effect.key)}, which runs no process")
+        if effect.signal is core.SignalName.TERM and effect.key in self.traps_term:
+            self.hung.add(effect.key)
+            if self.sim.tracing:
+                self.sim.note(f"{self.name}: {attempt_name(effect.key)} traps SIGTERM and hangs")
+            return
+        self.later(SIGNAL_EXIT_S, self._exit, effect.key, run, EXIT_CODES[effect.signal], True)
 
-    def _exit(self, key, run: int, exit_code: int, stopped: bool) -> None:
-        if self.runs.get(key) != run:
+    def _exit(self, key: AttemptKey, run: int, exit_code: int, stopped: bool) -> None:
+        if self.processes.get(key) != run:
             return                                  # that process already ended
-        del self.runs[key]
+        if key in self.hung and exit_code != EXIT_CODES[core.SignalName.KILL]:
+            return                                  # it hangs until SIGKILL
+        del self.processes[key]
+        self.traps_term.discard(key)
+        self.hung.discard(key)
         if self.sim.tracing:
-            self.sim.note(f"{self.name} ends {attempt_name(key)}: {'signalled' if stopped else f'exit {exit_code}'}")
-        if not stopped:
-            self.outputs[key] = Proof(key.job, key.chunk, key.attempt, self.node_id).content()
-        self._handle(Exited(key, exit_code, stopped))
+            ending = f"signal {-exit_code}" if stopped else f"exit {exit_code}"
+            self.sim.note(f"{self.name} ends {attempt_name(key)}: {ending}")
+        random = self.sim.random
+        proof = None
+        if not stopped or random.random() < PROOF_BEFORE_STOP_ODDS:
+            proof = Proof(key.job, key.chunk, key.attempt, self.node_id).content()
+        stdout = None
+        if random.random() < STDOUT_ODDS:
+            stdout = f"stdout of {attempt_name(key)} on {self.name}".encode()
+        self.left[key] = (proof, stdout)
+        self.hand_back(core.ProcessExited(key, exit_code, outputs=(PROOF_NAME,) if proof else (),
+                                          stdout_bytes=len(stdout) if stdout else 0))
 
-    def _upload(self, effect: Upload) -> None:
-        content = self.outputs.pop(effect.key, None)
-        outputs = {} if content is None else {PROOF_NAME: list(self.store.put(content))}
-        self.later(self._uniform(UPLOAD_S), self._handle, Uploaded(effect.key, outputs))
+    def upload(self, effect: core.Upload) -> None:
+        proof, stdout = self.left.pop(effect.key)
+        if self._fails(UPLOAD_FAILURE_ODDS, "upload_failed"):
+            self._answer(UPLOAD_S, core.UploadFailed(effect.key, "simulated storage failure"))
+            return
+        contents = {PROOF_NAME: proof}
+        outputs = {name: self.store.put(contents[name]) for name in effect.outputs}
+        stdout_ref = self.store.put(stdout) if effect.stdout and stdout else None
+        self._answer(UPLOAD_S, core.Uploaded(effect.key, outputs, stdout_ref, None))
 
-    def _wake(self, effect: Wake) -> None:
-        self.sim.at(effect.at, self._run, self._handle, (Tick(),))
+    def clean(self, effect: core.Clean) -> None:
+        self.left.pop(effect.key, None)
 
 
-_EFFECTS = {
-    Send: SimWorker._send,
-    FetchProgram: SimWorker._fetch,
-    Start: SimWorker._start,
-    Signal: SimWorker._signal,
-    Upload: SimWorker._upload,
-    Wake: SimWorker._wake,
-}
+class ProcessGone(AssertionError):
+    """The core signalled an attempt whose process has already been reported ended."""
