@@ -11,10 +11,13 @@ for a Wake stalls here.
 The log applies proposals in the order they were made, 2-4 ms later. A
 leader replacement demotes the core in office (RaftStatus leader=False); each
 proposal in flight then vanishes, commits while its proposer hears that it
-failed, or commits as usual, as a real election may have it. For a short
+failed, or commits as usual, as a real election may have it. While faults are on, a proposal of the
+leader in office may also fail (`proposal_failure`), vanishing or committing
+all the same. For a short
 election nobody leads and the demoted core answers at the master's address,
 as a follower would. Then a fresh `Leader`, with no soft state, takes
-office. The replicated state survives.
+office, or now and then the demoted one wins again with what it kept (its
+queued commands, its proposals still awaited, its counters). The replicated state survives.
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ from .loop import Simulation
 COMMIT_DELAY_S = 0.002
 # How long nobody leads after the leader is replaced.
 ELECTION_S = (0.0, 0.5)
+# Odds that the demoted leader wins the election itself, keeping its soft state.
+REELECTED_ODDS = 0.25
 LEADING = core.RaftStatus(ready=True, leader=True, leader_address=None)
 FOLLOWING = core.RaftStatus(ready=True, leader=False, leader_address=None)
 
@@ -64,6 +69,7 @@ class MasterHost(Host):
         self.election = 0
         self.log: dict[int, _Entry] = {}        # proposal number -> entry, in log order
         self.next_number = 1
+        self.proposal_failure = 0.0             # odds that the leader's proposal fails (a fault)
         self.effect_handlers: dict[type, Callable[[_Term, Any], None]] = {
             core.Propose: self._append,
             core.Send: lambda term, effect: self.send(effect.peer.decode(), effect.message),
@@ -125,6 +131,9 @@ class MasterHost(Host):
         if not term.leader.is_leader:
             # A follower's proposal is forwarded to the leader, or fails.
             self._settle_in_election(number)
+        elif self.proposal_failure and self.sim.random.random() < self.proposal_failure:
+            self.sim.count("proposal_failed")
+            self._fail(number, vanish=self.sim.random.random() < 0.5)
 
     def _commit(self, number: int) -> None:
         """Apply the log up to `number`, in order."""
@@ -139,14 +148,20 @@ class MasterHost(Host):
 
     def _settle_in_election(self, number: int) -> None:
         """An election settles a proposal in flight one of three ways."""
-        entry = self.log[number]
         roll = self.sim.random.random()
-        if roll < 1 / 3:
+        if roll < 2 / 3:
+            self._fail(number, vanish=roll < 1 / 3)
+
+    def _fail(self, number: int, vanish: bool) -> None:
+        """Tell the proposer that proposal `number` failed; unless it
+        vanished, it commits all the same (an outcome Raft cannot rule out)."""
+        entry = self.log[number]
+        if vanish:
             del self.log[number]
-            self.later(0.0, self._burst, entry.term, core.ProposalFailed(entry.tag, "raft: discarded"))
-        elif roll < 2 / 3:
-            entry.heard = False                 # it commits, but its proposer is told it failed
-            self.later(0.0, self._burst, entry.term, core.ProposalFailed(entry.tag, "raft: leader changed"))
+        else:
+            entry.heard = False
+        reason = "raft: discarded" if vanish else "raft: leader changed"
+        self.later(0.0, self._burst, entry.term, core.ProposalFailed(entry.tag, reason))
 
     # -- faults ----------------------------------------------------------------
 
@@ -165,5 +180,8 @@ class MasterHost(Host):
     def _elected(self, election: int) -> None:
         if election != self.election:
             return                              # replaced again meanwhile: a longer election
-        self._take_office()
-        self.sim.note(f"leader master{self.generation} elected")
+        if self.sim.random.random() < REELECTED_ODDS:
+            self._burst(self.term, LEADING)     # the demoted core wins, with what it kept
+        else:
+            self._take_office()
+        self.sim.note(f"leader master{self.term.generation} elected")
