@@ -2,22 +2,24 @@
 a Raft group modelled as one linearizable log, and the real leader core
 (master/leader.py) in a shell that drives it the way master/node.py does.
 
-Driving follows the core's contract: a RaftStatus when leadership changes,
-each delivered message as `Received` and then a Tick, each commit as
-`Committed(tag, outcomes)` (or `ProposalFailed`) and then a Tick, and a Tick
-at every `Wake(at)`. Nothing ticks on a period: a core that forgets to ask
-for a Wake stalls here.
+The shell is node.py's loop: what arrives (a Raft status, a commit or
+failure of a proposal, a message) waits for the loop's next iteration, at
+most LOOP_S later, which feeds it all in node.py's order (status, commits,
+messages) and ends with one Tick, so messages that arrive together are one
+burst and their commands ride in one proposal. A Wake schedules an
+iteration. Nothing ticks on a period: a core that forgets to ask for a Wake
+stalls here.
 
-The log applies proposals in the order they were made, 2-4 ms later. A
-leader replacement demotes the core in office (RaftStatus leader=False); each
-proposal in flight then vanishes, commits while its proposer hears that it
-failed, or commits as usual, as a real election may have it. While faults are on, a proposal of the
-leader in office may also fail (`proposal_failure`), vanishing or committing
-all the same. For a short
-election nobody leads and the demoted core answers at the master's address,
-as a follower would. Then a fresh `Leader`, with no soft state, takes
-office, or now and then the demoted one wins again with what it kept (its
-queued commands, its proposals still awaited, its counters). The replicated state survives.
+The log applies proposals in the order they were made, 2-4 ms later.
+Replacing the leader demotes the core in office (RaftStatus leader=False);
+each proposal in flight then vanishes, commits while its proposer hears that
+it failed, or commits as usual, as a real election may have it. For a short
+election nobody leads, and the demoted core answers at the master's address
+as a follower would. Then a fresh `Leader` with no soft state takes office,
+or now and then the demoted one wins again with what it kept (its queued
+commands, its proposals still awaited). The replicated state survives.
+While faults are on, a proposal of the leader in office may also fail
+(`proposal_failure`), vanishing or committing all the same.
 """
 from __future__ import annotations
 
@@ -33,12 +35,16 @@ from .loop import Simulation
 
 # A proposal commits this long after it is proposed (plus up to as much again).
 COMMIT_DELAY_S = 0.002
+# A message or commit is handled by the loop's next iteration, at most this
+# much later; what arrives meanwhile is handled in the same burst.
+LOOP_S = 0.001
 # How long nobody leads after the leader is replaced.
 ELECTION_S = (0.0, 0.5)
 # Odds that the demoted leader wins the election itself, keeping its soft state.
 REELECTED_ODDS = 0.25
 LEADING = core.RaftStatus(ready=True, leader=True, leader_address=None)
 FOLLOWING = core.RaftStatus(ready=True, leader=False, leader_address=None)
+_FEED_ORDER = {core.RaftStatus: 0, core.Committed: 1, core.ProposalFailed: 1, core.Received: 2}
 
 
 @dataclass(eq=False)
@@ -69,6 +75,8 @@ class MasterHost(Host):
         self.election = 0
         self.log: dict[int, _Entry] = {}        # proposal number -> entry, in log order
         self.next_number = 1
+        self.inbox: list[tuple[_Term | None, Any]] = []
+        self.iteration_due = False
         self.proposal_failure = 0.0             # odds that the leader's proposal fails (a fault)
         self.effect_handlers: dict[type, Callable[[_Term, Any], None]] = {
             core.Propose: self._append,
@@ -79,7 +87,7 @@ class MasterHost(Host):
         }
         self.term = self._take_office()
 
-    # -- driving the core ------------------------------------------------------
+    # -- driving the core: master/node.py's loop -------------------------------
 
     def _take_office(self) -> _Term:
         self.generation += 1
@@ -87,20 +95,40 @@ class MasterHost(Host):
         term = _Term(core.Leader(node_id, self.reader, host=self.name, address=self.name,
                                  started_at=self.sim.now), self.generation)
         self.term = term
-        self._burst(term, LEADING)
+        self._post(term, LEADING)
         return term
+
+    def _post(self, term: _Term | None, event: Any) -> None:
+        """An event for the loop's next iteration (None: only a Tick), which
+        comes within LOOP_S; `term` None: whoever is in office by then."""
+        self.inbox.append((term, event))
+        if not self.iteration_due:
+            self.iteration_due = True
+            self.later(self.sim.random.random() * LOOP_S, self._iterate)
+
+    def _iterate(self) -> None:
+        """Feed what arrived since the last iteration in node.py's order (the
+        Raft status, the commits, the messages), then Tick each core fed."""
+        self.iteration_due = False
+        inbox, self.inbox = self.inbox, []
+        inbox.sort(key=lambda item: _FEED_ORDER.get(type(item[1]), 0))
+        ticking: list[_Term] = []
+        for term, event in inbox:
+            term = term or self.term
+            if event is not None:
+                self._feed(term, event)
+            if term not in ticking:
+                ticking.append(term)
+        for term in ticking:
+            if self._live(term):
+                self._feed(term, core.Tick())
 
     def _feed(self, term: _Term, event: Any) -> None:
         for effect in term.leader.handle(event, self.sim.now):
             self.effect_handlers[type(effect)](term, effect)
 
-    def _burst(self, term: _Term, event: Any) -> None:
-        """One event and the Tick that ends its burst."""
-        self._feed(term, event)
-        self._feed(term, core.Tick())
-
     def on_message(self, source: str, message: wire.Message) -> None:
-        self._burst(self.term, core.Received(source.encode(), message))
+        self._post(None, core.Received(source.encode(), message))
 
     def _live(self, term: _Term) -> bool:
         return term is self.term or any(entry.term is term for entry in self.log.values())
@@ -114,8 +142,7 @@ class MasterHost(Host):
     def _woken(self, term: _Term, at: float) -> None:
         if term.wake_at == at:
             term.wake_at = None
-        if self._live(term):
-            self._feed(term, core.Tick())
+        self._post(term, None)
 
     def _note(self, term: _Term, effect: core.Note) -> None:
         if self.sim.tracing:
@@ -144,7 +171,7 @@ class MasterHost(Host):
                 self.sim.note(f"commit {len(entry.commands)} commands: " + ", ".join(
                     type(command).__name__ for command in entry.commands))
             if entry.heard:
-                self._burst(entry.term, core.Committed(entry.tag, outcomes))
+                self._post(entry.term, core.Committed(entry.tag, outcomes))
 
     def _settle_in_election(self, number: int) -> None:
         """An election settles a proposal in flight one of three ways."""
@@ -161,7 +188,7 @@ class MasterHost(Host):
         else:
             entry.heard = False
         reason = "raft: discarded" if vanish else "raft: leader changed"
-        self.later(0.0, self._burst, entry.term, core.ProposalFailed(entry.tag, reason))
+        self._post(entry.term, core.ProposalFailed(entry.tag, reason))
 
     # -- faults ----------------------------------------------------------------
 
@@ -170,8 +197,7 @@ class MasterHost(Host):
         old = self.term
         self.election += 1
         self.sim.note(f"leader master{old.generation} demoted")
-        if old.leader.is_leader:
-            self._burst(old, FOLLOWING)
+        self._post(old, FOLLOWING)
         for number, entry in list(self.log.items()):
             if entry.term is old and entry.heard:
                 self._settle_in_election(number)
@@ -181,7 +207,7 @@ class MasterHost(Host):
         if election != self.election:
             return                              # replaced again meanwhile: a longer election
         if self.sim.random.random() < REELECTED_ODDS:
-            self._burst(self.term, LEADING)     # the demoted core wins, with what it kept
+            self._post(self.term, LEADING)      # the demoted core wins, with what it kept
         else:
             self._take_office()
         self.sim.note(f"leader master{self.term.generation} elected")
