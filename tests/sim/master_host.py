@@ -78,6 +78,7 @@ class MasterHost(Host):
         self.inbox: list[tuple[_Term | None, Any]] = []
         self.iteration_due = False
         self.proposal_failure = 0.0             # odds that the leader's proposal fails (a fault)
+        self.leading: _Term | None = None       # the core Raft has as leader; None in an election
         self.effect_handlers: dict[type, Callable[[_Term, Any], None]] = {
             core.Propose: self._append,
             core.Send: lambda term, effect: self.send(effect.peer.decode(), effect.message),
@@ -94,7 +95,7 @@ class MasterHost(Host):
         node_id = f"master{self.generation}".encode().ljust(16, b"\0")
         term = _Term(core.Leader(node_id, self.reader, host=self.name, address=self.name,
                                  started_at=self.sim.now), self.generation)
-        self.term = term
+        self.term = self.leading = term
         self._post(term, LEADING)
         return term
 
@@ -155,8 +156,8 @@ class MasterHost(Host):
         self.next_number += 1
         self.log[number] = _Entry(term, effect.tag, effect.commands)
         self.later(COMMIT_DELAY_S * (1 + self.sim.random.random()), self._commit, number)
-        if not term.leader.is_leader:
-            # A follower's proposal is forwarded to the leader, or fails.
+        if term is not self.leading:
+            # A deposed leader's proposal is forwarded to the leader, or fails.
             self._settle_in_election(number)
         elif self.proposal_failure and self.sim.random.random() < self.proposal_failure:
             self.sim.count("proposal_failed")
@@ -195,6 +196,7 @@ class MasterHost(Host):
     def replace_leader(self) -> None:
         """Demote the leader; a fresh one takes office after an election."""
         old = self.term
+        self.leading = None
         self.election += 1
         self.sim.note(f"leader master{old.generation} demoted")
         self._post(old, FOLLOWING)
@@ -207,7 +209,8 @@ class MasterHost(Host):
         if election != self.election:
             return                              # replaced again meanwhile: a longer election
         if self.sim.random.random() < REELECTED_ODDS:
-            self._post(self.term, LEADING)      # the demoted core wins, with what it kept
+            self.leading = self.term            # the demoted core wins, with what it kept
+            self._post(self.term, LEADING)
         else:
             self._take_office()
         self.sim.note(f"leader master{self.term.generation} elected")
