@@ -3,8 +3,9 @@
 Each seed draws its own mix (a calm seed next to a stormy one), then injects
 node faults at random times during the fault phase: a worker frozen and
 thawed, a worker or the load balancer crashed and restarted empty, the
-leader replaced with its soft state lost. The network drops, duplicates and
-delays (so reorders) messages at the seed's odds until the phase ends.
+leader replaced with its soft state lost. Until the phase ends, the
+leader's proposals fail, and the network drops, duplicates and delays (so
+reorders) messages, at the seed's odds.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class FaultPlan:
     network: NetworkFaults
     node_faults_per_s: float
     weights: tuple[float, ...]  # one per NODE_FAULT_KINDS
+    proposal_failure: float     # odds that a proposal of the leader fails
 
     @classmethod
     def draw(cls, sim: Simulation) -> "FaultPlan":
@@ -30,14 +32,15 @@ class FaultPlan:
         network = NetworkFaults(drop=rng.choice((0.0, 0.02, 0.1)), duplicate=rng.choice((0.0, 0.05, 0.2)),
                                 slow=rng.choice((0.0, 0.05, 0.2)), slow_max_s=rng.uniform(0.1, 3.0))
         return cls(network=network, node_faults_per_s=rng.choice((0.0, 0.5, 1.5)),
-                   weights=tuple(rng.random() for _ in NODE_FAULT_KINDS))
+                   weights=tuple(rng.random() for _ in NODE_FAULT_KINDS),
+                   proposal_failure=rng.choice((0.0, 0.02, 0.1)))
 
 
 class Nemesis:
     """Injects a plan's faults into a cluster between `start` and `end`.
 
     `cluster` offers: workers (names), freeze(name), thaw(name), crash(name),
-    restart(name), balancer (its name), replace_leader()."""
+    restart(name), balancer (its name), replace_leader(), fail_proposals(odds)."""
 
     def __init__(self, sim: Simulation, cluster, plan: FaultPlan, end: float) -> None:
         self.sim = sim
@@ -53,6 +56,7 @@ class Nemesis:
 
     def start(self) -> None:
         self.sim.faults = self.plan.network
+        self.cluster.fail_proposals(self.plan.proposal_failure)
         self.sim.at(self.end, self._stop)
         if self.plan.node_faults_per_s:
             self._schedule_next()
@@ -69,6 +73,7 @@ class Nemesis:
 
     def _stop(self) -> None:
         self.sim.faults = NetworkFaults()
+        self.cluster.fail_proposals(0.0)
         self.sim.note("faults stop")
 
     def _freeze_worker(self) -> None:

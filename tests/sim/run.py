@@ -100,6 +100,9 @@ class Cluster:
     def replace_leader(self) -> None:
         self.master.replace_leader()
 
+    def fail_proposals(self, odds: float) -> None:
+        self.master.proposal_failure = odds
+
 
 def run_seed(seed: int, tracing: bool = False) -> SeedReport:
     sim = Simulation(seed, tracing=tracing)

@@ -44,7 +44,8 @@ def test_the_seeds_inject_every_kind_of_fault(suite_reports):
     for report in suite_reports:
         for kind, count in report.faults.items():
             totals[kind] = totals.get(kind, 0) + count
-    for kind in (*NODE_FAULT_KINDS, "message_dropped", "message_duplicated", "message_delayed"):
+    for kind in (*NODE_FAULT_KINDS, "message_dropped", "message_duplicated", "message_delayed",
+                 "proposal_failed"):
         assert totals.get(kind, 0) >= 50, totals
     assert sum(report.chunks for report in suite_reports) >= 2000
 
