@@ -29,9 +29,6 @@ from uds import wire
 from uds.wire.enums import ErrorCode
 from uds.wire.senders import refusal as forbidden_reason
 
-# Error reasons are for people; a WireError about a huge value stays readable.
-MAX_REASON_CHARS = 1000
-
 Handler = Callable[[Any, "bytes | None", float], "wire.Message | None"]
 SendError = Callable[["bytes | None", int, int, int, str], None]
 
@@ -42,12 +39,6 @@ class RequestRefused(Exception):
     def __init__(self, code: ErrorCode, reason: str) -> None:
         super().__init__(reason)
         self.code = code
-
-
-def error_reply(node_id: bytes, request_id: int, failed_type: int, code: int, reason: str) -> wire.Error:
-    """The `error` message every daemon answers a failed request with."""
-    return wire.Error.make(node_id, request_id=request_id, error_code=int(code), failed_type=failed_type,
-                           reason=reason[:MAX_REASON_CHARS])
 
 
 def _code_of(fault: Exception, refusals: Mapping[type[Exception], ErrorCode]) -> ErrorCode | None:
@@ -134,4 +125,4 @@ class Dispatcher:
 
     def send_error(self, peer: bytes | None, request_id: int, failed_type: int, code: int, reason: str) -> None:
         self.count("errors_sent")
-        self.send(peer, error_reply(self.node_id, request_id, failed_type, code, reason))
+        self.send(peer, wire.Error.replying(self.node_id, request_id, failed_type, code, reason))

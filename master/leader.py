@@ -65,7 +65,6 @@ HEARTBEAT_INTERVAL_S = 0.25
 FINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 # Chunk event outcomes that change nothing and are worth a log line.
 IGNORED_EVENT_STATUSES = frozenset({core.EVENT_STALE, core.EVENT_UNKNOWN, core.EVENT_INVALID})
-ERROR_REASON_MAX_CHARS = 4000
 
 # ---- what a command's outcome is for ------------------------------------------
 
@@ -523,9 +522,8 @@ class Leader:
 
     def _error(self, request: Request, code: int, reason: str) -> Reply:
         self._count("errors_sent")
-        return Reply(request, wire.Error.make(self.node_id, request_id=request.request_id, error_code=int(code),
-                                              failed_type=request.message_type,
-                                              reason=reason[:ERROR_REASON_MAX_CHARS]))
+        return Reply(request, wire.Error.replying(self.node_id, request.request_id, request.message_type,
+                                                  code, reason))
 
     def _count(self, name: str, amount: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + amount

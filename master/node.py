@@ -139,8 +139,7 @@ class MasterNode:
 
     def _error(self, peer: bytes, request_id: int, failed_type: int, code: int, reason: str) -> None:
         self._count("errors_sent")
-        self._send(peer, wire.Error.make(self.node_id, request_id=request_id, error_code=int(code),
-                                         failed_type=failed_type, reason=reason[:core.ERROR_REASON_MAX_CHARS]))
+        self._send(peer, wire.Error.replying(self.node_id, request_id, failed_type, code, reason))
 
     def _count(self, name: str, amount: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + amount

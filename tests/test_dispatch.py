@@ -5,7 +5,8 @@ import pytest
 
 from uds import wire
 from golden import samples
-from uds.daemon.dispatch import MAX_REASON_CHARS, Dispatcher, RequestRefused
+from uds.daemon.dispatch import Dispatcher, RequestRefused
+from uds.wire.limits import ERROR_REASON_MAX_CHARS
 from uds.wire.enums import ErrorCode, MessageType, NodeRole
 from uds.wire.senders import SENDERS, refusal
 from uds.wire.transport import Received
@@ -108,7 +109,7 @@ def test_an_error_is_never_answered(node):
 def test_reasons_are_cut_to_a_readable_length(node):
     dispatcher, sent, _ = node
     dispatcher.send_error(PEER, 1, 0, ErrorCode.INVALID, "x" * 5000)
-    assert len(the_error(sent).reason) == MAX_REASON_CHARS
+    assert len(the_error(sent).reason) == ERROR_REASON_MAX_CHARS
 
 
 def test_every_message_type_has_senders():

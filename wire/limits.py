@@ -40,6 +40,10 @@ MAX_BODY_ITEMS = 200_000
 # Strings inside a body (names, args, reasons, addresses).
 MAX_STRING_BYTES = 64 * 1024
 
+# The reason an error reply gives, cut to this length: enough for any
+# message of ours, short enough that a reply never nears a body's limit.
+ERROR_REASON_MAX_CHARS = 4000
+
 # Queue bounds for every socket (messages, not bytes).
 SEND_HIGH_WATER_MARK = 10_000
 RECEIVE_HIGH_WATER_MARK = 10_000

@@ -22,7 +22,7 @@ from uds.wire._wire_cffi import ffi
 from uds.wire.enums import ChunkState, ErrorCode, JobState, MessageType, NodeRole, PutStatus
 from uds.wire.errors import WireError
 from uds.wire.ids import join_id, split_id
-from uds.wire.limits import MAX_CHUNK_INPUTS_BYTES, MAX_JOB_SPEC_BYTES
+from uds.wire.limits import ERROR_REASON_MAX_CHARS, MAX_CHUNK_INPUTS_BYTES, MAX_JOB_SPEC_BYTES
 from uds.wire.records import CHUNK_EVENT, RESULT_FIELDS, ChunkEvent, ChunkResult
 from uds.wire.schema import (
     FILE_MAP, FILE_REF, I64, ID, SECONDS, U8, U32, U64,
@@ -233,6 +233,13 @@ class Error(Message):
     error_code: int
     failed_type: int
     reason: str
+
+    @classmethod
+    def replying(cls, node: bytes, request_id: int, failed_type: int, code: int, reason: str) -> "Error":
+        """The one way every daemon answers a request it could not serve: the
+        reason is cut to ERROR_REASON_MAX_CHARS."""
+        return cls.make(node, request_id=request_id, error_code=int(code), failed_type=failed_type,
+                        reason=reason[:ERROR_REASON_MAX_CHARS])
 
     def check(self) -> None:
         _check_member(ErrorCode, self.error_code, "error.error_code")
