@@ -525,7 +525,8 @@ def test_a_started_that_names_no_older_process_is_applied(worker_started_at):
     # 0: made up by the balancer, not fenced; newer: a process the masters
     # have not registered yet (its NodeSeen will lose what it started).
     state = restarted_while_dispatched()
-    assert one(state, event(0, 1, ChunkState.STARTED, worker_started_at=worker_started_at)).status == "applied"
+    outcome = one(state, event(0, 1, ChunkState.STARTED, worker_started_at=worker_started_at))
+    assert outcome.status == "applied"
     assert phases(state) == [("running", 1)]
 
 
