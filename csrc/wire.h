@@ -137,8 +137,8 @@ struct worker_request {
 } UDS_PACKED;
 
 /* worker -> load balancer: one chunk attempt changed state (enum chunk_state).
- * Body: epoch, chunk, attempt, exit_code, outputs, stdout, stderr, error,
- * elapsed_s, bytes_from_cache, bytes_from_storage. */
+ * Body: epoch, chunk, attempt, worker_started_at, exit_code, outputs,
+ * stdout, stderr, error, elapsed_s, bytes_from_cache, bytes_from_storage. */
 struct worker_status {
     struct generic_message header;
     uint64_t job_uuid_upper;
@@ -290,8 +290,9 @@ struct chunk_cancel {
 } UDS_PACKED;
 
 /* load balancer -> master: a batch of chunk-attempt events.
- * Body: events [{job, chunk, attempt, state, worker, exit_code, outputs,
- * stdout, stderr, error, elapsed_s, bytes_from_cache, bytes_from_storage}].
+ * Body: events [{job, chunk, attempt, state, worker, worker_started_at,
+ * exit_code, outputs, stdout, stderr, error, elapsed_s, bytes_from_cache,
+ * bytes_from_storage}].
  * Resent until acknowledged; the master applies each event at most once. */
 struct chunk_events {
     struct generic_message header;

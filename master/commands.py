@@ -177,14 +177,17 @@ def submit_problem(command: SubmitJob, max_chunks: int) -> str:
 
 
 def chunk_event_problem(event: ChunkEvent) -> str:
-    """Checks attempt, state and worker; the state looks up job and chunk
-    itself, and checks the result fields only when it keeps them."""
+    """Checks attempt, state, worker and its process's start; the state looks
+    up job and chunk itself, and checks the result fields only when it keeps
+    them."""
     if type(event.attempt) is not int:
         return "attempt must be an integer"
     if not _is_enum_int(event.state) or event.state not in ChunkState._value2member_map_:
         return f"unknown chunk state {event.state!r}"
     if not is_id(event.worker):
         return "worker id must be 16 bytes"
+    if not _is_seconds(event.worker_started_at):
+        return "worker_started_at must be seconds"
     return ""
 
 

@@ -254,6 +254,13 @@ class ClusterState:
                 error_code=ErrorCode.INVALID, status=EVENT_INVALID, phase=chunk.phase.label)
         if action is ChunkAction.DUPLICATE:
             return ChunkEventOutcome(status=EVENT_DUPLICATE, phase=chunk.phase.label)
+        if action is ChunkAction.START and self._from_replaced_process(event):
+            # The worker restarted since it sent this: its new process never
+            # heard of the attempt, so a chunk RUNNING on it would wait for
+            # ever (the leader re-sends only DISPATCHED attempts). Left
+            # DISPATCHED, the attempt is re-sent. An ending from the old
+            # process is still that attempt's genuine result, and is applied.
+            return ChunkEventOutcome(status=EVENT_STALE, phase=chunk.phase.label)
         if action is not ChunkAction.START:
             try:
                 event = replace(event, result=checked_result(event.result))
@@ -263,6 +270,12 @@ class ClusterState:
         _ACTIONS[action](self, job_record, event, chunk, now)
         finished = self._finish_job_if_done(job_record, now)
         return ChunkEventOutcome(phase=chunk.phase.label, job_finished=finished)
+
+    def _from_replaced_process(self, event: ChunkEvent) -> bool:
+        """Whether a worker process older than the one the masters know for
+        the worker sent `event` (0: the load balancer made it up)."""
+        record = self.node_records.get(event.worker)
+        return record is not None and 0 < event.worker_started_at < record.started_at
 
     def _apply_cancel_job(self, command: CancelJob, now: float) -> CancelOutcome:
         job_record = self.job_records.get(command.job) if is_id(command.job) else None

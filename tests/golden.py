@@ -38,7 +38,7 @@ def samples() -> list[wire.Message]:
             assignments=[{"chunk": 0, "attempt": 1, "inputs": {}},
                          {"chunk": 1, "attempt": 1, "inputs": {"extra.txt": [FILE, 70000]}}]),
         m.WorkerStatus.make(NODE, job=JOB, state=int(ChunkState.SUCCEEDED), epoch=3, chunk=1,
-                            attempt=1, **RESULT),
+                            attempt=1, worker_started_at=1_795_000_000.0, **RESULT),
         m.FileRequest.make(NODE, file=FILE),
         m.FileResponse.make(NODE, file=FILE, file_length=5, data=b"hello"),
         m.Error.make(NODE, request_id=7, error_code=int(ErrorCode.UNKNOWN_FILE),
@@ -68,7 +68,7 @@ def samples() -> list[wire.Message]:
         m.ChunkCancel.make(NODE, epoch=3, job=JOB, attempts=[[0, 1]]),
         m.ChunkEvents.make(NODE, epoch=3, batch_id=9, event_count=1, events=[
             {"job": JOB, "chunk": 0, "attempt": 1, "state": int(ChunkState.SUCCEEDED),
-             "worker": NODE, **RESULT}]),
+             "worker": NODE, "worker_started_at": 1_795_000_000.0, **RESULT}]),
         m.ChunkEventsAck.make(NODE, epoch=3, batch_id=9),
         m.FilePutBegin.make(NODE, request_id=5, file=FILE, file_length=11),
         m.FilePutData.make(NODE, request_id=5, file=FILE, offset=0, data=b"hello world"),

@@ -27,8 +27,9 @@ IN_FLIGHT = {"dispatched", "running"}
 
 # -- chunk events: the transition rules, as the tests read them ---------------
 
-def expected_event_status(sent: ChunkEvent, chunk) -> str:
-    """The status of a chunk event of any attempt, given the chunk's view."""
+def expected_event_status(sent: ChunkEvent, chunk, worker_started_at: float | None = None) -> str:
+    """The status of a chunk event of any attempt, given the chunk's view
+    and the started_at of its worker's node record (None: not known)."""
     if sent.attempt != chunk.attempt:
         return "stale"
     if chunk.phase in FINAL:
@@ -37,6 +38,9 @@ def expected_event_status(sent: ChunkEvent, chunk) -> str:
         return "invalid"
     if chunk.phase == "running" and sent.state == ChunkState.STARTED:
         return "duplicate"
+    if (sent.state == ChunkState.STARTED and worker_started_at is not None
+            and 0 < sent.worker_started_at < worker_started_at):
+        return "stale"      # from a process the worker has replaced since
     return "applied"
 
 
@@ -179,8 +183,10 @@ def _check_chunk_event(before, after, command: ChunkEvent, outcome, now):
     _require(type(command.attempt) is int, command, "attempt")
     _require(_is_enum_value(command.state, ChunkState), command, "state")
     _require(_is_id(command.worker), command, "worker")
+    _require(_is_seconds(command.worker_started_at), command, "worker_started_at")
     chunk = view.chunks[command.chunk]
-    status = expected_event_status(command, chunk)
+    known = _node(before, command.worker)
+    status = expected_event_status(command, chunk, known.started_at if known else None)
     if status != "applied":
         assert outcome == ChunkEventOutcome(status=status, phase=chunk.phase)
         assert after == before

@@ -332,6 +332,21 @@ def test_a_copy_cancelled_by_the_balancer_reports_lost_not_cancelled():
         forwarded(W1, 1, 1, ChunkState.CANCELLED)]
 
 
+def test_a_status_is_forwarded_with_the_start_of_the_process_that_sent_it():
+    # The masters fence a STARTED from a worker process since replaced by it.
+    scheduler = Scheduler(LEASE_S)
+    join(scheduler, W1, slots=1, started_at=7.5)
+    join(scheduler, W2, slots=1)
+    scheduler.handle(Dispatched((spec(),), (attempt(0),)), 1.0)
+    started = dataclasses.replace(status(W1, 0, 1, ChunkState.STARTED), worker_started_at=7.0)
+    assert without_notes(scheduler.handle(started, 2.0)) == [ForwardToMaster(started)]
+    # Also when the balancer forwards its worker's CANCELLED as LOST.
+    scheduler.handle(WorkerHeartbeat(W2, ((JOB, 0, 1),)), 3.0)
+    cancelled = dataclasses.replace(status(W2, 0, 1, ChunkState.CANCELLED), worker_started_at=1.0)
+    assert without_notes(scheduler.handle(cancelled, 4.0)) == [
+        ForwardToMaster(dataclasses.replace(cancelled, state=int(ChunkState.LOST)))]
+
+
 def test_adopting_onto_a_full_worker_displaces_its_unacknowledged_assignment():
     scheduler = Scheduler(LEASE_S)
     join(scheduler, W1, slots=1)

@@ -83,7 +83,7 @@ def heartbeat(free_slots: int, running: int = 0) -> wire.Heartbeat:
 
 
 def event_record(job: bytes, chunk: int, attempt: int, state: ChunkState) -> dict:
-    return dict(job=job, chunk=chunk, attempt=attempt, state=int(state), worker=WORKER,
+    return dict(job=job, chunk=chunk, attempt=attempt, state=int(state), worker=WORKER, worker_started_at=0.0,
                 exit_code=0 if state == ChunkState.SUCCEEDED else None, outputs={}, stdout=None,
                 stderr=None, error="", elapsed_s=0.5, bytes_from_cache=0, bytes_from_storage=0)
 

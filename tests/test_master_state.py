@@ -41,9 +41,10 @@ def submit(job=JOB_A, chunk_count=2, max_retries=0, chunk_inputs=(), name="demo"
                      max_retries=max_retries)
 
 
-def event(chunk, attempt, state, job=JOB_A, worker=WORKER_1, **result) -> ChunkEvent:
+def event(chunk, attempt, state, job=JOB_A, worker=WORKER_1, worker_started_at=0.0,
+          **result) -> ChunkEvent:
     return ChunkEvent(job=job, chunk=chunk, attempt=attempt, state=state, worker=worker,
-                      result=ChunkResult(**result))
+                      result=ChunkResult(**result), worker_started_at=worker_started_at)
 
 
 def one(state: ClusterState, command, now=10.0):
@@ -494,6 +495,57 @@ def test_a_lost_worker_back_as_the_same_process_keeps_what_it_started_since():
     assert state.job_view(JOB_A).chunks[0].result.error == f"poison: chunk lost {POISON_LIMIT} workers"
 
 
+def restarted_while_dispatched() -> ClusterState:
+    """Chunk 0 DISPATCHED to WORKER_1, whose process of started_at 100 was
+    replaced by one of 200 before its STARTED of the attempt committed."""
+    state = started(chunk_count=1)
+    state.apply([worker_seen(started_at=100.0)], 3.0)
+    one(state, worker_seen(started_at=200.0), now=4.0)
+    return state
+
+
+def test_a_started_from_a_replaced_worker_process_is_stale_and_the_attempt_is_sent_again():
+    # The new process never heard of the attempt: RUNNING on it, the chunk
+    # would wait for ever; left DISPATCHED, the leader sends it again.
+    state = restarted_while_dispatched()
+    before = copy.deepcopy(state)
+    assert one(state, event(0, 1, ChunkState.STARTED, worker_started_at=100.0)) == ChunkEventOutcome(
+        status="stale", phase="dispatched")
+    assert state == before
+    assert [attempt[:3] for attempt in state.dispatched_attempts()] == [(JOB_A, 0, 1)]
+    # The same report from the current process is applied.
+    assert one(state, event(0, 1, ChunkState.STARTED, worker_started_at=200.0)) == ChunkEventOutcome(
+        phase="running")
+    assert phases(state) == [("running", 1)]
+    assert state.job_view(JOB_A).chunks[0].worker == WORKER_1
+
+
+@pytest.mark.parametrize("worker_started_at", [0.0, 200.0, 300.0])
+def test_a_started_that_names_no_older_process_is_applied(worker_started_at):
+    # 0: made up by the balancer, not fenced; newer: a process the masters
+    # have not registered yet (its NodeSeen will lose what it started).
+    state = restarted_while_dispatched()
+    outcome = one(state, event(0, 1, ChunkState.STARTED, worker_started_at=worker_started_at))
+    assert outcome.status == "applied"
+    assert phases(state) == [("running", 1)]
+
+
+def test_a_started_from_a_worker_not_known_is_applied():
+    state = started(chunk_count=1)
+    assert one(state, event(0, 1, ChunkState.STARTED, worker_started_at=100.0)).status == "applied"
+
+
+def test_a_result_from_a_replaced_worker_process_is_committed_once():
+    # The attempt's genuine result: committed, and the current process's
+    # copy of the same attempt (sent again) finds the chunk final.
+    state = restarted_while_dispatched()
+    assert one(state, event(0, 1, ChunkState.SUCCEEDED, worker_started_at=100.0, exit_code=0)) == (
+        ChunkEventOutcome(phase="succeeded", job_finished=True))
+    assert one(state, event(0, 1, ChunkState.STARTED, worker_started_at=200.0)).status == "final"
+    assert one(state, event(0, 1, ChunkState.SUCCEEDED, worker_started_at=200.0, exit_code=0)).status == "final"
+    assert [kind for kind, _, _ in kinds(state)].count("chunk_succeeded") == 1
+
+
 def test_unknown_or_malformed_nodes_are_refused():
     state = ClusterState()
     assert one(state, NodeLost(NODE_ID)) == NodeOutcome(
@@ -622,11 +674,11 @@ def test_views_encode_as_their_wire_messages():
 
 def test_chunk_event_from_a_decoded_record():
     record = dict(job=JOB_A, chunk=0, attempt=1, state=int(ChunkState.SUCCEEDED), worker=WORKER_1,
-                  exit_code=0, outputs={"o": list(OUT)}, stdout=list(LOG), stderr=None, error="",
+                  worker_started_at=100.0, exit_code=0, outputs={"o": list(OUT)}, stdout=list(LOG), stderr=None, error="",
                   elapsed_s=1.0, bytes_from_cache=0, bytes_from_storage=9)
     assert ChunkEvent.from_body(record) == event(
-        0, 1, int(ChunkState.SUCCEEDED), exit_code=0, outputs={"o": OUT}, stdout=LOG,
-        elapsed_s=1.0, bytes_from_storage=9)
+        0, 1, int(ChunkState.SUCCEEDED), worker_started_at=100.0, exit_code=0, outputs={"o": OUT},
+        stdout=LOG, elapsed_s=1.0, bytes_from_storage=9)
 
 
 # Anything at all in any field: `apply` must answer, never raise.
@@ -645,6 +697,7 @@ ATTEMPTS_AT_HAND = st.sampled_from([1, 1, 2])
 chunk_events_at_hand = st.builds(
     event, CHUNKS_AT_HAND, ATTEMPTS_AT_HAND, st.sampled_from(list(ChunkState)),
     job=JOBS_AT_HAND, worker=st.sampled_from([WORKER_1, WORKER_2]),
+    worker_started_at=st.sampled_from([0.0, 100.0, 150.0, 200.0]),
     exit_code=st.sampled_from([None, 0, 3]), outputs=st.sampled_from([{}, {"o": OUT}]),
     stdout=st.sampled_from([None, LOG]), error=st.sampled_from(["", "why"]),
     elapsed_s=st.sampled_from([0, 1.5]), bytes_from_cache=st.integers(0, 9))
@@ -664,10 +717,11 @@ well_formed = st.one_of(
 
 
 def commands_at_hand_state() -> ClusterState:
-    """Both jobs at hand in flight, one chunk running, the node at hand alive."""
+    """Both jobs at hand in flight, one chunk running, the node at hand and
+    WORKER_2 (a process of started_at 150, running nothing) alive."""
     state = started(chunk_count=2, max_retries=1)
     state.apply([submit(job=JOB_B, chunk_count=2), DispatchAttempts(((JOB_B, 0, 1), (JOB_B, 1, 1))),
-                 event(0, 1, ChunkState.STARTED, job=JOB_B), node_seen()], 3.0)
+                 worker_seen(started_at=150.0, worker=WORKER_2), event(0, 1, ChunkState.STARTED, job=JOB_B), node_seen()], 3.0)
     return state
 
 
@@ -754,6 +808,7 @@ def test_a_final_event_with_any_result_is_kept_checked_or_refused_unchanged(repo
 FINAL = {"succeeded", "failed", "cancelled"}
 JOB_IDS = [bytes([index]) * 16 for index in range(1, 5)]
 WORKERS = [WORKER_1, WORKER_2]
+PROCESSES = [0.0, 100.0, 200.0]     # a worker process's started_at; 0: not from a worker
 
 
 class ClusterStateMachine(RuleBasedStateMachine):
@@ -816,16 +871,17 @@ class ClusterStateMachine(RuleBasedStateMachine):
     @rule(data=st.data(), worker=st.sampled_from(WORKERS),
           state=st.sampled_from([ChunkState.STARTED, ChunkState.STARTED, ChunkState.SUCCEEDED,
                                  ChunkState.SUCCEEDED, ChunkState.FAILED, ChunkState.TIMED_OUT,
-                                 ChunkState.LOST, ChunkState.REJECTED, ChunkState.CANCELLED]))
-    def work(self, data, worker, state):
-        """What a worker would say about an attempt in flight."""
+                                 ChunkState.LOST, ChunkState.REJECTED, ChunkState.CANCELLED]),
+          process=st.sampled_from(PROCESSES))
+    def work(self, data, worker, state, process):
+        """What a worker would say about an attempt in flight, from any of its processes."""
         chunks = [(view, chunk) for view in self.views() for chunk in view.chunks
                   if chunk.phase in ("dispatched", "running")]
         view, chunk = data.draw(st.sampled_from(chunks))
         succeeded = state == ChunkState.SUCCEEDED
         self.feed(event(chunk.chunk, chunk.attempt, int(state), job=view.job, worker=worker,
                         exit_code=0 if succeeded else 1, stderr=LOG,
-                        outputs={"out": OUT} if succeeded else {}))
+                        outputs={"out": OUT} if succeeded else {}, worker_started_at=process))
 
     def views(self):
         return [view for view in map(self.state.job_view, JOB_IDS) if view is not None]
@@ -839,9 +895,10 @@ class ClusterStateMachine(RuleBasedStateMachine):
         """Apply one event and check its outcome against the transition rules."""
         before = copy.deepcopy(self.state)
         chunk = self.state.job_view(sent.job).chunks[sent.chunk]
+        known = {view.node: view.started_at for view in self.state.nodes()}.get(sent.worker)
         [outcome] = self.apply([sent])
         self.sent_events.append(sent)
-        expected_status = expected_event_status(sent, chunk)
+        expected_status = expected_event_status(sent, chunk, known)
         assert outcome.status == expected_status, (outcome, chunk)
         if expected_status != "applied":
             assert self.state == before, outcome
@@ -868,6 +925,12 @@ class ClusterStateMachine(RuleBasedStateMachine):
     def node(self, seen, really):
         if not really:
             self.apply([node_seen() if seen else NodeLost(NODE_ID)])
+
+    @rule(worker=st.sampled_from(WORKERS), process=st.sampled_from(PROCESSES[1:]), really=st.integers(0, 2))
+    def worker_seen(self, worker, process, really):
+        """A worker registers as one of its processes: a new one loses what the old one ran."""
+        if not really:
+            self.apply([worker_seen(started_at=process, worker=worker)])
 
     @invariant()
     def chunks_agree_with_jobs_and_queues(self):

@@ -1,5 +1,8 @@
 """wire/records.py: the chunk result and the chunk event, through the messages
-that carry them, and the check a committed result gets."""
+that carry them (also as a worker builds its status), and the check a
+committed result gets."""
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -8,6 +11,8 @@ from uds import wire
 from strategies import for_schema, messages_of
 from uds.wire import ChunkState, WireError
 from uds.wire.records import CHUNK_EVENT, NO_RESULT, RESULT, ChunkEvent, ChunkResult
+from uds.worker.attempts import AttemptKey, Report
+from uds.worker.node import status_message
 
 NODE = bytes(range(16))
 JOB = b"J" * 16
@@ -26,7 +31,7 @@ def roundtrip(message: wire.Message) -> wire.Message:
 @settings(max_examples=100, deadline=None)
 @given(events, st.integers(1, 2**64 - 1))
 def test_a_worker_status_carries_its_chunk_event_from_its_sender(event, epoch):
-    event = ChunkEvent(event.job, event.chunk, event.attempt, event.state, NODE, event.result)
+    event = replace(event, worker=NODE)       # keeps the sending process's start
     message = roundtrip(wire.WorkerStatus.reporting(event, epoch))
     assert (message.node_uuid, message.epoch) == (NODE, epoch)
     assert message.chunk_event() == event
@@ -98,3 +103,18 @@ def test_checked_raises_only_wire_errors(result):
 ])
 def test_failure_text(result, state, text):
     assert result.failure_text(state) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(0.0, 4e9))
+def test_a_worker_names_its_process_in_a_status_as_the_masters_record_it(clock_s):
+    # The masters fence a STARTED by comparing this with the node record's
+    # started_at, which the balancer makes of the hello's start_time_ms:
+    # the two must be equal to the bit, however the clock read.
+    start_time_ms = int(clock_s * 1000)
+    hello = roundtrip(wire.Hello.make(NODE, request_id=1, role=int(wire.NodeRole.WORKER), slots=1,
+                                      cache_bytes=0, start_time_ms=start_time_ms, host="", address="",
+                                      version=1))
+    report = Report(AttemptKey(JOB, 0, 1), ChunkState.STARTED, 3, NO_RESULT)
+    event = roundtrip(status_message(NODE, start_time_ms, report)).chunk_event()
+    assert event.worker_started_at == hello.start_time_ms / 1000.0

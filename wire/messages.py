@@ -176,7 +176,8 @@ class WorkerRequest(Message):
                      f"worker_request: chunk {assignment['chunk']} >= chunk_count {self.chunk_count}")
 
 
-@message("worker_status", body=dict(epoch=U64, chunk=U32, attempt=U32, **RESULT_FIELDS))
+@message("worker_status", body=dict(epoch=U64, chunk=U32, attempt=U32, worker_started_at=SECONDS,
+                                   **RESULT_FIELDS))
 class WorkerStatus(Message):
     job_uuid_upper: int
     job_uuid_lower: int
@@ -184,6 +185,7 @@ class WorkerStatus(Message):
     epoch: int
     chunk: int
     attempt: int
+    worker_started_at: float        # the sending process's start: its hello's start_time_ms / 1000
     exit_code: int | None
     outputs: dict
     stdout: list | None
@@ -200,13 +202,15 @@ class WorkerStatus(Message):
     def reporting(cls, event: ChunkEvent, epoch: int) -> "WorkerStatus":
         """The message in which `event.worker` reports `event`."""
         return cls.make(event.worker, job=event.job, state=int(event.state), epoch=epoch,
-                        chunk=event.chunk, attempt=event.attempt, **event.result.as_body())
+                        chunk=event.chunk, attempt=event.attempt, worker_started_at=event.worker_started_at,
+                        **event.result.as_body())
 
     def chunk_event(self) -> ChunkEvent:
         """The report, from its sender."""
         return ChunkEvent(job=self.job_uuid, chunk=self.chunk, attempt=self.attempt, state=self.state,
                           worker=self.node_uuid,
-                          result=ChunkResult.from_body({name: getattr(self, name) for name in RESULT_FIELDS}))
+                          result=ChunkResult.from_body({name: getattr(self, name) for name in RESULT_FIELDS}),
+                          worker_started_at=self.worker_started_at)
 
 
 @message("file_request")

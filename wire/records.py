@@ -37,7 +37,8 @@ RESULT_FIELDS: dict[str, Schema] = dict(
     bytes_from_cache=U64, bytes_from_storage=U64,
 )
 RESULT = record(**RESULT_FIELDS)
-EVENT_FIELDS: dict[str, Schema] = dict(job=ID, chunk=U32, attempt=U32, state=U8, worker=ID)
+EVENT_FIELDS: dict[str, Schema] = dict(job=ID, chunk=U32, attempt=U32, state=U8, worker=ID,
+                                        worker_started_at=SECONDS)
 CHUNK_EVENT: Record = record(**EVENT_FIELDS, **RESULT_FIELDS)
 
 
@@ -109,7 +110,10 @@ class ChunkEvent:
 
     The attempt number fences it: the masters apply an event only to the
     chunk's current attempt. The load balancer also reports attempts it took
-    back (LOST, REJECTED) in the same shape."""
+    back (LOST, REJECTED) in the same shape. `worker_started_at` says which
+    process of the worker sent it (its hello's start time, in the node
+    record's seconds), so that the masters can refuse a STARTED from a
+    process the worker has since replaced."""
 
     job: bytes
     chunk: int
@@ -117,14 +121,16 @@ class ChunkEvent:
     state: int                              # wire.enums.ChunkState
     worker: bytes                           # NO_WORKER: the attempt never reached one
     result: ChunkResult = NO_RESULT         # NO_RESULT for STARTED
+    worker_started_at: float = 0.0          # 0: made up by the load balancer, not a worker process
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ChunkEvent:
         """From a decoded CHUNK_EVENT."""
         return cls(job=body["job"], chunk=body["chunk"], attempt=body["attempt"], state=body["state"],
-                   worker=body["worker"], result=ChunkResult.from_body(body))
+                   worker=body["worker"], result=ChunkResult.from_body(body),
+                   worker_started_at=body["worker_started_at"])
 
     def as_body(self) -> dict[str, Any]:
         """The CHUNK_EVENT."""
         return dict(job=self.job, chunk=self.chunk, attempt=self.attempt, state=int(self.state),
-                    worker=self.worker, **self.result.as_body())
+                    worker=self.worker, worker_started_at=self.worker_started_at, **self.result.as_body())

@@ -38,12 +38,16 @@ MESSAGES_PER_WAKEUP = 1000
 LOG_CHECK_S = 0.1
 
 
-def status_message(node_id: bytes, report: core.Report) -> wire.WorkerStatus:
-    """The worker_status that carries a report: the one place it is built."""
+def status_message(node_id: bytes, start_time_ms: int, report: core.Report) -> wire.WorkerStatus:
+    """The worker_status that carries a report: the one place it is built.
+    `start_time_ms` is this process's, as its hello says it; divided as the
+    load balancer divides the hello's, it equals the masters' started_at of
+    this process exactly, which is what they fence a STARTED by."""
     key = report.key
     result = replace(report.result, error=report.result.error[:4000])
     return wire.WorkerStatus.reporting(wire.ChunkEvent(job=key.job, chunk=key.chunk, attempt=key.attempt,
-                                                       state=int(report.state), worker=node_id, result=result),
+                                                       state=int(report.state), worker=node_id, result=result,
+                                                       worker_started_at=start_time_ms / 1000.0),
                                        epoch=report.epoch)
 
 
@@ -55,7 +59,7 @@ class WorkerNode:
         self.slots, self.cache_bytes = slots, cache_bytes
         self.heartbeat_interval_s = heartbeat_interval_s
         self.hostname = socket_module.gethostname()
-        self.started_at = time.time()
+        self.start_time_ms = int(time.time() * 1000)     # of this process, in its hello and reports
         self.wake_read, self.wake_write = wake_read, wake_write
         self.core = core.Attempts(slots, heartbeat_interval_s)
         self.answers: queue.SimpleQueue[Any] = queue.SimpleQueue()     # core events from helper threads
@@ -75,8 +79,8 @@ class WorkerNode:
         }
         self.effects: dict[type, Callable[[Any], Any]] = {
             **self.host.handlers,
-            core.Report: lambda effect: self._send(status_message(self.node_id, effect)),
-            core.Resend: lambda effect: self._send(status_message(self.node_id, effect.report)),
+            core.Report: lambda effect: self._send(status_message(self.node_id, self.start_time_ms, effect)),
+            core.Resend: lambda effect: self._send(status_message(self.node_id, self.start_time_ms, effect.report)),
             core.SayHello: self.do_hello, core.SendHeartbeat: self.do_heartbeat,
         }
 
@@ -180,7 +184,7 @@ class WorkerNode:
         self.next_request_id += 1
         self._send(wire.Hello.make(self.node_id, request_id=self.next_request_id, role=int(NodeRole.WORKER),
                                    slots=self.slots, cache_bytes=self.cache_bytes,
-                                   start_time_ms=int(self.started_at * 1000), host=self.hostname, address="",
+                                   start_time_ms=self.start_time_ms, host=self.hostname, address="",
                                    version=1))
 
     def do_heartbeat(self, effect: core.SendHeartbeat) -> None:

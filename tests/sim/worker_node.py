@@ -63,13 +63,15 @@ class SimWorker(Host):
         self.node_id = node_id
         self.balancer = balancer
         self.slots = slots
-        self.started_at = round(sim.now, 3)
+        self.start_time_ms = int(round(sim.now, 3) * 1000)     # of this process, in its hello and reports
         self.core = core.Attempts(slots, heartbeat_interval_s)
         self.host = SimAttemptHost(sim, name, node_id, store, self.later, self._apply, faults_until)
         self.effects: dict[type, Callable[[Any], Any]] = {
             **self.host.handlers,
-            core.Report: lambda effect: self.send(self.balancer, status_message(self.node_id, effect)),
-            core.Resend: lambda effect: self.send(self.balancer, status_message(self.node_id, effect.report)),
+            core.Report: lambda effect: self.send(
+                self.balancer, status_message(self.node_id, self.start_time_ms, effect)),
+            core.Resend: lambda effect: self.send(
+                self.balancer, status_message(self.node_id, self.start_time_ms, effect.report)),
             core.SayHello: self._hello,
             core.SendHeartbeat: self._heartbeat,
         }
@@ -126,7 +128,7 @@ class SimWorker(Host):
         self.next_request_id += 1
         self.send(self.balancer, wire.Hello.make(
             self.node_id, request_id=self.next_request_id, role=int(NodeRole.WORKER), slots=self.slots,
-            cache_bytes=CACHE_BYTES, start_time_ms=int(self.started_at * 1000), host="", address="", version=1))
+            cache_bytes=CACHE_BYTES, start_time_ms=self.start_time_ms, host="", address="", version=1))
 
     def _heartbeat(self, effect: core.SendHeartbeat) -> None:
         self.send(self.balancer, wire.Heartbeat.make(
