@@ -25,6 +25,7 @@ from uds.wire.keys import KeyFolder
 RAFT_MIN_TIMEOUT_S = 0.25
 RAFT_MAX_TIMEOUT_S = 0.6
 APPEND_ENTRIES_PERIOD_S = 0.05
+CONNECTION_RETRY_S = 0.5
 
 DEFAULTS: dict[str, Any] = {
     # pysyncobj: batching favours throughput, off favours per-command latency.
@@ -34,6 +35,10 @@ DEFAULTS: dict[str, Any] = {
     "appendEntriesPeriod": APPEND_ENTRIES_PERIOD_S,
     # Membership is fixed by configuration; runtime changes are not supported.
     "dynamicMembershipChange": False,
+    # A partner that was down (or not yet started) is dialled again this
+    # often. pysyncobj's 5 s default kept a two-node majority from forming
+    # for 5 s whenever one member started before the other listened.
+    "connectionRetryTime": CONNECTION_RETRY_S,
 }
 
 # Every option SyncObjConf knows; it silently ignores misspelled ones.
