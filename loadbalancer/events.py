@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, NamedTuple, Union
 
+from uds.wire import messages
 from uds.wire.enums import NodeRole
 from uds.wire.records import NO_WORKER, ChunkEvent, FileRef  # noqa: F401  (used as scheduler.X)
 
@@ -87,6 +88,11 @@ class WorkerHello:
     address: str
     started_at: float         # of the worker process: a new value means it restarted
 
+    @classmethod
+    def of_message(cls, message: messages.Hello) -> "WorkerHello":
+        return cls(worker=message.node_uuid, slots=message.slots, cache_bytes=message.cache_bytes,
+                   host=message.host, address=message.address, started_at=message.start_time_ms / 1000.0)
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerHeartbeat:
@@ -95,17 +101,33 @@ class WorkerHeartbeat:
     cache_added: tuple[FileRef, ...] = ()
     cache_removed: tuple[bytes, ...] = ()
 
+    @classmethod
+    def of_message(cls, message: messages.Heartbeat) -> "WorkerHeartbeat":
+        return cls(worker=message.node_uuid,
+                   running=tuple((job, chunk, attempt) for job, chunk, attempt in message.running),
+                   cache_added=tuple((file_id, size) for file_id, size in message.cache_added),
+                   cache_removed=tuple(message.cache_removed))
+
 
 @dataclass(frozen=True, slots=True)
 class Dispatched:
     jobs: tuple[JobSpec, ...]
     attempts: tuple[DispatchAttempt, ...]
 
+    @classmethod
+    def of_message(cls, message: messages.ChunkDispatch) -> "Dispatched":
+        return cls(jobs=tuple(JobSpec.from_record(record) for record in message.jobs),
+                   attempts=tuple(DispatchAttempt.from_record(record) for record in message.attempts))
+
 
 @dataclass(frozen=True, slots=True)
 class CancelRequested:
     job: bytes
     attempts: tuple[tuple[int, int], ...] = ()    # (chunk, attempt); empty = the whole job
+
+    @classmethod
+    def of_message(cls, message: messages.ChunkCancel) -> "CancelRequested":
+        return cls(job=message.job_uuid, attempts=tuple((chunk, attempt) for chunk, attempt in message.attempts))
 
 
 @dataclass(frozen=True, slots=True)

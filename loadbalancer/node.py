@@ -14,7 +14,7 @@ import logging
 import socket as socket_module
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import zmq
 
@@ -170,17 +170,11 @@ class LoadBalancerNode:
             self.node_id, request_id=message.request_id, epoch=max(self.epoch, 1),
             heartbeat_interval_ms=int(self.heartbeat_interval_s * 1000),
             lease_ms=int(self.lease_s * 1000))), peer=peer, counters=self.transport)
-        self._apply(core.WorkerHello(worker=worker, slots=message.slots, cache_bytes=message.cache_bytes,
-                                     host=message.host, address=message.address,
-                                     started_at=message.start_time_ms / 1000.0), now)
+        self._apply(core.WorkerHello.of_message(message), now)
 
     def on_worker_heartbeat(self, message: wire.Heartbeat, peer: bytes, now: float) -> None:
-        worker = message.node_uuid
-        self.worker_peers[worker] = peer
-        self._apply(core.WorkerHeartbeat(
-            worker=worker, running=tuple((job, chunk, attempt) for job, chunk, attempt in message.running),
-            cache_added=tuple((file_id, size) for file_id, size in message.cache_added),
-            cache_removed=tuple(message.cache_removed)), now)
+        self.worker_peers[message.node_uuid] = peer
+        self._apply(core.WorkerHeartbeat.of_message(message), now)
 
     def on_worker_status(self, message: wire.WorkerStatus, peer: bytes, now: float) -> None:
         worker = message.node_uuid
@@ -299,25 +293,17 @@ class LoadBalancerNode:
 
     def on_dispatch(self, message: wire.ChunkDispatch, peer: bytes | None, now: float) -> None:
         self._count("attempts_received", len(message.attempts))
-        self._apply(core.Dispatched(
-            jobs=tuple(core.JobSpec.from_record(record) for record in message.jobs),
-            attempts=tuple(core.DispatchAttempt.from_record(record) for record in message.attempts)), now)
+        self._apply(core.Dispatched.of_message(message), now)
 
     def on_cancel(self, message: wire.ChunkCancel, peer: bytes | None, now: float) -> None:
-        self._apply(core.CancelRequested(job=message.job_uuid,
-                                         attempts=tuple((chunk, attempt) for chunk, attempt in message.attempts)),
-                    now)
+        self._apply(core.CancelRequested.of_message(message), now)
 
     def on_events_ack(self, message: wire.ChunkEventsAck, peer: bytes | None, now: float) -> None:
         batch = self.unacknowledged.pop(message.batch_id, None)
         if batch is None:
             return
-        by_worker: dict[bytes, list] = {}
-        for worker, job, chunk, attempt, state in batch.finals:
-            by_worker.setdefault(worker, []).append([job, chunk, attempt, state])
-        for worker, attempts in by_worker.items():
-            self._send_worker(worker, wire.StatusAck.make(self.node_id, epoch=max(self.epoch, 1),
-                                                          attempt_count=len(attempts), attempts=attempts))
+        for worker, ack in status_acks(self.node_id, max(self.epoch, 1), batch.finals):
+            self._send_worker(worker, ack)
 
     # -- timers and batching ----------------------------------------------------
 
@@ -360,3 +346,14 @@ class LoadBalancerNode:
             self._count("events_forwarded", len(events))
             if self.master_registered:
                 send_message(self.master_socket, frames, counters=self.transport)
+
+
+def status_acks(node_id: bytes, epoch: int, finals: list[tuple]) -> Iterator[tuple[bytes, wire.StatusAck]]:
+    """One status_ack per worker for the final reports (worker, job, chunk,
+    attempt, state) of a batch the master acknowledged: from then on the
+    worker may stop resending them."""
+    by_worker: dict[bytes, list] = {}
+    for worker, job, chunk, attempt, state in finals:
+        by_worker.setdefault(worker, []).append([job, chunk, attempt, state])
+    for worker, attempts in by_worker.items():
+        yield worker, wire.StatusAck.make(node_id, epoch=epoch, attempt_count=len(attempts), attempts=attempts)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from uds import wire
 from uds.loadbalancer import scheduler as core
+from uds.loadbalancer.node import status_acks
 from uds.wire.enums import FINAL_CHUNK_STATES, ErrorCode, NodeRole
 
 from .host import Host
@@ -94,16 +95,11 @@ class SimBalancer(Host):
         self.send(peer, wire.HelloReply.make(
             self.node_id, request_id=message.request_id, epoch=max(self.epoch, 1),
             heartbeat_interval_ms=int(self.heartbeat_interval_s * 1000), lease_ms=int(self.lease_s * 1000)))
-        self._apply(core.WorkerHello(worker=message.node_uuid, slots=message.slots,
-                                     cache_bytes=message.cache_bytes, host=message.host,
-                                     address=message.address, started_at=message.start_time_ms / 1000.0))
+        self._apply(core.WorkerHello.of_message(message))
 
     def _on_worker_heartbeat(self, message: wire.Heartbeat, peer: str) -> None:
         self.worker_peers[message.node_uuid] = peer
-        self._apply(core.WorkerHeartbeat(
-            worker=message.node_uuid, running=tuple((job, chunk, attempt) for job, chunk, attempt in message.running),
-            cache_added=tuple((file_id, size) for file_id, size in message.cache_added),
-            cache_removed=tuple(message.cache_removed)))
+        self._apply(core.WorkerHeartbeat.of_message(message))
 
     def _on_worker_status(self, message: wire.WorkerStatus, peer: str) -> None:
         self.worker_peers[message.node_uuid] = peer
@@ -155,24 +151,17 @@ class SimBalancer(Host):
             self.master_registered = False
 
     def _on_dispatch(self, message: wire.ChunkDispatch, peer: str) -> None:
-        self._apply(core.Dispatched(
-            jobs=tuple(core.JobSpec.from_record(record) for record in message.jobs),
-            attempts=tuple(core.DispatchAttempt.from_record(record) for record in message.attempts)))
+        self._apply(core.Dispatched.of_message(message))
 
     def _on_cancel(self, message: wire.ChunkCancel, peer: str) -> None:
-        self._apply(core.CancelRequested(job=message.job_uuid, attempts=tuple(
-            (chunk, attempt) for chunk, attempt in message.attempts)))
+        self._apply(core.CancelRequested.of_message(message))
 
     def _on_events_ack(self, message: wire.ChunkEventsAck, peer: str) -> None:
         batch = self.unacknowledged.pop(message.batch_id, None)
         if batch is None:
             return
-        by_worker: dict[bytes, list] = {}
-        for worker, job, chunk, attempt, state in batch.finals:
-            by_worker.setdefault(worker, []).append([job, chunk, attempt, state])
-        for worker, attempts in by_worker.items():
-            self._send_worker(worker, wire.StatusAck.make(self.node_id, epoch=max(self.epoch, 1),
-                                                          attempt_count=len(attempts), attempts=attempts))
+        for worker, ack in status_acks(self.node_id, max(self.epoch, 1), batch.finals):
+            self._send_worker(worker, ack)
 
     # -- timers and batching ---------------------------------------------------
 
