@@ -154,8 +154,6 @@ def create_cluster_keys(path: str | os.PathLike[str]) -> pathlib.Path:
     """Write a new key set (every role's pair and a Raft password) at `path`;
     refuse to touch existing keys."""
     root = pathlib.Path(path)
-    if root.exists() and not root.is_dir():
-        raise KeyFolderError(f"{root} exists and is not a directory")
     _refuse_existing(root)
     try:
         public, private = _make_folders(root)
@@ -178,8 +176,6 @@ def export_role(cluster_keys: str | os.PathLike[str], role: NodeRole,
     password if it is a master. Nothing else leaves the key set."""
     source = KeyFolder(cluster_keys, role)
     root = pathlib.Path(destination)
-    if root.exists() and not root.is_dir():
-        raise KeyFolderError(f"{root} exists and is not a directory")
     _refuse_existing(root)
     try:
         public, private = _make_folders(root)
@@ -204,6 +200,9 @@ def export_every_role(cluster_keys: str | os.PathLike[str], keys_root: str | os.
 # -- writing ----------------------------------------------------------------
 
 def _refuse_existing(root: pathlib.Path) -> None:
+    """A key folder is only ever written where none is."""
+    if root.exists() and not root.is_dir():
+        raise KeyFolderError(f"{root} exists and is not a directory")
     for sub in (root / PUBLIC_DIR, root / PRIVATE_DIR):
         if sub.exists():
             raise KeyFolderError(f"{sub} already exists; refusing to overwrite cluster keys")
