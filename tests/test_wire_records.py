@@ -12,7 +12,7 @@ from strategies import for_schema, messages_of
 from uds.wire import ChunkState, WireError
 from uds.wire.records import CHUNK_EVENT, NO_RESULT, RESULT, ChunkEvent, ChunkResult
 from uds.worker.attempts import AttemptKey, Report
-from uds.worker.node import status_message
+from uds.worker.messages import status_message
 
 NODE = bytes(range(16))
 JOB = b"J" * 16

@@ -17,7 +17,6 @@ import queue
 import socket as socket_module
 import time
 from collections import deque
-from dataclasses import replace
 from typing import Any, Callable
 
 import zmq
@@ -25,30 +24,19 @@ import zmq
 from uds import wire
 from uds.daemon.dispatch import handle_request
 from uds.daemon.runtime import drain, guarded, wake
-from uds.wire.enums import ErrorCode, NodeRole
 from uds.wire.transport import Transport, recv_messages, send_message
 from uds.worker import attempts as core
 from uds.worker.attempts import AttemptKey
 from uds.worker.host import AttemptHost
+from uds.worker.messages import (
+    BALANCER_MESSAGES, event_of, heartbeat_message, hello_message, status_message,
+)
 
 log = logging.getLogger("worker")
 
 MESSAGES_PER_WAKEUP = 1000
 # How often the logs of running programs are measured for the core's limit.
 LOG_CHECK_S = 0.1
-
-
-def status_message(node_id: bytes, start_time_ms: int, report: core.Report) -> wire.WorkerStatus:
-    """The worker_status that carries a report: the one place it is built.
-    `start_time_ms` is this process's, as its hello says it; divided as the
-    load balancer divides the hello's, it equals the masters' started_at of
-    this process exactly, which is what they fence a STARTED by."""
-    key = report.key
-    result = replace(report.result, error=report.result.error[:4000])
-    return wire.WorkerStatus.reporting(wire.ChunkEvent(job=key.job, chunk=key.chunk, attempt=key.attempt,
-                                                       state=int(report.state), worker=node_id, result=result,
-                                                       worker_started_at=start_time_ms / 1000.0),
-                                       epoch=report.epoch)
 
 
 class WorkerNode:
@@ -69,14 +57,7 @@ class WorkerNode:
         self.host = AttemptHost(node_id, data, storage_address, transport, cache_bytes, self._hand_back)
         self.socket = transport.client_socket(zmq.DEALER, loadbalancer_address)
         self.handlers: dict[type, Callable[[Any, Any, float], None]] = {
-            wire.HelloReply: lambda m, peer, now: self._apply(core.HelloAnswered(m.epoch), now),
-            wire.WorkerRequest: self.on_worker_request,
-            wire.ChunkCancel: lambda m, peer, now: self._apply(core.CancelReceived(
-                m.epoch, m.job_uuid, tuple((chunk, attempt) for chunk, attempt in m.attempts)), now),
-            wire.StatusAck: lambda m, peer, now: self._apply(core.StatusAcknowledged(
-                m.epoch, tuple(AttemptKey(job, chunk, attempt) for job, chunk, attempt, _ in m.attempts)), now),
-            wire.Error: self.on_error,
-        }
+            message_type: self.on_message for message_type in BALANCER_MESSAGES}
         self.effects: dict[type, Callable[[Any], Any]] = {
             **self.host.handlers,
             core.Report: lambda effect: self._send(status_message(self.node_id, self.start_time_ms, effect)),
@@ -165,36 +146,23 @@ class WorkerNode:
 
     # -- the load balancer ----------------------------------------------------
 
-    def on_worker_request(self, message: wire.WorkerRequest, peer: Any, now: float) -> None:
-        job = core.JobSpec(message.job_uuid, (message.program[0], message.program[1]), tuple(message.args),
-                           {name: (ref[0], ref[1]) for name, ref in message.inputs.items()},
-                           message.chunk_count, message.timeout_s)
-        chunks = tuple(core.ChunkAssignment(item["chunk"], item["attempt"],
-                                            {name: (ref[0], ref[1]) for name, ref in item["inputs"].items()})
-                       for item in message.assignments)
-        self._apply(core.Assigned(message.epoch, job, chunks), now)
-
-    def on_error(self, message: wire.Error, peer: Any, now: float) -> None:
-        if message.error_code == ErrorCode.UNEXPECTED:
-            self._apply(core.HelloRequired(), now)  # "hello first": the balancer restarted or forgot us
+    def on_message(self, message: wire.Message, peer: Any, now: float) -> None:
+        event = event_of(message)
+        if event is not None:
+            self._apply(event, now)
         else:
             log.warning("load balancer error %d: %s", message.error_code, message.reason)
 
     def do_hello(self, effect: core.SayHello) -> None:
         self.next_request_id += 1
-        self._send(wire.Hello.make(self.node_id, request_id=self.next_request_id, role=int(NodeRole.WORKER),
-                                   slots=self.slots, cache_bytes=self.cache_bytes,
-                                   start_time_ms=self.start_time_ms, host=self.hostname, address="",
-                                   version=1))
+        self._send(hello_message(self.node_id, self.next_request_id, self.slots, self.cache_bytes,
+                                 self.start_time_ms, self.hostname))
 
     def do_heartbeat(self, effect: core.SendHeartbeat) -> None:
         added, removed = self.host.cache.drain_changes()
         if effect.full_cache:
             added, removed = self.host.cache.complete_files(), []
-        self._send(wire.Heartbeat.make(
-            self.node_id, epoch=effect.epoch, free_slots=effect.free_slots, running_count=len(effect.running),
-            running=[list(key) for key in effect.running], cache_added=[list(item) for item in added],
-            cache_removed=removed))
+        self._send(heartbeat_message(self.node_id, effect, added, removed))
 
     def close(self) -> None:
         self.host.close(core.KILL_GRACE_S)

@@ -16,10 +16,10 @@ from collections import deque
 from typing import Any, Callable
 
 from uds import wire
-from uds.wire.enums import ErrorCode, NodeRole
 from uds.worker import attempts as core
-from uds.worker.attempts import AttemptKey
-from uds.worker.node import status_message
+from uds.worker.messages import (
+    BALANCER_MESSAGES, event_of, heartbeat_message, hello_message, status_message,
+)
 
 from .host import Host
 from .loop import Simulation
@@ -31,29 +31,6 @@ CACHE_BYTES = 1 << 30
 
 class WakeupStaysDue(AssertionError):
     """The core asks for a Tick that it has just been given: it would spin."""
-
-
-def _assigned(message: wire.WorkerRequest) -> core.Assigned:
-    job = core.JobSpec(message.job_uuid, (message.program[0], message.program[1]), tuple(message.args),
-                       {name: (ref[0], ref[1]) for name, ref in message.inputs.items()},
-                       message.chunk_count, message.timeout_s)
-    return core.Assigned(message.epoch, job, tuple(
-        core.ChunkAssignment(item["chunk"], item["attempt"],
-                             {name: (ref[0], ref[1]) for name, ref in item["inputs"].items()})
-        for item in message.assignments))
-
-
-# The balancer's messages as core events, as worker/node.py translates them.
-_EVENT_OF: dict[type, Callable[[Any], Any]] = {
-    wire.HelloReply: lambda m: core.HelloAnswered(m.epoch),
-    wire.WorkerRequest: _assigned,
-    wire.ChunkCancel: lambda m: core.CancelReceived(m.epoch, m.job_uuid, tuple(
-        (chunk, attempt) for chunk, attempt in m.attempts)),
-    wire.StatusAck: lambda m: core.StatusAcknowledged(m.epoch, tuple(
-        AttemptKey(job, chunk, attempt) for job, chunk, attempt, _ in m.attempts)),
-    # "hello first": the balancer restarted or forgot us.
-    wire.Error: lambda m: core.HelloRequired() if m.error_code == ErrorCode.UNEXPECTED else None,
-}
 
 
 class SimWorker(Host):
@@ -80,8 +57,7 @@ class SimWorker(Host):
         self._schedule_wakeup()
 
     def on_message(self, source: str, message: wire.Message) -> None:
-        translate = _EVENT_OF.get(type(message))
-        event = translate(message) if translate is not None else None
+        event = event_of(message) if isinstance(message, BALANCER_MESSAGES) else None
         if event is not None:
             self._apply(event)
 
@@ -126,11 +102,8 @@ class SimWorker(Host):
 
     def _hello(self, effect: core.SayHello) -> None:
         self.next_request_id += 1
-        self.send(self.balancer, wire.Hello.make(
-            self.node_id, request_id=self.next_request_id, role=int(NodeRole.WORKER), slots=self.slots,
-            cache_bytes=CACHE_BYTES, start_time_ms=self.start_time_ms, host="", address="", version=1))
+        self.send(self.balancer, hello_message(self.node_id, self.next_request_id, self.slots,
+                                               CACHE_BYTES, self.start_time_ms, host=""))
 
     def _heartbeat(self, effect: core.SendHeartbeat) -> None:
-        self.send(self.balancer, wire.Heartbeat.make(
-            self.node_id, epoch=effect.epoch, free_slots=effect.free_slots, running_count=len(effect.running),
-            running=[list(key) for key in effect.running], cache_added=[], cache_removed=[]))
+        self.send(self.balancer, heartbeat_message(self.node_id, effect, cache_added=[], cache_removed=[]))
