@@ -11,6 +11,7 @@ from typing import Mapping, NamedTuple, Union
 
 from uds.wire.enums import ChunkState
 from uds.wire.records import ChunkResult
+from uds.wire.resources import NO_LIMITS, NO_USAGE, ResourceLimits, Usage
 
 FileRef = tuple[bytes, int]                     # (file id, size in bytes)
 
@@ -41,6 +42,7 @@ class JobSpec:
     inputs: Mapping[str, FileRef]
     chunk_count: int
     timeout_s: float
+    limits: ResourceLimits = NO_LIMITS  # the job's own, before the worker's defaults
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,9 @@ class ProcessExited:
     stderr_bytes: int = 0
     bytes_read: int = 0                 # through the mount
     bytes_fetched: int = 0              # of those, fetched from storage
+    limit_exceeded: str = ""            # which limit ended it, for people: an application failure
+    infrastructure_error: str = ""      # not the program's fault (a corrupt input, say): run it elsewhere
+    usage: Usage = NO_USAGE             # cpu, peak memory and wall time, as measured
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +204,8 @@ class Start:
     args: tuple[str, ...]
     inputs_dir: str
     chunk_count: int
+    limits: ResourceLimits = NO_LIMITS
+
 
 
 @dataclass(frozen=True, slots=True)

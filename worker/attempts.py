@@ -383,7 +383,8 @@ class Attempts:
                                                         ChunkResult(error="cancelled"), now, event)]
         self._move(attempt, Phase.STARTING, event)
         attempt.started_at = now
-        return [Start(attempt.key, attempt.program, attempt.job.args, event.inputs_dir, attempt.job.chunk_count)]
+        return [Start(attempt.key, attempt.program, attempt.job.args, event.inputs_dir, attempt.job.chunk_count,
+                      attempt.job.limits)]
 
     def _on_mount_failed(self, event: MountFailed, now: float) -> list[Effect]:
         attempt = self._held(event)
@@ -429,10 +430,15 @@ class Attempts:
     def _outcome(self, attempt: _Attempt, event: ProcessExited) -> tuple[ChunkState, str]:
         if attempt.stop_reason is StopReason.CANCELLED:
             return ChunkState.CANCELLED, "cancelled"
+        if event.infrastructure_error:
+            # Not the program's fault: the masters will have it run again.
+            return ChunkState.REJECTED, event.infrastructure_error
         if attempt.stop_reason is StopReason.TIMED_OUT:
             return ChunkState.TIMED_OUT, f"timed out after {attempt.job.timeout_s:g}s"
         if attempt.stop_reason is StopReason.LOG_TOO_LARGE:
             return ChunkState.FAILED, f"stopped: stdout or stderr passed {LOG_KILL_BYTES} bytes"
+        if event.limit_exceeded:
+            return ChunkState.FAILED, event.limit_exceeded
         if event.exit_code == 0:
             return ChunkState.SUCCEEDED, ""
         if event.launch_error:
