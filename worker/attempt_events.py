@@ -43,6 +43,7 @@ class JobSpec:
     chunk_count: int
     timeout_s: float
     limits: ResourceLimits = NO_LIMITS  # the job's own, before the worker's defaults
+    network: bool = False               # whether its chunks may reach the network
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +206,7 @@ class Start:
     inputs_dir: str
     chunk_count: int
     limits: ResourceLimits = NO_LIMITS
+    network: bool = False
 
 
 

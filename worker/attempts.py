@@ -384,7 +384,7 @@ class Attempts:
         self._move(attempt, Phase.STARTING, event)
         attempt.started_at = now
         return [Start(attempt.key, attempt.program, attempt.job.args, event.inputs_dir, attempt.job.chunk_count,
-                      attempt.job.limits)]
+                      attempt.job.limits, attempt.job.network)]
 
     def _on_mount_failed(self, event: MountFailed, now: float) -> list[Effect]:
         attempt = self._held(event)
