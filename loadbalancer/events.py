@@ -10,8 +10,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, NamedTuple, Union
 
 from uds.wire import messages
+from uds.wire.capacity import Capacity
 from uds.wire.enums import NodeRole
 from uds.wire.records import NO_WORKER, ChunkEvent, FileRef  # noqa: F401  (used as scheduler.X)
+from uds.wire.resources import NO_LIMITS, ResourceLimits
 
 
 class AttemptKey(NamedTuple):
@@ -45,17 +47,33 @@ class JobSpec:
     inputs: dict[str, FileRef]
     chunk_count: int
     timeout_s: float
+    limits: ResourceLimits = NO_LIMITS      # the cluster's defaults filled in by the masters
+    network: bool = False
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> JobSpec:
+        """Raises wire.resources.ResourceSpecError on limits it cannot read."""
         return cls(job=record["job"], program=(record["program"][0], record["program"][1]),
                    args=tuple(record["args"]), inputs=_file_map(record["inputs"]),
-                   chunk_count=record["chunk_count"], timeout_s=record["timeout_s"])
+                   chunk_count=record["chunk_count"], timeout_s=record["timeout_s"],
+                   limits=ResourceLimits.from_body(record["limits"]), network=record["network"])
 
     def to_record(self) -> dict[str, Any]:
         return {"job": self.job, "program": self.program, "args": list(self.args),
                 "inputs": dict(self.inputs), "chunk_count": self.chunk_count,
-                "timeout_s": self.timeout_s}
+                "timeout_s": self.timeout_s, "limits": self.limits.as_body(), "network": self.network}
+
+    def request_fields(self) -> dict[str, Any]:
+        """The job's fields of a worker_request, beside its assignments."""
+        return dict(job=self.job, program_length=self.program[1], num_input_files=len(self.inputs),
+                    chunk_count=self.chunk_count, timeout_s=self.timeout_s, program=list(self.program),
+                    args=list(self.args), inputs={name: list(ref) for name, ref in self.inputs.items()},
+                    limits=self.limits.as_body(), network=self.network)
+
+    @property
+    def request(self) -> Capacity:
+        """What each attempt reserves on the worker that runs it."""
+        return Capacity.requested(self.limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +105,15 @@ class WorkerHello:
     host: str
     address: str
     started_at: float         # of the worker process: a new value means it restarted
+    capacity: Capacity = Capacity()   # cpus, memory and disk it offers (0: not measured)
+    sandbox: str = ""
 
     @classmethod
     def of_message(cls, message: messages.Hello) -> "WorkerHello":
         return cls(worker=message.node_uuid, slots=message.slots, cache_bytes=message.cache_bytes,
-                   host=message.host, address=message.address, started_at=message.start_time_ms / 1000.0)
+                   host=message.host, address=message.address, started_at=message.start_time_ms / 1000.0,
+                   capacity=Capacity(message.millicpus, message.memory_bytes, message.disk_bytes),
+                   sandbox=message.sandbox)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,10 +175,13 @@ class WorkerView:
     started_at: float
     last_seen_s: float
     state: str = "alive"
+    capacity: Capacity = Capacity()
+    sandbox: str = ""
 
     def to_record(self) -> dict[str, Any]:
-        record = {item.name: getattr(self, item.name) for item in fields(self)}
-        record["role"] = int(NodeRole.WORKER)
+        record = {item.name: getattr(self, item.name) for item in fields(self) if item.name != "capacity"}
+        record.update(role=int(NodeRole.WORKER), millicpus=self.capacity.millicpus,
+                      memory_bytes=self.capacity.memory_bytes, disk_bytes=self.capacity.disk_bytes)
         return record
 
 

@@ -202,19 +202,15 @@ class LoadBalancerNode:
     # -- effects --------------------------------------------------------------
 
     def do_assign(self, effect: core.AssignChunks, now: float) -> None:
-        spec = effect.job_spec
-        job_fields = dict(program=list(spec.program), args=list(spec.args),
-                          inputs={name: list(ref) for name, ref in spec.inputs.items()})
+        job_fields = effect.job_spec.request_fields()
         records = [assignment.to_record() for assignment in effect.assignments]
         # Chunks with many inputs of their own go in several requests.
-        budget = max(1, LIST_BUDGET_BYTES - wire.packed_size(job_fields))
+        budget = max(1, LIST_BUDGET_BYTES - wire.packed_size({**job_fields, "job": b""}))
         while records:
             part = records[:wire.items_that_fit(records, budget)]
             del records[:len(part)]
-            message = wire.WorkerRequest.make(
-                self.node_id, job=spec.job, program_length=spec.program[1], num_input_files=len(spec.inputs),
-                epoch=max(self.epoch, 1), chunk_count=spec.chunk_count, timeout_s=spec.timeout_s,
-                assignments=part, **job_fields)
+            message = wire.WorkerRequest.make(self.node_id, epoch=max(self.epoch, 1), assignments=part,
+                                              **job_fields)
             if self._send_worker(effect.worker, message):
                 self._count("attempts_assigned", len(part))
             else:

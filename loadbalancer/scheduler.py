@@ -15,6 +15,11 @@ Rules of this module:
   re-places the same attempt elsewhere: a stale copy's result would then look
   current to the master.
 - The master fences results, not the balancer: every worker status is forwarded.
+- An attempt is placed only on a worker where its job's request (memory,
+  cpus, disk: wire.capacity) fits beside what that worker's attempts already
+  reserve, as well as in a free slot. An attempt that fits nowhere now stays
+  pending while younger ones that fit are placed; the masters say why its
+  job waits.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from uds.loadbalancer.events import (  # noqa: F401
     Tick, UnknownEventError, WorkerHeartbeat, WorkerHello, WorkerJoined, WorkerLost,
     WorkerView,
 )
+from uds.wire.capacity import NO_CAPACITY, Capacity
 from uds.wire.enums import FINAL_CHUNK_STATES, ChunkState
 from uds.wire.records import ChunkResult
 
@@ -49,6 +55,7 @@ class _Ended(Enum):
 class _Placement:
     assigned_at: float
     acknowledged: bool        # the worker listed it or reported it started
+    request: Capacity = NO_CAPACITY   # what it reserves on its worker
     cancelled: bool = False   # cancel sent; the slot stays taken until the worker lets go
 
 
@@ -61,6 +68,9 @@ class _Worker:
     address: str
     started_at: float
     last_seen: float
+    capacity: Capacity = NO_CAPACITY            # what it offers (0: not measured)
+    sandbox: str = ""
+    reserved: Capacity = NO_CAPACITY            # the requests of its attempts, summed
     # Only the first heartbeat after hello says what the worker runs and
     # caches; placing before it would guess both.
     ready: bool = False
@@ -95,7 +105,8 @@ class _Worker:
         return WorkerView(node=self.node, host=self.host, address=self.address, slots=self.slots,
                           free_slots=self.free_slots, running=len(self.attempts),
                           cache_bytes=self.cache_capacity_bytes, started_at=self.started_at,
-                          last_seen_s=max(0.0, now - self.last_seen), state=state)
+                          last_seen_s=max(0.0, now - self.last_seen), state=state,
+                          capacity=self.capacity, sandbox=self.sandbox)
 
 
 class Scheduler:
@@ -171,10 +182,12 @@ class Scheduler:
         if known is None:
             joined = self._workers[event.worker] = _Worker(
                 node=event.worker, slots=event.slots, cache_capacity_bytes=event.cache_bytes,
-                host=event.host, address=event.address, started_at=event.started_at, last_seen=now)
+                host=event.host, address=event.address, started_at=event.started_at, last_seen=now,
+                capacity=event.capacity, sandbox=event.sandbox)
             effects.append(WorkerJoined(event.worker, joined.view(now)))
             return effects
         known.slots, known.cache_capacity_bytes = event.slots, event.cache_bytes
+        known.capacity, known.sandbox = event.capacity, event.sandbox
         known.host, known.address, known.last_seen = event.host, event.address, now
         # The next heartbeat re-sends the whole cache.
         known.ready = False
@@ -320,14 +333,19 @@ class Scheduler:
     def _placement_pass(self, now: float) -> list[Effect]:
         candidates = {w.node: w for w in self._workers.values() if w.free_slots > 0}
         batches: dict[tuple[bytes, bytes], list[Assignment]] = {}
-        while candidates and self._pending:
-            # Any candidate can take any attempt, so the oldest is always placed.
-            key, attempt = self._pending.popitem(last=False)
+        for key, attempt in list(self._pending.items()):
+            if not candidates:
+                break
             spec = self._jobs[key.job]
+            request = spec.request
+            fitting = [w for w in candidates.values() if w.capacity.fits(request, w.reserved)]
+            if not fitting:
+                continue                                # waits for room, or for a worker it fits
+            del self._pending[key]
             inputs = _inputs_of(spec, attempt)
-            best = min(candidates.values(), key=lambda w: (
+            best = min(fitting, key=lambda w: (
                 -w.cached_bytes_of(inputs), len(w.attempts) / w.slots, -w.free_slots, w.node))
-            self._place(key, best, now, acknowledged=False)
+            self._place(key, best, now, acknowledged=False, request=request)
             best.predict({spec.program[0]: spec.program[1], **inputs})
             batches.setdefault((best.node, key.job), []).append(
                 Assignment(key.chunk, key.attempt, attempt.inputs))
@@ -358,7 +376,9 @@ class Scheduler:
         # Adopt: we restarted, or the master re-sent it before this report.
         if self._pending.pop(key, None) is None:
             self._track(key)
-        self._place(key, worker, now, acknowledged=True)
+        spec = self._jobs.get(key.job)
+        # It runs already: its request is reserved even where it does not fit.
+        self._place(key, worker, now, acknowledged=True, request=spec.request if spec else NO_CAPACITY)
         return []
 
     def _shed_overflow(self, worker: _Worker, now: float,
@@ -396,12 +416,15 @@ class Scheduler:
             job=key.job, chunk=key.chunk, attempt=key.attempt, state=int(ChunkState.LOST), worker=worker.node,
             result=ChunkResult(error=reason, elapsed_s=max(0.0, now - placement.assigned_at))))]
 
-    def _place(self, key: AttemptKey, worker: _Worker, now: float, acknowledged: bool) -> None:
-        worker.attempts[key] = _Placement(now, acknowledged)
+    def _place(self, key: AttemptKey, worker: _Worker, now: float, acknowledged: bool,
+               request: Capacity) -> None:
+        worker.attempts[key] = _Placement(now, acknowledged, request)
+        worker.reserved = worker.reserved + request
         self._owner[key] = worker.node
 
     def _release(self, key: AttemptKey, how: _Ended) -> None:
-        del self._workers[self._owner.pop(key)].attempts[key]
+        worker = self._workers[self._owner.pop(key)]
+        worker.reserved = worker.reserved - worker.attempts.pop(key).request
         self._untrack(key)
         self._remember(key, how)
 

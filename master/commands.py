@@ -23,6 +23,7 @@ from uds.wire.enums import ChunkState, JobState, NodeRole
 from uds.wire.errors import WireError
 from uds.wire.ids import ID_BYTES
 from uds.wire.records import ChunkEvent, ChunkResult, FileRef
+from uds.wire.resources import NO_LIMITS, ResourceLimits, ResourceSpecError
 
 
 class ChunkPhase(IntEnum):
@@ -61,6 +62,8 @@ class SubmitJob:
     chunk_count: int
     timeout_s: float
     max_retries: int                        # program failures allowed per chunk
+    limits: ResourceLimits = NO_LIMITS      # per attempt, the cluster's defaults filled in
+    network: bool = False                   # whether its chunks may reach the network
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,10 @@ class NodeSeen:
     slots: int
     cache_bytes: int
     started_at: float
+    millicpus: int = 0                      # what a worker offers (0: not measured)
+    memory_bytes: int = 0
+    disk_bytes: int = 0
+    sandbox: str = ""                       # how it contains its chunks
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +121,7 @@ def normalised_submit(command: SubmitJob) -> SubmitJob:
         args=tuple(command.args), inputs=file_map(command.inputs),
         chunk_inputs=tuple(file_map(inputs) for inputs in command.chunk_inputs),
         chunk_count=command.chunk_count, timeout_s=float(command.timeout_s),
-        max_retries=command.max_retries,
+        max_retries=command.max_retries, limits=command.limits, network=command.network,
     )
 
 
@@ -173,6 +180,14 @@ def submit_problem(command: SubmitJob, max_chunks: int) -> str:
         return "timeout_s must be positive"
     if not _is_count(command.max_retries):
         return "max_retries must be a count"
+    if type(command.limits) is not ResourceLimits:
+        return "limits must be ResourceLimits"
+    try:
+        command.limits.check()
+    except ResourceSpecError as fault:
+        return f"limits: {fault}"
+    if type(command.network) is not bool:
+        return "network must be true or false"
     return ""
 
 
@@ -206,8 +221,11 @@ def node_seen_problem(command: NodeSeen) -> str:
         return f"unknown node role {command.role!r}"
     if type(command.host) is not str or type(command.address) is not str:
         return "host and address must be strings"
-    if not _is_count(command.slots) or not _is_count(command.cache_bytes):
-        return "slots and cache_bytes must be counts"
+    if not all(_is_count(getattr(command, name))
+               for name in ("slots", "cache_bytes", "millicpus", "memory_bytes", "disk_bytes")):
+        return "slots, cache_bytes, millicpus, memory_bytes and disk_bytes must be counts"
+    if type(command.sandbox) is not str:
+        return "sandbox must be a string"
     if not _is_seconds(command.started_at):
         return "started_at must be seconds"
     return ""
@@ -351,6 +369,9 @@ class JobView:
     error: str                              # the first chunk failure, or ""
     first_chunk: int                        # the first chunk in `chunks`
     chunks: tuple[ChunkView, ...]           # consecutive, from first_chunk on
+    limits: ResourceLimits = NO_LIMITS
+    network: bool = False
+    waiting: str = ""                       # why its chunks cannot run now, or ""
 
     def reply_fields(self) -> dict[str, Any]:
         """Keyword arguments for `JobStatusReply.make(node, request_id=..., **these)`."""
@@ -361,6 +382,7 @@ class JobView:
             error=self.error, first_chunk=self.first_chunk,
             next_chunk=self.first_chunk + len(self.chunks),
             chunks=[chunk.as_report() for chunk in self.chunks],
+            limits=self.limits.as_body(), network=self.network, waiting=self.waiting,
         )
 
 
@@ -375,6 +397,10 @@ class NodeView:
     started_at: float
     state: str                              # "alive" or "lost"
     changed_at: float                       # when it joined or was lost
+    millicpus: int = 0
+    memory_bytes: int = 0
+    disk_bytes: int = 0
+    sandbox: str = ""
 
     def as_record(self, free_slots: int = 0, running: int = 0,
                   last_seen_s: float = 0.0) -> dict[str, Any]:
@@ -384,5 +410,6 @@ class NodeView:
             node=self.node, role=self.role, host=self.host, address=self.address,
             slots=self.slots, free_slots=free_slots, running=running,
             cache_bytes=self.cache_bytes, started_at=self.started_at,
-            last_seen_s=last_seen_s, state=self.state,
+            last_seen_s=last_seen_s, state=self.state, millicpus=self.millicpus,
+            memory_bytes=self.memory_bytes, disk_bytes=self.disk_bytes, sandbox=self.sandbox,
         )

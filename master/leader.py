@@ -57,6 +57,7 @@ from uds.master.proposals import (  # noqa: F401
 from uds.master.views import event_records, job_status_reply, node_records
 from uds.master.waiters import MAX_STATUS_WAIT_S, STATUS_PAGE_CHUNKS, StatusPage, StatusWaiters  # noqa: F401
 from uds.wire.enums import ErrorCode, JobState, NodeRole
+from uds.wire.resources import NO_LIMITS, ResourceLimits, ResourceSpecError
 
 # Dispatched attempts that have not started are sent again this often, in
 # case a message or the load balancer was lost; the balancer ignores repeats.
@@ -108,11 +109,15 @@ class Leader:
 
     `node_id`, `host`, `address` and `started_at` describe this master (its
     own NodeSeen, the sender of its messages); `reader` reads the state.
+    `default_limits` (the cluster file's [limits]) fill in what a job does
+    not ask for, before its submission is proposed: every replica, balancer
+    and worker then sees the same limits for it.
     """
 
     def __init__(self, node_id: bytes, reader: StateReader, *, host: str = "", address: str = "",
-                 started_at: float = 0.0) -> None:
+                 started_at: float = 0.0, default_limits: ResourceLimits = NO_LIMITS) -> None:
         self.node_id = node_id
+        self.default_limits = default_limits
         self.counters: dict[str, int] = {}
         self._reader = reader
         self._host, self._address, self._started_at = host, address, started_at
@@ -218,13 +223,17 @@ class Leader:
         refused = self._not_leading(request)
         if refused:
             return refused
+        try:
+            limits = ResourceLimits.from_body(message.limits).with_defaults(self.default_limits)
+        except ResourceSpecError as fault:
+            return [self._error(request, ErrorCode.INVALID, str(fault))]
         command = core.SubmitJob(
             job=message.job_uuid, name=message.name, program=tuple(message.program),
             args=tuple(message.args), inputs={name: tuple(ref) for name, ref in message.inputs.items()},
             chunk_inputs=tuple({name: tuple(ref) for name, ref in per_chunk.items()}
                                for per_chunk in message.chunk_inputs),
             chunk_count=message.chunk_count, timeout_s=message.timeout_s,
-            max_retries=message.max_retries)
+            max_retries=message.max_retries, limits=limits, network=message.network)
         self._queue(command, _AnswerSubmit(request, command.job))
         self._dispatch_with_submission(command)
         return []
@@ -372,7 +381,9 @@ class Leader:
             if alive and (view is None or view.state != "alive" or view.started_at != node["started_at"]):
                 self._queue(core.NodeSeen(node=node_id, role=node["role"], host=node["host"],
                                           address=node["address"], slots=node["slots"],
-                                          cache_bytes=node["cache_bytes"], started_at=node["started_at"]))
+                                          cache_bytes=node["cache_bytes"], started_at=node["started_at"],
+                                          millicpus=node["millicpus"], memory_bytes=node["memory_bytes"],
+                                          disk_bytes=node["disk_bytes"], sandbox=node["sandbox"]))
             elif not alive and view is not None and view.state == "alive":
                 self._queue(core.NodeLost(node=node_id))
         return []

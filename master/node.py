@@ -23,6 +23,7 @@ from uds.master.replicated import Commit, RaftGroup
 from uds.daemon.dispatch import handle_request
 from uds.daemon.runtime import drain, guarded
 from uds.wire.enums import NodeRole
+from uds.wire.resources import NO_LIMITS, ResourceLimits
 from uds.wire.transport import Transport, recv_messages, send_message
 
 log = logging.getLogger("master")
@@ -35,7 +36,8 @@ IDLE_POLL_MS = 100
 class MasterNode:
     def __init__(self, node_id: bytes, address: str, raft: RaftGroup, transport: Transport,
                  wake_fd: int, host: str | None = None,
-                 client_addresses: dict[str, str] | None = None) -> None:
+                 client_addresses: dict[str, str] | None = None,
+                 default_limits: ResourceLimits = NO_LIMITS) -> None:
         self.node_id = node_id
         self.raft = raft
         self.transport = transport
@@ -45,7 +47,7 @@ class MasterNode:
         self.socket = transport.server_socket(zmq.ROUTER, address)
         self.counters: dict[str, int] = {}
         self.leader = core.Leader(node_id, raft, host=host or socket_module.gethostname(), address=address,
-                                  started_at=time.time())
+                                  started_at=time.time(), default_limits=default_limits)
         self.raft_status = core.NOT_STARTED
         self.wake_at: float | None = None
         self.handlers: dict[type, Callable[[Any, bytes, float], None]] = {

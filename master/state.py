@@ -40,10 +40,12 @@ from uds.master.commands import (
     checked_result, chunk_event_problem, is_id, node_seen_problem, normalised_submit,
     submit_problem,
 )
+from uds.wire.capacity import Capacity, unfit_reason
 from uds.wire.enums import ChunkState, ErrorCode, JobState, NodeRole
 from uds.wire.errors import WireError
 from uds.wire.limits import MAX_BODY_ITEMS
 from uds.wire.records import NO_RESULT, ChunkEvent, ChunkResult
+from uds.wire.resources import ResourceLimits
 
 # A chunk that has taken down this many workers (lost or rejected attempts)
 # is failed instead of being handed to yet another worker.
@@ -154,6 +156,14 @@ class NodeRecord:
     started_at: float
     alive: bool
     changed_at: float               # when it joined or was declared lost
+    millicpus: int = 0              # what a worker offers (0: not measured)
+    memory_bytes: int = 0
+    disk_bytes: int = 0
+    sandbox: str = ""
+
+    @property
+    def capacity(self) -> Capacity:
+        return Capacity(self.millicpus, self.memory_bytes, self.disk_bytes)
 
 
 def _new_event_log() -> deque:
@@ -200,6 +210,11 @@ class ClusterState:
             if existing.spec == spec:
                 return SubmitOutcome(created=False)
             return SubmitOutcome(ok=False, error="job id reused with a different spec",
+                                 error_code=ErrorCode.INVALID)
+        unfit = self.unfit_reason(spec.limits)
+        if unfit:
+            # Refused while the client waits, rather than queued for ever.
+            return SubmitOutcome(ok=False, error=f"no worker can run this job: {unfit}",
                                  error_code=ErrorCode.INVALID)
         job = spec.job
         self.job_records[job] = JobRecord(spec=spec, submitted_at=now,
@@ -307,7 +322,9 @@ class ClusterState:
             return NodeOutcome(ok=False, error=problem, error_code=ErrorCode.INVALID)
         details = dict(role=command.role, host=command.host, address=command.address,
                        slots=command.slots, cache_bytes=command.cache_bytes,
-                       started_at=float(command.started_at))
+                       started_at=float(command.started_at), millicpus=command.millicpus,
+                       memory_bytes=command.memory_bytes, disk_bytes=command.disk_bytes,
+                       sandbox=command.sandbox)
         existing = self.node_records.get(command.node)
         if existing is not None and existing.alive:
             if all(getattr(existing, name) == value for name, value in details.items()):
@@ -478,7 +495,24 @@ class ClusterState:
             error=job_record.first_error, first_chunk=first_chunk,
             chunks=tuple(_chunk_view(index, job_record.chunks[index])
                          for index in range(first_chunk, last_chunk)),
+            limits=spec.limits, network=spec.network, waiting=self.waiting_reason(job_record),
         )
+
+    def unfit_reason(self, limits: ResourceLimits) -> str:
+        """Why no alive worker could ever run an attempt with these limits
+        (memory, cpus, disk), or "" when one could or none is known."""
+        workers = [record.capacity for record in self.node_records.values()
+                   if record.role == NodeRole.WORKER and record.alive]
+        return unfit_reason(Capacity.requested(limits), workers)
+
+    def waiting_reason(self, job_record: JobRecord) -> str:
+        """Why the job's chunks that are not final cannot run now, or "":
+        no worker is alive, or none that is could hold one of them."""
+        if job_record.finished_at is not None:
+            return ""
+        if not any(record.role == NodeRole.WORKER and record.alive for record in self.node_records.values()):
+            return "no worker is alive"
+        return self.unfit_reason(job_record.spec.limits)
 
     def job_spec(self, job: bytes) -> dict[str, Any] | None:
         """The JOB_SPEC record: what a worker needs to run any chunk of the job."""
@@ -487,7 +521,8 @@ class ClusterState:
             return None
         spec = job_record.spec
         return dict(job=spec.job, program=spec.program, args=list(spec.args), inputs=dict(spec.inputs),
-                    chunk_count=spec.chunk_count, timeout_s=spec.timeout_s)
+                    chunk_count=spec.chunk_count, timeout_s=spec.timeout_s, limits=spec.limits.as_body(),
+                    network=spec.network)
 
     def chunk_inputs(self, job: bytes, chunk: int) -> dict[str, FileRef]:
         """The chunk's own inputs (DISPATCH_ATTEMPT.inputs); {} when the job has none
@@ -539,7 +574,9 @@ class ClusterState:
         return [NodeView(node=node, role=record.role, host=record.host, address=record.address,
                          slots=record.slots, cache_bytes=record.cache_bytes,
                          started_at=record.started_at, state="alive" if record.alive else "lost",
-                         changed_at=record.changed_at)
+                         changed_at=record.changed_at, millicpus=record.millicpus,
+                         memory_bytes=record.memory_bytes, disk_bytes=record.disk_bytes,
+                         sandbox=record.sandbox)
                 for node, record in self.node_records.items()]
 
     def jobs(self, limit: int) -> list[JobSummary]:

@@ -54,12 +54,20 @@ declarations in `tests/seed_structs.h`, so a C peer built from the design reads 
 
 What several bodies carry is declared once, in `wire/records.py`, as a typed
 record with its schema: `ChunkResult` (the fields from `exit_code` to
-`bytes_from_storage`: what a chunk attempt left behind) and `ChunkEvent` (a
-worker's report on one attempt: `job`, `chunk`, `attempt`, `state`, `worker`
-and its result). Their fields lie flat in the bodies below; the message
+`output_bytes`: what a chunk attempt left behind and what it used, its cpu
+time, peak memory and bytes read and stored; `elapsed_s` is its wall time)
+and `ChunkEvent` (a worker's report on one attempt: `job`, `chunk`, `attempt`,
+`state`, `worker` and its result). Their fields lie flat in the bodies below; the message
 classes give and take the records (`WorkerStatus.chunk_event()`,
 `WorkerStatus.reporting(event, epoch)`, `ChunkEvents.chunk_events()`,
 `ChunkEvents.carrying(...)`), and every role uses them.
+
+A job's `limits` (in `job_submit`, `JOB_SPEC`, `worker_request` and
+`job_status_reply`) is `ResourceLimits.as_body()` of `wire/resources.py`: a map
+holding only the limits asked for (`memory_bytes`, `millicpus`, `disk_bytes`,
+`pids`, `cpu_time_s`), so a limit added later changes no struct. A worker's
+`hello` and its `NODE` record say what it offers: `millicpus`, `memory_bytes`,
+`disk_bytes` (0: not measured) and `sandbox`, how its chunks are contained.
 
 ## Validation
 

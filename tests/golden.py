@@ -24,7 +24,10 @@ OUTPUT = bytes.fromhex("77665544332211000011223344556677")
 LOG = bytes.fromhex("10101010202020203030303040404040")
 RESULT = dict(exit_code=0, outputs={"counts.txt": [OUTPUT, 1234]}, stdout=[LOG, 10],
               stderr=None, error="", elapsed_s=0.25, bytes_from_cache=4096,
-              bytes_from_storage=65536)
+              bytes_from_storage=65536, cpu_user_s=0.125, cpu_system_s=0.0625,
+              peak_memory_bytes=1 << 24, output_bytes=1244)
+LIMITS = {"memory_bytes": 512 << 20, "millicpus": 1500}
+WORKER_RESOURCES = dict(millicpus=8000, memory_bytes=16 << 30, disk_bytes=100 << 30, sandbox="bubblewrap")
 
 
 def samples() -> list[wire.Message]:
@@ -36,7 +39,8 @@ def samples() -> list[wire.Message]:
             program=[PROGRAM, 512], args=["--top", "10"], inputs={"data.txt": [FILE, 70000]},
             chunk_count=2, timeout_s=60.0,
             assignments=[{"chunk": 0, "attempt": 1, "inputs": {}},
-                         {"chunk": 1, "attempt": 1, "inputs": {"extra.txt": [FILE, 70000]}}]),
+                         {"chunk": 1, "attempt": 1, "inputs": {"extra.txt": [FILE, 70000]}}],
+            limits=LIMITS, network=False),
         m.WorkerStatus.make(NODE, job=JOB, state=int(ChunkState.SUCCEEDED), epoch=3, chunk=1,
                             attempt=1, worker_started_at=1_795_000_000.0, **RESULT),
         m.FileRequest.make(NODE, file=FILE),
@@ -45,25 +49,27 @@ def samples() -> list[wire.Message]:
                      failed_type=int(m.MessageType.FILE_READ), reason="no such file"),
         m.Hello.make(NODE, request_id=1, role=int(NodeRole.WORKER), slots=4,
                      cache_bytes=1 << 30, start_time_ms=1_795_000_000_000,
-                     host="node-1", address="tcp://127.0.0.1:5601", version=1),
+                     host="node-1", address="tcp://127.0.0.1:5601", version=1, **WORKER_RESOURCES),
         m.HelloReply.make(NODE, request_id=1, epoch=3, heartbeat_interval_ms=500, lease_ms=3000),
         m.Heartbeat.make(NODE, epoch=3, free_slots=3, running_count=1,
                          running=[[JOB, 1, 1]], cache_added=[[FILE, 70000]], cache_removed=[]),
         m.JobSubmit.make(NODE, request_id=2, job=JOB, chunk_count=2, program=[PROGRAM, 512],
                          args=["--top", "10"], inputs={"data.txt": [FILE, 70000]},
-                         chunk_inputs=[], timeout_s=60.0, max_retries=2, name="count"),
+                         chunk_inputs=[], timeout_s=60.0, max_retries=2, name="count",
+                         limits=LIMITS, network=True),
         m.JobSubmitReply.make(NODE, request_id=2, job=JOB, created=1),
         m.JobStatus.make(NODE, request_id=3, job=JOB, detail=1, wait_ms=0, first_chunk=0, max_chunks=0),
         m.JobStatusReply.make(
             NODE, request_id=3, job=JOB, state=int(JobState.RUNNING), chunk_count=2,
             chunks_succeeded=1, chunks_failed=0, first_chunk=0, next_chunk=1, name="count", submitted_at=1_795_000_000.5,
             finished_at=None, error="",
-            chunks=[{"chunk": 0, "state": "succeeded", "attempt": 1, "worker": NODE, **RESULT}]),
+            chunks=[{"chunk": 0, "state": "succeeded", "attempt": 1, "worker": NODE, **RESULT}],
+            limits=LIMITS, network=False, waiting=""),
         m.JobCancel.make(NODE, request_id=4, job=JOB),
         m.ChunkDispatch.make(
             NODE, epoch=3, attempt_count=1,
             jobs=[{"job": JOB, "program": [PROGRAM, 512], "args": [], "inputs": {},
-                   "chunk_count": 2, "timeout_s": 60.0}],
+                   "chunk_count": 2, "timeout_s": 60.0, "limits": LIMITS, "network": False}],
             attempts=[{"job": JOB, "chunk": 0, "attempt": 1, "inputs": {}}]),
         m.ChunkCancel.make(NODE, epoch=3, job=JOB, attempts=[[0, 1]]),
         m.ChunkEvents.make(NODE, epoch=3, batch_id=9, event_count=1, events=[
@@ -82,7 +88,7 @@ def samples() -> list[wire.Message]:
         m.NodesReply.make(NODE, request_id=8, nodes=[{
             "node": NODE, "role": int(NodeRole.WORKER), "host": "node-1",
             "address": "", "slots": 4, "free_slots": 3, "running": 1, "cache_bytes": 1 << 30,
-            "started_at": 1_795_000_000.0, "last_seen_s": 0.5, "state": "alive"}]),
+            "started_at": 1_795_000_000.0, "last_seen_s": 0.5, "state": "alive", **WORKER_RESOURCES}]),
         m.EventsQuery.make(NODE, request_id=9, after_seq=0, limit=100),
         m.EventsReply.make(NODE, request_id=9, last_seq=1, events=[{
             "seq": 1, "at": 1_795_000_000.0, "kind": "job_submitted", "job": JOB, "chunk": None,
@@ -95,7 +101,7 @@ def samples() -> list[wire.Message]:
         m.NodeReport.make(NODE, epoch=3, nodes=[{
             "node": NODE, "role": int(NodeRole.WORKER), "host": "node-1",
             "address": "", "slots": 4, "free_slots": 3, "running": 1, "cache_bytes": 1 << 30,
-            "started_at": 1_795_000_000.0, "last_seen_s": 0.5, "state": "alive"}]),
+            "started_at": 1_795_000_000.0, "last_seen_s": 0.5, "state": "alive", **WORKER_RESOURCES}]),
     ]
 
 

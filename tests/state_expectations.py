@@ -20,6 +20,9 @@ from uds.master.state import MAX_CHUNKS_PER_JOB, POISON_LIMIT, ClusterState
 from uds.wire.enums import ChunkState, JobState, NodeRole
 from uds.wire.errors import WireError
 from uds.wire.records import NO_RESULT, ChunkResult
+from uds.wire.resources import ResourceLimits
+
+LIMIT_FIELDS = tuple(field.name for field in dataclasses.fields(ResourceLimits))
 
 FINAL = {"succeeded", "failed", "cancelled"}
 IN_FLIGHT = {"dispatched", "running"}
@@ -125,15 +128,20 @@ def _check_submit(before, after, command: SubmitJob, outcome, now):
              and len(command.chunk_inputs) in (0, command.chunk_count), command, "chunk_inputs")
     _require(_is_seconds(command.timeout_s) and command.timeout_s > 0, command, "timeout_s")
     _require(_is_count(command.max_retries), command, "max_retries")
+    _require(type(command.limits) is ResourceLimits and all(
+        _is_count(getattr(command.limits, name)) for name in LIMIT_FIELDS), command, "limits")
+    _require(type(command.network) is bool, command, "network")
     job, count = command.job, command.chunk_count
     spec = dict(job=job, program=_ref(command.program), args=list(command.args),
-                inputs=_file_map(command.inputs), chunk_count=count, timeout_s=float(command.timeout_s))
+                inputs=_file_map(command.inputs), chunk_count=count, timeout_s=float(command.timeout_s),
+                limits=command.limits.as_body(), network=command.network)
     if before.job_view(job) is not None:
         # Only the very same spec may be resubmitted, and it changes nothing.
         assert outcome == SubmitOutcome(created=False)
         assert before.job_spec(job) == spec
         assert after == before
         return
+    _require(_fits_an_alive_worker(before, command.limits), command, "limits (no worker could run it)")
     assert outcome == SubmitOutcome(created=True)
     assert after.job_spec(job) == spec
     view = after.job_view(job)
@@ -149,6 +157,17 @@ def _check_submit(before, after, command: SubmitJob, outcome, now):
     others = _job_views(after)
     del others[job]
     assert others == _job_views(before)
+
+
+def _fits_an_alive_worker(state: ClusterState, limits: ResourceLimits) -> bool:
+    """Whether some alive worker's whole capacity holds the request, or no
+    worker is alive at all (0 on either side: nothing asked, not measured)."""
+    workers = [view for view in state.nodes() if view.role == NodeRole.WORKER and view.state == "alive"]
+    asked = (limits.millicpus, limits.memory_bytes, limits.disk_bytes)
+    return not workers or any(
+        all(not need or not have or need <= have
+            for need, have in zip(asked, (view.millicpus, view.memory_bytes, view.disk_bytes)))
+        for view in workers)
 
 
 def _check_dispatch(before, after, command: DispatchAttempts, outcome, now):
@@ -239,15 +258,22 @@ def _check_node_seen(before, after, command: NodeSeen, outcome, now):
     _require(type(command.host) is str and type(command.address) is str, command, "host or address")
     _require(_is_count(command.slots) and _is_count(command.cache_bytes), command, "slots or cache_bytes")
     _require(_is_seconds(command.started_at), command, "started_at")
+    _require(all(_is_count(getattr(command, name)) for name in ("millicpus", "memory_bytes", "disk_bytes")),
+             command, "millicpus, memory_bytes or disk_bytes")
+    _require(type(command.sandbox) is str, command, "sandbox")
     known = _node(before, command.node)
     joined = known is None or known.state == "lost"
     details = (int(command.role), command.host, command.address, command.slots, command.cache_bytes,
                float(command.started_at))
-    updated = not joined and details != (known.role, known.host, known.address, known.slots,
-                                         known.cache_bytes, known.started_at)
+    offered = (command.millicpus, command.memory_bytes, command.disk_bytes, command.sandbox)
+    updated = not joined and details + offered != (
+        known.role, known.host, known.address, known.slots, known.cache_bytes, known.started_at,
+        known.millicpus, known.memory_bytes, known.disk_bytes, known.sandbox)
     assert outcome == NodeOutcome(changed=joined, updated=updated)
     assert _node(after, command.node) == NodeView(
-        command.node, *details, state="alive", changed_at=now if joined else known.changed_at)
+        command.node, *details, state="alive", changed_at=now if joined else known.changed_at,
+        millicpus=command.millicpus, memory_bytes=command.memory_bytes, disk_bytes=command.disk_bytes,
+        sandbox=command.sandbox)
     assert [(e.kind, e.node) for e in _new_events(before, after)] == (
         [("node_joined", command.node)] if joined else [])
 

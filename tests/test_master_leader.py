@@ -85,7 +85,8 @@ def heartbeat(free_slots: int, running: int = 0) -> wire.Heartbeat:
 def event_record(job: bytes, chunk: int, attempt: int, state: ChunkState) -> dict:
     return dict(job=job, chunk=chunk, attempt=attempt, state=int(state), worker=WORKER, worker_started_at=0.0,
                 exit_code=0 if state == ChunkState.SUCCEEDED else None, outputs={}, stdout=None,
-                stderr=None, error="", elapsed_s=0.5, bytes_from_cache=0, bytes_from_storage=0)
+                stderr=None, error="", elapsed_s=0.5, bytes_from_cache=0, bytes_from_storage=0,
+                cpu_user_s=0.25, cpu_system_s=0.0, peak_memory_bytes=1 << 20, output_bytes=0)
 
 
 def chunk_events(batch_id: int, *records: dict) -> wire.ChunkEvents:
@@ -396,11 +397,13 @@ def test_an_empty_batch_is_acknowledged_at_once_and_a_failed_one_not_at_all():
 def test_node_reports_become_node_seen_and_node_lost():
     cluster = with_balancer()
     node = dict(node=WORKER, role=int(NodeRole.WORKER), host="w", address="tcp://w", slots=2, free_slots=2,
-                running=0, cache_bytes=10, started_at=3.0, last_seen_s=0.1, state="alive")
+                running=0, cache_bytes=10, started_at=3.0, last_seen_s=0.1, state="alive",
+                millicpus=4000, memory_bytes=8 << 30, disk_bytes=50 << 30, sandbox="bubblewrap")
     report = wire.NodeReport.make(BALANCER, epoch=1, nodes=[node])
     cluster.handle(received(report, BALANCER_PEER), 1.0)
     seen = NodeSeen(node=WORKER, role=int(NodeRole.WORKER), host="w", address="tcp://w", slots=2,
-                    cache_bytes=10, started_at=3.0)
+                    cache_bytes=10, started_at=3.0, millicpus=4000, memory_bytes=8 << 30,
+                    disk_bytes=50 << 30, sandbox="bubblewrap")
     assert proposed(cluster.settle(1.0))[0].commands == (seen,)
     cluster.handle(received(report, BALANCER_PEER), 2.0)
     assert proposed(cluster.settle(2.0)) == []          # nothing new

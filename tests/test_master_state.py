@@ -82,7 +82,8 @@ def test_submit_creates_a_queued_job_with_queued_chunks():
     assert state.events_after(0, 10) == (
         [Event(1, 5.0, "job_submitted", JOB_A, None, None, None, "demo: 3 chunks")], 1)
     assert state.job_spec(JOB_A) == dict(job=JOB_A, program=PROGRAM, args=["-v"],
-                                         inputs={"data": DATA}, chunk_count=3, timeout_s=60.0)
+                                         inputs={"data": DATA}, chunk_count=3, timeout_s=60.0, limits={},
+                                         network=False)
 
 
 def test_submit_is_idempotent_by_job_id():
@@ -201,7 +202,8 @@ def test_success_commits_the_result_once():
     chunk = view.chunks[0]
     assert chunk.as_report() == dict(
         chunk=0, state="succeeded", attempt=1, worker=WORKER_1, exit_code=0, outputs={"out/a": OUT},
-        stdout=LOG, stderr=None, error="", elapsed_s=1.5, bytes_from_cache=3, bytes_from_storage=4)
+        stdout=LOG, stderr=None, error="", elapsed_s=1.5, bytes_from_cache=3, bytes_from_storage=4,
+        cpu_user_s=0.0, cpu_system_s=0.0, peak_memory_bytes=0, output_bytes=0)
     # The second chunk succeeds straight from DISPATCHED (its STARTED was lost).
     assert one(state, event(1, 1, ChunkState.SUCCEEDED, worker=WORKER_2, exit_code=0), now=5.0) == (
         ChunkEventOutcome(phase="succeeded", job_finished=True))
@@ -675,10 +677,11 @@ def test_views_encode_as_their_wire_messages():
 def test_chunk_event_from_a_decoded_record():
     record = dict(job=JOB_A, chunk=0, attempt=1, state=int(ChunkState.SUCCEEDED), worker=WORKER_1,
                   worker_started_at=100.0, exit_code=0, outputs={"o": list(OUT)}, stdout=list(LOG), stderr=None, error="",
-                  elapsed_s=1.0, bytes_from_cache=0, bytes_from_storage=9)
+                  elapsed_s=1.0, bytes_from_cache=0, bytes_from_storage=9, cpu_user_s=0.5, cpu_system_s=0.0,
+                  peak_memory_bytes=7, output_bytes=0)
     assert ChunkEvent.from_body(record) == event(
         0, 1, int(ChunkState.SUCCEEDED), worker_started_at=100.0, exit_code=0, outputs={"o": OUT},
-        stdout=LOG, elapsed_s=1.0, bytes_from_storage=9)
+        stdout=LOG, elapsed_s=1.0, bytes_from_storage=9, cpu_user_s=0.5, peak_memory_bytes=7)
 
 
 # Anything at all in any field: `apply` must answer, never raise.

@@ -12,7 +12,7 @@ NODE = bytes(16)
 
 def _spec(job, inputs=None):
     return dict(job=job, program=[new_id(), 10], args=[], inputs=inputs or {}, chunk_count=100_000,
-                timeout_s=60.0)
+                timeout_s=60.0, limits={"memory_bytes": 1 << 30}, network=False)
 
 
 def _attempt(job, chunk, inputs=None):

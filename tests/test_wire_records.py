@@ -11,6 +11,7 @@ from uds import wire
 from strategies import for_schema, messages_of
 from uds.wire import ChunkState, WireError
 from uds.wire.records import CHUNK_EVENT, NO_RESULT, RESULT, ChunkEvent, ChunkResult
+from uds.wire.resources import Usage
 from uds.worker.attempts import AttemptKey, Report
 from uds.worker.messages import status_message
 
@@ -56,10 +57,12 @@ def test_decoded_events_are_sent_on_unchanged(message):
 
 def test_a_result_keeps_file_references_as_tuples():
     body = dict(exit_code=0, outputs={"a/b": list(OUT)}, stdout=list(LOG), stderr=None, error="",
-                elapsed_s=2, bytes_from_cache=1, bytes_from_storage=2)
+                elapsed_s=2, bytes_from_cache=1, bytes_from_storage=2, cpu_user_s=0.5, cpu_system_s=0,
+                peak_memory_bytes=3, output_bytes=4)
     result = ChunkResult.from_body(body)
     assert result == ChunkResult(exit_code=0, outputs={"a/b": OUT}, stdout=LOG, elapsed_s=2,
-                                 bytes_from_cache=1, bytes_from_storage=2)
+                                 bytes_from_cache=1, bytes_from_storage=2, cpu_user_s=0.5,
+                                 peak_memory_bytes=3, output_bytes=4)
     assert result.checked().elapsed_s == 2.0 and type(result.checked().elapsed_s) is float
     assert ChunkResult.from_body(result.as_body()) == result
 
@@ -74,6 +77,10 @@ def test_a_result_keeps_file_references_as_tuples():
     (ChunkResult(elapsed_s=-1.0), "result.elapsed_s"),
     (ChunkResult(bytes_from_cache=-1), "result.bytes_from_cache"),
     (ChunkResult(bytes_from_storage=1.5), "result.bytes_from_storage"),
+    (ChunkResult(cpu_user_s=-0.5), "result.cpu_user_s"),
+    (ChunkResult(cpu_system_s=float("nan")), "result.cpu_system_s"),
+    (ChunkResult(peak_memory_bytes=-1), "result.peak_memory_bytes"),
+    (ChunkResult(output_bytes=2**64), "result.output_bytes"),
 ])
 def test_checked_names_the_field_that_breaks_the_schema(result, problem):
     with pytest.raises(WireError, match=problem.replace("[", r"\[").replace("]", r"\]")):
@@ -86,7 +93,7 @@ anything = st.one_of(st.none(), st.booleans(), st.integers(-2, 2**65), st.floats
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.builds(ChunkResult, anything, anything, anything, anything, anything, anything, anything, anything))
+@given(st.builds(ChunkResult, *[anything] * 12))
 def test_checked_raises_only_wire_errors(result):
     try:
         checked = result.checked()
@@ -118,3 +125,10 @@ def test_a_worker_names_its_process_in_a_status_as_the_masters_record_it(clock_s
     report = Report(AttemptKey(JOB, 0, 1), ChunkState.STARTED, 3, NO_RESULT)
     event = roundtrip(status_message(NODE, start_time_ms, report)).chunk_event()
     assert event.worker_started_at == hello.start_time_ms / 1000.0
+
+
+def test_a_result_gives_its_usage_with_elapsed_as_wall_time():
+    result = ChunkResult(elapsed_s=3.0, bytes_from_cache=1, bytes_from_storage=2, cpu_user_s=0.5,
+                         cpu_system_s=0.25, peak_memory_bytes=1 << 20, output_bytes=7)
+    assert result.usage == Usage(cpu_user_s=0.5, cpu_system_s=0.25, peak_memory_bytes=1 << 20,
+                                 bytes_from_cache=1, bytes_from_storage=2, output_bytes=7, wall_s=3.0)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from uds.wire import FINAL_CHUNK_STATES, ChunkState
+from uds.wire.resources import Usage
 from uds.worker import attempts
 from uds.worker.attempts import (
     EPOCH, HELLO_RETRY_S, KILL_GRACE_S, LOG_KILL_BYTES, MAX_OUTPUT_FILES, RESEND_STATUS_S, STARTED_DELAY_S,
@@ -109,8 +110,30 @@ def test_outputs_and_logs_are_uploaded_before_the_final_report():
     outputs = {"a": (b"a" * 16, 1), "b/c": (b"c" * 16, 2)}
     assert core.handle(Uploaded(k, outputs, None, (b"e" * 16, 5)), 2.5) == [
         final(k, ChunkState.FAILED, exit_code=3, error="exit code 3", elapsed_s=1.0, outputs=outputs,
-              stderr=(b"e" * 16, 5))]
+              stderr=(b"e" * 16, 5), output_bytes=8)]
     assert core.counters["attempts_failed"] == 1
+
+
+def test_an_attempt_reports_what_it_used():
+    core = registered()
+    k = running(core, 0, now=1.0)
+    usage = Usage(cpu_user_s=0.75, cpu_system_s=0.25, peak_memory_bytes=64 << 20, wall_s=9.0)
+    core.handle(ProcessExited(k, 0, outputs=("a",), stdout_bytes=3, bytes_read=100, bytes_fetched=40,
+                              usage=usage), 2.0)
+    [report] = core.handle(Uploaded(k, {"a": (b"a" * 16, 1000)}, (b"o" * 16, 3)), 2.5)
+    assert report.result.usage == Usage(cpu_user_s=0.75, cpu_system_s=0.25, peak_memory_bytes=64 << 20,
+                                        bytes_from_cache=60, bytes_from_storage=40, output_bytes=1003,
+                                        wall_s=1.0)
+
+
+def test_a_limit_exceeded_fails_with_its_reason_and_keeps_the_peak():
+    core = registered()
+    k = running(core, 0, now=1.0)
+    [report, *_] = core.handle(ProcessExited(k, -9, limit_exceeded="memory limit 512 MiB exceeded (peak 512 MiB)",
+                                             usage=Usage(peak_memory_bytes=512 << 20)), 2.0)
+    assert report.state is ChunkState.FAILED
+    assert report.result.error == "memory limit 512 MiB exceeded (peak 512 MiB)"
+    assert report.result.peak_memory_bytes == 512 << 20
 
 
 def test_a_failed_upload_is_rejected_not_the_programs_fault():
@@ -119,6 +142,14 @@ def test_a_failed_upload_is_rejected_not_the_programs_fault():
     core.handle(ProcessExited(k, 0, outputs=("a",)), 2.0)
     assert core.handle(UploadFailed(k, "storage down"), 2.5) == [
         final(k, ChunkState.REJECTED, error="could not store results: storage down", elapsed_s=1.0)]
+
+
+def test_a_failed_upload_keeps_what_the_attempt_used():
+    core = registered()
+    k = running(core, 0, now=1.0)
+    core.handle(ProcessExited(k, 0, outputs=("a",), usage=Usage(cpu_user_s=2.0)), 2.0)
+    [report] = core.handle(UploadFailed(k, "storage down"), 2.5)
+    assert report.result.exit_code is None and report.result.cpu_user_s == 2.0
 
 
 def test_a_program_that_cannot_be_fetched_is_rejected():

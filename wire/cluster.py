@@ -22,6 +22,10 @@
     heartbeat_interval_s = 0.5
     lease_s = 3.0                       # silence after which a worker is lost
 
+    [limits]                            # what a chunk may use when its job does not say
+    memory = "2G"
+    cpus = 1
+
 Relative paths are relative to the cluster file's folder. See doc/cluster.md.
 """
 from __future__ import annotations
@@ -31,6 +35,8 @@ import pathlib
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
+
+from uds.wire.resources import NO_LIMITS, ResourceLimits, ResourceSpecError
 
 
 class ClusterFileError(Exception):
@@ -165,3 +171,17 @@ def render(keys: str, masters: list[dict], loadbalancers: list[dict], storage: l
     lines.append("[workers]")
     lines += [f"{key} = {value(item)}" for key, item in workers.items()]
     return "\n".join(lines) + "\n"
+
+
+def default_limits(cluster: Cluster) -> ResourceLimits:
+    """The [limits] table: what each attempt of a job that asks for less may
+    use (ResourceLimits.parse's keys); NO_LIMITS without one."""
+    table = cluster.extra.get("limits")
+    if table is None:
+        return NO_LIMITS
+    if type(table) is not dict:
+        raise ClusterFileError("limits: expected a table ([limits])")
+    try:
+        return ResourceLimits.parse(table)
+    except ResourceSpecError as fault:
+        raise ClusterFileError(f"limits: {fault}") from None

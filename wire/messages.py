@@ -13,7 +13,7 @@ id joined from its two halves; `Class.make(node_id, job=..., ...)` splits
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Sequence
 
 import msgpack
@@ -24,9 +24,10 @@ from uds.wire.errors import WireError
 from uds.wire.ids import join_id, split_id
 from uds.wire.limits import ERROR_REASON_MAX_CHARS, MAX_CHUNK_INPUTS_BYTES, MAX_JOB_SPEC_BYTES
 from uds.wire.records import CHUNK_EVENT, RESULT_FIELDS, ChunkEvent, ChunkResult
+from uds.wire.resources import ResourceLimits
 from uds.wire.schema import (
-    FILE_MAP, FILE_REF, I64, ID, SECONDS, U8, U32, U64,
-    Choice, List, Map, Nullable, Schema, Str, Tuple, record,
+    FILE_MAP, FILE_REF, I64, I64_MAX, ID, SECONDS, U8, U32, U64,
+    Bool, Choice, Int, List, Map, Nullable, Schema, Str, Tuple, record,
 )
 
 GENERIC_FIELDS = ("node_uuid_upper", "node_uuid_lower")
@@ -134,16 +135,23 @@ def _check_member(enum: type, value: int, where: str) -> None:
 
 
 # Shapes shared by several bodies.
+# ResourceLimits.as_body: only the limits asked for (0 is left out).
+LIMIT_NAMES = tuple(item.name for item in fields(ResourceLimits))
+LIMITS = Map(Choice(LIMIT_NAMES), Int(0, I64_MAX), max_items=len(LIMIT_NAMES))
+# What a worker offers (wire.capacity.Capacity; 0: not measured) and how
+# its chunks are contained ("none" when it runs them unconfined).
+WORKER_RESOURCES: dict[str, Schema] = dict(millicpus=U32, memory_bytes=U64, disk_bytes=U64,
+                                           sandbox=Str(64))
 ASSIGNMENT = record(chunk=U32, attempt=U32, inputs=FILE_MAP)
 JOB_SPEC = record(job=ID, program=FILE_REF, args=List(Str()), inputs=FILE_MAP,
-                  chunk_count=U32, timeout_s=SECONDS)
+                  chunk_count=U32, timeout_s=SECONDS, limits=LIMITS, network=Bool())
 DISPATCH_ATTEMPT = record(job=ID, chunk=U32, attempt=U32, inputs=FILE_MAP)
 CHUNK_REPORT_STATES = ("queued", "dispatched", "running", "succeeded", "failed", "cancelled")
 CHUNK_REPORT = record(chunk=U32, state=Choice(CHUNK_REPORT_STATES), attempt=U32,
                       worker=Nullable(ID), **RESULT_FIELDS)
 NODE = record(node=ID, role=U8, host=Str(255), address=Str(1024), slots=U32,
               free_slots=U32, running=U32, cache_bytes=U64, started_at=SECONDS,
-              last_seen_s=SECONDS, state=Choice(("alive", "lost")))
+              last_seen_s=SECONDS, state=Choice(("alive", "lost")), **WORKER_RESOURCES)
 EVENT = record(seq=U64, at=SECONDS, kind=Str(64), job=Nullable(ID), chunk=Nullable(U32),
                attempt=Nullable(U32), node=Nullable(ID), detail=Str())
 RUNNING_ATTEMPT = Tuple((ID, U32, U32))
@@ -151,7 +159,7 @@ RUNNING_ATTEMPT = Tuple((ID, U32, U32))
 
 @message("worker_request", body=dict(
     epoch=U64, program=FILE_REF, args=List(Str()), inputs=FILE_MAP, chunk_count=U32,
-    timeout_s=SECONDS, assignments=List(ASSIGNMENT)))
+    timeout_s=SECONDS, assignments=List(ASSIGNMENT), limits=LIMITS, network=Bool()))
 class WorkerRequest(Message):
     job_uuid_upper: int
     job_uuid_lower: int
@@ -164,6 +172,8 @@ class WorkerRequest(Message):
     chunk_count: int
     timeout_s: float
     assignments: list
+    limits: dict = field(default_factory=dict)  # ResourceLimits.as_body, the cluster's defaults filled in
+    network: bool = False
 
     def check(self) -> None:
         _require(self.program_length == self.program[1],
@@ -194,6 +204,10 @@ class WorkerStatus(Message):
     elapsed_s: float
     bytes_from_cache: int
     bytes_from_storage: int
+    cpu_user_s: float = 0.0
+    cpu_system_s: float = 0.0
+    peak_memory_bytes: int = 0
+    output_bytes: int = 0
 
     def check(self) -> None:
         _check_member(ChunkState, self.state, "worker_status.state")
@@ -249,7 +263,7 @@ class Error(Message):
         _check_member(ErrorCode, self.error_code, "error.error_code")
 
 
-@message("hello", body=dict(host=Str(255), address=Str(1024), version=U32))
+@message("hello", body=dict(host=Str(255), address=Str(1024), version=U32, **WORKER_RESOURCES))
 class Hello(Message):
     request_id: int
     role: int
@@ -259,6 +273,10 @@ class Hello(Message):
     host: str
     address: str
     version: int
+    millicpus: int = 0              # what a worker offers; 0 from other roles
+    memory_bytes: int = 0
+    disk_bytes: int = 0
+    sandbox: str = ""
 
     def check(self) -> None:
         _check_member(NodeRole, self.role, "hello.role")
@@ -292,7 +310,7 @@ class Heartbeat(Message):
 
 @message("job_submit", body=dict(
     program=FILE_REF, args=List(Str()), inputs=FILE_MAP, chunk_inputs=List(FILE_MAP),
-    timeout_s=SECONDS, max_retries=U32, name=Str(255)))
+    timeout_s=SECONDS, max_retries=U32, name=Str(255), limits=LIMITS, network=Bool()))
 class JobSubmit(Message):
     request_id: int
     job_uuid_upper: int
@@ -305,6 +323,8 @@ class JobSubmit(Message):
     timeout_s: float
     max_retries: int
     name: str
+    limits: dict = field(default_factory=dict)  # ResourceLimits.as_body: what the job asked for
+    network: bool = False
 
     def check(self) -> None:
         _require(self.chunk_count >= 1, "job_submit: chunk_count must be at least 1")
@@ -349,7 +369,7 @@ class JobStatus(Message):
 
 @message("job_status_reply", body=dict(
     name=Str(255), submitted_at=SECONDS, finished_at=Nullable(SECONDS), error=Str(),
-    chunks=List(CHUNK_REPORT)))
+    chunks=List(CHUNK_REPORT), limits=LIMITS, network=Bool(), waiting=Str()))
 class JobStatusReply(Message):
     request_id: int
     job_uuid_upper: int
@@ -365,6 +385,9 @@ class JobStatusReply(Message):
     finished_at: float | None
     error: str
     chunks: list
+    limits: dict = field(default_factory=dict)  # what each attempt may use, defaults filled in
+    network: bool = False
+    waiting: str = ""               # why its chunks cannot run now, or ""
 
     def check(self) -> None:
         _check_member(JobState, self.state, "job_status_reply.state")

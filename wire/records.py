@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from uds.wire.enums import ChunkState
+from uds.wire.resources import Usage
 from uds.wire.schema import (
     FILE_REF, I64, ID, OUTPUT_MAP, SECONDS, U8, U32, U64, Nullable, Record, Schema, Str, record,
 )
@@ -35,7 +36,12 @@ RESULT_FIELDS: dict[str, Schema] = dict(
     exit_code=Nullable(I64), outputs=OUTPUT_MAP, stdout=Nullable(FILE_REF),
     stderr=Nullable(FILE_REF), error=Str(), elapsed_s=SECONDS,
     bytes_from_cache=U64, bytes_from_storage=U64,
+    cpu_user_s=SECONDS, cpu_system_s=SECONDS, peak_memory_bytes=U64, output_bytes=U64,
 )
+# The result's fields that say what the attempt used (wire.resources.Usage);
+# its wall time is elapsed_s.
+USAGE_FIELDS = ("bytes_from_cache", "bytes_from_storage", "cpu_user_s", "cpu_system_s",
+                "peak_memory_bytes", "output_bytes")
 RESULT = record(**RESULT_FIELDS)
 EVENT_FIELDS: dict[str, Schema] = dict(job=ID, chunk=U32, attempt=U32, state=U8, worker=ID,
                                         worker_started_at=SECONDS)
@@ -62,6 +68,10 @@ class ChunkResult:
     elapsed_s: float = 0.0
     bytes_from_cache: int = 0               # inputs read from the worker's block cache
     bytes_from_storage: int = 0             # inputs fetched from storage nodes
+    cpu_user_s: float = 0.0                 # 0: not measured
+    cpu_system_s: float = 0.0
+    peak_memory_bytes: int = 0
+    output_bytes: int = 0                   # outputs and logs stored
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ChunkResult:
@@ -73,6 +83,8 @@ class ChunkResult:
             stdout=_optional_file_ref(body["stdout"]), stderr=_optional_file_ref(body["stderr"]),
             error=body["error"], elapsed_s=body["elapsed_s"],
             bytes_from_cache=body["bytes_from_cache"], bytes_from_storage=body["bytes_from_storage"],
+            cpu_user_s=body["cpu_user_s"], cpu_system_s=body["cpu_system_s"],
+            peak_memory_bytes=body["peak_memory_bytes"], output_bytes=body["output_bytes"],
         )
 
     def as_body(self) -> dict[str, Any]:
@@ -81,7 +93,14 @@ class ChunkResult:
             exit_code=self.exit_code, outputs=self.outputs, stdout=self.stdout,
             stderr=self.stderr, error=self.error, elapsed_s=self.elapsed_s,
             bytes_from_cache=self.bytes_from_cache, bytes_from_storage=self.bytes_from_storage,
+            cpu_user_s=self.cpu_user_s, cpu_system_s=self.cpu_system_s,
+            peak_memory_bytes=self.peak_memory_bytes, output_bytes=self.output_bytes,
         )
+
+    @property
+    def usage(self) -> Usage:
+        """What the attempt used, as one record; its wall time is elapsed_s."""
+        return Usage(**{name: getattr(self, name) for name in USAGE_FIELDS}, wall_s=self.elapsed_s)
 
     def checked(self) -> ChunkResult:
         """This result, normalised (tuples for file references, float

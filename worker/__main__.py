@@ -21,23 +21,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", metavar="DIR", help="data folder (overrides the cluster file)")
     parser.add_argument("--slots", type=int, help="chunks run at once (default: the cluster file's)")
     parser.add_argument("--cache-bytes", type=int, help="block cache size cap (default: the cluster file's)")
+    parser.add_argument("--cpus", help="cpus offered to chunks, e.g. 4 or 1.5 (default: this machine's)")
+    parser.add_argument("--memory", help="memory offered to chunks, e.g. 8G (default: this machine's)")
+    parser.add_argument("--disk", help="disk offered to chunks, e.g. 100G (default: the data folder's free space)")
     return parser
 
 
 def build(context: DaemonContext):
+    from uds.wire.resources import ResourceSpecError
+    from uds.worker.capacity import worker_capacity
     from uds.worker.node import WorkerNode
     options, cluster = context.options, context.cluster
     if options.slots is not None and options.slots < 1:
         raise ConfigurationError("--slots must be at least 1")
     if options.cache_bytes is not None and options.cache_bytes < 1:
         raise ConfigurationError("--cache-bytes must be positive")
+    try:
+        capacity = worker_capacity(context.data, options.cpus, options.memory, options.disk)
+    except ResourceSpecError as fault:
+        raise ConfigurationError(f"--{fault}") from None
     wake_read, wake_write = wake_pipe()
     return WorkerNode(context.node_id, context.data, cluster.loadbalancers[0].address,
                       cluster.storage[0].address, context.transport,
                       slots=options.slots or cluster.workers.slots,
                       cache_bytes=options.cache_bytes or cluster.workers.cache_bytes,
                       heartbeat_interval_s=cluster.workers.heartbeat_interval_s,
-                      wake_read=wake_read, wake_write=wake_write)
+                      wake_read=wake_read, wake_write=wake_write, capacity=capacity)
 
 
 def main(argv: list[str] | None = None) -> int:

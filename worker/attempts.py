@@ -416,9 +416,12 @@ class Attempts:
         if refusal is not None:
             # Storing them could never be reported: fail the chunk, keep the logs.
             state, error, outputs = ChunkState.FAILED, refusal, ()
+        usage = event.usage
         result = ChunkResult(exit_code=event.exit_code, error=error, elapsed_s=max(0.0, now - attempt.started_at),
                              bytes_from_cache=max(0, event.bytes_read - event.bytes_fetched),
-                             bytes_from_storage=event.bytes_fetched)
+                             bytes_from_storage=event.bytes_fetched, cpu_user_s=max(0.0, usage.cpu_user_s),
+                             cpu_system_s=max(0.0, usage.cpu_system_s),
+                             peak_memory_bytes=max(0, usage.peak_memory_bytes))
         if not outputs and not event.stdout_bytes and not event.stderr_bytes:
             # Nothing to store: report straight away (the common case for tiny
             # chunks), and tidy up after the report is on its way.
@@ -450,16 +453,16 @@ class Attempts:
     def _on_uploaded(self, event: Uploaded, now: float) -> list[Effect]:
         attempt = self._held(event)
         assert attempt.exit_state is not None and attempt.exit_result is not None
+        stored = [*event.outputs.values(), *(ref for ref in (event.stdout, event.stderr) if ref is not None)]
         result = replace(attempt.exit_result, outputs=dict(event.outputs), stdout=event.stdout,
-                          stderr=event.stderr)
+                         stderr=event.stderr, output_bytes=sum(size for _file_id, size in stored))
         return self._finish(attempt, attempt.exit_state, result, now, event)
 
     def _on_upload_failed(self, event: UploadFailed, now: float) -> list[Effect]:
         attempt = self._held(event)
         assert attempt.exit_result is not None
         # Storage trouble is not the program's fault.
-        result = ChunkResult(error=f"could not store results: {event.reason}",
-                             elapsed_s=attempt.exit_result.elapsed_s)
+        result = replace(attempt.exit_result, exit_code=None, error=f"could not store results: {event.reason}")
         return self._finish(attempt, ChunkState.REJECTED, result, now, event)
 
     # ---- moves -------------------------------------------------------------

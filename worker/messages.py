@@ -9,7 +9,9 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from uds import wire
+from uds.wire.capacity import NO_CAPACITY, Capacity
 from uds.wire.enums import ErrorCode, NodeRole
+from uds.wire.resources import ResourceLimits
 from uds.worker import attempts as core
 from uds.worker.attempts import AttemptKey
 
@@ -30,7 +32,8 @@ def status_message(node_id: bytes, start_time_ms: int, report: core.Report) -> w
 def _assigned(message: wire.WorkerRequest) -> core.Assigned:
     job = core.JobSpec(message.job_uuid, (message.program[0], message.program[1]), tuple(message.args),
                        {name: (ref[0], ref[1]) for name, ref in message.inputs.items()},
-                       message.chunk_count, message.timeout_s)
+                       message.chunk_count, message.timeout_s,
+                       limits=ResourceLimits.from_body(message.limits), network=message.network)
     return core.Assigned(message.epoch, job, tuple(
         core.ChunkAssignment(item["chunk"], item["attempt"],
                              {name: (ref[0], ref[1]) for name, ref in item["inputs"].items()})
@@ -58,10 +61,13 @@ def event_of(message: wire.Message) -> Any | None:
 
 
 def hello_message(node_id: bytes, request_id: int, slots: int, cache_bytes: int, start_time_ms: int,
-                  host: str) -> wire.Hello:
+                  host: str, capacity: Capacity = NO_CAPACITY, sandbox: str = "none") -> wire.Hello:
+    """The worker's hello: its slots and cache, and what it offers chunks
+    (cpus, memory, disk) and how it contains them."""
     return wire.Hello.make(node_id, request_id=request_id, role=int(NodeRole.WORKER), slots=slots,
                            cache_bytes=cache_bytes, start_time_ms=start_time_ms, host=host, address="",
-                           version=1)
+                           version=1, millicpus=capacity.millicpus, memory_bytes=capacity.memory_bytes,
+                           disk_bytes=capacity.disk_bytes, sandbox=sandbox[:64])
 
 
 def heartbeat_message(node_id: bytes, effect: core.SendHeartbeat, cache_added: list,

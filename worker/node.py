@@ -24,9 +24,11 @@ import zmq
 from uds import wire
 from uds.daemon.dispatch import handle_request
 from uds.daemon.runtime import drain, guarded, wake
+from uds.wire.capacity import Capacity
 from uds.wire.transport import Transport, recv_messages, send_message
 from uds.worker import attempts as core
 from uds.worker.attempts import AttemptKey
+from uds.worker.capacity import worker_capacity
 from uds.worker.host import AttemptHost
 from uds.worker.messages import (
     BALANCER_MESSAGES, event_of, heartbeat_message, hello_message, status_message,
@@ -42,9 +44,10 @@ LOG_CHECK_S = 0.1
 class WorkerNode:
     def __init__(self, node_id: bytes, data: pathlib.Path, loadbalancer_address: str, storage_address: str,
                  transport: Transport, slots: int, cache_bytes: int, heartbeat_interval_s: float,
-                 wake_read: int, wake_write: int) -> None:
+                 wake_read: int, wake_write: int, capacity: Capacity | None = None) -> None:
         self.node_id, self.transport = node_id, transport
         self.slots, self.cache_bytes = slots, cache_bytes
+        self.capacity = capacity if capacity is not None else worker_capacity(data)
         self.heartbeat_interval_s = heartbeat_interval_s
         self.hostname = socket_module.gethostname()
         self.start_time_ms = int(time.time() * 1000)     # of this process, in its hello and reports
@@ -156,7 +159,8 @@ class WorkerNode:
     def do_hello(self, effect: core.SayHello) -> None:
         self.next_request_id += 1
         self._send(hello_message(self.node_id, self.next_request_id, self.slots, self.cache_bytes,
-                                 self.start_time_ms, self.hostname))
+                                 self.start_time_ms, self.hostname, self.capacity,
+                                 getattr(self.host, "sandbox_label", "none")))
 
     def do_heartbeat(self, effect: core.SendHeartbeat) -> None:
         added, removed = self.host.cache.drain_changes()

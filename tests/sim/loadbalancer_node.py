@@ -111,13 +111,10 @@ class SimBalancer(Host):
             self.send(peer, message)
 
     def _do_assign(self, effect: core.AssignChunks) -> None:
-        spec = effect.job_spec
         self._send_worker(effect.worker, wire.WorkerRequest.make(
-            self.node_id, job=spec.job, program_length=spec.program[1], num_input_files=len(spec.inputs),
-            epoch=max(self.epoch, 1), chunk_count=spec.chunk_count, timeout_s=spec.timeout_s,
-            program=list(spec.program), args=list(spec.args),
-            inputs={name: list(ref) for name, ref in spec.inputs.items()},
-            assignments=[assignment.to_record() for assignment in effect.assignments]))
+            self.node_id, epoch=max(self.epoch, 1),
+            assignments=[assignment.to_record() for assignment in effect.assignments],
+            **effect.job_spec.request_fields()))
 
     def _do_cancel_on_worker(self, effect: core.CancelOnWorker) -> None:
         self._send_worker(effect.worker, wire.ChunkCancel.make(
