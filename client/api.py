@@ -30,6 +30,7 @@ from uds.wire import cluster as cluster_file
 from uds.wire.ids import ID_BYTES, id_from_hex, new_id
 from uds.wire.enums import NodeRole
 from uds.wire.keys import open_role
+from uds.wire.resources import ResourceLimits, ResourceSpecError
 from uds.wire.schema import NAME_MAX_BYTES, U32_MAX
 from uds.wire.transport import Transport, recv_message, refusal, send_message
 
@@ -143,13 +144,25 @@ class Connection:
                    inputs: Mapping[str, Any] | None = None,
                    chunk_inputs: Sequence[Mapping[str, Any]] | None = None, chunks: int = 1,
                    timeout: float = DEFAULT_CHUNK_TIMEOUT_S, max_retries: int = 0,
-                   name: str | None = None, job_id: str | None = None) -> Job:
+                   name: str | None = None, job_id: str | None = None,
+                   limits: Mapping[str, Any] | None = None, network: bool = False) -> Job:
         """Run `program` as `chunks` chunks. Inputs are file ids, paths or bytes.
 
-        `timeout` is per chunk, in seconds. Raises InvalidJobError, before
-        sending anything, when an argument breaks a rule.
+        `timeout` is per chunk, in seconds. `limits` bound what each attempt
+        may use: {"memory": "512M", "cpus": 1.5, "disk": "2G", "pids": 256,
+        "cpu_time": "10m"}; what it leaves out, the cluster file's [limits]
+        fills in. `network` lets its chunks reach the network. Raises
+        InvalidJobError, before sending anything, when an argument breaks a
+        rule, and when no worker of the cluster has the memory, cpus or disk
+        asked for (saying which).
         """
         spec = self._check_job(program, args, inputs, chunk_inputs, chunks, timeout, max_retries, name)
+        try:
+            asked = ResourceLimits.parse(limits)
+        except ResourceSpecError as fault:
+            raise InvalidJobError(str(fault)) from None
+        if type(network) is not bool:
+            raise InvalidJobError(f"network must be True or False, got {network!r}")
         job = id_from_hex(job_id) if job_id else new_id()
         program_ref = self._resolve(program, "program")
         input_refs = {key: self._resolve(value, f"input {key!r}") for key, value in spec["inputs"].items()}
@@ -163,7 +176,8 @@ class Connection:
                 program=list(program_ref), args=list(args),
                 inputs={key: list(ref) for key, ref in input_refs.items()},
                 chunk_inputs=[{key: list(ref) for key, ref in refs.items()} for refs in chunk_refs],
-                timeout_s=float(timeout), max_retries=max_retries, name=spec["name"])
+                timeout_s=float(timeout), max_retries=max_retries, name=spec["name"],
+                limits=asked.as_body(), network=network)
 
         try:
             self._ask(request, wire.JobSubmitReply)

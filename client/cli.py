@@ -9,10 +9,13 @@ import time
 from typing import Any, Callable
 
 from uds.wire.enums import NodeRole
+from uds.wire.resources import ResourceLimits, ResourceSpecError
 from uds.wire.keys import KeyFolderError, create_cluster_keys, export_role, role_name, role_of_name
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+# `uds submit` options that are ResourceLimits.parse keys (--cpu-time: cpu_time).
+LIMIT_FLAGS = ("memory", "cpus", "disk", "pids", "cpu_time")
 
 
 class CommandError(Exception):
@@ -95,7 +98,10 @@ def dev(options: argparse.Namespace) -> int:
             count = devcluster.stop(folder)
             print(f"stopped {count} processes" if count else f"no dev cluster running in {folder}")
             return 0
-        processes = devcluster.start(folder, options.workers, options.slots, detach=options.detach)
+        worker_options = [word for flag in ("cpus", "memory", "disk") if getattr(options, flag) is not None
+                          for word in (f"--{flag}", str(getattr(options, flag)))]
+        processes = devcluster.start(folder, options.workers, options.slots, detach=options.detach,
+                                     worker_options=worker_options)
     except devcluster.DevClusterError as fault:
         raise CommandError(str(fault)) from None
     cluster = folder.expanduser().resolve() / "cluster.toml"
@@ -156,11 +162,18 @@ def submit(options: argparse.Namespace) -> int:
                                    f"below --chunks ({options.chunks})")
             name, value = _parse_assignment(rest, "--chunk-input")
             chunk_inputs[int(index)][name] = value
+    limits = {name: getattr(options, name) for name in LIMIT_FLAGS if getattr(options, name) is not None}
+    if limits.get("pids", "").strip().isdigit():
+        limits["pids"] = int(limits["pids"])    # else ResourceLimits.parse says what is wrong
+    try:
+        ResourceLimits.parse(limits)        # a bad value is refused before connecting
+    except ResourceSpecError as fault:
+        raise CommandError(str(fault)) from None
     with _connect(options) as connection:
         job = connection.submit_job(options.program, args=options.args, inputs=inputs,
                                     chunk_inputs=chunk_inputs, chunks=options.chunks,
                                     timeout=options.timeout, max_retries=options.retries,
-                                    name=options.name)
+                                    name=options.name, limits=limits, network=options.network)
         print(job.id)
         if not options.wait:
             return 0
@@ -185,6 +198,9 @@ def _wait_with_bar(job: Any) -> Any:
 def _print_status(status: Any) -> None:
     print(f"job {status.id} {status.name!r}: {status.state}, {status.succeeded} succeeded, "
           f"{status.failed} failed of {status.chunk_count} chunks")
+    print(f"limits: {status.limits.describe()}; network {'on' if status.network else 'off'}")
+    if status.waiting:
+        print(f"waiting: {status.waiting}")
     if status.error:
         print(f"error: {status.error}")
     for chunk in status.chunks:
@@ -193,11 +209,21 @@ def _print_status(status: Any) -> None:
         line = f"  chunk {chunk.chunk:>4}  {chunk.state:<10} attempt {chunk.attempt}  exit {exit_text:>4}"
         if result.elapsed_s:
             line += f"  {result.elapsed_s:.2f}s"
+        if chunk.state in ("succeeded", "failed"):
+            line += f"  {_usage_text(chunk.usage)}"
         if chunk.outputs:
             line += "  outputs: " + ", ".join(f"{name}={fid}" for name, fid in sorted(chunk.outputs.items()))
         if result.error:
             line += f"  ({result.error})"
         print(line)
+
+
+def _usage_text(usage: Any) -> str:
+    """"cpu 0.12s user 0.03s sys, peak 12.0 MiB, read 1.0 MiB (0 B from cache), wrote 5 B"."""
+    return (f"cpu {usage.cpu_user_s:.2f}s user {usage.cpu_system_s:.2f}s sys, "
+            f"peak {_size(usage.peak_memory_bytes)}, "
+            f"read {_size(usage.bytes_from_cache + usage.bytes_from_storage)} "
+            f"({_size(usage.bytes_from_cache)} from cache), wrote {_size(usage.output_bytes)}")
 
 
 def status(options: argparse.Namespace) -> int:
@@ -233,11 +259,16 @@ def nodes(options: argparse.Namespace) -> int:
     from uds.wire.enums import NodeRole
     with _connect(options) as connection:
         listed = connection.nodes()
-        print(f"{'node':<34}{'role':<14}{'state':<7}{'host':<16}{'slots':>6}{'free':>6}{'running':>8}  address")
+        print(f"{'node':<34}{'role':<14}{'state':<7}{'host':<16}{'slots':>6}{'free':>6}{'running':>8}"
+              f"{'cpus':>6}{'memory':>11}{'disk':>11}  {'sandbox':<12}address")
         for node in listed:
+            worker = node["role"] == NodeRole.WORKER
+            offered = (f"{node['millicpus'] / 1000:>6g}{_size(node['memory_bytes']):>11}"
+                       f"{_size(node['disk_bytes']):>11}  {node['sandbox'][:11]:<12}" if worker
+                       else f"{'-':>6}{'-':>11}{'-':>11}  {'-':<12}")
             print(f"{node['node'].hex():<34}{NodeRole(node['role']).name.lower():<14}{node['state']:<7}"
                   f"{node['host'][:15]:<16}{node['slots']:>6}{node['free_slots']:>6}{node['running']:>8}"
-                  f"  {node['address']}")
+                  f"{offered}{node['address']}")
         try:
             counters = connection.storage.stats()
             print(f"storage at {connection.cluster.storage[0].address}: reachable, "
@@ -291,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--slots", type=int, default=2, help="chunks each worker runs at once (default 2)")
     sub.add_argument("--dir", default=str(pathlib.Path.home() / ".uds" / "dev"),
                      help="folder for keys, data and logs (default ~/.uds/dev)")
+    sub.add_argument("--cpus", help="cpus each worker offers, e.g. 2 (default: the machine's)")
+    sub.add_argument("--memory", help="memory each worker offers, e.g. 4G (default: the machine's)")
+    sub.add_argument("--disk", help="disk each worker offers, e.g. 20G (default: the free space)")
     mode = sub.add_mutually_exclusive_group()
     mode.add_argument("--detach", action="store_true", help="start in the background, return when ready")
     mode.add_argument("--stop", action="store_true", help="stop the dev cluster in --dir")
@@ -327,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--retries", type=int, default=0, help="retries of a failing chunk (default 0)")
     sub.add_argument("--name", help="a name for the job (default: the program's file name)")
     sub.add_argument("--wait", action="store_true", help="wait for the job, showing progress")
+    sub.add_argument("--memory", metavar="SIZE", help="memory each chunk may use, e.g. 512M")
+    sub.add_argument("--cpus", metavar="N", help="cpus each chunk may use, e.g. 1.5")
+    sub.add_argument("--disk", metavar="SIZE", help="disk each chunk may fill (work, output, /tmp), e.g. 2G")
+    sub.add_argument("--pids", metavar="N",
+                     help="processes and threads a chunk may run at once, e.g. 256")
+    sub.add_argument("--cpu-time", metavar="TIME", help="cpu time each chunk may use, e.g. 90s or 10m")
+    sub.add_argument("--network", action="store_true", help="let the chunks reach the network (default: not)")
 
     sub = command("status", status, "show a job's state and per-chunk results")
     sub.add_argument("job", metavar="JOB")

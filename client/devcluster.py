@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 from uds.wire import cluster as cluster_file
 from uds.daemon.runtime import ready_pid
@@ -88,8 +89,10 @@ def write_cluster_file(folder: pathlib.Path, workers: int, slots: int) -> pathli
     return path
 
 
-def start(folder: pathlib.Path, workers: int, slots: int, detach: bool) -> list[DevProcess]:
-    """Start every daemon and wait until each is ready."""
+def start(folder: pathlib.Path, workers: int, slots: int, detach: bool,
+          worker_options: Sequence[str] = ()) -> list[DevProcess]:
+    """Start every daemon and wait until each is ready. `worker_options` go
+    to every worker's command line (--cpus, --memory, --disk)."""
     folder = folder.expanduser().resolve()
     if running_pids(folder):
         raise DevClusterError(f"a dev cluster is already running in {folder}; stop it with "
@@ -105,7 +108,7 @@ def start(folder: pathlib.Path, workers: int, slots: int, detach: bool) -> list[
             ("master", "master-0", cluster.masters[0].data, []),
             ("loadbalancer", "loadbalancer-0", cluster.loadbalancers[0].data, [])]
     plan += [("worker", f"worker-{index}", cluster.worker_data(f"worker-{index}"),
-              ["--name", f"worker-{index}"]) for index in range(workers)]
+              ["--name", f"worker-{index}", *worker_options]) for index in range(workers)]
     started: list[DevProcess] = []
     try:
         for role, name, data, extra in plan:

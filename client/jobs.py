@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 from uds import wire
 from uds.errors import JobFailed, JobTimeout
 from uds.wire.records import ChunkResult
+from uds.wire.resources import NO_LIMITS, ResourceLimits, Usage
 
 FINAL_JOB_STATES = ("succeeded", "failed", "cancelled")
 # Job.wait hears of progress at least this often.
@@ -29,7 +30,7 @@ class ChunkStatus:
     state: str                       # queued, dispatched, running, succeeded, failed, cancelled
     attempt: int
     worker: str | None               # hex id of the worker that ran it last
-    result: ChunkResult              # exit code, outputs, logs, error, time, bytes read
+    result: ChunkResult              # exit code, outputs, logs, error, time, what it used
 
     @classmethod
     def from_report(cls, report: dict) -> ChunkStatus:
@@ -42,6 +43,12 @@ class ChunkStatus:
     def outputs(self) -> dict[str, str]:
         """The result's outputs: name under $UDS_OUTPUT -> hex file id."""
         return {name: ref[0].hex() for name, ref in self.result.outputs.items()}
+
+    @property
+    def usage(self) -> Usage:
+        """What its last attempt used: cpu time, peak memory, bytes read
+        (from the cache, from storage) and stored, wall time; 0: not measured."""
+        return self.result.usage
 
     @property
     def stdout(self) -> str | None:
@@ -65,6 +72,9 @@ class JobStatus:
     finished_at: float | None
     error: str
     chunks: list[ChunkStatus] = field(default_factory=list)
+    limits: ResourceLimits = NO_LIMITS   # per attempt, the cluster's defaults filled in
+    network: bool = False
+    waiting: str = ""                    # why its chunks cannot run now, or ""
 
     @property
     def done(self) -> bool:
@@ -82,6 +92,7 @@ class JobStatus:
             chunk_count=reply.chunk_count, succeeded=reply.chunks_succeeded, failed=reply.chunks_failed,
             submitted_at=reply.submitted_at, finished_at=reply.finished_at, error=reply.error,
             chunks=[ChunkStatus.from_report(report) for report in reply.chunks],
+            limits=ResourceLimits.from_body(reply.limits), network=reply.network, waiting=reply.waiting,
         )
 
 

@@ -25,7 +25,8 @@ def uds(*args, cluster_dir=None, input_bytes=None, check=True):
 def dev_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dev")
     try:
-        started = uds("dev", "--detach", "--workers", "2", "--dir", str(folder))
+        # Each worker offers 2 cpus and 3 GiB, whatever this machine has.
+        started = uds("dev", "--detach", "--workers", "2", "--cpus", "2", "--memory", "3G", "--dir", str(folder))
         assert b"dev cluster ready" in started.stdout
         yield folder
     finally:
@@ -84,6 +85,8 @@ def test_nodes_and_events(dev_dir):
     nodes = uds("nodes", cluster_dir=dev_dir).stdout.decode()
     assert nodes.count("worker") == 2 and "master" in nodes and "loadbalancer" in nodes
     assert "storage at tcp://" in nodes and "reachable" in nodes
+    workers = [line.split() for line in nodes.splitlines() if " worker " in line]
+    assert [line[7:10] for line in workers] == [["2", "3.0", "GiB"]] * 2, nodes
     events = uds("events", cluster_dir=dev_dir).stdout.decode()
     assert "node_joined" in events
 
@@ -97,6 +100,12 @@ def test_nodes_and_events(dev_dir):
     (("submit", "/bin/true", "--input", "a/b=/bin/true"), "plain file name"),
     (("submit", "/bin/true", "--chunks", "0"), "chunks must be a positive integer"),
     (("put", "/no/such/file"), "no such file"),
+    (("submit", "/bin/true", "--memory", "lots"), "memory: expected a size such as 512M"),
+    (("submit", "/bin/true", "--cpus", "two"), "cpus: expected a number"),
+    (("submit", "/bin/true", "--pids", "many"), "pids: expected a whole number"),
+    (("submit", "/bin/true", "--cpu-time=5years"), "cpu_time: expected a duration"),
+    (("submit", "/bin/true", "--memory", "64G"), "no worker has 64 GiB of memory: the largest has 3 GiB"),
+    (("submit", "/bin/true", "--cpus", "3"), "no worker has 3 cpus: the largest has 2 cpus"),
 ])
 def test_errors_print_one_line_and_exit_non_zero(dev_dir, args, message):
     result = uds(*args, cluster_dir=dev_dir, check=False)
@@ -110,6 +119,18 @@ def test_no_cluster_is_a_clear_error(tmp_path):
     result = uds("nodes", cluster_dir=tmp_path / "nowhere.toml", check=False)
     assert result.returncode == 1
     assert b"no cluster file" in result.stderr
+
+
+def test_limits_and_usage_show_in_the_status(dev_dir, tmp_path):
+    program = tmp_path / "busy.sh"
+    program.write_text("#!/bin/sh\ni=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo done > $UDS_OUTPUT/out\n")
+    program.chmod(0o755)
+    lines = uds("submit", str(program), "--memory", "256M", "--cpus", "1", "--pids", "64", "--wait",
+                cluster_dir=dev_dir).stdout.decode().splitlines()
+    status = uds("status", lines[0], cluster_dir=dev_dir).stdout.decode()
+    assert "limits: memory 256 MiB, cpus 1, pids 64; network off" in status, status
+    [chunk] = [line for line in status.splitlines() if "chunk    0" in line]
+    assert "succeeded" in chunk and "wrote 5 B" in chunk and "cpu " in chunk and "peak " in chunk, chunk
 
 
 def test_program_arguments_after_double_dash(dev_dir, tmp_path):
