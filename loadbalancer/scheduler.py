@@ -167,6 +167,11 @@ class Scheduler:
         known = self._workers.get(worker)
         return tuple(known.attempts) if known else ()
 
+    def reserved(self, worker: bytes) -> Capacity:
+        """What the attempts placed on `worker` ask for, summed."""
+        known = self._workers.get(worker)
+        return known.reserved if known else NO_CAPACITY
+
     def workers(self, now: float) -> list[WorkerView]:
         return [worker.view(now) for worker in self._workers.values()]
 

@@ -9,6 +9,7 @@ import pytest
 
 from uds import client
 from uds.errors import InvalidJobError
+from uds.wire.resources import ResourceLimits
 
 WORD_COUNT = b'''#!/usr/bin/env python3
 import collections, json, os, re
@@ -141,12 +142,37 @@ def test_resubmitting_the_same_job_id_is_idempotent(shared_cluster):
     (dict(timeout=0), "timeout must be a positive number"),
     (dict(args="not a list"), "args must be a list"),
     (dict(args=["x" * 60_000] * 40), "program, args and inputs take 2400"),
+    (dict(limits={"memory": "lots"}), "memory: expected a size such as 512M"),
+    (dict(limits={"cpus": -1}), "cpus: expected a number from 0 to 4096"),
+    (dict(limits={"pids": 2.5}), "pids: expected a whole number"),
+    (dict(limits={"swap": "1G"}), "unknown limit swap"),
+    (dict(network="yes"), "network must be True or False"),
+    (dict(limits={"memory": "1000T"}), "no worker can run this job: no worker has 1000 TiB of memory: "
+                                       "the largest has"),
 ])
 def test_bad_arguments_are_refused_before_sending(shared_cluster, arguments, message):
     before = shared_cluster.connection.master_stats().get("jobs_submitted", 0)
     with pytest.raises(InvalidJobError, match=message):
         shared_cluster.connection.submit_job(b"#!/bin/sh\ntrue\n", **arguments)
     assert shared_cluster.connection.master_stats().get("jobs_submitted", 0) == before
+
+
+def test_a_job_with_limits_runs_and_its_status_shows_them_and_its_usage(shared_cluster):
+    connection = shared_cluster.connection
+    data = os.urandom(300_000)
+    program = b"#!/bin/sh\ncat $UDS_INPUTS/data > $UDS_OUTPUT/copy\necho hi\n"
+    job = connection.submit_job(program, inputs={"data": data}, chunks=2, network=True,
+                                limits={"memory": "256M", "cpus": 0.5, "pids": 128, "cpu_time": "1m"})
+    status = job.wait(timeout=60)
+    assert status.state == "succeeded", status
+    assert (status.limits, status.network, status.waiting) == (
+        ResourceLimits(memory_bytes=256 << 20, millicpus=500, pids=128, cpu_time_s=60), True, "")
+    for chunk in status.chunks:
+        usage = chunk.usage
+        assert usage.bytes_from_cache + usage.bytes_from_storage == len(data)
+        assert usage.output_bytes == len(data) + len(b"hi\n")
+        assert usage.wall_s == chunk.result.elapsed_s > 0
+        assert usage.cpu_user_s >= 0 and usage.peak_memory_bytes >= 0
 
 
 def test_module_level_api_uses_the_cluster_from_the_environment(shared_cluster, monkeypatch):

@@ -19,7 +19,9 @@ from uds.loadbalancer.scheduler import (
     UnknownEventError, WorkerHeartbeat, WorkerHello, WorkerJoined, WorkerLost,
 )
 from uds.wire import ChunkState, FINAL_CHUNK_STATES
+from uds.wire.capacity import Capacity
 from uds.wire.records import ChunkEvent, ChunkResult
+from uds.wire.resources import ResourceLimits
 
 LEASE_S = 10.0
 W1, W2, W3 = (bytes([n]) * 16 for n in (1, 2, 3))
@@ -29,9 +31,13 @@ BIG_INPUT = (b"b" * 16, 50_000)
 SMALL_INPUT = (b"s" * 16, 10)
 
 
-def spec(job: bytes = JOB, inputs: dict | None = None, chunk_count: int = 8) -> JobSpec:
+GIB = 1 << 30
+
+
+def spec(job: bytes = JOB, inputs: dict | None = None, chunk_count: int = 8,
+         limits: ResourceLimits = ResourceLimits()) -> JobSpec:
     return JobSpec(job=job, program=PROGRAM, args=("--x",), inputs=inputs or {},
-                   chunk_count=chunk_count, timeout_s=60.0)
+                   chunk_count=chunk_count, timeout_s=60.0, limits=limits)
 
 
 def attempt(chunk: int, number: int = 1, job: bytes = JOB, inputs: dict | None = None):
@@ -39,9 +45,10 @@ def attempt(chunk: int, number: int = 1, job: bytes = JOB, inputs: dict | None =
 
 
 def join(scheduler: Scheduler, worker: bytes, slots: int = 2, now: float = 0.0,
-         cached: tuple = (), running: tuple = (), started_at: float = 1.0) -> list:
+         cached: tuple = (), running: tuple = (), started_at: float = 1.0,
+         capacity: Capacity = Capacity()) -> list:
     """Hello plus the first heartbeat: the worker is then ready for work."""
-    scheduler.handle(WorkerHello(worker, slots, 10**9, "host", "tcp://w", started_at), now)
+    scheduler.handle(WorkerHello(worker, slots, 10**9, "host", "tcp://w", started_at, capacity), now)
     return scheduler.handle(WorkerHeartbeat(worker, running, cache_added=cached), now)
 
 
@@ -370,6 +377,51 @@ def test_status_for_an_attempt_of_another_worker_is_forwarded_with_a_note():
     assert scheduler.capacity() == (2, 2)
 
 
+# ---- resources --------------------------------------------------------------
+
+def test_an_attempt_goes_only_where_its_memory_fits_beside_what_runs_there():
+    scheduler = Scheduler(LEASE_S)
+    join(scheduler, W1, slots=4, capacity=Capacity(4000, 4 * GIB, 0))
+    join(scheduler, W2, slots=4, capacity=Capacity(4000, 16 * GIB, 0))
+    big = spec(limits=ResourceLimits(memory_bytes=6 * GIB))
+    effects = scheduler.handle(Dispatched((big,), (attempt(0), attempt(1), attempt(2))), 1.0)
+    # Only W2 holds 6 GiB, and only twice: the third waits for room.
+    assert effects == [assign(W2, big, (0, 1), (1, 1))]
+    assert scheduler.pending() == (AttemptKey(JOB, 2, 1),)
+    assert scheduler.reserved(W2) == Capacity(0, 12 * GIB, 0)
+    assert scheduler.handle(status(W2, 0, 1, ChunkState.SUCCEEDED), 2.0)[1:] == [assign(W2, big, (2, 1))]
+    assert scheduler.reserved(W2) == Capacity(0, 12 * GIB, 0)
+
+
+def test_an_attempt_that_fits_nowhere_waits_while_younger_ones_run():
+    scheduler = Scheduler(LEASE_S)
+    join(scheduler, W1, slots=2, capacity=Capacity(2000, 8 * GIB, 10 * GIB))
+    huge = spec(job=JOB_B, limits=ResourceLimits(millicpus=4000))
+    small = spec(limits=ResourceLimits(millicpus=1500, disk_bytes=2 * GIB))
+    effects = scheduler.handle(Dispatched((huge, small), (attempt(0, job=JOB_B), attempt(0), attempt(1))), 1.0)
+    assert effects == [assign(W1, small, (0, 1))]          # 1.5 + 1.5 cpus would pass its 2
+    assert scheduler.pending() == (AttemptKey(JOB_B, 0, 1), AttemptKey(JOB, 1, 1))
+    # A worker big enough joins: the old attempt goes there, cached bytes or not.
+    effects = join(scheduler, W2, slots=1, capacity=Capacity(8000, 0, 0), now=2.0)
+    assert effects == [assign(W2, huge, (0, 1))]
+
+
+def test_cache_still_decides_among_the_workers_where_it_fits():
+    scheduler = Scheduler(LEASE_S)
+    join(scheduler, W1, cached=(BIG_INPUT,), capacity=Capacity(1000, 2 * GIB, 0))
+    join(scheduler, W2, capacity=Capacity(8000, 32 * GIB, 0))
+    join(scheduler, W3, cached=(BIG_INPUT,), capacity=Capacity(8000, 32 * GIB, 0))
+    job = spec(inputs={"big": BIG_INPUT}, limits=ResourceLimits(memory_bytes=4 * GIB))
+    assert scheduler.handle(Dispatched((job,), (attempt(0),)), 1.0) == [assign(W3, job, (0, 1))]
+
+
+def test_a_worker_that_measured_nothing_takes_any_request():
+    scheduler = Scheduler(LEASE_S)
+    join(scheduler, W1)
+    job = spec(limits=ResourceLimits(memory_bytes=64 * GIB, millicpus=64_000, disk_bytes=GIB))
+    assert scheduler.handle(Dispatched((job,), (attempt(0),)), 1.0) == [assign(W1, job, (0, 1))]
+
+
 def test_unknown_events_are_refused():
     with pytest.raises(UnknownEventError):
         Scheduler(LEASE_S).handle(object(), 0.0)
@@ -420,9 +472,15 @@ def _as_lists(value):
 FILE_POOL = [(bytes([0xF0 + n]) * 16, size) for n, size in enumerate((10, 500, 5_000, 80_000))]
 
 
+# Jobs of the state machine: nothing asked, 3 GiB and a cpu, 5 GiB.
+JOB_LIMITS = {JOB: ResourceLimits(), JOB_B: ResourceLimits(memory_bytes=3 * GIB, millicpus=1000),
+              JOB_C: ResourceLimits(memory_bytes=5 * GIB)}
+WORKER_SIZES = [Capacity(), Capacity(2000, 4 * GIB, 0), Capacity(4000, 8 * GIB, 0), Capacity(1000, 16 * GIB, 0)]
+
+
 class SimWorker:
-    def __init__(self, node: bytes, slots: int, started_at: float) -> None:
-        self.node, self.slots, self.started_at = node, slots, started_at
+    def __init__(self, node: bytes, slots: int, started_at: float, capacity: Capacity = Capacity()) -> None:
+        self.node, self.slots, self.started_at, self.capacity = node, slots, started_at, capacity
         self.running: dict[AttemptKey, None] = {}
         self.deaf = False                     # drops the assignments sent to it
 
@@ -454,6 +512,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         for effect in effects:
             if isinstance(effect, (AssignChunks, CancelOnWorker, WorkerJoined)):
                 assert effect.worker in known_after, effect
+            if isinstance(effect, AssignChunks):
+                self._check_not_overcommitted(effect)
             if isinstance(effect, WorkerLost):
                 assert effect.worker in known_before and effect.worker not in known_after
             if isinstance(effect, AskHello):
@@ -484,17 +544,27 @@ class SchedulerMachine(RuleBasedStateMachine):
         elif isinstance(effect, AskHello) and effect.worker in self.sims:
             self.inbox.append(self._hello(self.sims[effect.worker]))
 
+    def _check_not_overcommitted(self, effect: AssignChunks) -> None:
+        """What a placement asks of a worker fits in what it offers, beside
+        all else placed there (a 0 on either side: nothing to hold to)."""
+        asked = effect.job_spec.request
+        reserved = self.scheduler.reserved(effect.worker)
+        offered = self.sims[effect.worker].capacity
+        for name in ("millicpus", "memory_bytes", "disk_bytes"):
+            if getattr(asked, name) and getattr(offered, name):
+                assert getattr(reserved, name) <= getattr(offered, name), (effect, reserved, offered)
+
     def _hello(self, sim: SimWorker) -> WorkerHello:
-        return WorkerHello(sim.node, sim.slots, 10**9, "h", "a", sim.started_at)
+        return WorkerHello(sim.node, sim.slots, 10**9, "h", "a", sim.started_at, sim.capacity)
 
     def _pick_sim(self, index: int) -> SimWorker | None:
         return self.sims[sorted(self.sims)[index % len(self.sims)]] if self.sims else None
 
     # -- rules --
-    @rule(slots=st.integers(1, 3))
-    def add_worker(self, slots: int) -> None:
+    @rule(slots=st.integers(1, 3), size=st.sampled_from(WORKER_SIZES))
+    def add_worker(self, slots: int, size: Capacity = Capacity()) -> None:
         if len(self.sims) < 4:
-            sim = SimWorker(bytes([0x10 + len(self.sims)]) * 16, slots, self.now)
+            sim = SimWorker(bytes([0x10 + len(self.sims)]) * 16, slots, self.now, size)
             self.sims[sim.node] = sim
             self.send(self._hello(sim))
 
@@ -510,7 +580,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     def dispatch(self, job: bytes, chunks: set, inputs: set, resend: bool) -> None:
         if job in self.cancelled_jobs:
             return                            # the master never runs a cancelled job again
-        self.specs.setdefault(job, JobSpec(job, PROGRAM, (), {}, 4, 60.0))
+        self.specs.setdefault(job, JobSpec(job, PROGRAM, (), {}, 4, 60.0, JOB_LIMITS[job]))
         fresh = [DispatchAttempt(job, chunk, next(self.numbers),
                                  {f"in{n}": ref for n, ref in enumerate(sorted(inputs))})
                  for chunk in sorted(chunks)]
@@ -589,8 +659,16 @@ class SchedulerMachine(RuleBasedStateMachine):
         for view in self.scheduler.workers(self.now):
             placed.update(self.scheduler.assigned(view.node))
         assert set(self.outstanding) <= placed
-        if self.scheduler.pending_count():
-            assert self.scheduler.capacity()[1] == 0
+
+    @invariant()
+    def a_pending_attempt_fits_no_free_slot(self) -> None:
+        """Placement is eager: what still waits has no worker with a free
+        slot and room for its request."""
+        for key in self.scheduler.pending():
+            asked = self.specs[key.job].request
+            for view in self.scheduler.workers(self.now):
+                if view.free_slots:
+                    assert not view.capacity.fits(asked, self.scheduler.reserved(view.node)), (key, view)
 
     def teardown(self) -> None:
         """Healthy workers, heartbeats and results: everything the master is
@@ -599,6 +677,11 @@ class SchedulerMachine(RuleBasedStateMachine):
             sim.deaf = False
         if not self.sims:
             self.add_worker(2)
+        if all(sim.capacity.memory_bytes and sim.capacity.memory_bytes < 5 * GIB for sim in self.sims.values()):
+            # A worker that every job fits, so that everything can end.
+            sim = SimWorker(bytes([0x1F]) * 16, 2, self.now, WORKER_SIZES[2])
+            self.sims[sim.node] = sim
+            self.send(self._hello(sim))
         for _ in range(400):                  # each round frees every slot once
             if not self.outstanding:
                 break
