@@ -27,6 +27,7 @@ from uds.master.leader import (
 )
 from uds.master.links import CREDIT_PER_SLOT, MIN_CREDIT
 from uds.master.state import ClusterState
+from uds.wire.resources import ResourceLimits
 from uds.wire import ChunkState, ErrorCode, JobState, MessageType, NodeRole
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -197,6 +198,31 @@ def test_a_refused_submission_is_answered_with_the_states_reason():
     effects = cluster.settle(2.0)
     assert without((Propose, Wake), effects) == [
         error(different, ErrorCode.INVALID, "job id reused with a different spec")]
+
+
+def test_the_cluster_defaults_fill_in_the_limits_a_job_does_not_ask_for():
+    cluster = leading()
+    cluster.leader.default_limits = ResourceLimits(memory_bytes=1 << 30, millicpus=1000, pids=100)
+    asked = wire.JobSubmit.make(CLIENT, request_id=4, job=JOB, chunk_count=1, program=list(PROGRAM), args=[],
+                                inputs={}, chunk_inputs=[], timeout_s=60.0, max_retries=0, name="",
+                                limits={"memory_bytes": 2 << 30}, network=True)
+    cluster.handle(received(asked), 1.0)
+    [proposal] = proposed(cluster.handle(Tick(), 1.0))
+    [command] = proposal.commands
+    assert (command.limits, command.network) == (
+        ResourceLimits(memory_bytes=2 << 30, millicpus=1000, pids=100), True)
+
+
+def test_a_job_no_worker_could_hold_is_refused_with_the_reason():
+    cluster = leading()
+    cluster.state.apply([NodeSeen(node=WORKER, role=int(NodeRole.WORKER), host="w", address="", slots=2,
+                                  cache_bytes=0, started_at=3.0, memory_bytes=2 << 30)], 0.5)
+    asked = wire.JobSubmit.make(CLIENT, request_id=5, job=JOB, chunk_count=1, program=list(PROGRAM), args=[],
+                                inputs={}, chunk_inputs=[], timeout_s=60.0, max_retries=0, name="",
+                                limits={"memory_bytes": 3 << 30}, network=False)
+    cluster.handle(received(asked), 1.0)
+    assert without((Propose, Wake), cluster.settle(1.0)) == [error(
+        asked, ErrorCode.INVALID, "no worker can run this job: no worker has 3 GiB of memory: the largest has 2 GiB")]
 
 
 def test_commands_of_one_burst_ride_in_one_proposal_and_the_next_waits_for_its_commit():

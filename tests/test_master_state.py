@@ -23,6 +23,7 @@ from uds.master.state import (
 from state_expectations import check_accepted, expected_event_phase, expected_event_status
 from uds.wire.enums import ChunkState, ErrorCode, JobState, NodeRole
 from uds.wire.records import NO_RESULT, ChunkEvent, ChunkResult
+from uds.wire.resources import ResourceLimits
 
 JOB_A = bytes.fromhex("aa" * 16)
 JOB_B = bytes.fromhex("bb" * 16)
@@ -998,3 +999,74 @@ ClusterStateMachine.TestCase.settings = settings(
     max_examples=300, stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 test_cluster_state_machine = ClusterStateMachine.TestCase
+
+
+# -- limits and what workers offer ---------------------------------------------
+
+GIB = 1 << 30
+
+
+def worker_offering(node: bytes, memory_bytes: int, millicpus: int = 0, started_at: float = 100.0) -> NodeSeen:
+    return NodeSeen(node=node, role=int(NodeRole.WORKER), host="w", address="", slots=2, cache_bytes=0,
+                    started_at=started_at, millicpus=millicpus, memory_bytes=memory_bytes, disk_bytes=0,
+                    sandbox="bubblewrap")
+
+
+def test_the_job_record_holds_its_limits_and_network_and_sends_them_with_its_spec():
+    state = ClusterState()
+    limits = ResourceLimits(memory_bytes=512 << 20, millicpus=1500, pids=64)
+    assert one(state, replace(submit(), limits=limits, network=True)) == SubmitOutcome(created=True)
+    view = state.job_view(JOB_A)
+    assert (view.limits, view.network) == (limits, True)
+    spec = state.job_spec(JOB_A)
+    assert (spec["limits"], spec["network"]) == (limits.as_body(), True)
+    assert view.reply_fields()["limits"] == {"memory_bytes": 512 << 20, "millicpus": 1500, "pids": 64}
+    # The same job with other limits is another spec.
+    assert one(state, replace(submit(), limits=limits)).error == "job id reused with a different spec"
+    restored = pickle.loads(pickle.dumps(state))
+    assert restored.job_view(JOB_A).limits == limits
+
+
+def test_a_job_no_alive_worker_could_hold_is_refused_with_the_reason():
+    state = ClusterState()
+    state.apply([worker_offering(WORKER_1, 4 * GIB, 2000), worker_offering(WORKER_2, 16 * GIB + GIB // 2, 1000)],
+                1.0)
+    before = copy.deepcopy(state)
+    outcome = one(state, replace(submit(), limits=ResourceLimits(memory_bytes=64 * GIB)))
+    assert (outcome.ok, outcome.error_code) == (False, ErrorCode.INVALID)
+    assert outcome.error == "no worker can run this job: no worker has 64 GiB of memory: the largest has 16.5 GiB"
+    assert state == before
+    outcome = one(state, replace(submit(), limits=ResourceLimits(memory_bytes=8 * GIB, millicpus=2000)))
+    assert outcome.error == ("no worker can run this job: no worker has 8 GiB of memory and 2 cpus together")
+    # What one worker holds is taken, and so is anything once no worker is alive.
+    assert one(state, replace(submit(), limits=ResourceLimits(memory_bytes=8 * GIB, millicpus=1000))).ok
+    state.apply([NodeLost(WORKER_1), NodeLost(WORKER_2)], 2.0)
+    assert one(state, replace(submit(job=JOB_B), limits=ResourceLimits(memory_bytes=64 * GIB))).ok
+
+
+def test_a_job_whose_only_fitting_worker_left_says_why_it_waits():
+    state = ClusterState()
+    assert state.apply([submit()], 1.0)[0].ok
+    assert state.job_view(JOB_A).waiting == "no worker is alive"
+    state.apply([worker_offering(WORKER_1, 2 * GIB), worker_offering(WORKER_2, 8 * GIB),
+                 replace(submit(job=JOB_B), limits=ResourceLimits(memory_bytes=4 * GIB))], 2.0)
+    assert (state.job_view(JOB_A).waiting, state.job_view(JOB_B).waiting) == ("", "")
+    state.apply([NodeLost(WORKER_2)], 3.0)
+    assert state.job_view(JOB_A).waiting == ""
+    assert state.job_view(JOB_B).waiting == "no worker has 4 GiB of memory: the largest has 2 GiB"
+    assert state.job_view(JOB_B).reply_fields()["waiting"] == state.job_view(JOB_B).waiting
+    # Back, with the same offer: it runs again. A finished job waits for nothing.
+    state.apply([worker_offering(WORKER_2, 8 * GIB, started_at=200.0)], 4.0)
+    assert state.job_view(JOB_B).waiting == ""
+    state.apply([CancelJob(JOB_B), NodeLost(WORKER_2)], 5.0)
+    assert state.job_view(JOB_B).waiting == ""
+
+
+def test_workers_offers_are_kept_in_their_node_records():
+    state = ClusterState()
+    state.apply([worker_offering(WORKER_1, 4 * GIB, 2500)], 1.0)
+    [view] = state.nodes()
+    assert (view.millicpus, view.memory_bytes, view.disk_bytes, view.sandbox) == (2500, 4 * GIB, 0, "bubblewrap")
+    record = view.as_record()
+    assert (record["millicpus"], record["memory_bytes"], record["sandbox"]) == (2500, 4 * GIB, "bubblewrap")
+    assert one(state, replace(worker_offering(WORKER_1, -1), started_at=300.0)).ok is False

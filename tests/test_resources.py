@@ -65,3 +65,50 @@ def test_a_job_whose_only_fitting_worker_left_waits_and_says_why(small_and_large
     assert status.state in ("queued", "running") and status.chunks[0].state in ("queued", "dispatched")
     assert status.waiting == "no worker has 2 GiB of memory: the largest has 1 GiB"
     job.cancel()
+
+
+# ---- pure parts: the fit rule and what a worker measures --------------------
+
+def test_a_request_fits_beside_what_is_reserved_and_a_zero_holds_nothing_back():
+    from uds.wire.capacity import Capacity, unfit_reason
+    worker = Capacity(2000, 4 << 30, 0)
+    assert worker.fits(Capacity(2000, 4 << 30, 1 << 50))            # disk not measured
+    assert not worker.fits(Capacity(1000, 1 << 30), reserved=Capacity(1500, 0, 0))
+    assert worker.shortfall(Capacity(0, 2 << 30), Capacity(0, 3 << 30)) == "memory: 2 GiB asked, 1 GiB free of 4 GiB"
+    assert unfit_reason(Capacity(0, 8 << 30), []) == ""              # no worker known: it waits
+    assert unfit_reason(Capacity(0, 8 << 30), [worker, Capacity()]) == ""   # one measured nothing
+    assert unfit_reason(Capacity(3000, 0), [worker]) == "no worker has 3 cpus: the largest has 2 cpus"
+
+
+def test_a_worker_measures_what_it_is_not_told(tmp_path):
+    from uds.wire.resources import ResourceSpecError
+    from uds.worker.capacity import detect_memory_bytes, worker_capacity
+    measured = worker_capacity(tmp_path)
+    assert measured.millicpus >= 1000 and measured.memory_bytes > 0 and measured.disk_bytes > 0
+    assert worker_capacity(tmp_path / "not" / "yet", cpus="1.5", memory="2G", disk=1000).millicpus == 1500
+    assert worker_capacity(tmp_path, memory="2G").memory_bytes == 2 << 30
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemFree:  1 kB\nMemTotal:       16384 kB\n")
+    assert detect_memory_bytes(meminfo) == 16 << 20
+    assert detect_memory_bytes(tmp_path / "none") == 0
+    for flags, message in ((dict(cpus="lots"), "cpus"), (dict(cpus="0"), "cpus"), (dict(memory="big"), "memory")):
+        with pytest.raises(ResourceSpecError, match=message):
+            worker_capacity(tmp_path, **flags)
+
+
+def test_the_cluster_files_limits_are_the_defaults(tmp_path):
+    from uds.wire import cluster as cluster_file
+    from uds.wire.resources import NO_LIMITS, ResourceLimits
+    text = cluster_file.render(keys="keys", masters=[{"address": "tcp://127.0.0.1:1", "raft": "127.0.0.1:2",
+                                                      "data": "m"}],
+                               loadbalancers=[{"address": "tcp://127.0.0.1:3", "data": "l"}],
+                               storage=[{"address": "tcp://127.0.0.1:4", "data": "s"}], workers={})
+    path = tmp_path / "cluster.toml"
+    path.write_text(text)
+    assert cluster_file.default_limits(cluster_file.load(path)) == NO_LIMITS
+    path.write_text(text + '\n[limits]\nmemory = "512M"\ncpus = 1.5\ncpu_time = "10m"\n')
+    assert cluster_file.default_limits(cluster_file.load(path)) == ResourceLimits(
+        memory_bytes=512 << 20, millicpus=1500, cpu_time_s=600)
+    path.write_text(text + '\n[limits]\nmemory = "plenty"\n')
+    with pytest.raises(cluster_file.ClusterFileError, match="limits: memory"):
+        cluster_file.default_limits(cluster_file.load(path))

@@ -132,3 +132,31 @@ def test_a_result_gives_its_usage_with_elapsed_as_wall_time():
                          cpu_system_s=0.25, peak_memory_bytes=1 << 20, output_bytes=7)
     assert result.usage == Usage(cpu_user_s=0.5, cpu_system_s=0.25, peak_memory_bytes=1 << 20,
                                  bytes_from_cache=1, bytes_from_storage=2, output_bytes=7, wall_s=3.0)
+
+
+# ---- limits and what a worker offers ---------------------------------------
+
+def test_limits_travel_as_a_map_of_what_was_asked_and_nothing_else():
+    from uds.loadbalancer.events import JobSpec, WorkerHello
+    from uds.wire.capacity import Capacity
+    from uds.wire.resources import ResourceLimits
+    limits = ResourceLimits(memory_bytes=512 << 20, millicpus=1500, cpu_time_s=600)
+    spec = JobSpec(JOB, OUT, ("-v",), {"in": LOG}, 3, 60.0, limits, True)
+    dispatch = wire.ChunkDispatch.make(NODE, epoch=1, attempt_count=1, jobs=[spec.to_record()],
+                                       attempts=[{"job": JOB, "chunk": 0, "attempt": 1, "inputs": {}}])
+    decoded = wire.decode(wire.encode(dispatch))
+    assert decoded.jobs[0]["limits"] == {"memory_bytes": 512 << 20, "millicpus": 1500, "cpu_time_s": 600}
+    assert JobSpec.from_record(decoded.jobs[0]) == spec
+    request = wire.decode(wire.encode(wire.WorkerRequest.make(
+        NODE, epoch=1, assignments=[{"chunk": 0, "attempt": 1, "inputs": {}}], **spec.request_fields())))
+    from uds.worker.messages import event_of
+    assigned = event_of(request)
+    assert (assigned.job.limits, assigned.job.network) == (limits, True)
+    for bad in ({"swap_bytes": 1}, {"memory_bytes": -1}, {"memory_bytes": 2**63}, {"pids": "1"}):
+        with pytest.raises(WireError, match="limits"):
+            wire.encode(replace(dispatch, jobs=[{**spec.to_record(), "limits": bad}]))
+    hello = wire.decode(wire.encode(wire.Hello.make(
+        NODE, request_id=1, role=int(wire.NodeRole.WORKER), slots=2, cache_bytes=1, start_time_ms=5, host="h",
+        address="", version=1, millicpus=4000, memory_bytes=8 << 30, disk_bytes=1 << 40, sandbox="bubblewrap")))
+    worker = WorkerHello.of_message(hello)
+    assert (worker.capacity, worker.sandbox) == (Capacity(4000, 8 << 30, 1 << 40), "bubblewrap")
