@@ -3,6 +3,7 @@ answers; a job counts as acknowledged once job_submit_reply arrived."""
 from __future__ import annotations
 
 from uds import wire
+from uds.wire.resources import NO_LIMITS, ResourceLimits
 
 from .host import Host
 from .loop import Simulation
@@ -22,12 +23,12 @@ class SimClient(Host):
         self.acknowledged: dict[bytes, float] = {}       # job -> when the reply came
         self.next_request_id = 1
 
-    def submit(self, job: bytes, chunk_count: int, max_retries: int) -> None:
+    def submit(self, job: bytes, chunk_count: int, max_retries: int, limits: ResourceLimits = NO_LIMITS) -> None:
         self.next_request_id += 1
         self.submissions[job] = wire.JobSubmit.make(
             self.node_id, request_id=self.next_request_id, job=job, chunk_count=chunk_count,
             program=list(self.program), args=[], inputs={}, chunk_inputs=[], timeout_s=JOB_TIMEOUT_S,
-            max_retries=max_retries, name="")
+            max_retries=max_retries, name="", limits=limits.as_body())
         self._send_until_answered(job)
 
     def _send_until_answered(self, job: bytes) -> None:

@@ -1,7 +1,8 @@
 """One seed of the simulation, start to end: `run_seed(seed) -> SeedReport`.
 
 A cluster of one master (a linearizable log and its leader), one load
-balancer, two workers and a client that submits a few small jobs.
+balancer, two workers of different sizes and a client that submits a few
+small jobs, the second of which fits only the larger worker.
 A fault phase (FAULT_PHASE_S) is followed by a quiet one: by
 QUIET_DEADLINE_S after the faults stop, every acknowledged job must have
 finished. Checks run after every step; the first broken one ends the seed.
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass, field
+
+from uds.wire.capacity import Capacity
+from uds.wire.resources import NO_LIMITS, ResourceLimits
 
 from .checks import Checker, InvariantBroken
 from .client import SimClient
@@ -28,6 +32,13 @@ QUIET_DEADLINE_S = 30.0
 WORKER_HEARTBEAT_S = 0.5
 WORKER_LEASE_S = 1.5
 WORKER_COUNT = 2          # the fewest that can hold two copies of an attempt
+# What each worker offers, and what each job asks (wire.capacity): job1 fits
+# only the larger worker, one attempt at a time, so placement must wait for
+# room there or for that worker to come back. Fixed, so that the random
+# draws of every seed stay as they were.
+GIB = 1 << 30
+WORKER_CAPACITIES = (Capacity(2000, 2 * GIB, 0), Capacity(2000, 4 * GIB, 0))
+JOB_LIMITS = (NO_LIMITS, ResourceLimits(memory_bytes=3 * GIB, millicpus=1000))
 MASTER, BALANCER, CLIENT = "master", "lb", "client"
 
 
@@ -72,7 +83,8 @@ class Cluster:
             host = SimBalancer(self.sim, name, _id(name), MASTER, WORKER_HEARTBEAT_S, WORKER_LEASE_S)
         else:
             host = SimWorker(self.sim, name, _id(name), BALANCER, self.store, self.slots, WORKER_HEARTBEAT_S,
-                             faults_until=FAULT_PHASE_S)
+                             faults_until=FAULT_PHASE_S,
+                             capacity=WORKER_CAPACITIES[self.workers.index(name) % len(WORKER_CAPACITIES)])
         self.sim.nodes[name] = host
         self.sim.note(f"start {name}")
 
@@ -114,7 +126,8 @@ def run_seed(seed: int, tracing: bool = False) -> SeedReport:
         chunks = rng.randint(1, 3)
         report.chunks += chunks
         job = _id(f"job{index}")
-        sim.at(rng.uniform(0.0, SUBMIT_BY_S), cluster.client.submit, job, chunks, rng.choice((0, 2)))
+        sim.at(rng.uniform(0.0, SUBMIT_BY_S), cluster.client.submit, job, chunks, rng.choice((0, 2)),
+               JOB_LIMITS[index % len(JOB_LIMITS)])
     Nemesis(sim, cluster, FaultPlan.draw(sim), end=FAULT_PHASE_S).start()
     checker = Checker(cluster.master.state, cluster.store, cluster.client.acknowledged)
     try:

@@ -16,6 +16,7 @@ from collections import deque
 from typing import Any, Callable
 
 from uds import wire
+from uds.wire.capacity import NO_CAPACITY, Capacity
 from uds.worker import attempts as core
 from uds.worker.messages import (
     BALANCER_MESSAGES, event_of, heartbeat_message, hello_message, status_message,
@@ -35,11 +36,13 @@ class WakeupStaysDue(AssertionError):
 
 class SimWorker(Host):
     def __init__(self, sim: Simulation, name: str, node_id: bytes, balancer: str, store: ContentStore,
-                 slots: int, heartbeat_interval_s: float, faults_until: float) -> None:
+                 slots: int, heartbeat_interval_s: float, faults_until: float,
+                 capacity: Capacity = NO_CAPACITY) -> None:
         super().__init__(sim, name)
         self.node_id = node_id
         self.balancer = balancer
         self.slots = slots
+        self.capacity = capacity
         self.start_time_ms = int(round(sim.now, 3) * 1000)     # of this process, in its hello and reports
         self.core = core.Attempts(slots, heartbeat_interval_s)
         self.host = SimAttemptHost(sim, name, node_id, store, self.later, self._apply, faults_until)
@@ -103,7 +106,8 @@ class SimWorker(Host):
     def _hello(self, effect: core.SayHello) -> None:
         self.next_request_id += 1
         self.send(self.balancer, hello_message(self.node_id, self.next_request_id, self.slots,
-                                               CACHE_BYTES, self.start_time_ms, host=""))
+                                               CACHE_BYTES, self.start_time_ms, host="", capacity=self.capacity,
+                                               sandbox="simulated"))
 
     def _heartbeat(self, effect: core.SendHeartbeat) -> None:
         self.send(self.balancer, heartbeat_message(self.node_id, effect, cache_added=[], cache_removed=[]))
