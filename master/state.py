@@ -40,7 +40,7 @@ from uds.master.commands import (
     checked_result, chunk_event_problem, is_id, node_seen_problem, normalised_submit,
     submit_problem,
 )
-from uds.wire.capacity import Capacity, unfit_reason
+from uds.wire.capacity import NO_CAPACITY, Capacity, unfit_reason
 from uds.wire.enums import ChunkState, ErrorCode, JobState, NodeRole
 from uds.wire.errors import WireError
 from uds.wire.limits import MAX_BODY_ITEMS
@@ -58,6 +58,10 @@ EVENT_LOG_LIMIT = 100_000
 # Event details are for people reading `uds events`; long stderr-like texts
 # are cut so that the replicated log stays small.
 EVENT_DETAIL_MAX_CHARS = 200
+
+# QUEUED chunks `ready_attempts` looks at past those of jobs that wait for a
+# worker that could hold them: bounds a leader's tick while such a job waits.
+MAX_READY_SCAN = 20_000
 
 # Every replica holds every chunk record; this bounds what one submission can
 # cost them. It matches the wire's cap on a body list (chunk_inputs).
@@ -535,11 +539,44 @@ class ClusterState:
         return dict(job_record.spec.chunk_inputs[chunk])
 
     def ready_attempts(self, limit: int) -> list[ReadyAttempt]:
-        """QUEUED chunks, oldest first; costs O(limit)."""
-        return [self._attempt_of(key) for key in islice(self.queued, max(0, limit))]
+        """QUEUED chunks, oldest first, but none of a job that no alive
+        worker could hold (it waits, and takes no dispatch credit); costs
+        O(limit), or up to MAX_READY_SCAN while such a job waits."""
+        unfit = self._unfit_jobs()
+        if not unfit:
+            return [self._attempt_of(key) for key in islice(self.queued, max(0, limit))]
+        ready = []
+        for key in islice(self.queued, MAX_READY_SCAN):
+            if len(ready) >= limit:
+                break
+            if not unfit(key[0]):
+                ready.append(self._attempt_of(key))
+        return ready
 
     def in_flight_count(self) -> int:
-        return len(self.dispatched) + len(self.running)
+        """Attempts dispatched or running that hold dispatch credit: not the
+        dispatched ones of a job that no alive worker could hold, which the
+        balancer keeps until such a worker is back."""
+        unfit = self._unfit_jobs()
+        waiting = sum(1 for job, _ in self.dispatched if unfit(job)) if unfit else 0
+        return len(self.dispatched) + len(self.running) - waiting
+
+    def _unfit_jobs(self) -> Callable[[bytes], bool] | None:
+        """Whether a job fits no alive worker (memoised for one query), or
+        None when every job fits (no worker measured anything, or none is alive)."""
+        workers = [record.capacity for record in self.node_records.values()
+                   if record.role == NodeRole.WORKER and record.alive]
+        if not workers or any(worker == NO_CAPACITY for worker in workers):
+            return None
+        known: dict[bytes, bool] = {}
+
+        def unfit(job: bytes) -> bool:
+            if job not in known:
+                request = Capacity.requested(self.job_records[job].spec.limits)
+                known[job] = bool(unfit_reason(request, workers))
+            return known[job]
+
+        return unfit
 
     def dispatched_attempts(self) -> list[ReadyAttempt]:
         """DISPATCHED but not yet started: what a newly active load balancer

@@ -274,8 +274,15 @@ def _check_node_seen(before, after, command: NodeSeen, outcome, now):
         command.node, *details, state="alive", changed_at=now if joined else known.changed_at,
         millicpus=command.millicpus, memory_bytes=command.memory_bytes, disk_bytes=command.disk_bytes,
         sandbox=command.sandbox)
-    assert [(e.kind, e.node) for e in _new_events(before, after)] == (
-        [("node_joined", command.node)] if joined else [])
+    new_process = known is None or known.started_at != float(command.started_at)
+    events = [(e.kind, e.node) for e in _new_events(before, after)]
+    head = [("node_joined", command.node)] if joined else []
+    assert events[:len(head)] == head
+    # A new process of a node loses what its node ran: each RUNNING chunk on
+    # it is requeued (chunk_lost) or, poisoned, failed with its job maybe.
+    for kind, node in events[len(head):]:
+        assert new_process and (kind, node) in {("chunk_lost", command.node), ("chunk_failed", command.node),
+                                                ("job_failed", None)}, events
 
 
 def _check_node_lost(before, after, command: NodeLost, outcome, now):

@@ -1070,3 +1070,20 @@ def test_workers_offers_are_kept_in_their_node_records():
     record = view.as_record()
     assert (record["millicpus"], record["memory_bytes"], record["sandbox"]) == (2500, 4 * GIB, "bubblewrap")
     assert one(state, replace(worker_offering(WORKER_1, -1), started_at=300.0)).ok is False
+
+
+def test_a_waiting_job_is_not_offered_for_dispatch_and_holds_no_credit():
+    state = ClusterState()
+    big = ResourceLimits(memory_bytes=4 * GIB)
+    state.apply([worker_offering(WORKER_1, 2 * GIB), worker_offering(WORKER_2, 8 * GIB),
+                 replace(submit(job=JOB_A, chunk_count=3), limits=big), submit(job=JOB_B, chunk_count=2),
+                 DispatchAttempts(((JOB_A, 0, 1),))], 1.0)
+    assert state.in_flight_count() == 1
+    state.apply([NodeLost(WORKER_2)], 2.0)
+    # JOB_A fits no alive worker now: its dispatched chunk holds no credit and
+    # its queued ones are passed over for JOB_B's.
+    assert state.in_flight_count() == 0
+    assert [(a.job, a.chunk) for a in state.ready_attempts(3)] == [(JOB_B, 0), (JOB_B, 1)]
+    state.apply([worker_offering(WORKER_2, 8 * GIB, started_at=300.0)], 3.0)
+    assert state.in_flight_count() == 1
+    assert [(a.job, a.chunk) for a in state.ready_attempts(3)] == [(JOB_A, 1), (JOB_A, 2), (JOB_B, 0)]
