@@ -42,7 +42,7 @@ class JobSpec:
     inputs: Mapping[str, FileRef]
     chunk_count: int
     timeout_s: float
-    limits: ResourceLimits = NO_LIMITS  # the job's own, before the worker's defaults
+    limits: ResourceLimits = NO_LIMITS  # the job's, the cluster file's [limits] filled in by the masters
     network: bool = False               # whether its chunks may reach the network
 
 
