@@ -7,13 +7,17 @@ import pytest
 
 from uds import client
 from uds.errors import InvalidJobError
+from uds.wire.resources import ResourceLimits
 
 SLEEPER = b"#!/bin/sh\nsleep 30\n"
 
 
 @pytest.fixture
 def small_and_large(daemons):
-    """A worker offering 1 GiB and 1 cpu, one offering 4 GiB and 2 cpus."""
+    """A worker offering 1 GiB and 1 cpu, one offering 4 GiB and 2 cpus; the
+    cluster file's [limits] give each chunk 512 MiB and 200 processes."""
+    with open(daemons.path, "a") as cluster_file:
+        cluster_file.write('\n[limits]\nmemory = "512M"\npids = 200\n')
     for role in ("storage", "master", "loadbalancer"):
         daemons.start(role, wait=False)
     daemons.start("worker", "--memory", "1G", "--cpus", "1", "--disk", "5G", name="small", wait=False)
@@ -58,6 +62,9 @@ def test_a_job_no_worker_could_hold_is_refused_with_the_reason(small_and_large):
 def test_a_job_whose_only_fitting_worker_left_waits_and_says_why(small_and_large):
     connection, large = small_and_large
     job = connection.submit_job(SLEEPER, limits={"memory": "2G"})
+    assert job.status().limits == ResourceLimits(memory_bytes=2 << 30, pids=200)   # the default fills in
+    assert connection.submit_job(b"#!/bin/sh\ntrue\n").status().limits == ResourceLimits(
+        memory_bytes=512 << 20, pids=200)
     _wait_until(lambda: job.status().chunks[0].state == "running")
     large.kill9()
     _wait_until(lambda: job.status().waiting != "")
