@@ -95,7 +95,8 @@ def dev(options: argparse.Namespace) -> int:
             count = devcluster.stop(folder)
             print(f"stopped {count} processes" if count else f"no dev cluster running in {folder}")
             return 0
-        processes = devcluster.start(folder, options.workers, options.slots, detach=options.detach)
+        processes = devcluster.start(folder, options.workers, options.slots, detach=options.detach,
+                                     unsafe_no_sandbox=options.unsafe_no_sandbox)
     except devcluster.DevClusterError as fault:
         raise CommandError(str(fault)) from None
     cluster = folder.expanduser().resolve() / "cluster.toml"
@@ -291,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--slots", type=int, default=2, help="chunks each worker runs at once (default 2)")
     sub.add_argument("--dir", default=str(pathlib.Path.home() / ".uds" / "dev"),
                      help="folder for keys, data and logs (default ~/.uds/dev)")
+    sub.add_argument("--unsafe-no-sandbox", action="store_true",
+                     help="workers run programs unconfined, as themselves (see doc/worker.md)")
     mode = sub.add_mutually_exclusive_group()
     mode.add_argument("--detach", action="store_true", help="start in the background, return when ready")
     mode.add_argument("--stop", action="store_true", help="stop the dev cluster in --dir")

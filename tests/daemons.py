@@ -161,9 +161,12 @@ class ClusterLayout:
                 except ProcessLookupError:
                     pass
                 daemon.process.wait(timeout=10)
-        # Chunk processes run in sessions of their own: end them by their workers' mark.
+        # Chunk processes run in sessions (and cgroups) of their own: end them
+        # by their workers' cgroups and mark, and unmount the slot filesystems.
         from uds.worker.runner import kill_leftovers
+        from uds.worker.sandbox import clear_after
         for node_id in self.root.glob("data/workers/*/node_id"):
+            clear_after(node_id.parent, node_id.read_text().strip())
             kill_leftovers(node_id.read_text().strip())
         unmount_under(self.root)
 

@@ -21,23 +21,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", metavar="DIR", help="data folder (overrides the cluster file)")
     parser.add_argument("--slots", type=int, help="chunks run at once (default: the cluster file's)")
     parser.add_argument("--cache-bytes", type=int, help="block cache size cap (default: the cluster file's)")
+    parser.add_argument("--slot-uids", metavar="FIRST-LAST",
+                        help="uids programs run as, one per slot (default: the cluster file's "
+                             "workers.slot_uids, else 61000 upwards)")
+    parser.add_argument("--unsafe-no-sandbox", action="store_true",
+                        help="run programs as the worker's own user, unconfined, where the sandbox "
+                             "(bubblewrap, cgroups, root) cannot be built; `uds nodes` says so")
     return parser
 
 
 def build(context: DaemonContext):
+    from uds.wire.cluster import default_limits
+    from uds.worker.host import SandboxSettings
     from uds.worker.node import WorkerNode
+    from uds.worker.sandbox import SandboxUnavailable, parse_uid_range
     options, cluster = context.options, context.cluster
     if options.slots is not None and options.slots < 1:
         raise ConfigurationError("--slots must be at least 1")
     if options.cache_bytes is not None and options.cache_bytes < 1:
         raise ConfigurationError("--cache-bytes must be positive")
+    slots = options.slots or cluster.workers.slots
+    uid_text = options.slot_uids or cluster.workers.slot_uids
+    try:
+        uids = parse_uid_range(uid_text) if uid_text else None
+    except ValueError as fault:
+        raise ConfigurationError(str(fault)) from None
+    sandbox = SandboxSettings(enabled=not options.unsafe_no_sandbox, slot_uids=uids,
+                              defaults=default_limits(cluster), hidden=(cluster.keys,), slots=slots)
     wake_read, wake_write = wake_pipe()
-    return WorkerNode(context.node_id, context.data, cluster.loadbalancers[0].address,
-                      cluster.storage[0].address, context.transport,
-                      slots=options.slots or cluster.workers.slots,
-                      cache_bytes=options.cache_bytes or cluster.workers.cache_bytes,
-                      heartbeat_interval_s=cluster.workers.heartbeat_interval_s,
-                      wake_read=wake_read, wake_write=wake_write)
+    try:
+        return WorkerNode(context.node_id, context.data, cluster.loadbalancers[0].address,
+                          cluster.storage[0].address, context.transport, slots=slots,
+                          cache_bytes=options.cache_bytes or cluster.workers.cache_bytes,
+                          heartbeat_interval_s=cluster.workers.heartbeat_interval_s,
+                          wake_read=wake_read, wake_write=wake_write, sandbox=sandbox)
+    except SandboxUnavailable as fault:
+        raise ConfigurationError(f"cannot build the sandbox programs run in: {fault}. Fix that, or start "
+                                 "the worker with --unsafe-no-sandbox to run programs unconfined") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,7 @@ from uds.daemon.runtime import drain, guarded, wake
 from uds.wire.transport import Transport, recv_messages, send_message
 from uds.worker import attempts as core
 from uds.worker.attempts import AttemptKey
-from uds.worker.host import AttemptHost
+from uds.worker.host import AttemptHost, SandboxSettings
 from uds.worker.messages import (
     BALANCER_MESSAGES, event_of, heartbeat_message, hello_message, status_message,
 )
@@ -42,7 +42,7 @@ LOG_CHECK_S = 0.1
 class WorkerNode:
     def __init__(self, node_id: bytes, data: pathlib.Path, loadbalancer_address: str, storage_address: str,
                  transport: Transport, slots: int, cache_bytes: int, heartbeat_interval_s: float,
-                 wake_read: int, wake_write: int) -> None:
+                 wake_read: int, wake_write: int, sandbox: SandboxSettings = SandboxSettings(enabled=False)) -> None:
         self.node_id, self.transport = node_id, transport
         self.slots, self.cache_bytes = slots, cache_bytes
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -54,7 +54,7 @@ class WorkerNode:
         self.counters: dict[str, int] = {}
         self.next_request_id = 1
         self.last_log_check = 0.0
-        self.host = AttemptHost(node_id, data, storage_address, transport, cache_bytes, self._hand_back)
+        self.host = AttemptHost(node_id, data, storage_address, transport, cache_bytes, self._hand_back, sandbox)
         self.socket = transport.client_socket(zmq.DEALER, loadbalancer_address)
         self.handlers: dict[type, Callable[[Any, Any, float], None]] = {
             message_type: self.on_message for message_type in BALANCER_MESSAGES}
