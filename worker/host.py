@@ -116,12 +116,7 @@ class AttemptHost:
         can watch while the program runs (cpu time over all its processes,
         the disk its folders take) are checked, and a passed one ends it."""
         running = self.processes[key]
-        if running.cgroup is not None and running.exit_code is None and not running.limit_exceeded:
-            limits = running.cgroup.limits
-            if limits.cpu_time_s and running.cgroup.cpu_seconds() > limits.cpu_time_s:
-                running.stop(cpu_time_reason(limits.cpu_time_s))
-            elif limits.disk_bytes and running.slot.used_bytes() > limits.disk_bytes:
-                running.stop(disk_reason(limits.disk_bytes))
+        watch_limits(running)
         return core.LogSize(key, running.log_bytes())
 
     def fetch(self, effect: core.FetchProgram) -> core.ProgramFetched | None:
@@ -194,7 +189,7 @@ class AttemptHost:
             read, fetched = self.mount.chunk_counters(key.name)
         except Exception:  # noqa: BLE001 - a missing directory changes nothing here
             read, fetched = 0, 0
-        limit_exceeded, usage = self._account(running)
+        limit_exceeded, usage = account(running)
         refused = ""
         try:
             self.outputs[key] = dict(collect(str(running.output_dir)))
@@ -204,26 +199,6 @@ class AttemptHost:
         return core.ProcessExited(key, running.exit_code, running.launch_error, tuple(self.outputs[key]),
                                   _size_of(running.stdout_path), _size_of(running.stderr_path), read, fetched,
                                   limit_exceeded=limit_exceeded, usage=usage, outputs_refused=refused)
-
-    def _account(self, running: RunningChunk) -> tuple[str, Usage]:
-        """Which limit ended the attempt (for people), and what it used;
-        removes its cgroup."""
-        wall_s = max(0.0, (running.ended_at or time.monotonic()) - running.started_at)
-        cgroup = running.cgroup
-        if cgroup is None:
-            return "", Usage(wall_s=wall_s)
-        usage = replace(cgroup.usage(), wall_s=wall_s)
-        reason = running.limit_exceeded or cgroup.limit_reached()
-        limits, failed = cgroup.limits, running.exit_code != 0
-        if not reason and failed and limits.cpu_time_s and (
-                usage.cpu_user_s + usage.cpu_system_s >= limits.cpu_time_s or running.exit_code == -signal.SIGXCPU):
-            reason = cpu_time_reason(limits.cpu_time_s)
-        if not reason and failed and limits.disk_bytes and (
-                running.exit_code == -signal.SIGXFSZ or running.slot.used_bytes() >= limits.disk_bytes
-                or _slot_full(running.slot.root)):
-            reason = disk_reason(limits.disk_bytes)
-        cgroup.remove()
-        return reason, usage
 
     def remove_mount(self, effect: core.Unmount) -> None:
         try:
@@ -281,6 +256,39 @@ class AttemptHost:
         self.cache.close()
         if self.sandbox is not None:
             self.sandbox.close()
+
+
+def watch_limits(running: RunningChunk) -> None:
+    """End a running attempt that passed a limit only the worker can watch:
+    cpu time over all its processes, the disk its folders take."""
+    if running.cgroup is None or running.exit_code is not None or running.limit_exceeded:
+        return
+    limits = running.cgroup.limits
+    if limits.cpu_time_s and running.cgroup.cpu_seconds() > limits.cpu_time_s:
+        running.stop(cpu_time_reason(limits.cpu_time_s))
+    elif limits.disk_bytes and running.slot.used_bytes() > limits.disk_bytes:
+        running.stop(disk_reason(limits.disk_bytes))
+
+
+def account(running: RunningChunk) -> tuple[str, Usage]:
+    """Which limit ended the attempt (for people), and what it used;
+    removes its cgroup."""
+    wall_s = max(0.0, (running.ended_at or time.monotonic()) - running.started_at)
+    cgroup = running.cgroup
+    if cgroup is None:
+        return "", Usage(wall_s=wall_s)
+    usage = replace(cgroup.usage(), wall_s=wall_s)
+    reason = running.limit_exceeded or cgroup.limit_reached()
+    limits, failed = cgroup.limits, running.exit_code != 0
+    if not reason and failed and limits.cpu_time_s and (
+            usage.cpu_user_s + usage.cpu_system_s >= limits.cpu_time_s or running.exit_code == -signal.SIGXCPU):
+        reason = cpu_time_reason(limits.cpu_time_s)
+    if not reason and failed and limits.disk_bytes and (
+            running.exit_code == -signal.SIGXFSZ or running.slot.used_bytes() >= limits.disk_bytes
+            or _slot_full(running.slot.root)):
+        reason = disk_reason(limits.disk_bytes)
+    cgroup.remove()
+    return reason, usage
 
 
 def _slot_full(root: pathlib.Path) -> bool:
