@@ -266,7 +266,7 @@ def watch_limits(running: RunningChunk) -> None:
     limits = running.cgroup.limits
     if limits.cpu_time_s and running.cgroup.cpu_seconds() > limits.cpu_time_s:
         running.stop(cpu_time_reason(limits.cpu_time_s))
-    elif limits.disk_bytes and running.slot.used_bytes() > limits.disk_bytes:
+    elif limits.disk_bytes and (running.slot.used_bytes() >= limits.disk_bytes or _slot_full(running.slot.root)):
         running.stop(disk_reason(limits.disk_bytes))
 
 

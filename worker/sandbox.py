@@ -34,6 +34,8 @@ SHELL = "/bin/sh"
 DEFAULT_FIRST_UID = 61000
 # The slot filesystem's size when the cluster names no disk limit (a sparse file).
 DEFAULT_SLOT_DISK_BYTES = 4 << 30
+# ext4's journal and tables in a slot filesystem, beside the files.
+SLOT_OVERHEAD_BYTES = 16 << 20
 # Slots beyond the worker's chunk slots: an ended attempt's slot is emptied
 # on a helper thread while the next attempt may already start.
 SPARE_SLOTS = 2
@@ -262,10 +264,17 @@ def clear_after(data: pathlib.Path, node_hex: str) -> None:
     _unmount_below(data / "slots")
 
 
-def _make_slot(root: pathlib.Path, index: int, uid: int, size: int) -> Slot:
+def slot_image_bytes(disk_bytes: int) -> int:
+    """The slot filesystem's size: room for `disk_bytes` of files beside
+    ext4's own journal and tables, so the limit, not the filesystem, is what
+    a job meets first."""
+    return disk_bytes + disk_bytes // 16 + SLOT_OVERHEAD_BYTES
+
+
+def _make_slot(root: pathlib.Path, index: int, uid: int, disk_bytes: int) -> Slot:
     image, mountpoint = root / f"{index}.img", root / str(index)
     with open(image, "wb") as file:
-        file.truncate(size)
+        file.truncate(slot_image_bytes(disk_bytes))
     subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1",
                     str(image)], check=True, capture_output=True)
     mountpoint.mkdir(mode=0o700)
