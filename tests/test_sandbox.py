@@ -23,7 +23,7 @@ from uds.worker.outputs import OutputRefused, collect, open_output
 from uds.worker.runner import RunningChunk, chunk_environment, launch
 from uds.worker.sandbox import (
     INPUTS_PATH, OUTPUT_PATH, Sandbox, SandboxUnavailable, Slot, bwrap_arguments, hidden_paths,
-    launch_script, parse_uid_range,
+    default_uids, launch_script, parse_uid_range,
 )
 
 MiB = 1 << 20
@@ -65,6 +65,8 @@ def test_hidden_paths_skip_what_the_box_replaces(tmp_path):
 
 
 def test_uid_ranges():
+    assert default_uids("00" * 16, 4) == range(200000, 200004)
+    assert default_uids("0" * 31 + "1", 4)[0] == 200064
     assert parse_uid_range("61000-61003") == range(61000, 61004)
     assert parse_uid_range("70000") == range(70000, 70001)
     for bad in ("a-b", "5-1", "0-3", ""):

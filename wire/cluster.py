@@ -21,7 +21,7 @@
     cache_bytes = 1073741824
     heartbeat_interval_s = 0.5
     lease_s = 3.0                       # silence after which a worker is lost
-    slot_uids = "61000-61063"           # uids the sandbox runs programs as, one per slot
+    slot_uids = "61000-61063"           # uids the sandbox runs programs as (default: by node id)
 
     [limits]                            # what a job gets when it asks for nothing
     memory = "2G"                       # same keys as a job's limits

@@ -22,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--slots", type=int, help="chunks run at once (default: the cluster file's)")
     parser.add_argument("--cache-bytes", type=int, help="block cache size cap (default: the cluster file's)")
     parser.add_argument("--slot-uids", metavar="FIRST-LAST",
-                        help="uids programs run as, one per slot (default: the cluster file's "
-                             "workers.slot_uids, else 61000 upwards)")
+                        help="uids programs run as, one per slot and two spare (default: the cluster "
+                             "file's workers.slot_uids, else a block above 200000 chosen by node id)")
     parser.add_argument("--unsafe-no-sandbox", action="store_true",
                         help="run programs as the worker's own user, unconfined, where the sandbox "
                              "(bubblewrap, cgroups, root) cannot be built; `uds nodes` says so")

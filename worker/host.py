@@ -35,8 +35,8 @@ from uds.worker.runner import (
     RunningChunk, StuckAttemptError, chunk_environment, kill_leftovers, launch, remove_workdir, start_chunk,
 )
 from uds.worker.sandbox import (
-    DEFAULT_FIRST_UID, DEFAULT_SLOT_DISK_BYTES, INPUTS_PATH, OUTPUT_PATH, SPARE_SLOTS, WORK_PATH, NoFreeSlot,
-    Sandbox,
+    DEFAULT_SLOT_DISK_BYTES, INPUTS_PATH, OUTPUT_PATH, SPARE_SLOTS, WORK_PATH, NoFreeSlot,
+    Sandbox, default_uids,
 )
 
 log = logging.getLogger("worker")
@@ -72,13 +72,16 @@ class AttemptHost:
         self.sandbox_label = UNSAFE_LABEL
         os.chmod(data, 0o700)       # a second line behind the box: programs never run as root
         if sandbox.enabled:
-            uids = sandbox.slot_uids or range(DEFAULT_FIRST_UID, DEFAULT_FIRST_UID + sandbox.slots + SPARE_SLOTS)
+            uids = sandbox.slot_uids or default_uids(node_id.hex(), sandbox.slots + SPARE_SLOTS)
             self.sandbox = Sandbox(node_id.hex(), data, sandbox.hidden, sandbox.slots, uids,
                                    sandbox.defaults.disk_bytes or DEFAULT_SLOT_DISK_BYTES)
             self.sandbox_label = self.sandbox.label
+            log.info("programs run in a sandbox: %s, slot uids %d-%d", self.sandbox_label, uids[0], uids[-1])
             ended = self.sandbox.end_leftovers()
             if ended:
                 log.warning("ended %d attempt cgroups left by an earlier run", ended)
+        else:
+            log.warning("programs run unconfined, as this worker's own user (--unsafe-no-sandbox)")
         leftovers = kill_leftovers(node_id.hex())
         if leftovers:
             log.warning("killed %d processes left running by an earlier run", leftovers)

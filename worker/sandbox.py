@@ -30,8 +30,11 @@ log = logging.getLogger("worker")
 BWRAP = "/usr/bin/bwrap"
 SETPRIV = "/usr/bin/setpriv"
 SHELL = "/bin/sh"
-# One uid per slot; far above the ranges Debian hands out to people and services.
-DEFAULT_FIRST_UID = 61000
+# One uid per slot. Without a range in the cluster file, each worker takes a
+# block of its own from its node id, so that workers sharing a machine do not
+# share uids: far above the ranges Debian hands out to people and services.
+DEFAULT_FIRST_UID = 200_000
+DEFAULT_UID_BLOCKS = 8192
 # The slot filesystem's size when the cluster names no disk limit (a sparse file).
 DEFAULT_SLOT_DISK_BYTES = 4 << 30
 # ext4's journal and tables in a slot filesystem, beside the files.
@@ -80,6 +83,13 @@ class Slot:
         """Bytes the attempt's three folders take, from the filesystem's own count."""
         stats = os.statvfs(self.root)
         return max(0, (stats.f_blocks - stats.f_bfree) * stats.f_frsize - self.base_used_bytes)
+
+
+def default_uids(node_hex: str, count: int) -> range:
+    """The block of `count` uids a worker uses when no range is named."""
+    stride = max(64, count)
+    first = DEFAULT_FIRST_UID + (int(node_hex, 16) % DEFAULT_UID_BLOCKS) * stride
+    return range(first, first + count)
 
 
 def parse_uid_range(text: str) -> range:
