@@ -268,8 +268,7 @@ class AttemptCgroup:
         limits = self.limits
         if self.layout.version == 2:
             memory_events = _keyed(_read(self.folders[""] / "memory.events"))
-            oom_killed = memory_events.get("oom_kill", 0) > 0 or memory_events.get("max", 0) > 0 \
-                and memory_events.get("oom", 0) > 0
+            oom_killed = memory_events.get("oom_kill", 0) > 0
             pids_hit = _keyed(_read(self.folders[""] / "pids.events")).get("max", 0) > 0
         else:
             oom_control = _keyed(_read(self.folders["memory"] / "memory.oom_control"))
