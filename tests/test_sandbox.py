@@ -59,6 +59,19 @@ def test_launch_script_joins_every_cgroup_before_the_box_and_sets_rlimits():
     assert "ulimit" not in launch_script([], NO_LIMITS)
 
 
+def test_launch_script_sets_the_rlimits_in_this_machines_shell(tmp_path):
+    procs = tmp_path / "cgroup.procs"
+    script = launch_script([procs], ResourceLimits(cpu_time_s=60, disk_bytes=2 * MiB, pids=32))
+    shown = subprocess.run(["/bin/sh", "-c", script, "sh", "/bin/sh", "-c", "ulimit -t; ulimit -f; echo $$"],
+                           capture_output=True, text=True, check=True)
+    assert shown.stderr == ""
+    assert shown.stdout.split()[:2] == ["60", "4096"]
+    assert procs.read_text().strip() == shown.stdout.split()[2]      # exec kept the pid that joined
+    nproc = subprocess.run(["/bin/sh", "-c", script, "sh", "/usr/bin/prlimit", "--nproc", "--output", "SOFT",
+                            "--noheadings"], capture_output=True, text=True, check=True)
+    assert nproc.stdout.strip() == "32"
+
+
 def test_hidden_paths_skip_what_the_box_replaces(tmp_path):
     kept = pathlib.Path("/etc")
     assert hidden_paths([tmp_path, kept, pathlib.Path("/nonexistent/x")]) == ["/etc"]

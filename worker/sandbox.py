@@ -145,7 +145,8 @@ def launch_script(procs_files: Sequence[pathlib.Path], limits: ResourceLimits) -
     if limits.pids:
         # Per uid, and the slot's uid is this attempt's alone. Root's own
         # processes (bubblewrap) are exempt; the cgroup's pids.max is not.
-        lines.append(f"ulimit -u {limits.pids}")
+        # dash calls RLIMIT_NPROC -p, bash -u.
+        lines.append(f"{{ ulimit -u {limits.pids} 2>/dev/null || ulimit -p {limits.pids}; }}")
     lines.append('exec "$@"')
     return "; ".join(lines)
 
