@@ -370,3 +370,10 @@ echo ready
 while :; do sleep 0.05; done
 """, while_running=terminate, timeout_s=10)
     assert "got-term" in outcome.stdout and outcome.exit_code == 3
+
+
+def test_a_machine_without_bubblewrap_has_no_sandbox(tmp_path, monkeypatch):
+    from uds.worker import sandbox as sandbox_module
+    monkeypatch.setattr(sandbox_module, "BWRAP", "/nonexistent/bwrap")
+    with pytest.raises(SandboxUnavailable, match="/nonexistent/bwrap is missing"):
+        Sandbox("00" * 8, tmp_path, [], slots=1, uids=range(61900, 61904), slot_disk_bytes=64 * MiB)

@@ -165,3 +165,22 @@ def test_a_killed_worker_leaves_no_chunk_process_and_its_restart_no_cgroup(limit
     assert leftovers == []
     job.cancel()
     _wait_for_workers(connection, 2)
+
+
+def test_uds_dev_stop_leaves_no_chunk_process_mount_or_cgroup(tmp_path):
+    from test_cli import uds
+    from uds import client
+    folder = tmp_path / "dev"
+    mark = _unique_sleep()
+    try:
+        uds("dev", "--detach", "--workers", "1", "--slots", "1", "--dir", str(folder))
+        with client.connect(folder) as connection:
+            connection.submit_job(f"#!/bin/sh\nsetsid sh -c '(sleep {mark} &) &' < /dev/null > /dev/null 2>&1\n"
+                                  f"sleep 600\n".encode(), timeout=600)
+            _await(lambda: _marked(mark), "the chunk's double-forked sleep never started")
+    finally:
+        uds("dev", "--stop", "--dir", str(folder), check=False)
+    assert _marked(mark) == []
+    assert [line for line in pathlib.Path("/proc/mounts").read_text().splitlines() if str(folder) in line] == []
+    node_hex = next(folder.glob("data/workers/*/node_id")).read_text().strip()
+    assert list(pathlib.Path("/sys/fs/cgroup").glob(f"**/uds-{node_hex}")) == []
