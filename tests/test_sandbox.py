@@ -319,7 +319,8 @@ spin() { while :; do :; done; }
 spin & spin & spin
 """, ResourceLimits(cpu_time_s=1), timeout_s=20)
     assert outcome.reason == "cpu time limit 1 s exceeded"
-    assert outcome.usage.cpu_user_s + outcome.usage.cpu_system_s >= 1
+    # The kernel splits user from system time by ticks: the sum is near, not exact.
+    assert outcome.usage.cpu_user_s + outcome.usage.cpu_system_s >= 0.9
 
 
 def _marked(mark: str) -> list[int]:

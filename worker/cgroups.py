@@ -251,10 +251,17 @@ class AttemptCgroup:
             peak = _int(_read(self.folders[""] / "memory.peak"))
             return Usage(cpu_user_s=stat.get("user_usec", 0) / 1e6, cpu_system_s=stat.get("system_usec", 0) / 1e6,
                          peak_memory_bytes=peak)
-        stat = _keyed(_read(self.folders["cpuacct"] / "cpuacct.stat")) if "cpuacct" in self.folders else {}
+        peak = _int(_read(self.folders["memory"] / "memory.max_usage_in_bytes"))
+        if "cpuacct" not in self.folders:
+            return Usage(peak_memory_bytes=peak)
+        cpuacct = self.folders["cpuacct"]
+        user, system = _read(cpuacct / "cpuacct.usage_user"), _read(cpuacct / "cpuacct.usage_sys")
+        if user and system:     # nanoseconds, where the kernel has them
+            return Usage(cpu_user_s=_int(user) / 1e9, cpu_system_s=_int(system) / 1e9, peak_memory_bytes=peak)
+        stat = _keyed(_read(cpuacct / "cpuacct.stat"))
         ticks = os.sysconf("SC_CLK_TCK")
         return Usage(cpu_user_s=stat.get("user", 0) / ticks, cpu_system_s=stat.get("system", 0) / ticks,
-                     peak_memory_bytes=_int(_read(self.folders["memory"] / "memory.max_usage_in_bytes")))
+                     peak_memory_bytes=peak)
 
     def cpu_seconds(self) -> float:
         """User and system time so far (nanosecond counter where there is one)."""
