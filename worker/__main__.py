@@ -47,7 +47,7 @@ def build(context: DaemonContext):
     except ValueError as fault:
         raise ConfigurationError(str(fault)) from None
     sandbox = SandboxSettings(enabled=not options.unsafe_no_sandbox, slot_uids=uids,
-                              defaults=default_limits(cluster), hidden=(cluster.keys,), slots=slots)
+                              defaults=default_limits(cluster), hidden=_private_folders(cluster), slots=slots)
     wake_read, wake_write = wake_pipe()
     try:
         return WorkerNode(context.node_id, context.data, cluster.loadbalancers[0].address,
@@ -58,6 +58,13 @@ def build(context: DaemonContext):
     except SandboxUnavailable as fault:
         raise ConfigurationError(f"cannot build the sandbox programs run in: {fault}. Fix that, or start "
                                  "the worker with --unsafe-no-sandbox to run programs unconfined") from None
+
+
+def _private_folders(cluster) -> tuple[pathlib.Path, ...]:
+    """Folders of this cluster a chunk must not see, whichever node of this
+    machine they belong to: the keys and every role's data."""
+    return (cluster.keys, cluster.workers.data, *(entry.data for entry in cluster.masters),
+            *(entry.data for entry in cluster.loadbalancers), *(entry.data for entry in cluster.storage))
 
 
 def main(argv: list[str] | None = None) -> int:
