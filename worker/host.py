@@ -1,5 +1,6 @@
 """Carrying out the attempts core's effects on this machine: programs, the
-FUSE mount, processes, working folders and uploads to storage.
+FUSE mount, processes in their sandbox (worker/sandbox.py), working
+folders, limits and usage, and uploads to storage.
 
 Rules: nothing here decides anything; each method does what one effect of
 worker/attempts.py says and returns the core event that answers it, or
@@ -53,9 +54,9 @@ class SandboxSettings:
     """How this worker boxes its programs (see worker/sandbox.py)."""
 
     enabled: bool = True
-    slot_uids: range | None = None          # None: DEFAULT_FIRST_UID upwards
+    slot_uids: range | None = None          # None: a block of its own, chosen by node id
     defaults: ResourceLimits = NO_LIMITS    # the cluster's [limits]
-    hidden: tuple[pathlib.Path, ...] = ()   # more folders the programs must not see (the keys)
+    hidden: tuple[pathlib.Path, ...] = ()   # more folders the programs must not see (keys, data)
     slots: int = 2
 
 
@@ -70,7 +71,7 @@ class AttemptHost:
         self.defaults = sandbox.defaults
         self.sandbox: Sandbox | None = None
         self.sandbox_label = UNSAFE_LABEL
-        os.chmod(data, 0o700)       # a second line behind the box: programs never run as root
+        os.chmod(data, 0o700)       # a second line behind the box: no slot user may enter
         if sandbox.enabled:
             uids = sandbox.slot_uids or default_uids(node_id.hex(), sandbox.slots + SPARE_SLOTS)
             self.sandbox = Sandbox(node_id.hex(), data, sandbox.hidden, sandbox.slots, uids,
