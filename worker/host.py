@@ -164,6 +164,9 @@ class AttemptHost:
     def _start_boxed(self, effect: core.Start, workdir: pathlib.Path) -> RunningChunk:
         assert self.sandbox is not None
         limits = effect.limits.with_defaults(self.defaults)
+        # The slot filesystem holds at most its size: no job gets more disk than that.
+        capacity = self.sandbox.slot_disk_bytes
+        limits = replace(limits, disk_bytes=min(limits.disk_bytes or capacity, capacity))
         slot = self.sandbox.acquire()
         try:
             cgroup = self.sandbox.cgroup(effect.key.name, limits)
