@@ -137,9 +137,10 @@ def _prepare_v2(own: pathlib.Path, folder: str) -> CgroupLayout:
     own, and the controllers are enabled for the attempts' parent."""
     try:
         base = own / folder
-        leaf = own / "worker"
-        leaf.mkdir(exist_ok=True)
-        (leaf / "cgroup.procs").write_text(str(os.getpid()))
+        if (own / "cgroup.type").exists():     # not the root, which may hold processes and children
+            leaf = own / "worker"
+            leaf.mkdir(exist_ok=True)
+            (leaf / "cgroup.procs").write_text(str(os.getpid()))
         (own / "cgroup.subtree_control").write_text("+memory +pids +cpu")
         base.mkdir(exist_ok=True)
         (base / "cgroup.subtree_control").write_text("+memory +pids +cpu")
