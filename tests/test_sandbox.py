@@ -4,9 +4,7 @@ limits, as the worker's host runs them. Skipped where the box cannot be
 built; cleaned up (cgroups, mounts, processes) even when a test fails."""
 import os
 import pathlib
-import stat
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 

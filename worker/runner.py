@@ -20,10 +20,10 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from uds.worker.attempts import AttemptKey
 from uds.worker.cgroups import AttemptCgroup
+from uds.worker.sandbox import Slot
 
 # Stored of each log; the rest is dropped with a note.
 LOG_CAP_BYTES = 16 * 1024 * 1024
@@ -44,7 +44,7 @@ class RunningChunk:
     exit_code: int | None = None
     cgroup: AttemptCgroup | None = None
     program_uid: int | None = None      # the slot user the program runs as
-    slot: Any = None                    # the sandbox slot it holds, if any
+    slot: Slot | None = None            # the sandbox slot it holds, if any
     started_at: float = field(default_factory=time.monotonic)
     ended_at: float = 0.0
     limit_exceeded: str = ""            # a limit the worker saw passed while it ran
