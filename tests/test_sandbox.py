@@ -269,6 +269,15 @@ exit 0
     assert outcome.usage.wall_s > 0 and outcome.usage.peak_memory_bytes > 0
 
 
+def test_python_multiprocessing_works_in_the_box(sandbox, tmp_path):
+    outcome = run_boxed(sandbox, tmp_path, """#!/usr/bin/python3
+import multiprocessing
+with multiprocessing.Pool(2) as pool:
+    print(sum(pool.map(abs, [-1, -2, -3])))
+""")
+    assert (outcome.exit_code, outcome.stdout) == (0, "6\n"), outcome.stderr
+
+
 def test_the_network_is_cut_unless_the_job_asks_for_it(sandbox, tmp_path):
     script = "#!/bin/sh\ncat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '\n"
     assert run_boxed(sandbox, tmp_path, script).stdout.split() == ["lo"]

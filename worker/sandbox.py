@@ -116,7 +116,9 @@ def bwrap_arguments(root_entries: Mapping[str, str | None], hidden: Sequence[str
             arguments += ["--symlink", target, f"/{name}"]
         else:
             arguments += ["--ro-bind", f"/{name}", f"/{name}"]
-    arguments += ["--dev", "/dev", "--proc", "/proc"]
+    # /dev/shm of its own for POSIX semaphores and shared memory (Python's
+    # multiprocessing): a tmpfs, so its pages count against the memory limit.
+    arguments += ["--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm", "--proc", "/proc"]
     for path in hidden:
         arguments += ["--tmpfs", path]
     arguments += ["--dir", "/uds",
