@@ -127,6 +127,7 @@ def bwrap_arguments(root_entries: Mapping[str, str | None], hidden: Sequence[str
                   "--bind", str(slot.work), WORK_PATH,
                   "--bind", str(slot.output), OUTPUT_PATH,
                   "--bind", str(slot.tmp), "/tmp",
+                  *(["--bind", str(slot.tmp), "/var/tmp"] if "var" in root_entries else []),
                   "--remount-ro", "/",
                   "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
     if not network:
