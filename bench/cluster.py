@@ -18,10 +18,10 @@ from uds.client import devcluster  # noqa: E402
 
 
 @contextlib.contextmanager
-def dev_cluster(workers: int = 2, slots: int = 2) -> Iterator[client.Connection]:
+def dev_cluster(workers: int = 2, slots: int = 2, unsafe_no_sandbox: bool = False) -> Iterator[client.Connection]:
     folder = pathlib.Path(tempfile.mkdtemp(prefix="uds-bench-"))
     try:
-        devcluster.start(folder, workers=workers, slots=slots, detach=True)
+        devcluster.start(folder, workers=workers, slots=slots, detach=True, unsafe_no_sandbox=unsafe_no_sandbox)
         with client.connect(folder) as connection:
             yield connection
     finally:

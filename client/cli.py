@@ -101,7 +101,8 @@ def dev(options: argparse.Namespace) -> int:
         worker_options = [word for flag in ("cpus", "memory", "disk") if getattr(options, flag) is not None
                           for word in (f"--{flag}", str(getattr(options, flag)))]
         processes = devcluster.start(folder, options.workers, options.slots, detach=options.detach,
-                                     worker_options=worker_options)
+                                     worker_options=worker_options,
+                                     unsafe_no_sandbox=options.unsafe_no_sandbox)
     except devcluster.DevClusterError as fault:
         raise CommandError(str(fault)) from None
     cluster = folder.expanduser().resolve() / "cluster.toml"
@@ -325,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--cpus", help="cpus each worker offers, e.g. 2 (default: the machine's)")
     sub.add_argument("--memory", help="memory each worker offers, e.g. 4G (default: the machine's)")
     sub.add_argument("--disk", help="disk each worker offers, e.g. 20G (default: the free space)")
+    sub.add_argument("--unsafe-no-sandbox", action="store_true",
+                     help="workers run programs unconfined, as themselves (see doc/worker.md)")
     mode = sub.add_mutually_exclusive_group()
     mode.add_argument("--detach", action="store_true", help="start in the background, return when ready")
     mode.add_argument("--stop", action="store_true", help="stop the dev cluster in --dir")

@@ -90,9 +90,10 @@ def write_cluster_file(folder: pathlib.Path, workers: int, slots: int) -> pathli
 
 
 def start(folder: pathlib.Path, workers: int, slots: int, detach: bool,
-          worker_options: Sequence[str] = ()) -> list[DevProcess]:
+          worker_options: Sequence[str] = (), unsafe_no_sandbox: bool = False) -> list[DevProcess]:
     """Start every daemon and wait until each is ready. `worker_options` go
-    to every worker's command line (--cpus, --memory, --disk)."""
+    to every worker's command line (--cpus, --memory, --disk); with
+    unsafe_no_sandbox the workers run programs unconfined (--unsafe-no-sandbox)."""
     folder = folder.expanduser().resolve()
     if running_pids(folder):
         raise DevClusterError(f"a dev cluster is already running in {folder}; stop it with "
@@ -108,7 +109,9 @@ def start(folder: pathlib.Path, workers: int, slots: int, detach: bool,
             ("master", "master-0", cluster.masters[0].data, []),
             ("loadbalancer", "loadbalancer-0", cluster.loadbalancers[0].data, [])]
     plan += [("worker", f"worker-{index}", cluster.worker_data(f"worker-{index}"),
-              ["--name", f"worker-{index}", *worker_options]) for index in range(workers)]
+              ["--name", f"worker-{index}", *worker_options,
+               *(["--unsafe-no-sandbox"] if unsafe_no_sandbox else [])])
+             for index in range(workers)]
     started: list[DevProcess] = []
     try:
         for role, name, data, extra in plan:
@@ -208,8 +211,20 @@ def stop(folder: pathlib.Path) -> int:
     stop_processes(entries)
     if (folder / PIDS_FILE).exists():
         (folder / PIDS_FILE).unlink()
+    _clear_workers(entries)
     _unmount_stale(folder)
     return len(entries)
+
+
+def _clear_workers(entries: list[dict]) -> None:
+    """A worker that had to be SIGKILLed leaves its attempts' cgroups and slot
+    filesystems: end and remove them."""
+    from uds.worker.sandbox import clear_after
+    for entry in entries:
+        data = pathlib.Path(entry.get("data", ""))
+        node_id = data / "node_id"
+        if entry.get("role") == "worker" and node_id.is_file():
+            clear_after(data, node_id.read_text().strip())
 
 
 def _unmount_stale(folder: pathlib.Path) -> None:

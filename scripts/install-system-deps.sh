@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs, through apt, only the system packages uds needs that are missing:
 # a C compiler and the Python headers (for the cffi wire module and llfuse),
-# libfuse 2 headers with pkg-config (llfuse), fusermount (fuse3), and venv.
+# libfuse 2 headers with pkg-config (llfuse), fusermount (fuse3), and venv;
+# for the worker's sandbox: bubblewrap, setpriv and mount (util-linux) and
+# mkfs.ext4 (e2fsprogs).
 # Usage: scripts/install-system-deps.sh PYTHON
 set -euo pipefail
 python=${1:-python3}
@@ -16,6 +18,9 @@ import os, sys, sysconfig
 sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))
 PY
 "$python" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+command -v bwrap >/dev/null || missing+=(bubblewrap)
+command -v setpriv >/dev/null || missing+=(util-linux)
+PATH="$PATH:/sbin:/usr/sbin" command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
 
 if ((${#missing[@]} == 0)); then
     exit 0

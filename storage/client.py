@@ -199,6 +199,13 @@ class StorageClient:
             self._put(file_id, size, pieces, progress)
         return file_id, size
 
+    def put_descriptor(self, descriptor: int,
+                       progress: Progress | None = None) -> tuple[bytes, int]:
+        """Store the file open as `descriptor`; (file id, size). Through
+        /proc/self/fd the very inode is read again, never a path that could
+        have been swapped, and hashed exactly as put_file hashes."""
+        return self.put_file(f"/proc/self/fd/{descriptor}", progress)
+
     def _put(self, file_id: bytes, size: int, pieces: Iterable[bytes | memoryview],
              progress: Progress | None) -> None:
         request_id = self._new_request_id()

@@ -103,7 +103,7 @@ class ClusterLayout:
 
     @classmethod
     def create(cls, root: pathlib.Path, lease_s: float = 2.0, heartbeat_interval_s: float = 0.25,
-               slots: int = 2, cache_bytes: int = 1 << 30) -> "ClusterLayout":
+               slots: int = 2, cache_bytes: int = 1 << 30, limits: dict | None = None) -> "ClusterLayout":
         root.mkdir(parents=True, exist_ok=True)
         create_cluster_keys(root / "cluster-keys")
         export_every_role(root / "cluster-keys", root / "keys")
@@ -115,6 +115,7 @@ class ClusterLayout:
             storage=[{"address": f"tcp://127.0.0.1:{free_port()}", "data": "data/storage-0"}],
             workers={"data": "data/workers", "slots": slots, "cache_bytes": cache_bytes,
                      "heartbeat_interval_s": heartbeat_interval_s, "lease_s": lease_s},
+            limits=limits,
         )
         path = root / "cluster.toml"
         path.write_text(text)
@@ -161,9 +162,12 @@ class ClusterLayout:
                 except ProcessLookupError:
                     pass
                 daemon.process.wait(timeout=10)
-        # Chunk processes run in sessions of their own: end them by their workers' mark.
+        # Chunk processes run in sessions (and cgroups) of their own: end them
+        # by their workers' cgroups and mark, and unmount the slot filesystems.
         from uds.worker.runner import kill_leftovers
+        from uds.worker.sandbox import clear_after
         for node_id in self.root.glob("data/workers/*/node_id"):
+            clear_after(node_id.parent, node_id.read_text().strip())
             kill_leftovers(node_id.read_text().strip())
         unmount_under(self.root)
 

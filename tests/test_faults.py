@@ -56,26 +56,36 @@ def test_worker_killed_mid_chunk_completes_elsewhere_exactly_once(cluster):
     assert len(_events_of(connection, job.id, "chunk_lost")) >= 1
 
 
-def _pid_program(pid_file: pathlib.Path) -> bytes:
-    # The program and a child that ignores SIGTERM both record their pids.
+def _pid_program(mark: str) -> bytes:
+    # The program and a child that ignores SIGTERM each run a sleep of a
+    # length no other process has. (Chunks run in a box of their own, with
+    # pids of their own: the test finds them by that mark instead.)
     return (b"#!/bin/sh\n"
-            b"(trap '' TERM; exec sleep 120) &\n"
-            b"echo $$ $! > " + str(pid_file).encode() + b".tmp\n"
-            b"mv " + str(pid_file).encode() + b".tmp " + str(pid_file).encode() + b"\n"
-            b"sleep 120\n")
+            b"(trap '' TERM; exec sleep " + mark.encode() + b") &\n"
+            b"sleep " + mark.encode() + b"\n")
 
 
-def _pids(pid_file: pathlib.Path):
-    try:
-        return [int(pid) for pid in pid_file.read_text().split()]
-    except (OSError, ValueError):
-        return None
+def _unique_mark() -> str:
+    return f"120.{time.time_ns() % 10**9:09d}"
+
+
+def _pids(mark: str):
+    """The host pids of both marked sleeps, once both run."""
+    found = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if mark.encode() in (entry / "cmdline").read_bytes().split(b"\0") and _alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found if len(found) == 2 else None
 
 
 def test_cancel_kills_the_whole_process_group(shared_cluster, tmp_path):
-    pid_file = tmp_path / "pids"
-    job = shared_cluster.connection.submit_job(_pid_program(pid_file), timeout=300)
-    pids = _wait_until(lambda: _pids(pid_file), what="program started")
+    mark = _unique_mark()
+    job = shared_cluster.connection.submit_job(_pid_program(mark), timeout=300)
+    pids = _wait_until(lambda: _pids(mark), what="program started")
     assert all(_alive(pid) for pid in pids)
     status = job.cancel()
     assert status.state == "cancelled"
@@ -86,9 +96,9 @@ def test_cancel_kills_the_whole_process_group(shared_cluster, tmp_path):
 
 
 def test_timeout_kills_the_whole_process_group(shared_cluster, tmp_path):
-    pid_file = tmp_path / "pids"
-    job = shared_cluster.connection.submit_job(_pid_program(pid_file), timeout=1.0)
-    pids = _wait_until(lambda: _pids(pid_file), what="program started")
+    mark = _unique_mark()
+    job = shared_cluster.connection.submit_job(_pid_program(mark), timeout=1.0)
+    pids = _wait_until(lambda: _pids(mark), what="program started")
     status = job.wait(timeout=WAIT_S)
     assert status.state == "failed"
     assert "timed out" in status.chunks[0].result.error
@@ -142,14 +152,15 @@ def test_loadbalancer_killed_mid_job_and_restarted(cluster):
 
 
 def test_restarted_worker_kills_what_its_dead_predecessor_left_running(cluster, tmp_path):
-    pid_file = tmp_path / "pids"
-    job = cluster.connection.submit_job(_pid_program(pid_file), timeout=300)
-    pids = _wait_until(lambda: _pids(pid_file), what="program started")
+    mark = _unique_mark()
+    job = cluster.connection.submit_job(_pid_program(mark), timeout=300)
+    pids = _wait_until(lambda: _pids(mark), what="program started")
     running = _wait_until(lambda: next((c for c in job.status().chunks if c.state == "running"), None),
                           what="chunk running")
     victim = cluster.worker_by_node(running.worker)
     cluster.daemons[victim].kill9()
-    assert all(_alive(pid) for pid in pids)  # orphans, in their own session
+    # The box dies with its worker (bubblewrap's --die-with-parent), and the
+    # restart ends whatever its attempt cgroups still hold.
     cluster.restart(victim)
     _wait_until(lambda: not any(_alive(pid) for pid in pids), timeout=15, what="orphans gone")
     job.cancel()
@@ -178,9 +189,9 @@ def test_result_of_a_worker_presumed_lost_is_ignored_and_logged(cluster):
 
 
 def test_a_stopped_worker_leaves_no_program_running(cluster, tmp_path):
-    pid_file = tmp_path / "pids"
-    job = cluster.connection.submit_job(_pid_program(pid_file), timeout=300)
-    pids = _wait_until(lambda: _pids(pid_file), what="program started")
+    mark = _unique_mark()
+    job = cluster.connection.submit_job(_pid_program(mark), timeout=300)
+    pids = _wait_until(lambda: _pids(mark), what="program started")
     running = _wait_until(lambda: next((c for c in job.status().chunks if c.state == "running"), None),
                           what="chunk running")
     worker = cluster.daemons[cluster.worker_by_node(running.worker)]
@@ -203,13 +214,12 @@ def test_a_submission_resent_while_the_master_is_frozen_runs_once(cluster, tmp_p
         return real_send(socket, frames, **options)
 
     monkeypatch.setattr(client_api, "send_message", counting_send)
-    runs = tmp_path / "runs"
-    program = b'#!/bin/sh\necho "$UDS_ATTEMPT" >> "$1"\n'
+    program = b'#!/bin/sh\necho "$UDS_ATTEMPT"\n'
     master = cluster.daemons["master"]
     pool = ThreadPoolExecutor(max_workers=1)
     os.kill(master.pid, signal.SIGSTOP)
     try:
-        submitted = pool.submit(connection.submit_job, program, args=[str(runs)], timeout=60)
+        submitted = pool.submit(connection.submit_job, program, timeout=60)
         _wait_until(lambda: len(submits) >= 2, timeout=client_api.RESEND_AFTER_S + 10, what="resend")
     finally:
         os.kill(master.pid, signal.SIGCONT)
@@ -218,6 +228,6 @@ def test_a_submission_resent_while_the_master_is_frozen_runs_once(cluster, tmp_p
     assert submits[1] - submits[0] >= client_api.RESEND_AFTER_S * 0.9
     status = job.wait(timeout=WAIT_S)
     assert status.state == "succeeded", status
-    assert runs.read_text() == "1\n"
+    assert connection.get(status.chunks[0].stdout) == b"1\n"
     assert len(_events_of(connection, job.id, "job_submitted")) == 1
     assert len(_events_of(connection, job.id, "chunk_succeeded")) == 1

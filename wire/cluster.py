@@ -21,10 +21,11 @@
     cache_bytes = 1073741824
     heartbeat_interval_s = 0.5
     lease_s = 3.0                       # silence after which a worker is lost
+    slot_uids = "61000-61063"           # uids the sandbox runs programs as (default: by node id)
 
-    [limits]                            # what a chunk may use when its job does not say
-    memory = "2G"
-    cpus = 1
+    [limits]                            # what a job gets when it asks for nothing
+    memory = "2G"                       # same keys as a job's limits
+    disk = "4G"
 
 Relative paths are relative to the cluster file's folder. See doc/cluster.md.
 """
@@ -36,7 +37,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from uds.wire.resources import NO_LIMITS, ResourceLimits, ResourceSpecError
+from uds.wire.resources import ResourceLimits, ResourceSpecError
 
 
 class ClusterFileError(Exception):
@@ -63,6 +64,7 @@ class WorkerDefaults:
     cache_bytes: int = 1 << 30
     heartbeat_interval_s: float = 0.5
     lease_s: float = 3.0
+    slot_uids: str = ""                 # "first-last"; empty: the worker's default range
 
 
 @dataclass(frozen=True)
@@ -140,21 +142,35 @@ def load(path: str | os.PathLike[str]) -> Cluster:
         cache_bytes=int(workers_table.get("cache_bytes", 1 << 30)),
         heartbeat_interval_s=float(workers_table.get("heartbeat_interval_s", 0.5)),
         lease_s=float(workers_table.get("lease_s", 3.0)),
+        slot_uids=str(workers_table.get("slot_uids", "")),
     )
     if workers.slots < 1 or workers.cache_bytes < 1 or workers.heartbeat_interval_s <= 0 \
             or workers.lease_s <= workers.heartbeat_interval_s:
         raise ClusterFileError("workers: slots and cache_bytes must be positive, "
                                "lease_s longer than heartbeat_interval_s")
     known = {"keys", "masters", "loadbalancers", "storage", "workers"}
-    return Cluster(
+    cluster = Cluster(
         path=file, keys=resolve(_require(document, "keys", str, str(file))),
         masters=masters, loadbalancers=services["loadbalancers"], storage=services["storage"],
         workers=workers, extra={key: value for key, value in document.items() if key not in known},
     )
+    default_limits(cluster)     # a bad [limits] table is the cluster file's error, found at load
+    return cluster
+
+
+def default_limits(cluster: Cluster) -> ResourceLimits:
+    """The [limits] table: what an attempt gets for each limit its job did not ask."""
+    table = cluster.extra.get("limits", {})
+    if type(table) is not dict:
+        raise ClusterFileError("limits: expected a table ([limits])")
+    try:
+        return ResourceLimits.parse(table)
+    except ResourceSpecError as fault:
+        raise ClusterFileError(f"limits: {fault}") from None
 
 
 def render(keys: str, masters: list[dict], loadbalancers: list[dict], storage: list[dict],
-           workers: dict) -> str:
+           workers: dict, limits: dict | None = None) -> str:
     """TOML text for a cluster file (values: str, int, float)."""
 
     def value(item: Any) -> str:
@@ -170,18 +186,7 @@ def render(keys: str, masters: list[dict], loadbalancers: list[dict], storage: l
             lines.append("")
     lines.append("[workers]")
     lines += [f"{key} = {value(item)}" for key, item in workers.items()]
+    if limits:
+        lines += ["", "[limits]"] + [f"{key} = {value(item)}" for key, item in limits.items()]
     return "\n".join(lines) + "\n"
 
-
-def default_limits(cluster: Cluster) -> ResourceLimits:
-    """The [limits] table: what each attempt of a job that asks for less may
-    use (ResourceLimits.parse's keys); NO_LIMITS without one."""
-    table = cluster.extra.get("limits")
-    if table is None:
-        return NO_LIMITS
-    if type(table) is not dict:
-        raise ClusterFileError("limits: expected a table ([limits])")
-    try:
-        return ResourceLimits.parse(table)
-    except ResourceSpecError as fault:
-        raise ClusterFileError(f"limits: {fault}") from None

@@ -140,6 +140,7 @@ class ProcessExited:
     limit_exceeded: str = ""            # which limit ended it, for people: an application failure
     infrastructure_error: str = ""      # not the program's fault (a corrupt input, say): run it elsewhere
     usage: Usage = NO_USAGE             # cpu, peak memory and wall time, as measured
+    outputs_refused: str = ""           # an output that is not a plain file, named: an application failure
 
 
 @dataclass(frozen=True, slots=True)

@@ -412,7 +412,7 @@ class Attempts:
         attempt = self._held(event)
         state, error = self._outcome(attempt, event)
         outputs = event.outputs
-        refusal = outputs_refusal(outputs)
+        refusal = event.outputs_refused or outputs_refusal(outputs)
         if refusal is not None:
             # Storing them could never be reported: fail the chunk, keep the logs.
             state, error, outputs = ChunkState.FAILED, refusal, ()

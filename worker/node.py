@@ -17,6 +17,7 @@ import queue
 import socket as socket_module
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Any, Callable
 
 import zmq
@@ -29,7 +30,7 @@ from uds.wire.transport import Transport, recv_messages, send_message
 from uds.worker import attempts as core
 from uds.worker.attempts import AttemptKey
 from uds.worker.capacity import worker_capacity
-from uds.worker.host import AttemptHost
+from uds.worker.host import AttemptHost, SandboxSettings
 from uds.worker.messages import (
     BALANCER_MESSAGES, event_of, heartbeat_message, hello_message, status_message,
 )
@@ -44,7 +45,8 @@ LOG_CHECK_S = 0.1
 class WorkerNode:
     def __init__(self, node_id: bytes, data: pathlib.Path, loadbalancer_address: str, storage_address: str,
                  transport: Transport, slots: int, cache_bytes: int, heartbeat_interval_s: float,
-                 wake_read: int, wake_write: int, capacity: Capacity | None = None) -> None:
+                 wake_read: int, wake_write: int, sandbox: SandboxSettings = SandboxSettings(enabled=False),
+                 capacity: Capacity | None = None) -> None:
         self.node_id, self.transport = node_id, transport
         self.slots, self.cache_bytes = slots, cache_bytes
         self.capacity = capacity if capacity is not None else worker_capacity(data)
@@ -57,7 +59,12 @@ class WorkerNode:
         self.counters: dict[str, int] = {}
         self.next_request_id = 1
         self.last_log_check = 0.0
-        self.host = AttemptHost(node_id, data, storage_address, transport, cache_bytes, self._hand_back)
+        self.host = AttemptHost(node_id, data, storage_address, transport, cache_bytes, self._hand_back, sandbox)
+        if self.host.sandbox is not None:
+            # Chunks write only into their slot filesystems: that is the disk there is to offer.
+            self.capacity = replace(self.capacity, disk_bytes=min(
+                self.capacity.disk_bytes or self.host.sandbox.slot_disk_bytes * slots,
+                self.host.sandbox.slot_disk_bytes * slots))
         self.socket = transport.client_socket(zmq.DEALER, loadbalancer_address)
         self.handlers: dict[type, Callable[[Any, Any, float], None]] = {
             message_type: self.on_message for message_type in BALANCER_MESSAGES}

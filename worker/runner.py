@@ -1,13 +1,14 @@
-"""Running one chunk attempt as a process group, and knowing when it ends.
+"""Running one chunk attempt as a process, and knowing when it ends.
 
-Rules: the program runs in a session (and so a process group) of its own,
-in a working folder of its own, with stdin from /dev/null and stdout/stderr
-written straight to files there (no thread per chunk). What is stored of a
-log is its first LOG_CAP_BYTES; a program whose log passes LOG_KILL_BYTES is
-stopped (worker/attempts.py decides that, and when to signal). Its end is
-seen through a pidfd that the worker's loop polls. Signals go to the whole
-group. When the program exits, whatever it left running in its group is
-killed, so nothing outlives its chunk.
+Rules: the program runs in a session of its own, with stdin from /dev/null
+and stdout/stderr written straight to files the worker opened (no thread
+per chunk). What is stored of a log is its first LOG_CAP_BYTES; a program
+whose log passes LOG_KILL_BYTES is stopped (worker/attempts.py decides
+that, and when to signal). Its end is seen through a pidfd that the
+worker's loop polls. Sandboxed (worker/sandbox.py), the attempt has a
+cgroup: SIGTERM goes to its processes that run as the slot's user, and
+its end is freeze, kill, wait until empty. Unsandboxed, signals go to the
+process group. Either way nothing outlives its chunk.
 """
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ import pathlib
 import shutil
 import signal
 import subprocess
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from uds.worker.attempts import AttemptKey
+from uds.worker.cgroups import AttemptCgroup
+from uds.worker.sandbox import Slot
 
 # Stored of each log; the rest is dropped with a note.
 LOG_CAP_BYTES = 16 * 1024 * 1024
@@ -32,12 +36,18 @@ _BASE_ENVIRONMENT = dict(os.environ)
 @dataclass
 class RunningChunk:
     key: AttemptKey
-    workdir: pathlib.Path
+    workdir: pathlib.Path               # the worker's folder of the attempt: its logs
     output_dir: pathlib.Path
     process: subprocess.Popen | None
     pidfd: int | None
     launch_error: str = ""
     exit_code: int | None = None
+    cgroup: AttemptCgroup | None = None
+    program_uid: int | None = None      # the slot user the program runs as
+    slot: Slot | None = None            # the sandbox slot it holds, if any
+    started_at: float = field(default_factory=time.monotonic)
+    ended_at: float = 0.0
+    limit_exceeded: str = ""            # a limit the worker saw passed while it ran
 
     @property
     def stdout_path(self) -> pathlib.Path:
@@ -48,28 +58,49 @@ class RunningChunk:
         return self.workdir / "stderr.log"
 
     def signal(self, signum: int) -> None:
-        """Signal the whole group, unless the program was already reaped."""
-        if self.process is not None and self.exit_code is None:
+        """Signal the program's processes, unless it was already reaped."""
+        if self.process is None or self.exit_code is not None:
+            return
+        if self.cgroup is None:
             _signal_group(self.process.pid, signum)
+        elif signum == signal.SIGKILL:
+            self.cgroup.end()
+        else:
+            # Not bubblewrap itself: it would take the box down with SIGKILL.
+            self.cgroup.signal(signum, uid=self.program_uid)
+
+    def stop(self, reason: str) -> None:
+        """A limit was passed: end everything now, and say why once it has exited."""
+        if not self.limit_exceeded:
+            self.limit_exceeded = reason
+        self.signal(signal.SIGKILL)
 
     def end(self, grace_s: float) -> None:
         """Stop now and wait: SIGTERM, up to grace_s for the program to go, then
-        SIGKILL the group and reap. For a worker that is shutting down."""
+        SIGKILL everything and reap. For a worker that is shutting down."""
         if self.process is None or self.exit_code is not None:
             return
-        _signal_group(self.process.pid, signal.SIGTERM)
+        self.signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
-            _signal_group(self.process.pid, signal.SIGKILL)
+            self.signal(signal.SIGKILL)
         self.reap()
 
     def reap(self) -> int:
-        """Collect the exit status once the pidfd is readable; kills stragglers."""
+        """Collect the exit status once the pidfd is readable; ends everything
+        the program left running before anything it wrote is looked at."""
         assert self.process is not None
         self.exit_code = self.process.wait()
-        # Anything the program left behind in its group goes with it.
-        _signal_group(self.process.pid, signal.SIGKILL)
+        self.ended_at = time.monotonic()
+        if self.cgroup is not None:
+            if not self.cgroup.end():
+                raise StuckAttemptError(f"{self.key.name}: processes left in its cgroup would not die")
+            if 128 < self.exit_code <= 128 + 64:
+                # bubblewrap reports a program killed by signal N as 128 + N.
+                self.exit_code = 128 - self.exit_code
+        else:
+            _signal_group(self.process.pid, signal.SIGKILL)
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
@@ -84,6 +115,10 @@ class RunningChunk:
             return 0
 
 
+class StuckAttemptError(Exception):
+    """An attempt's cgroup did not empty: something in it cannot be killed."""
+
+
 def _signal_group(pid: int, signum: int) -> None:
     try:
         os.killpg(pid, signum)
@@ -93,36 +128,79 @@ def _signal_group(pid: int, signum: int) -> None:
         pass
 
 
-def start_chunk(key: AttemptKey, program: pathlib.Path, args: list[str] | tuple[str, ...], inputs_dir: str,
-                chunk_count: int, workdir: pathlib.Path, worker: str) -> RunningChunk:
-    """Start the program; a program that cannot be executed gives a chunk
-    that has already ended with EXIT_NOT_EXECUTABLE and the reason on stderr."""
-    output_dir = workdir / "out"
-    try:
-        os.mkdir(workdir)
-    except FileExistsError:
-        pass
-    try:
-        os.mkdir(output_dir)
-    except FileExistsError:
-        pass
-    chunk = RunningChunk(key=key, workdir=workdir, output_dir=output_dir, process=None, pidfd=None)
+def chunk_environment(key: AttemptKey, chunk_count: int, inputs_dir: str, output_dir: str,
+                      worker: str) -> dict[str, str]:
     environment = dict(_BASE_ENVIRONMENT)
     environment.update(UDS_CHUNK=str(key.chunk), UDS_CHUNKS=str(chunk_count), UDS_INPUTS=inputs_dir,
-                       UDS_OUTPUT=str(output_dir), UDS_JOB=key.job.hex(), UDS_ATTEMPT=str(key.attempt),
+                       UDS_OUTPUT=output_dir, UDS_JOB=key.job.hex(), UDS_ATTEMPT=str(key.attempt),
                        **{WORKER_MARK: worker})
+    return environment
+
+
+def start_chunk(key: AttemptKey, program: pathlib.Path, args: list[str] | tuple[str, ...], inputs_dir: str,
+                chunk_count: int, workdir: pathlib.Path, worker: str) -> RunningChunk:
+    """Start the program with no sandbox (--unsafe-no-sandbox): in the
+    worker's own namespaces, as the worker's user, in workdir."""
+    output_dir = workdir / "out"
+    _make_folder(workdir)
+    _make_folder(output_dir)
+    chunk = RunningChunk(key=key, workdir=workdir, output_dir=output_dir, process=None, pidfd=None)
+    environment = chunk_environment(key, chunk_count, inputs_dir, str(output_dir), worker)
+    return launch(chunk, program, [str(program), *args], workdir, environment)
+
+
+def launch(chunk: RunningChunk, program: pathlib.Path, command: list[str], cwd: pathlib.Path,
+           environment: dict[str, str]) -> RunningChunk:
+    """Run `command` with the logs as stdout and stderr; a program that cannot
+    be executed gives a chunk that has already ended with EXIT_NOT_EXECUTABLE
+    and the reason on stderr."""
+    _make_folder(chunk.workdir)
+    reason = not_executable(program)
     try:
         with open(chunk.stdout_path, "wb") as stdout, open(chunk.stderr_path, "wb") as stderr:
-            chunk.process = subprocess.Popen(
-                [str(program), *args], cwd=workdir, env=environment, stdin=subprocess.DEVNULL,
-                stdout=stdout, stderr=stderr, start_new_session=True, close_fds=True)
+            if reason is None:
+                chunk.process = subprocess.Popen(
+                    command, cwd=cwd, env=environment, stdin=subprocess.DEVNULL,
+                    stdout=stdout, stderr=stderr, start_new_session=True, close_fds=True)
     except OSError as fault:
-        chunk.launch_error = f"cannot execute the program: {_describe_exec_error(fault, program)}"
+        reason = _describe_exec_error(fault, program)
+    if reason is not None:
+        chunk.launch_error = f"cannot execute the program: {reason}"
         chunk.stderr_path.write_text(chunk.launch_error + "\n")
         chunk.exit_code = EXIT_NOT_EXECUTABLE
+        chunk.ended_at = time.monotonic()
         return chunk
     chunk.pidfd = os.pidfd_open(chunk.process.pid)
     return chunk
+
+
+def not_executable(program: pathlib.Path) -> str | None:
+    """Why the program could not be executed, found before starting it (in a
+    box, the failed exec would be the box's and read as an exit code)."""
+    try:
+        with open(program, "rb") as file:
+            head = file.read(256)
+    except OSError as fault:
+        return fault.strerror or str(fault)
+    if not os.access(program, os.X_OK):
+        return "it is not executable"
+    if head.startswith(b"\x7fELF"):
+        return None
+    if head.startswith(b"#!"):
+        interpreter = _shebang(program)
+        if not interpreter:
+            return "its #! line names no interpreter"
+        if not os.access(interpreter, os.X_OK):
+            return f"its interpreter {interpreter!r} does not exist"
+        return None
+    return "it is neither a binary for this machine nor a script with a #! line"
+
+
+def _make_folder(path: pathlib.Path) -> None:
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
 
 
 def cap_log(path: pathlib.Path) -> None:
@@ -172,23 +250,6 @@ def remove_workdir(workdir: pathlib.Path) -> None:
         os.rmdir(workdir)
     except OSError:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def output_files(output_dir: pathlib.Path) -> list[tuple[str, pathlib.Path]]:
-    """Regular files the program left under its output folder, by relative path."""
-    try:
-        if not os.listdir(output_dir):
-            return []  # the usual case for small chunks: no walk needed
-    except OSError:
-        return []
-    found = []
-    for root, dirs, files in os.walk(output_dir, followlinks=False):
-        dirs.sort()
-        for name in sorted(files):
-            path = pathlib.Path(root) / name
-            if path.is_file() and not path.is_symlink():
-                found.append((str(path.relative_to(output_dir)), path))
-    return found
 
 
 # -- processes left by a worker that died ------------------------------------
