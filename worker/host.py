@@ -114,12 +114,14 @@ class AttemptHost:
             running.reap()
         try:
             read, fetched = self.mount.chunk_counters(key.name)
+            faults = self.mount.chunk_faults(key.name)  # inputs it could not be given good bytes of
         except Exception:  # noqa: BLE001 - a missing directory changes nothing here
-            read, fetched = 0, 0
+            read, fetched, faults = 0, 0, []
         self.outputs[key] = dict(output_files(running.output_dir))
         assert running.exit_code is not None
         return core.ProcessExited(key, running.exit_code, running.launch_error, tuple(self.outputs[key]),
-                                  _size_of(running.stdout_path), _size_of(running.stderr_path), read, fetched)
+                                  _size_of(running.stdout_path), _size_of(running.stderr_path), read, fetched,
+                                  infrastructure_error="; ".join(faults))
 
     def remove_mount(self, effect: core.Unmount) -> None:
         try:
