@@ -89,6 +89,7 @@ class _CachedFile:
     corrupt: bool = False
     fetching: set[int] = field(default_factory=set)
     checked: set[int] = field(default_factory=set)  # blocks whose bytes on disk are known good
+    checking: set[int] = field(default_factory=set)  # blocks being read back and checked right now
     identity: tuple[int, ...] | None = None  # a complete file's inode as last checked
     generation: int = 0  # bumped when `identity` changes: older checks no longer count
     next_offset: int = -1  # where the previous read ended, to spot sequential readers
@@ -484,14 +485,25 @@ class BlockCache:
                     entry.identity, entry.checked = identity, set()
                     entry.generation += 1
         with self._lock:
-            self._check_usable(entry)
-            if index in entry.checked:
-                return None
+            while True:  # one thread checks a block; concurrent readers of it wait for the answer
+                self._check_usable(entry)
+                if index in entry.checked:
+                    return None
+                if index not in entry.checking:
+                    entry.checking.add(index)
+                    break
+                self._changed.wait()
             generation = entry.generation
-        block = os.pread(entry.fd, entry.block_length(index), index * BLOCK_BYTES)
+        try:
+            block = os.pread(entry.fd, entry.block_length(index), index * BLOCK_BYTES)
+            valid = block_is_valid(entry.file_id, entry.size, manifest, index, block)
+        finally:
+            with self._lock:
+                entry.checking.discard(index)
+                self._changed.notify_all()
         with self._lock:
             self._blocks_checked_on_disk += 1
-            if block_is_valid(entry.file_id, entry.size, manifest, index, block):
+            if valid:
                 if entry.generation == generation:
                     entry.checked.add(index)
                 return block
