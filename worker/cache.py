@@ -59,6 +59,11 @@ class CorruptFile(CacheError):
     hash (something wrote to it); the copy has been deleted."""
 
 
+class CopyWithdrawn(CorruptFile):
+    """A read of a file whose cached copy failed its check while its chunks still
+    run: they all fail alike, and the next user fetches it afresh."""
+
+
 class CacheClosed(CacheError):
     """The cache was closed while the request was in progress."""
 
@@ -274,7 +279,8 @@ class BlockCache:
         with self._lock:
             self._check_open()
             if file_id in self._poisoned:
-                raise CorruptFile(f"{file_id.hex()} failed verification while pinned")
+                raise CopyWithdrawn(f"the worker's cached copy of {file_id.hex()} failed its check: "
+                                    f"no reads of it until its chunks end")
             entry = self._files.get(file_id)
             if entry is not None and entry.size != size:
                 raise CacheError(f"{file_id.hex()} is {entry.size} bytes in the cache, asked as {size}")

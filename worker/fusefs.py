@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import llfuse
 
 from .blocks import BlockSourceError
-from .cache import BlockCache, CacheError
+from .cache import BlockCache, CacheError, CopyWithdrawn
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class _ChunkDir:
     lookups: int = 0
     bytes_read: int = 0
     bytes_fetched: int = 0
-    faults: list[str] = field(default_factory=list)  # reads that failed for want of good bytes
+    faults: list[tuple[bool, str]] = field(default_factory=list)  # (an echo?, why a read failed)
 
 
 MAX_FAULTS_KEPT = 8  # per chunk directory: the first few say what went wrong
@@ -167,10 +167,11 @@ class _Operations(llfuse.Operations):
 
     def chunk_faults(self, name: bytes) -> list[str]:
         with self._lock:
-            return list(self._chunks[name].faults)
+            return [text for _, text in sorted(self._chunks[name].faults, key=lambda fault: fault[0])]
 
     def _record_fault(self, node: _InputFile, error: Exception) -> None:
-        fault = f"input {os.fsdecode(node.name)!r} ({node.file_id.hex()}): {error}"
+        # an echo of the fault that withdrew a cached copy, from a concurrent read, sorts last
+        fault = (isinstance(error, CopyWithdrawn), f"input {os.fsdecode(node.name)!r} ({node.file_id.hex()}): {error}")
         with self._lock:
             faults = node.chunk.faults
             if fault not in faults and len(faults) < MAX_FAULTS_KEPT:
