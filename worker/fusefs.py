@@ -171,7 +171,8 @@ class _Operations(llfuse.Operations):
 
     def _record_fault(self, node: _InputFile, error: Exception) -> None:
         # an echo of the fault that withdrew a cached copy, from a concurrent read, sorts last
-        fault = (isinstance(error, CopyWithdrawn), f"input {os.fsdecode(node.name)!r} ({node.file_id.hex()}): {error}")
+        text = f"input {os.fsdecode(node.name)!r} ({node.file_id.hex()}): {error}"
+        fault = (isinstance(error, CopyWithdrawn), text)
         with self._lock:
             faults = node.chunk.faults
             if fault not in faults and len(faults) < MAX_FAULTS_KEPT:
