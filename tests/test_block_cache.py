@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import stat
 import threading
 import time
@@ -244,8 +245,7 @@ def test_hypothesis_no_read_ever_returns_a_flipped_byte(make_cache, position, ma
             continue
         assert data == content[offset:offset + 512 * 1024]
     cache.close()
-    import shutil
-    shutil.rmtree(cache.root, ignore_errors=True)
+    shutil.rmtree(cache.root, ignore_errors=True)  # the next example starts from an empty cache
 
 
 def test_a_manifest_that_does_not_match_the_id_is_refused(source, make_cache):
