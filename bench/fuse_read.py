@@ -10,6 +10,15 @@ the same bytes, measured in the same run. Prints one JSON line (MiB/s).
   best of three, dropping each inode's pages after it is read.
 - local_read: the same bytes from a local file in the page cache: the limit.
 - storage_fetch (with the daemon): 1 MiB fetches from one thread, no FUSE.
+- The cost of checking blocks against the file's manifest, as time with the
+  checks over time without (1.0: free), each pair measured in this run, the
+  "without" side by replacing the cache's block check with one that accepts
+  anything (the manifest is still fetched):
+  verify_cost_first_read (every block fetched and checked on arrival),
+  verify_cost_reread_after_restart (a new BlockCache over the same cache
+  folder, as after a worker restart: every block read back from disk and
+  checked once) and verify_cost_reread_checked (blocks already checked in this
+  process: only the inode's identity is compared on each read).
 Every read is 1 MiB read(2) calls into one reused buffer (FUSE splits them
 into 128 KiB requests). Memory is touched first: this VM backs memory at
 ~3 s/GiB on first touch, which would otherwise land inside the timings.
@@ -28,7 +37,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from uds.wire.ids import file_hasher, new_id  # noqa: E402
+from uds.wire.ids import BlockManifest, file_hasher, new_id  # noqa: E402
+from uds.worker import cache as cache_module  # noqa: E402
 from uds.worker.blocks import BlockSource  # noqa: E402
 from uds.worker.cache import BlockCache  # noqa: E402
 from uds.worker.fusefs import FuseMount  # noqa: E402
@@ -45,9 +55,16 @@ class LocalFileSource:
 
     def __init__(self, path: pathlib.Path) -> None:
         self._fd = os.open(path, os.O_RDONLY)
+        self._manifest = manifest_of_file(str(path))
 
     def fetch(self, file_id: bytes, offset: int, length: int) -> bytes:
         return os.pread(self._fd, length, offset)
+
+    def manifest(self, file_id: bytes) -> BlockManifest:
+        return self._manifest
+
+    def where(self) -> str:
+        return "local file"
 
     def close(self) -> None:
         os.close(self._fd)
@@ -78,12 +95,52 @@ def drop_page_cache(path: str) -> None:
         os.close(fd)
 
 
-def id_of_file(path: str) -> bytes:
+def manifest_of_file(path: str) -> BlockManifest:
     hasher = file_hasher()
     with open(path, "rb", buffering=0) as stream:
         while block := stream.read(8 * MiB):
             hasher.update(block)
-    return hasher.digest()
+    return hasher.manifest()
+
+
+def id_of_file(path: str) -> bytes:
+    return manifest_of_file(path).file_id()
+
+
+@contextlib.contextmanager
+def mounted(work: pathlib.Path, cache_folder: str, source: BlockSource, verify: bool = True):
+    """A mount over a BlockCache in work/cache_folder; with verify=False the cache's
+    block check accepts anything (for measuring what the check costs)."""
+    checking = cache_module.block_is_valid
+    if not verify:
+        cache_module.block_is_valid = lambda *args: True
+    cache = BlockCache(work / cache_folder, source, capacity_bytes=4 * FILE_BYTES)
+    mount = FuseMount(work / "mnt", cache)
+    try:
+        mount.start()
+        yield mount, cache
+    finally:
+        mount.stop()
+        cache.close()
+        cache_module.block_is_valid = checking
+
+
+def read_new_inodes(mount: FuseMount, file_id: bytes, buffer: bytearray, prefix: str) -> float:
+    """Best of REREAD_REPEATS reads, each through a new inode, so the kernel asks us each time."""
+    best = float("inf")
+    for attempt in range(REREAD_REPEATS):
+        again = os.path.join(mount.add_chunk(f"{prefix}-{attempt}", {"input": (file_id, FILE_BYTES)}), "input")
+        best = min(best, timed_read(again, buffer)[0])
+        drop_page_cache(again)
+    return best
+
+
+def read_once(mount: FuseMount, file_id: bytes, buffer: bytearray, name: str) -> float:
+    path = os.path.join(mount.add_chunk(name, {"input": (file_id, FILE_BYTES)}), "input")
+    seconds, count = timed_read(path, buffer)
+    assert count == FILE_BYTES, "short read through FUSE"
+    drop_page_cache(path)
+    return seconds
 
 
 def mib_per_s(seconds: float) -> float:
@@ -149,25 +206,24 @@ def main() -> None:
         local_s = min(timed_read(str(local_copy), buffer)[0] for _ in range(REREAD_REPEATS))
 
         with storage_source(work, local_copy) as (source, file_id, source_name, extra):
-            cache = BlockCache(work / "cache", source, capacity_bytes=4 * FILE_BYTES)
-            mount = FuseMount(work / "mnt", cache)
-            try:
-                mount.start()
+            with mounted(work, "cache", source) as (mount, cache):
                 first = os.path.join(mount.add_chunk("first", {"input": (file_id, FILE_BYTES)}), "input")
                 first_s, first_bytes = timed_read(first, buffer)
                 reread_s = min(timed_read(first, buffer)[0] for _ in range(REREAD_REPEATS))
                 assert first_bytes == FILE_BYTES and id_of_file(first) == file_id, "wrong bytes through FUSE"
                 drop_page_cache(first)  # frees warm pages for the next inode to reuse
-                cached_s = float("inf")
-                for attempt in range(REREAD_REPEATS):  # a new inode each time: the kernel must ask us
-                    directory = mount.add_chunk(f"again-{attempt}", {"input": (file_id, FILE_BYTES)})
-                    again = os.path.join(directory, "input")
-                    cached_s = min(cached_s, timed_read(again, buffer)[0])
-                    drop_page_cache(again)
+                cached_s = read_new_inodes(mount, file_id, buffer, "again")
                 counters = cache.counters()
-            finally:
-                mount.stop()
-                cache.close()
+            with mounted(work, "cache-unchecked", source, verify=False) as (mount, cache):
+                first_unchecked_s = read_once(mount, file_id, buffer, "first")
+                cached_unchecked_s = read_new_inodes(mount, file_id, buffer, "again")
+            restart_s = restart_unchecked_s = float("inf")
+            for _ in range(REREAD_REPEATS):  # alternated, so that both sides see the same machine
+                with mounted(work, "cache", source) as (mount, cache):  # as after a worker restart
+                    restart_s = min(restart_s, read_once(mount, file_id, buffer, "restarted"))
+                    assert cache.counters().blocks_checked_on_disk == FILE_BYTES // MiB, "a block checked twice"
+                with mounted(work, "cache-unchecked", source, verify=False) as (mount, cache):
+                    restart_unchecked_s = min(restart_unchecked_s, read_once(mount, file_id, buffer, "restarted"))
 
     figures = {
         "benchmark": "fuse_read",
@@ -181,6 +237,12 @@ def main() -> None:
         "reread_page_cache_ratio_to_local": round(local_s / reread_s, 3),
         "reread_block_cache_ratio_to_local": round(local_s / cached_s, 3),
         "bytes_fetched": counters.bytes_fetched,
+        "verify_cost_first_read": round(first_s / first_unchecked_s, 3),
+        "verify_cost_reread_after_restart": round(restart_s / restart_unchecked_s, 3),
+        "verify_cost_reread_checked": round(cached_s / cached_unchecked_s, 3),
+        "reread_after_restart_MiBps": mib_per_s(restart_s),
+        "first_read_unchecked_MiBps": mib_per_s(first_unchecked_s),
+        "reread_after_restart_unchecked_MiBps": mib_per_s(restart_unchecked_s),
         **extra,
     }
     if "storage_fetch_MiBps" in extra:  # the first read's own limit: fetching alone, one thread

@@ -60,7 +60,9 @@ enum message_type {
     MSG_STATS_QUERY = 30,
     MSG_STATS_REPLY = 31,
     MSG_STATUS_ACK = 32,
-    MSG_NODE_REPORT = 33
+    MSG_NODE_REPORT = 33,
+    MSG_FILE_MANIFEST = 34,
+    MSG_FILE_MANIFEST_REPLY = 35
 };
 
 /* Roles, in hello.role and nodes_reply. */
@@ -382,6 +384,29 @@ struct file_read_reply {
     uint64_t file_uuid_lower;
     uint64_t offset;
     uint64_t length;
+} UDS_PACKED;
+
+/* reader -> storage: the block hashes of a file (doc/storage.md), from
+ * first_block on, as many as fit in one data frame. No body. A file of one
+ * block needs none: its id checks its only block. */
+struct file_manifest {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t file_uuid_upper;
+    uint64_t file_uuid_lower;
+    uint64_t first_block;
+} UDS_PACKED;
+
+/* storage -> reader. Frame 1: raw bytes, the 32-byte hashes of blocks
+ * first_block .. first_block + block_count - 1, concatenated. */
+struct file_manifest_reply {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t file_uuid_upper;
+    uint64_t file_uuid_lower;
+    uint64_t file_length;
+    uint64_t first_block;
+    uint32_t block_count;
 } UDS_PACKED;
 
 /* client -> master or load balancer: which nodes do you know? No body. */

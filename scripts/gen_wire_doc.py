@@ -43,6 +43,24 @@ whole struct of that type, generic part included. 128-bit ids (node, job, file) 
 two uint64 halves: `upper` is the first 8 bytes of the id read big-endian. In bodies
 an id is 16 bytes of msgpack `bin`; a file reference is `[id, size]`.
 
+A file id names the bytes of the file, as a tree hash over 1 MiB blocks
+(`wire/ids.py`, the one definition):
+
+    block_hash(i) = BLAKE3(bytes [i * 2^20, (i + 1) * 2^20) of the file)          32 bytes
+    file_id       = first 16 bytes of BLAKE3 in derive_key mode with the context
+                    "uds 2026-11 file id over 1 MiB block hashes", over
+                    size (8 bytes, big-endian) || block_hash(0) || block_hash(1) || ...
+
+A file of `size` bytes has ceil(size / 2^20) blocks, every one full but the last;
+an empty file has none. The block hashes in order are the file's *manifest*
+(`file_manifest_reply` carries them): a reader that has the manifest checks it
+against the id, then checks each block on arrival, before using any of its bytes.
+A file of one block needs no manifest: the block's hash, put through the second
+line with the size, must give the id. BLAKE3's derive_key mode keeps a file id
+apart from any block hash. Known values: the empty file is
+`0340faf8ec54123d0f81808dc5b2bb42`, `hello` is `b7b821184816c39ff146dd8f01e4deed`
+(`tests/golden/file_ids.json` has more, multi-block ones among them).
+
 The structs are declared once, in `csrc/wire.h`, and compiled into the cffi module
 `uds.wire._wire_cffi`; `wire.encode(message)` and `wire.decode(frames)` pack and unpack
 through it. `tests/test_c_layout.py` checks gcc's layout of every struct against it,

@@ -2,14 +2,19 @@
 
 Layout under the data folder:
 
-    blobs/ab/cdef0123...   a blob: its id in hex, the first 2 characters as folder
-    tmp/<id>-<random>.part an upload in progress
+    blobs/ab/cdef0123...         a blob: its id in hex, the first 2 characters as folder
+    blobs/ab/cdef0123....blocks  its manifest: the 32-byte hash of each 1 MiB block
+    tmp/<id>-<random>.part       an upload (or a manifest) in progress
 
 Rules: a file appears under blobs/ only complete, fsynced, and with content
 that hashes to its name (write to tmp/, fsync, check, rename, fsync the
 folder), so a crash at any moment leaves either nothing or the whole blob.
-Anything in tmp/ at start-up is a crashed upload and is deleted. Blobs never
-change once stored, which is why open descriptors and sizes can be cached.
+The manifest is computed in the same pass that checks the upload and is
+renamed into place just before its blob, so a stored blob has one; a blob
+found without one (or with one that does not hash to the id) gets it
+recomputed from its content on the first request. Anything in tmp/ at
+start-up is a crashed upload and is deleted. Blobs never change once
+stored, which is why open descriptors and sizes can be cached.
 """
 from __future__ import annotations
 
@@ -20,11 +25,12 @@ import pathlib
 import secrets
 import shutil
 
-from uds.wire.ids import ID_BYTES, file_hasher
+from uds.wire.ids import BLOCK_BYTES, ID_BYTES, BlockManifest, FileHasher, ManifestMismatch
 
 BLOBS_FOLDER = "blobs"
 TEMP_FOLDER = "tmp"
 TEMP_SUFFIX = ".part"
+MANIFEST_SUFFIX = ".blocks"
 
 # Descriptors kept open for reads. Enough for the files that a few workers
 # read at once, far below a default limit of 1024 descriptors.
@@ -57,6 +63,10 @@ class NoSpace(BlobStoreError):
     """The disk has less free space than the announced upload needs."""
 
 
+class CorruptBlob(BlobStoreError):
+    """A stored blob's content no longer hashes to its id: the disk damaged it."""
+
+
 def _check_id(file_id: bytes) -> None:
     if len(file_id) != ID_BYTES:
         raise ValueError(f"a file id is {ID_BYTES} bytes, got {len(file_id)}")
@@ -65,6 +75,17 @@ def _check_id(file_id: bytes) -> None:
 def _fsync_folder(folder: pathlib.Path) -> None:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: pathlib.Path, content: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -80,7 +101,7 @@ class PutWriter:
         self.received = 0
         self.temp_path = temp_path
         self._store = store
-        self._hasher = file_hasher()
+        self._hasher = FileHasher()
         self._fd: int | None = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
     def write(self, piece: bytes | memoryview) -> None:
@@ -105,7 +126,8 @@ class PutWriter:
             if self.received != self.length:
                 raise LengthMismatch(f"{self.file_id.hex()}: received {self.received} of "
                                      f"{self.length} announced bytes")
-            digest = self._hasher.digest()
+            manifest = self._hasher.manifest()
+            digest = manifest.file_id()
             if digest != self.file_id:
                 raise HashMismatch(f"content of {self.length} bytes hashes to {digest.hex()}, "
                                    f"not to the claimed id {self.file_id.hex()}")
@@ -115,7 +137,7 @@ class PutWriter:
             raise
         os.close(self._fd)
         self._fd = None
-        self._store._install(self.file_id, self.temp_path)
+        self._store._install(self.file_id, self.temp_path, manifest)
 
     def abort(self) -> None:
         """Give up: close and delete the temporary file. Safe to repeat."""
@@ -176,6 +198,38 @@ class BlobStore:
             raise BlobStoreError(f"{file_id.hex()}: short read of {len(data)} of {length} bytes")
         return data
 
+    def manifest(self, file_id: bytes) -> BlockManifest:
+        """The blob's block manifest, checked against its id; recomputed (and
+        kept) if its file is missing or wrong. CorruptBlob if the blob itself
+        no longer hashes to its id."""
+        _, size = self._descriptor(file_id)
+        try:
+            manifest = BlockManifest(size, self._manifest_path(file_id).read_bytes())
+            manifest.check(file_id, size)
+            return manifest
+        except (OSError, ManifestMismatch) as fault:
+            log.info("%s: recomputing its manifest (%s)", file_id.hex(), fault)
+        manifest = self._compute_manifest(file_id)
+        temp_path = self.temp / f"{file_id.hex()}-{secrets.token_hex(4)}{MANIFEST_SUFFIX}"
+        _write_durably(temp_path, manifest.hashes)
+        os.replace(temp_path, self._manifest_path(file_id))
+        _fsync_folder(self._manifest_path(file_id).parent)
+        return manifest
+
+    def _compute_manifest(self, file_id: bytes) -> BlockManifest:
+        fd, size = self._descriptor(file_id)
+        hasher = FileHasher()
+        for offset in range(0, size, BLOCK_BYTES):
+            hasher.update(os.pread(fd, min(BLOCK_BYTES, size - offset), offset))
+        manifest = hasher.manifest()
+        if manifest.size != size or manifest.file_id() != file_id:
+            raise CorruptBlob(f"{file_id.hex()}: the stored blob of {size} bytes no longer hashes to its id")
+        return manifest
+
+    def _manifest_path(self, file_id: bytes) -> pathlib.Path:
+        blob = self.path_of(file_id)
+        return blob.with_name(blob.name + MANIFEST_SUFFIX)
+
     def begin_put(self, file_id: bytes, length: int) -> PutWriter:
         _check_id(file_id)
         free = shutil.disk_usage(self.temp).free
@@ -185,18 +239,24 @@ class BlobStore:
         return PutWriter(self, file_id, length, temp_path)
 
     def blob_count(self) -> int:
-        return sum(1 for folder in self.blobs.iterdir() for _ in folder.iterdir())
+        return sum(1 for folder in self.blobs.iterdir() for path in folder.iterdir()
+                   if not path.name.endswith(MANIFEST_SUFFIX))
 
     def close(self) -> None:
         while self._open:
             _, (fd, _) = self._open.popitem()
             os.close(fd)
 
-    def _install(self, file_id: bytes, temp_path: pathlib.Path) -> None:
+    def _install(self, file_id: bytes, temp_path: pathlib.Path, manifest: BlockManifest) -> None:
         final = self.path_of(file_id)
+        manifest_temp = temp_path.with_suffix(MANIFEST_SUFFIX)
+        _write_durably(manifest_temp, manifest.hashes)
         folder_existed = final.parent.is_dir()
         final.parent.mkdir(exist_ok=True)
         # Replacing an identical blob (two uploads of one file racing) is harmless.
+        # The manifest goes first: a crash between the two leaves a manifest
+        # without its blob, which nothing reads and the next put replaces.
+        os.replace(manifest_temp, self._manifest_path(file_id))
         os.replace(temp_path, final)
         _fsync_folder(final.parent)
         if not folder_existed:

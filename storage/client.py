@@ -16,7 +16,6 @@ the node absorbs. Everything read is checked against its file id before
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import os
@@ -30,7 +29,7 @@ import zmq
 from uds import wire
 from uds.errors import AuthenticationRefused, ClientError
 from uds.wire import ErrorCode, Message, PutStatus, WireError
-from uds.wire.ids import file_hasher, file_id_of
+from uds.wire.ids import BLOCK_BYTES, BlockManifest, FileHasher, ManifestMismatch, file_hasher, file_id_of
 from uds.wire.limits import MAX_DATA_FRAME_BYTES
 from uds.wire.enums import NodeRole
 from uds.wire.transport import Transport, recv_message, refusal, send_message
@@ -172,6 +171,29 @@ class StorageClient:
                                               file=file_id), wire.FileStatReply)
         return reply.file_length if reply.present else None
 
+    def manifest(self, file_id: bytes) -> BlockManifest:
+        """The file's block hashes, checked against its id (CorruptDataError if
+        they do not match it). One round trip per 128 GiB of file."""
+        hashes, size, first = [], None, 0
+        while True:
+            reply = self._call(wire.FileManifest.make(self.node_id, request_id=self._new_request_id(),
+                                                      file=file_id, first_block=first), wire.FileManifestReply)
+            if reply.file_uuid != file_id or reply.first_block != first or \
+                    (size is not None and reply.file_length != size):
+                raise BadReplyError(self.address, f"asked for the manifest of {file_id.hex()} from block "
+                                    f"{first}, got {reply.file_uuid.hex()} from block {reply.first_block}")
+            size = reply.file_length
+            hashes.append(bytes(reply.hashes))
+            first += reply.block_count
+            if first >= -(-size // BLOCK_BYTES) or reply.block_count == 0:
+                break
+        try:
+            manifest = BlockManifest(size, b"".join(hashes))
+            manifest.check(file_id, size)
+        except ManifestMismatch as fault:
+            raise CorruptDataError(self.address, f"manifest: {fault}") from None
+        return manifest
+
     def stats(self) -> dict[str, int]:
         """The node's counters (its own and its transport's)."""
         reply = self._call(wire.StatsQuery.make(self.node_id, request_id=self._new_request_id()),
@@ -287,7 +309,7 @@ class StorageClient:
                                    int(ErrorCode.UNKNOWN_FILE))
         return size
 
-    def _verify(self, file_id: bytes, hasher: "hashlib._Hash") -> None:
+    def _verify(self, file_id: bytes, hasher: FileHasher) -> None:
         digest = hasher.digest()
         if digest != file_id:
             raise CorruptDataError(self.address, f"content read as {file_id.hex()} hashes to "

@@ -17,7 +17,7 @@ import zmq
 
 from uds import wire
 from uds.storage.blobstore import (
-    BlobStore, HashMismatch, LengthMismatch, NoSpace, PutWriter, RangeError, UnknownFile,
+    BlobStore, CorruptBlob, HashMismatch, LengthMismatch, NoSpace, PutWriter, RangeError, UnknownFile,
 )
 from uds.storage.uploads import (
     IncompleteUpload, PieceBeyondLength, PieceDecision, PieceOutOfOrder, TooManyUploads,
@@ -25,7 +25,11 @@ from uds.storage.uploads import (
 )
 from uds.wire import ErrorCode, Message, NodeRole, PutStatus
 from uds.daemon.dispatch import Dispatcher, RequestRefused
+from uds.wire.ids import BLOCK_HASH_BYTES
 from uds.wire.limits import MAX_DATA_FRAME_BYTES
+
+# Block hashes in one file_manifest_reply: one data frame's worth (128 GiB of file).
+MANIFEST_BLOCKS_PER_REPLY = MAX_DATA_FRAME_BYTES // BLOCK_HASH_BYTES
 from uds.wire.transport import Received, Transport, recv_messages, send_message
 
 # How long one poll waits; bounds how late a stop signal or an expiry is seen.
@@ -36,7 +40,7 @@ EXPIRY_CHECK_INTERVAL_S = 1.0
 MESSAGES_PER_WAKEUP = 256
 
 COUNTER_NAMES = (
-    "file_requests", "reads", "bytes_served", "stats",
+    "file_requests", "reads", "bytes_served", "manifests", "corrupt_blobs", "stats",
     "puts_begun", "puts_present", "puts_stored", "bytes_received",
     "hash_mismatches", "uploads_failed", "uploads_expired",
     "malformed", "unexpected", "forbidden", "internal_errors", "errors_sent",
@@ -60,6 +64,7 @@ ERROR_CODES: dict[type[Exception], ErrorCode] = {
     PieceBeyondLength: ErrorCode.RANGE,
     IncompleteUpload: ErrorCode.RANGE,
     UploadFailed: ErrorCode.INTERNAL,
+    CorruptBlob: ErrorCode.INTERNAL,
 }
 
 
@@ -82,6 +87,7 @@ class StorageService:
             wire.FileRequest: self.on_file_request,
             wire.FileStat: self.on_file_stat,
             wire.FileRead: self.on_file_read,
+            wire.FileManifest: self.on_file_manifest,
             wire.FilePutBegin: self.on_put_begin,
             wire.FilePutData: self.on_put_data,
             wire.FilePutEnd: self.on_put_end,
@@ -154,6 +160,25 @@ class StorageService:
         return wire.FileReadReply.make(self.node_id, request_id=request.request_id,
                                        file=request.file_uuid, offset=request.offset,
                                        length=len(data), data=data)
+
+    def on_file_manifest(self, request: wire.FileManifest, peer: bytes, now: float) -> Message:
+        self.counters["manifests"] += 1
+        file_id = request.file_uuid
+        try:
+            manifest = self.store.manifest(file_id)
+        except CorruptBlob:
+            self.counters["corrupt_blobs"] += 1
+            log.error("stored blob %s no longer hashes to its id", file_id.hex())
+            raise
+        first = request.first_block
+        if first > manifest.block_count:
+            raise RequestRefused(ErrorCode.RANGE, f"{file_id.hex()} has {manifest.block_count} blocks, "
+                                                  f"asked from block {first}")
+        count = min(manifest.block_count - first, MANIFEST_BLOCKS_PER_REPLY)
+        hashes = manifest.hashes[first * BLOCK_HASH_BYTES:(first + count) * BLOCK_HASH_BYTES]
+        return wire.FileManifestReply.make(self.node_id, request_id=request.request_id, file=file_id,
+                                           file_length=manifest.size, first_block=first,
+                                           block_count=count, hashes=hashes)
 
     # -- puts -------------------------------------------------------------
 

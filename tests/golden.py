@@ -15,6 +15,7 @@ from uds import wire
 from uds.wire import ChunkState, ErrorCode, JobState, NodeRole, PutStatus
 
 VECTORS_PATH = pathlib.Path(__file__).resolve().parent / "golden" / "wire_vectors.json"
+FILE_IDS_PATH = VECTORS_PATH.with_name("file_ids.json")
 
 NODE = bytes.fromhex("00112233445566778899aabbccddeeff")
 JOB = bytes.fromhex("0123456789abcdef0123456789abcdef")
@@ -102,6 +103,9 @@ def samples() -> list[wire.Message]:
             "node": NODE, "role": int(NodeRole.WORKER), "host": "node-1",
             "address": "", "slots": 4, "free_slots": 3, "running": 1, "cache_bytes": 1 << 30,
             "started_at": 1_795_000_000.0, "last_seen_s": 0.5, "state": "alive", **WORKER_RESOURCES}]),
+        m.FileManifest.make(NODE, request_id=11, file=FILE, first_block=1),
+        m.FileManifestReply.make(NODE, request_id=11, file=FILE, file_length=3 * (1 << 20) + 1,
+                                 first_block=1, block_count=2, hashes=bytes(range(64))),
     ]
 
 
@@ -114,9 +118,38 @@ def load_vectors() -> dict[str, list[str]]:
     return json.loads(VECTORS_PATH.read_text())
 
 
+def file_id_contents() -> dict[str, bytes]:
+    """Contents whose ids pin the file id's definition (doc/wire.md): no block,
+    one partial, one full, and several with a partial last block."""
+    block = 1 << 20
+    return {
+        "empty": b"",
+        "hello": b"hello",
+        "one full block of 0x61": b"a" * block,
+        "one block and one byte, bytes i % 251": bytes(i % 251 for i in range(block + 1)),
+        "three blocks and 1000 bytes, bytes i % 253": bytes(i % 253 for i in range(3 * block + 1000)),
+    }
+
+
+def file_id_vectors() -> dict[str, dict]:
+    from uds.wire.ids import manifest_of
+    vectors = {}
+    for name, content in file_id_contents().items():
+        manifest = manifest_of(content)
+        vectors[name] = {"size": len(content), "file_id": manifest.file_id().hex(),
+                         "block_hashes": [manifest.block_hash(i).hex() for i in range(manifest.block_count)]}
+    return vectors
+
+
+def load_file_id_vectors() -> dict[str, dict]:
+    return json.loads(FILE_IDS_PATH.read_text())
+
+
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         sys.exit("usage: python tests/golden.py --write   (rewrites the golden vectors)")
     VECTORS_PATH.parent.mkdir(exist_ok=True)
     VECTORS_PATH.write_text(json.dumps(vectors(), indent=1) + "\n")
     print(f"wrote {len(vectors())} vectors to {VECTORS_PATH}")
+    FILE_IDS_PATH.write_text(json.dumps(file_id_vectors(), indent=1) + "\n")
+    print(f"wrote {len(file_id_vectors())} file ids to {FILE_IDS_PATH}")

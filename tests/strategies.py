@@ -82,6 +82,12 @@ def _satisfy_rules(cls: type, values: dict) -> dict:
         values["file_length"] = len(values["data"])
     elif name == "file_read_reply":
         values["length"] = len(values["data"])
+    elif name == "file_manifest_reply":
+        values["hashes"] = values["hashes"][:len(values["hashes"]) // 32 * 32]
+        values["block_count"] = len(values["hashes"]) // 32
+        values["first_block"] %= 1 << 20
+        blocks = values["first_block"] + values["block_count"]
+        values["file_length"] = max(min(values["file_length"], blocks << 20), (blocks - 1 << 20) + 1, 0)
     elif name == "error":
         values["error_code"] = _member(ErrorCode, values["error_code"])
     elif name in ("hello", "stats_reply"):

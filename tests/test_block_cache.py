@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import stat
 import threading
 import time
 
 import pytest
 
-from uds.wire.ids import file_id_of
-from uds.worker.blocks import BlockUnavailable
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from uds.wire.ids import BlockManifest, file_id_of, manifest_of
+from uds.worker.blocks import BlockUnavailable, CorruptBlock, CorruptManifest
 from uds.worker.cache import BLOCK_BYTES, READAHEAD_BLOCKS, BlockCache, CorruptFile
 
 MiB = 1 << 20
@@ -19,13 +23,17 @@ MiB = 1 << 20
 
 class MemorySource:
     """A BlockSource over a dict of id -> content that counts what it serves.
-    Ids in `corrupt` get one flipped byte per block; ids in `faulty` raise RuntimeError."""
+    Ids in `corrupt` get one flipped byte per block (`flips` {id: offset} one byte at that
+    offset); ids in `faulty` raise RuntimeError; ids in `lying` get a wrong manifest."""
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.files: dict[bytes, bytes] = {}
         self.delay_s = delay_s
         self.corrupt: set[bytes] = set()
+        self.flips: dict[bytes, int] = {}
         self.faulty: set[bytes] = set()
+        self.lying: set[bytes] = set()
+        self.manifests_served = 0
         self.lock = threading.Lock()
         self.calls = 0
         self.bytes = 0
@@ -53,12 +61,32 @@ class MemorySource:
             data = self.files[file_id][offset:offset + length]
             if file_id in self.corrupt:
                 data = bytes([data[0] ^ 0xFF]) + data[1:]
+            flip = self.flips.get(file_id, -1)
+            if offset <= flip < offset + length:
+                data = bytearray(data)
+                data[flip - offset] ^= 0x01
+                data = bytes(data)
             with self.lock:
                 self.bytes += len(data)
             return data
         finally:
             with self.lock:
                 self.in_flight -= 1
+
+    def manifest(self, file_id: bytes) -> BlockManifest:
+        if file_id in self.faulty:
+            raise RuntimeError("injected fault")
+        if file_id not in self.files:
+            raise BlockUnavailable(f"no file {file_id.hex()}")
+        with self.lock:
+            self.manifests_served += 1
+        manifest = manifest_of(self.files[file_id])
+        if file_id in self.lying:
+            manifest = BlockManifest(manifest.size, bytes(32) + manifest.hashes[32:])
+        return manifest
+
+    def where(self) -> str:
+        return "memory source"
 
     def blocks_fetched(self, file_id: bytes) -> list[int]:
         with self.lock:
@@ -160,33 +188,129 @@ def test_sequential_reads_start_read_ahead(source, make_cache):
     assert cache.complete_files() == [(file_id, len(content))]
 
 
-def test_corrupt_source_data_fails_the_read_and_deletes_the_file(source, make_cache):
+def test_a_corrupt_block_from_the_source_is_neither_kept_nor_served(source, make_cache):
     content = os.urandom(3 * MiB)
     file_id = source.add(content)
     source.corrupt.add(file_id)
     cache = make_cache(source)
-    with pytest.raises(CorruptFile):
-        for offset in range(0, len(content), 128 * 1024):
-            cache.read(file_id, len(content), offset, 128 * 1024)
-    assert cache.counters().corrupt_files == 1
-    assert not list((cache.root / "partial").iterdir()) and not list((cache.root / "complete").iterdir())
-    assert cache.counters().disk_bytes == 0
-    with pytest.raises(CorruptFile):
+    with pytest.raises(CorruptBlock, match=f"{file_id.hex()} block 0 from memory source"):
+        cache.read(file_id, len(content), 0, 128 * 1024)
+    with pytest.raises(CorruptBlock, match="block 2"):
+        cache.read(file_id, len(content), 2 * MiB + 5, 10)
+    assert cache.counters().corrupt_blocks == 2 and cache.counters().disk_bytes == 0
+    assert not list((cache.root / "complete").iterdir())
+    with pytest.raises(CorruptBlock):
         cache.ensure_complete(file_id, len(content))
-    source.corrupt.clear()  # the storage node repaired it: unpinned files are simply fetched again
+    source.corrupt.clear()  # the storage node repaired it: the blocks are simply fetched again
+    assert cache.read(file_id, len(content), 0, 10)[0] == content[:10]
+    assert cache.ensure_complete(file_id, len(content)).read_bytes() == content
+
+
+@pytest.mark.parametrize("size", [1, 1000, MiB, MiB + 1, 3 * MiB + 4321])
+def test_a_flipped_byte_in_any_block_from_the_source_is_never_returned(make_cache, size):
+    generator = random.Random(size)
+    content = generator.randbytes(size)
+    for position in sorted({0, size // 2, size - 1, (size - 1) // MiB * MiB}):
+        source = MemorySource()
+        file_id = source.add(content)
+        source.flips[file_id] = position
+        cache = make_cache(source)
+        bad_block = position // MiB
+        for offset in range(0, size, 128 * 1024):
+            length = min(128 * 1024, size - offset)
+            if offset // MiB == bad_block:
+                with pytest.raises(CorruptBlock):
+                    cache.read(file_id, size, offset, length)
+            else:
+                assert cache.read(file_id, size, offset, length)[0] == content[offset:offset + length]
+        cache.close()
+        for leftover in (cache.root / "complete").iterdir():
+            leftover.chmod(0o644)
+            leftover.unlink()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 3 * MiB + 99), st.integers(1, 255))
+def test_hypothesis_no_read_ever_returns_a_flipped_byte(make_cache, position, mask):
+    content = random.Random(1).randbytes(3 * MiB + 100)
+    source = MemorySource()
+    file_id = source.add(content)
+    source.flips[file_id] = position
+    cache = make_cache(source)
+    for offset in range(0, len(content), 512 * 1024):
+        try:
+            data, _ = cache.read(file_id, len(content), offset, 512 * 1024)
+        except CorruptBlock:
+            assert offset // MiB == position // MiB
+            continue
+        assert data == content[offset:offset + 512 * 1024]
+    cache.close()
+    shutil.rmtree(cache.root, ignore_errors=True)  # the next example starts from an empty cache
+
+
+def test_a_manifest_that_does_not_match_the_id_is_refused(source, make_cache):
+    content = os.urandom(2 * MiB + 1)
+    file_id = source.add(content)
+    source.lying.add(file_id)
+    cache = make_cache(source)
+    with pytest.raises(CorruptManifest, match="memory source"):
+        cache.read(file_id, len(content), 0, 10)
+    assert source.calls == 0  # no block is fetched without a good manifest
+    source.lying.clear()
     assert cache.read(file_id, len(content), 0, 10)[0] == content[:10]
 
 
-def test_a_corrupt_pinned_file_stays_failed_until_unpinned(source, make_cache):
+def test_the_manifest_is_fetched_once_and_kept_on_disk_checked(source, make_cache, tmp_path):
+    content = os.urandom(2 * MiB + 1)
+    file_id = source.add(content)
+    first = make_cache(source)
+    first.ensure_complete(file_id, len(content))
+    first.read(file_id, len(content), MiB, 10)
+    assert source.manifests_served == 1
+    first.close()
+    manifest_file = tmp_path / "cache" / "manifests" / file_id.hex()
+    assert manifest_file.read_bytes() == manifest_of(content).hashes
+    second = make_cache(source)
+    assert second.read(file_id, len(content), MiB, 10)[0] == content[MiB:MiB + 10]
+    assert source.manifests_served == 1  # read back from disk, checked against the id
+    second.close()
+    manifest_file.write_bytes(bytes(96))  # planted: fails its check and is fetched again
+    third = make_cache(source)
+    assert third.read(file_id, len(content), 2 * MiB, 1)[0] == content[2 * MiB:]
+    assert source.manifests_served == 2
+
+
+def test_a_cached_file_written_to_while_the_worker_runs_is_caught_on_the_next_read(source, make_cache):
+    content = os.urandom(3 * MiB)
+    file_id = source.add(content)
+    cache = make_cache(source)
+    path = cache.ensure_complete(file_id, len(content))
+    assert cache.read(file_id, len(content), 2 * MiB, 10)[0] == content[2 * MiB:2 * MiB + 10]
+    checked = cache.counters().blocks_checked_on_disk
+    assert cache.read(file_id, len(content), 2 * MiB, 10)[0] == content[2 * MiB:2 * MiB + 10]
+    assert cache.counters().blocks_checked_on_disk == checked  # known good: not hashed again
+    path.chmod(0o644)
+    with open(path, "r+b") as attacker:  # the issue's attack: a write into cache/complete/<id>
+        attacker.seek(2 * MiB + 3)
+        attacker.write(b"X")
+    with pytest.raises(CorruptFile, match=f"{file_id.hex()} block 2"):
+        cache.read(file_id, len(content), 2 * MiB, 10)
+    assert not path.exists() and cache.counters().corrupt_files == 1
+    assert cache.read(file_id, len(content), 2 * MiB, 10)[0] == content[2 * MiB:2 * MiB + 10]  # fetched anew
+
+
+def test_a_damaged_pinned_file_stays_failed_until_unpinned(source, make_cache):
     content = os.urandom(2 * MiB)
     file_id = source.add(content)
-    source.corrupt.add(file_id)
     cache = make_cache(source)
     cache.pin(file_id)
+    path = cache.ensure_complete(file_id, len(content))
+    path.chmod(0o644)
+    with open(path, "r+b") as damaged:
+        damaged.write(b"\0\0")
     with pytest.raises(CorruptFile):
-        cache.ensure_complete(file_id, len(content))
-    source.corrupt.clear()
-    with pytest.raises(CorruptFile):  # the same chunk's other readers must not see good bytes
+        cache.read(file_id, len(content), 0, 10)
+    with pytest.raises(CorruptFile):  # the same chunk's other readers fail alike
         cache.read(file_id, len(content), 0, 10)
     cache.unpin(file_id)
     assert cache.read(file_id, len(content), 0, 10)[0] == content[:10]
@@ -280,8 +404,9 @@ def test_a_complete_file_damaged_on_disk_is_caught_on_first_use_after_restart(so
         damaged.write(b"\0\0\0")
 
     second = make_cache(source)
+    assert second.read(file_id, len(content), 0, 10)[0] == content[:10]  # block 0 is good
     with pytest.raises(CorruptFile):
-        second.read(file_id, len(content), 0, 10)
+        second.read(file_id, len(content), MiB, 10)
     assert not path.exists() and second.drain_changes() == ([], [file_id])
     assert second.ensure_complete(file_id, len(content)).read_bytes() == content
 
@@ -371,7 +496,7 @@ def test_many_threads_reading_evicting_and_hitting_a_corrupt_file_always_get_rig
                     if which != 0 and data != content[offset:offset + 128 * 1024]:
                         failures.append(f"wrong bytes from file {which} at {offset}")
                     offset += 128 * 1024
-            except CorruptFile:
+            except CorruptBlock:
                 if which != 0:
                     failures.append(f"file {which} reported corrupt")
             except Exception as error:
@@ -386,4 +511,4 @@ def test_many_threads_reading_evicting_and_hitting_a_corrupt_file_always_get_rig
     cache.close()
     on_disk = {path.name: path.stat().st_size for path in (cache.root / "complete").iterdir()}
     assert set(on_disk) <= {file_id.hex() for file_id in ids[1:]}
-    assert cache.counters().corrupt_files >= 1
+    assert cache.counters().corrupt_blocks >= 1

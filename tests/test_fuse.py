@@ -123,17 +123,26 @@ def test_a_sequential_reader_gets_read_ahead(mounted):
 def test_corrupt_data_gives_eio_and_the_mount_keeps_working(mounted):
     bad, good = os.urandom(3 * MiB), os.urandom(MiB)
     directory = mounted.add("c", {"bad": bad, "good": good})
-    mounted.source.corrupt.add(mounted.source.add(bad))
-    with pytest.raises(OSError) as failure:
-        with open(os.path.join(directory, "bad"), "rb") as stream:
-            stream.read()
+    bad_id = mounted.source.add(bad)
+    mounted.source.flips[bad_id] = MiB + 77  # one byte of the middle block
+    received = bytearray()
+    fd = os.open(os.path.join(directory, "bad"), os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as failure:
+            while chunk := os.read(fd, FUSE_READ_BYTES):
+                received += chunk
+    finally:
+        os.close(fd)
     assert failure.value.errno == errno.EIO
-    assert mounted.cache.counters().corrupt_files == 1
-    with pytest.raises(OSError) as again:  # still pinned by this chunk: every reader fails
-        read_at(os.path.join(directory, "bad"), 2 * MiB, 10)
+    assert len(received) <= MiB and received == bad[:len(received)]  # not one wrong byte
+    assert mounted.cache.counters().corrupt_blocks >= 1
+    with pytest.raises(OSError) as again:  # the source is still corrupt: every reader fails
+        read_at(os.path.join(directory, "bad"), MiB, 10)
     assert again.value.errno == errno.EIO
     with open(os.path.join(directory, "good"), "rb") as stream:
         assert stream.read() == good
+    [fault] = mounted.mount.chunk_faults("c")
+    assert fault.startswith(f"input 'bad' ({bad_id.hex()}): {bad_id.hex()} block 1 from memory source")
 
 
 def test_an_unexpected_handler_fault_gives_eio_and_the_mount_keeps_working(mounted):

@@ -10,12 +10,15 @@ import zmq
 
 from uds import wire
 from uds.storage.client import (
-    CorruptDataError, OutOfRangeError, StorageClient, StorageTimeout, UnknownFileError,
+    CorruptDataError, OutOfRangeError, StorageClient, StorageInternalError, StorageTimeout,
+    UnknownFileError,
 )
 from daemons import ROOT, free_port
-from uds.storage.blobstore import BlobStore, HashMismatch, LengthMismatch, RangeError, UnknownFile
+from uds.storage.blobstore import (
+    BlobStore, CorruptBlob, HashMismatch, LengthMismatch, RangeError, UnknownFile,
+)
 from uds.wire import ErrorCode, PutStatus
-from uds.wire.ids import file_id_of, new_id
+from uds.wire.ids import BLOCK_BYTES, file_id_of, manifest_of, new_id
 from uds.wire.enums import NodeRole
 from uds.wire.limits import MAX_DATA_FRAME_BYTES
 from uds.wire.transport import Transport
@@ -61,7 +64,13 @@ def exchange(sock, frames, timeout_s=REPLY_TIMEOUT_S):
 
 
 def blob_files(node_process):
-    return sorted(p for p in (node_process.data / "blobs").rglob("*") if p.is_file())
+    """The blobs on the node's disk, without their manifests."""
+    return sorted(p for p in (node_process.data / "blobs").rglob("*")
+                  if p.is_file() and not p.name.endswith(".blocks"))
+
+
+def manifest_files(node_process):
+    return sorted((node_process.data / "blobs").rglob("*.blocks"))
 
 
 def temp_files(node_process):
@@ -85,7 +94,9 @@ def test_large_file_goes_in_pieces_both_ways(client, node, tmp_path):
     file_id, size = client.put_file(source, progress=lambda done, total: sent.append((done, total)))
     assert (file_id, size) == (file_id_of(data), len(data))
     assert len(sent) == 11 and sent[-1] == (size, size)   # 1 MiB pieces
-    assert blob_files(node) == [node.data / "blobs" / file_id.hex()[:2] / file_id.hex()[2:]]
+    blob = node.data / "blobs" / file_id.hex()[:2] / file_id.hex()[2:]
+    assert blob_files(node) == [blob]
+    assert manifest_files(node) == [blob.with_name(blob.name + ".blocks")]   # beside it, from the put
     target = tmp_path / "copy.bin"
     assert client.get_to_file(file_id, target, progress=lambda d, t: fetched.append(d)) == size
     assert target.read_bytes() == data
@@ -178,7 +189,7 @@ def test_content_that_does_not_match_its_id_is_refused_and_not_stored(client, ra
     assert isinstance(reply, wire.Error) and reply.error_code == ErrorCode.HASH_MISMATCH
     assert reply.request_id == 1 and claimed.hex() in reply.reason
     assert client.stat(claimed) is None
-    assert blob_files(node) == [] and temp_files(node) == []
+    assert blob_files(node) == [] and manifest_files(node) == [] and temp_files(node) == []
     assert client.stats()["hash_mismatches"] == 1
 
 
@@ -232,6 +243,40 @@ def test_get_checks_the_content_against_its_id(client, node):
     blob.write_bytes(b"the fake content")   # the disk lies, the id does not
     with pytest.raises(CorruptDataError, match=f"read as {file_id.hex()} hashes to"):
         client.get(file_id)
+
+
+def test_manifest_is_served_checked_and_paged_by_block(client, node, raw):
+    data = os.urandom(3 * BLOCK_BYTES + 77)
+    file_id, size = client.put_bytes(data)
+    assert client.manifest(file_id) == manifest_of(data)
+    reply = exchange(raw, wire.FileManifest.make(NODE, request_id=3, file=file_id, first_block=2))
+    assert (reply.first_block, reply.block_count, reply.file_length) == (2, 2, size)
+    assert bytes(reply.hashes) == manifest_of(data).hashes[64:]
+    past = exchange(raw, wire.FileManifest.make(NODE, request_id=4, file=file_id, first_block=5))
+    assert isinstance(past, wire.Error) and past.error_code == ErrorCode.RANGE
+    empty_id, _ = client.put_bytes(b"")
+    assert client.manifest(empty_id).hashes == b""
+    with pytest.raises(UnknownFileError):
+        client.manifest(file_id_of(b"never stored"))
+
+
+def test_a_lost_manifest_is_recomputed_and_a_damaged_blob_refused(client, node):
+    data = os.urandom(2 * BLOCK_BYTES + 1)
+    file_id, _ = client.put_bytes(data)
+    [manifest_file] = manifest_files(node)
+    manifest_file.write_bytes(b"\0" * 96)              # wrong: recomputed from the blob
+    assert client.manifest(file_id) == manifest_of(data)
+    assert manifest_file.read_bytes() == manifest_of(data).hashes
+    manifest_file.unlink()                              # missing: recomputed and kept
+    assert client.manifest(file_id) == manifest_of(data)
+    assert manifest_file.exists()
+    manifest_file.unlink()
+    [blob] = blob_files(node)
+    with open(blob, "r+b") as damaged:
+        damaged.seek(BLOCK_BYTES + 5)
+        damaged.write(bytes([data[BLOCK_BYTES + 5] ^ 1]))
+    with pytest.raises(StorageInternalError, match="no longer hashes to its id"):
+        client.manifest(file_id)
 
 
 def test_malformed_messages_get_an_error_and_the_node_carries_on(client, raw):
@@ -316,6 +361,24 @@ def test_store_checks_length_and_hash_before_anything_appears(tmp_path):
         store.read(file_id_of(content), 6, 6)
     with pytest.raises(UnknownFile):
         store.size(file_id_of(b"other"))
+    store.close()
+
+
+def test_store_keeps_each_blobs_manifest_beside_it(tmp_path):
+    store = BlobStore(tmp_path)
+    content = os.urandom(BLOCK_BYTES + 1)
+    writer = store.begin_put(file_id_of(content), len(content))
+    writer.write(content)
+    writer.finish()
+    manifest_path = store.path_of(file_id_of(content)).with_suffix(".blocks")
+    assert manifest_path.read_bytes() == manifest_of(content).hashes
+    assert store.manifest(file_id_of(content)) == manifest_of(content)
+    assert store.blob_count() == 1 and list((tmp_path / "tmp").iterdir()) == []
+    with open(store.path_of(file_id_of(content)), "r+b") as damaged:
+        damaged.write(b"\0")
+    manifest_path.unlink()
+    with pytest.raises(CorruptBlob):
+        store.manifest(file_id_of(content))
     store.close()
 
 

@@ -21,7 +21,7 @@ import msgpack
 from uds.wire._wire_cffi import ffi
 from uds.wire.enums import ChunkState, ErrorCode, JobState, MessageType, NodeRole, PutStatus
 from uds.wire.errors import WireError
-from uds.wire.ids import join_id, split_id
+from uds.wire.ids import BLOCK_HASH_BYTES, block_count, join_id, split_id
 from uds.wire.limits import ERROR_REASON_MAX_CHARS, MAX_CHUNK_INPUTS_BYTES, MAX_JOB_SPEC_BYTES
 from uds.wire.records import CHUNK_EVENT, RESULT_FIELDS, ChunkEvent, ChunkResult
 from uds.wire.resources import ResourceLimits
@@ -536,6 +536,32 @@ class FileReadReply(Message):
     def check(self) -> None:
         _require(self.length == len(self.data),
                  f"file_read_reply: length {self.length} != {len(self.data)} data bytes")
+
+
+@message("file_manifest")
+class FileManifest(Message):
+    request_id: int
+    file_uuid_upper: int
+    file_uuid_lower: int
+    first_block: int
+
+
+@message("file_manifest_reply", data=("hashes",))
+class FileManifestReply(Message):
+    request_id: int
+    file_uuid_upper: int
+    file_uuid_lower: int
+    file_length: int
+    first_block: int
+    block_count: int
+    hashes: bytes | memoryview
+
+    def check(self) -> None:
+        _require(self.block_count * BLOCK_HASH_BYTES == len(self.hashes),
+                 f"file_manifest_reply: {self.block_count} blocks but {len(self.hashes)} bytes of hashes")
+        _require(self.first_block + self.block_count <= block_count(self.file_length),
+                 f"file_manifest_reply: blocks {self.first_block}..+{self.block_count} past the "
+                 f"{block_count(self.file_length)} of a file of {self.file_length} bytes")
 
 
 @message("nodes_query")

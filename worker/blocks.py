@@ -4,7 +4,10 @@ Rules:
 - A `BlockSource` is called from several threads at once (FUSE handlers,
   read-ahead, `ensure_complete`), so every implementation is thread-safe.
 - A source returns exactly the bytes asked for or raises a `BlockSourceError`
-  subclass; it never verifies content (the cache verifies whole files).
+  subclass; it never verifies content: the cache checks every block against
+  the file's manifest before it keeps or serves a byte of it.
+- `where()` names the source for people (the storage node's address), so that
+  a corrupt block can be blamed on where it came from.
 - `StorageBlockSource` keeps one `StorageClient` per thread, because a ZeroMQ
   socket belongs to the thread that made it.
 """
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import threading
 from typing import TYPE_CHECKING, Callable, Protocol
+
+from uds.wire.ids import BlockManifest
 
 if TYPE_CHECKING:  # the storage client is imported only to name its type
     from uds.storage.client import StorageClient
@@ -29,9 +34,26 @@ class ShortBlock(BlockSourceError):
     """The source returned a different number of bytes than asked for."""
 
 
+class CorruptBlock(BlockSourceError):
+    """A block from the source does not match the file's manifest (or id): it
+    was neither kept nor served. The message names the file, block and source."""
+
+
+class CorruptManifest(BlockSourceError):
+    """The source's manifest of a file does not hash to the file's id."""
+
+
 class BlockSource(Protocol):
     def fetch(self, file_id: bytes, offset: int, length: int) -> bytes:
         """Exactly `length` bytes of file `file_id` from `offset`; thread-safe."""
+        ...
+
+    def manifest(self, file_id: bytes) -> BlockManifest:
+        """The file's block manifest, as the source has it (the caller checks it)."""
+        ...
+
+    def where(self) -> str:
+        """Where blocks come from, for people: "storage tcp://host:port"."""
         ...
 
 
@@ -66,6 +88,22 @@ class StorageBlockSource:
         if len(data) != length:
             raise ShortBlock(f"{file_id.hex()} [{offset}, +{length}): got {len(data)} bytes")
         return data
+
+    def manifest(self, file_id: bytes) -> BlockManifest:
+        from uds.storage.client import CorruptDataError, StorageError
+
+        try:
+            return self._client().manifest(file_id)
+        except CorruptDataError as error:
+            raise CorruptManifest(str(error)) from error
+        except StorageError as error:
+            raise BlockUnavailable(f"manifest of {file_id.hex()}: {error}") from error
+
+    def where(self) -> str:
+        try:
+            return f"storage {self._client().address}"
+        except BlockSourceError:
+            return "storage (closed)"
 
     def close(self) -> None:
         """Close every thread's client. Call once no thread fetches any more."""

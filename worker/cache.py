@@ -3,16 +3,22 @@
 Rules:
 - Files are cached in BLOCK_BYTES blocks: a sparse CACHE/partial/<hex id> plus
   a set of present blocks, renamed to CACHE/complete/<hex id> (0o444) once
-  every block is present and the content hashes to the id.
+  every block is present. CACHE is the worker's alone (0o700).
+- No byte is served from a block that has not been checked against the file's
+  manifest (worker/manifests.py) in this process: a fetched block is checked
+  before it is written (CorruptBlock names the file, the block and the source;
+  nothing is kept), and a block read back from disk is checked on its first
+  read, then marked in `checked`. A complete file's inode identity (inode,
+  size, mtime, ctime) is compared on every read: if anything wrote to it, every
+  mark is dropped and each block is checked again. A block that fails on disk
+  deletes the file and its reads raise CorruptFile (new reads too, while it
+  stays pinned).
 - One lock guards all state and is never held across a fetch, a hash or a
   wait; waiters sleep on one Condition. A block is fetched by one thread only.
-- Once the last block is present nothing is served until the file verifies.
-  A file that fails is deleted and its reads raise CorruptFile (new reads too,
-  while it stays pinned).
 - Least recently used files that are neither pinned nor being filled are
   evicted to stay under capacity_bytes; if none is left, the cache overshoots.
-- On start partial files are deleted; complete ones are kept and re-hashed on
-  first use (writes are not fsynced: a power cut may leave holes).
+- On start partial files are deleted; complete ones are kept, with nothing
+  marked checked (writes are not fsynced: a power cut may leave holes).
 """
 from __future__ import annotations
 
@@ -25,13 +31,15 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from uds.wire.ids import file_hasher, id_from_hex
+from uds.wire import ids
+from uds.wire.ids import BlockManifest, id_from_hex
 
-from .blocks import BlockSource, ShortBlock
+from .blocks import BlockSource, CorruptBlock, ShortBlock
+from .manifests import ManifestStore, block_is_valid
 
 log = logging.getLogger(__name__)
 
-BLOCK_BYTES = 1 << 20  # 1 MiB: 8 FUSE reads per fetch, one storage round trip per block
+BLOCK_BYTES = ids.BLOCK_BYTES  # 1 MiB: the unit of verification; 8 FUSE reads per fetch
 READAHEAD_BLOCKS = 8  # 8 MiB ahead of a sequential reader hides ~8 fetch latencies
 READAHEAD_THREADS = 4  # fetches in flight for read-ahead, across all files
 READAHEAD_MAX_PENDING_BLOCKS = 32  # queued + running read-ahead fetches; beyond this, skip
@@ -47,7 +55,13 @@ class CacheError(Exception):
 
 
 class CorruptFile(CacheError):
-    """The file's content does not hash to its id; it has been deleted."""
+    """A block of the cached copy on the worker's disk no longer matches its
+    hash (something wrote to it); the copy has been deleted."""
+
+
+class CopyWithdrawn(CorruptFile):
+    """A read of a file whose cached copy failed its check while its chunks still
+    run: they all fail alike, and the next user fetches it afresh."""
 
 
 class CacheClosed(CacheError):
@@ -62,6 +76,8 @@ class CacheCounters:
     corrupt_files: int
     disk_bytes: int
     capacity_bytes: int
+    corrupt_blocks: int = 0  # fetched blocks that failed their check: never kept
+    blocks_checked_on_disk: int = 0  # blocks read back from disk and checked
 
 
 @dataclass(eq=False)
@@ -73,14 +89,14 @@ class _CachedFile:
     present: set[int]
     disk_bytes: int = 0  # bytes of present blocks
     complete: bool = False  # lives in complete/
-    verified: bool = False  # hashed to its id in this process
     users: int = 0  # threads using fd; it is closed only when this is 0
     retired: bool = False  # no longer in the cache (evicted or corrupt)
     corrupt: bool = False
     fetching: set[int] = field(default_factory=set)
-    hasher: object = field(default_factory=file_hasher)
-    hashed_blocks: int = 0
-    hashing: bool = False  # one thread at a time feeds the hasher
+    checked: set[int] = field(default_factory=set)  # blocks whose bytes on disk are known good
+    checking: set[int] = field(default_factory=set)  # blocks being read back and checked right now
+    identity: tuple[int, ...] | None = None  # a complete file's inode as last checked
+    generation: int = 0  # bumped when `identity` changes: older checks no longer count
     next_offset: int = -1  # where the previous read ended, to spot sequential readers
     run_bytes: int = 0  # bytes read in the current sequential run
     readahead_upto: int = -1  # highest block handed to read-ahead
@@ -104,6 +120,7 @@ class BlockCache:
         self._readahead_blocks = readahead_blocks
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
+        self._manifests = ManifestStore(self.root / "manifests", source)
         self._files: dict[bytes, _CachedFile] = {}
         self._lru: OrderedDict[bytes, None] = OrderedDict()  # every entry, least recently used first
         self._idle: OrderedDict[bytes, _CachedFile] = OrderedDict()  # complete, fd open, no users
@@ -116,6 +133,7 @@ class BlockCache:
         self._over_capacity_logged = False
         self._closed = False
         self._bytes_fetched = self._bytes_served_from_cache = self._evictions = self._corrupt_files = 0
+        self._corrupt_blocks = self._blocks_checked_on_disk = 0
         self._readahead_pool = ThreadPoolExecutor(READAHEAD_THREADS, thread_name_prefix="cache-readahead")
         self._bulk_pool = ThreadPoolExecutor(COMPLETE_IN_FLIGHT, thread_name_prefix="cache-complete")
         self._restore()
@@ -133,20 +151,24 @@ class BlockCache:
         first, last = offset // BLOCK_BYTES, (offset + length - 1) // BLOCK_BYTES
         entry = self._acquire(file_id, size)
         try:
+            manifest = self._manifests.get(file_id, size)
             fetched = 0
             from_cache = length
-            if not entry.verified:
+            if not entry.complete:
                 with self._lock:
                     missing = [i for i in range(first, last + 1) if i not in entry.present]
                 from_cache -= sum(_overlap(offset, length, i) for i in missing)
-                fetched += self._schedule_readahead(entry, offset, length, last)
+                fetched += self._schedule_readahead(entry, manifest, offset, length, last)
                 for index in missing:
-                    fetched += self._fetch_block(entry, index)
-                with self._lock:
-                    all_present = len(entry.present) == entry.block_count
-                if all_present:
-                    self._wait_verified(entry)
-            data = os.pread(entry.fd, length, offset)
+                    fetched += self._fetch_block(entry, manifest, index)
+            data = None
+            for index in range(first, last + 1):
+                block = self._check_on_disk(entry, manifest, index)
+                if block is not None and first == last:  # serve the very bytes that were checked
+                    start = offset - index * BLOCK_BYTES
+                    data = block[start:start + length]
+            if data is None:
+                data = os.pread(entry.fd, length, offset)
             with self._lock:
                 self._bytes_served_from_cache += from_cache
             return data, fetched
@@ -158,15 +180,21 @@ class BlockCache:
         Pin the file first if the path must outlive the next eviction."""
         entry = self._acquire(file_id, size)
         try:
-            if not entry.verified:
-                with self._lock:
-                    missing = [i for i in range(entry.block_count) if i not in entry.present]
-                futures = [self._bulk_pool.submit(self._fetch_block, entry, i) for i in missing]
-                wait(futures)  # all of them, even after a failure: they use entry.fd
-                for future in futures:
-                    future.result()
-                self._wait_verified(entry)
-            return entry.path
+            manifest = self._manifests.get(file_id, size)
+            with self._lock:
+                missing = [i for i in range(entry.block_count) if i not in entry.present]
+            futures = [self._bulk_pool.submit(self._fetch_block, entry, manifest, i) for i in missing]
+            wait(futures)  # all of them, even after a failure: they use entry.fd
+            for future in futures:
+                future.result()
+            for index in range(entry.block_count):
+                self._check_on_disk(entry, manifest, index)
+            with self._lock:
+                self._complete_locked(entry)
+                self._check_usable(entry)
+                if not entry.complete:  # cannot happen to a file in use; never return a partial path
+                    raise CacheError(f"{entry.file_id.hex()} left the cache before it was complete")
+                return entry.path
         finally:
             self._release(entry)
 
@@ -203,7 +231,8 @@ class BlockCache:
     def counters(self) -> CacheCounters:
         with self._lock:
             return CacheCounters(self._bytes_fetched, self._bytes_served_from_cache, self._evictions,
-                                 self._corrupt_files, self._disk_bytes, self._capacity_bytes)
+                                 self._corrupt_files, self._disk_bytes, self._capacity_bytes,
+                                 self._corrupt_blocks, self._blocks_checked_on_disk)
 
     def close(self) -> None:
         """Stop read-ahead and wake every waiter with CacheClosed. Idempotent."""
@@ -220,6 +249,8 @@ class BlockCache:
     # ----- entries ----------------------------------------------------------------------------
 
     def _restore(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)  # the worker's alone: no chunk may read or plant a cached file
         shutil.rmtree(self._partial_dir, ignore_errors=True)
         self._partial_dir.mkdir(parents=True)
         self._complete_dir.mkdir(parents=True, exist_ok=True)
@@ -241,26 +272,29 @@ class BlockCache:
                 self._lru[file_id] = None
                 self._disk_bytes += size
             self._evict_locked()
+            self._manifests.keep_only(set(self._files))
         log.info("block cache at %s: %d complete files, %d bytes", self.root, len(found), self._disk_bytes)
 
     def _acquire(self, file_id: bytes, size: int) -> _CachedFile:
         with self._lock:
             self._check_open()
             if file_id in self._poisoned:
-                raise CorruptFile(f"{file_id.hex()} failed verification while pinned")
+                raise CopyWithdrawn(f"the worker's cached copy of {file_id.hex()} failed its check: "
+                                    f"no reads of it until its chunks end")
             entry = self._files.get(file_id)
             if entry is not None and entry.size != size:
                 raise CacheError(f"{file_id.hex()} is {entry.size} bytes in the cache, asked as {size}")
             if entry is not None and entry.fd < 0:
                 try:
-                    entry.fd = os.open(entry.path, os.O_RDONLY)
-                except FileNotFoundError:  # deleted behind our back: forget it and fetch again
-                    log.warning("cache file %s vanished", entry.path)
+                    entry.fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+                except OSError as fault:  # deleted behind our back: forget it and fetch again
+                    log.warning("cache file %s is unusable (%s): fetching it again", entry.path, fault)
                     self._discard_locked(entry, corrupt=False)
                     entry = None
             if entry is None:
                 path = self._partial_dir / file_id.hex()
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+                path.unlink(missing_ok=True)  # whatever is there, ours or not, is not opened
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                 os.ftruncate(fd, size)  # sparse: blocks take space only once written
                 entry = self._files[file_id] = _CachedFile(file_id, size, path, fd, present=set())
                 self._lru[file_id] = None
@@ -294,6 +328,7 @@ class BlockCache:
             self._removed.add(entry.file_id)
         self._disk_bytes -= entry.disk_bytes
         entry.path.unlink(missing_ok=True)  # under the lock, so a new entry's file is never hit
+        self._manifests.forget(entry.file_id)
         if entry.users == 0:
             _close_fd(entry)
         if corrupt:
@@ -308,8 +343,8 @@ class BlockCache:
             return
         for file_id in list(self._lru):
             entry = self._files[file_id]
-            if self._pins.get(file_id) or (entry.users and not entry.verified):
-                continue  # pinned, or being filled or verified right now
+            if self._pins.get(file_id) or (entry.users and not entry.complete):
+                continue  # pinned, or being filled right now
             self._discard_locked(entry, corrupt=False)
             self._evictions += 1
             if self._disk_bytes <= self._capacity_bytes:
@@ -326,11 +361,11 @@ class BlockCache:
     def _check_usable(self, entry: _CachedFile) -> None:
         self._check_open()
         if entry.corrupt:
-            raise CorruptFile(f"{entry.file_id.hex()} does not hash to its id")
+            raise CorruptFile(f"the worker's cached copy of {entry.file_id.hex()} failed its check: deleted")
 
     # ----- fetching ---------------------------------------------------------------------------
 
-    def _fetch_block(self, entry: _CachedFile, index: int) -> int:
+    def _fetch_block(self, entry: _CachedFile, manifest: BlockManifest | None, index: int) -> int:
         """Make block `index` present, fetching it or waiting for the thread that is.
         Returns the bytes this call fetched."""
         with self._lock:
@@ -342,16 +377,21 @@ class BlockCache:
                     entry.fetching.add(index)
                     break
                 self._changed.wait()
-        return self._fetch_claimed(entry, index)
+        return self._fetch_claimed(entry, manifest, index)
 
-    def _fetch_claimed(self, entry: _CachedFile, index: int) -> int:
-        """Fetch and store a block this thread has claimed in `entry.fetching`."""
+    def _fetch_claimed(self, entry: _CachedFile, manifest: BlockManifest | None, index: int) -> int:
+        """Fetch, check and store a block this thread has claimed in `entry.fetching`."""
         offset, length = index * BLOCK_BYTES, entry.block_length(index)
         data = None
         try:
             data = self._source.fetch(entry.file_id, offset, length)
             if len(data) != length:
                 raise ShortBlock(f"{entry.file_id.hex()} block {index}: {len(data)} bytes, expected {length}")
+            if not block_is_valid(entry.file_id, entry.size, manifest, index, data):
+                with self._lock:
+                    self._corrupt_blocks += 1
+                raise CorruptBlock(f"{entry.file_id.hex()} block {index} from {self._source.where()} "
+                                   f"does not match its hash: not kept, not served")
             if os.pwrite(entry.fd, data, offset) != length:
                 raise OSError(f"short write to {entry.path}")
         except BaseException:
@@ -364,14 +404,16 @@ class BlockCache:
                     self._bytes_fetched += length
                     if not entry.retired:
                         entry.present.add(index)
+                        entry.checked.add(index)
                         entry.disk_bytes += length
                         self._disk_bytes += length
+                        self._complete_locked(entry)
                         self._evict_locked()
                 self._changed.notify_all()
-        self._advance_hash(entry, index, data)
         return length
 
-    def _schedule_readahead(self, entry: _CachedFile, offset: int, length: int, last: int) -> int:
+    def _schedule_readahead(self, entry: _CachedFile, manifest: BlockManifest | None, offset: int,
+                            length: int, last: int) -> int:
         """Hand the blocks after a sequential read to the read-ahead pool; returns their bytes."""
         claimed = []
         with self._lock:
@@ -395,19 +437,19 @@ class BlockCache:
                 claimed.append(index)
         for position, index in enumerate(claimed):
             try:
-                self._readahead_pool.submit(self._readahead_task, entry, index)
+                self._readahead_pool.submit(self._readahead_task, entry, manifest, index)
             except RuntimeError:  # the pool is shut down: the cache is closing
                 for unsubmitted in claimed[position:]:
                     self._end_readahead(entry, unsubmitted, fetched=False)
                 return 0
         return sum(entry.block_length(index) for index in claimed)
 
-    def _readahead_task(self, entry: _CachedFile, index: int) -> None:
+    def _readahead_task(self, entry: _CachedFile, manifest: BlockManifest | None, index: int) -> None:
         if self._closed:  # queued before close(): drop it
             self._end_readahead(entry, index, fetched=False)
             return
         try:
-            self._fetch_claimed(entry, index)
+            self._fetch_claimed(entry, manifest, index)
         except Exception as error:  # the reader fetches the block itself when it gets there
             log.warning("read-ahead of %s block %d failed: %r", entry.file_id.hex(), index, error)
         finally:
@@ -423,67 +465,64 @@ class BlockCache:
 
     # ----- verification -----------------------------------------------------------------------
 
-    def _advance_hash(self, entry: _CachedFile, fresh_index: int = -1, fresh: bytes | None = None) -> None:
-        """Feed contiguous present blocks to the hasher; the thread that feeds the last one
-        finishes verification. Only one thread feeds a file's hasher at a time."""
-        with self._lock:
-            if entry.hashing or entry.verified or entry.retired:
-                return
-            entry.hashing = owned = True
-        try:
-            while True:
-                with self._lock:
-                    index = entry.hashed_blocks
-                    if entry.retired or (index < entry.block_count and index not in entry.present):
-                        # given up in the same locked step that checked: whoever stores this
-                        # block next sees hashing off and carries on
-                        entry.hashing = owned = False
-                        return
-                if index == entry.block_count:
-                    break
-                if index == fresh_index and fresh is not None:
-                    data = fresh
-                else:
-                    data = os.pread(entry.fd, entry.block_length(index), index * BLOCK_BYTES)
-                entry.hasher.update(data)
-                entry.hashed_blocks += 1
-            self._finish_verification(entry)
-        finally:
-            if owned:  # finished, or an error escaped: a waiter may try again
-                with self._lock:
-                    entry.hashing = False
-                    self._changed.notify_all()
-
-    def _finish_verification(self, entry: _CachedFile) -> None:
-        good = entry.hasher.digest() == entry.file_id
+    def _complete_locked(self, entry: _CachedFile) -> None:
+        """Once every block is present (each was checked on arrival), move the file to complete/."""
+        if entry.complete or entry.retired or len(entry.present) != entry.block_count:
+            return
         complete_path = self._complete_dir / entry.file_id.hex()
-        if good and not entry.complete:
-            os.fchmod(entry.fd, 0o444)
-            os.rename(entry.path, complete_path)
-        with self._lock:
-            if not good:
-                log.error("cached file %s does not hash to its id: deleted", entry.file_id.hex())
-                self._discard_locked(entry, corrupt=True)
-                return
-            entry.verified = True
-            if not entry.complete:
-                entry.complete, entry.path = True, complete_path
-                self._removed.discard(entry.file_id)
-                self._added[entry.file_id] = entry.size
-            self._changed.notify_all()
+        os.fchmod(entry.fd, 0o444)
+        os.rename(entry.path, complete_path)
+        entry.complete, entry.path = True, complete_path
+        entry.identity = _identity(entry.fd)
+        self._removed.discard(entry.file_id)
+        self._added[entry.file_id] = entry.size
+        self._changed.notify_all()
 
-    def _wait_verified(self, entry: _CachedFile) -> None:
-        """Return once every block is present and the file verified; CorruptFile if it failed."""
-        while True:
-            self._advance_hash(entry)
+    def _check_on_disk(self, entry: _CachedFile, manifest: BlockManifest | None,
+                       index: int) -> bytes | None:
+        """Make sure block `index` on disk is good before a byte of it is served: the
+        block's bytes if this call read and checked them, None if it was known good."""
+        if entry.complete:
+            identity = _identity(entry.fd)
             with self._lock:
-                while entry.hashing and not entry.verified and not entry.corrupt and not self._closed:
-                    self._changed.wait()
+                if identity != entry.identity:  # written to since it was checked, or never checked
+                    if entry.identity is not None:
+                        log.error("cached file %s changed on disk: checking every block again", entry.path)
+                    entry.identity, entry.checked = identity, set()
+                    entry.generation += 1
+        with self._lock:
+            while True:  # one thread checks a block; concurrent readers of it wait for the answer
                 self._check_usable(entry)
-                if entry.verified:
-                    return
-                if entry.retired:  # cannot happen to a file in use; never spin on it
-                    raise CacheError(f"{entry.file_id.hex()} left the cache before it verified")
+                if index in entry.checked:
+                    return None
+                if index not in entry.checking:
+                    entry.checking.add(index)
+                    break
+                self._changed.wait()
+            generation = entry.generation
+        try:
+            block = os.pread(entry.fd, entry.block_length(index), index * BLOCK_BYTES)
+            valid = block_is_valid(entry.file_id, entry.size, manifest, index, block)
+        finally:
+            with self._lock:
+                entry.checking.discard(index)
+                self._changed.notify_all()
+        with self._lock:
+            self._blocks_checked_on_disk += 1
+            if valid:
+                if entry.generation == generation:
+                    entry.checked.add(index)
+                return block
+            log.error("cached file %s block %d does not match its hash: deleted", entry.path, index)
+            if not entry.retired:
+                self._discard_locked(entry, corrupt=True)
+        raise CorruptFile(f"the worker's cached copy of {entry.file_id.hex()} block {index} does not "
+                          f"match its hash (written to on the worker's disk): deleted")
+
+
+def _identity(fd: int) -> tuple[int, ...]:
+    status = os.fstat(fd)
+    return status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
 
 
 def _overlap(offset: int, length: int, index: int) -> int:

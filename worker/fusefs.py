@@ -9,6 +9,11 @@ Rules:
   cache works, so lookups and other reads proceed during a fetch.
 - Every handler turns an unexpected exception into FUSEError(EIO) and one log
   line: llfuse stops its main loop on any other exception, leaving a dead mount.
+- A read the cache cannot serve with checked bytes (a corrupt block, a storage
+  node that does not answer) is EIO to the program and a fault of its chunk
+  directory, naming the input, its id and the cause (which names the storage
+  node): the worker reports the attempt as an infrastructure failure, not as
+  the program's exit code (`chunk_faults`).
 - The tree has its own lock, so the worker's main thread may add and remove
   chunks while handlers run. It is never held across a cache read or a wait.
 - llfuse keeps its session in module globals: one FuseMount per process at a time.
@@ -31,7 +36,7 @@ from dataclasses import dataclass, field
 import llfuse
 
 from .blocks import BlockSourceError
-from .cache import BlockCache, CacheError
+from .cache import BlockCache, CacheError, CopyWithdrawn
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +67,17 @@ class _ChunkDir:
     lookups: int = 0
     bytes_read: int = 0
     bytes_fetched: int = 0
+    faults: list[tuple[bool, str]] = field(default_factory=list)  # (an echo?, why a read failed)
+
+
+MAX_FAULTS_KEPT = 8  # per chunk directory: the first few say what went wrong
 
 
 @dataclass(eq=False)
 class _InputFile:
     inode: int
     chunk: _ChunkDir
+    name: bytes
     file_id: bytes
     size: int
     lookups: int = 0
@@ -132,7 +142,7 @@ class _Operations(llfuse.Operations):
                 raise ValueError(f"chunk directory {os.fsdecode(name)!r} exists")
             chunk = _ChunkDir(next(self._inodes), name, time.time_ns())
             for input_name, (file_id, size) in checked.items():
-                chunk.files[input_name] = _InputFile(next(self._inodes), chunk, file_id, size)
+                chunk.files[input_name] = _InputFile(next(self._inodes), chunk, input_name, file_id, size)
                 self._cache.pin(file_id)  # before the program can see it
             self._nodes[chunk.inode] = chunk
             self._nodes.update((node.inode, node) for node in chunk.files.values())
@@ -154,6 +164,19 @@ class _Operations(llfuse.Operations):
         with self._lock:
             chunk = self._chunks[name]
             return chunk.bytes_read, chunk.bytes_fetched
+
+    def chunk_faults(self, name: bytes) -> list[str]:
+        with self._lock:
+            return [text for _, text in sorted(self._chunks[name].faults, key=lambda fault: fault[0])]
+
+    def _record_fault(self, node: _InputFile, error: Exception) -> None:
+        # an echo of the fault that withdrew a cached copy, from a concurrent read, sorts last
+        text = f"input {os.fsdecode(node.name)!r} ({node.file_id.hex()}): {error}"
+        fault = (isinstance(error, CopyWithdrawn), text)
+        with self._lock:
+            faults = node.chunk.faults
+            if fault not in faults and len(faults) < MAX_FAULTS_KEPT:
+                faults.append(fault)
 
     # ----- handlers ---------------------------------------------------------------------------
 
@@ -262,8 +285,12 @@ class _Operations(llfuse.Operations):
             node = self._open_files.get(handle)
         if node is None:
             raise llfuse.FUSEError(errno.EBADF)
-        with llfuse.lock_released:  # a fetch may take milliseconds: let other requests run
-            data, fetched = self._cache.read(node.file_id, node.size, offset, length)
+        try:
+            with llfuse.lock_released:  # a fetch may take milliseconds: let other requests run
+                data, fetched = self._cache.read(node.file_id, node.size, offset, length)
+        except (CacheError, BlockSourceError) as error:
+            self._record_fault(node, error)
+            raise
         with self._lock:
             node.chunk.bytes_read += len(data)
             node.chunk.bytes_fetched += fetched
@@ -381,6 +408,11 @@ class FuseMount:
     def chunk_counters(self, dir_name: str) -> tuple[int, int]:
         """(bytes the chunk's programs read, bytes fetched from the source for those reads)."""
         return self._operations.chunk_counters(os.fsencode(dir_name))
+
+    def chunk_faults(self, dir_name: str) -> list[str]:
+        """Why reads of the chunk's inputs failed (each names the input, its id and
+        the cause, such as a corrupt block and the storage node it came from)."""
+        return self._operations.chunk_faults(os.fsencode(dir_name))
 
 
 def _fuse_mounts() -> set[str]:

@@ -194,8 +194,9 @@ class AttemptHost:
             return core.ProcessExited(key, 0, infrastructure_error=str(fault))
         try:
             read, fetched = self.mount.chunk_counters(key.name)
+            faults = self.mount.chunk_faults(key.name)  # inputs it could not be given good bytes of
         except Exception:  # noqa: BLE001 - a missing directory changes nothing here
-            read, fetched = 0, 0
+            read, fetched, faults = 0, 0, []
         limit_exceeded, usage = account(running)
         refused = ""
         try:
@@ -205,7 +206,8 @@ class AttemptHost:
         assert running.exit_code is not None
         return core.ProcessExited(key, running.exit_code, running.launch_error, tuple(self.outputs[key]),
                                   _size_of(running.stdout_path), _size_of(running.stderr_path), read, fetched,
-                                  limit_exceeded=limit_exceeded, usage=usage, outputs_refused=refused)
+                                  limit_exceeded=limit_exceeded, usage=usage, outputs_refused=refused,
+                                  infrastructure_error="; ".join(faults))
 
     def remove_mount(self, effect: core.Unmount) -> None:
         try:

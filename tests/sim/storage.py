@@ -2,8 +2,9 @@
 program writes: a proof of which job, chunk, attempt and worker made it."""
 from __future__ import annotations
 
-import hashlib
 from typing import NamedTuple
+
+from uds.wire.ids import file_id_of
 
 FileRef = tuple[bytes, int]
 PROOF_NAME = "proof"
@@ -31,7 +32,7 @@ class ContentStore:
         self.blobs: dict[bytes, bytes] = {}
 
     def put(self, content: bytes) -> FileRef:
-        file_id = hashlib.blake2b(content, digest_size=16).digest()
+        file_id = file_id_of(content)
         self.blobs.setdefault(file_id, content)
         return file_id, len(content)
 
