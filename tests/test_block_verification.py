@@ -107,4 +107,7 @@ def test_a_byte_written_into_the_workers_cache_is_caught_and_the_file_fetched_ag
     for detail in details:  # concurrent reads may see the deleted copy first: either names the file
         assert detail.startswith(f"rejected: input 'data' ({file_id}): the worker's cached copy of "
                                  f"{file_id} "), detail
-    assert f"{file_id} block 2 does not match its hash" in details[0], details
+    # Which check fires first depends on timing: the block's hash, or the copy's
+    # changed inode times; either way the copy is named as failing its check.
+    assert any(f"{file_id} block 2 does not match its hash" in detail or "failed its check" in detail
+               for detail in details), details
