@@ -184,3 +184,25 @@ def test_uds_dev_stop_leaves_no_chunk_process_mount_or_cgroup(tmp_path):
     assert [line for line in pathlib.Path("/proc/mounts").read_text().splitlines() if str(folder) in line] == []
     node_hex = next(folder.glob("data/workers/*/node_id")).read_text().strip()
     assert list(pathlib.Path("/sys/fs/cgroup").glob(f"**/uds-{node_hex}")) == []
+
+
+def test_a_jobs_own_limits_and_network_choice_reach_its_box_and_its_usage_comes_back(limited):
+    connection = limited.connection
+    hog = b"#!/usr/bin/python3\nblocks = [bytearray(1 << 20) for _ in range(200)]\n"
+    tight = connection.submit_job(hog, limits={"memory": "96M"}).wait(timeout=60)
+    assert tight.state == "failed"
+    assert tight.chunks[0].result.error == "memory limit 96 MiB exceeded (peak 96 MiB)"
+    roomy = connection.submit_job(hog + b"print(len(blocks))\n").wait(timeout=60)  # the default 256M holds it
+    assert roomy.state == "succeeded", roomy.error
+    usage = roomy.chunks[0].usage
+    assert usage.peak_memory_bytes >= 200 << 20 and usage.cpu_user_s + usage.cpu_system_s > 0
+    assert usage.output_bytes == len(b"200\n") and usage.wall_s > 0
+    # Only loopback in the box unless the job asks for the network.
+    probe = b"#!/bin/sh\ntail -n +3 /proc/net/dev | cut -d: -f1\n"   # this network namespace's interfaces
+    boxed = connection.submit_job(probe)
+    assert boxed.wait(timeout=60).state == "succeeded"
+    assert boxed.logs(0)[0].split() == [b"lo"]
+    open_job = connection.submit_job(probe, network=True)
+    assert open_job.wait(timeout=60).state == "succeeded"
+    host = [line.split(b":")[0] for line in pathlib.Path("/proc/net/dev").read_bytes().splitlines()[2:]]
+    assert sorted(open_job.logs(0)[0].split()) == sorted(name.strip() for name in host)
