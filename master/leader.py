@@ -57,7 +57,7 @@ from uds.master.proposals import (  # noqa: F401
 from uds.master.views import event_records, job_status_reply, node_records
 from uds.master.waiters import MAX_STATUS_WAIT_S, STATUS_PAGE_CHUNKS, StatusPage, StatusWaiters  # noqa: F401
 from uds.wire.enums import ErrorCode, JobState, NodeRole
-from uds.wire.resources import NO_LIMITS, ResourceLimits, ResourceSpecError
+from uds.wire.resources import NO_LIMITS, ResourceLimits, ResourceSpecError, chunk_disk_cap, format_bytes
 
 # Dispatched attempts that have not started are sent again this often, in
 # case a message or the load balancer was lost; the balancer ignores repeats.
@@ -227,6 +227,11 @@ class Leader:
             limits = ResourceLimits.from_body(message.limits).with_defaults(self.default_limits)
         except ResourceSpecError as fault:
             return [self._error(request, ErrorCode.INVALID, str(fault))]
+        if limits.disk_bytes > chunk_disk_cap(self.default_limits):
+            # A sandboxed worker's slot filesystems hold no more than that.
+            return [self._error(request, ErrorCode.INVALID, (
+                f"disk: {format_bytes(limits.disk_bytes)} is more than a chunk may fill on this cluster's "
+                f"workers ({format_bytes(chunk_disk_cap(self.default_limits))}, the cluster file's [limits] disk)"))]
         command = core.SubmitJob(
             job=message.job_uuid, name=message.name, program=tuple(message.program),
             args=tuple(message.args), inputs={name: tuple(ref) for name, ref in message.inputs.items()},

@@ -57,6 +57,9 @@ def test_a_job_no_worker_could_hold_is_refused_with_the_reason(small_and_large):
         connection.submit_job(SLEEPER, limits={"memory": "8G"})
     with pytest.raises(InvalidJobError, match="no worker has 3 cpus: the largest has 2 cpus"):
         connection.submit_job(SLEEPER, limits={"memory": "1G", "cpus": 3})
+    with pytest.raises(InvalidJobError, match=r"disk: 5 GiB is more than a chunk may fill on this cluster's "
+                                              r"workers \(4 GiB, the cluster file's \[limits\] disk\)"):
+        connection.submit_job(SLEEPER, limits={"disk": "5G"})
 
 
 def test_a_job_whose_only_fitting_worker_left_waits_and_says_why(small_and_large):

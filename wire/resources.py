@@ -18,6 +18,18 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
 
 
+# The most disk one attempt may fill when the cluster file's [limits] do not
+# say: a sandboxed worker's slot filesystems have this size, so it is also
+# the most a job may ask for.
+DEFAULT_CHUNK_DISK_BYTES = 4 << 30
+
+
+def chunk_disk_cap(defaults: "ResourceLimits") -> int:
+    """The most disk one attempt may ask for: the cluster's default disk
+    limit, which sizes every worker's slot filesystems."""
+    return defaults.disk_bytes or DEFAULT_CHUNK_DISK_BYTES
+
+
 class ResourceSpecError(ValueError):
     """A limit that cannot be understood or is out of range."""
 

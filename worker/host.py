@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from uds.storage.client import StorageClient
-from uds.wire.resources import NO_LIMITS, ResourceLimits, Usage
+from uds.wire.resources import NO_LIMITS, ResourceLimits, Usage, chunk_disk_cap
 from uds.wire.transport import Transport
 from uds.worker import attempts as core
 from uds.worker.attempts import AttemptKey
@@ -36,7 +36,7 @@ from uds.worker.runner import (
     RunningChunk, StuckAttemptError, chunk_environment, kill_leftovers, launch, remove_workdir, start_chunk,
 )
 from uds.worker.sandbox import (
-    DEFAULT_SLOT_DISK_BYTES, INPUTS_PATH, OUTPUT_PATH, SPARE_SLOTS, WORK_PATH, NoFreeSlot,
+    INPUTS_PATH, OUTPUT_PATH, SPARE_SLOTS, WORK_PATH, NoFreeSlot,
     Sandbox, default_uids,
 )
 
@@ -75,7 +75,7 @@ class AttemptHost:
         if sandbox.enabled:
             uids = sandbox.slot_uids or default_uids(node_id.hex(), sandbox.slots + SPARE_SLOTS)
             self.sandbox = Sandbox(node_id.hex(), data, sandbox.hidden, sandbox.slots, uids,
-                                   sandbox.defaults.disk_bytes or DEFAULT_SLOT_DISK_BYTES)
+                                   chunk_disk_cap(sandbox.defaults))
             self.sandbox_label = self.sandbox.label
             log.info("programs run in a sandbox: %s, slot uids %d-%d", self.sandbox_label, uids[0], uids[-1])
             ended = self.sandbox.end_leftovers()

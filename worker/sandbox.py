@@ -36,7 +36,6 @@ SHELL = "/bin/sh"
 DEFAULT_FIRST_UID = 200_000
 DEFAULT_UID_BLOCKS = 8192
 # The slot filesystem's size when the cluster names no disk limit (a sparse file).
-DEFAULT_SLOT_DISK_BYTES = 4 << 30
 # ext4's journal and tables in a slot filesystem, beside the files.
 SLOT_OVERHEAD_BYTES = 16 << 20
 # Slots beyond the worker's chunk slots: an ended attempt's slot is emptied
