@@ -260,13 +260,16 @@ def nodes(options: argparse.Namespace) -> int:
     from uds.wire.enums import NodeRole
     with _connect(options) as connection:
         listed = connection.nodes()
+        # The sandbox column is as wide as its longest entry: an unsafe worker must read as such.
+        width = max([len("sandbox")] + [len(node["sandbox"]) for node in listed
+                                        if node["role"] == NodeRole.WORKER]) + 2
         print(f"{'node':<34}{'role':<14}{'state':<7}{'host':<16}{'slots':>6}{'free':>6}{'running':>8}"
-              f"{'cpus':>6}{'memory':>11}{'disk':>11}  {'sandbox':<12}address")
+              f"{'cpus':>6}{'memory':>11}{'disk':>11}  {'sandbox':<{width}}address")
         for node in listed:
             worker = node["role"] == NodeRole.WORKER
             offered = (f"{node['millicpus'] / 1000:>6g}{_size(node['memory_bytes']):>11}"
-                       f"{_size(node['disk_bytes']):>11}  {node['sandbox'][:11]:<12}" if worker
-                       else f"{'-':>6}{'-':>11}{'-':>11}  {'-':<12}")
+                       f"{_size(node['disk_bytes']):>11}  {node['sandbox']:<{width}}" if worker
+                       else f"{'-':>6}{'-':>11}{'-':>11}  {'-':<{width}}")
             print(f"{node['node'].hex():<34}{NodeRole(node['role']).name.lower():<14}{node['state']:<7}"
                   f"{node['host'][:15]:<16}{node['slots']:>6}{node['free_slots']:>6}{node['running']:>8}"
                   f"{offered}{node['address']}")

@@ -1,6 +1,8 @@
 """What workers offer and what jobs ask, through real daemons: a job no
 worker could hold is refused at submit, and a job whose only fitting worker
 left waits, saying why."""
+import subprocess
+import sys
 import time
 
 import pytest
@@ -122,3 +124,24 @@ def test_the_cluster_files_limits_are_the_defaults(tmp_path):
     path.write_text(text + '\n[limits]\nmemory = "plenty"\n')
     with pytest.raises(cluster_file.ClusterFileError, match="limits: memory"):
         cluster_file.default_limits(cluster_file.load(path))
+
+
+def test_a_worker_without_its_sandbox_refuses_to_start_unless_told_and_then_says_so(daemons):
+    for role in ("storage", "master", "loadbalancer"):
+        daemons.start(role)
+    # Two uids cannot box two slots and their spares: the sandbox cannot be built.
+    refused = daemons.start("worker", "--slots", "2", "--slot-uids", "70000-70001", name="boxless", wait=False)
+    assert refused.process.wait(timeout=60) != 0
+    assert "cannot build the sandbox programs run in: slot uids: 2 uids for 4 slots" in refused.log()
+    assert "--unsafe-no-sandbox" in refused.log()
+    daemons.start("worker", "--slots", "2", "--slot-uids", "70000-70001", "--unsafe-no-sandbox", name="unsafe")
+    connection = client.connect(daemons.path, timeout=20)
+    try:
+        _wait_until(lambda: len(_workers(connection)) == 1)
+        assert _workers(connection)[0]["sandbox"] == "none (--unsafe-no-sandbox)"
+        assert connection.submit_job(b"#!/bin/sh\nid -u\n").wait(timeout=60).state == "succeeded"
+    finally:
+        connection.close()
+    listing = subprocess.run([sys.executable, "-m", "uds.client.cli", "--cluster", str(daemons.path), "nodes"],
+                             capture_output=True, text=True, timeout=60)
+    assert "none (--unsafe-no-sandbox)" in listing.stdout, listing
