@@ -6,6 +6,9 @@ Rules of this module:
   opens a file. `Leader.handle(event, now)` returns effects; the shell
   (master/node.py) carries each out. `now` is the shell's wall clock in
   seconds, the same clock whose value goes into each proposal.
+- Answers to clients (submit, status, cancel, nodes, events) are
+  master/client_requests.py, which `Leader` inherits; the balancer's messages
+  and dispatching are here. Both follow these rules.
 - The replicated state is read only through ClusterState's pure queries, by
   way of the `StateReader` given to the constructor: the shell's reader takes
   the state's lock, a simulation's (`DirectReader`) reads the state itself.
