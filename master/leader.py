@@ -6,6 +6,9 @@ Rules of this module:
   opens a file. `Leader.handle(event, now)` returns effects; the shell
   (master/node.py) carries each out. `now` is the shell's wall clock in
   seconds, the same clock whose value goes into each proposal.
+- Answers to clients (submit, status, cancel, nodes, events) are
+  master/client_requests.py, which `Leader` inherits; the balancer's messages
+  and dispatching are here. Both follow these rules.
 - The replicated state is read only through ClusterState's pure queries, by
   way of the `StateReader` given to the constructor: the shell's reader takes
   the state's lock, a simulation's (`DirectReader`) reads the state itself.
@@ -43,6 +46,7 @@ from typing import Any, Callable
 
 from uds import wire
 from uds.master import state as core
+from uds.master.client_requests import AnswerCancel, AnswerSubmit, ClientRequests
 from uds.master.links import (  # noqa: F401
     LOADBALANCER_LEASE_S, LoadBalancerLease, LoadBalancerLink, dispatch_messages, dispatch_records,
 )
@@ -54,36 +58,22 @@ from uds.master.leader_events import (  # noqa: F401
 from uds.master.proposals import (  # noqa: F401
     MAX_COMMANDS_PER_PROPOSAL, MAX_OUTSTANDING_PROPOSALS, PROPOSAL_TIMEOUT_S, Proposal, Proposals,
 )
-from uds.master.views import event_records, job_status_reply, node_records
-from uds.master.waiters import MAX_STATUS_WAIT_S, STATUS_PAGE_CHUNKS, StatusPage, StatusWaiters  # noqa: F401
-from uds.wire.enums import ErrorCode, JobState, NodeRole
-from uds.wire.resources import NO_LIMITS, ResourceLimits, ResourceSpecError, chunk_disk_cap, format_bytes
+from uds.master.waiters import MAX_STATUS_WAIT_S, STATUS_PAGE_CHUNKS, StatusWaiters  # noqa: F401
+from uds.wire.enums import ErrorCode, NodeRole
+from uds.wire.resources import NO_LIMITS, ResourceLimits
 
 # Dispatched attempts that have not started are sent again this often, in
 # case a message or the load balancer was lost; the balancer ignores repeats.
 RESEND_DISPATCHED_S = 3.0
 HEARTBEAT_INTERVAL_S = 0.25
-FINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 # Chunk event outcomes that change nothing and are worth a log line.
 IGNORED_EVENT_STATUSES = frozenset({core.EVENT_STALE, core.EVENT_UNKNOWN, core.EVENT_INVALID})
 
 # ---- what a command's outcome is for ------------------------------------------
 
 @dataclass(frozen=True, slots=True)
-class _AnswerSubmit:
-    request: Request
-    job: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class _SendDispatched:
     keys: tuple[tuple[bytes, int, int], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class _AnswerCancel:
-    request: Request
-    job: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +84,7 @@ class _AcknowledgeEvents:
     batch_id: int
 
 
-_Purpose = _AnswerSubmit | _SendDispatched | _AnswerCancel | _AcknowledgeEvents
+_Purpose = AnswerSubmit | _SendDispatched | AnswerCancel | _AcknowledgeEvents
 
 
 # What a Received message may be; the shell's dispatcher refuses the rest.
@@ -104,7 +94,7 @@ ACCEPTED_MESSAGES: tuple[type, ...] = (
 )
 
 
-class Leader:
+class Leader(ClientRequests):
     """The leader's decisions. `handle(event, now) -> effects`.
 
     `node_id`, `host`, `address` and `started_at` describe this master (its
@@ -147,9 +137,9 @@ class Leader:
             wire.NodeReport: self._on_node_report,
         }
         self._after_commit: dict[type, Callable[[Any, core.Outcome], list[Effect]]] = {
-            _AnswerSubmit: self._submitted,
+            AnswerSubmit: self._submitted,
             _SendDispatched: self._dispatched,
-            _AnswerCancel: self._cancelled,
+            AnswerCancel: self._cancelled,
             _AcknowledgeEvents: self._events_committed,
         }
 
@@ -218,99 +208,6 @@ class Leader:
             return [self._error(request, ErrorCode.UNEXPECTED,
                                 f"a master does not accept {type(message).SPEC.name}")]
         return handler(message, request, now)
-
-    def _on_job_submit(self, message: wire.JobSubmit, request: Request, now: float) -> list[Effect]:
-        refused = self._not_leading(request)
-        if refused:
-            return refused
-        try:
-            limits = ResourceLimits.from_body(message.limits).with_defaults(self.default_limits)
-        except ResourceSpecError as fault:
-            return [self._error(request, ErrorCode.INVALID, str(fault))]
-        if limits.disk_bytes > chunk_disk_cap(self.default_limits):
-            # A sandboxed worker's slot filesystems hold no more than that.
-            return [self._error(request, ErrorCode.INVALID, (
-                f"disk: {format_bytes(limits.disk_bytes)} is more than a chunk may fill on this cluster's "
-                f"workers ({format_bytes(chunk_disk_cap(self.default_limits))}, the cluster file's [limits] disk)"))]
-        command = core.SubmitJob(
-            job=message.job_uuid, name=message.name, program=tuple(message.program),
-            args=tuple(message.args), inputs={name: tuple(ref) for name, ref in message.inputs.items()},
-            chunk_inputs=tuple({name: tuple(ref) for name, ref in per_chunk.items()}
-                               for per_chunk in message.chunk_inputs),
-            chunk_count=message.chunk_count, timeout_s=message.timeout_s,
-            max_retries=message.max_retries, limits=limits, network=message.network)
-        self._queue(command, _AnswerSubmit(request, command.job))
-        self._dispatch_with_submission(command)
-        return []
-
-    def _submitted(self, purpose: _AnswerSubmit, outcome: core.Outcome) -> list[Effect]:
-        if not outcome.ok:
-            return [self._error(purpose.request, outcome.error_code or ErrorCode.INVALID, outcome.error)]
-        self._count("jobs_submitted" if outcome.created else "jobs_resubmitted")
-        return [Reply(purpose.request, wire.JobSubmitReply.make(
-            self.node_id, request_id=purpose.request.request_id, job=purpose.job,
-            created=1 if outcome.created else 0))]
-
-    def _on_job_status(self, message: wire.JobStatus, request: Request, now: float) -> list[Effect]:
-        refused = self._not_leading(request)
-        if refused:
-            return refused
-        job = message.job_uuid
-        if message.wait_ms:
-            state = self._reader.read(lambda state: state.job_state(job))
-            if state is not None and state not in FINAL_JOB_STATES:
-                self._waiters.hold(message, request, now)
-                return []
-        return [self._status_reply(request, job, StatusPage.of(message))]
-
-    def _answer_waiters(self, now: float, only_expired: bool = False) -> list[Effect]:
-        """Answer waiters whose job has ended (unless only_expired) or whose wait is over."""
-        if not len(self._waiters):
-            return []
-        ended: set[bytes] = set()
-        if not only_expired:
-            jobs = self._waiters.jobs()
-            ended = self._reader.read(lambda state: {job for job in jobs
-                                                     if state.job_state(job) in FINAL_JOB_STATES})
-        return [self._status_reply(waiter.request, waiter.job, waiter.page)
-                for waiter in self._waiters.due(now, ended)]
-
-    def _status_reply(self, request: Request, job: bytes, page: StatusPage = StatusPage()) -> Effect:
-        view = self._reader.read(lambda state: state.job_view(job, page.first_chunk, page.chunk_limit))
-        if view is None:
-            return self._error(request, ErrorCode.UNKNOWN_JOB, f"unknown job {job.hex()}")
-        return Reply(request, job_status_reply(self.node_id, request.request_id, job, view))
-
-    def _on_job_cancel(self, message: wire.JobCancel, request: Request, now: float) -> list[Effect]:
-        refused = self._not_leading(request)
-        if refused:
-            return refused
-        self._queue(core.CancelJob(job=message.job_uuid), _AnswerCancel(request, message.job_uuid))
-        return []
-
-    def _cancelled(self, purpose: _AnswerCancel, outcome: core.Outcome) -> list[Effect]:
-        if not outcome.ok:
-            return [self._error(purpose.request, outcome.error_code or ErrorCode.INVALID, outcome.error)]
-        effects: list[Effect] = []
-        attempts = [[chunk, attempt] for chunk, attempt, _worker in outcome.cancelled_attempts]
-        link = self._lease.holder
-        if attempts and link is not None:
-            effects.append(Send(link.peer, wire.ChunkCancel.make(
-                self.node_id, epoch=link.epoch, job=purpose.job, attempts=attempts)))
-        effects.append(self._status_reply(purpose.request, purpose.job))
-        return effects
-
-    def _on_nodes_query(self, message: wire.NodesQuery, request: Request, now: float) -> list[Effect]:
-        nodes = self._reader.read(lambda state: state.nodes())
-        live = self._lease.holder.workers if self._lease.holder is not None else {}
-        return [Reply(request, wire.NodesReply.make(self.node_id, request_id=request.request_id,
-                                                    nodes=node_records(nodes, live, now)))]
-
-    def _on_events_query(self, message: wire.EventsQuery, request: Request, now: float) -> list[Effect]:
-        limit = max(1, min(message.limit, 10_000))
-        events, last_seq = self._reader.read(lambda state: state.events_after(message.after_seq, limit))
-        return [Reply(request, wire.EventsReply.make(self.node_id, request_id=request.request_id,
-                                                     last_seq=last_seq, events=event_records(events)))]
 
     # ---- the load balancer ------------------------------------------------
 

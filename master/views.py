@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from uds import wire
-from uds.master.state import Event, JobView, NodeView
+from uds.master.commands import Event, JobView, NodeView
 
 
 def job_status_reply(node_id: bytes, request_id: int, job: bytes, view: JobView) -> wire.JobStatusReply:

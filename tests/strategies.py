@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from uds import wire
 from uds.wire import ChunkState, ErrorCode, JobState, NodeRole, PutStatus
 from uds.wire._wire_cffi import ffi
-from uds.wire.messages import MAX_TIME_MS
+from uds.wire.message_class import MAX_TIME_MS
 from uds.wire.schema import (
     Bin, Bool, Choice, FileName, Float, Int, List, Map, Nullable, Record, RelPath, Str, Tuple,
 )

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from uds.wire.ids import BlockManifest, file_id_of, manifest_of
 from uds.worker.blocks import BlockUnavailable, CorruptBlock, CorruptManifest
-from uds.worker.cache import BLOCK_BYTES, READAHEAD_BLOCKS, BlockCache, CorruptFile
+from uds.worker.cache import BLOCK_BYTES, BlockCache, CorruptFile
+from uds.worker.readahead import READAHEAD_BLOCKS
 
 MiB = 1 << 20
 

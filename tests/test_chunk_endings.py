@@ -2,7 +2,7 @@
 only a running system shows: a failure that a retry mends, logs over the
 stored cap and over the kill limit, and a program that no worker can fetch."""
 from uds.master.state import POISON_ERROR, POISON_LIMIT
-from uds.worker.attempts import LOG_KILL_BYTES
+from uds.worker.exit_reports import LOG_KILL_BYTES
 from uds.worker.runner import LOG_CAP_BYTES
 
 WAIT_S = 60.0

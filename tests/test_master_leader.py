@@ -489,8 +489,9 @@ def test_a_message_type_it_does_not_serve_is_answered_unexpected():
         error(asked, ErrorCode.UNEXPECTED, "a master does not accept stats_query")]
 
 
-CORE_MODULES = ("master/leader.py", "master/leader_events.py", "master/proposals.py", "master/waiters.py",
-                "master/links.py", "master/views.py", "master/state.py", "master/commands.py")
+CORE_MODULES = ("master/leader.py", "master/client_requests.py", "master/leader_events.py",
+                "master/proposals.py", "master/waiters.py", "master/links.py", "master/views.py",
+                "master/state.py", "master/queries.py", "master/commands.py")
 FORBIDDEN = {"zmq", "threading", "socket", "time", "os", "llfuse", "random"}
 
 

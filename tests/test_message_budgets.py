@@ -5,7 +5,7 @@ from uds import wire
 from uds.master.links import ATTEMPTS_PER_MESSAGE, dispatch_messages
 from uds.wire.ids import new_id
 from uds.wire.limits import MAX_BODY_BYTES
-from uds.worker.attempts import MAX_OUTPUT_FILES, outputs_refusal
+from uds.worker.exit_reports import MAX_OUTPUT_FILES, outputs_refusal
 
 NODE = bytes(16)
 

@@ -15,13 +15,14 @@ from uds.wire import FINAL_CHUNK_STATES, ChunkState
 from uds.wire.resources import Usage
 from uds.worker import attempts
 from uds.worker.attempts import (
-    EPOCH, HELLO_RETRY_S, KILL_GRACE_S, LOG_KILL_BYTES, MAX_OUTPUT_FILES, RESEND_STATUS_S, STARTED_DELAY_S,
+    EPOCH, HELLO_RETRY_S, KILL_GRACE_S, RESEND_STATUS_S, STARTED_DELAY_S,
     TRANSITIONS, Assigned, AttemptKey, Attempts, CancelReceived, ChunkAssignment, ChunkResult, Clean,
     DeadlinePassed, FetchProgram, GraceOver, HelloAnswered, HelloRequired, InvalidTransition, JobSpec, LogSize,
     Mount, Mounted, MountFailed, Phase, ProcessExited, ProcessStarted, ProgramFetched, ProgramUnavailable,
     Report, Resend, SayHello, SendHeartbeat, Signal, SignalName, Start, StatusAcknowledged, Tick,
     UnknownEventError, Unmount, Upload, Uploaded, UploadFailed,
 )
+from uds.worker.exit_reports import LOG_KILL_BYTES, MAX_OUTPUT_FILES
 
 JOB, JOB_B = b"J" * 16, b"K" * 16
 PROGRAM = (b"p" * 16, 1_000)
@@ -356,7 +357,8 @@ def test_every_transition_leads_to_a_phase():
 
 def test_the_core_imports_no_io():
     forbidden = {"zmq", "threading", "socket", "time", "os", "llfuse", "subprocess", "signal"}
-    for path in (pathlib.Path(attempts.__file__), pathlib.Path(attempts.__file__).with_name("attempt_events.py")):
+    core = pathlib.Path(attempts.__file__)
+    for path in (core, core.with_name("attempt_events.py"), core.with_name("exit_reports.py")):
         tree = ast.parse(path.read_text())
         names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                  for alias in node.names}

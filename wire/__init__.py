@@ -11,7 +11,8 @@ from uds.wire.enums import (
 )
 from uds.wire.errors import EncodeError, WireError
 from uds.wire.messages import *  # noqa: F401,F403  (one class per message type)
-from uds.wire.messages import REGISTRY, Message
+from uds.wire.file_messages import *  # noqa: F401,F403
+from uds.wire.message_class import REGISTRY, Message, check_every_type_declared
 from uds.wire.records import NO_RESULT, NO_WORKER, ChunkEvent, ChunkResult
 
 __all__ = [
@@ -19,3 +20,5 @@ __all__ = [
     "ChunkState", "ErrorCode", "JobState", "MessageType", "NodeRole", "PutStatus",
     "FINAL_CHUNK_STATES", "ChunkEvent", "ChunkResult", "NO_RESULT", "NO_WORKER",
 ] + [cls.__name__ for cls in REGISTRY.values()]
+
+check_every_type_declared()

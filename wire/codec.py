@@ -16,7 +16,7 @@ from uds.wire.limits import (
     LIST_BUDGET_BYTES, MAX_BODY_BYTES, MAX_BODY_ITEMS, MAX_DATA_FRAME_BYTES, MAX_FRAMES_PER_MESSAGE,
     MAX_STRING_BYTES,
 )
-from uds.wire.messages import GENERIC_HEADER_BYTES, REGISTRY, Message
+from uds.wire.message_class import GENERIC_HEADER_BYTES, REGISTRY, Message
 from uds.wire.schema import check_fields
 
 _GENERIC_POINTER = ffi.typeof("struct generic_message *")

@@ -1,4 +1,8 @@
-"""One frozen dataclass per message type.
+"""One frozen dataclass per message type: the control messages between
+clients, masters, load balancers and workers. The storage nodes' file
+messages are wire/file_messages.py; how a message type is declared (the
+`@message` decorator, the `Message` base, the REGISTRY) is
+wire/message_class.py.
 
 Fields keep the C names of csrc/wire.h. A class lists, in this order: the
 fields of its struct after the generic header, then its body fields (the keys
@@ -13,16 +17,16 @@ id joined from its two halves; `Class.make(node_id, job=..., ...)` splits
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Sequence
+from dataclasses import field, fields
+from typing import Any, Sequence
 
 import msgpack
 
-from uds.wire._wire_cffi import ffi
-from uds.wire.enums import ChunkState, ErrorCode, JobState, MessageType, NodeRole, PutStatus
-from uds.wire.errors import WireError
-from uds.wire.ids import BLOCK_HASH_BYTES, block_count, join_id, split_id
+from uds.wire.enums import ChunkState, ErrorCode, JobState, NodeRole
 from uds.wire.limits import ERROR_REASON_MAX_CHARS, MAX_CHUNK_INPUTS_BYTES, MAX_JOB_SPEC_BYTES
+from uds.wire.message_class import (
+    MAX_TIME_MS, Message, check_member, message, require,
+)
 from uds.wire.records import CHUNK_EVENT, RESULT_FIELDS, ChunkEvent, ChunkResult
 from uds.wire.resources import ResourceLimits
 from uds.wire.schema import (
@@ -30,108 +34,9 @@ from uds.wire.schema import (
     Bool, Choice, Int, List, Map, Nullable, Schema, Str, Tuple, record,
 )
 
-GENERIC_FIELDS = ("node_uuid_upper", "node_uuid_lower")
-# Timestamps in structs (milliseconds) share the range of those in bodies.
-MAX_TIME_MS = int(SECONDS.high * 1000)
-GENERIC_HEADER_BYTES = ffi.sizeof("struct generic_message")
-
-
-@dataclass(frozen=True, slots=True)
-class MessageSpec:
-    """What the codec needs to know about one message type."""
-
-    number: int
-    name: str                                # the C struct's name
-    pointer_type: Any                        # cffi type "struct NAME *"
-    size: int                                # sizeof(struct NAME)
-    struct_fields: tuple[str, ...]           # after the generic header
-    body: tuple[tuple[str, Schema], ...]     # msgpack map in frame 1
-    data: tuple[str, ...]                    # raw frames after the body
-
-    @property
-    def frame_count(self) -> int:
-        return 1 + (1 if self.body else 0) + len(self.data)
-
-
-REGISTRY: dict[int, type["Message"]] = {}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Message:
-    node_uuid_upper: int
-    node_uuid_lower: int
-
-    SPEC: ClassVar[MessageSpec]
-    message_type: ClassVar[int]
-
-    @property
-    def header_length(self) -> int:
-        return self.SPEC.size
-
-    @classmethod
-    def make(cls, node: bytes, **values: Any) -> "Message":
-        """Build from 16-byte ids: `FileRead.make(node_id, file=fid, ...)`."""
-        node_upper, node_lower = split_id(node)
-        expanded = {"node_uuid_upper": node_upper, "node_uuid_lower": node_lower}
-        for name, value in values.items():
-            if f"{name}_uuid_upper" in cls.SPEC.struct_fields:
-                expanded[f"{name}_uuid_upper"], expanded[f"{name}_uuid_lower"] = split_id(value)
-            else:
-                expanded[name] = value
-        return cls(**expanded)
-
-    def check(self) -> None:
-        """Rules that span fields; raise WireError. Most types have none."""
-
-
-def _id_property(prefix: str) -> property:
-    def get(message: Message) -> bytes:
-        return join_id(getattr(message, f"{prefix}_upper"), getattr(message, f"{prefix}_lower"))
-
-    get.__doc__ = f"{prefix} as 16 bytes"
-    return property(get)
-
-
-def message(name: str, body: dict[str, Schema] | None = None, data: tuple[str, ...] = ()):
-    """Register a message class for `struct NAME` of csrc/wire.h."""
-
-    def register(cls: type) -> type[Message]:
-        cls = dataclass(frozen=True, slots=True, kw_only=True)(cls)
-        number = int(MessageType[name.upper()])
-        c_type = ffi.typeof(f"struct {name}")
-        c_fields = [field_name for field_name, _ in c_type.fields]
-        if c_fields[0] != "header" or ffi.typeof(f"struct {name}").fields[0][1].offset != 0:
-            raise TypeError(f"struct {name} must begin with struct generic_message header")
-        struct_fields = tuple(c_fields[1:])
-        body_fields = tuple((body or {}).items())
-        declared = [field.name for field in fields(cls)]
-        expected = [*GENERIC_FIELDS, *struct_fields, *(n for n, _ in body_fields), *data]
-        if declared != expected:
-            raise TypeError(f"{cls.__name__} fields {declared} do not match struct {name}: {expected}")
-        cls.SPEC = MessageSpec(
-            number=number, name=name, pointer_type=ffi.typeof(f"struct {name} *"),
-            size=ffi.sizeof(c_type), struct_fields=struct_fields, body=body_fields, data=data,
-        )
-        cls.message_type = number
-        for prefix in {field[: -len("_upper")] for field in expected if field.endswith("_uuid_upper")}:
-            setattr(cls, prefix, _id_property(prefix))
-        REGISTRY[number] = cls
-        return cls
-
-    return register
-
 
 def _packed_size(value: Any) -> int:
     return len(msgpack.packb(value, use_bin_type=True))
-
-
-def _require(condition: bool, reason: str) -> None:
-    if not condition:
-        raise WireError(reason)
-
-
-def _check_member(enum: type, value: int, where: str) -> None:
-    _require(value in enum._value2member_map_, f"{where}: {value} is not a known {enum.__name__}")
 
 
 # Shapes shared by several bodies.
@@ -176,14 +81,14 @@ class WorkerRequest(Message):
     network: bool = False
 
     def check(self) -> None:
-        _require(self.program_length == self.program[1],
-                 f"worker_request: program_length {self.program_length} != program size {self.program[1]}")
-        _require(self.num_input_files == len(self.inputs),
-                 f"worker_request: num_input_files {self.num_input_files} != {len(self.inputs)} inputs")
-        _require(len(self.assignments) > 0, "worker_request: no assignments")
+        require(self.program_length == self.program[1],
+                f"worker_request: program_length {self.program_length} != program size {self.program[1]}")
+        require(self.num_input_files == len(self.inputs),
+                f"worker_request: num_input_files {self.num_input_files} != {len(self.inputs)} inputs")
+        require(len(self.assignments) > 0, "worker_request: no assignments")
         for assignment in self.assignments:
-            _require(assignment["chunk"] < self.chunk_count,
-                     f"worker_request: chunk {assignment['chunk']} >= chunk_count {self.chunk_count}")
+            require(assignment["chunk"] < self.chunk_count,
+                    f"worker_request: chunk {assignment['chunk']} >= chunk_count {self.chunk_count}")
 
 
 @message("worker_status", body=dict(epoch=U64, chunk=U32, attempt=U32, worker_started_at=SECONDS,
@@ -210,7 +115,7 @@ class WorkerStatus(Message):
     output_bytes: int = 0
 
     def check(self) -> None:
-        _check_member(ChunkState, self.state, "worker_status.state")
+        check_member(ChunkState, self.state, "worker_status.state")
 
     @classmethod
     def reporting(cls, event: ChunkEvent, epoch: int) -> "WorkerStatus":
@@ -225,24 +130,6 @@ class WorkerStatus(Message):
                           worker=self.node_uuid,
                           result=ChunkResult.from_body({name: getattr(self, name) for name in RESULT_FIELDS}),
                           worker_started_at=self.worker_started_at)
-
-
-@message("file_request")
-class FileRequest(Message):
-    file_uuid_upper: int
-    file_uuid_lower: int
-
-
-@message("file_response", data=("data",))
-class FileResponse(Message):
-    file_uuid_upper: int
-    file_uuid_lower: int
-    file_length: int
-    data: bytes | memoryview
-
-    def check(self) -> None:
-        _require(self.file_length == len(self.data),
-                 f"file_response: file_length {self.file_length} != {len(self.data)} data bytes")
 
 
 @message("error", body=dict(reason=Str()))
@@ -260,7 +147,7 @@ class Error(Message):
                         reason=reason[:ERROR_REASON_MAX_CHARS])
 
     def check(self) -> None:
-        _check_member(ErrorCode, self.error_code, "error.error_code")
+        check_member(ErrorCode, self.error_code, "error.error_code")
 
 
 @message("hello", body=dict(host=Str(255), address=Str(1024), version=U32, **WORKER_RESOURCES))
@@ -279,9 +166,9 @@ class Hello(Message):
     sandbox: str = ""
 
     def check(self) -> None:
-        _check_member(NodeRole, self.role, "hello.role")
-        _require(self.start_time_ms <= MAX_TIME_MS,
-                 f"hello: start_time_ms {self.start_time_ms} is beyond {MAX_TIME_MS}")
+        check_member(NodeRole, self.role, "hello.role")
+        require(self.start_time_ms <= MAX_TIME_MS,
+                f"hello: start_time_ms {self.start_time_ms} is beyond {MAX_TIME_MS}")
 
 
 @message("hello_reply")
@@ -304,8 +191,8 @@ class Heartbeat(Message):
 
     def check(self) -> None:
         # A worker lists every attempt it runs; a load balancer only counts them.
-        _require(len(self.running) <= self.running_count,
-                 f"heartbeat: {len(self.running)} attempts listed but running_count is {self.running_count}")
+        require(len(self.running) <= self.running_count,
+                f"heartbeat: {len(self.running)} attempts listed but running_count is {self.running_count}")
 
 
 @message("job_submit", body=dict(
@@ -327,19 +214,19 @@ class JobSubmit(Message):
     network: bool = False
 
     def check(self) -> None:
-        _require(self.chunk_count >= 1, "job_submit: chunk_count must be at least 1")
-        _require(not self.chunk_inputs or len(self.chunk_inputs) == self.chunk_count,
-                 f"job_submit: {len(self.chunk_inputs)} chunk_inputs for {self.chunk_count} chunks")
-        _require(self.timeout_s > 0, "job_submit: timeout_s must be positive")
+        require(self.chunk_count >= 1, "job_submit: chunk_count must be at least 1")
+        require(not self.chunk_inputs or len(self.chunk_inputs) == self.chunk_count,
+                f"job_submit: {len(self.chunk_inputs)} chunk_inputs for {self.chunk_count} chunks")
+        require(self.timeout_s > 0, "job_submit: timeout_s must be positive")
         spec_bytes = _packed_size([self.program, self.args, self.inputs])
-        _require(spec_bytes <= MAX_JOB_SPEC_BYTES,
-                 f"job_submit: program, args and inputs take {spec_bytes} bytes, "
-                 f"more than {MAX_JOB_SPEC_BYTES}")
+        require(spec_bytes <= MAX_JOB_SPEC_BYTES,
+                f"job_submit: program, args and inputs take {spec_bytes} bytes, "
+                f"more than {MAX_JOB_SPEC_BYTES}")
         for index, chunk_inputs in enumerate(self.chunk_inputs):
             chunk_bytes = _packed_size(chunk_inputs)
-            _require(chunk_bytes <= MAX_CHUNK_INPUTS_BYTES,
-                     f"job_submit: the inputs of chunk {index} take {chunk_bytes} bytes, "
-                     f"more than {MAX_CHUNK_INPUTS_BYTES}")
+            require(chunk_bytes <= MAX_CHUNK_INPUTS_BYTES,
+                    f"job_submit: the inputs of chunk {index} take {chunk_bytes} bytes, "
+                    f"more than {MAX_CHUNK_INPUTS_BYTES}")
 
 
 @message("job_submit_reply")
@@ -350,7 +237,7 @@ class JobSubmitReply(Message):
     created: int
 
     def check(self) -> None:
-        _require(self.created in (0, 1), f"job_submit_reply: created {self.created} is not 0 or 1")
+        require(self.created in (0, 1), f"job_submit_reply: created {self.created} is not 0 or 1")
 
 
 @message("job_status")
@@ -364,7 +251,7 @@ class JobStatus(Message):
     max_chunks: int
 
     def check(self) -> None:
-        _require(self.detail in (0, 1), f"job_status: detail {self.detail} is not 0 or 1")
+        require(self.detail in (0, 1), f"job_status: detail {self.detail} is not 0 or 1")
 
 
 @message("job_status_reply", body=dict(
@@ -390,19 +277,19 @@ class JobStatusReply(Message):
     waiting: str = ""               # why its chunks cannot run now, or ""
 
     def check(self) -> None:
-        _check_member(JobState, self.state, "job_status_reply.state")
-        _require(self.chunks_succeeded + self.chunks_failed <= self.chunk_count,
-                 "job_status_reply: more chunks finished than the job has")
-        _require(self.first_chunk <= self.next_chunk <= self.chunk_count,
-                 f"job_status_reply: chunks {self.first_chunk}..{self.next_chunk} "
-                 f"are not within the job's {self.chunk_count}")
-        _require(len(self.chunks) == self.next_chunk - self.first_chunk,
-                 f"job_status_reply: {len(self.chunks)} reports for chunks "
-                 f"{self.first_chunk}..{self.next_chunk}")
+        check_member(JobState, self.state, "job_status_reply.state")
+        require(self.chunks_succeeded + self.chunks_failed <= self.chunk_count,
+                "job_status_reply: more chunks finished than the job has")
+        require(self.first_chunk <= self.next_chunk <= self.chunk_count,
+                f"job_status_reply: chunks {self.first_chunk}..{self.next_chunk} "
+                f"are not within the job's {self.chunk_count}")
+        require(len(self.chunks) == self.next_chunk - self.first_chunk,
+                f"job_status_reply: {len(self.chunks)} reports for chunks "
+                f"{self.first_chunk}..{self.next_chunk}")
         for offset, report in enumerate(self.chunks):
-            _require(report["chunk"] == self.first_chunk + offset,
-                     f"job_status_reply: chunks[{offset}] reports chunk {report['chunk']}, "
-                     f"not {self.first_chunk + offset}")
+            require(report["chunk"] == self.first_chunk + offset,
+                    f"job_status_reply: chunks[{offset}] reports chunk {report['chunk']}, "
+                    f"not {self.first_chunk + offset}")
 
 
 @message("job_cancel")
@@ -420,8 +307,8 @@ class ChunkDispatch(Message):
     attempts: list
 
     def check(self) -> None:
-        _require(self.attempt_count == len(self.attempts),
-                 f"chunk_dispatch: attempt_count {self.attempt_count} != {len(self.attempts)} attempts")
+        require(self.attempt_count == len(self.attempts),
+                f"chunk_dispatch: attempt_count {self.attempt_count} != {len(self.attempts)} attempts")
 
 
 @message("chunk_cancel", body=dict(attempts=List(Tuple((U32, U32)))))
@@ -440,10 +327,10 @@ class ChunkEvents(Message):
     events: list
 
     def check(self) -> None:
-        _require(self.event_count == len(self.events),
-                 f"chunk_events: event_count {self.event_count} != {len(self.events)} events")
+        require(self.event_count == len(self.events),
+                f"chunk_events: event_count {self.event_count} != {len(self.events)} events")
         for index, event in enumerate(self.events):
-            _check_member(ChunkState, event["state"], f"chunk_events.events[{index}].state")
+            check_member(ChunkState, event["state"], f"chunk_events.events[{index}].state")
 
     @classmethod
     def carrying(cls, node: bytes, epoch: int, batch_id: int, events: Sequence[ChunkEvent]) -> "ChunkEvents":
@@ -461,109 +348,6 @@ class ChunkEventsAck(Message):
     batch_id: int
 
 
-@message("file_put_begin")
-class FilePutBegin(Message):
-    request_id: int
-    file_uuid_upper: int
-    file_uuid_lower: int
-    file_length: int
-
-
-@message("file_put_data", data=("data",))
-class FilePutData(Message):
-    request_id: int
-    file_uuid_upper: int
-    file_uuid_lower: int
-    offset: int
-    data: bytes | memoryview
-
-
-@message("file_put_end")
-class FilePutEnd(Message):
-    request_id: int
-    file_uuid_upper: int
-    file_uuid_lower: int
-
-
-@message("file_put_reply")
-class FilePutReply(Message):
-    request_id: int
-    file_uuid_upper: int
-    file_uuid_lower: int
-    status: int
-
-    def check(self) -> None:
-        _check_member(PutStatus, self.status, "file_put_reply.status")
-
-
-@message("file_stat")
-class FileStat(Message):
-    request_id: int
-    file_uuid_upper: int
-    file_uuid_lower: int
-
-
-@message("file_stat_reply")
-class FileStatReply(Message):
-    request_id: int
-    file_uuid_upper: int
-    file_uuid_lower: int
-    file_length: int
-    present: int
-
-    def check(self) -> None:
-        _require(self.present in (0, 1), f"file_stat_reply: present {self.present} is not 0 or 1")
-
-
-@message("file_read")
-class FileRead(Message):
-    request_id: int
-    file_uuid_upper: int
-    file_uuid_lower: int
-    offset: int
-    length: int
-
-
-@message("file_read_reply", data=("data",))
-class FileReadReply(Message):
-    request_id: int
-    file_uuid_upper: int
-    file_uuid_lower: int
-    offset: int
-    length: int
-    data: bytes | memoryview
-
-    def check(self) -> None:
-        _require(self.length == len(self.data),
-                 f"file_read_reply: length {self.length} != {len(self.data)} data bytes")
-
-
-@message("file_manifest")
-class FileManifest(Message):
-    request_id: int
-    file_uuid_upper: int
-    file_uuid_lower: int
-    first_block: int
-
-
-@message("file_manifest_reply", data=("hashes",))
-class FileManifestReply(Message):
-    request_id: int
-    file_uuid_upper: int
-    file_uuid_lower: int
-    file_length: int
-    first_block: int
-    block_count: int
-    hashes: bytes | memoryview
-
-    def check(self) -> None:
-        _require(self.block_count * BLOCK_HASH_BYTES == len(self.hashes),
-                 f"file_manifest_reply: {self.block_count} blocks but {len(self.hashes)} bytes of hashes")
-        _require(self.first_block + self.block_count <= block_count(self.file_length),
-                 f"file_manifest_reply: blocks {self.first_block}..+{self.block_count} past the "
-                 f"{block_count(self.file_length)} of a file of {self.file_length} bytes")
-
-
 @message("nodes_query")
 class NodesQuery(Message):
     request_id: int
@@ -576,7 +360,7 @@ class NodesReply(Message):
 
     def check(self) -> None:
         for index, node in enumerate(self.nodes):
-            _check_member(NodeRole, node["role"], f"nodes_reply.nodes[{index}].role")
+            check_member(NodeRole, node["role"], f"nodes_reply.nodes[{index}].role")
 
 
 @message("events_query")
@@ -605,7 +389,7 @@ class StatsReply(Message):
     counters: dict
 
     def check(self) -> None:
-        _check_member(NodeRole, self.role, "stats_reply.role")
+        check_member(NodeRole, self.role, "stats_reply.role")
 
 
 @message("status_ack", body=dict(attempts=List(Tuple((ID, U32, U32, U8)))))
@@ -615,10 +399,10 @@ class StatusAck(Message):
     attempts: list
 
     def check(self) -> None:
-        _require(self.attempt_count == len(self.attempts),
-                 f"status_ack: attempt_count {self.attempt_count} != {len(self.attempts)} attempts")
+        require(self.attempt_count == len(self.attempts),
+                f"status_ack: attempt_count {self.attempt_count} != {len(self.attempts)} attempts")
         for index, (_job, _chunk, _attempt, state) in enumerate(self.attempts):
-            _check_member(ChunkState, state, f"status_ack.attempts[{index}] state")
+            check_member(ChunkState, state, f"status_ack.attempts[{index}] state")
 
 
 @message("node_report", body=dict(nodes=List(NODE)))
@@ -628,9 +412,4 @@ class NodeReport(Message):
 
     def check(self) -> None:
         for index, node in enumerate(self.nodes):
-            _check_member(NodeRole, node["role"], f"node_report.nodes[{index}].role")
-
-
-_missing = set(MessageType) - {MessageType(number) for number in REGISTRY}
-if _missing:
-    raise TypeError(f"message types without a class: {sorted(t.name for t in _missing)}")
+            check_member(NodeRole, node["role"], f"node_report.nodes[{index}].role")

@@ -35,13 +35,16 @@ Rules of this module (the contract for worker/node.py and tests/sim/):
 - An attempt takes a slot from assignment to its final report. Its final
   report is sent once, then resent every RESEND_STATUS_S while registered,
   until a status_ack confirms the masters committed it.
+
+What an ending is reported as (state, error text, result, which outputs can
+be named) is worker/exit_reports.py.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 # The events and effects are re-exported: callers use them as attempts.X.
 from uds.worker.attempt_events import (  # noqa: F401
@@ -52,9 +55,7 @@ from uds.worker.attempt_events import (  # noqa: F401
     Upload, Uploaded, UploadFailed,
 )
 from uds.wire.enums import ChunkState
-from uds.wire.errors import WireError
-from uds.wire.limits import LIST_BUDGET_BYTES
-from uds.wire.schema import RelPath
+from uds.worker.exit_reports import LOG_KILL_BYTES, StopReason, exit_report, with_uploads
 
 # The epoch this worker obeys. Fixed today; epoch fencing (a load-balancer
 # pair) replaces it with the newest epoch seen, see Attempts._obeys.
@@ -67,15 +68,8 @@ RESEND_STATUS_S = 2.0
 STARTED_DELAY_S = 0.05
 # SIGTERM first; SIGKILL this long after, if the group is still there.
 KILL_GRACE_S = 2.0
-# A log this large stops the program (only LOG_CAP_BYTES of it is stored).
-LOG_KILL_BYTES = 1024 * 1024 * 1024
 # Finished attempts remembered so that a repeated assignment is not run again.
 MAX_REMEMBERED_FINISHED = 10_000
-# A chunk's outputs are named in its one result message; a chunk that leaves
-# more than this, or names too long to fit there together, fails instead.
-MAX_OUTPUT_FILES = 10_000
-# Per output in the result: its file id, its size and msgpack's framing.
-OUTPUT_RECORD_BYTES = 40
 
 
 class Phase(Enum):
@@ -91,12 +85,6 @@ class Phase(Enum):
     # Members are singletons compared by identity: hash them as objects (a C
     # slot), not by name, since the table is looked up on every event.
     __hash__ = object.__hash__
-
-
-class StopReason(Enum):
-    CANCELLED = "cancelled"
-    TIMED_OUT = "timed out"
-    LOG_TOO_LARGE = "log too large"
 
 
 class InvalidTransition(Exception):
@@ -410,18 +398,8 @@ class Attempts:
 
     def _on_process_exited(self, event: ProcessExited, now: float) -> list[Effect]:
         attempt = self._held(event)
-        state, error = self._outcome(attempt, event)
-        outputs = event.outputs
-        refusal = event.outputs_refused or outputs_refusal(outputs)
-        if refusal is not None:
-            # Storing them could never be reported: fail the chunk, keep the logs.
-            state, error, outputs = ChunkState.FAILED, refusal, ()
-        usage = event.usage
-        result = ChunkResult(exit_code=event.exit_code, error=error, elapsed_s=max(0.0, now - attempt.started_at),
-                             bytes_from_cache=max(0, event.bytes_read - event.bytes_fetched),
-                             bytes_from_storage=event.bytes_fetched, cpu_user_s=max(0.0, usage.cpu_user_s),
-                             cpu_system_s=max(0.0, usage.cpu_system_s),
-                             peak_memory_bytes=max(0, usage.peak_memory_bytes))
+        state, result, outputs = exit_report(event, attempt.stop_reason, attempt.job.timeout_s,
+                                             elapsed_s=max(0.0, now - attempt.started_at))
         if not outputs and not event.stdout_bytes and not event.stderr_bytes:
             # Nothing to store: report straight away (the common case for tiny
             # chunks), and tidy up after the report is on its way.
@@ -430,33 +408,10 @@ class Attempts:
         self._move(attempt, Phase.UPLOADING, event)
         return [Unmount(attempt.key), Upload(attempt.key, outputs, event.stdout_bytes > 0, event.stderr_bytes > 0)]
 
-    def _outcome(self, attempt: _Attempt, event: ProcessExited) -> tuple[ChunkState, str]:
-        if attempt.stop_reason is StopReason.CANCELLED:
-            return ChunkState.CANCELLED, "cancelled"
-        if event.infrastructure_error:
-            # Not the program's fault: the masters will have it run again.
-            return ChunkState.REJECTED, event.infrastructure_error
-        if attempt.stop_reason is StopReason.TIMED_OUT:
-            return ChunkState.TIMED_OUT, f"timed out after {attempt.job.timeout_s:g}s"
-        if attempt.stop_reason is StopReason.LOG_TOO_LARGE:
-            return ChunkState.FAILED, f"stopped: stdout or stderr passed {LOG_KILL_BYTES} bytes"
-        if event.limit_exceeded:
-            return ChunkState.FAILED, event.limit_exceeded
-        if event.exit_code == 0:
-            return ChunkState.SUCCEEDED, ""
-        if event.launch_error:
-            return ChunkState.FAILED, event.launch_error
-        if event.exit_code < 0:
-            return ChunkState.FAILED, f"killed by signal {-event.exit_code}"
-        return ChunkState.FAILED, f"exit code {event.exit_code}"
-
     def _on_uploaded(self, event: Uploaded, now: float) -> list[Effect]:
         attempt = self._held(event)
         assert attempt.exit_state is not None and attempt.exit_result is not None
-        stored = [*event.outputs.values(), *(ref for ref in (event.stdout, event.stderr) if ref is not None)]
-        result = replace(attempt.exit_result, outputs=dict(event.outputs), stdout=event.stdout,
-                         stderr=event.stderr, output_bytes=sum(size for _file_id, size in stored))
-        return self._finish(attempt, attempt.exit_state, result, now, event)
+        return self._finish(attempt, attempt.exit_state, with_uploads(attempt.exit_result, event), now, event)
 
     def _on_upload_failed(self, event: UploadFailed, now: float) -> list[Effect]:
         attempt = self._held(event)
@@ -495,22 +450,6 @@ class Attempts:
 
     def _count(self, name: str, amount: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + amount
-
-
-def outputs_refusal(names: Sequence[str]) -> str | None:
-    """Why these outputs (relative paths) cannot be reported, or None if they can."""
-    if len(names) > MAX_OUTPUT_FILES:
-        return f"left {len(names)} files in $UDS_OUTPUT; at most {MAX_OUTPUT_FILES} are allowed"
-    total = 0
-    for name in names:
-        try:
-            RelPath().check(name, "output")
-            total += len(name.encode()) + OUTPUT_RECORD_BYTES
-        except (WireError, UnicodeEncodeError):
-            return f"output {name!r} is not a usable name (UTF-8 path of at most 255-byte names)"
-    if total > LIST_BUDGET_BYTES:
-        return f"the names of the {len(names)} output files take {total} bytes; at most {LIST_BUDGET_BYTES}"
-    return None
 
 
 def _name(key: AttemptKey) -> str:

@@ -17,6 +17,8 @@ Rules:
   wait; waiters sleep on one Condition. A block is fetched by one thread only.
 - Least recently used files that are neither pinned nor being filled are
   evicted to stay under capacity_bytes; if none is left, the cache overshoots.
+- Blocks after a sequential reader are fetched ahead by worker/readahead.py
+  (Readahead, which BlockCache inherits), through the same fetch path.
 - On start partial files are deleted; complete ones are kept, with nothing
   marked checked (writes are not fsynced: a power cut may leave holes).
 """
@@ -36,16 +38,11 @@ from uds.wire.ids import BlockManifest, id_from_hex
 
 from .blocks import BlockSource, CorruptBlock, ShortBlock
 from .manifests import ManifestStore, block_is_valid
+from .readahead import READAHEAD_BLOCKS, READAHEAD_THREADS, Readahead
 
 log = logging.getLogger(__name__)
 
 BLOCK_BYTES = ids.BLOCK_BYTES  # 1 MiB: the unit of verification; 8 FUSE reads per fetch
-READAHEAD_BLOCKS = 8  # 8 MiB ahead of a sequential reader hides ~8 fetch latencies
-READAHEAD_THREADS = 4  # fetches in flight for read-ahead, across all files
-READAHEAD_MAX_PENDING_BLOCKS = 32  # queued + running read-ahead fetches; beyond this, skip
-SEQUENTIAL_SLACK_BYTES = 256 * 1024  # the kernel keeps ~2 reads of 128 KiB in flight, slightly out of order
-SEQUENTIAL_TRIGGER_BYTES = 256 * 1024  # read this much in a row before read-ahead: the kernel's own
-#   read-ahead turns a few small nearby reads into a short stream that would not use 8 MiB
 COMPLETE_IN_FLIGHT = 4  # block fetches in flight for ensure_complete
 MAX_IDLE_OPEN_FILES = 64  # descriptors kept open for complete files nobody is reading
 
@@ -109,7 +106,7 @@ class _CachedFile:
         return min(BLOCK_BYTES, self.size - index * BLOCK_BYTES)
 
 
-class BlockCache:
+class BlockCache(Readahead):
     def __init__(self, root: pathlib.Path | str, source: BlockSource, capacity_bytes: int,
                  readahead_blocks: int = READAHEAD_BLOCKS) -> None:
         self.root = pathlib.Path(root)
@@ -411,57 +408,6 @@ class BlockCache:
                         self._evict_locked()
                 self._changed.notify_all()
         return length
-
-    def _schedule_readahead(self, entry: _CachedFile, manifest: BlockManifest | None, offset: int,
-                            length: int, last: int) -> int:
-        """Hand the blocks after a sequential read to the read-ahead pool; returns their bytes."""
-        claimed = []
-        with self._lock:
-            # near where the previous read ended, and going further: a re-read is not a stream
-            sequential = (entry.next_offset >= 0 and abs(offset - entry.next_offset) <= SEQUENTIAL_SLACK_BYTES
-                          and offset + length > entry.next_offset)
-            entry.run_bytes = entry.run_bytes + length if sequential else length
-            entry.next_offset = offset + length
-            if entry.run_bytes < SEQUENTIAL_TRIGGER_BYTES:
-                return 0
-            end = min(last + self._readahead_blocks, entry.block_count - 1)
-            for index in range(max(last + 1, entry.readahead_upto + 1), end + 1):
-                if self._readahead_pending >= READAHEAD_MAX_PENDING_BLOCKS:
-                    break
-                entry.readahead_upto = index
-                if index in entry.present or index in entry.fetching:
-                    continue
-                entry.fetching.add(index)
-                entry.users += 1  # the task's reference; released when it ends
-                self._readahead_pending += 1
-                claimed.append(index)
-        for position, index in enumerate(claimed):
-            try:
-                self._readahead_pool.submit(self._readahead_task, entry, manifest, index)
-            except RuntimeError:  # the pool is shut down: the cache is closing
-                for unsubmitted in claimed[position:]:
-                    self._end_readahead(entry, unsubmitted, fetched=False)
-                return 0
-        return sum(entry.block_length(index) for index in claimed)
-
-    def _readahead_task(self, entry: _CachedFile, manifest: BlockManifest | None, index: int) -> None:
-        if self._closed:  # queued before close(): drop it
-            self._end_readahead(entry, index, fetched=False)
-            return
-        try:
-            self._fetch_claimed(entry, manifest, index)
-        except Exception as error:  # the reader fetches the block itself when it gets there
-            log.warning("read-ahead of %s block %d failed: %r", entry.file_id.hex(), index, error)
-        finally:
-            self._end_readahead(entry, index, fetched=True)
-
-    def _end_readahead(self, entry: _CachedFile, index: int, fetched: bool) -> None:
-        with self._lock:
-            self._readahead_pending -= 1
-            if not fetched:
-                entry.fetching.discard(index)
-                self._changed.notify_all()
-        self._release(entry)
 
     # ----- verification -----------------------------------------------------------------------
 

@@ -1,0 +1,150 @@
+"""The leader's answers to clients: submitting, cancelling and following jobs,
+listing nodes and events.
+
+Rules of this module: those of master/leader.py, whose `Leader` inherits
+`ClientRequests`. A handler takes the decoded request and `now` and returns
+effects; one that needs a command committed queues it with its purpose
+(`AnswerSubmit`, `AnswerCancel`) and answers from the outcome. The state is
+read only through the leader's `StateReader`.
+
+What a handler uses of the leader: `node_id`, `default_limits`, `_reader`,
+`_waiters`, `_lease`, and `_not_leading`, `_queue`, `_error`, `_count`,
+`_dispatch_with_submission`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from uds import wire
+from uds.master import commands
+from uds.master.leader_events import Effect, Reply, Request, Send, StateReader
+from uds.master.links import LoadBalancerLease
+from uds.master.views import event_records, job_status_reply, node_records
+from uds.master.waiters import StatusPage, StatusWaiters
+from uds.wire.enums import ErrorCode, JobState
+from uds.wire.resources import ResourceLimits, ResourceSpecError, chunk_disk_cap, format_bytes
+
+FINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+# ---- what a client's command's outcome is for -------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class AnswerSubmit:
+    request: Request
+    job: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerCancel:
+    request: Request
+    job: bytes
+
+
+class ClientRequests:
+    """The handlers of JobSubmit, JobStatus, JobCancel, NodesQuery and
+    EventsQuery, and what follows the commit of a submission or a cancel."""
+
+    node_id: bytes
+    default_limits: ResourceLimits
+    _reader: StateReader
+    _waiters: StatusWaiters
+    _lease: LoadBalancerLease
+    _not_leading: Callable[[Request], list[Effect]]
+    _queue: Callable[..., None]
+    _error: Callable[[Request, int, str], Reply]
+    _count: Callable[..., None]
+    _dispatch_with_submission: Callable[[commands.SubmitJob], None]
+
+    def _on_job_submit(self, message: wire.JobSubmit, request: Request, now: float) -> list[Effect]:
+        refused = self._not_leading(request)
+        if refused:
+            return refused
+        try:
+            limits = ResourceLimits.from_body(message.limits).with_defaults(self.default_limits)
+        except ResourceSpecError as fault:
+            return [self._error(request, ErrorCode.INVALID, str(fault))]
+        if limits.disk_bytes > chunk_disk_cap(self.default_limits):
+            # A sandboxed worker's slot filesystems hold no more than that.
+            return [self._error(request, ErrorCode.INVALID, (
+                f"disk: {format_bytes(limits.disk_bytes)} is more than a chunk may fill on this cluster's "
+                f"workers ({format_bytes(chunk_disk_cap(self.default_limits))}, the cluster file's [limits] disk)"))]
+        command = commands.SubmitJob(
+            job=message.job_uuid, name=message.name, program=tuple(message.program),
+            args=tuple(message.args), inputs={name: tuple(ref) for name, ref in message.inputs.items()},
+            chunk_inputs=tuple({name: tuple(ref) for name, ref in per_chunk.items()}
+                               for per_chunk in message.chunk_inputs),
+            chunk_count=message.chunk_count, timeout_s=message.timeout_s,
+            max_retries=message.max_retries, limits=limits, network=message.network)
+        self._queue(command, AnswerSubmit(request, command.job))
+        self._dispatch_with_submission(command)
+        return []
+
+    def _submitted(self, purpose: AnswerSubmit, outcome: commands.Outcome) -> list[Effect]:
+        if not outcome.ok:
+            return [self._error(purpose.request, outcome.error_code or ErrorCode.INVALID, outcome.error)]
+        self._count("jobs_submitted" if outcome.created else "jobs_resubmitted")
+        return [Reply(purpose.request, wire.JobSubmitReply.make(
+            self.node_id, request_id=purpose.request.request_id, job=purpose.job,
+            created=1 if outcome.created else 0))]
+
+    def _on_job_status(self, message: wire.JobStatus, request: Request, now: float) -> list[Effect]:
+        refused = self._not_leading(request)
+        if refused:
+            return refused
+        job = message.job_uuid
+        if message.wait_ms:
+            state = self._reader.read(lambda state: state.job_state(job))
+            if state is not None and state not in FINAL_JOB_STATES:
+                self._waiters.hold(message, request, now)
+                return []
+        return [self._status_reply(request, job, StatusPage.of(message))]
+
+    def _answer_waiters(self, now: float, only_expired: bool = False) -> list[Effect]:
+        """Answer waiters whose job has ended (unless only_expired) or whose wait is over."""
+        if not len(self._waiters):
+            return []
+        ended: set[bytes] = set()
+        if not only_expired:
+            jobs = self._waiters.jobs()
+            ended = self._reader.read(lambda state: {job for job in jobs
+                                                     if state.job_state(job) in FINAL_JOB_STATES})
+        return [self._status_reply(waiter.request, waiter.job, waiter.page)
+                for waiter in self._waiters.due(now, ended)]
+
+    def _status_reply(self, request: Request, job: bytes, page: StatusPage = StatusPage()) -> Effect:
+        view = self._reader.read(lambda state: state.job_view(job, page.first_chunk, page.chunk_limit))
+        if view is None:
+            return self._error(request, ErrorCode.UNKNOWN_JOB, f"unknown job {job.hex()}")
+        return Reply(request, job_status_reply(self.node_id, request.request_id, job, view))
+
+    def _on_job_cancel(self, message: wire.JobCancel, request: Request, now: float) -> list[Effect]:
+        refused = self._not_leading(request)
+        if refused:
+            return refused
+        self._queue(commands.CancelJob(job=message.job_uuid), AnswerCancel(request, message.job_uuid))
+        return []
+
+    def _cancelled(self, purpose: AnswerCancel, outcome: commands.Outcome) -> list[Effect]:
+        if not outcome.ok:
+            return [self._error(purpose.request, outcome.error_code or ErrorCode.INVALID, outcome.error)]
+        effects: list[Effect] = []
+        attempts = [[chunk, attempt] for chunk, attempt, _worker in outcome.cancelled_attempts]
+        link = self._lease.holder
+        if attempts and link is not None:
+            effects.append(Send(link.peer, wire.ChunkCancel.make(
+                self.node_id, epoch=link.epoch, job=purpose.job, attempts=attempts)))
+        effects.append(self._status_reply(purpose.request, purpose.job))
+        return effects
+
+    def _on_nodes_query(self, message: wire.NodesQuery, request: Request, now: float) -> list[Effect]:
+        nodes = self._reader.read(lambda state: state.nodes())
+        live = self._lease.holder.workers if self._lease.holder is not None else {}
+        return [Reply(request, wire.NodesReply.make(self.node_id, request_id=request.request_id,
+                                                    nodes=node_records(nodes, live, now)))]
+
+    def _on_events_query(self, message: wire.EventsQuery, request: Request, now: float) -> list[Effect]:
+        limit = max(1, min(message.limit, 10_000))
+        events, last_seq = self._reader.read(lambda state: state.events_after(message.after_seq, limit))
+        return [Reply(request, wire.EventsReply.make(self.node_id, request_id=request.request_id,
+                                                     last_seq=last_seq, events=event_records(events)))]
