@@ -6,7 +6,10 @@ device) that holds the attempt's working folder, output folder and /tmp; a
 slot serves one attempt at a time and is emptied before it serves the next.
 Inside the box the system is read-only, the three folders are the only
 writable places, the inputs are read-only at /uds/inputs, the program is
-/uds/program, and the worker's data and key folders are hidden. The program
+/uds/program, and the worker's data and key folders are hidden. The host's
+root is shown by one recursive read-only bind, with the box's own places
+mounted over it (bubblewrap reads the mount table once per bind, so fewer
+binds is the cheaper box). The program
 joins its cgroup before bubblewrap starts (a /bin/sh prologue writes its own
 pid into cgroup.procs and sets the rlimits, then execs), so nothing it
 forks is ever outside it, and the worker forks without a preexec function.
