@@ -20,7 +20,7 @@ from uds.worker.host import account, watch_limits
 from uds.worker.outputs import OutputRefused, collect, open_output
 from uds.worker.runner import RunningChunk, chunk_environment, launch
 from uds.worker.sandbox import (
-    INPUTS_PATH, OUTPUT_PATH, Sandbox, SandboxUnavailable, Slot, bwrap_arguments, hidden_paths,
+    INPUTS_PATH, OUTPUT_PATH, Sandbox, SandboxUnavailable, Slot, bwrap_arguments, hidden_paths, make_mount_points,
     default_uids, launch_script, parse_uid_range,
 )
 
@@ -47,6 +47,31 @@ def test_bwrap_arguments_hide_the_data_and_cut_the_network_unless_asked():
     assert arguments.index("--remount-ro") < arguments.index("--")
     assert "--unshare-net" not in bwrap_arguments(entries, [], _slot(), "/p", "/i", True)
 
+
+
+def test_the_whole_root_is_one_read_only_bind_with_the_boxs_own_places_over_it():
+    arguments = bwrap_arguments(None, ["/var/lib/uds"], _slot(), "/data/programs/p", "/data/mnt/a", False)
+    joined = " ".join(arguments)
+    assert arguments[1:4] == ["--ro-bind", "/", "/"] and joined.count("--ro-bind / /") == 1
+    assert "--symlink" not in arguments and "--dir" not in arguments
+    # What the host's root holds there is covered: its /dev, /proc, /tmp, /var/tmp and the data.
+    for covering in ("--dev /dev", "--proc /proc", "--tmpfs /var/lib/uds", "--bind /data/slots/0/tmp /tmp",
+                     "--bind /data/slots/0/tmp /var/tmp"):
+        assert joined.index(covering) > joined.index("--ro-bind / /")
+    assert "--ro-bind /data/mnt/a /uds/inputs" in joined and "--unshare-net" in arguments
+
+
+def test_the_mount_points_are_made_once_and_refused_when_not_roots_own(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("making root's mount points needs root")
+    (tmp_path / "var" / "tmp").mkdir(parents=True)
+    assert make_mount_points(tmp_path) and make_mount_points(tmp_path)      # again: already there
+    assert sorted(entry.name for entry in (tmp_path / "uds").iterdir()) == ["inputs", "out", "program", "work"]
+    assert (tmp_path / "uds" / "program").is_file() and (tmp_path / "uds").stat().st_mode & 0o777 == 0o755
+    (tmp_path / "uds" / "work").rmdir()
+    (tmp_path / "uds" / "work").symlink_to("/etc")                         # not a folder of root's
+    assert not make_mount_points(tmp_path)
+    assert not make_mount_points(tmp_path / "missing")                      # nowhere to make them
 
 def test_launch_script_joins_every_cgroup_before_the_box_and_sets_rlimits():
     limits = ResourceLimits(cpu_time_s=60, disk_bytes=2 * MiB, pids=32)

@@ -158,6 +158,11 @@ class AttemptCgroup:
     def create(self, limits: ResourceLimits) -> None:
         """Make the folders and write the limits (0: none)."""
         self.limits = limits
+        if not limits.millicpus and self.folders.get("cpu") not in (None, self.folders.get("cpuacct")):
+            # A v1 cpu hierarchy of its own holds only the quota (cpuacct
+            # measures): without one, a folder there is two system calls and
+            # a join for nothing.
+            del self.folders["cpu"]
         for folder in self.folders.values():
             folder.mkdir(exist_ok=True)
         if self.layout.version == 2:
@@ -210,6 +215,11 @@ class AttemptCgroup:
     def end(self, timeout_s: float = EMPTY_TIMEOUT_S) -> bool:
         """Freeze, SIGKILL every member, thaw, wait until empty. True once empty."""
         if not any(folder.exists() for folder in self.folders.values()):
+            return True
+        if not self.members():
+            # The usual end: the box's pid namespace died with its first
+            # process. An empty cgroup gains a member only by a member's fork
+            # (or root's write), so there is nothing to freeze.
             return True
         self._freeze(True)
         self.signal(signal.SIGKILL)

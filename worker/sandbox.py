@@ -6,7 +6,10 @@ device) that holds the attempt's working folder, output folder and /tmp; a
 slot serves one attempt at a time and is emptied before it serves the next.
 Inside the box the system is read-only, the three folders are the only
 writable places, the inputs are read-only at /uds/inputs, the program is
-/uds/program, and the worker's data and key folders are hidden. The program
+/uds/program, and the worker's data and key folders are hidden. The host's
+root is shown by one recursive read-only bind, with the box's own places
+mounted over it (bubblewrap reads the mount table once per bind, so fewer
+binds is the cheaper box). The program
 joins its cgroup before bubblewrap starts (a /bin/sh prologue writes its own
 pid into cgroup.procs and sets the rlimits, then execs), so nothing it
 forks is ever outside it, and the worker forks without a preexec function.
@@ -17,6 +20,7 @@ import logging
 import os
 import pathlib
 import shutil
+import stat
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -103,30 +107,38 @@ def parse_uid_range(text: str) -> range:
     return range(start, end + 1)
 
 
-def bwrap_arguments(root_entries: Mapping[str, str | None], hidden: Sequence[str], slot: Slot, program: str,
-                    inputs_dir: str, network: bool) -> list[str]:
-    """bubblewrap's arguments for one attempt. root_entries: name under / ->
-    its symlink target, or None for a folder or file shown read-only."""
+def bwrap_arguments(root_entries: Mapping[str, str | None] | None, hidden: Sequence[str], slot: Slot,
+                    program: str, inputs_dir: str, network: bool) -> list[str]:
+    """bubblewrap's arguments for one attempt. root_entries None: the host's
+    root is shown read-only by one recursive bind (the worker made the /uds
+    mount points in it, see `make_mount_points`); otherwise name under / ->
+    its symlink target, or None for a folder or file shown read-only, each
+    its own bind on a root of bubblewrap's own (a slower fallback)."""
     arguments = [BWRAP]
-    for name, target in sorted(root_entries.items()):
-        if name in _OWN_ROOT_ENTRIES:
-            continue
-        if target is not None:
-            arguments += ["--symlink", target, f"/{name}"]
-        else:
-            arguments += ["--ro-bind", f"/{name}", f"/{name}"]
+    if root_entries is None:
+        arguments += ["--ro-bind", "/", "/"]
+    else:
+        for name, target in sorted(root_entries.items()):
+            if name in _OWN_ROOT_ENTRIES:
+                continue
+            if target is not None:
+                arguments += ["--symlink", target, f"/{name}"]
+            else:
+                arguments += ["--ro-bind", f"/{name}", f"/{name}"]
+    # /dev and /proc of its own cover the host's (in the whole-root bind, below them).
     # /dev/shm of its own for POSIX semaphores and shared memory (Python's
     # multiprocessing): a tmpfs, so its pages count against the memory limit.
     arguments += ["--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm", "--proc", "/proc"]
     for path in hidden:
         arguments += ["--tmpfs", path]
-    arguments += ["--dir", "/uds",
-                  "--ro-bind", inputs_dir, INPUTS_PATH,
+    if root_entries is not None:
+        arguments += ["--dir", "/uds"]
+    arguments += ["--ro-bind", inputs_dir, INPUTS_PATH,
                   "--ro-bind", program, PROGRAM_PATH,
                   "--bind", str(slot.work), WORK_PATH,
                   "--bind", str(slot.output), OUTPUT_PATH,
                   "--bind", str(slot.tmp), "/tmp",
-                  *(["--bind", str(slot.tmp), "/var/tmp"] if "var" in root_entries else []),
+                  *(["--bind", str(slot.tmp), "/var/tmp"] if root_entries is None or "var" in root_entries else []),
                   "--remount-ro", "/",
                   "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
     if not network:
@@ -135,6 +147,34 @@ def bwrap_arguments(root_entries: Mapping[str, str | None], hidden: Sequence[str
                   SETPRIV, "--reuid", str(slot.uid), "--regid", str(slot.uid), "--clear-groups",
                   "--no-new-privs", "--bounding-set", "-all", "--"]
     return arguments
+
+
+def make_mount_points(root: pathlib.Path = pathlib.Path("/")) -> bool:
+    """The empty folders and file the box mounts over at /uds, made once in
+    the host's root (root's, 0755), so that the host's root can be shown by
+    one recursive read-only bind: a read-only root has no room to make them
+    in the box. False where they cannot be made or are not what they should
+    be (a read-only root, a link, another owner): the box then builds a root
+    of its own, one bind per entry."""
+    try:
+        (root / "uds").mkdir(mode=0o755, exist_ok=True)
+        for path in (WORK_PATH, OUTPUT_PATH, INPUTS_PATH):
+            (root / path.lstrip("/")).mkdir(mode=0o755, exist_ok=True)
+        program = root / PROGRAM_PATH.lstrip("/")
+        if not program.exists():
+            os.close(os.open(program, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o644))
+    except OSError:
+        return False
+    expected = {WORK_PATH: stat.S_ISDIR, OUTPUT_PATH: stat.S_ISDIR, INPUTS_PATH: stat.S_ISDIR,
+                PROGRAM_PATH: stat.S_ISREG, "/uds": stat.S_ISDIR, "/var/tmp": stat.S_ISDIR}
+    for path, is_kind in expected.items():
+        try:
+            info = os.lstat(root / path.lstrip("/"))
+        except OSError:
+            return False
+        if not is_kind(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022 and path != "/var/tmp":
+            return False
+    return True
 
 
 def launch_script(procs_files: Sequence[pathlib.Path], limits: ResourceLimits) -> str:
@@ -198,7 +238,7 @@ class Sandbox:
             self.cgroups: CgroupLayout = detect(node_hex)
         except CgroupError as fault:
             raise SandboxUnavailable(str(fault)) from None
-        self.root_entries = root_entries()
+        self.root_entries: dict[str, str | None] | None = None if make_mount_points() else root_entries()
         self.hidden = hidden_paths([data, *hidden])
         self.slot_root = data / "slots"
         self.slots: list[Slot] = []
