@@ -59,6 +59,9 @@ def test_the_whole_root_is_one_read_only_bind_with_the_boxs_own_places_over_it()
                      "--bind /data/slots/0/tmp /var/tmp"):
         assert joined.index(covering) > joined.index("--ro-bind / /")
     assert "--ro-bind /data/mnt/a /uds/inputs" in joined and "--unshare-net" in arguments
+    assert "--tmpfs /run" in joined and "/run/systemd/resolve" not in joined     # no host sockets
+    with_network = " ".join(bwrap_arguments(None, [], _slot(), "/p", "/i", True))
+    assert "--tmpfs /run --ro-bind-try /run/systemd/resolve /run/systemd/resolve" in with_network
 
 
 def test_the_mount_points_are_made_once_and_refused_when_not_roots_own(tmp_path):

@@ -66,6 +66,7 @@ def test_a_chunk_cannot_touch_the_workers_data_nor_read_its_keys(limited):
     script = "#!/bin/sh\n" + "".join(f'(echo bad > "{target}") 2>/dev/null && echo "WROTE {target}"\n'
                                      for target in targets)
     script += f'cat {cluster.keys}/*/* 2>/dev/null && echo READ-KEYS\n'
+    script += 'ls -A /run | grep -q . && echo HOST-RUN\n'     # no host sockets under /run
     script += 'echo scratch > /tmp/scratch && echo > "$UDS_OUTPUT/ok" && echo done\n'
     job = connection.submit_job(script.encode())
     status = job.wait(timeout=60)

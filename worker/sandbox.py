@@ -33,6 +33,8 @@ log = logging.getLogger("worker")
 
 BWRAP = "/usr/bin/bwrap"
 SETPRIV = "/usr/bin/setpriv"
+# What /etc/resolv.conf may link to, shown in a box that has the network.
+RESOLVER_PATHS = ("/run/systemd/resolve", "/run/resolvconf")
 SHELL = "/bin/sh"
 # One uid per slot. Without a range in the cluster file, each worker takes a
 # block of its own from its node id, so that workers sharing a machine do not
@@ -131,6 +133,14 @@ def bwrap_arguments(root_entries: Mapping[str, str | None] | None, hidden: Seque
     arguments += ["--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm", "--proc", "/proc"]
     for path in hidden:
         arguments += ["--tmpfs", path]
+    if root_entries is None or "run" in root_entries:
+        # A socket file under /run (the system bus, say) is reachable from any
+        # network namespace: the box gets an empty /run, and with the network
+        # only the resolver's files that /etc/resolv.conf may point into.
+        arguments += ["--tmpfs", "/run"]
+        if network:
+            for path in RESOLVER_PATHS:
+                arguments += ["--ro-bind-try", path, path]
     if root_entries is not None:
         arguments += ["--dir", "/uds"]
     arguments += ["--ro-bind", inputs_dir, INPUTS_PATH,
