@@ -40,6 +40,18 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 30.0
 
 
+def wait_until(predicate, what: str = "condition", timeout: float = 45.0):
+    """The predicate's first true value, polled every 20 ms; TimeoutError
+    naming `what` if none comes within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise TimeoutError(f"{what} not reached in {timeout}s")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

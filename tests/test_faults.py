@@ -9,17 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 from uds.client import api as client_api
 from uds import wire
 
+from daemons import wait_until
+
 WAIT_S = 45.0
 
 
 def _wait_until(predicate, timeout=WAIT_S, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} not reached in {timeout}s")
+    return wait_until(predicate, what, timeout)
 
 
 def _alive(pid: int) -> bool:

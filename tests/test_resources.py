@@ -3,11 +3,12 @@ worker could hold is refused at submit, and a job whose only fitting worker
 left waits, saying why."""
 import subprocess
 import sys
-import time
 
 import pytest
 
 from uds import client
+
+from daemons import wait_until
 from uds.errors import InvalidJobError
 from uds.wire.resources import ResourceLimits
 
@@ -39,10 +40,7 @@ def _workers(connection) -> list[dict]:
 
 
 def _wait_until(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
+    wait_until(condition, "condition", timeout)
 
 
 def test_workers_advertise_what_they_were_given(small_and_large):

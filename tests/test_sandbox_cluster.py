@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import SETTLE_TIMEOUT_S, _wait_for_workers
-from daemons import ClusterLayout, start_cluster
+from daemons import ClusterLayout, start_cluster, wait_until
 
 LIMITS = {"memory": "256M", "pids": 64, "disk": "64M"}
 
@@ -43,13 +43,7 @@ def _marked(mark: str) -> list[int]:
 
 
 def _await(condition, what: str, timeout_s: float = SETTLE_TIMEOUT_S):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise TimeoutError(what)
+    return wait_until(condition, what, timeout_s)
 
 
 def _unique_sleep() -> str:

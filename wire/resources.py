@@ -71,6 +71,15 @@ def parse_duration(text: str | int | float, what: str = "duration") -> float:
     return float(match.group(1)) * _DURATION_UNITS[unit]
 
 
+def _known_fields(record: type, body: Mapping[str, Any], what: str) -> Mapping[str, Any]:
+    """The body, after checking that it names only the record's fields."""
+    names = {item.name for item in fields(record)}
+    unknown = sorted(str(key) for key in body if key not in names)
+    if unknown:
+        raise ResourceSpecError(f"{what}: unknown field {', '.join(unknown)}")
+    return body
+
+
 def format_bytes(count: int) -> str:
     """"512 MiB", "1.5 GiB": for people."""
     for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
@@ -141,13 +150,7 @@ class ResourceLimits:
     @classmethod
     def from_body(cls, body: Mapping[str, Any] | None) -> ResourceLimits:
         """From `as_body`; raises ResourceSpecError on unknown keys or bad values."""
-        if not body:
-            return NO_LIMITS
-        names = {item.name for item in fields(cls)}
-        unknown = sorted(str(key) for key in body if key not in names)
-        if unknown:
-            raise ResourceSpecError(f"limits: unknown field {', '.join(unknown)}")
-        return cls(**body).check()
+        return cls(**_known_fields(cls, body, "limits")).check() if body else NO_LIMITS
 
     def describe(self) -> str:
         """"memory 512 MiB, cpus 1.5, ...": for people; "none" when nothing is asked."""
@@ -185,13 +188,7 @@ class Usage:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any] | None) -> Usage:
-        if not body:
-            return NO_USAGE
-        names = {item.name for item in fields(cls)}
-        unknown = sorted(str(key) for key in body if key not in names)
-        if unknown:
-            raise ResourceSpecError(f"usage: unknown field {', '.join(unknown)}")
-        return cls(**body)
+        return cls(**_known_fields(cls, body, "usage")) if body else NO_USAGE
 
 
 NO_USAGE = Usage()
