@@ -59,7 +59,7 @@ def build(context: DaemonContext):
         raise ConfigurationError(f"--{fault}") from None
     wake_read, wake_write = wake_pipe()
     try:
-        return WorkerNode(context.node_id, context.data, cluster.loadbalancers[0].address,
+        return WorkerNode(context.node_id, context.data, [entry.address for entry in cluster.loadbalancers],
                           cluster.storage[0].address, context.transport, slots=slots,
                           cache_bytes=options.cache_bytes or cluster.workers.cache_bytes,
                           heartbeat_interval_s=cluster.workers.heartbeat_interval_s,

@@ -14,6 +14,9 @@ from uds.wire.records import ChunkResult
 from uds.wire.resources import NO_LIMITS, NO_USAGE, ResourceLimits, Usage
 
 FileRef = tuple[bytes, int]                     # (file id, size in bytes)
+# A load balancer, by its place in the cluster file's list: events say which
+# one a message came from, and effects which one a message goes to.
+Balancer = int
 
 
 class AttemptKey(NamedTuple):
@@ -62,6 +65,7 @@ class Assigned:
     epoch: int
     job: JobSpec
     chunks: tuple[ChunkAssignment, ...]
+    balancer: Balancer = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,7 @@ class CancelReceived:
     epoch: int
     job: bytes
     attempts: tuple[tuple[int, int], ...] = ()
+    balancer: Balancer = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,16 +84,20 @@ class StatusAcknowledged:
 
     epoch: int
     attempts: tuple[AttemptKey, ...]
+    balancer: Balancer = 0
 
 
 @dataclass(frozen=True, slots=True)
 class HelloAnswered:
     epoch: int
+    balancer: Balancer = 0
 
 
 @dataclass(frozen=True, slots=True)
 class HelloRequired:
     """The balancer answered "hello first": it restarted or forgot us."""
+
+    balancer: Balancer = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +259,7 @@ class Report:
     state: ChunkState
     epoch: int
     result: ChunkResult
+    to: Balancer = 0                    # the balancer followed when it was made
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,11 +267,12 @@ class Resend:
     """Send an unacknowledged final report again."""
 
     report: Report
+    to: Balancer = 0                    # the balancer followed now
 
 
 @dataclass(frozen=True, slots=True)
 class SayHello:
-    pass
+    to: Balancer = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +284,7 @@ class SendHeartbeat:
     free_slots: int
     running: tuple[AttemptKey, ...]
     full_cache: bool
+    to: Balancer = 0
 
 
 Effect = Union[FetchProgram, Mount, Start, Signal, Unmount, Upload, Clean, Report, Resend, SayHello,

@@ -23,6 +23,13 @@ Rules of this module (the contract for worker/node.py and tests/sim/):
   HelloAnswered, HelloRequired) may be lost, repeated or reordered: a repeat
   of an attempt already held (or recently finished) is ignored, and a cancel
   or an acknowledgement naming an attempt not held is ignored.
+- Epochs. The worker says hello and heartbeats to every balancer of the
+  cluster (each event names its balancer, each message effect the one it
+  goes to), and follows the highest epoch it has seen: an order (Assigned,
+  CancelReceived, StatusAcknowledged) of a lower epoch is dropped and counted
+  (`stale_epoch_dropped`), and the balancer that last sent the highest epoch
+  is followed: reports go to it. A higher epoch resends every unacknowledged
+  report to its balancer at once; it never stops an attempt.
 - An answer that is not allowed in its attempt's phase (TRANSITIONS) raises
   InvalidTransition: that is a bug of the shell or the simulation, never a
   peer's doing.
@@ -48,7 +55,7 @@ from typing import Any, Callable
 
 # The events and effects are re-exported: callers use them as attempts.X.
 from uds.worker.attempt_events import (  # noqa: F401
-    AttemptKey, Assigned, CancelReceived, ChunkAssignment, ChunkResult, Clean, DeadlinePassed, Effect,
+    AttemptKey, Assigned, Balancer, CancelReceived, ChunkAssignment, ChunkResult, Clean, DeadlinePassed, Effect,
     Event, FetchProgram, FileRef, GraceOver, HelloAnswered, HelloRequired, JobSpec, LogSize, Mount,
     Mounted, MountFailed, ProcessExited, ProcessStarted, ProgramFetched, ProgramUnavailable, Report,
     Resend, SayHello, SendHeartbeat, Signal, SignalName, Start, StatusAcknowledged, Tick, Unmount,
@@ -57,8 +64,8 @@ from uds.worker.attempt_events import (  # noqa: F401
 from uds.wire.enums import ChunkState
 from uds.worker.exit_reports import LOG_KILL_BYTES, StopReason, exit_report, with_uploads
 
-# The epoch this worker obeys. Fixed today; epoch fencing (a load-balancer
-# pair) replaces it with the newest epoch seen, see Attempts._obeys.
+# The first epoch a balancer holds; a worker that has heard from none
+# holds epoch 0, below every balancer's.
 EPOCH = 1
 HELLO_RETRY_S = 1.0
 RESEND_STATUS_S = 2.0
@@ -153,20 +160,32 @@ class _Attempt:
     exit_result: ChunkResult | None = None
 
 
-class Attempts:
-    """The chunk attempts of one worker. `handle(event, now) -> effects`."""
+@dataclass(slots=True)
+class _Link:
+    """The worker's liveness with one balancer."""
 
-    def __init__(self, slots: int, heartbeat_interval_s: float) -> None:
+    registered: bool = False
+    last_hello: float | None = None
+    next_heartbeat: float = 0.0
+    full_cache_next: bool = True
+
+
+class Attempts:
+    """The chunk attempts of one worker. `handle(event, now) -> effects`.
+    `balancers` is how many load balancers the cluster has; events and
+    effects name them 0..balancers-1."""
+
+    def __init__(self, slots: int, heartbeat_interval_s: float, balancers: int = 1) -> None:
+        if balancers < 1:
+            raise ValueError("a worker needs at least one load balancer")
         self.slots = slots
         self.heartbeat_interval_s = heartbeat_interval_s
-        self.epoch = EPOCH
-        self.registered = False
+        self.epoch = 0                  # the highest seen
+        self.followed: Balancer = 0     # the balancer that last sent it; reports go there
         self.counters: dict[str, int] = {}
+        self._links = [_Link() for _ in range(balancers)]
         self._attempts: dict[AttemptKey, _Attempt] = {}
         self._finished: OrderedDict[AttemptKey, None] = OrderedDict()
-        self._full_cache_next = True
-        self._last_hello: float | None = None
-        self._next_heartbeat = 0.0
         self._handlers: dict[type, Callable[[Any, float], list[Effect]]] = {
             Assigned: self._on_assigned,
             CancelReceived: self._on_cancel,
@@ -191,7 +210,19 @@ class Attempts:
         handler = self._handlers.get(type(event))
         if handler is None:
             raise UnknownEventError(f"{type(event).__name__} is not an event of the worker's attempts")
+        balancer = getattr(event, "balancer", 0)
+        if not 0 <= balancer < len(self._links):
+            raise UnknownEventError(f"{type(event).__name__} from balancer {balancer}, "
+                                    f"of {len(self._links)}")
         return handler(event, now)
+
+    @property
+    def registered(self) -> bool:
+        """Whether the followed balancer has answered our hello."""
+        return self._links[self.followed].registered
+
+    def registered_with(self, balancer: Balancer) -> bool:
+        return self._links[balancer].registered
 
     def phase(self, key: AttemptKey) -> Phase | None:
         attempt = self._attempts.get(key)
@@ -216,10 +247,12 @@ class Attempts:
     def next_wakeup(self) -> float | None:
         """The earliest time a Tick has something to do, or None."""
         times: list[float] = []
-        if not self.registered:
-            times.append(self._last_hello + HELLO_RETRY_S if self._last_hello is not None else 0.0)
-        else:
-            times.append(self._next_heartbeat)
+        for link in self._links:
+            if not link.registered:
+                times.append(link.last_hello + HELLO_RETRY_S if link.last_hello is not None else 0.0)
+            else:
+                times.append(link.next_heartbeat)
+        registered = self.registered
         for attempt in self._attempts.values():
             phase = attempt.phase
             if phase is Phase.RUNNING or phase is Phase.STOPPING:
@@ -229,20 +262,37 @@ class Attempts:
                     times.append(attempt.kill_at)
                 if attempt.started_report_at is not None:
                     times.append(attempt.started_report_at)
-            elif phase is Phase.REPORTED and self.registered:
+            elif phase is Phase.REPORTED and registered:
                 times.append(attempt.resend_at)
         return min(times) if times else None
 
     # ---- messages from the load balancer -----------------------------------
 
-    def _obeys(self, epoch: int) -> bool:
-        """Whether a message of this balancer epoch is obeyed. Always today:
-        epoch fencing will refuse epochs older than self.epoch and adopt newer
-        ones here, and every message from the balancer passes through here."""
+    def _obeys(self, epoch: int, balancer: Balancer, now: float) -> bool:
+        """Whether an order (Assigned, CancelReceived, StatusAcknowledged) of
+        this epoch is obeyed: not when an epoch above it has been seen, since
+        its balancer has lost the lease. Its balancer is followed from now."""
+        if epoch < self.epoch:
+            self._count("stale_epoch_dropped")
+            return False
+        self._follow(epoch, balancer, now)
         return True
 
+    def _follow(self, epoch: int, balancer: Balancer, now: float) -> None:
+        """`balancer` sent `epoch`, the highest seen: it is followed, and
+        when that is news, every unacknowledged report goes to it at once."""
+        if epoch > self.epoch:
+            if self.epoch:                          # a failover, not the first epoch heard
+                self._count("epoch_changes")
+            self.epoch = epoch
+        elif balancer == self.followed:
+            return
+        self.followed = balancer
+        for attempt in self._attempts.values():
+            attempt.resend_at = now
+
     def _on_assigned(self, event: Assigned, now: float) -> list[Effect]:
-        if not self._obeys(event.epoch):
+        if not self._obeys(event.epoch, event.balancer, now):
             return []
         effects: list[Effect] = []
         for chunk in event.chunks:
@@ -257,7 +307,7 @@ class Attempts:
         return effects
 
     def _on_cancel(self, event: CancelReceived, now: float) -> list[Effect]:
-        if not self._obeys(event.epoch):
+        if not self._obeys(event.epoch, event.balancer, now):
             return []
         wanted = set(event.attempts)
         effects: list[Effect] = []
@@ -272,7 +322,9 @@ class Attempts:
         return effects
 
     def _on_acknowledged(self, event: StatusAcknowledged, now: float) -> list[Effect]:
-        if not self._obeys(event.epoch):
+        # A balancer of an old epoch may pass on acknowledgements the masters
+        # refused it: dropped, the report is resent to the new one.
+        if not self._obeys(event.epoch, event.balancer, now):
             return []
         for key in event.attempts:
             attempt = self._attempts.get(key)
@@ -288,17 +340,22 @@ class Attempts:
         return []
 
     def _on_hello_answered(self, event: HelloAnswered, now: float) -> list[Effect]:
-        if not self._obeys(event.epoch):
-            return []
-        self.registered = True
-        self._full_cache_next = True
-        self._next_heartbeat = now
-        for attempt in self._attempts.values():
-            attempt.resend_at = now     # to the (maybe new) balancer at once
+        # Every balancer is told our slots and cache, whatever its epoch: a
+        # standby needs them the moment it takes over. Only a higher epoch
+        # than seen moves who is followed (a standby answers with a lower one).
+        link = self._links[event.balancer]
+        link.registered = True
+        link.full_cache_next = True
+        link.next_heartbeat = now
+        if event.epoch > self.epoch:
+            self._follow(event.epoch, event.balancer, now)
+        elif event.balancer == self.followed:
+            for attempt in self._attempts.values():
+                attempt.resend_at = now     # to the (maybe restarted) balancer at once
         return self._on_tick(Tick(), now)
 
     def _on_hello_required(self, event: HelloRequired, now: float) -> list[Effect]:
-        self.registered = False
+        self._links[event.balancer].registered = False
         return []
 
     # ---- timers ------------------------------------------------------------
@@ -313,26 +370,29 @@ class Attempts:
             if (attempt.started_report_at is not None and attempt.phase in _SIGNALLABLE
                     and now >= attempt.started_report_at):
                 attempt.started_report_at = None
-                effects.append(Report(attempt.key, ChunkState.STARTED, self.epoch, ChunkResult()))
+                effects.append(Report(attempt.key, ChunkState.STARTED, self.epoch, ChunkResult(),
+                                      self.followed))
+        for balancer, link in enumerate(self._links):
+            if not link.registered:
+                if link.last_hello is None or now >= link.last_hello + HELLO_RETRY_S:
+                    link.last_hello = now
+                    effects.append(SayHello(balancer))
+            elif now >= link.next_heartbeat:
+                link.next_heartbeat = now + self.heartbeat_interval_s
+                effects.append(self._heartbeat(balancer, link))
         if not self.registered:
-            if self._last_hello is None or now >= self._last_hello + HELLO_RETRY_S:
-                self._last_hello = now
-                effects.append(SayHello())
             return effects
-        if now >= self._next_heartbeat:
-            self._next_heartbeat = now + self.heartbeat_interval_s
-            effects.append(self._heartbeat())
         for attempt in self._attempts.values():
             if attempt.final is not None and now >= attempt.resend_at:
                 attempt.resend_at = now + RESEND_STATUS_S
                 self._count("statuses_resent")
-                effects.append(Resend(attempt.final))
+                effects.append(Resend(attempt.final, self.followed))
         return effects
 
-    def _heartbeat(self) -> SendHeartbeat:
+    def _heartbeat(self, balancer: Balancer, link: _Link) -> SendHeartbeat:
         running = tuple(key for key, attempt in self._attempts.items() if attempt.phase is not Phase.REPORTED)
-        full_cache, self._full_cache_next = self._full_cache_next, False
-        return SendHeartbeat(self.epoch, max(0, self.slots - len(running)), running, full_cache)
+        full_cache, link.full_cache_next = link.full_cache_next, False
+        return SendHeartbeat(self.epoch, max(0, self.slots - len(running)), running, full_cache, balancer)
 
     # ---- answers to effects ------------------------------------------------
 
@@ -432,7 +492,7 @@ class Attempts:
     def _finish(self, attempt: _Attempt, state: ChunkState, result: ChunkResult, now: float,
                 event: Any) -> list[Effect]:
         self._move(attempt, Phase.REPORTED, event)
-        attempt.final = Report(attempt.key, state, self.epoch, result)
+        attempt.final = Report(attempt.key, state, self.epoch, result, self.followed)
         attempt.resend_at = now + RESEND_STATUS_S
         self._count(f"attempts_{state.name.lower()}")
         return [attempt.final]

@@ -29,7 +29,7 @@ def status_message(node_id: bytes, start_time_ms: int, report: core.Report) -> w
                                        epoch=report.epoch)
 
 
-def _assigned(message: wire.WorkerRequest) -> core.Assigned:
+def _assigned(message: wire.WorkerRequest, balancer: core.Balancer) -> core.Assigned:
     job = core.JobSpec(message.job_uuid, (message.program[0], message.program[1]), tuple(message.args),
                        {name: (ref[0], ref[1]) for name, ref in message.inputs.items()},
                        message.chunk_count, message.timeout_s,
@@ -37,27 +37,27 @@ def _assigned(message: wire.WorkerRequest) -> core.Assigned:
     return core.Assigned(message.epoch, job, tuple(
         core.ChunkAssignment(item["chunk"], item["attempt"],
                              {name: (ref[0], ref[1]) for name, ref in item["inputs"].items()})
-        for item in message.assignments))
+        for item in message.assignments), balancer)
 
 
-# What the balancer's messages are to the core.
-_EVENTS_OF_MESSAGES: dict[type, Callable[[Any], Any]] = {
-    wire.HelloReply: lambda m: core.HelloAnswered(m.epoch),
+# What the balancer's messages are to the core; b is the sending balancer.
+_EVENTS_OF_MESSAGES: dict[type, Callable[[Any, int], Any]] = {
+    wire.HelloReply: lambda m, b: core.HelloAnswered(m.epoch, b),
     wire.WorkerRequest: _assigned,
-    wire.ChunkCancel: lambda m: core.CancelReceived(m.epoch, m.job_uuid, tuple(
-        (chunk, attempt) for chunk, attempt in m.attempts)),
-    wire.StatusAck: lambda m: core.StatusAcknowledged(m.epoch, tuple(
-        AttemptKey(job, chunk, attempt) for job, chunk, attempt, _ in m.attempts)),
+    wire.ChunkCancel: lambda m, b: core.CancelReceived(m.epoch, m.job_uuid, tuple(
+        (chunk, attempt) for chunk, attempt in m.attempts), b),
+    wire.StatusAck: lambda m, b: core.StatusAcknowledged(m.epoch, tuple(
+        AttemptKey(job, chunk, attempt) for job, chunk, attempt, _ in m.attempts), b),
     # "hello first": the balancer restarted or forgot us.
-    wire.Error: lambda m: core.HelloRequired() if m.error_code == ErrorCode.UNEXPECTED else None,
+    wire.Error: lambda m, b: core.HelloRequired(b) if m.error_code == ErrorCode.UNEXPECTED else None,
 }
 BALANCER_MESSAGES = tuple(_EVENTS_OF_MESSAGES)
 
 
-def event_of(message: wire.Message) -> Any | None:
-    """The core event that a message from the balancer (one of
+def event_of(message: wire.Message, balancer: core.Balancer = 0) -> Any | None:
+    """The core event that a message from balancer number `balancer` (one of
     BALANCER_MESSAGES) is, or None for an error other than "hello first"."""
-    return _EVENTS_OF_MESSAGES[type(message)](message)
+    return _EVENTS_OF_MESSAGES[type(message)](message, balancer)
 
 
 def hello_message(node_id: bytes, request_id: int, slots: int, cache_bytes: int, start_time_ms: int,

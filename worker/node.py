@@ -1,5 +1,5 @@
-"""The worker's shell: a DEALER to the load balancer, pidfds and a wake-up
-pipe in one poll loop, which turns messages, process ends and helper
+"""The worker's shell: a DEALER to each load balancer of the cluster, pidfds
+and a wake-up pipe in one poll loop, which turns messages, process ends and helper
 threads' answers into events for the attempts core (worker/attempts.py) and
 carries out the effects it returns. Every decision is the core's; the
 effects that touch this machine (programs, the FUSE mount, processes,
@@ -7,7 +7,9 @@ uploads) are worker/host.py's.
 
 Rules: the loop never blocks on the network or a program. An effect with an
 answer at hand is answered at once, before the next event; helper threads
-hand their answers back through a queue and the wake-up pipe.
+hand their answers back through a queue and the wake-up pipe. Balancers are
+known to the core by their place in the list of addresses; which one a
+report goes to is the core's choice (the one of the highest epoch).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import socket as socket_module
 import time
 from collections import deque
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import zmq
 
@@ -43,7 +45,8 @@ LOG_CHECK_S = 0.1
 
 
 class WorkerNode:
-    def __init__(self, node_id: bytes, data: pathlib.Path, loadbalancer_address: str, storage_address: str,
+    def __init__(self, node_id: bytes, data: pathlib.Path, loadbalancer_addresses: Sequence[str] | str,
+                 storage_address: str,
                  transport: Transport, slots: int, cache_bytes: int, heartbeat_interval_s: float,
                  wake_read: int, wake_write: int, sandbox: SandboxSettings = SandboxSettings(enabled=False),
                  capacity: Capacity | None = None) -> None:
@@ -54,7 +57,9 @@ class WorkerNode:
         self.hostname = socket_module.gethostname()
         self.start_time_ms = int(time.time() * 1000)     # of this process, in its hello and reports
         self.wake_read, self.wake_write = wake_read, wake_write
-        self.core = core.Attempts(slots, heartbeat_interval_s)
+        if isinstance(loadbalancer_addresses, str):
+            loadbalancer_addresses = [loadbalancer_addresses]
+        self.core = core.Attempts(slots, heartbeat_interval_s, balancers=len(loadbalancer_addresses))
         self.answers: queue.SimpleQueue[Any] = queue.SimpleQueue()     # core events from helper threads
         self.counters: dict[str, int] = {}
         self.next_request_id = 1
@@ -65,13 +70,20 @@ class WorkerNode:
             self.capacity = replace(self.capacity, disk_bytes=min(
                 self.capacity.disk_bytes or self.host.sandbox.slot_disk_bytes * slots,
                 self.host.sandbox.slot_disk_bytes * slots))
-        self.socket = transport.client_socket(zmq.DEALER, loadbalancer_address)
-        self.handlers: dict[type, Callable[[Any, Any, float], None]] = {
-            message_type: self.on_message for message_type in BALANCER_MESSAGES}
+        self.sockets = [transport.client_socket(zmq.DEALER, address) for address in loadbalancer_addresses]
+        # The cache's changes not yet told to each balancer (file id -> size
+        # added, ids removed): each is told in its own heartbeats.
+        self.cache_news: list[tuple[dict[bytes, int], set[bytes]]] = [({}, set()) for _ in self.sockets]
+        # One table per balancer, so that each message is known by its sender.
+        self.handlers: list[dict[type, Callable[[Any, Any, float], None]]] = [
+            {message_type: self._handler_for(balancer) for message_type in BALANCER_MESSAGES}
+            for balancer in range(len(self.sockets))]
         self.effects: dict[type, Callable[[Any], Any]] = {
             **self.host.handlers,
-            core.Report: lambda effect: self._send(status_message(self.node_id, self.start_time_ms, effect)),
-            core.Resend: lambda effect: self._send(status_message(self.node_id, self.start_time_ms, effect.report)),
+            core.Report: lambda effect: self._send(
+                effect.to, status_message(self.node_id, self.start_time_ms, effect)),
+            core.Resend: lambda effect: self._send(
+                effect.to, status_message(self.node_id, self.start_time_ms, effect.report)),
             core.SayHello: self.do_hello, core.SendHeartbeat: self.do_heartbeat,
         }
 
@@ -82,7 +94,8 @@ class WorkerNode:
 
     def run(self, stop: Callable[[], bool], on_serving: Callable[[], None]) -> None:
         poller = zmq.Poller()
-        poller.register(self.socket, zmq.POLLIN)
+        for balancer_socket in self.sockets:
+            poller.register(balancer_socket, zmq.POLLIN)
         poller.register(self.wake_read, zmq.POLLIN)
         on_serving()
         watched: dict[int, AttemptKey] = {}
@@ -106,9 +119,11 @@ class WorkerNode:
             for descriptor, key in pidfds.items():
                 if descriptor in ready:
                     guarded(log, self._count, self._on_exit, key, now)
-            if self.socket in ready:
-                for received in recv_messages(self.socket, self.transport, MESSAGES_PER_WAKEUP):
-                    handle_request(received, self.handlers, now, "a worker", self._refuse, self._count, log)
+            for balancer, balancer_socket in enumerate(self.sockets):
+                if balancer_socket in ready:
+                    for received in recv_messages(balancer_socket, self.transport, MESSAGES_PER_WAKEUP):
+                        handle_request(received, self.handlers[balancer], now, "a worker",
+                                       self._refuse, self._count, log)
             if now - self.last_log_check >= LOG_CHECK_S:
                 self.last_log_check = now
                 for key in self.core.in_phase(core.Phase.RUNNING):
@@ -147,8 +162,8 @@ class WorkerNode:
     def _count(self, name: str, amount: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + amount
 
-    def _send(self, message: wire.Message) -> None:
-        send_message(self.socket, wire.encode(message), counters=self.transport)
+    def _send(self, balancer: int, message: wire.Message) -> None:
+        send_message(self.sockets[balancer], wire.encode(message), counters=self.transport)
 
     def _refuse(self, peer: Any, request_id: int, failed_type: int, code: int, reason: str) -> None:
         # Not answered: the balancer would take an error for a request of ours.
@@ -156,8 +171,11 @@ class WorkerNode:
 
     # -- the load balancer ----------------------------------------------------
 
-    def on_message(self, message: wire.Message, peer: Any, now: float) -> None:
-        event = event_of(message)
+    def _handler_for(self, balancer: int) -> Callable[[Any, Any, float], None]:
+        return lambda message, peer, now: self.on_message(message, balancer, now)
+
+    def on_message(self, message: wire.Message, balancer: int, now: float) -> None:
+        event = event_of(message, balancer)
         if event is not None:
             self._apply(event, now)
         else:
@@ -165,15 +183,27 @@ class WorkerNode:
 
     def do_hello(self, effect: core.SayHello) -> None:
         self.next_request_id += 1
-        self._send(hello_message(self.node_id, self.next_request_id, self.slots, self.cache_bytes,
+        self._send(effect.to, hello_message(self.node_id, self.next_request_id, self.slots, self.cache_bytes,
                                  self.start_time_ms, self.hostname, self.capacity,
                                  getattr(self.host, "sandbox_label", "none")))
 
     def do_heartbeat(self, effect: core.SendHeartbeat) -> None:
         added, removed = self.host.cache.drain_changes()
+        for news_added, news_removed in self.cache_news:
+            for file_id, size in added:
+                news_added[file_id] = size
+                news_removed.discard(file_id)
+            for file_id in removed:
+                news_added.pop(file_id, None)
+                news_removed.add(file_id)
+        news_added, news_removed = self.cache_news[effect.to]
         if effect.full_cache:
             added, removed = self.host.cache.complete_files(), []
-        self._send(heartbeat_message(self.node_id, effect, added, removed))
+        else:
+            added, removed = list(news_added.items()), sorted(news_removed)
+        news_added.clear()
+        news_removed.clear()
+        self._send(effect.to, heartbeat_message(self.node_id, effect, added, removed))
 
     def close(self) -> None:
         self.host.close(core.KILL_GRACE_S)
