@@ -110,7 +110,7 @@ def test_a_higher_epoch_keeps_attempts_running_and_takes_their_reports():
     assert report.to == FIRST
     # The second balancer takes over: the unacknowledged report goes to it at once.
     effects = core.handle(HelloAnswered(2, SECOND), 3.0)
-    assert Resend(report, SECOND) in effects
+    assert Resend(Report(done, ChunkState.SUCCEEDED, 2, report.result, SECOND), SECOND) in effects
     assert core.phase(still) is Phase.RUNNING
     assert not any(isinstance(effect, Signal) for effect in effects)
     # Heartbeats carry the new epoch to both, and list the attempt still running.
@@ -180,6 +180,8 @@ class EpochsMachine(RuleBasedStateMachine):
         for effect in effects:
             if isinstance(effect, (Report, Resend)):
                 assert effect.to == self.follow, f"{type(effect).__name__} to {effect.to}, not {self.follow}"
+            if isinstance(effect, Resend):
+                assert (effect.report.epoch, effect.report.to) == (self.highest, self.follow)
         return effects
 
     def _run(self, effects: list) -> None:

@@ -290,6 +290,10 @@ class Attempts:
         self.followed = balancer
         for attempt in self._attempts.values():
             attempt.resend_at = now
+            if attempt.final is not None:
+                # Sent again under the epoch it goes to: the new active takes
+                # no report of an epoch it has fenced off.
+                attempt.final = replace(attempt.final, epoch=self.epoch, to=balancer)
 
     def _on_assigned(self, event: Assigned, now: float) -> list[Effect]:
         if not self._obeys(event.epoch, event.balancer, now):
