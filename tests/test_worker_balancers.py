@@ -131,9 +131,12 @@ def test_the_worker_obeys_the_highest_epoch_and_reports_to_its_balancer(bench, w
     second.answer_hello(epoch=0)                # a standby
     gate = tmp_path / "gate"
     first.assign(1, program, chunk=0, gate=gate)
-    # Both balancers learn what runs, the standby too.
-    first.heartbeat_running(0)
-    second.heartbeat_running(0)
+    # Both balancers learn what runs and what the cache gained, the standby too.
+    for balancer in (first, second):
+        balancer.heartbeat_running(0)
+        balancer.wait_for("the program in a heartbeat's cache news",
+                          lambda m: isinstance(m, wire.Heartbeat)
+                          and any(entry[0] == program[0] for entry in m.cache_added))
 
     second.assign(2, program, chunk=1, gate=gate)   # the standby took over
     second.heartbeat_running(1)

@@ -5,15 +5,14 @@ because the epoch rose. Exact effects for small scenarios, then a
 hypothesis state machine of two balancers whose epochs interleave."""
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-import pytest
-
-from uds.wire import FINAL_CHUNK_STATES, ChunkState
+from uds.wire import ChunkState
 from uds.worker.attempts import (
-    Assigned, AttemptKey, Attempts, CancelReceived, ChunkAssignment, ChunkResult, FetchProgram,
+    Assigned, AttemptKey, Attempts, CancelReceived, ChunkAssignment, FetchProgram,
     HelloAnswered, HelloRequired, JobSpec, Mount, Mounted, Phase, ProcessExited, ProcessStarted, ProgramFetched,
     Report, Resend, SayHello, SendHeartbeat, Signal, SignalName, Start, StatusAcknowledged, Tick,
     UnknownEventError,

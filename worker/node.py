@@ -184,12 +184,14 @@ class WorkerNode:
     def do_hello(self, effect: core.SayHello) -> None:
         self.next_request_id += 1
         self._send(effect.to, hello_message(self.node_id, self.next_request_id, self.slots, self.cache_bytes,
-                                 self.start_time_ms, self.hostname, self.capacity,
-                                 getattr(self.host, "sandbox_label", "none")))
+                                            self.start_time_ms, self.hostname, self.capacity,
+                                            getattr(self.host, "sandbox_label", "none")))
 
     def do_heartbeat(self, effect: core.SendHeartbeat) -> None:
         added, removed = self.host.cache.drain_changes()
-        for news_added, news_removed in self.cache_news:
+        for balancer, (news_added, news_removed) in enumerate(self.cache_news):
+            if not self.core.registered_with(balancer):
+                continue                # told the whole cache once it answers a hello
             for file_id, size in added:
                 news_added[file_id] = size
                 news_removed.discard(file_id)
