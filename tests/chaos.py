@@ -83,6 +83,7 @@ class JobStream:
     cluster_path: pathlib.Path
     clients: int = 3
     chunks: int = 2
+    program: bytes = PROOF_PROGRAM
     history: History = field(default_factory=History)
     progress_times: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -141,7 +142,7 @@ class JobStream:
             while not self._stop.is_set():
                 inputs = [rng.randbytes(rng.randint(1, 4096)) for _ in range(self.chunks)]
                 try:
-                    job = connection.submit_job(PROOF_PROGRAM, chunks=self.chunks, max_retries=5,
+                    job = connection.submit_job(self.program, chunks=self.chunks, max_retries=5,
                                                 chunk_inputs=[{"data": data} for data in inputs], timeout=60)
                 except uds_client.RequestTimeout:
                     continue                    # not acknowledged: nothing to check

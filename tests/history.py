@@ -12,7 +12,8 @@ masters' event log and returns the violations:
 - wrong-output: a committed output that is not its chunk's proof line;
 - double-commit: more than one chunk_succeeded event for one chunk;
 - backwards: a client saw a job leave a final state, a job's count of
-  succeeded or failed chunks fall, or a succeeded chunk change state.
+  succeeded or failed chunks fall, or a succeeded chunk change state;
+- event-gap: the event log's sequence numbers skip or go back.
 """
 from __future__ import annotations
 
@@ -88,7 +89,8 @@ class History:
 def check(history: History, events: Iterable[dict]) -> list[Violation]:
     """Every violation of the history against the event log (EVENT records)."""
     events = list(events)
-    return [*_lost(history), *_wrong_outputs(history), *_double_commits(events), *_backwards(history)]
+    return [*_lost(history), *_wrong_outputs(history), *_double_commits(events), *_backwards(history),
+            *_event_gaps(events)]
 
 
 def _last_seen(history: History) -> dict[str, Observation]:
@@ -141,3 +143,10 @@ def _backwards(history: History) -> Iterable[Violation]:
         for chunk, state in before.chunks:
             if state == "succeeded" and chunk in now and now[chunk] != "succeeded":
                 yield Violation("backwards", seen.job, f"{seen.client}: chunk {chunk} succeeded -> {now[chunk]}")
+
+
+def _event_gaps(events: list[dict]) -> Iterable[Violation]:
+    """The log may start past 1 (the masters keep a bounded tail), but then runs without a hole."""
+    for before, after in zip(events, events[1:]):
+        if after["seq"] != before["seq"] + 1:
+            yield Violation("event-gap", "", f"event {before['seq']} followed by {after['seq']}")

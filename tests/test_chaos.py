@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from chaos import NEMESES, JobStream, all_events, apply
-from history import check
+from history import PROOF_PROGRAM, check
 from hosts import IP, HostCluster, Network, sweep_leftovers
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft") and not os.path.exists("/usr/sbin/nft"),
@@ -55,6 +55,20 @@ def test_nemesis_keeps_every_acknowledged_job_and_commits_each_chunk_once(hosts,
     assert check(stream.history, all_events(hosts.layout.path)) == []
     hosts.cleanup()
     assert _pids_on_hosts(hosts) == []
+
+
+def test_the_checker_catches_a_planted_wrong_output_from_a_real_cluster(hosts):
+    """A program that writes the wrong chunk's proof: the checker, not the test, says so."""
+    from daemons import wait_until
+    planted = PROOF_PROGRAM.replace(b'"$UDS_CHUNK"', b'"$((UDS_CHUNK + 1))"')
+    assert planted != PROOF_PROGRAM
+    stream = JobStream(hosts.layout.path, clients=1, program=planted).start()
+    try:
+        wait_until(lambda: stream.succeeded_chunks() >= 2, "a job done", timeout=60)
+    finally:
+        stream.stop()
+    kinds = {violation.kind for violation in check(stream.history, all_events(hosts.layout.path))}
+    assert kinds == {"wrong-output"}
 
 
 def test_a_partition_cuts_the_client_off_and_heals(hosts):

@@ -83,6 +83,14 @@ def test_a_chunk_committed_twice_is_found():
     assert "chunk 1 committed 2 times" in violations[0].detail
 
 
+@pytest.mark.parametrize("seqs", [(1, 3, 4), (1, 2, 2), (1, 3, 2)])
+def test_an_event_log_with_a_hole_or_going_back_is_found(seqs):
+    history, events = _clean()
+    for event, seq in zip(events, seqs):
+        event["seq"] = seq
+    assert _kinds(history, events) == ["event-gap"]
+
+
 @pytest.mark.parametrize("later", [Status("running", 2, chunks=[(0, "succeeded"), (1, "succeeded")]),
                                    Status("succeeded", 1, chunks=[(0, "succeeded"), (1, "succeeded")]),
                                    Status("succeeded", 2, chunks=[(0, "succeeded"), (1, "queued")])])
