@@ -187,10 +187,8 @@ def sweep_leftovers() -> list[str]:
             pid = int(owner.read_text())
         except (OSError, ValueError):
             pid = 0
-        if pid and pid != os.getpid() and _alive(pid):
-            continue
-        if pid == os.getpid():
-            continue
+        if pid and _alive(pid):
+            continue                    # a live run's, this one's among them
         _remove_tag(tag)
         removed.append(tag)
     return removed

@@ -9,7 +9,7 @@ import pytest
 
 from chaos import NEMESES, JobStream, all_events, apply
 from history import PROOF_PROGRAM, check
-from hosts import IP, HostCluster, Network, sweep_leftovers
+from hosts import IP, OWNERS_DIR, HostCluster, Network, sweep_leftovers
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft") and not os.path.exists("/usr/sbin/nft"),
                                 reason="the host harness needs root and nft (scripts/install-system-deps.sh)")
@@ -97,3 +97,21 @@ def test_teardown_leaves_no_namespace_bridge_or_owner(tmp_path):
     links = subprocess.run([IP, "link"], capture_output=True, text=True).stdout
     assert not any(namespace in listed for namespace in namespaces)
     assert network.bridge not in links
+
+
+def test_the_sweep_removes_a_dead_runs_hosts_and_keeps_a_live_ones():
+    dead, live = Network.create(), Network.create()
+    try:
+        for network in (dead, live):
+            network.add_host("master")
+        gone = subprocess.Popen(["true"])            # a pid that no longer runs
+        gone.wait()
+        (OWNERS_DIR / dead.tag).write_text(str(gone.pid))
+        assert dead.tag in sweep_leftovers()
+        listed = subprocess.run([IP, "netns", "list"], capture_output=True, text=True).stdout
+        links = subprocess.run([IP, "link"], capture_output=True, text=True).stdout
+        assert dead.hosts["master"].namespace not in listed and dead.bridge not in links
+        assert live.hosts["master"].namespace in listed and live.bridge in links
+    finally:
+        dead.teardown()
+        live.teardown()
