@@ -62,9 +62,18 @@ def partition_balancer_from_masters(cluster: HostCluster, rng: random.Random) ->
 
 
 def kill_worker(cluster: HostCluster, rng: random.Random) -> Fault:
-    name = rng.choice(cluster.worker_names)
+    """Kill -9 a worker that the masters see running a chunk."""
+    name = wait_until(lambda: _busy_worker(cluster, rng), "a worker running a chunk", timeout=30)
     cluster.kill9(name)
     return Fault(f"kill -9 {name}", lambda: cluster.restart(name), False)
+
+
+def _busy_worker(cluster: HostCluster, rng: random.Random) -> str | None:
+    from uds import client as uds_client
+    with uds_client.connect(cluster.layout.path, timeout=CLIENT_TIMEOUT_S) as connection:
+        busy = {node["node"].hex() for node in connection.nodes() if node["running"]}
+    names = [name for name in cluster.worker_names if cluster.node_id(name) in busy]
+    return rng.choice(names) if names else None
 
 
 NEMESES: dict[str, Callable[[HostCluster, random.Random], Fault]] = {

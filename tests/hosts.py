@@ -242,6 +242,13 @@ class HostCluster:
         for daemon in self.daemons.values():
             daemon.wait_ready()
 
+    def node_id(self, name: str) -> str | None:
+        """The hex node id daemon `name` chose, once it has started."""
+        try:
+            return (self.daemons[name].data / "node_id").read_text().strip()
+        except (KeyError, OSError):
+            return None
+
     def kill9(self, name: str) -> None:
         self.daemons[name].kill9()
 
