@@ -220,15 +220,21 @@ def run(minutes: float, root: pathlib.Path, seed: int = 0) -> dict:
         stream = JobStream(cluster.layout.path).start()
         deadline = time.monotonic() + minutes * 60
         names = list(NEMESES)
-        while time.monotonic() < deadline:
-            fault = apply(NEMESES[names[faults % len(names)]], cluster, stream, rng)
+        stuck: list[str] = []
+        while time.monotonic() < deadline and not stuck:
+            try:
+                fault = apply(NEMESES[names[faults % len(names)]], cluster, stream, rng)
+            except TimeoutError as fault:       # the cluster did not recover: report it, stop
+                stuck.append(f"unavailable: {fault}")
+                faults += 1
+                break
             faults += 1
             failovers += fault.on_balancer
         stream.stop()
         violations = check(stream.history, all_events(cluster.layout.path))
         return {"operations": stream.operations, "faults": faults, "failovers": failovers,
                 "longest_unavailability_s": round(stream.longest_unavailability(), 3),
-                "violations": [f"{v.kind} {v.job}: {v.detail}" for v in violations]}
+                "violations": stuck + [f"{v.kind} {v.job}: {v.detail}" for v in violations]}
     finally:
         cluster.cleanup()
         network.teardown()
