@@ -1,12 +1,15 @@
 # make test : install what is missing, then run the whole test suite
+# make chaos: run the nemeses against a cluster on separate hosts for
+#             CHAOS_MINUTES (10) minutes; one JSON line of results
 # make demo : install what is missing, then run an example job on a dev cluster
 PYTHON ?= python3
 VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.uds-installed
 PYTEST_ARGS ?=
+CHAOS_MINUTES ?= 10
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test chaos demo bench clean
 
 setup: $(STAMP)
 
@@ -19,6 +22,9 @@ $(STAMP): setup.cfg setup.py pyproject.toml csrc/wire.h csrc/build_wire.py scrip
 
 test: setup
 	$(VENV_PYTHON) -m pytest $(PYTEST_ARGS)
+
+chaos: setup
+	$(VENV_PYTHON) tests/chaos.py --minutes $(CHAOS_MINUTES)
 
 demo: setup
 	$(VENV_PYTHON) scripts/demo.py

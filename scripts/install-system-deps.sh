@@ -3,7 +3,8 @@
 # a C compiler and the Python headers (for the cffi wire module and llfuse),
 # libfuse 2 headers with pkg-config (llfuse), fusermount (fuse3), and venv;
 # for the worker's sandbox: bubblewrap, setpriv and mount (util-linux) and
-# mkfs.ext4 (e2fsprogs).
+# mkfs.ext4 (e2fsprogs); for the tests' network hosts: ip (iproute2),
+# nft (nftables) and nsenter (util-linux).
 # Usage: scripts/install-system-deps.sh PYTHON
 set -euo pipefail
 python=${1:-python3}
@@ -21,6 +22,9 @@ PY
 command -v bwrap >/dev/null || missing+=(bubblewrap)
 command -v setpriv >/dev/null || missing+=(util-linux)
 PATH="$PATH:/sbin:/usr/sbin" command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
+PATH="$PATH:/sbin:/usr/sbin" command -v ip >/dev/null || missing+=(iproute2)
+PATH="$PATH:/sbin:/usr/sbin" command -v nft >/dev/null || missing+=(nftables)
+command -v nsenter >/dev/null || missing+=(util-linux)
 
 if ((${#missing[@]} == 0)); then
     exit 0

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from uds.wire import cluster as cluster_file
 from uds.daemon.runtime import ready_pid
@@ -149,8 +150,11 @@ class ClusterLayout:
                    "storage": loaded.storage}[role]
         return entries[0].data
 
-    def start(self, role: str, *extra: str, name: str | None = None, wait: bool = True) -> Daemon:
-        args = [sys.executable, "-m", f"uds.{role}", "--cluster", str(self.path)]
+    def start(self, role: str, *extra: str, name: str | None = None, wait: bool = True,
+              launcher: Sequence[str] = ()) -> Daemon:
+        """Start `role`; `launcher` goes before the command (tests/hosts.py
+        puts `ip netns exec NS` there, which execs in place, so the pid is the daemon's)."""
+        args = [*launcher, sys.executable, "-m", f"uds.{role}", "--cluster", str(self.path)]
         if role == "worker":
             args += ["--name", name or "w0"]
         args += list(extra)

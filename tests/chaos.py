@@ -1,0 +1,255 @@
+"""Nemeses, a job stream and the chaos loop behind `make chaos`.
+
+    python tests/chaos.py --minutes 10
+
+starts a cluster on separate hosts (tests/hosts.py), runs a job stream
+from several client threads, applies the nemeses of NEMESES one after
+another until the time is up, then checks the history (tests/history.py)
+and prints one JSON line: operations, faults injected, failovers, the
+longest unavailability and the violations. tests/test_chaos.py runs each
+nemesis once in `make test`.
+
+A nemesis is a function (cluster, rng) -> Fault: it injects its fault and
+returns how to recover. The load-balancer pair's nemeses join NEMESES as
+a few more such functions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import random
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from daemons import wait_until  # noqa: E402
+from history import PROOF_OUTPUT, PROOF_PROGRAM, History, Violation, check  # noqa: E402
+from hosts import HostCluster, Network  # noqa: E402
+
+# A fault lasts this long before its recovery: past the workers' 2 s lease.
+HOLD_S = 3.0
+JOB_WAIT_S = 90.0
+CLIENT_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Fault:
+    name: str
+    recover: Callable[[], None]
+    on_balancer: bool               # whether recovering it is a balancer failover
+
+
+def kill_balancer(cluster: HostCluster, rng: random.Random) -> Fault:
+    cluster.kill9("loadbalancer")
+    return Fault("kill -9 balancer", lambda: cluster.start("loadbalancer"), True)
+
+
+def freeze_balancer(cluster: HostCluster, rng: random.Random) -> Fault:
+    cluster.freeze("loadbalancer")
+    return Fault("freeze balancer", lambda: cluster.thaw("loadbalancer"), True)
+
+
+def partition_balancer_from_masters(cluster: HostCluster, rng: random.Random) -> Fault:
+    cluster.network.partition(["loadbalancer"], ["master"])
+    return Fault("partition balancer | masters", cluster.network.heal, True)
+
+
+def kill_worker(cluster: HostCluster, rng: random.Random) -> Fault:
+    """Kill -9 a worker that the masters see running a chunk."""
+    name = wait_until(lambda: _busy_worker(cluster, rng), "a worker running a chunk", timeout=30)
+    cluster.kill9(name)
+    return Fault(f"kill -9 {name}", lambda: cluster.restart(name), False)
+
+
+def _busy_worker(cluster: HostCluster, rng: random.Random) -> str | None:
+    from uds import client as uds_client
+    with uds_client.connect(cluster.layout.path, timeout=CLIENT_TIMEOUT_S) as connection:
+        busy = {node["node"].hex() for node in connection.nodes() if node["running"]}
+    names = [name for name in cluster.worker_names if cluster.node_id(name) in busy]
+    return rng.choice(names) if names else None
+
+
+NEMESES: dict[str, Callable[[HostCluster, random.Random], Fault]] = {
+    "kill_balancer": kill_balancer,
+    "freeze_balancer": freeze_balancer,
+    "partition_balancer_from_masters": partition_balancer_from_masters,
+    "kill_worker": kill_worker,
+}
+
+
+@dataclass
+class JobStream:
+    """Client threads, each with a connection of its own, submitting small
+    proof jobs one after another and following each to its end."""
+
+    cluster_path: pathlib.Path
+    clients: int = 3
+    chunks: int = 2
+    program: bytes = PROOF_PROGRAM
+    history: History = field(default_factory=History)
+    progress_times: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _in_flight: int = 0
+
+    def start(self) -> "JobStream":
+        for index in range(self.clients):
+            thread = threading.Thread(target=self._run, args=(f"c{index}",), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    @property
+    def operations(self) -> int:
+        return len(self.history.submissions)
+
+    def succeeded_chunks(self) -> int:
+        with self._lock:
+            return len(self.progress_times)
+
+    def flowing(self) -> bool:
+        """Some chunk has succeeded and some job is in flight: a fault now lands mid-job."""
+        with self._lock:
+            return bool(self.progress_times) and self._in_flight > 0
+
+    def check_alive(self) -> None:
+        if self.errors and any(error.startswith("died") for error in self.errors):
+            raise RuntimeError(f"a client thread died: {self.errors}")
+
+    def stop(self, timeout: float = JOB_WAIT_S + 30) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        if any(thread.is_alive() for thread in self._threads):
+            raise TimeoutError("a client thread did not finish its job")
+
+    def longest_unavailability(self) -> float:
+        with self._lock:
+            times = sorted(self.progress_times)
+        return max((later - earlier for earlier, later in zip(times, times[1:])), default=0.0)
+
+    def _run(self, client: str) -> None:
+        try:
+            self._submit_and_follow(client)
+        except BaseException as fault:
+            self.errors.append(f"died {client}: {fault!r}")
+            raise
+
+    def _submit_and_follow(self, client: str) -> None:
+        from uds import client as uds_client
+        rng = random.Random(client)
+        with uds_client.connect(self.cluster_path, timeout=CLIENT_TIMEOUT_S) as connection:
+            while not self._stop.is_set():
+                inputs = [rng.randbytes(rng.randint(1, 4096)) for _ in range(self.chunks)]
+                try:
+                    job = connection.submit_job(self.program, chunks=self.chunks, max_retries=5,
+                                                chunk_inputs=[{"data": data} for data in inputs], timeout=60)
+                except uds_client.RequestTimeout:
+                    continue                    # not acknowledged: nothing to check
+                self.history.acknowledged(client, job.id, inputs)
+                with self._lock:
+                    self._in_flight += 1
+                try:
+                    self._follow(client, connection, job.id)
+                finally:
+                    with self._lock:
+                        self._in_flight -= 1
+
+    def _follow(self, client: str, connection, job: str) -> None:
+        deadline, succeeded = time.monotonic() + JOB_WAIT_S, 0
+        while time.monotonic() < deadline:
+            try:
+                status = connection.job_status(job, wait=1.0)
+            except Exception as fault:          # a request lost to a fault: ask again
+                self.errors.append(f"{client} {job}: {fault!r}")
+                continue
+            self.history.observed(client, status)
+            if status.succeeded > succeeded:
+                with self._lock:
+                    self.progress_times += [time.monotonic()] * (status.succeeded - succeeded)
+                succeeded = status.succeeded
+            if status.done:
+                for chunk in status.chunks:
+                    if PROOF_OUTPUT in chunk.outputs:
+                        content = connection.get(chunk.outputs[PROOF_OUTPUT])
+                        self.history.committed_output(job, chunk.chunk, content)
+                return
+
+
+def all_events(cluster_path: pathlib.Path) -> list[dict]:
+    from uds import client as uds_client
+    events, after = [], 0
+    with uds_client.connect(cluster_path, timeout=CLIENT_TIMEOUT_S) as connection:
+        while True:
+            page, last = connection.events(after=after, limit=1000)
+            events += page
+            if not page or last <= after:
+                return events
+            after = page[-1]["seq"]
+
+
+def apply(nemesis: Callable, cluster: HostCluster, stream: JobStream, rng: random.Random) -> Fault:
+    """Inject mid-job, hold, recover, then await progress after the recovery."""
+    wait_until(lambda: stream.check_alive() or stream.flowing(), "jobs in flight", timeout=60)
+    fault = nemesis(cluster, rng)
+    time.sleep(HOLD_S)                          # the fault's duration, not a wait for a result
+    fault.recover()
+    before = stream.succeeded_chunks()
+    wait_until(lambda: stream.check_alive() or stream.succeeded_chunks() >= before + stream.chunks, "progress after " + fault.name,
+               timeout=60)
+    return fault
+
+
+def run(minutes: float, root: pathlib.Path, seed: int = 0) -> dict:
+    rng = random.Random(seed)
+    network = Network.create()
+    cluster = HostCluster.create(root, network, workers=2)
+    faults = failovers = 0
+    violations: list[Violation] = []
+    try:
+        cluster.start_all()
+        stream = JobStream(cluster.layout.path).start()
+        deadline = time.monotonic() + minutes * 60
+        names = list(NEMESES)
+        stuck: list[str] = []
+        while time.monotonic() < deadline and not stuck:
+            try:
+                fault = apply(NEMESES[names[faults % len(names)]], cluster, stream, rng)
+            except TimeoutError as fault:       # the cluster did not recover: report it, stop
+                stuck.append(f"unavailable: {fault}")
+                faults += 1
+                break
+            faults += 1
+            failovers += fault.on_balancer
+        stream.stop()
+        violations = check(stream.history, all_events(cluster.layout.path))
+        return {"operations": stream.operations, "faults": faults, "failovers": failovers,
+                "longest_unavailability_s": round(stream.longest_unavailability(), 3),
+                "violations": stuck + [f"{v.kind} {v.job}: {v.detail}" for v in violations]}
+    finally:
+        cluster.cleanup()
+        network.teardown()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="run the nemeses against a cluster on separate hosts")
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=0)
+    arguments = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="uds-chaos-") as folder:
+        report = run(arguments.minutes, pathlib.Path(folder) / "cluster", arguments.seed)
+    print(json.dumps(report))
+    return 1 if report["violations"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""Real daemons on separate network hosts, and real faults between them.
+
+    network = Network.create()                       # a bridge of its own, 10.77.N.0/24
+    cluster = HostCluster.create(tmp_path, network, workers=2)
+    cluster.start_all()                              # each daemon in a namespace of its own
+    network.partition(["loadbalancer"], ["master"])  # drop packets both ways
+    network.heal()
+    cluster.freeze("loadbalancer"); cluster.thaw("loadbalancer")
+    cluster.kill9("w0"); cluster.restart("w0")       # same data folder
+    cluster.cleanup(); network.teardown()
+
+Each host is a network namespace with one veth on the bridge and no route
+beyond the bridge's subnet. The test process is the host named "client":
+an address on the bridge in the root namespace, so a partition can cut it
+off too (its rules sit in the other host's namespace). Daemons run under
+`nsenter --net`, which switches the network namespace only: the mount
+namespace is shared, so the worker's FUSE and slot mounts are the root
+namespace's and tests/daemons.py's cleanup unmounts them.
+
+Every name starts with PREFIX and a tag of this run; a file under
+OWNERS_DIR names the process that owns the tag, so `sweep_leftovers()`
+removes only what a dead run left, never a live parallel run's hosts.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import random
+import signal
+import subprocess
+from dataclasses import dataclass, field
+
+from daemons import ClusterLayout, Daemon
+from uds.wire import cluster as cluster_file
+from uds.wire.keys import create_cluster_keys, export_every_role
+
+PREFIX = "uh"
+OWNERS_DIR = pathlib.Path("/run/uds-test-hosts")
+CLIENT = "client"
+IP = "/usr/sbin/ip"
+NFT = "/usr/sbin/nft"
+NFT_TABLE = "uds_chaos"
+MASTER_PORT, RAFT_PORT, LOADBALANCER_PORT, STORAGE_PORT = 7100, 7101, 7200, 7300
+
+
+class HostError(RuntimeError):
+    """A namespace, link or rule could not be made or removed."""
+
+
+def _run(*command: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    if check and done.returncode != 0:
+        raise HostError(f"{' '.join(command)}: {done.stderr.strip()}")
+    return done
+
+
+def _in(namespace: str, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+    return _run(IP, "netns", "exec", namespace, *command, check=check)
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    namespace: str | None           # None: the root namespace (the client)
+    address: str
+
+    @property
+    def launcher(self) -> list[str]:
+        """What goes before a daemon's command to run it on this host."""
+        return ["nsenter", f"--net=/run/netns/{self.namespace}", "--"] if self.namespace else []
+
+
+@dataclass
+class Network:
+    """A bridge, one namespace per host, and the drop rules of partitions."""
+
+    tag: str
+    subnet: int                     # the third octet of 10.77.subnet.0/24
+    hosts: dict[str, Host] = field(default_factory=dict)
+    cuts: set[frozenset[str]] = field(default_factory=set)
+
+    @property
+    def bridge(self) -> str:
+        return f"{PREFIX}{self.tag}br"
+
+    @classmethod
+    def create(cls) -> "Network":
+        sweep_leftovers()
+        used = _run(IP, "-o", "-4", "addr").stdout
+        free = [n for n in range(1, 255) if f"10.77.{n}." not in used]
+        if not free:
+            raise HostError("no free 10.77.N.0/24 subnet")
+        network = cls(tag=f"{random.getrandbits(24):06x}", subnet=random.choice(free))
+        OWNERS_DIR.mkdir(parents=True, exist_ok=True)
+        (OWNERS_DIR / network.tag).write_text(str(os.getpid()))
+        try:
+            _run(IP, "link", "add", network.bridge, "type", "bridge")
+            _run(IP, "addr", "add", f"10.77.{network.subnet}.1/24", "dev", network.bridge)
+            _run(IP, "link", "set", network.bridge, "up")
+        except HostError:
+            network.teardown()
+            raise
+        network.hosts[CLIENT] = Host(CLIENT, None, f"10.77.{network.subnet}.1")
+        return network
+
+    def add_host(self, name: str) -> Host:
+        index = len(self.hosts) + 1
+        namespace, outside = f"{PREFIX}{self.tag}-{name}", f"{PREFIX}{self.tag}v{index}"
+        address = f"10.77.{self.subnet}.{index}"
+        _run(IP, "netns", "add", namespace)
+        _run(IP, "link", "add", outside, "type", "veth", "peer", "name", "eth0", "netns", namespace)
+        _run(IP, "link", "set", outside, "master", self.bridge, "up")
+        _in(namespace, IP, "addr", "add", f"{address}/24", "dev", "eth0")
+        _in(namespace, IP, "link", "set", "eth0", "up")
+        _in(namespace, IP, "link", "set", "lo", "up")
+        _in(namespace, NFT, f"add table inet {NFT_TABLE}; "
+            f"add chain inet {NFT_TABLE} input {{ type filter hook input priority 0; }}; "
+            f"add chain inet {NFT_TABLE} output {{ type filter hook output priority 0; }}")
+        host = self.hosts[name] = Host(name, namespace, address)
+        return host
+
+    def partition(self, side: list[str], other: list[str]) -> None:
+        """Drop every packet between each host of `side` and each of `other`,
+        both ways, until heal()."""
+        for a in side:
+            for b in other:
+                if a == b or frozenset((a, b)) in self.cuts:
+                    continue
+                self.cuts.add(frozenset((a, b)))
+                for near, far in ((a, b), (b, a)):
+                    namespace = self.hosts[near].namespace
+                    if namespace is None:
+                        continue                # the far side's rules cover the client
+                    address = self.hosts[far].address
+                    _in(namespace, NFT, f"add rule inet {NFT_TABLE} input ip saddr {address} drop; "
+                        f"add rule inet {NFT_TABLE} output ip daddr {address} drop")
+
+    def heal(self) -> None:
+        for host in self.hosts.values():
+            if host.namespace:
+                _in(host.namespace, NFT, "flush", "table", "inet", NFT_TABLE, check=False)
+        self.cuts.clear()
+
+    def teardown(self) -> None:
+        _remove_tag(self.tag)
+
+
+def _namespaces() -> list[str]:
+    listed = _run(IP, "netns", "list", check=False).stdout.split("\n")
+    return [line.split()[0] for line in listed if line.startswith(PREFIX)]
+
+
+def _remove_tag(tag: str) -> None:
+    """Kill what runs in the tag's namespaces, delete them and the bridge."""
+    for namespace in _namespaces():
+        if namespace.startswith(f"{PREFIX}{tag}-"):
+            for pid in _run(IP, "netns", "pids", namespace, check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            _run(IP, "netns", "delete", namespace, check=False)
+    _run(IP, "link", "delete", f"{PREFIX}{tag}br", check=False)   # its veths go with the namespaces
+    (OWNERS_DIR / tag).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_leftovers() -> list[str]:
+    """Remove the hosts of every run whose owner is gone; the tags removed."""
+    tags = {name[len(PREFIX):len(PREFIX) + 6] for name in _namespaces()}
+    links = _run(IP, "-o", "link", "show", "type", "bridge", check=False).stdout
+    tags |= {word[len(PREFIX):-2] for word in links.replace(":", " ").split()
+             if word.startswith(PREFIX) and word.endswith("br") and len(word) == len(PREFIX) + 8}
+    removed = []
+    for tag in sorted(tags):
+        owner = OWNERS_DIR / tag
+        try:
+            pid = int(owner.read_text())
+        except (OSError, ValueError):
+            pid = 0
+        if pid and _alive(pid):
+            continue                    # a live run's, this one's among them
+        _remove_tag(tag)
+        removed.append(tag)
+    return removed
+
+
+@dataclass
+class HostCluster:
+    """A phase-1 cluster with each daemon on a host of its own."""
+
+    layout: ClusterLayout
+    network: Network
+    worker_names: list[str]
+    daemons: dict[str, Daemon] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, root: pathlib.Path, network: Network, workers: int = 2, slots: int = 2,
+               lease_s: float = 2.0, heartbeat_interval_s: float = 0.25) -> "HostCluster":
+        root.mkdir(parents=True, exist_ok=True)
+        create_cluster_keys(root / "cluster-keys")
+        export_every_role(root / "cluster-keys", root / "keys")
+        address = {name: network.add_host(name).address for name in ("master", "loadbalancer", "storage")}
+        names = [f"w{index}" for index in range(workers)]
+        for name in names:
+            network.add_host(name)
+        text = cluster_file.render(
+            keys="keys",
+            masters=[{"address": f"tcp://{address['master']}:{MASTER_PORT}",
+                      "raft": f"{address['master']}:{RAFT_PORT}", "data": "data/master-0"}],
+            loadbalancers=[{"address": f"tcp://{address['loadbalancer']}:{LOADBALANCER_PORT}",
+                            "data": "data/loadbalancer-0"}],
+            storage=[{"address": f"tcp://{address['storage']}:{STORAGE_PORT}", "data": "data/storage-0"}],
+            workers={"data": "data/workers", "slots": slots, "cache_bytes": 1 << 30,
+                     "heartbeat_interval_s": heartbeat_interval_s, "lease_s": lease_s})
+        path = root / "cluster.toml"
+        path.write_text(text)
+        return cls(layout=ClusterLayout(root=root, path=path), network=network, worker_names=names)
+
+    def role_of(self, name: str) -> str:
+        return "worker" if name in self.worker_names else name
+
+    def start(self, name: str, wait: bool = True) -> Daemon:
+        role = self.role_of(name)
+        daemon = self.layout.start(role, name=name if role == "worker" else None, wait=wait,
+                                   launcher=self.network.hosts[name].launcher)
+        self.daemons[name] = daemon
+        return daemon
+
+    def start_all(self) -> None:
+        for name in ["storage", "master", "loadbalancer", *self.worker_names]:
+            self.start(name, wait=False)
+        for daemon in self.daemons.values():
+            daemon.wait_ready()
+
+    def node_id(self, name: str) -> str | None:
+        """The hex node id daemon `name` chose, once it has started."""
+        try:
+            return (self.daemons[name].data / "node_id").read_text().strip()
+        except (KeyError, OSError):
+            return None
+
+    def kill9(self, name: str) -> None:
+        self.daemons[name].kill9()
+
+    def restart(self, name: str) -> Daemon:
+        """Start `name` again on its host with the same data folder (kill -9 first if alive)."""
+        self.kill9(name)
+        return self.start(name)
+
+    def freeze(self, name: str) -> None:
+        os.killpg(self.daemons[name].pid, signal.SIGSTOP)
+
+    def thaw(self, name: str) -> None:
+        os.killpg(self.daemons[name].pid, signal.SIGCONT)
+
+    def cleanup(self) -> None:
+        for daemon in self.daemons.values():
+            if daemon.alive():
+                try:
+                    os.killpg(daemon.pid, signal.SIGCONT)   # a frozen process must run to die cleanly
+                except ProcessLookupError:
+                    pass
+        self.layout.cleanup()
