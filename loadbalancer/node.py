@@ -21,6 +21,7 @@ import zmq
 from uds import wire
 from uds.wire.limits import LIST_BUDGET_BYTES
 from uds.loadbalancer import scheduler as core
+from uds.loadbalancer.lease import BalancerLease
 from uds.daemon.runtime import guarded
 from uds.daemon.dispatch import Dispatcher
 from uds.wire.enums import FINAL_CHUNK_STATES, ErrorCode, NodeRole
@@ -68,6 +69,10 @@ class LoadBalancerNode:
         self.last_master_hello = 0.0
         self.last_master_message = 0.0
         self.epoch = 0
+        # Active while the lease counts; a standby keeps its worker table warm
+        # from the workers' heartbeats but assigns nothing.
+        self.lease = BalancerLease()
+        self.was_active = False
         self.worker_peers: dict[bytes, bytes] = {}
         self.outgoing_events: list[wire.ChunkEvent] = []
         self.unacknowledged: dict[int, EventBatch] = {}
@@ -188,7 +193,8 @@ class LoadBalancerNode:
         total, free = self.scheduler.capacity()
         counters.update(slots=total, free_slots=free, pending=self.scheduler.pending_count(),
                         unacknowledged_batches=len(self.unacknowledged),
-                        master_registered=int(self.master_registered))
+                        master_registered=int(self.master_registered),
+                        active=int(self.lease.active(now)), epoch=self.epoch)
         send_message(self.workers_socket, wire.encode(wire.StatsReply.make(
             self.node_id, request_id=message.request_id, role=int(NodeRole.LOADBALANCER),
             counters=counters)), peer=peer, counters=self.transport)
@@ -202,6 +208,11 @@ class LoadBalancerNode:
     # -- effects --------------------------------------------------------------
 
     def do_assign(self, effect: core.AssignChunks, now: float) -> None:
+        if not self.lease.active(now):
+            # The masters may grant the lease elsewhere: assign nothing. The
+            # scheduler sees no STARTED and takes the attempts back.
+            self._count("assignments_withheld", len(effect.assignments))
+            return
         job_fields = effect.job_spec.request_fields()
         records = [assignment.to_record() for assignment in effect.assignments]
         # Chunks with many inputs of their own go in several requests.
@@ -254,24 +265,43 @@ class LoadBalancerNode:
         log.warning("a message from the master was refused: %s", getattr(message, "reason", message))
 
     def _hello_master(self, now: float) -> None:
+        """Ask for the lease (or renew it): hello is the request."""
         self.last_master_hello = now
         request_id = self.next_request_id
         self.next_request_id += 1
+        self.lease.ask(request_id, now)
         self._send_master(wire.Hello.make(
             self.node_id, request_id=request_id, role=int(NodeRole.LOADBALANCER), slots=0, cache_bytes=0,
             start_time_ms=int(self.started_at * 1000), host=self.host, address=self.address, version=1))
 
     def on_master_hello_reply(self, message: wire.HelloReply, peer: bytes | None, now: float) -> None:
+        lease_s = message.lease_ms / 1000.0
+        if not self.lease.granted(message.request_id, message.epoch, lease_s):
+            self._count("lease_replies_stale")
+            return
         if not self.master_registered:
-            log.info("registered with the master (epoch %d)", message.epoch)
+            log.info("holds the lease at epoch %d", message.epoch)
+            self.last_node_report = 0.0
+            for batch in self.unacknowledged.values():
+                batch.sent_at = 0.0  # resend now: the master may have restarted
         self.master_registered = True
         self.epoch = message.epoch
-        self.last_node_report = 0.0
-        for batch in self.unacknowledged.values():
-            batch.sent_at = 0.0  # resend now: the master may have restarted
+        self._note_activity(now)
+
+    def _note_activity(self, now: float) -> None:
+        active = self.lease.active(now)
+        if active != self.was_active:
+            self.was_active = active
+            self._count("became_active" if active else "became_standby")
+            log.log(logging.INFO if active else logging.WARNING, "%s at epoch %d",
+                    "active" if active else "standby", self.epoch)
 
     def on_master_error(self, message: wire.Error, peer: bytes | None, now: float) -> None:
-        if message.error_code in (ErrorCode.UNEXPECTED, ErrorCode.BUSY):
+        if message.error_code == ErrorCode.BUSY and message.failed_type == wire.MessageType.HELLO:
+            self.master_registered = False  # standby: another balancer holds the lease
+            self.lease.refused(now)
+            self._note_activity(now)
+        elif message.error_code in (ErrorCode.UNEXPECTED, ErrorCode.BUSY):
             self.master_registered = False  # "hello first", or it restarted
         elif message.error_code == ErrorCode.NOT_LEADER:
             self.master_registered = False
@@ -304,8 +334,9 @@ class LoadBalancerNode:
     # -- timers and batching ----------------------------------------------------
 
     def _on_timers(self, now: float) -> None:
-        if not self.master_registered and now - self.last_master_hello > MASTER_HELLO_RETRY_S:
+        if self.lease.ask_due(now):
             self._hello_master(now)
+        self._note_activity(now)
         if now - self.last_tick >= self.heartbeat_interval_s:
             self.last_tick = now
             self._apply(core.Tick(), now)

@@ -248,11 +248,11 @@ class Leader(ClientRequests):
         return []
 
     def _propose_lease(self, node: bytes, peer: bytes, epoch: int, request: Request | None) -> None:
-        self._lease.pending = True
+        self._lease.pending += 1
         self._queue(core.GrantLease(holder=node, epoch=epoch), _Lease(node, peer, epoch, request))
 
     def _lease_committed(self, purpose: _Lease, outcome: core.LeaseOutcome) -> list[Effect]:
-        self._lease.pending = False
+        self._lease.pending = max(0, self._lease.pending - 1)
         if not outcome.ok or not self._raft.leader:
             if purpose.request is None:
                 return []

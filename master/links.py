@@ -51,19 +51,22 @@ class LoadBalancerLease:
 
     def __init__(self) -> None:
         self.holder: LoadBalancerLink | None = None
-        self.pending = False                # a GrantLease is queued or proposed
+        self.pending = 0                    # GrantLease commands queued or proposed
         self.renewed_at = 0.0               # last grant/renewal commit, or taking office
 
     def take_office(self, now: float) -> None:
-        self.holder, self.pending, self.renewed_at = None, False, now
+        self.holder, self.pending, self.renewed_at = None, 0, now
 
     def epoch_for(self, node: bytes, state_holder: bytes | None, state_epoch: int, now: float) -> int | None:
         """The epoch to propose for `node`'s request, or None while it may not
-        have the lease (another's has not lapsed, or a grant is under way)."""
-        if self.pending:
-            return None
+        have the lease. The holder may always renew (a renewal that loses the
+        race to a new grant is refused by the state). Another balancer waits
+        until no lease command is in flight, since a renewal committing in
+        between would give two balancers a lease at once."""
         if node == state_holder:
             return state_epoch
+        if self.pending:
+            return None
         if state_holder is not None and now < self.renewed_at + LOADBALANCER_LEASE_S:
             return None
         return state_epoch + 1
@@ -101,7 +104,7 @@ class LoadBalancerLease:
         return lapsed
 
     def revoke(self) -> None:
-        self.holder, self.pending = None, False
+        self.holder, self.pending = None, 0
 
 
 def dispatch_messages(node_id: bytes, epoch: int, specs: list[dict],
