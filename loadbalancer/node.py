@@ -46,6 +46,8 @@ class EventBatch:
     frames: list
     finals: list[tuple[bytes, bytes, int, int, int]]   # worker, job, chunk, attempt, state
     sent_at: float
+    events: list = None        # kept to send again under a newer epoch
+    epoch: int = 0
 
 
 class LoadBalancerNode:
@@ -285,8 +287,17 @@ class LoadBalancerNode:
             for batch in self.unacknowledged.values():
                 batch.sent_at = 0.0  # resend now: the master may have restarted
         self.master_registered = True
+        if message.epoch != self.epoch:
+            self._reepoch_batches(message.epoch)
         self.epoch = message.epoch
         self._note_activity(now)
+
+    def _reepoch_batches(self, epoch: int) -> None:
+        """Statuses gathered under an older epoch (or as standby) are facts
+        from the workers: they go to the masters again under the new one."""
+        for batch in self.unacknowledged.values():
+            batch.frames = wire.encode(wire.ChunkEvents.carrying(self.node_id, epoch, batch.batch_id, batch.events))
+            batch.epoch, batch.sent_at = epoch, 0.0
 
     def _note_activity(self, now: float) -> None:
         active = self.lease.active(now)
@@ -369,7 +380,7 @@ class LoadBalancerNode:
                                                            events))
             finals = [(event.worker, event.job, event.chunk, event.attempt, event.state) for event in events
                       if event.state in FINAL_CHUNK_STATES and event.worker != core.NO_WORKER]
-            self.unacknowledged[batch_id] = EventBatch(batch_id, frames, finals, now)
+            self.unacknowledged[batch_id] = EventBatch(batch_id, frames, finals, now, events, max(self.epoch, 1))
             self._count("events_forwarded", len(events))
             if self.master_registered:
                 send_message(self.master_socket, frames, counters=self.transport)

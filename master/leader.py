@@ -233,6 +233,14 @@ class Leader(ClientRequests):
         refused = self._not_leading(request)
         if refused:
             return refused
+        started_at = message.start_time_ms / 1000.0
+        known = self._reader.read(lambda state: next(
+            (view for view in state.nodes() if view.node == message.node_uuid), None))
+        if (known is None or known.state != "alive" or known.started_at != started_at
+                or known.address != message.address):
+            # Standby or active, every balancer is listed (`uds nodes`).
+            self._queue(core.NodeSeen(node=message.node_uuid, role=message.role, host=message.host,
+                                      address=message.address, slots=0, cache_bytes=0, started_at=started_at))
         holder, epoch = self._reader.read(lambda state: state.lease())
         grant_epoch = self._lease.epoch_for(message.node_uuid, holder, epoch, now)
         if grant_epoch is None:
@@ -240,10 +248,6 @@ class Leader(ClientRequests):
             return [self._error(request, ErrorCode.BUSY,
                                 f"standby: load balancer {holder.hex() if holder else '?'} holds the lease "
                                 f"at epoch {epoch}")]
-        if grant_epoch != epoch or self._lease.holder is None:
-            self._queue(core.NodeSeen(node=message.node_uuid, role=message.role, host=message.host,
-                                      address=message.address, slots=0, cache_bytes=0,
-                                      started_at=message.start_time_ms / 1000.0))
         self._propose_lease(message.node_uuid, request.peer, grant_epoch, request)
         return []
 
