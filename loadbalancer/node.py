@@ -186,6 +186,11 @@ class LoadBalancerNode:
     def on_worker_status(self, message: wire.WorkerStatus, peer: bytes, now: float) -> None:
         worker = message.node_uuid
         self.worker_peers[worker] = peer
+        if not self.lease.active(now):
+            # The active balancer forwards it; the worker sends it again
+            # until the one it obeys confirms it (status_ack).
+            self._count("worker_statuses_while_standby")
+            return
         self._count("worker_statuses")
         self._apply(message.chunk_event(), now)
 
