@@ -155,14 +155,19 @@ class Leader(ClientRequests):
             _Lease: self._lease_committed,
         }
         self._now = 0.0
+        self._lease_clock = 0.0
 
     # ---- public ----------------------------------------------------------
 
-    def handle(self, event: Event, now: float) -> list[Effect]:
+    def handle(self, event: Event, now: float, lease_clock: float | None = None) -> list[Effect]:
+        """`lease_clock`: the shell's monotonic clock, which times the
+        balancer's lease (a wall clock may jump; a jump forward would end a
+        lease early and grant it twice). Defaults to `now`."""
         handler = self._handlers.get(type(event))
         if handler is None:
             raise UnknownEventError(f"{type(event).__name__} is not a leader event")
         self._now = now
+        self._lease_clock = now if lease_clock is None else lease_clock
         return handler(event, now)
 
     @property
@@ -201,7 +206,7 @@ class Leader(ClientRequests):
             self._lease.revoke()
             return [Note("no longer the leader")]
         if event.leader and not was_leader:
-            self._lease.take_office(now)
+            self._lease.take_office(self._lease_clock)
         return []
 
     def _not_leading(self, request: Request) -> list[Effect]:
@@ -242,7 +247,7 @@ class Leader(ClientRequests):
             self._queue(core.NodeSeen(node=message.node_uuid, role=message.role, host=message.host,
                                       address=message.address, slots=0, cache_bytes=0, started_at=started_at))
         holder, epoch = self._reader.read(lambda state: state.lease())
-        grant_epoch = self._lease.epoch_for(message.node_uuid, holder, epoch, now)
+        grant_epoch = self._lease.epoch_for(message.node_uuid, holder, epoch, self._lease_clock)
         if grant_epoch is None:
             self._count("lease_refused")
             return [self._error(request, ErrorCode.BUSY,
@@ -262,7 +267,7 @@ class Leader(ClientRequests):
                 return []
             return [self._error(purpose.request, ErrorCode.BUSY, f"lease not granted: {outcome.error}")]
         previous = self._lease.holder
-        link = self._lease.committed(purpose.node, purpose.peer, purpose.epoch, self._now)
+        link = self._lease.committed(purpose.node, purpose.peer, purpose.epoch, self._lease_clock)
         effects: list[Effect] = []
         if outcome.granted or previous is not link:
             self._count("lease_grants")
@@ -294,7 +299,7 @@ class Leader(ClientRequests):
             return [self._error(request, ErrorCode.UNEXPECTED, "hello first")]
         link.free_slots = message.free_slots
         link.running = message.running_count
-        if self._lease.should_renew(link.node, now):
+        if self._lease.should_renew(link.node, self._lease_clock):
             self._propose_lease(link.node, request.peer, link.epoch, None)
         return []
 
@@ -420,9 +425,10 @@ class Leader(ClientRequests):
             self._queue(core.NodeSeen(node=self.node_id, role=int(NodeRole.MASTER), host=self._host,
                                       address=self._address, slots=0, cache_bytes=0,
                                       started_at=self._started_at))
-        lapsed = self._lease.lapse(now)
+        lapsed = self._lease.lapse(self._lease_clock)
         if lapsed is not None:
-            return [Note(f"load balancer {lapsed.node.hex()} unrenewed for {now - lapsed.last_seen:.1f}s: "
+            return [Note(f"load balancer {lapsed.node.hex()} unrenewed for "
+                         f"{self._lease_clock - lapsed.last_seen:.1f}s: "
                          f"its lease at epoch {lapsed.epoch} is over", warning=True)]
         link = self._lease.holder
         if link is None:
@@ -439,7 +445,12 @@ class Leader(ClientRequests):
         `now >=` the very sum returned here, so a Tick at that time fires it."""
         times = [self._waiters.next_deadline(), self._proposals.next_deadline()]
         if self._lease.holder is not None and self._raft.leader:
-            times += [self._lease.expires_at(), self._last_resend + RESEND_DISPATCHED_S]
+            # The lease is timed on the lease clock; the wake is on `now`'s.
+            expires_at = self._lease.expires_at()
+            if expires_at is not None and self._lease_clock != self._now:
+                expires_at = self._now + (expires_at - self._lease_clock)
+            times += [expires_at,
+                      self._last_resend + RESEND_DISPATCHED_S]
         return min((at for at in times if at is not None), default=None)
 
     # ---- proposals -------------------------------------------------------

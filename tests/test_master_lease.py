@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from uds import wire
 from uds.master.commands import LEASE_GRANTED, GrantLease
-from uds.master.leader import LOADBALANCER_LEASE_S, Note, RaftStatus, Reply, Tick
+from uds.master.leader import LOADBALANCER_LEASE_S, Committed, Note, RaftStatus, Reply, Tick
 from uds.master.state import ClusterState
 from uds.wire import ChunkState, ErrorCode, NodeRole
 
@@ -135,3 +135,22 @@ def test_a_leader_never_lets_two_balancers_hold_overlapping_leases():
             if isinstance(reply.message, wire.HelloReply):
                 assert (node, reply.message.epoch) == (holder, epoch)
     assert cluster.state.lease() == (BALANCER, 1)      # the holder kept renewing
+
+
+def test_a_wall_clock_jump_does_not_end_the_lease_the_lease_clock_times_it():
+    cluster = Cluster()
+    leader = cluster.leader
+    for event in (LEADING, Tick()):
+        cluster.log.extend(p for p in leader.handle(event, 0.0, 100.0) if hasattr(p, "commands"))
+    asked = hello_from(BALANCER)
+    leader.handle(received(asked, BALANCER_PEER), 0.0, 100.0)
+    cluster.log.extend(p for p in leader.handle(Tick(), 0.0, 100.0) if hasattr(p, "commands"))
+    while cluster.log:
+        proposal = cluster.log.popleft()
+        leader.handle(Committed(proposal.tag, cluster.state.apply(list(proposal.commands), 0.0)), 0.0, 100.0)
+        cluster.log.extend(p for p in leader.handle(Tick(), 0.0, 100.0) if hasattr(p, "commands"))
+    assert leader.loadbalancer is not None
+    leader.handle(Tick(), 3600.0, 100.5)              # the wall clock leapt an hour; 0.5 s passed
+    assert leader.loadbalancer is not None
+    leader.handle(Tick(), 3600.0, 100.0 + LOADBALANCER_LEASE_S)
+    assert leader.loadbalancer is None
