@@ -36,6 +36,8 @@ RESEND_BATCH_S = 1.0
 MASTER_HELLO_RETRY_S = 1.0
 NODE_REPORT_INTERVAL_S = 1.0
 MESSAGES_PER_WAKEUP = 1000
+# chunk_dispatch messages kept while the lease does not count.
+MAX_HELD_DISPATCHES = 100
 # Heartbeat periods to listen before placing anything after a start.
 SETTLE_HEARTBEATS = 1.5
 
@@ -75,6 +77,10 @@ class LoadBalancerNode:
         # from the workers' heartbeats but assigns nothing.
         self.lease = BalancerLease()
         self.was_active = False
+        # Dispatches that came while the lease did not count (after a stall,
+        # before the renewal's answer): placed once it counts again, dropped
+        # if another balancer holds it (the masters send them there).
+        self.held_dispatches: list[wire.ChunkDispatch] = []
         self.worker_peers: dict[bytes, bytes] = {}
         self.outgoing_events: list[wire.ChunkEvent] = []
         self.unacknowledged: dict[int, EventBatch] = {}
@@ -239,6 +245,9 @@ class LoadBalancerNode:
         self.outgoing_events.append(effect.event)
 
     def do_cancel_on_worker(self, effect: core.CancelOnWorker, now: float) -> None:
+        if not self.lease.active(now):
+            self._count("cancels_withheld")   # only the active balancer's orders count
+            return
         self._send_worker(effect.worker, wire.ChunkCancel.make(
             self.node_id, epoch=max(self.epoch, 1), job=effect.job,
             attempts=[list(pair) for pair in effect.attempts]))
@@ -296,6 +305,12 @@ class LoadBalancerNode:
             self._reepoch_batches(message.epoch)
         self.epoch = message.epoch
         self._note_activity(now)
+        if not self.lease.active(now):
+            return  # an answer to a request sent too long ago
+        held, self.held_dispatches = self.held_dispatches, []
+        for dispatch in held:
+            if dispatch.epoch == self.epoch:
+                self._apply(core.Dispatched.of_message(dispatch), now)
 
     def _reepoch_batches(self, epoch: int) -> None:
         """Statuses gathered under an older epoch (or as standby) are facts
@@ -316,6 +331,7 @@ class LoadBalancerNode:
         if message.error_code == ErrorCode.BUSY and message.failed_type == wire.MessageType.HELLO:
             self.master_registered = False  # standby: another balancer holds the lease
             self.lease.refused(now)
+            self.held_dispatches.clear()
             self._note_activity(now)
         elif message.error_code in (ErrorCode.UNEXPECTED, ErrorCode.BUSY):
             self.master_registered = False  # "hello first", or it restarted
@@ -335,6 +351,11 @@ class LoadBalancerNode:
 
     def on_dispatch(self, message: wire.ChunkDispatch, peer: bytes | None, now: float) -> None:
         self._count("attempts_received", len(message.attempts))
+        if not self.lease.active(now):
+            if len(self.held_dispatches) < MAX_HELD_DISPATCHES:
+                self.held_dispatches.append(message)
+                self._count("dispatches_held")
+            return
         self._apply(core.Dispatched.of_message(message), now)
 
     def on_cancel(self, message: wire.ChunkCancel, peer: bytes | None, now: float) -> None:

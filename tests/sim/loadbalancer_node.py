@@ -5,7 +5,8 @@ become messages, chunk events go to the master in batches resent until
 acknowledged, and each acknowledged final status is confirmed to its worker
 (status_ack). Like the real one it asks the masters for its lease with a
 hello every RENEW_INTERVAL_S, counts it from the sending (BalancerLease),
-assigns only while active and takes no worker status while standby. A
+assigns only while active, holds dispatches that come while it is not, and
+takes no worker status while standby. A
 crash loses all of it; the restarted balancer starts empty.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Callable
 from uds import wire
 from uds.loadbalancer import scheduler as core
 from uds.loadbalancer.lease import BalancerLease
-from uds.loadbalancer.node import status_acks
+from uds.loadbalancer.node import MAX_HELD_DISPATCHES, status_acks
 from uds.wire.enums import FINAL_CHUNK_STATES, ErrorCode, NodeRole
 
 from .host import Host
@@ -46,6 +47,7 @@ class SimBalancer(Host):
         self.last_master_hello = -MASTER_HELLO_RETRY_S
         self.epoch = 0
         self.lease = BalancerLease()
+        self.held_dispatches: list[wire.ChunkDispatch] = []
         self.worker_peers: dict[bytes, str] = {}
         self.outgoing_events: list[wire.ChunkEvent] = []
         self.unacknowledged: dict[int, _Batch] = {}
@@ -130,6 +132,8 @@ class SimBalancer(Host):
             **effect.job_spec.request_fields()))
 
     def _do_cancel_on_worker(self, effect: core.CancelOnWorker) -> None:
+        if not self.lease.active(self.sim.now):
+            return
         self._send_worker(effect.worker, wire.ChunkCancel.make(
             self.node_id, epoch=max(self.epoch, 1), job=effect.job, attempts=[list(pair) for pair in effect.attempts]))
 
@@ -165,14 +169,24 @@ class SimBalancer(Host):
             if self.sim.tracing:
                 self.sim.note(f"{self.name}: holds the lease at epoch {message.epoch}")
         self.epoch = message.epoch
+        if self.lease.active(self.sim.now):
+            held, self.held_dispatches = self.held_dispatches, []
+            for dispatch in held:
+                if dispatch.epoch == self.epoch:
+                    self._apply(core.Dispatched.of_message(dispatch))
 
     def _on_master_error(self, message: wire.Error, peer: str) -> None:
         if message.error_code == ErrorCode.BUSY and message.failed_type == wire.MessageType.HELLO:
             self.lease.refused(self.sim.now)
+            self.held_dispatches.clear()
         if message.error_code in (ErrorCode.UNEXPECTED, ErrorCode.BUSY, ErrorCode.NOT_LEADER):
             self.master_registered = False
 
     def _on_dispatch(self, message: wire.ChunkDispatch, peer: str) -> None:
+        if not self.lease.active(self.sim.now):
+            if len(self.held_dispatches) < MAX_HELD_DISPATCHES:
+                self.held_dispatches.append(message)
+            return
         self._apply(core.Dispatched.of_message(message))
 
     def _on_cancel(self, message: wire.ChunkCancel, peer: str) -> None:
