@@ -102,7 +102,8 @@ def dev(options: argparse.Namespace) -> int:
                           for word in (f"--{flag}", str(getattr(options, flag)))]
         processes = devcluster.start(folder, options.workers, options.slots, detach=options.detach,
                                      worker_options=worker_options,
-                                     unsafe_no_sandbox=options.unsafe_no_sandbox)
+                                     unsafe_no_sandbox=options.unsafe_no_sandbox,
+                                     loadbalancers=options.loadbalancers)
     except devcluster.DevClusterError as fault:
         raise CommandError(str(fault)) from None
     cluster = folder.expanduser().resolve() / "cluster.toml"
@@ -261,15 +262,17 @@ def nodes(options: argparse.Namespace) -> int:
     with _connect(options) as connection:
         listed = connection.nodes()
         # The sandbox column is as wide as its longest entry: an unsafe worker must read as such.
+        # A load balancer's column says whether it is active, and its epoch.
         width = max([len("sandbox")] + [len(node["sandbox"]) for node in listed
-                                        if node["role"] == NodeRole.WORKER]) + 2
+                                        if node["role"] in (NodeRole.WORKER, NodeRole.LOADBALANCER)]) + 2
         print(f"{'node':<34}{'role':<14}{'state':<7}{'host':<16}{'slots':>6}{'free':>6}{'running':>8}"
               f"{'cpus':>6}{'memory':>11}{'disk':>11}  {'sandbox':<{width}}address")
         for node in listed:
             worker = node["role"] == NodeRole.WORKER
+            lease = node["sandbox"] if node["role"] == NodeRole.LOADBALANCER else "-"
             offered = (f"{node['millicpus'] / 1000:>6g}{_size(node['memory_bytes']):>11}"
                        f"{_size(node['disk_bytes']):>11}  {node['sandbox']:<{width}}" if worker
-                       else f"{'-':>6}{'-':>11}{'-':>11}  {'-':<{width}}")
+                       else f"{'-':>6}{'-':>11}{'-':>11}  {lease:<{width}}")
             print(f"{node['node'].hex():<34}{NodeRole(node['role']).name.lower():<14}{node['state']:<7}"
                   f"{node['host'][:15]:<16}{node['slots']:>6}{node['free_slots']:>6}{node['running']:>8}"
                   f"{offered}{node['address']}")
@@ -324,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("dev", dev, "run a one-machine cluster (master, load balancer, storage, workers)")
     sub.add_argument("--workers", type=int, default=2, help="number of workers (default 2)")
     sub.add_argument("--slots", type=int, default=2, help="chunks each worker runs at once (default 2)")
+    sub.add_argument("--loadbalancers", type=int, default=1,
+                     help="load balancers; one is active at a time by its lease (default 1)")
     sub.add_argument("--dir", default=str(pathlib.Path.home() / ".uds" / "dev"),
                      help="folder for keys, data and logs (default ~/.uds/dev)")
     sub.add_argument("--cpus", help="cpus each worker offers, e.g. 2 (default: the machine's)")

@@ -66,7 +66,7 @@ def running_pids(folder: pathlib.Path) -> list[dict]:
     return [entry for entry in entries if _alive(entry["pid"])]
 
 
-def write_cluster_file(folder: pathlib.Path, workers: int, slots: int) -> pathlib.Path:
+def write_cluster_file(folder: pathlib.Path, workers: int, slots: int, loadbalancers: int = 1) -> pathlib.Path:
     """Fresh keys and ports; data folders stay where they were. The cluster
     file's `keys` is `keys/`, one folder per role exported from the key set
     in `cluster-keys/`, as on separate hosts."""
@@ -81,7 +81,8 @@ def write_cluster_file(folder: pathlib.Path, workers: int, slots: int) -> pathli
         keys="keys",
         masters=[{"address": f"tcp://127.0.0.1:{_free_port()}", "raft": f"127.0.0.1:{_free_port()}",
                   "data": "data/master-0"}],
-        loadbalancers=[{"address": f"tcp://127.0.0.1:{_free_port()}", "data": "data/loadbalancer-0"}],
+        loadbalancers=[{"address": f"tcp://127.0.0.1:{_free_port()}", "data": f"data/loadbalancer-{index}"}
+                       for index in range(loadbalancers)],
         storage=[{"address": f"tcp://127.0.0.1:{_free_port()}", "data": "data/storage-0"}],
         workers={"data": "data/workers", "slots": slots, "cache_bytes": 2 << 30,
                  "heartbeat_interval_s": 0.25, "lease_s": 3.0},
@@ -90,7 +91,8 @@ def write_cluster_file(folder: pathlib.Path, workers: int, slots: int) -> pathli
 
 
 def start(folder: pathlib.Path, workers: int, slots: int, detach: bool,
-          worker_options: Sequence[str] = (), unsafe_no_sandbox: bool = False) -> list[DevProcess]:
+          worker_options: Sequence[str] = (), unsafe_no_sandbox: bool = False,
+          loadbalancers: int = 1) -> list[DevProcess]:
     """Start every daemon and wait until each is ready. `worker_options` go
     to every worker's command line (--cpus, --memory, --disk); with
     unsafe_no_sandbox the workers run programs unconfined (--unsafe-no-sandbox)."""
@@ -100,14 +102,17 @@ def start(folder: pathlib.Path, workers: int, slots: int, detach: bool,
                               f"`uds dev --stop --dir {folder}`")
     if workers < 1:
         raise DevClusterError("--workers must be at least 1")
+    if loadbalancers < 1:
+        raise DevClusterError("--loadbalancers must be at least 1")
     folder.mkdir(parents=True, exist_ok=True)
-    path = write_cluster_file(folder, workers, slots)
+    path = write_cluster_file(folder, workers, slots, loadbalancers)
     cluster = cluster_file.load(path)
     logs = folder / "logs"
     logs.mkdir(exist_ok=True)
     plan = [("storage", "storage-0", cluster.storage[0].data, []),
             ("master", "master-0", cluster.masters[0].data, []),
-            ("loadbalancer", "loadbalancer-0", cluster.loadbalancers[0].data, [])]
+            *[("loadbalancer", f"loadbalancer-{index}", entry.data, ["--index", str(index)])
+              for index, entry in enumerate(cluster.loadbalancers)]]
     plan += [("worker", f"worker-{index}", cluster.worker_data(f"worker-{index}"),
               ["--name", f"worker-{index}", *worker_options,
                *(["--unsafe-no-sandbox"] if unsafe_no_sandbox else [])])

@@ -21,6 +21,7 @@ import zmq
 from uds import wire
 from uds.wire.limits import LIST_BUDGET_BYTES
 from uds.loadbalancer import scheduler as core
+from uds.loadbalancer.lease import BalancerLease
 from uds.daemon.runtime import guarded
 from uds.daemon.dispatch import Dispatcher
 from uds.wire.enums import FINAL_CHUNK_STATES, ErrorCode, NodeRole
@@ -35,6 +36,8 @@ RESEND_BATCH_S = 1.0
 MASTER_HELLO_RETRY_S = 1.0
 NODE_REPORT_INTERVAL_S = 1.0
 MESSAGES_PER_WAKEUP = 1000
+# chunk_dispatch messages kept while the lease does not count.
+MAX_HELD_DISPATCHES = 100
 # Heartbeat periods to listen before placing anything after a start.
 SETTLE_HEARTBEATS = 1.5
 
@@ -45,6 +48,8 @@ class EventBatch:
     frames: list
     finals: list[tuple[bytes, bytes, int, int, int]]   # worker, job, chunk, attempt, state
     sent_at: float
+    events: list = None        # kept to send again under a newer epoch
+    epoch: int = 0
 
 
 class LoadBalancerNode:
@@ -68,6 +73,14 @@ class LoadBalancerNode:
         self.last_master_hello = 0.0
         self.last_master_message = 0.0
         self.epoch = 0
+        # Active while the lease counts; a standby keeps its worker table warm
+        # from the workers' heartbeats but assigns nothing.
+        self.lease = BalancerLease()
+        self.was_active = False
+        # Dispatches that came while the lease did not count (after a stall,
+        # before the renewal's answer): placed once it counts again, dropped
+        # if another balancer holds it (the masters send them there).
+        self.held_dispatches: list[wire.ChunkDispatch] = []
         self.worker_peers: dict[bytes, bytes] = {}
         self.outgoing_events: list[wire.ChunkEvent] = []
         self.unacknowledged: dict[int, EventBatch] = {}
@@ -179,6 +192,11 @@ class LoadBalancerNode:
     def on_worker_status(self, message: wire.WorkerStatus, peer: bytes, now: float) -> None:
         worker = message.node_uuid
         self.worker_peers[worker] = peer
+        if not self.lease.active(now):
+            # The active balancer forwards it; the worker sends it again
+            # until the one it obeys confirms it (status_ack).
+            self._count("worker_statuses_while_standby")
+            return
         self._count("worker_statuses")
         self._apply(message.chunk_event(), now)
 
@@ -188,7 +206,8 @@ class LoadBalancerNode:
         total, free = self.scheduler.capacity()
         counters.update(slots=total, free_slots=free, pending=self.scheduler.pending_count(),
                         unacknowledged_batches=len(self.unacknowledged),
-                        master_registered=int(self.master_registered))
+                        master_registered=int(self.master_registered),
+                        active=int(self.lease.active(now)), epoch=self.epoch)
         send_message(self.workers_socket, wire.encode(wire.StatsReply.make(
             self.node_id, request_id=message.request_id, role=int(NodeRole.LOADBALANCER),
             counters=counters)), peer=peer, counters=self.transport)
@@ -202,6 +221,11 @@ class LoadBalancerNode:
     # -- effects --------------------------------------------------------------
 
     def do_assign(self, effect: core.AssignChunks, now: float) -> None:
+        if not self.lease.active(now):
+            # The masters may grant the lease elsewhere: assign nothing. The
+            # scheduler sees no STARTED and takes the attempts back.
+            self._count("assignments_withheld", len(effect.assignments))
+            return
         job_fields = effect.job_spec.request_fields()
         records = [assignment.to_record() for assignment in effect.assignments]
         # Chunks with many inputs of their own go in several requests.
@@ -221,6 +245,9 @@ class LoadBalancerNode:
         self.outgoing_events.append(effect.event)
 
     def do_cancel_on_worker(self, effect: core.CancelOnWorker, now: float) -> None:
+        if not self.lease.active(now):
+            self._count("cancels_withheld")   # only the active balancer's orders count
+            return
         self._send_worker(effect.worker, wire.ChunkCancel.make(
             self.node_id, epoch=max(self.epoch, 1), job=effect.job,
             attempts=[list(pair) for pair in effect.attempts]))
@@ -254,24 +281,59 @@ class LoadBalancerNode:
         log.warning("a message from the master was refused: %s", getattr(message, "reason", message))
 
     def _hello_master(self, now: float) -> None:
+        """Ask for the lease (or renew it): hello is the request."""
         self.last_master_hello = now
         request_id = self.next_request_id
         self.next_request_id += 1
+        self.lease.ask(request_id, now)
         self._send_master(wire.Hello.make(
             self.node_id, request_id=request_id, role=int(NodeRole.LOADBALANCER), slots=0, cache_bytes=0,
             start_time_ms=int(self.started_at * 1000), host=self.host, address=self.address, version=1))
 
     def on_master_hello_reply(self, message: wire.HelloReply, peer: bytes | None, now: float) -> None:
+        lease_s = message.lease_ms / 1000.0
+        if not self.lease.granted(message.request_id, message.epoch, lease_s):
+            self._count("lease_replies_stale")
+            return
         if not self.master_registered:
-            log.info("registered with the master (epoch %d)", message.epoch)
+            log.info("holds the lease at epoch %d", message.epoch)
+            self.last_node_report = 0.0
+            for batch in self.unacknowledged.values():
+                batch.sent_at = 0.0  # resend now: the master may have restarted
         self.master_registered = True
+        if message.epoch != self.epoch:
+            self._reepoch_batches(message.epoch)
         self.epoch = message.epoch
-        self.last_node_report = 0.0
+        self._note_activity(now)
+        if not self.lease.active(now):
+            return  # an answer to a request sent too long ago
+        held, self.held_dispatches = self.held_dispatches, []
+        for dispatch in held:
+            if dispatch.epoch == self.epoch:
+                self._apply(core.Dispatched.of_message(dispatch), now)
+
+    def _reepoch_batches(self, epoch: int) -> None:
+        """Statuses gathered under an older epoch (or as standby) are facts
+        from the workers: they go to the masters again under the new one."""
         for batch in self.unacknowledged.values():
-            batch.sent_at = 0.0  # resend now: the master may have restarted
+            batch.frames = wire.encode(wire.ChunkEvents.carrying(self.node_id, epoch, batch.batch_id, batch.events))
+            batch.epoch, batch.sent_at = epoch, 0.0
+
+    def _note_activity(self, now: float) -> None:
+        active = self.lease.active(now)
+        if active != self.was_active:
+            self.was_active = active
+            self._count("became_active" if active else "became_standby")
+            log.log(logging.INFO if active else logging.WARNING, "%s at epoch %d",
+                    "active" if active else "standby", self.epoch)
 
     def on_master_error(self, message: wire.Error, peer: bytes | None, now: float) -> None:
-        if message.error_code in (ErrorCode.UNEXPECTED, ErrorCode.BUSY):
+        if message.error_code == ErrorCode.BUSY and message.failed_type == wire.MessageType.HELLO:
+            self.master_registered = False  # standby: another balancer holds the lease
+            self.lease.refused(now)
+            self.held_dispatches.clear()
+            self._note_activity(now)
+        elif message.error_code in (ErrorCode.UNEXPECTED, ErrorCode.BUSY):
             self.master_registered = False  # "hello first", or it restarted
         elif message.error_code == ErrorCode.NOT_LEADER:
             self.master_registered = False
@@ -289,6 +351,11 @@ class LoadBalancerNode:
 
     def on_dispatch(self, message: wire.ChunkDispatch, peer: bytes | None, now: float) -> None:
         self._count("attempts_received", len(message.attempts))
+        if not self.lease.active(now):
+            if len(self.held_dispatches) < MAX_HELD_DISPATCHES:
+                self.held_dispatches.append(message)
+                self._count("dispatches_held")
+            return
         self._apply(core.Dispatched.of_message(message), now)
 
     def on_cancel(self, message: wire.ChunkCancel, peer: bytes | None, now: float) -> None:
@@ -304,8 +371,9 @@ class LoadBalancerNode:
     # -- timers and batching ----------------------------------------------------
 
     def _on_timers(self, now: float) -> None:
-        if not self.master_registered and now - self.last_master_hello > MASTER_HELLO_RETRY_S:
+        if self.lease.ask_due(now):
             self._hello_master(now)
+        self._note_activity(now)
         if now - self.last_tick >= self.heartbeat_interval_s:
             self.last_tick = now
             self._apply(core.Tick(), now)
@@ -338,7 +406,7 @@ class LoadBalancerNode:
                                                            events))
             finals = [(event.worker, event.job, event.chunk, event.attempt, event.state) for event in events
                       if event.state in FINAL_CHUNK_STATES and event.worker != core.NO_WORKER]
-            self.unacknowledged[batch_id] = EventBatch(batch_id, frames, finals, now)
+            self.unacknowledged[batch_id] = EventBatch(batch_id, frames, finals, now, events, max(self.epoch, 1))
             self._count("events_forwarded", len(events))
             if self.master_registered:
                 send_message(self.master_socket, frames, counters=self.transport)

@@ -138,10 +138,10 @@ class ClientRequests:
         return effects
 
     def _on_nodes_query(self, message: wire.NodesQuery, request: Request, now: float) -> list[Effect]:
-        nodes = self._reader.read(lambda state: state.nodes())
+        nodes, lease = self._reader.read(lambda state: (state.nodes(), state.lease()))
         live = self._lease.holder.workers if self._lease.holder is not None else {}
         return [Reply(request, wire.NodesReply.make(self.node_id, request_id=request.request_id,
-                                                    nodes=node_records(nodes, live, now)))]
+                                                    nodes=node_records(nodes, live, now, lease)))]
 
     def _on_events_query(self, message: wire.EventsQuery, request: Request, now: float) -> list[Effect]:
         limit = max(1, min(message.limit, 10_000))

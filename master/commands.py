@@ -80,6 +80,17 @@ class CancelJob:
 
 
 @dataclass(frozen=True, slots=True)
+class GrantLease:
+    """The load balancer `holder` is the active one under `epoch`. A new
+    holder comes with the next epoch; the holder renews with its own. No
+    time is kept here: the leader times the lease on its own clock from the
+    commit (replicas' clocks need not agree)."""
+
+    holder: bytes
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
 class NodeSeen:
     """A node registered (or re-registered) with the cluster."""
 
@@ -102,7 +113,7 @@ class NodeLost:
 
 
 # A worker's report on a chunk attempt is committed as the wire's ChunkEvent itself.
-Command = SubmitJob | DispatchAttempts | ChunkEvent | CancelJob | NodeSeen | NodeLost
+Command = SubmitJob | DispatchAttempts | ChunkEvent | CancelJob | NodeSeen | NodeLost | GrantLease
 
 
 def file_ref(ref: Any) -> FileRef:
@@ -280,6 +291,13 @@ class CancelOutcome(Outcome):
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseOutcome(Outcome):
+    holder: bytes | None = None             # the holder afterwards
+    epoch: int = 0                          # its epoch afterwards
+    granted: bool = False                   # a new holder (not a renewal)
+
+
+@dataclass(frozen=True, slots=True)
 class NodeOutcome(Outcome):
     changed: bool = False                   # joined, came back, or was declared lost
     updated: bool = False                   # an alive node's details changed
@@ -315,6 +333,7 @@ JOB_FAILED = "job_failed"
 JOB_CANCELLED = "job_cancelled"
 NODE_JOINED = "node_joined"
 NODE_LOST = "node_lost"
+LEASE_GRANTED = "lease_granted"
 
 
 class ReadyAttempt(NamedTuple):

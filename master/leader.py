@@ -48,7 +48,7 @@ from uds import wire
 from uds.master import state as core
 from uds.master.client_requests import AnswerCancel, AnswerSubmit, ClientRequests
 from uds.master.links import (  # noqa: F401
-    LOADBALANCER_LEASE_S, LoadBalancerLease, LoadBalancerLink, dispatch_messages, dispatch_records,
+    LEASE_RENEW_S, LOADBALANCER_LEASE_S, LoadBalancerLease, LoadBalancerLink, dispatch_messages, dispatch_records,
 )
 # The events and effects are re-exported: drivers use them as leader.X.
 from uds.master.leader_events import (  # noqa: F401
@@ -84,7 +84,18 @@ class _AcknowledgeEvents:
     batch_id: int
 
 
-_Purpose = AnswerSubmit | _SendDispatched | AnswerCancel | _AcknowledgeEvents
+@dataclass(frozen=True, slots=True)
+class _Lease:
+    """A GrantLease for `node`, asked by its hello (answered after the
+    commit) or by a heartbeat (request None)."""
+
+    node: bytes
+    peer: bytes
+    epoch: int
+    request: Request | None
+
+
+_Purpose = AnswerSubmit | _SendDispatched | AnswerCancel | _AcknowledgeEvents | _Lease
 
 
 # What a Received message may be; the shell's dispatcher refuses the rest.
@@ -141,14 +152,22 @@ class Leader(ClientRequests):
             _SendDispatched: self._dispatched,
             AnswerCancel: self._cancelled,
             _AcknowledgeEvents: self._events_committed,
+            _Lease: self._lease_committed,
         }
+        self._now = 0.0
+        self._lease_clock = 0.0
 
     # ---- public ----------------------------------------------------------
 
-    def handle(self, event: Event, now: float) -> list[Effect]:
+    def handle(self, event: Event, now: float, lease_clock: float | None = None) -> list[Effect]:
+        """`lease_clock`: the shell's monotonic clock, which times the
+        balancer's lease (a wall clock may jump; a jump forward would end a
+        lease early and grant it twice). Defaults to `now`."""
         handler = self._handlers.get(type(event))
         if handler is None:
             raise UnknownEventError(f"{type(event).__name__} is not a leader event")
+        self._now = now
+        self._lease_clock = now if lease_clock is None else lease_clock
         return handler(event, now)
 
     @property
@@ -186,6 +205,8 @@ class Leader(ClientRequests):
             self._dispatching.clear()
             self._lease.revoke()
             return [Note("no longer the leader")]
+        if event.leader and not was_leader:
+            self._lease.take_office(self._lease_clock)
         return []
 
     def _not_leading(self, request: Request) -> list[Effect]:
@@ -217,24 +238,60 @@ class Leader(ClientRequests):
         refused = self._not_leading(request)
         if refused:
             return refused
-        link = self._lease.grant(message.node_uuid, request.peer, now)
-        effects: list[Effect] = [
-            Note(f"load balancer {message.node_uuid.hex()} at {message.address or '?'} joined"),
-            Reply(request, wire.HelloReply.make(
-                self.node_id, request_id=request.request_id, epoch=link.epoch,
+        started_at = message.start_time_ms / 1000.0
+        known = self._reader.read(lambda state: next(
+            (view for view in state.nodes() if view.node == message.node_uuid), None))
+        if (known is None or known.state != "alive" or known.started_at != started_at
+                or known.address != message.address):
+            # Standby or active, every balancer is listed (`uds nodes`).
+            self._queue(core.NodeSeen(node=message.node_uuid, role=message.role, host=message.host,
+                                      address=message.address, slots=0, cache_bytes=0, started_at=started_at))
+        holder, epoch = self._reader.read(lambda state: state.lease())
+        grant_epoch = self._lease.epoch_for(message.node_uuid, holder, epoch, self._lease_clock)
+        if grant_epoch is None:
+            self._count("lease_refused")
+            return [self._error(request, ErrorCode.BUSY,
+                                f"standby: load balancer {holder.hex() if holder else '?'} holds the lease "
+                                f"at epoch {epoch}")]
+        self._propose_lease(message.node_uuid, request.peer, grant_epoch, request)
+        return []
+
+    def _propose_lease(self, node: bytes, peer: bytes, epoch: int, request: Request | None) -> None:
+        self._lease.pending += 1
+        self._queue(core.GrantLease(holder=node, epoch=epoch), _Lease(node, peer, epoch, request))
+
+    def _lease_committed(self, purpose: _Lease, outcome: core.LeaseOutcome) -> list[Effect]:
+        self._lease.pending = max(0, self._lease.pending - 1)
+        if not outcome.ok or not self._raft.leader:
+            if purpose.request is None:
+                return []
+            return [self._error(purpose.request, ErrorCode.BUSY, f"lease not granted: {outcome.error}")]
+        previous = self._lease.holder
+        link = self._lease.committed(purpose.node, purpose.peer, purpose.epoch, self._lease_clock)
+        effects: list[Effect] = []
+        if outcome.granted or previous is not link:
+            self._count("lease_grants")
+            self._last_resend = self._now
+            effects.append(Note(f"load balancer {purpose.node.hex()} holds the lease at epoch {purpose.epoch}"))
+        if purpose.request is not None:
+            effects.append(Reply(purpose.request, wire.HelloReply.make(
+                self.node_id, request_id=purpose.request.request_id, epoch=link.epoch,
                 heartbeat_interval_ms=int(HEARTBEAT_INTERVAL_S * 1000),
-                lease_ms=int(LOADBALANCER_LEASE_S * 1000)))]
-        self._queue(core.NodeSeen(node=message.node_uuid, role=message.role, host=message.host,
-                                  address=message.address, slots=0, cache_bytes=0,
-                                  started_at=message.start_time_ms / 1000.0))
-        self._last_resend = now
-        return effects + self._resend_dispatched(link)
+                lease_ms=int(LOADBALANCER_LEASE_S * 1000))))
+        if outcome.granted or previous is not link:
+            # A new holder learns from the masters what is dispatched and not started.
+            effects.extend(self._resend_dispatched(link))
+        return effects
 
     def _lease_holder(self, message: Any, request: Request, now: float) -> LoadBalancerLink | None:
         """The link, renewed, if `message` comes from the balancer holding the lease."""
         if not self._raft.leader:
             return None
-        return self._lease.renew(message.node_uuid, request.peer, now)
+        link = self._lease.current(message.node_uuid)
+        if link is not None and message.epoch == link.epoch:
+            link.peer = request.peer  # a reconnected balancer may have a new routing id
+            return link
+        return None
 
     def _on_heartbeat(self, message: wire.Heartbeat, request: Request, now: float) -> list[Effect]:
         link = self._lease_holder(message, request, now)
@@ -242,9 +299,15 @@ class Leader(ClientRequests):
             return [self._error(request, ErrorCode.UNEXPECTED, "hello first")]
         link.free_slots = message.free_slots
         link.running = message.running_count
+        if self._lease.should_renew(link.node, self._lease_clock):
+            self._propose_lease(link.node, request.peer, link.epoch, None)
         return []
 
     def _on_chunk_events(self, message: wire.ChunkEvents, request: Request, now: float) -> list[Effect]:
+        if self._raft.leader and message.epoch < self._reader.read(lambda state: state.lease()[1]):
+            # Fenced: a balancer whose lease has passed to a newer epoch.
+            self._count("chunk_events_stale_epoch", len(message.events))
+            return [self._error(request, ErrorCode.UNEXPECTED, f"epoch {message.epoch} is over")]
         link = self._lease_holder(message, request, now)
         if link is None:
             return [self._error(request, ErrorCode.UNEXPECTED, "hello first")]
@@ -362,10 +425,11 @@ class Leader(ClientRequests):
             self._queue(core.NodeSeen(node=self.node_id, role=int(NodeRole.MASTER), host=self._host,
                                       address=self._address, slots=0, cache_bytes=0,
                                       started_at=self._started_at))
-        lapsed = self._lease.lapse(now)
+        lapsed = self._lease.lapse(self._lease_clock)
         if lapsed is not None:
-            return [Note(f"load balancer {lapsed.node.hex()} silent for {now - lapsed.last_seen:.1f}s: "
-                         "no more dispatches to it", warning=True)]
+            return [Note(f"load balancer {lapsed.node.hex()} unrenewed for "
+                         f"{self._lease_clock - lapsed.last_seen:.1f}s: "
+                         f"its lease at epoch {lapsed.epoch} is over", warning=True)]
         link = self._lease.holder
         if link is None:
             return []
@@ -381,7 +445,12 @@ class Leader(ClientRequests):
         `now >=` the very sum returned here, so a Tick at that time fires it."""
         times = [self._waiters.next_deadline(), self._proposals.next_deadline()]
         if self._lease.holder is not None and self._raft.leader:
-            times += [self._lease.expires_at(), self._last_resend + RESEND_DISPATCHED_S]
+            # The lease is timed on the lease clock; the wake is on `now`'s.
+            expires_at = self._lease.expires_at()
+            if expires_at is not None and self._lease_clock != self._now:
+                expires_at = self._now + (expires_at - self._lease_clock)
+            times += [expires_at,
+                      self._last_resend + RESEND_DISPATCHED_S]
         return min((at for at in times if at is not None), default=None)
 
     # ---- proposals -------------------------------------------------------

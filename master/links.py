@@ -16,8 +16,12 @@ CREDIT_PER_SLOT = 2
 MIN_CREDIT = 4
 # Attempts per chunk_dispatch message; keeps each body well under its limit.
 ATTEMPTS_PER_MESSAGE = 1000
-# A load balancer silent for this long is dispatched to no more.
-LOADBALANCER_LEASE_S = 3.0
+# The load-balancer lease: granted and renewed through a GrantLease command,
+# timed by the leader on its own clock from each commit. The balancer stops
+# dispatching earlier (doc/loadbalancer.md gives the margin).
+LOADBALANCER_LEASE_S = 1.5
+# The leader renews the holder's lease, on its heartbeats, at most this often.
+LEASE_RENEW_S = 0.3
 
 
 @dataclass
@@ -25,7 +29,7 @@ class LoadBalancerLink:
     peer: bytes              # ROUTER routing id of its connection
     node: bytes
     epoch: int
-    last_seen: float
+    last_seen: float         # the commit of its last grant or renewal, on the leader's clock
     free_slots: int = 0
     running: int = 0
     workers: dict = field(default_factory=dict)   # node id -> NODE record, from node_report
@@ -36,34 +40,60 @@ class LoadBalancerLink:
 
 
 class LoadBalancerLease:
-    """Which load balancer the leader dispatches to, under which epoch, and
-    until when: every message from the holder renews the lease, and
-    LOADBALANCER_LEASE_S of silence ends it.
+    """The leader's side of the load-balancer lease.
 
-    Today the leader alone grants it, to whichever balancer said hello last,
-    and the epoch stays 1. The load-balancer pair will have it granted through
-    a Raft command, the epoch rising with each grant: `grant` is that place.
+    Who holds it under which epoch is replicated state (GrantLease); how long
+    it lasts is this leader's soft state: LOADBALANCER_LEASE_S from the commit
+    of the last grant or renewal it saw. A leader that has just taken office
+    cannot know when the holder last renewed, so it counts from its own first
+    moment in office before granting the lease to anyone else.
     """
 
     def __init__(self) -> None:
         self.holder: LoadBalancerLink | None = None
+        self.pending = 0                    # GrantLease commands queued or proposed
+        self.renewed_at = 0.0               # last grant/renewal commit, or taking office
 
-    def grant(self, node: bytes, peer: bytes, now: float) -> LoadBalancerLink:
-        epoch = 1 if self.holder is None else self.holder.epoch
+    def take_office(self, now: float) -> None:
+        self.holder, self.pending, self.renewed_at = None, 0, now
+
+    def epoch_for(self, node: bytes, state_holder: bytes | None, state_epoch: int, now: float) -> int | None:
+        """The epoch to propose for `node`'s request, or None while it may not
+        have the lease. The holder may always renew (a renewal that loses the
+        race to a new grant is refused by the state). Another balancer waits
+        until no lease command is in flight, since a renewal committing in
+        between would give two balancers a lease at once."""
+        if node == state_holder:
+            return state_epoch
+        if self.pending:
+            return None
+        if state_holder is not None and now < self.renewed_at + LOADBALANCER_LEASE_S:
+            return None
+        return state_epoch + 1
+
+    def should_renew(self, node: bytes, now: float) -> bool:
+        link = self.holder
+        return (link is not None and link.node == node and not self.pending
+                and now >= self.renewed_at + LEASE_RENEW_S)
+
+    def committed(self, node: bytes, peer: bytes, epoch: int, now: float) -> LoadBalancerLink:
+        """The holder after a committed grant or renewal."""
+        self.renewed_at = now
+        link = self.holder
+        if link is not None and link.node == node and link.epoch == epoch:
+            link.peer = peer  # a reconnected balancer may have a new routing id
+            link.last_seen = now
+            return link
         self.holder = LoadBalancerLink(peer=peer, node=node, epoch=epoch, last_seen=now)
         return self.holder
 
-    def renew(self, node: bytes, peer: bytes, now: float) -> LoadBalancerLink | None:
-        """The holder, renewed, if `node` holds the lease; else None."""
+    def current(self, node: bytes) -> LoadBalancerLink | None:
+        """The holder if `node` is it."""
         link = self.holder
-        if link is None or link.node != node:
-            return None
-        link.peer = peer  # a reconnected balancer may have a new routing id
-        link.last_seen = now
-        return link
+        return link if link is not None and link.node == node else None
 
     def expires_at(self) -> float | None:
-        return None if self.holder is None else self.holder.last_seen + LOADBALANCER_LEASE_S
+        return None if self.holder is None else self.renewed_at + LOADBALANCER_LEASE_S
 
     def lapse(self, now: float) -> LoadBalancerLink | None:
         """The holder, if its lease has run out by `now`: it holds it no more."""
@@ -74,7 +104,7 @@ class LoadBalancerLease:
         return lapsed
 
     def revoke(self) -> None:
-        self.holder = None
+        self.holder, self.pending = None, 0
 
 
 def dispatch_messages(node_id: bytes, epoch: int, specs: list[dict],

@@ -116,7 +116,7 @@ class MasterNode:
                 self._apply(core.Committed(commit.token, commit.outcomes), now)
 
     def _apply(self, event: Any, now: float) -> None:
-        for effect in self.leader.handle(event, now):
+        for effect in self.leader.handle(event, now, time.monotonic()):
             try:
                 self.effect_handlers[type(effect)](effect, now)
             except Exception:

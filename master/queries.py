@@ -176,6 +176,10 @@ class StateQueries:
         newest_first.reverse()
         return newest_first, self.last_seq
 
+    def lease(self) -> tuple[bytes | None, int]:
+        """The load balancer holding the lease and its epoch (0: never granted)."""
+        return self.lease_holder, self.lease_epoch
+
     def nodes(self) -> list[NodeView]:
         return [NodeView(node=node, role=record.role, host=record.host, address=record.address,
                          slots=record.slots, cache_bytes=record.cache_bytes,

@@ -32,9 +32,9 @@ from uds.master.commands import (
     CHUNK_STARTED, CHUNK_SUCCEEDED, EVENT_DUPLICATE, EVENT_FINAL,
     EVENT_INVALID, EVENT_STALE, EVENT_UNKNOWN, FINAL_PHASES, IN_FLIGHT_PHASES, JOB_CANCELLED,
     JOB_FAILED,
-    JOB_SUBMITTED, JOB_SUCCEEDED, NODE_JOINED, NODE_LOST,
+    JOB_SUBMITTED, JOB_SUCCEEDED, LEASE_GRANTED, NODE_JOINED, NODE_LOST,
     CancelJob, CancelOutcome, ChunkEventOutcome, ChunkPhase,
-    Command, DispatchAttempts, DispatchOutcome, Event,
+    Command, DispatchAttempts, DispatchOutcome, Event, GrantLease, LeaseOutcome,
     NodeLost, NodeOutcome, NodeSeen, Outcome,
     SubmitJob, SubmitOutcome,
     checked_result, chunk_event_problem, is_id, node_seen_problem, normalised_submit,
@@ -182,6 +182,9 @@ class ClusterState(StateQueries):
     running: dict[ChunkKey, None] = field(default_factory=dict)
     event_log: deque[Event] = field(default_factory=_new_event_log)
     last_seq: int = 0
+    # The load-balancer lease: who is active, under which epoch. Epochs only rise.
+    lease_holder: bytes | None = None
+    lease_epoch: int = 0
 
     # ------------------------------------------------------------------
     # Writing: the one entry point the replicated method calls.
@@ -343,6 +346,22 @@ class ClusterState(StateQueries):
             self._lose_attempts_on(command.node, now, "worker joined as a new process")
         return NodeOutcome(changed=True)
 
+    def _apply_grant_lease(self, command: GrantLease, now: float) -> LeaseOutcome:
+        holder, epoch = command.holder, command.epoch
+        if not is_id(holder) or type(epoch) is not int:
+            return LeaseOutcome(ok=False, error="a lease needs a node id and an epoch",
+                                error_code=ErrorCode.INVALID, holder=self.lease_holder, epoch=self.lease_epoch)
+        if holder == self.lease_holder and epoch == self.lease_epoch:
+            return LeaseOutcome(holder=holder, epoch=epoch)
+        if epoch != self.lease_epoch + 1:
+            # Two leaders' grants raced, or a renewal outlived its epoch: the
+            # first to commit wins and the other changes nothing.
+            return LeaseOutcome(ok=False, error=f"epoch {epoch} is not the next after {self.lease_epoch}",
+                                error_code=ErrorCode.BUSY, holder=self.lease_holder, epoch=self.lease_epoch)
+        self.lease_holder, self.lease_epoch = holder, epoch
+        self._log(now, LEASE_GRANTED, node=holder, detail=f"epoch {epoch}")
+        return LeaseOutcome(holder=holder, epoch=epoch, granted=True)
+
     def _apply_node_lost(self, command: NodeLost, now: float) -> NodeOutcome:
         record = self.node_records.get(command.node) if is_id(command.node) else None
         if record is None:
@@ -475,6 +494,7 @@ _HANDLERS: dict[type, Callable[[ClusterState, Any, float], Outcome]] = {
     ChunkEvent: ClusterState._apply_chunk_event,
     CancelJob: ClusterState._apply_cancel_job,
     NodeSeen: ClusterState._apply_node_seen,
+    GrantLease: ClusterState._apply_grant_lease,
     NodeLost: ClusterState._apply_node_lost,
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from uds import wire
+from uds.wire.enums import NodeRole
 from uds.master.commands import Event, JobView, NodeView
 
 
@@ -18,11 +19,19 @@ def job_status_reply(node_id: bytes, request_id: int, job: bytes, view: JobView)
     return wire.JobStatusReply.make(node_id, request_id=request_id, **fields)
 
 
-def node_records(nodes: list[NodeView], live: dict[bytes, dict], now: float) -> list[dict[str, Any]]:
+def node_records(nodes: list[NodeView], live: dict[bytes, dict], now: float,
+                 lease: tuple[bytes | None, int] = (None, 0)) -> list[dict[str, Any]]:
     """NODE records: the replicated table, with the balancer's live figures
-    for workers it reported."""
+    for workers it reported. A load balancer's `sandbox` text (a worker's
+    field, unused for other roles) says whether it holds the lease, and at
+    which epoch: "active, epoch N" or "standby"."""
+    holder, epoch = lease
     records = []
     for view in nodes:
+        if view.role == NodeRole.LOADBALANCER:
+            records.append({**view.as_record(),
+                            "sandbox": f"active, epoch {epoch}" if view.node == holder else "standby"})
+            continue
         report = live.get(view.node)
         if report is not None:
             records.append(view.as_record(free_slots=report["free_slots"], running=report["running"],

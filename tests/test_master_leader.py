@@ -142,6 +142,12 @@ class Cluster:
         outcomes = self.state.apply(list(proposal.commands), now)
         return self.handle(Committed(proposal.tag, outcomes), now)
 
+    def renew(self, now: float) -> None:
+        """The balancer's heartbeat at `now`, its lease renewed by a commit."""
+        link = self.leader.loadbalancer
+        self.handle(received(heartbeat(link.free_slots, link.running), BALANCER_PEER), now)
+        self.settle(now)
+
     def settle(self, now: float) -> list:
         """Tick and commit until nothing is proposed any more; all effects."""
         effects = self.handle(Tick(), now)
@@ -166,6 +172,7 @@ def leading(now: float = 0.0) -> Cluster:
 def with_balancer(free_slots: int = 2, now: float = 0.0) -> Cluster:
     cluster = leading(now)
     cluster.handle(received(hello(), BALANCER_PEER), now)
+    cluster.settle(now)                            # the lease is granted by a commit
     cluster.handle(received(heartbeat(free_slots), BALANCER_PEER), now)
     cluster.settle(now)
     return cluster
@@ -333,11 +340,13 @@ def test_credit_grows_with_the_balancers_slots_and_frees_as_chunks_end():
     cluster.handle(received(submit(chunks=credit + 2)), 1.0)
     cluster.settle(1.0)
     assert cluster.state.in_flight_count() == credit
+    cluster.renew(1.2)
+    cluster.renew(2.0)
     cluster.handle(received(chunk_events(1, event_record(JOB, 0, 1, ChunkState.STARTED),
                                          event_record(JOB, 0, 1, ChunkState.SUCCEEDED)), BALANCER_PEER), 2.0)
     effects = cluster.settle(2.0)
     assert Send(BALANCER_PEER, wire.ChunkEventsAck.make(MASTER, epoch=1, batch_id=1)) in effects
-    assert proposed(effects)[1].commands == (DispatchAttempts(((JOB, credit, 1),)),)
+    assert proposed(effects)[-1].commands == (DispatchAttempts(((JOB, credit, 1),)),)
     assert dispatch((JOB, credit, 1), state=cluster.state) in effects
     assert cluster.state.in_flight_count() == credit
 
@@ -348,7 +357,8 @@ def test_dispatched_attempts_that_have_not_started_are_sent_again():
     cluster.settle(0.5)
     cluster.handle(received(chunk_events(1, event_record(JOB, 0, 1, ChunkState.STARTED)), BALANCER_PEER), 1.0)
     cluster.settle(1.0)
-    cluster.handle(received(heartbeat(0, 1), BALANCER_PEER), 2.5)
+    for now in (1.4, 2.0, 2.5):
+        cluster.renew(now)
     assert cluster.handle(Tick(), RESEND_DISPATCHED_S - 0.01) == [Wake(RESEND_DISPATCHED_S)]
     assert cluster.handle(Tick(), RESEND_DISPATCHED_S) == [
         dispatch((JOB, 1, 1), state=cluster.state), Wake(2.5 + LOADBALANCER_LEASE_S)]
@@ -358,8 +368,8 @@ def test_a_silent_balancer_loses_its_lease_and_gets_nothing_more():
     cluster = with_balancer(free_slots=2)
     assert cluster.handle(Tick(), LOADBALANCER_LEASE_S - 0.01)[-1] == Wake(LOADBALANCER_LEASE_S)
     assert cluster.handle(Tick(), LOADBALANCER_LEASE_S) == [
-        Note(f"load balancer {BALANCER.hex()} silent for {LOADBALANCER_LEASE_S:.1f}s: no more dispatches to it",
-             warning=True)]
+        Note(f"load balancer {BALANCER.hex()} unrenewed for {LOADBALANCER_LEASE_S:.1f}s: "
+             "its lease at epoch 1 is over", warning=True)]
     assert cluster.leader.loadbalancer is None
     cluster.handle(received(submit(chunks=2)), 3.5)
     assert proposed(cluster.handle(Tick(), 3.5)) == [Propose((submit_command(chunks=2),), 3)]
@@ -372,12 +382,13 @@ def test_a_balancers_hello_is_answered_and_gets_what_was_dispatched():
     cluster.handle(received(submit(chunks=1)), 1.0)
     cluster.settle(1.0)
     asked = hello(request_id=9)
-    effects = cluster.handle(received(asked, b"new-peer"), 2.0)
-    assert effects == [
-        Note(f"load balancer {BALANCER.hex()} at tcp://lb joined"),
+    assert cluster.handle(received(asked, b"new-peer"), 1.2) == []     # a renewal: answered after its commit
+    cluster.handle(Tick(), 1.2)
+    assert without((Wake,), cluster.commit(1.2)) == [
         Reply(request(asked, b"new-peer"), wire.HelloReply.make(MASTER, request_id=9, epoch=1,
-                                                                 heartbeat_interval_ms=250, lease_ms=3000)),
-        Send(b"new-peer", dispatch((JOB, 0, 1), state=cluster.state).message)]
+                                                                 heartbeat_interval_ms=250,
+                                                                 lease_ms=int(LOADBALANCER_LEASE_S * 1000)))]
+    assert cluster.leader.loadbalancer.peer == b"new-peer"
 
 
 def test_cancel_is_forwarded_to_the_balancer_and_answered_with_the_status():
@@ -385,8 +396,8 @@ def test_cancel_is_forwarded_to_the_balancer_and_answered_with_the_status():
     cluster.handle(received(submit(chunks=2)), 1.0)
     cluster.settle(1.0)
     asked = wire.JobCancel.make(CLIENT, request_id=11, job=JOB)
-    cluster.handle(received(asked), 2.0)
-    effects = without((Propose, Wake), cluster.settle(2.0))
+    cluster.handle(received(asked), 1.2)
+    effects = without((Propose, Wake), cluster.settle(1.2))
     assert effects == [
         Send(BALANCER_PEER, wire.ChunkCancel.make(MASTER, epoch=1, job=JOB, attempts=[[0, 1], [1, 1]])),
         status_reply(asked, cluster.state)]
@@ -431,11 +442,11 @@ def test_node_reports_become_node_seen_and_node_lost():
                     cache_bytes=10, started_at=3.0, millicpus=4000, memory_bytes=8 << 30,
                     disk_bytes=50 << 30, sandbox="bubblewrap")
     assert proposed(cluster.settle(1.0))[0].commands == (seen,)
-    cluster.handle(received(report, BALANCER_PEER), 2.0)
-    assert proposed(cluster.settle(2.0)) == []          # nothing new
+    cluster.handle(received(report, BALANCER_PEER), 1.2)
+    assert proposed(cluster.settle(1.2)) == []          # nothing new
     lost = wire.NodeReport.make(BALANCER, epoch=1, nodes=[{**node, "state": "lost"}])
-    cluster.handle(received(lost, BALANCER_PEER), 3.0)
-    assert proposed(cluster.settle(3.0))[0].commands == (NodeLost(WORKER),)
+    cluster.handle(received(lost, BALANCER_PEER), 1.3)
+    assert proposed(cluster.settle(1.3))[0].commands == (NodeLost(WORKER),)
 
 
 # ---- held status requests --------------------------------------------------------

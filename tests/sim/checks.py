@@ -12,6 +12,8 @@ Liveness, at the end: every acknowledged job finished.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from uds.master.commands import FINAL_PHASES, ChunkPhase
 from uds.master.state import (
     CHUNK_CANCELLED, CHUNK_FAILED, CHUNK_SUCCEEDED, POISON_ERROR, ClusterState,
@@ -28,8 +30,12 @@ class InvariantBroken(AssertionError):
 
 
 class Checker:
-    def __init__(self, state: ClusterState, store: ContentStore, acknowledged: dict[bytes, float]) -> None:
+    def __init__(self, state: ClusterState, store: ContentStore, acknowledged: dict[bytes, float],
+                 balancers: Callable[[], list] = list) -> None:
         self.state = state
+        self.balancers = balancers           # the live SimBalancers
+        self.lease_epoch = 0
+        self.holders: dict[int, bytes] = {}  # epoch -> its one holder
         self.store = store
         self.acknowledged = acknowledged
         self.seen_seq = 0
@@ -39,6 +45,7 @@ class Checker:
 
     def after_step(self) -> None:
         state = self.state
+        self._check_lease()
         if state.last_seq == self.seen_seq:
             return
         self._count_final_events()
@@ -48,6 +55,19 @@ class Checker:
         for job in self.acknowledged:
             if job not in state.job_records:
                 raise InvariantBroken(f"acknowledged job {short(job)} is not in the state")
+
+    def _check_lease(self) -> None:
+        """Epochs only rise, each has one holder, and never do two balancers
+        believe at once that they hold the lease (so at most one assigns)."""
+        holder, epoch = self.state.lease()
+        if epoch < self.lease_epoch:
+            raise InvariantBroken(f"the lease epoch went back from {self.lease_epoch} to {epoch}")
+        self.lease_epoch = epoch
+        if holder is not None and self.holders.setdefault(epoch, holder) != holder:
+            raise InvariantBroken(f"epoch {epoch} has two holders")
+        active = [balancer.name for balancer in self.balancers() if balancer.active()]
+        if len(active) > 1:
+            raise InvariantBroken(f"balancers {active} both believe they hold the lease")
 
     def _count_final_events(self) -> None:
         events, self.seen_seq = self.state.events_after(self.seen_seq, 1 << 30)

@@ -2,7 +2,8 @@
 
 Each seed draws its own mix (a calm seed next to a stormy one), then injects
 node faults at random times during the fault phase: a worker frozen and
-thawed, a worker or the load balancer crashed and restarted empty, the
+thawed, a worker or a load balancer crashed and restarted empty, a load
+balancer frozen (past its lease about half the time) and thawed, the
 leader replaced with its soft state lost. Until the phase ends, the
 leader's proposals fail, and the network drops, duplicates and delays (so
 reorders) messages, at the seed's odds.
@@ -16,7 +17,8 @@ from .loop import NetworkFaults, Simulation
 
 FREEZE_S = (0.2, 4.0)           # past the worker lease (1.5 s) about half the time
 DOWN_S = (0.05, 2.0)            # how long a crashed node stays down
-NODE_FAULT_KINDS = ("worker_frozen", "worker_crashed", "balancer_crashed", "leader_replaced")
+NODE_FAULT_KINDS = ("worker_frozen", "worker_crashed", "balancer_crashed", "leader_replaced",
+                    "balancer_frozen")
 
 
 @dataclass
@@ -40,7 +42,7 @@ class Nemesis:
     """Injects a plan's faults into a cluster between `start` and `end`.
 
     `cluster` offers: workers (names), freeze(name), thaw(name), crash(name),
-    restart(name), balancer (its name), replace_leader(), fail_proposals(odds)."""
+    restart(name), balancers (names), replace_leader(), fail_proposals(odds)."""
 
     def __init__(self, sim: Simulation, cluster, plan: FaultPlan, end: float) -> None:
         self.sim = sim
@@ -48,9 +50,11 @@ class Nemesis:
         self.plan = plan
         self.end = end
         self.actions: dict[str, Callable[[], None]] = {
-            "worker_frozen": self._freeze_worker,
+            "worker_frozen": lambda: self._freeze(self.sim.random.choice(self.cluster.workers), "worker_frozen"),
             "worker_crashed": lambda: self._crash(self.sim.random.choice(self.cluster.workers)),
-            "balancer_crashed": lambda: self._crash(self.cluster.balancer),
+            "balancer_crashed": lambda: self._crash(self.sim.random.choice(self.cluster.balancers)),
+            "balancer_frozen": lambda: self._freeze(self.sim.random.choice(self.cluster.balancers),
+                                                    "balancer_frozen"),
             "leader_replaced": self._replace_leader,
         }
 
@@ -76,18 +80,17 @@ class Nemesis:
         self.cluster.fail_proposals(0.0)
         self.sim.note("faults stop")
 
-    def _freeze_worker(self) -> None:
-        name = self.sim.random.choice(self.cluster.workers)
+    def _freeze(self, name: str, kind: str) -> None:
         if not self.cluster.freeze(name):
             return
-        self.sim.count("worker_frozen")
+        self.sim.count(kind)
         self.sim.note(f"freeze {name}")
         self.sim.after(self.sim.random.uniform(*FREEZE_S), self.cluster.thaw, name)
 
     def _crash(self, name: str) -> None:
         if not self.cluster.crash(name):
             return
-        self.sim.count("worker_crashed" if name != self.cluster.balancer else "balancer_crashed")
+        self.sim.count("balancer_crashed" if name in self.cluster.balancers else "worker_crashed")
         self.sim.note(f"crash {name}")
         self.sim.after(self.sim.random.uniform(*DOWN_S), self.cluster.restart, name)
 

@@ -3,7 +3,11 @@
 loadbalancer/node.py does: worker messages become scheduler events, effects
 become messages, chunk events go to the master in batches resent until
 acknowledged, and each acknowledged final status is confirmed to its worker
-(status_ack). A crash loses all of it; the restarted balancer starts empty.
+(status_ack). Like the real one it asks the masters for its lease with a
+hello every RENEW_INTERVAL_S, counts it from the sending (BalancerLease),
+assigns only while active, holds dispatches that come while it is not, and
+takes no worker status while standby. A
+crash loses all of it; the restarted balancer starts empty.
 """
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ from typing import Any, Callable
 
 from uds import wire
 from uds.loadbalancer import scheduler as core
-from uds.loadbalancer.node import status_acks
+from uds.loadbalancer.lease import BalancerLease
+from uds.loadbalancer.node import MAX_HELD_DISPATCHES, status_acks
 from uds.wire.enums import FINAL_CHUNK_STATES, ErrorCode, NodeRole
 
 from .host import Host
@@ -25,6 +30,7 @@ class _Batch:
     message: wire.ChunkEvents
     finals: list[tuple[bytes, bytes, int, int, int]]   # worker, job, chunk, attempt, state
     sent_at: float
+    events: list
 
 
 class SimBalancer(Host):
@@ -40,6 +46,8 @@ class SimBalancer(Host):
         self.master_registered = False
         self.last_master_hello = -MASTER_HELLO_RETRY_S
         self.epoch = 0
+        self.lease = BalancerLease()
+        self.held_dispatches: list[wire.ChunkDispatch] = []
         self.worker_peers: dict[bytes, str] = {}
         self.outgoing_events: list[wire.ChunkEvent] = []
         self.unacknowledged: dict[int, _Batch] = {}
@@ -103,7 +111,12 @@ class SimBalancer(Host):
 
     def _on_worker_status(self, message: wire.WorkerStatus, peer: str) -> None:
         self.worker_peers[message.node_uuid] = peer
-        self._apply(message.chunk_event())
+        if self.lease.active(self.sim.now):
+            self._apply(message.chunk_event())
+
+    def active(self) -> bool:
+        """Whether this balancer believes it holds the lease now."""
+        return not self.frozen and self.lease.active(self.sim.now)
 
     def _send_worker(self, worker: bytes, message: wire.Message) -> None:
         peer = self.worker_peers.get(worker)
@@ -111,12 +124,16 @@ class SimBalancer(Host):
             self.send(peer, message)
 
     def _do_assign(self, effect: core.AssignChunks) -> None:
+        if not self.lease.active(self.sim.now):
+            return      # the scheduler sees no STARTED and takes them back
         self._send_worker(effect.worker, wire.WorkerRequest.make(
             self.node_id, epoch=max(self.epoch, 1),
             assignments=[assignment.to_record() for assignment in effect.assignments],
             **effect.job_spec.request_fields()))
 
     def _do_cancel_on_worker(self, effect: core.CancelOnWorker) -> None:
+        if not self.lease.active(self.sim.now):
+            return
         self._send_worker(effect.worker, wire.ChunkCancel.make(
             self.node_id, epoch=max(self.epoch, 1), job=effect.job, attempts=[list(pair) for pair in effect.attempts]))
 
@@ -137,17 +154,39 @@ class SimBalancer(Host):
     # -- the master ------------------------------------------------------------
 
     def _on_master_hello_reply(self, message: wire.HelloReply, peer: str) -> None:
+        if not self.lease.granted(message.request_id, message.epoch, message.lease_ms / 1000.0):
+            return
+        if not self.master_registered:
+            self.last_node_report = 0.0
+            for batch in self.unacknowledged.values():
+                batch.sent_at = -RESEND_BATCH_S   # resend now: the master may have changed
         self.master_registered = True
+        if message.epoch != self.epoch:
+            for batch in self.unacknowledged.values():
+                batch.message = wire.ChunkEvents.carrying(self.node_id, message.epoch, batch.message.batch_id,
+                                                          batch.events)
+                batch.sent_at = -RESEND_BATCH_S
+            if self.sim.tracing:
+                self.sim.note(f"{self.name}: holds the lease at epoch {message.epoch}")
         self.epoch = message.epoch
-        self.last_node_report = 0.0
-        for batch in self.unacknowledged.values():
-            batch.sent_at = -RESEND_BATCH_S   # resend now: the master may have changed
+        if self.lease.active(self.sim.now):
+            held, self.held_dispatches = self.held_dispatches, []
+            for dispatch in held:
+                if dispatch.epoch == self.epoch:
+                    self._apply(core.Dispatched.of_message(dispatch))
 
     def _on_master_error(self, message: wire.Error, peer: str) -> None:
+        if message.error_code == ErrorCode.BUSY and message.failed_type == wire.MessageType.HELLO:
+            self.lease.refused(self.sim.now)
+            self.held_dispatches.clear()
         if message.error_code in (ErrorCode.UNEXPECTED, ErrorCode.BUSY, ErrorCode.NOT_LEADER):
             self.master_registered = False
 
     def _on_dispatch(self, message: wire.ChunkDispatch, peer: str) -> None:
+        if not self.lease.active(self.sim.now):
+            if len(self.held_dispatches) < MAX_HELD_DISPATCHES:
+                self.held_dispatches.append(message)
+            return
         self._apply(core.Dispatched.of_message(message))
 
     def _on_cancel(self, message: wire.ChunkCancel, peer: str) -> None:
@@ -163,9 +202,10 @@ class SimBalancer(Host):
     # -- timers and batching ---------------------------------------------------
 
     def _on_timers(self, now: float) -> None:
-        if not self.master_registered and now - self.last_master_hello > MASTER_HELLO_RETRY_S:
+        if self.lease.ask_due(now):
             self.last_master_hello = now
             self.next_request_id += 1
+            self.lease.ask(self.next_request_id, now)
             self.send(self.master, wire.Hello.make(
                 self.node_id, request_id=self.next_request_id, role=int(NodeRole.LOADBALANCER), slots=0,
                 cache_bytes=0, start_time_ms=int(self.started_at * 1000), host=self.name, address=self.name,
@@ -198,6 +238,6 @@ class SimBalancer(Host):
             message = wire.ChunkEvents.carrying(self.node_id, max(self.epoch, 1), batch_id, events)
             finals = [(e.worker, e.job, e.chunk, e.attempt, e.state) for e in events
                       if e.state in FINAL_CHUNK_STATES and e.worker != core.NO_WORKER]
-            self.unacknowledged[batch_id] = _Batch(message, finals, now)
+            self.unacknowledged[batch_id] = _Batch(message, finals, now, events)
             if self.master_registered:
                 self.send(self.master, message)

@@ -1,8 +1,9 @@
 """One seed of the simulation, start to end: `run_seed(seed) -> SeedReport`.
 
-A cluster of one master (a linearizable log and its leader), one load
-balancer, two workers of different sizes and a client that submits a few
-small jobs, the second of which fits only the larger worker.
+A cluster of one master (a linearizable log and its leader), two load
+balancers (one active at a time by its lease and epoch), two workers of
+different sizes that talk to both, and a client that submits a few small
+jobs, the second of which fits only the larger worker.
 A fault phase (FAULT_PHASE_S) is followed by a quiet one: by
 QUIET_DEADLINE_S after the faults stop, every acknowledged job must have
 finished. Checks run after every step; the first broken one ends the seed.
@@ -39,7 +40,8 @@ WORKER_COUNT = 2          # the fewest that can hold two copies of an attempt
 GIB = 1 << 30
 WORKER_CAPACITIES = (Capacity(2000, 2 * GIB, 0), Capacity(2000, 4 * GIB, 0))
 JOB_LIMITS = (NO_LIMITS, ResourceLimits(memory_bytes=3 * GIB, millicpus=1000))
-MASTER, BALANCER, CLIENT = "master", "lb", "client"
+MASTER, CLIENT = "master", "client"
+BALANCERS = ("lb0", "lb1")
 
 
 @dataclass
@@ -69,20 +71,21 @@ class Cluster:
         self.sim = sim
         self.store = ContentStore()
         self.master = MasterHost(sim, MASTER)
-        self.balancer = BALANCER
+        self.balancers = list(BALANCERS)
         self.workers = [f"w{index}" for index in range(worker_count)]
         self.slots = slots
         self.client = SimClient(sim, CLIENT, MASTER, self.store.put(b"#!/bin/sim-program\n"))
         for host in (self.master, self.client):
             sim.nodes[host.name] = host
-        for name in [BALANCER, *self.workers]:
+        for name in [*self.balancers, *self.workers]:
             self.restart(name)
 
     def restart(self, name: str) -> None:
-        if name == BALANCER:
+        if name in self.balancers:
             host = SimBalancer(self.sim, name, _id(name), MASTER, WORKER_HEARTBEAT_S, WORKER_LEASE_S)
         else:
-            host = SimWorker(self.sim, name, _id(name), BALANCER, self.store, self.slots, WORKER_HEARTBEAT_S,
+            host = SimWorker(self.sim, name, _id(name), self.balancers, self.store, self.slots,
+                             WORKER_HEARTBEAT_S,
                              faults_until=FAULT_PHASE_S,
                              capacity=WORKER_CAPACITIES[self.workers.index(name) % len(WORKER_CAPACITIES)])
         self.sim.nodes[name] = host
@@ -129,7 +132,8 @@ def run_seed(seed: int, tracing: bool = False) -> SeedReport:
         sim.at(rng.uniform(0.0, SUBMIT_BY_S), cluster.client.submit, job, chunks, rng.choice((0, 2)),
                JOB_LIMITS[index % len(JOB_LIMITS)])
     Nemesis(sim, cluster, FaultPlan.draw(sim), end=FAULT_PHASE_S).start()
-    checker = Checker(cluster.master.state, cluster.store, cluster.client.acknowledged)
+    checker = Checker(cluster.master.state, cluster.store, cluster.client.acknowledged,
+                      balancers=lambda: [sim.nodes[name] for name in cluster.balancers if name in sim.nodes])
     try:
         sim.run_until(FAULT_PHASE_S + QUIET_DEADLINE_S, lambda: checker.all_finished(job_count),
                       checker.after_step)

@@ -9,6 +9,10 @@ comes due.
 Nothing here decides anything about an attempt. A crash loses the core, the
 processes and the fetched programs; the restarted worker is a new process
 (a new `started_at`) with a fresh, empty core.
+
+It talks to every balancer and obeys the highest epoch it has seen: a
+message carrying a lower one is dropped and counted (`stale_epoch`), the
+rule of the worker's own shell.
 """
 from __future__ import annotations
 
@@ -35,12 +39,14 @@ class WakeupStaysDue(AssertionError):
 
 
 class SimWorker(Host):
-    def __init__(self, sim: Simulation, name: str, node_id: bytes, balancer: str, store: ContentStore,
+    def __init__(self, sim: Simulation, name: str, node_id: bytes, balancers: list[str], store: ContentStore,
                  slots: int, heartbeat_interval_s: float, faults_until: float,
                  capacity: Capacity = NO_CAPACITY) -> None:
         super().__init__(sim, name)
         self.node_id = node_id
-        self.balancer = balancer
+        self.balancers = list(balancers)
+        self.epoch = 0                  # the highest seen
+        self.stale_epoch = 0            # messages dropped for a lower one
         self.slots = slots
         self.capacity = capacity
         self.start_time_ms = int(round(sim.now, 3) * 1000)     # of this process, in its hello and reports
@@ -48,10 +54,10 @@ class SimWorker(Host):
         self.host = SimAttemptHost(sim, name, node_id, store, self.later, self._apply, faults_until)
         self.effects: dict[type, Callable[[Any], Any]] = {
             **self.host.handlers,
-            core.Report: lambda effect: self.send(
-                self.balancer, status_message(self.node_id, self.start_time_ms, effect)),
-            core.Resend: lambda effect: self.send(
-                self.balancer, status_message(self.node_id, self.start_time_ms, effect.report)),
+            core.Report: lambda effect: self._to_balancers(
+                status_message(self.node_id, self.start_time_ms, effect)),
+            core.Resend: lambda effect: self._to_balancers(
+                status_message(self.node_id, self.start_time_ms, effect.report)),
             core.SayHello: self._hello,
             core.SendHeartbeat: self._heartbeat,
         }
@@ -59,7 +65,17 @@ class SimWorker(Host):
         self.wake_at: float | None = None
         self._schedule_wakeup()
 
+    def _to_balancers(self, message: wire.Message) -> None:
+        for balancer in self.balancers:
+            self.send(balancer, message)
+
     def on_message(self, source: str, message: wire.Message) -> None:
+        epoch = getattr(message, "epoch", None)
+        if epoch is not None:
+            if epoch < self.epoch:
+                self.stale_epoch += 1
+                return
+            self.epoch = epoch
         event = event_of(message) if isinstance(message, BALANCER_MESSAGES) else None
         if event is not None:
             self._apply(event)
@@ -105,9 +121,9 @@ class SimWorker(Host):
 
     def _hello(self, effect: core.SayHello) -> None:
         self.next_request_id += 1
-        self.send(self.balancer, hello_message(self.node_id, self.next_request_id, self.slots,
+        self._to_balancers(hello_message(self.node_id, self.next_request_id, self.slots,
                                                CACHE_BYTES, self.start_time_ms, host="", capacity=self.capacity,
                                                sandbox="simulated"))
 
     def _heartbeat(self, effect: core.SendHeartbeat) -> None:
-        self.send(self.balancer, heartbeat_message(self.node_id, effect, cache_added=[], cache_removed=[]))
+        self._to_balancers(heartbeat_message(self.node_id, effect, cache_added=[], cache_removed=[]))
