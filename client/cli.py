@@ -257,22 +257,30 @@ def cancel(options: argparse.Namespace) -> int:
     return 0
 
 
+def _sandbox_or_lease(node: dict) -> str:
+    from uds.wire.enums import NodeRole
+    if node["role"] == NodeRole.WORKER:
+        return node["sandbox"]
+    if node["role"] == NodeRole.LOADBALANCER:
+        return f"active, epoch {node['lease_epoch']}" if node["lease_epoch"] else "standby"
+    return "-"
+
+
 def nodes(options: argparse.Namespace) -> int:
     from uds.wire.enums import NodeRole
     with _connect(options) as connection:
         listed = connection.nodes()
-        # The sandbox column is as wide as its longest entry: an unsafe worker must read as such.
-        # A load balancer's column says whether it is active, and its epoch.
-        width = max([len("sandbox")] + [len(node["sandbox"]) for node in listed
-                                        if node["role"] in (NodeRole.WORKER, NodeRole.LOADBALANCER)]) + 2
+        # One column says how a worker runs chunks (its sandbox, in full: an
+        # unconfined worker must read as such) or whether a balancer is active.
+        shown = {node["node"]: _sandbox_or_lease(node) for node in listed}
+        width = max([len("sandbox")] + [len(text) for text in shown.values()]) + 2
         print(f"{'node':<34}{'role':<14}{'state':<7}{'host':<16}{'slots':>6}{'free':>6}{'running':>8}"
               f"{'cpus':>6}{'memory':>11}{'disk':>11}  {'sandbox':<{width}}address")
         for node in listed:
             worker = node["role"] == NodeRole.WORKER
-            lease = node["sandbox"] if node["role"] == NodeRole.LOADBALANCER else "-"
             offered = (f"{node['millicpus'] / 1000:>6g}{_size(node['memory_bytes']):>11}"
-                       f"{_size(node['disk_bytes']):>11}  {node['sandbox']:<{width}}" if worker
-                       else f"{'-':>6}{'-':>11}{'-':>11}  {lease:<{width}}")
+                       f"{_size(node['disk_bytes']):>11}" if worker else f"{'-':>6}{'-':>11}{'-':>11}")
+            offered += f"  {shown[node['node']]:<{width}}"
             print(f"{node['node'].hex():<34}{NodeRole(node['role']).name.lower():<14}{node['state']:<7}"
                   f"{node['host'][:15]:<16}{node['slots']:>6}{node['free_slots']:>6}{node['running']:>8}"
                   f"{offered}{node['address']}")

@@ -77,6 +77,7 @@ class LoadBalancerNode:
         # from the workers' heartbeats but assigns nothing.
         self.lease = BalancerLease()
         self.was_active = False
+        self.announced_epoch = 0       # the epoch every known worker was last told of
         # Dispatches that came while the lease did not count (after a stall,
         # before the renewal's answer): placed once it counts again, dropped
         # if another balancer holds it (the masters send them there).
@@ -179,11 +180,16 @@ class LoadBalancerNode:
             return
         worker = message.node_uuid
         self.worker_peers[worker] = peer
+        self._send_hello_reply(peer, message.request_id, now)
+        self._apply(core.WorkerHello.of_message(message), now)
+
+    def _send_hello_reply(self, peer: bytes, request_id: int, now: float) -> None:
+        """A worker follows the balancer that shows it the highest epoch: a
+        standby shows 0, so that a worker is never drawn to it."""
         send_message(self.workers_socket, wire.encode(wire.HelloReply.make(
-            self.node_id, request_id=message.request_id, epoch=max(self.epoch, 1),
+            self.node_id, request_id=request_id, epoch=self.epoch if self.lease.active(now) else 0,
             heartbeat_interval_ms=int(self.heartbeat_interval_s * 1000),
             lease_ms=int(self.lease_s * 1000))), peer=peer, counters=self.transport)
-        self._apply(core.WorkerHello.of_message(message), now)
 
     def on_worker_heartbeat(self, message: wire.Heartbeat, peer: bytes, now: float) -> None:
         self.worker_peers[message.node_uuid] = peer
@@ -326,6 +332,12 @@ class LoadBalancerNode:
             self._count("became_active" if active else "became_standby")
             log.log(logging.INFO if active else logging.WARNING, "%s at epoch %d",
                     "active" if active else "standby", self.epoch)
+        if active and self.epoch != self.announced_epoch:
+            # Tell every worker at once (an unasked hello_reply), so that they
+            # report here from now on, rather than to a balancer that is gone.
+            self.announced_epoch = self.epoch
+            for peer in self.worker_peers.values():
+                self._send_hello_reply(peer, 0, now)
 
     def on_master_error(self, message: wire.Error, peer: bytes | None, now: float) -> None:
         if message.error_code == ErrorCode.BUSY and message.failed_type == wire.MessageType.HELLO:

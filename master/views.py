@@ -22,15 +22,14 @@ def job_status_reply(node_id: bytes, request_id: int, job: bytes, view: JobView)
 def node_records(nodes: list[NodeView], live: dict[bytes, dict], now: float,
                  lease: tuple[bytes | None, int] = (None, 0)) -> list[dict[str, Any]]:
     """NODE records: the replicated table, with the balancer's live figures
-    for workers it reported. A load balancer's `sandbox` text (a worker's
-    field, unused for other roles) says whether it holds the lease, and at
-    which epoch: "active, epoch N" or "standby"."""
+    for workers it reported. A load balancer's `lease_epoch` is the epoch it
+    holds the lease at, 0 for a standby."""
     holder, epoch = lease
     records = []
     for view in nodes:
         if view.role == NodeRole.LOADBALANCER:
             records.append({**view.as_record(),
-                            "sandbox": f"active, epoch {epoch}" if view.node == holder else "standby"})
+                            "lease_epoch": epoch if view.node == holder else 0})
             continue
         report = live.get(view.node)
         if report is not None:

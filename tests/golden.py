@@ -89,7 +89,7 @@ def samples() -> list[wire.Message]:
         m.NodesReply.make(NODE, request_id=8, nodes=[{
             "node": NODE, "role": int(NodeRole.WORKER), "host": "node-1",
             "address": "", "slots": 4, "free_slots": 3, "running": 1, "cache_bytes": 1 << 30,
-            "started_at": 1_795_000_000.0, "last_seen_s": 0.5, "state": "alive", **WORKER_RESOURCES}]),
+            "started_at": 1_795_000_000.0, "last_seen_s": 0.5, "state": "alive", **WORKER_RESOURCES, "lease_epoch": 0}]),
         m.EventsQuery.make(NODE, request_id=9, after_seq=0, limit=100),
         m.EventsReply.make(NODE, request_id=9, last_seq=1, events=[{
             "seq": 1, "at": 1_795_000_000.0, "kind": "job_submitted", "job": JOB, "chunk": None,
@@ -102,7 +102,7 @@ def samples() -> list[wire.Message]:
         m.NodeReport.make(NODE, epoch=3, nodes=[{
             "node": NODE, "role": int(NodeRole.WORKER), "host": "node-1",
             "address": "", "slots": 4, "free_slots": 3, "running": 1, "cache_bytes": 1 << 30,
-            "started_at": 1_795_000_000.0, "last_seen_s": 0.5, "state": "alive", **WORKER_RESOURCES}]),
+            "started_at": 1_795_000_000.0, "last_seen_s": 0.5, "state": "alive", **WORKER_RESOURCES, "lease_epoch": 0}]),
         m.FileManifest.make(NODE, request_id=11, file=FILE, first_block=1),
         m.FileManifestReply.make(NODE, request_id=11, file=FILE, file_length=3 * (1 << 20) + 1,
                                  first_block=1, block_count=2, hashes=bytes(range(64))),

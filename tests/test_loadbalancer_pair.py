@@ -20,7 +20,8 @@ FAILOVERS = int(os.environ.get("UDS_FAILOVERS", "3"))
 
 def _balancers(connection) -> dict[str, str]:
     """Balancer node hex -> "active, epoch N" or "standby", as `uds nodes` shows it."""
-    return {node["node"].hex(): node["sandbox"] for node in connection.nodes()
+    return {node["node"].hex(): f"active, epoch {node['lease_epoch']}" if node["lease_epoch"] else "standby"
+            for node in connection.nodes()
             if node["role"] == NodeRole.LOADBALANCER and node["state"] == "alive"}
 
 
@@ -80,3 +81,39 @@ def test_one_is_active_the_other_takes_over_after_kill_9_and_the_old_one_returns
           f"p99 {ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]:.3f}s, "
           f"max {ordered[-1]:.3f}s, runs {len(times)}")
     assert max(times) < 2.0
+
+
+@pytest.fixture
+def working_pair(pair):
+    layout, connection, balancers = pair
+    for name in ("w0", "w1"):
+        layout.start("worker", name=name)
+    wait_until(lambda: sum(1 for node in connection.nodes()
+                           if node["role"] == NodeRole.WORKER and node["free_slots"]) == 2,
+               what="both workers free")
+    yield pair
+
+
+def test_chunks_keep_running_through_a_kill_9_of_the_active_balancer_and_commit_once(working_pair):
+    layout, connection, balancers = working_pair
+    chunks = 24
+    job = connection.submit_job(b"#!/bin/sh\nsleep 0.4\necho $UDS_CHUNK > $UDS_OUTPUT/n\n", chunks=chunks)
+    wait_until(lambda: sum(chunk.state == "succeeded" for chunk in job.status().chunks) >= 4,
+               what="chunks done before the kill")
+    node, epoch = _active(connection)
+    name = next(name for name, daemon in balancers.items() if _node_of(daemon) == node)
+    killed_at = time.time()
+    balancers[name].kill9()
+    status = job.wait(timeout=60)
+    assert status.state == "succeeded", status
+    for index, chunk in enumerate(status.chunks):
+        assert connection.get(chunk.result.outputs["n"][0]) == f"{index}\n".encode()
+    events = connection.events(0, 10_000)[0]
+    succeeded = [event["chunk"] for event in events if event["kind"] == "chunk_succeeded"]
+    assert sorted(succeeded) == list(range(chunks))               # each chunk committed once
+    granted = next(event for event in events
+                   if event["kind"] == "lease_granted" and event["detail"] == f"epoch {epoch + 1}")
+    dispatched = next(event for event in events
+                      if event["kind"] == "chunk_dispatched" and event["seq"] > granted["seq"])
+    print(f"kill -9 to the next dispatched chunk: {dispatched['at'] - killed_at:.3f}s")
+    assert dispatched["at"] - killed_at < 2.0
