@@ -48,7 +48,8 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of that number exists (ours to signal or not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -63,7 +64,7 @@ def running_pids(folder: pathlib.Path) -> list[dict]:
         entries = json.loads((folder / PIDS_FILE).read_text())
     except (OSError, ValueError):
         return []
-    return [entry for entry in entries if _alive(entry["pid"])]
+    return [entry for entry in entries if pid_alive(entry["pid"])]
 
 
 def write_cluster_file(folder: pathlib.Path, workers: int, slots: int, loadbalancers: int = 1) -> pathlib.Path:
@@ -148,7 +149,7 @@ def _wait_ready(process: DevProcess, logs: pathlib.Path) -> None:
     while time.monotonic() < deadline:
         if ready_pid(process.data) == process.pid:
             return
-        if not _alive(process.pid) or _is_zombie(process.pid):
+        if not pid_alive(process.pid) or _is_zombie(process.pid):
             tail = (logs / f"{process.name}.log").read_text(errors="replace")[-2000:]
             raise DevClusterError(f"{process.name} exited during start-up; its log ends:\n{tail}")
         time.sleep(0.05)
@@ -191,10 +192,10 @@ def stop_processes(processes: list[DevProcess] | list[dict]) -> None:
             pass
     deadline = time.monotonic() + STOP_TIMEOUT_S
     for pid in pids:
-        while _alive(pid) and not _is_zombie(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and not _is_zombie(pid) and time.monotonic() < deadline:
             _reap(pid)
             time.sleep(0.05)
-        if _alive(pid) and not _is_zombie(pid):
+        if pid_alive(pid) and not _is_zombie(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -256,7 +257,7 @@ def run_foreground(folder: pathlib.Path, processes: list[DevProcess], say=print)
     code = 0
     try:
         while not stop_requested:
-            dead = [p for p in processes if not _alive(p.pid) or _is_zombie(p.pid)]
+            dead = [p for p in processes if not pid_alive(p.pid) or _is_zombie(p.pid)]
             if dead:
                 say(f"uds dev: {', '.join(p.name for p in dead)} exited; stopping the cluster")
                 code = 1

@@ -31,6 +31,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from daemons import ClusterLayout, Daemon
+from uds.client.devcluster import pid_alive
 from uds.wire import cluster as cluster_file
 from uds.wire.keys import create_cluster_keys, export_every_role
 
@@ -164,16 +165,6 @@ def _remove_tag(tag: str) -> None:
     (OWNERS_DIR / tag).unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_leftovers() -> list[str]:
     """Remove the hosts of every run whose owner is gone; the tags removed."""
     tags = {name[len(PREFIX):len(PREFIX) + 6] for name in _namespaces()}
@@ -187,7 +178,7 @@ def sweep_leftovers() -> list[str]:
             pid = int(owner.read_text())
         except (OSError, ValueError):
             pid = 0
-        if pid and _alive(pid):
+        if pid and pid_alive(pid):
             continue                    # a live run's, this one's among them
         _remove_tag(tag)
         removed.append(tag)
