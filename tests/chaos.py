@@ -10,8 +10,10 @@ longest unavailability and the violations. tests/test_chaos.py runs each
 nemesis once in `make test`.
 
 A nemesis is a function (cluster, rng) -> Fault: it injects its fault and
-returns how to recover. The load-balancer pair's nemeses join NEMESES as
-a few more such functions.
+returns how to recover. The runner's cluster has a pair of balancers;
+PAIR_NEMESES need the pair (tests/test_chaos_pair.py), ONE_BALANCER_NEMESES
+run against either (tests/test_chaos.py uses one balancer). Failovers are
+counted from the event log: every lease_granted after the first is one.
 """
 from __future__ import annotations
 
@@ -76,12 +78,89 @@ def _busy_worker(cluster: HostCluster, rng: random.Random) -> str | None:
     return rng.choice(names) if names else None
 
 
-NEMESES: dict[str, Callable[[HostCluster, random.Random], Fault]] = {
+def balancer_epochs(cluster: HostCluster) -> dict[str, int]:
+    """Each listed, alive balancer's host -> its lease epoch as `uds nodes` shows it (0: standby)."""
+    from uds import client as uds_client
+    from uds.wire.enums import NodeRole
+    with uds_client.connect(cluster.layout.path, timeout=CLIENT_TIMEOUT_S) as connection:
+        epochs = {node["node"].hex(): node["lease_epoch"] for node in connection.nodes()
+                  if node["role"] == NodeRole.LOADBALANCER and node["state"] == "alive"}
+    return {name: epochs[cluster.node_id(name)] for name in cluster.balancer_names
+            if cluster.node_id(name) in epochs}
+
+
+def active_balancer(cluster: HostCluster) -> tuple[str, int]:
+    """The balancer host that holds the lease, and its epoch."""
+    def one_active():
+        active = [(name, epoch) for name, epoch in balancer_epochs(cluster).items() if epoch]
+        return active[0] if len(active) == 1 else None
+    return wait_until(one_active, "one balancer active", timeout=30)
+
+
+def kill_active_balancer(cluster: HostCluster, rng: random.Random) -> Fault:
+    name, _ = active_balancer(cluster)
+    cluster.kill9(name)
+    return Fault(f"kill -9 active balancer {name}", lambda: cluster.start(name), True)
+
+
+def freeze_active_balancer(cluster: HostCluster, rng: random.Random) -> Fault:
+    """Frozen for HOLD_S, past the 1.5 s lease: the standby takes it over."""
+    name, _ = active_balancer(cluster)
+    cluster.freeze(name)
+    return Fault(f"freeze active balancer {name}", lambda: cluster.thaw(name), True)
+
+
+def partition_active_balancer_from_masters(cluster: HostCluster, rng: random.Random) -> Fault:
+    """The workers still reach it; the masters do not, so it cannot renew."""
+    name, _ = active_balancer(cluster)
+    cluster.network.partition([name], ["master"])
+    return Fault(f"partition active balancer {name} | masters", cluster.network.heal, True)
+
+
+def partition_balancers(cluster: HostCluster, rng: random.Random) -> Fault:
+    cluster.network.partition(cluster.balancer_names[:1], cluster.balancer_names[1:])
+    return Fault("partition balancer | balancer", cluster.network.heal, False)
+
+
+def kill_both_balancers(cluster: HostCluster, rng: random.Random) -> Fault:
+    for name in cluster.balancer_names:
+        cluster.kill9(name)
+
+    def start_both() -> None:
+        started = [cluster.start(name, wait=False) for name in cluster.balancer_names]
+        for daemon in started:
+            daemon.wait_ready()
+    return Fault("kill -9 both balancers", start_both, True)
+
+
+def fencing_violations(events: list[dict]) -> list[str]:
+    """The lease's epochs, in the event log's order, must rise by one with
+    each grant: an epoch granted twice, or one that goes back, would let two
+    balancers' dispatches count at once."""
+    epochs = [int(event["detail"].split()[-1]) for event in events if event["kind"] == "lease_granted"]
+    return [f"lease epoch {later} granted after epoch {earlier}"
+            for earlier, later in zip(epochs, epochs[1:]) if later != earlier + 1]
+
+
+def failovers_in(events: list[dict]) -> int:
+    """Lease changes after the first grant."""
+    return max(0, sum(event["kind"] == "lease_granted" for event in events) - 1)
+
+
+ONE_BALANCER_NEMESES: dict[str, Callable[[HostCluster, random.Random], Fault]] = {
     "kill_balancer": kill_balancer,
     "freeze_balancer": freeze_balancer,
     "partition_balancer_from_masters": partition_balancer_from_masters,
     "kill_worker": kill_worker,
 }
+PAIR_NEMESES: dict[str, Callable[[HostCluster, random.Random], Fault]] = {
+    "kill_active_balancer": kill_active_balancer,
+    "freeze_active_balancer": freeze_active_balancer,
+    "partition_active_balancer_from_masters": partition_active_balancer_from_masters,
+    "partition_balancers": partition_balancers,
+    "kill_both_balancers": kill_both_balancers,
+}
+NEMESES = {**ONE_BALANCER_NEMESES, **PAIR_NEMESES}
 
 
 @dataclass
@@ -212,8 +291,8 @@ def apply(nemesis: Callable, cluster: HostCluster, stream: JobStream, rng: rando
 def run(minutes: float, root: pathlib.Path, seed: int = 0) -> dict:
     rng = random.Random(seed)
     network = Network.create()
-    cluster = HostCluster.create(root, network, workers=2)
-    faults = failovers = 0
+    cluster = HostCluster.create(root, network, workers=2, loadbalancers=2)
+    faults = 0
     violations: list[Violation] = []
     try:
         cluster.start_all()
@@ -229,12 +308,13 @@ def run(minutes: float, root: pathlib.Path, seed: int = 0) -> dict:
                 faults += 1
                 break
             faults += 1
-            failovers += fault.on_balancer
         stream.stop()
-        violations = check(stream.history, all_events(cluster.layout.path))
-        return {"operations": stream.operations, "faults": faults, "failovers": failovers,
+        events = all_events(cluster.layout.path)
+        violations = check(stream.history, events)
+        return {"operations": stream.operations, "faults": faults, "failovers": failovers_in(events),
                 "longest_unavailability_s": round(stream.longest_unavailability(), 3),
-                "violations": stuck + [f"{v.kind} {v.job}: {v.detail}" for v in violations]}
+                "violations": stuck + fencing_violations(events)
+                + [f"{v.kind} {v.job}: {v.detail}" for v in violations]}
     finally:
         cluster.cleanup()
         network.teardown()

@@ -3,6 +3,7 @@
     network = Network.create()                       # a bridge of its own, 10.77.N.0/24
     cluster = HostCluster.create(tmp_path, network, workers=2)
     cluster.start_all()                              # each daemon in a namespace of its own
+    pair = HostCluster.create(tmp_path, network, loadbalancers=2)   # hosts "loadbalancer", "loadbalancer1"
     network.partition(["loadbalancer"], ["master"])  # drop packets both ways
     network.heal()
     cluster.freeze("loadbalancer"); cluster.thaw("loadbalancer")
@@ -185,6 +186,11 @@ def sweep_leftovers() -> list[str]:
     return removed
 
 
+def balancer_name(index: int) -> str:
+    """The host of entry `index` of [[loadbalancers]]."""
+    return "loadbalancer" if index == 0 else f"loadbalancer{index}"
+
+
 @dataclass
 class HostCluster:
     """A phase-1 cluster with each daemon on a host of its own."""
@@ -192,15 +198,20 @@ class HostCluster:
     layout: ClusterLayout
     network: Network
     worker_names: list[str]
+    balancer_names: list[str] = field(default_factory=lambda: ["loadbalancer"])
     daemons: dict[str, Daemon] = field(default_factory=dict)
 
     @classmethod
     def create(cls, root: pathlib.Path, network: Network, workers: int = 2, slots: int = 2,
-               lease_s: float = 2.0, heartbeat_interval_s: float = 0.25) -> "HostCluster":
+               lease_s: float = 2.0, heartbeat_interval_s: float = 0.25,
+               loadbalancers: int = 1) -> "HostCluster":
+        """`loadbalancers` balancers, each on a host of its own: "loadbalancer"
+        is entry 0 of [[loadbalancers]], "loadbalancer1" entry 1."""
         root.mkdir(parents=True, exist_ok=True)
         create_cluster_keys(root / "cluster-keys")
         export_every_role(root / "cluster-keys", root / "keys")
-        address = {name: network.add_host(name).address for name in ("master", "loadbalancer", "storage")}
+        balancers = [balancer_name(index) for index in range(loadbalancers)]
+        address = {name: network.add_host(name).address for name in ("master", *balancers, "storage")}
         names = [f"w{index}" for index in range(workers)]
         for name in names:
             network.add_host(name)
@@ -208,27 +219,32 @@ class HostCluster:
             keys="keys",
             masters=[{"address": f"tcp://{address['master']}:{MASTER_PORT}",
                       "raft": f"{address['master']}:{RAFT_PORT}", "data": "data/master-0"}],
-            loadbalancers=[{"address": f"tcp://{address['loadbalancer']}:{LOADBALANCER_PORT}",
-                            "data": "data/loadbalancer-0"}],
+            loadbalancers=[{"address": f"tcp://{address[name]}:{LOADBALANCER_PORT}",
+                            "data": f"data/loadbalancer-{index}"} for index, name in enumerate(balancers)],
             storage=[{"address": f"tcp://{address['storage']}:{STORAGE_PORT}", "data": "data/storage-0"}],
             workers={"data": "data/workers", "slots": slots, "cache_bytes": 1 << 30,
                      "heartbeat_interval_s": heartbeat_interval_s, "lease_s": lease_s})
         path = root / "cluster.toml"
         path.write_text(text)
-        return cls(layout=ClusterLayout(root=root, path=path), network=network, worker_names=names)
+        return cls(layout=ClusterLayout(root=root, path=path), network=network, worker_names=names,
+                   balancer_names=balancers)
 
     def role_of(self, name: str) -> str:
-        return "worker" if name in self.worker_names else name
+        if name in self.worker_names:
+            return "worker"
+        return "loadbalancer" if name in self.balancer_names else name
 
     def start(self, name: str, wait: bool = True) -> Daemon:
         role = self.role_of(name)
-        daemon = self.layout.start(role, name=name if role == "worker" else None, wait=wait,
-                                   launcher=self.network.hosts[name].launcher)
+        entry = name if role == "worker" else None
+        if role == "loadbalancer":
+            entry = str(self.balancer_names.index(name))    # its entry in [[loadbalancers]]
+        daemon = self.layout.start(role, name=entry, wait=wait, launcher=self.network.hosts[name].launcher)
         self.daemons[name] = daemon
         return daemon
 
     def start_all(self) -> None:
-        for name in ["storage", "master", "loadbalancer", *self.worker_names]:
+        for name in ["storage", "master", *self.balancer_names, *self.worker_names]:
             self.start(name, wait=False)
         for daemon in self.daemons.values():
             daemon.wait_ready()

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from chaos import NEMESES, JobStream, all_events, apply
+from chaos import ONE_BALANCER_NEMESES, JobStream, all_events, apply
 from history import PROOF_PROGRAM, check
 from hosts import IP, OWNERS_DIR, HostCluster, Network, sweep_leftovers
 
@@ -43,12 +43,12 @@ def _pids_on_hosts(cluster: HostCluster) -> list[str]:
     return pids
 
 
-@pytest.mark.parametrize("nemesis", list(NEMESES))
+@pytest.mark.parametrize("nemesis", list(ONE_BALANCER_NEMESES))
 def test_nemesis_keeps_every_acknowledged_job_and_commits_each_chunk_once(hosts, nemesis):
     import random
     stream = JobStream(hosts.layout.path, clients=3).start()
     try:
-        apply(NEMESES[nemesis], hosts, stream, random.Random(nemesis))
+        apply(ONE_BALANCER_NEMESES[nemesis], hosts, stream, random.Random(nemesis))
     finally:
         stream.stop()
     assert stream.operations >= 3
