@@ -22,8 +22,12 @@ from dataclasses import dataclass, field
 DRIFT_MARGIN = 0.05
 # Stop this much earlier still: the time a last assignment may take to go out.
 SAFETY_GAP_S = 0.1
-# Ask for (or renew) the lease this often: several renewals per lease.
-RENEW_INTERVAL_S = 0.3
+# A standby asks for the lease this often: a refusal costs the masters no
+# Raft entry, and the sooner it asks after a lapse the shorter the failover.
+ASK_INTERVAL_S = 0.3
+# The holder renews this often: each renewal is a Raft entry, and three per
+# lease let one be lost without a gap.
+RENEW_INTERVAL_S = 0.5
 # Requests that got no answer are forgotten after this long.
 FORGET_REQUEST_S = 10.0
 
@@ -45,7 +49,8 @@ class BalancerLease:
             del self.asked[old]
 
     def ask_due(self, now: float) -> bool:
-        return now - self.last_asked >= RENEW_INTERVAL_S
+        interval = RENEW_INTERVAL_S if self.active(now) else ASK_INTERVAL_S
+        return now - self.last_asked >= interval
 
     def granted(self, request_id: int, epoch: int, lease_s: float) -> bool:
         """The masters granted the request `request_id` at `epoch`; True if

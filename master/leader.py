@@ -48,7 +48,7 @@ from uds import wire
 from uds.master import state as core
 from uds.master.client_requests import AnswerCancel, AnswerSubmit, ClientRequests
 from uds.master.links import (  # noqa: F401
-    LEASE_RENEW_S, LOADBALANCER_LEASE_S, LoadBalancerLease, LoadBalancerLink, dispatch_messages, dispatch_records,
+    LOADBALANCER_LEASE_S, LoadBalancerLease, LoadBalancerLink, dispatch_messages, dispatch_records,
 )
 # The events and effects are re-exported: drivers use them as leader.X.
 from uds.master.leader_events import (  # noqa: F401
@@ -299,8 +299,6 @@ class Leader(ClientRequests):
             return [self._error(request, ErrorCode.UNEXPECTED, "hello first")]
         link.free_slots = message.free_slots
         link.running = message.running_count
-        if self._lease.should_renew(link.node, self._lease_clock):
-            self._propose_lease(link.node, request.peer, link.epoch, None)
         return []
 
     def _on_chunk_events(self, message: wire.ChunkEvents, request: Request, now: float) -> list[Effect]:

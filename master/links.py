@@ -20,8 +20,6 @@ ATTEMPTS_PER_MESSAGE = 1000
 # timed by the leader on its own clock from each commit. The balancer stops
 # dispatching earlier (doc/loadbalancer.md gives the margin).
 LOADBALANCER_LEASE_S = 1.5
-# The leader renews the holder's lease, on its heartbeats, at most this often.
-LEASE_RENEW_S = 0.3
 
 
 @dataclass
@@ -59,22 +57,22 @@ class LoadBalancerLease:
 
     def epoch_for(self, node: bytes, state_holder: bytes | None, state_epoch: int, now: float) -> int | None:
         """The epoch to propose for `node`'s request, or None while it may not
-        have the lease. The holder may always renew (a renewal that loses the
-        race to a new grant is refused by the state). Another balancer waits
-        until no lease command is in flight, since a renewal committing in
-        between would give two balancers a lease at once."""
-        if node == state_holder:
+        have the lease.
+
+        While the lease is live (in this leader's count), its holder renews
+        it under its own epoch (a renewal that loses the race to a new grant
+        is refused by the state) and anyone else waits. Once it has lapsed,
+        whoever asks first gets the next epoch, the old holder too: a
+        balancer that comes back after its lease ran out is a new active,
+        whose epoch fences whatever its earlier self sent. No grant is
+        proposed while another lease command is in flight, since a renewal
+        committing in between would give two balancers a lease at once."""
+        live = state_holder is not None and now < self.renewed_at + LOADBALANCER_LEASE_S
+        if live and node == state_holder:
             return state_epoch
-        if self.pending:
-            return None
-        if state_holder is not None and now < self.renewed_at + LOADBALANCER_LEASE_S:
+        if live or self.pending:
             return None
         return state_epoch + 1
-
-    def should_renew(self, node: bytes, now: float) -> bool:
-        link = self.holder
-        return (link is not None and link.node == node and not self.pending
-                and now >= self.renewed_at + LEASE_RENEW_S)
 
     def committed(self, node: bytes, peer: bytes, epoch: int, now: float) -> LoadBalancerLink:
         """The holder after a committed grant or renewal."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from uds.loadbalancer.lease import DRIFT_MARGIN, RENEW_INTERVAL_S, BalancerLease, safe_term
+from uds.loadbalancer.lease import ASK_INTERVAL_S, DRIFT_MARGIN, RENEW_INTERVAL_S, BalancerLease, safe_term
 from uds.master.links import LOADBALANCER_LEASE_S
 
 LEASE_S = LOADBALANCER_LEASE_S
@@ -18,7 +18,7 @@ def test_it_is_active_from_a_grant_until_the_safe_term_after_its_request_was_sen
     lease = BalancerLease()
     assert not lease.active(0.0) and lease.ask_due(0.0)
     lease.ask(1, 10.0)
-    assert not lease.ask_due(10.0 + RENEW_INTERVAL_S - 0.01) and lease.ask_due(10.0 + RENEW_INTERVAL_S)
+    assert not lease.ask_due(10.0 + ASK_INTERVAL_S - 0.01) and lease.ask_due(10.0 + ASK_INTERVAL_S)
     assert lease.granted(1, 3, LEASE_S)
     assert lease.epoch == 3
     assert lease.active(10.0 + safe_term(LEASE_S) - 0.001)

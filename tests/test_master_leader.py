@@ -143,8 +143,10 @@ class Cluster:
         return self.handle(Committed(proposal.tag, outcomes), now)
 
     def renew(self, now: float) -> None:
-        """The balancer's heartbeat at `now`, its lease renewed by a commit."""
+        """The balancer's hello at `now` (a renewal), committed, and its heartbeat."""
         link = self.leader.loadbalancer
+        self.handle(received(hello(), BALANCER_PEER), now)
+        self.settle(now)
         self.handle(received(heartbeat(link.free_slots, link.running), BALANCER_PEER), now)
         self.settle(now)
 

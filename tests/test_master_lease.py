@@ -84,13 +84,46 @@ def test_a_second_balancer_is_standby_until_the_lease_lapses_then_gets_the_next_
         "epoch 1", "epoch 2"]
 
 
-def test_heartbeats_of_the_holder_renew_its_lease_through_commits():
+def test_hellos_of_the_holder_renew_its_lease_through_commits_and_heartbeats_do_not():
     cluster = with_balancer()
     for now in (0.4, 0.8, 1.2, 1.6, 2.0):
         cluster.renew(now)
     assert cluster.leader.loadbalancer is not None
     assert without((Note,), cluster.handle(received(hello_from(OTHER), OTHER_PEER), 2.0))[0].message.error_code \
         == ErrorCode.BUSY
+    cluster.settle(2.0)                             # the standby is listed
+    link = cluster.leader.loadbalancer
+    heartbeat = wire.Heartbeat.make(BALANCER, epoch=1, free_slots=1, running_count=0, running=[],
+                                    cache_added=[], cache_removed=[])
+    for now in (2.5, 3.0, 3.4):
+        assert cluster.handle(received(heartbeat, BALANCER_PEER), now) == []
+        cluster.handle(Tick(), now)
+        assert not cluster.log                      # no renewal proposed
+    assert link.free_slots == 1
+    cluster.handle(Tick(), 2.0 + LOADBALANCER_LEASE_S)
+    assert cluster.leader.loadbalancer is None
+
+
+def test_a_holder_that_asks_after_its_lease_lapsed_gets_the_next_epoch():
+    """Killed and restarted, say: its earlier self's epoch is over."""
+    cluster = with_balancer()
+    cluster.handle(Tick(), LOADBALANCER_LEASE_S)
+    assert ask(cluster, BALANCER, BALANCER_PEER, LOADBALANCER_LEASE_S + 1.0, 4) == [
+        granted(hello_from(BALANCER, 4), BALANCER_PEER, 2)]
+    assert cluster.state.lease() == (BALANCER, 2)
+    assert [event.detail for event in cluster.state.event_log if event.kind == LEASE_GRANTED] == [
+        "epoch 1", "epoch 2"]
+
+
+def test_while_a_lapsed_holder_is_granted_the_next_epoch_the_other_is_refused():
+    cluster = with_balancer()
+    cluster.handle(Tick(), LOADBALANCER_LEASE_S)
+    now = LOADBALANCER_LEASE_S + 0.5
+    assert cluster.handle(received(hello_from(BALANCER, 4), BALANCER_PEER), now) == []
+    refused = without((Note,), cluster.handle(received(hello_from(OTHER, 5), OTHER_PEER), now))
+    assert refused[0].message.error_code == ErrorCode.BUSY
+    cluster.settle(now)
+    assert cluster.state.lease() == (BALANCER, 2)
 
 
 def test_a_new_leader_renews_the_holder_at_once_but_waits_a_full_lease_for_another():
