@@ -24,7 +24,7 @@ DRIFT_MARGIN = 0.05
 SAFETY_GAP_S = 0.1
 # A standby asks for the lease this often: a refusal costs the masters no
 # Raft entry, and the sooner it asks after a lapse the shorter the failover.
-ASK_INTERVAL_S = 0.3
+ASK_INTERVAL_S = 0.1
 # The holder renews this often: each renewal is a Raft entry, and three per
 # lease let one be lost without a gap.
 RENEW_INTERVAL_S = 0.5

@@ -18,8 +18,10 @@ def test_it_is_active_from_a_grant_until_the_safe_term_after_its_request_was_sen
     lease = BalancerLease()
     assert not lease.active(0.0) and lease.ask_due(0.0)
     lease.ask(1, 10.0)
-    assert not lease.ask_due(10.0 + ASK_INTERVAL_S - 0.01) and lease.ask_due(10.0 + ASK_INTERVAL_S)
+    assert not lease.ask_due(10.0 + ASK_INTERVAL_S - 0.01) and lease.ask_due(10.0 + ASK_INTERVAL_S + 1e-9)
     assert lease.granted(1, 3, LEASE_S)
+    # Active, it renews less often: each renewal is a Raft entry.
+    assert not lease.ask_due(10.0 + RENEW_INTERVAL_S - 0.01) and lease.ask_due(10.0 + RENEW_INTERVAL_S + 1e-9)
     assert lease.epoch == 3
     assert lease.active(10.0 + safe_term(LEASE_S) - 0.001)
     assert not lease.active(10.0 + safe_term(LEASE_S))

@@ -4,7 +4,8 @@ loadbalancer/node.py does: worker messages become scheduler events, effects
 become messages, chunk events go to the master in batches resent until
 acknowledged, and each acknowledged final status is confirmed to its worker
 (status_ack). Like the real one it asks the masters for its lease with a
-hello every RENEW_INTERVAL_S, counts it from the sending (BalancerLease),
+hello (every ASK_INTERVAL_S while standby, RENEW_INTERVAL_S while
+active), counts it from the sending (BalancerLease),
 assigns only while active, holds dispatches that come while it is not, and
 takes no worker status while standby. A
 crash loses all of it; the restarted balancer starts empty.
