@@ -83,7 +83,9 @@ class MasterNode:
                     handle_request(received, self.handlers, now, "a master", self._error, self._count, log)
             self.wake_at = None     # the Tick says when it wants the next one
             guarded(log, self._count, self._apply, core.Tick(), now)
-            if not serving and self.raft_status.leader:
+            # A follower serves too (it points clients at the leader) once it
+            # follows one; a leader once elected.
+            if not serving and (self.raft_status.leader or self.raft_status.leader_address):
                 serving = True
                 on_serving()
 

@@ -1,0 +1,51 @@
+"""Three masters from one cluster file: every one serves, and a client
+finds the leader from any of them. Real daemons on 127.0.0.1."""
+from __future__ import annotations
+
+import pytest
+import zmq
+
+from daemons import ClusterLayout
+from uds import client as uds_client
+from uds import wire
+from uds.wire.enums import ErrorCode, NodeRole
+from uds.wire.transport import Transport, recv_message, send_message
+
+REPLY_TIMEOUT_MS = 5000
+
+
+@pytest.fixture
+def three_masters(tmp_path):
+    layout = ClusterLayout.create(tmp_path, masters=3)
+    try:
+        masters = [layout.start("master", name=str(index), wait=False) for index in range(3)]
+        for master in masters:
+            master.wait_ready()      # followers too: each writes its ready file once it follows a leader
+        yield layout
+    finally:
+        layout.cleanup()
+
+
+def ask_master(layout: ClusterLayout, index: int, message: wire.Message) -> wire.Message:
+    with Transport(layout.keys()) as transport:
+        socket = transport.client_socket(zmq.DEALER, layout.cluster.masters[index].address, NodeRole.MASTER)
+        send_message(socket, wire.encode(message))
+        assert socket.poll(REPLY_TIMEOUT_MS, zmq.POLLIN), f"master {index} did not answer"
+        return wire.decode(recv_message(socket, None).frames)
+
+
+def test_every_master_serves_and_a_follower_names_the_leader(three_masters):
+    layout = three_masters
+    roles = [ask_master(layout, index, wire.StatsQuery.make(bytes(16), request_id=index)).counters["leader"]
+             for index in range(3)]
+    assert sorted(roles) == [0, 0, 1]
+    leader = layout.cluster.masters[roles.index(1)].address
+    follower = roles.index(0)
+    refused = ask_master(layout, follower, wire.JobStatus.make(bytes(16), request_id=5, job_uuid_upper=0,
+                                                               job_uuid_lower=0, detail=0, wait_ms=0,
+                                                               first_chunk=0, max_chunks=0))
+    assert isinstance(refused, wire.Error) and refused.error_code == ErrorCode.NOT_LEADER
+    assert leader in refused.reason
+    with uds_client.connect(layout.path, timeout=10) as connection:    # tries masters[0] first
+        with pytest.raises(uds_client.UnknownJobError):
+            connection.job_status("00" * 16)                            # answered by the leader
