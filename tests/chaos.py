@@ -59,7 +59,7 @@ def freeze_balancer(cluster: HostCluster, rng: random.Random) -> Fault:
 
 
 def partition_balancer_from_masters(cluster: HostCluster, rng: random.Random) -> Fault:
-    cluster.network.partition(["loadbalancer"], ["master"])
+    cluster.network.partition(["loadbalancer"], cluster.master_names)
     return Fault("partition balancer | masters", cluster.network.heal, True)
 
 
@@ -113,7 +113,7 @@ def freeze_active_balancer(cluster: HostCluster, rng: random.Random) -> Fault:
 def partition_active_balancer_from_masters(cluster: HostCluster, rng: random.Random) -> Fault:
     """The workers still reach it; the masters do not, so it cannot renew."""
     name, _ = active_balancer(cluster)
-    cluster.network.partition([name], ["master"])
+    cluster.network.partition([name], cluster.master_names)
     return Fault(f"partition active balancer {name} | masters", cluster.network.heal, True)
 
 
@@ -131,6 +131,82 @@ def kill_both_balancers(cluster: HostCluster, rng: random.Random) -> Fault:
         for daemon in started:
             daemon.wait_ready()
     return Fault("kill -9 both balancers", start_both, True)
+
+
+# How long (a) kills the leader again and again, and how often.
+KILL_LEADER_FOR_S = 40.0
+KILL_LEADER_EVERY_S = 5.0
+RESTART_ALL_TIMES = 5
+
+
+def master_roles(cluster: HostCluster) -> dict[str, int | None]:
+    """Each master host -> 1 if it says it leads, 0 if not, None if it does not answer."""
+    import zmq
+    from uds import wire
+    from uds.wire.enums import NodeRole
+    from uds.wire.transport import Transport, recv_message, send_message
+    roles: dict[str, int | None] = {}
+    with Transport(cluster.layout.keys()) as transport:
+        for name, entry in zip(cluster.master_names, cluster.layout.cluster.masters):
+            socket = transport.client_socket(zmq.DEALER, entry.address, NodeRole.MASTER)
+            send_message(socket, wire.encode(wire.StatsQuery.make(bytes(16), request_id=1)))
+            roles[name] = None
+            if socket.poll(1000, zmq.POLLIN):
+                received = recv_message(socket, None)
+                reply = wire.decode(received.frames) if received is not None else None
+                if isinstance(reply, wire.StatsReply):
+                    roles[name] = int(reply.counters.get("leader", 0))
+            socket.close(linger=0)
+    return roles
+
+
+def leader_master(cluster: HostCluster) -> str:
+    """The master host that leads, once exactly one says so."""
+    def one_leader():
+        leaders = [name for name, role in master_roles(cluster).items() if role]
+        return leaders[0] if len(leaders) == 1 else None
+    return wait_until(one_leader, "one master leading", timeout=30)
+
+
+def kill_leader_repeatedly(cluster: HostCluster, rng: random.Random) -> Fault:
+    """Kill -9 whichever master leads, every few seconds, restarting the
+    one killed before; the last one comes back at recovery."""
+    killed: list[str] = []
+    ends = time.monotonic() + KILL_LEADER_FOR_S
+    while time.monotonic() < ends:
+        name = leader_master(cluster)
+        cluster.kill9(name)
+        killed.append(name)
+        time.sleep(KILL_LEADER_EVERY_S * rng.uniform(0.6, 1.0))   # the fault's duration
+        cluster.start(name)
+    return Fault(f"kill -9 the leader {len(killed)} times", lambda: None, False)
+
+
+def freeze_leader(cluster: HostCluster, rng: random.Random) -> Fault:
+    """Frozen past the election timeout: the others elect a leader; thawed,
+    the old one must not act as leader any more."""
+    name = leader_master(cluster)
+    cluster.freeze(name)
+    return Fault(f"freeze leading master {name}", lambda: cluster.thaw(name), False)
+
+
+def partition_leader_from_masters(cluster: HostCluster, rng: random.Random) -> Fault:
+    """The leader sits in the minority; clients and balancers still reach it."""
+    name = leader_master(cluster)
+    cluster.network.partition([name], [other for other in cluster.master_names if other != name])
+    return Fault(f"partition leading master {name} | masters", cluster.network.heal, False)
+
+
+def restart_all_masters(cluster: HostCluster, rng: random.Random) -> Fault:
+    """Kill -9 every master at once and start them again, RESTART_ALL_TIMES times."""
+    for _ in range(RESTART_ALL_TIMES):
+        for name in cluster.master_names:
+            cluster.kill9(name)
+        started = [cluster.start(name, wait=False) for name in cluster.master_names]
+        for daemon in started:
+            daemon.wait_ready()
+        time.sleep(rng.uniform(0.5, 2.0))          # writes in flight when the next kill lands
+    return Fault(f"restart all masters {RESTART_ALL_TIMES} times", lambda: None, False)
 
 
 def fencing_violations(events: list[dict]) -> list[str]:
@@ -159,6 +235,12 @@ PAIR_NEMESES: dict[str, Callable[[HostCluster, random.Random], Fault]] = {
     "partition_active_balancer_from_masters": partition_active_balancer_from_masters,
     "partition_balancers": partition_balancers,
     "kill_both_balancers": kill_both_balancers,
+}
+MASTER_NEMESES: dict[str, Callable[[HostCluster, random.Random], Fault]] = {
+    "kill_leader_repeatedly": kill_leader_repeatedly,
+    "freeze_leader": freeze_leader,
+    "partition_leader_from_masters": partition_leader_from_masters,
+    "restart_all_masters": restart_all_masters,
 }
 NEMESES = {**ONE_BALANCER_NEMESES, **PAIR_NEMESES}
 

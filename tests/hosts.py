@@ -4,6 +4,7 @@
     cluster = HostCluster.create(tmp_path, network, workers=2)
     cluster.start_all()                              # each daemon in a namespace of its own
     pair = HostCluster.create(tmp_path, network, loadbalancers=2)   # hosts "loadbalancer", "loadbalancer1"
+    group = HostCluster.create(tmp_path, network, masters=3)        # hosts "master", "master1", "master2"
     network.partition(["loadbalancer"], ["master"])  # drop packets both ways
     network.heal()
     cluster.freeze("loadbalancer"); cluster.thaw("loadbalancer")
@@ -191,6 +192,11 @@ def balancer_name(index: int) -> str:
     return "loadbalancer" if index == 0 else f"loadbalancer{index}"
 
 
+def master_name(index: int) -> str:
+    """The host of entry `index` of [[masters]]."""
+    return "master" if index == 0 else f"master{index}"
+
+
 @dataclass
 class HostCluster:
     """A phase-1 cluster with each daemon on a host of its own."""
@@ -199,26 +205,30 @@ class HostCluster:
     network: Network
     worker_names: list[str]
     balancer_names: list[str] = field(default_factory=lambda: ["loadbalancer"])
+    master_names: list[str] = field(default_factory=lambda: ["master"])
     daemons: dict[str, Daemon] = field(default_factory=dict)
 
     @classmethod
     def create(cls, root: pathlib.Path, network: Network, workers: int = 2, slots: int = 2,
                lease_s: float = 2.0, heartbeat_interval_s: float = 0.25,
-               loadbalancers: int = 1) -> "HostCluster":
+               loadbalancers: int = 1, masters: int = 1) -> "HostCluster":
         """`loadbalancers` balancers, each on a host of its own: "loadbalancer"
-        is entry 0 of [[loadbalancers]], "loadbalancer1" entry 1."""
+        is entry 0 of [[loadbalancers]], "loadbalancer1" entry 1; likewise
+        `masters` masters, "master", "master1", ..."""
         root.mkdir(parents=True, exist_ok=True)
         create_cluster_keys(root / "cluster-keys")
         export_every_role(root / "cluster-keys", root / "keys")
         balancers = [balancer_name(index) for index in range(loadbalancers)]
-        address = {name: network.add_host(name).address for name in ("master", *balancers, "storage")}
+        master_hosts = [master_name(index) for index in range(masters)]
+        address = {name: network.add_host(name).address for name in (*master_hosts, *balancers, "storage")}
         names = [f"w{index}" for index in range(workers)]
         for name in names:
             network.add_host(name)
         text = cluster_file.render(
             keys="keys",
-            masters=[{"address": f"tcp://{address['master']}:{MASTER_PORT}",
-                      "raft": f"{address['master']}:{RAFT_PORT}", "data": "data/master-0"}],
+            masters=[{"address": f"tcp://{address[name]}:{MASTER_PORT}",
+                      "raft": f"{address[name]}:{RAFT_PORT}", "data": f"data/master-{index}"}
+                     for index, name in enumerate(master_hosts)],
             loadbalancers=[{"address": f"tcp://{address[name]}:{LOADBALANCER_PORT}",
                             "data": f"data/loadbalancer-{index}"} for index, name in enumerate(balancers)],
             storage=[{"address": f"tcp://{address['storage']}:{STORAGE_PORT}", "data": "data/storage-0"}],
@@ -227,11 +237,13 @@ class HostCluster:
         path = root / "cluster.toml"
         path.write_text(text)
         return cls(layout=ClusterLayout(root=root, path=path), network=network, worker_names=names,
-                   balancer_names=balancers)
+                   balancer_names=balancers, master_names=master_hosts)
 
     def role_of(self, name: str) -> str:
         if name in self.worker_names:
             return "worker"
+        if name in self.master_names:
+            return "master"
         return "loadbalancer" if name in self.balancer_names else name
 
     def start(self, name: str, wait: bool = True) -> Daemon:
@@ -239,12 +251,14 @@ class HostCluster:
         entry = name if role == "worker" else None
         if role == "loadbalancer":
             entry = str(self.balancer_names.index(name))    # its entry in [[loadbalancers]]
+        if role == "master":
+            entry = str(self.master_names.index(name))      # its entry in [[masters]]
         daemon = self.layout.start(role, name=entry, wait=wait, launcher=self.network.hosts[name].launcher)
         self.daemons[name] = daemon
         return daemon
 
     def start_all(self) -> None:
-        for name in ["storage", "master", *self.balancer_names, *self.worker_names]:
+        for name in ["storage", *self.master_names, *self.balancer_names, *self.worker_names]:
             self.start(name, wait=False)
         for daemon in self.daemons.values():
             daemon.wait_ready()
