@@ -2,12 +2,14 @@
 # make chaos: run the nemeses against a cluster on separate hosts for
 #             CHAOS_MINUTES (10) minutes; one JSON line of results
 # make demo : install what is missing, then run an example job on a dev cluster
+#             (DEMO_ARGS="--loadbalancers 2" runs it on a balancer pair)
 PYTHON ?= python3
 VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.uds-installed
 PYTEST_ARGS ?=
 CHAOS_MINUTES ?= 10
+DEMO_ARGS ?=
 
 .PHONY: setup test chaos demo bench clean
 
@@ -27,7 +29,7 @@ chaos: setup
 	$(VENV_PYTHON) tests/chaos.py --minutes $(CHAOS_MINUTES)
 
 demo: setup
-	$(VENV_PYTHON) scripts/demo.py
+	$(VENV_PYTHON) scripts/demo.py $(DEMO_ARGS)
 
 bench: setup
 	$(VENV_PYTHON) bench/wire_codec.py
