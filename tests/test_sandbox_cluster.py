@@ -29,6 +29,16 @@ def limited(tmp_path_factory):
         layout.cleanup()
 
 
+def _state_of(pid: int) -> str:
+    """The State and cgroup lines of /proc/PID, to say why a process lives on."""
+    try:
+        status = pathlib.Path(f"/proc/{pid}/status").read_text().splitlines()
+        cgroups = pathlib.Path(f"/proc/{pid}/cgroup").read_text().split()
+    except OSError as fault:
+        return f"gone ({fault.strerror})"
+    return " ".join(line for line in status if line.startswith(("State", "PPid", "NSpid"))) + f" {cgroups}"
+
+
 def _marked(mark: str) -> list[int]:
     """Processes whose command line holds `mark` (a sleep with a unique length)."""
     found = []
@@ -154,7 +164,12 @@ def test_a_killed_worker_leaves_no_chunk_process_and_its_restart_no_cgroup(limit
     name = limited.worker_by_node(node if isinstance(node, str) else node.hex())
     data = limited.daemons[name].data
     limited.restart(name, kill=True)
-    _await(lambda: not _marked(mark), "a chunk process outlived its killed worker", timeout_s=10)
+    try:
+        _await(lambda: not _marked(mark), "a chunk process outlived its killed worker", timeout_s=10)
+    except TimeoutError as fault:
+        states = {pid: _state_of(pid) for pid in _marked(mark)}
+        raise AssertionError(f"{fault}: {states}\nthe restarted worker's log:\n"
+                             f"{limited.daemons[name].log()[-4000:]}") from None
     node_hex = (data / "node_id").read_text().strip()
     first_attempt = f"{job.id}-0-1"
     assert list(pathlib.Path("/sys/fs/cgroup").glob(f"**/uds-{node_hex}/{first_attempt}")) == []
