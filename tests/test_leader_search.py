@@ -3,6 +3,7 @@ address in an ERR_NOT_LEADER (wire/leader_hint.py): exact steps for small
 scenarios, and hypothesis over any sequence of refusals, hints and silence."""
 from __future__ import annotations
 
+import pathlib
 import random
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from uds import wire
 from uds.wire.enums import ErrorCode
-from uds.wire.leader_hint import leader_hint, not_leader_reason
+from uds.wire.leader_hint import LEADER_AT, NO_LEADER_YET, leader_hint, not_leader_reason
 from uds.wire.leader_search import LeaderSearch
 
 A, B, C, D, E = (f"tcp://10.0.0.{n}:7000" for n in range(1, 6))
@@ -39,6 +40,11 @@ def test_no_hint_without_a_leader_or_from_another_error():
     assert leader_hint(not_leader(not_leader_reason(None))) is None
     busy = wire.Error.replying(bytes(16), 1, 0, ErrorCode.BUSY, not_leader_reason(A))
     assert leader_hint(busy) is None
+
+
+def test_the_wire_doc_gives_the_form_of_the_hint():
+    doc = (pathlib.Path(__file__).resolve().parent.parent / "doc" / "wire.md").read_text()
+    assert f"`{LEADER_AT}ADDRESS`" in doc and f"`{NO_LEADER_YET}`" in doc
 
 
 def test_the_hint_survives_the_wire():
