@@ -369,7 +369,7 @@ class Connection:
             now = time.monotonic()
             target = search.due(now)
             if target is not None:
-                if now - holding.get(target, -RESEND_AFTER_S) >= RESEND_AFTER_S:
+                if target not in holding or now - holding[target] >= RESEND_AFTER_S:
                     send_message(self._master_socket(target), frames, counters=self._transport)
                     holding[target] = now
                 search.asked(now)
