@@ -108,6 +108,23 @@ def test_a_master_silent_in_the_last_round_is_tried_last():
     assert s.target == 0                    # A is still tried in the round
 
 
+def test_a_hint_at_a_master_silent_in_the_last_round_waits_for_its_turn():
+    s = search(silence_s=0.5)
+    s.asked(0.0)
+    assert s.overdue(0.6)                   # A, the old leader, silent
+    s.refused(1, A, 0.6)                    # B and C still name A
+    s.refused(2, A, 0.6)                    # round over
+    now = s.wait_s(0.6) + 0.6
+    assert s.due(now) == 1
+    s.refused(1, None, now)                 # no leader yet
+    assert s.target == 2
+    s.refused(2, A, now)                    # names A again: tried last, not at once
+    assert s.target == 0
+    s.served(0, now)                        # and served after all (it was slow, not dead)
+    s.refused(0, B, now)
+    assert s.target == 1                    # a hint is followed at once again
+
+
 def test_serving_ends_the_search_and_a_late_answer_counts():
     s = search()
     s.asked(0.0)
@@ -187,7 +204,7 @@ def test_a_hint_to_a_master_not_yet_tried_in_the_round_is_followed_at_once(addre
         else:
             s.refused(s.target, addresses[named % len(addresses)], now)
     now += s.wait_s(now)
-    untried = [index for index in range(len(addresses)) if index not in s.tried]
+    untried = [index for index in range(len(addresses)) if index not in s.tried | s.silent_before]
     if not untried:
         s.served(s.target, now)
         untried = [index for index in range(len(addresses)) if index != s.target]

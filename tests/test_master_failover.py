@@ -144,7 +144,8 @@ def test_the_leader_killed_mid_job_every_chunk_is_committed_once(three_masters):
     ordered = sorted(failovers)
     print(f"kill -9 of the leader to the next committed result over {len(ordered)} failovers: "
           f"median {statistics.median(ordered):.3f}s, max {ordered[-1]:.3f}s, "
-          f"p99 {ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]:.3f}s")
+          f"p99 {ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]:.3f}s; each: "
+          + ", ".join(f"{took:.2f}" for took in failovers))
     # Loose enough for a loaded machine; the target (p99 1.5 s) is what is printed.
     assert ordered[-1] < 5.0
 

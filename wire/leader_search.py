@@ -6,10 +6,11 @@ Rules:
   one being tried. A master that serves a request is the leader; it stays
   the target until it refuses or falls silent.
 - A round tries each master at most once. An ERR_NOT_LEADER that names a
-  master not yet tried in this round is followed at once. A refusal that
-  names none (no leader yet, busy), or names one already tried, moves on to
-  the next master not yet tried, those found silent in the last round
-  last.
+  master not yet tried in this round is followed at once, unless that
+  master was found silent in the last round: followers go on naming a dead
+  leader until they elect another. A refusal that names none (no leader
+  yet, busy), or names one already tried or lately silent, moves on to the
+  next master not yet tried, those found silent in the last round last.
 - Silence is an answer too: a target asked at time t that has said nothing
   by t + silence_s (+ whatever wait the request itself asked for) is taken
   for gone, and the search moves on.
@@ -131,7 +132,7 @@ class LeaderSearch:
 
     def _move_on(self, now: float, named: int | None) -> None:
         self.asked_since = None
-        if named is not None and named not in self.tried:
+        if named is not None and named not in self.tried and named not in self.silent_before:
             self._try(named)
             return
         untried = [index for index in self._after_target() if index not in self.tried]
