@@ -7,7 +7,7 @@ import pathlib
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from uds import wire
@@ -95,34 +95,47 @@ def test_a_fruitless_round_backs_off_then_starts_at_the_last_named_master():
     assert s.target == 1 and s.due(0.1) == 1
 
 
-def test_a_master_silent_in_the_last_round_is_tried_last():
-    s = search(silence_s=0.5)
-    s.asked(0.0)
-    assert s.overdue(0.6)                   # A silent
-    s.refused(1, A, 0.6)                    # B names A: tried already
-    s.refused(2, A, 0.6)                    # C names A: round over
-    assert s.target == 1                    # not A, silent last round
-    s.refused(1, None, 1.0)
-    assert s.target == 2
-    s.refused(2, None, 1.0)
-    assert s.target == 0                    # A is still tried in the round
-
-
-def test_a_hint_at_a_master_silent_in_the_last_round_waits_for_its_turn():
-    s = search(silence_s=0.5)
+def test_a_silent_master_is_left_out_while_quiet_and_its_name_not_followed():
+    s = search(silence_s=0.5, quiet_s=2.0)
     s.asked(0.0)
     assert s.overdue(0.6)                   # A, the old leader, silent
-    s.refused(1, A, 0.6)                    # B and C still name A
-    s.refused(2, A, 0.6)                    # round over
-    now = s.wait_s(0.6) + 0.6
-    assert s.due(now) == 1
-    s.refused(1, None, now)                 # no leader yet
+    s.refused(1, A, 0.6)                    # B names A: quiet, not followed
     assert s.target == 2
-    s.refused(2, A, now)                    # names A again: tried last, not at once
+    s.refused(2, A, 0.6)                    # C names A: the round is over without A
+    assert s.due(0.6) is None
+    now = 0.6 + s.wait_s(0.6)
+    assert s.due(now) in (1, 2)
+    s.refused(s.target, None, now)          # no leader yet
+    s.refused(s.target, None, now)
+    assert s.due(now) is None               # another round without A
+    now = 2.7                               # A's quiet is over: it is tried again
+    s.refused(s.target, None, now)
+    s.refused(s.target, None, now)
     assert s.target == 0
-    s.served(0, now)                        # and served after all (it was slow, not dead)
-    s.refused(0, B, now)
-    assert s.target == 1                    # a hint is followed at once again
+
+
+def test_anything_heard_from_a_silent_master_ends_its_quiet():
+    s = search(silence_s=0.5)
+    s.asked(0.0)
+    s.overdue(0.6)
+    assert s.quiet(0, 0.7)
+    s.heard_from(0, 0.7)                    # a late answer: alive after all
+    assert not s.quiet(0, 0.7)
+    s.refused(1, None, 0.7)
+    s.refused(2, A, 0.7)                    # the round is over; the next begins at A
+    assert s.target == 0
+
+
+def test_when_every_master_is_quiet_they_are_all_tried():
+    s = search(silence_s=0.5, quiet_s=10.0)
+    now, targets = 0.0, []
+    for _ in range(6):
+        now += s.wait_s(now)
+        targets.append(s.target)
+        s.asked(now)
+        now += 0.51
+        assert s.overdue(now)
+    assert targets == [0, 1, 2, 0, 1, 2]
 
 
 def test_serving_ends_the_search_and_a_late_answer_counts():
@@ -164,15 +177,18 @@ FAILURES = st.one_of(st.just(("silent", None)),
 
 
 @given(addresses=ADDRESSES, failures=st.lists(FAILURES, max_size=60), seed=st.integers(0, 2**32),
-       start=st.integers(0, 4))
-def test_every_master_is_tried_in_every_round_and_no_wait_exceeds_the_cap(addresses, failures, seed, start):
+       start=st.integers(0, 4), pauses=st.lists(st.floats(0.0, 1.0), min_size=60, max_size=60))
+def test_every_round_tries_every_master_not_quiet_and_no_wait_exceeds_the_cap(addresses, failures, seed, start,
+                                                                              pauses):
     s = LeaderSearch(addresses, random.Random(seed), silence_s=0.5, backoff_first_s=0.05,
-                     backoff_cap_s=0.4, target=start % len(addresses))
+                     backoff_cap_s=0.4, quiet_s=2.0, target=start % len(addresses))
     now = 0.0
     round_targets = [s.target]
-    for kind, named in failures:
-        now += s.wait_s(now)
+    last_tried = {s.target: now}
+    for (kind, named), pause in zip(failures, pauses):
+        now += s.wait_s(now) + pause
         assert s.due(now) == s.target
+        last_tried[s.target] = now
         if kind == "silent":
             s.asked(now)
             now += 0.51
@@ -182,12 +198,19 @@ def test_every_master_is_tried_in_every_round_and_no_wait_exceeds_the_cap(addres
                 else None
             s.refused(s.target, hint, now)
         assert 0.0 <= s.wait_s(now) <= 0.4
-        if s.wait_s(now) > 0:               # a round ended: it tried them all, each once
-            assert sorted(round_targets) == list(range(len(addresses)))
+        if s.wait_s(now) > 0:               # a round ended: it tried each master once, all but the quiet
+            assert len(set(round_targets)) == len(round_targets)
+            left_out = set(range(len(addresses))) - set(round_targets)
+            assert all(s.quiet(index, now) for index in left_out)
+            assert len(left_out) < len(addresses)
             round_targets = [s.target]
         else:
             round_targets.append(s.target)
-        assert len(round_targets) <= len(addresses)
+            assert len(set(round_targets)) == len(round_targets) <= len(addresses)
+    # None is left out for longer than its quiet and a round or two.
+    for index in range(len(addresses)):
+        if now > 2.0 + 2 * len(addresses) * 1.6 + 0.8:
+            assert now - last_tried.get(index, -10.0) <= 2.0 + 2 * len(addresses) * 1.6 + 0.8
 
 
 @given(addresses=ADDRESSES.filter(lambda a: len(a) > 1), seed=st.integers(0, 2**32),
@@ -204,10 +227,11 @@ def test_a_hint_to_a_master_not_yet_tried_in_the_round_is_followed_at_once(addre
         else:
             s.refused(s.target, addresses[named % len(addresses)], now)
     now += s.wait_s(now)
-    untried = [index for index in range(len(addresses)) if index not in s.tried | s.silent_before]
+    untried = [index for index in range(len(addresses)) if index not in s.tried and not s.quiet(index, now)]
     if not untried:
         s.served(s.target, now)
-        untried = [index for index in range(len(addresses)) if index != s.target]
+        untried = [index for index in range(len(addresses)) if index != s.target and not s.quiet(index, now)]
+    assume(untried)
     hinted = data.draw(st.sampled_from(untried))
     s.refused(s.target, addresses[hinted], now)
     assert s.due(now) == hinted

@@ -6,18 +6,21 @@ Rules:
   one being tried. A master that serves a request is the leader; it stays
   the target until it refuses or falls silent.
 - A round tries each master at most once. An ERR_NOT_LEADER that names a
-  master not yet tried in this round is followed at once, unless that
-  master was found silent in the last round: followers go on naming a dead
-  leader until they elect another. A refusal that names none (no leader
-  yet, busy), or names one already tried or lately silent, moves on to the
-  next master not yet tried, those found silent in the last round last.
+  master not yet tried in this round is followed at once. A refusal that
+  names none (no leader yet, busy), or names one already tried, moves on to
+  the next master not yet tried, in cluster-file order.
 - Silence is an answer too: a target asked at time t that has said nothing
   by t + silence_s (+ whatever wait the request itself asked for) is taken
   for gone, and the search moves on.
-- Once every master has been tried in a round without one serving, the
-  search waits `backoff_s` (doubling per fruitless round from
+- A master found silent is quiet for `quiet_s`: rounds leave it out, and a
+  hint naming it is not followed (followers go on naming a dead leader
+  until they elect another), unless every master is quiet. Anything heard
+  from it ends its quiet. So a dead leader costs one silence, not one per
+  round, and is still tried again once its quiet is over.
+- Once every master that is not quiet has been tried in a round without one
+  serving, the search waits `backoff_s` (doubling per fruitless round from
   `backoff_first_s`, jittered down to half, never above `backoff_cap_s`),
-  then starts a new round at the master last named, unless it was silent.
+  then starts a new round at the master last named, if it is not quiet.
 
 Pure: no sockets, no clock, no threads; `now` and the random source come in.
 """
@@ -36,6 +39,10 @@ SILENCE_S = 0.5
 # each further fruitless round, up to the cap.
 BACKOFF_FIRST_S = 0.05
 BACKOFF_CAP_S = 0.5
+# A master found silent is left out of the rounds this long: longer than an
+# election takes, so the search for the new leader does not wait on the
+# dead one again.
+QUIET_S = 2.0
 
 
 @dataclass
@@ -47,12 +54,12 @@ class LeaderSearch:
     silence_s: float = SILENCE_S
     backoff_first_s: float = BACKOFF_FIRST_S
     backoff_cap_s: float = BACKOFF_CAP_S
+    quiet_s: float = QUIET_S
     target: int = 0
     # Masters tried in this round, the target among them.
     tried: set[int] = field(default_factory=set)
-    # Masters found silent in this round, and in the round before.
-    silent: set[int] = field(default_factory=set)
-    silent_before: set[int] = field(default_factory=set)
+    # Master -> when it was last found silent, until it is heard from.
+    silent_at: dict[int, float] = field(default_factory=dict)
     # When the target was first asked without having said anything since.
     asked_since: float | None = None
     resume_at: float = -math.inf
@@ -96,16 +103,20 @@ class LeaderSearch:
 
     def heard_from(self, index: int, now: float) -> None:
         """The master `index` said something: alive, whatever it said."""
+        self.silent_at.pop(index, None)
         if index == self.target:
             self.asked_since = None
+
+    def quiet(self, index: int, now: float) -> bool:
+        """Whether master `index` was found silent less than quiet_s ago."""
+        return now - self.silent_at.get(index, -math.inf) < self.quiet_s
 
     def served(self, index: int, now: float) -> None:
         """The master `index` served a request: it leads. A late answer from
         a master already left behind counts as much as the target's."""
         self.target = index
         self.tried = {index}
-        self.silent.clear()
-        self.silent_before.clear()
+        self.silent_at.pop(index, None)
         self.asked_since = None
         self.resume_at = -math.inf
         self.fruitless_rounds = 0
@@ -124,7 +135,7 @@ class LeaderSearch:
         ago and has said nothing since."""
         if self.asked_since is None or now - self.asked_since <= self.silence_s + patience_s:
             return False
-        self.silent.add(self.target)
+        self.silent_at[self.target] = now
         self._move_on(now, None)
         return True
 
@@ -132,21 +143,20 @@ class LeaderSearch:
 
     def _move_on(self, now: float, named: int | None) -> None:
         self.asked_since = None
-        if named is not None and named not in self.tried and named not in self.silent_before:
+        lively = [index for index in self._after_target() if not self.quiet(index, now)]
+        if not lively:                   # every master silent lately: try them all the same
+            lively = self._after_target()
+        if named is not None and named not in self.tried and named in lively:
             self._try(named)
             return
-        untried = [index for index in self._after_target() if index not in self.tried]
+        untried = [index for index in lively if index not in self.tried]
         if untried:
-            self._try(min(untried, key=lambda index: index in self.silent_before))
+            self._try(untried[0])
             return
         self.fruitless_rounds += 1
         self.resume_at = now + self.backoff_s()
-        self.silent_before, self.silent = self.silent, set()
-        if named is None or named in self.silent_before:
-            later = [index for index in self._after_target() if index not in self.silent_before]
-            named = later[0] if later else (self.target + 1) % len(self.addresses)
-        self.target = named
-        self.tried = {named}
+        self.target = named if named is not None and named in lively else lively[0]
+        self.tried = {self.target}
 
     def _try(self, index: int) -> None:
         self.target = index
@@ -164,4 +174,4 @@ class LeaderSearch:
         return ceiling * self.rng.uniform(0.5, 1.0)
 
 
-__all__ = ["BACKOFF_CAP_S", "BACKOFF_FIRST_S", "SILENCE_S", "LeaderSearch"]
+__all__ = ["BACKOFF_CAP_S", "BACKOFF_FIRST_S", "QUIET_S", "SILENCE_S", "LeaderSearch"]
