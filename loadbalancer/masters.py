@@ -11,7 +11,9 @@ Rules:
   target says stops it. A target silent for SILENCE_S is taken for gone.
 - What any master sends is taken, the target's or not: dispatches, grants
   and acknowledgements are sent after a commit, so they are facts whoever
-  leads now. Only the target's refusals move the search on.
+  leads now. Only the target's refusals move the search on, and only a
+  grant that extends the lease (a fresh one) brings a master left behind
+  back as the target.
 """
 from __future__ import annotations
 
@@ -73,12 +75,9 @@ class MasterLink:
     def heard_from(self, index: int, now: float) -> None:
         self.search.heard_from(index, now)
 
-    def served(self, index: int, now: float) -> bool:
-        """Master `index` granted or acknowledged something: it leads. True
-        if the balancer had been talking to another one."""
-        moved = index != self.search.target
+    def served(self, index: int, now: float) -> None:
+        """Master `index` granted the lease: it leads."""
         self.search.served(index, now)
-        return moved
 
     def refused(self, index: int, leader_address: str | None, now: float) -> bool:
         """Master `index` answered ERR_NOT_LEADER; True if the target changed."""

@@ -320,12 +320,20 @@ class LoadBalancerNode:
 
     def on_master_hello_reply(self, message: wire.HelloReply, peer: bytes | None, now: float) -> None:
         lease_s = message.lease_ms / 1000.0
+        valid_until = self.lease.valid_until
         if not self.lease.granted(message.request_id, message.epoch, lease_s):
             self._count("lease_replies_stale")
             return
-        if self.masters.served(self.from_master, now):
-            log.info("the master at %s leads", self.masters.address)
+        if self.from_master != self.masters.target:
+            if self.lease.valid_until <= valid_until:
+                # An old grant from a master left behind (one thawed, say):
+                # committed, but no sign that it leads now.
+                self._count("lease_replies_from_masters_left")
+                return
+            # A fresh grant from a master left behind: it was slow, not gone.
+            log.info("the master at %s leads", self.master_addresses[self.from_master])
             self.master_registered = False      # registered with another one: resend to this one
+        self.masters.served(self.from_master, now)
         if not self.master_registered:
             log.info("holds the lease at epoch %d", message.epoch)
             self.last_node_report = 0.0
@@ -400,8 +408,6 @@ class LoadBalancerNode:
         batch = self.unacknowledged.pop(message.batch_id, None)
         if batch is None:
             return
-        if self.masters.served(self.from_master, now):
-            self._left_master("a master left behind acknowledged a batch: it leads")
         for worker, ack in status_acks(self.node_id, max(self.epoch, 1), batch.finals):
             self._send_worker(worker, ack)
 
