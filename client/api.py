@@ -10,11 +10,17 @@
 Arguments are checked before anything is sent; every request to a master
 carries a request id and is resent with the same id (and job id) when no
 answer comes, which is safe because the masters apply it once.
+
+The client finds the leader by itself (wire/leader_search.py): it asks the
+masters of the cluster file in turn, follows an ERR_NOT_LEADER that names
+the leader, takes a master silent for SILENCE_S for gone, and backs off with
+jitter once none of them served (doc/client.md).
 """
 from __future__ import annotations
 
 import os
 import pathlib
+import random
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -30,14 +36,24 @@ from uds.wire import cluster as cluster_file
 from uds.wire.ids import ID_BYTES, id_from_hex, new_id
 from uds.wire.enums import NodeRole
 from uds.wire.keys import open_role
+from uds.wire.leader_search import LeaderSearch
 from uds.wire.resources import ResourceLimits, ResourceSpecError
 from uds.wire.schema import NAME_MAX_BYTES, U32_MAX
 from uds.wire.transport import Transport, recv_message, refusal, send_message
 
 DEFAULT_DEV_DIR = pathlib.Path.home() / ".uds" / "dev"
 CLUSTER_ENV = "UDS_CLUSTER"
-# One try waits this long before the same request is sent again.
+# A master that holds a request is sent it again after this long without
+# an answer (another master may be asked meanwhile).
 RESEND_AFTER_S = 2.0
+# A master that says nothing this long after a request (beyond any wait the
+# request asked for) is taken for gone and the next one is asked: well under
+# the request timeout, and near the masters' election timeouts (0.25-0.6 s).
+SILENCE_S = 0.5
+# After a round in which no master served: back off from this, doubling,
+# jittered, to at most the cap.
+BACKOFF_FIRST_S = 0.05
+BACKOFF_CAP_S = 0.5
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 DEFAULT_CHUNK_TIMEOUT_S = 3600.0
 # How often a wait looks whether a master refused our key: a refusal is
@@ -96,7 +112,10 @@ class Connection:
         self.node_id = new_id()
         self._transport = Transport(keys)
         self._masters: list[zmq.Socket | None] = [None] * len(self.cluster.masters)
-        self._master_index = 0
+        self._search = LeaderSearch(tuple(master.address for master in self.cluster.masters),
+                                    random.Random(int.from_bytes(os.urandom(8), "big")),
+                                    silence_s=SILENCE_S, backoff_first_s=BACKOFF_FIRST_S,
+                                    backoff_cap_s=BACKOFF_CAP_S)
         self._next_request_id = 1
         self._storage: StorageClient | None = None
 
@@ -277,7 +296,8 @@ class Connection:
                      max_chunks: int) -> wire.JobStatusReply:
         return self._ask(lambda rid: wire.JobStatus.make(
             self.node_id, request_id=rid, job=job, detail=int(detail), wait_ms=wait_ms,
-            first_chunk=first_chunk, max_chunks=min(max_chunks, U32_MAX)), wire.JobStatusReply)
+            first_chunk=first_chunk, max_chunks=min(max_chunks, U32_MAX)), wire.JobStatusReply,
+            patience_s=wait_ms / 1000.0)
 
     def cancel_job(self, job_id: str) -> JobStatus:
         job = self._file_id(job_id)
@@ -316,54 +336,93 @@ class Connection:
 
     # -- requests to the masters -------------------------------------------
 
-    def _master_socket(self) -> zmq.Socket:
-        index = self._master_index
+    @property
+    def _master_index(self) -> int:
+        """The master asked first: the leader as far as this client knows."""
+        return self._search.target
+
+    def _master_socket(self, index: int | None = None) -> zmq.Socket:
+        """The DEALER to master `index` (by default the one asked first),
+        made on first use and kept: a master left behind may still answer."""
+        index = self._search.target if index is None else index
         if self._masters[index] is None:
             self._masters[index] = self._transport.client_socket(zmq.DEALER, self.cluster.masters[index].address,
                                                                  NodeRole.MASTER)
         return self._masters[index]
 
-    def _ask(self, make: Callable[[int], wire.Message], expected: type) -> Any:
+    def _ask(self, make: Callable[[int], wire.Message], expected: type, patience_s: float = 0.0) -> Any:
+        """Send the request to the leader, finding it first, and return its
+        answer of type `expected`; raise what an error answer means, or
+        RequestTimeout. `patience_s`: how long the master may hold the
+        request by its own terms (a status that waits for a job's end).
+
+        The same frames (request id, job id) go to each master tried, and
+        again to one that holds them unanswered for RESEND_AFTER_S; an answer
+        from any master that was sent them counts."""
         request_id = self._next_request_id
         self._next_request_id += 1
         frames = wire.encode(make(request_id))
+        search = self._search
         deadline = time.monotonic() + self.timeout
+        holding: dict[int, float] = {}      # master index -> when it was last sent the request
         while True:
-            socket = self._master_socket()
-            send_message(socket, frames, counters=self._transport)
-            resend_at = min(deadline, time.monotonic() + RESEND_AFTER_S)
-            while (remaining := resend_at - time.monotonic()) > 0:
-                if (reason := refusal(socket)) is not None:
-                    raise AuthenticationRefused(reason)
-                if not socket.poll(int(min(remaining, REFUSAL_CHECK_S) * 1000) + 1, zmq.POLLIN):
+            now = time.monotonic()
+            target = search.due(now)
+            if target is not None:
+                if target not in holding or now - holding[target] >= RESEND_AFTER_S:
+                    send_message(self._master_socket(target), frames, counters=self._transport)
+                    holding[target] = now
+                search.asked(now)
+            wake_in = min(REFUSAL_CHECK_S, deadline - now,
+                          search.wait_s(now) if target is None else search.silence_s + patience_s)
+            answered = self._next_answer(holding, request_id, max(0.0, wake_in))
+            now = time.monotonic()
+            if answered is not None:
+                index, reply = answered
+                search.heard_from(index, now)
+                if isinstance(reply, wire.Error) and reply.error_code in (wire.ErrorCode.NOT_LEADER,
+                                                                          wire.ErrorCode.BUSY):
+                    holding.pop(index, None)       # refused: it holds nothing, and may be asked again
+                    search.refused(index, wire.leader_hint(reply), now)
                     continue
-                received = recv_message(socket, self._transport)
-                if received is None:
-                    continue
+                search.served(index, now)
+                if isinstance(reply, wire.Error):
+                    self._raise_error(reply)
+                if isinstance(reply, expected):
+                    return reply
+                continue
+            search.overdue(now, patience_s)
+            if now >= deadline:
+                asked = ", ".join(self.cluster.masters[index].address for index in sorted(holding)) or "none"
+                raise RequestTimeout(f"no answer from the masters in {self.timeout:g}s "
+                                     f"(waiting on: {asked})")
+
+    def _next_answer(self, holding: dict[int, float], request_id: int,
+                     timeout_s: float) -> tuple[int, wire.Message] | None:
+        """The next answer to `request_id` from a master holding it, as
+        (index, message); None if none comes within `timeout_s`. Answers to
+        earlier, abandoned requests are dropped on the way."""
+        sockets = {self._master_socket(index): index for index in holding}
+        if not sockets:
+            time.sleep(timeout_s)
+            return None
+        poller = zmq.Poller()
+        for socket in sockets:
+            if (reason := refusal(socket)) is not None:
+                raise AuthenticationRefused(reason)
+            poller.register(socket, zmq.POLLIN)
+        for socket, _ in poller.poll(int(timeout_s * 1000) + 1):
+            while (received := recv_message(socket, self._transport)) is not None:
                 try:
                     reply = wire.decode(received.frames)
                 except wire.WireError:
                     continue
-                if getattr(reply, "request_id", None) != request_id:
-                    continue  # an answer to an earlier, already abandoned try
-                if isinstance(reply, wire.Error):
-                    self._raise_error(reply)
-                    break  # not the leader: try the next master now
-                if isinstance(reply, expected):
-                    return reply
-            if time.monotonic() >= deadline:
-                address = self.cluster.masters[self._master_index].address
-                raise RequestTimeout(f"no answer from the masters ({address}) in {self.timeout:g}s")
+                if getattr(reply, "request_id", None) == request_id:
+                    return sockets[socket], reply
+        return None
 
     def _raise_error(self, reply: wire.Error) -> None:
-        """Raise the error, or return to have the request tried again."""
-        if reply.error_code == wire.ErrorCode.NOT_LEADER:
-            self._master_index = (self._master_index + 1) % len(self._masters)
-            time.sleep(0.05)
-            return
-        if reply.error_code == wire.ErrorCode.BUSY:  # starting up, or electing a leader
-            time.sleep(0.1)
-            return
+        """Raise what an error from the leader means."""
         if reply.error_code == wire.ErrorCode.UNKNOWN_JOB:
             raise UnknownJobError(reply.error_code, reply.reason)
         if reply.error_code == wire.ErrorCode.INVALID:

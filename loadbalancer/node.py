@@ -1,6 +1,6 @@
-"""The load balancer's shell: a ROUTER for workers, a DEALER to the master,
-and a loop that turns messages into scheduler events and effects into
-messages.
+"""The load balancer's shell: a ROUTER for workers, a DEALER to each master
+(loadbalancer/masters.py, which finds the leader among them), and a loop
+that turns messages into scheduler events and effects into messages.
 
 Rules: all decisions are the scheduler's (loadbalancer/scheduler.py); this
 module only translates. Chunk events go to the master in batches
@@ -11,6 +11,8 @@ acknowledged, each final status in it is confirmed to its worker
 from __future__ import annotations
 
 import logging
+import os
+import random
 import socket as socket_module
 import time
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from uds import wire
 from uds.wire.limits import LIST_BUDGET_BYTES
 from uds.loadbalancer import scheduler as core
 from uds.loadbalancer.lease import BalancerLease
+from uds.loadbalancer.masters import MasterLink
 from uds.daemon.runtime import guarded
 from uds.daemon.dispatch import Dispatcher
 from uds.wire.enums import FINAL_CHUNK_STATES, ErrorCode, NodeRole
@@ -40,6 +43,9 @@ MESSAGES_PER_WAKEUP = 1000
 MAX_HELD_DISPATCHES = 100
 # Heartbeat periods to listen before placing anything after a start.
 SETTLE_HEARTBEATS = 1.5
+# The loop wakes at least this often, to ask for the lease and to notice a
+# silent master in time, whatever the heartbeat interval.
+LOOP_WAKE_S = 0.05
 
 
 @dataclass
@@ -67,9 +73,10 @@ class LoadBalancerNode:
         self.scheduler = core.Scheduler(lease_s=lease_s, settle_s=SETTLE_HEARTBEATS * heartbeat_interval_s)
         self.workers_socket = transport.server_socket(zmq.ROUTER, address)
         self.master_addresses = master_addresses
-        self.master_index = 0
-        self.master_socket = transport.client_socket(zmq.DEALER, master_addresses[0], NodeRole.MASTER)
+        self.masters = MasterLink(transport, master_addresses, random.Random(int.from_bytes(os.urandom(8), "big")))
         self.master_registered = False
+        self.hello_owed = False        # a new target is greeted at once, not at the next ask
+        self.from_master = 0           # the index of the master whose message is being handled
         self.last_master_hello = 0.0
         self.last_master_message = 0.0
         self.epoch = 0
@@ -125,14 +132,17 @@ class LoadBalancerNode:
     def run(self, stop: Callable[[], bool], on_serving: Callable[[], None]) -> None:
         poller = zmq.Poller()
         poller.register(self.workers_socket, zmq.POLLIN)
-        poller.register(self.master_socket, zmq.POLLIN)
+        for socket in self.masters.sockets:    # all of them, for good: none is closed before the end
+            poller.register(socket, zmq.POLLIN)
         on_serving()
         while not stop():
-            timeout_ms = max(1, int(self.heartbeat_interval_s * 1000 / 2))
+            timeout_ms = max(1, int(min(self.heartbeat_interval_s / 2, LOOP_WAKE_S) * 1000))
             ready = dict(poller.poll(timeout_ms))
             now = time.monotonic()
-            if self.master_socket in ready:
-                self._drain(self.master_socket, now, self._handle_master)
+            for index, socket in enumerate(self.masters.sockets):
+                if socket in ready:
+                    self._drain(socket, now, lambda received, now, index=index:
+                                self._handle_master(index, received, now))
             if self.workers_socket in ready:
                 self._drain(self.workers_socket, now, self._handle_worker)
             guarded(log, self._count, self._on_timers, now)
@@ -154,7 +164,7 @@ class LoadBalancerNode:
 
     def close(self) -> None:
         self.workers_socket.close()
-        self.master_socket.close()
+        self.masters.close()
 
     # -- workers --------------------------------------------------------------
 
@@ -212,7 +222,7 @@ class LoadBalancerNode:
         total, free = self.scheduler.capacity()
         counters.update(slots=total, free_slots=free, pending=self.scheduler.pending_count(),
                         unacknowledged_batches=len(self.unacknowledged),
-                        master_registered=int(self.master_registered),
+                        master_registered=int(self.master_registered), master=self.masters.target,
                         active=int(self.lease.active(now)), epoch=self.epoch)
         send_message(self.workers_socket, wire.encode(wire.StatsReply.make(
             self.node_id, request_id=message.request_id, role=int(NodeRole.LOADBALANCER),
@@ -266,20 +276,22 @@ class LoadBalancerNode:
         log.warning("worker %s (%s) lost", effect.worker.hex(), effect.view.host)
         self.worker_peers.pop(effect.worker, None)
         self._send_master(wire.NodeReport.make(self.node_id, epoch=max(self.epoch, 1),
-                                               nodes=[effect.view.to_record()]))
+                                               nodes=[effect.view.to_record()]), now)
 
     def do_ask_hello(self, effect: core.AskHello, now: float) -> None:
         peer = self.worker_peers.get(effect.worker)
         if peer is not None:
             self._send_worker_error(peer, 0, int(wire.MessageType.HEARTBEAT), ErrorCode.UNEXPECTED, "hello first")
 
-    # -- the master -----------------------------------------------------------
+    # -- the masters ----------------------------------------------------------
 
-    def _send_master(self, message: wire.Message) -> bool:
-        return send_message(self.master_socket, wire.encode(message), counters=self.transport)
+    def _send_master(self, message: wire.Message, now: float, wants_answer: bool = False) -> bool:
+        return self.masters.send(wire.encode(message), now, wants_answer)
 
-    def _handle_master(self, received: Any, now: float) -> None:
+    def _handle_master(self, index: int, received: Any, now: float) -> None:
         self.last_master_message = now
+        self.masters.heard_from(index, now)
+        self.from_master = index
         self.master_dispatcher.handle(received, now)
 
     def _note_master_fault(self, peer: bytes | None, message: wire.Message) -> None:
@@ -289,23 +301,44 @@ class LoadBalancerNode:
     def _hello_master(self, now: float) -> None:
         """Ask for the lease (or renew it): hello is the request."""
         self.last_master_hello = now
+        self.hello_owed = False
         request_id = self.next_request_id
         self.next_request_id += 1
         self.lease.ask(request_id, now)
         self._send_master(wire.Hello.make(
             self.node_id, request_id=request_id, role=int(NodeRole.LOADBALANCER), slots=0, cache_bytes=0,
-            start_time_ms=int(self.started_at * 1000), host=self.host, address=self.address, version=1))
+            start_time_ms=int(self.started_at * 1000), host=self.host, address=self.address, version=1),
+            now, wants_answer=True)
+
+    def _left_master(self, why: str) -> None:
+        """The search moved to another master: greet it at once; nothing else
+        goes to it before its hello_reply (unacknowledged batches then do)."""
+        self.master_registered = False
+        self.hello_owed = True
+        self._count("master_switches")
+        log.warning("%s; now asking the master at %s", why, self.masters.address)
 
     def on_master_hello_reply(self, message: wire.HelloReply, peer: bytes | None, now: float) -> None:
         lease_s = message.lease_ms / 1000.0
+        valid_until = self.lease.valid_until
         if not self.lease.granted(message.request_id, message.epoch, lease_s):
             self._count("lease_replies_stale")
             return
+        if self.from_master != self.masters.target:
+            if self.lease.valid_until <= valid_until:
+                # An old grant from a master left behind (one thawed, say):
+                # committed, but no sign that it leads now.
+                self._count("lease_replies_from_masters_left")
+                return
+            # A fresh grant from a master left behind: it was slow, not gone.
+            log.info("the master at %s leads", self.master_addresses[self.from_master])
+            self.master_registered = False      # registered with another one: resend to this one
+        self.masters.served(self.from_master, now)
         if not self.master_registered:
             log.info("holds the lease at epoch %d", message.epoch)
             self.last_node_report = 0.0
             for batch in self.unacknowledged.values():
-                batch.sent_at = 0.0  # resend now: the master may have restarted
+                batch.sent_at = 0.0  # resend now: the master may have restarted, or be a new leader
         self.master_registered = True
         if message.epoch != self.epoch:
             self._reepoch_batches(message.epoch)
@@ -340,6 +373,9 @@ class LoadBalancerNode:
                 self._send_hello_reply(peer, 0, now)
 
     def on_master_error(self, message: wire.Error, peer: bytes | None, now: float) -> None:
+        if self.from_master != self.masters.target:
+            self._count("errors_from_masters_left")    # a master left behind: old news
+            return
         if message.error_code == ErrorCode.BUSY and message.failed_type == wire.MessageType.HELLO:
             self.master_registered = False  # standby: another balancer holds the lease
             self.lease.refused(now)
@@ -348,18 +384,13 @@ class LoadBalancerNode:
         elif message.error_code in (ErrorCode.UNEXPECTED, ErrorCode.BUSY):
             self.master_registered = False  # "hello first", or it restarted
         elif message.error_code == ErrorCode.NOT_LEADER:
-            self.master_registered = False
-            self._switch_master()
+            address = self.masters.address
+            if self.masters.refused(self.from_master, wire.leader_hint(message), now):
+                self._left_master(f"the master at {address} does not lead ({message.reason})")
+            else:
+                self.master_registered = False
         else:
             log.warning("master error %d: %s", message.error_code, message.reason)
-
-    def _switch_master(self) -> None:
-        if len(self.master_addresses) < 2:
-            return
-        self.master_socket.close()
-        self.master_index = (self.master_index + 1) % len(self.master_addresses)
-        self.master_socket = self.transport.client_socket(zmq.DEALER, self.master_addresses[self.master_index],
-                                                         NodeRole.MASTER)
 
     def on_dispatch(self, message: wire.ChunkDispatch, peer: bytes | None, now: float) -> None:
         self._count("attempts_received", len(message.attempts))
@@ -383,7 +414,10 @@ class LoadBalancerNode:
     # -- timers and batching ----------------------------------------------------
 
     def _on_timers(self, now: float) -> None:
-        if self.lease.ask_due(now):
+        address = self.masters.address
+        if self.masters.overdue(now):
+            self._left_master(f"the master at {address} is silent")
+        if (self.hello_owed or self.lease.ask_due(now)) and self.masters.due(now):
             self._hello_master(now)
         self._note_activity(now)
         if now - self.last_tick >= self.heartbeat_interval_s:
@@ -393,18 +427,18 @@ class LoadBalancerNode:
             if self.master_registered:
                 self._send_master(wire.Heartbeat.make(self.node_id, epoch=max(self.epoch, 1), free_slots=free,
                                                       running_count=total - free, running=[], cache_added=[],
-                                                      cache_removed=[]))
+                                                      cache_removed=[]), now)
         if self.master_registered and now - self.last_node_report >= NODE_REPORT_INTERVAL_S:
             self.last_node_report = now
             self._send_master(wire.NodeReport.make(
                 self.node_id, epoch=max(self.epoch, 1),
-                nodes=[view.to_record() for view in self.scheduler.workers(now)]))
+                nodes=[view.to_record() for view in self.scheduler.workers(now)]), now)
         if self.master_registered:
             for batch in self.unacknowledged.values():
                 if now - batch.sent_at > RESEND_BATCH_S:
                     batch.sent_at = now
                     self._count("batches_resent")
-                    send_message(self.master_socket, batch.frames, counters=self.transport)
+                    self.masters.send(batch.frames, now, wants_answer=True)
 
     def _flush_events(self, now: float) -> None:
         while self.outgoing_events:
@@ -421,7 +455,7 @@ class LoadBalancerNode:
             self.unacknowledged[batch_id] = EventBatch(batch_id, frames, finals, now, events, max(self.epoch, 1))
             self._count("events_forwarded", len(events))
             if self.master_registered:
-                send_message(self.master_socket, frames, counters=self.transport)
+                self.masters.send(frames, now, wants_answer=True)
 
 
 def status_acks(node_id: bytes, epoch: int, finals: list[tuple]) -> Iterator[tuple[bytes, wire.StatusAck]]:

@@ -215,9 +215,9 @@ class Leader(ClientRequests):
             return []
         if not self._raft.ready:
             return [self._error(request, ErrorCode.BUSY, "master is starting")]
-        leader = self._raft.leader_address
-        return [self._error(request, ErrorCode.NOT_LEADER,
-                            f"not the leader; the leader is at {leader}" if leader else "no leader elected yet")]
+        # The reason's form is the wire's (wire/leader_hint.py): clients and
+        # balancers read the leader's address back out of it.
+        return [self._error(request, ErrorCode.NOT_LEADER, wire.not_leader_reason(self._raft.leader_address))]
 
     # ---- requests --------------------------------------------------------
 

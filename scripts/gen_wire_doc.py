@@ -100,6 +100,11 @@ Its message names the type and the field, e.g. `file_request: header_length 40 !
 A daemon answers a message it cannot decode with an `error` (`ERR_MALFORMED`) when it
 can tell who sent it, counts it, and carries on.
 
+A master that does not lead answers a request for the leader with an `error`
+`ERR_NOT_LEADER` whose reason names the leader's client address, in the one form
+`wire/leader_hint.py` writes and reads back: `not the leader; the leader is at ADDRESS`,
+or `no leader elected yet` (doc/client.md tells how clients follow it).
+
 ## Limits
 
 Defined once in `wire/limits.py`; the codec and every socket enforce them.

@@ -10,6 +10,7 @@ from uds.wire.enums import (
     FINAL_CHUNK_STATES, ChunkState, ErrorCode, JobState, MessageType, NodeRole, PutStatus,
 )
 from uds.wire.errors import EncodeError, WireError
+from uds.wire.leader_hint import leader_hint, not_leader_reason
 from uds.wire.messages import *  # noqa: F401,F403  (one class per message type)
 from uds.wire.file_messages import *  # noqa: F401,F403
 from uds.wire.message_class import REGISTRY, Message, check_every_type_declared
@@ -19,6 +20,7 @@ __all__ = [
     "decode", "encode", "items_that_fit", "packed_size", "WireError", "EncodeError", "Message", "REGISTRY",
     "ChunkState", "ErrorCode", "JobState", "MessageType", "NodeRole", "PutStatus",
     "FINAL_CHUNK_STATES", "ChunkEvent", "ChunkResult", "NO_RESULT", "NO_WORKER",
+    "leader_hint", "not_leader_reason",
 ] + [cls.__name__ for cls in REGISTRY.values()]
 
 check_every_type_declared()
