@@ -24,9 +24,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConsumer, replicated
+from pysyncobj import FAIL_REASON, SyncObjConsumer, replicated
 
-from uds.master.raft import syncobj_conf
+from uds.master.raft import CONFIRMED_LEADERSHIP_S, syncobj_conf
+from uds.master.raft_node import RaftNode
 from uds.master.state import ClusterState
 from uds.daemon.runtime import wake
 from uds.wire.keys import KeyFolder
@@ -84,9 +85,12 @@ class RaftGroup:
             useFork=False,
             autoTick=False,
         )
-        self.syncobj = SyncObj(self_address, partner_addresses, conf, consumers=[self.replicated])
+        # A follower syncs before it acknowledges an append (RaftNode).
+        self.syncobj = RaftNode(self_address, partner_addresses, conf, [self.replicated],
+                                confirm_s=CONFIRMED_LEADERSHIP_S, before_acknowledge=self.sync_journal)
         # pysyncobj writes its journal into an mmap and never syncs it; we sync
-        # it before a commit is answered, so what a master acknowledged
+        # it before a commit is answered, and a follower before it acknowledges
+        # an append, so what a master acknowledged
         # survives a power loss and not only a crash. fsync of the file
         # writes the map's dirty pages like msync, but without holding the
         # GIL (mmap.flush holds it), so the node loop runs on meanwhile.
@@ -103,7 +107,9 @@ class RaftGroup:
 
     @property
     def is_leader(self) -> bool:
-        return self.ready and self.syncobj._isLeader()
+        """Leader, and heard from a majority within CONFIRMED_LEADERSHIP_S:
+        only such a leader may answer what must be current."""
+        return self.ready and self.syncobj.confirmed_leader()
 
     def leader_address(self) -> str | None:
         leader = self.syncobj._getLeader()
