@@ -49,3 +49,26 @@ def test_every_master_serves_and_a_follower_names_the_leader(three_masters):
     with uds_client.connect(layout.path, timeout=10) as connection:    # tries masters[0] first
         with pytest.raises(uds_client.UnknownJobError):
             connection.job_status("00" * 16)                            # answered by the leader
+
+
+def test_committed_jobs_survive_every_master_killed_at_once(three_masters):
+    layout = three_masters
+    layout.start("storage")
+    with uds_client.connect(layout.path, timeout=10) as connection:
+        jobs = [connection.submit_job(b"#!/bin/sh\ntrue\n", chunks=3, name=f"kept-{index}") for index in range(4)]
+    # Followers sync too, before they acknowledge the appends that carried the jobs.
+    stats = [ask_master(layout, index, wire.StatsQuery.make(bytes(16), request_id=index)).counters
+             for index in range(3)]
+    assert all(counters["raft_journal_syncs"] > 0 for counters in stats)
+    masters = [daemon for daemon in layout.started if daemon.role == "master"]
+    for master in masters:
+        master.process.kill()                                  # SIGKILL, all at once
+    for master in masters:
+        master.process.wait(timeout=10)
+    restarted = [layout.start("master", name=str(index), wait=False) for index in range(3)]
+    for master in restarted:
+        master.wait_ready()
+    with uds_client.connect(layout.path, timeout=10) as connection:
+        for index, job in enumerate(jobs):
+            status = connection.job_status(job.id, detail=False)
+            assert status.name == f"kept-{index}" and status.chunk_count == 3
