@@ -266,9 +266,25 @@ def _sandbox_or_lease(node: dict) -> str:
     return "-"
 
 
+def _print_masters(records: list) -> None:
+    """Every master of the cluster file: its Raft role, term, commit index
+    and how far it lags behind the leader's commit index."""
+    width = max(len(record.address) for record in records) + 2
+    print(f"{'master':<{width}}{'role':<13}{'term':>6}{'commit':>10}{'lag':>7}  leader")
+    for record in records:
+        if not record.reachable:
+            print(f"{record.address:<{width}}{record.role:<13}{'-':>6}{'-':>10}{'-':>7}  -")
+            continue
+        lag = "-" if record.lag is None else str(record.lag)
+        print(f"{record.address:<{width}}{record.role:<13}{record.term:>6}{record.commit_index:>10}"
+              f"{lag:>7}  {record.leader or '-'}")
+
+
 def nodes(options: argparse.Namespace) -> int:
     from uds.wire.enums import NodeRole
     with _connect(options) as connection:
+        _print_masters(connection.masters())
+        print()
         listed = connection.nodes()
         # One column says how a worker runs chunks (its sandbox, in full: an
         # unconfined worker must read as such) or whether a balancer is active.

@@ -29,6 +29,9 @@ from typing import Any, Callable
 
 from pysyncobj import SyncObj
 
+# pysyncobj's numbering of its states; a master's stats give `raft_role` so.
+RAFT_ROLES = ("follower", "candidate", "leader")
+
 # An answer to the leader's append (the acknowledgement) and the request for a vote.
 ACKNOWLEDGEMENT = "next_node_idx"
 APPEND = "append_entries"
@@ -68,7 +71,7 @@ class RaftNode(SyncObj):
 
     def role(self) -> str:
         """leader, follower or candidate, as pysyncobj holds it."""
-        return {0: "follower", 1: "candidate", 2: "leader"}.get(self._SyncObj__raftState, "unknown")
+        return RAFT_ROLES[self._SyncObj__raftState]
 
     def commit_index(self) -> int:
         return self._SyncObj__raftCommitIndex

@@ -56,6 +56,16 @@ class ReplicatedState(SyncObjConsumer):
             return self.state.apply(commands, now)
 
 
+@dataclass(frozen=True)
+class RaftRecord:
+    """Where this member stands in the group, for `uds nodes`."""
+    role: str                   # follower, candidate or leader (RAFT_ROLES)
+    term: int
+    commit_index: int
+    last_applied: int
+    leader: str | None          # the Raft address of the leader it follows (itself when leading)
+
+
 @dataclass
 class Commit:
     token: int
@@ -114,6 +124,11 @@ class RaftGroup:
     def leader_address(self) -> str | None:
         leader = self.syncobj._getLeader()
         return None if leader is None else str(getattr(leader, "address", leader))
+
+    def record(self) -> RaftRecord:
+        node = self.syncobj
+        return RaftRecord(role=node.role(), term=node._getTerm(), commit_index=node.commit_index(),
+                          last_applied=node.last_applied(), leader=self.leader_address())
 
     def propose(self, token: int, commands: list, now: float) -> None:
         """Replicate a batch; its outcome arrives later on `commits`."""

@@ -2,6 +2,8 @@
 finds the leader from any of them. Real daemons on 127.0.0.1."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import zmq
 
@@ -72,3 +74,25 @@ def test_committed_jobs_survive_every_master_killed_at_once(three_masters):
         for index, job in enumerate(jobs):
             status = connection.job_status(job.id, detail=False)
             assert status.name == f"kept-{index}" and status.chunk_count == 3
+
+
+def test_masters_lists_each_masters_raft_standing_and_a_dead_one_as_unreachable(three_masters):
+    layout = three_masters
+    addresses = [master.address for master in layout.cluster.masters]
+    with uds_client.connect(layout.path, timeout=10) as connection:
+        records = connection.masters()
+        assert [record.address for record in records] == addresses
+        assert sorted(record.role for record in records) == ["follower", "follower", "leader"]
+        (leader,) = [record for record in records if record.role == "leader"]
+        assert {record.term for record in records} == {leader.term}
+        assert {record.leader for record in records} == {leader.address}
+        assert leader.lag == 0 and all(record.lag >= 0 for record in records)
+        assert all(record.commit_index >= 1 and record.last_applied <= record.commit_index for record in records)
+
+        follower = addresses.index(next(record.address for record in records if record.role == "follower"))
+        [daemon for daemon in layout.started if daemon.role == "master"][follower].kill9()
+        started = time.monotonic()
+        records = connection.masters(timeout=0.5)
+        assert time.monotonic() - started < 2.0
+        assert records[follower].role == "unreachable" and not records[follower].reachable
+        assert sum(record.role == "leader" for record in records) == 1
