@@ -40,6 +40,7 @@ class MasterNode:
                  client_addresses: dict[str, str] | None = None,
                  default_limits: ResourceLimits = NO_LIMITS) -> None:
         self.node_id = node_id
+        self.address = address
         self.raft = raft
         self.transport = transport
         self.wake_fd = wake_fd
@@ -106,6 +107,8 @@ class MasterNode:
         if ready and not leader:   # only a follower needs to say where the leader is
             raft_address = self.raft.leader_address()
             address = self.client_addresses.get(raft_address, raft_address) if raft_address else None
+            if address == self.address:
+                address = None     # a leader no majority confirms: not to be pointed at
         known = self.raft_status
         if (ready, leader, address) != (known.ready, known.leader, known.leader_address):
             self.raft_status = core.RaftStatus(ready=ready, leader=leader, leader_address=address)

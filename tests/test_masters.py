@@ -2,6 +2,8 @@
 finds the leader from any of them. Real daemons on 127.0.0.1."""
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -96,3 +98,31 @@ def test_masters_lists_each_masters_raft_standing_and_a_dead_one_as_unreachable(
         assert time.monotonic() - started < 2.0
         assert records[follower].role == "unreachable" and not records[follower].reachable
         assert sum(record.role == "leader" for record in records) == 1
+
+
+def test_a_leader_cut_off_from_its_followers_stops_answering_as_leader(three_masters):
+    layout = three_masters
+    roles = [ask_master(layout, index, wire.StatsQuery.make(bytes(16), request_id=index)).counters["leader"]
+             for index in range(3)]
+    leader = roles.index(1)
+    masters = [daemon for daemon in layout.started if daemon.role == "master"]
+    status = wire.JobStatus.make(bytes(16), request_id=7, job_uuid_upper=0, job_uuid_lower=0, detail=0,
+                                 wait_ms=0, first_chunk=0, max_chunks=0)
+    assert ask_master(layout, leader, status).error_code == ErrorCode.UNKNOWN_JOB     # answered as leader
+    followers = [masters[index] for index in range(3) if index != leader]
+    try:
+        for follower in followers:
+            os.kill(follower.pid, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        while (answer := ask_master(layout, leader, status)).error_code == ErrorCode.UNKNOWN_JOB:
+            assert time.monotonic() - frozen_at < 2.0, "the isolated leader still answers as leader"
+        refused_after_s = time.monotonic() - frozen_at
+        assert answer.error_code in (ErrorCode.NOT_LEADER, ErrorCode.BUSY)
+        assert layout.cluster.masters[leader].address not in answer.reason    # it points at no one, not itself
+        # Its confirmation lapses after CONFIRMED_LEADERSHIP_S (0.2 s); its loop looks at least every 0.1 s.
+        assert refused_after_s < 0.6, refused_after_s
+        counters = ask_master(layout, leader, wire.StatsQuery.make(bytes(16), request_id=9)).counters
+        assert counters["leader"] == 0
+    finally:
+        for follower in followers:
+            os.kill(follower.pid, signal.SIGCONT)
