@@ -4,7 +4,10 @@
    election until the fallback, whether or not anyone still follows.
    `confirmed_leader(now)` is true only while this node is leader and has
    heard a follower's answer, in this term, from enough followers to make a
-   majority with itself, within `confirm_s`.
+   majority with itself, within `confirm_s`. pysyncobj's own record of
+   answers (`__lastResponseTime`, which drives its fallback) starts every
+   follower at the time of the election, as if it had answered then; the
+   answers kept here are only real ones.
 2. Followers that do not vote while they follow. pysyncobj grants a vote to
    any candidate with a higher term, so a node returning from a partition
    could have a new leader elected at once, while the old one still counts
