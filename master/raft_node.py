@@ -21,12 +21,21 @@
    message changed the journal: one sync per append message, however many
    entries it carried.
 
+4. A vote that outlives a power loss. pysyncobj stores the term and the
+   vote (`JOURNAL.meta`) by writing a temporary file and renaming it, and
+   syncs neither; a member that forgot its vote could vote twice in one
+   term. Here the file and its folder are synced before the vote or the
+   term is acted on.
+
 The hooks override pysyncobj's private (name-mangled) methods
-`_SyncObj__onMessageReceived` and `_SyncObj__sendNextNodeIdx`; the test in
-tests/test_raft_node.py pins both against the installed pysyncobj.
+`_SyncObj__onMessageReceived`, `_SyncObj__sendNextNodeIdx` and
+`_SyncObj__setCurrentTerm`; tests/test_raft_node.py pins them against the
+installed pysyncobj.
 """
 from __future__ import annotations
 
+import logging
+import os
 import time
 from typing import Any, Callable
 
@@ -105,6 +114,13 @@ class RaftNode(SyncObj):
             self._journal_mark = self._journal_position()
         SyncObj._SyncObj__sendNextNodeIdx(self, node, reset=reset, nextNodeIdx=nextNodeIdx, success=success)
 
+    def _SyncObj__setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
+        SyncObj._SyncObj__setCurrentTerm(self, term, votedForNodeId)
+        journal = self._SyncObj__conf.journalFile
+        if journal:
+            _sync_file(journal + ".meta")
+            _sync_file(os.path.dirname(os.path.abspath(journal)))
+
     def _follows_a_live_leader(self, now: float) -> bool:
         return (not self._isLeader() and self._getLeader() is not None
                 and now - self._heard_leader_at < self._SyncObj__conf.raftMinTimeout)
@@ -114,3 +130,15 @@ class RaftNode(SyncObj):
         log = self._SyncObj__raftLog
         size = len(log)
         return (size, log[-1][1], log[-1][2]) if size else (0,)
+
+
+def _sync_file(path: str) -> None:
+    """fsync a file or a folder (for a rename in it)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    except OSError as fault:
+        logging.getLogger("master.raft").warning("cannot sync %s: %s", path, fault)

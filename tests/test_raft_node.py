@@ -90,6 +90,22 @@ def test_a_follower_ignores_votes_while_its_leader_is_alive(lone_follower):
     assert events == [("send", "response_vote", None, None)] and node._getTerm() == 5
 
 
+def test_a_vote_is_on_disk_before_it_is_sent(lone_follower, monkeypatch, tmp_path):
+    import os
+
+    from uds.master import raft_node
+    node, leader, events = lone_follower
+    real_fsync = os.fsync
+    monkeypatch.setattr(raft_node.os, "fsync", lambda fd: (real_fsync(fd),
+                                                          events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))))
+    node._SyncObj__onMessageReceived(leader, {"type": "request_vote", "term": 3, "last_log_index": 9,
+                                              "last_log_term": 2})
+    meta, folder = str(tmp_path / "journal.meta"), str(tmp_path)
+    # The new term, then the vote: each synced, file and folder, before the vote goes out.
+    assert events == [("fsync", meta), ("fsync", folder), ("fsync", meta), ("fsync", folder),
+                      ("send", "response_vote", None, None)]
+
+
 def test_the_confirmation_must_stay_below_the_minimum_election_timeout(keys):
     with pytest.raises(ValueError, match="confirm_s"):
         RaftNode(free_addresses(1)[0], [], syncobj_conf(keys, autoTick=False), [], confirm_s=RAFT_MIN_TIMEOUT_S)
