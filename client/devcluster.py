@@ -50,13 +50,11 @@ class DevProcess:
     pid: int
     data: pathlib.Path
     log: pathlib.Path | None = None
-    process: subprocess.Popen | None = field(default=None, repr=False)   # None once recorded in dev.pids
+    process: subprocess.Popen | None = field(default=None, repr=False)   # when this process started it
 
     def exit_status(self) -> int | None:
-        """Its exit status if it has exited (None while it runs or if unknown)."""
-        if self.process is not None:
-            return self.process.poll()
-        return None if pid_alive(self.pid) and not _is_zombie(self.pid) else -1
+        """Its exit status once it has exited; None while it runs, or if not our child."""
+        return None if self.process is None else self.process.poll()
 
     def exited(self) -> bool:
         if self.process is not None:
@@ -175,6 +173,12 @@ def start(folder: pathlib.Path, workers: int, slots: int, detach: bool,
     return started
 
 
+def _with_status(status: int | None) -> str:
+    if status is None:
+        return ""
+    return f" on signal {-status}" if status < 0 else f" with status {status}"
+
+
 def _failure(fault: BaseException, started: list[DevProcess], logs: pathlib.Path) -> DevClusterError | None:
     """What to tell about a failed start: the daemons that exited, each with
     its status and the end of its log, else the fault itself; and that every
@@ -183,7 +187,7 @@ def _failure(fault: BaseException, started: list[DevProcess], logs: pathlib.Path
         return None
     dead = [process for process in started if process.exited()]
     if dead:
-        told = "\n".join(f"{process.name} exited with status {process.exit_status()} during start-up; "
+        told = "\n".join(f"{process.name} exited{_with_status(process.exit_status())} during start-up; "
                          f"its log ({process.log}) ends:\n{process.log_tail()}" for process in dead)
     else:
         told = str(fault) if isinstance(fault, DevClusterError) else f"{type(fault).__name__}: {fault}"

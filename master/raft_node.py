@@ -1,4 +1,4 @@
-"""pysyncobj's SyncObj with the three things a master needs and it lacks.
+"""pysyncobj's SyncObj with the four things a master needs and it lacks.
 
 1. Leadership that is confirmed. `SyncObj._isLeader()` is true from the
    election until the fallback, whether or not anyone still follows.
@@ -20,7 +20,6 @@
    `before_acknowledge` (a journal sync) runs before the answer whenever the
    message changed the journal: one sync per append message, however many
    entries it carried.
-
 4. A vote that outlives a power loss. pysyncobj stores the term and the
    vote (`JOURNAL.meta`) by writing a temporary file and renaming it, and
    syncs neither; a member that forgot its vote could vote twice in one

@@ -95,15 +95,14 @@ class RaftGroup:
             useFork=False,
             autoTick=False,
         )
-        # A follower syncs before it acknowledges an append (RaftNode).
         self.syncobj = RaftNode(self_address, partner_addresses, conf, [self.replicated],
                                 confirm_s=CONFIRMED_LEADERSHIP_S, before_acknowledge=self.sync_journal)
         # pysyncobj writes its journal into an mmap and never syncs it; we sync
         # it before a commit is answered, and a follower before it acknowledges
-        # an append, so what a master acknowledged
-        # survives a power loss and not only a crash. fsync of the file
-        # writes the map's dirty pages like msync, but without holding the
-        # GIL (mmap.flush holds it), so the node loop runs on meanwhile.
+        # an append, so what a master acknowledged survives a power loss and
+        # not only a crash. fsync of the file writes the map's dirty pages
+        # like msync, but without holding the GIL (mmap.flush holds it), so
+        # the node loop runs on meanwhile.
         self._journal_fd = os.open(data / JOURNAL_FILE, os.O_RDONLY)
         self._thread = threading.Thread(target=self._tick_forever, name="raft", daemon=True)
         self._thread.start()
