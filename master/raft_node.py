@@ -80,6 +80,15 @@ class RaftNode(SyncObj):
                     if answer_term == term and now - at < self.confirm_s)
         return 1 + fresh > (self._partners + 1) / 2
 
+    def live_leader(self, now: float | None = None) -> Any:
+        """The leader this node follows, if heard from within the minimum
+        election timeout (itself while it leads); else None, so that a
+        follower never points anyone at a leader that has gone silent."""
+        if self._isLeader():
+            return self._getLeader()
+        now = time.monotonic() if now is None else now
+        return self._getLeader() if self._follows_a_live_leader(now) else None
+
     def role(self) -> str:
         """leader, follower or candidate, as pysyncobj holds it."""
         return RAFT_ROLES[self._SyncObj__raftState]

@@ -121,7 +121,9 @@ class RaftGroup:
         return self.ready and self.syncobj.confirmed_leader()
 
     def leader_address(self) -> str | None:
-        leader = self.syncobj._getLeader()
+        """The Raft address of the leader, if it was heard from within the
+        minimum election timeout (a killed leader is not named for longer)."""
+        leader = self.syncobj.live_leader()
         return None if leader is None else str(getattr(leader, "address", leader))
 
     def record(self) -> RaftRecord:

@@ -126,3 +126,21 @@ def test_a_leader_cut_off_from_its_followers_stops_answering_as_leader(three_mas
     finally:
         for follower in followers:
             os.kill(follower.pid, signal.SIGCONT)
+
+
+def test_a_follower_stops_naming_a_killed_leader_within_the_election_timeout(three_masters):
+    layout = three_masters
+    roles = [ask_master(layout, index, wire.StatsQuery.make(bytes(16), request_id=index)).counters["leader"]
+             for index in range(3)]
+    leader, follower = roles.index(1), roles.index(0)
+    dead = layout.cluster.masters[leader].address
+    status = wire.JobStatus.make(bytes(16), request_id=7, job_uuid_upper=0, job_uuid_lower=0, detail=0,
+                                 wait_ms=0, first_chunk=0, max_chunks=0)
+    assert dead in ask_master(layout, follower, status).reason
+    [daemon for daemon in layout.started if daemon.role == "master"][leader].kill9()
+    killed_at = time.monotonic()
+    while dead in (answer := ask_master(layout, follower, status)).reason:
+        assert time.monotonic() - killed_at < 2.0, "a follower still points at the killed leader"
+    # Silent for the minimum election timeout (0.25 s), then no longer named.
+    assert time.monotonic() - killed_at < 0.6
+    assert answer.error_code in (ErrorCode.NOT_LEADER, ErrorCode.UNKNOWN_JOB)

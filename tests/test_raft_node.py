@@ -85,7 +85,9 @@ def test_a_follower_ignores_votes_while_its_leader_is_alive(lone_follower):
     node._SyncObj__onMessageReceived(leader, vote)
     assert events == [] and node._getTerm() == 1 and node.votes_ignored == 1
 
+    assert node.live_leader() is leader
     node._heard_leader_at -= RAFT_MIN_TIMEOUT_S                           # as if the leader fell silent
+    assert node._getLeader() is leader and node.live_leader() is None
     node._SyncObj__onMessageReceived(leader, vote)
     assert events == [("send", "response_vote", None, None)] and node._getTerm() == 5
 
