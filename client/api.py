@@ -318,6 +318,15 @@ class Connection:
         reply = self._ask(lambda rid: wire.StatsQuery.make(self.node_id, request_id=rid), wire.StatsReply)
         return reply.counters
 
+    def masters(self, timeout: float | None = None) -> list:
+        """Every master of the cluster file, asked directly and at once: a
+        `MasterRecord` each (address, Raft role, term, commit index, lag behind
+        the leader), its role "unreachable" if it did not answer within
+        `timeout` (default MASTERS_TIMEOUT_S, 1 s)."""
+        from uds.client.masters import MASTERS_TIMEOUT_S, ask_every_master
+        return ask_every_master(self.cluster, self._transport, self.node_id,
+                                MASTERS_TIMEOUT_S if timeout is None else timeout)
+
     def as_completed(self, jobs: Iterable[Job], timeout: float | None = None) -> Iterator[Job]:
         """Yield each job once it has finished, in the order they finish."""
         waiting = list(jobs)

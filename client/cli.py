@@ -90,6 +90,13 @@ def keys_export(options: argparse.Namespace) -> int:
     return 0
 
 
+def _master_count(text: str) -> int:
+    from uds.client.devcluster import MASTER_COUNTS
+    if not text.isdigit() or int(text) not in MASTER_COUNTS:
+        raise CommandError(f"--masters must be 1, 3 or 5, not {text!r}")
+    return int(text)
+
+
 def dev(options: argparse.Namespace) -> int:
     from uds.client import devcluster
     folder = pathlib.Path(options.dir).expanduser()
@@ -103,7 +110,8 @@ def dev(options: argparse.Namespace) -> int:
         processes = devcluster.start(folder, options.workers, options.slots, detach=options.detach,
                                      worker_options=worker_options,
                                      unsafe_no_sandbox=options.unsafe_no_sandbox,
-                                     loadbalancers=options.loadbalancers)
+                                     loadbalancers=options.loadbalancers,
+                                     masters=_master_count(options.masters))
     except devcluster.DevClusterError as fault:
         raise CommandError(str(fault)) from None
     cluster = folder.expanduser().resolve() / "cluster.toml"
@@ -266,9 +274,25 @@ def _sandbox_or_lease(node: dict) -> str:
     return "-"
 
 
+def _print_masters(records: list) -> None:
+    """Every master of the cluster file: its Raft role, term, commit index
+    and how far it lags behind the leader's commit index."""
+    width = max(len(record.address) for record in records) + 2
+    print(f"{'master':<{width}}{'role':<13}{'term':>6}{'commit':>10}{'lag':>7}  leader")
+    for record in records:
+        if not record.reachable:
+            print(f"{record.address:<{width}}{record.role:<13}{'-':>6}{'-':>10}{'-':>7}  -")
+            continue
+        lag = "-" if record.lag is None else str(record.lag)
+        print(f"{record.address:<{width}}{record.role:<13}{record.term:>6}{record.commit_index:>10}"
+              f"{lag:>7}  {record.leader or '-'}")
+
+
 def nodes(options: argparse.Namespace) -> int:
     from uds.wire.enums import NodeRole
     with _connect(options) as connection:
+        _print_masters(connection.masters())
+        print()
         listed = connection.nodes()
         # One column says how a worker runs chunks (its sandbox, in full: an
         # unconfined worker must read as such) or whether a balancer is active.
@@ -332,9 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
         return sub
 
-    sub = command("dev", dev, "run a one-machine cluster (master, load balancer, storage, workers)")
+    sub = command("dev", dev, "run a one-machine cluster (masters, load balancers, storage, workers)")
     sub.add_argument("--workers", type=int, default=2, help="number of workers (default 2)")
     sub.add_argument("--slots", type=int, default=2, help="chunks each worker runs at once (default 2)")
+    sub.add_argument("--masters", default="1", metavar="N",
+                     help="masters, the members of the Raft group: 1, 3 or 5 (default 1)")
     sub.add_argument("--loadbalancers", type=int, default=1,
                      help="load balancers; one is active at a time by its lease (default 1)")
     sub.add_argument("--dir", default=str(pathlib.Path.home() / ".uds" / "dev"),

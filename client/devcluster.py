@@ -1,10 +1,14 @@
-"""`uds dev`: a phase-1 cluster on this machine (one master, one load
-balancer, one storage node, N workers), all real daemons on 127.0.0.1.
+"""`uds dev`: a cluster on this machine (1, 3 or 5 masters, one or more
+load balancers, one storage node, N workers), all real daemons on 127.0.0.1.
 
 DIR holds everything: `cluster-keys/` (a fresh key set each start) and
 `keys/ROLE/` exported from it (one folder per role), `cluster.toml`,
 `data/` (kept across starts, so stored files and jobs survive), `logs/`,
 and `dev.pids` while it runs.
+
+A start that fails stops what it started but keeps every daemon's log in
+`logs/`, and says which daemon failed and how (its exit status and the end
+of its log).
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from uds.wire import cluster as cluster_file
@@ -28,6 +32,11 @@ PIDS_FILE = "dev.pids"
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 ROLES_IN_START_ORDER = ("storage", "master", "loadbalancer")
+# A Raft group of an even size tolerates no more failures than one member fewer.
+MASTER_COUNTS = (1, 3, 5)
+LOG_TAIL_BYTES = 2000
+# Each ask for the node table while waiting for the workers.
+WORKERS_QUERY_TIMEOUT_S = 5.0
 
 
 class DevClusterError(Exception):
@@ -40,6 +49,23 @@ class DevProcess:
     name: str
     pid: int
     data: pathlib.Path
+    log: pathlib.Path | None = None
+    process: subprocess.Popen | None = field(default=None, repr=False)   # when this process started it
+
+    def exit_status(self) -> int | None:
+        """Its exit status once it has exited; None while it runs, or if not our child."""
+        return None if self.process is None else self.process.poll()
+
+    def exited(self) -> bool:
+        if self.process is not None:
+            return self.process.poll() is not None
+        return not pid_alive(self.pid) or _is_zombie(self.pid)
+
+    def log_tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-LOG_TAIL_BYTES:] if self.log else ""
+        except OSError:
+            return ""
 
 
 def _free_port() -> int:
@@ -67,7 +93,8 @@ def running_pids(folder: pathlib.Path) -> list[dict]:
     return [entry for entry in entries if pid_alive(entry["pid"])]
 
 
-def write_cluster_file(folder: pathlib.Path, workers: int, slots: int, loadbalancers: int = 1) -> pathlib.Path:
+def write_cluster_file(folder: pathlib.Path, workers: int, slots: int, loadbalancers: int = 1,
+                       masters: int = 1) -> pathlib.Path:
     """Fresh keys and ports; data folders stay where they were. The cluster
     file's `keys` is `keys/`, one folder per role exported from the key set
     in `cluster-keys/`, as on separate hosts."""
@@ -81,7 +108,7 @@ def write_cluster_file(folder: pathlib.Path, workers: int, slots: int, loadbalan
     path.write_text(cluster_file.render(
         keys="keys",
         masters=[{"address": f"tcp://127.0.0.1:{_free_port()}", "raft": f"127.0.0.1:{_free_port()}",
-                  "data": "data/master-0"}],
+                  "data": f"data/master-{index}"} for index in range(masters)],
         loadbalancers=[{"address": f"tcp://127.0.0.1:{_free_port()}", "data": f"data/loadbalancer-{index}"}
                        for index in range(loadbalancers)],
         storage=[{"address": f"tcp://127.0.0.1:{_free_port()}", "data": "data/storage-0"}],
@@ -93,10 +120,11 @@ def write_cluster_file(folder: pathlib.Path, workers: int, slots: int, loadbalan
 
 def start(folder: pathlib.Path, workers: int, slots: int, detach: bool,
           worker_options: Sequence[str] = (), unsafe_no_sandbox: bool = False,
-          loadbalancers: int = 1) -> list[DevProcess]:
+          loadbalancers: int = 1, masters: int = 1) -> list[DevProcess]:
     """Start every daemon and wait until each is ready. `worker_options` go
     to every worker's command line (--cpus, --memory, --disk); with
-    unsafe_no_sandbox the workers run programs unconfined (--unsafe-no-sandbox)."""
+    unsafe_no_sandbox the workers run programs unconfined (--unsafe-no-sandbox).
+    `masters` (1, 3 or 5) members of the Raft group are started."""
     folder = folder.expanduser().resolve()
     if running_pids(folder):
         raise DevClusterError(f"a dev cluster is already running in {folder}; stop it with "
@@ -105,13 +133,16 @@ def start(folder: pathlib.Path, workers: int, slots: int, detach: bool,
         raise DevClusterError("--workers must be at least 1")
     if loadbalancers < 1:
         raise DevClusterError("--loadbalancers must be at least 1")
+    if masters not in MASTER_COUNTS:
+        raise DevClusterError(f"--masters must be 1, 3 or 5, not {masters}")
     folder.mkdir(parents=True, exist_ok=True)
-    path = write_cluster_file(folder, workers, slots, loadbalancers)
+    path = write_cluster_file(folder, workers, slots, loadbalancers, masters)
     cluster = cluster_file.load(path)
     logs = folder / "logs"
     logs.mkdir(exist_ok=True)
     plan = [("storage", "storage-0", cluster.storage[0].data, []),
-            ("master", "master-0", cluster.masters[0].data, []),
+            *[("master", f"master-{index}", entry.data, ["--index", str(index)])
+              for index, entry in enumerate(cluster.masters)],
             *[("loadbalancer", f"loadbalancer-{index}", entry.data, ["--index", str(index)])
               for index, entry in enumerate(cluster.loadbalancers)]]
     plan += [("worker", f"worker-{index}", cluster.worker_data(f"worker-{index}"),
@@ -127,16 +158,40 @@ def start(folder: pathlib.Path, workers: int, slots: int, detach: bool,
                     [sys.executable, "-m", f"uds.{role}", "--cluster", str(path), *extra],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     cwd=folder, start_new_session=detach)
-            started.append(DevProcess(role, name, process.pid, data))
+            started.append(DevProcess(role, name, process.pid, data, logs / f"{name}.log", process))
             _record(folder, started)
         for process in started:
             _wait_ready(process, logs)
-        _wait_for_workers(path, workers)
-    except BaseException:
+        _wait_for_workers(path, workers, started)
+    except BaseException as fault:
+        failure = _failure(fault, started, logs)
         stop_processes(started)
         _record(folder, [])
-        raise
+        if failure is None:
+            raise
+        raise failure from None
     return started
+
+
+def _with_status(status: int | None) -> str:
+    if status is None:
+        return ""
+    return f" on signal {-status}" if status < 0 else f" with status {status}"
+
+
+def _failure(fault: BaseException, started: list[DevProcess], logs: pathlib.Path) -> DevClusterError | None:
+    """What to tell about a failed start: the daemons that exited, each with
+    its status and the end of its log, else the fault itself; and that every
+    log is kept. None for an interrupt, which speaks for itself."""
+    if not isinstance(fault, Exception):
+        return None
+    dead = [process for process in started if process.exited()]
+    if dead:
+        told = "\n".join(f"{process.name} exited{_with_status(process.exit_status())} during start-up; "
+                         f"its log ({process.log}) ends:\n{process.log_tail()}" for process in dead)
+    else:
+        told = str(fault) if isinstance(fault, DevClusterError) else f"{type(fault).__name__}: {fault}"
+    return DevClusterError(f"{told}\nthe dev cluster was stopped; every daemon's log is kept in {logs}")
 
 
 def _record(folder: pathlib.Path, processes: list[DevProcess]) -> None:
@@ -149,29 +204,40 @@ def _wait_ready(process: DevProcess, logs: pathlib.Path) -> None:
     while time.monotonic() < deadline:
         if ready_pid(process.data) == process.pid:
             return
-        if not pid_alive(process.pid) or _is_zombie(process.pid):
-            tail = (logs / f"{process.name}.log").read_text(errors="replace")[-2000:]
-            raise DevClusterError(f"{process.name} exited during start-up; its log ends:\n{tail}")
+        if process.exited():
+            raise DevClusterError(f"{process.name} exited during start-up")
         time.sleep(0.05)
     raise DevClusterError(f"{process.name} was not ready after {READY_TIMEOUT_S:g}s "
                           f"(see {logs / (process.name + '.log')})")
 
 
-def _wait_for_workers(cluster_path: pathlib.Path, count: int) -> None:
+def _wait_for_workers(cluster_path: pathlib.Path, count: int, started: list[DevProcess] = ()) -> None:
     """Until the masters know `count` live workers with free slots: then
-    the cluster is usable, not just started."""
+    the cluster is usable, not just started. A daemon that exits meanwhile
+    ends the wait at once; a master that does not answer yet (electing a
+    leader) is asked again."""
     from uds.client.api import connect
+    from uds.errors import ClientError
     from uds.wire.enums import NodeRole
     deadline = time.monotonic() + READY_TIMEOUT_S
-    with connect(cluster_path) as connection:
+    alive: list[dict] = []
+    with connect(cluster_path, timeout=WORKERS_QUERY_TIMEOUT_S) as connection:
         while True:
-            alive = [node for node in connection.nodes()
-                     if node["role"] == NodeRole.WORKER and node["state"] == "alive" and node["free_slots"]]
+            dead = [process.name for process in started if process.exited()]
+            if dead:
+                raise DevClusterError(f"{', '.join(dead)} exited during start-up")
+            try:
+                alive = [node for node in connection.nodes()
+                         if node["role"] == NodeRole.WORKER and node["state"] == "alive" and node["free_slots"]]
+            except ClientError as fault:
+                if time.monotonic() > deadline:
+                    raise DevClusterError(f"the masters did not answer in {READY_TIMEOUT_S:g}s: {fault}") from None
+                continue
             if len(alive) >= count:
                 return
             if time.monotonic() > deadline:
                 raise DevClusterError(f"only {len(alive)} of {count} workers registered after "
-                                      f"{READY_TIMEOUT_S:g}s (see the logs folder)")
+                                      f"{READY_TIMEOUT_S:g}s")
             time.sleep(0.05)
 
 

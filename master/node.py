@@ -19,6 +19,7 @@ import zmq
 
 from uds import wire
 from uds.master import leader as core
+from uds.master.raft_node import RAFT_ROLES
 from uds.master.replicated import Commit, RaftGroup
 from uds.daemon.dispatch import handle_request
 from uds.daemon.runtime import drain, guarded
@@ -39,10 +40,12 @@ class MasterNode:
                  client_addresses: dict[str, str] | None = None,
                  default_limits: ResourceLimits = NO_LIMITS) -> None:
         self.node_id = node_id
+        self.address = address
         self.raft = raft
         self.transport = transport
         self.wake_fd = wake_fd
-        # Raft address -> the address clients use, to point them at the leader.
+        # Raft address -> the address clients use, to point them at the leader,
+        # in the cluster file's order of [[masters]].
         self.client_addresses = client_addresses or {}
         self.socket = transport.server_socket(zmq.ROUTER, address)
         self.counters: dict[str, int] = {}
@@ -104,6 +107,8 @@ class MasterNode:
         if ready and not leader:   # only a follower needs to say where the leader is
             raft_address = self.raft.leader_address()
             address = self.client_addresses.get(raft_address, raft_address) if raft_address else None
+            if address == self.address:
+                address = None     # a leader no majority confirms: not to be pointed at
         known = self.raft_status
         if (ready, leader, address) != (known.ready, known.leader, known.leader_address):
             self.raft_status = core.RaftStatus(ready=ready, leader=leader, leader_address=address)
@@ -148,6 +153,16 @@ class MasterNode:
     def _count(self, name: str, amount: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + amount
 
+    def _raft_counters(self) -> dict[str, int]:
+        """Where this member stands in the Raft group; counters are integers, so
+        the role is its index in RAFT_ROLES and the leader its index in the
+        cluster file's [[masters]] (-1: none known)."""
+        record = self.raft.record()
+        members = list(self.client_addresses)
+        return {"raft_role": RAFT_ROLES.index(record.role), "raft_term": record.term,
+                "raft_commit_index": record.commit_index, "raft_last_applied": record.last_applied,
+                "raft_leader_index": members.index(record.leader) if record.leader in members else -1}
+
     def on_stats_query(self, message: wire.StatsQuery, peer: bytes, now: float) -> None:
         """The counters of this process: the core's and the loop's."""
         counters = dict(self.leader.counters)
@@ -155,6 +170,7 @@ class MasterNode:
             counters[name] = counters.get(name, 0) + value
         counters.update({f"transport_{name}": value for name, value in self.transport.counters.items()})
         counters["leader"] = int(self.raft.is_leader)
+        counters.update(self._raft_counters())
         counters["raft_journal_syncs"] = self.raft.journal_syncs
         counters["in_flight"] = self.raft.read(lambda state: state.in_flight_count())
         self._send(peer, wire.StatsReply.make(self.node_id, request_id=message.request_id,

@@ -26,6 +26,17 @@ RAFT_MIN_TIMEOUT_S = 0.25
 RAFT_MAX_TIMEOUT_S = 0.6
 APPEND_ENTRIES_PERIOD_S = 0.05
 CONNECTION_RETRY_S = 0.5
+# A leader that has heard from no majority for this long becomes a follower.
+# pysyncobj's default is 30 s, during which an isolated old leader would go
+# on as leader; at the minimum election timeout it has stepped down before
+# the others can have elected anyone (they wait at least that long after
+# their last heartbeat from it).
+LEADER_FALLBACK_S = RAFT_MIN_TIMEOUT_S
+# How recently a majority must have answered the leader for it to count as
+# confirmed (RaftNode.confirmed_leader). A follower that answered at t votes
+# for nobody before t + RAFT_MIN_TIMEOUT_S; one heartbeat period is left for
+# its answer to reach the leader's Raft thread.
+CONFIRMED_LEADERSHIP_S = RAFT_MIN_TIMEOUT_S - APPEND_ENTRIES_PERIOD_S
 
 DEFAULTS: dict[str, Any] = {
     # pysyncobj: batching favours throughput, off favours per-command latency.
@@ -33,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "raftMinTimeout": RAFT_MIN_TIMEOUT_S,
     "raftMaxTimeout": RAFT_MAX_TIMEOUT_S,
     "appendEntriesPeriod": APPEND_ENTRIES_PERIOD_S,
+    "leaderFallbackTimeout": LEADER_FALLBACK_S,
     # Membership is fixed by configuration; runtime changes are not supported.
     "dynamicMembershipChange": False,
     # A partner that was down (or not yet started) is dialled again this

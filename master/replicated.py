@@ -24,9 +24,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConsumer, replicated
+from pysyncobj import FAIL_REASON, SyncObjConsumer, replicated
 
-from uds.master.raft import syncobj_conf
+from uds.master.raft import CONFIRMED_LEADERSHIP_S, syncobj_conf
+from uds.master.raft_node import RaftNode
 from uds.master.state import ClusterState
 from uds.daemon.runtime import wake
 from uds.wire.keys import KeyFolder
@@ -53,6 +54,16 @@ class ReplicatedState(SyncObjConsumer):
     def apply(self, commands: list, now: float) -> list:
         with self.lock:
             return self.state.apply(commands, now)
+
+
+@dataclass(frozen=True)
+class RaftRecord:
+    """Where this member stands in the group, for `uds nodes`."""
+    role: str                   # follower, candidate or leader (RAFT_ROLES)
+    term: int
+    commit_index: int
+    last_applied: int
+    leader: str | None          # the Raft address of the leader it follows (itself when leading)
 
 
 @dataclass
@@ -84,12 +95,14 @@ class RaftGroup:
             useFork=False,
             autoTick=False,
         )
-        self.syncobj = SyncObj(self_address, partner_addresses, conf, consumers=[self.replicated])
+        self.syncobj = RaftNode(self_address, partner_addresses, conf, [self.replicated],
+                                confirm_s=CONFIRMED_LEADERSHIP_S, before_acknowledge=self.sync_journal)
         # pysyncobj writes its journal into an mmap and never syncs it; we sync
-        # it before a commit is answered, so what a master acknowledged
-        # survives a power loss and not only a crash. fsync of the file
-        # writes the map's dirty pages like msync, but without holding the
-        # GIL (mmap.flush holds it), so the node loop runs on meanwhile.
+        # it before a commit is answered, and a follower before it acknowledges
+        # an append, so what a master acknowledged survives a power loss and
+        # not only a crash. fsync of the file writes the map's dirty pages
+        # like msync, but without holding the GIL (mmap.flush holds it), so
+        # the node loop runs on meanwhile.
         self._journal_fd = os.open(data / JOURNAL_FILE, os.O_RDONLY)
         self._thread = threading.Thread(target=self._tick_forever, name="raft", daemon=True)
         self._thread.start()
@@ -103,11 +116,20 @@ class RaftGroup:
 
     @property
     def is_leader(self) -> bool:
-        return self.ready and self.syncobj._isLeader()
+        """Leader, and heard from a majority within CONFIRMED_LEADERSHIP_S:
+        only such a leader may answer what must be current."""
+        return self.ready and self.syncobj.confirmed_leader()
 
     def leader_address(self) -> str | None:
-        leader = self.syncobj._getLeader()
+        """The Raft address of the leader, if it was heard from within the
+        minimum election timeout (a killed leader is not named for longer)."""
+        leader = self.syncobj.live_leader()
         return None if leader is None else str(getattr(leader, "address", leader))
+
+    def record(self) -> RaftRecord:
+        node = self.syncobj
+        return RaftRecord(role=node.role(), term=node._getTerm(), commit_index=node.commit_index(),
+                          last_applied=node.last_applied(), leader=self.leader_address())
 
     def propose(self, token: int, commands: list, now: float) -> None:
         """Replicate a batch; its outcome arrives later on `commits`."""

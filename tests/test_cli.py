@@ -85,6 +85,8 @@ def test_nodes_and_events(dev_dir):
     nodes = uds("nodes", cluster_dir=dev_dir).stdout.decode()
     assert nodes.count("worker") == 2 and "master" in nodes and "loadbalancer" in nodes
     assert "storage at tcp://" in nodes and "reachable" in nodes
+    masters = [line.split() for line in nodes.splitlines() if line.startswith("tcp://")]
+    assert len(masters) == 1 and masters[0][1] == "leader" and masters[0][4] == "0", nodes  # role, lag
     workers = [line.split() for line in nodes.splitlines() if " worker " in line]
     assert [line[7:10] for line in workers] == [["2", "3.0", "GiB"]] * 2, nodes
     events = uds("events", cluster_dir=dev_dir).stdout.decode()

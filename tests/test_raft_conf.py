@@ -92,6 +92,7 @@ def test_conf_uses_the_key_folder_password_and_defaults(keys):
     assert conf.raftMinTimeout == 0.25
     assert conf.raftMaxTimeout == 0.6
     assert conf.dynamicMembershipChange is False
+    assert conf.leaderFallbackTimeout == conf.raftMinTimeout     # not pysyncobj's 30 s
 
 
 def test_conf_passes_options_through(keys, tmp_path):

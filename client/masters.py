@@ -1,0 +1,90 @@
+"""Ask every master of a cluster file where it stands in the Raft group.
+
+Each master is asked directly, all at once, and given a short time to answer:
+a master that does not answer is reported as unreachable rather than waited
+for, so `uds nodes` shows a dead master at once. The role and the leader come
+as integers in the master's stats (see master/node.py `_raft_counters`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import zmq
+
+from uds import wire
+from uds.wire.cluster import Cluster
+from uds.wire.enums import NodeRole
+from uds.wire.transport import Transport, recv_message, send_message
+
+# Long enough for a master on a LAN, short enough that a dead one does not stall `uds nodes`.
+MASTERS_TIMEOUT_S = 1.0
+# pysyncobj's numbering of Raft states, as master/raft_node.py RAFT_ROLES.
+RAFT_ROLES = ("follower", "candidate", "leader")
+UNREACHABLE = "unreachable"
+
+
+@dataclass(frozen=True)
+class MasterRecord:
+    address: str                    # where clients reach it
+    role: str                       # follower, candidate, leader, or unreachable
+    term: int | None = None
+    commit_index: int | None = None
+    last_applied: int | None = None
+    leader: str | None = None       # the client address of the leader it follows
+    lag: int | None = None          # the leader's commit index minus its own; None without a leader's answer
+
+    @property
+    def reachable(self) -> bool:
+        return self.role != UNREACHABLE
+
+
+def ask_every_master(cluster: Cluster, transport: Transport, node_id: bytes,
+                     timeout: float = MASTERS_TIMEOUT_S) -> list[MasterRecord]:
+    """One record per [[masters]] entry, in the cluster file's order."""
+    addresses = [master.address for master in cluster.masters]
+    sockets = [transport.client_socket(zmq.DEALER, address, NodeRole.MASTER) for address in addresses]
+    counters: list[dict | None] = [None] * len(addresses)
+    try:
+        for index, socket in enumerate(sockets):
+            send_message(socket, wire.encode(wire.StatsQuery.make(node_id, request_id=index + 1)),
+                         counters=transport)
+        poller = zmq.Poller()
+        for socket in sockets:
+            poller.register(socket, zmq.POLLIN)
+        deadline = time.monotonic() + timeout
+        while any(answer is None for answer in counters) and (left := deadline - time.monotonic()) > 0:
+            for socket, _ in poller.poll(int(left * 1000) + 1):
+                index = sockets.index(socket)
+                received = recv_message(socket, transport)
+                if received is None:
+                    continue
+                try:
+                    reply = wire.decode(received.frames)
+                except wire.WireError:
+                    continue
+                if isinstance(reply, wire.StatsReply) and reply.request_id == index + 1:
+                    counters[index] = reply.counters
+                    poller.unregister(socket)
+    finally:
+        for socket in sockets:
+            socket.close(linger=0)
+    return _records(addresses, counters)
+
+
+def _records(addresses: list[str], counters: list[dict | None]) -> list[MasterRecord]:
+    answered = [answer for answer in counters if answer is not None and "raft_role" in answer]
+    leaders = [answer for answer in answered if RAFT_ROLES[answer["raft_role"]] == "leader"]
+    # Two may call themselves leader for a moment; the later term is the real one.
+    leader = max(leaders, key=lambda answer: answer["raft_term"], default=None)
+    records = []
+    for address, answer in zip(addresses, counters):
+        if answer is None or "raft_role" not in answer:
+            records.append(MasterRecord(address, UNREACHABLE))
+            continue
+        followed = answer["raft_leader_index"]
+        records.append(MasterRecord(
+            address, RAFT_ROLES[answer["raft_role"]], answer["raft_term"], answer["raft_commit_index"],
+            answer["raft_last_applied"], addresses[followed] if 0 <= followed < len(addresses) else None,
+            None if leader is None else leader["raft_commit_index"] - answer["raft_commit_index"]))
+    return records
