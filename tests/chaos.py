@@ -10,10 +10,13 @@ longest unavailability and the violations. tests/test_chaos.py runs each
 nemesis once in `make test`.
 
 A nemesis is a function (cluster, rng) -> Fault: it injects its fault and
-returns how to recover. The runner's cluster has a pair of balancers;
-PAIR_NEMESES need the pair (tests/test_chaos_pair.py), ONE_BALANCER_NEMESES
-run against either (tests/test_chaos.py uses one balancer). Failovers are
-counted from the event log: every lease_granted after the first is one.
+returns how to recover. The runner's cluster has three masters and a pair
+of balancers; PAIR_NEMESES need the pair (tests/test_chaos_pair.py),
+MASTER_NEMESES several masters (tests/test_chaos_masters.py), and
+ONE_BALANCER_NEMESES run against any (tests/test_chaos.py uses one
+balancer and one master). Balancer failovers are counted from the event
+log: every lease_granted after the first is one; leader changes are those
+the master nemeses forced.
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ class Fault:
     name: str
     recover: Callable[[], None]
     on_balancer: bool               # whether recovering it is a balancer failover
+    leader_changes: int = 0         # elections it forced among the masters
 
 
 def kill_balancer(cluster: HostCluster, rng: random.Random) -> Fault:
@@ -179,7 +183,7 @@ def kill_leader_repeatedly(cluster: HostCluster, rng: random.Random) -> Fault:
         killed.append(name)
         time.sleep(KILL_LEADER_EVERY_S * rng.uniform(0.6, 1.0))   # the fault's duration
         cluster.start(name)
-    return Fault(f"kill -9 the leader {len(killed)} times", lambda: None, False)
+    return Fault(f"kill -9 the leader {len(killed)} times", lambda: None, False, len(killed))
 
 
 def freeze_leader(cluster: HostCluster, rng: random.Random) -> Fault:
@@ -187,14 +191,14 @@ def freeze_leader(cluster: HostCluster, rng: random.Random) -> Fault:
     the old one must not act as leader any more."""
     name = leader_master(cluster)
     cluster.freeze(name)
-    return Fault(f"freeze leading master {name}", lambda: cluster.thaw(name), False)
+    return Fault(f"freeze leading master {name}", lambda: cluster.thaw(name), False, 1)
 
 
 def partition_leader_from_masters(cluster: HostCluster, rng: random.Random) -> Fault:
     """The leader sits in the minority; clients and balancers still reach it."""
     name = leader_master(cluster)
     cluster.network.partition([name], [other for other in cluster.master_names if other != name])
-    return Fault(f"partition leading master {name} | masters", cluster.network.heal, False)
+    return Fault(f"partition leading master {name} | masters", cluster.network.heal, False, 1)
 
 
 def restart_all_masters(cluster: HostCluster, rng: random.Random) -> Fault:
@@ -206,7 +210,7 @@ def restart_all_masters(cluster: HostCluster, rng: random.Random) -> Fault:
         for daemon in started:
             daemon.wait_ready()
         time.sleep(rng.uniform(0.5, 2.0))          # writes in flight when the next kill lands
-    return Fault(f"restart all masters {RESTART_ALL_TIMES} times", lambda: None, False)
+    return Fault(f"restart all masters {RESTART_ALL_TIMES} times", lambda: None, False, RESTART_ALL_TIMES)
 
 
 def fencing_violations(events: list[dict]) -> list[str]:
@@ -242,7 +246,7 @@ MASTER_NEMESES: dict[str, Callable[[HostCluster, random.Random], Fault]] = {
     "partition_leader_from_masters": partition_leader_from_masters,
     "restart_all_masters": restart_all_masters,
 }
-NEMESES = {**ONE_BALANCER_NEMESES, **PAIR_NEMESES}
+NEMESES = {**ONE_BALANCER_NEMESES, **PAIR_NEMESES, **MASTER_NEMESES}
 
 
 @dataclass
@@ -373,8 +377,8 @@ def apply(nemesis: Callable, cluster: HostCluster, stream: JobStream, rng: rando
 def run(minutes: float, root: pathlib.Path, seed: int = 0) -> dict:
     rng = random.Random(seed)
     network = Network.create()
-    cluster = HostCluster.create(root, network, workers=2, loadbalancers=2)
-    faults = 0
+    cluster = HostCluster.create(root, network, workers=2, loadbalancers=2, masters=3)
+    faults = leader_changes = 0
     violations: list[Violation] = []
     try:
         cluster.start_all()
@@ -385,15 +389,17 @@ def run(minutes: float, root: pathlib.Path, seed: int = 0) -> dict:
         while time.monotonic() < deadline and not stuck:
             try:
                 fault = apply(NEMESES[names[faults % len(names)]], cluster, stream, rng)
-            except TimeoutError as fault:       # the cluster did not recover: report it, stop
-                stuck.append(f"unavailable: {fault}")
+            except TimeoutError as unrecovered:     # the cluster did not recover: report it, stop
+                stuck.append(f"unavailable: {unrecovered}")
                 faults += 1
                 break
             faults += 1
+            leader_changes += fault.leader_changes
         stream.stop()
         events = all_events(cluster.layout.path)
         violations = check(stream.history, events)
         return {"operations": stream.operations, "faults": faults, "failovers": failovers_in(events),
+                "leader_changes": leader_changes,
                 "longest_unavailability_s": round(stream.longest_unavailability(), 3),
                 "violations": stuck + fencing_violations(events)
                 + [f"{v.kind} {v.job}: {v.detail}" for v in violations]}

@@ -48,11 +48,6 @@ def _demo():
     return module
 
 
-# Until the balancers find the leader by themselves (issue 9): today a balancer
-# crashes (ZMQError, socket operation on non-socket) when master 0 is not the
-# leader, and with that fixed alone the workers it reported to master 0 are
-# not reported again to the leader.
-@pytest.mark.xfail(strict=False, reason="the load balancers do not yet find a leader other than master 0")
 def test_three_masters_and_two_balancers_run_the_demo_job(tmp_path, monkeypatch):
     from uds import client
     demo = _demo()
