@@ -138,12 +138,23 @@ class ClientRequests:
         return effects
 
     def _on_nodes_query(self, message: wire.NodesQuery, request: Request, now: float) -> list[Effect]:
+        # Only the leader: the live view of the workers is its soft state (a
+        # follower would list every worker with no free slot), and a client
+        # must not read an older table after a newer one.
+        refused = self._not_leading(request)
+        if refused:
+            return refused
         nodes, lease = self._reader.read(lambda state: (state.nodes(), state.lease()))
         live = self._lease.holder.workers if self._lease.holder is not None else {}
         return [Reply(request, wire.NodesReply.make(self.node_id, request_id=request.request_id,
                                                     nodes=node_records(nodes, live, now, lease)))]
 
     def _on_events_query(self, message: wire.EventsQuery, request: Request, now: float) -> list[Effect]:
+        # Only the leader: a follower's log may lag, and a client that read
+        # an event must not read a log without it next.
+        refused = self._not_leading(request)
+        if refused:
+            return refused
         limit = max(1, min(message.limit, 10_000))
         events, last_seq = self._reader.read(lambda state: state.events_after(message.after_seq, limit))
         return [Reply(request, wire.EventsReply.make(self.node_id, request_id=request.request_id,

@@ -298,15 +298,16 @@ def test_a_follower_points_clients_at_the_leader(raft, code, reason):
     assert proposed(cluster.handle(Tick(), 1.0)) == []
 
 
-def test_any_master_answers_nodes_and_events_queries():
-    cluster = Cluster()
-    cluster.handle(RaftStatus(ready=True, leader=False, leader_address="tcp://m2"), 0.0)
-    asked = wire.EventsQuery.make(CLIENT, request_id=6, after_seq=0, limit=10)
-    assert cluster.handle(received(asked), 1.0) == [
-        Reply(request(asked), wire.EventsReply.make(MASTER, request_id=6, last_seq=0, events=[]))]
-    asked = wire.NodesQuery.make(CLIENT, request_id=7)
-    assert cluster.handle(received(asked), 1.0) == [
-        Reply(request(asked), wire.NodesReply.make(MASTER, request_id=7, nodes=[]))]
+def test_only_the_leader_answers_nodes_and_events_queries_and_a_follower_names_it():
+    follower = Cluster()
+    follower.handle(RaftStatus(ready=True, leader=False, leader_address="tcp://m2"), 0.0)
+    leader = leading()
+    for asked, answer in ((wire.EventsQuery.make(CLIENT, request_id=6, after_seq=0, limit=10), wire.EventsReply),
+                          (wire.NodesQuery.make(CLIENT, request_id=7), wire.NodesReply)):
+        [refused] = follower.handle(received(asked), 1.0)
+        assert refused.message.error_code == ErrorCode.NOT_LEADER and "tcp://m2" in refused.message.reason
+        [answered] = leader.handle(received(asked), 1.0)
+        assert isinstance(answered.message, answer) and answered.request == request(asked)
 
 
 def test_stepping_down_forgets_the_balancer_and_what_it_meant_to_dispatch():
