@@ -42,6 +42,10 @@ class ChunkPhase(IntEnum):
         return self.name.lower()
 
 
+class StateInvariantError(Exception):
+    """Our own bookkeeping is inconsistent: a bug, never a peer's fault."""
+
+
 FINAL_PHASES = frozenset({ChunkPhase.SUCCEEDED, ChunkPhase.FAILED, ChunkPhase.CANCELLED})
 IN_FLIGHT_PHASES = frozenset({ChunkPhase.DISPATCHED, ChunkPhase.RUNNING})
 
@@ -112,8 +116,19 @@ class NodeLost:
     node: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class ForgetJobs:
+    """These finished jobs leave the state, each leaving a history line; the
+    newest `history_lines` lines are kept. The leader picks the jobs (its
+    retention settings, its `now`); a job not finished is never forgotten,
+    whatever the command lists (master/retention.py)."""
+
+    jobs: tuple[bytes, ...]
+    history_lines: int
+
+
 # A worker's report on a chunk attempt is committed as the wire's ChunkEvent itself.
-Command = SubmitJob | DispatchAttempts | ChunkEvent | CancelJob | NodeSeen | NodeLost | GrantLease
+Command = SubmitJob | DispatchAttempts | ChunkEvent | CancelJob | NodeSeen | NodeLost | GrantLease | ForgetJobs
 
 
 def file_ref(ref: Any) -> FileRef:
@@ -298,6 +313,12 @@ class LeaseOutcome(Outcome):
 
 
 @dataclass(frozen=True, slots=True)
+class ForgetOutcome(Outcome):
+    forgotten: int = 0                      # jobs that left the state
+    skipped: int = 0                        # listed but unknown or not finished
+
+
+@dataclass(frozen=True, slots=True)
 class NodeOutcome(Outcome):
     changed: bool = False                   # joined, came back, or was declared lost
     updated: bool = False                   # an alive node's details changed
@@ -334,6 +355,7 @@ JOB_CANCELLED = "job_cancelled"
 NODE_JOINED = "node_joined"
 NODE_LOST = "node_lost"
 LEASE_GRANTED = "lease_granted"
+JOB_FORGOTTEN = "job_forgotten"     # past retention: only its history line is kept
 
 
 class ReadyAttempt(NamedTuple):

@@ -28,19 +28,16 @@ from enum import Enum
 from typing import Any, Callable, Iterable
 
 from uds.master.commands import (
-    CHUNK_CANCELLED, CHUNK_DISPATCHED, CHUNK_FAILED, CHUNK_LOST, CHUNK_RETRIED,
-    CHUNK_STARTED, CHUNK_SUCCEEDED, EVENT_DUPLICATE, EVENT_FINAL,
-    EVENT_INVALID, EVENT_STALE, EVENT_UNKNOWN, FINAL_PHASES, IN_FLIGHT_PHASES, JOB_CANCELLED,
-    JOB_FAILED,
-    JOB_SUBMITTED, JOB_SUCCEEDED, LEASE_GRANTED, NODE_JOINED, NODE_LOST,
-    CancelJob, CancelOutcome, ChunkEventOutcome, ChunkPhase,
-    Command, DispatchAttempts, DispatchOutcome, Event, GrantLease, LeaseOutcome,
-    NodeLost, NodeOutcome, NodeSeen, Outcome,
-    SubmitJob, SubmitOutcome,
-    checked_result, chunk_event_problem, is_id, node_seen_problem, normalised_submit,
-    submit_problem,
+    CHUNK_CANCELLED, CHUNK_DISPATCHED, CHUNK_FAILED, CHUNK_LOST, CHUNK_RETRIED, CHUNK_STARTED,
+    CHUNK_SUCCEEDED, EVENT_DUPLICATE, EVENT_FINAL, EVENT_INVALID, EVENT_STALE, EVENT_UNKNOWN,
+    FINAL_PHASES, IN_FLIGHT_PHASES, JOB_CANCELLED, JOB_FAILED, JOB_SUBMITTED, JOB_SUCCEEDED,
+    LEASE_GRANTED, NODE_JOINED, NODE_LOST, CancelJob, CancelOutcome, ChunkEventOutcome, ChunkPhase,
+    Command, DispatchAttempts, DispatchOutcome, Event, ForgetJobs, GrantLease, LeaseOutcome, NodeLost,
+    NodeOutcome, NodeSeen, Outcome, StateInvariantError, SubmitJob, SubmitOutcome, checked_result,
+    chunk_event_problem, is_id, node_seen_problem, normalised_submit, submit_problem,
 )
 from uds.master.queries import ChunkKey, StateQueries
+from uds.master.retention import JobHistory, forget_jobs
 from uds.wire.capacity import Capacity
 from uds.wire.enums import ChunkState, ErrorCode, JobState, NodeRole
 from uds.wire.errors import WireError
@@ -62,10 +59,6 @@ EVENT_DETAIL_MAX_CHARS = 200
 # Every replica holds every chunk record; this bounds what one submission can
 # cost them. It matches the wire's cap on a body list (chunk_inputs).
 MAX_CHUNKS_PER_JOB = MAX_BODY_ITEMS
-
-
-class StateInvariantError(Exception):
-    """Our own bookkeeping is inconsistent: a bug, never a peer's fault."""
 
 
 class ChunkAction(Enum):
@@ -126,7 +119,7 @@ class JobRecord:
     chunks: list[ChunkRecord]
     finished_at: float | None = None
     cancelled: bool = False         # by CancelJob
-    ever_dispatched: bool = False
+    started_at: float | None = None # its first dispatch
     chunks_succeeded: int = 0
     chunks_failed: int = 0
     chunks_cancelled: int = 0
@@ -143,7 +136,7 @@ class JobRecord:
         if self.chunks_final == self.spec.chunk_count:
             # Chunks are cancelled only with their job (self.cancelled).
             return JobState.FAILED if self.chunks_failed else JobState.SUCCEEDED
-        return JobState.RUNNING if self.ever_dispatched else JobState.QUEUED
+        return JobState.QUEUED if self.started_at is None else JobState.RUNNING
 
 
 @dataclass(slots=True)
@@ -185,6 +178,8 @@ class ClusterState(StateQueries):
     # The load-balancer lease: who is active, under which epoch. Epochs only rise.
     lease_holder: bytes | None = None
     lease_epoch: int = 0
+    # Finished jobs kept and the history lines of those forgotten (master/retention.py).
+    history: JobHistory = field(default_factory=JobHistory)
 
     # ------------------------------------------------------------------
     # Writing: the one entry point the replicated method calls.
@@ -206,6 +201,8 @@ class ClusterState(StateQueries):
             return SubmitOutcome(ok=False, error=problem, error_code=ErrorCode.INVALID)
         spec = normalised_submit(command)
         existing = self.job_records.get(spec.job)
+        if existing is None and spec.job in self.history.lines:
+            return SubmitOutcome(created=False)     # forgotten, not to run again
         if existing is not None:
             if existing.spec == spec:
                 return SubmitOutcome(created=False)
@@ -239,7 +236,7 @@ class ClusterState(StateQueries):
             key = (job_record.spec.job, index)
             _move(self.queued, self.dispatched, key)
             chunk.phase = ChunkPhase.DISPATCHED
-            job_record.ever_dispatched = True
+            job_record.started_at = now if job_record.started_at is None else job_record.started_at
             dispatched.append((key[0], index, chunk.attempt))
             self._log(now, CHUNK_DISPATCHED, job=key[0], chunk=index, attempt=chunk.attempt)
         return DispatchOutcome(dispatched=tuple(dispatched), skipped=skipped)
@@ -295,6 +292,8 @@ class ClusterState(StateQueries):
     def _apply_cancel_job(self, command: CancelJob, now: float) -> CancelOutcome:
         job_record = self.job_records.get(command.job) if is_id(command.job) else None
         if job_record is None:
+            if is_id(command.job) and command.job in self.history.lines:
+                return CancelOutcome(changed=False)
             return CancelOutcome(ok=False, error="unknown job", error_code=ErrorCode.UNKNOWN_JOB)
         if job_record.finished_at is not None:
             return CancelOutcome(changed=False)
@@ -461,6 +460,7 @@ class ClusterState(StateQueries):
         if job_record.finished_at is not None or job_record.chunks_final < job_record.spec.chunk_count:
             return False
         job_record.finished_at = now
+        self.history.job_finished(job_record)
         state = job_record.state
         kind = {JobState.SUCCEEDED: JOB_SUCCEEDED, JobState.FAILED: JOB_FAILED,
                 JobState.CANCELLED: JOB_CANCELLED}.get(state)
@@ -487,7 +487,6 @@ class ClusterState(StateQueries):
         return job_record, index, job_record.chunks[index]
 
 
-
 _HANDLERS: dict[type, Callable[[ClusterState, Any, float], Outcome]] = {
     SubmitJob: ClusterState._apply_submit_job,
     DispatchAttempts: ClusterState._apply_dispatch_attempts,
@@ -496,6 +495,7 @@ _HANDLERS: dict[type, Callable[[ClusterState, Any, float], Outcome]] = {
     NodeSeen: ClusterState._apply_node_seen,
     GrantLease: ClusterState._apply_grant_lease,
     NodeLost: ClusterState._apply_node_lost,
+    ForgetJobs: forget_jobs,
 }
 
 _ACTIONS: dict[ChunkAction, Callable[[ClusterState, JobRecord, ChunkEvent, ChunkRecord, float], None]] = {
