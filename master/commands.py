@@ -15,7 +15,9 @@ Nothing here reads the clock or touches the network.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+import msgpack
 from enum import IntEnum
 from typing import Any, NamedTuple
 
@@ -238,6 +240,21 @@ def checked_result(result: Any) -> ChunkResult:
     if type(result) is not ChunkResult:
         raise WireError(f"result is a {type(result).__name__}, not a ChunkResult")
     return result.checked()
+
+
+_RESULT_FIELDS = tuple(field.name for field in fields(ChunkResult))
+
+
+def pack_result(result: ChunkResult) -> bytes:
+    """A checked result as msgpack of its fields in order: a finished
+    chunk's record keeps this instead of the objects (a tenth of the size
+    of a ChunkResult with its dict, tuples, ids and floats)."""
+    return msgpack.packb([getattr(result, name) for name in _RESULT_FIELDS], use_bin_type=True)
+
+
+def unpack_result(packed: bytes) -> ChunkResult:
+    """The result `pack_result` packed, equal to the one it was given."""
+    return ChunkResult.from_body(dict(zip(_RESULT_FIELDS, msgpack.unpackb(packed, raw=False), strict=True)))
 
 
 def node_seen_problem(command: NodeSeen) -> str:

@@ -34,7 +34,8 @@ from uds.master.commands import (
     LEASE_GRANTED, NODE_JOINED, NODE_LOST, CancelJob, CancelOutcome, ChunkEventOutcome, ChunkPhase,
     Command, DispatchAttempts, DispatchOutcome, Event, ForgetJobs, GrantLease, LeaseOutcome, NodeLost,
     NodeOutcome, NodeSeen, Outcome, StateInvariantError, SubmitJob, SubmitOutcome, checked_result,
-    chunk_event_problem, is_id, node_seen_problem, normalised_submit, submit_problem,
+    chunk_event_problem, is_id, node_seen_problem, normalised_submit, pack_result, submit_problem,
+    unpack_result,
 )
 from uds.master.queries import ChunkKey, StateQueries
 from uds.master.retention import JobHistory, forget_jobs
@@ -101,15 +102,20 @@ class ChunkRecord:
     retries_used: int = 0           # program failures (FAILED, TIMED_OUT) requeued
     lost_count: int = 0             # workers lost or refusing it (LOST, REJECTED)
     worker: bytes | None = None
-    result: ChunkResult | None = None   # set only in a final phase
+    packed_result: bytes | None = None  # set only in a final phase; `result` reads it
+
+    @property
+    def result(self) -> ChunkResult | None:
+        # Packed, a kept result costs a third of its objects (doc/master.md#memory).
+        return None if self.packed_result is None else unpack_result(self.packed_result)
 
     # A bare tuple keeps snapshots small: a job may have 100,000 of these.
     def __getstate__(self) -> tuple:
-        return (self.phase, self.attempt, self.retries_used, self.lost_count, self.worker, self.result)
+        return (self.phase, self.attempt, self.retries_used, self.lost_count, self.worker, self.packed_result)
 
     def __setstate__(self, values: tuple) -> None:
         (self.phase, self.attempt, self.retries_used, self.lost_count, self.worker,
-         self.result) = values
+         self.packed_result) = values
 
 
 @dataclass(slots=True)
@@ -437,7 +443,7 @@ class ClusterState(StateQueries):
         self._leave_flight(job_record.spec.job, event.chunk, chunk)
         chunk.phase = phase
         chunk.worker = event.worker
-        chunk.result = result
+        chunk.packed_result = pack_result(result)
 
     def _requeue(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord, now: float,
                  kind: str, detail: str) -> None:
