@@ -25,7 +25,7 @@ from uds.wire.resources import ResourceLimits
 
 if TYPE_CHECKING:
     from uds.master.retention import HistoryLine, JobHistory
-    from uds.master.state import ChunkRecord, JobRecord, NodeRecord
+    from uds.master.records import ChunkRecord, JobRecord, NodeRecord
 
 # QUEUED chunks `ready_attempts` looks at past those of jobs that wait for a
 # worker that could hold them: bounds a leader's tick while such a job waits.

@@ -31,7 +31,8 @@ from uds.wire.enums import ErrorCode, JobState
 from uds.wire.ids import ID_BYTES
 
 if TYPE_CHECKING:
-    from uds.master.state import ClusterState, JobRecord
+    from uds.master.records import JobRecord
+    from uds.master.state import ClusterState
 
 # Output file ids one history line keeps (of its first chunks): a line of a
 # job of 200,000 chunks must cost what a line of one chunk costs, nearly.

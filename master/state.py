@@ -16,7 +16,8 @@ Rules of this module:
   so pysyncobj can pickle the whole object as a snapshot. Keep it compact.
 - Queries are pure reads that return copies, in master/queries.py
   (StateQueries, which ClusterState inherits); the shell calls them under
-  its own lock.
+  its own lock. The records per chunk, job and node are master/records.py;
+  which finished jobs leave the state is master/retention.py.
 
 Transitions are the table CHUNK_TRANSITIONS; doc/states.md draws them.
 """
@@ -35,11 +36,10 @@ from uds.master.commands import (
     Command, DispatchAttempts, DispatchOutcome, Event, ForgetJobs, GrantLease, LeaseOutcome, NodeLost,
     NodeOutcome, NodeSeen, Outcome, StateInvariantError, SubmitJob, SubmitOutcome, checked_result,
     chunk_event_problem, is_id, node_seen_problem, normalised_submit, pack_result, submit_problem,
-    unpack_result,
 )
 from uds.master.queries import ChunkKey, StateQueries
+from uds.master.records import ChunkRecord, JobRecord, NodeRecord
 from uds.master.retention import JobHistory, forget_jobs
-from uds.wire.capacity import Capacity
 from uds.wire.enums import ChunkState, ErrorCode, JobState, NodeRole
 from uds.wire.errors import WireError
 from uds.wire.limits import MAX_BODY_ITEMS
@@ -93,76 +93,6 @@ CHUNK_TRANSITIONS: dict[tuple[ChunkPhase, ChunkState], ChunkAction] = {
     (ChunkPhase.RUNNING, ChunkState.STARTED): ChunkAction.DUPLICATE,
     **{(phase, state): action for phase in IN_FLIGHT_PHASES for state, action in _REPORT_ACTIONS.items()},
 }
-
-
-@dataclass(slots=True)
-class ChunkRecord:
-    phase: ChunkPhase = ChunkPhase.QUEUED
-    attempt: int = 1
-    retries_used: int = 0           # program failures (FAILED, TIMED_OUT) requeued
-    lost_count: int = 0             # workers lost or refusing it (LOST, REJECTED)
-    worker: bytes | None = None
-    packed_result: bytes | None = None  # set only in a final phase; `result` reads it
-
-    @property
-    def result(self) -> ChunkResult | None:
-        # Packed, a kept result costs a third of its objects (doc/master.md#memory).
-        return None if self.packed_result is None else unpack_result(self.packed_result)
-
-    # A bare tuple keeps snapshots small: a job may have 100,000 of these.
-    def __getstate__(self) -> tuple:
-        return (self.phase, self.attempt, self.retries_used, self.lost_count, self.worker, self.packed_result)
-
-    def __setstate__(self, values: tuple) -> None:
-        (self.phase, self.attempt, self.retries_used, self.lost_count, self.worker,
-         self.packed_result) = values
-
-
-@dataclass(slots=True)
-class JobRecord:
-    spec: SubmitJob                 # as submitted, normalised; compared on resubmission
-    submitted_at: float
-    chunks: list[ChunkRecord]
-    finished_at: float | None = None
-    cancelled: bool = False         # by CancelJob
-    started_at: float | None = None # its first dispatch
-    chunks_succeeded: int = 0
-    chunks_failed: int = 0
-    chunks_cancelled: int = 0
-    first_error: str = ""           # "chunk N: why", from the first chunk that failed
-
-    @property
-    def chunks_final(self) -> int:
-        return self.chunks_succeeded + self.chunks_failed + self.chunks_cancelled
-
-    @property
-    def state(self) -> JobState:
-        if self.cancelled:
-            return JobState.CANCELLED
-        if self.chunks_final == self.spec.chunk_count:
-            # Chunks are cancelled only with their job (self.cancelled).
-            return JobState.FAILED if self.chunks_failed else JobState.SUCCEEDED
-        return JobState.QUEUED if self.started_at is None else JobState.RUNNING
-
-
-@dataclass(slots=True)
-class NodeRecord:
-    role: int
-    host: str
-    address: str
-    slots: int
-    cache_bytes: int
-    started_at: float
-    alive: bool
-    changed_at: float               # when it joined or was declared lost
-    millicpus: int = 0              # what a worker offers (0: not measured)
-    memory_bytes: int = 0
-    disk_bytes: int = 0
-    sandbox: str = ""
-
-    @property
-    def capacity(self) -> Capacity:
-        return Capacity(self.millicpus, self.memory_bytes, self.disk_bytes)
 
 
 def _new_event_log() -> deque:
