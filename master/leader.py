@@ -55,10 +55,10 @@ from uds.master.leader_events import (  # noqa: F401
     NOT_STARTED, Committed, DirectReader, Effect, Event, Note, ProposalFailed, Propose, RaftStatus,
     Received, Reply, Request, Send, StateReader, Tick, UnknownEventError, Wake,
 )
-from uds.master.retention import jobs_to_forget, next_due_at
 from uds.master.proposals import (  # noqa: F401
     MAX_COMMANDS_PER_PROPOSAL, MAX_OUTSTANDING_PROPOSALS, PROPOSAL_TIMEOUT_S, Proposal, Proposals,
 )
+from uds.master.retention import jobs_to_forget, next_due_at
 from uds.master.waiters import MAX_STATUS_WAIT_S, STATUS_PAGE_CHUNKS, StatusWaiters  # noqa: F401
 from uds.wire.cluster import Retention
 from uds.wire.enums import ErrorCode, NodeRole

@@ -3,9 +3,11 @@ compact history line, chosen by the leader and applied alike everywhere;
 then a hypothesis state machine that checks no unfinished job is ever
 forgotten and the caps hold."""
 import copy
+import pathlib
 import pickle
 from dataclasses import replace
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -22,6 +24,7 @@ from uds.master.retention import (
     HISTORY_OUTPUT_IDS, PAST_RETENTION, HistoryLine, jobs_to_forget, next_due_at,
 )
 from uds.master.state import ClusterState
+from uds.wire import cluster as cluster_file
 from uds.wire.cluster import Retention
 from uds.wire.enums import ChunkState, ErrorCode, JobState
 from uds.wire.records import ChunkEvent, ChunkResult
@@ -164,6 +167,28 @@ def test_the_history_pickles_with_the_state_and_carries_on_identically():
     follow_up = [ForgetJobs((job_id(2),), 1), submit(job_id(1)), submit(job_id(3))]
     assert restored.apply(follow_up, 5.0) == state.apply(follow_up, 5.0)
     assert restored == state
+
+
+# ---- the cluster file -------------------------------------------------------------
+
+def cluster_with(tmp_path, table: str) -> pathlib.Path:
+    path = tmp_path / "cluster.toml"
+    path.write_text(cluster_file.render(
+        keys="keys", masters=[{"address": "tcp://127.0.0.1:1", "raft": "127.0.0.1:2", "data": "m"}],
+        loadbalancers=[{"address": "tcp://127.0.0.1:3", "data": "l"}],
+        storage=[{"address": "tcp://127.0.0.1:4", "data": "s"}], workers={"slots": 2}) + table)
+    return path
+
+
+def test_the_retention_table_has_defaults_and_is_checked_at_load(tmp_path):
+    assert cluster_file.retention(cluster_file.load(cluster_with(tmp_path, ""))) == Retention(
+        period_s=7 * DAY_S, max_finished_jobs=10_000, max_finished_chunks=500_000, history_lines=100_000)
+    loaded = cluster_file.load(cluster_with(tmp_path, "\n[retention]\nperiod_s = 60\nmax_finished_jobs = 5\n"))
+    assert cluster_file.retention(loaded) == Retention(period_s=60.0, max_finished_jobs=5)
+    for table, why in (("period_s = -1", "zero or more"), ("max_finished_jobs = 1.5", "expected int"),
+                       ("history = 3", "unknown key"), ("history_lines = true", "expected int")):
+        with pytest.raises(cluster_file.ClusterFileError, match=why):
+            cluster_file.load(cluster_with(tmp_path, f"\n[retention]\n{table}\n"))
 
 
 # ---- the leader ---------------------------------------------------------------------
