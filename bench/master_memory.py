@@ -197,7 +197,8 @@ class Driver:
             self.balancer_timers(now)
         backlog = self.accepted_chunks - self.succeeded_sent
         while (self.submitted_chunks < want_chunks and len(self.submitting) < MAX_SUBMITTING
-               and backlog + len(self.submitting) * self.chunks_per_job < MAX_BACKLOG_CHUNKS):
+               and (not self.balancing
+                    or backlog + len(self.submitting) * self.chunks_per_job < MAX_BACKLOG_CHUNKS)):
             self.submit()
         while self.outgoing:
             try:
