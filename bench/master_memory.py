@@ -92,7 +92,8 @@ class Driver:
         self.poller.register(self.balancer, zmq.POLLIN)
         self.chunks_per_job = chunks_per_job
         self.next_request = 1
-        self.submitting: set[int] = set()
+        self.submitting: dict[int, bytes] = {}     # request id -> job id
+        self.resubmitted = 0
         self.submitted_chunks = 0
         self.accepted_chunks = 0
         self.succeeded_sent = 0
@@ -113,12 +114,14 @@ class Driver:
 
     # ---- the client ------------------------------------------------------------
 
-    def submit(self) -> None:
+    def submit(self, job: bytes | None = None) -> None:
+        """A new job, or (a retry) the same job under a new request id."""
         request_id = self.next_request
         self.next_request += 1
-        job = os.urandom(16)
-        self.submitting.add(request_id)
-        self.submitted_chunks += self.chunks_per_job
+        if job is None:
+            job = os.urandom(16)
+            self.submitted_chunks += self.chunks_per_job
+        self.submitting[request_id] = job
         self.client.send_multipart(wire.encode(wire.JobSubmit.make(
             CLIENT_ID, request_id=request_id, job=job, chunk_count=self.chunks_per_job,
             program=list(PROGRAM), args=["--part"], inputs={}, chunk_inputs=[], timeout_s=60.0,
@@ -126,8 +129,14 @@ class Driver:
 
     def on_client(self, message: wire.Message) -> None:
         if isinstance(message, wire.JobSubmitReply):
-            self.submitting.discard(message.request_id)
-            self.accepted_chunks += self.chunks_per_job
+            if self.submitting.pop(message.request_id, None) is not None and message.created:
+                self.accepted_chunks += self.chunks_per_job
+        elif isinstance(message, wire.Error) and message.error_code == wire.ErrorCode.BUSY:
+            # No commit in time (a starved machine): a client retries, with the same job id.
+            job = self.submitting.pop(message.request_id, None)
+            if job is not None:
+                self.resubmitted += 1
+                self.submit(job)
         elif isinstance(message, wire.Error):
             raise RuntimeError(f"master refused a submission: {message.reason}")
 
@@ -321,13 +330,17 @@ def through_daemon(options: argparse.Namespace, probe: int) -> dict:
         elapsed = time.monotonic() - started
         time.sleep(SETTLE_S)
         final = proc_status(master.pid)
+    except Exception:
+        print(master.log()[-3000:], file=sys.stderr)
+        raise
     finally:
         if driver is not None:
             driver.close()
         layout.cleanup()
         shutil.rmtree(folder, ignore_errors=True)
     return dict(done=driver.succeeded_committed, elapsed=elapsed, before_probe=before_probe,
-                after_probe=after_probe, final=final, lease_losses=driver.lease_losses)
+                after_probe=after_probe, final=final, lease_losses=driver.lease_losses,
+                resubmitted=driver.resubmitted)
 
 
 def main() -> int:
@@ -368,7 +381,7 @@ def main() -> int:
         "queued_ratio_to_limit": round(per_queued / LIMIT_BYTES_PER_QUEUED_CHUNK, 3),
     }
     if "lease_losses" in run:
-        report["lease_losses"] = run["lease_losses"]
+        report.update(lease_losses=run["lease_losses"], submissions_retried=run["resubmitted"])
     if "dump_bytes" in run:
         report.update({"snapshot_gzipped_mib": round(run["dump_bytes"] / (1 << 20), 1),
                        "snapshot_seconds": round(run["dump_seconds"], 2),
