@@ -313,7 +313,7 @@ def through_daemon(options: argparse.Namespace, probe: int) -> dict:
     """The real daemon, fed by the client and the stand-in balancer."""
     folder = pathlib.Path(tempfile.mkdtemp(prefix="uds-bench-memory-"))
     layout = ClusterLayout.create(folder)
-    driver = None
+    driver = master = None
     try:
         master = layout.start("master", name="0")
         driver = Driver(layout, options.chunks_per_job)
@@ -331,7 +331,8 @@ def through_daemon(options: argparse.Namespace, probe: int) -> dict:
         time.sleep(SETTLE_S)
         final = proc_status(master.pid)
     except Exception:
-        print(master.log()[-3000:], file=sys.stderr)
+        if master is not None:
+            print(master.log()[-3000:], file=sys.stderr)
         raise
     finally:
         if driver is not None:
