@@ -125,7 +125,7 @@ class Driver:
         self.client.send_multipart(wire.encode(wire.JobSubmit.make(
             CLIENT_ID, request_id=request_id, job=job, chunk_count=self.chunks_per_job,
             program=list(PROGRAM), args=["--part"], inputs={}, chunk_inputs=[], timeout_s=60.0,
-            max_retries=1, name=f"memory {request_id}")))
+            max_retries=1, name=f"memory {job.hex()[:8]}")))
 
     def on_client(self, message: wire.Message) -> None:
         if isinstance(message, wire.JobSubmitReply):
