@@ -19,15 +19,17 @@ def build_parser() -> argparse.ArgumentParser:
 def build(context: DaemonContext):
     from uds.master.node import MasterNode
     from uds.master.replicated import RaftGroup
-    from uds.wire.cluster import default_limits
+    from uds.wire.cluster import default_limits, retention
     entry = context.entry
     partners = [master.raft for master in context.cluster.masters if master.raft != entry.raft]
     wake_read, wake_write = wake_pipe()
     raft = RaftGroup(entry.raft, partners, context.data, context.transport.keys, wake_write)
     try:
-        return MasterNode(context.node_id, entry.address, raft, context.transport, wake_read,
+        node = MasterNode(context.node_id, entry.address, raft, context.transport, wake_read,
                           client_addresses={master.raft: master.address for master in context.cluster.masters},
                           default_limits=default_limits(context.cluster))
+        node.leader.retention = retention(context.cluster)
+        return node
     except Exception:
         raft.destroy()
         raise

@@ -113,7 +113,8 @@ class ClientRequests:
                 for waiter in self._waiters.due(now, ended)]
 
     def _status_reply(self, request: Request, job: bytes, page: StatusPage = StatusPage()) -> Effect:
-        view = self._reader.read(lambda state: state.job_view(job, page.first_chunk, page.chunk_limit))
+        # A job past retention answers from its history line.
+        view = self._reader.read(lambda state: state.status_view(job, page.first_chunk, page.chunk_limit))
         if view is None:
             return self._error(request, ErrorCode.UNKNOWN_JOB, f"unknown job {job.hex()}")
         return Reply(request, job_status_reply(self.node_id, request.request_id, job, view))

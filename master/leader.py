@@ -58,7 +58,9 @@ from uds.master.leader_events import (  # noqa: F401
 from uds.master.proposals import (  # noqa: F401
     MAX_COMMANDS_PER_PROPOSAL, MAX_OUTSTANDING_PROPOSALS, PROPOSAL_TIMEOUT_S, Proposal, Proposals,
 )
+from uds.master.retention import jobs_to_forget, next_due_at
 from uds.master.waiters import MAX_STATUS_WAIT_S, STATUS_PAGE_CHUNKS, StatusWaiters  # noqa: F401
+from uds.wire.cluster import Retention
 from uds.wire.enums import ErrorCode, NodeRole
 from uds.wire.resources import NO_LIMITS, ResourceLimits
 
@@ -95,7 +97,12 @@ class _Lease:
     request: Request | None
 
 
-_Purpose = AnswerSubmit | _SendDispatched | AnswerCancel | _AcknowledgeEvents | _Lease
+@dataclass(frozen=True, slots=True)
+class _Forget:
+    """A ForgetJobs: one is proposed at a time."""
+
+
+_Purpose = AnswerSubmit | _SendDispatched | AnswerCancel | _AcknowledgeEvents | _Lease | _Forget
 
 
 # What a Received message may be; the shell's dispatcher refuses the rest.
@@ -112,13 +119,18 @@ class Leader(ClientRequests):
     own NodeSeen, the sender of its messages); `reader` reads the state.
     `default_limits` (the cluster file's [limits]) fill in what a job does
     not ask for, before its submission is proposed: every replica, balancer
-    and worker then sees the same limits for it.
+    and worker then sees the same limits for it. `retention` (the cluster
+    file's [retention]) says when finished jobs leave the replicated state.
     """
 
     def __init__(self, node_id: bytes, reader: StateReader, *, host: str = "", address: str = "",
-                 started_at: float = 0.0, default_limits: ResourceLimits = NO_LIMITS) -> None:
+                 started_at: float = 0.0, default_limits: ResourceLimits = NO_LIMITS,
+                 retention: Retention = Retention()) -> None:
         self.node_id = node_id
         self.default_limits = default_limits
+        self.retention = retention
+        self._forgetting = False
+        self._retention_due_at: float | None = None
         self.counters: dict[str, int] = {}
         self._reader = reader
         self._host, self._address, self._started_at = host, address, started_at
@@ -153,6 +165,7 @@ class Leader(ClientRequests):
             AnswerCancel: self._cancelled,
             _AcknowledgeEvents: self._events_committed,
             _Lease: self._lease_committed,
+            _Forget: self._forgot,
         }
         self._now = 0.0
         self._lease_clock = 0.0
@@ -411,6 +424,7 @@ class Leader(ClientRequests):
         effects.extend(self._give_up_proposals(now))
         if self._raft.leader:
             effects.extend(self._leader_timers(now))
+            self._forget_past_retention(now)
         effects.extend(self._proposals.flush(now))
         wake = self._next_wake()
         if wake is not None:
@@ -438,10 +452,30 @@ class Leader(ClientRequests):
         self._dispatch_ready(link)
         return effects
 
+    def _forget_past_retention(self, now: float) -> None:
+        """Propose that the finished jobs due by the retention settings leave
+        the state (one ForgetJobs at a time), and note when the next falls due."""
+        if self._forgetting:
+            return
+        settings = self.retention
+        jobs, self._retention_due_at = self._reader.read(
+            lambda state: (jobs_to_forget(state, settings, now), next_due_at(state, settings)))
+        if jobs:
+            self._forgetting = True
+            self._queue(core.ForgetJobs(tuple(jobs), settings.history_lines), _Forget())
+
+    def _forgot(self, purpose: _Forget, outcome: core.Outcome) -> list[Effect]:
+        self._forgetting = False
+        if outcome.ok:
+            self._count("jobs_forgotten", outcome.forgotten)
+        return []
+
     def _next_wake(self) -> float | None:
         """When the next timer falls due, if any is set. Each timer compares
         `now >=` the very sum returned here, so a Tick at that time fires it."""
         times = [self._waiters.next_deadline(), self._proposals.next_deadline()]
+        if self._raft.leader and not self._forgetting:
+            times.append(self._retention_due_at)
         if self._lease.holder is not None and self._raft.leader:
             # The lease is timed on the lease clock; the wake is on `now`'s.
             expires_at = self._lease.expires_at()

@@ -24,7 +24,8 @@ from uds.wire.records import NO_RESULT
 from uds.wire.resources import ResourceLimits
 
 if TYPE_CHECKING:
-    from uds.master.state import ChunkRecord, JobRecord, NodeRecord
+    from uds.master.retention import HistoryLine, JobHistory
+    from uds.master.records import ChunkRecord, JobRecord, NodeRecord
 
 # QUEUED chunks `ready_attempts` looks at past those of jobs that wait for a
 # worker that could hold them: bounds a leader's tick while such a job waits.
@@ -45,10 +46,33 @@ class StateQueries:
     running: dict[ChunkKey, None]
     event_log: deque[Event]
     last_seq: int
+    history: JobHistory
 
     def job_state(self, job: bytes) -> JobState | None:
+        """The job's state, a forgotten job's too (None: never known, or
+        forgotten so long ago that its history line is gone too)."""
         job_record = self.job_records.get(job)
-        return None if job_record is None else job_record.state
+        if job_record is not None:
+            return job_record.state
+        line = self.history.line(job)
+        return None if line is None else JobState(line.state)
+
+    def history_line(self, job: bytes) -> HistoryLine | None:
+        """What stays of a job past retention (None: not forgotten, or its line is gone too)."""
+        return self.history.line(job)
+
+    def forgotten_jobs(self, limit: int) -> list[HistoryLine]:
+        """Up to `limit` history lines, the most recently forgotten first."""
+        return self.history.newest_lines(limit)
+
+    def status_view(self, job: bytes, first_chunk: int = 0, chunk_limit: int | None = None) -> JobView | None:
+        """`job_view`, or for a job past retention the view of its history
+        line: final, with counts and no chunk reports."""
+        view = self.job_view(job, first_chunk, chunk_limit)
+        if view is not None:
+            return view
+        line = self.history.line(job)
+        return None if line is None else line.job_view()
 
     def job_view(self, job: bytes, first_chunk: int = 0, chunk_limit: int | None = None) -> JobView | None:
         """The job as a client sees it, with the reports of up to `chunk_limit`

@@ -77,7 +77,8 @@ class RaftGroup:
     """A SyncObj with our state, persistent in `data`, password from `keys`."""
 
     def __init__(self, self_address: str, partner_addresses: list[str], data: pathlib.Path,
-                 keys: KeyFolder, wake_fd: int) -> None:
+                 keys: KeyFolder, wake_fd: int, *,
+                 log_compaction_min_entries: int = LOG_COMPACTION_MIN_ENTRIES) -> None:
         self.replicated = ReplicatedState()
         self.commits: queue.SimpleQueue[Commit] = queue.SimpleQueue()
         self._wake_fd = wake_fd
@@ -88,7 +89,7 @@ class RaftGroup:
         self.journal_syncs = 0
         conf = syncobj_conf(
             keys, journalFile=str(data / JOURNAL_FILE), fullDumpFile=str(data / DUMP_FILE),
-            logCompactionMinEntries=LOG_COMPACTION_MIN_ENTRIES,
+            logCompactionMinEntries=log_compaction_min_entries,
             logCompactionMinTime=LOG_COMPACTION_MIN_TIME_S,
             onReady=self._ready.set,
             # Compaction must not fork a process full of ZeroMQ threads.

@@ -16,7 +16,8 @@ Rules of this module:
   so pysyncobj can pickle the whole object as a snapshot. Keep it compact.
 - Queries are pure reads that return copies, in master/queries.py
   (StateQueries, which ClusterState inherits); the shell calls them under
-  its own lock.
+  its own lock. The records per chunk, job and node are master/records.py;
+  which finished jobs leave the state is master/retention.py.
 
 Transitions are the table CHUNK_TRANSITIONS; doc/states.md draws them.
 """
@@ -28,20 +29,17 @@ from enum import Enum
 from typing import Any, Callable, Iterable
 
 from uds.master.commands import (
-    CHUNK_CANCELLED, CHUNK_DISPATCHED, CHUNK_FAILED, CHUNK_LOST, CHUNK_RETRIED,
-    CHUNK_STARTED, CHUNK_SUCCEEDED, EVENT_DUPLICATE, EVENT_FINAL,
-    EVENT_INVALID, EVENT_STALE, EVENT_UNKNOWN, FINAL_PHASES, IN_FLIGHT_PHASES, JOB_CANCELLED,
-    JOB_FAILED,
-    JOB_SUBMITTED, JOB_SUCCEEDED, LEASE_GRANTED, NODE_JOINED, NODE_LOST,
-    CancelJob, CancelOutcome, ChunkEventOutcome, ChunkPhase,
-    Command, DispatchAttempts, DispatchOutcome, Event, GrantLease, LeaseOutcome,
-    NodeLost, NodeOutcome, NodeSeen, Outcome,
-    SubmitJob, SubmitOutcome,
-    checked_result, chunk_event_problem, is_id, node_seen_problem, normalised_submit,
-    submit_problem,
+    CHUNK_CANCELLED, CHUNK_DISPATCHED, CHUNK_FAILED, CHUNK_LOST, CHUNK_RETRIED, CHUNK_STARTED,
+    CHUNK_SUCCEEDED, EVENT_DUPLICATE, EVENT_FINAL, EVENT_INVALID, EVENT_STALE, EVENT_UNKNOWN,
+    FINAL_PHASES, IN_FLIGHT_PHASES, JOB_CANCELLED, JOB_FAILED, JOB_SUBMITTED, JOB_SUCCEEDED,
+    LEASE_GRANTED, NODE_JOINED, NODE_LOST, CancelJob, CancelOutcome, ChunkEventOutcome, ChunkPhase,
+    Command, DispatchAttempts, DispatchOutcome, Event, ForgetJobs, GrantLease, LeaseOutcome, NodeLost,
+    NodeOutcome, NodeSeen, Outcome, StateInvariantError, SubmitJob, SubmitOutcome, checked_result,
+    chunk_event_problem, is_id, node_seen_problem, normalised_submit, pack_result, submit_problem,
 )
 from uds.master.queries import ChunkKey, StateQueries
-from uds.wire.capacity import Capacity
+from uds.master.records import ChunkRecord, JobRecord, NodeRecord
+from uds.master.retention import JobHistory, forget_jobs
 from uds.wire.enums import ChunkState, ErrorCode, JobState, NodeRole
 from uds.wire.errors import WireError
 from uds.wire.limits import MAX_BODY_ITEMS
@@ -62,10 +60,6 @@ EVENT_DETAIL_MAX_CHARS = 200
 # Every replica holds every chunk record; this bounds what one submission can
 # cost them. It matches the wire's cap on a body list (chunk_inputs).
 MAX_CHUNKS_PER_JOB = MAX_BODY_ITEMS
-
-
-class StateInvariantError(Exception):
-    """Our own bookkeeping is inconsistent: a bug, never a peer's fault."""
 
 
 class ChunkAction(Enum):
@@ -101,71 +95,6 @@ CHUNK_TRANSITIONS: dict[tuple[ChunkPhase, ChunkState], ChunkAction] = {
 }
 
 
-@dataclass(slots=True)
-class ChunkRecord:
-    phase: ChunkPhase = ChunkPhase.QUEUED
-    attempt: int = 1
-    retries_used: int = 0           # program failures (FAILED, TIMED_OUT) requeued
-    lost_count: int = 0             # workers lost or refusing it (LOST, REJECTED)
-    worker: bytes | None = None
-    result: ChunkResult | None = None   # set only in a final phase
-
-    # A bare tuple keeps snapshots small: a job may have 100,000 of these.
-    def __getstate__(self) -> tuple:
-        return (self.phase, self.attempt, self.retries_used, self.lost_count, self.worker, self.result)
-
-    def __setstate__(self, values: tuple) -> None:
-        (self.phase, self.attempt, self.retries_used, self.lost_count, self.worker,
-         self.result) = values
-
-
-@dataclass(slots=True)
-class JobRecord:
-    spec: SubmitJob                 # as submitted, normalised; compared on resubmission
-    submitted_at: float
-    chunks: list[ChunkRecord]
-    finished_at: float | None = None
-    cancelled: bool = False         # by CancelJob
-    ever_dispatched: bool = False
-    chunks_succeeded: int = 0
-    chunks_failed: int = 0
-    chunks_cancelled: int = 0
-    first_error: str = ""           # "chunk N: why", from the first chunk that failed
-
-    @property
-    def chunks_final(self) -> int:
-        return self.chunks_succeeded + self.chunks_failed + self.chunks_cancelled
-
-    @property
-    def state(self) -> JobState:
-        if self.cancelled:
-            return JobState.CANCELLED
-        if self.chunks_final == self.spec.chunk_count:
-            # Chunks are cancelled only with their job (self.cancelled).
-            return JobState.FAILED if self.chunks_failed else JobState.SUCCEEDED
-        return JobState.RUNNING if self.ever_dispatched else JobState.QUEUED
-
-
-@dataclass(slots=True)
-class NodeRecord:
-    role: int
-    host: str
-    address: str
-    slots: int
-    cache_bytes: int
-    started_at: float
-    alive: bool
-    changed_at: float               # when it joined or was declared lost
-    millicpus: int = 0              # what a worker offers (0: not measured)
-    memory_bytes: int = 0
-    disk_bytes: int = 0
-    sandbox: str = ""
-
-    @property
-    def capacity(self) -> Capacity:
-        return Capacity(self.millicpus, self.memory_bytes, self.disk_bytes)
-
-
 def _new_event_log() -> deque:
     return deque(maxlen=EVENT_LOG_LIMIT)
 
@@ -185,6 +114,8 @@ class ClusterState(StateQueries):
     # The load-balancer lease: who is active, under which epoch. Epochs only rise.
     lease_holder: bytes | None = None
     lease_epoch: int = 0
+    # Finished jobs kept and the history lines of those forgotten (master/retention.py).
+    history: JobHistory = field(default_factory=JobHistory)
 
     # ------------------------------------------------------------------
     # Writing: the one entry point the replicated method calls.
@@ -206,6 +137,8 @@ class ClusterState(StateQueries):
             return SubmitOutcome(ok=False, error=problem, error_code=ErrorCode.INVALID)
         spec = normalised_submit(command)
         existing = self.job_records.get(spec.job)
+        if existing is None and spec.job in self.history.lines:
+            return SubmitOutcome(created=False)     # forgotten, not to run again
         if existing is not None:
             if existing.spec == spec:
                 return SubmitOutcome(created=False)
@@ -239,7 +172,7 @@ class ClusterState(StateQueries):
             key = (job_record.spec.job, index)
             _move(self.queued, self.dispatched, key)
             chunk.phase = ChunkPhase.DISPATCHED
-            job_record.ever_dispatched = True
+            job_record.started_at = now if job_record.started_at is None else job_record.started_at
             dispatched.append((key[0], index, chunk.attempt))
             self._log(now, CHUNK_DISPATCHED, job=key[0], chunk=index, attempt=chunk.attempt)
         return DispatchOutcome(dispatched=tuple(dispatched), skipped=skipped)
@@ -295,6 +228,8 @@ class ClusterState(StateQueries):
     def _apply_cancel_job(self, command: CancelJob, now: float) -> CancelOutcome:
         job_record = self.job_records.get(command.job) if is_id(command.job) else None
         if job_record is None:
+            if is_id(command.job) and command.job in self.history.lines:
+                return CancelOutcome(changed=False)
             return CancelOutcome(ok=False, error="unknown job", error_code=ErrorCode.UNKNOWN_JOB)
         if job_record.finished_at is not None:
             return CancelOutcome(changed=False)
@@ -438,7 +373,7 @@ class ClusterState(StateQueries):
         self._leave_flight(job_record.spec.job, event.chunk, chunk)
         chunk.phase = phase
         chunk.worker = event.worker
-        chunk.result = result
+        chunk.packed_result = pack_result(result)
 
     def _requeue(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord, now: float,
                  kind: str, detail: str) -> None:
@@ -461,6 +396,7 @@ class ClusterState(StateQueries):
         if job_record.finished_at is not None or job_record.chunks_final < job_record.spec.chunk_count:
             return False
         job_record.finished_at = now
+        self.history.job_finished(job_record)
         state = job_record.state
         kind = {JobState.SUCCEEDED: JOB_SUCCEEDED, JobState.FAILED: JOB_FAILED,
                 JobState.CANCELLED: JOB_CANCELLED}.get(state)
@@ -487,7 +423,6 @@ class ClusterState(StateQueries):
         return job_record, index, job_record.chunks[index]
 
 
-
 _HANDLERS: dict[type, Callable[[ClusterState, Any, float], Outcome]] = {
     SubmitJob: ClusterState._apply_submit_job,
     DispatchAttempts: ClusterState._apply_dispatch_attempts,
@@ -496,6 +431,7 @@ _HANDLERS: dict[type, Callable[[ClusterState, Any, float], Outcome]] = {
     NodeSeen: ClusterState._apply_node_seen,
     GrantLease: ClusterState._apply_grant_lease,
     NodeLost: ClusterState._apply_node_lost,
+    ForgetJobs: forget_jobs,
 }
 
 _ACTIONS: dict[ChunkAction, Callable[[ClusterState, JobRecord, ChunkEvent, ChunkRecord, float], None]] = {

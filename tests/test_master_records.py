@@ -1,31 +1,35 @@
-"""client/masters.py: the records `uds nodes` prints, from the masters' stats."""
-from uds.client import masters
-from uds.master import raft_node
+"""master/records.py and the packed results: what a master keeps per chunk
+reads back exactly as it was given, and a job pickles its chunks as one blob."""
+import pickle
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from strategies import for_schema
+from uds.master.commands import ChunkPhase, SubmitJob, pack_result, unpack_result
+from uds.master.records import ChunkRecord, JobRecord
+from uds.wire.records import RESULT, ChunkResult
+
+results = for_schema(RESULT).map(lambda body: ChunkResult.from_body(body).checked())
 
 
-def stats(role: str, term: int, commit: int, leader: int) -> dict:
-    return {"raft_role": raft_node.RAFT_ROLES.index(role), "raft_term": term, "raft_commit_index": commit,
-            "raft_last_applied": commit - 1, "raft_leader_index": leader, "leader": int(role == "leader")}
+@settings(max_examples=300, deadline=None)
+@given(results)
+def test_a_packed_result_unpacks_equal_to_what_was_packed(result):
+    assert unpack_result(pack_result(result)) == result
+    assert ChunkRecord(ChunkPhase.SUCCEEDED, packed_result=pack_result(result)).result == result
 
 
-def test_the_client_reads_roles_in_the_masters_numbering():
-    assert masters.RAFT_ROLES == raft_node.RAFT_ROLES
-
-
-def test_lag_is_behind_the_leader_of_the_latest_term_and_silence_is_unreachable():
-    addresses = ["tcp://a:1", "tcp://b:1", "tcp://c:1", "tcp://d:1"]
-    answers = [stats("leader", 3, 40, 0),          # an old leader that has not heard of term 4 yet
-               stats("leader", 4, 45, 1),
-               stats("follower", 4, 42, 1),
-               None]
-    records = masters._records(addresses, answers)
-    assert [record.role for record in records] == ["leader", "leader", "follower", "unreachable"]
-    assert [record.lag for record in records] == [5, 0, 3, None]
-    assert [record.leader for record in records] == ["tcp://a:1", "tcp://b:1", "tcp://b:1", None]
-    assert records[2].last_applied == 41 and not records[3].reachable
-
-
-def test_without_a_leader_there_is_no_lag():
-    records = masters._records(["tcp://a:1", "tcp://b:1"], [stats("candidate", 2, 7, -1), {"leader": 0}])
-    assert [(record.role, record.lag, record.leader) for record in records] == \
-        [("candidate", None, None), ("unreachable", None, None)]
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(list(ChunkPhase)), st.integers(1, 9), st.integers(0, 3),
+                          st.integers(0, 3), st.none() | st.binary(min_size=16, max_size=16),
+                          st.none() | results.map(pack_result)), min_size=1, max_size=20))
+def test_a_job_record_pickles_its_chunks_as_one_blob_and_reads_them_back(chunks):
+    spec = SubmitJob(job=b"j" * 16, name="n", program=(b"p" * 16, 1), args=(), inputs={}, chunk_inputs=(),
+                     chunk_count=len(chunks), timeout_s=1.0, max_retries=0)
+    record = JobRecord(spec=spec, submitted_at=1.0, chunks=[ChunkRecord(*chunk) for chunk in chunks],
+                       finished_at=2.0, started_at=1.5, chunks_succeeded=1, first_error="chunk 0: x")
+    restored = pickle.loads(pickle.dumps(record))
+    assert restored == record
+    assert all(type(chunk.phase) is ChunkPhase for chunk in restored.chunks)
+    assert [chunk.result for chunk in restored.chunks] == [chunk.result for chunk in record.chunks]

@@ -27,6 +27,12 @@
     memory = "2G"                       # same keys as a job's limits
     disk = "4G"
 
+    [retention]                         # when finished jobs leave the masters' state
+    period_s = 604800                   # 7 days after they finished
+    max_finished_jobs = 10000           # or once more are kept, oldest finished first
+    max_finished_chunks = 500000        # or once their chunks are more than this
+    history_lines = 100000              # forgotten jobs' history lines kept
+
 Relative paths are relative to the cluster file's folder. See doc/cluster.md.
 """
 from __future__ import annotations
@@ -155,6 +161,7 @@ def load(path: str | os.PathLike[str]) -> Cluster:
         workers=workers, extra={key: value for key, value in document.items() if key not in known},
     )
     default_limits(cluster)     # a bad [limits] table is the cluster file's error, found at load
+    retention(cluster)          # and so is a bad [retention] table
     return cluster
 
 
@@ -167,6 +174,39 @@ def default_limits(cluster: Cluster) -> ResourceLimits:
         return ResourceLimits.parse(table)
     except ResourceSpecError as fault:
         raise ClusterFileError(f"limits: {fault}") from None
+
+
+@dataclass(frozen=True)
+class Retention:
+    """The [retention] table. A finished job leaves the masters' replicated
+    state `period_s` after it finished, or sooner, oldest finished first,
+    while more than `max_finished_jobs` finished jobs or more than
+    `max_finished_chunks` of their chunks are kept. A forgotten job leaves a
+    history line; the newest `history_lines` of those are kept."""
+
+    period_s: float = 7 * 24 * 3600.0
+    max_finished_jobs: int = 10_000
+    max_finished_chunks: int = 500_000
+    history_lines: int = 100_000
+
+
+_RETENTION_KEYS = {"period_s": float, "max_finished_jobs": int, "max_finished_chunks": int,
+                   "history_lines": int}
+
+
+def retention(cluster: Cluster) -> Retention:
+    """The [retention] table, its defaults filled in."""
+    table = cluster.extra.get("retention", {})
+    if type(table) is not dict:
+        raise ClusterFileError("retention: expected a table ([retention])")
+    unknown = set(table) - set(_RETENTION_KEYS)
+    if unknown:
+        raise ClusterFileError(f"retention: unknown key(s) {', '.join(sorted(unknown))}")
+    values = {key: _require(table, key, kind, "retention") for key, kind in _RETENTION_KEYS.items()
+              if key in table}
+    if any(value < 0 for value in values.values()):
+        raise ClusterFileError("retention: every value must be zero or more")
+    return Retention(**values)
 
 
 def render(keys: str, masters: list[dict], loadbalancers: list[dict], storage: list[dict],

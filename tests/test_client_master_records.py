@@ -1,0 +1,31 @@
+"""client/masters.py: the records `uds nodes` prints, from the masters' stats."""
+from uds.client import masters
+from uds.master import raft_node
+
+
+def stats(role: str, term: int, commit: int, leader: int) -> dict:
+    return {"raft_role": raft_node.RAFT_ROLES.index(role), "raft_term": term, "raft_commit_index": commit,
+            "raft_last_applied": commit - 1, "raft_leader_index": leader, "leader": int(role == "leader")}
+
+
+def test_the_client_reads_roles_in_the_masters_numbering():
+    assert masters.RAFT_ROLES == raft_node.RAFT_ROLES
+
+
+def test_lag_is_behind_the_leader_of_the_latest_term_and_silence_is_unreachable():
+    addresses = ["tcp://a:1", "tcp://b:1", "tcp://c:1", "tcp://d:1"]
+    answers = [stats("leader", 3, 40, 0),          # an old leader that has not heard of term 4 yet
+               stats("leader", 4, 45, 1),
+               stats("follower", 4, 42, 1),
+               None]
+    records = masters._records(addresses, answers)
+    assert [record.role for record in records] == ["leader", "leader", "follower", "unreachable"]
+    assert [record.lag for record in records] == [5, 0, 3, None]
+    assert [record.leader for record in records] == ["tcp://a:1", "tcp://b:1", "tcp://b:1", None]
+    assert records[2].last_applied == 41 and not records[3].reachable
+
+
+def test_without_a_leader_there_is_no_lag():
+    records = masters._records(["tcp://a:1", "tcp://b:1"], [stats("candidate", 2, 7, -1), {"leader": 0}])
+    assert [(record.role, record.lag, record.leader) for record in records] == \
+        [("candidate", None, None), ("unreachable", None, None)]
