@@ -25,11 +25,9 @@ def build(context: DaemonContext):
     wake_read, wake_write = wake_pipe()
     raft = RaftGroup(entry.raft, partners, context.data, context.transport.keys, wake_write)
     try:
-        node = MasterNode(context.node_id, entry.address, raft, context.transport, wake_read,
+        return MasterNode(context.node_id, entry.address, raft, context.transport, wake_read,
                           client_addresses={master.raft: master.address for master in context.cluster.masters},
-                          default_limits=default_limits(context.cluster))
-        node.leader.retention = retention(context.cluster)
-        return node
+                          default_limits=default_limits(context.cluster), retention=retention(context.cluster))
     except Exception:
         raft.destroy()
         raise

@@ -21,6 +21,7 @@ from uds import wire
 from uds.master import leader as core
 from uds.master.raft_node import RAFT_ROLES
 from uds.master.replicated import Commit, RaftGroup
+from uds.wire.cluster import Retention
 from uds.daemon.dispatch import handle_request
 from uds.daemon.runtime import drain, guarded
 from uds.wire.enums import NodeRole
@@ -38,7 +39,7 @@ class MasterNode:
     def __init__(self, node_id: bytes, address: str, raft: RaftGroup, transport: Transport,
                  wake_fd: int, host: str | None = None,
                  client_addresses: dict[str, str] | None = None,
-                 default_limits: ResourceLimits = NO_LIMITS) -> None:
+                 default_limits: ResourceLimits = NO_LIMITS, retention: Retention = Retention()) -> None:
         self.node_id = node_id
         self.address = address
         self.raft = raft
@@ -50,7 +51,7 @@ class MasterNode:
         self.socket = transport.server_socket(zmq.ROUTER, address)
         self.counters: dict[str, int] = {}
         self.leader = core.Leader(node_id, raft, host=host or socket_module.gethostname(), address=address,
-                                  started_at=time.time(), default_limits=default_limits)
+                                  started_at=time.time(), default_limits=default_limits, retention=retention)
         self.raft_status = core.NOT_STARTED
         self.wake_at: float | None = None
         self.handlers: dict[type, Callable[[Any, bytes, float], None]] = {
