@@ -16,6 +16,7 @@ import time
 from collections import Counter
 
 import pytest
+import zmq
 
 from daemons import ClusterLayout, free_port, wait_until
 from test_master_failover import committed, leader, start_masters, start_the_rest, workers_ready, balancer_active
@@ -23,7 +24,8 @@ from uds import client, wire
 from uds.client import cli
 from uds.client.masters import MasterChangeError, change_request
 from uds.master.membership import MembershipRefused, PendingChange, judge
-from uds.wire.enums import ErrorCode
+from uds.wire.enums import ErrorCode, NodeRole
+from uds.wire.transport import Transport, recv_message, send_message
 from uds.wire.messages import MASTER_ADD, MASTER_REMOVE
 
 WAIT_S = 20.0
@@ -106,6 +108,29 @@ def test_the_cli_needs_an_action_and_an_address(capsys):
 
 # -- through real daemons --------------------------------------------------------
 
+def ask_master(layout: ClusterLayout, index: int, role: NodeRole, message: wire.Message) -> wire.Message:
+    """Send `message` to master `index` with the key of `role`; its answer."""
+    with Transport(layout.keys(role)) as transport:
+        socket = transport.client_socket(zmq.DEALER, layout.cluster.masters[index].address, NodeRole.MASTER)
+        try:
+            send_message(socket, wire.encode(message))
+            assert socket.poll(int(WAIT_S * 1000), zmq.POLLIN), "no answer"
+            return wire.decode(recv_message(socket, None).frames)
+        finally:
+            socket.close(linger=0)
+
+
+def refusals_before_any_change(layout: ClusterLayout, leader_index: int, follower: int) -> None:
+    """Only a client key may ask, and only the leader acts."""
+    entry = layout.cluster.masters[follower]
+    request = wire.MasterChange.make(NODE, request_id=7, action=MASTER_REMOVE, raft=entry.raft, address="")
+    for role in (NodeRole.WORKER, NodeRole.LOADBALANCER, NodeRole.MASTER):
+        refused = ask_master(layout, leader_index, role, request)
+        assert isinstance(refused, wire.Error) and refused.error_code == ErrorCode.FORBIDDEN, (role, refused)
+    redirected = ask_master(layout, follower, NodeRole.CLIENT, request)
+    assert isinstance(redirected, wire.Error) and redirected.error_code == ErrorCode.NOT_LEADER, redirected
+    assert wire.leader_hint(redirected) == layout.cluster.masters[leader_index].address
+
 def replace_entry(layout: ClusterLayout, index: int) -> dict[str, str]:
     """What an operator does: the dead master's [[masters]] entry, in place,
     now names the new master (new ports, a new, empty data folder)."""
@@ -145,6 +170,7 @@ def test_a_dead_follower_is_replaced_by_a_new_master_while_jobs_run(tmp_path):
         wait_until(lambda: committed(connection, before[0].id), what="a first result", timeout=WAIT_S)
 
         dead = next(index for index in range(3) if index != leader(layout))
+        refusals_before_any_change(layout, leader(layout), dead)
         dead_entry = layout.cluster.masters[dead]
         masters[dead].kill9()
         removed = connection.change_masters(False, dead_entry.address)      # by its ZeroMQ address
