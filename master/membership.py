@@ -18,6 +18,12 @@ from uds import wire
 from uds.wire.enums import ErrorCode
 from uds.wire.messages import MASTER_ACTIONS, MASTER_ADD, MASTER_REMOVE
 
+# A change still uncommitted after this long no longer holds others back
+# here: its callback may never come (a leader deposed before the commit
+# whose entry the next leader dropped). pysyncobj itself still refuses a
+# second change while one is uncommitted in its log.
+PENDING_EXPIRY_S = 30.0
+
 
 class MembershipRefused(Exception):
     """A change that may not go to the Raft group; `code` and the message
@@ -45,6 +51,7 @@ class PendingChange:
     change: MembershipChange
     peer: bytes
     request_id: int
+    asked_at: float
 
 
 def check_raft_address(raft: str) -> str:
@@ -56,7 +63,7 @@ def check_raft_address(raft: str) -> str:
 
 
 def judge(message: wire.MasterChange, self_raft: str, members: list[str],
-          pending: PendingChange | None) -> MembershipChange:
+          pending: PendingChange | None, now: float) -> MembershipChange:
     """The change `message` asks for, if the leader may hand it to the
     group: `members` are the Raft addresses of the group, this one first.
     Raise MembershipRefused otherwise."""
@@ -64,7 +71,7 @@ def judge(message: wire.MasterChange, self_raft: str, members: list[str],
         raise MembershipRefused(ErrorCode.INVALID,
                                 f"unknown action {message.action}: {MASTER_ADD} adds, {MASTER_REMOVE} removes")
     raft = check_raft_address(message.raft)
-    if pending is not None:
+    if pending is not None and now - pending.asked_at < PENDING_EXPIRY_S:
         raise MembershipRefused(ErrorCode.INVALID, f"a change is already in progress "
                                                    f"({pending.change.describe()}); try again once it is committed")
     if message.action == MASTER_ADD:

@@ -156,21 +156,21 @@ class MasterNode:
     def on_master_change(self, message: wire.MasterChange, peer: bytes, now: float) -> None:
         """`uds admin masters add|remove`: the confirmed leader hands the
         change to the Raft group and answers once it is committed."""
-        pending = self.membership_pending
-        if pending is not None and (pending.peer, pending.request_id) == (peer, message.request_id):
-            return      # the client's resend of the change under way: its answer comes at the commit
         if not self.raft.is_leader:
             self._error(peer, message.request_id, message.message_type, ErrorCode.NOT_LEADER,
                         wire.not_leader_reason(self.raft_status.leader_address))
             return
+        pending = self.membership_pending
+        if pending is not None and (pending.peer, pending.request_id) == (peer, message.request_id):
+            return      # the client's resend of the change under way: its answer comes at the commit
         members = self.raft.members()
         try:
-            change = membership.judge(message, members[0], members, pending)
+            change = membership.judge(message, members[0], members, pending, now)
         except membership.MembershipRefused as refused:
             self._error(peer, message.request_id, message.message_type, refused.code, str(refused))
             return
         log.info("asked to %s", change.describe())
-        self.membership_pending = membership.PendingChange(change, peer, message.request_id)
+        self.membership_pending = membership.PendingChange(change, peer, message.request_id, asked_at=now)
         self.raft.change_membership(self.membership_pending, change.add, change.raft, change.address)
 
     def _membership_committed(self, done: MembershipCommitted) -> None:

@@ -23,13 +23,14 @@ from test_master_failover import committed, leader, start_masters, start_the_res
 from uds import client, wire
 from uds.client import cli
 from uds.client.masters import MasterChangeError, change_request
-from uds.master.membership import MembershipRefused, PendingChange, judge
+from uds.master.membership import PENDING_EXPIRY_S, MembershipRefused, PendingChange, judge
 from uds.wire.enums import ErrorCode, NodeRole
 from uds.wire.transport import Transport, recv_message, send_message
 from uds.wire.messages import MASTER_ADD, MASTER_REMOVE
 
 WAIT_S = 20.0
 NODE = bytes(16)
+NOW = 1_795_000_000.0
 MEMBERS = ["10.0.0.1:7110", "10.0.0.2:7110", "10.0.0.3:7110"]
 
 
@@ -40,9 +41,9 @@ def change(action: int, raft: str, address: str = "") -> wire.MasterChange:
 # -- the leader's judgement (pure) ----------------------------------------------
 
 def test_the_leader_accepts_a_new_master_and_the_removal_of_a_member():
-    added = judge(change(MASTER_ADD, "10.0.0.4:7110", "tcp://10.0.0.4:7100"), MEMBERS[0], MEMBERS, None)
+    added = judge(change(MASTER_ADD, "10.0.0.4:7110", "tcp://10.0.0.4:7100"), MEMBERS[0], MEMBERS, None, NOW)
     assert (added.add, added.raft, added.address) == (True, "10.0.0.4:7110", "tcp://10.0.0.4:7100")
-    removed = judge(change(MASTER_REMOVE, "10.0.0.3:7110"), MEMBERS[0], MEMBERS, None)
+    removed = judge(change(MASTER_REMOVE, "10.0.0.3:7110"), MEMBERS[0], MEMBERS, None, NOW)
     assert (removed.add, removed.raft) == (False, "10.0.0.3:7110")
 
 
@@ -57,15 +58,18 @@ def test_the_leader_accepts_a_new_master_and_the_removal_of_a_member():
 ])
 def test_the_leader_refuses_what_it_cannot_do(request_, reason):
     with pytest.raises(MembershipRefused, match=reason) as refused:
-        judge(request_, MEMBERS[0], MEMBERS, None)
+        judge(request_, MEMBERS[0], MEMBERS, None, NOW)
     assert refused.value.code == ErrorCode.INVALID
 
 
 def test_one_change_at_a_time():
-    under_way = judge(change(MASTER_REMOVE, "10.0.0.3:7110"), MEMBERS[0], MEMBERS, None)
-    pending = PendingChange(under_way, peer=b"peer", request_id=1)
+    under_way = judge(change(MASTER_REMOVE, "10.0.0.3:7110"), MEMBERS[0], MEMBERS, None, NOW)
+    pending = PendingChange(under_way, peer=b"peer", request_id=1, asked_at=NOW)
+    adding = change(MASTER_ADD, "10.0.0.4:7110", "tcp://10.0.0.4:7100")
     with pytest.raises(MembershipRefused, match="already in progress .remove master 10.0.0.3:7110"):
-        judge(change(MASTER_ADD, "10.0.0.4:7110", "tcp://10.0.0.4:7100"), MEMBERS[0], MEMBERS, pending)
+        judge(adding, MEMBERS[0], MEMBERS, pending, NOW + 1.0)
+    # A change whose commit never came (its leader was deposed) holds nothing back for ever.
+    assert judge(adding, MEMBERS[0], MEMBERS, pending, NOW + PENDING_EXPIRY_S).add
 
 
 # -- the client's reading of ADDRESS (the cluster file) -------------------------
