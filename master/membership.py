@@ -6,9 +6,10 @@ The leader alone changes the group, one change at a time, through
 pysyncobj's dynamic membership, and answers once the change is committed.
 
 Rules: nothing here imports zmq, reads the clock or touches the Raft group;
-`judge` decides whether a request may go to the group at all, and
-`MembershipReply`'s helpers say what to answer. The shell (master/node.py)
-asks the group and carries the answer back.
+`judge` decides whether a request may go to the group at all (time comes
+in as `now`), and `refusal_by_the_group` words what pysyncobj refused. The
+shell (master/node.py) asks the group (master/replicated.py
+`RaftGroup.change_membership`) and carries the answer back.
 """
 from __future__ import annotations
 
