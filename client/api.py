@@ -327,6 +327,14 @@ class Connection:
         return ask_every_master(self.cluster, self._transport, self.node_id,
                                 MASTERS_TIMEOUT_S if timeout is None else timeout)
 
+    def change_masters(self, add: bool, address: str) -> Any:
+        """Add the master that `address` names (either address of its
+        [[masters]] entry) to the Raft group, or remove it (add=False), and
+        wait for the commit: a `MembershipChanged`, or MasterChangeError
+        saying why not. See client/masters.py."""
+        from uds.client.masters import change_masters
+        return change_masters(self, add, address)
+
     def as_completed(self, jobs: Iterable[Job], timeout: float | None = None) -> Iterator[Job]:
         """Yield each job once it has finished, in the order they finish."""
         waiting = list(jobs)

@@ -343,6 +343,16 @@ def events(options: argparse.Namespace) -> int:
                 time.sleep(0.5)
 
 
+def admin_masters(options: argparse.Namespace) -> int:
+    """Add a master to the Raft group, or remove one; prints the group after."""
+    add = options.masters_action == "add"
+    with _connect(options) as connection:
+        changed = connection.change_masters(add, options.address)
+    print(f"{'added' if add else 'removed'} {changed.raft}; committed at index {changed.commit_index}")
+    print(f"members: {', '.join(changed.members)}")
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -385,6 +395,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the folder `uds keys init` wrote (default ./keys)")
     export.add_argument("dir", help="folder to create (must not hold keys yet)")
     export.set_defaults(run=keys_export)
+
+    admin = commands.add_parser("admin", help="change the cluster itself")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="WHAT")
+    masters = admin_commands.add_parser("masters", help="add a master to the Raft group or remove one",
+                                        description="add a master to the Raft group or remove one; "
+                                                    "see doc/master.md, 'Replacing a master'")
+    masters_actions = masters.add_subparsers(dest="masters_action", required=True, metavar="ACTION")
+    for action, help in (("add", "add the master of a [[masters]] entry (start it first, empty data folder)"),
+                         ("remove", "remove a master (a dead one, or one to retire)")):
+        sub = masters_actions.add_parser(action, help=help, description=help)
+        sub.add_argument("address", metavar="ADDRESS",
+                         help="its Raft address (host:port) or its ZeroMQ address, as in its [[masters]] entry")
+        sub.set_defaults(run=admin_masters)
 
     sub = command("put", put, "store files; prints each file's id")
     sub.add_argument("paths", nargs="+", metavar="PATH")

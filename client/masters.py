@@ -4,17 +4,23 @@ Each master is asked directly, all at once, and given a short time to answer:
 a master that does not answer is reported as unreachable rather than waited
 for, so `uds nodes` shows a dead master at once. The role and the leader come
 as integers in the master's stats (see master/node.py `_raft_counters`).
+
+`change_masters` adds a master to the Raft group or removes one, through
+the leader (master/membership.py).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import zmq
 
 from uds import wire
+from uds.errors import ClientError, InvalidJobError, RemoteError
 from uds.wire.cluster import Cluster
 from uds.wire.enums import NodeRole
+from uds.wire.messages import MASTER_ACTIONS, MASTER_ADD, MASTER_REMOVE
 from uds.wire.transport import Transport, recv_message, send_message
 
 # Long enough for a master on a LAN, short enough that a dead one does not stall `uds nodes`.
@@ -22,6 +28,9 @@ MASTERS_TIMEOUT_S = 1.0
 # pysyncobj's numbering of Raft states, as master/raft_node.py RAFT_ROLES.
 RAFT_ROLES = ("follower", "candidate", "leader")
 UNREACHABLE = "unreachable"
+
+if TYPE_CHECKING:
+    from uds.client.api import Connection
 
 
 @dataclass(frozen=True)
@@ -88,3 +97,68 @@ def _records(addresses: list[str], counters: list[dict | None]) -> list[MasterRe
             answer["raft_last_applied"], addresses[followed] if 0 <= followed < len(addresses) else None,
             None if leader is None else leader["raft_commit_index"] - answer["raft_commit_index"]))
     return records
+
+
+# -- changing the Raft group (`uds admin masters add|remove`) ------------------
+
+# Adding a master commits one entry; the new one catches up afterwards, on its own.
+MASTER_CHANGE_TIMEOUT_S = 10.0
+
+
+class MasterChangeError(ClientError):
+    """A membership change the client or the leader refused; the message says why."""
+
+
+@dataclass(frozen=True)
+class MembershipChanged:
+    """A committed change: the group as the leader saw it just after."""
+    raft: str                       # the Raft address added or removed
+    commit_index: int               # the leader's commit index once the change was committed
+    members: list[str]              # the Raft addresses of the group, the leader first
+
+
+def member_addresses(cluster: Cluster, address: str) -> tuple[str, str] | None:
+    """(Raft address, client address) of the [[masters]] entry that
+    `address` names, by either of its two addresses; None if none does."""
+    for master in cluster.masters:
+        if address in (master.address, master.raft):
+            return master.raft, master.address
+    return None
+
+
+def change_request(cluster: Cluster, add: bool, address: str) -> tuple[int, str, str]:
+    """(action, Raft address, client address) of a master_change for
+    `address`. A master to add must have its [[masters]] entry in the
+    cluster file already: that is where the new master reads its own
+    addresses, and where every process started later finds it. A master to
+    remove may be gone from the file: give its Raft address (host:port)."""
+    found = member_addresses(cluster, address)
+    if add:
+        if found is None:
+            raise MasterChangeError(f"{address} is not a [[masters]] entry of the cluster file: "
+                                    f"add its entry (address and raft) first, then start it, then add it")
+        return MASTER_ADD, found[0], found[1]
+    if found is not None:
+        return MASTER_REMOVE, found[0], ""
+    if "://" in address:
+        raise MasterChangeError(f"{address} is not a [[masters]] entry of the cluster file: "
+                                f"give the Raft address (host:port) of the master to remove")
+    return MASTER_REMOVE, address, ""
+
+
+def change_masters(connection: Connection, add: bool, address: str,
+                   timeout: float = MASTER_CHANGE_TIMEOUT_S) -> MembershipChanged:
+    """Ask the leader to add the master `address` names to the Raft group,
+    or to remove it, and wait until the change is committed. `address` is
+    either address of its [[masters]] entry (see change_request)."""
+    action, raft, client_address = change_request(connection.cluster, add, address)
+    saved, connection.timeout = connection.timeout, timeout
+    try:
+        reply = connection._ask(lambda request_id: wire.MasterChange.make(
+            connection.node_id, request_id=request_id, action=action, raft=raft, address=client_address),
+            wire.MasterChangeReply)
+    except (InvalidJobError, RemoteError) as refused:
+        raise MasterChangeError(f"{MASTER_ACTIONS[action]} master {raft}: {refused}") from None
+    finally:
+        connection.timeout = saved
+    return MembershipChanged(raft, reply.commit_index, list(reply.members))

@@ -62,7 +62,9 @@ enum message_type {
     MSG_STATUS_ACK = 32,
     MSG_NODE_REPORT = 33,
     MSG_FILE_MANIFEST = 34,
-    MSG_FILE_MANIFEST_REPLY = 35
+    MSG_FILE_MANIFEST_REPLY = 35,
+    MSG_MASTER_CHANGE = 36,
+    MSG_MASTER_CHANGE_REPLY = 37
 };
 
 /* Roles, in hello.role and nodes_reply. */
@@ -464,6 +466,24 @@ struct status_ack {
 struct node_report {
     struct generic_message header;
     uint64_t epoch;
+} UDS_PACKED;
+
+/* client -> master (admin): add a master to the Raft group, or remove one.
+ * action: 1 add, 2 remove. The leader answers once the change is committed.
+ * Body: raft (the member's pysyncobj address, host:port), address (its
+ * ZeroMQ address for clients; empty on remove). */
+struct master_change {
+    struct generic_message header;
+    uint64_t request_id;
+    uint8_t action;
+} UDS_PACKED;
+
+/* master -> client: the change is committed at commit_index.
+ * Body: members [raft address], the group as the leader now sees it. */
+struct master_change_reply {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t commit_index;
 } UDS_PACKED;
 
 /* CDEF END */

@@ -19,12 +19,13 @@ import zmq
 
 from uds import wire
 from uds.master import leader as core
+from uds.master import membership
 from uds.master.raft_node import RAFT_ROLES
-from uds.master.replicated import Commit, RaftGroup
+from uds.master.replicated import Commit, MembershipCommitted, RaftGroup
 from uds.wire.cluster import Retention
 from uds.daemon.dispatch import handle_request
 from uds.daemon.runtime import drain, guarded
-from uds.wire.enums import NodeRole
+from uds.wire.enums import ErrorCode, NodeRole
 from uds.wire.resources import NO_LIMITS, ResourceLimits
 from uds.wire.transport import Transport, recv_messages, send_message
 
@@ -54,9 +55,12 @@ class MasterNode:
                                   started_at=time.time(), default_limits=default_limits, retention=retention)
         self.raft_status = core.NOT_STARTED
         self.wake_at: float | None = None
+        # The membership change handed to the Raft group and not yet committed.
+        self.membership_pending: membership.PendingChange | None = None
         self.handlers: dict[type, Callable[[Any, bytes, float], None]] = {
             **{message_type: self.on_message for message_type in core.ACCEPTED_MESSAGES},
             wire.StatsQuery: self.on_stats_query,
+            wire.MasterChange: self.on_master_change,
         }
         self.effect_handlers: dict[type, Callable[[Any, float], None]] = {
             core.Propose: self.do_propose,
@@ -107,7 +111,8 @@ class MasterNode:
         address = None
         if ready and not leader:   # only a follower needs to say where the leader is
             raft_address = self.raft.leader_address()
-            address = self.client_addresses.get(raft_address, raft_address) if raft_address else None
+            address = (self.client_addresses.get(raft_address) or self.raft.client_address_of(raft_address)
+                       or raft_address) if raft_address else None
             if address == self.address:
                 address = None     # a leader no majority confirms: not to be pointed at
         known = self.raft_status
@@ -117,8 +122,10 @@ class MasterNode:
 
     def _feed_commits(self, now: float) -> None:
         while not self.raft.commits.empty():
-            commit: Commit = self.raft.commits.get()
-            if commit.outcomes is None:
+            commit: Commit | MembershipCommitted = self.raft.commits.get()
+            if isinstance(commit, MembershipCommitted):
+                self._membership_committed(commit)
+            elif commit.outcomes is None:
                 self._apply(core.ProposalFailed(commit.token, commit.failure), now)
             else:
                 self._apply(core.Committed(commit.token, commit.outcomes), now)
@@ -146,6 +153,45 @@ class MasterNode:
 
     def on_message(self, message: wire.Message, peer: bytes, now: float) -> None:
         self._apply(core.Received(peer, message), now)
+
+    def on_master_change(self, message: wire.MasterChange, peer: bytes, now: float) -> None:
+        """`uds admin masters add|remove`: the confirmed leader hands the
+        change to the Raft group and answers once it is committed."""
+        if not self.raft.is_leader:
+            self._error(peer, message.request_id, message.message_type, ErrorCode.NOT_LEADER,
+                        wire.not_leader_reason(self.raft_status.leader_address))
+            return
+        pending = self.membership_pending
+        if pending is not None and (pending.peer, pending.request_id) == (peer, message.request_id):
+            return      # the client's resend of the change under way: its answer comes at the commit
+        members = self.raft.members()
+        try:
+            change = membership.judge(message, members[0], members, pending, now)
+        except membership.MembershipRefused as refused:
+            self._error(peer, message.request_id, message.message_type, refused.code, str(refused))
+            return
+        log.info("asked to %s", change.describe())
+        self.membership_pending = membership.PendingChange(change, peer, message.request_id, asked_at=now)
+        self.raft.change_membership(self.membership_pending, change.add, change.raft, change.address)
+
+    def _membership_committed(self, done: MembershipCommitted) -> None:
+        pending: membership.PendingChange = done.token  # type: ignore[assignment]
+        if self.membership_pending is pending:
+            self.membership_pending = None
+        change = pending.change
+        if not done.failure:
+            log.info("%s: committed at index %d; members %s", change.describe(), done.commit_index,
+                     ", ".join(self.raft.members()))
+            self._send(pending.peer, wire.MasterChangeReply.make(
+                self.node_id, request_id=pending.request_id, commit_index=done.commit_index,
+                members=self.raft.members()))
+        elif done.failure in membership.LEADERSHIP_LOST:
+            self._error(pending.peer, pending.request_id, int(wire.MessageType.MASTER_CHANGE),
+                        ErrorCode.NOT_LEADER, wire.not_leader_reason(self.raft_status.leader_address))
+        else:
+            log.warning("%s: %s", change.describe(), done.failure)
+            self._error(pending.peer, pending.request_id, int(wire.MessageType.MASTER_CHANGE),
+                        ErrorCode.INVALID, membership.refusal_by_the_group(change, done.failure))
 
     def _error(self, peer: bytes, request_id: int, failed_type: int, code: int, reason: str) -> None:
         self._count("errors_sent")

@@ -45,8 +45,11 @@ DEFAULTS: dict[str, Any] = {
     "raftMaxTimeout": RAFT_MAX_TIMEOUT_S,
     "appendEntriesPeriod": APPEND_ENTRIES_PERIOD_S,
     "leaderFallbackTimeout": LEADER_FALLBACK_S,
-    # Membership is fixed by configuration; runtime changes are not supported.
-    "dynamicMembershipChange": False,
+    # `uds admin masters add|remove` changes the group at run time (see
+    # master/membership.py). With this on, pysyncobj also restores the
+    # membership a restarted master had committed: from the membership
+    # entries of its journal, and from the member list a snapshot stores.
+    "dynamicMembershipChange": True,
     # A partner that was down (or not yet started) is dialled again this
     # often. pysyncobj's 5 s default kept a two-node majority from forming
     # for 5 s whenever one member started before the other listened.

@@ -63,7 +63,6 @@ class RaftNode(SyncObj):
         self._answers: dict[str, tuple[int, float]] = {}
         self._heard_leader_at = float("-inf")
         self._journal_mark: tuple = ()
-        self._partners = len(partner_addresses)
         # Everything above is set before SyncObj.__init__, which keeps the
         # attributes it finds out of its snapshots.
         super().__init__(self_address, partner_addresses, conf, consumers=consumers)
@@ -78,7 +77,8 @@ class RaftNode(SyncObj):
         term = self._getTerm()
         fresh = sum(1 for answer_term, at in list(self._answers.values())
                     if answer_term == term and now - at < self.confirm_s)
-        return 1 + fresh > (self._partners + 1) / 2
+        # The group as it stands now: `uds admin masters` may have changed it.
+        return 1 + fresh > (len(self._SyncObj__otherNodes) + 1) / 2
 
     def live_leader(self, now: float | None = None) -> Any:
         """The leader this node follows, if heard from within the minimum

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from pysyncobj import FAIL_REASON, SyncObjConsumer, replicated
+from pysyncobj.node import TCPNode
 
 from uds.master.raft import CONFIRMED_LEADERSHIP_S, syncobj_conf
 from uds.master.raft_node import RaftNode
@@ -73,6 +74,14 @@ class Commit:
     failure: str
 
 
+@dataclass
+class MembershipCommitted:
+    """The outcome of `RaftGroup.change_membership`, on `commits` too."""
+    token: object
+    failure: str               # "" once committed; else pysyncobj's reason (request_denied, ...)
+    commit_index: int
+
+
 class RaftGroup:
     """A SyncObj with our state, persistent in `data`, password from `keys`."""
 
@@ -80,7 +89,7 @@ class RaftGroup:
                  keys: KeyFolder, wake_fd: int, *,
                  log_compaction_min_entries: int = LOG_COMPACTION_MIN_ENTRIES) -> None:
         self.replicated = ReplicatedState()
-        self.commits: queue.SimpleQueue[Commit] = queue.SimpleQueue()
+        self.commits: queue.SimpleQueue[Commit | MembershipCommitted] = queue.SimpleQueue()
         self._wake_fd = wake_fd
         self._ready = threading.Event()
         self._stopping = threading.Event()
@@ -149,6 +158,44 @@ class RaftGroup:
         with self._outstanding_lock:
             self._outstanding += 1
         self.replicated.apply(commands, now, callback=on_commit)
+
+    # -- membership (uds admin masters) ------------------------------------------
+
+    def members(self) -> list[str]:
+        """The Raft addresses of the group as this member sees it, itself first."""
+        others = sorted(str(node.address) for node in self.syncobj.otherNodes)
+        return [str(self.syncobj.selfNode.address), *others]
+
+    def client_address_of(self, raft_address: str) -> str | None:
+        """The client address a member was added with (`change_membership`);
+        None for members known only from the cluster file."""
+        for node in self.syncobj.otherNodes:
+            if node.address == raft_address:
+                return getattr(node, "client_address", None)
+        return None
+
+    def change_membership(self, token: object, add: bool, raft_address: str, client_address: str = "") -> None:
+        """Add a member to the group, or remove one; the outcome arrives on
+        `commits` as a MembershipCommitted. The client address travels in
+        the log entry with the member (a pysyncobj Node's attributes), so
+        every member, and one restarted from its journal or a snapshot,
+        knows where clients reach a master that no cluster file it read
+        names."""
+        node = TCPNode(raft_address, client_address=client_address) if add else TCPNode(raft_address)
+
+        def on_commit(_result: Any, error: int) -> None:
+            with self._outstanding_lock:
+                self._outstanding -= 1
+            if error == FAIL_REASON.SUCCESS:
+                self.sync_journal()
+            failure = "" if error == FAIL_REASON.SUCCESS else _fail_reason(error)
+            self.commits.put(MembershipCommitted(token, failure, self.syncobj.commit_index()))
+            wake(self._wake_fd)
+
+        with self._outstanding_lock:
+            self._outstanding += 1
+        change = self.syncobj.addNodeToCluster if add else self.syncobj.removeNodeFromCluster
+        change(node, callback=on_commit)
 
     def sync_journal(self) -> None:
         """Wait until the journal's pages are on disk."""

@@ -106,6 +106,10 @@ def samples() -> list[wire.Message]:
         m.FileManifest.make(NODE, request_id=11, file=FILE, first_block=1),
         m.FileManifestReply.make(NODE, request_id=11, file=FILE, file_length=3 * (1 << 20) + 1,
                                  first_block=1, block_count=2, hashes=bytes(range(64))),
+        m.MasterChange.make(NODE, request_id=12, action=m.MASTER_ADD, raft="10.0.0.4:7110",
+                            address="tcp://10.0.0.4:7100"),
+        m.MasterChangeReply.make(NODE, request_id=12, commit_index=42,
+                                 members=["10.0.0.1:7110", "10.0.0.2:7110", "10.0.0.4:7110"]),
     ]
 
 

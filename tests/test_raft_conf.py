@@ -91,7 +91,7 @@ def test_conf_uses_the_key_folder_password_and_defaults(keys):
     assert conf.appendEntriesUseBatch is False
     assert conf.raftMinTimeout == 0.25
     assert conf.raftMaxTimeout == 0.6
-    assert conf.dynamicMembershipChange is False
+    assert conf.dynamicMembershipChange is True       # uds admin masters add|remove
     assert conf.leaderFallbackTimeout == conf.raftMinTimeout     # not pysyncobj's 30 s
 
 

@@ -414,3 +414,28 @@ class NodeReport(Message):
     def check(self) -> None:
         for index, node in enumerate(self.nodes):
             check_member(NodeRole, node["role"], f"node_report.nodes[{index}].role")
+
+
+# master_change.action
+MASTER_ADD = 1
+MASTER_REMOVE = 2
+MASTER_ACTIONS = {MASTER_ADD: "add", MASTER_REMOVE: "remove"}
+# host:port, or a tcp:// address; far longer than any real one.
+MEMBER_ADDRESS = Str(1024)
+
+
+@message("master_change", body=dict(raft=MEMBER_ADDRESS, address=MEMBER_ADDRESS))
+class MasterChange(Message):
+    request_id: int
+    action: int
+    raft: str
+    address: str
+    # The action and the addresses are the leader's to judge (ERR_INVALID):
+    # an unknown action or a malformed address is content, not framing.
+
+
+@message("master_change_reply", body=dict(members=List(MEMBER_ADDRESS)))
+class MasterChangeReply(Message):
+    request_id: int
+    commit_index: int
+    members: list

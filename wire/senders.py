@@ -59,6 +59,11 @@ SENDERS: dict[T, frozenset[NodeRole]] = {
     T.EVENTS_REPLY: frozenset({MASTER}),
     T.STATS_REPLY: frozenset({MASTER, LOADBALANCER, STORAGE}),
     T.ERROR: ANYONE,
+    # the Raft group's members: an operator's client asks the leader. There
+    # is no admin role apart from the client role: whoever holds the
+    # cluster's client key may change the membership.
+    T.MASTER_CHANGE: frozenset({CLIENT}),
+    T.MASTER_CHANGE_REPLY: frozenset({MASTER}),
 }
 
 # Message types with a field naming the sender's own role.
