@@ -362,8 +362,10 @@ class Connection:
         """The DEALER to master `index` (by default the one asked first),
         made on first use and kept: a master left behind may still answer."""
         index = self._search.target if index is None else index
+        while len(self._masters) <= index:          # a master learned from a leader hint
+            self._masters.append(None)
         if self._masters[index] is None:
-            self._masters[index] = self._transport.client_socket(zmq.DEALER, self.cluster.masters[index].address,
+            self._masters[index] = self._transport.client_socket(zmq.DEALER, self._search.addresses[index],
                                                                  NodeRole.MASTER)
         return self._masters[index]
 
@@ -410,7 +412,7 @@ class Connection:
                 continue
             search.overdue(now, patience_s)
             if now >= deadline:
-                asked = ", ".join(self.cluster.masters[index].address for index in sorted(holding)) or "none"
+                asked = ", ".join(search.addresses[index] for index in sorted(holding)) or "none"
                 raise RequestTimeout(f"no answer from the masters in {self.timeout:g}s "
                                      f"(waiting on: {asked})")
 

@@ -80,9 +80,13 @@ class MasterLink:
         self.search.served(index, now)
 
     def refused(self, index: int, leader_address: str | None, now: float) -> bool:
-        """Master `index` answered ERR_NOT_LEADER; True if the target changed."""
+        """Master `index` answered ERR_NOT_LEADER; True if the target changed.
+        A leader outside the cluster file (added to the group since) gets a
+        socket of its own; the loop polls it from then on."""
         before = self.search.target
         self.search.refused(index, leader_address, now)
+        for address in self.search.addresses[len(self.sockets):]:
+            self.sockets.append(self.transport.client_socket(zmq.DEALER, address, NodeRole.MASTER))
         return self.search.target != before or not self.due(now)
 
     def overdue(self, now: float) -> bool:

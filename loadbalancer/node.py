@@ -132,10 +132,12 @@ class LoadBalancerNode:
     def run(self, stop: Callable[[], bool], on_serving: Callable[[], None]) -> None:
         poller = zmq.Poller()
         poller.register(self.workers_socket, zmq.POLLIN)
-        for socket in self.masters.sockets:    # all of them, for good: none is closed before the end
-            poller.register(socket, zmq.POLLIN)
+        polled = 0
         on_serving()
         while not stop():
+            for socket in self.masters.sockets[polled:]:   # all, for good: none is closed before the end
+                poller.register(socket, zmq.POLLIN)
+            polled = len(self.masters.sockets)
             timeout_ms = max(1, int(min(self.heartbeat_interval_s / 2, LOOP_WAKE_S) * 1000))
             ready = dict(poller.poll(timeout_ms))
             now = time.monotonic()
@@ -331,7 +333,7 @@ class LoadBalancerNode:
                 self._count("lease_replies_from_masters_left")
                 return
             # A fresh grant from a master left behind: it was slow, not gone.
-            log.info("the master at %s leads", self.master_addresses[self.from_master])
+            log.info("the master at %s leads", self.masters.search.addresses[self.from_master])
             self.master_registered = False      # registered with another one: resend to this one
         self.masters.served(self.from_master, now)
         if not self.master_registered:

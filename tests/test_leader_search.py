@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from uds import wire
 from uds.wire.enums import ErrorCode
 from uds.wire.leader_hint import LEADER_AT, NO_LEADER_YET, leader_hint, not_leader_reason
-from uds.wire.leader_search import LeaderSearch
+from uds.wire.leader_search import MAX_MASTERS, LeaderSearch
 
 A, B, C, D, E = (f"tcp://10.0.0.{n}:7000" for n in range(1, 6))
 
@@ -59,6 +59,20 @@ def test_a_hint_is_followed_at_once():
     s.asked(0.0)
     s.refused(0, C, 0.01)
     assert s.due(0.01) == 2 and s.address == C
+
+
+def test_a_hint_naming_a_master_outside_the_list_adds_it_up_to_the_cap():
+    """A master added to the Raft group after the cluster file was read."""
+    s = search()
+    s.asked(0.0)
+    s.refused(0, D, 0.01)
+    assert s.addresses == (A, B, C, D) and s.due(0.01) == 3 and s.address == D
+    s.refused(3, D, 0.02)                       # not followed twice in a round
+    assert s.addresses == (A, B, C, D)
+    many = search()
+    for number in range(100):
+        many.refused(many.target, f"tcp://10.1.0.{number}:7000", float(number))
+    assert len(many.addresses) == MAX_MASTERS
 
 
 def test_a_silent_master_is_left_for_the_next():
@@ -161,17 +175,11 @@ def test_one_master_is_asked_again_after_a_backoff():
     assert s.due(s.wait_s(0.0)) == 0
 
 
-def test_an_unknown_address_is_no_hint():
-    s = search()
-    s.refused(0, "tcp://elsewhere:1", 0.0)
-    assert s.target == 1
-
-
 # ---- any sequence ----------------------------------------------------------------
 
 ADDRESSES = st.integers(min_value=1, max_value=5).map(lambda n: (A, B, C, D, E)[:n])
 # One failure of the target: silence, or a refusal naming a master (or
-# nobody, or an address not in the cluster file).
+# nobody, or an address not in the cluster file, which the search learns).
 FAILURES = st.one_of(st.just(("silent", None)),
                      st.tuples(st.just("refused"), st.one_of(st.none(), st.integers(0, 5))))
 
@@ -200,17 +208,18 @@ def test_every_round_tries_every_master_not_quiet_and_no_wait_exceeds_the_cap(ad
         assert 0.0 <= s.wait_s(now) <= 0.4
         if s.wait_s(now) > 0:               # a round ended: it tried each master once, all but the quiet
             assert len(set(round_targets)) == len(round_targets)
-            left_out = set(range(len(addresses))) - set(round_targets)
+            left_out = set(range(len(s.addresses))) - set(round_targets)
             assert all(s.quiet(index, now) for index in left_out)
-            assert len(left_out) < len(addresses)
+            assert len(left_out) < len(s.addresses)
             round_targets = [s.target]
         else:
             round_targets.append(s.target)
-            assert len(set(round_targets)) == len(round_targets) <= len(addresses)
+            assert len(set(round_targets)) == len(round_targets) <= len(s.addresses)
     # None is left out for longer than its quiet and a round or two.
-    for index in range(len(addresses)):
-        if now > 2.0 + 2 * len(addresses) * 1.6 + 0.8:
-            assert now - last_tried.get(index, -10.0) <= 2.0 + 2 * len(addresses) * 1.6 + 0.8
+    bound = 2.0 + 2 * len(s.addresses) * 1.6 + 0.8
+    for index in range(len(s.addresses)):
+        if now > bound:
+            assert now - last_tried.get(index, -10.0) <= bound
 
 
 @given(addresses=ADDRESSES.filter(lambda a: len(a) > 1), seed=st.integers(0, 2**32),

@@ -9,6 +9,10 @@ Rules:
   master not yet tried in this round is followed at once. A refusal that
   names none (no leader yet, busy), or names one already tried, moves on to
   the next master not yet tried, in cluster-file order.
+- A hint naming a master outside the list (one added to the Raft group
+  after the cluster file was read) adds it to the list, up to
+  MAX_MASTERS: the masters' own membership is the truth, the file only
+  seeds it.
 - Silence is an answer too: a target asked at time t that has said nothing
   by t + silence_s (+ whatever wait the request itself asked for) is taken
   for gone, and the search moves on.
@@ -43,6 +47,9 @@ BACKOFF_CAP_S = 0.5
 # election takes, so the search for the new leader does not wait on the
 # dead one again.
 QUIET_S = 2.0
+# The most masters a search knows, those learned from hints included (a
+# Raft group has 3 or 5; the cap only bounds what a faulty hint could add).
+MAX_MASTERS = 16
 
 
 @dataclass
@@ -127,7 +134,11 @@ class LeaderSearch:
         target is old news and changes nothing."""
         if index != self.target:
             return
-        self._move_on(now, self.index_of(leader_address))
+        named = self.index_of(leader_address)
+        if named is None and leader_address and len(self.addresses) < MAX_MASTERS:
+            self.addresses = (*self.addresses, leader_address)
+            named = len(self.addresses) - 1
+        self._move_on(now, named)
 
     def overdue(self, now: float, patience_s: float = 0.0) -> bool:
         """True, and the search has moved on, if the target was asked more
@@ -174,4 +185,4 @@ class LeaderSearch:
         return ceiling * self.rng.uniform(0.5, 1.0)
 
 
-__all__ = ["BACKOFF_CAP_S", "BACKOFF_FIRST_S", "QUIET_S", "SILENCE_S", "LeaderSearch"]
+__all__ = ["BACKOFF_CAP_S", "BACKOFF_FIRST_S", "MAX_MASTERS", "QUIET_S", "SILENCE_S", "LeaderSearch"]
