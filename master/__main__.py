@@ -27,7 +27,8 @@ def build(context: DaemonContext):
     try:
         return MasterNode(context.node_id, entry.address, raft, context.transport, wake_read,
                           client_addresses={master.raft: master.address for master in context.cluster.masters},
-                          default_limits=default_limits(context.cluster), retention=retention(context.cluster))
+                          default_limits=default_limits(context.cluster), retention=retention(context.cluster),
+                          cluster_path=context.cluster.path)
     except Exception:
         raft.destroy()
         raise

@@ -14,6 +14,7 @@ shell (master/node.py) asks the group (master/replicated.py
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 from uds import wire
 from uds.wire.enums import ErrorCode
@@ -64,10 +65,15 @@ def check_raft_address(raft: str) -> str:
 
 
 def judge(message: wire.MasterChange, self_raft: str, members: list[str],
-          pending: PendingChange | None, now: float) -> MembershipChange:
+          pending: PendingChange | None, now: float, listed: Mapping[str, str]) -> MembershipChange:
     """The change `message` asks for, if the leader may hand it to the
-    group: `members` are the Raft addresses of the group, this one first.
-    Raise MembershipRefused otherwise."""
+    group: `members` are the Raft addresses of the group, this one first;
+    `listed` the [[masters]] entries of the cluster file as it is now (raft
+    address -> client address). Raise MembershipRefused otherwise.
+
+    A master is added only as its cluster-file entry names it: a mistyped
+    or made-up address would join the group as a member that never answers,
+    and in a group of one or two that takes the majority away."""
     if message.action not in MASTER_ACTIONS:
         raise MembershipRefused(ErrorCode.INVALID,
                                 f"unknown action {message.action}: {MASTER_ADD} adds, {MASTER_REMOVE} removes")
@@ -80,6 +86,10 @@ def judge(message: wire.MasterChange, self_raft: str, members: list[str],
             raise MembershipRefused(ErrorCode.INVALID, f"{raft} is already a master of the group")
         if not message.address:
             raise MembershipRefused(ErrorCode.INVALID, f"no client address given for {raft}")
+        if listed.get(raft) != message.address:
+            raise MembershipRefused(ErrorCode.INVALID, f"{raft} with client address {message.address} is no "
+                                                       f"[[masters]] entry of the leader's cluster file: add "
+                                                       f"the entry there first")
         return MembershipChange(True, raft, message.address)
     if raft == self_raft:
         raise MembershipRefused(ErrorCode.INVALID, f"{raft} is the leader: a leader does not remove itself; "

@@ -11,6 +11,7 @@ with a Tick, which is when the commands gathered meanwhile are proposed.
 from __future__ import annotations
 
 import logging
+import pathlib
 import socket as socket_module
 import time
 from typing import Any, Callable
@@ -22,6 +23,7 @@ from uds.master import leader as core
 from uds.master import membership
 from uds.master.raft_node import RAFT_ROLES
 from uds.master.replicated import Commit, MembershipCommitted, RaftGroup
+from uds.wire import cluster as cluster_file
 from uds.wire.cluster import Retention
 from uds.daemon.dispatch import handle_request
 from uds.daemon.runtime import drain, guarded
@@ -40,8 +42,10 @@ class MasterNode:
     def __init__(self, node_id: bytes, address: str, raft: RaftGroup, transport: Transport,
                  wake_fd: int, host: str | None = None,
                  client_addresses: dict[str, str] | None = None,
-                 default_limits: ResourceLimits = NO_LIMITS, retention: Retention = Retention()) -> None:
+                 default_limits: ResourceLimits = NO_LIMITS, retention: Retention = Retention(),
+                 cluster_path: pathlib.Path | None = None) -> None:
         self.node_id = node_id
+        self.cluster_path = cluster_path       # re-read when a master is to be added
         self.address = address
         self.raft = raft
         self.transport = transport
@@ -166,13 +170,24 @@ class MasterNode:
             return      # the client's resend of the change under way: its answer comes at the commit
         members = self.raft.members()
         try:
-            change = membership.judge(message, members[0], members, pending, now)
+            change = membership.judge(message, members[0], members, pending, now, self._listed_masters())
         except membership.MembershipRefused as refused:
             self._error(peer, message.request_id, message.message_type, refused.code, str(refused))
             return
         log.info("asked to %s", change.describe())
         self.membership_pending = membership.PendingChange(change, peer, message.request_id, asked_at=now)
         self.raft.change_membership(self.membership_pending, change.add, change.raft, change.address)
+
+    def _listed_masters(self) -> dict[str, str]:
+        """The [[masters]] of the cluster file as it is now (the operator
+        adds a master's entry before adding the master): raft -> address."""
+        if self.cluster_path is None:
+            return {}
+        try:
+            return {entry.raft: entry.address for entry in cluster_file.load(self.cluster_path).masters}
+        except Exception as fault:       # a file being edited: no entry counts
+            log.warning("cannot read the cluster file %s: %s", self.cluster_path, fault)
+            return {}
 
     def _membership_committed(self, done: MembershipCommitted) -> None:
         pending: membership.PendingChange = done.token  # type: ignore[assignment]

@@ -32,6 +32,8 @@ WAIT_S = 20.0
 NODE = bytes(16)
 NOW = 1_795_000_000.0
 MEMBERS = ["10.0.0.1:7110", "10.0.0.2:7110", "10.0.0.3:7110"]
+# The leader's cluster file as it is now: the new master's entry is in.
+LISTED = {**{raft: f"tcp://{raft.split(':')[0]}:7100" for raft in MEMBERS}, "10.0.0.4:7110": "tcp://10.0.0.4:7100"}
 
 
 def change(action: int, raft: str, address: str = "") -> wire.MasterChange:
@@ -41,10 +43,14 @@ def change(action: int, raft: str, address: str = "") -> wire.MasterChange:
 # -- the leader's judgement (pure) ----------------------------------------------
 
 def test_the_leader_accepts_a_new_master_and_the_removal_of_a_member():
-    added = judge(change(MASTER_ADD, "10.0.0.4:7110", "tcp://10.0.0.4:7100"), MEMBERS[0], MEMBERS, None, NOW)
+    added = judge(change(MASTER_ADD, "10.0.0.4:7110", "tcp://10.0.0.4:7100"), MEMBERS[0], MEMBERS, None, NOW,
+                  LISTED)
     assert (added.add, added.raft, added.address) == (True, "10.0.0.4:7110", "tcp://10.0.0.4:7100")
-    removed = judge(change(MASTER_REMOVE, "10.0.0.3:7110"), MEMBERS[0], MEMBERS, None, NOW)
+    removed = judge(change(MASTER_REMOVE, "10.0.0.3:7110"), MEMBERS[0], MEMBERS, None, NOW, LISTED)
     assert (removed.add, removed.raft) == (False, "10.0.0.3:7110")
+
+
+NOT_LISTED = r"no \[\[masters\]\] entry of the leader's cluster file"
 
 
 @pytest.mark.parametrize("request_, reason", [
@@ -55,21 +61,23 @@ def test_the_leader_accepts_a_new_master_and_the_removal_of_a_member():
     (change(MASTER_ADD, "10.0.0.4:7110", ""), "no client address"),
     (change(MASTER_REMOVE, "10.0.0.9:7110"), "is not a master of the group"),
     (change(MASTER_REMOVE, "10.0.0.1:7110"), "is the leader"),
+    (change(MASTER_ADD, "10.0.0.5:7110", "tcp://10.0.0.5:7100"), NOT_LISTED),     # a made-up master
+    (change(MASTER_ADD, "10.0.0.4:7110", "tcp://10.0.0.9:7100"), NOT_LISTED),     # the client address mistyped
 ])
 def test_the_leader_refuses_what_it_cannot_do(request_, reason):
     with pytest.raises(MembershipRefused, match=reason) as refused:
-        judge(request_, MEMBERS[0], MEMBERS, None, NOW)
+        judge(request_, MEMBERS[0], MEMBERS, None, NOW, LISTED)
     assert refused.value.code == ErrorCode.INVALID
 
 
 def test_one_change_at_a_time():
-    under_way = judge(change(MASTER_REMOVE, "10.0.0.3:7110"), MEMBERS[0], MEMBERS, None, NOW)
+    under_way = judge(change(MASTER_REMOVE, "10.0.0.3:7110"), MEMBERS[0], MEMBERS, None, NOW, LISTED)
     pending = PendingChange(under_way, peer=b"peer", request_id=1, asked_at=NOW)
     adding = change(MASTER_ADD, "10.0.0.4:7110", "tcp://10.0.0.4:7100")
     with pytest.raises(MembershipRefused, match="already in progress .remove master 10.0.0.3:7110"):
-        judge(adding, MEMBERS[0], MEMBERS, pending, NOW + 1.0)
+        judge(adding, MEMBERS[0], MEMBERS, pending, NOW + 1.0, LISTED)
     # A change whose commit never came (its leader was deposed) holds nothing back for ever.
-    assert judge(adding, MEMBERS[0], MEMBERS, pending, NOW + PENDING_EXPIRY_S).add
+    assert judge(adding, MEMBERS[0], MEMBERS, pending, NOW + PENDING_EXPIRY_S, LISTED).add
 
 
 # -- the client's reading of ADDRESS (the cluster file) -------------------------
