@@ -77,11 +77,10 @@ def submit_and_await(folder, program: str, chunks: int, jobs: int, deadline: flo
 def cluster_rate(options: argparse.Namespace, unsafe_no_sandbox: bool) -> dict:
     """Run the jobs on a fresh dev cluster: what it did and how fast."""
     with dev_cluster_folder(workers=2, slots=options.slots, unsafe_no_sandbox=unsafe_no_sandbox,
-                            masters=options.masters) as folder:
-        with client.connect(folder) as connection:
-            program = connection.put(true_binary())
-            warm = connection.submit_job(program, chunks=50, timeout=60)   # warm caches and processes
-            warm.wait(timeout=120)
+                            masters=options.masters) as folder, client.connect(folder) as connection:
+        program = connection.put(true_binary())
+        warm = connection.submit_job(program, chunks=50, timeout=60)   # warm caches and processes
+        warm.wait(timeout=120)
         threads = max(1, min(options.threads, options.jobs))
         shares = [options.jobs // threads + (1 if index < options.jobs % threads else 0) for index in range(threads)]
         results: list = [None] * threads
@@ -104,8 +103,9 @@ def cluster_rate(options: argparse.Namespace, unsafe_no_sandbox: bool) -> dict:
         if faults:
             raise faults[0]
         succeeded = sum(status.succeeded for share in results for status in share)
-        with client.connect(folder) as connection:
-            stats = connection.master_stats()
+        # This connection found the leader when it submitted: the counters
+        # are the leader's, not a follower's.
+        stats = connection.master_stats()
     return {"succeeded": succeeded, "seconds": elapsed, "rate": succeeded / elapsed, "stats": stats}
 
 
