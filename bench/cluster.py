@@ -13,6 +13,7 @@ import pathlib
 import shutil
 import sys
 import tempfile
+import time
 from typing import Iterator
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -20,7 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 from uds import client  # noqa: E402
 from uds.client import devcluster  # noqa: E402
-from uds.errors import ClientError  # noqa: E402
+from uds.errors import ClientError, UnknownJobError  # noqa: E402
+from uds.wire.enums import NodeRole  # noqa: E402
 
 MASTER_COUNTS = (1, 3, 5)
 # A start that fails is tried again this many times in all, each in a new
@@ -69,16 +71,30 @@ def _workers_asked_of_the_leader() -> Iterator[None]:
     asks whichever master its connection tries first. A follower answers
     `nodes` from its own view, in which the workers never show free slots
     (issue 9, item 3), so with three masters the start failed after 60 s
-    whenever a follower was asked. Until that is fixed the benchmark asks
-    the leader: a request only the leader answers (the status of a job that
-    does not exist) moves the connection to it first."""
+    whenever a follower was asked. Until that is fixed the benchmark waits
+    the same way but asks the leader: a request only the leader answers
+    (the status of a job that does not exist) moves the connection to it."""
     original = devcluster._wait_for_workers
 
     def wait_for_workers(cluster_path: pathlib.Path, count: int, started=()) -> None:
-        with client.connect(cluster_path, timeout=devcluster.READY_TIMEOUT_S) as connection:
-            with contextlib.suppress(ClientError):
-                connection.job_status("0" * 32, detail=False)
-        return original(cluster_path, count, started)
+        deadline = time.monotonic() + devcluster.READY_TIMEOUT_S
+        with client.connect(cluster_path, timeout=devcluster.WORKERS_QUERY_TIMEOUT_S) as connection:
+            while True:
+                dead = [process.name for process in started if process.exited()]
+                if dead:
+                    raise devcluster.DevClusterError(f"{', '.join(dead)} exited during start-up")
+                alive = []
+                with contextlib.suppress(ClientError):
+                    with contextlib.suppress(UnknownJobError):
+                        connection.job_status("0" * 32, detail=False)
+                    alive = [node for node in connection.nodes() if node["role"] == NodeRole.WORKER
+                             and node["state"] == "alive" and node["free_slots"]]
+                if len(alive) >= count:
+                    return
+                if time.monotonic() > deadline:
+                    raise devcluster.DevClusterError(f"only {len(alive)} of {count} workers registered "
+                                                     f"after {devcluster.READY_TIMEOUT_S:g}s")
+                time.sleep(0.05)
 
     devcluster._wait_for_workers = wait_for_workers
     try:
