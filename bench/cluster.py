@@ -29,6 +29,14 @@ MASTER_COUNTS = (1, 3, 5)
 # folder; the failed one's logs are kept.
 START_ATTEMPTS = 3
 
+# Folders of runs that finished but failed (some chunks did not succeed).
+_failed_runs: set[pathlib.Path] = set()
+
+
+def mark_failed(folder: pathlib.Path) -> None:
+    """Keep the logs of this run when its cluster stops."""
+    _failed_runs.add(folder)
+
 
 @contextlib.contextmanager
 def dev_cluster_folder(workers: int = 2, slots: int = 2, unsafe_no_sandbox: bool = False,
@@ -38,7 +46,7 @@ def dev_cluster_folder(workers: int = 2, slots: int = 2, unsafe_no_sandbox: bool
     failed = True
     try:
         yield folder
-        failed = False
+        failed = folder in _failed_runs
     finally:
         devcluster.stop(folder)
         if failed:

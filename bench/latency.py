@@ -40,7 +40,7 @@ def main() -> int:
             latencies.append(time.perf_counter() - started)
             if status.state != "succeeded":
                 print(json.dumps({"benchmark": "latency", "error": f"a job {status.state}"}))
-                return 1
+                raise SystemExit(1)   # inside the cluster: its logs are kept
         job = connection.submit_job(program, timeout=30)
         job.wait(timeout=30)
         round_trips = []

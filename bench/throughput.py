@@ -25,7 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cluster import add_masters_option, dev_cluster_folder, true_binary  # noqa: E402
+from cluster import add_masters_option, dev_cluster_folder, mark_failed, true_binary  # noqa: E402
 from uds import client  # noqa: E402
 
 LAUNCH_SECONDS = 3.0
@@ -103,6 +103,8 @@ def cluster_rate(options: argparse.Namespace, unsafe_no_sandbox: bool) -> dict:
         if faults:
             raise faults[0]
         succeeded = sum(status.succeeded for share in results for status in share)
+        if succeeded < options.chunks * options.jobs:
+            mark_failed(folder)
         # This connection found the leader when it submitted: the counters
         # are the leader's, not a follower's.
         stats = connection.master_stats()
