@@ -121,7 +121,7 @@ def report(marks: list, trace_dir: pathlib.Path) -> list[dict]:
             at, role, kind, what, job = line.split()
             events.append((float(at), f"{role}-{path.stem.rsplit('-', 1)[1]}", kind, what, job))
     events.sort()
-    leader = next(who for _, who, _, what, _ in events if what == "JobSubmit")
+    leader = next(who for _, who, kind, what, _ in events if kind == "send" and what == "JobSubmitReply")
 
     def name(who: str) -> str:
         return "leader" if who == leader else "follower" if who.startswith("master") else who.rsplit("-", 1)[0]
