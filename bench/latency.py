@@ -3,7 +3,7 @@ time, on a dev cluster with 2 workers; beside the round trip of a status
 query to the master (the floor any request pays) in the same run.
 Prints one JSON line.
 
-    python bench/latency.py [--jobs N]
+    python bench/latency.py [--masters 1|3|5] [--jobs N]
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cluster import dev_cluster, true_binary  # noqa: E402
+from cluster import add_masters_option, dev_cluster, true_binary  # noqa: E402
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -27,8 +27,9 @@ def percentile(values: list[float], fraction: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=300)
+    add_masters_option(parser)
     options = parser.parse_args()
-    with dev_cluster(workers=2, slots=2) as connection:
+    with dev_cluster(workers=2, slots=2, masters=options.masters) as connection:
         program = connection.put(true_binary())
         for _ in range(20):  # warm up
             connection.submit_job(program, timeout=30).wait(timeout=30)
@@ -39,7 +40,7 @@ def main() -> int:
             latencies.append(time.perf_counter() - started)
             if status.state != "succeeded":
                 print(json.dumps({"benchmark": "latency", "error": f"a job {status.state}"}))
-                return 1
+                raise SystemExit(1)   # inside the cluster: its logs are kept
         job = connection.submit_job(program, timeout=30)
         job.wait(timeout=30)
         round_trips = []
@@ -51,6 +52,7 @@ def main() -> int:
     floor = statistics.median(round_trips)
     print(json.dumps({
         "benchmark": "latency",
+        "masters": options.masters,
         "jobs": options.jobs,
         "p50_ms": round(p50 * 1000, 2),
         "p99_ms": round(p99 * 1000, 2),

@@ -4,7 +4,14 @@ launcher processes, measured in the same run. Prints one JSON line.
 With --compare-sandbox it runs twice, with the workers' sandbox and with
 --unsafe-no-sandbox, and gives the sandbox's cost per chunk as a ratio.
 
-    python bench/throughput.py [--chunks N] [--jobs J] [--slots S] [--unsafe-no-sandbox | --compare-sandbox]
+The jobs are submitted without waiting from up to --threads threads, each
+with its own client connection, and then all awaited: `--chunks 1 --jobs
+2000` is 2,000 separate one-chunk jobs, the way Ray and Dask submit tasks
+(its line adds jobs_per_second). The default, two jobs of 3,000 chunks,
+measures how fast chunks of large jobs flow.
+
+    python bench/throughput.py [--masters 1|3|5] [--chunks N] [--jobs J] [--threads T] [--slots S]
+                               [--unsafe-no-sandbox | --compare-sandbox]
 """
 from __future__ import annotations
 
@@ -13,13 +20,17 @@ import json
 import multiprocessing
 import os
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cluster import dev_cluster, true_binary  # noqa: E402
+from cluster import add_masters_option, dev_cluster_folder, mark_failed, true_binary  # noqa: E402
+from uds import client  # noqa: E402
 
 LAUNCH_SECONDS = 3.0
+# How long one status request may wait at the master for its job to end.
+AWAIT_POLL_S = 1.0
 
 
 def _launch_loop(seconds: float, counter) -> None:
@@ -46,19 +57,56 @@ def launch_rate(launchers: int = 2, seconds: float = LAUNCH_SECONDS) -> float:
     return counter.value / (time.monotonic() - started)
 
 
+def submit_and_await(folder, program: str, chunks: int, jobs: int, deadline: float) -> list:
+    """One thread's share: submit `jobs` jobs back to back on its own
+    connection, then await each; their final statuses."""
+    with client.connect(folder) as connection:
+        submitted = [connection.submit_job(program, chunks=chunks, timeout=60) for _ in range(jobs)]
+        statuses = []
+        for job in submitted:
+            while True:
+                status = connection.job_status(job.id, detail=False, wait=AWAIT_POLL_S)
+                if status.done:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job.id} still {status.state} at the deadline")
+            statuses.append(status)
+        return statuses
+
+
 def cluster_rate(options: argparse.Namespace, unsafe_no_sandbox: bool) -> dict:
     """Run the jobs on a fresh dev cluster: what it did and how fast."""
-    with dev_cluster(workers=2, slots=options.slots, unsafe_no_sandbox=unsafe_no_sandbox) as connection:
+    with dev_cluster_folder(workers=2, slots=options.slots, unsafe_no_sandbox=unsafe_no_sandbox,
+                            masters=options.masters) as folder, client.connect(folder) as connection:
         program = connection.put(true_binary())
         warm = connection.submit_job(program, chunks=50, timeout=60)   # warm caches and processes
         warm.wait(timeout=120)
+        threads = max(1, min(options.threads, options.jobs))
+        shares = [options.jobs // threads + (1 if index < options.jobs % threads else 0) for index in range(threads)]
+        results: list = [None] * threads
+        faults: list[BaseException] = []
+
+        def run(index: int) -> None:
+            try:
+                results[index] = submit_and_await(folder, program, options.chunks, shares[index],
+                                                  time.monotonic() + 600)
+            except BaseException as fault:  # reported by the main thread
+                faults.append(fault)
+
+        workers = [threading.Thread(target=run, args=(index,)) for index in range(threads)]
         started = time.monotonic()
-        jobs = [connection.submit_job(program, chunks=options.chunks, timeout=60) for _ in range(options.jobs)]
-        for job in connection.as_completed(jobs, timeout=600):
-            pass
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()
         elapsed = time.monotonic() - started
-        statuses = [job.status(detail=False) for job in jobs]
-        succeeded = sum(status.succeeded for status in statuses)
+        if faults:
+            raise faults[0]
+        succeeded = sum(status.succeeded for share in results for status in share)
+        if succeeded < options.chunks * options.jobs:
+            mark_failed(folder)
+        # This connection found the leader when it submitted: the counters
+        # are the leader's, not a follower's.
         stats = connection.master_stats()
     return {"succeeded": succeeded, "seconds": elapsed, "rate": succeeded / elapsed, "stats": stats}
 
@@ -67,6 +115,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=3000, help="chunks per job")
     parser.add_argument("--jobs", type=int, default=2, help="jobs submitted at once")
+    parser.add_argument("--threads", type=int, default=8,
+                        help="client threads submitting (each with its own connection)")
+    add_masters_option(parser)
     parser.add_argument("--slots", type=int, default=8, help="slots per worker (short chunks: several per core)")
     sandbox = parser.add_mutually_exclusive_group()
     sandbox.add_argument("--unsafe-no-sandbox", action="store_true",
@@ -89,11 +140,15 @@ def main() -> int:
         "chunks_per_second": round(rate, 1),
         "limit_true_spawn_per_second_2_launchers": round(limit, 1),
         "ratio_to_limit": round(rate / limit, 3),
+        "masters": options.masters,
         "workers": 2,
+        "client_threads": max(1, min(options.threads, options.jobs)),
         "slots_per_worker": options.slots,
         "raft_proposals": stats.get("proposals", 0),
         "commands_per_proposal": round(stats.get("commands_proposed", 0) / max(1, stats.get("proposals", 1)), 1),
     }
+    if options.chunks == 1:
+        report["jobs_per_second"] = report["chunks_per_second"]
     if bare is not None:
         report.update({
             "chunks_per_second_unsafe_no_sandbox": round(bare["rate"], 1),

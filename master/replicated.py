@@ -10,8 +10,9 @@ The Raft thread is ours, not pysyncobj's automatic one: pysyncobj appends a
 command at the end of one tick and commits it in the next, and with no peer
 to answer nothing wakes that next tick before its period ends, so a
 one-master group would take 50 ms per commit. While a proposal is
-outstanding we tick twice in a row (append, then commit) and again after
-BUSY_TICK_S; otherwise every IDLE_TICK_S.
+outstanding we tick twice in a row (append, then commit) and, alone, again
+after BUSY_TICK_S; otherwise, and always with peers (whose answers wake the
+tick), every IDLE_TICK_S.
 """
 from __future__ import annotations
 
@@ -213,10 +214,16 @@ class RaftGroup:
         log = logging.getLogger("master.raft")
         while not self._stopping.is_set():
             try:
-                self.syncobj.doTick(BUSY_TICK_S if self._outstanding > 0 else IDLE_TICK_S)
+                # Alone, nothing but the clock wakes the tick that commits
+                # what was appended, so it must come soon. With peers, their
+                # answers wake it (and a proposal always does): a short wait
+                # would add no speed, only a thread spinning against the node
+                # loop for the GIL and for the cores.
+                alone = not self.syncobj.otherNodes
+                self.syncobj.doTick(BUSY_TICK_S if self._outstanding > 0 and alone else IDLE_TICK_S)
                 if self._outstanding > 0:
-                    # A tick appends what arrived at its end; one more commits
-                    # it at once when no peer has to answer first.
+                    # A tick appends what arrived at its end, and handles a
+                    # peer's answer there too; one more commits it at once.
                     self.syncobj.doTick(0.0)
             except Exception:  # one bad tick must not end replication
                 log.exception("raft tick failed")
