@@ -374,6 +374,20 @@ def apply(nemesis: Callable, cluster: HostCluster, stream: JobStream, rng: rando
     return fault
 
 
+def judged_run(nemesis: Callable, cluster: HostCluster, name: str, clients: int = 3) -> list[dict]:
+    """Apply `nemesis` once under a job stream of `clients` threads, and
+    judge the history: the event log, once the checker found nothing."""
+    stream = JobStream(cluster.layout.path, clients=clients).start()
+    try:
+        apply(nemesis, cluster, stream, random.Random(name))
+    finally:
+        stream.stop()
+    assert stream.operations >= 3
+    events = all_events(cluster.layout.path)
+    assert check(stream.history, events) == []
+    return events
+
+
 def run(minutes: float, root: pathlib.Path, seed: int = 0) -> dict:
     rng = random.Random(seed)
     network = Network.create()

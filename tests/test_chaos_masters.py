@@ -8,14 +8,12 @@ the masters end with one leader, and that the balancers' lease epochs rose
 one at a time (fencing_violations) through the leader changes.
 """
 import os
-import random
 import shutil
 
 import pytest
 
-from chaos import MASTER_NEMESES, JobStream, all_events, apply, fencing_violations, leader_master, master_roles
+from chaos import MASTER_NEMESES, fencing_violations, judged_run, leader_master, master_roles
 from daemons import wait_until
-from history import check
 from hosts import HostCluster, Network
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft") and not os.path.exists("/usr/sbin/nft"),
@@ -37,14 +35,7 @@ def group(tmp_path):
 
 @pytest.mark.parametrize("nemesis", list(MASTER_NEMESES))
 def test_master_nemesis_loses_no_acknowledged_job_and_commits_each_chunk_once(group, nemesis):
-    stream = JobStream(group.layout.path, clients=3).start()
-    try:
-        apply(MASTER_NEMESES[nemesis], group, stream, random.Random(nemesis))
-    finally:
-        stream.stop()
-    assert stream.operations >= 3
-    events = all_events(group.layout.path)
-    assert check(stream.history, events) == []
+    events = judged_run(MASTER_NEMESES[nemesis], group, nemesis)
     assert fencing_violations(events) == []
     wait_until(lambda: _one_leader_two_followers(group), "one leader and two followers", timeout=30)
 

@@ -94,6 +94,18 @@ def three_masters(tmp_path):
         layout.cleanup()
 
 
+def every_chunk_committed_once(connection: client.Connection, job, chunks: int) -> list[dict]:
+    """Wait for `job` to succeed, each chunk with its own output, and its
+    results in the event log, one per chunk; those results."""
+    status = job.wait(timeout=WAIT_S)
+    assert status.state == "succeeded", status
+    assert sorted(int(connection.get(chunk.stdout)) for chunk in status.chunks) == list(range(chunks))
+    results = wait_until(lambda: (lambda found: len(found) >= chunks and found)(committed(connection, job.id)),
+                         what="every result in the event log", timeout=WAIT_S)
+    assert Counter(event["chunk"] for event in results) == Counter(range(chunks)), "a chunk committed twice"
+    return results
+
+
 def committed(connection: client.Connection, job_id: str, kind: str = "chunk_succeeded") -> list[dict]:
     """The job's events of `kind` in the event log, read page by page."""
     found, after = [], 0
@@ -130,12 +142,7 @@ def test_the_leader_killed_mid_job_every_chunk_is_committed_once(three_masters):
         assert old is not None
         killed_at = time.time()
         masters[old].kill9()
-        status = job.wait(timeout=WAIT_S)
-        assert status.state == "succeeded", status
-        assert sorted(int(connection.get(chunk.stdout)) for chunk in status.chunks) == list(range(chunks))
-        results = wait_until(lambda: (lambda found: len(found) >= chunks and found)(committed(connection, job.id)),
-                             what="every result in the event log", timeout=WAIT_S)
-        assert Counter(event["chunk"] for event in results) == Counter(range(chunks)), "a chunk committed twice"
+        results = every_chunk_committed_once(connection, job, chunks)
         after = [event["at"] for event in results if event["at"] > killed_at]
         assert after, "no result committed after the kill: the job ended before it"
         failovers.append(min(after) - killed_at)

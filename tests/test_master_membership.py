@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections import Counter
 
 import pytest
 import zmq
 
 from daemons import ClusterLayout, free_port, wait_until
-from test_master_failover import committed, leader, start_masters, start_the_rest, workers_ready, balancer_active
+from test_master_failover import committed, every_chunk_committed_once, leader, start_masters, start_the_rest, workers_ready, balancer_active
 from uds import client, wire
 from uds.client import cli
 from uds.client.masters import MasterChangeError, change_request
@@ -159,12 +158,7 @@ def replace_entry(layout: ClusterLayout, index: int) -> dict[str, str]:
 
 def all_chunks_committed_once(connection: client.Connection, jobs: list, chunks: int) -> None:
     for job in jobs:
-        status = job.wait(timeout=WAIT_S)
-        assert status.state == "succeeded", status
-        assert sorted(int(connection.get(chunk.stdout)) for chunk in status.chunks) == list(range(chunks))
-        results = wait_until(lambda: (lambda found: len(found) >= chunks and found)(committed(connection, job.id)),
-                             what="every result in the event log", timeout=WAIT_S)
-        assert Counter(event["chunk"] for event in results) == Counter(range(chunks)), "a chunk committed twice"
+        every_chunk_committed_once(connection, job, chunks)
 
 
 def test_a_dead_follower_is_replaced_by_a_new_master_while_jobs_run(tmp_path):
