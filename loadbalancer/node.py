@@ -72,13 +72,11 @@ class LoadBalancerNode:
         # they run before placing anything the master re-sends.
         self.scheduler = core.Scheduler(lease_s=lease_s, settle_s=SETTLE_HEARTBEATS * heartbeat_interval_s)
         self.workers_socket = transport.server_socket(zmq.ROUTER, address)
-        self.master_addresses = master_addresses
         self.masters = MasterLink(transport, master_addresses, random.Random(int.from_bytes(os.urandom(8), "big")))
         self.master_registered = False
         self.hello_owed = False        # a new target is greeted at once, not at the next ask
         self.from_master = 0           # the index of the master whose message is being handled
         self.last_master_hello = 0.0
-        self.last_master_message = 0.0
         self.epoch = 0
         # Active while the lease counts; a standby keeps its worker table warm
         # from the workers' heartbeats but assigns nothing.
@@ -291,7 +289,6 @@ class LoadBalancerNode:
         return self.masters.send(wire.encode(message), now, wants_answer)
 
     def _handle_master(self, index: int, received: Any, now: float) -> None:
-        self.last_master_message = now
         self.masters.heard_from(index, now)
         self.from_master = index
         self.master_dispatcher.handle(received, now)
