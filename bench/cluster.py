@@ -7,6 +7,7 @@ journals) still goes.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import pathlib
@@ -138,3 +139,17 @@ def add_masters_option(parser) -> None:
 def true_binary() -> bytes:
     path = shutil.which("true") or "/bin/true"
     return pathlib.Path(os.path.realpath(path)).read_bytes()
+
+
+def daemon_cpu_seconds(folder: pathlib.Path) -> dict[str, float]:
+    """CPU seconds (user and system, with the children each has reaped) that
+    the dev cluster's daemons have used so far, summed by role."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = collections.defaultdict(float)
+    for entry in devcluster.running_pids(folder):
+        try:
+            fields = pathlib.Path(f"/proc/{entry['pid']}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        used[entry["role"]] += sum(int(value) for value in fields[11:15]) / ticks
+    return dict(used)

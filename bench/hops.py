@@ -82,8 +82,29 @@ def run_daemon(argv: list[str]) -> None:
             out.write(f"{time.time():.6f} {role} synced - -\n")
 
         replicated.RaftGroup.propose, replicated.RaftGroup.sync_journal = traced_propose, traced_sync
+    if role == "worker":
+        trace_worker(out)
     sys.argv = [module, *argv[1:]]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def trace_worker(out) -> None:
+    """The worker's own steps for an attempt: each host call's start and end."""
+    import uds.worker.host as host
+
+    def traced(name, method):
+        def call(self, effect_or_key, *rest):
+            key = getattr(effect_or_key, "key", effect_or_key)
+            job = getattr(key, "job", b"").hex()[:8] or "-"
+            out.write(f"{time.time():.6f} worker {name}< - {job}\n")
+            try:
+                return method(self, effect_or_key, *rest)
+            finally:
+                out.write(f"{time.time():.6f} worker {name}> - {job}\n")
+        return call
+
+    for name in ("fetch", "add_mount", "start", "exited", "upload", "_upload", "remove_mount", "_tidy"):
+        setattr(host.AttemptHost, name, traced(name, getattr(host.AttemptHost, name)))
 
 
 def measure(masters: int, jobs: int, trace_dir: pathlib.Path) -> list[tuple[str, float, float, float]]:

@@ -1,6 +1,9 @@
 """Chunks per second for /bin/true chunks on a dev cluster with 2 workers,
 beside the rate at which this machine starts and reaps /bin/true with two
-launcher processes, measured in the same run. Prints one JSON line.
+launcher processes, measured in the same run. Prints one JSON line, which
+also gives the CPU milliseconds per chunk of each role, the programs it
+started included (cpu_ms_per_chunk), and the rate at which that cost would
+use up every core of the machine (cpu_bound_chunks_per_second).
 With --compare-sandbox it runs twice, with the workers' sandbox and with
 --unsafe-no-sandbox, and gives the sandbox's cost per chunk as a ratio.
 
@@ -25,7 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cluster import add_masters_option, dev_cluster_folder, mark_failed, true_binary  # noqa: E402
+from cluster import add_masters_option, daemon_cpu_seconds, dev_cluster_folder, mark_failed, true_binary  # noqa: E402
 from uds import client  # noqa: E402
 
 LAUNCH_SECONDS = 3.0
@@ -94,12 +97,14 @@ def cluster_rate(options: argparse.Namespace, unsafe_no_sandbox: bool) -> dict:
                 faults.append(fault)
 
         workers = [threading.Thread(target=run, args=(index,)) for index in range(threads)]
+        cpu_before, client_before = daemon_cpu_seconds(folder), os.times()
         started = time.monotonic()
         for thread in workers:
             thread.start()
         for thread in workers:
             thread.join()
         elapsed = time.monotonic() - started
+        cpu_after, client_after = daemon_cpu_seconds(folder), os.times()
         if faults:
             raise faults[0]
         succeeded = sum(status.succeeded for share in results for status in share)
@@ -108,7 +113,9 @@ def cluster_rate(options: argparse.Namespace, unsafe_no_sandbox: bool) -> dict:
         # This connection found the leader when it submitted: the counters
         # are the leader's, not a follower's.
         stats = connection.master_stats()
-    return {"succeeded": succeeded, "seconds": elapsed, "rate": succeeded / elapsed, "stats": stats}
+    cpu = {role: seconds - cpu_before.get(role, 0.0) for role, seconds in cpu_after.items()}
+    cpu["client"] = (client_after.user + client_after.system) - (client_before.user + client_before.system)
+    return {"succeeded": succeeded, "seconds": elapsed, "rate": succeeded / elapsed, "stats": stats, "cpu": cpu}
 
 
 def main() -> int:
@@ -147,6 +154,12 @@ def main() -> int:
         "raft_proposals": stats.get("proposals", 0),
         "commands_per_proposal": round(stats.get("commands_proposed", 0) / max(1, stats.get("proposals", 1)), 1),
     }
+    # Where the cores went: CPU ms per chunk of each role (all its daemons
+    # together, with the programs they started), and the rate at which the
+    # machine's cores would run out at that cost, had nothing else run.
+    cpu_ms = {role: round(1000 * seconds / max(1, succeeded), 3) for role, seconds in sorted(run["cpu"].items())}
+    report["cpu_ms_per_chunk"] = cpu_ms
+    report["cpu_bound_chunks_per_second"] = round(1000 * (os.cpu_count() or 1) / max(1e-9, sum(cpu_ms.values())), 1)
     if options.chunks == 1:
         report["jobs_per_second"] = report["chunks_per_second"]
     if bare is not None:
