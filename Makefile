@@ -2,7 +2,7 @@
 # make chaos: run the nemeses against a cluster on separate hosts for
 #             CHAOS_MINUTES (10) minutes; one JSON line of results
 # make demo : install what is missing, then run an example job on a dev cluster
-#             (DEMO_ARGS="--loadbalancers 2" runs it on a balancer pair)
+#             (DEMO_ARGS="--masters 3 --loadbalancers 2": three masters, a pair)
 PYTHON ?= python3
 VENV := .venv
 VENV_PYTHON := $(VENV)/bin/python

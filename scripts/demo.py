@@ -6,9 +6,10 @@ texts, runs one chunk per group of files (each chunk sees only its own files
 under $UDS_INPUTS), merges the chunks' outputs, prints the top words, checks
 them against counting locally, and stops the cluster.
 
-    python scripts/demo.py [--loadbalancers 2]
+    python scripts/demo.py [--masters 1|3|5] [--loadbalancers 2]
 
-runs it on a balancer pair (`make demo DEMO_ARGS="--loadbalancers 2"`).
+runs it on three or five Raft masters and a balancer pair
+(`make demo DEMO_ARGS="--masters 3 --loadbalancers 2"`).
 """
 from __future__ import annotations
 
@@ -65,15 +66,19 @@ def local_counts(files: list[pathlib.Path]) -> collections.Counter:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="run the word-count demo on a dev cluster")
+    parser.add_argument("--masters", type=int, default=1, choices=devcluster.MASTER_COUNTS,
+                        help="masters in the dev cluster's Raft group")
     parser.add_argument("--loadbalancers", type=int, default=1, metavar="N",
                         help="load balancers in the dev cluster (2: a pair, one active)")
     options = parser.parse_args(argv)
     files = texts()
     folder = pathlib.Path(tempfile.mkdtemp(prefix="uds-demo-"))
-    print(f"starting a dev cluster with 2 workers and {options.loadbalancers} load balancer(s) in {folder} ...")
+    print(f"starting a dev cluster with {options.masters} master(s), {options.loadbalancers} load balancer(s) "
+          f"and 2 workers in {folder} ...")
     started = time.monotonic()
     try:
-        devcluster.start(folder, workers=2, slots=2, detach=True, loadbalancers=options.loadbalancers)
+        devcluster.start(folder, workers=2, slots=2, detach=True, loadbalancers=options.loadbalancers,
+                         masters=options.masters)
         print(f"cluster ready in {time.monotonic() - started:.1f}s")
         with client.connect(folder) as connection:
             chunk_inputs = [{} for _ in range(CHUNKS)]
