@@ -77,6 +77,21 @@ def submit_and_await(folder, program: str, chunks: int, jobs: int, deadline: flo
         return statuses
 
 
+def report_failures(connection: client.Connection, statuses: list, most: int = 10) -> None:
+    """Say on stderr why chunks did not succeed: each such chunk's state and
+    last attempt's error, for at most `most` of them."""
+    told = 0
+    for status in statuses:
+        if status.succeeded == status.chunk_count:
+            continue
+        detail = connection.job_status(status.id)
+        for chunk in detail.chunks:
+            if chunk.state != "succeeded" and told < most:
+                told += 1
+                print(f"bench: job {status.id} chunk {chunk.chunk} {chunk.state} after attempt {chunk.attempt}: "
+                      f"exit {chunk.result.exit_code}, {chunk.result.error or 'no error given'}", file=sys.stderr)
+
+
 def cluster_rate(options: argparse.Namespace, unsafe_no_sandbox: bool) -> dict:
     """Run the jobs on a fresh dev cluster: what it did and how fast."""
     with dev_cluster_folder(workers=2, slots=options.slots, unsafe_no_sandbox=unsafe_no_sandbox,
@@ -110,6 +125,7 @@ def cluster_rate(options: argparse.Namespace, unsafe_no_sandbox: bool) -> dict:
         succeeded = sum(status.succeeded for share in results for status in share)
         if succeeded < options.chunks * options.jobs:
             mark_failed(folder)
+            report_failures(connection, [status for share in results for status in share])
         # This connection found the leader when it submitted: the counters
         # are the leader's, not a follower's.
         stats = connection.master_stats()
