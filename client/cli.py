@@ -208,7 +208,10 @@ def _wait_with_bar(job: Any) -> Any:
 def _print_status(status: Any) -> None:
     print(f"job {status.id} {status.name!r}: {status.state}, {status.succeeded} succeeded, "
           f"{status.failed} failed of {status.chunk_count} chunks")
-    print(f"limits: {status.limits.describe()}; network {'on' if status.network else 'off'}")
+    if status.past_retention:
+        print("details: past retention (the masters keep only the job's state, times and counts)")
+    else:
+        print(f"limits: {status.limits.describe()}; network {'on' if status.network else 'off'}")
     if status.waiting:
         print(f"waiting: {status.waiting}")
     if status.error:
@@ -248,6 +251,8 @@ def logs(options: argparse.Namespace) -> int:
     with _connect(options) as connection:
         job = connection.job(options.job)
         page = connection.job_status(job.id, first_chunk=max(0, options.chunk), max_chunks=1)
+        if page.past_retention:
+            raise CommandError(f"job {options.job} is past retention: its chunk reports are no longer kept")
         if options.chunk < 0 or not page.chunks:
             raise CommandError(f"job {options.job} has chunks 0..{page.chunk_count - 1}, not {options.chunk}")
         stdout, stderr = job.logs(options.chunk)
