@@ -279,18 +279,31 @@ def _sandbox_or_lease(node: dict) -> str:
     return "-"
 
 
+# Marks the role of a leader whose leadership no majority has confirmed.
+UNCONFIRMED_MARK = "*"
+
+
 def _print_masters(records: list) -> None:
     """Every master of the cluster file: its Raft role, term, commit index
-    and how far it lags behind the leader's commit index."""
+    and how far it lags behind the leader's commit index. A leader that no
+    majority has confirmed lately is marked, with a note under the table."""
     width = max(len(record.address) for record in records) + 2
     print(f"{'master':<{width}}{'role':<13}{'term':>6}{'commit':>10}{'lag':>7}  leader")
+    unconfirmed = False
     for record in records:
         if not record.reachable:
             print(f"{record.address:<{width}}{record.role:<13}{'-':>6}{'-':>10}{'-':>7}  -")
             continue
+        role = record.role
+        if role == "leader" and record.confirmed_leader is False:
+            role += UNCONFIRMED_MARK
+            unconfirmed = True
         lag = "-" if record.lag is None else str(record.lag)
-        print(f"{record.address:<{width}}{record.role:<13}{record.term:>6}{record.commit_index:>10}"
+        print(f"{record.address:<{width}}{role:<13}{record.term:>6}{record.commit_index:>10}"
               f"{lag:>7}  {record.leader or '-'}")
+    if unconfirmed:
+        print(f"{UNCONFIRMED_MARK} leads in Raft, but no majority has confirmed it within 0.2 s: "
+              f"it serves no client until one does")
 
 
 def nodes(options: argparse.Namespace) -> int:
