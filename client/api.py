@@ -268,7 +268,9 @@ class Connection:
         With detail, `chunks` holds the reports of chunks first_chunk,
         first_chunk + 1, ...: all the rest of them, or at most `max_chunks`.
         A large job's reports are read page by page; the job's own fields
-        are those of the first page, so no chunk report is older than them."""
+        are those of the first page, so no chunk report is older than them.
+        A job past the masters' retention (`past_retention`) has state,
+        times and counts but no reports: its next_chunk is its chunk_count."""
         job = self._file_id(job_id)
         if type(first_chunk) is not int or first_chunk < 0:
             raise InvalidJobError(f"first_chunk must be a non-negative integer, not {first_chunk!r}")

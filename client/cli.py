@@ -208,7 +208,10 @@ def _wait_with_bar(job: Any) -> Any:
 def _print_status(status: Any) -> None:
     print(f"job {status.id} {status.name!r}: {status.state}, {status.succeeded} succeeded, "
           f"{status.failed} failed of {status.chunk_count} chunks")
-    print(f"limits: {status.limits.describe()}; network {'on' if status.network else 'off'}")
+    if status.past_retention:
+        print("details: past retention (the masters keep only the job's state, times and counts)")
+    else:
+        print(f"limits: {status.limits.describe()}; network {'on' if status.network else 'off'}")
     if status.waiting:
         print(f"waiting: {status.waiting}")
     if status.error:
@@ -248,6 +251,8 @@ def logs(options: argparse.Namespace) -> int:
     with _connect(options) as connection:
         job = connection.job(options.job)
         page = connection.job_status(job.id, first_chunk=max(0, options.chunk), max_chunks=1)
+        if page.past_retention:
+            raise CommandError(f"job {options.job} is past retention: its chunk reports are no longer kept")
         if options.chunk < 0 or not page.chunks:
             raise CommandError(f"job {options.job} has chunks 0..{page.chunk_count - 1}, not {options.chunk}")
         stdout, stderr = job.logs(options.chunk)
@@ -274,18 +279,31 @@ def _sandbox_or_lease(node: dict) -> str:
     return "-"
 
 
+# Marks the role of a leader whose leadership no majority has confirmed.
+UNCONFIRMED_MARK = "*"
+
+
 def _print_masters(records: list) -> None:
     """Every master of the cluster file: its Raft role, term, commit index
-    and how far it lags behind the leader's commit index."""
+    and how far it lags behind the leader's commit index. A leader that no
+    majority has confirmed lately is marked, with a note under the table."""
     width = max(len(record.address) for record in records) + 2
     print(f"{'master':<{width}}{'role':<13}{'term':>6}{'commit':>10}{'lag':>7}  leader")
+    unconfirmed = False
     for record in records:
         if not record.reachable:
             print(f"{record.address:<{width}}{record.role:<13}{'-':>6}{'-':>10}{'-':>7}  -")
             continue
+        role = record.role
+        if role == "leader" and record.confirmed_leader is False:
+            role += UNCONFIRMED_MARK
+            unconfirmed = True
         lag = "-" if record.lag is None else str(record.lag)
-        print(f"{record.address:<{width}}{record.role:<13}{record.term:>6}{record.commit_index:>10}"
+        print(f"{record.address:<{width}}{role:<13}{record.term:>6}{record.commit_index:>10}"
               f"{lag:>7}  {record.leader or '-'}")
+    if unconfirmed:
+        print(f"{UNCONFIRMED_MARK} leads in Raft, but no majority has confirmed it within 0.2 s: "
+              f"it serves no client until one does")
 
 
 def nodes(options: argparse.Namespace) -> int:

@@ -75,6 +75,9 @@ class JobStatus:
     limits: ResourceLimits = NO_LIMITS   # per attempt, the cluster's defaults filled in
     network: bool = False
     waiting: str = ""                    # why its chunks cannot run now, or ""
+    # The masters keep only the job's history line: state, times and counts
+    # are known, its chunk reports, limits and network are not.
+    past_retention: bool = False
 
     @property
     def done(self) -> bool:
@@ -93,6 +96,7 @@ class JobStatus:
             submitted_at=reply.submitted_at, finished_at=reply.finished_at, error=reply.error,
             chunks=[ChunkStatus.from_report(report) for report in reply.chunks],
             limits=ResourceLimits.from_body(reply.limits), network=reply.network, waiting=reply.waiting,
+            past_retention=bool(reply.past_retention),
         )
 
 
@@ -154,6 +158,8 @@ class Job:
         """One chunk's report, without reading the others."""
         status = self.connection.job_status(self.id, first_chunk=index, max_chunks=1)
         if not status.chunks:
+            if status.past_retention:
+                raise IndexError(f"job {self.id} is past retention: its chunk reports are no longer kept")
             raise IndexError(f"job {self.id} has {status.chunk_count} chunks, no chunk {index}")
         return status.chunks[0]
 

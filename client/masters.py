@@ -3,7 +3,11 @@
 Each master is asked directly, all at once, and given a short time to answer:
 a master that does not answer is reported as unreachable rather than waited
 for, so `uds nodes` shows a dead master at once. The role and the leader come
-as integers in the master's stats (see master/node.py `_raft_counters`).
+as integers in the master's stats (see master/node.py `_raft_counters`),
+and so does whether its leadership is confirmed: its `leader` counter is 1
+only while a majority has answered it within CONFIRMED_LEADERSHIP_S (0.2 s,
+master/raft.py), and only such a leader serves clients. pysyncobj's role
+alone may still say leader for a while after the leader is cut off.
 
 `change_masters` adds a master to the Raft group or removes one, through
 the leader (master/membership.py).
@@ -42,6 +46,7 @@ class MasterRecord:
     last_applied: int | None = None
     leader: str | None = None       # the client address of the leader it follows
     lag: int | None = None          # the leader's commit index minus its own; None without a leader's answer
+    confirmed_leader: bool | None = None    # leads, heard from a majority within 0.2 s; None if unreachable
 
     @property
     def reachable(self) -> bool:
@@ -95,7 +100,8 @@ def _records(addresses: list[str], counters: list[dict | None]) -> list[MasterRe
         records.append(MasterRecord(
             address, RAFT_ROLES[answer["raft_role"]], answer["raft_term"], answer["raft_commit_index"],
             answer["raft_last_applied"], addresses[followed] if 0 <= followed < len(addresses) else None,
-            None if leader is None else leader["raft_commit_index"] - answer["raft_commit_index"]))
+            None if leader is None else leader["raft_commit_index"] - answer["raft_commit_index"],
+            bool(answer["leader"]) if "leader" in answer else None))
     return records
 
 

@@ -253,7 +253,10 @@ struct job_status {
  * bytes_from_cache, bytes_from_storage}]: the reports of chunks
  * first_chunk .. next_chunk - 1 in order; next_chunk == chunk_count once
  * the last page is reached (a reply without detail has
- * next_chunk == first_chunk and no reports). */
+ * next_chunk == first_chunk and no reports). A job past retention is
+ * answered from the history line the masters keep of it (its final state,
+ * times, counts and first output ids): past_retention 1, no reports, and
+ * first_chunk == next_chunk == chunk_count, so a client reading pages stops. */
 struct job_status_reply {
     struct generic_message header;
     uint64_t request_id;
@@ -265,6 +268,7 @@ struct job_status_reply {
     uint32_t chunks_failed;
     uint32_t first_chunk;        /* the first chunk reported */
     uint32_t next_chunk;         /* the chunk after the last one reported */
+    uint8_t past_retention;      /* 1: only the job's history line is kept */
 } UDS_PACKED;
 
 /* client -> master: cancel this job. No body. Answered by job_status_reply. */

@@ -430,6 +430,7 @@ class JobView:
     limits: ResourceLimits = NO_LIMITS
     network: bool = False
     waiting: str = ""                       # why its chunks cannot run now, or ""
+    past_retention: bool = False            # only its history line is kept (master/retention.py)
 
     def reply_fields(self) -> dict[str, Any]:
         """Keyword arguments for `JobStatusReply.make(node, request_id=..., **these)`."""
@@ -438,7 +439,7 @@ class JobView:
             chunks_succeeded=self.chunks_succeeded, chunks_failed=self.chunks_failed,
             name=self.name, submitted_at=self.submitted_at, finished_at=self.finished_at,
             error=self.error, first_chunk=self.first_chunk,
-            next_chunk=self.first_chunk + len(self.chunks),
+            next_chunk=self.first_chunk + len(self.chunks), past_retention=int(self.past_retention),
             chunks=[chunk.as_report() for chunk in self.chunks],
             limits=self.limits.as_body(), network=self.network, waiting=self.waiting,
         )

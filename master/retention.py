@@ -40,8 +40,6 @@ HISTORY_OUTPUT_IDS = 32
 # Jobs one ForgetJobs names: forgetting a job walks its chunks once, and a
 # proposal must stay short to commit.
 MAX_JOBS_PER_FORGET = 1000
-# What a status reply of a forgotten job says in `waiting`.
-PAST_RETENTION = "past retention: only the job's history line is kept, no chunk reports"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +90,7 @@ class HistoryLine:
         return JobView(job=self.job, state=JobState(self.state), chunk_count=self.chunk_count,
                        chunks_succeeded=self.chunks_succeeded, chunks_failed=self.chunks_failed,
                        name=self.name, submitted_at=self.submitted_at, finished_at=self.finished_at,
-                       error=self.error, first_chunk=self.chunk_count, chunks=(), waiting=PAST_RETENTION)
+                       error=self.error, first_chunk=self.chunk_count, chunks=(), past_retention=True)
 
     # A bare tuple keeps snapshots small: there may be 100,000 of these.
     def __getstate__(self) -> tuple:

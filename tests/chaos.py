@@ -144,28 +144,19 @@ RESTART_ALL_TIMES = 5
 
 
 def master_roles(cluster: HostCluster) -> dict[str, int | None]:
-    """Each master host -> 1 if it says it leads, 0 if not, None if it does not answer."""
-    import zmq
-    from uds import wire
-    from uds.wire.enums import NodeRole
-    from uds.wire.transport import Transport, recv_message, send_message
-    roles: dict[str, int | None] = {}
+    """Each master host -> 1 if its leadership is confirmed (a majority
+    answered it within 0.2 s), 0 if not, None if it does not answer within
+    MASTERS_TIMEOUT_S."""
+    from uds.client.masters import ask_every_master
+    from uds.wire.transport import Transport
     with Transport(cluster.layout.keys()) as transport:
-        for name, entry in zip(cluster.master_names, cluster.layout.cluster.masters):
-            socket = transport.client_socket(zmq.DEALER, entry.address, NodeRole.MASTER)
-            send_message(socket, wire.encode(wire.StatsQuery.make(bytes(16), request_id=1)))
-            roles[name] = None
-            if socket.poll(1000, zmq.POLLIN):
-                received = recv_message(socket, None)
-                reply = wire.decode(received.frames) if received is not None else None
-                if isinstance(reply, wire.StatsReply):
-                    roles[name] = int(reply.counters.get("leader", 0))
-            socket.close(linger=0)
-    return roles
+        records = ask_every_master(cluster.layout.cluster, transport, bytes(16))
+    return {name: None if record.confirmed_leader is None else int(record.confirmed_leader)
+            for name, record in zip(cluster.master_names, records)}
 
 
 def leader_master(cluster: HostCluster) -> str:
-    """The master host that leads, once exactly one says so."""
+    """The master host that leads, once exactly one's leadership is confirmed."""
     def one_leader():
         leaders = [name for name, role in master_roles(cluster).items() if role]
         return leaders[0] if len(leaders) == 1 else None

@@ -62,7 +62,8 @@ def samples() -> list[wire.Message]:
         m.JobStatus.make(NODE, request_id=3, job=JOB, detail=1, wait_ms=0, first_chunk=0, max_chunks=0),
         m.JobStatusReply.make(
             NODE, request_id=3, job=JOB, state=int(JobState.RUNNING), chunk_count=2,
-            chunks_succeeded=1, chunks_failed=0, first_chunk=0, next_chunk=1, name="count", submitted_at=1_795_000_000.5,
+            chunks_succeeded=1, chunks_failed=0, first_chunk=0, next_chunk=1, past_retention=0,
+            name="count", submitted_at=1_795_000_000.5,
             finished_at=None, error="",
             chunks=[{"chunk": 0, "state": "succeeded", "attempt": 1, "worker": NODE, **RESULT}],
             limits=LIMITS, network=False, waiting=""),

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from uds import wire
 from uds.wire import ChunkState, ErrorCode, JobState, NodeRole, PutStatus
+from uds.wire.enums import FINAL_JOB_STATES
 from uds.wire._wire_cffi import ffi
 from uds.wire.message_class import MAX_TIME_MS
 from uds.wire.schema import (
@@ -109,6 +110,13 @@ def _satisfy_rules(cls: type, values: dict) -> dict:
         values["present"] %= 2
     elif name == "job_status_reply":
         values["state"] = _member(JobState, values["state"])
+        values["past_retention"] %= 2
+        if values["past_retention"]:
+            # Answered from a history line: a final job, no chunk reports.
+            final = sorted(FINAL_JOB_STATES)
+            values["state"] = int(final[values["state"] % len(final)])
+            values["chunks"] = []
+            values["first_chunk"] = values["chunk_count"]
         values["chunks_succeeded"] = min(values["chunks_succeeded"], values["chunk_count"])
         values["chunks_failed"] = min(values["chunks_failed"],
                                       values["chunk_count"] - values["chunks_succeeded"])

@@ -196,3 +196,38 @@ def test_dev_lays_out_one_key_folder_per_role(dev_dir):
     for role in ("client", "loadbalancer", "master", "storage", "worker"):
         secrets = sorted(path.name for path in (dev_dir / "keys" / role / "private").iterdir())
         assert secrets == sorted([f"{role}.key_secret", *(["raft.password"] if role == "master" else [])])
+
+
+def test_a_job_past_retention_shows_its_state_and_counts_and_says_its_details_are_gone(capsys):
+    from uds import wire
+    from uds.client.cli import _print_status
+    from uds.client.jobs import JobStatus
+
+    def shown(**fields):
+        reply = wire.JobStatusReply.make(
+            bytes(16), request_id=1, job=bytes(range(16)), state=int(wire.JobState.FAILED), chunk_count=3,
+            chunks_succeeded=2, chunks_failed=1, first_chunk=3, next_chunk=3, name="count",
+            submitted_at=1.0, finished_at=5.0, error="exit 1", chunks=[], **fields)
+        status = JobStatus.from_reply(wire.decode(wire.encode(reply)))
+        _print_status(status)
+        return status, capsys.readouterr().out
+
+    status, out = shown(past_retention=1)
+    assert status.past_retention and (status.state, status.succeeded, status.failed) == ("failed", 2, 1)
+    assert "'count': failed, 2 succeeded, 1 failed of 3 chunks" in out, out
+    assert "details: past retention" in out and "limits:" not in out and "waiting" not in out, out
+    status, out = shown(past_retention=0)
+    assert not status.past_retention
+    assert "past retention" not in out and "limits: " in out, out
+
+
+def test_a_chunk_of_a_job_past_retention_is_refused_saying_why():
+    from uds.client.jobs import Job, JobStatus
+
+    class Answers:
+        def job_status(self, job_id, **_asked):
+            return JobStatus(id=job_id, name="", state="succeeded", chunk_count=2, succeeded=2, failed=0,
+                             submitted_at=1.0, finished_at=2.0, error="", past_retention=True)
+
+    with pytest.raises(IndexError, match="is past retention: its chunk reports are no longer kept"):
+        Job(Answers(), "ab" * 16).chunk(0)

@@ -21,7 +21,7 @@ from uds.master.leader import (
     Request, Tick, Wake,
 )
 from uds.master.retention import (
-    HISTORY_OUTPUT_IDS, PAST_RETENTION, HistoryLine, jobs_to_forget, next_due_at,
+    HISTORY_OUTPUT_IDS, HistoryLine, jobs_to_forget, next_due_at,
 )
 from uds.master.state import ClusterState
 from uds.wire import cluster as cluster_file
@@ -224,10 +224,14 @@ def test_the_leader_forgets_what_falls_due_and_answers_status_from_the_history_l
     assert (message.job_uuid, message.state, message.chunk_count, message.chunks_succeeded,
             message.chunks_failed, message.submitted_at, message.finished_at) == (
         job_id(1), int(JobState.SUCCEEDED), 2, 2, 0, 1.0, 5.0)
-    assert (message.first_chunk, message.next_chunk, message.chunks, message.waiting) == (2, 2, [], PAST_RETENTION)
+    assert (message.first_chunk, message.next_chunk, message.chunks) == (2, 2, [])
+    assert (message.past_retention, message.waiting) == (1, "")
     # A detailed or waiting status is answered at once, from the line too.
     [waited] = leader.handle(status(job_id(1), 8, wait_ms=5000, detail=1), 12.0)
-    assert wire.decode(wire.encode(waited.message)).waiting == PAST_RETENTION
+    assert wire.decode(wire.encode(waited.message)).past_retention == 1
+    # A job still kept is not past retention.
+    [kept] = leader.handle(status(job_id(2), 10), 12.0)
+    assert wire.decode(wire.encode(kept.message)).past_retention == 0
 
     effects = leader.handle(Tick(), 106.0)
     [proposal] = [effect for effect in effects if isinstance(effect, Propose)]

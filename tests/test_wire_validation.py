@@ -1,4 +1,6 @@
 """decode rejects each kind of fault with a WireError that says what was wrong."""
+from dataclasses import replace
+
 import msgpack
 import pytest
 
@@ -149,3 +151,24 @@ def test_timestamps_in_structs_are_range_checked():
     offset = 25 + 8 + 1 + 4 + 8   # request_id, role, slots, cache_bytes
     frame[offset:offset + 8] = (2**64 - 1).to_bytes(8, "little")
     rejects([bytes(frame), frames_of("hello")[1]], "hello: start_time_ms 18446744073709551615 is beyond")
+
+
+def test_past_retention_is_a_flag_of_a_final_job_without_chunk_reports():
+    """A job past retention is answered from its history line: the flag is 0
+    or 1, and a reply with it set is of a final job and offers no reports."""
+    header, body = frames_of("job_status_reply")
+    flag_at = wire.JobStatusReply.SPEC.size - 1      # the struct's last byte
+    assert header[flag_at] == 0
+    flagged = bytearray(header)
+    flagged[flag_at] = 2
+    rejects([bytes(flagged), body], "job_status_reply: past_retention 2 is not 0 or 1")
+    # The sample is of a running job with one report: flagging it breaks both rules.
+    flagged[flag_at] = 1
+    rejects([bytes(flagged), body], "a job past retention is final, not RUNNING")
+    sample = SAMPLES["job_status_reply"]
+    final = dict(state=int(wire.JobState.SUCCEEDED), chunks_succeeded=2, past_retention=1)
+    with pytest.raises(wire.EncodeError, match="a job past retention has no chunk reports"):
+        wire.encode(replace(sample, **final))
+    past = replace(sample, **final, first_chunk=2, next_chunk=2, chunks=[])
+    decoded = wire.decode(wire.encode(past))
+    assert (decoded.past_retention, decoded.first_chunk, decoded.next_chunk, decoded.chunks) == (1, 2, 2, [])

@@ -25,3 +25,5 @@ FINAL_CHUNK_STATES = frozenset(
     {ChunkState.SUCCEEDED, ChunkState.FAILED, ChunkState.CANCELLED,
      ChunkState.TIMED_OUT, ChunkState.LOST, ChunkState.REJECTED}
 )
+# Job states after which nothing more happens to that job.
+FINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})

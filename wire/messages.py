@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import msgpack
 
-from uds.wire.enums import ChunkState, ErrorCode, JobState, NodeRole
+from uds.wire.enums import FINAL_JOB_STATES, ChunkState, ErrorCode, JobState, NodeRole
 from uds.wire.limits import ERROR_REASON_MAX_CHARS, MAX_CHUNK_INPUTS_BYTES, MAX_JOB_SPEC_BYTES
 from uds.wire.message_class import (
     MAX_TIME_MS, Message, check_member, message, require,
@@ -268,6 +268,7 @@ class JobStatusReply(Message):
     chunks_failed: int
     first_chunk: int
     next_chunk: int
+    past_retention: int = 0         # 1: only the job's history line is kept
     name: str
     submitted_at: float
     finished_at: float | None
@@ -279,6 +280,14 @@ class JobStatusReply(Message):
 
     def check(self) -> None:
         check_member(JobState, self.state, "job_status_reply.state")
+        require(self.past_retention in (0, 1),
+                f"job_status_reply: past_retention {self.past_retention} is not 0 or 1")
+        if self.past_retention:
+            require(self.state in FINAL_JOB_STATES,
+                    f"job_status_reply: a job past retention is final, not {JobState(self.state).name}")
+            require(self.first_chunk == self.next_chunk == self.chunk_count,
+                    f"job_status_reply: a job past retention has no chunk reports, but chunks "
+                    f"{self.first_chunk}..{self.next_chunk} of {self.chunk_count} are offered")
         require(self.chunks_succeeded + self.chunks_failed <= self.chunk_count,
                 "job_status_reply: more chunks finished than the job has")
         require(self.first_chunk <= self.next_chunk <= self.chunk_count,
