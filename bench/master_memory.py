@@ -18,7 +18,15 @@ leader proposes, are applied in this process to a ClusterState, the object
 every master replicates, with retention as the leader runs it, and RSS is
 this process's. The output's "path" says which.
 
+With --dump-stall, a RaftGroup (one member, in this process) holds a state
+of --chunks finished chunks and writes a full dump, once on the Raft thread
+(useFork off) and once from a forked child (as a master does): the report
+gives, for each, the longest gap between Raft ticks and between reads of
+the state by another thread (what the node loop does to answer anyone)
+while the dump was made.
+
     python bench/master_memory.py [--daemon] [--chunks N] [--chunks-per-job C] [--queued-probe Q]
+    python bench/master_memory.py --dump-stall [--chunks N]
 """
 from __future__ import annotations
 
@@ -32,6 +40,7 @@ import pickle
 import shutil
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -44,11 +53,14 @@ from daemons import ClusterLayout  # noqa: E402
 from uds import wire  # noqa: E402
 from uds.master.commands import DispatchAttempts, ForgetJobs, SubmitJob  # noqa: E402
 from uds.master.proposals import MAX_COMMANDS_PER_PROPOSAL  # noqa: E402
+from uds.master.raft_node import RaftNode  # noqa: E402
+from uds.master.replicated import DUMP_FILE, RaftGroup  # noqa: E402
 from uds.master.retention import jobs_to_forget  # noqa: E402
 from uds.master.state import ClusterState  # noqa: E402
 from uds.wire.cluster import Retention  # noqa: E402
 from uds.wire.records import ChunkEvent, ChunkResult  # noqa: E402
 from uds.wire.enums import ChunkState, NodeRole  # noqa: E402
+from uds.wire.keys import KeyFolder, create_cluster_keys  # noqa: E402
 from uds.wire.transport import Transport  # noqa: E402
 
 LIMIT_RSS_BYTES = 300 << 20
@@ -76,6 +88,12 @@ def proc_status(pid: int) -> dict[str, int]:
         if name in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             values[name] = int(rest.split()[0]) * 1024
     return values
+
+
+def rss_line(pid: int) -> str:
+    status = proc_status(pid)
+    return (f"RSS {status['VmRSS'] >> 20} MiB ({status['RssAnon'] >> 20} anonymous, "
+            f"{status['RssFile'] >> 20} file-backed), peak {status['VmHWM'] >> 20} MiB")
 
 
 class Driver:
@@ -309,6 +327,97 @@ def in_process(options: argparse.Namespace, probe: int) -> dict:
                           history_lines=len(state.history.lines), events=len(state.event_log)))
 
 
+def finished_state(chunks: int, per_job: int) -> ClusterState:
+    """A state keeping `chunks` finished chunks (no retention)."""
+    state = ClusterState()
+    now = 1_000_000.0
+    for _ in range(chunks // per_job):
+        job = os.urandom(16)
+        attempts = tuple((job, chunk, 1) for chunk in range(per_job))
+        batches = [[SubmitJob(job=job, name="stall", program=PROGRAM, args=("--part",), inputs={},
+                              chunk_inputs=(), chunk_count=per_job, timeout_s=60.0, max_retries=1)],
+                   [DispatchAttempts(attempts)],
+                   [ChunkEvent(job=job, chunk=chunk, attempt=1, state=int(ChunkState.SUCCEEDED), worker=WORKER,
+                               result=ChunkResult(exit_code=0, outputs={"out": (os.urandom(16), 100)},
+                                                  elapsed_s=0.01, output_bytes=100))
+                    for chunk in range(per_job)]]
+        for commands in batches:
+            now += 0.001
+            for outcome in state.apply(commands, now):
+                assert outcome.ok, outcome
+    return state
+
+
+def dump_stall(state: ClusterState, dump_in_child: bool) -> dict:
+    """The longest gaps between Raft ticks and between reads of the state
+    while a RaftGroup holding `state` writes one full dump."""
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="uds-bench-dump-"))
+    read_fd, write_fd = os.pipe()
+    group = None
+    tick = RaftNode.doTick
+    try:
+        keys = KeyFolder(create_cluster_keys(folder / "keys"), NodeRole.MASTER)
+        (folder / "data").mkdir()
+        with socket_port() as port:
+            address = f"127.0.0.1:{port}"
+        group = RaftGroup(address, [], folder / "data", keys, write_fd, dump_in_child=dump_in_child)
+        deadline = time.monotonic() + 10.0
+        while not group.is_leader:
+            assert time.monotonic() < deadline, "the group elected no leader"
+            time.sleep(0.01)
+        with group.replicated.lock:
+            group.replicated.state = state
+        for token in (1, 2):        # entries to compact
+            group.propose(token, [], time.time())
+            group.commits.get(timeout=10.0)
+        ticks: list[float] = []
+
+        def timed_tick(node, timeout: float) -> None:
+            tick(node, timeout)
+            ticks.append(time.monotonic())
+
+        # On the class: an attribute of the node itself would go into its dump.
+        node_class = type(group.syncobj)
+        tick = node_class.doTick
+        node_class.doTick = timed_tick
+        dump = folder / "data" / DUMP_FILE
+        started = time.monotonic()
+        group.syncobj.forceLogCompaction()
+        reads = [started]
+        while (not dump.exists() or group.syncobj.dump_child()
+               or group.syncobj._SyncObj__forceLogCompaction) and time.monotonic() < started + 120:
+            group.read(lambda state: len(state.queued))
+            reads.append(time.monotonic())
+            time.sleep(0.001)
+        finished = time.monotonic()
+        time.sleep(0.2)     # a tick or two after the dump, to close the last gap
+        gaps = [b - a for a, b in zip(ticks, ticks[1:]) if b >= started]
+        return dict(dump_in_child=dump_in_child, dump_seconds=round(finished - started, 2),
+                    dump_mib=round(dump.stat().st_size / (1 << 20), 1),
+                    longest_tick_gap_s=round(max(gaps, default=0.0), 3),
+                    longest_read_gap_s=round(max(b - a for a, b in zip(reads, reads[1:])), 3))
+    finally:
+        if group is not None:
+            type(group.syncobj).doTick = tick
+            group.destroy()
+        os.close(read_fd)
+        os.close(write_fd)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class socket_port:
+    """A free TCP port on 127.0.0.1 (closed again before use)."""
+
+    def __enter__(self) -> int:
+        import socket
+        self.probe = socket.socket()
+        self.probe.bind(("127.0.0.1", 0))
+        return self.probe.getsockname()[1]
+
+    def __exit__(self, *_) -> None:
+        self.probe.close()
+
+
 def through_daemon(options: argparse.Namespace, probe: int) -> dict:
     """The real daemon, fed by the client and the stand-in balancer."""
     folder = pathlib.Path(tempfile.mkdtemp(prefix="uds-bench-memory-"))
@@ -325,8 +434,8 @@ def through_daemon(options: argparse.Namespace, probe: int) -> dict:
         after_probe = proc_status(master.pid)
         started = time.monotonic()
         driver.run_all(options.chunks, options.timeout,
-                       lambda done: print(f"{done} chunks done, RSS {proc_status(master.pid)['VmRSS'] >> 20} MiB",
-                                          file=sys.stderr))
+                       lambda done: print(f"{done} chunks done, {rss_line(master.pid)}, "
+                                          f"{time.monotonic() - started:.0f} s", file=sys.stderr, flush=True))
         elapsed = time.monotonic() - started
         time.sleep(SETTLE_S)
         final = proc_status(master.pid)
@@ -353,7 +462,15 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds the whole run may take")
     parser.add_argument("--daemon", action="store_true",
                         help="through a real master daemon (slow here: about 1,200 chunks/s)")
+    parser.add_argument("--dump-stall", action="store_true",
+                        help="the Raft thread's stall while a state of --chunks finished chunks is dumped")
     options = parser.parse_args()
+    if options.dump_stall:
+        state = finished_state(options.chunks, options.chunks_per_job)
+        runs = [dump_stall(state, dump_in_child) for dump_in_child in (False, True)]
+        print(json.dumps({"benchmark": "master_dump_stall", "finished_chunks": options.chunks,
+                          "rss_mib": round(proc_status(os.getpid())["VmRSS"] / (1 << 20), 1), "runs": runs}))
+        return 0
     probe = options.queued_probe - options.queued_probe % options.chunks_per_job
 
     run = through_daemon(options, probe) if options.daemon else in_process(options, probe)
