@@ -74,6 +74,8 @@ HELLO_S = 0.5
 MAX_SUBMITTING = 4
 MAX_BACKLOG_CHUNKS = 50_000
 SETTLE_S = 1.0
+# What the report gives of the master's stats at the end.
+MASTER_COUNTERS = ("jobs_forgotten", "proposals", "commands_proposed", "proposals_timed_out", "raft_journal_syncs")
 PROGRAM = (bytes.fromhex("f0" * 16), 1234)
 WORKER = bytes.fromhex("77" * 16)
 CLIENT_ID = bytes.fromhex("c1" * 16)
@@ -125,6 +127,7 @@ class Driver:
         self.next_batch = 1
         self.balancing = False
         self.next_heartbeat = self.next_hello = 0.0
+        self.counters: dict[str, int] = {}
 
     def close(self) -> None:
         for transport in (self.client_transport, self.balancer_transport):
@@ -145,8 +148,13 @@ class Driver:
             program=list(PROGRAM), args=["--part"], inputs={}, chunk_inputs=[], timeout_s=60.0,
             max_retries=1, name=f"memory {job.hex()[:8]}")))
 
+    def query_stats(self) -> None:
+        self.client.send_multipart(wire.encode(wire.StatsQuery.make(CLIENT_ID, request_id=0)))
+
     def on_client(self, message: wire.Message) -> None:
-        if isinstance(message, wire.JobSubmitReply):
+        if isinstance(message, wire.StatsReply):
+            self.counters = dict(message.counters)
+        elif isinstance(message, wire.JobSubmitReply):
             if self.submitting.pop(message.request_id, None) is not None and message.created:
                 self.accepted_chunks += self.chunks_per_job
         elif isinstance(message, wire.Error) and message.error_code == wire.ErrorCode.BUSY:
@@ -260,6 +268,7 @@ class Driver:
             if self.succeeded_committed >= reported + 100_000:
                 reported = self.succeeded_committed
                 progress(reported)
+                self.query_stats()
 
 
 def in_process(options: argparse.Namespace, probe: int) -> dict:
@@ -435,9 +444,14 @@ def through_daemon(options: argparse.Namespace, probe: int) -> dict:
         started = time.monotonic()
         driver.run_all(options.chunks, options.timeout,
                        lambda done: print(f"{done} chunks done, {rss_line(master.pid)}, "
-                                          f"{time.monotonic() - started:.0f} s", file=sys.stderr, flush=True))
+                                          f"{time.monotonic() - started:.0f} s, jobs forgotten "
+                                          f"{driver.counters.get('jobs_forgotten', 0)}",
+                                          file=sys.stderr, flush=True))
         elapsed = time.monotonic() - started
-        time.sleep(SETTLE_S)
+        driver.query_stats()
+        settle_until = time.monotonic() + SETTLE_S
+        while time.monotonic() < settle_until:
+            driver.step(options.chunks)
         final = proc_status(master.pid)
     except Exception:
         if master is not None:
@@ -450,7 +464,8 @@ def through_daemon(options: argparse.Namespace, probe: int) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
     return dict(done=driver.succeeded_committed, elapsed=elapsed, before_probe=before_probe,
                 after_probe=after_probe, final=final, lease_losses=driver.lease_losses,
-                resubmitted=driver.resubmitted)
+                resubmitted=driver.resubmitted,
+                counters={name: driver.counters.get(name, 0) for name in MASTER_COUNTERS})
 
 
 def main() -> int:
@@ -499,7 +514,8 @@ def main() -> int:
         "queued_ratio_to_limit": round(per_queued / LIMIT_BYTES_PER_QUEUED_CHUNK, 3),
     }
     if "lease_losses" in run:
-        report.update(lease_losses=run["lease_losses"], submissions_retried=run["resubmitted"])
+        report.update(lease_losses=run["lease_losses"], submissions_retried=run["resubmitted"],
+                      master_counters=run["counters"])
     if "dump_bytes" in run:
         report.update({"snapshot_gzipped_mib": round(run["dump_bytes"] / (1 << 20), 1),
                        "snapshot_seconds": round(run["dump_seconds"], 2),
