@@ -46,6 +46,7 @@ from uds.master.raft_node import RaftNode, forget_dump_forks, guard_dump_forks
 from uds.master.state import ClusterState
 from uds.daemon.runtime import wake
 from uds.wire.keys import KeyFolder
+from uds.wire.records import ChunkEvent
 
 # Wait between ticks while proposals are outstanding, and when idle.
 BUSY_TICK_S = 0.0005
@@ -58,6 +59,9 @@ DUMP_FILE = "raft.dump"
 LOG_COMPACTION_MIN_ENTRIES = 20_000
 LOG_COMPACTION_MIN_TIME_S = 60
 LOG_COMPACTION_MAX_BYTES = 8 << 20
+# Worker ids shared between chunk records (ReplicatedState._share_worker_ids);
+# far more than a cluster has workers.
+MAX_SHARED_WORKER_IDS = 100_000
 # zlib's fastest level: a batch of 2,000 chunk events packs in about 1 ms.
 PACK_LEVEL = 1
 
@@ -74,8 +78,10 @@ def unpack_commands(packed: bytes) -> list:
 class ReplicatedState(SyncObjConsumer):
     def __init__(self) -> None:
         # Set before SyncObjConsumer.__init__, which marks existing attributes
-        # as not to be serialised: the lock stays local, the state replicates.
+        # as not to be serialised: the lock and the ids stay local, the state
+        # replicates.
         self.lock = threading.Lock()
+        self.worker_ids: dict[bytes, bytes] = {}
         super().__init__()
         self.state = ClusterState()
 
@@ -87,8 +93,20 @@ class ReplicatedState(SyncObjConsumer):
     @replicated
     def apply_packed(self, packed: bytes, now: float) -> list:
         commands = unpack_commands(packed)
+        self._share_worker_ids(commands)
         with self.lock:
             return self.state.apply(commands, now)
+
+
+    def _share_worker_ids(self, commands: list) -> None:
+        """One bytes object per worker id: a chunk record keeps the id of the
+        worker that ran it, and each event unpacks its own copy (49 bytes a
+        finished chunk). The events are ours, fresh from the unpickler."""
+        if len(self.worker_ids) > MAX_SHARED_WORKER_IDS:
+            self.worker_ids.clear()
+        for command in commands:
+            if type(command) is ChunkEvent and command.worker is not None:
+                object.__setattr__(command, "worker", self.worker_ids.setdefault(command.worker, command.worker))
 
 
 @dataclass(frozen=True)
