@@ -75,7 +75,8 @@ MAX_SUBMITTING = 4
 MAX_BACKLOG_CHUNKS = 50_000
 SETTLE_S = 1.0
 # What the report gives of the master's stats at the end.
-MASTER_COUNTERS = ("jobs_forgotten", "proposals", "commands_proposed", "proposals_timed_out", "raft_journal_syncs")
+MASTER_COUNTERS = ("jobs_forgotten", "in_flight", "proposals", "commands_proposed", "proposals_timed_out",
+                   "raft_journal_syncs")
 PROGRAM = (bytes.fromhex("f0" * 16), 1234)
 WORKER = bytes.fromhex("77" * 16)
 CLIENT_ID = bytes.fromhex("c1" * 16)
@@ -400,7 +401,10 @@ def dump_stall(state: ClusterState, dump_in_child: bool) -> dict:
             time.sleep(0.001)
         finished = time.monotonic()
         time.sleep(0.2)     # a tick or two after the dump, to close the last gap
-        gaps = [b - a for a, b in zip(ticks, ticks[1:]) if b >= started]
+        # From the moment the dump was asked for: the tick under way then
+        # (called before the patch) is the one that makes it.
+        ends = [started] + [at for at in ticks if at > started]
+        gaps = [b - a for a, b in zip(ends, ends[1:])]
         return dict(dump_in_child=dump_in_child, dump_seconds=round(finished - started, 2),
                     dump_mib=round(dump.stat().st_size / (1 << 20), 1),
                     longest_tick_gap_s=round(max(gaps, default=0.0), 3),
@@ -465,7 +469,8 @@ def through_daemon(options: argparse.Namespace, probe: int) -> dict:
     return dict(done=driver.succeeded_committed, elapsed=elapsed, before_probe=before_probe,
                 after_probe=after_probe, final=final, lease_losses=driver.lease_losses,
                 resubmitted=driver.resubmitted,
-                counters={name: driver.counters.get(name, 0) for name in MASTER_COUNTERS})
+                counters={name: value for name, value in sorted(driver.counters.items())
+                          if name in MASTER_COUNTERS or name.startswith("chunk_events")})
 
 
 def main() -> int:
