@@ -11,12 +11,12 @@ master dispatches. RSS comes from /proc/PID/status.
 First, with no balancer, QUEUED_PROBE chunks are submitted and stay queued:
 their RSS growth per chunk is the cost of a live queued chunk. Then the
 balancer runs them and the client submits more until --chunks have
-succeeded in all. On this 2-core machine that path runs about 1,200 chunks
-per second (the master and the stand-in share the cores), too slow for a
-million in a few minutes; so by default the same commands, in the batches a
+succeeded in all. On this 2-core machine that path runs about 1,500-3,000
+chunks per second (the master and the stand-in share the cores): 6-11
+minutes for a million. By default the same commands, in the batches a
 leader proposes, are applied in this process to a ClusterState, the object
 every master replicates, with retention as the leader runs it, and RSS is
-this process's. The output's "path" says which.
+this process's: a minute or two. The output's "path" says which.
 
 With --dump-stall, a RaftGroup (one member, in this process) holds a state
 of --chunks finished chunks and writes a full dump, once on the Raft thread
@@ -40,7 +40,7 @@ import pickle
 import shutil
 import sys
 import tempfile
-import threading
+import socket
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -323,8 +323,8 @@ def in_process(options: argparse.Namespace, probe: int) -> dict:
             print(f"{done} chunks done, RSS {proc_status(os.getpid())['VmRSS'] >> 20} MiB", file=sys.stderr)
     elapsed = time.monotonic() - started
     final = proc_status(os.getpid())
-    # A full dump as pysyncobj writes it when it compacts the log (useFork=False:
-    # on the Raft thread): pickled, gzipped, streamed to a file.
+    # A full dump as pysyncobj writes it when it compacts the log (a master
+    # does so in a forked child): pickled, gzipped, streamed to a file.
     dump_started = time.monotonic()
     with tempfile.TemporaryFile() as file:
         with gzip.GzipFile(fileobj=file, mode="wb") as stream:
@@ -368,9 +368,7 @@ def dump_stall(state: ClusterState, dump_in_child: bool) -> dict:
     try:
         keys = KeyFolder(create_cluster_keys(folder / "keys"), NodeRole.MASTER)
         (folder / "data").mkdir()
-        with socket_port() as port:
-            address = f"127.0.0.1:{port}"
-        group = RaftGroup(address, [], folder / "data", keys, write_fd, dump_in_child=dump_in_child)
+        group = RaftGroup(free_raft_address(), [], folder / "data", keys, write_fd, dump_in_child=dump_in_child)
         deadline = time.monotonic() + 10.0
         while not group.is_leader:
             assert time.monotonic() < deadline, "the group elected no leader"
@@ -418,17 +416,11 @@ def dump_stall(state: ClusterState, dump_in_child: bool) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-class socket_port:
-    """A free TCP port on 127.0.0.1 (closed again before use)."""
-
-    def __enter__(self) -> int:
-        import socket
-        self.probe = socket.socket()
-        self.probe.bind(("127.0.0.1", 0))
-        return self.probe.getsockname()[1]
-
-    def __exit__(self, *_) -> None:
-        self.probe.close()
+def free_raft_address() -> str:
+    """host:port of a TCP port free on 127.0.0.1 (closed again before use)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
 
 
 def through_daemon(options: argparse.Namespace, probe: int) -> dict:
@@ -481,7 +473,7 @@ def main() -> int:
                         help="chunks submitted and measured while nothing runs them")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds the whole run may take")
     parser.add_argument("--daemon", action="store_true",
-                        help="through a real master daemon (slow here: about 1,200 chunks/s)")
+                        help="through a real master daemon (slower: 1,500-3,000 chunks/s here)")
     parser.add_argument("--dump-stall", action="store_true",
                         help="the Raft thread's stall while a state of --chunks finished chunks is dumped")
     options = parser.parse_args()
@@ -501,7 +493,7 @@ def main() -> int:
         "path": ("a python -m uds.master daemon fed real messages by a client and a stand-in balancer"
                  if options.daemon else
                  "in process: the daemon's commands applied to a ClusterState as its leader proposes them "
-                 "(the daemon path runs about 1,200 chunks/s here, too slow for a million in a few minutes)"),
+                 "(the state alone, without pysyncobj, its log and the daemon's messages)"),
         "chunks": run["done"],
         "chunks_per_job": options.chunks_per_job,
         "seconds": round(elapsed, 1),
