@@ -41,6 +41,7 @@ class LoneMaster:
 
     def __init__(self, keys: KeyFolder, folder) -> None:
         self.keys, self.folder = keys, folder
+        self.max_journal_bytes = MAX_JOURNAL_BYTES
         [self.address] = addresses_for(1)
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
@@ -49,7 +50,7 @@ class LoneMaster:
 
     def start(self) -> RaftGroup:
         self.group = RaftGroup(self.address, [], self.folder, self.keys, self.write_fd,
-                               log_compaction_max_bytes=MAX_JOURNAL_BYTES)
+                               log_compaction_max_bytes=self.max_journal_bytes)
         wait_until(lambda: self.group.is_leader, DEADLINE_S)
         return self.group
 
@@ -200,3 +201,22 @@ def test_a_fork_from_another_thread_is_left_alone():
         signal.signal(signal.SIGTERM, previous)
         os.close(report_read)
         os.close(report_write)
+
+
+def test_a_journal_of_unpacked_entries_still_replays(master):
+    """Entries written before batches were packed call `apply` with the
+    commands themselves; a master restarted on such a journal replays them."""
+    master.max_journal_bytes = 64 << 20     # no dump: the journal alone replays
+    group = master.start()
+    now = time.time()
+    commits: list = []
+    for commands in job_commands(1):
+        group.replicated.apply(commands, now, callback=lambda outcomes, error: commits.append((outcomes, error)))
+    wait_until(lambda: len(commits) == 4, DEADLINE_S)
+    assert all(error == 0 and all(outcome.ok for outcome in outcomes) for outcomes, error in commits)
+    expected = master.state()
+    assert len(expected.job_records) == 1 and not (master.folder / DUMP_FILE).exists()
+
+    master.stop()
+    master.start()
+    assert master.state() == expected
