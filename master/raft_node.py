@@ -35,14 +35,16 @@
    runs (`guard_dump_forks`): the parent's signal handlers go back to the
    defaults, so a SIGTERM to the group does not run the master's shutdown
    in the child; and the child is killed when the thread that forked it
-   ends (PR_SET_PDEATHSIG), so no orphan renames an old dump over a newer
-   one after its master died or was restarted. `reap_dump_child` waits for
+   ends (PR_SET_PDEATHSIG, which the child sets first thing: the Raft
+   thread outlives that by far), so no orphan renames an old dump over a
+   newer one after its master died or was restarted. `reap_dump_child` waits for
    it when the node is destroyed.
 
 The hooks override pysyncobj's private (name-mangled) methods
 `_SyncObj__onMessageReceived`, `_SyncObj__sendNextNodeIdx` and
 `_SyncObj__setCurrentTerm`, and read its serializer's child and journal's
-size; tests/test_raft_node.py pins them against the installed pysyncobj.
+size; tests/test_raft_node.py and tests/test_master_dump.py pin them against
+the installed pysyncobj.
 """
 from __future__ import annotations
 

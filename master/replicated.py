@@ -97,7 +97,6 @@ class ReplicatedState(SyncObjConsumer):
         with self.lock:
             return self.state.apply(commands, now)
 
-
     def _share_worker_ids(self, commands: list) -> None:
         """One bytes object per worker id: a chunk record keeps the id of the
         worker that ran it, and each event unpacks its own copy (49 bytes a
