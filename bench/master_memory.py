@@ -11,14 +11,22 @@ master dispatches. RSS comes from /proc/PID/status.
 First, with no balancer, QUEUED_PROBE chunks are submitted and stay queued:
 their RSS growth per chunk is the cost of a live queued chunk. Then the
 balancer runs them and the client submits more until --chunks have
-succeeded in all. On this 2-core machine that path runs about 1,200 chunks
-per second (the master and the stand-in share the cores), too slow for a
-million in a few minutes; so by default the same commands, in the batches a
+succeeded in all. On this 2-core machine that path runs about 1,500-3,000
+chunks per second (the master and the stand-in share the cores): 6-11
+minutes for a million. By default the same commands, in the batches a
 leader proposes, are applied in this process to a ClusterState, the object
 every master replicates, with retention as the leader runs it, and RSS is
-this process's. The output's "path" says which.
+this process's: a minute or two. The output's "path" says which.
+
+With --dump-stall, a RaftGroup (one member, in this process) holds a state
+of --chunks finished chunks and writes a full dump, once on the Raft thread
+(useFork off) and once from a forked child (as a master does): the report
+gives, for each, the longest gap between Raft ticks and between reads of
+the state by another thread (what the node loop does to answer anyone)
+while the dump was made.
 
     python bench/master_memory.py [--daemon] [--chunks N] [--chunks-per-job C] [--queued-probe Q]
+    python bench/master_memory.py --dump-stall [--chunks N]
 """
 from __future__ import annotations
 
@@ -32,6 +40,7 @@ import pickle
 import shutil
 import sys
 import tempfile
+import socket
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -44,11 +53,14 @@ from daemons import ClusterLayout  # noqa: E402
 from uds import wire  # noqa: E402
 from uds.master.commands import DispatchAttempts, ForgetJobs, SubmitJob  # noqa: E402
 from uds.master.proposals import MAX_COMMANDS_PER_PROPOSAL  # noqa: E402
+from uds.master.raft_node import RaftNode  # noqa: E402
+from uds.master.replicated import DUMP_FILE, RaftGroup  # noqa: E402
 from uds.master.retention import jobs_to_forget  # noqa: E402
 from uds.master.state import ClusterState  # noqa: E402
 from uds.wire.cluster import Retention  # noqa: E402
 from uds.wire.records import ChunkEvent, ChunkResult  # noqa: E402
 from uds.wire.enums import ChunkState, NodeRole  # noqa: E402
+from uds.wire.keys import KeyFolder, create_cluster_keys  # noqa: E402
 from uds.wire.transport import Transport  # noqa: E402
 
 LIMIT_RSS_BYTES = 300 << 20
@@ -62,6 +74,9 @@ HELLO_S = 0.5
 MAX_SUBMITTING = 4
 MAX_BACKLOG_CHUNKS = 50_000
 SETTLE_S = 1.0
+# What the report gives of the master's stats at the end.
+MASTER_COUNTERS = ("jobs_forgotten", "in_flight", "proposals", "commands_proposed", "proposals_timed_out",
+                   "raft_journal_syncs")
 PROGRAM = (bytes.fromhex("f0" * 16), 1234)
 WORKER = bytes.fromhex("77" * 16)
 CLIENT_ID = bytes.fromhex("c1" * 16)
@@ -76,6 +91,12 @@ def proc_status(pid: int) -> dict[str, int]:
         if name in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             values[name] = int(rest.split()[0]) * 1024
     return values
+
+
+def rss_line(pid: int) -> str:
+    status = proc_status(pid)
+    return (f"RSS {status['VmRSS'] >> 20} MiB ({status['RssAnon'] >> 20} anonymous, "
+            f"{status['RssFile'] >> 20} file-backed), peak {status['VmHWM'] >> 20} MiB")
 
 
 class Driver:
@@ -107,6 +128,7 @@ class Driver:
         self.next_batch = 1
         self.balancing = False
         self.next_heartbeat = self.next_hello = 0.0
+        self.counters: dict[str, int] = {}
 
     def close(self) -> None:
         for transport in (self.client_transport, self.balancer_transport):
@@ -127,8 +149,13 @@ class Driver:
             program=list(PROGRAM), args=["--part"], inputs={}, chunk_inputs=[], timeout_s=60.0,
             max_retries=1, name=f"memory {job.hex()[:8]}")))
 
+    def query_stats(self) -> None:
+        self.client.send_multipart(wire.encode(wire.StatsQuery.make(CLIENT_ID, request_id=0)))
+
     def on_client(self, message: wire.Message) -> None:
-        if isinstance(message, wire.JobSubmitReply):
+        if isinstance(message, wire.StatsReply):
+            self.counters = dict(message.counters)
+        elif isinstance(message, wire.JobSubmitReply):
             if self.submitting.pop(message.request_id, None) is not None and message.created:
                 self.accepted_chunks += self.chunks_per_job
         elif isinstance(message, wire.Error) and message.error_code == wire.ErrorCode.BUSY:
@@ -242,6 +269,7 @@ class Driver:
             if self.succeeded_committed >= reported + 100_000:
                 reported = self.succeeded_committed
                 progress(reported)
+                self.query_stats()
 
 
 def in_process(options: argparse.Namespace, probe: int) -> dict:
@@ -295,8 +323,8 @@ def in_process(options: argparse.Namespace, probe: int) -> dict:
             print(f"{done} chunks done, RSS {proc_status(os.getpid())['VmRSS'] >> 20} MiB", file=sys.stderr)
     elapsed = time.monotonic() - started
     final = proc_status(os.getpid())
-    # A full dump as pysyncobj writes it when it compacts the log (useFork=False:
-    # on the Raft thread): pickled, gzipped, streamed to a file.
+    # A full dump as pysyncobj writes it when it compacts the log (a master
+    # does so in a forked child): pickled, gzipped, streamed to a file.
     dump_started = time.monotonic()
     with tempfile.TemporaryFile() as file:
         with gzip.GzipFile(fileobj=file, mode="wb") as stream:
@@ -307,6 +335,92 @@ def in_process(options: argparse.Namespace, probe: int) -> dict:
                 dump_seconds=time.monotonic() - dump_started,
                 kept=dict(jobs=len(state.job_records), finished_chunks=state.history.finished_chunks,
                           history_lines=len(state.history.lines), events=len(state.event_log)))
+
+
+def finished_state(chunks: int, per_job: int) -> ClusterState:
+    """A state keeping `chunks` finished chunks (no retention)."""
+    state = ClusterState()
+    now = 1_000_000.0
+    for _ in range(chunks // per_job):
+        job = os.urandom(16)
+        attempts = tuple((job, chunk, 1) for chunk in range(per_job))
+        batches = [[SubmitJob(job=job, name="stall", program=PROGRAM, args=("--part",), inputs={},
+                              chunk_inputs=(), chunk_count=per_job, timeout_s=60.0, max_retries=1)],
+                   [DispatchAttempts(attempts)],
+                   [ChunkEvent(job=job, chunk=chunk, attempt=1, state=int(ChunkState.SUCCEEDED), worker=WORKER,
+                               result=ChunkResult(exit_code=0, outputs={"out": (os.urandom(16), 100)},
+                                                  elapsed_s=0.01, output_bytes=100))
+                    for chunk in range(per_job)]]
+        for commands in batches:
+            now += 0.001
+            for outcome in state.apply(commands, now):
+                assert outcome.ok, outcome
+    return state
+
+
+def dump_stall(state: ClusterState, dump_in_child: bool) -> dict:
+    """The longest gaps between Raft ticks and between reads of the state
+    while a RaftGroup holding `state` writes one full dump."""
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="uds-bench-dump-"))
+    read_fd, write_fd = os.pipe()
+    group = None
+    tick = RaftNode.doTick
+    try:
+        keys = KeyFolder(create_cluster_keys(folder / "keys"), NodeRole.MASTER)
+        (folder / "data").mkdir()
+        group = RaftGroup(free_raft_address(), [], folder / "data", keys, write_fd, dump_in_child=dump_in_child)
+        deadline = time.monotonic() + 10.0
+        while not group.is_leader:
+            assert time.monotonic() < deadline, "the group elected no leader"
+            time.sleep(0.01)
+        with group.replicated.lock:
+            group.replicated.state = state
+        for token in (1, 2):        # entries to compact
+            group.propose(token, [], time.time())
+            group.commits.get(timeout=10.0)
+        ticks: list[float] = []
+
+        def timed_tick(node, timeout: float) -> None:
+            tick(node, timeout)
+            ticks.append(time.monotonic())
+
+        # On the class: an attribute of the node itself would go into its dump.
+        node_class = type(group.syncobj)
+        tick = node_class.doTick
+        node_class.doTick = timed_tick
+        dump = folder / "data" / DUMP_FILE
+        started = time.monotonic()
+        group.syncobj.forceLogCompaction()
+        reads = [started]
+        while (not dump.exists() or group.syncobj.dump_child()
+               or group.syncobj._SyncObj__forceLogCompaction) and time.monotonic() < started + 120:
+            group.read(lambda state: len(state.queued))
+            reads.append(time.monotonic())
+            time.sleep(0.001)
+        finished = time.monotonic()
+        time.sleep(0.2)     # a tick or two after the dump, to close the last gap
+        # From the moment the dump was asked for: the tick under way then
+        # (called before the patch) is the one that makes it.
+        ends = [started] + [at for at in ticks if at > started]
+        gaps = [b - a for a, b in zip(ends, ends[1:])]
+        return dict(dump_in_child=dump_in_child, dump_seconds=round(finished - started, 2),
+                    dump_mib=round(dump.stat().st_size / (1 << 20), 1),
+                    longest_tick_gap_s=round(max(gaps, default=0.0), 3),
+                    longest_read_gap_s=round(max(b - a for a, b in zip(reads, reads[1:])), 3))
+    finally:
+        if group is not None:
+            type(group.syncobj).doTick = tick
+            group.destroy()
+        os.close(read_fd)
+        os.close(write_fd)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def free_raft_address() -> str:
+    """host:port of a TCP port free on 127.0.0.1 (closed again before use)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
 
 
 def through_daemon(options: argparse.Namespace, probe: int) -> dict:
@@ -325,10 +439,15 @@ def through_daemon(options: argparse.Namespace, probe: int) -> dict:
         after_probe = proc_status(master.pid)
         started = time.monotonic()
         driver.run_all(options.chunks, options.timeout,
-                       lambda done: print(f"{done} chunks done, RSS {proc_status(master.pid)['VmRSS'] >> 20} MiB",
-                                          file=sys.stderr))
+                       lambda done: print(f"{done} chunks done, {rss_line(master.pid)}, "
+                                          f"{time.monotonic() - started:.0f} s, jobs forgotten "
+                                          f"{driver.counters.get('jobs_forgotten', 0)}",
+                                          file=sys.stderr, flush=True))
         elapsed = time.monotonic() - started
-        time.sleep(SETTLE_S)
+        driver.query_stats()
+        settle_until = time.monotonic() + SETTLE_S
+        while time.monotonic() < settle_until:
+            driver.step(options.chunks)
         final = proc_status(master.pid)
     except Exception:
         if master is not None:
@@ -341,7 +460,9 @@ def through_daemon(options: argparse.Namespace, probe: int) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
     return dict(done=driver.succeeded_committed, elapsed=elapsed, before_probe=before_probe,
                 after_probe=after_probe, final=final, lease_losses=driver.lease_losses,
-                resubmitted=driver.resubmitted)
+                resubmitted=driver.resubmitted,
+                counters={name: value for name, value in sorted(driver.counters.items())
+                          if name in MASTER_COUNTERS or name.startswith("chunk_events")})
 
 
 def main() -> int:
@@ -352,8 +473,16 @@ def main() -> int:
                         help="chunks submitted and measured while nothing runs them")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds the whole run may take")
     parser.add_argument("--daemon", action="store_true",
-                        help="through a real master daemon (slow here: about 1,200 chunks/s)")
+                        help="through a real master daemon (slower: 1,500-3,000 chunks/s here)")
+    parser.add_argument("--dump-stall", action="store_true",
+                        help="the Raft thread's stall while a state of --chunks finished chunks is dumped")
     options = parser.parse_args()
+    if options.dump_stall:
+        state = finished_state(options.chunks, options.chunks_per_job)
+        runs = [dump_stall(state, dump_in_child) for dump_in_child in (False, True)]
+        print(json.dumps({"benchmark": "master_dump_stall", "finished_chunks": options.chunks,
+                          "rss_mib": round(proc_status(os.getpid())["VmRSS"] / (1 << 20), 1), "runs": runs}))
+        return 0
     probe = options.queued_probe - options.queued_probe % options.chunks_per_job
 
     run = through_daemon(options, probe) if options.daemon else in_process(options, probe)
@@ -364,7 +493,7 @@ def main() -> int:
         "path": ("a python -m uds.master daemon fed real messages by a client and a stand-in balancer"
                  if options.daemon else
                  "in process: the daemon's commands applied to a ClusterState as its leader proposes them "
-                 "(the daemon path runs about 1,200 chunks/s here, too slow for a million in a few minutes)"),
+                 "(the state alone, without pysyncobj, its log and the daemon's messages)"),
         "chunks": run["done"],
         "chunks_per_job": options.chunks_per_job,
         "seconds": round(elapsed, 1),
@@ -382,7 +511,8 @@ def main() -> int:
         "queued_ratio_to_limit": round(per_queued / LIMIT_BYTES_PER_QUEUED_CHUNK, 3),
     }
     if "lease_losses" in run:
-        report.update(lease_losses=run["lease_losses"], submissions_retried=run["resubmitted"])
+        report.update(lease_losses=run["lease_losses"], submissions_retried=run["resubmitted"],
+                      master_counters=run["counters"])
     if "dump_bytes" in run:
         report.update({"snapshot_gzipped_mib": round(run["dump_bytes"] / (1 << 20), 1),
                        "snapshot_seconds": round(run["dump_seconds"], 2),

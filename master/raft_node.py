@@ -25,16 +25,34 @@
    syncs neither; a member that forgot its vote could vote twice in one
    term. Here the file and its folder are synced before the vote or the
    term is acted on.
+5. A full dump made by a child that touches nothing else. With `useFork`
+   pysyncobj forks on the Raft thread, and the child pickles the state,
+   gzips it into `DUMP.tmp`, renames it over the dump and leaves with
+   `os._exit` (no atexit handlers, no flush of the parent's buffers); the
+   parent reaps it from its ticks. The child has only the forking thread:
+   it never touches ZeroMQ, the state's lock or the journal. What it could
+   still inherit is set right here, in the child, before pysyncobj's code
+   runs (`guard_dump_forks`): the parent's signal handlers go back to the
+   defaults, so a SIGTERM to the group does not run the master's shutdown
+   in the child; and the child is killed when the thread that forked it
+   ends (PR_SET_PDEATHSIG, which the child sets first thing: the Raft
+   thread outlives that by far), so no orphan renames an old dump over a
+   newer one after its master died or was restarted. `reap_dump_child` waits for
+   it when the node is destroyed.
 
 The hooks override pysyncobj's private (name-mangled) methods
 `_SyncObj__onMessageReceived`, `_SyncObj__sendNextNodeIdx` and
-`_SyncObj__setCurrentTerm`; tests/test_raft_node.py pins them against the
-installed pysyncobj.
+`_SyncObj__setCurrentTerm`, and read its serializer's child and journal's
+size; tests/test_raft_node.py and tests/test_master_dump.py pin them against
+the installed pysyncobj.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -47,6 +65,13 @@ RAFT_ROLES = ("follower", "candidate", "leader")
 ACKNOWLEDGEMENT = "next_node_idx"
 APPEND = "append_entries"
 VOTE_REQUEST = "request_vote"
+
+# prctl(2): deliver this signal to the calling process when its parent thread ends.
+PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)
+# Threads whose forks are full dumps (guard_dump_forks), and the process they forked from.
+_DUMP_THREADS: set[int] = set()
+_forked_from = [0]
 
 
 class RaftNode(SyncObj):
@@ -129,6 +154,28 @@ class RaftNode(SyncObj):
             _sync_file(journal + ".meta")
             _sync_file(os.path.dirname(os.path.abspath(journal)))
 
+    # -- the full dump's child and the journal (the Raft thread) ------------------
+
+    def dump_child(self) -> int:
+        """The pid of the child writing a full dump, 0 while none runs."""
+        pid = self._SyncObj__serializer._Serializer__pid
+        return pid if pid > 0 else 0
+
+    def reap_dump_child(self) -> None:
+        """Wait for a dump's child; call once the Raft thread has ended,
+        which kills it (PR_SET_PDEATHSIG) if it was still writing."""
+        pid = self.dump_child()
+        if pid:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            self._SyncObj__serializer._Serializer__pid = 0
+
+    def journal_bytes(self) -> int:
+        """How much of the journal file holds entries (0 without a file)."""
+        return getattr(self._SyncObj__raftLog, "_FileJournal__currentOffset", 0)
+
     def _follows_a_live_leader(self, now: float) -> bool:
         return (not self._isLeader() and self._getLeader() is not None
                 and now - self._heard_leader_at < self._SyncObj__conf.raftMinTimeout)
@@ -150,3 +197,32 @@ def _sync_file(path: str) -> None:
             os.close(descriptor)
     except OSError as fault:
         logging.getLogger("master.raft").warning("cannot sync %s: %s", path, fault)
+
+
+def guard_dump_forks() -> None:
+    """Mark the calling thread as the one whose forks write full dumps."""
+    _DUMP_THREADS.add(threading.get_ident())
+
+
+def forget_dump_forks() -> None:
+    _DUMP_THREADS.discard(threading.get_ident())
+
+
+def _before_fork() -> None:
+    _forked_from[0] = os.getpid()
+
+
+def _in_dump_child() -> None:
+    # The forking thread is the child's one thread (and its main thread, so
+    # it may set signal handlers); other forks of the process are not ours.
+    if threading.get_ident() not in _DUMP_THREADS:
+        return
+    _DUMP_THREADS.clear()
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != _forked_from[0]:
+        os._exit(1)     # the parent died before prctl took effect
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_in_dump_child)

@@ -107,6 +107,9 @@ def _pack_chunks(chunks: list[ChunkRecord]) -> bytes:
 
 
 def _unpack_chunks(packed: bytes) -> list[ChunkRecord]:
-    return [ChunkRecord(_PHASES[phase], attempt, retries_used, lost_count, worker, packed_result)
+    # One bytes object per worker id, as the replicas share them (master/replicated.py).
+    workers: dict[bytes, bytes] = {}
+    return [ChunkRecord(_PHASES[phase], attempt, retries_used, lost_count,
+                        None if worker is None else workers.setdefault(worker, worker), packed_result)
             for phase, attempt, retries_used, lost_count, worker, packed_result
             in msgpack.unpackb(packed, raw=False, use_list=False)]

@@ -1,10 +1,21 @@
 """The Raft group around master/state.py.
 
-`ReplicatedState.apply(commands, now)` is the one replicated method: it
+`ReplicatedState.apply_packed(packed, now)` is the replicated method: it
 carries a whole batch of commands, so one Raft entry commits many
-submissions or chunk events. It and the commit callbacks run on the Raft
-thread; the node loop reads the state under `lock` and learns of commits
-through a queue and a wake-up pipe (see RaftGroup.propose).
+submissions or chunk events. The batch travels packed (`pack_commands`: a
+pickle, deflated), because every member keeps each entry twice until the
+next compaction, in memory and in the journal's mapped pages: a chunk's
+STARTED and SUCCEEDED events took about 260 bytes pickled, about 25 packed
+(doc/master.md#memory). `apply`, the unpacked form, stays so that a journal
+written before packing still replays. Both and the commit callbacks run on
+the Raft thread; the node loop reads the state under `lock` and learns of
+commits through a queue and a wake-up pipe (see RaftGroup.propose).
+
+The log is compacted into a full dump every LOG_COMPACTION_MIN_ENTRIES
+entries, every LOG_COMPACTION_MIN_TIME_S, and whenever the journal holds
+more than LOG_COMPACTION_MAX_BYTES. The dump is written by a forked child
+(`useFork`, made safe by master/raft_node.py), so that pickling a large
+state does not hold the Raft thread and the GIL for seconds.
 
 The Raft thread is ours, not pysyncobj's automatic one: pysyncobj appends a
 command at the end of one tick and commits it in the next, and with no peer
@@ -19,9 +30,11 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import pickle
 import queue
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -29,26 +42,46 @@ from pysyncobj import FAIL_REASON, SyncObjConsumer, replicated
 from pysyncobj.node import TCPNode
 
 from uds.master.raft import CONFIRMED_LEADERSHIP_S, syncobj_conf
-from uds.master.raft_node import RaftNode
+from uds.master.raft_node import RaftNode, forget_dump_forks, guard_dump_forks
 from uds.master.state import ClusterState
 from uds.daemon.runtime import wake
 from uds.wire.keys import KeyFolder
+from uds.wire.records import ChunkEvent
 
 # Wait between ticks while proposals are outstanding, and when idle.
 BUSY_TICK_S = 0.0005
 IDLE_TICK_S = 0.05
 JOURNAL_FILE = "raft.journal"
 DUMP_FILE = "raft.dump"
-# Compact the journal into a full dump once it holds this many entries.
+# Compact the journal into a full dump once it holds this many entries, is
+# this old, or holds this many bytes: the entries stay in memory and in the
+# journal's mapped pages until then, both counted in a master's RSS.
 LOG_COMPACTION_MIN_ENTRIES = 20_000
 LOG_COMPACTION_MIN_TIME_S = 60
+LOG_COMPACTION_MAX_BYTES = 8 << 20
+# Worker ids shared between chunk records (ReplicatedState._share_worker_ids);
+# far more than a cluster has workers.
+MAX_SHARED_WORKER_IDS = 100_000
+# zlib's fastest level: a batch of 2,000 chunk events packs in about 1 ms.
+PACK_LEVEL = 1
+
+
+def pack_commands(commands: list) -> bytes:
+    return zlib.compress(pickle.dumps(commands, protocol=pickle.HIGHEST_PROTOCOL), PACK_LEVEL)
+
+
+def unpack_commands(packed: bytes) -> list:
+    # Entries come only from members that hold the cluster's Raft password.
+    return pickle.loads(zlib.decompress(packed))
 
 
 class ReplicatedState(SyncObjConsumer):
     def __init__(self) -> None:
         # Set before SyncObjConsumer.__init__, which marks existing attributes
-        # as not to be serialised: the lock stays local, the state replicates.
+        # as not to be serialised: the lock and the ids stay local, the state
+        # replicates.
         self.lock = threading.Lock()
+        self.worker_ids: dict[bytes, bytes] = {}
         super().__init__()
         self.state = ClusterState()
 
@@ -56,6 +89,23 @@ class ReplicatedState(SyncObjConsumer):
     def apply(self, commands: list, now: float) -> list:
         with self.lock:
             return self.state.apply(commands, now)
+
+    @replicated
+    def apply_packed(self, packed: bytes, now: float) -> list:
+        commands = unpack_commands(packed)
+        self._share_worker_ids(commands)
+        with self.lock:
+            return self.state.apply(commands, now)
+
+    def _share_worker_ids(self, commands: list) -> None:
+        """One bytes object per worker id: a chunk record keeps the id of the
+        worker that ran it, and each event unpacks its own copy (49 bytes a
+        finished chunk). The events are ours, fresh from the unpickler."""
+        if len(self.worker_ids) > MAX_SHARED_WORKER_IDS:
+            self.worker_ids.clear()
+        for command in commands:
+            if type(command) is ChunkEvent and command.worker is not None:
+                object.__setattr__(command, "worker", self.worker_ids.setdefault(command.worker, command.worker))
 
 
 @dataclass(frozen=True)
@@ -88,7 +138,8 @@ class RaftGroup:
 
     def __init__(self, self_address: str, partner_addresses: list[str], data: pathlib.Path,
                  keys: KeyFolder, wake_fd: int, *,
-                 log_compaction_min_entries: int = LOG_COMPACTION_MIN_ENTRIES) -> None:
+                 log_compaction_min_entries: int = LOG_COMPACTION_MIN_ENTRIES,
+                 log_compaction_max_bytes: int = LOG_COMPACTION_MAX_BYTES, dump_in_child: bool = True) -> None:
         self.replicated = ReplicatedState()
         self.commits: queue.SimpleQueue[Commit | MembershipCommitted] = queue.SimpleQueue()
         self._wake_fd = wake_fd
@@ -97,13 +148,18 @@ class RaftGroup:
         self._outstanding = 0
         self._outstanding_lock = threading.Lock()
         self.journal_syncs = 0
+        self.forced_compactions = 0
+        self._log_compaction_max_bytes = log_compaction_max_bytes
+        self._compact_above = log_compaction_max_bytes
         conf = syncobj_conf(
             keys, journalFile=str(data / JOURNAL_FILE), fullDumpFile=str(data / DUMP_FILE),
             logCompactionMinEntries=log_compaction_min_entries,
             logCompactionMinTime=LOG_COMPACTION_MIN_TIME_S,
             onReady=self._ready.set,
-            # Compaction must not fork a process full of ZeroMQ threads.
-            useFork=False,
+            # The dump is written by a child forked from the Raft thread;
+            # RaftNode keeps it from touching anything but the pickle and its
+            # file (master/raft_node.py). Off, the Raft thread writes it.
+            useFork=dump_in_child,
             autoTick=False,
         )
         self.syncobj = RaftNode(self_address, partner_addresses, conf, [self.replicated],
@@ -158,7 +214,7 @@ class RaftGroup:
 
         with self._outstanding_lock:
             self._outstanding += 1
-        self.replicated.apply(commands, now, callback=on_commit)
+        self.replicated.apply_packed(pack_commands(commands), now, callback=on_commit)
 
     # -- membership (uds admin masters) ------------------------------------------
 
@@ -210,8 +266,28 @@ class RaftGroup:
         with self.replicated.lock:
             return reader(self.replicated.state)
 
+    def _compact_if_large(self) -> None:
+        """Force a compaction when the journal holds more than its bound of
+        bytes; again only once it grew by half the bound more, should the
+        entries beyond the applied ones be what holds it there."""
+        size = self.syncobj.journal_bytes()
+        if size <= self._log_compaction_max_bytes:
+            self._compact_above = self._log_compaction_max_bytes
+        elif size > self._compact_above and not self.syncobj.dump_child():
+            self.syncobj.forceLogCompaction()
+            self.forced_compactions += 1
+            self._compact_above = size + self._log_compaction_max_bytes // 2
+
     def _tick_forever(self) -> None:
         log = logging.getLogger("master.raft")
+        guard_dump_forks()
+        try:
+            self._tick_until_stopped(log)
+        finally:
+            self.syncobj.destroy()
+            forget_dump_forks()
+
+    def _tick_until_stopped(self, log: logging.Logger) -> None:
         while not self._stopping.is_set():
             try:
                 # Alone, nothing but the clock wakes the tick that commits
@@ -225,14 +301,17 @@ class RaftGroup:
                     # A tick appends what arrived at its end, and handles a
                     # peer's answer there too; one more commits it at once.
                     self.syncobj.doTick(0.0)
+                self._compact_if_large()
             except Exception:  # one bad tick must not end replication
                 log.exception("raft tick failed")
                 time.sleep(IDLE_TICK_S)
-        self.syncobj.destroy()
 
     def destroy(self) -> None:
         self._stopping.set()
         self._thread.join(timeout=5.0)
+        if not self._thread.is_alive():
+            # Its end killed a dump's child still writing; reap it.
+            self.syncobj.reap_dump_child()
         os.close(self._journal_fd)
 
 
