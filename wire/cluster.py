@@ -30,7 +30,7 @@
     [retention]                         # when finished jobs leave the masters' state
     period_s = 604800                   # 7 days after they finished
     max_finished_jobs = 10000           # or once more are kept, oldest finished first
-    max_finished_chunks = 500000        # or once their chunks are more than this
+    max_finished_chunks = 250000        # or once their chunks are more than this
     history_lines = 100000              # forgotten jobs' history lines kept
 
 Relative paths are relative to the cluster file's folder. See doc/cluster.md.
@@ -186,7 +186,7 @@ class Retention:
 
     period_s: float = 7 * 24 * 3600.0
     max_finished_jobs: int = 10_000
-    max_finished_chunks: int = 500_000
+    max_finished_chunks: int = 250_000
     history_lines: int = 100_000
 
 
