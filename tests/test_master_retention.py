@@ -182,7 +182,7 @@ def cluster_with(tmp_path, table: str) -> pathlib.Path:
 
 def test_the_retention_table_has_defaults_and_is_checked_at_load(tmp_path):
     assert cluster_file.retention(cluster_file.load(cluster_with(tmp_path, ""))) == Retention(
-        period_s=7 * DAY_S, max_finished_jobs=10_000, max_finished_chunks=500_000, history_lines=100_000)
+        period_s=7 * DAY_S, max_finished_jobs=10_000, max_finished_chunks=250_000, history_lines=100_000)
     loaded = cluster_file.load(cluster_with(tmp_path, "\n[retention]\nperiod_s = 60\nmax_finished_jobs = 5\n"))
     assert cluster_file.retention(loaded) == Retention(period_s=60.0, max_finished_jobs=5)
     for table, why in (("period_s = -1", "zero or more"), ("max_finished_jobs = 1.5", "expected int"),
