@@ -66,9 +66,10 @@ class Checker:
         self.in_step_checked = 0
 
     def watch(self, group: RaftGroup, store: ContentStore, acknowledged: dict[bytes, float],
-              balancers: Callable[[], list] = list) -> None:
+              balancer_names: tuple[str, ...] = (), balancers: Callable[[], list] = list) -> None:
         """What to check: the Raft group, the content store, the client's
-        acknowledged jobs, and the live SimBalancers."""
+        acknowledged jobs, the balancers' names and the live SimBalancers."""
+        self.balancer_names = balancer_names
         self.group = group
         self.state: ClusterState = group.state
         self.store = store
@@ -194,7 +195,7 @@ class Checker:
     # -- balancers in step with a new leader -----------------------------------------
 
     def elected(self, election: Election) -> None:
-        for balancer in ("lb0", "lb1"):
+        for balancer in self.balancer_names:
             self.sim.at(election.at + IN_STEP_S, self._judge_step, election, balancer,
                         election.at + IN_STEP_S)
 

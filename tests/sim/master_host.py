@@ -13,8 +13,9 @@ Wake schedules an iteration. Nothing ticks on a period: a core that forgets
 to ask for a Wake stalls here.
 
 Every acknowledgement it sends (job_submit_reply, chunk_events_ack,
-hello_reply, and chunk_dispatch, sent once its attempts committed) goes past `on_acknowledgement` first, with the office it
-answers under as leader (None as a follower), for the checker.
+hello_reply, and chunk_dispatch, sent once its attempts committed) goes
+past `on_acknowledgement` first, with the office it answers under as
+leader (None as a follower), for the checker.
 """
 from __future__ import annotations
 

@@ -156,7 +156,7 @@ def run_seed(seed: int, tracing: bool = False) -> SeedReport:
     rng = sim.random
     checker = Checker(sim)
     cluster = Cluster(sim, worker_count=WORKER_COUNT, slots=rng.choice((1, 2)), checker=checker)
-    checker.watch(cluster.group, cluster.store, cluster.client.acknowledged,
+    checker.watch(cluster.group, cluster.store, cluster.client.acknowledged, BALANCERS,
                   balancers=lambda: [sim.nodes[name] for name in cluster.balancers if name in sim.nodes])
     job_count = rng.choice((1, 2))
     report = SeedReport(seed, jobs=job_count)
