@@ -18,7 +18,7 @@ target's silence clock and anything it says stops it; only the target's
 refusals move the search on; a grant from a master left behind brings it
 back only if it extends the lease. Where the real loop polls every
 LOOP_WAKE_S, this shell wakes exactly when the search's silence or backoff
-runs out.
+runs out, or the holder's renewal falls due.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from uds import wire
 from uds.loadbalancer import scheduler as core
-from uds.loadbalancer.lease import BalancerLease
+from uds.loadbalancer.lease import RENEW_INTERVAL_S, BalancerLease
 from uds.loadbalancer.masters import BACKOFF_CAP_S, BACKOFF_FIRST_S, SILENCE_S
 from uds.loadbalancer.node import MAX_HELD_DISPATCHES, status_acks
 from uds.wire.enums import FINAL_CHUNK_STATES, ErrorCode, NodeRole
@@ -120,9 +120,13 @@ class SimBalancer(Host):
         self._wake_for_search()
 
     def _wake_for_search(self) -> None:
-        """Wake when the target's silence or the backoff runs out."""
+        """Wake when the target's silence or the backoff runs out, and, while
+        active, when the renewal falls due (the real loop looks every
+        LOOP_WAKE_S; the period here is coarser)."""
         search, now = self.search, self.sim.now
         times = [search.resume_at]
+        if self.lease.active(now):
+            times.append(self.lease.last_asked + RENEW_INTERVAL_S)
         if search.asked_since is not None:
             times.append(search.asked_since + search.silence_s + 1e-6)
         times = [at for at in times if at > now]
@@ -249,9 +253,8 @@ class SimBalancer(Host):
                     self._apply(core.Dispatched.of_message(dispatch))
 
     def _on_master_error(self, message: wire.Error, peer: str) -> None:
-        if message.error_code == ErrorCode.BUSY and message.failed_type == wire.MessageType.HELLO \
-                and message.reason.startswith("standby"):
-            self._answered(peer)
+        if message.error_code == ErrorCode.BUSY and message.failed_type == wire.MessageType.HELLO:
+            self._answered(peer)        # standby, or the lease not granted: the leader answered
         if self.from_master != self.search.target:
             return                              # a master left behind: old news
         now = self.sim.now
