@@ -1,5 +1,7 @@
 """Seeds per second of the chunk-path simulation (tests/sim), with the
-faults it injected and the seeds that failed. Prints one JSON line.
+faults it injected, the elections it held (after the first of each seed),
+the balancers found in step with a new leader (checks.py), and the seeds
+that failed. Prints one JSON line.
 
     python bench/sim.py [--seeds N] [--first S] [--plant BUG]
     python bench/sim.py --seed N --trace      # replay one seed, with its trace
@@ -25,7 +27,7 @@ def campaign(first: int, count: int) -> dict:
     faults: dict[str, int] = {}
     failed: list[int] = []
     first_failure = ""
-    chunks = messages = 0
+    chunks = messages = elections = judged = 0
     simulated_s = 0.0
     started = time.perf_counter()
     for seed in range(first, first + count):
@@ -33,6 +35,8 @@ def campaign(first: int, count: int) -> dict:
         chunks += report.chunks
         messages += report.messages
         simulated_s += report.sim_time_s
+        elections += report.elections
+        judged += report.in_step_checked
         for kind, number in report.faults.items():
             faults[kind] = faults.get(kind, 0) + number
         if not report.ok:
@@ -50,6 +54,8 @@ def campaign(first: int, count: int) -> dict:
         "chunks": chunks,
         "faults_injected": sum(faults.values()),
         "faults": dict(sorted(faults.items())),
+        "elections": elections,
+        "elections_judged_in_step": judged,
         "failures": len(failed),
         "failed_seeds": failed[:FAILED_SEEDS_SHOWN],
         "first_failure": first_failure[:2000],

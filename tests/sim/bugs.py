@@ -1,6 +1,8 @@
 """Known bugs planted in the real cores, to prove the simulation catches
-them. Each is a patch of master/state.py as it is loaded (its handler table
-or its methods), applied by `planted(name)` and undone afterwards.
+them. Each is a patch of a module as it is loaded (master/state.py's
+handler table or methods, wire/leader_search.py's LeaderSearch, the
+simulation's model of the Raft group), applied by `planted(name)` and
+undone afterwards.
 
 - stale_result_accepted: the fence is gone for results: a late SUCCEEDED
   of an earlier attempt becomes the chunk's result whatever the chunk does.
@@ -11,6 +13,14 @@ or its methods), applied by `planted(name)` and undone afterwards.
   or refusing it) is counted but no new attempt is queued.
 - duplicate_result_committed_twice: a repeated SUCCEEDED of the attempt that
   already succeeded is committed again.
+- leader_search_ignores_silence: the search for the leader never takes a
+  silent master for gone (LeaderSearch.overdue is always False): it moves
+  on only when a master refuses, as before issue 9, so a dead or frozen
+  leader keeps the balancers and clients.
+- deposed_leader_acknowledges: the masters' leadership is not confirmed: a
+  leader cut off from the others goes on as leader for pysyncobj's 30 s
+  fallback, and what it proposes commits, as if the group needed no
+  majority; so it acknowledges while the new leader does.
 """
 from __future__ import annotations
 
@@ -24,6 +34,9 @@ from uds.master import state as state_module
 from uds.master.commands import FINAL_PHASES, ChunkEvent, ChunkPhase
 from uds.master.state import CHUNK_SUCCEEDED, ChunkAction, ChunkEventOutcome, ClusterState
 from uds.wire.enums import ChunkState
+from uds.wire.leader_search import LeaderSearch
+
+from .raft_group import RaftGroup
 
 Patch = tuple[Any, str, Any]        # (object, attribute or key, new value)
 
@@ -91,11 +104,24 @@ def _duplicate_result_committed_twice() -> list[Patch]:
     return [(state_module._HANDLERS, ChunkEvent, apply)]
 
 
+def _leader_search_ignores_silence() -> list[Patch]:
+    def overdue(self: LeaderSearch, now: float, patience_s: float = 0.0) -> bool:
+        return False
+
+    return [(LeaderSearch, "overdue", overdue)]
+
+
+def _deposed_leader_acknowledges() -> list[Patch]:
+    return [(RaftGroup, "unconfirmed_leadership", True)]
+
+
 BUGS: dict[str, Callable[[], list[Patch]]] = {
     "stale_result_accepted": _stale_result_accepted,
     "stale_result_accepted_in_flight": _stale_result_accepted_in_flight,
     "lost_chunk_never_redispatched": _lost_chunk_never_redispatched,
     "duplicate_result_committed_twice": _duplicate_result_committed_twice,
+    "leader_search_ignores_silence": _leader_search_ignores_silence,
+    "deposed_leader_acknowledges": _deposed_leader_acknowledges,
 }
 
 

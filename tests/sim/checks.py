@@ -7,20 +7,44 @@ Safety, after every step that changed the replicated state:
   the state records as current and the worker it records;
 - a chunk's result is committed once: one final event in the log, and the
   record never changes afterwards; the job's counters match its chunks;
+- a job is created once (one job_submitted event), however many masters
+  its submission reached, and under however many request ids;
 - no chunk is cancelled (nothing here cancels) and every acknowledged job exists.
-Liveness, at the end: every acknowledged job finished.
+Safety, at every acknowledgement (job_submit_reply, hello_reply,
+chunk_events_ack), leader or not:
+- what it acknowledges is committed: the job is in the state, the grant
+  (holder, epoch) was applied, each event of the batch was applied;
+- an acknowledgement as leader (or a chunk_dispatch, which follows the
+  commit of its attempts) comes from the master elected to the latest
+  office, at an instant when no later election has been held: so two
+  masters never acknowledge as leaders at once.
+Safety, after every step: the lease epoch never goes back, each epoch has
+one holder, and at most one balancer believes it holds the lease.
+Liveness:
+- every balancer is in step with each new leader (its target, and
+  answered by it as leader: a grant, a refusal of the lease, an
+  acknowledgement) within IN_STEP_S of the election, unless a fault stands
+  in the way (see `_judge_step`);
+- at the end, every acknowledged job finished.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
+from uds import wire
 from uds.master.commands import FINAL_PHASES, ChunkPhase
 from uds.master.state import (
-    CHUNK_CANCELLED, CHUNK_FAILED, CHUNK_SUCCEEDED, POISON_ERROR, ClusterState,
+    CHUNK_CANCELLED, CHUNK_FAILED, CHUNK_SUCCEEDED, JOB_SUBMITTED, POISON_ERROR, ClusterState,
 )
+from uds.wire.leader_search import QUIET_S
 
+from .loop import Simulation
+from .raft_group import Election, RaftGroup, event_key
 from .storage import PROOF_NAME, ContentStore, Proof
 from .trace import short
+
+# A balancer is back in step with a new leader within this long of its election.
+IN_STEP_S = 1.0
 
 FINAL_EVENT_KINDS = frozenset({CHUNK_SUCCEEDED, CHUNK_FAILED, CHUNK_CANCELLED})
 
@@ -30,18 +54,27 @@ class InvariantBroken(AssertionError):
 
 
 class Checker:
-    def __init__(self, state: ClusterState, store: ContentStore, acknowledged: dict[bytes, float],
-                 balancers: Callable[[], list] = list) -> None:
-        self.state = state
-        self.balancers = balancers           # the live SimBalancers
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
         self.lease_epoch = 0
         self.holders: dict[int, bytes] = {}  # epoch -> its one holder
-        self.store = store
-        self.acknowledged = acknowledged
         self.seen_seq = 0
         self.final_events: dict[tuple[bytes, int], int] = {}
         self.final_records: dict[tuple[bytes, int], tuple] = {}
+        self.submitted: dict[bytes, int] = {}   # job -> job_submitted events
         self.unfinished = 0
+        self.in_step_checked = 0
+
+    def watch(self, group: RaftGroup, store: ContentStore, acknowledged: dict[bytes, float],
+              balancer_names: tuple[str, ...] = (), balancers: Callable[[], list] = list) -> None:
+        """What to check: the Raft group, the content store, the client's
+        acknowledged jobs, the balancers' names and the live SimBalancers."""
+        self.balancer_names = balancer_names
+        self.group = group
+        self.state: ClusterState = group.state
+        self.store = store
+        self.acknowledged = acknowledged
+        self.balancers = balancers
 
     def after_step(self) -> None:
         state = self.state
@@ -72,6 +105,10 @@ class Checker:
     def _count_final_events(self) -> None:
         events, self.seen_seq = self.state.events_after(self.seen_seq, 1 << 30)
         for event in events:
+            if event.kind == JOB_SUBMITTED:
+                self.submitted[event.job] = self.submitted.get(event.job, 0) + 1
+                if self.submitted[event.job] > 1:
+                    raise InvariantBroken(f"job {short(event.job)} created {self.submitted[event.job]} times")
             if event.kind in FINAL_EVENT_KINDS:
                 key = (event.job, event.chunk)
                 self.final_events[key] = self.final_events.get(key, 0) + 1
@@ -124,6 +161,74 @@ class Checker:
                 f"chunk {index} of job {short(job)} committed the output of attempt "
                 f"{proof.attempt if proof else '?'} on worker {short(proof.worker) if proof else '?'}, "
                 f"but its current attempt is {chunk.attempt} on {short(chunk.worker) if chunk.worker else None}")
+
+    # -- acknowledgements ----------------------------------------------------------
+
+    def acknowledging(self, master: Any, office: int | None, peer: str, message: wire.Message) -> None:
+        """`master` is sending an acknowledgement, as the leader of `office`
+        (None: not as leader)."""
+        if isinstance(message, wire.JobSubmitReply) and message.job_uuid not in self.state.job_records:
+            raise InvariantBroken(f"{master.name} acknowledged job {short(message.job_uuid)}, "
+                                  f"which is not committed")
+        if isinstance(message, wire.HelloReply):
+            holder = peer.encode().ljust(16, b"\0")
+            if (holder, message.epoch) not in self.group.committed_grants:
+                raise InvariantBroken(f"{master.name} granted {peer} the lease at epoch {message.epoch}, "
+                                      f"which is not committed")
+        if office is None:
+            return
+        elected = self.group.elections[office - 1]
+        if elected.leader is not master:
+            raise InvariantBroken(f"{master.name} acknowledged as the leader of office {office}, "
+                                  f"which {elected.leader.name} holds")
+        if office != self.group.office:
+            latest = self.group.elections[-1].leader.name
+            raise InvariantBroken(f"{master.name} acknowledged as the leader of office {office} while "
+                                  f"{latest} holds office {self.group.office}")
+
+    def batch_acknowledged(self, master: str, events: list) -> None:
+        missing = [event for event in events if event_key(event) not in self.group.committed_events]
+        if missing:
+            raise InvariantBroken(f"{master} acknowledged a batch whose event for chunk {missing[0].chunk} "
+                                  f"of job {short(missing[0].job)} is not committed")
+
+    # -- balancers in step with a new leader -----------------------------------------
+
+    def elected(self, election: Election) -> None:
+        for balancer in self.balancer_names:
+            self.sim.at(election.at + IN_STEP_S, self._judge_step, election, balancer,
+                        election.at + IN_STEP_S)
+
+    def _judge_step(self, election: Election, name: str, deadline: float) -> None:
+        """Whether balancer `name` is in step with the leader of `election`
+        by `deadline`. Excused, as a fault standing in the way: the leader
+        is out of office by the deadline, or froze since the election; the balancer was down,
+        restarted or frozen at any time since the election; a message
+        between it and a master, sent from IN_STEP_S before the election to
+        the deadline, was dropped or held back. A leader that the
+        balancer's search had found silent is left out of its rounds for
+        QUIET_S (wire/leader_search.py); then the bound is IN_STEP_S after
+        that quiet ends."""
+        since, leader = election.at, election.leader
+        if (self.group.leader is not leader or self.group.office != election.office or leader.frozen
+                or leader.thawed_at >= since):
+            return
+        balancer = self.sim.nodes.get(name)
+        if (balancer is None or balancer.started_at > since or balancer.frozen
+                or balancer.thawed_at >= since
+                or self.sim.disturbed_between(name, self.group.names, since - IN_STEP_S, deadline)):
+            return
+        if balancer.answered_at.get(leader.name, -1.0) >= since:
+            self.in_step_checked += 1
+            return
+        silent_at = balancer.search.silent_at.get(balancer.search.index_of(leader.name))
+        if silent_at is not None and deadline < silent_at + QUIET_S + IN_STEP_S:
+            self.sim.at(silent_at + QUIET_S + IN_STEP_S, self._judge_step, election, name,
+                        silent_at + QUIET_S + IN_STEP_S)
+            return
+        raise InvariantBroken(f"{name} not in step with {leader.name}, leader since {since:.4f} s "
+                              f"(office {election.office}), by {deadline:.4f} s: it asks "
+                              f"{balancer.search.address}")
 
     def all_finished(self, expected_jobs: int) -> bool:
         return (len(self.acknowledged) == expected_jobs and self.unfinished == 0

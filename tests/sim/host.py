@@ -16,6 +16,7 @@ class Host:
         self.name = name
         self.crashed = False
         self.frozen = False
+        self.thawed_at = -1.0              # when it last thawed (-1: never frozen)
         self._held: list[tuple[Callable[..., None], tuple]] = []
 
     # The network calls this; subclasses handle messages in on_message.
@@ -55,6 +56,7 @@ class Host:
 
     def thaw(self) -> None:
         self.frozen = False
+        self.thawed_at = self.sim.now
         held, self._held = self._held, []
         for action, args in held:
             self._run(action, args)

@@ -49,6 +49,9 @@ class Simulation:
     injected: dict[str, int] = field(default_factory=dict)   # fault kind -> count
     nodes: dict[str, Any] = field(default_factory=dict)      # name -> the node now at that name
     messages: int = 0
+    # name -> (when, the other end) of each message it sent or was sent
+    # that was dropped or held back
+    disturbed: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     _queue: list = field(default_factory=list)
     _sequence: int = 0
 
@@ -97,6 +100,7 @@ class Simulation:
             roll = self.random.random()
             if roll < faults.drop:
                 self.count("message_dropped")
+                self._disturbed(source, target)
                 if self.tracing:
                     self.note(f"drop {source} -> {target} {describe(message)}")
                 return
@@ -107,8 +111,18 @@ class Simulation:
             delay = BASE_DELAY_S + self.random.random() * JITTER_S
             if faults.slow and self.random.random() < faults.slow:
                 self.count("message_delayed")
+                self._disturbed(source, target)
                 delay += self.random.random() * faults.slow_max_s
             self.after(delay, self._deliver, source, target, frames)
+
+    def _disturbed(self, source: str, target: str) -> None:
+        self.disturbed.setdefault(source, []).append((self.now, target))
+        self.disturbed.setdefault(target, []).append((self.now, source))
+
+    def disturbed_between(self, name: str, peers: tuple[str, ...], start: float, end: float) -> bool:
+        """Whether a message between `name` and one of `peers`, sent in
+        [start, end], was dropped or held back."""
+        return any(start <= at <= end and peer in peers for at, peer in self.disturbed.get(name, ()))
 
     def _deliver(self, source: str, target: str, frames: list[bytes]) -> None:
         node = self.nodes.get(target)

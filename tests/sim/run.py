@@ -1,6 +1,7 @@
 """One seed of the simulation, start to end: `run_seed(seed) -> SeedReport`.
 
-A cluster of one master (a linearizable log and its leader), two load
+A cluster of three masters (a Raft group modelled as one linearizable log,
+and the real leader core in each), two load
 balancers (one active at a time by its lease and epoch), two workers of
 different sizes that talk to both, and a client that submits a few small
 jobs, the second of which fits only the larger worker.
@@ -22,6 +23,7 @@ from .faults import FaultPlan, Nemesis
 from .loadbalancer_node import SimBalancer
 from .loop import Simulation
 from .master_host import MasterHost
+from .raft_group import RaftGroup
 from .storage import ContentStore
 from .worker_node import SimWorker
 
@@ -40,7 +42,8 @@ WORKER_COUNT = 2          # the fewest that can hold two copies of an attempt
 GIB = 1 << 30
 WORKER_CAPACITIES = (Capacity(2000, 2 * GIB, 0), Capacity(2000, 4 * GIB, 0))
 JOB_LIMITS = (NO_LIMITS, ResourceLimits(memory_bytes=3 * GIB, millicpus=1000))
-MASTER, CLIENT = "master", "client"
+MASTERS = ("master0", "master1", "master2")
+CLIENT = "client"
 BALANCERS = ("lb0", "lb1")
 
 
@@ -53,6 +56,8 @@ class SeedReport:
     jobs: int = 0
     chunks: int = 0
     faults: dict[str, int] = field(default_factory=dict)
+    elections: int = 0              # after the first
+    in_step_checked: int = 0        # elections after which a balancer's step was judged
     trace: list[str] = field(default_factory=list)
 
     @property
@@ -67,22 +72,33 @@ def _id(name: str) -> bytes:
 class Cluster:
     """The simulated processes, by name, and what the nemesis may do to them."""
 
-    def __init__(self, sim: Simulation, worker_count: int, slots: int) -> None:
+    def __init__(self, sim: Simulation, worker_count: int, slots: int, checker: Checker) -> None:
         self.sim = sim
+        self.checker = checker
         self.store = ContentStore()
-        self.master = MasterHost(sim, MASTER)
+        self.group = RaftGroup(sim, MASTERS)
+        self.group.on_election = checker.elected
+        self.masters = list(MASTERS)
+        self.master_generations = {name: 0 for name in MASTERS}
         self.balancers = list(BALANCERS)
         self.workers = [f"w{index}" for index in range(worker_count)]
         self.slots = slots
-        self.client = SimClient(sim, CLIENT, MASTER, self.store.put(b"#!/bin/sim-program\n"))
-        for host in (self.master, self.client):
-            sim.nodes[host.name] = host
-        for name in [*self.balancers, *self.workers]:
+        self.client = SimClient(sim, CLIENT, MASTERS, self.store.put(b"#!/bin/sim-program\n"))
+        sim.nodes[self.client.name] = self.client
+        for name in [*self.masters, *self.balancers, *self.workers]:
             self.restart(name)
+        self.group.elect_at_start(self.group.hosts[MASTERS[0]])
 
     def restart(self, name: str) -> None:
-        if name in self.balancers:
-            host = SimBalancer(self.sim, name, _id(name), MASTER, WORKER_HEARTBEAT_S, WORKER_LEASE_S)
+        if name in self.masters:
+            self.master_generations[name] += 1
+            host = MasterHost(self.sim, name, self.group, self.master_generations[name],
+                              self.checker.acknowledging)
+            self.sim.nodes[name] = host
+            self.group.started(host, at_start=self.master_generations[name] == 1)
+        elif name in self.balancers:
+            host = SimBalancer(self.sim, name, _id(name), MASTERS, WORKER_HEARTBEAT_S, WORKER_LEASE_S,
+                               on_batch_acknowledged=self.checker.batch_acknowledged)
         else:
             host = SimWorker(self.sim, name, _id(name), self.balancers, self.store, self.slots,
                              WORKER_HEARTBEAT_S,
@@ -97,6 +113,8 @@ class Cluster:
             return False
         host.crash()
         del self.sim.nodes[name]
+        if name in self.masters:
+            self.group.crashed(host)
         return True
 
     def freeze(self, name: str) -> bool:
@@ -104,6 +122,8 @@ class Cluster:
         if host is None or host.frozen:
             return False
         host.freeze()
+        if name in self.masters:
+            self.group.frozen(host)
         return True
 
     def thaw(self, name: str) -> None:
@@ -111,18 +131,33 @@ class Cluster:
         if host is not None and host.frozen:
             self.sim.note(f"thaw {name}")
             host.thaw()
+            if name in self.masters:
+                self.group.thawed(host)
 
-    def replace_leader(self) -> None:
-        self.master.replace_leader()
+    def leader(self) -> str | None:
+        return self.group.leader.name if self.group.leader is not None else None
+
+    def replace_leader(self) -> bool:
+        return self.group.demote()
+
+    def cut_off_leader(self) -> str | None:
+        leader = self.group.leader
+        return leader.name if leader is not None and self.group.cut_off(leader) else None
+
+    def heal(self, name: str) -> None:
+        self.group.heal(name)
 
     def fail_proposals(self, odds: float) -> None:
-        self.master.proposal_failure = odds
+        self.group.proposal_failure = odds
 
 
 def run_seed(seed: int, tracing: bool = False) -> SeedReport:
     sim = Simulation(seed, tracing=tracing)
     rng = sim.random
-    cluster = Cluster(sim, worker_count=WORKER_COUNT, slots=rng.choice((1, 2)))
+    checker = Checker(sim)
+    cluster = Cluster(sim, worker_count=WORKER_COUNT, slots=rng.choice((1, 2)), checker=checker)
+    checker.watch(cluster.group, cluster.store, cluster.client.acknowledged, BALANCERS,
+                  balancers=lambda: [sim.nodes[name] for name in cluster.balancers if name in sim.nodes])
     job_count = rng.choice((1, 2))
     report = SeedReport(seed, jobs=job_count)
     for index in range(job_count):
@@ -132,8 +167,6 @@ def run_seed(seed: int, tracing: bool = False) -> SeedReport:
         sim.at(rng.uniform(0.0, SUBMIT_BY_S), cluster.client.submit, job, chunks, rng.choice((0, 2)),
                JOB_LIMITS[index % len(JOB_LIMITS)])
     Nemesis(sim, cluster, FaultPlan.draw(sim), end=FAULT_PHASE_S).start()
-    checker = Checker(cluster.master.state, cluster.store, cluster.client.acknowledged,
-                      balancers=lambda: [sim.nodes[name] for name in cluster.balancers if name in sim.nodes])
     try:
         sim.run_until(FAULT_PHASE_S + QUIET_DEADLINE_S, lambda: checker.all_finished(job_count),
                       checker.after_step)
@@ -145,5 +178,7 @@ def run_seed(seed: int, tracing: bool = False) -> SeedReport:
     report.sim_time_s = sim.now
     report.messages = sim.messages
     report.faults = dict(sim.injected)
+    report.elections = len(cluster.group.elections) - 1
+    report.in_step_checked = checker.in_step_checked
     report.trace = sim.trace_lines
     return report

@@ -50,6 +50,12 @@ def test_the_seeds_inject_every_kind_of_fault(suite_reports):
     assert sum(report.chunks for report in suite_reports) >= 2000
 
 
+def test_the_seeds_change_leaders_and_judge_the_balancers_step(suite_reports):
+    assert sum(report.elections for report in suite_reports) >= 500
+    # Elections after which a balancer's step was judged, not excused.
+    assert sum(report.in_step_checked for report in suite_reports) >= 100
+
+
 def test_a_seed_replays_exactly_with_a_readable_trace():
     with planted("stale_result_accepted_in_flight"):
         first = next(report for report in map(run_seed, range(PLANTED_BUG_SEED_LIMIT)) if not report.ok)
