@@ -109,23 +109,42 @@ def test_a_fruitless_round_backs_off_then_starts_at_the_last_named_master():
     assert s.target == 1 and s.due(0.1) == 1
 
 
-def test_a_silent_master_is_left_out_while_quiet_and_its_name_not_followed():
+def test_a_silent_master_is_left_out_while_quiet():
     s = search(silence_s=0.5, quiet_s=2.0)
     s.asked(0.0)
     assert s.overdue(0.6)                   # A, the old leader, silent
-    s.refused(1, A, 0.6)                    # B names A: quiet, not followed
-    assert s.target == 2
-    s.refused(2, A, 0.6)                    # C names A: the round is over without A
+    s.refused(1, None, 0.6)                 # B: no leader yet
+    s.refused(2, None, 0.6)                 # C too: the round is over without A
     assert s.due(0.6) is None
     now = 0.6 + s.wait_s(0.6)
     assert s.due(now) in (1, 2)
-    s.refused(s.target, None, now)          # no leader yet
+    s.refused(s.target, None, now)
     s.refused(s.target, None, now)
     assert s.due(now) is None               # another round without A
     now = 2.7                               # A's quiet is over: it is tried again
     s.refused(s.target, None, now)
     s.refused(s.target, None, now)
     assert s.target == 0
+
+
+def test_a_hint_ends_a_silent_masters_quiet_once_per_quiet_period():
+    s = search(silence_s=0.5, quiet_s=2.0)
+    s.asked(0.0)
+    assert s.overdue(0.6)                   # A silent: frozen, say, then elected again
+    s.refused(1, A, 0.7)                    # B names A, a leader it heard from lately
+    assert not s.quiet(0, 0.7)
+    assert s.target == 2                    # A was tried in this round: C first
+    s.refused(2, A, 0.7)                    # the round is over; the next starts at A
+    assert s.due(0.7) is None and s.target == 0
+    now = 0.7 + s.wait_s(0.7)
+    s.asked(now)
+    now += 0.6
+    assert s.overdue(now)                   # A silent again: the hint was stale
+    s.refused(1, A, now)                    # a second hint within the quiet: not followed
+    assert s.target == 2 and s.quiet(0, now)
+    assert s.quiet(0, 2.75)                 # silent since about 1.35: quiet until about 3.35
+    s.refused(2, A, 2.75)                   # a quiet period after the first lift: followed again
+    assert not s.quiet(0, 2.75)
 
 
 def test_anything_heard_from_a_silent_master_ends_its_quiet():

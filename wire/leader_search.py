@@ -16,11 +16,17 @@ Rules:
 - Silence is an answer too: a target asked at time t that has said nothing
   by t + silence_s (+ whatever wait the request itself asked for) is taken
   for gone, and the search moves on.
-- A master found silent is quiet for `quiet_s`: rounds leave it out, and a
-  hint naming it is not followed (followers go on naming a dead leader
-  until they elect another), unless every master is quiet. Anything heard
-  from it ends its quiet. So a dead leader costs one silence, not one per
-  round, and is still tried again once its quiet is over.
+- A master found silent is quiet for `quiet_s`: rounds leave it out,
+  unless every master is quiet. Anything heard from it ends its quiet. So a
+  dead leader costs one silence, not one per round, and is still tried
+  again once its quiet is over.
+- A hint naming a quiet master ends its quiet, once per `quiet_s`: a
+  follower names only a leader it heard from within the minimum election
+  timeout (master/raft_node.py), so the hint says the master lives again (a
+  frozen or cut-off master elected anew, say). Once per quiet period,
+  because a hint can still be a little stale: following one costs at most
+  one more silence. If the master was tried in this round already, the
+  next round starts at it.
 - Once every master that is not quiet has been tried in a round without one
   serving, the search waits `backoff_s` (doubling per fruitless round from
   `backoff_first_s`, jittered down to half, never above `backoff_cap_s`),
@@ -67,6 +73,8 @@ class LeaderSearch:
     tried: set[int] = field(default_factory=set)
     # Master -> when it was last found silent, until it is heard from.
     silent_at: dict[int, float] = field(default_factory=dict)
+    # Master -> when a hint last ended its quiet.
+    hint_lifted_at: dict[int, float] = field(default_factory=dict)
     # When the target was first asked without having said anything since.
     asked_since: float | None = None
     resume_at: float = -math.inf
@@ -138,6 +146,10 @@ class LeaderSearch:
         if named is None and leader_address and len(self.addresses) < MAX_MASTERS:
             self.addresses = (*self.addresses, leader_address)
             named = len(self.addresses) - 1
+        if named is not None and self.quiet(named, now) \
+                and now - self.hint_lifted_at.get(named, -math.inf) >= self.quiet_s:
+            self.silent_at.pop(named)
+            self.hint_lifted_at[named] = now
         self._move_on(now, named)
 
     def overdue(self, now: float, patience_s: float = 0.0) -> bool:

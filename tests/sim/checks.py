@@ -207,8 +207,9 @@ class Checker:
         between it and a master, sent from IN_STEP_S before the election to
         the deadline, was dropped or held back. A leader that the
         balancer's search had found silent is left out of its rounds for
-        QUIET_S (wire/leader_search.py); then the bound is IN_STEP_S after
-        that quiet ends."""
+        QUIET_S (wire/leader_search.py), and a hint ends that quiet only
+        once per QUIET_S: if a hint already did within that period, the
+        bound is IN_STEP_S after the quiet ends."""
         since, leader = election.at, election.leader
         if (self.group.leader is not leader or self.group.office != election.office or leader.frozen
                 or leader.thawed_at >= since):
@@ -221,8 +222,11 @@ class Checker:
         if balancer.answered_at.get(leader.name, -1.0) >= since:
             self.in_step_checked += 1
             return
-        silent_at = balancer.search.silent_at.get(balancer.search.index_of(leader.name))
-        if silent_at is not None and deadline < silent_at + QUIET_S + IN_STEP_S:
+        index = balancer.search.index_of(leader.name)
+        silent_at = balancer.search.silent_at.get(index)
+        lifted_at = balancer.search.hint_lifted_at.get(index, -QUIET_S)
+        if silent_at is not None and deadline < silent_at + QUIET_S + IN_STEP_S \
+                and deadline - lifted_at < QUIET_S + IN_STEP_S:
             self.sim.at(silent_at + QUIET_S + IN_STEP_S, self._judge_step, election, name,
                         silent_at + QUIET_S + IN_STEP_S)
             return
