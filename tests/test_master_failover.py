@@ -100,6 +100,9 @@ def every_chunk_committed_once(connection: client.Connection, job, chunks: int) 
     status = job.wait(timeout=WAIT_S)
     assert status.state == "succeeded", status
     assert sorted(int(connection.get(chunk.stdout)) for chunk in status.chunks) == list(range(chunks))
+    # Chunks that ran through the failover kept running: none was run again.
+    rerun = {chunk.chunk: chunk.attempt for chunk in status.chunks if chunk.attempt != 1}
+    assert not rerun, f"chunks run again (chunk: its last attempt): {rerun}"
     results = wait_until(lambda: (lambda found: len(found) >= chunks and found)(committed(connection, job.id)),
                          what="every result in the event log", timeout=WAIT_S)
     assert Counter(event["chunk"] for event in results) == Counter(range(chunks)), "a chunk committed twice"
