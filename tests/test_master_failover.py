@@ -15,31 +15,24 @@ import time
 from collections import Counter
 
 import pytest
-import zmq
 
 from daemons import ClusterLayout, wait_until
-from uds import client, wire
+from uds import client
+from uds.client.masters import ask_every_master
 from uds.wire.enums import NodeRole
-from uds.wire.transport import Transport, recv_message, send_message
+from uds.wire.transport import Transport
 
 FAILOVERS = int(os.environ.get("UDS_MASTER_FAILOVERS", "1"))
 WAIT_S = 20.0
-STATS_TIMEOUT_MS = 1000
 
 
 def master_roles(layout: ClusterLayout) -> dict[int, int]:
-    """Master index -> 1 for the leader, 0 for a follower, for every master that answers."""
-    roles = {}
+    """Master index -> 1 for the leader (its leadership confirmed), 0 for a
+    follower, for every master that answers."""
     with Transport(layout.keys()) as transport:
-        for index, master in enumerate(layout.cluster.masters):
-            socket = transport.client_socket(zmq.DEALER, master.address, NodeRole.MASTER)
-            send_message(socket, wire.encode(wire.StatsQuery.make(bytes(16), request_id=index + 1)))
-            if socket.poll(STATS_TIMEOUT_MS, zmq.POLLIN):
-                reply = wire.decode(recv_message(socket, None).frames)
-                if isinstance(reply, wire.StatsReply):
-                    roles[index] = reply.counters["leader"]
-            socket.close(linger=0)
-    return roles
+        records = ask_every_master(layout.cluster, transport, bytes(16))
+    return {index: int(record.confirmed_leader) for index, record in enumerate(records)
+            if record.confirmed_leader is not None}
 
 
 def leader(layout: ClusterLayout) -> int | None:
