@@ -14,7 +14,6 @@ import pathlib
 import shutil
 import sys
 import tempfile
-import time
 from typing import Iterator
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -22,10 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from uds import client  # noqa: E402
 from uds.client import devcluster  # noqa: E402
-from uds.errors import ClientError, UnknownJobError  # noqa: E402
-from uds.wire.enums import NodeRole  # noqa: E402
 
-MASTER_COUNTS = (1, 3, 5)
 # A start that fails is tried again this many times in all, each in a new
 # folder; the failed one's logs are kept.
 START_ATTEMPTS = 3
@@ -60,9 +56,8 @@ def _started(workers: int, slots: int, unsafe_no_sandbox: bool, masters: int) ->
     for attempt in range(1, START_ATTEMPTS + 1):
         folder = pathlib.Path(tempfile.mkdtemp(prefix="uds-bench-"))
         try:
-            with _workers_asked_of_the_leader():
-                devcluster.start(folder, workers=workers, slots=slots, detach=True,
-                                 unsafe_no_sandbox=unsafe_no_sandbox, masters=masters)
+            devcluster.start(folder, workers=workers, slots=slots, detach=True,
+                             unsafe_no_sandbox=unsafe_no_sandbox, masters=masters)
             return folder
         except devcluster.DevClusterError as fault:
             devcluster.stop(folder)
@@ -72,44 +67,6 @@ def _started(workers: int, slots: int, unsafe_no_sandbox: bool, masters: int) ->
             print(f"bench: start {attempt} of {START_ATTEMPTS} failed ({str(fault).splitlines()[0]}); "
                   f"starting again", file=sys.stderr)
     raise AssertionError("unreachable")
-
-
-@contextlib.contextmanager
-def _workers_asked_of_the_leader() -> Iterator[None]:
-    """devcluster.start waits until a master lists the workers as alive, and
-    asks whichever master its connection tries first. A follower answers
-    `nodes` from its own view, in which the workers never show free slots
-    (issue 9, item 3), so with three masters the start failed after 60 s
-    whenever a follower was asked. Until that is fixed the benchmark waits
-    the same way but asks the leader: a request only the leader answers
-    (the status of a job that does not exist) moves the connection to it."""
-    original = devcluster._wait_for_workers
-
-    def wait_for_workers(cluster_path: pathlib.Path, count: int, started=()) -> None:
-        deadline = time.monotonic() + devcluster.READY_TIMEOUT_S
-        with client.connect(cluster_path, timeout=devcluster.WORKERS_QUERY_TIMEOUT_S) as connection:
-            while True:
-                dead = [process.name for process in started if process.exited()]
-                if dead:
-                    raise devcluster.DevClusterError(f"{', '.join(dead)} exited during start-up")
-                alive = []
-                with contextlib.suppress(ClientError):
-                    with contextlib.suppress(UnknownJobError):
-                        connection.job_status("0" * 32, detail=False)
-                    alive = [node for node in connection.nodes() if node["role"] == NodeRole.WORKER
-                             and node["state"] == "alive" and node["free_slots"]]
-                if len(alive) >= count:
-                    return
-                if time.monotonic() > deadline:
-                    raise devcluster.DevClusterError(f"only {len(alive)} of {count} workers registered "
-                                                     f"after {devcluster.READY_TIMEOUT_S:g}s")
-                time.sleep(0.05)
-
-    devcluster._wait_for_workers = wait_for_workers
-    try:
-        yield
-    finally:
-        devcluster._wait_for_workers = original
 
 
 @contextlib.contextmanager
@@ -132,7 +89,7 @@ def _keep_only_logs(folder: pathlib.Path) -> None:
 
 
 def add_masters_option(parser) -> None:
-    parser.add_argument("--masters", type=int, default=1, choices=MASTER_COUNTS,
+    parser.add_argument("--masters", type=int, default=1, choices=devcluster.MASTER_COUNTS,
                         help="masters in the Raft group (1, 3 or 5)")
 
 
