@@ -64,7 +64,16 @@ enum message_type {
     MSG_FILE_MANIFEST = 34,
     MSG_FILE_MANIFEST_REPLY = 35,
     MSG_MASTER_CHANGE = 36,
-    MSG_MASTER_CHANGE_REPLY = 37
+    MSG_MASTER_CHANGE_REPLY = 37,
+    MSG_STORAGE_HEARTBEAT = 38,
+    MSG_STORAGE_HEARTBEAT_REPLY = 39,
+    MSG_FILE_REPLICATE = 40,
+    MSG_GC_CHECK = 41,
+    MSG_GC_CHECK_REPLY = 42,
+    MSG_GC_RUN = 43,
+    MSG_GC_RUN_REPLY = 44,
+    MSG_FILE_PIN = 45,
+    MSG_FILE_PIN_REPLY = 46
 };
 
 /* Roles, in hello.role and nodes_reply. */
@@ -488,6 +497,88 @@ struct master_change_reply {
     struct generic_message header;
     uint64_t request_id;
     uint64_t commit_index;
+} UDS_PACKED;
+
+/* storage -> master, every heartbeat interval: I serve at `address`, with
+ * these figures. It is also the storage node's hello: the first one from a
+ * node, or from a new process of it, registers it with the masters.
+ * Body: host, address, version, figures {name: int} (capacity_bytes,
+ * used_bytes, free_bytes, blob_count, repair_pending, repaired_files,
+ * repaired_bytes, scrubbed_blobs, corrupt_blobs, ...). */
+struct storage_heartbeat {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t start_time_ms;      /* unix time the process started */
+} UDS_PACKED;
+
+/* master (the leader) -> storage: registered; here is the membership.
+ * Body: nodes [{node, address, state, free_bytes}], every storage node the
+ * masters know, state "alive" or "lost". */
+struct storage_heartbeat_reply {
+    struct generic_message header;
+    uint64_t request_id;
+    uint32_t heartbeat_interval_ms;
+} UDS_PACKED;
+
+/* storage -> storage (repair): you are one of this file's replicas; if you
+ * lack it, pull it from me (the sender, reachable at the body's `source`)
+ * and check it against its id. No reply until the receiver holds it.
+ * Body: source (address). Reply: file_put_reply PUT_PRESENT or PUT_STORED,
+ * or an error. */
+struct file_replicate {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t file_uuid_upper;
+    uint64_t file_uuid_lower;
+    uint64_t file_length;
+} UDS_PACKED;
+
+/* storage -> master (the leader): of these blobs, unused on the node for
+ * longer than the grace period, which may be deleted? Body: files [id]. */
+struct gc_check {
+    struct generic_message header;
+    uint64_t request_id;
+} UDS_PACKED;
+
+/* master -> storage: those that no retained job and no pin has referenced
+ * within the grace period. Body: files [id], a subset of the asked. */
+struct gc_check_reply {
+    struct generic_message header;
+    uint64_t request_id;
+} UDS_PACKED;
+
+/* client (admin) -> storage: run a collection pass now; with dry_run 1
+ * delete nothing and report what would go. No body. */
+struct gc_run {
+    struct generic_message header;
+    uint64_t request_id;
+    uint8_t dry_run;
+} UDS_PACKED;
+
+/* storage -> client: the pass is over. Body: files [[id, size]], deleted
+ * or, on a dry run, that would be. */
+struct gc_run_reply {
+    struct generic_message header;
+    uint64_t request_id;
+    uint8_t dry_run;
+    uint64_t blobs_examined;     /* blobs older than the grace period */
+    uint64_t bytes;              /* total size of `files` */
+} UDS_PACKED;
+
+/* client -> master: keep these files from collection until `until_ms`
+ * (unix time, ms). A pin only lengthens: a later `until_ms` wins.
+ * Body: files [id]. */
+struct file_pin {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t until_ms;
+} UDS_PACKED;
+
+/* master -> client: the pins are committed. No body. */
+struct file_pin_reply {
+    struct generic_message header;
+    uint64_t request_id;
+    uint32_t file_count;
 } UDS_PACKED;
 
 /* CDEF END */

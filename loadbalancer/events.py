@@ -182,7 +182,7 @@ class WorkerView:
         record = {item.name: getattr(self, item.name) for item in fields(self) if item.name != "capacity"}
         record.update(role=int(NodeRole.WORKER), millicpus=self.capacity.millicpus,
                       memory_bytes=self.capacity.memory_bytes, disk_bytes=self.capacity.disk_bytes,
-                      lease_epoch=0)
+                      lease_epoch=0, figures={})
         return record
 
 

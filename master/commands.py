@@ -471,5 +471,5 @@ class NodeView:
             cache_bytes=self.cache_bytes, started_at=self.started_at,
             last_seen_s=last_seen_s, state=self.state, millicpus=self.millicpus,
             memory_bytes=self.memory_bytes, disk_bytes=self.disk_bytes, sandbox=self.sandbox,
-            lease_epoch=0,
+            lease_epoch=0, figures={},
         )

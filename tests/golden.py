@@ -90,7 +90,8 @@ def samples() -> list[wire.Message]:
         m.NodesReply.make(NODE, request_id=8, nodes=[{
             "node": NODE, "role": int(NodeRole.WORKER), "host": "node-1",
             "address": "", "slots": 4, "free_slots": 3, "running": 1, "cache_bytes": 1 << 30,
-            "started_at": 1_795_000_000.0, "last_seen_s": 0.5, "state": "alive", **WORKER_RESOURCES, "lease_epoch": 0}]),
+            "started_at": 1_795_000_000.0, "last_seen_s": 0.5, "state": "alive", **WORKER_RESOURCES, "lease_epoch": 0,
+            "figures": {}}]),
         m.EventsQuery.make(NODE, request_id=9, after_seq=0, limit=100),
         m.EventsReply.make(NODE, request_id=9, last_seq=1, events=[{
             "seq": 1, "at": 1_795_000_000.0, "kind": "job_submitted", "job": JOB, "chunk": None,
@@ -103,7 +104,8 @@ def samples() -> list[wire.Message]:
         m.NodeReport.make(NODE, epoch=3, nodes=[{
             "node": NODE, "role": int(NodeRole.WORKER), "host": "node-1",
             "address": "", "slots": 4, "free_slots": 3, "running": 1, "cache_bytes": 1 << 30,
-            "started_at": 1_795_000_000.0, "last_seen_s": 0.5, "state": "alive", **WORKER_RESOURCES, "lease_epoch": 0}]),
+            "started_at": 1_795_000_000.0, "last_seen_s": 0.5, "state": "alive", **WORKER_RESOURCES, "lease_epoch": 0,
+            "figures": {}}]),
         m.FileManifest.make(NODE, request_id=11, file=FILE, first_block=1),
         m.FileManifestReply.make(NODE, request_id=11, file=FILE, file_length=3 * (1 << 20) + 1,
                                  first_block=1, block_count=2, hashes=bytes(range(64))),
@@ -111,6 +113,19 @@ def samples() -> list[wire.Message]:
                             address="tcp://10.0.0.4:7100"),
         m.MasterChangeReply.make(NODE, request_id=12, commit_index=42,
                                  members=["10.0.0.1:7110", "10.0.0.2:7110", "10.0.0.4:7110"]),
+        m.StorageHeartbeat.make(NODE, request_id=13, start_time_ms=1_795_000_000_000, host="store-1",
+                                address="tcp://10.0.0.5:7300", version=1,
+                                figures={"free_bytes": 1 << 30, "blob_count": 12}),
+        m.StorageHeartbeatReply.make(NODE, request_id=13, heartbeat_interval_ms=1000, nodes=[
+            {"node": NODE, "address": "tcp://10.0.0.5:7300", "state": "alive", "free_bytes": 1 << 30}]),
+        m.FileReplicate.make(NODE, request_id=14, file=FILE, file_length=11,
+                             source="tcp://10.0.0.6:7300"),
+        m.GcCheck.make(NODE, request_id=15, files=[FILE]),
+        m.GcCheckReply.make(NODE, request_id=15, files=[FILE]),
+        m.GcRun.make(NODE, request_id=16, dry_run=1),
+        m.GcRunReply.make(NODE, request_id=16, dry_run=1, blobs_examined=3, bytes=11, files=[[FILE, 11]]),
+        m.FilePin.make(NODE, request_id=17, until_ms=1_795_086_400_000, files=[FILE]),
+        m.FilePinReply.make(NODE, request_id=17, file_count=1),
     ]
 
 

@@ -97,6 +97,13 @@ def _satisfy_rules(cls: type, values: dict) -> dict:
             values["start_time_ms"] %= MAX_TIME_MS + 1
     elif name == "heartbeat":
         values["running_count"] = len(values["running"])
+    elif name in ("storage_heartbeat", "file_replicate"):
+        field = "address" if name == "storage_heartbeat" else "source"
+        values[field] = "tcp://" + values[field][:1000]
+    elif name in ("gc_run", "gc_run_reply"):
+        values["dry_run"] %= 2
+    elif name == "file_pin":
+        values["until_ms"] %= MAX_TIME_MS + 1
     elif name == "job_submit":
         values["chunk_count"] = max(1, values["chunk_count"])
         if values["chunk_inputs"]:

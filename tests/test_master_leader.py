@@ -438,7 +438,7 @@ def test_node_reports_become_node_seen_and_node_lost():
     cluster = with_balancer()
     node = dict(node=WORKER, role=int(NodeRole.WORKER), host="w", address="tcp://w", slots=2, free_slots=2,
                 running=0, cache_bytes=10, started_at=3.0, last_seen_s=0.1, state="alive",
-                millicpus=4000, memory_bytes=8 << 30, disk_bytes=50 << 30, sandbox="bubblewrap", lease_epoch=0)
+                millicpus=4000, memory_bytes=8 << 30, disk_bytes=50 << 30, sandbox="bubblewrap", lease_epoch=0, figures={})
     report = wire.NodeReport.make(BALANCER, epoch=1, nodes=[node])
     cluster.handle(received(report, BALANCER_PEER), 1.0)
     seen = NodeSeen(node=WORKER, role=int(NodeRole.WORKER), host="w", address="tcp://w", slots=2,

@@ -13,6 +13,7 @@ from uds.wire.errors import EncodeError, WireError
 from uds.wire.leader_hint import leader_hint, not_leader_reason
 from uds.wire.messages import *  # noqa: F401,F403  (one class per message type)
 from uds.wire.file_messages import *  # noqa: F401,F403
+from uds.wire.storage_messages import *  # noqa: F401,F403
 from uds.wire.message_class import REGISTRY, Message, check_every_type_declared
 from uds.wire.records import NO_RESULT, NO_WORKER, ChunkEvent, ChunkResult
 

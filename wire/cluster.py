@@ -33,6 +33,17 @@
     max_finished_chunks = 250000        # or once their chunks are more than this
     history_lines = 100000              # forgotten jobs' history lines kept
 
+    [storage_policy]                    # the storage nodes, together (doc/storage.md)
+    replicas = 2                        # R: copies of each file (fewer while fewer nodes live)
+    heartbeat_interval_s = 1.0          # a storage node's heartbeat to the masters
+    lost_after_s = 10.0                 # silence after which the masters declare it lost
+    repair_bytes_per_s = 67108864       # bound on the bytes a node pulls for repair
+    repair_interval_s = 300.0           # a full repair scan at least this often
+    scrub_bytes_per_s = 33554432        # bound on the bytes a node re-hashes
+    scrub_interval_s = 86400.0          # a full scrub pass at most this often
+    gc_grace_s = 3600.0                 # unreferenced this long before a blob is collected
+    gc_interval_s = 600.0               # how often each node runs a collection pass
+
 Relative paths are relative to the cluster file's folder. See doc/cluster.md.
 """
 from __future__ import annotations
@@ -162,6 +173,7 @@ def load(path: str | os.PathLike[str]) -> Cluster:
     )
     default_limits(cluster)     # a bad [limits] table is the cluster file's error, found at load
     retention(cluster)          # and so is a bad [retention] table
+    storage_policy(cluster)     # and a bad [storage_policy] table
     return cluster
 
 
@@ -209,8 +221,51 @@ def retention(cluster: Cluster) -> Retention:
     return Retention(**values)
 
 
+@dataclass(frozen=True)
+class StoragePolicy:
+    """The [storage_policy] table: how the storage nodes keep files together."""
+
+    replicas: int = 2
+    heartbeat_interval_s: float = 1.0
+    lost_after_s: float = 10.0
+    repair_bytes_per_s: int = 64 * 1024 * 1024
+    repair_interval_s: float = 300.0
+    scrub_bytes_per_s: int = 32 * 1024 * 1024
+    scrub_interval_s: float = 86400.0
+    gc_grace_s: float = 3600.0
+    gc_interval_s: float = 600.0
+
+    def replicas_among(self, live_nodes: int) -> int:
+        """R, or every live node while there are fewer than R."""
+        return max(1, min(self.replicas, live_nodes))
+
+
+_STORAGE_POLICY_KEYS = {"replicas": int, "heartbeat_interval_s": float, "lost_after_s": float,
+                        "repair_bytes_per_s": int, "repair_interval_s": float,
+                        "scrub_bytes_per_s": int, "scrub_interval_s": float,
+                        "gc_grace_s": float, "gc_interval_s": float}
+
+
+def storage_policy(cluster: Cluster) -> StoragePolicy:
+    """The [storage_policy] table, its defaults filled in."""
+    table = cluster.extra.get("storage_policy", {})
+    if type(table) is not dict:
+        raise ClusterFileError("storage_policy: expected a table ([storage_policy])")
+    unknown = set(table) - set(_STORAGE_POLICY_KEYS)
+    if unknown:
+        raise ClusterFileError(f"storage_policy: unknown key(s) {', '.join(sorted(unknown))}")
+    values = {key: _require(table, key, kind, "storage_policy")
+              for key, kind in _STORAGE_POLICY_KEYS.items() if key in table}
+    if any(value <= 0 for value in values.values()):
+        raise ClusterFileError("storage_policy: every value must be more than zero")
+    policy = StoragePolicy(**values)
+    if policy.lost_after_s <= policy.heartbeat_interval_s:
+        raise ClusterFileError("storage_policy: lost_after_s must be longer than heartbeat_interval_s")
+    return policy
+
+
 def render(keys: str, masters: list[dict], loadbalancers: list[dict], storage: list[dict],
-           workers: dict, limits: dict | None = None) -> str:
+           workers: dict, limits: dict | None = None, storage_policy: dict | None = None) -> str:
     """TOML text for a cluster file (values: str, int, float)."""
 
     def value(item: Any) -> str:
@@ -228,5 +283,7 @@ def render(keys: str, masters: list[dict], loadbalancers: list[dict], storage: l
     lines += [f"{key} = {value(item)}" for key, item in workers.items()]
     if limits:
         lines += ["", "[limits]"] + [f"{key} = {value(item)}" for key, item in limits.items()]
+    if storage_policy:
+        lines += ["", "[storage_policy]"] + [f"{key} = {value(item)}" for key, item in storage_policy.items()]
     return "\n".join(lines) + "\n"
 

@@ -57,7 +57,8 @@ CHUNK_REPORT = record(chunk=U32, state=Choice(CHUNK_REPORT_STATES), attempt=U32,
 NODE = record(node=ID, role=U8, host=Str(255), address=Str(1024), slots=U32,
               free_slots=U32, running=U32, cache_bytes=U64, started_at=SECONDS,
               last_seen_s=SECONDS, state=Choice(("alive", "lost")), **WORKER_RESOURCES,
-              lease_epoch=U64)  # a balancer holding the lease: its epoch; else 0
+              lease_epoch=U64,  # a balancer holding the lease: its epoch; else 0
+              figures=Map(Str(64), I64, max_items=64))  # a storage node's (wire/storage_messages.py); else {}
 EVENT = record(seq=U64, at=SECONDS, kind=Str(64), job=Nullable(ID), chunk=Nullable(U32),
                attempt=Nullable(U32), node=Nullable(ID), detail=Str())
 RUNNING_ATTEMPT = Tuple((ID, U32, U32))

@@ -17,6 +17,8 @@ CLIENT, MASTER, LOADBALANCER, STORAGE, WORKER = (
 ANYONE = frozenset(NodeRole)
 # Those who read and write files: clients, and workers for inputs and outputs.
 FILE_USERS = frozenset({CLIENT, WORKER})
+# Those who read files: also storage nodes, which pull a replica from another in a repair.
+FILE_READERS = frozenset({CLIENT, WORKER, STORAGE})
 
 SENDERS: dict[T, frozenset[NodeRole]] = {
     # jobs: clients ask the masters
@@ -39,10 +41,10 @@ SENDERS: dict[T, frozenset[NodeRole]] = {
     T.CHUNK_EVENTS: frozenset({LOADBALANCER}),
     T.CHUNK_EVENTS_ACK: frozenset({MASTER}),
     # files
-    T.FILE_REQUEST: FILE_USERS,
-    T.FILE_STAT: FILE_USERS,
-    T.FILE_READ: FILE_USERS,
-    T.FILE_MANIFEST: FILE_USERS,
+    T.FILE_REQUEST: FILE_READERS,
+    T.FILE_STAT: FILE_READERS,
+    T.FILE_READ: FILE_READERS,
+    T.FILE_MANIFEST: FILE_READERS,
     T.FILE_PUT_BEGIN: FILE_USERS,
     T.FILE_PUT_DATA: FILE_USERS,
     T.FILE_PUT_END: FILE_USERS,
@@ -64,6 +66,18 @@ SENDERS: dict[T, frozenset[NodeRole]] = {
     # cluster's client key may change the membership.
     T.MASTER_CHANGE: frozenset({CLIENT}),
     T.MASTER_CHANGE_REPLY: frozenset({MASTER}),
+    # storage nodes: membership through the masters, repair between nodes,
+    # collection checked with the masters; pins and collection runs are an
+    # operator's (client) requests
+    T.STORAGE_HEARTBEAT: frozenset({STORAGE}),
+    T.STORAGE_HEARTBEAT_REPLY: frozenset({MASTER}),
+    T.FILE_REPLICATE: frozenset({STORAGE}),
+    T.GC_CHECK: frozenset({STORAGE}),
+    T.GC_CHECK_REPLY: frozenset({MASTER}),
+    T.GC_RUN: frozenset({CLIENT}),
+    T.GC_RUN_REPLY: frozenset({STORAGE}),
+    T.FILE_PIN: frozenset({CLIENT}),
+    T.FILE_PIN_REPLY: frozenset({MASTER}),
 }
 
 # Message types with a field naming the sender's own role.
