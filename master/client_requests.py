@@ -9,7 +9,7 @@ read only through the leader's `StateReader`.
 
 What a handler uses of the leader: `node_id`, `default_limits`, `_reader`,
 `_waiters`, `_lease`, and `_not_leading`, `_queue`, `_error`, `_count`,
-`_dispatch_with_submission`.
+`_dispatch_with_submission`, `_storage_figures`.
 """
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ class ClientRequests:
     _error: Callable[[Request, int, str], Reply]
     _count: Callable[..., None]
     _dispatch_with_submission: Callable[[commands.SubmitJob], None]
+    _storage_figures: Callable[[list[commands.NodeView], float], dict[bytes, tuple[dict, float]]]
 
     def _on_job_submit(self, message: wire.JobSubmit, request: Request, now: float) -> list[Effect]:
         refused = self._not_leading(request)
@@ -147,8 +148,8 @@ class ClientRequests:
             return refused
         nodes, lease = self._reader.read(lambda state: (state.nodes(), state.lease()))
         live = self._lease.holder.workers if self._lease.holder is not None else {}
-        return [Reply(request, wire.NodesReply.make(self.node_id, request_id=request.request_id,
-                                                    nodes=node_records(nodes, live, now, lease)))]
+        records = node_records(nodes, live, now, lease, self._storage_figures(nodes, now))
+        return [Reply(request, wire.NodesReply.make(self.node_id, request_id=request.request_id, nodes=records))]
 
     def _on_events_query(self, message: wire.EventsQuery, request: Request, now: float) -> list[Effect]:
         # Only the leader: a follower's log may lag, and a client that read

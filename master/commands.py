@@ -123,14 +123,38 @@ class ForgetJobs:
     """These finished jobs leave the state, each leaving a history line; the
     newest `history_lines` lines are kept. The leader picks the jobs (its
     retention settings, its `now`); a job not finished is never forgotten,
-    whatever the command lists (master/retention.py)."""
+    whatever the command lists (master/retention.py). Their files are
+    recorded as released at the command's `now`, and releases older than
+    `gc_grace_s` are dropped (master/collection.py)."""
 
     jobs: tuple[bytes, ...]
     history_lines: int
+    gc_grace_s: float = 0.0                 # absent from entries written before collection: 0
+
+
+@dataclass(frozen=True, slots=True)
+class PinFiles:
+    """Keep these files from collection until `until` (unix seconds); a
+    later `until` wins. Pins expired more than `gc_grace_s` ago are dropped
+    first (master/collection.py)."""
+
+    files: tuple[bytes, ...]
+    until: float
+    gc_grace_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class PruneCollection:
+    """Drop pins and releases more than `gc_grace_s` past. The leader also
+    proposes it before it answers gc_checks: once it commits, the state
+    holds everything committed before they arrived."""
+
+    gc_grace_s: float
 
 
 # A worker's report on a chunk attempt is committed as the wire's ChunkEvent itself.
-Command = SubmitJob | DispatchAttempts | ChunkEvent | CancelJob | NodeSeen | NodeLost | GrantLease | ForgetJobs
+Command = (SubmitJob | DispatchAttempts | ChunkEvent | CancelJob | NodeSeen | NodeLost | GrantLease | ForgetJobs
+           | PinFiles | PruneCollection)
 
 
 def file_ref(ref: Any) -> FileRef:
@@ -336,6 +360,17 @@ class ForgetOutcome(Outcome):
 
 
 @dataclass(frozen=True, slots=True)
+class PinOutcome(Outcome):
+    pinned: int = 0                         # files the command pins (each once)
+
+
+@dataclass(frozen=True, slots=True)
+class PruneOutcome(Outcome):
+    pins_dropped: int = 0
+    releases_dropped: int = 0               # files whose release is past the grace
+
+
+@dataclass(frozen=True, slots=True)
 class NodeOutcome(Outcome):
     changed: bool = False                   # joined, came back, or was declared lost
     updated: bool = False                   # an alive node's details changed
@@ -462,14 +497,15 @@ class NodeView:
     sandbox: str = ""
 
     def as_record(self, free_slots: int = 0, running: int = 0,
-                  last_seen_s: float = 0.0) -> dict[str, Any]:
-        """The NODE record; load and liveness figures are the load balancer's
-        soft state, so the shell passes them in."""
+                  last_seen_s: float = 0.0, figures: dict[str, int] | None = None) -> dict[str, Any]:
+        """The NODE record; load and liveness figures are soft state (the
+        load balancer's for workers, the leader's for storage nodes), so
+        the shell passes them in."""
         return dict(
             node=self.node, role=self.role, host=self.host, address=self.address,
             slots=self.slots, free_slots=free_slots, running=running,
             cache_bytes=self.cache_bytes, started_at=self.started_at,
             last_seen_s=last_seen_s, state=self.state, millicpus=self.millicpus,
             memory_bytes=self.memory_bytes, disk_bytes=self.disk_bytes, sandbox=self.sandbox,
-            lease_epoch=0, figures={},
+            lease_epoch=0, figures=dict(figures or {}),
         )

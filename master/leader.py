@@ -7,8 +7,10 @@ Rules of this module:
   (master/node.py) carries each out. `now` is the shell's wall clock in
   seconds, the same clock whose value goes into each proposal.
 - Answers to clients (submit, status, cancel, nodes, events) are
-  master/client_requests.py, which `Leader` inherits; the balancer's messages
-  and dispatching are here. Both follow these rules.
+  master/client_requests.py, and to storage nodes and pins (storage
+  heartbeats, gc_check, file_pin) master/storage_requests.py, which `Leader`
+  inherits; the balancer's messages and dispatching are here. All follow
+  these rules.
 - The replicated state is read only through ClusterState's pure queries, by
   way of the `StateReader` given to the constructor: the shell's reader takes
   the state's lock, a simulation's (`DirectReader`) reads the state itself.
@@ -59,8 +61,12 @@ from uds.master.proposals import (  # noqa: F401
     MAX_COMMANDS_PER_PROPOSAL, MAX_OUTSTANDING_PROPOSALS, PROPOSAL_TIMEOUT_S, Proposal, Proposals,
 )
 from uds.master.retention import jobs_to_forget, next_due_at
+from uds.master.storage_nodes import StorageNodes
+from uds.master.storage_requests import (
+    AnswerGcChecks, AnswerPin, GcChecks, StorageLost, StorageRequests, StorageSeen,
+)
 from uds.master.waiters import MAX_STATUS_WAIT_S, STATUS_PAGE_CHUNKS, StatusWaiters  # noqa: F401
-from uds.wire.cluster import Retention
+from uds.wire.cluster import Retention, StoragePolicy
 from uds.wire.enums import ErrorCode, NodeRole
 from uds.wire.resources import NO_LIMITS, ResourceLimits
 
@@ -102,17 +108,19 @@ class _Forget:
     """A ForgetJobs: one is proposed at a time."""
 
 
-_Purpose = AnswerSubmit | _SendDispatched | AnswerCancel | _AcknowledgeEvents | _Lease | _Forget
+_Purpose = (AnswerSubmit | _SendDispatched | AnswerCancel | _AcknowledgeEvents | _Lease | _Forget
+            | StorageSeen | StorageLost | AnswerPin | AnswerGcChecks)
 
 
 # What a Received message may be; the shell's dispatcher refuses the rest.
 ACCEPTED_MESSAGES: tuple[type, ...] = (
     wire.JobSubmit, wire.JobStatus, wire.JobCancel, wire.NodesQuery, wire.EventsQuery,
     wire.Hello, wire.Heartbeat, wire.ChunkEvents, wire.NodeReport,
+    wire.StorageHeartbeat, wire.GcCheck, wire.FilePin,
 )
 
 
-class Leader(ClientRequests):
+class Leader(ClientRequests, StorageRequests):
     """The leader's decisions. `handle(event, now) -> effects`.
 
     `node_id`, `host`, `address` and `started_at` describe this master (its
@@ -120,13 +128,19 @@ class Leader(ClientRequests):
     `default_limits` (the cluster file's [limits]) fill in what a job does
     not ask for, before its submission is proposed: every replica, balancer
     and worker then sees the same limits for it. `retention` (the cluster
-    file's [retention]) says when finished jobs leave the replicated state.
+    file's [retention]) says when finished jobs leave the replicated state;
+    `storage_policy` (its [storage_policy]) when a storage node is lost and
+    how long collection waits.
     """
 
     def __init__(self, node_id: bytes, reader: StateReader, *, host: str = "", address: str = "",
                  started_at: float = 0.0, default_limits: ResourceLimits = NO_LIMITS,
-                 retention: Retention = Retention()) -> None:
+                 retention: Retention = Retention(), storage_policy: StoragePolicy = StoragePolicy()) -> None:
         self.node_id = node_id
+        self.storage_policy = storage_policy
+        self._storage = StorageNodes()
+        self._storage_due_at: float | None = None
+        self._gc_checks = GcChecks()
         self.default_limits = default_limits
         self.retention = retention
         self._forgetting = False
@@ -158,6 +172,9 @@ class Leader(ClientRequests):
             wire.Heartbeat: self._on_heartbeat,
             wire.ChunkEvents: self._on_chunk_events,
             wire.NodeReport: self._on_node_report,
+            wire.StorageHeartbeat: self._on_storage_heartbeat,
+            wire.GcCheck: self._on_gc_check,
+            wire.FilePin: self._on_file_pin,
         }
         self._after_commit: dict[type, Callable[[Any, core.Outcome], list[Effect]]] = {
             AnswerSubmit: self._submitted,
@@ -166,6 +183,10 @@ class Leader(ClientRequests):
             _AcknowledgeEvents: self._events_committed,
             _Lease: self._lease_committed,
             _Forget: self._forgot,
+            StorageSeen: self._storage_registered,
+            StorageLost: self._storage_lost,
+            AnswerPin: self._pinned,
+            AnswerGcChecks: self._answer_gc_checks,
         }
         self._now = 0.0
         self._lease_clock = 0.0
@@ -220,6 +241,7 @@ class Leader(ClientRequests):
             return [Note("no longer the leader")]
         if event.leader and not was_leader:
             self._lease.take_office(self._lease_clock)
+            self._storage.take_office(now)
         return []
 
     def _not_leading(self, request: Request) -> list[Effect]:
@@ -424,6 +446,7 @@ class Leader(ClientRequests):
         effects.extend(self._give_up_proposals(now))
         if self._raft.leader:
             effects.extend(self._leader_timers(now))
+            effects.extend(self._storage_timers(now))
             self._forget_past_retention(now)
         effects.extend(self._proposals.flush(now))
         wake = self._next_wake()
@@ -462,7 +485,8 @@ class Leader(ClientRequests):
             lambda state: (jobs_to_forget(state, settings, now), next_due_at(state, settings)))
         if jobs:
             self._forgetting = True
-            self._queue(core.ForgetJobs(tuple(jobs), settings.history_lines), _Forget())
+            self._queue(core.ForgetJobs(tuple(jobs), settings.history_lines, self.storage_policy.gc_grace_s),
+                        _Forget())
 
     def _forgot(self, purpose: _Forget, outcome: core.Outcome) -> list[Effect]:
         self._forgetting = False
@@ -476,6 +500,8 @@ class Leader(ClientRequests):
         times = [self._waiters.next_deadline(), self._proposals.next_deadline()]
         if self._raft.leader and not self._forgetting:
             times.append(self._retention_due_at)
+        if self._raft.leader:
+            times.append(self._storage_due_at)
         if self._lease.holder is not None and self._raft.leader:
             # The lease is timed on the lease clock; the wake is on `now`'s.
             expires_at = self._lease.expires_at()

@@ -15,6 +15,8 @@ Rules of this module:
 - A history line is bounded: times, counts, the first error (as short as an
   event's detail) and at most HISTORY_OUTPUT_IDS output file ids. The lines
   are bounded by the command's `history_lines`, oldest forgotten dropped first.
+- A forgotten job's files are released (master/collection.py): for the
+  command's `gc_grace_s` they stay out of collection as if still referenced.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING
 
+from uds.master.collection import release_jobs
 from uds.master.commands import (
     JOB_FORGOTTEN, FINAL_PHASES, ForgetJobs, ForgetOutcome, JobView, StateInvariantError, is_id,
 )
@@ -132,6 +135,7 @@ def forget_jobs(state: ClusterState, command: ForgetJobs, now: float) -> ForgetO
                              error_code=ErrorCode.INVALID)
     history = state.history
     forgotten = skipped = 0
+    leaving: list[JobRecord] = []
     for job in jobs:
         record = state.job_records.get(job)
         if record is None or record.finished_at is None:
@@ -140,6 +144,7 @@ def forget_jobs(state: ClusterState, command: ForgetJobs, now: float) -> ForgetO
         if any(chunk.phase not in FINAL_PHASES for chunk in record.chunks) or job not in history.finished:
             raise StateInvariantError(f"finished job {job.hex()} has chunks not final or is not listed")
         line = HistoryLine.of(record)
+        leaving.append(record)
         del state.job_records[job]
         del history.finished[job]
         history.finished_chunks -= record.spec.chunk_count
@@ -148,6 +153,8 @@ def forget_jobs(state: ClusterState, command: ForgetJobs, now: float) -> ForgetO
         forgotten += 1
     while len(history.lines) > keep:
         history.lines.popitem(last=False)
+    # Written before collection, an entry has no grace: its releases last no time.
+    release_jobs(state, leaving, now, getattr(command, "gc_grace_s", 0.0))
     return ForgetOutcome(forgotten=forgotten, skipped=skipped)
 
 

@@ -34,9 +34,11 @@ from uds.master.commands import (
     FINAL_PHASES, IN_FLIGHT_PHASES, JOB_CANCELLED, JOB_FAILED, JOB_SUBMITTED, JOB_SUCCEEDED,
     LEASE_GRANTED, NODE_JOINED, NODE_LOST, CancelJob, CancelOutcome, ChunkEventOutcome, ChunkPhase,
     Command, DispatchAttempts, DispatchOutcome, Event, ForgetJobs, GrantLease, LeaseOutcome, NodeLost,
-    NodeOutcome, NodeSeen, Outcome, StateInvariantError, SubmitJob, SubmitOutcome, checked_result,
+    NodeOutcome, NodeSeen, Outcome, PinFiles, PruneCollection, StateInvariantError, SubmitJob,
+    SubmitOutcome, checked_result,
     chunk_event_problem, is_id, node_seen_problem, normalised_submit, pack_result, submit_problem,
 )
+from uds.master.collection import FileHolds, pin_files, prune_collection
 from uds.master.queries import ChunkKey, StateQueries
 from uds.master.records import ChunkRecord, JobRecord, NodeRecord
 from uds.master.retention import JobHistory, forget_jobs
@@ -116,6 +118,9 @@ class ClusterState(StateQueries):
     lease_epoch: int = 0
     # Finished jobs kept and the history lines of those forgotten (master/retention.py).
     history: JobHistory = field(default_factory=JobHistory)
+    # Pins and releases of forgotten jobs' files: what keeps files from
+    # collection besides the jobs themselves (master/collection.py).
+    holds: FileHolds = field(default_factory=FileHolds)
 
     # ------------------------------------------------------------------
     # Writing: the one entry point the replicated method calls.
@@ -267,14 +272,15 @@ class ClusterState(StateQueries):
             restarted = existing.started_at != details["started_at"]
             for name, value in details.items():
                 setattr(existing, name, value)
-            if restarted:
+            if restarted and command.role == NodeRole.WORKER:
                 self._lose_attempts_on(command.node, now, "worker restarted")
             return NodeOutcome(changed=False, updated=True)
         # First time, or back after being lost.
         self.node_records[command.node] = NodeRecord(**details, alive=True, changed_at=now)
         self._log(now, NODE_JOINED, node=command.node,
                   detail=f"{NodeRole(command.role).name.lower()} {command.host} {command.address}")
-        if existing is None or existing.started_at != details["started_at"]:
+        new_process = existing is None or existing.started_at != details["started_at"]
+        if new_process and command.role == NodeRole.WORKER:
             # What it started before the masters knew this process may be an
             # earlier process's, which no balancer remembers: give it up
             # (fenced, so safe). Back as the same process, it keeps its work.
@@ -306,7 +312,10 @@ class ClusterState(StateQueries):
         record.alive = False
         record.changed_at = now
         self._log(now, NODE_LOST, node=command.node, detail=NodeRole(record.role).name.lower())
-        self._lose_attempts_on(command.node, now, "worker lost")
+        if record.role == NodeRole.WORKER:
+            # Only workers run attempts: a storage node's (or a balancer's)
+            # loss leaves every chunk as it is, whatever ids they share.
+            self._lose_attempts_on(command.node, now, "worker lost")
         return NodeOutcome(changed=True)
 
     def _lose_attempts_on(self, node: bytes, now: float, why: str) -> None:
@@ -432,6 +441,8 @@ _HANDLERS: dict[type, Callable[[ClusterState, Any, float], Outcome]] = {
     GrantLease: ClusterState._apply_grant_lease,
     NodeLost: ClusterState._apply_node_lost,
     ForgetJobs: forget_jobs,
+    PinFiles: pin_files,
+    PruneCollection: prune_collection,
 }
 
 _ACTIONS: dict[ChunkAction, Callable[[ClusterState, JobRecord, ChunkEvent, ChunkRecord, float], None]] = {

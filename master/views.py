@@ -20,13 +20,21 @@ def job_status_reply(node_id: bytes, request_id: int, job: bytes, view: JobView)
 
 
 def node_records(nodes: list[NodeView], live: dict[bytes, dict], now: float,
-                 lease: tuple[bytes | None, int] = (None, 0)) -> list[dict[str, Any]]:
+                 lease: tuple[bytes | None, int] = (None, 0),
+                 storage: dict[bytes, tuple[dict, float]] | None = None) -> list[dict[str, Any]]:
     """NODE records: the replicated table, with the balancer's live figures
     for workers it reported. A load balancer's `lease_epoch` is the epoch it
-    holds the lease at, 0 for a standby."""
+    holds the lease at, 0 for a standby. A storage node's `figures` and
+    `last_seen_s` are the leader's (`storage`: node -> (figures, seconds
+    since its heartbeat)); {} until it heartbeats to this leader."""
     holder, epoch = lease
+    storage = storage or {}
     records = []
     for view in nodes:
+        if view.role == NodeRole.STORAGE:
+            figures, last_seen_s = storage.get(view.node, ({}, 0.0))
+            records.append(view.as_record(last_seen_s=last_seen_s, figures=figures))
+            continue
         if view.role == NodeRole.LOADBALANCER:
             records.append({**view.as_record(),
                             "lease_epoch": epoch if view.node == holder else 0})

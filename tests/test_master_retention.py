@@ -25,7 +25,7 @@ from uds.master.retention import (
 )
 from uds.master.state import ClusterState
 from uds.wire import cluster as cluster_file
-from uds.wire.cluster import Retention
+from uds.wire.cluster import Retention, StoragePolicy
 from uds.wire.enums import ChunkState, ErrorCode, JobState
 from uds.wire.records import ChunkEvent, ChunkResult
 
@@ -209,7 +209,8 @@ def test_the_leader_forgets_what_falls_due_and_answers_status_from_the_history_l
     leader.handle(LEADING, 10.0)
     effects = leader.handle(Tick(), 10.0)
     announce, forget = [effect for effect in effects if isinstance(effect, Propose)][0].commands
-    assert forget == ForgetJobs((job_id(1),), 1)
+    # The forgotten job's files stay out of collection for the grace period.
+    assert forget == ForgetJobs((job_id(1),), 1, StoragePolicy().gc_grace_s)
     assert effects[-1] == Wake(10.0 + PROPOSAL_TIMEOUT_S)
     assert leader.handle(Tick(), 10.5) == [Wake(10.0 + PROPOSAL_TIMEOUT_S)]    # one at a time
     leader.handle(Committed(1, state.apply([announce, forget], 11.0)), 11.0)
@@ -235,7 +236,7 @@ def test_the_leader_forgets_what_falls_due_and_answers_status_from_the_history_l
 
     effects = leader.handle(Tick(), 106.0)
     [proposal] = [effect for effect in effects if isinstance(effect, Propose)]
-    assert proposal.commands == (ForgetJobs((job_id(2),), 1),)
+    assert proposal.commands == (ForgetJobs((job_id(2),), 1, StoragePolicy().gc_grace_s),)
     leader.handle(Committed(proposal.tag, state.apply(list(proposal.commands), 106.0)), 106.0)
     # Job 1's line made way for job 2's: job 1 is now unknown; job 3 never finished.
     [unknown] = leader.handle(status(job_id(1), 9), 107.0)
