@@ -153,7 +153,8 @@ def forget_jobs(state: ClusterState, command: ForgetJobs, now: float) -> ForgetO
         forgotten += 1
     while len(history.lines) > keep:
         history.lines.popitem(last=False)
-    # Written before collection, an entry has no grace: its releases last no time.
+    # An entry written before collection carries no grace: it drops only
+    # releases older than `now`, and its own last until a later prune.
     release_jobs(state, leaving, now, getattr(command, "gc_grace_s", 0.0))
     return ForgetOutcome(forgotten=forgotten, skipped=skipped)
 

@@ -117,7 +117,8 @@ class ClusterLayout:
     @classmethod
     def create(cls, root: pathlib.Path, lease_s: float = 2.0, heartbeat_interval_s: float = 0.25,
                slots: int = 2, cache_bytes: int = 1 << 30, limits: dict | None = None,
-               loadbalancers: int = 1, masters: int = 1) -> "ClusterLayout":
+               loadbalancers: int = 1, masters: int = 1,
+               storage_policy: dict | None = None) -> "ClusterLayout":
         root.mkdir(parents=True, exist_ok=True)
         create_cluster_keys(root / "cluster-keys")
         export_every_role(root / "cluster-keys", root / "keys")
@@ -130,7 +131,7 @@ class ClusterLayout:
             storage=[{"address": f"tcp://127.0.0.1:{free_port()}", "data": "data/storage-0"}],
             workers={"data": "data/workers", "slots": slots, "cache_bytes": cache_bytes,
                      "heartbeat_interval_s": heartbeat_interval_s, "lease_s": lease_s},
-            limits=limits,
+            limits=limits, storage_policy=storage_policy,
         )
         path = root / "cluster.toml"
         path.write_text(text)
