@@ -241,7 +241,7 @@ class Leader(ClientRequests, StorageRequests):
             return [Note("no longer the leader")]
         if event.leader and not was_leader:
             self._lease.take_office(self._lease_clock)
-            self._storage.take_office(now)
+            self._storage_take_office(now)
         return []
 
     def _not_leading(self, request: Request) -> list[Effect]:
@@ -500,7 +500,7 @@ class Leader(ClientRequests, StorageRequests):
         times = [self._waiters.next_deadline(), self._proposals.next_deadline()]
         if self._raft.leader and not self._forgetting:
             times.append(self._retention_due_at)
-        if self._raft.leader:
+        if self._raft.leader and self._storage_due_at is not None and self._storage_due_at < float("inf"):
             times.append(self._storage_due_at)
         if self._lease.holder is not None and self._raft.leader:
             # The lease is timed on the lease clock; the wake is on `now`'s.

@@ -21,6 +21,7 @@ What it uses of the leader: `node_id`, `storage_policy`, `_reader`,
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -74,7 +75,8 @@ class StorageRequests:
     _gc_checks: GcChecks
     _raft: RaftStatus
     _now: float                     # the `now` of the event being handled
-    _storage_due_at: float | None   # when the next storage node falls silent
+    _storage_due_at: float | None   # when the next storage node falls silent (inf: none
+                                    # alive; None: to be read from the state at the next Tick)
     _not_leading: Callable[[Request], list[Effect]]
     _queue: Callable[..., None]
     _error: Callable[[Request, int, str], Reply]
@@ -108,6 +110,7 @@ class StorageRequests:
 
     def _storage_registered(self, purpose: StorageSeen, outcome: commands.Outcome) -> list[Effect]:
         self._storage.registering.discard(purpose.node)
+        self._storage_due_at = None         # one more node to watch
         if not outcome.ok:
             return [self._error(purpose.request, outcome.error_code or ErrorCode.INVALID, outcome.error)]
         if not self._raft.leader:
@@ -121,8 +124,16 @@ class StorageRequests:
             heartbeat_interval_ms=int(self.storage_policy.heartbeat_interval_s * 1000),
             nodes=self._storage.membership(views)))
 
+    def _storage_take_office(self, now: float) -> None:
+        self._storage.take_office(now)
+        self._storage_due_at = None
+
     def _storage_timers(self, now: float) -> list[Effect]:
-        """Declare lost the storage nodes silent for lost_after_s (the leader's Tick)."""
+        """Declare lost the storage nodes silent for lost_after_s (the
+        leader's Tick). Reads the state only when one may be due: a
+        heartbeat or a node joining never brings the next one nearer."""
+        if self._storage_due_at is not None and now < self._storage_due_at:
+            return []
         lost_after_s = self.storage_policy.lost_after_s
         views = self._reader.read(lambda state: [view for view in state.nodes()
                                                  if view.role == NodeRole.STORAGE])
@@ -132,11 +143,13 @@ class StorageRequests:
             self._queue(commands.NodeLost(node=node), StorageLost(node))
             effects.append(Note(f"storage node {node.hex()} silent for "
                                 f"{now - self._storage.silent_since(node):.1f}s: declaring it lost", warning=True))
-        self._storage_due_at = self._storage.next_silence_due(views, lost_after_s)
+        due = self._storage.next_silence_due(views, lost_after_s)
+        self._storage_due_at = math.inf if due is None else due
         return effects
 
     def _storage_lost(self, purpose: StorageLost, outcome: commands.Outcome) -> list[Effect]:
         self._storage.losing.discard(purpose.node)
+        self._storage_due_at = None         # still alive if this failed: watch it again
         if outcome.ok and getattr(outcome, "changed", False):
             self._count("storage_nodes_lost")
         return []
@@ -171,7 +184,7 @@ class StorageRequests:
         if refused:
             return refused
         self._count("gc_checks")
-        self._gc_checks.waiting.append((request, tuple(bytes(file) for file in message.files)))
+        self._gc_checks.waiting.append((request, tuple(dict.fromkeys(bytes(file) for file in message.files))))
         if not self._gc_checks.proposed:
             self._gc_checks.proposed = True
             self._queue(commands.PruneCollection(gc_grace_s=self.storage_policy.gc_grace_s), AnswerGcChecks())
