@@ -7,12 +7,13 @@ from collections import deque
 
 import pytest
 from hypothesis import given, settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from hypothesis import strategies as st
 
 from uds import wire
 from uds.master.commands import NodeLost, NodeSeen, PinFiles, PruneCollection, SubmitJob
 from uds.master.leader import (
-    Committed, DirectReader, Leader, Note, ProposalFailed, Propose, RaftStatus, Received, Reply, Request,
+    PROPOSAL_TIMEOUT_S, Committed, DirectReader, Leader, Note, ProposalFailed, Propose, RaftStatus, Received, Reply, Request,
     Tick, Wake,
 )
 from uds.master.state import ClusterState
@@ -318,3 +319,88 @@ def NodeSeen_view(node: bytes):
     state.apply([NodeSeen(node=node, role=int(NodeRole.STORAGE), host="s", address="tcp://s:1", slots=0,
                           cache_bytes=0, started_at=1.0)], 0.0)
     return state.nodes()[0]
+
+
+# ---- the leader under random heartbeats, commits, failures and elections ---------------
+
+NODES = (STORE, STORE_B, b"U" * 16)
+
+
+class StorageMembershipMachine(RuleBasedStateMachine):
+    """A NodeLost is decided only for a node silent for lost_after_s since
+    its last heartbeat to this leader (or its taking office), at most one
+    NodeSeen and one NodeLost per node is in flight, and every heartbeat is
+    answered (at once, after its NodeSeen commits, or refused)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.master = Master(now=self.now)
+        self.office = self.now
+        self.last: dict[bytes, float] = {}
+        self.started: dict[bytes, int] = {node: 1000 for node in NODES}
+        self.unanswered: set[Request] = set()
+        self.request_id = 0
+        self.proposed_at: dict[int, float] = {}
+
+    def _effects(self, effects: list) -> None:
+        for effect in effects:
+            if isinstance(effect, Reply):
+                self.unanswered.discard(effect.request)
+            if isinstance(effect, Propose):
+                self.proposed_at[effect.tag] = self.now
+            if isinstance(effect, Note) and "declaring it lost" in effect.text:
+                # The decision (a command queued before an election may be proposed after it).
+                node = bytes.fromhex(effect.text.split()[2])
+                assert self.now >= max(self.office, self.last.get(node, self.office)) + 10.0
+
+    @rule(node=st.sampled_from(NODES), restart=st.booleans())
+    def heartbeat(self, node, restart):
+        if restart:
+            self.started[node] += 1000
+        self.request_id += 1
+        message = beat(node, started_ms=self.started[node], request_id=self.request_id)
+        self.unanswered.add(asked(message))
+        if self.master.leader.is_leader:
+            self.last[node] = self.now
+        self._effects(self.master.handle(message, self.now))
+
+    @rule(seconds=st.floats(0, 6))
+    def tick(self, seconds):
+        self.now += seconds
+        self._effects(self.master.handle(Tick(), self.now))
+
+    @precondition(lambda self: self.master.log)
+    @rule()
+    def commit(self):
+        self._effects(self.master.commit(self.now))
+
+    @precondition(lambda self: self.master.log)
+    @rule()
+    def fail(self):
+        proposal = self.master.log.popleft()
+        self._effects(self.master.handle(ProposalFailed(proposal.tag, "raft: lost"), self.now))
+
+    @rule()
+    def election(self):
+        self._effects(self.master.handle(FOLLOWING, self.now))
+        self._effects(self.master.handle(LEADING, self.now))
+        self.office = self.now
+
+    @invariant()
+    def one_command_per_node_in_flight(self):
+        # A proposal given up on (PROPOSAL_TIMEOUT_S) may still commit, and its command be proposed again.
+        awaited = [proposal for proposal in self.master.log
+                   if self.now < self.proposed_at[proposal.tag] + PROPOSAL_TIMEOUT_S]
+        commands = [command for proposal in awaited for command in proposal.commands]
+        for kind in (NodeSeen, NodeLost):
+            named = [command.node for command in commands if isinstance(command, kind)]
+            assert len(named) == len(set(named))
+
+    def teardown(self) -> None:
+        self._effects(self.master.settle(self.now))
+        assert not self.unanswered
+
+
+TestStorageMembershipMachine = StorageMembershipMachine.TestCase
+TestStorageMembershipMachine.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
