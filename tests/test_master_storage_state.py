@@ -255,3 +255,34 @@ def test_a_gc_check_over_250000_finished_chunks_takes_well_under_seconds():
           f"{total * 1000:.0f} ms in all")
     assert free == set(asked[:10_000])
     assert locked < 1.0 and total < 5.0
+
+
+# ---- through the Raft group: packed entries, the journal, a restart -------------------
+
+def test_pins_and_releases_survive_a_restart_of_a_real_raft_group(tmp_path):
+    from test_master_dump import LoneMaster
+    from uds.wire.keys import KeyFolder, create_cluster_keys
+    keys = KeyFolder(create_cluster_keys(tmp_path / "keys"), NodeRole.MASTER)
+    folder = tmp_path / "master"
+    folder.mkdir()
+    lone = LoneMaster(keys, folder)
+    try:
+        lone.start()
+        now = time.time()
+        job = submit(1, fid(1), {"in": fid(2)})
+        key = (job.job, 0, 1)
+        for commands in ([job], [DispatchAttempts((key,))], [ChunkEvent(*key, int(ChunkState.STARTED), WORKER)],
+                         [ChunkEvent(*key, int(ChunkState.SUCCEEDED), WORKER,
+                                     result=ChunkResult(exit_code=0, outputs={"out": (fid(3), 1)}))]):
+            lone.commit(commands, now)
+        outcomes = lone.commit([PinFiles((fid(9),), now + 3600, GRACE), ForgetJobs((job.job,), 10, GRACE),
+                                PruneCollection(GRACE)], now)
+        assert [outcome.ok for outcome in outcomes] == [True, True, True]
+        before = lone.state()
+        lone.stop()
+        lone.start()
+        after = lone.state()
+        assert after == before and after.holds.pins == {fid(9): now + 3600}
+        assert collectable(after, [fid(n) for n in range(1, 11)], now) == {fid(n) for n in (4, 5, 6, 7, 8, 10)}
+    finally:
+        lone.close()
