@@ -1,0 +1,303 @@
+"""Storage nodes' cluster duties with real daemons: repair onto a file's
+replica set, the scrub, and collection checked with a leader. No master
+runs here: membership comes from the cluster file (or from a fake leader,
+a ROUTER holding the masters' key, where a test needs one)."""
+import os
+import time
+
+import pytest
+import zmq
+
+from daemons import ClusterLayout, wait_until
+from uds import wire
+from uds.storage.duties import HEARTBEAT_FIGURES
+from uds.storage.client import StorageClient, UnknownFileError
+from uds.storage.placement import StorageMember, replica_set
+from uds.wire import ErrorCode, PutStatus
+from uds.wire.enums import NodeRole
+from uds.wire.ids import new_id
+from uds.wire.transport import Transport, recv_message, send_message
+
+CLIENT_NODE = new_id()
+REPLY_TIMEOUT_S = 5.0
+# A put to one node of three is on its whole replica set within this: the
+# first scan runs at start and then every repair_interval_s (1 s here),
+# and a pull of a few MiB takes well under a second.
+REPAIR_WITHIN_S = 15.0
+# The scrub re-hashes everything every 0.2 s at 1 GiB/s here.
+SCRUB_FINDS_WITHIN_S = 15.0
+FAST_DUTIES = {"replicas": 2, "heartbeat_interval_s": 0.5, "lost_after_s": 5.0,
+               "repair_interval_s": 1.0, "repair_bytes_per_s": 1 << 30,
+               "scrub_bytes_per_s": 1 << 30, "scrub_interval_s": 0.2,
+               "gc_grace_s": 600.0, "gc_interval_s": 3600.0}
+
+
+def start_nodes(root, count, **policy):
+    layout = ClusterLayout.create(root, storage=count, storage_policy={**FAST_DUTIES, **policy})
+    nodes = [layout.start("storage", name=str(index), wait=False) for index in range(count)]
+    for node in nodes:
+        node.wait_ready()
+    return layout, nodes
+
+
+@pytest.fixture
+def three(tmp_path):
+    layout, nodes = start_nodes(tmp_path / "cluster", 3)
+    try:
+        yield layout, nodes
+    finally:
+        layout.cleanup()
+
+
+@pytest.fixture
+def one(tmp_path):
+    """One node: no other replica to repair from."""
+    layout, nodes = start_nodes(tmp_path / "cluster", 1)
+    try:
+        yield layout, nodes[0]
+    finally:
+        layout.cleanup()
+
+
+@pytest.fixture
+def transport(tmp_path):
+    """Built lazily from the layout of the test's cluster."""
+    opened = []
+
+    def make(layout, role=NodeRole.CLIENT):
+        opened.append(Transport(layout.keys(role)))
+        return opened[-1]
+
+    yield make
+    for each in opened:
+        each.close()
+
+
+def blob_path(node, file_id):
+    return node.data / "blobs" / file_id.hex()[:2] / file_id.hex()[2:]
+
+
+def exchange(sock, message, timeout_s=REPLY_TIMEOUT_S):
+    sock.send_multipart(wire.encode(message))
+    if not sock.poll(timeout_s * 1000):
+        return None
+    return wire.decode(sock.recv_multipart())
+
+
+def test_a_put_to_one_node_is_repaired_onto_its_replica_set(three, transport):
+    layout, nodes = three
+    addresses = [entry.address for entry in layout.cluster.storage]
+    shared = transport(layout)
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    with StorageClient(shared, addresses[0], CLIENT_NODE, timeout_s=REPLY_TIMEOUT_S) as first:
+        file_id, size = first.put_bytes(data)
+    homes = replica_set(file_id, [StorageMember(address) for address in addresses], 2)
+    holders = {address: StorageClient(shared, address, CLIENT_NODE, timeout_s=REPLY_TIMEOUT_S)
+               for address in addresses}
+    try:
+        wait_until(lambda: all(holders[home.address].stat(file_id) == size for home in homes),
+                   "the file on both members of its replica set", REPAIR_WITHIN_S)
+        for home in homes:
+            assert holders[home.address].get(file_id) == data
+        pulled = sum(holders[home.address].stats()["repaired_files"] for home in homes)
+        assert pulled == sum(home.address != addresses[0] for home in homes)
+        if addresses[0] in {home.address for home in homes}:
+            others = [address for address in addresses if address not in {h.address for h in homes}]
+            assert holders[others[0]].stat(file_id) is None      # never copied beyond R
+        offered = holders[addresses[0]].stats()
+        assert offered["repair_scans"] >= 1 and offered["repair_offers_confirmed"] >= 1
+    finally:
+        for client in holders.values():
+            client.close()
+
+
+def test_file_replicate_from_a_client_key_is_refused(three, transport):
+    layout, nodes = three
+    address = layout.cluster.storage[1].address
+    sock = transport(layout).client_socket(zmq.DEALER, address, NodeRole.STORAGE)
+    offer = wire.FileReplicate.make(CLIENT_NODE, request_id=7, file=new_id(), file_length=10,
+                                    source=layout.cluster.storage[0].address)
+    reply = exchange(sock, offer)
+    assert isinstance(reply, wire.Error) and reply.error_code == ErrorCode.FORBIDDEN
+    assert reply.request_id == 7
+    sock.close()
+
+
+def test_file_replicate_of_a_blob_the_source_lacks_fails_and_stores_nothing(three, transport):
+    layout, nodes = three
+    addresses = [entry.address for entry in layout.cluster.storage]
+    sock = transport(layout, NodeRole.STORAGE).client_socket(zmq.DEALER, addresses[1], NodeRole.STORAGE)
+    missing = new_id()
+    reply = exchange(sock, wire.FileReplicate.make(CLIENT_NODE, request_id=3, file=missing, file_length=10,
+                                                   source=addresses[0]), timeout_s=30)
+    assert isinstance(reply, wire.Error) and reply.error_code == ErrorCode.UNKNOWN_FILE
+    assert not blob_path(nodes[1], missing).exists()
+    sock.close()
+
+
+def test_a_corrupt_blob_is_moved_aside_and_repaired_from_a_replica(three, transport):
+    layout, nodes = three
+    addresses = [entry.address for entry in layout.cluster.storage]
+    shared = transport(layout)
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    with StorageClient(shared, addresses[0], CLIENT_NODE, timeout_s=REPLY_TIMEOUT_S) as first:
+        file_id, size = first.put_bytes(data)
+    homes = replica_set(file_id, [StorageMember(address) for address in addresses], 2)
+    victim = next(home.address for home in homes if home.address != addresses[0])
+    victim_node = nodes[addresses.index(victim)]
+    with StorageClient(shared, victim, CLIENT_NODE, timeout_s=REPLY_TIMEOUT_S) as storage:
+        wait_until(lambda: storage.stat(file_id) == size, "the repair onto the victim", REPAIR_WITHIN_S)
+        path = blob_path(victim_node, file_id)
+        with open(path, "r+b") as blob:       # flip bytes in the second block
+            blob.seek(1024 * 1024 + 100)
+            original = blob.read(8)
+            blob.seek(1024 * 1024 + 100)
+            blob.write(bytes(b ^ 0xFF for b in original))
+        corrupt = victim_node.data / "corrupt" / file_id.hex()
+        wait_until(corrupt.exists, "the scrub moving the blob aside", SCRUB_FINDS_WITHIN_S)
+        wait_until(lambda: storage.stats()["repaired_files"] >= 2, "the pull of a good copy", REPAIR_WITHIN_S)
+        assert storage.get(file_id) == data
+        counters = storage.stats()
+        assert counters["corrupt_blobs"] == 1 and counters["scrubbed_blobs"] >= 1
+    assert corrupt.read_bytes() != data
+
+
+def test_a_corrupt_blob_with_no_other_copy_is_never_served(one, transport):
+    layout, node = one
+    shared = transport(layout)
+    data = os.urandom(100_000)
+    with StorageClient(shared, layout.cluster.storage[0].address, CLIENT_NODE,
+                       timeout_s=REPLY_TIMEOUT_S) as storage:
+        file_id, size = storage.put_bytes(data)
+        with open(blob_path(node, file_id), "r+b") as blob:
+            blob.seek(500)
+            blob.write(b"\0rot\0")
+        wait_until(lambda: storage.stats()["corrupt_blobs"] == 1, "the scrub finding the damage",
+                   SCRUB_FINDS_WITHIN_S)
+        assert storage.stat(file_id) is None
+        with pytest.raises(UnknownFileError):
+            storage.read(file_id, 0, 10)
+        with pytest.raises(UnknownFileError):
+            storage.manifest(file_id)
+        # A good copy put again is served again.
+        assert storage.put_bytes(data) == (file_id, size)
+        assert storage.get(file_id) == data
+
+
+class FakeLeader:
+    """A ROUTER with the masters' key at the first master's address: answers
+    heartbeats with a membership, and hands gc_check to the test."""
+
+    def __init__(self, layout, transport):
+        self.layout = layout
+        self.socket = transport.server_socket(zmq.ROUTER, layout.cluster.masters[0].address)
+        self.heartbeats = []
+        self.node = new_id()
+
+    def members(self):
+        members = []
+        for index, entry in enumerate(self.layout.cluster.storage):
+            node_id = (self.layout.data_of("storage", str(index)) / "node_id").read_text().strip()
+            members.append({"node": bytes.fromhex(node_id), "address": entry.address,
+                            "state": "alive", "free_bytes": 1 << 30})
+        return members
+
+    def next_gc_check(self, timeout_s=REPLY_TIMEOUT_S * 2):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.socket.poll(100):
+                continue
+            received = recv_message(self.socket, None)
+            if received is None:
+                continue
+            message = wire.decode(received.frames)
+            if isinstance(message, wire.StorageHeartbeat):
+                self.heartbeats.append(message)
+                self.send(received.peer, wire.StorageHeartbeatReply.make(
+                    self.node, request_id=message.request_id, heartbeat_interval_ms=500, nodes=self.members()))
+            elif isinstance(message, wire.GcCheck):
+                return received.peer, message
+        raise TimeoutError("no gc_check came")
+
+    def send(self, peer, message):
+        assert send_message(self.socket, wire.encode(message), peer)
+
+
+def gc_candidates_set(check):
+    return {bytes(file_id) for file_id in check.files}
+
+
+def test_collection_deletes_only_what_the_leader_clears_and_nothing_used_since(one, transport):
+    layout, node = one
+    address = layout.cluster.storage[0].address
+    leader = FakeLeader(layout, transport(layout, NodeRole.MASTER))
+    shared = transport(layout)
+    runner = shared.client_socket(zmq.DEALER, address, NodeRole.STORAGE)
+    with StorageClient(shared, address, CLIENT_NODE, timeout_s=REPLY_TIMEOUT_S) as storage:
+        old = {}
+        for name in (b"a", b"b", b"c"):
+            file_id, _ = storage.put_bytes(name * 1000)
+            old[name] = file_id
+            past = time.time() - 7200          # unused for two hours, grace is 10 minutes
+            os.utime(blob_path(node, file_id), (past, past))
+        fresh, _ = storage.put_bytes(b"d" * 1000)
+
+        # A dry run reports what the leader clears and deletes nothing.
+        runner.send_multipart(wire.encode(wire.GcRun.make(CLIENT_NODE, request_id=1, dry_run=1)))
+        peer, check = leader.next_gc_check()
+        assert gc_candidates_set(check) == set(old.values())
+        leader.send(peer, wire.GcCheckReply.make(leader.node, request_id=check.request_id,
+                                                 files=[old[b"a"], old[b"b"]]))
+        assert runner.poll(REPLY_TIMEOUT_S * 1000)
+        report = wire.decode(runner.recv_multipart())
+        assert isinstance(report, wire.GcRunReply) and report.dry_run == 1
+        assert report.blobs_examined == 3 and report.bytes == 2000
+        assert {bytes(entry[0]) for entry in report.files} == {old[b"a"], old[b"b"]}
+        assert all(blob_path(node, file_id).exists() for file_id in [*old.values(), fresh])
+
+        # A real pass: b is stat'ed and c put again between the listing and
+        # the leader's answer, so only a goes, though the leader clears all.
+        runner.send_multipart(wire.encode(wire.GcRun.make(CLIENT_NODE, request_id=2, dry_run=0)))
+        peer, check = leader.next_gc_check()
+        assert gc_candidates_set(check) == set(old.values())
+        assert storage.stat(old[b"b"]) == 1000
+        assert storage.put_bytes(b"c" * 1000)[0] == old[b"c"]
+        leader.send(peer, wire.GcCheckReply.make(leader.node, request_id=check.request_id,
+                                                 files=[*old.values(), fresh, new_id()]))
+        assert runner.poll(REPLY_TIMEOUT_S * 1000)
+        report = wire.decode(runner.recv_multipart())
+        assert isinstance(report, wire.GcRunReply) and report.dry_run == 0
+        assert [(bytes(entry[0]), entry[1]) for entry in report.files] == [(old[b"a"], 1000)]
+        assert not blob_path(node, old[b"a"]).exists()
+        assert storage.stat(old[b"a"]) is None
+        for kept in (old[b"b"], old[b"c"], fresh):
+            assert storage.stat(kept) == 1000
+        counters = storage.stats()
+        assert counters["gc_deleted_blobs"] == 1 and counters["gc_deleted_bytes"] == 1000
+        assert counters["gc_kept_in_use"] == 2
+    assert leader.heartbeats and leader.heartbeats[0].address == address
+    figures = leader.heartbeats[-1].figures
+    assert set(HEARTBEAT_FIGURES) <= figures.keys() and figures["capacity_bytes"] > 0
+    runner.close()
+
+
+def test_collection_deletes_nothing_when_the_leader_refuses(one, transport):
+    layout, node = one
+    address = layout.cluster.storage[0].address
+    leader = FakeLeader(layout, transport(layout, NodeRole.MASTER))
+    shared = transport(layout)
+    runner = shared.client_socket(zmq.DEALER, address, NodeRole.STORAGE)
+    with StorageClient(shared, address, CLIENT_NODE, timeout_s=REPLY_TIMEOUT_S) as storage:
+        file_id, _ = storage.put_bytes(b"x" * 1000)
+    past = time.time() - 7200
+    os.utime(blob_path(node, file_id), (past, past))
+    runner.send_multipart(wire.encode(wire.GcRun.make(CLIENT_NODE, request_id=5, dry_run=0)))
+    peer, check = leader.next_gc_check()
+    # What the masters without collection answer today.
+    leader.send(peer, wire.Error.replying(leader.node, check.request_id, check.message_type,
+                                          ErrorCode.UNEXPECTED, "a master does not accept gc_check"))
+    assert runner.poll(REPLY_TIMEOUT_S * 1000)
+    reply = wire.decode(runner.recv_multipart())
+    assert isinstance(reply, wire.Error) and reply.error_code == ErrorCode.BUSY and reply.request_id == 5
+    assert blob_path(node, file_id).exists()
+    runner.close()
