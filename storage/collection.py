@@ -11,11 +11,17 @@ Rules (the protocol is in doc/storage.md):
   under the lock that touches take); a dry run deletes nothing and
   reports every answered candidate.
 - A page the leader did not answer deletes nothing; the pass ends there.
+- A blob collected here is not taken back from a repair offer for the
+  grace period after (Tombstones): another holder whose copy the leader
+  would clear too would otherwise hand it back with a fresh mtime, and
+  the two would pass it to and fro for ever. A put of it ends its
+  tombstone: anything that references the file again put it first.
 
 Pure: no sockets, no clock, no files.
 """
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -70,3 +76,35 @@ class GcPass:
     @property
     def bytes(self) -> int:
         return sum(size for _, size in self.collected)
+
+
+class Tombstones:
+    """The blobs collected here within the last `keep_s` seconds: id ->
+    when, oldest first. Time comes in."""
+
+    def __init__(self, keep_s: float) -> None:
+        self.keep_s = keep_s
+        self._when: collections.OrderedDict[bytes, float] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._when)
+
+    def collected(self, file_id: bytes, now: float) -> None:
+        self._when.pop(file_id, None)
+        self._when[file_id] = now
+        self.prune(now)
+
+    def put_again(self, file_id: bytes) -> None:
+        self._when.pop(file_id, None)
+
+    def refuses(self, file_id: bytes, now: float) -> bool:
+        """Whether an offer of `file_id` is turned down: collected within keep_s."""
+        self.prune(now)
+        return file_id in self._when
+
+    def prune(self, now: float) -> None:
+        while self._when:
+            file_id, when = next(iter(self._when.items()))
+            if now - when < self.keep_s:
+                return
+            del self._when[file_id]

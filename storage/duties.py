@@ -20,7 +20,8 @@ from uds.storage.placement import read_order
 from uds.storage.puller import Puller
 from uds.storage.scrub import Scrubber
 from uds.storage.service import Helpers
-from uds.wire import Message
+from uds.daemon.dispatch import RequestRefused
+from uds.wire import ErrorCode, Message
 from uds.wire.cluster import StoragePolicy
 from uds.wire.transport import Transport
 
@@ -62,7 +63,13 @@ class Duties(Helpers):
     # -- what the service loop hands over ------------------------------------
 
     def pull(self, file_id: bytes, length: int, source: str, waiter: tuple[bytes, int]) -> bool:
+        if self.keeper.refuses_offer(file_id):
+            raise RequestRefused(ErrorCode.INVALID, f"{file_id.hex()} was collected here within the "
+                                                    "grace period: not taken back from a repair")
         return self.puller.request(file_id, length, [source], waiter)
+
+    def put_begun(self, file_id: bytes) -> None:
+        self.keeper.put_again(file_id)
 
     def collect(self, peer: bytes, request_id: int, dry_run: bool) -> bool:
         return self.keeper.request_gc(peer, request_id, dry_run)

@@ -40,7 +40,7 @@ import zmq
 from uds import wire
 from uds.daemon.runtime import drain, wake, wake_pipe
 from uds.storage.blobstore import BlobStore
-from uds.storage.collection import GcPass, candidates
+from uds.storage.collection import GcPass, Tombstones, candidates
 from uds.storage.placement import ALIVE, StorageMember
 from uds.storage.repair import RepairScan
 from uds.wire import ErrorCode, Message, PutStatus, WireError
@@ -135,6 +135,8 @@ class Keeper(threading.Thread):
         self.inventory: tuple[int, int] = (0, 0)        # blob count, bytes
         self.scan: RepairScan | None = None
         self.gc: GcRound | None = None
+        self._tombstones = Tombstones(policy.gc_grace_s)
+        self._tombstones_lock = threading.Lock()
         self._gc_requests: queue.Queue[GcRequest] = queue.Queue()
         self._gc_waiting: collections.deque[GcRequest] = collections.deque()
         self._request_ids = itertools.count(1)
@@ -159,6 +161,16 @@ class Keeper(threading.Thread):
         self._gc_requests.put(GcRequest(peer, request_id, dry_run))
         wake(self._wake_write)
         return True
+
+    def refuses_offer(self, file_id: bytes) -> bool:
+        """Whether this node collected `file_id` within the grace period, and
+        so does not take it back from a repair offer (storage/collection.py)."""
+        with self._tombstones_lock:
+            return self._tombstones.refuses(file_id, self.clock())
+
+    def put_again(self, file_id: bytes) -> None:
+        with self._tombstones_lock:
+            self._tombstones.put_again(file_id)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -397,6 +409,8 @@ class Keeper(threading.Thread):
             else:
                 self.counters["gc_deleted_blobs"] += 1
                 self.counters["gc_deleted_bytes"] += size
+                with self._tombstones_lock:
+                    self._tombstones.collected(blob.file_id, now)
         self._next_gc_page(now)
 
     def _end_gc(self, complete: bool) -> None:

@@ -87,6 +87,9 @@ class Helpers:
     def pull(self, file_id: bytes, length: int, source: str, waiter: tuple[bytes, int]) -> bool:
         raise RequestRefused(ErrorCode.UNEXPECTED, "this node does not repair")
 
+    def put_begun(self, file_id: bytes) -> None:
+        """A client or worker puts the file (present here or not)."""
+
     def collect(self, peer: bytes, request_id: int, dry_run: bool) -> bool:
         raise RequestRefused(ErrorCode.UNEXPECTED, "this node does not collect")
 
@@ -239,6 +242,7 @@ class StorageService:
 
     def on_put_begin(self, request: wire.FilePutBegin, peer: bytes, now: float) -> Message:
         file_id = request.file_uuid
+        self.helpers.put_begun(file_id)
         if self.store.has(file_id):
             self.counters["puts_present"] += 1
             self.store.touch(file_id)

@@ -275,6 +275,17 @@ def test_collection_deletes_only_what_the_leader_clears_and_nothing_used_since(o
         counters = storage.stats()
         assert counters["gc_deleted_blobs"] == 1 and counters["gc_deleted_bytes"] == 1000
         assert counters["gc_kept_in_use"] == 2
+
+        # Another holder's repair offer does not bring the collected blob
+        # back (it would then come and go for ever), a put does.
+        peer_node = transport(layout, NodeRole.STORAGE).client_socket(zmq.DEALER, address, NodeRole.STORAGE)
+        offer = wire.FileReplicate.make(CLIENT_NODE, request_id=9, file=old[b"a"], file_length=1000,
+                                        source="tcp://127.0.0.1:1")
+        refused = exchange(peer_node, offer)
+        assert isinstance(refused, wire.Error) and refused.error_code == ErrorCode.INVALID
+        peer_node.close()
+        assert storage.put_bytes(b"a" * 1000) == (old[b"a"], 1000)
+        assert storage.get(old[b"a"]) == b"a" * 1000
     assert leader.heartbeats and leader.heartbeats[0].address == address
     figures = leader.heartbeats[-1].figures
     assert set(HEARTBEAT_FIGURES) <= figures.keys() and figures["capacity_bytes"] > 0
