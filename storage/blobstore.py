@@ -305,6 +305,11 @@ class BlobStore:
             self.path_of(file_id).unlink(missing_ok=True)
             return status.st_size
 
+    def remove(self, file_id: bytes) -> int | None:
+        """Delete the blob whatever its last use (a copy beyond its replica
+        set); its size, or None if it was not here."""
+        return self.delete_if_idle(file_id, float("inf"))
+
     def quarantine(self, file_id: bytes) -> bool:
         """Move a damaged blob to corrupt/, out of reach of every read; False
         if it was not here."""

@@ -70,6 +70,7 @@ MESSAGES_PER_WAKEUP = 256
 COUNTER_NAMES = (
     "heartbeats_sent", "heartbeat_replies", "membership_changes",
     "repair_scans", "repair_offers_sent", "repair_offers_confirmed", "repair_offers_failed",
+    "trimmed_blobs", "trimmed_bytes",
     "gc_passes", "gc_passes_incomplete", "gc_deleted_blobs", "gc_deleted_bytes", "gc_kept_in_use",
 )
 
@@ -351,6 +352,12 @@ class Keeper(threading.Thread):
             return
         if confirmed:
             self.counters["repair_offers_confirmed"] += 1
+            for file_id, _ in scan.take_trimmable():
+                size = self.store.remove(file_id)
+                if size is not None:
+                    self.counters["trimmed_blobs"] += 1
+                    self.counters["trimmed_bytes"] += size
+                    log.info("trimmed %s: its whole replica set holds it", file_id.hex())
         else:
             self.counters["repair_offers_failed"] += 1
             log.info("%s did not take %s: %s", offer.target, offer.file_id.hex(),

@@ -13,6 +13,10 @@ Rules:
   error, or no answer within `timeout_s(length)`, leaves the pair
   unconfirmed until the next scan.
 - `pending` is every pair not yet confirmed nor given up in this scan.
+- A blob this node holds but whose replica set (of R members) it is not
+  in becomes `trimmable` once every member of the set has confirmed it in
+  this scan: R other nodes hold it, so this copy is one too many. A set
+  smaller than R (fewer live members) trims nothing.
 
 Pure: no sockets, no clock (`now` comes in), no files.
 """
@@ -56,6 +60,10 @@ class RepairScan:
     outstanding: dict[int, tuple[Offer, float]] = field(default_factory=dict)
     confirmed: int = 0
     failed: int = 0
+    # Blobs held here outside their replica set: the targets yet to confirm.
+    unconfirmed: dict[bytes, set[str]] = field(default_factory=dict)
+    # Blobs whose every home confirmed, for the shell to delete here.
+    trimmable: list[tuple[bytes, int]] = field(default_factory=list)
 
     @classmethod
     def plan(cls, own_address: str, blobs: Iterable[tuple[bytes, int]], members: Iterable[StorageMember],
@@ -66,12 +74,16 @@ class RepairScan:
         `replicas`: each blob to every member of its replica set but this node."""
         members = tuple(members)
         offers: dict[str, collections.deque[Offer]] = {}
+        unconfirmed: dict[bytes, set[str]] = {}
         for file_id, size in blobs:
-            for target in replica_set(file_id, members, replicas):
-                if target.address != own_address:
-                    offers.setdefault(target.address, collections.deque()).append(
-                        Offer(target.address, file_id, size))
-        return cls(offers, request_ids if request_ids is not None else itertools.count(1), timeout_s, window)
+            homes = [home.address for home in replica_set(file_id, members, replicas)]
+            for target in homes:
+                if target != own_address:
+                    offers.setdefault(target, collections.deque()).append(Offer(target, file_id, size))
+            if own_address not in homes and len(homes) == replicas:
+                unconfirmed[file_id] = set(homes)
+        return cls(offers, request_ids if request_ids is not None else itertools.count(1), timeout_s, window,
+                   unconfirmed=unconfirmed)
 
     @property
     def pending(self) -> int:
@@ -100,11 +112,24 @@ class RepairScan:
         entry = self.outstanding.pop(request_id, None)
         if entry is None:
             return None
+        offer = entry[0]
         if confirmed:
             self.confirmed += 1
+            waiting = self.unconfirmed.get(offer.file_id)
+            if waiting is not None:
+                waiting.discard(offer.target)
+                if not waiting:
+                    del self.unconfirmed[offer.file_id]
+                    self.trimmable.append((offer.file_id, offer.length))
         else:
             self.failed += 1
-        return entry[0]
+            self.unconfirmed.pop(offer.file_id, None)
+        return offer
+
+    def take_trimmable(self) -> list[tuple[bytes, int]]:
+        """The blobs to delete here now (each given once)."""
+        taken, self.trimmable = self.trimmable, []
+        return taken
 
     def expire(self, now: float) -> list[Offer]:
         """Give up on requests unanswered for their timeout."""

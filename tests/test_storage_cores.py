@@ -73,6 +73,9 @@ class RepairScanMachine(RuleBasedStateMachine):
         self.total = self.scan.pending
         self.now = 0.0
         self.sent = []
+        self.members = members_of(["alive"] * 4)
+        self.confirmations = set()
+        self.trimmed = []
 
     @rule()
     @precondition(lambda self: hasattr(self, "scan"))
@@ -83,8 +86,12 @@ class RepairScanMachine(RuleBasedStateMachine):
     @precondition(lambda self: hasattr(self, "scan") and self.scan.outstanding)
     def answer(self, data, confirmed):
         request_id = data.draw(st.sampled_from(sorted(self.scan.outstanding)))
-        assert self.scan.answered(request_id, confirmed) is not None
+        offer = self.scan.answered(request_id, confirmed)
+        assert offer is not None
         assert self.scan.answered(request_id, confirmed) is None     # a second answer is ignored
+        if confirmed:
+            self.confirmations.add((offer.file_id, offer.target))
+        self.trimmed += self.scan.take_trimmable()
 
     @rule(seconds=st.floats(0, 10))
     @precondition(lambda self: hasattr(self, "scan"))
@@ -101,6 +108,11 @@ class RepairScanMachine(RuleBasedStateMachine):
             busy = [offer.target for offer, _ in scan.outstanding.values()]
             assert all(busy.count(target) <= scan.window for target in busy)
             assert ADDRESSES[0] not in busy
+            for file_id, _ in self.trimmed:      # only a copy outside the set, once every home has it
+                homes = [home.address for home in replica_set(file_id, self.members, 2)]
+                assert ADDRESSES[0] not in homes
+                assert all((file_id, home) in self.confirmations for home in homes)
+            assert len(self.trimmed) == len({file_id for file_id, _ in self.trimmed})
 
 
 TestRepairScan = RepairScanMachine.TestCase

@@ -15,7 +15,7 @@ from uds.storage.client import StorageClient, UnknownFileError
 from uds.storage.placement import StorageMember, replica_set
 from uds.wire import ErrorCode, PutStatus
 from uds.wire.enums import NodeRole
-from uds.wire.ids import new_id
+from uds.wire.ids import file_id_of, new_id
 from uds.wire.transport import Transport, recv_message, send_message
 
 CLIENT_NODE = new_id()
@@ -109,6 +109,24 @@ def test_a_put_to_one_node_is_repaired_onto_its_replica_set(three, transport):
     finally:
         for client in holders.values():
             client.close()
+
+
+def test_a_copy_outside_the_replica_set_is_trimmed_once_every_home_holds_it(three, transport):
+    layout, nodes = three
+    addresses = [entry.address for entry in layout.cluster.storage]
+    members = [StorageMember(address) for address in addresses]
+    while True:        # a file whose replica set leaves out node 0
+        data = os.urandom(100_000)
+        if addresses[0] not in {home.address for home in replica_set(file_id_of(data), members, 2)}:
+            break
+    shared = transport(layout)
+    with StorageClient(shared, addresses[0], CLIENT_NODE, timeout_s=REPLY_TIMEOUT_S) as outsider:
+        file_id, size = outsider.put_bytes(data)
+        wait_until(lambda: outsider.stat(file_id) is None, "the copy on node 0 trimmed", REPAIR_WITHIN_S)
+        assert outsider.stats()["trimmed_blobs"] == 1
+    for address in addresses[1:]:
+        with StorageClient(shared, address, CLIENT_NODE, timeout_s=REPLY_TIMEOUT_S) as home:
+            assert home.get(file_id) == data
 
 
 def test_file_replicate_from_a_client_key_is_refused(three, transport):
