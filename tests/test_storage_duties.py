@@ -212,30 +212,48 @@ class FakeLeader:
         self.heartbeats = []
         self.node = new_id()
 
+    lost = frozenset()         # indexes of the [[storage]] entries the leader says are lost
+
     def members(self):
         members = []
         for index, entry in enumerate(self.layout.cluster.storage):
             node_id = (self.layout.data_of("storage", str(index)) / "node_id").read_text().strip()
             members.append({"node": bytes.fromhex(node_id), "address": entry.address,
-                            "state": "alive", "free_bytes": 1 << 30})
+                            "state": "lost" if index in self.lost else "alive", "free_bytes": 1 << 30})
         return members
 
     def next_gc_check(self, timeout_s=REPLY_TIMEOUT_S * 2):
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if not self.socket.poll(100):
-                continue
-            received = recv_message(self.socket, None)
-            if received is None:
-                continue
-            message = wire.decode(received.frames)
-            if isinstance(message, wire.StorageHeartbeat):
-                self.heartbeats.append(message)
-                self.send(received.peer, wire.StorageHeartbeatReply.make(
-                    self.node, request_id=message.request_id, heartbeat_interval_ms=500, nodes=self.members()))
-            elif isinstance(message, wire.GcCheck):
-                return received.peer, message
+            check = self.serve_one(0.1)
+            if check is not None:
+                return check
         raise TimeoutError("no gc_check came")
+
+    def serve_until(self, predicate, what, timeout_s):
+        """Answer heartbeats until predicate() holds."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.serve_one(0.05)
+            if predicate():
+                return
+        raise TimeoutError(f"{what} not reached in {timeout_s}s")
+
+    def serve_one(self, timeout_s):
+        """Answer a heartbeat if one comes; a gc_check, if one comes, is returned."""
+        if not self.socket.poll(timeout_s * 1000):
+            return None
+        received = recv_message(self.socket, None)
+        if received is None:
+            return None
+        message = wire.decode(received.frames)
+        if isinstance(message, wire.StorageHeartbeat):
+            self.heartbeats.append(message)
+            self.send(received.peer, wire.StorageHeartbeatReply.make(
+                self.node, request_id=message.request_id, heartbeat_interval_ms=500, nodes=self.members()))
+        elif isinstance(message, wire.GcCheck):
+            return received.peer, message
+        return None
 
     def send(self, peer, message):
         assert send_message(self.socket, wire.encode(message), peer)
@@ -330,3 +348,25 @@ def test_collection_deletes_nothing_when_the_leader_refuses(one, transport):
     assert isinstance(reply, wire.Error) and reply.error_code == ErrorCode.BUSY and reply.request_id == 5
     assert blob_path(node, file_id).exists()
     runner.close()
+
+
+def test_a_node_the_leader_declares_lost_is_replaced_in_the_replica_sets(three, transport):
+    layout, nodes = three
+    addresses = [entry.address for entry in layout.cluster.storage]
+    everyone = [StorageMember(address) for address in addresses]
+    while True:        # a file whose homes among all three are nodes 0 and 2
+        data = os.urandom(50_000)
+        if {home.address for home in replica_set(file_id_of(data), everyone, 2)} == {addresses[0], addresses[2]}:
+            break
+    leader = FakeLeader(layout, transport(layout, NodeRole.MASTER))
+    leader.lost = frozenset({2})
+    nodes[2].kill9()
+    shared = transport(layout)
+    with StorageClient(shared, addresses[0], CLIENT_NODE, timeout_s=REPLY_TIMEOUT_S) as first, \
+            StorageClient(shared, addresses[1], CLIENT_NODE, timeout_s=REPLY_TIMEOUT_S) as second:
+        file_id, size = first.put_bytes(data)
+        leader.serve_until(lambda: second.stat(file_id) == size, "the copy on node 1, node 2's stand-in",
+                           REPAIR_WITHIN_S)
+        assert second.get(file_id) == data
+        assert first.stats()["membership_changes"] >= 1
+        assert first.stat(file_id) == size            # a home still: never trimmed
