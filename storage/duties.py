@@ -27,6 +27,9 @@ from uds.wire.transport import Transport
 
 log = logging.getLogger("storage")
 
+# How long a stop waits for each thread (a pull waits on its source's reply).
+STOP_WAIT_S = 5.0
+
 # The figures each heartbeat carries to the masters (a subset of stats_reply).
 HEARTBEAT_FIGURES = ("capacity_bytes", "used_bytes", "free_bytes", "blob_count", "repair_pending",
                      "repaired_files", "repaired_bytes", "repair_scans", "scrubbed_blobs", "scrub_passes",
@@ -58,7 +61,9 @@ class Duties(Helpers):
             thread.stop()
         for thread in self.threads:
             if thread.is_alive():
-                thread.join(timeout=5.0)
+                thread.join(timeout=STOP_WAIT_S)
+        if not self.keeper.is_alive():
+            self.keeper.close()
 
     # -- what the service loop hands over ------------------------------------
 

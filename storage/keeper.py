@@ -66,12 +66,16 @@ INVENTORY_REFRESH_S = 5.0
 # the repair rate.
 REPLICATE_TIMEOUT_S = 60.0
 MESSAGES_PER_WAKEUP = 256
+# After a step failed (a disk fault, say): the pause before the next, so a
+# lasting fault costs a log line a second, not a spinning thread.
+KEEPER_ERROR_PAUSE_S = 1.0
 
 COUNTER_NAMES = (
     "heartbeats_sent", "heartbeat_replies", "membership_changes",
     "repair_scans", "repair_offers_sent", "repair_offers_confirmed", "repair_offers_failed",
     "trimmed_blobs", "trimmed_bytes",
     "gc_passes", "gc_passes_incomplete", "gc_deleted_blobs", "gc_deleted_bytes", "gc_kept_in_use",
+    "keeper_errors",
 )
 
 log = logging.getLogger("storage.keeper")
@@ -147,6 +151,7 @@ class Keeper(threading.Thread):
         self._masters: list[zmq.Socket] = []
         self._peers: dict[str, zmq.Socket] = {}
         self._poller = zmq.Poller()
+        self._next: dict[str, float] = {}        # timer -> when it is due (clock)
 
     # -- other threads' side ------------------------------------------------
 
@@ -185,35 +190,44 @@ class Keeper(threading.Thread):
                 self._add_master(address)
             self._poller.register(self._wake_read, zmq.POLLIN)
             now = self.clock()
-            next_heartbeat, next_inventory = now, now
-            next_scan, next_gc = now, now + self.policy.gc_interval_s
+            self._next = {"heartbeat": now, "inventory": now, "scan": now,
+                          "gc": now + self.policy.gc_interval_s}
             while not self._stopping.is_set():
-                now = self.clock()
-                if now >= next_inventory:
-                    self._count_inventory()
-                    next_inventory = now + INVENTORY_REFRESH_S
-                if now >= next_heartbeat and self.search.due(now) is not None:
-                    self._heartbeat(now)
-                    next_heartbeat = now + self.policy.heartbeat_interval_s
-                if self.search.overdue(now) and self.gc is not None:
-                    self.gc.page_sent = False       # ask the next master
-                if self.scan is None or (self.scan.done and now >= next_scan):
-                    self._start_scan(now)
-                    next_scan = now + self.policy.repair_interval_s
-                self._drive_scan(now)
-                if self.gc is None and (self._gc_waiting or now >= next_gc):
-                    if not self._gc_waiting:
-                        next_gc = now + self.policy.gc_interval_s
-                    self._start_gc(now)
-                self._drive_gc(now)
-                self._poll(now)
-        except Exception:  # noqa: BLE001 - the node serves on without its keeper, and says so
-            log.exception("the keeper stopped")
+                try:
+                    self._step(self.clock())
+                except Exception:  # noqa: BLE001 - a disk or peer fault must not end the duties
+                    log.exception("keeper step failed")
+                    self.counters["keeper_errors"] += 1
+                    self._stopping.wait(KEEPER_ERROR_PAUSE_S)
         finally:
             for sock in [*self._masters, *self._peers.values()]:
                 sock.close()
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+
+    def close(self) -> None:
+        """Release the wake pipe, once the thread has ended."""
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+    def _step(self, now: float) -> None:
+        due = self._next
+        if now >= due["inventory"]:
+            self._count_inventory()
+            due["inventory"] = now + INVENTORY_REFRESH_S
+        if now >= due["heartbeat"] and self.search.due(now) is not None:
+            self._heartbeat(now)
+            due["heartbeat"] = now + self.policy.heartbeat_interval_s
+        if self.search.overdue(now) and self.gc is not None:
+            self.gc.page_sent = False       # ask the next master
+        if self.scan is None or (self.scan.done and now >= due["scan"]):
+            self._start_scan(now)
+            due["scan"] = now + self.policy.repair_interval_s
+        self._drive_scan(now)
+        if self.gc is None and (self._gc_waiting or now >= due["gc"]):
+            if not self._gc_waiting:
+                due["gc"] = now + self.policy.gc_interval_s
+            self._start_gc(now)
+        self._drive_gc(now)
+        self._poll(now)
 
     def _poll(self, now: float) -> None:
         ready = dict(self._poller.poll(POLL_INTERVAL_MS))

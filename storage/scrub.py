@@ -32,7 +32,7 @@ POSITION_FILE = "scrub_position"
 # Blobs between two saves of the position: a crash repeats at most these.
 SAVE_EVERY = 100
 
-COUNTER_NAMES = ("scrubbed_blobs", "scrubbed_bytes", "scrub_passes")
+COUNTER_NAMES = ("scrubbed_blobs", "scrubbed_bytes", "scrub_passes", "scrub_errors")
 
 log = logging.getLogger("storage.scrub")
 
@@ -76,13 +76,14 @@ class Scrubber(threading.Thread):
         self._stopping.set()
 
     def run(self) -> None:
-        try:
-            while not self._stopping.is_set():
-                started = self.clock()
+        while not self._stopping.is_set():
+            started = self.clock()
+            try:
                 self.scrub_pass()
-                self._stopping.wait(max(0.0, started + self.interval_s - self.clock()))
-        except Exception:  # noqa: BLE001 - the node serves on without its scrub, and says so
-            log.exception("the scrub stopped")
+            except Exception:  # noqa: BLE001 - a disk fault ends the pass, not the scrub
+                log.exception("scrub pass failed")
+                self.counters["scrub_errors"] += 1
+            self._stopping.wait(max(0.0, started + self.interval_s - self.clock()))
 
     def scrub_pass(self) -> None:
         order = scrub_order((blob.file_id for blob in self.store.list_blobs()), self._load_position())
@@ -91,7 +92,12 @@ class Scrubber(threading.Thread):
                 if done > 1:
                     self._save_position(order[done - 2])
                 return
-            sound = blob_is_sound(self.store.path_of(file_id), file_id, self._pause)
+            try:
+                sound = blob_is_sound(self.store.path_of(file_id), file_id, self._pause)
+            except OSError as fault:        # unreadable: not proof of damage, and not sound either
+                log.error("scrub cannot read %s: %s", file_id.hex(), fault)
+                self.counters["scrub_errors"] += 1
+                continue
             if sound is False:
                 log.error("blob %s no longer hashes to its id: moved aside", file_id.hex())
                 self.on_corrupt(file_id)
