@@ -13,7 +13,7 @@ from uds import wire
 from uds.storage.duties import HEARTBEAT_FIGURES
 from uds.storage.client import StorageClient, UnknownFileError
 from uds.storage.placement import StorageMember, replica_set
-from uds.wire import ErrorCode, PutStatus
+from uds.wire import ErrorCode
 from uds.wire.enums import NodeRole
 from uds.wire.ids import file_id_of, new_id
 from uds.wire.transport import Transport, recv_message, send_message
@@ -370,3 +370,22 @@ def test_a_node_the_leader_declares_lost_is_replaced_in_the_replica_sets(three, 
         assert second.get(file_id) == data
         assert first.stats()["membership_changes"] >= 1
         assert first.stat(file_id) == size            # a home still: never trimmed
+
+
+def test_a_periodic_pass_collects_what_the_leader_clears(tmp_path, transport):
+    layout, (node,) = start_nodes(tmp_path / "cluster", 1, gc_interval_s=1.0)
+    try:
+        leader = FakeLeader(layout, transport(layout, NodeRole.MASTER))
+        with StorageClient(transport(layout), layout.cluster.storage[0].address, CLIENT_NODE,
+                           timeout_s=REPLY_TIMEOUT_S) as storage:
+            file_id, _ = storage.put_bytes(b"stale" * 100)
+            past = time.time() - 7200
+            os.utime(blob_path(node, file_id), (past, past))
+            peer, check = leader.next_gc_check(timeout_s=10)      # no gc_run: the node's own pass
+            assert [bytes(f) for f in check.files] == [file_id]
+            leader.send(peer, wire.GcCheckReply.make(leader.node, request_id=check.request_id, files=[file_id]))
+            wait_until(lambda: storage.stat(file_id) is None, "the stale blob collected", REPLY_TIMEOUT_S)
+            counters = storage.stats()
+            assert counters["gc_runs"] == 0 and counters["gc_deleted_blobs"] == 1
+    finally:
+        layout.cleanup()
