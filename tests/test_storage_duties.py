@@ -8,7 +8,7 @@ import time
 import pytest
 import zmq
 
-from daemons import ClusterLayout, wait_until
+from daemons import ROOT, ClusterLayout, wait_until
 from uds import wire
 from uds.storage.duties import HEARTBEAT_FIGURES
 from uds.storage.client import StorageClient, UnknownFileError
@@ -389,3 +389,15 @@ def test_a_periodic_pass_collects_what_the_leader_clears(tmp_path, transport):
             assert counters["gc_runs"] == 0 and counters["gc_deleted_blobs"] == 1
     finally:
         layout.cleanup()
+
+
+def test_every_counter_of_a_node_is_in_the_documentation(one, transport):
+    layout, node = one
+    with StorageClient(transport(layout), layout.cluster.storage[0].address, CLIENT_NODE,
+                       timeout_s=REPLY_TIMEOUT_S) as storage:
+        counters = set(storage.stats())
+    documented = (ROOT / "doc" / "storage.md").read_text()
+    transports = ("handshakes_", "messages_dropped_", "sends_dropped", "peers_")    # doc/transport.md's
+    missing = sorted(name for name in counters
+                     if f"`{name}`" not in documented and not name.startswith(transports))
+    assert missing == []
