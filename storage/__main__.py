@@ -34,17 +34,21 @@ class StorageNode:
         from uds.storage.service import StorageService
         from uds.wire.cluster import storage_policy
         self.store = BlobStore(context.data)
-        self.duties = None
         try:
             self.service = StorageService(context.transport, context.entry.address, self.store, context.node_id)
+        except Exception:
+            self.store.close()
+            raise
+        try:
             cluster = context.cluster
             self.duties = Duties(context.transport, context.node_id, context.entry.address, self.store,
                                  storage_policy(cluster), [master.address for master in cluster.masters],
                                  [entry.address for entry in cluster.storage], self.service.post)
-            self.service.helpers = self.duties
         except Exception:
+            self.service.close()
             self.store.close()
             raise
+        self.service.helpers = self.duties
 
     def run(self, stop: Callable[[], bool], on_serving: Callable[[], None]) -> None:
         self.duties.start()
@@ -52,8 +56,7 @@ class StorageNode:
 
     def close(self) -> None:
         try:
-            if self.duties is not None:
-                self.duties.stop()
+            self.duties.stop()
             self.service.close()
         finally:
             self.store.close()

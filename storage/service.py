@@ -129,8 +129,8 @@ class StorageService:
         }
         # Replies from the other threads, and the pipe that wakes the loop for them.
         self._outbox: queue.SimpleQueue[tuple[bytes, Message]] = queue.SimpleQueue()
-        self._wake_read, self._wake_write = wake_pipe()
         self.socket = transport.server_socket(zmq.ROUTER, address)
+        self._wake_read, self._wake_write = wake_pipe()
         self.dispatcher = Dispatcher("storage", node_id, self.handlers, self._send, self._count, log,
                                      refusals=ERROR_CODES)
 
