@@ -36,8 +36,9 @@ from uds.wire.transport import Transport
 
 # Files waiting for a pull, beyond the one being pulled.
 PULLS_QUEUED = 64
-# Bytes per ranged read in a pull: whole blocks, one data frame.
-PULL_PIECE_BYTES = MAX_DATA_FRAME_BYTES - MAX_DATA_FRAME_BYTES % BLOCK_BYTES
+# Bytes per ranged read in a pull: whole blocks, four data frames, which the
+# client asks for at once (READS_IN_FLIGHT), so the round trips overlap.
+PULL_PIECE_BYTES = 4 * (MAX_DATA_FRAME_BYTES - MAX_DATA_FRAME_BYTES % BLOCK_BYTES)
 # A source silent this long for one request is given up (the next is tried).
 PULL_TIMEOUT_S = 20.0
 
@@ -168,6 +169,7 @@ class Puller(threading.Thread):
             if client is None:
                 client = clients[source] = StorageClient(self.transport, source, self.node_id,
                                                          timeout_s=PULL_TIMEOUT_S)
+            log.debug("pulling %s (%d bytes) from %s", job.file_id.hex(), job.length, source)
             try:
                 pull_blob(client, self.store, job.file_id, job.length, self.pacer, self._pause)
             except NoSpace as fault:
