@@ -16,7 +16,9 @@ Rules:
 - A blob this node holds but whose replica set (of R members) it is not
   in becomes `trimmable` once every member of the set has confirmed it in
   this scan: R other nodes hold it, so this copy is one too many. A set
-  smaller than R (fewer live members) trims nothing.
+  smaller than R (fewer live members) trims nothing, and neither does a
+  node the membership does not list alive (the masters' view of it may be
+  stale: it keeps its copies until they see it again).
 
 Pure: no sockets, no clock (`now` comes in), no files.
 """
@@ -73,6 +75,7 @@ class RepairScan:
         """The scan of `blobs` ((id, size) pairs) over `members`, with R =
         `replicas`: each blob to every member of its replica set but this node."""
         members = tuple(members)
+        trims = any(member.address == own_address and member.alive for member in members)
         offers: dict[str, collections.deque[Offer]] = {}
         unconfirmed: dict[bytes, set[str]] = {}
         for file_id, size in blobs:
@@ -80,7 +83,7 @@ class RepairScan:
             for target in homes:
                 if target != own_address:
                     offers.setdefault(target, collections.deque()).append(Offer(target, file_id, size))
-            if own_address not in homes and len(homes) == replicas:
+            if trims and own_address not in homes and len(homes) == replicas:
                 unconfirmed[file_id] = set(homes)
         return cls(offers, request_ids if request_ids is not None else itertools.count(1), timeout_s, window,
                    unconfirmed=unconfirmed)

@@ -252,3 +252,16 @@ def test_a_pull_stores_only_a_copy_whose_every_block_checks(tmp_path, flip_at):
         assert not store.has(file_id)
     assert list((store.root / "tmp").iterdir()) == []
     store.close()
+
+
+def test_a_node_not_listed_alive_trims_nothing():
+    blobs = [(bytes([n]) * 16, 10) for n in range(40)]
+    for own_state, trims in (("alive", True), (LOST, False)):
+        members = members_of([own_state, "alive", "alive", "alive"])
+        scan = RepairScan.plan(ADDRESSES[0], blobs, members, 2, window=10**6)
+        for send in scan.sends(0.0):
+            scan.answered(send.request_id, True)
+        trimmed = {file_id for file_id, _ in scan.take_trimmable()}
+        outside = {file_id for file_id, _ in blobs
+                   if ADDRESSES[0] not in {home.address for home in replica_set(file_id, members, 2)}}
+        assert outside and trimmed == (outside if trims else set())
