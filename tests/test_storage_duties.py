@@ -206,9 +206,9 @@ class FakeLeader:
     """A ROUTER with the masters' key at the first master's address: answers
     heartbeats with a membership, and hands gc_check to the test."""
 
-    def __init__(self, layout, transport):
+    def __init__(self, layout, transport, index=0):
         self.layout = layout
-        self.socket = transport.server_socket(zmq.ROUTER, layout.cluster.masters[0].address)
+        self.socket = transport.server_socket(zmq.ROUTER, layout.cluster.masters[index].address)
         self.heartbeats = []
         self.node = new_id()
 
@@ -401,3 +401,42 @@ def test_every_counter_of_a_node_is_in_the_documentation(one, transport):
     missing = sorted(name for name in counters
                      if f"`{name}`" not in documented and not name.startswith(transports))
     assert missing == []
+
+
+def test_collection_follows_a_followers_hint_to_the_leader(tmp_path, transport):
+    layout = ClusterLayout.create(tmp_path / "cluster", masters=2, storage_policy=FAST_DUTIES)
+    try:
+        node = layout.start("storage")
+        masters = transport(layout, NodeRole.MASTER)
+        follower = masters.server_socket(zmq.ROUTER, layout.cluster.masters[0].address)
+        leader = FakeLeader(layout, masters, index=1)
+        leader_address = layout.cluster.masters[1].address
+        address = layout.cluster.storage[0].address
+        with StorageClient(transport(layout), address, CLIENT_NODE, timeout_s=REPLY_TIMEOUT_S) as storage:
+            file_id, _ = storage.put_bytes(b"old" * 100)
+        past = time.time() - 7200
+        os.utime(blob_path(node, file_id), (past, past))
+        runner = transport(layout).client_socket(zmq.DEALER, address, NodeRole.STORAGE)
+        runner.send_multipart(wire.encode(wire.GcRun.make(CLIENT_NODE, request_id=4, dry_run=0)))
+        refused = 0
+        deadline = time.monotonic() + 10
+        check = None
+        while check is None and time.monotonic() < deadline:
+            if follower.poll(20):          # the follower refuses everything, naming the leader
+                received = recv_message(follower, None)
+                message = wire.decode(received.frames)
+                refused += 1
+                send_message(follower, wire.encode(wire.Error.replying(
+                    leader.node, message.request_id, message.message_type, ErrorCode.NOT_LEADER,
+                    wire.not_leader_reason(leader_address))), received.peer)
+            check = leader.serve_one(0.02)
+        assert check is not None, "the gc_check never reached the leader"
+        peer, request = check
+        leader.send(peer, wire.GcCheckReply.make(leader.node, request_id=request.request_id, files=[file_id]))
+        assert runner.poll(REPLY_TIMEOUT_S * 1000)
+        report = wire.decode(runner.recv_multipart())
+        assert isinstance(report, wire.GcRunReply) and [bytes(f[0]) for f in report.files] == [file_id]
+        assert refused >= 1 and not blob_path(node, file_id).exists()
+        runner.close()
+    finally:
+        layout.cleanup()
