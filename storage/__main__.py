@@ -25,23 +25,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class StorageNode:
-    """The service and the store it serves, run and closed together."""
+    """The service, the store it serves and the threads of its cluster
+    duties (storage/duties.py), run and closed together."""
 
     def __init__(self, context: DaemonContext) -> None:
         from uds.storage.blobstore import BlobStore
+        from uds.storage.duties import Duties
         from uds.storage.service import StorageService
+        from uds.wire.cluster import storage_policy
         self.store = BlobStore(context.data)
         try:
             self.service = StorageService(context.transport, context.entry.address, self.store, context.node_id)
         except Exception:
             self.store.close()
             raise
+        try:
+            cluster = context.cluster
+            self.duties = Duties(context.transport, context.node_id, context.entry.address, self.store,
+                                 storage_policy(cluster), [master.address for master in cluster.masters],
+                                 [entry.address for entry in cluster.storage], self.service.post)
+        except Exception:
+            self.service.close()
+            self.store.close()
+            raise
+        self.service.helpers = self.duties
 
     def run(self, stop: Callable[[], bool], on_serving: Callable[[], None]) -> None:
+        self.duties.start()
         self.service.run(stop, on_serving)
 
     def close(self) -> None:
         try:
+            self.duties.stop()
             self.service.close()
         finally:
             self.store.close()

@@ -5,6 +5,7 @@ Layout under the data folder:
     blobs/ab/cdef0123...         a blob: its id in hex, the first 2 characters as folder
     blobs/ab/cdef0123....blocks  its manifest: the 32-byte hash of each 1 MiB block
     tmp/<id>-<random>.part       an upload (or a manifest) in progress
+    corrupt/<id>                 a blob the scrub found damaged, kept for a person to look at
 
 Rules: a file appears under blobs/ only complete, fsynced, and with content
 that hashes to its name (write to tmp/, fsync, check, rename, fsync the
@@ -15,6 +16,13 @@ found without one (or with one that does not hash to the id) gets it
 recomputed from its content on the first request. Anything in tmp/ at
 start-up is a crashed upload and is deleted. Blobs never change once
 stored, which is why open descriptors and sizes can be cached.
+
+A blob's mtime is its last use (doc/storage.md, collection): `touch` sets
+it, and `delete_if_idle` deletes only a blob whose mtime is still older
+than its cutoff. Both, the descriptor cache and every removal hold one
+lock, so that the service loop, the scrub, repair and collection threads
+may share a store: a touch either comes before a deletion (which then
+keeps the blob) or after it (and finds nothing).
 """
 from __future__ import annotations
 
@@ -24,11 +32,15 @@ import os
 import pathlib
 import secrets
 import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from uds.wire.ids import BLOCK_BYTES, ID_BYTES, BlockManifest, FileHasher, ManifestMismatch
 
 BLOBS_FOLDER = "blobs"
 TEMP_FOLDER = "tmp"
+CORRUPT_FOLDER = "corrupt"
 TEMP_SUFFIX = ".part"
 MANIFEST_SUFFIX = ".blocks"
 
@@ -65,6 +77,14 @@ class NoSpace(BlobStoreError):
 
 class CorruptBlob(BlobStoreError):
     """A stored blob's content no longer hashes to its id: the disk damaged it."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """One stored blob as its directory entry shows it."""
+    file_id: bytes
+    size: int
+    mtime: float        # unix time of its last use
 
 
 def _check_id(file_id: bytes) -> None:
@@ -162,6 +182,7 @@ class BlobStore:
         self._open_files_cached = open_files_cached
         # file id -> (descriptor, size), least recently used first.
         self._open: collections.OrderedDict[bytes, tuple[int, int]] = collections.OrderedDict()
+        self._lock = threading.RLock()
         self.temp_files_removed = self._remove_temp_files()
 
     def _remove_temp_files(self) -> int:
@@ -182,17 +203,19 @@ class BlobStore:
         return self.blobs / hex_id[:2] / hex_id[2:]
 
     def has(self, file_id: bytes) -> bool:
-        return file_id in self._open or self.path_of(file_id).is_file()
+        with self._lock:
+            return file_id in self._open or self.path_of(file_id).is_file()
 
     def size(self, file_id: bytes) -> int:
         return self._descriptor(file_id)[1]
 
     def read(self, file_id: bytes, offset: int, length: int) -> bytes:
-        fd, size = self._descriptor(file_id)
-        if offset < 0 or length < 0 or offset + length > size:
-            raise RangeError(f"{file_id.hex()}: bytes {offset}..{offset + length} are outside "
-                             f"the file of {size} bytes")
-        data = os.pread(fd, length, offset)
+        with self._lock:    # so that no removal closes the descriptor mid-read
+            fd, size = self._descriptor(file_id)
+            if offset < 0 or length < 0 or offset + length > size:
+                raise RangeError(f"{file_id.hex()}: bytes {offset}..{offset + length} are outside "
+                                 f"the file of {size} bytes")
+            data = os.pread(fd, length, offset)
         if len(data) != length:
             # The blob shrank on disk: someone else's doing, never ours.
             raise BlobStoreError(f"{file_id.hex()}: short read of {len(data)} of {length} bytes")
@@ -217,10 +240,11 @@ class BlobStore:
         return manifest
 
     def _compute_manifest(self, file_id: bytes) -> BlockManifest:
-        fd, size = self._descriptor(file_id)
         hasher = FileHasher()
-        for offset in range(0, size, BLOCK_BYTES):
-            hasher.update(os.pread(fd, min(BLOCK_BYTES, size - offset), offset))
+        with self._lock:
+            fd, size = self._descriptor(file_id)
+            for offset in range(0, size, BLOCK_BYTES):
+                hasher.update(os.pread(fd, min(BLOCK_BYTES, size - offset), offset))
         manifest = hasher.manifest()
         if manifest.size != size or manifest.file_id() != file_id:
             raise CorruptBlob(f"{file_id.hex()}: the stored blob of {size} bytes no longer hashes to its id")
@@ -239,13 +263,78 @@ class BlobStore:
         return PutWriter(self, file_id, length, temp_path)
 
     def blob_count(self) -> int:
-        return sum(1 for folder in self.blobs.iterdir() for path in folder.iterdir()
-                   if not path.name.endswith(MANIFEST_SUFFIX))
+        return sum(1 for _ in self.list_blobs())
+
+    def list_blobs(self) -> Iterator[BlobInfo]:
+        """Every stored blob, in no particular order. A blob removed while
+        the listing runs may or may not be in it."""
+        for folder in os.scandir(self.blobs):
+            if not folder.is_dir(follow_symlinks=False) or len(folder.name) != 2:
+                continue
+            for entry in os.scandir(folder.path):
+                if entry.name.endswith(MANIFEST_SUFFIX):
+                    continue
+                try:
+                    file_id = bytes.fromhex(folder.name + entry.name)
+                    status = entry.stat(follow_symlinks=False)
+                except (ValueError, OSError):
+                    continue
+                if len(file_id) == ID_BYTES:
+                    yield BlobInfo(file_id, status.st_size, status.st_mtime)
+
+    def touch(self, file_id: bytes) -> None:
+        """Mark the blob used now (its mtime); nothing if it is gone."""
+        with self._lock:
+            try:
+                os.utime(self.path_of(file_id))
+            except FileNotFoundError:
+                pass
+
+    def delete_if_idle(self, file_id: bytes, cutoff: float) -> int | None:
+        """Delete the blob if its last use is still before `cutoff` (unix
+        time); its size if deleted, None if it was used since or is gone."""
+        with self._lock:
+            try:
+                status = self.path_of(file_id).stat()
+            except FileNotFoundError:
+                return None
+            if status.st_mtime >= cutoff:
+                return None
+            self._forget(file_id)
+            self._manifest_path(file_id).unlink(missing_ok=True)
+            self.path_of(file_id).unlink(missing_ok=True)
+            return status.st_size
+
+    def remove(self, file_id: bytes) -> int | None:
+        """Delete the blob whatever its last use (a copy beyond its replica
+        set); its size, or None if it was not here."""
+        return self.delete_if_idle(file_id, float("inf"))
+
+    def quarantine(self, file_id: bytes) -> bool:
+        """Move a damaged blob to corrupt/, out of reach of every read; False
+        if it was not here."""
+        with self._lock:
+            self._forget(file_id)
+            corrupt = self.root / CORRUPT_FOLDER
+            corrupt.mkdir(exist_ok=True)
+            try:
+                os.replace(self.path_of(file_id), corrupt / file_id.hex())
+            except FileNotFoundError:
+                return False
+            self._manifest_path(file_id).unlink(missing_ok=True)
+            _fsync_folder(self.path_of(file_id).parent)
+            return True
+
+    def _forget(self, file_id: bytes) -> None:
+        cached = self._open.pop(file_id, None)
+        if cached is not None:
+            os.close(cached[0])
 
     def close(self) -> None:
-        while self._open:
-            _, (fd, _) = self._open.popitem()
-            os.close(fd)
+        with self._lock:
+            while self._open:
+                _, (fd, _) = self._open.popitem()
+                os.close(fd)
 
     def _install(self, file_id: bytes, temp_path: pathlib.Path, manifest: BlockManifest) -> None:
         final = self.path_of(file_id)
@@ -263,17 +352,18 @@ class BlobStore:
             _fsync_folder(self.blobs)
 
     def _descriptor(self, file_id: bytes) -> tuple[int, int]:
-        cached = self._open.get(file_id)
-        if cached is not None:
-            self._open.move_to_end(file_id)
-            return cached
-        try:
-            fd = os.open(self.path_of(file_id), os.O_RDONLY)
-        except FileNotFoundError:
-            raise UnknownFile(f"no file {file_id.hex()} on this node") from None
-        entry = (fd, os.fstat(fd).st_size)
-        self._open[file_id] = entry
-        if len(self._open) > self._open_files_cached:
-            _, (oldest_fd, _) = self._open.popitem(last=False)
-            os.close(oldest_fd)
-        return entry
+        with self._lock:
+            cached = self._open.get(file_id)
+            if cached is not None:
+                self._open.move_to_end(file_id)
+                return cached
+            try:
+                fd = os.open(self.path_of(file_id), os.O_RDONLY)
+            except FileNotFoundError:
+                raise UnknownFile(f"no file {file_id.hex()} on this node") from None
+            entry = (fd, os.fstat(fd).st_size)
+            self._open[file_id] = entry
+            if len(self._open) > self._open_files_cached:
+                _, (oldest_fd, _) = self._open.popitem(last=False)
+                os.close(oldest_fd)
+            return entry

@@ -5,10 +5,17 @@ Rules: every message goes through the daemons' one dispatcher
 None) and raises for refusals, which `ERROR_CODES` turns into an `error`
 reply. Sends never block (send_message), and data frames go out as the
 bytes read from disk, without another copy.
+
+The ROUTER is this loop's alone. Work that takes long (a repair pull, a
+collection pass) runs on the node's other threads (storage/puller.py,
+storage/keeper.py); their answers come back through `post`, which queues
+the reply and wakes the loop through a pipe, and the loop sends it.
 """
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +32,7 @@ from uds.storage.uploads import (
 )
 from uds.wire import ErrorCode, Message, NodeRole, PutStatus
 from uds.daemon.dispatch import Dispatcher, RequestRefused
+from uds.daemon.runtime import drain, wake, wake_pipe
 from uds.wire.ids import BLOCK_HASH_BYTES
 from uds.wire.limits import MAX_DATA_FRAME_BYTES
 
@@ -40,7 +48,8 @@ EXPIRY_CHECK_INTERVAL_S = 1.0
 MESSAGES_PER_WAKEUP = 256
 
 COUNTER_NAMES = (
-    "file_requests", "reads", "bytes_served", "manifests", "corrupt_blobs", "stats",
+    "file_requests", "reads", "bytes_served", "manifests", "stats",
+    "replicates_received", "replicates_present", "gc_runs",
     "puts_begun", "puts_present", "puts_stored", "bytes_received",
     "hash_mismatches", "uploads_failed", "uploads_expired",
     "malformed", "unexpected", "forbidden", "internal_errors", "errors_sent",
@@ -71,12 +80,35 @@ ERROR_CODES: dict[type[Exception], ErrorCode] = {
 Handler = Callable[[Any, bytes, float], Message | None]
 
 
+class Helpers:
+    """The node's other threads, as the loop hands them work: each call
+    answers False when it cannot take more (the peer gets ERR_BUSY)."""
+
+    def pull(self, file_id: bytes, length: int, source: str, waiter: tuple[bytes, int]) -> bool:
+        raise RequestRefused(ErrorCode.UNEXPECTED, "this node does not repair")
+
+    def put_begun(self, file_id: bytes) -> None:
+        """A client or worker puts the file (present here or not)."""
+
+    def collect(self, peer: bytes, request_id: int, dry_run: bool) -> bool:
+        raise RequestRefused(ErrorCode.UNEXPECTED, "this node does not collect")
+
+    def corrupt(self, file_id: bytes) -> None:
+        """A blob found damaged: take it out of service and bring a good copy."""
+
+    def figures(self) -> dict[str, int]:
+        """Their counters, for stats_reply."""
+        return {}
+
+
 class StorageService:
     """Serves one BlobStore on a ROUTER socket bound at `address`."""
 
     def __init__(self, transport: Transport, address: str, store: BlobStore, node_id: bytes,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, helpers: Helpers | None = None) -> None:
         self.transport = transport
+        self.address = address
+        self.helpers = helpers or Helpers()
         self.store = store
         self.node_id = node_id
         self._clock = clock
@@ -92,8 +124,13 @@ class StorageService:
             wire.FilePutData: self.on_put_data,
             wire.FilePutEnd: self.on_put_end,
             wire.StatsQuery: self.on_stats_query,
+            wire.FileReplicate: self.on_file_replicate,
+            wire.GcRun: self.on_gc_run,
         }
+        # Replies from the other threads, and the pipe that wakes the loop for them.
+        self._outbox: queue.SimpleQueue[tuple[bytes, Message]] = queue.SimpleQueue()
         self.socket = transport.server_socket(zmq.ROUTER, address)
+        self._wake_read, self._wake_write = wake_pipe()
         self.dispatcher = Dispatcher("storage", node_id, self.handlers, self._send, self._count, log,
                                      refusals=ERROR_CODES)
 
@@ -107,12 +144,17 @@ class StorageService:
         """Serve until stop() is true; on_serving() once the socket is bound."""
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
+        poller.register(self._wake_read, zmq.POLLIN)
         next_expiry = self._clock() + EXPIRY_CHECK_INTERVAL_S
         on_serving()
         while not stop():
-            if poller.poll(POLL_INTERVAL_MS):
+            ready = dict(poller.poll(POLL_INTERVAL_MS))
+            if self.socket in ready:
                 for received in recv_messages(self.socket, self.transport, MESSAGES_PER_WAKEUP):
                     self.handle(received, self._clock())
+            if self._wake_read in ready:
+                drain(self._wake_read)
+                self.send_posted()
             now = self._clock()
             if now >= next_expiry:
                 self.expire_uploads(now)
@@ -120,6 +162,20 @@ class StorageService:
 
     def handle(self, received: Received, now: float) -> None:
         self.dispatcher.handle(received, now)
+
+    def post(self, peer: bytes, message: Message) -> None:
+        """Queue a reply for the loop to send; any thread may call it."""
+        self._outbox.put((peer, message))
+        if not self.socket.closed:
+            wake(self._wake_write)
+
+    def send_posted(self) -> None:
+        while True:
+            try:
+                peer, message = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            self._send(peer, message)
 
     def _send(self, peer: bytes | None, message: Message) -> None:
         send_message(self.socket, wire.encode(message), peer, self.transport)
@@ -146,6 +202,8 @@ class StorageService:
             size, present = self.store.size(request.file_uuid), 1
         except UnknownFile:
             size, present = 0, 0
+        if present:
+            self.store.touch(request.file_uuid)    # a use: collection keeps it a grace period more
         return wire.FileStatReply.make(self.node_id, request_id=request.request_id,
                                        file=request.file_uuid, file_length=size, present=present)
 
@@ -167,8 +225,8 @@ class StorageService:
         try:
             manifest = self.store.manifest(file_id)
         except CorruptBlob:
-            self.counters["corrupt_blobs"] += 1
             log.error("stored blob %s no longer hashes to its id", file_id.hex())
+            self.helpers.corrupt(file_id)
             raise
         first = request.first_block
         if first > manifest.block_count:
@@ -184,8 +242,10 @@ class StorageService:
 
     def on_put_begin(self, request: wire.FilePutBegin, peer: bytes, now: float) -> Message:
         file_id = request.file_uuid
+        self.helpers.put_begun(file_id)
         if self.store.has(file_id):
             self.counters["puts_present"] += 1
+            self.store.touch(file_id)
             status = PutStatus.PRESENT
         else:
             key = UploadKey(peer, request.request_id, file_id)
@@ -254,6 +314,32 @@ class StorageService:
                 self.counters["uploads_expired"] += 1
                 log.info("%s abandoned after %d bytes", key, writer.received)
 
+    # -- repair and collection ----------------------------------------------
+
+    def on_file_replicate(self, request: wire.FileReplicate, peer: bytes, now: float) -> Message | None:
+        """Another node offers a blob this node should hold: PUT_PRESENT at
+        once, or a pull on the puller's thread, answered when it is over.
+        Not a use of the blob: a present one is not touched (every repair
+        scan offers every blob, and would keep it from collection forever)."""
+        self.counters["replicates_received"] += 1
+        file_id = request.file_uuid
+        if self.store.has(file_id):
+            self.counters["replicates_present"] += 1
+            return wire.FilePutReply.make(self.node_id, request_id=request.request_id, file=file_id,
+                                          status=int(PutStatus.PRESENT))
+        if request.source == self.address:
+            raise RequestRefused(ErrorCode.INVALID, f"file_replicate names this node ({self.address}) "
+                                                    "as the source")
+        if not self.helpers.pull(file_id, request.file_length, request.source, (peer, request.request_id)):
+            raise RequestRefused(ErrorCode.BUSY, "too many repair pulls queued; offer it again later")
+        return None
+
+    def on_gc_run(self, request: wire.GcRun, peer: bytes, now: float) -> None:
+        self.counters["gc_runs"] += 1
+        if not self.helpers.collect(peer, request.request_id, bool(request.dry_run)):
+            raise RequestRefused(ErrorCode.BUSY, "too many collection runs queued")
+        return None
+
     # -- stats ------------------------------------------------------------
 
     def on_stats_query(self, request: wire.StatsQuery, peer: bytes, now: float) -> Message:
@@ -262,10 +348,10 @@ class StorageService:
                                     role=int(NodeRole.STORAGE), counters=self.snapshot())
 
     def snapshot(self) -> dict[str, int]:
-        """This node's counters and gauges, and its transport's counters."""
+        """This node's counters and gauges, its helpers' and its transport's."""
         return {**self.counters, "uploads_open": len(self.uploads),
                 "temp_files_removed": self.store.temp_files_removed,
-                **dict(self.transport.counters)}
+                **self.helpers.figures(), **dict(self.transport.counters)}
 
     def close(self) -> None:
         """Abandon open uploads (their temporary files go) and close the socket."""
@@ -273,3 +359,5 @@ class StorageService:
             writer.abort()
         self._writers.clear()
         self.socket.close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
