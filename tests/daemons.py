@@ -117,7 +117,8 @@ class ClusterLayout:
     @classmethod
     def create(cls, root: pathlib.Path, lease_s: float = 2.0, heartbeat_interval_s: float = 0.25,
                slots: int = 2, cache_bytes: int = 1 << 30, limits: dict | None = None,
-               loadbalancers: int = 1, masters: int = 1) -> "ClusterLayout":
+               loadbalancers: int = 1, masters: int = 1, storage: int = 1,
+               storage_policy: dict | None = None) -> "ClusterLayout":
         root.mkdir(parents=True, exist_ok=True)
         create_cluster_keys(root / "cluster-keys")
         export_every_role(root / "cluster-keys", root / "keys")
@@ -127,10 +128,11 @@ class ClusterLayout:
                       "data": f"data/master-{index}"} for index in range(masters)],
             loadbalancers=[{"address": f"tcp://127.0.0.1:{free_port()}", "data": f"data/loadbalancer-{index}"}
                            for index in range(loadbalancers)],
-            storage=[{"address": f"tcp://127.0.0.1:{free_port()}", "data": "data/storage-0"}],
+            storage=[{"address": f"tcp://127.0.0.1:{free_port()}", "data": f"data/storage-{index}"}
+                     for index in range(storage)],
             workers={"data": "data/workers", "slots": slots, "cache_bytes": cache_bytes,
                      "heartbeat_interval_s": heartbeat_interval_s, "lease_s": lease_s},
-            limits=limits,
+            limits=limits, storage_policy=storage_policy,
         )
         path = root / "cluster.toml"
         path.write_text(text)
@@ -150,7 +152,7 @@ class ClusterLayout:
             return loaded.worker_data(name or "w0")
         entries = {"master": loaded.masters, "loadbalancer": loaded.loadbalancers,
                    "storage": loaded.storage}[role]
-        return entries[int(name or 0) if role in ("loadbalancer", "master") else 0].data
+        return entries[int(name or 0)].data
 
     def start(self, role: str, *extra: str, name: str | None = None, wait: bool = True,
               launcher: Sequence[str] = ()) -> Daemon:
@@ -159,8 +161,8 @@ class ClusterLayout:
         args = [*launcher, sys.executable, "-m", f"uds.{role}", "--cluster", str(self.path)]
         if role == "worker":
             args += ["--name", name or "w0"]
-        if role in ("loadbalancer", "master") and name:
-            args += ["--index", name]                # name: its entry in [[loadbalancers]] or [[masters]]
+        if role in ("loadbalancer", "master", "storage") and name:
+            args += ["--index", name]                # name: its entry in [[loadbalancers]], [[masters]] or [[storage]]
         args += list(extra)
         data = self.data_of(role, name)
         data.mkdir(parents=True, exist_ok=True)
