@@ -427,7 +427,8 @@ class _UploadProgress:
         with self._lock:
             self._done.pop(address, None)
             self._stored += stored
-            self._show()
+            if stored:              # a failed one is replaced: its successor's bytes will show
+                self._show()
 
     def _show(self) -> None:
         if self._progress is None:
