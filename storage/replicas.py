@@ -291,9 +291,10 @@ class ReplicatedStorage:
                 client.timeout_s = self.timeout_s
             self._note(address, answered=True)
             return result
-        text = f"{what} of {file_id.hex()}: no storage node has a good copy: {listing(said)}"
         if faults and all(isinstance(fault, UnknownFileError) for fault in faults):
-            raise UnknownFileError("cluster", text, int(ErrorCode.UNKNOWN_FILE))
+            raise UnknownFileError("cluster", f"no file {file_id.hex()} on any storage node: {listing(said)}",
+                                   int(ErrorCode.UNKNOWN_FILE))
+        text = f"{what} of {file_id.hex()}: no storage node has a good copy: {listing(said)}"
         raise NoGoodCopy(text, [fault.address for fault in faults if isinstance(fault, CorruptDataError)])
 
     def stat(self, file_id: bytes) -> int | None:
