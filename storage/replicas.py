@@ -383,6 +383,15 @@ class ReplicatedStorage:
         """Every node's counters, or why it did not answer."""
         return self.each_node(lambda client: client.stats())
 
+    def stats(self) -> dict[str, int]:
+        """The counters of every node that answers, added up."""
+        total: dict[str, int] = {}
+        for _, answer in self.node_stats():
+            if not isinstance(answer, StorageError):
+                for name, value in answer.items():
+                    total[name] = total.get(name, 0) + value
+        return total
+
     def gc_run(self, dry_run: bool, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[tuple[str, wire.GcRunReply | StorageError]]:
         """Ask every node for one collection pass now (or what it would delete)."""
         def run(client: StorageClient) -> wire.GcRunReply:

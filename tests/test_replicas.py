@@ -4,6 +4,7 @@ full node is passed over, and a cluster-wide full disk says so."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import subprocess
 import time
@@ -207,3 +208,31 @@ def test_a_node_that_has_the_file_is_not_sent_it_again(layout, storage):
         for address, before in received.items():
             with StorageClient(transport, address, new_id()) as client:
                 assert client.stats()["bytes_received"] == before
+
+
+def test_a_job_succeeds_from_the_other_replica_when_a_node_holding_its_input_is_killed(tmp_path):
+    """A whole cluster over three storage nodes: the worker reads the input
+    from the replica that lives and stores the output on two live nodes."""
+    from uds import client
+    layout = ClusterLayout.create(tmp_path / "whole", storage=NODES, storage_policy={"replicas": 2})
+    try:
+        nodes = start_nodes(layout)
+        others = [layout.start("master", wait=False), layout.start("loadbalancer", wait=False),
+                  layout.start("worker", name="w0", wait=False)]
+        for daemon in others:
+            daemon.wait_ready()
+        addresses = [entry.address for entry in layout.cluster.storage]
+        with client.connect(layout.path, timeout=20) as connection:
+            content = content_first_on(addresses[0], addresses, 3 * MiB + 1)
+            file_id = connection.put(content)
+            assert addresses[0] in holders(layout, bytes.fromhex(file_id))
+            nodes[0].kill9()
+            job = connection.submit_job(b"#!/bin/sh\nsha256sum < $UDS_INPUTS/in > $UDS_OUTPUT/out\n",
+                                        inputs={"in": file_id}, timeout=60)
+            status = job.wait(timeout=90)
+            assert status.state == "succeeded", status
+            output = status.chunks[0].outputs["out"]
+            assert connection.get(output).split()[0].decode() == hashlib.sha256(content).hexdigest()
+            assert holders(layout, bytes.fromhex(output)) == set(addresses[1:])
+    finally:
+        layout.cleanup()
