@@ -310,12 +310,15 @@ class ReplicatedStorage:
             return None
 
     def touch(self, file_id: bytes) -> int | None:
-        """Stat the file on every node that answers (a stat marks a blob as
-        used, for collection); its size, or None if no node has it. A node
-        that failed lately is left out."""
+        """Stat the file on every live node that answers (a stat marks a blob
+        as used, for collection); its size, or None if no node has it. A
+        node that failed lately is left out."""
         size = None
         now = self._clock()
+        live = {member.address for member in self.members() if member.alive}
         for address in self.read_addresses(file_id):
+            if address not in live:
+                continue
             with self._lock:
                 if now - self._failed_at.get(address, -FAILED_MEMORY_S) < FAILED_MEMORY_S:
                     continue
