@@ -271,10 +271,11 @@ class Connection:
         raise InvalidJobError(f"{what}: {value!r} is neither a file id, a path to a file, nor bytes")
 
     def _touch(self, refs: Iterable[tuple[bytes, int]]) -> None:
-        """Stat every file on the nodes that hold it, right before a submission."""
+        """Stat every file on the nodes that hold it, right before a
+        submission. Whether each exists was checked as it was resolved; a
+        file gone since is the workers' to report, as a lost input."""
         for file_id in dict.fromkeys(file_id for file_id, _ in refs):
-            if self.storage.touch(file_id) is None:
-                raise InvalidJobError(f"file {file_id.hex()} is on no storage node any more")
+            self.storage.touch(file_id)
 
     def job(self, job_id: str) -> Job:
         return Job(self, self._file_id(job_id).hex())

@@ -311,17 +311,17 @@ class ReplicatedStorage:
 
     def touch(self, file_id: bytes) -> int | None:
         """Stat the file on every live node that answers (a stat marks a blob
-        as used, for collection); its size, or None if no node has it. A
-        node that failed lately is left out."""
+        as used, for collection); its size, or None if none answered that it
+        has it. A node that failed lately is left out. Never raises a
+        StorageError."""
         size = None
         now = self._clock()
         live = {member.address for member in self.members() if member.alive}
         for address in self.read_addresses(file_id):
-            if address not in live:
-                continue
             with self._lock:
-                if now - self._failed_at.get(address, -FAILED_MEMORY_S) < FAILED_MEMORY_S:
-                    continue
+                recently_failed = now - self._failed_at.get(address, -FAILED_MEMORY_S) < FAILED_MEMORY_S
+            if address not in live or recently_failed:
+                continue
             client = self._client(address)
             client.timeout_s = self.probe_timeout_s
             try:
@@ -332,8 +332,6 @@ class ReplicatedStorage:
             finally:
                 client.timeout_s = self.timeout_s
             size = found if found is not None else size
-        if size is None:
-            return self.stat(file_id)        # every node was left out or lacks it: ask in order
         return size
 
     def get(self, file_id: bytes) -> bytes:

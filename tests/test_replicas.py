@@ -236,3 +236,14 @@ def test_a_job_succeeds_from_the_other_replica_when_a_node_holding_its_input_is_
             assert holders(layout, bytes.fromhex(output)) == set(addresses[1:])
     finally:
         layout.cleanup()
+
+
+def test_a_touch_stats_every_live_node_and_never_raises(layout, storage):
+    daemons = start_nodes(layout)
+    content = os.urandom(5000)
+    file_id, _ = storage.put_bytes(content)
+    assert storage.touch(file_id) == len(content)
+    assert storage.touch(new_id()) is None
+    for daemon in daemons.values():
+        daemon.kill9()
+    assert storage.touch(file_id) is None
