@@ -20,45 +20,33 @@ from __future__ import annotations
 
 import os
 import pathlib
-import random
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-import zmq
-
 from uds import wire
-from uds.errors import (
-    AuthenticationRefused, ClientError, InvalidJobError, NoClusterError, RemoteError, RequestTimeout, UnknownJobError,
-)
+from uds.errors import ClientError, InvalidJobError, NoClusterError, RemoteError, RequestTimeout
 from uds.client.jobs import ChunkStatus, Job, JobStatus
-from uds.storage.client import StorageClient
+from uds.client.leader import (  # noqa: F401 - the timings are the client's, named here too
+    BACKOFF_CAP_S, BACKOFF_FIRST_S, REFUSAL_CHECK_S, RESEND_AFTER_S, SILENCE_S, LeaderLink,
+)
+from uds.client.pins import pin_until_ms
+from uds.storage.directory import StorageDirectory
+from uds.storage.replicas import ReplicatedStorage
 from uds.wire import cluster as cluster_file
 from uds.wire.ids import ID_BYTES, id_from_hex, new_id
 from uds.wire.enums import NodeRole
 from uds.wire.keys import open_role
-from uds.wire.leader_search import LeaderSearch
 from uds.wire.resources import ResourceLimits, ResourceSpecError
 from uds.wire.schema import NAME_MAX_BYTES, U32_MAX
-from uds.wire.transport import Transport, recv_message, refusal, send_message
+from uds.wire.transport import Transport
 
 DEFAULT_DEV_DIR = pathlib.Path.home() / ".uds" / "dev"
 CLUSTER_ENV = "UDS_CLUSTER"
-# A master that holds a request is sent it again after this long without
-# an answer (another master may be asked meanwhile).
-RESEND_AFTER_S = 2.0
-# A master that says nothing this long after a request (beyond any wait the
-# request asked for) is taken for gone and the next one is asked: well under
-# the request timeout, and near the masters' election timeouts (0.25-0.6 s).
-SILENCE_S = 0.5
-# After a round in which no master served: back off from this, doubling,
-# jittered, to at most the cap.
-BACKOFF_FIRST_S = 0.05
-BACKOFF_CAP_S = 0.5
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 DEFAULT_CHUNK_TIMEOUT_S = 3600.0
-# How often a wait looks whether a master refused our key: a refusal is
-# reported within this, not after the whole timeout.
-REFUSAL_CHECK_S = 0.1
+# The masters' view of the storage nodes is asked with this timeout: a
+# cluster whose masters are away still stores and reads through the seed.
+MEMBERSHIP_TIMEOUT_S = 1.0
 
 
 def find_cluster_file(cluster: str | os.PathLike[str] | None = None) -> pathlib.Path:
@@ -111,27 +99,47 @@ class Connection:
         self.timeout = timeout
         self.node_id = new_id()
         self._transport = Transport(keys)
-        self._masters: list[zmq.Socket | None] = [None] * len(self.cluster.masters)
-        self._search = LeaderSearch(tuple(master.address for master in self.cluster.masters),
-                                    random.Random(int.from_bytes(os.urandom(8), "big")),
-                                    silence_s=SILENCE_S, backoff_first_s=BACKOFF_FIRST_S,
-                                    backoff_cap_s=BACKOFF_CAP_S)
-        self._next_request_id = 1
-        self._storage: StorageClient | None = None
+        self._leader = LeaderLink(self._transport, self.node_id,
+                                  [master.address for master in self.cluster.masters])
+        self._storage: ReplicatedStorage | None = None
 
     # -- files ---------------------------------------------------------------
 
     @property
-    def storage(self) -> StorageClient:
+    def storage(self) -> ReplicatedStorage:
+        """The storage nodes, as one: puts to R of them, reads that fail over
+        (storage/replicas.py). Its membership is the masters' view, asked at
+        most every few seconds, else the cluster file's [[storage]] entries."""
         if self._storage is None:
-            self._storage = StorageClient(self._transport, self.cluster.storage[0].address,
-                                          self.node_id, timeout_s=self.timeout)
+            directory = StorageDirectory([entry.address for entry in self.cluster.storage],
+                                         ask_nodes=self._storage_records)
+            self._storage = ReplicatedStorage(self._transport, self.node_id, directory,
+                                              cluster_file.storage_policy(self.cluster).replicas,
+                                              timeout_s=self.timeout)
         return self._storage
 
+    def _storage_records(self) -> list[dict]:
+        reply = self._leader.ask(lambda rid: wire.NodesQuery.make(self.node_id, request_id=rid),
+                                 wire.NodesReply, min(self.timeout, MEMBERSHIP_TIMEOUT_S))
+        return reply.nodes
+
     def put(self, source: str | os.PathLike[str] | bytes,
-            progress: Callable[[int, int], None] | None = None) -> str:
-        """Store a file (a path, or bytes); its id as 32 hex characters."""
-        return self._put(source, progress)[0].hex()
+            progress: Callable[[int, int], None] | None = None, pin: str | None = None) -> str:
+        """Store a file (a path, or bytes) on R storage nodes; its id as 32
+        hex characters. With `pin` ("30s", "10m", "2h", "1d"), the masters
+        keep it from collection that long even if no job refers to it."""
+        until_ms = None if pin is None else pin_until_ms(pin, time.time())   # a bad pin: before storing
+        file_id = self._put(source, progress)[0]
+        if until_ms is not None:
+            self.pin([file_id], until_ms)
+        return file_id.hex()
+
+    def pin(self, file_ids: Sequence[bytes], until_ms: int) -> int:
+        """Ask the masters to keep `file_ids` from collection until
+        `until_ms` (ms since the epoch); the number of files pinned."""
+        reply = self._ask(lambda rid: wire.FilePin.make(self.node_id, request_id=rid, until_ms=until_ms,
+                                                        files=list(file_ids)), wire.FilePinReply)
+        return reply.file_count
 
     def _put(self, source: Any, progress: Callable[[int, int], None] | None = None) -> tuple[bytes, int]:
         if isinstance(source, (bytes, bytearray, memoryview)):
@@ -188,6 +196,12 @@ class Connection:
         chunk_refs = [{key: self._resolve(value, f"chunk {index} input {key!r}")
                        for key, value in per_chunk.items()}
                       for index, per_chunk in enumerate(spec["chunk_inputs"])]
+
+        # Part of the collection protocol (doc/storage-placement.md): a stat
+        # touches the blob on each node that holds it, so a file put or named
+        # here is younger than the grace period when the submission commits,
+        # and no collection pass that asks the masters after that can take it.
+        self._touch([program_ref, *input_refs.values(), *(ref for refs in chunk_refs for ref in refs.values())])
 
         def request(request_id: int) -> wire.Message:
             return wire.JobSubmit.make(
@@ -255,6 +269,13 @@ class Connection:
                 raise InvalidJobError(f"{what}: unknown file id {value} (not in storage)")
             return file_id, size
         raise InvalidJobError(f"{what}: {value!r} is neither a file id, a path to a file, nor bytes")
+
+    def _touch(self, refs: Iterable[tuple[bytes, int]]) -> None:
+        """Stat every file on the nodes that hold it, right before a
+        submission. Whether each exists was checked as it was resolved; a
+        file gone since is the workers' to report, as a lost input."""
+        for file_id in dict.fromkeys(file_id for file_id, _ in refs):
+            self.storage.touch(file_id)
 
     def job(self, job_id: str) -> Job:
         return Job(self, self._file_id(job_id).hex())
@@ -358,101 +379,18 @@ class Connection:
     @property
     def _master_index(self) -> int:
         """The master asked first: the leader as far as this client knows."""
-        return self._search.target
-
-    def _master_socket(self, index: int | None = None) -> zmq.Socket:
-        """The DEALER to master `index` (by default the one asked first),
-        made on first use and kept: a master left behind may still answer."""
-        index = self._search.target if index is None else index
-        while len(self._masters) <= index:          # a master learned from a leader hint
-            self._masters.append(None)
-        if self._masters[index] is None:
-            self._masters[index] = self._transport.client_socket(zmq.DEALER, self._search.addresses[index],
-                                                                 NodeRole.MASTER)
-        return self._masters[index]
+        return self._leader.target
 
     def _ask(self, make: Callable[[int], wire.Message], expected: type, patience_s: float = 0.0) -> Any:
         """Send the request to the leader, finding it first, and return its
         answer of type `expected`; raise what an error answer means, or
-        RequestTimeout. `patience_s`: how long the master may hold the
-        request by its own terms (a status that waits for a job's end).
-
-        The same frames (request id, job id) go to each master tried, and
-        again to one that holds them unanswered for RESEND_AFTER_S; an answer
-        from any master that was sent them counts."""
-        request_id = self._next_request_id
-        self._next_request_id += 1
-        frames = wire.encode(make(request_id))
-        search = self._search
-        deadline = time.monotonic() + self.timeout
-        holding: dict[int, float] = {}      # master index -> when it was last sent the request
-        while True:
-            now = time.monotonic()
-            target = search.due(now)
-            if target is not None:
-                if target not in holding or now - holding[target] >= RESEND_AFTER_S:
-                    send_message(self._master_socket(target), frames, counters=self._transport)
-                    holding[target] = now
-                search.asked(now)
-            wake_in = min(REFUSAL_CHECK_S, deadline - now,
-                          search.wait_s(now) if target is None else search.silence_s + patience_s)
-            answered = self._next_answer(holding, request_id, max(0.0, wake_in))
-            now = time.monotonic()
-            if answered is not None:
-                index, reply = answered
-                search.heard_from(index, now)
-                if isinstance(reply, wire.Error) and reply.error_code in (wire.ErrorCode.NOT_LEADER,
-                                                                          wire.ErrorCode.BUSY):
-                    holding.pop(index, None)       # refused: it holds nothing, and may be asked again
-                    search.refused(index, wire.leader_hint(reply), now)
-                    continue
-                search.served(index, now)
-                if isinstance(reply, wire.Error):
-                    self._raise_error(reply)
-                if isinstance(reply, expected):
-                    return reply
-                continue
-            search.overdue(now, patience_s)
-            if now >= deadline:
-                asked = ", ".join(search.addresses[index] for index in sorted(holding)) or "none"
-                raise RequestTimeout(f"no answer from the masters in {self.timeout:g}s "
-                                     f"(waiting on: {asked})")
-
-    def _next_answer(self, holding: dict[int, float], request_id: int,
-                     timeout_s: float) -> tuple[int, wire.Message] | None:
-        """The next answer to `request_id` from a master holding it, as
-        (index, message); None if none comes within `timeout_s`. Answers to
-        earlier, abandoned requests are dropped on the way."""
-        sockets = {self._master_socket(index): index for index in holding}
-        if not sockets:
-            time.sleep(timeout_s)
-            return None
-        poller = zmq.Poller()
-        for socket in sockets:
-            if (reason := refusal(socket)) is not None:
-                raise AuthenticationRefused(reason)
-            poller.register(socket, zmq.POLLIN)
-        for socket, _ in poller.poll(int(timeout_s * 1000) + 1):
-            while (received := recv_message(socket, self._transport)) is not None:
-                try:
-                    reply = wire.decode(received.frames)
-                except wire.WireError:
-                    continue
-                if getattr(reply, "request_id", None) == request_id:
-                    return sockets[socket], reply
-        return None
-
-    def _raise_error(self, reply: wire.Error) -> None:
-        """Raise what an error from the leader means."""
-        if reply.error_code == wire.ErrorCode.UNKNOWN_JOB:
-            raise UnknownJobError(reply.error_code, reply.reason)
-        if reply.error_code == wire.ErrorCode.INVALID:
-            raise InvalidJobError(reply.reason)
-        raise RemoteError(reply.error_code, reply.reason)
+        RequestTimeout after the connection's timeout (client/leader.py)."""
+        return self._leader.ask(make, expected, self.timeout, patience_s)
 
     def close(self) -> None:
         if self._storage is not None:
             self._storage.close()
+        self._leader.close()
         self._transport.close()
 
     def __enter__(self) -> "Connection":

@@ -111,7 +111,8 @@ def dev(options: argparse.Namespace) -> int:
                                      worker_options=worker_options,
                                      unsafe_no_sandbox=options.unsafe_no_sandbox,
                                      loadbalancers=options.loadbalancers,
-                                     masters=_master_count(options.masters))
+                                     masters=_master_count(options.masters),
+                                     storage=options.storage, replicas=options.replicas)
     except devcluster.DevClusterError as fault:
         raise CommandError(str(fault)) from None
     cluster = folder.expanduser().resolve() / "cluster.toml"
@@ -124,17 +125,22 @@ def dev(options: argparse.Namespace) -> int:
 
 
 def put(options: argparse.Namespace) -> int:
+    from uds.client.pins import pin_seconds
+    if options.pin is not None:
+        pin_seconds(options.pin)        # a bad pin is refused before connecting
+    for path in options.paths:
+        if not pathlib.Path(path).is_file():
+            raise CommandError(f"no such file: {path}")
     with _connect(options) as connection:
         for path in options.paths:
-            if not pathlib.Path(path).is_file():
-                raise CommandError(f"no such file: {path}")
+            # The bar follows the slowest of the replicas being written.
             bar = Progress(f"put {pathlib.Path(path).name}")
             try:
-                file_id = connection.put(path, progress=lambda done, total: bar.update(
+                file_id = connection.put(path, pin=options.pin, progress=lambda done, total: bar.update(
                     done, total, f"{_size(done)}/{_size(total)}"))
             finally:
                 bar.close()
-            print(f"{file_id}  {path}")
+            print(f"{file_id}  {path}" + (f"  pinned for {options.pin}" if options.pin else ""))
     return 0
 
 
@@ -326,13 +332,19 @@ def nodes(options: argparse.Namespace) -> int:
             print(f"{node['node'].hex():<34}{NodeRole(node['role']).name.lower():<14}{node['state']:<7}"
                   f"{node['host'][:15]:<16}{node['slots']:>6}{node['free_slots']:>6}{node['running']:>8}"
                   f"{offered}{node['address']}")
-        try:
-            counters = connection.storage.stats()
-            print(f"storage at {connection.cluster.storage[0].address}: reachable, "
-                  f"{counters.get('bytes_served', 0)} bytes served")
-        except Exception as fault:  # noqa: BLE001 - reported, not fatal
-            print(f"storage at {connection.cluster.storage[0].address}: unreachable ({fault})")
+        from uds.client.storage_view import print_reachability, print_storage_table
+        print()
+        print_storage_table(listed)
+        print_reachability(connection.storage.node_stats())
     return 0
+
+
+def admin_gc(options: argparse.Namespace) -> int:
+    """One collection pass on every storage node now, or what it would delete."""
+    from uds.client.storage_view import print_gc
+    with _connect(options) as connection:
+        failed = print_gc(connection.storage.gc_run(options.dry_run), options.dry_run)
+    return EXIT_FAILED if failed else 0
 
 
 def events(options: argparse.Namespace) -> int:
@@ -396,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--cpus", help="cpus each worker offers, e.g. 2 (default: the machine's)")
     sub.add_argument("--memory", help="memory each worker offers, e.g. 4G (default: the machine's)")
     sub.add_argument("--disk", help="disk each worker offers, e.g. 20G (default: the free space)")
+    sub.add_argument("--storage", type=int, default=1, metavar="N", help="storage nodes (default 1)")
+    sub.add_argument("--replicas", type=int, metavar="R",
+                     help="copies of each file, [storage_policy] replicas (default: 2, at most --storage)")
     sub.add_argument("--unsafe-no-sandbox", action="store_true",
                      help="workers run programs unconfined, as themselves (see doc/worker.md)")
     mode = sub.add_mutually_exclusive_group()
@@ -427,8 +442,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="its Raft address (host:port) or its ZeroMQ address, as in its [[masters]] entry")
         sub.set_defaults(run=admin_masters)
 
-    sub = command("put", put, "store files; prints each file's id")
+    sub = command("put", put, "store files on R storage nodes; prints each file's id")
     sub.add_argument("paths", nargs="+", metavar="PATH")
+    sub.add_argument("--pin", metavar="DURATION",
+                     help="keep the files from collection this long even if no job uses them: 30s, 10m, 2h, 1d")
+
+    gc = admin_commands.add_parser("gc", help="run a garbage collection pass on every storage node",
+                                   description="run a garbage collection pass on every storage node now and "
+                                               "print what each deleted; see doc/storage.md")
+    gc.add_argument("--dry-run", action="store_true", help="only report what a pass would delete")
+    gc.set_defaults(run=admin_gc)
 
     sub = command("get", get, "fetch a stored file")
     sub.add_argument("file_id", metavar="FILE_ID")

@@ -1,5 +1,7 @@
 """`uds dev`: a cluster on this machine (1, 3 or 5 masters, one or more
-load balancers, one storage node, N workers), all real daemons on 127.0.0.1.
+load balancers, one or more storage nodes, N workers), all real daemons on
+127.0.0.1. With N storage nodes each file is stored on R of them
+([storage_policy] replicas; by default 2, or 1 with a single node).
 
 DIR holds everything: `cluster-keys/` (a fresh key set each start) and
 `keys/ROLE/` exported from it (one folder per role), `cluster.toml`,
@@ -93,8 +95,13 @@ def running_pids(folder: pathlib.Path) -> list[dict]:
     return [entry for entry in entries if pid_alive(entry["pid"])]
 
 
+def default_replicas(storage: int) -> int:
+    """R for a dev cluster of `storage` nodes: two copies where there are two nodes."""
+    return min(2, storage)
+
+
 def write_cluster_file(folder: pathlib.Path, workers: int, slots: int, loadbalancers: int = 1,
-                       masters: int = 1) -> pathlib.Path:
+                       masters: int = 1, storage: int = 1, replicas: int | None = None) -> pathlib.Path:
     """Fresh keys and ports; data folders stay where they were. The cluster
     file's `keys` is `keys/`, one folder per role exported from the key set
     in `cluster-keys/`, as on separate hosts."""
@@ -111,20 +118,24 @@ def write_cluster_file(folder: pathlib.Path, workers: int, slots: int, loadbalan
                   "data": f"data/master-{index}"} for index in range(masters)],
         loadbalancers=[{"address": f"tcp://127.0.0.1:{_free_port()}", "data": f"data/loadbalancer-{index}"}
                        for index in range(loadbalancers)],
-        storage=[{"address": f"tcp://127.0.0.1:{_free_port()}", "data": "data/storage-0"}],
+        storage=[{"address": f"tcp://127.0.0.1:{_free_port()}", "data": f"data/storage-{index}"}
+                 for index in range(storage)],
         workers={"data": "data/workers", "slots": slots, "cache_bytes": 2 << 30,
                  "heartbeat_interval_s": 0.25, "lease_s": 3.0},
+        storage_policy={"replicas": default_replicas(storage) if replicas is None else replicas},
     ))
     return path
 
 
 def start(folder: pathlib.Path, workers: int, slots: int, detach: bool,
           worker_options: Sequence[str] = (), unsafe_no_sandbox: bool = False,
-          loadbalancers: int = 1, masters: int = 1) -> list[DevProcess]:
+          loadbalancers: int = 1, masters: int = 1, storage: int = 1,
+          replicas: int | None = None) -> list[DevProcess]:
     """Start every daemon and wait until each is ready. `worker_options` go
     to every worker's command line (--cpus, --memory, --disk); with
     unsafe_no_sandbox the workers run programs unconfined (--unsafe-no-sandbox).
-    `masters` (1, 3 or 5) members of the Raft group are started."""
+    `masters` (1, 3 or 5) members of the Raft group are started, and
+    `storage` storage nodes that keep `replicas` copies of each file."""
     folder = folder.expanduser().resolve()
     if running_pids(folder):
         raise DevClusterError(f"a dev cluster is already running in {folder}; stop it with "
@@ -135,12 +146,17 @@ def start(folder: pathlib.Path, workers: int, slots: int, detach: bool,
         raise DevClusterError("--loadbalancers must be at least 1")
     if masters not in MASTER_COUNTS:
         raise DevClusterError(f"--masters must be 1, 3 or 5, not {masters}")
+    if storage < 1:
+        raise DevClusterError("--storage must be at least 1")
+    if replicas is not None and not 1 <= replicas <= storage:
+        raise DevClusterError(f"--replicas must be between 1 and --storage ({storage}), not {replicas}")
     folder.mkdir(parents=True, exist_ok=True)
-    path = write_cluster_file(folder, workers, slots, loadbalancers, masters)
+    path = write_cluster_file(folder, workers, slots, loadbalancers, masters, storage, replicas)
     cluster = cluster_file.load(path)
     logs = folder / "logs"
     logs.mkdir(exist_ok=True)
-    plan = [("storage", "storage-0", cluster.storage[0].data, []),
+    plan = [*[("storage", f"storage-{index}", entry.data, ["--index", str(index)])
+              for index, entry in enumerate(cluster.storage)],
             *[("master", f"master-{index}", entry.data, ["--index", str(index)])
               for index, entry in enumerate(cluster.masters)],
             *[("loadbalancer", f"loadbalancer-{index}", entry.data, ["--index", str(index)])

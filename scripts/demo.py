@@ -70,15 +70,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="masters in the dev cluster's Raft group")
     parser.add_argument("--loadbalancers", type=int, default=1, metavar="N",
                         help="load balancers in the dev cluster (2: a pair, one active)")
+    parser.add_argument("--storage", type=int, default=1, metavar="N",
+                        help="storage nodes in the dev cluster (each file on two of them when N > 1)")
     options = parser.parse_args(argv)
     files = texts()
     folder = pathlib.Path(tempfile.mkdtemp(prefix="uds-demo-"))
-    print(f"starting a dev cluster with {options.masters} master(s), {options.loadbalancers} load balancer(s) "
-          f"and 2 workers in {folder} ...")
+    print(f"starting a dev cluster with {options.masters} master(s), {options.loadbalancers} load balancer(s), "
+          f"{options.storage} storage node(s) and 2 workers in {folder} ...")
     started = time.monotonic()
     try:
         devcluster.start(folder, workers=2, slots=2, detach=True, loadbalancers=options.loadbalancers,
-                         masters=options.masters)
+                         masters=options.masters, storage=options.storage)
         print(f"cluster ready in {time.monotonic() - started:.1f}s")
         with client.connect(folder) as connection:
             chunk_inputs = [{} for _ in range(CHUNKS)]

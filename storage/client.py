@@ -107,6 +107,14 @@ class StorageInternalError(StorageError):
     """ERR_INTERNAL and anything unforeseen: a fault on the node."""
 
 
+class NotEnoughReplicas(StorageError):
+    """Fewer storage nodes than the file needs could take it, or none had a
+    good copy of it; the message names each node tried and what it said."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("cluster", reason)
+
+
 ERROR_CLASSES: dict[int, type[StorageError]] = {
     ErrorCode.UNKNOWN_FILE: UnknownFileError,
     ErrorCode.RANGE: OutOfRangeError,
@@ -227,6 +235,25 @@ class StorageClient:
         /proc/self/fd the very inode is read again, never a path that could
         have been swapped, and hashed exactly as put_file hashes."""
         return self.put_file(f"/proc/self/fd/{descriptor}", progress)
+
+    def put_hashed(self, file_id: bytes, size: int, source: str | os.PathLike[str] | bytes | memoryview,
+                   progress: Progress | None = None) -> None:
+        """Store content already hashed as (file_id, size): bytes, or a local
+        file read again here, so that several nodes can take one hashing's
+        result. A source that changed since it was hashed raises
+        HashMismatchError or OutOfRangeError."""
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            view = memoryview(source).cast("B")
+            self._put(file_id, size, (view[start:start + PUT_PIECE_BYTES]
+                                      for start in range(0, len(view), PUT_PIECE_BYTES)), progress)
+            return
+        with open(source, "rb") as stream:
+            self._put(file_id, size, iter(lambda: stream.read(PUT_PIECE_BYTES), b""), progress)
+
+    def gc_run(self, dry_run: bool) -> wire.GcRunReply:
+        """Ask the node for one collection pass now (or what it would delete)."""
+        return self._call(wire.GcRun.make(self.node_id, request_id=self._new_request_id(),
+                                          dry_run=int(dry_run)), wire.GcRunReply)
 
     def _put(self, file_id: bytes, size: int, pieces: Iterable[bytes | memoryview],
              progress: Progress | None) -> None:

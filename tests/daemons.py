@@ -132,8 +132,7 @@ class ClusterLayout:
                      for index in range(storage)],
             workers={"data": "data/workers", "slots": slots, "cache_bytes": cache_bytes,
                      "heartbeat_interval_s": heartbeat_interval_s, "lease_s": lease_s},
-            limits=limits,
-            storage_policy=storage_policy,
+            limits=limits, storage_policy=storage_policy,
         )
         path = root / "cluster.toml"
         path.write_text(text)
@@ -153,7 +152,7 @@ class ClusterLayout:
             return loaded.worker_data(name or "w0")
         entries = {"master": loaded.masters, "loadbalancer": loaded.loadbalancers,
                    "storage": loaded.storage}[role]
-        return entries[int(name or 0) if role in ("loadbalancer", "master", "storage") else 0].data
+        return entries[int(name or 0)].data
 
     def start(self, role: str, *extra: str, name: str | None = None, wait: bool = True,
               launcher: Sequence[str] = ()) -> Daemon:

@@ -7,6 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from uds.client import api as client_api
+from uds.client import leader as client_leader
 from uds import wire
 
 from daemons import wait_until
@@ -202,14 +203,14 @@ def test_a_submission_resent_while_the_master_is_frozen_runs_once(cluster, tmp_p
     submitted and run exactly once."""
     connection = cluster.connection
     submits = []
-    real_send = client_api.send_message
+    real_send = client_leader.send_message
 
     def counting_send(socket, frames, **options):
         if isinstance(wire.decode([bytes(frame) for frame in frames]), wire.JobSubmit):
             submits.append(time.monotonic())
         return real_send(socket, frames, **options)
 
-    monkeypatch.setattr(client_api, "send_message", counting_send)
+    monkeypatch.setattr(client_leader, "send_message", counting_send)
     program = b'#!/bin/sh\necho "$UDS_ATTEMPT"\n'
     master = cluster.daemons["master"]
     pool = ThreadPoolExecutor(max_workers=1)

@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build(context: DaemonContext):
-    from uds.wire.cluster import default_limits
+    from uds.storage.directory import StorageDirectory
+    from uds.storage.replicas import ReplicatedStorage
+    from uds.wire.cluster import default_limits, storage_policy
     from uds.wire.resources import ResourceSpecError
     from uds.worker.capacity import worker_capacity
     from uds.worker.host import SandboxSettings
@@ -58,14 +60,19 @@ def build(context: DaemonContext):
     except ResourceSpecError as fault:
         raise ConfigurationError(f"--{fault}") from None
     wake_read, wake_write = wake_pipe()
+    # Every [[storage]] entry seeds the membership; the masters' view replaces it.
+    storage = ReplicatedStorage(context.transport, context.node_id,
+                                StorageDirectory([entry.address for entry in cluster.storage]),
+                                storage_policy(cluster).replicas)
     try:
         return WorkerNode(context.node_id, context.data, [entry.address for entry in cluster.loadbalancers],
-                          cluster.storage[0].address, context.transport, slots=slots,
+                          storage, context.transport, slots=slots,
                           cache_bytes=options.cache_bytes or cluster.workers.cache_bytes,
                           heartbeat_interval_s=cluster.workers.heartbeat_interval_s,
                           wake_read=wake_read, wake_write=wake_write, sandbox=sandbox,
-                          capacity=capacity)
+                          capacity=capacity, masters=[entry.address for entry in cluster.masters])
     except SandboxUnavailable as fault:
+        storage.close()
         raise ConfigurationError(f"cannot build the sandbox programs run in: {fault}. Fix that, or start "
                                  "the worker with --unsafe-no-sandbox to run programs unconfined") from None
 

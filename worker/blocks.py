@@ -10,16 +10,27 @@ Rules:
   a corrupt block can be blamed on where it came from.
 - `StorageBlockSource` keeps one `StorageClient` per thread, because a ZeroMQ
   socket belongs to the thread that made it.
+- `ReplicatedBlockSource` reads across a file's replicas (storage/replicas.py):
+  it moves on to the next replica at an error, a missing file, or a block
+  that does not match the file's manifest, which it therefore checks
+  itself; the cache checks again. Only when every replica fails does a
+  fetch fail, with CorruptBlock if some replica sent a bad block.
 """
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Callable, Protocol
 
-from uds.wire.ids import BlockManifest
+from uds.wire.ids import BLOCK_BYTES, BlockManifest, block_hash, file_id_of_blocks
 
 if TYPE_CHECKING:  # the storage client is imported only to name its type
     from uds.storage.client import StorageClient
+    from uds.storage.replicas import ReplicatedStorage
+
+# Manifests a ReplicatedBlockSource keeps to check blocks with: 32 bytes per
+# MiB of file, so this many hash bytes stand for 64 GiB of inputs.
+MANIFEST_CACHE_BYTES = 2 << 20
 
 
 class BlockSourceError(Exception):
@@ -112,3 +123,100 @@ class StorageBlockSource:
             clients, self._clients = self._clients, []
         for client in clients:
             client.close()
+
+
+class ReplicatedBlockSource:
+    """Fetches blocks from whichever replica has them good (see the rules).
+    With `spread`, consecutive blocks of a file start at different replicas,
+    so that one reader's read-ahead draws on several nodes at once."""
+
+    def __init__(self, storage: "ReplicatedStorage", spread: bool = False) -> None:
+        self._storage = storage
+        self._spread = spread
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._manifests: OrderedDict[bytes, BlockManifest] = OrderedDict()
+        self._manifest_bytes = 0
+
+    def fetch(self, file_id: bytes, offset: int, length: int) -> bytes:
+        from uds.storage.client import StorageError
+        from uds.storage.replicas import NoGoodCopy
+
+        check = self._check_for(file_id, offset, length)
+        index = offset // BLOCK_BYTES
+        try:
+            data, address = self._storage.read_checked(file_id, offset, length, check,
+                                                       first=index if self._spread else 0)
+        except NoGoodCopy as error:
+            if error.corrupt_from:
+                self._local.address = error.corrupt_from[0]
+                raise CorruptBlock(f"{file_id.hex()} block {index} from {self.where()} does not match "
+                                   f"its hash: not kept, not served ({error.reason})") from error
+            raise BlockUnavailable(f"{file_id.hex()} [{offset}, +{length}): {error}") from error
+        except StorageError as error:
+            raise BlockUnavailable(f"{file_id.hex()} [{offset}, +{length}): {error}") from error
+        self._local.address = address
+        if len(data) != length:
+            raise ShortBlock(f"{file_id.hex()} [{offset}, +{length}): got {len(data)} bytes")
+        return data
+
+    def manifest(self, file_id: bytes) -> BlockManifest:
+        from uds.storage.client import StorageError
+        from uds.storage.replicas import NoGoodCopy
+
+        try:
+            manifest = self._storage.manifest(file_id)
+        except NoGoodCopy as error:
+            if error.corrupt_from:
+                raise CorruptManifest(str(error)) from error
+            raise BlockUnavailable(f"manifest of {file_id.hex()}: {error}") from error
+        except StorageError as error:
+            raise BlockUnavailable(f"manifest of {file_id.hex()}: {error}") from error
+        self._remember(file_id, manifest)
+        return manifest
+
+    def where(self) -> str:
+        """The node the calling thread's last block came from."""
+        address = getattr(self._local, "address", None)
+        return f"storage {address}" if address else "storage (replicated)"
+
+    def close(self) -> None:
+        """The storage connection is its owner's to close."""
+
+    def _check_for(self, file_id: bytes, offset: int, length: int) -> Callable[[bytes], bool]:
+        """How to tell a good block: against the file's manifest, or for a
+        file of one block against its id. A range that is not one whole
+        block cannot be checked: any bytes pass."""
+        if offset % BLOCK_BYTES or not 0 < length <= BLOCK_BYTES:
+            return lambda data: True
+        if offset == 0 and length < BLOCK_BYTES:     # the only block of a file of `length` bytes
+            return lambda data: file_id_of_blocks(len(data), block_hash(data)) == file_id
+        index = offset // BLOCK_BYTES
+
+        def matches(data: bytes) -> bool:
+            digest = block_hash(data)
+            if offset == 0 and file_id_of_blocks(len(data), digest) == file_id:
+                return True                          # a file of exactly one block
+            manifest = self._known_manifest(file_id)
+            return (index < manifest.block_count and len(data) == min(BLOCK_BYTES, manifest.size - offset)
+                    and manifest.block_hash(index) == digest)
+        return matches
+
+    def _known_manifest(self, file_id: bytes) -> BlockManifest:
+        with self._lock:
+            manifest = self._manifests.get(file_id)
+            if manifest is not None:
+                self._manifests.move_to_end(file_id)
+                return manifest
+        return self.manifest(file_id)
+
+    def _remember(self, file_id: bytes, manifest: BlockManifest) -> None:
+        with self._lock:
+            if file_id in self._manifests:
+                return
+            self._manifests[file_id] = manifest
+            self._manifest_bytes += len(manifest.hashes)
+            while self._manifest_bytes > MANIFEST_CACHE_BYTES and len(self._manifests) > 1:
+                _, dropped = self._manifests.popitem(last=False)
+                self._manifest_bytes -= len(dropped.hashes)
+

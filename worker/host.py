@@ -6,7 +6,8 @@ Rules: nothing here decides anything; each method does what one effect of
 worker/attempts.py says and returns the core event that answers it, or
 None when a helper thread will hand the answer to `hand_back` later.
 Fetching a program and uploading results block, so they run on helper
-threads, each with its own storage connection.
+threads. Storage is the cluster's nodes as one (storage/replicas.py): inputs
+are read from whichever replica has them good, results stored on R nodes.
 """
 from __future__ import annotations
 
@@ -15,18 +16,17 @@ import os
 import pathlib
 import shutil
 import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from uds.storage.client import StorageClient
+from uds.storage.replicas import ReplicatedStorage
 from uds.wire.resources import NO_LIMITS, ResourceLimits, Usage, chunk_disk_cap
 from uds.wire.transport import Transport
 from uds.worker import attempts as core
 from uds.worker.attempts import AttemptKey
-from uds.worker.blocks import StorageBlockSource
+from uds.worker.blocks import ReplicatedBlockSource
 from uds.worker.cache import BlockCache
 from uds.worker.cgroups import cpu_time_reason, disk_reason
 from uds.worker.fusefs import FuseMount, clear_stale_mount
@@ -43,6 +43,8 @@ from uds.worker.sandbox import (
 log = logging.getLogger("worker")
 
 HELPER_THREADS = 4
+# Consecutive blocks of one input start at different replicas (bench/storage.py).
+SPREAD_READS = False
 # Free space below which a slot filesystem counts as full.
 SLOT_FULL_BYTES = 1 << 20
 SIGNALS = {core.SignalName.TERM: signal.SIGTERM, core.SignalName.KILL: signal.SIGKILL}
@@ -61,10 +63,10 @@ class SandboxSettings:
 
 
 class AttemptHost:
-    def __init__(self, node_id: bytes, data: pathlib.Path, storage_address: str, transport: Transport,
+    def __init__(self, node_id: bytes, data: pathlib.Path, storage: ReplicatedStorage, transport: Transport,
                  cache_bytes: int, hand_back: Callable[[Any], None],
                  sandbox: SandboxSettings = SandboxSettings(enabled=False)) -> None:
-        self.node_id, self.storage_address, self.transport = node_id, storage_address, transport
+        self.node_id, self.storage, self.transport = node_id, storage, transport
         self.hand_back = hand_back
         self.processes: dict[AttemptKey, RunningChunk] = {}
         self.outputs: dict[AttemptKey, dict[str, int]] = {}
@@ -89,8 +91,7 @@ class AttemptHost:
         self.work_root = data / "work"
         shutil.rmtree(self.work_root, ignore_errors=True)  # left by a crash: nothing in it runs now
         self.work_root.mkdir(parents=True, exist_ok=True)
-        self._clients = threading.local()
-        self.cache = BlockCache(data / "cache", StorageBlockSource(self._storage_client), cache_bytes)
+        self.cache = BlockCache(data / "cache", ReplicatedBlockSource(storage, spread=SPREAD_READS), cache_bytes)
         self.programs = ProgramStore(data / "programs", self.cache)
         mountpoint = data / "mnt"
         clear_stale_mount(mountpoint)
@@ -104,13 +105,6 @@ class AttemptHost:
             core.Signal: lambda effect: self.processes[effect.key].signal(SIGNALS[effect.signal]),
             core.Unmount: self.remove_mount, core.Upload: self.upload, core.Clean: self.clean,
         }
-
-    def _storage_client(self) -> StorageClient:
-        """One storage connection per thread: a socket belongs to one thread."""
-        client = getattr(self._clients, "client", None)
-        if client is None:
-            client = self._clients.client = StorageClient(self.transport, self.storage_address, self.node_id)
-        return client
 
     def pidfds(self) -> dict[int, AttemptKey]:
         return {running.pidfd: key for key, running in self.processes.items() if running.pidfd is not None}
@@ -227,7 +221,7 @@ class AttemptHost:
         Each output is opened without following links and stored from that
         descriptor."""
         try:
-            client = self._storage_client()
+            client = self.storage
             outputs = {}
             for name in names:
                 descriptor = open_output(str(running.output_dir), name)

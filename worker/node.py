@@ -26,7 +26,10 @@ import zmq
 
 from uds import wire
 from uds.daemon.dispatch import handle_request
+from uds.client.leader import LeaderLink
 from uds.daemon.runtime import drain, guarded, wake
+from uds.storage.directory import DirectoryRefresher, StorageDirectory
+from uds.storage.replicas import ReplicatedStorage
 from uds.wire.capacity import Capacity
 from uds.wire.transport import Transport, recv_messages, send_message
 from uds.worker import attempts as core
@@ -40,16 +43,22 @@ from uds.worker.messages import (
 log = logging.getLogger("worker")
 
 MESSAGES_PER_WAKEUP = 1000
+# The storage membership is asked of the masters with this timeout, from a
+# thread of its own (storage/directory.py): a worker runs on without them.
+MEMBERSHIP_TIMEOUT_S = 2.0
 # How often the logs of running programs are measured for the core's limit.
 LOG_CHECK_S = 0.1
 
 
 class WorkerNode:
     def __init__(self, node_id: bytes, data: pathlib.Path, loadbalancer_addresses: Sequence[str] | str,
-                 storage_address: str,
+                 storage: str | ReplicatedStorage,
                  transport: Transport, slots: int, cache_bytes: int, heartbeat_interval_s: float,
                  wake_read: int, wake_write: int, sandbox: SandboxSettings = SandboxSettings(enabled=False),
-                 capacity: Capacity | None = None) -> None:
+                 capacity: Capacity | None = None, masters: Sequence[str] = ()) -> None:
+        """`storage`: the cluster's storage nodes as one, or one node's
+        address. With `masters`, a thread keeps the storage membership fresh
+        from them."""
         self.node_id, self.transport = node_id, transport
         self.slots, self.cache_bytes = slots, cache_bytes
         self.capacity = capacity if capacity is not None else worker_capacity(data)
@@ -64,7 +73,16 @@ class WorkerNode:
         self.counters: dict[str, int] = {}
         self.next_request_id = 1
         self.last_log_check = 0.0
-        self.host = AttemptHost(node_id, data, storage_address, transport, cache_bytes, self._hand_back, sandbox)
+        if isinstance(storage, str):
+            storage = ReplicatedStorage(transport, node_id, StorageDirectory([storage]), replicas=1)
+        self.storage = storage
+        self.host = AttemptHost(node_id, data, storage, transport, cache_bytes, self._hand_back, sandbox)
+        self.refresher: DirectoryRefresher | None = None
+        if masters:
+            link = LeaderLink(transport, node_id, masters)
+            self.refresher = DirectoryRefresher(storage.directory, lambda: link.ask(
+                lambda rid: wire.NodesQuery.make(node_id, request_id=rid), wire.NodesReply,
+                MEMBERSHIP_TIMEOUT_S).nodes, close=link.close).start()
         if self.host.sandbox is not None:
             # Chunks write only into their slot filesystems: that is the disk there is to offer.
             self.capacity = replace(self.capacity, disk_bytes=min(
@@ -208,4 +226,9 @@ class WorkerNode:
         self._send(effect.to, heartbeat_message(self.node_id, effect, added, removed))
 
     def close(self) -> None:
-        self.host.close(core.KILL_GRACE_S)
+        try:
+            self.host.close(core.KILL_GRACE_S)
+        finally:
+            if self.refresher is not None:
+                self.refresher.stop()
+            self.storage.close()
