@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any, Callable
 
+from uds.units import size_text
 from uds.wire.enums import NodeRole
 from uds.wire.resources import ResourceLimits, ResourceSpecError
 from uds.wire.keys import KeyFolderError, create_cluster_keys, export_role, role_name, role_of_name
@@ -53,13 +54,6 @@ class Progress:
             self.stream.write("\n")
             self.stream.flush()
 
-
-def _size(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} GiB"
 
 
 def _connect(options: argparse.Namespace):
@@ -137,7 +131,7 @@ def put(options: argparse.Namespace) -> int:
             bar = Progress(f"put {pathlib.Path(path).name}")
             try:
                 file_id = connection.put(path, pin=options.pin, progress=lambda done, total: bar.update(
-                    done, total, f"{_size(done)}/{_size(total)}"))
+                    done, total, f"{size_text(done)}/{size_text(total)}"))
             finally:
                 bar.close()
             print(f"{file_id}  {path}" + (f"  pinned for {options.pin}" if options.pin else ""))
@@ -153,7 +147,7 @@ def get(options: argparse.Namespace) -> int:
             bar = Progress(f"get {options.file_id[:8]}")
             try:
                 connection.get_to_file(options.file_id, options.output, progress=lambda done, total:
-                                       bar.update(done, total, f"{_size(done)}/{_size(total)}"))
+                                       bar.update(done, total, f"{size_text(done)}/{size_text(total)}"))
             finally:
                 bar.close()
     return 0
@@ -240,9 +234,9 @@ def _print_status(status: Any) -> None:
 def _usage_text(usage: Any) -> str:
     """"cpu 0.12s user 0.03s sys, peak 12.0 MiB, read 1.0 MiB (0 B from cache), wrote 5 B"."""
     return (f"cpu {usage.cpu_user_s:.2f}s user {usage.cpu_system_s:.2f}s sys, "
-            f"peak {_size(usage.peak_memory_bytes)}, "
-            f"read {_size(usage.bytes_from_cache + usage.bytes_from_storage)} "
-            f"({_size(usage.bytes_from_cache)} from cache), wrote {_size(usage.output_bytes)}")
+            f"peak {size_text(usage.peak_memory_bytes)}, "
+            f"read {size_text(usage.bytes_from_cache + usage.bytes_from_storage)} "
+            f"({size_text(usage.bytes_from_cache)} from cache), wrote {size_text(usage.output_bytes)}")
 
 
 def status(options: argparse.Namespace) -> int:
@@ -326,8 +320,8 @@ def nodes(options: argparse.Namespace) -> int:
               f"{'cpus':>6}{'memory':>11}{'disk':>11}  {'sandbox':<{width}}address")
         for node in listed:
             worker = node["role"] == NodeRole.WORKER
-            offered = (f"{node['millicpus'] / 1000:>6g}{_size(node['memory_bytes']):>11}"
-                       f"{_size(node['disk_bytes']):>11}" if worker else f"{'-':>6}{'-':>11}{'-':>11}")
+            offered = (f"{node['millicpus'] / 1000:>6g}{size_text(node['memory_bytes']):>11}"
+                       f"{size_text(node['disk_bytes']):>11}" if worker else f"{'-':>6}{'-':>11}{'-':>11}")
             offered += f"  {shown[node['node']]:<{width}}"
             print(f"{node['node'].hex():<34}{NodeRole(node['role']).name.lower():<14}{node['state']:<7}"
                   f"{node['host'][:15]:<16}{node['slots']:>6}{node['free_slots']:>6}{node['running']:>8}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from uds.storage.replicas import size_text
+from uds.units import size_text
 from uds.wire.enums import NodeRole
 
 # (heading, figure name, as a size?) in the order printed.

@@ -44,6 +44,7 @@ from uds.storage.client import (
 )
 from uds.storage.directory import StorageDirectory
 from uds.storage.placement import StorageMember, put_order, read_order
+from uds.units import size_text
 from uds.wire import ErrorCode
 from uds.wire.ids import BlockManifest, file_id_of
 from uds.wire.transport import Transport
@@ -69,14 +70,6 @@ class NoGoodCopy(StorageError):
     def __init__(self, reason: str, corrupt_from: Sequence[str] = ()) -> None:
         super().__init__("cluster", reason)
         self.corrupt_from = list(corrupt_from)
-
-
-def size_text(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} GiB"
 
 
 def why(fault: BaseException) -> str:

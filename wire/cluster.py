@@ -188,6 +188,17 @@ def default_limits(cluster: Cluster) -> ResourceLimits:
         raise ClusterFileError(f"limits: {fault}") from None
 
 
+def _settings(cluster: Cluster, name: str, kinds: dict[str, type]) -> dict[str, Any]:
+    """The values table [name] sets, each checked against its kind; unknown keys are an error."""
+    table = cluster.extra.get(name, {})
+    if type(table) is not dict:
+        raise ClusterFileError(f"{name}: expected a table ([{name}])")
+    unknown = set(table) - set(kinds)
+    if unknown:
+        raise ClusterFileError(f"{name}: unknown key(s) {', '.join(sorted(unknown))}")
+    return {key: _require(table, key, kind, name) for key, kind in kinds.items() if key in table}
+
+
 @dataclass(frozen=True)
 class Retention:
     """The [retention] table. A finished job leaves the masters' replicated
@@ -208,14 +219,7 @@ _RETENTION_KEYS = {"period_s": float, "max_finished_jobs": int, "max_finished_ch
 
 def retention(cluster: Cluster) -> Retention:
     """The [retention] table, its defaults filled in."""
-    table = cluster.extra.get("retention", {})
-    if type(table) is not dict:
-        raise ClusterFileError("retention: expected a table ([retention])")
-    unknown = set(table) - set(_RETENTION_KEYS)
-    if unknown:
-        raise ClusterFileError(f"retention: unknown key(s) {', '.join(sorted(unknown))}")
-    values = {key: _require(table, key, kind, "retention") for key, kind in _RETENTION_KEYS.items()
-              if key in table}
+    values = _settings(cluster, "retention", _RETENTION_KEYS)
     if any(value < 0 for value in values.values()):
         raise ClusterFileError("retention: every value must be zero or more")
     return Retention(**values)
@@ -248,14 +252,7 @@ _STORAGE_POLICY_KEYS = {"replicas": int, "heartbeat_interval_s": float, "lost_af
 
 def storage_policy(cluster: Cluster) -> StoragePolicy:
     """The [storage_policy] table, its defaults filled in."""
-    table = cluster.extra.get("storage_policy", {})
-    if type(table) is not dict:
-        raise ClusterFileError("storage_policy: expected a table ([storage_policy])")
-    unknown = set(table) - set(_STORAGE_POLICY_KEYS)
-    if unknown:
-        raise ClusterFileError(f"storage_policy: unknown key(s) {', '.join(sorted(unknown))}")
-    values = {key: _require(table, key, kind, "storage_policy")
-              for key, kind in _STORAGE_POLICY_KEYS.items() if key in table}
+    values = _settings(cluster, "storage_policy", _STORAGE_POLICY_KEYS)
     if any(value <= 0 for value in values.values()):
         raise ClusterFileError("storage_policy: every value must be more than zero")
     policy = StoragePolicy(**values)
