@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -87,3 +89,26 @@ def test_put_order_skips_nodes_known_to_be_too_full_and_keeps_the_rest_in_order(
 def test_a_weight_is_a_pure_function_of_address_and_file(address, file_id):
     assert weight(address, file_id) == weight(address, file_id)
     assert 0 <= weight(address, file_id) < 1 << 64
+
+
+def test_the_storage_policy_table_has_defaults_and_is_checked_at_load(tmp_path):
+    from uds.wire import cluster as cluster_file
+
+    def cluster_with(table: str):
+        path = tmp_path / "cluster.toml"
+        path.write_text(cluster_file.render(
+            keys="keys", masters=[{"address": "tcp://127.0.0.1:1", "raft": "127.0.0.1:2", "data": "m"}],
+            loadbalancers=[{"address": "tcp://127.0.0.1:3", "data": "l"}],
+            storage=[{"address": "tcp://127.0.0.1:4", "data": "s"}], workers={"slots": 2}) + table)
+        return path
+
+    assert cluster_file.storage_policy(cluster_file.load(cluster_with(""))) == cluster_file.StoragePolicy()
+    loaded = cluster_file.load(cluster_with("\n[storage_policy]\nreplicas = 3\ngc_grace_s = 5\n"))
+    policy = cluster_file.storage_policy(loaded)
+    assert (policy.replicas, policy.gc_grace_s, policy.lost_after_s) == (3, 5.0, 10.0)
+    assert [policy.replicas_among(live) for live in (0, 1, 2, 3, 5)] == [1, 1, 2, 3, 3]
+    for table, why in (("replicas = 0", "more than zero"), ("replicas = 1.5", "expected int"),
+                       ("grace = 3", "unknown key"), ("gc_grace_s = true", "expected float"),
+                       ("heartbeat_interval_s = 5\nlost_after_s = 2", "longer than heartbeat_interval_s")):
+        with pytest.raises(cluster_file.ClusterFileError, match=why):
+            cluster_file.load(cluster_with(f"\n[storage_policy]\n{table}\n"))
