@@ -33,8 +33,8 @@ NODE_FAULT_KINDS = ("worker_frozen", "worker_crashed", "balancer_crashed", "lead
 CUT_S = FREEZE_S                # how long a leader stays cut off from the other masters
 STORAGE_FAULT_KINDS = ("storage_down", "storage_lost")
 STORAGE_DOWN_S = (0.2, 4.0)     # past the masters' LOST_AFTER_S (2 s) about half the time
-STORAGE_DOWNS = (0, 0, 1, 2, 3)  # how many a seed draws
-STORAGE_LOST_ODDS = 0.3
+STORAGE_DOWNS = (0, 0, 0, 0, 1, 2)    # how many a seed draws
+STORAGE_LOST_ODDS = 0.2
 
 
 @dataclass

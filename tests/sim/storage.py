@@ -11,6 +11,10 @@ and worker made it.
   does, with R = min(R, nodes the membership lists alive); a down node costs
   the probe timeout and is replaced by the next. It fails only when fewer
   than R took it (the copies that did remain, as whole blobs).
+- As in ReplicatedStorage, a node that did not answer goes to the end of
+  the reader's or writer's every order for FAILED_MEMORY_S (each worker
+  process remembers its own), so a dead node costs one probe, not one per
+  request.
 - Every storage failure a worker sees is recorded (`failures`), with when
   it started, for the checker to judge whether a good replica was there
   all along.
@@ -32,7 +36,7 @@ from typing import Callable, NamedTuple
 
 from uds.storage import placement
 from uds.storage.placement import ALIVE, LOST, StorageMember
-from uds.storage.replicas import PROBE_TIMEOUT_S
+from uds.storage.replicas import FAILED_MEMORY_S, PROBE_TIMEOUT_S
 from uds.wire.ids import file_id_of
 
 FileRef = tuple[bytes, int]
@@ -144,49 +148,67 @@ class StorageCluster:
 
     # -- reads and puts ----------------------------------------------------------------
 
-    def read(self, file_id: bytes, later: Later, done: Callable[[str], None]) -> None:
-        """Find a node that serves the file, in read order; `done("")` then,
-        or `done(reason)` when none did. Steps through `later`, so a crash
-        of the reader stops it."""
-        order = [member.address for member in placement.read_order(file_id, self.members())]
-        self._read_from(file_id, order, 0, self.now(), later, done)
+    def _demoted(self, addresses: list[str], failed_at: dict[str, float]) -> list[str]:
+        now = self.now()
+        recent = [address for address in addresses if now - failed_at.get(address, -FAILED_MEMORY_S) < FAILED_MEMORY_S]
+        return [address for address in addresses if address not in recent] + recent if recent else addresses
 
-    def _read_from(self, file_id: bytes, order: list[str], position: int, started_at: float, later: Later,
-                   done: Callable[[str], None]) -> None:
+    def read(self, file_id: bytes, failed_at: dict[str, float], later: Later, done: Callable[[str], None]) -> None:
+        """Find a node that serves the file, in read order (the reader's
+        `failed_at` nodes last); `done("")` then, or `done(reason)` when none
+        did. Steps through `later`, so a crash of the reader stops it."""
+        order = self._demoted([member.address for member in placement.read_order(file_id, self.members())],
+                              failed_at)
+        self._read_from(file_id, order, 0, self.now(), failed_at, later, done)
+
+    def _read_from(self, file_id: bytes, order: list[str], position: int, started_at: float,
+                   failed_at: dict[str, float], later: Later, done: Callable[[str], None]) -> None:
         for index in range(position, len(order)):
             node = self.nodes[order[index]]
             if node.serves(file_id):
                 self.reads_failed_over += index > 0
+                failed_at.pop(node.address, None)
                 done("")
                 return
             if not node.up:
-                later(PROBE_S, self._read_from, file_id, order, index + 1, started_at, later, done)
+                later(PROBE_S, self._probed, file_id, order, index, started_at, failed_at, later, done)
                 return
         reason = f"no storage node serves {file_id.hex()[:12]} (tried {', '.join(order)})"
         self.failures.append(StorageFailure("read", file_id, started_at, self.now(), 0, reason))
         done(reason)
 
-    def put(self, content: bytes) -> tuple[FileRef, float, str]:
-        """Store `content` on R live nodes in put order: (its ref, the time the
-        down nodes tried cost, "" or why it failed)."""
+    def _probed(self, file_id: bytes, order: list[str], index: int, started_at: float,
+                failed_at: dict[str, float], later: Later, done: Callable[[str], None]) -> None:
+        failed_at[order[index]] = self.now()
+        self._read_from(file_id, order, index + 1, started_at, failed_at, later, done)
+
+    def put(self, content: bytes, failed_at: dict[str, float] | None = None) -> tuple[FileRef, float, str]:
+        """Store `content` on R live nodes in put order (the writer's
+        `failed_at` nodes last): (its ref, the time the down nodes tried
+        cost, "" or why it failed)."""
         file_id, now = file_id_of(content), self.now()
+        failed_at = {} if failed_at is None else failed_at
         members = self.members()
         wanted = self.replicas_among(members)
-        stored, probed = 0, 0.0
-        for member in placement.put_order(file_id, members, len(content)):
-            if stored == wanted:
+        ordered = [member.address for member in placement.put_order(file_id, members, len(content))]
+        stored: list[str] = []
+        probed = 0.0
+        for address in self._demoted(ordered, failed_at):
+            if len(stored) == wanted:
                 break
-            node = self.nodes[member.address]
+            node = self.nodes[address]
             if node.up:
                 node.store(file_id, content, now)
-                stored += 1
+                failed_at.pop(address, None)
+                stored.append(address)
             else:
                 probed += PROBE_S
+                failed_at[address] = now
         reason = ""
-        if stored < wanted:
-            reason = f"only {stored} of {wanted} storage nodes took {file_id.hex()[:12]}"
+        if len(stored) < wanted:
+            reason = f"only {len(stored)} of {wanted} storage nodes took {file_id.hex()[:12]}"
             self.failures.append(StorageFailure("put", file_id, now, now, wanted, reason))
-        if probed or reason:
+        if stored != ordered[:wanted]:
             self.on_change()            # some copies are off their homes: repair puts them there
         return (file_id, len(content)), probed, reason
 

@@ -66,6 +66,7 @@ class SimAttemptHost:
         self.hung: set[AttemptKey] = set()                      # trapped SIGTERM: ends only by SIGKILL
         self.left: dict[AttemptKey, tuple[bytes | None, bytes | None]] = {}   # key -> (proof, stdout)
         self.inputs: dict[AttemptKey, list[bytes]] = {}          # key -> its mounted inputs' ids
+        self.storage_failed_at: dict[str, float] = {}             # storage node -> when it last did not answer
         self.next_run = 1
         self.handlers: dict[type, Callable[[Any], Any]] = {
             core.FetchProgram: self.fetch, core.Mount: self.mount, core.Start: self.start,
@@ -99,7 +100,7 @@ class SimAttemptHost:
                                                                       "simulated program cache failure"))
             return None
         delay = self._uniform(FETCH_S)
-        self.store.read(program_id, self.later,
+        self.store.read(program_id, self.storage_failed_at, self.later,
                         lambda reason: self.later(delay, self._fetched, effect.key, program_id, path, reason))
         return None
 
@@ -155,7 +156,7 @@ class SimAttemptHost:
             self.later(run_s, self._exit, key, run, exit_code, False)
             return
         file_id = unread.pop(0)
-        self.store.read(file_id, self.later,
+        self.store.read(file_id, self.storage_failed_at, self.later,
                         lambda failure: self._read_inputs(key, run, unread, run_s, exit_code, failure))
 
     def signal(self, effect: core.Signal) -> None:
@@ -199,10 +200,10 @@ class SimAttemptHost:
         contents = {PROOF_NAME: proof}
         outputs, stdout_ref, probed, failures = {}, None, 0.0, []
         for name in effect.outputs:
-            outputs[name], cost, reason = self.store.put(contents[name])
+            outputs[name], cost, reason = self.store.put(contents[name], self.storage_failed_at)
             probed, failures = probed + cost, failures + ([reason] if reason else [])
         if effect.stdout and stdout:
-            stdout_ref, cost, reason = self.store.put(stdout)
+            stdout_ref, cost, reason = self.store.put(stdout, self.storage_failed_at)
             probed, failures = probed + cost, failures + ([reason] if reason else [])
         delay = self._uniform(UPLOAD_S) + probed
         if failures:
