@@ -222,10 +222,10 @@ class Checker:
                 raise InvariantBroken(f"{what} ({file_id.hex()[:12]}) is on no live storage node at {now:.2f} s")
         if self.repair is None:
             return
-        if not self.repair.settled():
-            down = [node.address for node in store.nodes.values() if not node.up]
-            raise InvariantBroken(f"storage repair has not settled by {now:.2f} s (down: {down}, "
-                                  f"membership {store.states})")
+        left = self.repair.unsettled()
+        if left:
+            raise InvariantBroken(f"storage repair has not settled by {now:.2f} s: {left} "
+                                  f"(membership {store.states})")
         replicas = min(store.replicas, len(store.live()))
         wanted = committed + [("a file the client put", bytes(ref[0])) for ref in self.client_files]
         for what, file_id in wanted:

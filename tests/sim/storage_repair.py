@@ -78,20 +78,26 @@ class StorageRepair:
             self.sim.after(self.random.uniform(*PULL_S), self._round)
 
     def settled(self) -> bool:
-        """Nothing for repair to do: every node up (or lost for good, and
-        known lost), and every blob on a live node on each of its R homes."""
+        return not self.unsettled()
+
+    def unsettled(self) -> str:
+        """What is left for repair to do ("" when nothing is): a node down
+        (not lost for good), a membership that does not match the nodes, a
+        blob on a live node missing from one of its R homes."""
         storage = self.storage
         for node in storage.nodes.values():
-            if node.gone != (storage.states[node.address] == LOST) or (not node.up and not node.gone):
-                return False
+            if not node.up and not node.gone:
+                return f"{node.address} is down"
+            if node.gone != (storage.states[node.address] == LOST):
+                return f"{node.address} is {'lost' if node.gone else 'up'} but {storage.states[node.address]}"
         members = storage.members()
         replicas = storage.replicas_among(members)
         for node in storage.nodes.values():
             for file_id in node.blobs:
-                if any(not storage.nodes[home.address].serves(file_id)
-                       for home in replica_set(file_id, members, replicas)):
-                    return False
-        return True
+                for home in replica_set(file_id, members, replicas):
+                    if not storage.nodes[home.address].serves(file_id):
+                        return f"{file_id.hex()[:12]} (on {node.address}) is not on {home.address}, one of its homes"
+        return ""
 
     def _round(self) -> None:
         self.round_due = False
