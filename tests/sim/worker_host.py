@@ -107,6 +107,8 @@ class SimAttemptHost:
     def _fetched(self, key: AttemptKey, program_id: bytes, path: str, reason: str) -> None:
         if reason:
             self.sim.count("program_unreadable")
+            if self.sim.tracing:
+                self.sim.note(f"{self.name}: {attempt_name(key)} cannot fetch its program: {reason}")
             self.hand_back(core.ProgramUnavailable(key, f"cannot fetch the program: {reason}"))
             return
         self.programs.add(program_id)
@@ -139,18 +141,12 @@ class SimAttemptHost:
     def _read_inputs(self, key: AttemptKey, run: int, unread: list[bytes], run_s: float, exit_code: int,
                      reason: str = "") -> None:
         """The program reads its inputs, one after another, then runs; an
-        input no node serves ends it at once, as an infrastructure error."""
+        input no node serves ends it, as an infrastructure error (never
+        before the core has heard that it started)."""
         if self.processes.get(key) != run:
             return                                  # stopped meanwhile
         if reason:
-            self.sim.count("input_unreadable")
-            del self.processes[key]
-            self.traps_term.discard(key)
-            self.hung.discard(key)
-            self.left[key] = (None, None)
-            if self.sim.tracing:
-                self.sim.note(f"{self.name}: {attempt_name(key)} cannot read an input: {reason}")
-            self.hand_back(core.ProcessExited(key, 0, infrastructure_error=f"cannot read an input: {reason}"))
+            self.later(0.0, self._input_unreadable, key, run, reason)
             return
         if not unread:
             self.later(run_s, self._exit, key, run, exit_code, False)
@@ -158,6 +154,18 @@ class SimAttemptHost:
         file_id = unread.pop(0)
         self.store.read(file_id, self.storage_failed_at, self.later,
                         lambda failure: self._read_inputs(key, run, unread, run_s, exit_code, failure))
+
+    def _input_unreadable(self, key: AttemptKey, run: int, reason: str) -> None:
+        if self.processes.get(key) != run:
+            return                                  # stopped meanwhile
+        self.sim.count("input_unreadable")
+        del self.processes[key]
+        self.traps_term.discard(key)
+        self.hung.discard(key)
+        self.left[key] = (None, None)
+        if self.sim.tracing:
+            self.sim.note(f"{self.name}: {attempt_name(key)} cannot read an input: {reason}")
+        self.hand_back(core.ProcessExited(key, 0, infrastructure_error=f"cannot read an input: {reason}"))
 
     def signal(self, effect: core.Signal) -> None:
         run = self.processes.get(effect.key)
@@ -208,6 +216,8 @@ class SimAttemptHost:
         delay = self._uniform(UPLOAD_S) + probed
         if failures:
             self.sim.count("upload_short_of_replicas")
+            if self.sim.tracing:
+                self.sim.note(f"{self.name}: {attempt_name(effect.key)} upload failed: {'; '.join(failures)}")
             self.later(delay, self.hand_back, core.UploadFailed(effect.key, "; ".join(failures)))
         else:
             self.later(delay, self.hand_back, core.Uploaded(effect.key, outputs, stdout_ref, None))
