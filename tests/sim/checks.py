@@ -44,6 +44,7 @@ from uds.master.commands import FINAL_PHASES, ChunkPhase
 from uds.master.state import (
     CHUNK_CANCELLED, CHUNK_FAILED, CHUNK_SUCCEEDED, JOB_SUBMITTED, POISON_ERROR, ClusterState,
 )
+from uds.storage.placement import ALIVE
 from uds.wire.leader_search import QUIET_S
 
 from .loop import Simulation
@@ -192,7 +193,7 @@ class Checker:
                     raise InvariantBroken(self._storage_text(failure, f"{', '.join(holders)} held it, up all along"))
             else:
                 able = [node.address for node in store.nodes.values()
-                        if node.up and node.up_since <= failure.started_at and store.states[node.address] == "alive"]
+                        if node.up and node.up_since <= failure.started_at and store.states[node.address] == ALIVE]
                 if len(able) >= failure.wanted:
                     raise InvariantBroken(self._storage_text(failure, f"{', '.join(able)} were up to take it"))
         self.failures_seen = len(store.failures)

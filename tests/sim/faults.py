@@ -17,6 +17,7 @@ most lost for good (its blobs gone), so that two of three remain to hold R.
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Callable
 
@@ -42,11 +43,12 @@ class StorageFaultPlan:
     faults: list[tuple[float, str, float]]     # (at, kind, how long down)
 
     @classmethod
-    def draw(cls, random, end: float) -> "StorageFaultPlan":
-        faults = [(random.uniform(0.0, end), "storage_down", random.uniform(*STORAGE_DOWN_S))
-                  for _ in range(random.choice(STORAGE_DOWNS))]
-        if random.random() < STORAGE_LOST_ODDS:
-            faults.append((random.uniform(0.0, end), "storage_lost", 0.0))
+    def draw(cls, source: random.Random, end: float) -> "StorageFaultPlan":
+        """A plan for the fault phase [0, end), from storage's own random source."""
+        faults = [(source.uniform(0.0, end), "storage_down", source.uniform(*STORAGE_DOWN_S))
+                  for _ in range(source.choice(STORAGE_DOWNS))]
+        if source.random() < STORAGE_LOST_ODDS:
+            faults.append((source.uniform(0.0, end), "storage_lost", 0.0))
         return cls(sorted(faults))
 
 
