@@ -1,7 +1,8 @@
 """Seeds per second of the chunk-path simulation (tests/sim), with the
 faults it injected, the elections it held (after the first of each seed),
-the balancers found in step with a new leader (checks.py), and the seeds
-that failed. Prints one JSON line.
+the balancers found in step with a new leader (checks.py), storage's
+figures (reads that failed over, repair's copies and trims, storage failures
+judged), and the seeds that failed. Prints one JSON line.
 
     python bench/sim.py [--seeds N] [--first S] [--plant BUG]
     python bench/sim.py --seed N --trace      # replay one seed, with its trace
@@ -25,6 +26,7 @@ FAILED_SEEDS_SHOWN = 20
 
 def campaign(first: int, count: int) -> dict:
     faults: dict[str, int] = {}
+    storage: dict[str, int] = {}
     failed: list[int] = []
     first_failure = ""
     chunks = messages = elections = judged = 0
@@ -39,6 +41,8 @@ def campaign(first: int, count: int) -> dict:
         judged += report.in_step_checked
         for kind, number in report.faults.items():
             faults[kind] = faults.get(kind, 0) + number
+        for name, number in report.storage.items():
+            storage[name] = storage.get(name, 0) + number
         if not report.ok:
             failed.append(seed)
             first_failure = first_failure or f"seed {seed}: {report.failure}"
@@ -56,6 +60,7 @@ def campaign(first: int, count: int) -> dict:
         "faults": dict(sorted(faults.items())),
         "elections": elections,
         "elections_judged_in_step": judged,
+        "storage": dict(sorted(storage.items())),
         "failures": len(failed),
         "failed_seeds": failed[:FAILED_SEEDS_SHOWN],
         "first_failure": first_failure[:2000],

@@ -22,7 +22,7 @@ def main() -> int:
         print(line)
     print(f"seed {report.seed}: {'ok' if report.ok else 'FAILED ' + report.failure}")
     print(f"  {report.jobs} jobs, {report.chunks} chunks, {report.messages} messages, "
-          f"{report.sim_time_s:.2f} simulated s, faults {report.faults}")
+          f"{report.sim_time_s:.2f} simulated s, faults {report.faults}, storage {report.storage}")
     return 0 if report.ok else 1
 
 

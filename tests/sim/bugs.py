@@ -21,6 +21,12 @@ undone afterwards.
   leader cut off from the others goes on as leader for pysyncobj's 30 s
   fallback, and what it proposes commits, as if the group needed no
   majority; so it acknowledges while the new leader does.
+- reads_never_fail_over: storage/placement.py's read_order names only the
+  first live node, so a read gives up when that one is down or lacks the
+  file, though another holds it.
+- replica_set_counts_lost_nodes: replica_set takes the top R nodes whether
+  alive or lost, so repair never puts a lost node's files back on R live
+  nodes.
 """
 from __future__ import annotations
 
@@ -31,11 +37,13 @@ from dataclasses import replace
 from typing import Any, Callable, Iterator
 
 from uds.master import state as state_module
+from uds.storage import placement, repair
 from uds.master.commands import FINAL_PHASES, ChunkEvent, ChunkPhase
 from uds.master.state import CHUNK_SUCCEEDED, ChunkAction, ChunkEventOutcome, ClusterState
 from uds.wire.enums import ChunkState
 from uds.wire.leader_search import LeaderSearch
 
+from . import storage_repair
 from .raft_group import RaftGroup
 
 Patch = tuple[Any, str, Any]        # (object, attribute or key, new value)
@@ -115,6 +123,22 @@ def _deposed_leader_acknowledges() -> list[Patch]:
     return [(RaftGroup, "unconfirmed_leadership", True)]
 
 
+def _reads_never_fail_over() -> list[Patch]:
+    original = placement.read_order
+
+    def read_order(file_id: bytes, members):
+        return original(file_id, members)[:1]
+
+    return [(placement, "read_order", read_order)]
+
+
+def _replica_set_counts_lost_nodes() -> list[Patch]:
+    def replica_set(file_id: bytes, members, replicas: int):
+        return placement.rendezvous_order(file_id, members)[:replicas]
+
+    return [(module, "replica_set", replica_set) for module in (placement, repair, storage_repair)]
+
+
 BUGS: dict[str, Callable[[], list[Patch]]] = {
     "stale_result_accepted": _stale_result_accepted,
     "stale_result_accepted_in_flight": _stale_result_accepted_in_flight,
@@ -122,6 +146,8 @@ BUGS: dict[str, Callable[[], list[Patch]]] = {
     "duplicate_result_committed_twice": _duplicate_result_committed_twice,
     "leader_search_ignores_silence": _leader_search_ignores_silence,
     "deposed_leader_acknowledges": _deposed_leader_acknowledges,
+    "reads_never_fail_over": _reads_never_fail_over,
+    "replica_set_counts_lost_nodes": _replica_set_counts_lost_nodes,
 }
 
 

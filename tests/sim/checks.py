@@ -20,6 +20,14 @@ chunk_events_ack), leader or not:
   masters never acknowledge as leaders at once.
 Safety, after every step: the lease epoch never goes back, each epoch has
 one holder, and at most one balancer believes it holds the lease.
+Storage, after every step and at the end:
+- no read (a program fetch, an input read) fails while a node that was up
+  and held the file from the read's start is still up: a chunk is never
+  rejected for storage while a good replica was there all along; no put
+  (an upload) fails while R nodes the membership lists alive were up;
+- at the end, every committed output (and log) is on a live node, and, once
+  repair has settled, every committed output, the program and the inputs
+  are on R live nodes (R = min(2, live nodes)).
 Liveness:
 - every balancer is in step with each new leader (its target, and
   answered by it as leader: a grant, a refusal of the lease, an
@@ -36,11 +44,12 @@ from uds.master.commands import FINAL_PHASES, ChunkPhase
 from uds.master.state import (
     CHUNK_CANCELLED, CHUNK_FAILED, CHUNK_SUCCEEDED, JOB_SUBMITTED, POISON_ERROR, ClusterState,
 )
+from uds.storage.placement import ALIVE
 from uds.wire.leader_search import QUIET_S
 
 from .loop import Simulation
 from .raft_group import Election, RaftGroup, event_key
-from .storage import PROOF_NAME, ContentStore, Proof
+from .storage import PROOF_NAME, Proof, StorageCluster, StorageFailure
 from .trace import short
 
 # A balancer is back in step with a new leader within this long of its election.
@@ -64,11 +73,16 @@ class Checker:
         self.submitted: dict[bytes, int] = {}   # job -> job_submitted events
         self.unfinished = 0
         self.in_step_checked = 0
+        self.failures_seen = 0
 
-    def watch(self, group: RaftGroup, store: ContentStore, acknowledged: dict[bytes, float],
-              balancer_names: tuple[str, ...] = (), balancers: Callable[[], list] = list) -> None:
-        """What to check: the Raft group, the content store, the client's
-        acknowledged jobs, the balancers' names and the live SimBalancers."""
+    def watch(self, group: RaftGroup, store: StorageCluster, acknowledged: dict[bytes, float],
+              balancer_names: tuple[str, ...] = (), balancers: Callable[[], list] = list,
+              repair: Any = None, client_files: list[tuple[bytes, int]] = ()) -> None:
+        """What to check: the Raft group, the storage nodes, the client's
+        acknowledged jobs, the balancers' names and the live SimBalancers,
+        storage's repair and the files the client put (program, inputs)."""
+        self.repair = repair
+        self.client_files = list(client_files)
         self.balancer_names = balancer_names
         self.group = group
         self.state: ClusterState = group.state
@@ -79,6 +93,8 @@ class Checker:
     def after_step(self) -> None:
         state = self.state
         self._check_lease()
+        if len(self.store.failures) != self.failures_seen:
+            self._check_storage_failures()
         if state.last_seq == self.seen_seq:
             return
         self._count_final_events()
@@ -161,6 +177,63 @@ class Checker:
                 f"chunk {index} of job {short(job)} committed the output of attempt "
                 f"{proof.attempt if proof else '?'} on worker {short(proof.worker) if proof else '?'}, "
                 f"but its current attempt is {chunk.attempt} on {short(chunk.worker) if chunk.worker else None}")
+
+    # -- storage -------------------------------------------------------------------
+
+    def _check_storage_failures(self) -> None:
+        """A read fails only when no node that was up and held the file
+        from its start is up still; a put only when fewer than R nodes the
+        membership lists alive were up."""
+        store = self.store
+        for failure in store.failures[self.failures_seen:]:
+            if failure.kind == "read":
+                holders = [node.address for node in store.nodes.values()
+                           if node.held_since(failure.file_id, failure.started_at)]
+                if holders:
+                    raise InvariantBroken(self._storage_text(failure, f"{', '.join(holders)} held it, up all along"))
+            else:
+                able = [node.address for node in store.nodes.values()
+                        if node.up and node.up_since <= failure.started_at and store.states[node.address] == ALIVE]
+                if len(able) >= failure.wanted:
+                    raise InvariantBroken(self._storage_text(failure, f"{', '.join(able)} were up to take it"))
+        self.failures_seen = len(store.failures)
+
+    @staticmethod
+    def _storage_text(failure: StorageFailure, why_not: str) -> str:
+        return (f"a {failure.kind} of {failure.file_id.hex()[:12]} started at {failure.started_at:.4f} s "
+                f"failed ({failure.reason}), though {why_not}")
+
+    def _committed_files(self) -> list[tuple[str, bytes]]:
+        files = []
+        for job, record in self.state.job_records.items():
+            for index, chunk in enumerate(record.chunks):
+                result = chunk.result if chunk.phase in FINAL_PHASES else None
+                if result is None:
+                    continue
+                refs = [*result.outputs.items(), ("stdout", result.stdout), ("stderr", result.stderr)]
+                files += [(f"{name} of chunk {index} of job {short(job)}", bytes(ref[0]))
+                          for name, ref in refs if ref is not None]
+        return files
+
+    def _check_storage_at_end(self, now: float) -> None:
+        store = self.store
+        committed = self._committed_files()
+        for what, file_id in committed:
+            if not store.live_holders(file_id):
+                raise InvariantBroken(f"{what} ({file_id.hex()[:12]}) is on no live storage node at {now:.2f} s")
+        if self.repair is None:
+            return
+        left = self.repair.unsettled()
+        if left:
+            raise InvariantBroken(f"storage repair has not settled by {now:.2f} s: {left} "
+                                  f"(membership {store.states})")
+        replicas = min(store.replicas, len(store.live()))
+        wanted = committed + [("a file the client put", bytes(ref[0])) for ref in self.client_files]
+        for what, file_id in wanted:
+            holders = store.live_holders(file_id)
+            if len(holders) < replicas:
+                raise InvariantBroken(f"{what} ({file_id.hex()[:12]}) is on {holders} at {now:.2f} s "
+                                      f"after repair settled, not on {replicas} live nodes")
 
     # -- acknowledgements ----------------------------------------------------------
 
@@ -247,3 +320,4 @@ class Checker:
                 phases = ", ".join(f"{index}:{chunk.phase.label}/{chunk.attempt}"
                                    for index, chunk in enumerate(record.chunks))
                 raise InvariantBroken(f"job {short(job)} unfinished at {now:.2f} s: {phases}")
+        self._check_storage_at_end(now)

@@ -44,10 +44,12 @@ class _Submission:
 
 
 class SimClient(Host):
-    def __init__(self, sim: Simulation, name: str, masters: tuple[str, ...], program: tuple[bytes, int]) -> None:
+    def __init__(self, sim: Simulation, name: str, masters: tuple[str, ...], program: tuple[bytes, int],
+                 inputs: dict[str, tuple[bytes, int]] | None = None) -> None:
         super().__init__(sim, name)
         self.masters = masters
         self.program = program
+        self.inputs = dict(inputs or {})
         self.node_id = b"client".ljust(16, b"\0")
         self.submissions: dict[bytes, _Submission] = {}
         self.by_request: dict[int, _Submission] = {}
@@ -68,7 +70,8 @@ class SimClient(Host):
         self.next_request_id += 1
         submission.message = wire.JobSubmit.make(
             self.node_id, request_id=self.next_request_id, job=submission.job, chunk_count=chunk_count,
-            program=list(self.program), args=[], inputs={}, chunk_inputs=[], timeout_s=JOB_TIMEOUT_S,
+            program=list(self.program), args=[],
+            inputs={name: list(ref) for name, ref in self.inputs.items()}, chunk_inputs=[], timeout_s=JOB_TIMEOUT_S,
             max_retries=max_retries, name="", limits=limits.as_body())
         self.by_request[self.next_request_id] = submission
         submission.holding.clear()

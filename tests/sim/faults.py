@@ -9,9 +9,15 @@ again empty, frozen and thawed, or cut off from the other masters (not
 from clients and balancers) and healed. Until the phase ends, the
 leader's proposals fail, and the network drops, duplicates and delays (so
 reorders) messages, at the seed's odds.
+
+Storage faults are drawn from storage's own random source (storage.py), so
+that the rest of a seed draws what it drew before storage was plural: a
+storage node down for a while (then back with its blobs), and one node at
+most lost for good (its blobs gone), so that two of three remain to hold R.
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,6 +32,24 @@ LEADER_DOWN_S = (0.05, 4.0)
 NODE_FAULT_KINDS = ("worker_frozen", "worker_crashed", "balancer_crashed", "leader_replaced",
                     "balancer_frozen", "leader_killed", "leader_frozen", "leader_cut_off")
 CUT_S = FREEZE_S                # how long a leader stays cut off from the other masters
+STORAGE_FAULT_KINDS = ("storage_down", "storage_lost")
+STORAGE_DOWN_S = (0.2, 4.0)     # past the masters' LOST_AFTER_S (2 s) about half the time
+STORAGE_DOWNS = (0, 0, 0, 0, 1, 2)    # how many a seed draws
+STORAGE_LOST_ODDS = 0.2
+
+
+@dataclass
+class StorageFaultPlan:
+    faults: list[tuple[float, str, float]]     # (at, kind, how long down)
+
+    @classmethod
+    def draw(cls, source: random.Random, end: float) -> "StorageFaultPlan":
+        """A plan for the fault phase [0, end), from storage's own random source."""
+        faults = [(source.uniform(0.0, end), "storage_down", source.uniform(*STORAGE_DOWN_S))
+                  for _ in range(source.choice(STORAGE_DOWNS))]
+        if source.random() < STORAGE_LOST_ODDS:
+            faults.append((source.uniform(0.0, end), "storage_lost", 0.0))
+        return cls(sorted(faults))
 
 
 @dataclass
@@ -52,13 +76,17 @@ class Nemesis:
 
     `cluster` offers: workers (names), freeze(name), thaw(name), crash(name),
     restart(name), balancers (names), leader() (its name, or None),
-    replace_leader(), cut_off_leader(), heal(name), fail_proposals(odds)."""
+    replace_leader(), cut_off_leader(), heal(name), fail_proposals(odds);
+    with a storage plan, also store (its nodes and random source),
+    storage_down(address, for_good) and storage_back(address)."""
 
-    def __init__(self, sim: Simulation, cluster, plan: FaultPlan, end: float) -> None:
+    def __init__(self, sim: Simulation, cluster, plan: FaultPlan, end: float,
+                 storage: StorageFaultPlan | None = None) -> None:
         self.sim = sim
         self.cluster = cluster
         self.plan = plan
         self.end = end
+        self.storage = storage
         self.actions: dict[str, Callable[[], None]] = {
             "worker_frozen": lambda: self._freeze(self.sim.random.choice(self.cluster.workers), "worker_frozen"),
             "worker_crashed": lambda: self._crash(self.sim.random.choice(self.cluster.workers)),
@@ -77,6 +105,8 @@ class Nemesis:
         self.sim.at(self.end, self._stop)
         if self.plan.node_faults_per_s:
             self._schedule_next()
+        for at, kind, down_s in self.storage.faults if self.storage else ():
+            self.sim.at(at, self._storage_fault, kind, down_s)
 
     def _schedule_next(self) -> None:
         self.sim.after(self.sim.random.expovariate(self.plan.node_faults_per_s), self._inject)
@@ -131,3 +161,18 @@ class Nemesis:
         self.sim.count("leader_cut_off")
         self.sim.note(f"cut {name} off from the other masters")
         self.sim.after(self.sim.random.uniform(*CUT_S), self.cluster.heal, name)
+
+    def _storage_fault(self, kind: str, down_s: float) -> None:
+        store = self.cluster.store
+        up = [address for address, node in store.nodes.items() if node.up]
+        if not up:
+            return
+        address = store.random.choice(up)
+        if not self.cluster.storage_down(address, for_good=kind == "storage_lost"):
+            return
+        self.sim.count(kind)
+        if kind == "storage_lost":
+            self.sim.note(f"lose storage node {address} for good")
+        else:
+            self.sim.note(f"storage node {address} down")
+            self.sim.after(down_s, self.cluster.storage_back, address)

@@ -5,9 +5,13 @@ and the real leader core in each), two load
 balancers (one active at a time by its lease and epoch), two workers of
 different sizes that talk to both, and a client that submits a few small
 jobs, the second of which fits only the larger worker.
+Three storage nodes hold the program, the input every chunk reads and the
+outputs, each file on two of them (storage.py), and repair puts files back
+on two live nodes after a node is down or lost (storage_repair.py).
 A fault phase (FAULT_PHASE_S) is followed by a quiet one: by
 QUIET_DEADLINE_S after the faults stop, every acknowledged job must have
-finished. Checks run after every step; the first broken one ends the seed.
+finished and repair must have settled. Checks run after every step; the
+first broken one ends the seed.
 """
 from __future__ import annotations
 
@@ -19,12 +23,13 @@ from uds.wire.resources import NO_LIMITS, ResourceLimits
 
 from .checks import Checker, InvariantBroken
 from .client import SimClient
-from .faults import FaultPlan, Nemesis
+from .faults import FaultPlan, Nemesis, StorageFaultPlan
 from .loadbalancer_node import SimBalancer
 from .loop import Simulation
 from .master_host import MasterHost
 from .raft_group import RaftGroup
-from .storage import ContentStore
+from .storage import StorageCluster
+from .storage_repair import StorageRepair
 from .worker_node import SimWorker
 
 FAULT_PHASE_S = 5.0
@@ -58,6 +63,7 @@ class SeedReport:
     faults: dict[str, int] = field(default_factory=dict)
     elections: int = 0              # after the first
     in_step_checked: int = 0        # elections after which a balancer's step was judged
+    storage: dict[str, int] = field(default_factory=dict)   # repair's and reads' figures
     trace: list[str] = field(default_factory=list)
 
     @property
@@ -75,7 +81,10 @@ class Cluster:
     def __init__(self, sim: Simulation, worker_count: int, slots: int, checker: Checker) -> None:
         self.sim = sim
         self.checker = checker
-        self.store = ContentStore()
+        self.store = StorageCluster(sim.seed, lambda: sim.now)
+        self.repair = StorageRepair(sim, self.store)
+        self.storage_nodes = list(self.store.nodes)
+        self.stopped = False            # once every job finished: only storage runs on
         self.group = RaftGroup(sim, MASTERS)
         self.group.on_election = checker.elected
         self.masters = list(MASTERS)
@@ -83,13 +92,17 @@ class Cluster:
         self.balancers = list(BALANCERS)
         self.workers = [f"w{index}" for index in range(worker_count)]
         self.slots = slots
-        self.client = SimClient(sim, CLIENT, MASTERS, self.store.put(b"#!/bin/sim-program\n"))
+        program, _, _ = self.store.put(b"#!/bin/sim-program\n")
+        data, _, _ = self.store.put(b"the input every chunk reads\n")
+        self.client = SimClient(sim, CLIENT, MASTERS, program, {"data": data})
         sim.nodes[self.client.name] = self.client
         for name in [*self.masters, *self.balancers, *self.workers]:
             self.restart(name)
         self.group.elect_at_start(self.group.hosts[MASTERS[0]])
 
     def restart(self, name: str) -> None:
+        if self.stopped:
+            return
         if name in self.masters:
             self.master_generations[name] += 1
             host = MasterHost(self.sim, name, self.group, self.master_generations[name],
@@ -150,6 +163,22 @@ class Cluster:
     def fail_proposals(self, odds: float) -> None:
         self.group.proposal_failure = odds
 
+    def stop_all_but_storage(self) -> None:
+        """Every job has finished: stop every process but the storage nodes,
+        which go on until repair settles (membership and repair are modelled
+        here, apart from the masters), with no traffic for nobody."""
+        self.stopped = True
+        for name in [*self.masters, *self.balancers, *self.workers, self.client.name]:
+            if name in self.sim.nodes:
+                self.crash(name)
+        self.sim.note("every job finished: only storage runs on")
+
+    def storage_down(self, address: str, for_good: bool) -> bool:
+        return self.repair.down(address, for_good)
+
+    def storage_back(self, address: str) -> None:
+        self.repair.back(address)
+
 
 def run_seed(seed: int, tracing: bool = False) -> SeedReport:
     sim = Simulation(seed, tracing=tracing)
@@ -157,7 +186,8 @@ def run_seed(seed: int, tracing: bool = False) -> SeedReport:
     checker = Checker(sim)
     cluster = Cluster(sim, worker_count=WORKER_COUNT, slots=rng.choice((1, 2)), checker=checker)
     checker.watch(cluster.group, cluster.store, cluster.client.acknowledged, BALANCERS,
-                  balancers=lambda: [sim.nodes[name] for name in cluster.balancers if name in sim.nodes])
+                  balancers=lambda: [sim.nodes[name] for name in cluster.balancers if name in sim.nodes],
+                  repair=cluster.repair, client_files=[cluster.client.program, *cluster.client.inputs.values()])
     job_count = rng.choice((1, 2))
     report = SeedReport(seed, jobs=job_count)
     for index in range(job_count):
@@ -166,10 +196,15 @@ def run_seed(seed: int, tracing: bool = False) -> SeedReport:
         job = _id(f"job{index}")
         sim.at(rng.uniform(0.0, SUBMIT_BY_S), cluster.client.submit, job, chunks, rng.choice((0, 2)),
                JOB_LIMITS[index % len(JOB_LIMITS)])
-    Nemesis(sim, cluster, FaultPlan.draw(sim), end=FAULT_PHASE_S).start()
+    Nemesis(sim, cluster, FaultPlan.draw(sim), end=FAULT_PHASE_S,
+            storage=StorageFaultPlan.draw(cluster.store.random, FAULT_PHASE_S)).start()
     try:
         sim.run_until(FAULT_PHASE_S + QUIET_DEADLINE_S, lambda: checker.all_finished(job_count),
                       checker.after_step)
+        if checker.all_finished(job_count) and cluster.repair.round_due:
+            cluster.stop_all_but_storage()
+            sim.run_until(FAULT_PHASE_S + QUIET_DEADLINE_S, lambda: not cluster.repair.round_due,
+                          checker.after_step)
         checker.at_end(job_count, sim.now)
     except InvariantBroken as broken:
         report.failure = f"at {sim.now:.4f} s: {broken}"
@@ -180,5 +215,8 @@ def run_seed(seed: int, tracing: bool = False) -> SeedReport:
     report.faults = dict(sim.injected)
     report.elections = len(cluster.group.elections) - 1
     report.in_step_checked = checker.in_step_checked
+    report.storage = {"repair_rounds": cluster.repair.rounds, "repair_copies": cluster.repair.copied,
+                      "repair_trims": cluster.repair.trimmed, "reads_failed_over": cluster.store.reads_failed_over,
+                      "storage_failures_checked": len(cluster.store.failures)}
     report.trace = sim.trace_lines
     return report

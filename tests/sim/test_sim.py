@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from .bugs import BUGS, planted
-from .faults import NODE_FAULT_KINDS
+from .faults import NODE_FAULT_KINDS, STORAGE_FAULT_KINDS
 from .run import SeedReport, run_seed
 
 SUITE_SEEDS = range(1000)
@@ -105,3 +105,18 @@ def test_the_workers_machines_fail_requests(suite_reports):
         for kind in ("program_unavailable", "mount_failed", "upload_failed"):
             totals[kind] = totals.get(kind, 0) + report.faults.get(kind, 0)
     assert all(count >= 30 for count in totals.values()), totals
+
+
+def test_the_seeds_take_storage_nodes_down_and_repair(suite_reports):
+    totals: dict[str, int] = {}
+    for report in suite_reports:
+        for kind, count in [*report.faults.items(), *report.storage.items()]:
+            totals[kind] = totals.get(kind, 0) + count
+    for kind in STORAGE_FAULT_KINDS:
+        assert totals.get(kind, 0) >= 100, totals
+    # Reads that passed over a node down or without the file, copies that
+    # repair made and trimmed, and reads and puts that failed, each judged.
+    assert totals.get("reads_failed_over", 0) >= 100, totals
+    assert totals.get("repair_copies", 0) >= 500, totals
+    assert totals.get("repair_trims", 0) >= 100, totals
+    assert totals.get("storage_failures_checked", 0) >= 20, totals

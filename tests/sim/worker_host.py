@@ -2,15 +2,22 @@
 here, as worker/host.py does them on a real one.
 
 Each request effect is answered once, after a seeded delay (the program's
-start at once, as on a real machine): a program is fetched from the content
-store (or is unavailable: missing from it, or, during the fault phase,
-sometimes not served), a mount is made (or fails), outputs are stored (or
-storing fails). A program runs for a seeded time and exits 0, or 1 one time
-in ten; it writes one output, a proof naming the job, chunk, attempt and
-worker that ran it, and sometimes a stdout. SIGTERM ends it shortly, unless
-it is one of the programs that trap it and hang, which only the core's
-SIGKILL after its grace ends. Everything here belongs to the worker's process: a crash loses the
-programs, the processes and the fetched programs alike.
+start at once, as on a real machine). A program is fetched from the storage
+nodes (storage.py: read order, failing over past a node that is down or
+lacks it) or is unavailable: no node served it, or, during the fault phase,
+the machine's own program cache sometimes fails. A mount is made (or
+fails). A program first reads its inputs from the storage nodes the same
+way, and ends at once with an infrastructure error (REJECTED, as the real
+mount reports an input it could not give good bytes of) when no node
+serves one; then it runs for a seeded time and exits 0, or 1 one time in
+ten; it writes one output, a proof naming the job, chunk, attempt and
+worker that ran it, and sometimes a stdout. Outputs are stored on R live
+nodes in put order, or the upload fails: fewer than R took one, or, during
+the fault phase, the machine sometimes fails to read them. SIGTERM ends a
+program shortly, unless it is one of the programs that trap it and hang,
+which only the core's SIGKILL after its grace ends. Everything here belongs
+to the worker's process: a crash loses the programs, the processes and the
+fetched programs alike.
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ from uds.worker import attempts as core
 from uds.worker.attempts import AttemptKey
 
 from .loop import Simulation
-from .storage import PROOF_NAME, ContentStore, Proof
+from .storage import PROOF_NAME, Proof, StorageCluster
 from .trace import attempt_name
 
 PROGRAM_FAILURE_ODDS = 0.1
@@ -36,8 +43,9 @@ FETCH_S = (0.001, 0.02)
 MOUNT_S = (0.0005, 0.005)
 UPLOAD_S = (0.001, 0.02)
 SIGNAL_EXIT_S = 0.01
-# During the fault phase: storage does not serve a program, a mount fails,
-# storing outputs fails, each at these odds.
+# During the fault phase: the machine's program cache fails a fetch, a mount
+# fails, reading the outputs to store them fails, each at these odds (the
+# machine's own failures; storage's are its nodes', storage.py).
 FETCH_FAILURE_ODDS = 0.03
 MOUNT_FAILURE_ODDS = 0.03
 UPLOAD_FAILURE_ODDS = 0.03
@@ -47,7 +55,7 @@ Later = Callable[..., None]             # later(delay_s, action, *args), stopped
 
 
 class SimAttemptHost:
-    def __init__(self, sim: Simulation, name: str, node_id: bytes, store: ContentStore, later: Later,
+    def __init__(self, sim: Simulation, name: str, node_id: bytes, store: StorageCluster, later: Later,
                  hand_back: Callable[[Any], None], faults_until: float) -> None:
         self.sim, self.name, self.node_id, self.store = sim, name, node_id, store
         self.later, self.hand_back = later, hand_back
@@ -57,10 +65,12 @@ class SimAttemptHost:
         self.traps_term: set[AttemptKey] = set()
         self.hung: set[AttemptKey] = set()                      # trapped SIGTERM: ends only by SIGKILL
         self.left: dict[AttemptKey, tuple[bytes | None, bytes | None]] = {}   # key -> (proof, stdout)
+        self.inputs: dict[AttemptKey, list[bytes]] = {}          # key -> its mounted inputs' ids
+        self.storage_failed_at: dict[str, float] = {}             # storage node -> when it last did not answer
         self.next_run = 1
         self.handlers: dict[type, Callable[[Any], Any]] = {
             core.FetchProgram: self.fetch, core.Mount: self.mount, core.Start: self.start,
-            core.Signal: self.signal, core.Unmount: lambda effect: None, core.Upload: self.upload,
+            core.Signal: self.signal, core.Unmount: self.unmount, core.Upload: self.upload,
             core.Clean: self.clean,
         }
 
@@ -85,13 +95,22 @@ class SimAttemptHost:
         path = f"/sim/programs/{program_id.hex()}"
         if program_id in self.programs:
             return core.ProgramFetched(effect.key, path)
-        if program_id not in self.store.blobs or self._fails(FETCH_FAILURE_ODDS, "program_unavailable"):
-            self._answer(FETCH_S, core.ProgramUnavailable(effect.key, "cannot fetch the program: not in storage"))
-        else:
-            self.later(self._uniform(FETCH_S), self._fetched, effect.key, program_id, path)
+        if self._fails(FETCH_FAILURE_ODDS, "program_unavailable"):
+            self._answer(FETCH_S, core.ProgramUnavailable(effect.key, "cannot fetch the program: "
+                                                                      "simulated program cache failure"))
+            return None
+        delay = self._uniform(FETCH_S)
+        self.store.read(program_id, self.storage_failed_at, self.later,
+                        lambda reason: self.later(delay, self._fetched, effect.key, program_id, path, reason))
         return None
 
-    def _fetched(self, key: AttemptKey, program_id: bytes, path: str) -> None:
+    def _fetched(self, key: AttemptKey, program_id: bytes, path: str, reason: str) -> None:
+        if reason:
+            self.sim.count("program_unreadable")
+            if self.sim.tracing:
+                self.sim.note(f"{self.name}: {attempt_name(key)} cannot fetch its program: {reason}")
+            self.hand_back(core.ProgramUnavailable(key, f"cannot fetch the program: {reason}"))
+            return
         self.programs.add(program_id)
         self.hand_back(core.ProgramFetched(key, path))
 
@@ -99,7 +118,11 @@ class SimAttemptHost:
         if self._fails(MOUNT_FAILURE_ODDS, "mount_failed"):
             self._answer(MOUNT_S, core.MountFailed(effect.key, "simulated mount failure"))
         else:
+            self.inputs[effect.key] = [bytes(ref[0]) for _, ref in sorted(effect.inputs.items())]
             self._answer(MOUNT_S, core.Mounted(effect.key, f"/sim/mnt/{effect.key.name}"))
+
+    def unmount(self, effect: core.Unmount) -> None:
+        self.inputs.pop(effect.key, None)
 
     def start(self, effect: core.Start) -> core.ProcessStarted:
         key = effect.key
@@ -110,10 +133,39 @@ class SimAttemptHost:
             self.traps_term.add(key)
         exit_code = 1 if random.random() < PROGRAM_FAILURE_ODDS else 0
         run_s = self._uniform(LONG_PROGRAM_RUN_S if random.random() < LONG_PROGRAM_ODDS else PROGRAM_RUN_S)
-        self.later(run_s, self._exit, key, run, exit_code, False)
+        self._read_inputs(key, run, list(self.inputs.get(key, ())), run_s, exit_code)
         if self.sim.tracing:
             self.sim.note(f"{self.name} starts {attempt_name(key)}")
         return core.ProcessStarted(key)
+
+    def _read_inputs(self, key: AttemptKey, run: int, unread: list[bytes], run_s: float, exit_code: int,
+                     reason: str = "") -> None:
+        """The program reads its inputs, one after another, then runs; an
+        input no node serves ends it, as an infrastructure error (never
+        before the core has heard that it started)."""
+        if self.processes.get(key) != run:
+            return                                  # stopped meanwhile
+        if reason:
+            self.later(0.0, self._input_unreadable, key, run, reason)
+            return
+        if not unread:
+            self.later(run_s, self._exit, key, run, exit_code, False)
+            return
+        file_id = unread.pop(0)
+        self.store.read(file_id, self.storage_failed_at, self.later,
+                        lambda failure: self._read_inputs(key, run, unread, run_s, exit_code, failure))
+
+    def _input_unreadable(self, key: AttemptKey, run: int, reason: str) -> None:
+        if self.processes.get(key) != run:
+            return                                  # stopped meanwhile
+        self.sim.count("input_unreadable")
+        del self.processes[key]
+        self.traps_term.discard(key)
+        self.hung.discard(key)
+        self.left[key] = (None, None)
+        if self.sim.tracing:
+            self.sim.note(f"{self.name}: {attempt_name(key)} cannot read an input: {reason}")
+        self.hand_back(core.ProcessExited(key, 0, infrastructure_error=f"cannot read an input: {reason}"))
 
     def signal(self, effect: core.Signal) -> None:
         run = self.processes.get(effect.key)
@@ -154,12 +206,25 @@ class SimAttemptHost:
             self._answer(UPLOAD_S, core.UploadFailed(effect.key, "simulated storage failure"))
             return
         contents = {PROOF_NAME: proof}
-        outputs = {name: self.store.put(contents[name]) for name in effect.outputs}
-        stdout_ref = self.store.put(stdout) if effect.stdout and stdout else None
-        self._answer(UPLOAD_S, core.Uploaded(effect.key, outputs, stdout_ref, None))
+        outputs, stdout_ref, probed, failures = {}, None, 0.0, []
+        for name in effect.outputs:
+            outputs[name], cost, reason = self.store.put(contents[name], self.storage_failed_at)
+            probed, failures = probed + cost, failures + ([reason] if reason else [])
+        if effect.stdout and stdout:
+            stdout_ref, cost, reason = self.store.put(stdout, self.storage_failed_at)
+            probed, failures = probed + cost, failures + ([reason] if reason else [])
+        delay = self._uniform(UPLOAD_S) + probed
+        if failures:
+            self.sim.count("upload_short_of_replicas")
+            if self.sim.tracing:
+                self.sim.note(f"{self.name}: {attempt_name(effect.key)} upload failed: {'; '.join(failures)}")
+            self.later(delay, self.hand_back, core.UploadFailed(effect.key, "; ".join(failures)))
+        else:
+            self.later(delay, self.hand_back, core.Uploaded(effect.key, outputs, stdout_ref, None))
 
     def clean(self, effect: core.Clean) -> None:
         self.left.pop(effect.key, None)
+        self.inputs.pop(effect.key, None)
 
 
 class ProcessGone(AssertionError):

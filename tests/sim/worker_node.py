@@ -28,7 +28,7 @@ from uds.worker.messages import (
 
 from .host import Host
 from .loop import Simulation
-from .storage import ContentStore
+from .storage import StorageCluster
 from .worker_host import SimAttemptHost
 
 CACHE_BYTES = 1 << 30
@@ -39,7 +39,7 @@ class WakeupStaysDue(AssertionError):
 
 
 class SimWorker(Host):
-    def __init__(self, sim: Simulation, name: str, node_id: bytes, balancers: list[str], store: ContentStore,
+    def __init__(self, sim: Simulation, name: str, node_id: bytes, balancers: list[str], store: StorageCluster,
                  slots: int, heartbeat_interval_s: float, faults_until: float,
                  capacity: Capacity = NO_CAPACITY) -> None:
         super().__init__(sim, name)
