@@ -19,7 +19,9 @@ the same bytes, measured in the same run. Prints one JSON line (MiB/s).
 - fetch_cpu_ms_per_MiB: CPU time of this process and the storage daemon
   together per MiB of the parallel fetch (CURVE on both ends, mostly); with
   the cores' count it gives fetch_cpu_limit_MiBps, what the machine could
-  fetch if nothing else ran. load_average: at the start and the end.
+  fetch if nothing else ran. first_read_cpu_ms_per_MiB: the same for the
+  first read (this process, which holds the mount and the reader, and the
+  daemon). load_average: at the start and the end.
 - The cost of checking blocks against the file's manifest, as time with the
   checks over time without (1.0: free), each pair measured in this run, the
   "without" side by replacing the cache's block check with one that accepts
@@ -185,7 +187,8 @@ def storage_source(work: pathlib.Path, local_copy: pathlib.Path):
             return
         source = StorageBlockSource(lambda: StorageClient(transport, address, node_id))
         yield source, file_id, "storage", lambda: fetch_figures(
-            lambda streams: StorageClient(transport, address, node_id, streams=streams), file_id, daemon.pid)
+            lambda streams: StorageClient(transport, address, node_id, streams=streams), file_id,
+            daemon.pid), lambda: cpu_seconds(daemon.pid)
     finally:
         if source is not None:
             source.close()
@@ -196,7 +199,7 @@ def storage_source(work: pathlib.Path, local_copy: pathlib.Path):
 
 def _local(local_copy: pathlib.Path, why: str):
     source = LocalFileSource(local_copy)
-    return source, id_of_file(str(local_copy)), "local", lambda: {"why_local": why}
+    return source, id_of_file(str(local_copy)), "local", lambda: {"why_local": why}, lambda: 0.0
 
 
 def fetch_single_stream(client, file_id: bytes) -> float:
@@ -259,11 +262,13 @@ def main() -> None:
         timed_read(str(local_copy), buffer)  # into the page cache
         local_s = min(timed_read(str(local_copy), buffer)[0] for _ in range(REREAD_REPEATS))
 
-        with storage_source(work, local_copy) as (source, file_id, source_name, measure_fetch):
+        with storage_source(work, local_copy) as (source, file_id, source_name, measure_fetch, source_cpu):
             extra = measure_fetch()
             with mounted(work, "cache", source) as (mount, cache):
                 first = os.path.join(mount.add_chunk("first", {"input": (file_id, FILE_BYTES)}), "input")
+                cpu_before = time.process_time() + source_cpu()
                 first_s, first_bytes = timed_read(first, buffer)
+                first_cpu_s = time.process_time() + source_cpu() - cpu_before
                 reread_s = min(timed_read(first, buffer)[0] for _ in range(REREAD_REPEATS))
                 assert first_bytes == FILE_BYTES and id_of_file(first) == file_id, "wrong bytes through FUSE"
                 drop_page_cache(first)  # frees warm pages for the next inode to reuse
@@ -285,6 +290,7 @@ def main() -> None:
         "source": source_name,
         "file_MiB": FILE_BYTES // MiB,
         "first_read_MiBps": mib_per_s(first_s),
+        "first_read_cpu_ms_per_MiB": round(first_cpu_s * 1000 / (FILE_BYTES / MiB), 2),
         "reread_page_cache_MiBps": mib_per_s(reread_s),
         "reread_block_cache_MiBps": mib_per_s(cached_s),
         "local_read_MiBps": mib_per_s(local_s),
