@@ -154,7 +154,8 @@ def hash_file(path: str | os.PathLike[str]) -> tuple[bytes, int]:
 
 
 class StorageClient:
-    """Requests to the storage node at `address`, over one DEALER socket."""
+    """Requests to the storage node at `address`, over one DEALER socket, and
+    long reads over up to `streams` of them."""
 
     def __init__(self, transport: Transport, address: str, node_id: bytes,
                  timeout_s: float = DEFAULT_TIMEOUT_S, streams: int = READ_STREAMS) -> None:
