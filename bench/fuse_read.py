@@ -9,7 +9,19 @@ the same bytes, measured in the same run. Prints one JSON line (MiB/s).
   inode, so the kernel asks us again), served from the block cache on disk;
   best of three, dropping each inode's pages after it is read.
 - local_read: the same bytes from a local file in the page cache: the limit.
-- storage_fetch (with the daemon): 1 MiB fetches from one thread, no FUSE.
+- storage_fetch_single_stream (with the daemon): 1 MiB fetches from one
+  thread over one connection, one at a time, no FUSE: the fetch as it was
+  before reads went over parallel streams.
+- storage_fetch_parallel: StorageClient.read_into a reused 64 MiB buffer, over its
+  READ_STREAMS connections (READS_IN_FLIGHT pieces in flight), one thread.
+  Both fetches are best of FETCH_REPEATS, taken in turn so that both see the
+  same machine; the first read is compared with each.
+- fetch_cpu_ms_per_MiB: CPU time of this process and the storage daemon
+  together per MiB of the parallel fetch (CURVE on both ends, mostly); with
+  the cores' count it gives fetch_cpu_limit_MiBps, what the machine could
+  fetch if nothing else ran. first_read_cpu_ms_per_MiB: the same for the
+  first read (this process, which holds the mount and the reader, and the
+  daemon). load_average: at the start and the end.
 - The cost of checking blocks against the file's manifest, as time with the
   checks over time without (1.0: free), each pair measured in this run, the
   "without" side by replacing the cache's block check with one that accepts
@@ -48,6 +60,8 @@ FILE_BYTES = 256 * MiB
 READ_BYTES = MiB
 WARM_UP_BYTES = 3072 * MiB  # local copy, blob, cache file, two inodes' pages, buffers: ~2 GiB, with room
 REREAD_REPEATS = 3
+FETCH_REPEATS = 3
+PARALLEL_READ_BYTES = 64 * MiB
 
 
 class LocalFileSource:
@@ -163,7 +177,7 @@ def storage_source(work: pathlib.Path, local_copy: pathlib.Path):
     source = None
     try:
         try:
-            layout.start("storage")
+            daemon = layout.start("storage")
             transport = Transport(layout.keys())
             address, node_id = layout.cluster.storage[0].address, new_id()
             with StorageClient(transport, address, node_id) as uploader:
@@ -172,7 +186,9 @@ def storage_source(work: pathlib.Path, local_copy: pathlib.Path):
             yield _local(local_copy, f"storage daemon failed: {error!r}")
             return
         source = StorageBlockSource(lambda: StorageClient(transport, address, node_id))
-        yield source, file_id, "storage", {"storage_fetch_MiBps": fetch_throughput(source, file_id)}
+        yield source, file_id, "storage", lambda: fetch_figures(
+            lambda streams: StorageClient(transport, address, node_id, streams=streams), file_id,
+            daemon.pid), lambda: cpu_seconds(daemon.pid)
     finally:
         if source is not None:
             source.close()
@@ -183,19 +199,60 @@ def storage_source(work: pathlib.Path, local_copy: pathlib.Path):
 
 def _local(local_copy: pathlib.Path, why: str):
     source = LocalFileSource(local_copy)
-    return source, id_of_file(str(local_copy)), "local", {"why_local": why}
+    return source, id_of_file(str(local_copy)), "local", lambda: {"why_local": why}, lambda: 0.0
 
 
-def fetch_throughput(source: BlockSource, file_id: bytes) -> float:
-    source.fetch(file_id, 0, READ_BYTES)  # connect first
+def fetch_single_stream(client, file_id: bytes) -> float:
+    """Seconds to fetch the file in 1 MiB reads, one at a time."""
     started = time.perf_counter()
     for offset in range(0, FILE_BYTES, READ_BYTES):
-        source.fetch(file_id, offset, READ_BYTES)
-    return mib_per_s(time.perf_counter() - started)
+        client.read(file_id, offset, READ_BYTES)
+    return time.perf_counter() - started
+
+
+def fetch_parallel(client, file_id: bytes, buffer: bytearray) -> float:
+    """Seconds to fetch the file in long reads over the client's streams."""
+    started = time.perf_counter()
+    for offset in range(0, FILE_BYTES, len(buffer)):
+        client.read_into(file_id, offset, buffer)
+    return time.perf_counter() - started
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process `pid` so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def fetch_figures(make_client, file_id: bytes, daemon_pid: int) -> dict:
+    from uds.storage.client import READ_PIECE_BYTES, READ_STREAMS
+    single_s = parallel_s = float("inf")
+    cpu_ms_per_mib = float("inf")
+    buffer = bytearray(PARALLEL_READ_BYTES)  # zero-filled, so touched before any timing
+    with make_client(1) as single, make_client(READ_STREAMS) as parallel:
+        single.read(file_id, 0, READ_BYTES)  # connect first
+        parallel.read(file_id, 0, 2 * READ_PIECE_BYTES)  # every stream
+        for _ in range(FETCH_REPEATS):
+            single_s = min(single_s, fetch_single_stream(single, file_id))
+            cpu_before = time.process_time() + cpu_seconds(daemon_pid)
+            seconds = fetch_parallel(parallel, file_id, buffer)
+            cpu_spent = time.process_time() + cpu_seconds(daemon_pid) - cpu_before
+            parallel_s = min(parallel_s, seconds)
+            cpu_ms_per_mib = min(cpu_ms_per_mib, cpu_spent * 1000 / (FILE_BYTES / MiB))
+    return {
+        "storage_fetch_single_stream_MiBps": mib_per_s(single_s),
+        "storage_fetch_parallel_MiBps": mib_per_s(parallel_s),
+        "storage_fetch_streams": READ_STREAMS,
+        "parallel_ratio_to_single_stream": round(single_s / parallel_s, 3),
+        "fetch_cpu_ms_per_MiB": round(cpu_ms_per_mib, 2),
+        "fetch_cpu_limit_MiBps": round(os.cpu_count() * 1000 / cpu_ms_per_mib, 1),
+    }
 
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
+    load_at_start = os.getloadavg()
     warm_up_memory()
     buffer = bytearray(READ_BYTES)
     with tempfile.TemporaryDirectory(prefix="uds-fuse-bench-") as folder:
@@ -205,10 +262,13 @@ def main() -> None:
         timed_read(str(local_copy), buffer)  # into the page cache
         local_s = min(timed_read(str(local_copy), buffer)[0] for _ in range(REREAD_REPEATS))
 
-        with storage_source(work, local_copy) as (source, file_id, source_name, extra):
+        with storage_source(work, local_copy) as (source, file_id, source_name, measure_fetch, source_cpu):
+            extra = measure_fetch()
             with mounted(work, "cache", source) as (mount, cache):
                 first = os.path.join(mount.add_chunk("first", {"input": (file_id, FILE_BYTES)}), "input")
+                cpu_before = time.process_time() + source_cpu()
                 first_s, first_bytes = timed_read(first, buffer)
+                first_cpu_s = time.process_time() + source_cpu() - cpu_before
                 reread_s = min(timed_read(first, buffer)[0] for _ in range(REREAD_REPEATS))
                 assert first_bytes == FILE_BYTES and id_of_file(first) == file_id, "wrong bytes through FUSE"
                 drop_page_cache(first)  # frees warm pages for the next inode to reuse
@@ -230,6 +290,7 @@ def main() -> None:
         "source": source_name,
         "file_MiB": FILE_BYTES // MiB,
         "first_read_MiBps": mib_per_s(first_s),
+        "first_read_cpu_ms_per_MiB": round(first_cpu_s * 1000 / (FILE_BYTES / MiB), 2),
         "reread_page_cache_MiBps": mib_per_s(reread_s),
         "reread_block_cache_MiBps": mib_per_s(cached_s),
         "local_read_MiBps": mib_per_s(local_s),
@@ -244,10 +305,12 @@ def main() -> None:
         "first_read_unchecked_MiBps": mib_per_s(first_unchecked_s),
         "reread_after_restart_unchecked_MiBps": mib_per_s(restart_unchecked_s),
         **extra,
+        "load_average": [round(load, 2) for load in (*load_at_start, *os.getloadavg())],
     }
-    if "storage_fetch_MiBps" in extra:  # the first read's own limit: fetching alone, one thread
-        figures["first_read_ratio_to_storage_fetch"] = round(
-            figures["first_read_MiBps"] / extra["storage_fetch_MiBps"], 3)
+    for fetch in ("single_stream", "parallel"):  # the first read's own limits: fetching alone
+        if f"storage_fetch_{fetch}_MiBps" in extra:
+            figures[f"first_read_ratio_to_fetch_{fetch}"] = round(
+                figures["first_read_MiBps"] / extra[f"storage_fetch_{fetch}_MiBps"], 3)
     print(json.dumps(figures))
 
 

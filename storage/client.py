@@ -4,8 +4,12 @@
         file_id, size = storage.put_file("input.csv")
         content = storage.get(file_id)          # checked against file_id
 
-Rules: one StorageClient belongs to one thread (it owns a DEALER socket);
-make one per thread from a shared Transport. Every request carries a fresh
+Rules: one StorageClient belongs to one thread (it owns its DEALER sockets);
+make one per thread from a shared Transport. A read of more than one piece
+goes over up to `streams` connections to the node at once, because CURVE
+runs each connection's encryption on one ZeroMQ I/O thread: one connection
+is one core of crypto on each side (wire/transport.py's IO_THREADS). Every
+other request uses the first connection. Every request carries a fresh
 request id and a reply is matched to it; a reply for another or an older
 request (one that timed out, say) is dropped. An `error` reply raises a
 `StorageError` subclass with the node's error code and reason; no reply for
@@ -44,6 +48,9 @@ SEND_QUEUE_MESSAGES = 16
 # measured ~1.9 GiB/s with 8 x 1 MiB; 4 x 4 MiB is the same bytes in flight).
 READ_PIECE_BYTES = MAX_DATA_FRAME_BYTES
 READS_IN_FLIGHT = 4
+# Connections one client reads a long range over (see the rules above). The
+# extra ones are made at the first read that can use them.
+READ_STREAMS = 2
 # Block size when hashing a local file before its upload.
 HASH_BLOCK_BYTES = 1024 * 1024
 DEFAULT_TIMEOUT_S = 30.0
@@ -147,23 +154,43 @@ def hash_file(path: str | os.PathLike[str]) -> tuple[bytes, int]:
 
 
 class StorageClient:
-    """Requests to the storage node at `address`, over one DEALER socket."""
+    """Requests to the storage node at `address`, over one DEALER socket, and
+    long reads over up to `streams` of them."""
 
     def __init__(self, transport: Transport, address: str, node_id: bytes,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 timeout_s: float = DEFAULT_TIMEOUT_S, streams: int = READ_STREAMS) -> None:
         self.address = address
         self.node_id = node_id
         self.timeout_s = timeout_s
+        self.streams = max(1, streams)
         self._transport = transport
-        self._socket = transport.client_socket(zmq.DEALER, address, NodeRole.STORAGE)
-        # Tightening the transport's high-water mark is safe after connect:
-        # libzmq applies it to the existing pipe.
-        self._socket.setsockopt(zmq.SNDHWM, SEND_QUEUE_MESSAGES)
+        self._socket = self._connect()
+        self._sockets = [self._socket]      # the read streams; the first serves every request
+        self._poller: zmq.Poller | None = None   # over every stream, once there are several
         self._request_ids = itertools.count(1)
 
+    def _connect(self) -> zmq.Socket:
+        socket = self._transport.client_socket(zmq.DEALER, self.address, NodeRole.STORAGE)
+        # Tightening the transport's high-water mark is safe after connect:
+        # libzmq applies it to the existing pipe.
+        socket.setsockopt(zmq.SNDHWM, SEND_QUEUE_MESSAGES)
+        return socket
+
+    def _read_streams(self, pieces: int) -> list[zmq.Socket]:
+        """The connections a read of `pieces` pieces goes over."""
+        wanted = min(self.streams, pieces)
+        if wanted > len(self._sockets):
+            while len(self._sockets) < wanted:
+                self._sockets.append(self._connect())
+            self._poller = zmq.Poller()
+            for socket in self._sockets:
+                self._poller.register(socket, zmq.POLLIN)
+        return self._sockets[:wanted]
+
     def close(self) -> None:
-        if not self._socket.closed:
-            self._socket.close()
+        for socket in self._sockets:
+            if not socket.closed:
+                socket.close()
 
     def __enter__(self) -> StorageClient:
         return self
@@ -293,6 +320,17 @@ class StorageClient:
         """Exactly `length` bytes from `offset`, in pipelined requests."""
         return b"".join(self._read_pieces(file_id, offset, length))
 
+    def read_into(self, file_id: bytes, offset: int, buffer: bytearray | memoryview) -> int:
+        """Fill `buffer` with the file's bytes from `offset`, as `read` does
+        but into memory the caller reuses (a fresh buffer per read costs a
+        page fault per 4 KiB); the bytes read, len(buffer)."""
+        view = memoryview(buffer).cast("B")
+        done = 0
+        for piece in self._read_pieces(file_id, offset, len(view)):
+            view[done:done + len(piece)] = piece
+            done += len(piece)
+        return done
+
     def get(self, file_id: bytes) -> bytes:
         """The whole file, checked against its id."""
         size = self._size_or_raise(file_id)
@@ -344,18 +382,20 @@ class StorageClient:
 
     def _read_pieces(self, file_id: bytes, offset: int, length: int) -> Iterator[memoryview]:
         """The range in order, as views of the received frames, with up to
-        READS_IN_FLIGHT requests outstanding. Length 0 still asks once, so that
-        an unknown file or a bad offset raises."""
+        READS_IN_FLIGHT requests outstanding, spread in turn over the read
+        streams. Length 0 still asks once, so that an unknown file or a bad
+        offset raises."""
         ranges = [(start, min(READ_PIECE_BYTES, offset + length - start))
                   for start in range(offset, offset + length, READ_PIECE_BYTES)] or [(offset, 0)]
+        streams = itertools.cycle(self._read_streams(len(ranges)))
         wanted = iter(ranges)
         outstanding: dict[int, tuple[int, int]] = {}   # request id -> (offset, length)
         arrived: dict[int, memoryview] = {}             # offset -> data
         next_offset = offset
         for piece_offset, piece_length in itertools.islice(wanted, READS_IN_FLIGHT):
-            self._request_read(file_id, piece_offset, piece_length, outstanding)
+            self._request_read(file_id, piece_offset, piece_length, outstanding, next(streams))
         while outstanding:
-            request_id, reply = self._wait_for(outstanding.keys(), wire.FileReadReply)
+            request_id, reply = self._wait_for(outstanding.keys(), wire.FileReadReply, reading=True)
             piece_offset, piece_length = outstanding.pop(request_id)
             asked = (file_id, piece_offset, piece_length)
             if (reply.file_uuid, reply.offset, reply.length) != asked:
@@ -364,8 +404,8 @@ class StorageClient:
                                     f"at {reply.offset} of {reply.file_uuid.hex()}")
             arrived[piece_offset] = reply.data
             for piece_offset, piece_length in itertools.islice(wanted, 1):
-                self._request_read(file_id, piece_offset, piece_length, outstanding)
-            # Replies come in order from one node; the buffer covers any that do not.
+                self._request_read(file_id, piece_offset, piece_length, outstanding, next(streams))
+            # Replies come in order on one stream, not across streams: the buffer reorders them.
             while next_offset in arrived:
                 data = arrived.pop(next_offset)
                 next_offset += len(data)
@@ -373,10 +413,10 @@ class StorageClient:
                     yield data
 
     def _request_read(self, file_id: bytes, offset: int, length: int,
-                      outstanding: dict[int, tuple[int, int]]) -> None:
+                      outstanding: dict[int, tuple[int, int]], socket: zmq.Socket) -> None:
         request_id = self._new_request_id()
         self._send(wire.FileRead.make(self.node_id, request_id=request_id, file=file_id,
-                                      offset=offset, length=length))
+                                      offset=offset, length=length), socket)
         outstanding[request_id] = (offset, length)
 
     # -- requests and replies ---------------------------------------------
@@ -388,43 +428,52 @@ class StorageClient:
         self._send(request)
         return self._wait_for((request.request_id,), reply_type)[1]
 
-    def _send(self, message: Message) -> None:
+    def _send(self, message: Message, socket: zmq.Socket | None = None) -> None:
+        socket = self._socket if socket is None else socket
         frames = wire.encode(message)
         deadline = time.monotonic() + self.timeout_s
         while True:
             self._check_admitted()
             remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            if self._socket.poll(min(remaining_ms, REFUSAL_CHECK_MS), zmq.POLLOUT) and \
-                    send_message(self._socket, frames, counters=self._transport):
+            if socket.poll(min(remaining_ms, REFUSAL_CHECK_MS), zmq.POLLOUT) and \
+                    send_message(socket, frames, counters=self._transport):
                 return
             if time.monotonic() >= deadline:
                 raise StorageTimeout(self.address, f"could not send {type(message).__name__} "
                                      f"within {self.timeout_s:g} s; is the node running?")
 
-    def _wait_for(self, request_ids: Iterable[int],
-                  reply_type: type[Message]) -> tuple[int, Message]:
-        """(request id, reply) of the first reply to one of `request_ids`;
-        raises the StorageError of an error reply, StorageTimeout if none."""
+    def _wait_for(self, request_ids: Iterable[int], reply_type: type[Message],
+                  reading: bool = False) -> tuple[int, Message]:
+        """(request id, reply) of the first reply to one of `request_ids`, on
+        the first stream or, `reading`, on any; raises the StorageError of an
+        error reply, StorageTimeout if none."""
         wanted = set(request_ids)
         deadline = time.monotonic() + self.timeout_s
+        poller = self._poller if reading else None
         while True:
             self._check_admitted()
-            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            if self._socket.poll(min(remaining_ms, REFUSAL_CHECK_MS), zmq.POLLIN):
-                reply = self._receive(wanted, reply_type)
+            remaining_ms = min(max(0, int((deadline - time.monotonic()) * 1000)), REFUSAL_CHECK_MS)
+            if poller is None:
+                ready = [self._socket] if self._socket.poll(remaining_ms, zmq.POLLIN) else []
+            else:
+                ready = [socket for socket, _ in poller.poll(remaining_ms)]
+            for socket in ready:
+                reply = self._receive(wanted, reply_type, socket)
                 if reply is not None:
                     return reply
-            elif time.monotonic() >= deadline:
+            if not ready and time.monotonic() >= deadline:
                 raise StorageTimeout(self.address, f"no reply within {self.timeout_s:g} s; "
                                                    "is the node running and reachable?")
 
     def _check_admitted(self) -> None:
-        reason = refusal(self._socket)
-        if reason is not None:
-            raise AuthenticationRefused(reason)
+        for socket in self._sockets:
+            reason = refusal(socket)
+            if reason is not None:
+                raise AuthenticationRefused(reason)
 
-    def _receive(self, wanted: set[int], reply_type: type[Message]) -> tuple[int, Message] | None:
-        received = recv_message(self._socket, self._transport)
+    def _receive(self, wanted: set[int], reply_type: type[Message],
+                 socket: zmq.Socket | None = None) -> tuple[int, Message] | None:
+        received = recv_message(self._socket if socket is None else socket, self._transport)
         if received is None:
             return None
         try:

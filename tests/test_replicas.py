@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from daemons import ClusterLayout
+from daemons import ClusterLayout, wait_until
 from uds.storage.client import NotEnoughReplicas, StorageClient
 from uds.storage.directory import StorageDirectory
 from uds.storage.placement import StorageMember, replica_set
@@ -223,6 +223,10 @@ def test_a_job_succeeds_from_the_other_replica_when_a_node_holding_its_input_is_
             daemon.wait_ready()
         addresses = [entry.address for entry in layout.cluster.storage]
         with client.connect(layout.path, timeout=20) as connection:
+            # The client places by the masters' view: until every node's first
+            # heartbeat is in, the others count as lost and the put takes fewer replicas.
+            wait_until(lambda: sum(node["role"] == NodeRole.STORAGE and node["state"] == "alive"
+                                   for node in connection.nodes()) == NODES, "masters that list every node")
             content = content_first_on(addresses[0], addresses, 3 * MiB + 1)
             file_id = connection.put(content)
             assert addresses[0] in holders(layout, bytes.fromhex(file_id))

@@ -13,7 +13,7 @@ from uds.storage.client import (
     CorruptDataError, OutOfRangeError, StorageClient, StorageInternalError, StorageTimeout,
     UnknownFileError,
 )
-from daemons import ROOT, free_port
+from daemons import ROOT, free_port, wait_until
 from uds.storage.blobstore import (
     BlobStore, CorruptBlob, HashMismatch, LengthMismatch, RangeError, UnknownFile,
 )
@@ -130,6 +130,22 @@ def test_ranged_reads_return_exactly_the_bytes_and_count_only_them(client):
     # Across the data-frame boundary: two requests in flight.
     assert client.read(file_id, 7, len(data) - 8) == data[7:-1]
     assert client.stats()["bytes_served"] == served + 5000 + len(data) - 8
+
+
+def test_a_long_read_goes_over_every_stream_and_comes_back_in_order(daemons, transport, node):
+    data = os.urandom(5 * MAX_DATA_FRAME_BYTES + 777)
+    address = daemons.cluster.storage[0].address
+    with StorageClient(transport, address, NODE, timeout_s=REPLY_TIMEOUT_S, streams=3) as reader:
+        file_id, _ = reader.put_bytes(data)
+        connected = reader.stats()["handshakes_succeeded"]
+        assert reader.read(file_id, 0, 5000) == data[:5000]      # one piece: the first stream only
+        assert reader.stats()["handshakes_succeeded"] == connected
+        assert reader.read(file_id, 3, len(data) - 3) == data[3:]
+        # two more streams, once (the node's monitor counts a handshake just after it)
+        wait_until(lambda: reader.stats()["handshakes_succeeded"] == connected + 2, "two more streams")
+        buffer = bytearray(len(data) - 10)
+        assert reader.read_into(file_id, 10, buffer) == len(buffer) and buffer == data[10:]
+        assert reader.stats()["handshakes_succeeded"] == connected + 2
 
 
 def test_read_past_the_end_is_a_range_error(client):

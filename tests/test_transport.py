@@ -21,6 +21,7 @@ from uds.wire.limits import (
     SEND_HIGH_WATER_MARK,
 )
 from uds.wire.transport import (
+    IO_THREADS,
     MAX_WIRE_FRAME_BYTES,
     Counters,
     Received,
@@ -364,6 +365,19 @@ def test_server_socket_options(transport, bind):
     assert sock.getsockopt(zmq.LINGER) == LINGER_MS
     assert sock.getsockopt(zmq.SNDHWM) == SEND_HIGH_WATER_MARK
     assert sock.getsockopt(zmq.RCVHWM) == RECEIVE_HIGH_WATER_MARK
+
+
+def test_a_context_made_here_has_io_threads_and_a_given_one_keeps_its_own(transport, keys):
+    assert IO_THREADS > 1     # CURVE runs on them: one would be one core of crypto per process
+    assert transport.context.get(zmq.IO_THREADS) == IO_THREADS
+    with Transport(keys, io_threads=3) as three:
+        assert three.context.get(zmq.IO_THREADS) == 3
+    context = zmq.Context(io_threads=1)
+    try:
+        with Transport(keys, context=context, io_threads=4) as given:
+            assert given.context.get(zmq.IO_THREADS) == 1
+    finally:
+        context.term()
 
 
 def test_bind_failure_leaves_no_socket_behind(transport):
