@@ -8,8 +8,10 @@ Rules:
   (through `ask_nodes`, which the owner supplies with its own sockets and a
   short timeout) for their NODE records, at most every `interval_s`. A
   storage record carries the node's state and its figures, free_bytes among
-  them. Seed addresses the masters do not list stay, as lost: a read still
-  finds a file there last, a put never goes there.
+  them. A seed address the masters do not list is one they have not heard
+  from yet (a node just started, whose first heartbeat is not in), not one
+  they declared lost: it stays alive, free space unknown. Were it counted
+  lost, a put made in that moment would take fewer replicas than R.
 - A failed ask changes nothing: the last view stays in force, and refresh()
   never raises. A reply that lists no storage node (masters that do not
   track storage) leaves the seed in force too.
@@ -38,7 +40,8 @@ AskNodes = Callable[[], Sequence[dict]]
 
 def members_from_records(records: Iterable[dict], seed: Sequence[str]) -> list[StorageMember] | None:
     """The membership a nodes_reply describes, or None if it lists no
-    storage node. Seed addresses it leaves out are kept as lost."""
+    storage node. Seed addresses it leaves out are kept, alive: not heard
+    from yet is not lost."""
     listed: dict[str, StorageMember] = {}
     for record in records:
         if record.get("role") != NodeRole.STORAGE or not record.get("address"):
@@ -50,7 +53,7 @@ def members_from_records(records: Iterable[dict], seed: Sequence[str]) -> list[S
     if not listed:
         return None
     for address in seed:
-        listed.setdefault(address, StorageMember(address, state=LOST))
+        listed.setdefault(address, StorageMember(address))
     return list(listed.values())
 
 

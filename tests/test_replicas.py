@@ -223,8 +223,8 @@ def test_a_job_succeeds_from_the_other_replica_when_a_node_holding_its_input_is_
             daemon.wait_ready()
         addresses = [entry.address for entry in layout.cluster.storage]
         with client.connect(layout.path, timeout=20) as connection:
-            # The client places by the masters' view: until every node's first
-            # heartbeat is in, the others count as lost and the put takes fewer replicas.
+            # The file must be on addresses[0] before the kill: wait until the
+            # masters list every node, so that the put goes by their view.
             wait_until(lambda: sum(node["role"] == NodeRole.STORAGE and node["state"] == "alive"
                                    for node in connection.nodes()) == NODES, "masters that list every node")
             content = content_first_on(addresses[0], addresses, 3 * MiB + 1)
