@@ -314,9 +314,16 @@ class ReplicatedStorage:
         as used, for collection); its size, or None if none answered that it
         has it. A node that failed lately is left out. Never raises a
         StorageError."""
+        return self.touch_holders(file_id)[0]
+
+    def touch_holders(self, file_id: bytes) -> tuple[int | None, int, int]:
+        """`touch`, and what it found: (size or None, the live nodes that
+        answered that they hold it, R for the live membership)."""
         size = None
+        holders = 0
         now = self._clock()
-        live = {member.address for member in self.members() if member.alive}
+        members = self.members()
+        live = {member.address for member in members if member.alive}
         for address in self.read_addresses(file_id):
             with self._lock:
                 recently_failed = now - self._failed_at.get(address, -FAILED_MEMORY_S) < FAILED_MEMORY_S
@@ -331,8 +338,10 @@ class ReplicatedStorage:
                 continue
             finally:
                 client.timeout_s = self.timeout_s
-            size = found if found is not None else size
-        return size
+            if found is not None:
+                size = found
+                holders += 1
+        return size, holders, self.replicas_among(members)
 
     def get(self, file_id: bytes) -> bytes:
         """The whole file, checked against its id."""

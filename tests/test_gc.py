@@ -272,3 +272,111 @@ def test_gc_keeps_a_pinned_file_until_the_pin_and_the_grace_are_over(make_cluste
                "the pinned files collected after the pin and the grace", timeout=10 + grace_s + 30)
     with pytest.raises(BadPinError):
         connection.put(b"x", pin="999999999999d")
+
+
+RACE_S = 20.0
+RACE_THREADS = 3
+ECHO = b"#!/bin/sh\ncat \"$UDS_INPUTS/in.txt\"\n"
+
+
+def test_gc_never_takes_the_input_of_a_submission_that_races_it(make_cluster):
+    """Submitters put a fresh file and submit a job reading it, some at
+    once and some after waiting about the grace period, while every node
+    runs passes back to back: no submitted job's file is ever deleted, no
+    job fails, and what nothing references is still collected."""
+    grace_s = 1.0
+    cluster = make_cluster(grace_s=grace_s, workers=1)
+    connection = cluster.connection
+    stop = threading.Event()
+    deleted: set[str] = set()
+    deletions: list[tuple[float, str, str]] = []    # (when the pass began, node, file)
+    submitted_at: dict[str, float] = {}             # input -> when its submission returned
+    submitted: dict[str, set[str]] = {}           # job -> its files, as submitted
+    unreferenced: set[str] = set()
+    refused: list[tuple[float, str]] = []          # (seconds since its put, why): input collected first
+    faults: list[BaseException] = []
+    lock = threading.Lock()
+    passes = 0
+
+    def collect() -> None:
+        nonlocal passes
+        try:
+            while not stop.is_set():
+                started = time.time()
+                answers = cluster.gc()
+                with lock:
+                    for address, files in answers.items():
+                        for file in files:
+                            deleted.add(file)
+                            deletions.append((started, address, file))
+                    passes += 1
+        except BaseException as fault:  # noqa: BLE001: reported by the test
+            faults.append(fault)
+
+    def submit(index: int) -> None:
+        own = client.connect(cluster.layout.path, timeout=20)
+        try:
+            round_ = 0
+            while not stop.is_set():
+                round_ += 1
+                content = f"thread {index} round {round_}\n".encode() + os.urandom(32)
+                put_at = time.time()
+                file = own.put(content)
+                with lock:
+                    unreferenced.add(own.put(os.urandom(200)))
+                # Every other round waits about the grace before it submits.
+                if round_ % 2 == 0:
+                    stop.wait(grace_s * (0.8 + 0.1 * (round_ % 5)))
+                try:
+                    job = own.submit_job(ECHO, inputs={"in.txt": file}, timeout=60)
+                except client.InvalidJobError as fault:
+                    with lock:
+                        refused.append((time.time() - put_at, str(fault)))
+                    continue
+                with lock:
+                    submitted[job.id] = {file, _id_of(ECHO)}
+                    submitted_at[file] = time.time()
+        except BaseException as fault:  # noqa: BLE001: reported by the test
+            faults.append(fault)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=collect)] + [threading.Thread(target=submit, args=(index,))
+                                                    for index in range(RACE_THREADS)]
+    for thread in threads:
+        thread.start()
+    try:
+        stop.wait(RACE_S)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert not faults, faults
+    assert passes > 10 and len(submitted) >= RACE_THREADS, (passes, len(submitted))
+
+    for job_id, files in submitted.items():
+        status = connection.job(job_id).wait(timeout=120)
+        assert status.state == "succeeded", (status, [chunk.result for chunk in status.chunks])
+        chunk = status.chunks[0]
+        files |= {chunk.stdout} | set(chunk.outputs.values())
+    # One more pass after every job ended: the outputs and logs stay too.
+    started = time.time()
+    for address, files in cluster.gc().items():
+        deleted.update(files)
+        deletions.extend((started, address, file) for file in files)
+    inputs = set(submitted_at)
+    referenced = set().union(*submitted.values())
+    # A copy of an input idle for the grace may go to a pass that asked the
+    # masters before its submission committed, but none once it returned,
+    # and never an output or a log; each is on R = 2 nodes in the end.
+    late = [(file, address, started - submitted_at[file]) for started, address, file in deletions
+            if file in inputs and started > submitted_at[file]]
+    assert not late, late
+    assert not deleted & (referenced - inputs - {_id_of(ECHO)}), deleted & referenced
+    assert {file: len(cluster.holders(file)) for file in referenced} == {file: 2 for file in referenced}
+    # What nothing references goes: all but the newest few are gone already.
+    assert len(deleted & unreferenced) >= len(unreferenced) - 2 * RACE_THREADS, (len(deleted & unreferenced),
+                                                                                  len(unreferenced))
+    # A submission is refused only when its input was idle for the grace
+    # before it was named, and so was collected on every node first.
+    assert all(idle > grace_s and "unknown file id" in why for idle, why in refused), refused
