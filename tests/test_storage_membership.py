@@ -86,6 +86,9 @@ def test_membership_loss_and_repair_of_a_storage_node_with_real_masters(layout):
     folders = [layout.data_of("storage", str(index)) for index in range(STORAGE_NODES)]
     connection = client.connect(layout.path, timeout=20)
     try:
+        # Puts see the masters' membership: all three first, so R is 2.
+        wait_until(lambda: [state for state, _ in storage_states(connection).values()] == ["alive"] * STORAGE_NODES,
+                   "every storage node registered with the masters")
         files = [connection.put(os.urandom(20_000 + index)) for index in range(9)]
         on_disk = {address: blobs_in(folder) for address, folder in zip(addresses, folders)}
         assert sum(len(held) for held in on_disk.values()) == 2 * len(files)        # R = 2
