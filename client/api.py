@@ -279,15 +279,18 @@ class Connection:
         submission. Whether each exists was checked as it was resolved; a
         file gone since is the workers' to report, as a lost input.
 
-        A file found on fewer than R live nodes is stored again, from a copy
-        that answered, before the submission: a pass that asked the masters
-        before the submission commits may have collected some of its copies
-        (it was idle for the grace period), and the nodes that collected it
-        refuse it from repair for a grace period more. The put brings it back
-        to R with every copy fresh (doc/storage-placement.md)."""
+        A file found on fewer than R live nodes, some of the others answering
+        that they lack it, is stored again, from a copy that answered, before
+        the submission: a pass that asked the masters before the submission
+        commits may have collected some of its copies (it was idle for the
+        grace period), and the nodes that collected it refuse it from repair
+        for a grace period more. The put brings it back to R with every copy
+        fresh (doc/storage-placement.md)."""
         for file_id in dict.fromkeys(file_id for file_id, _ in refs):
-            size, holders, replicas = self.storage.touch_holders(file_id)
-            if size is not None and holders < replicas:
+            touched = self.storage.touch_holders(file_id)
+            # A node that did not answer in time may well hold it: only
+            # nodes that said they lack it call for a copy.
+            if touched.size is not None and touched.lacking and touched.holders < touched.replicas:
                 self._store_again(file_id)
 
     def _store_again(self, file_id: bytes) -> None:

@@ -35,7 +35,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from uds import wire
 from uds.storage.client import (
@@ -97,6 +97,18 @@ def why(fault: BaseException) -> str:
 
 def listing(said: Sequence[tuple[str, str]]) -> str:
     return ", ".join(f"{address} ({what})" for address, what in said) or "no storage node known"
+
+
+class Touched(NamedTuple):
+    """What a touch found: the file's size (None: no node said it has it),
+    how many live nodes answered that they hold it and how many that they
+    lack it (a node that did not answer is neither), and R for the live
+    membership."""
+
+    size: int | None
+    holders: int
+    lacking: int
+    replicas: int
 
 
 class ReplicatedStorage:
@@ -316,11 +328,10 @@ class ReplicatedStorage:
         StorageError."""
         return self.touch_holders(file_id)[0]
 
-    def touch_holders(self, file_id: bytes) -> tuple[int | None, int, int]:
-        """`touch`, and what it found: (size or None, the live nodes that
-        answered that they hold it, R for the live membership)."""
+    def touch_holders(self, file_id: bytes) -> Touched:
+        """`touch`, and what the nodes answered (see Touched)."""
         size = None
-        holders = 0
+        holders = lacking = 0
         now = self._clock()
         members = self.members()
         live = {member.address for member in members if member.alive}
@@ -341,7 +352,9 @@ class ReplicatedStorage:
             if found is not None:
                 size = found
                 holders += 1
-        return size, holders, self.replicas_among(members)
+            else:
+                lacking += 1
+        return Touched(size, holders, lacking, self.replicas_among(members))
 
     def get(self, file_id: bytes) -> bytes:
         """The whole file, checked against its id."""

@@ -381,3 +381,16 @@ def test_gc_never_takes_the_input_of_a_submission_that_races_it(make_cluster):
     # A submission is refused only when its input was idle for the grace
     # before it was named, and so was collected on every node first.
     assert all(idle > grace_s and "unknown file id" in why for idle, why in refused), refused
+
+
+def test_a_submission_stores_again_an_input_that_lost_a_copy(make_cluster):
+    """The race's outcome, made at will: one copy of an input is gone (as a
+    pass would take it) when a submission names it; the submission puts it
+    back on R nodes before it is sent."""
+    cluster = make_cluster(grace_s=NEVER_S)
+    file = cluster.connection.put(os.urandom(30_000))
+    first, second = sorted(cluster.holders(file))
+    cluster.blob(first, file).unlink()
+    assert cluster.holders(file) == {second}
+    cluster.connection.submit_job(ECHO, inputs={"in.txt": file})
+    assert cluster.holders(file) == {first, second}
