@@ -74,13 +74,13 @@ class GcCluster:
         assert not failed, failed
         return {address: {bytes(file_id).hex() for file_id, _ in answer.files} for address, answer in answers}
 
-    def uds(self, *args: str, input_bytes: bytes | None = None) -> str:
+    def uds(self, *args: str, input_bytes: bytes | None = None, fails: bool = False) -> str:
         environment = dict(os.environ, PYTHONPATH=str(ROOT))
         environment.pop("UDS_CLUSTER", None)
         result = subprocess.run([sys.executable, "-m", "uds.client.cli", "--cluster", str(self.layout.path), *args],
                                 capture_output=True, input=input_bytes, timeout=COMMAND_TIMEOUT_S, env=environment)
-        assert result.returncode == 0, (args, result.stdout.decode(), result.stderr.decode())
-        return result.stdout.decode()
+        assert (result.returncode != 0) == fails, (args, result.stdout.decode(), result.stderr.decode())
+        return result.stderr.decode() if fails else result.stdout.decode()
 
     def close(self) -> None:
         if self.connection is not None:
@@ -241,6 +241,10 @@ def test_gc_keeps_a_pinned_file_until_the_pin_and_the_grace_are_over(make_cluste
     for bad in ("10", "1w", "-5s", "0s", "1.5h", ""):
         with pytest.raises(BadPinError):
             connection.put(refused, pin=bad)
+    source = cluster.layout.root / "refused"
+    source.write_bytes(refused)
+    said = cluster.uds("put", "--pin", "1w", str(source), fails=True)
+    assert "not a duration" in said, said
     assert not cluster.holders(_id_of(refused))
 
     begun = time.time()

@@ -91,7 +91,8 @@ def test_membership_loss_and_repair_of_a_storage_node_with_real_masters(layout):
                    "every storage node registered with the masters")
         files = [connection.put(os.urandom(20_000 + index)) for index in range(9)]
         on_disk = {address: blobs_in(folder) for address, folder in zip(addresses, folders)}
-        assert sum(len(held) for held in on_disk.values()) == 2 * len(files)        # R = 2
+        # R = 2 (a third copy when a node slow under load was passed over)
+        assert all(sum(file in held for held in on_disk.values()) >= 2 for file in files), on_disk
 
         # The masters' figures are the nodes' own: each blob counted where it lies.
         wait_until(lambda: {address: (state, figures.get("blob_count"))
@@ -114,7 +115,8 @@ def test_membership_loss_and_repair_of_a_storage_node_with_real_masters(layout):
         storage[index].kill9()
         wait_until(lambda: storage_states(connection)[victim][0] == "lost", "the killed node lost",
                    timeout=LOST_AFTER_S + 20)
-        assert time.monotonic() - killed_at >= LOST_AFTER_S - HEARTBEAT_S
+        # Not before lost_after_s of silence, give or take a late heartbeat.
+        assert time.monotonic() - killed_at >= LOST_AFTER_S - 1.0
         assert storage_rows(uds(layout, "nodes"))[victim][0] == "lost"
 
         # A client's StorageDirectory takes the masters' view: the lost node is read last.
