@@ -34,9 +34,9 @@ class GcCluster:
     workers; a connected client."""
 
     def __init__(self, root: pathlib.Path, grace_s: float, workers: int = 0,
-                 retention: dict | None = None) -> None:
+                 retention: dict | None = None, interval_s: float = NEVER_S) -> None:
         self.layout = ClusterLayout.create(root, storage=STORAGE_NODES, storage_policy={
-            "gc_grace_s": grace_s, "gc_interval_s": NEVER_S, "heartbeat_interval_s": 0.25,
+            "gc_grace_s": grace_s, "gc_interval_s": interval_s, "heartbeat_interval_s": 0.25,
             "lost_after_s": 10.0, "repair_interval_s": NEVER_S})
         if retention:
             with open(self.layout.path, "a") as cluster_file:
@@ -398,3 +398,16 @@ def test_a_submission_stores_again_an_input_that_lost_a_copy(make_cluster):
     assert cluster.holders(file) == {second}
     cluster.connection.submit_job(ECHO, inputs={"in.txt": file})
     assert cluster.holders(file) == {first, second}
+
+
+def test_periodic_passes_collect_without_being_asked(make_cluster):
+    cluster = make_cluster(grace_s=1.0, interval_s=1.0)
+    pinned = cluster.connection.put(os.urandom(2000), pin="1h")
+    files = [cluster.connection.put(os.urandom(2000 + index)) for index in range(3)]
+    assert all(len(cluster.holders(file)) == 2 for file in files)
+    wait_until(lambda: not any(cluster.holders(file) for file in files), "the periodic passes collect",
+               timeout=30)
+    assert len(cluster.holders(pinned)) == 2
+    wait_until(lambda: sum(node["figures"].get("gc_deleted_blobs", 0) for node in cluster.connection.nodes()
+                           if node["role"] == NodeRole.STORAGE) == 2 * len(files),
+               "the nodes' figures count what they collected")
