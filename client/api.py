@@ -18,8 +18,10 @@ jitter once none of them served (doc/client.md).
 """
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
+import tempfile
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -30,6 +32,7 @@ from uds.client.leader import (  # noqa: F401 - the timings are the client's, na
     BACKOFF_CAP_S, BACKOFF_FIRST_S, REFUSAL_CHECK_S, RESEND_AFTER_S, SILENCE_S, LeaderLink,
 )
 from uds.client.pins import pin_until_ms
+from uds.storage.client import StorageError
 from uds.storage.directory import StorageDirectory
 from uds.storage.replicas import ReplicatedStorage
 from uds.wire import cluster as cluster_file
@@ -40,6 +43,7 @@ from uds.wire.resources import ResourceLimits, ResourceSpecError
 from uds.wire.schema import NAME_MAX_BYTES, U32_MAX
 from uds.wire.transport import Transport
 
+log = logging.getLogger(__name__)
 DEFAULT_DEV_DIR = pathlib.Path.home() / ".uds" / "dev"
 CLUSTER_ENV = "UDS_CLUSTER"
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
@@ -273,9 +277,33 @@ class Connection:
     def _touch(self, refs: Iterable[tuple[bytes, int]]) -> None:
         """Stat every file on the nodes that hold it, right before a
         submission. Whether each exists was checked as it was resolved; a
-        file gone since is the workers' to report, as a lost input."""
+        file gone since is the workers' to report, as a lost input.
+
+        A file found on fewer than R live nodes, some of the others answering
+        that they lack it, is stored again, from a copy that answered, before
+        the submission: a pass that asked the masters before the submission
+        commits may have collected some of its copies (it was idle for the
+        grace period), and the nodes that collected it refuse it from repair
+        for a grace period more. The put brings it back to R with every copy
+        fresh (doc/storage-placement.md)."""
         for file_id in dict.fromkeys(file_id for file_id, _ in refs):
-            self.storage.touch(file_id)
+            touched = self.storage.touch_holders(file_id)
+            # A node that did not answer in time may well hold it: only
+            # nodes that said they lack it call for a copy.
+            if touched.size is not None and touched.lacking and touched.holders < touched.replicas:
+                self._store_again(file_id)
+
+    def _store_again(self, file_id: bytes) -> None:
+        """Put a stored file again, from its copy, onto R nodes. A fault here
+        does not fail the submission: the copies that answered the touch
+        remain, and repair restores R later."""
+        with tempfile.TemporaryDirectory(prefix="uds-restore-") as folder:
+            path = pathlib.Path(folder) / "file"
+            try:
+                self.storage.get_to_file(file_id, path)
+                self.storage.put_file(path)
+            except StorageError as fault:
+                log.warning("file %s on fewer than R nodes, not stored again: %s", file_id.hex(), fault)
 
     def job(self, job_id: str) -> Job:
         return Job(self, self._file_id(job_id).hex())

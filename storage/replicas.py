@@ -35,7 +35,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from uds import wire
 from uds.storage.client import (
@@ -90,6 +90,18 @@ def why(fault: BaseException) -> str:
 
 def listing(said: Sequence[tuple[str, str]]) -> str:
     return ", ".join(f"{address} ({what})" for address, what in said) or "no storage node known"
+
+
+class Touched(NamedTuple):
+    """What a touch found: the file's size (None: no node said it has it),
+    how many live nodes answered that they hold it and how many that they
+    lack it (a node that did not answer is neither), and R for the live
+    membership."""
+
+    size: int | None
+    holders: int
+    lacking: int
+    replicas: int
 
 
 class ReplicatedStorage:
@@ -307,9 +319,15 @@ class ReplicatedStorage:
         as used, for collection); its size, or None if none answered that it
         has it. A node that failed lately is left out. Never raises a
         StorageError."""
+        return self.touch_holders(file_id)[0]
+
+    def touch_holders(self, file_id: bytes) -> Touched:
+        """`touch`, and what the nodes answered (see Touched)."""
         size = None
+        holders = lacking = 0
         now = self._clock()
-        live = {member.address for member in self.members() if member.alive}
+        members = self.members()
+        live = {member.address for member in members if member.alive}
         for address in self.read_addresses(file_id):
             with self._lock:
                 recently_failed = now - self._failed_at.get(address, -FAILED_MEMORY_S) < FAILED_MEMORY_S
@@ -324,8 +342,12 @@ class ReplicatedStorage:
                 continue
             finally:
                 client.timeout_s = self.timeout_s
-            size = found if found is not None else size
-        return size
+            if found is not None:
+                size = found
+                holders += 1
+            else:
+                lacking += 1
+        return Touched(size, holders, lacking, self.replicas_among(members))
 
     def get(self, file_id: bytes) -> bytes:
         """The whole file, checked against its id."""
