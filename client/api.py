@@ -201,7 +201,7 @@ class Connection:
                        for key, value in per_chunk.items()}
                       for index, per_chunk in enumerate(spec["chunk_inputs"])]
 
-        # Part of the collection protocol (doc/storage-placement.md): a stat
+        # Part of the collection protocol (doc/storage.md): a stat
         # touches the blob on each node that holds it, so a file put or named
         # here is younger than the grace period when the submission commits,
         # and no collection pass that asks the masters after that can take it.
@@ -285,7 +285,7 @@ class Connection:
         commits may have collected some of its copies (it was idle for the
         grace period), and the nodes that collected it refuse it from repair
         for a grace period more. The put brings it back to R with every copy
-        fresh (doc/storage-placement.md)."""
+        fresh (doc/storage.md)."""
         for file_id in dict.fromkeys(file_id for file_id, _ in refs):
             touched = self.storage.touch_holders(file_id)
             # A node that did not answer in time may well hold it: only

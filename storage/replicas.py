@@ -1,5 +1,5 @@
 """The storage nodes as one store: every file on R of them, read from
-whichever has a good copy (doc/storage-placement.md).
+whichever has a good copy (doc/storage.md).
 
     storage = ReplicatedStorage(transport, node_id, StorageDirectory(seed), replicas=2)
     file_id, size = storage.put_file("input.csv")    # on R nodes once this returns
