@@ -5,6 +5,8 @@
     cluster.start_all()                              # each daemon in a namespace of its own
     pair = HostCluster.create(tmp_path, network, loadbalancers=2)   # hosts "loadbalancer", "loadbalancer1"
     group = HostCluster.create(tmp_path, network, masters=3)        # hosts "master", "master1", "master2"
+    stored = HostCluster.create(tmp_path, network, storage=3,        # hosts "storage", "storage1", "storage2"
+                                storage_policy={"replicas": 2})
     network.partition(["loadbalancer"], ["master"])  # drop packets both ways
     network.heal()
     cluster.freeze("loadbalancer"); cluster.thaw("loadbalancer")
@@ -197,6 +199,11 @@ def master_name(index: int) -> str:
     return "master" if index == 0 else f"master{index}"
 
 
+def storage_name(index: int) -> str:
+    """The host of entry `index` of [[storage]]."""
+    return "storage" if index == 0 else f"storage{index}"
+
+
 @dataclass
 class HostCluster:
     """A phase-1 cluster with each daemon on a host of its own."""
@@ -206,21 +213,26 @@ class HostCluster:
     worker_names: list[str]
     balancer_names: list[str] = field(default_factory=lambda: ["loadbalancer"])
     master_names: list[str] = field(default_factory=lambda: ["master"])
+    storage_names: list[str] = field(default_factory=lambda: ["storage"])
     daemons: dict[str, Daemon] = field(default_factory=dict)
 
     @classmethod
     def create(cls, root: pathlib.Path, network: Network, workers: int = 2, slots: int = 2,
                lease_s: float = 2.0, heartbeat_interval_s: float = 0.25,
-               loadbalancers: int = 1, masters: int = 1) -> "HostCluster":
+               loadbalancers: int = 1, masters: int = 1, storage: int = 1,
+               storage_policy: dict | None = None) -> "HostCluster":
         """`loadbalancers` balancers, each on a host of its own: "loadbalancer"
         is entry 0 of [[loadbalancers]], "loadbalancer1" entry 1; likewise
-        `masters` masters, "master", "master1", ..."""
+        `masters` masters, "master", "master1", ..., and `storage` storage
+        nodes, "storage", "storage1", ..., each with its data folder
+        data/storage-K. `storage_policy` is the [storage_policy] table."""
         root.mkdir(parents=True, exist_ok=True)
         create_cluster_keys(root / "cluster-keys")
         export_every_role(root / "cluster-keys", root / "keys")
         balancers = [balancer_name(index) for index in range(loadbalancers)]
         master_hosts = [master_name(index) for index in range(masters)]
-        address = {name: network.add_host(name).address for name in (*master_hosts, *balancers, "storage")}
+        storage_hosts = [storage_name(index) for index in range(storage)]
+        address = {name: network.add_host(name).address for name in (*master_hosts, *balancers, *storage_hosts)}
         names = [f"w{index}" for index in range(workers)]
         for name in names:
             network.add_host(name)
@@ -231,19 +243,23 @@ class HostCluster:
                      for index, name in enumerate(master_hosts)],
             loadbalancers=[{"address": f"tcp://{address[name]}:{LOADBALANCER_PORT}",
                             "data": f"data/loadbalancer-{index}"} for index, name in enumerate(balancers)],
-            storage=[{"address": f"tcp://{address['storage']}:{STORAGE_PORT}", "data": "data/storage-0"}],
+            storage=[{"address": f"tcp://{address[name]}:{STORAGE_PORT}", "data": f"data/storage-{index}"}
+                     for index, name in enumerate(storage_hosts)],
             workers={"data": "data/workers", "slots": slots, "cache_bytes": 1 << 30,
-                     "heartbeat_interval_s": heartbeat_interval_s, "lease_s": lease_s})
+                     "heartbeat_interval_s": heartbeat_interval_s, "lease_s": lease_s},
+            storage_policy=storage_policy)
         path = root / "cluster.toml"
         path.write_text(text)
         return cls(layout=ClusterLayout(root=root, path=path), network=network, worker_names=names,
-                   balancer_names=balancers, master_names=master_hosts)
+                   balancer_names=balancers, master_names=master_hosts, storage_names=storage_hosts)
 
     def role_of(self, name: str) -> str:
         if name in self.worker_names:
             return "worker"
         if name in self.master_names:
             return "master"
+        if name in self.storage_names:
+            return "storage"
         return "loadbalancer" if name in self.balancer_names else name
 
     def start(self, name: str, wait: bool = True) -> Daemon:
@@ -253,12 +269,14 @@ class HostCluster:
             entry = str(self.balancer_names.index(name))    # its entry in [[loadbalancers]]
         if role == "master":
             entry = str(self.master_names.index(name))      # its entry in [[masters]]
+        if role == "storage":
+            entry = str(self.storage_names.index(name))     # its entry in [[storage]]
         daemon = self.layout.start(role, name=entry, wait=wait, launcher=self.network.hosts[name].launcher)
         self.daemons[name] = daemon
         return daemon
 
     def start_all(self) -> None:
-        for name in ["storage", *self.master_names, *self.balancer_names, *self.worker_names]:
+        for name in [*self.storage_names, *self.master_names, *self.balancer_names, *self.worker_names]:
             self.start(name, wait=False)
         for daemon in self.daemons.values():
             daemon.wait_ready()
