@@ -32,9 +32,10 @@ import pathlib
 import random
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 
-from daemons import ClusterLayout, Daemon
+from daemons import ClusterLayout, Daemon, wait_until
 from uds.client.devcluster import pid_alive
 from uds.wire import cluster as cluster_file
 from uds.wire.keys import create_cluster_keys, export_every_role
@@ -280,6 +281,36 @@ class HostCluster:
             self.start(name, wait=False)
         for daemon in self.daemons.values():
             daemon.wait_ready()
+
+    def await_storage_membership(self, timeout: float = 30.0) -> None:
+        """Return once the masters list every storage node alive and the
+        workers have had time to learn it. Until a node's first heartbeat
+        the masters do not list it, and a worker that asked then places
+        files over the others (R among them, perhaps one); its refresher
+        asks again every REFRESH_INTERVAL_S, and nothing says when it did."""
+        from uds import client as uds_client
+        from uds.storage.directory import REFRESH_INTERVAL_S
+        from uds.wire.enums import NodeRole
+
+        def all_alive() -> bool:
+            states = [node["state"] for node in connection.nodes() if node["role"] == NodeRole.STORAGE]
+            return states == ["alive"] * len(self.storage_names)
+        with uds_client.connect(self.layout.path, timeout=10.0) as connection:
+            wait_until(all_alive, "every storage node alive in the masters' membership", timeout=timeout)
+        time.sleep(REFRESH_INTERVAL_S + 0.5)
+
+    def blobs(self, name: str) -> pathlib.Path:
+        """Storage host `name`'s blob folder: blobs/ab/cdef... (see doc/storage.md)."""
+        return self.layout.data_of("storage", str(self.storage_names.index(name))) / "blobs"
+
+    def blob_path(self, name: str, file_id: str) -> pathlib.Path:
+        """Where storage host `name` keeps the blob of `file_id` (hex)."""
+        return self.blobs(name) / file_id[:2] / file_id[2:]
+
+    def holders(self, file_id: str) -> set[str]:
+        """The storage hosts whose blob folder holds `file_id` (hex): read
+        from disk, so no node is asked and no blob touched."""
+        return {name for name in self.storage_names if self.blob_path(name, file_id).is_file()}
 
     def node_id(self, name: str) -> str | None:
         """The hex node id daemon `name` chose, once it has started."""

@@ -27,7 +27,6 @@ from daemons import wait_until
 from history import PROOF_OUTPUT, PROOF_PROGRAM, proof_line
 from hosts import HostCluster, Network
 from uds import client as uds_client
-from uds.storage.directory import REFRESH_INTERVAL_S
 from uds.wire.enums import NodeRole
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft") and not os.path.exists("/usr/sbin/nft"),
@@ -44,23 +43,12 @@ JOB_WAIT_S = 45.0
 CLIENT_TIMEOUT_S = 10.0
 
 
-def await_membership(cluster: HostCluster) -> None:
-    """Return once the workers place files over all three storage nodes."""
-    with uds_client.connect(cluster.layout.path, timeout=CLIENT_TIMEOUT_S) as connection:
-        wait_until(lambda: sorted(_storage_states(connection).values()) == ["alive"] * 3,
-                   "three storage nodes alive in the masters' membership", timeout=30)
-    # Until a node's first heartbeat the masters do not list it, and a
-    # worker that asked then places over the others, R among them. Its
-    # refresher asks again every REFRESH_INTERVAL_S; nothing tells when.
-    time.sleep(REFRESH_INTERVAL_S + 0.5)
-
-
 def _started(root, policy: dict):
     network = Network.create()
     cluster = HostCluster.create(root, network, workers=2, storage=3, storage_policy=policy)
     try:
         cluster.start_all()
-        await_membership(cluster)
+        cluster.await_storage_membership()
         yield cluster
     finally:
         cluster.cleanup()
@@ -87,12 +75,6 @@ def _storage_states(connection) -> dict[str, str]:
 
 def _address(cluster: HostCluster, name: str) -> str:
     return cluster.layout.cluster.storage[cluster.storage_names.index(name)].address
-
-
-def holders(cluster: HostCluster, file_id: str) -> set[str]:
-    """The storage hosts whose blob folder holds `file_id` (hex)."""
-    return {name for index, name in enumerate(cluster.storage_names)
-            if (cluster.layout.data_of("storage", str(index)) / "blobs" / file_id[:2] / file_id[2:]).is_file()}
 
 
 def _inputs(count: int, seed: str) -> list[bytes]:
@@ -125,7 +107,7 @@ def test_a_storage_node_killed_mid_job_leaves_the_job_to_the_replicas(stored_slo
     inputs = _inputs(CHUNKS, "kill")
     with uds_client.connect(stored.layout.path, timeout=CLIENT_TIMEOUT_S) as connection:
         input_ids = [connection.put(data) for data in inputs]
-        assert all(len(holders(stored, file_id)) == 2 for file_id in input_ids)
+        assert all(len(stored.holders(file_id)) == 2 for file_id in input_ids)
         job = connection.submit_job(PROOF_PROGRAM, chunks=CHUNKS, timeout=30,
                                     chunk_inputs=[{"data": file_id} for file_id in input_ids])
 
@@ -137,8 +119,8 @@ def test_a_storage_node_killed_mid_job_leaves_the_job_to_the_replicas(stored_slo
         # The node holding the most inputs of chunks not yet succeeded.
         pending = [chunk.chunk for chunk in before.chunks if chunk.state != "succeeded"]
         victim = max(stored.storage_names,
-                     key=lambda name: sum(name in holders(stored, input_ids[chunk]) for chunk in pending))
-        assert any(victim in holders(stored, input_ids[chunk]) for chunk in pending)
+                     key=lambda name: sum(name in stored.holders(input_ids[chunk]) for chunk in pending))
+        assert any(victim in stored.holders(input_ids[chunk]) for chunk in pending)
         stored.kill9(victim)
 
         status = _finished(connection, job.id)
@@ -146,7 +128,7 @@ def test_a_storage_node_killed_mid_job_leaves_the_job_to_the_replicas(stored_slo
         # Nothing repairs here: an output the victim lacks was stored after
         # the kill, and must be on both live nodes; one it holds, on one more.
         live = set(stored.storage_names) - {victim}
-        where = {chunk: holders(stored, output) for chunk, output in outputs.items()}
+        where = {chunk: stored.holders(output) for chunk, output in outputs.items()}
         after_kill = [chunk for chunk in outputs if victim not in where[chunk]]
         assert after_kill, f"every output was stored before the kill: {where}"
         assert all(where[chunk] == live for chunk in after_kill), where
@@ -163,8 +145,7 @@ def passed_over(cluster: HostCluster, name: str) -> bool:
 
 
 def _bytes_held(cluster: HostCluster, name: str) -> int:
-    data = cluster.layout.data_of("storage", str(cluster.storage_names.index(name)))
-    return sum(path.stat().st_size for path in (data / "blobs").glob("*/*") if not path.name.endswith(".blocks"))
+    return sum(path.stat().st_size for path in cluster.blobs(name).glob("*/*") if not path.name.endswith(".blocks"))
 
 
 FILES = 16
@@ -179,8 +160,8 @@ def test_a_storage_node_removed_for_good_is_replaced_within_the_stated_time(stor
     with uds_client.connect(stored.layout.path, timeout=CLIENT_TIMEOUT_S) as connection:
         files = [connection.put(rng.randbytes(FILE_BYTES)) for _ in range(FILES)]
         victim = "storage1"
-        held = [file_id for file_id in files if victim in holders(stored, file_id)]
-        assert held and all(len(holders(stored, file_id)) == 2 for file_id in files)
+        held = [file_id for file_id in files if victim in stored.holders(file_id)]
+        assert held and all(len(stored.holders(file_id)) == 2 for file_id in files)
         held_bytes = _bytes_held(stored, victim)
         # Declared lost after lost_after_s of silence; the survivors hear of it
         # at their next heartbeat and scan at once; each file it held has one
@@ -196,7 +177,7 @@ def test_a_storage_node_removed_for_good_is_replaced_within_the_stated_time(stor
                    "the victim declared lost", timeout=REPAIR_MARGIN * POLICY["lost_after_s"] + REPAIR_SLACK_S)
         live = set(stored.storage_names) - {victim}
         remaining = repair_within_s - (time.monotonic() - killed_at)
-        wait_until(lambda: all(holders(stored, file_id) >= live for file_id in files),
+        wait_until(lambda: all(stored.holders(file_id) >= live for file_id in files),
                    f"every file on both live nodes ({held_bytes} bytes to repair)", timeout=remaining)
         for file_id in files:
             assert connection.storage.stat(bytes.fromhex(file_id)) == FILE_BYTES
@@ -206,7 +187,7 @@ def test_a_storage_node_cut_off_from_the_workers_leaves_reads_to_the_replicas(st
     inputs = _inputs(CHUNKS, "partition")
     with uds_client.connect(stored.layout.path, timeout=CLIENT_TIMEOUT_S) as connection:
         input_ids = [connection.put(data) for data in inputs]
-        cut = max(stored.storage_names, key=lambda name: sum(name in holders(stored, file_id) for file_id in input_ids))
+        cut = max(stored.storage_names, key=lambda name: sum(name in stored.holders(file_id) for file_id in input_ids))
         stored.network.partition([cut], stored.worker_names)
         try:
             job = connection.submit_job(PROOF_PROGRAM, chunks=CHUNKS, timeout=30,
