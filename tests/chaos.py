@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from daemons import wait_until  # noqa: E402
 from history import PROOF_OUTPUT, PROOF_PROGRAM, History, Violation, check  # noqa: E402
 from hosts import HostCluster, Network  # noqa: E402
+from uds.storage.client import StorageError  # noqa: E402
 
 # A fault lasts this long before its recovery: past the workers' 2 s lease.
 HOLD_S = 3.0
@@ -352,6 +353,7 @@ class JobStream:
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _in_flight: int = 0
+    refused_puts: int = 0           # submissions given up because a put could not reach R nodes
 
     def start(self) -> "JobStream":
         for index in range(self.clients):
@@ -407,6 +409,11 @@ class JobStream:
                                                 chunk_inputs=[{"data": data} for data in inputs], timeout=60)
                 except uds_client.RequestTimeout:
                     continue                    # not acknowledged: nothing to check
+                except StorageError as fault:   # its files not stored on R nodes: not submitted either
+                    self.errors.append(f"{client} put: {fault!r}")
+                    self.refused_puts += 1
+                    self._stop.wait(0.2)
+                    continue
                 self.history.acknowledged(client, job.id, inputs)
                 with self._lock:
                     self._in_flight += 1
@@ -432,9 +439,22 @@ class JobStream:
             if status.done:
                 for chunk in status.chunks:
                     if PROOF_OUTPUT in chunk.outputs:
-                        content = connection.get(chunk.outputs[PROOF_OUTPUT])
-                        self.history.committed_output(job, chunk.chunk, content)
+                        content = self._get(client, connection, chunk.outputs[PROOF_OUTPUT], deadline)
+                        if content is not None:     # else the checker finds the output missing
+                            self.history.committed_output(job, chunk.chunk, content)
                 return
+
+    def _get(self, client: str, connection, file_id: str, deadline: float) -> bytes | None:
+        """The file's content, asked again while a storage fault keeps every
+        copy out of reach, until `deadline`; None if it never came."""
+        while True:
+            try:
+                return connection.get(file_id)
+            except StorageError as fault:
+                self.errors.append(f"{client} get {file_id}: {fault!r}")
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(0.5)
 
 
 def all_events(cluster_path: pathlib.Path) -> list[dict]:
@@ -501,7 +521,8 @@ def run(minutes: float, root: pathlib.Path, seed: int = 0) -> dict:
         stream.stop()
         events = all_events(cluster.layout.path)
         violations = check(stream.history, events)
-        return {"operations": stream.operations, "faults": faults, "failovers": failovers_in(events),
+        return {"operations": stream.operations, "refused_puts": stream.refused_puts,
+                "faults": faults, "failovers": failovers_in(events),
                 "leader_changes": leader_changes,
                 "longest_unavailability_s": round(stream.longest_unavailability(), 3),
                 "violations": stuck + fencing_violations(events)
