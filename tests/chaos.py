@@ -14,7 +14,9 @@ returns how to recover. The runner's cluster has three masters and a pair
 of balancers; PAIR_NEMESES need the pair (tests/test_chaos_pair.py),
 MASTER_NEMESES several masters (tests/test_chaos_masters.py), and
 ONE_BALANCER_NEMESES run against any (tests/test_chaos.py uses one
-balancer and one master). Balancer failovers are counted from the event
+balancer and one master). STORAGE_NEMESES need several storage nodes
+(tests/test_chaos_storage.py; the runner has three, R = 2, under
+CHAOS_STORAGE_POLICY). Balancer failovers are counted from the event
 log: every lease_granted after the first is one; leader changes are those
 the master nemeses forced.
 """
@@ -37,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from daemons import wait_until  # noqa: E402
 from history import PROOF_OUTPUT, PROOF_PROGRAM, History, Violation, check  # noqa: E402
 from hosts import HostCluster, Network  # noqa: E402
+from uds.storage.client import StorageError  # noqa: E402
 
 # A fault lasts this long before its recovery: past the workers' 2 s lease.
 HOLD_S = 3.0
@@ -204,6 +207,94 @@ def restart_all_masters(cluster: HostCluster, rng: random.Random) -> Fault:
     return Fault(f"restart all masters {RESTART_ALL_TIMES} times", lambda: None, False, RESTART_ALL_TIMES)
 
 
+# How a storage cluster runs under its nemeses: R = 2 over three nodes, a
+# node silent 2 s is lost (so a fault held HOLD_S changes the membership
+# and starts repair), and the scrub comes round every few seconds. Repair
+# scans also start at every membership change; the periodic one is rare,
+# as a long run holds thousands of small blobs.
+CHAOS_STORAGE_POLICY = {"replicas": 2, "heartbeat_interval_s": 0.25, "lost_after_s": 2.0,
+                        "repair_interval_s": 30.0, "repair_bytes_per_s": 64 << 20,
+                        "scrub_interval_s": 5.0, "scrub_bytes_per_s": 64 << 20}
+# How many blobs corrupt_replica damages on its node.
+CORRUPT_BLOBS = 4
+# A corrupt replica is found by the scrub and replaced by repair within this.
+SCRUB_REPAIRS_WITHIN_S = 60.0
+
+
+def kill_storage(cluster: HostCluster, rng: random.Random) -> Fault:
+    name = rng.choice(cluster.storage_names)
+    cluster.kill9(name)
+    return Fault(f"kill -9 {name}", lambda: cluster.start(name), False)
+
+
+def freeze_storage(cluster: HostCluster, rng: random.Random) -> Fault:
+    """Frozen for HOLD_S, past lost_after_s: the masters declare it lost, and
+    readers that asked it move on; thawed, it is back with its blobs."""
+    name = rng.choice(cluster.storage_names)
+    cluster.freeze(name)
+    return Fault(f"freeze {name}", lambda: cluster.thaw(name), False)
+
+
+def partition_storage(cluster: HostCluster, rng: random.Random) -> Fault:
+    """Cut off from every other host, the client among them."""
+    name = rng.choice(cluster.storage_names)
+    cluster.network.partition([name], [other for other in cluster.network.hosts if other != name])
+    return Fault(f"partition {name} | everyone", cluster.network.heal, False)
+
+
+def corrupt_replica(cluster: HostCluster, rng: random.Random) -> Fault:
+    """Flip bytes of the CORRUPT_BLOBS newest blobs of one node while it
+    runs: likely inputs of jobs just submitted, which a worker reads next.
+    One node's copies only, so every file keeps a good one. Recovered once
+    the scrub has moved each aside and two nodes hold a sound copy of each
+    again, so that a later fault never meets a file's only good copy."""
+    name = rng.choice(cluster.storage_names)
+    blobs = []
+    for path in cluster.blobs(name).glob("*/*"):
+        try:
+            status = path.stat()
+        except FileNotFoundError:
+            continue                            # trimmed or collected meanwhile
+        if not path.name.endswith(".blocks") and status.st_size:
+            blobs.append((status.st_mtime, path))
+    file_ids = []
+    for _, path in sorted(blobs)[-CORRUPT_BLOBS:]:
+        try:
+            with open(path, "r+b") as blob:
+                size = blob.seek(0, os.SEEK_END)
+                for offset in {rng.randrange(size) for _ in range(4)}:
+                    blob.seek(offset)
+                    flipped = bytes([blob.read(1)[0] ^ 0xFF])
+                    blob.seek(offset)
+                    blob.write(flipped)
+        except FileNotFoundError:
+            continue
+        file_ids.append(path.parent.name + path.name)
+    corrupt = cluster.blobs(name).parent / "corrupt"
+
+    def gone(file_id: str) -> bool:
+        """Moved aside by the scrub (or trimmed from a node outside its set)."""
+        return (corrupt / file_id).exists() or not cluster.blob_path(name, file_id).exists()
+
+    def repaired() -> None:
+        wait_until(lambda: all(gone(file_id) and sound_copies(cluster, file_id) >= 2 for file_id in file_ids),
+                   f"{len(file_ids)} blobs of {name} moved aside and two sound copies of each",
+                   timeout=SCRUB_REPAIRS_WITHIN_S)
+    return Fault(f"corrupt {len(file_ids)} blobs of {name}", repaired, False)
+
+
+def sound_copies(cluster: HostCluster, file_id: str) -> int:
+    """The storage hosts whose blob of `file_id` (hex) hashes to its id."""
+    from uds.wire.ids import file_id_of
+    count = 0
+    for name in cluster.storage_names:
+        try:
+            count += file_id_of(cluster.blob_path(name, file_id).read_bytes()).hex() == file_id
+        except FileNotFoundError:
+            continue
+    return count
+
+
 def fencing_violations(events: list[dict]) -> list[str]:
     """The lease's epochs, in the event log's order, must rise by one with
     each grant: an epoch granted twice, or one that goes back, would let two
@@ -237,7 +328,13 @@ MASTER_NEMESES: dict[str, Callable[[HostCluster, random.Random], Fault]] = {
     "partition_leader_from_masters": partition_leader_from_masters,
     "restart_all_masters": restart_all_masters,
 }
-NEMESES = {**ONE_BALANCER_NEMESES, **PAIR_NEMESES, **MASTER_NEMESES}
+STORAGE_NEMESES: dict[str, Callable[[HostCluster, random.Random], Fault]] = {
+    "kill_storage": kill_storage,
+    "freeze_storage": freeze_storage,
+    "partition_storage": partition_storage,
+    "corrupt_replica": corrupt_replica,
+}
+NEMESES = {**ONE_BALANCER_NEMESES, **PAIR_NEMESES, **MASTER_NEMESES, **STORAGE_NEMESES}
 
 
 @dataclass
@@ -256,6 +353,7 @@ class JobStream:
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _in_flight: int = 0
+    refused_puts: int = 0           # submissions given up because a put could not reach R nodes
 
     def start(self) -> "JobStream":
         for index in range(self.clients):
@@ -311,6 +409,11 @@ class JobStream:
                                                 chunk_inputs=[{"data": data} for data in inputs], timeout=60)
                 except uds_client.RequestTimeout:
                     continue                    # not acknowledged: nothing to check
+                except StorageError as fault:   # its files not stored on R nodes: not submitted either
+                    self.errors.append(f"{client} put: {fault!r}")
+                    self.refused_puts += 1
+                    self._stop.wait(0.2)
+                    continue
                 self.history.acknowledged(client, job.id, inputs)
                 with self._lock:
                     self._in_flight += 1
@@ -336,9 +439,22 @@ class JobStream:
             if status.done:
                 for chunk in status.chunks:
                     if PROOF_OUTPUT in chunk.outputs:
-                        content = connection.get(chunk.outputs[PROOF_OUTPUT])
-                        self.history.committed_output(job, chunk.chunk, content)
+                        content = self._get(client, connection, chunk.outputs[PROOF_OUTPUT], deadline)
+                        if content is not None:     # else the checker finds the output missing
+                            self.history.committed_output(job, chunk.chunk, content)
                 return
+
+    def _get(self, client: str, connection, file_id: str, deadline: float) -> bytes | None:
+        """The file's content, asked again while a storage fault keeps every
+        copy out of reach, until `deadline`; None if it never came."""
+        while True:
+            try:
+                return connection.get(file_id)
+            except StorageError as fault:
+                self.errors.append(f"{client} get {file_id}: {fault!r}")
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(0.5)
 
 
 def all_events(cluster_path: pathlib.Path) -> list[dict]:
@@ -382,11 +498,13 @@ def judged_run(nemesis: Callable, cluster: HostCluster, name: str, clients: int 
 def run(minutes: float, root: pathlib.Path, seed: int = 0) -> dict:
     rng = random.Random(seed)
     network = Network.create()
-    cluster = HostCluster.create(root, network, workers=2, loadbalancers=2, masters=3)
+    cluster = HostCluster.create(root, network, workers=2, loadbalancers=2, masters=3,
+                                 storage=3, storage_policy=CHAOS_STORAGE_POLICY)
     faults = leader_changes = 0
     violations: list[Violation] = []
     try:
         cluster.start_all()
+        cluster.await_storage_membership()
         stream = JobStream(cluster.layout.path).start()
         deadline = time.monotonic() + minutes * 60
         names = list(NEMESES)
@@ -403,7 +521,8 @@ def run(minutes: float, root: pathlib.Path, seed: int = 0) -> dict:
         stream.stop()
         events = all_events(cluster.layout.path)
         violations = check(stream.history, events)
-        return {"operations": stream.operations, "faults": faults, "failovers": failovers_in(events),
+        return {"operations": stream.operations, "refused_puts": stream.refused_puts,
+                "faults": faults, "failovers": failovers_in(events),
                 "leader_changes": leader_changes,
                 "longest_unavailability_s": round(stream.longest_unavailability(), 3),
                 "violations": stuck + fencing_violations(events)

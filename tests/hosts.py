@@ -5,6 +5,8 @@
     cluster.start_all()                              # each daemon in a namespace of its own
     pair = HostCluster.create(tmp_path, network, loadbalancers=2)   # hosts "loadbalancer", "loadbalancer1"
     group = HostCluster.create(tmp_path, network, masters=3)        # hosts "master", "master1", "master2"
+    stored = HostCluster.create(tmp_path, network, storage=3,        # hosts "storage", "storage1", "storage2"
+                                storage_policy={"replicas": 2})
     network.partition(["loadbalancer"], ["master"])  # drop packets both ways
     network.heal()
     cluster.freeze("loadbalancer"); cluster.thaw("loadbalancer")
@@ -30,9 +32,10 @@ import pathlib
 import random
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 
-from daemons import ClusterLayout, Daemon
+from daemons import ClusterLayout, Daemon, wait_until
 from uds.client.devcluster import pid_alive
 from uds.wire import cluster as cluster_file
 from uds.wire.keys import create_cluster_keys, export_every_role
@@ -197,6 +200,11 @@ def master_name(index: int) -> str:
     return "master" if index == 0 else f"master{index}"
 
 
+def storage_name(index: int) -> str:
+    """The host of entry `index` of [[storage]]."""
+    return "storage" if index == 0 else f"storage{index}"
+
+
 @dataclass
 class HostCluster:
     """A phase-1 cluster with each daemon on a host of its own."""
@@ -206,21 +214,26 @@ class HostCluster:
     worker_names: list[str]
     balancer_names: list[str] = field(default_factory=lambda: ["loadbalancer"])
     master_names: list[str] = field(default_factory=lambda: ["master"])
+    storage_names: list[str] = field(default_factory=lambda: ["storage"])
     daemons: dict[str, Daemon] = field(default_factory=dict)
 
     @classmethod
     def create(cls, root: pathlib.Path, network: Network, workers: int = 2, slots: int = 2,
                lease_s: float = 2.0, heartbeat_interval_s: float = 0.25,
-               loadbalancers: int = 1, masters: int = 1) -> "HostCluster":
+               loadbalancers: int = 1, masters: int = 1, storage: int = 1,
+               storage_policy: dict | None = None) -> "HostCluster":
         """`loadbalancers` balancers, each on a host of its own: "loadbalancer"
         is entry 0 of [[loadbalancers]], "loadbalancer1" entry 1; likewise
-        `masters` masters, "master", "master1", ..."""
+        `masters` masters, "master", "master1", ..., and `storage` storage
+        nodes, "storage", "storage1", ..., each with its data folder
+        data/storage-K. `storage_policy` is the [storage_policy] table."""
         root.mkdir(parents=True, exist_ok=True)
         create_cluster_keys(root / "cluster-keys")
         export_every_role(root / "cluster-keys", root / "keys")
         balancers = [balancer_name(index) for index in range(loadbalancers)]
         master_hosts = [master_name(index) for index in range(masters)]
-        address = {name: network.add_host(name).address for name in (*master_hosts, *balancers, "storage")}
+        storage_hosts = [storage_name(index) for index in range(storage)]
+        address = {name: network.add_host(name).address for name in (*master_hosts, *balancers, *storage_hosts)}
         names = [f"w{index}" for index in range(workers)]
         for name in names:
             network.add_host(name)
@@ -231,19 +244,23 @@ class HostCluster:
                      for index, name in enumerate(master_hosts)],
             loadbalancers=[{"address": f"tcp://{address[name]}:{LOADBALANCER_PORT}",
                             "data": f"data/loadbalancer-{index}"} for index, name in enumerate(balancers)],
-            storage=[{"address": f"tcp://{address['storage']}:{STORAGE_PORT}", "data": "data/storage-0"}],
+            storage=[{"address": f"tcp://{address[name]}:{STORAGE_PORT}", "data": f"data/storage-{index}"}
+                     for index, name in enumerate(storage_hosts)],
             workers={"data": "data/workers", "slots": slots, "cache_bytes": 1 << 30,
-                     "heartbeat_interval_s": heartbeat_interval_s, "lease_s": lease_s})
+                     "heartbeat_interval_s": heartbeat_interval_s, "lease_s": lease_s},
+            storage_policy=storage_policy)
         path = root / "cluster.toml"
         path.write_text(text)
         return cls(layout=ClusterLayout(root=root, path=path), network=network, worker_names=names,
-                   balancer_names=balancers, master_names=master_hosts)
+                   balancer_names=balancers, master_names=master_hosts, storage_names=storage_hosts)
 
     def role_of(self, name: str) -> str:
         if name in self.worker_names:
             return "worker"
         if name in self.master_names:
             return "master"
+        if name in self.storage_names:
+            return "storage"
         return "loadbalancer" if name in self.balancer_names else name
 
     def start(self, name: str, wait: bool = True) -> Daemon:
@@ -253,15 +270,47 @@ class HostCluster:
             entry = str(self.balancer_names.index(name))    # its entry in [[loadbalancers]]
         if role == "master":
             entry = str(self.master_names.index(name))      # its entry in [[masters]]
+        if role == "storage":
+            entry = str(self.storage_names.index(name))     # its entry in [[storage]]
         daemon = self.layout.start(role, name=entry, wait=wait, launcher=self.network.hosts[name].launcher)
         self.daemons[name] = daemon
         return daemon
 
     def start_all(self) -> None:
-        for name in ["storage", *self.master_names, *self.balancer_names, *self.worker_names]:
+        for name in [*self.storage_names, *self.master_names, *self.balancer_names, *self.worker_names]:
             self.start(name, wait=False)
         for daemon in self.daemons.values():
             daemon.wait_ready()
+
+    def await_storage_membership(self, timeout: float = 30.0) -> None:
+        """Return once the masters list every storage node alive and the
+        workers have had time to learn it. Until a node's first heartbeat
+        the masters do not list it, and a worker that asked then places
+        files over the others (R among them, perhaps one); its refresher
+        asks again every REFRESH_INTERVAL_S, and nothing says when it did."""
+        from uds import client as uds_client
+        from uds.storage.directory import REFRESH_INTERVAL_S
+        from uds.wire.enums import NodeRole
+
+        def all_alive() -> bool:
+            states = [node["state"] for node in connection.nodes() if node["role"] == NodeRole.STORAGE]
+            return states == ["alive"] * len(self.storage_names)
+        with uds_client.connect(self.layout.path, timeout=10.0) as connection:
+            wait_until(all_alive, "every storage node alive in the masters' membership", timeout=timeout)
+        time.sleep(REFRESH_INTERVAL_S + 0.5)
+
+    def blobs(self, name: str) -> pathlib.Path:
+        """Storage host `name`'s blob folder: blobs/ab/cdef... (see doc/storage.md)."""
+        return self.layout.data_of("storage", str(self.storage_names.index(name))) / "blobs"
+
+    def blob_path(self, name: str, file_id: str) -> pathlib.Path:
+        """Where storage host `name` keeps the blob of `file_id` (hex)."""
+        return self.blobs(name) / file_id[:2] / file_id[2:]
+
+    def holders(self, file_id: str) -> set[str]:
+        """The storage hosts whose blob folder holds `file_id` (hex): read
+        from disk, so no node is asked and no blob touched."""
+        return {name for name in self.storage_names if self.blob_path(name, file_id).is_file()}
 
     def node_id(self, name: str) -> str | None:
         """The hex node id daemon `name` chose, once it has started."""
