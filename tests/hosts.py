@@ -32,7 +32,6 @@ import pathlib
 import random
 import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 
 from daemons import ClusterLayout, Daemon, wait_until
@@ -283,13 +282,11 @@ class HostCluster:
             daemon.wait_ready()
 
     def await_storage_membership(self, timeout: float = 30.0) -> None:
-        """Return once the masters list every storage node alive and the
-        workers have had time to learn it. Until a node's first heartbeat
-        the masters do not list it, and a worker that asked then places
-        files over the others (R among them, perhaps one); its refresher
-        asks again every REFRESH_INTERVAL_S, and nothing says when it did."""
+        """Return once the masters list every storage node alive, so that
+        tests which count copies start from the masters' full view. (A node
+        they have not heard from yet is alive to clients and workers too:
+        storage/directory.py.)"""
         from uds import client as uds_client
-        from uds.storage.directory import REFRESH_INTERVAL_S
         from uds.wire.enums import NodeRole
 
         def all_alive() -> bool:
@@ -297,7 +294,6 @@ class HostCluster:
             return states == ["alive"] * len(self.storage_names)
         with uds_client.connect(self.layout.path, timeout=10.0) as connection:
             wait_until(all_alive, "every storage node alive in the masters' membership", timeout=timeout)
-        time.sleep(REFRESH_INTERVAL_S + 0.5)
 
     def blobs(self, name: str) -> pathlib.Path:
         """Storage host `name`'s blob folder: blobs/ab/cdef... (see doc/storage.md)."""
