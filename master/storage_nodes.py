@@ -22,19 +22,17 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from uds.master.commands import NodeView
+from uds.wire.cluster import endpoint_problem
 from uds.wire.enums import NodeRole
 
-# The addresses a storage node may serve at (the wire checks them too).
-STORAGE_SCHEMES = ("tcp://", "ipc://")
 # Figures kept of one node: the wire's bound on its heartbeat's map.
 MAX_FIGURES = 64
 
 
 def address_problem(address: str) -> str:
     """Why a storage node cannot be reached at `address`, or ""."""
-    if not address.startswith(STORAGE_SCHEMES) or len(address) <= len("tcp://"):
-        return f"storage address {address!r} is not a tcp:// or ipc:// address"
-    return ""
+    problem = endpoint_problem(address)
+    return f"storage address {problem}" if problem else ""
 
 
 def needs_registration(known: NodeView | None, address: str, started_at: float) -> bool:

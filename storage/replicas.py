@@ -37,6 +37,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import NamedTuple, TypeVar
 
+import zmq
+
 from uds import wire
 from uds.storage.client import (
     DEFAULT_TIMEOUT_S, CorruptDataError, HashMismatchError, NotEnoughReplicas, OutOfRangeError, Progress,
@@ -170,7 +172,10 @@ class ReplicatedStorage:
             with self._lock:
                 if self._closed:
                     raise StorageError(address, "the storage connection is closed")
-                client = StorageClient(self._transport, address, self.node_id, timeout_s=self.timeout_s)
+                try:
+                    client = StorageClient(self._transport, address, self.node_id, timeout_s=self.timeout_s)
+                except zmq.ZMQError as fault:   # an address ZeroMQ cannot connect to
+                    raise StorageError(address, f"cannot connect: {fault}") from None
                 self._clients.append(client)
             clients[address] = client
         return client

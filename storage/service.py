@@ -31,6 +31,7 @@ from uds.storage.uploads import (
     UnknownUpload, UploadAlreadyOpen, UploadFailed, UploadFault, UploadKey, UploadTracker,
 )
 from uds.wire import ErrorCode, Message, NodeRole, PutStatus
+from uds.wire.cluster import endpoint_problem
 from uds.daemon.dispatch import Dispatcher, RequestRefused
 from uds.daemon.runtime import drain, wake, wake_pipe
 from uds.wire.ids import BLOCK_HASH_BYTES
@@ -330,6 +331,9 @@ class StorageService:
         if request.source == self.address:
             raise RequestRefused(ErrorCode.INVALID, f"file_replicate names this node ({self.address}) "
                                                     "as the source")
+        problem = endpoint_problem(request.source)
+        if problem:
+            raise RequestRefused(ErrorCode.INVALID, f"file_replicate source {problem}")
         if not self.helpers.pull(file_id, request.file_length, request.source, (peer, request.request_id)):
             raise RequestRefused(ErrorCode.BUSY, "too many repair pulls queued; offer it again later")
         return None

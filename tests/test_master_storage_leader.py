@@ -149,9 +149,12 @@ def test_a_master_that_does_not_lead_points_the_node_elsewhere(status, code):
 
 def test_a_bad_address_or_a_node_of_another_role_is_refused():
     master = Master()
-    [reply] = master.handle(beat(address="tcp://"), 1.0)
-    assert (reply.message.error_code, "is not a tcp:// or ipc:// address" in reply.message.reason) == (
-        ErrorCode.INVALID, True)
+    # An address that clients could not connect to would make every client
+    # that learnt it from nodes_reply fail its connect: refused here.
+    for address in ("tcp://", "tcp://\u00c2\x82\U000e7535.x:1", "tcp://host:0", "tcp://host"):
+        [reply] = master.handle(beat(address=address), 1.0)
+        assert (reply.message.error_code, "is not a tcp://HOST:PORT or ipc://PATH address" in reply.message.reason) == (
+            ErrorCode.INVALID, True), address
     master.state.apply([NodeSeen(node=WORKER, role=int(NodeRole.WORKER), host="w", address="", slots=1,
                                  cache_bytes=0, started_at=1.0)], 1.0)
     [reply] = master.handle(beat(node=WORKER), 1.0)

@@ -112,3 +112,12 @@ def test_the_storage_policy_table_has_defaults_and_is_checked_at_load(tmp_path):
                        ("heartbeat_interval_s = 5\nlost_after_s = 2", "longer than heartbeat_interval_s")):
         with pytest.raises(cluster_file.ClusterFileError, match=why):
             cluster_file.load(cluster_with(f"\n[storage_policy]\n{table}\n"))
+
+
+def test_an_endpoint_is_checked_before_anyone_connects_to_it():
+    from uds.wire.cluster import endpoint_problem
+    for good in ("tcp://127.0.0.1:7300", "tcp://store-1.example.org:1", "tcp://[::1]:65535", "ipc:///run/uds/s0"):
+        assert endpoint_problem(good) == "", good
+    for bad in ("", "tcp://", "tcp://host", "tcp://host:0", "tcp://host:65536", "tcp://h\u00e9:1",
+                "tcp://-h:1", "udp://h:1", "ipc://", "ipc://a b", "tcp://h:1 "):
+        assert "is not a tcp://HOST:PORT or ipc://PATH address" in endpoint_problem(bad), bad

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,10 +110,28 @@ def _require(table: dict, key: str, kind: type, where: str) -> Any:
     return value
 
 
+# What a node may connect to: tcp://HOST:PORT (a name, an IPv4 address or
+# [an IPv6 address]) or ipc://PATH. Anything else would make ZeroMQ's
+# connect raise, in whichever process learnt the address.
+_TCP_ENDPOINT = re.compile(r"tcp://(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\]):([0-9]{1,5})")
+_IPC_ENDPOINT = re.compile(r"ipc://[\x21-\x7e]{1,100}")
+
+
+def endpoint_problem(address: str) -> str:
+    """Why `address` is not an endpoint a node can connect to, or ""."""
+    tcp = _TCP_ENDPOINT.fullmatch(address)
+    if tcp is not None and 0 < int(tcp.group(1)) < 65536:
+        return ""
+    if _IPC_ENDPOINT.fullmatch(address):
+        return ""
+    return f"{address[:100]!r} is not a tcp://HOST:PORT or ipc://PATH address"
+
+
 def _address(table: dict, key: str, where: str) -> str:
     value = _require(table, key, str, where)
-    if not value.startswith(("tcp://", "ipc://")):
-        raise ClusterFileError(f"{where}.{key}: {value!r} is not a tcp:// or ipc:// address")
+    problem = endpoint_problem(value)
+    if problem:
+        raise ClusterFileError(f"{where}.{key}: {problem}")
     return value
 
 
