@@ -27,13 +27,14 @@ Rules:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import NamedTuple, TypeVar
 
@@ -151,10 +152,14 @@ class ReplicatedStorage:
         return addresses
 
     def _demoted(self, addresses: list[str]) -> list[str]:
+        recent = self._recently_failed()
+        return [a for a in addresses if a not in recent] + [a for a in addresses if a in recent]
+
+    def _recently_failed(self) -> set[str]:
+        """The nodes that did not answer within FAILED_MEMORY_S."""
         now = self._clock()
         with self._lock:
-            recent = {address for address, at in self._failed_at.items() if now - at < FAILED_MEMORY_S}
-        return [a for a in addresses if a not in recent] + [a for a in addresses if a in recent]
+            return {address for address, at in self._failed_at.items() if now - at < FAILED_MEMORY_S}
 
     def _note(self, address: str, answered: bool) -> None:
         with self._lock:
@@ -179,6 +184,17 @@ class ReplicatedStorage:
                 self._clients.append(client)
             clients[address] = client
         return client
+
+    @contextlib.contextmanager
+    def _client_waiting(self, address: str, timeout_s: float) -> Iterator[StorageClient]:
+        """The calling thread's client of `address`, waiting `timeout_s` per
+        reply for the block's requests, then the full timeout again."""
+        client = self._client(address)
+        client.timeout_s = timeout_s
+        try:
+            yield client
+        finally:
+            client.timeout_s = self.timeout_s
 
     # -- puts -------------------------------------------------------------------
 
@@ -261,18 +277,14 @@ class ReplicatedStorage:
                    tracker: "_UploadProgress") -> None:
         """Upload thread: a short stat first, so that a dead node costs the
         probe timeout only; a node that has the file is done."""
-        client = self._client(address)
         try:
-            client.timeout_s = self.probe_timeout_s
-            present = client.stat(file_id) == size
-            client.timeout_s = self.timeout_s
+            with self._client_waiting(address, self.probe_timeout_s) as client:
+                present = client.stat(file_id) == size
             if not present:
                 client.put_hashed(file_id, size, source, lambda done, total: tracker.update(address, done))
         except StorageTimeout:
             self._note(address, answered=False)
             raise
-        finally:
-            client.timeout_s = self.timeout_s
         self._note(address, answered=True)
 
     # -- reads ------------------------------------------------------------------
@@ -286,10 +298,10 @@ class ReplicatedStorage:
         faults: list[BaseException] = []
         addresses = self.read_addresses(file_id, rotate)
         for position, address in enumerate(addresses):
-            client = self._client(address)
-            client.timeout_s = self.timeout_s if position == len(addresses) - 1 else self.probe_timeout_s
+            wait_s = self.timeout_s if position == len(addresses) - 1 else self.probe_timeout_s
             try:
-                result = action(client)
+                with self._client_waiting(address, wait_s) as client:
+                    result = action(client)
             except StorageError as fault:
                 self._note(address, answered=not isinstance(fault, StorageTimeout))
                 said.append((address, why(fault)))
@@ -297,8 +309,6 @@ class ReplicatedStorage:
                 if not isinstance(fault, UnknownFileError):
                     log.warning("%s of %s from %s failed: %s", what, file_id.hex(), address, fault)
                 continue
-            finally:
-                client.timeout_s = self.timeout_s
             self._note(address, answered=True)
             return result
         if faults and all(isinstance(fault, UnknownFileError) for fault in faults):
@@ -330,23 +340,18 @@ class ReplicatedStorage:
         """`touch`, and what the nodes answered (see Touched)."""
         size = None
         holders = lacking = 0
-        now = self._clock()
         members = self.members()
         live = {member.address for member in members if member.alive}
+        recently_failed = self._recently_failed()
         for address in self.read_addresses(file_id):
-            with self._lock:
-                recently_failed = now - self._failed_at.get(address, -FAILED_MEMORY_S) < FAILED_MEMORY_S
-            if address not in live or recently_failed:
+            if address not in live or address in recently_failed:
                 continue
-            client = self._client(address)
-            client.timeout_s = self.probe_timeout_s
             try:
-                found = client.stat(file_id)
+                with self._client_waiting(address, self.probe_timeout_s) as client:
+                    found = client.stat(file_id)
             except StorageError as fault:
                 self._note(address, answered=not isinstance(fault, StorageTimeout))
                 continue
-            finally:
-                client.timeout_s = self.timeout_s
             if found is not None:
                 size = found
                 holders += 1
@@ -385,19 +390,18 @@ class ReplicatedStorage:
 
     # -- every node -------------------------------------------------------------
 
-    def each_node(self, action: Callable[[StorageClient], T]) -> list[tuple[str, T | StorageError]]:
-        """`action` on every known node, in turn, each with the probe timeout:
-        (address, result or the StorageError it raised)."""
+    def each_node(self, action: Callable[[StorageClient], T],
+                  timeout_s: float | None = None) -> list[tuple[str, T | StorageError]]:
+        """`action` on every known node, in turn, each waiting `timeout_s`
+        per reply (the probe timeout by default): (address, result or the
+        StorageError it raised)."""
         answers: list[tuple[str, T | StorageError]] = []
         for address in self.directory.addresses():
-            client = self._client(address)
-            client.timeout_s = self.probe_timeout_s
             try:
-                answers.append((address, action(client)))
+                with self._client_waiting(address, timeout_s or self.probe_timeout_s) as client:
+                    answers.append((address, action(client)))
             except StorageError as fault:
                 answers.append((address, fault))
-            finally:
-                client.timeout_s = self.timeout_s
         return answers
 
     def node_stats(self) -> list[tuple[str, dict[str, int] | StorageError]]:
@@ -415,10 +419,7 @@ class ReplicatedStorage:
 
     def gc_run(self, dry_run: bool, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[tuple[str, wire.GcRunReply | StorageError]]:
         """Ask every node for one collection pass now (or what it would delete)."""
-        def run(client: StorageClient) -> wire.GcRunReply:
-            client.timeout_s = timeout_s
-            return client.gc_run(dry_run)
-        return self.each_node(run)
+        return self.each_node(lambda client: client.gc_run(dry_run), timeout_s)
 
     def close(self) -> None:
         """Close every thread's clients; call once nothing stores or reads any more."""
