@@ -241,9 +241,7 @@ class StorageClient:
         """Store `data`; (file id, size). One round trip if the node has it."""
         view = memoryview(data).cast("B")
         file_id = file_id_of(view)
-        pieces = (view[start:start + PUT_PIECE_BYTES]
-                  for start in range(0, len(view), PUT_PIECE_BYTES))
-        self._put(file_id, len(view), pieces, None)
+        self.put_hashed(file_id, len(view), view)
         return file_id, len(view)
 
     def put_file(self, path: str | os.PathLike[str],
@@ -251,9 +249,7 @@ class StorageClient:
         """Store a local file; (file id, size). It is hashed first so that a
         file the node already has costs one round trip and no data."""
         file_id, size = hash_file(path)
-        with open(path, "rb") as source:
-            pieces = iter(lambda: source.read(PUT_PIECE_BYTES), b"")
-            self._put(file_id, size, pieces, progress)
+        self.put_hashed(file_id, size, path, progress)
         return file_id, size
 
     def put_descriptor(self, descriptor: int,
