@@ -27,11 +27,13 @@ removes only what a dead run left, never a live parallel run's hosts.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import random
 import signal
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from daemons import ClusterLayout, Daemon, wait_until
@@ -337,3 +339,17 @@ class HostCluster:
                 except ProcessLookupError:
                     pass
         self.layout.cleanup()
+
+
+@contextlib.contextmanager
+def running_hosts(root: pathlib.Path, **shape) -> Iterator[HostCluster]:
+    """A network of its own and a HostCluster.create(root, network, **shape)
+    on it, every daemon started and ready; removed again however the block ends."""
+    network = Network.create()
+    cluster = HostCluster.create(root, network, **shape)
+    try:
+        cluster.start_all()
+        yield cluster
+    finally:
+        cluster.cleanup()
+        network.teardown()

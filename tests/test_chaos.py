@@ -9,7 +9,7 @@ import pytest
 
 from chaos import ONE_BALANCER_NEMESES, JobStream, all_events, judged_run
 from history import PROOF_PROGRAM, check
-from hosts import IP, OWNERS_DIR, HostCluster, Network, sweep_leftovers
+from hosts import IP, OWNERS_DIR, HostCluster, Network, running_hosts, sweep_leftovers
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft") and not os.path.exists("/usr/sbin/nft"),
                                 reason="the host harness needs root and nft (scripts/install-system-deps.sh)")
@@ -24,14 +24,8 @@ def no_leftovers():
 
 @pytest.fixture
 def hosts(tmp_path):
-    network = Network.create()
-    cluster = HostCluster.create(tmp_path / "cluster", network, workers=2)
-    try:
-        cluster.start_all()
+    with running_hosts(tmp_path / "cluster", workers=2) as cluster:
         yield cluster
-    finally:
-        cluster.cleanup()
-        network.teardown()
 
 
 def _pids_on_hosts(cluster: HostCluster) -> list[str]:

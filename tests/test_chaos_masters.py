@@ -14,7 +14,7 @@ import pytest
 
 from chaos import MASTER_NEMESES, fencing_violations, judged_run, leader_master, master_roles
 from daemons import wait_until
-from hosts import HostCluster, Network
+from hosts import HostCluster, running_hosts
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft") and not os.path.exists("/usr/sbin/nft"),
                                 reason="the host harness needs root and nft (scripts/install-system-deps.sh)")
@@ -22,15 +22,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft") and
 
 @pytest.fixture
 def group(tmp_path):
-    network = Network.create()
-    cluster = HostCluster.create(tmp_path / "cluster", network, workers=2, masters=3, loadbalancers=2)
-    try:
-        cluster.start_all()
+    with running_hosts(tmp_path / "cluster", workers=2, masters=3, loadbalancers=2) as cluster:
         leader_master(cluster)
         yield cluster
-    finally:
-        cluster.cleanup()
-        network.teardown()
 
 
 @pytest.mark.parametrize("nemesis", list(MASTER_NEMESES))

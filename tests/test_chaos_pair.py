@@ -22,7 +22,7 @@ import pytest
 from chaos import PAIR_NEMESES, JobStream, active_balancer, all_events, apply, balancer_epochs, fencing_violations
 from daemons import wait_until
 from history import check
-from hosts import HostCluster, Network
+from hosts import HostCluster, running_hosts
 
 needs_hosts = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft") and not os.path.exists("/usr/sbin/nft"),
                                 reason="the host harness needs root and nft (scripts/install-system-deps.sh)")
@@ -32,15 +32,9 @@ LOSES_THE_LEASE = ("kill_active_balancer", "freeze_active_balancer", "partition_
 
 @pytest.fixture
 def pair(tmp_path):
-    network = Network.create()
-    cluster = HostCluster.create(tmp_path / "cluster", network, workers=2, loadbalancers=2)
-    try:
-        cluster.start_all()
+    with running_hosts(tmp_path / "cluster", workers=2, loadbalancers=2) as cluster:
         wait_until(lambda: _one_active_one_standby(cluster), "one balancer active, one standby", timeout=30)
         yield cluster
-    finally:
-        cluster.cleanup()
-        network.teardown()
 
 
 def _one_active_one_standby(cluster: HostCluster) -> tuple[str, int] | None:

@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from chaos import CHAOS_STORAGE_POLICY, STORAGE_NEMESES, judged_run, sound_copies
-from hosts import HostCluster, Network
+from hosts import running_hosts
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft") and not os.path.exists("/usr/sbin/nft"),
                                 reason="the host harness needs root and nft (scripts/install-system-deps.sh)")
@@ -21,16 +21,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft") and
 
 @pytest.fixture
 def stored(tmp_path):
-    network = Network.create()
-    cluster = HostCluster.create(tmp_path / "cluster", network, workers=2, storage=3,
-                                 storage_policy=CHAOS_STORAGE_POLICY)
-    try:
-        cluster.start_all()
+    with running_hosts(tmp_path / "cluster", workers=2, storage=3, storage_policy=CHAOS_STORAGE_POLICY) as cluster:
         cluster.await_storage_membership()
         yield cluster
-    finally:
-        cluster.cleanup()
-        network.teardown()
 
 
 @pytest.mark.parametrize("nemesis", list(STORAGE_NEMESES))

@@ -25,7 +25,7 @@ import pytest
 
 from daemons import wait_until
 from history import PROOF_OUTPUT, PROOF_PROGRAM, proof_line
-from hosts import HostCluster, Network
+from hosts import HostCluster, running_hosts
 from uds import client as uds_client
 from uds.wire.enums import NodeRole
 
@@ -44,15 +44,9 @@ CLIENT_TIMEOUT_S = 10.0
 
 
 def _started(root, policy: dict):
-    network = Network.create()
-    cluster = HostCluster.create(root, network, workers=2, storage=3, storage_policy=policy)
-    try:
-        cluster.start_all()
+    with running_hosts(root, workers=2, storage=3, storage_policy=policy) as cluster:
         cluster.await_storage_membership()
         yield cluster
-    finally:
-        cluster.cleanup()
-        network.teardown()
 
 
 @pytest.fixture
