@@ -92,18 +92,11 @@ def test_a_weight_is_a_pure_function_of_address_and_file(address, file_id):
 
 
 def test_the_storage_policy_table_has_defaults_and_is_checked_at_load(tmp_path):
+    from test_master_retention import cluster_with
     from uds.wire import cluster as cluster_file
 
-    def cluster_with(table: str):
-        path = tmp_path / "cluster.toml"
-        path.write_text(cluster_file.render(
-            keys="keys", masters=[{"address": "tcp://127.0.0.1:1", "raft": "127.0.0.1:2", "data": "m"}],
-            loadbalancers=[{"address": "tcp://127.0.0.1:3", "data": "l"}],
-            storage=[{"address": "tcp://127.0.0.1:4", "data": "s"}], workers={"slots": 2}) + table)
-        return path
-
-    assert cluster_file.storage_policy(cluster_file.load(cluster_with(""))) == cluster_file.StoragePolicy()
-    loaded = cluster_file.load(cluster_with("\n[storage_policy]\nreplicas = 3\ngc_grace_s = 5\n"))
+    assert cluster_file.storage_policy(cluster_file.load(cluster_with(tmp_path, ""))) == cluster_file.StoragePolicy()
+    loaded = cluster_file.load(cluster_with(tmp_path, "\n[storage_policy]\nreplicas = 3\ngc_grace_s = 5\n"))
     policy = cluster_file.storage_policy(loaded)
     assert (policy.replicas, policy.gc_grace_s, policy.lost_after_s) == (3, 5.0, 10.0)
     assert [policy.replicas_among(live) for live in (0, 1, 2, 3, 5)] == [1, 1, 2, 3, 3]
@@ -111,7 +104,7 @@ def test_the_storage_policy_table_has_defaults_and_is_checked_at_load(tmp_path):
                        ("grace = 3", "unknown key"), ("gc_grace_s = true", "expected float"),
                        ("heartbeat_interval_s = 5\nlost_after_s = 2", "longer than heartbeat_interval_s")):
         with pytest.raises(cluster_file.ClusterFileError, match=why):
-            cluster_file.load(cluster_with(f"\n[storage_policy]\n{table}\n"))
+            cluster_file.load(cluster_with(tmp_path, f"\n[storage_policy]\n{table}\n"))
 
 
 def test_an_endpoint_is_checked_before_anyone_connects_to_it():
