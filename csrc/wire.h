@@ -73,7 +73,8 @@ enum message_type {
     MSG_GC_RUN = 43,
     MSG_GC_RUN_REPLY = 44,
     MSG_FILE_PIN = 45,
-    MSG_FILE_PIN_REPLY = 46
+    MSG_FILE_PIN_REPLY = 46,
+    MSG_JOB_RELEASE = 47
 };
 
 /* Roles, in hello.role and nodes_reply. */
@@ -102,7 +103,9 @@ enum job_state {
     JOB_RUNNING = 2,
     JOB_SUCCEEDED = 3,
     JOB_FAILED = 4,
-    JOB_CANCELLED = 5
+    JOB_CANCELLED = 5,
+    JOB_WAITING = 6,    /* for jobs it depends on, or for its start time */
+    JOB_HELD = 7        /* until released */
 };
 
 /* error.error_code */
@@ -282,6 +285,15 @@ struct job_status_reply {
 
 /* client -> master: cancel this job. No body. Answered by job_status_reply. */
 struct job_cancel {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t job_uuid_upper;
+    uint64_t job_uuid_lower;
+} UDS_PACKED;
+
+/* client -> master: release this held job. No body. Answered by
+ * job_status_reply. */
+struct job_release {
     struct generic_message header;
     uint64_t request_id;
     uint64_t job_uuid_upper;

@@ -37,6 +37,9 @@ class ChunkPhase(IntEnum):
     SUCCEEDED = 4    # final
     FAILED = 5       # final: retries used up, or poison
     CANCELLED = 6    # final
+    WAITING = 7      # its job waits (dependencies, start time, hold), or an identical chunk runs
+    DELAYED = 8      # a new attempt waits out its backoff before it is QUEUED
+    CACHED = 9       # final: a cached result of an identical chunk (counts as succeeded)
 
     @property
     def label(self) -> str:
@@ -48,7 +51,7 @@ class StateInvariantError(Exception):
     """Our own bookkeeping is inconsistent: a bug, never a peer's fault."""
 
 
-FINAL_PHASES = frozenset({ChunkPhase.SUCCEEDED, ChunkPhase.FAILED, ChunkPhase.CANCELLED})
+FINAL_PHASES = frozenset({ChunkPhase.SUCCEEDED, ChunkPhase.FAILED, ChunkPhase.CANCELLED, ChunkPhase.CACHED})
 IN_FLIGHT_PHASES = frozenset({ChunkPhase.DISPATCHED, ChunkPhase.RUNNING})
 
 
@@ -70,6 +73,32 @@ class SubmitJob:
     max_retries: int                        # program failures allowed per chunk
     limits: ResourceLimits = NO_LIMITS      # per attempt, the cluster's defaults filled in
     network: bool = False                   # whether its chunks may reach the network
+    # Workflows (doc/states.md). Defaults keep entries written before them valid.
+    refs: tuple[InputRef, ...] = ()         # inputs that are other jobs' outputs
+    after: tuple[bytes, ...] = ()           # jobs that must succeed first (besides those refs name)
+    start_at: float | None = None           # unix seconds: no chunk is queued before
+    deadline: float | None = None           # unix seconds: what is unfinished then is cancelled, the job fails
+    hold: bool = False                      # waits for ReleaseJob
+    cache: bool = False                     # reuses and records results by ChunkKey hash
+    retry_backoff_s: float = 0.0            # before each retry of an application failure
+    poison_after: int = 3                   # workers lost in a row that quarantine a chunk (the leader's setting)
+
+
+class InputRef(NamedTuple):
+    """An input that is another job's output (wire INPUT_REF). `chunk` is
+    JOB_WIDE or the chunk whose own input it is; `from_chunk` the producing
+    chunk, SAME_CHUNK or ALL_CHUNKS (inputs name.0, name.1, ...)."""
+
+    name: str
+    chunk: int
+    job: bytes
+    output: str
+    from_chunk: int
+
+
+JOB_WIDE = -1
+SAME_CHUNK = -1
+ALL_CHUNKS = -2
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +112,30 @@ class DispatchAttempts:
 @dataclass(frozen=True, slots=True)
 class CancelJob:
     job: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseJob:
+    """A held job may go on (to waiting for its dependencies or start time, or queued)."""
+
+    job: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RunTimers:
+    """The leader's clock passed a timer the state keeps (`next_timer_at`):
+    start times, deadlines and backoffs due by the command's `now` fire."""
+
+
+@dataclass(frozen=True, slots=True)
+class PruneCache:
+    """Drop result-cache entries older than `max_age_s` and the oldest
+    beyond `max_entries`; their files are released (kept from collection
+    for `gc_grace_s`, like a forgotten job's)."""
+
+    max_entries: int
+    max_age_s: float
+    gc_grace_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +207,7 @@ class PruneCollection:
 
 # A worker's report on a chunk attempt is committed as the wire's ChunkEvent itself.
 Command = (SubmitJob | DispatchAttempts | ChunkEvent | CancelJob | NodeSeen | NodeLost | GrantLease | ForgetJobs
-           | PinFiles | PruneCollection)
+           | PinFiles | PruneCollection | ReleaseJob | RunTimers | PruneCache)
 
 
 def file_ref(ref: Any) -> FileRef:
@@ -174,6 +227,12 @@ def normalised_submit(command: SubmitJob) -> SubmitJob:
         chunk_inputs=tuple(file_map(inputs) for inputs in command.chunk_inputs),
         chunk_count=command.chunk_count, timeout_s=float(command.timeout_s),
         max_retries=command.max_retries, limits=command.limits, network=command.network,
+        refs=tuple(InputRef(ref[0], ref[1], bytes(ref[2]), ref[3], ref[4]) for ref in command.refs),
+        after=tuple(bytes(job) for job in command.after),
+        start_at=None if command.start_at is None else float(command.start_at),
+        deadline=None if command.deadline is None else float(command.deadline),
+        hold=command.hold, cache=command.cache, retry_backoff_s=float(command.retry_backoff_s),
+        poison_after=command.poison_after,
     )
 
 
@@ -347,6 +406,25 @@ class CancelOutcome(Outcome):
 
 
 @dataclass(frozen=True, slots=True)
+class ReleaseOutcome(Outcome):
+    changed: bool = False                   # False: not held (released before, or never held)
+
+
+@dataclass(frozen=True, slots=True)
+class TimersOutcome(Outcome):
+    # Per job ended by its deadline: (job, ((chunk, attempt, worker or None), ...))
+    # for its attempts that were DISPATCHED or RUNNING: the shell asks the
+    # load balancer to kill them.
+    cancelled: tuple[tuple[bytes, tuple[tuple[int, int, bytes | None], ...]], ...] = ()
+    fired: int = 0                          # timers that were due
+
+
+@dataclass(frozen=True, slots=True)
+class PruneCacheOutcome(Outcome):
+    dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class LeaseOutcome(Outcome):
     holder: bytes | None = None             # the holder afterwards
     epoch: int = 0                          # its epoch afterwards
@@ -408,6 +486,10 @@ NODE_JOINED = "node_joined"
 NODE_LOST = "node_lost"
 LEASE_GRANTED = "lease_granted"
 JOB_FORGOTTEN = "job_forgotten"     # past retention: only its history line is kept
+JOB_RELEASED = "job_released"       # a held job was released
+JOB_READY = "job_ready"             # a job that waited: its chunks are queued
+CHUNK_CACHED = "chunk_cached"       # a chunk's result came from the cache or its in-flight twin
+CHUNK_DELAYED = "chunk_delayed"     # a new attempt waits out a backoff
 
 
 class ReadyAttempt(NamedTuple):
@@ -442,11 +524,12 @@ class ChunkView:
     result: ChunkResult                     # NO_RESULT until the chunk is final
     retries_used: int
     lost_count: int
+    failures: tuple[str, ...] = ()          # each failed attempt's class, oldest first (FAILURE_CLASSES)
 
     def as_report(self) -> dict[str, Any]:
         """The CHUNK_REPORT record."""
         return dict(chunk=self.chunk, state=self.phase, attempt=self.attempt, worker=self.worker,
-                    **self.result.as_body())
+                    failures=list(self.failures), **self.result.as_body())
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,6 +549,11 @@ class JobView:
     network: bool = False
     waiting: str = ""                       # why its chunks cannot run now, or ""
     past_retention: bool = False            # only its history line is kept (master/retention.py)
+    chunks_cached: int = 0                  # of chunks_succeeded
+    after: tuple[bytes, ...] = ()           # every job it waits for (after= and refs)
+    start_at: float | None = None
+    deadline: float | None = None
+    cache: bool = False
 
     def reply_fields(self) -> dict[str, Any]:
         """Keyword arguments for `JobStatusReply.make(node, request_id=..., **these)`."""
@@ -477,6 +565,8 @@ class JobView:
             next_chunk=self.first_chunk + len(self.chunks), past_retention=int(self.past_retention),
             chunks=[chunk.as_report() for chunk in self.chunks],
             limits=self.limits.as_body(), network=self.network, waiting=self.waiting,
+            chunks_cached=self.chunks_cached, after=list(self.after), start_at=self.start_at,
+            deadline=self.deadline, cache=self.cache,
         )
 
 

@@ -109,6 +109,8 @@ def _satisfy_rules(cls: type, values: dict) -> dict:
         if values["chunk_inputs"]:
             values["chunk_count"] = len(values["chunk_inputs"])
         values["timeout_s"] = max(values["timeout_s"], 0.5)
+        for ref in values["refs"]:
+            ref["chunk"] = min(ref["chunk"], values["chunk_count"] - 1)
     elif name == "job_submit_reply":
         values["created"] %= 2
     elif name == "job_status":
@@ -127,6 +129,7 @@ def _satisfy_rules(cls: type, values: dict) -> dict:
         values["chunks_succeeded"] = min(values["chunks_succeeded"], values["chunk_count"])
         values["chunks_failed"] = min(values["chunks_failed"],
                                       values["chunk_count"] - values["chunks_succeeded"])
+        values["chunks_cached"] = min(values["chunks_cached"], values["chunks_succeeded"])
         # The reports cover a run of consecutive chunks within the job.
         chunk_count = max(values["chunk_count"], len(values["chunks"]))
         values["chunk_count"] = chunk_count

@@ -202,7 +202,7 @@ def test_success_commits_the_result_once():
     assert (view.state, view.chunks_succeeded, view.chunks_failed) == (JobState.RUNNING, 1, 0)
     chunk = view.chunks[0]
     assert chunk.as_report() == dict(
-        chunk=0, state="succeeded", attempt=1, worker=WORKER_1, exit_code=0, outputs={"out/a": OUT},
+        chunk=0, state="succeeded", attempt=1, worker=WORKER_1, failures=[], exit_code=0, outputs={"out/a": OUT},
         stdout=LOG, stderr=None, error="", elapsed_s=1.5, bytes_from_cache=3, bytes_from_storage=4,
         cpu_user_s=0.0, cpu_system_s=0.0, peak_memory_bytes=0, output_bytes=0)
     # The second chunk succeeds straight from DISPATCHED (its STARTED was lost).

@@ -30,8 +30,8 @@ from uds.wire.message_class import (
 from uds.wire.records import CHUNK_EVENT, RESULT_FIELDS, ChunkEvent, ChunkResult
 from uds.wire.resources import ResourceLimits
 from uds.wire.schema import (
-    FILE_MAP, FILE_REF, I64, I64_MAX, ID, SECONDS, U8, U32, U64,
-    Bool, Choice, Int, List, Map, Nullable, Schema, Str, Tuple, record,
+    FILE_MAP, FILE_REF, I64, I64_MAX, ID, SECONDS, U8, U32, U32_MAX, U64,
+    Bool, Choice, FileName, Int, List, Map, Nullable, RelPath, Schema, Str, Tuple, record,
 )
 
 
@@ -51,9 +51,24 @@ ASSIGNMENT = record(chunk=U32, attempt=U32, inputs=FILE_MAP)
 JOB_SPEC = record(job=ID, program=FILE_REF, args=List(Str()), inputs=FILE_MAP,
                   chunk_count=U32, timeout_s=SECONDS, limits=LIMITS, network=Bool())
 DISPATCH_ATTEMPT = record(job=ID, chunk=U32, attempt=U32, inputs=FILE_MAP)
-CHUNK_REPORT_STATES = ("queued", "dispatched", "running", "succeeded", "failed", "cancelled")
+CHUNK_REPORT_STATES = ("queued", "dispatched", "running", "succeeded", "failed", "cancelled",
+                       "waiting", "delayed", "cached")
+# The class of each failed attempt of a chunk, oldest first (the newest
+# MAX_FAILURES_REPORTED of them).
+FAILURE_CLASSES = ("application", "infrastructure")
+MAX_FAILURES_REPORTED = 64
 CHUNK_REPORT = record(chunk=U32, state=Choice(CHUNK_REPORT_STATES), attempt=U32,
-                      worker=Nullable(ID), **RESULT_FIELDS)
+                      worker=Nullable(ID), failures=List(Choice(FAILURE_CLASSES), max_items=MAX_FAILURES_REPORTED),
+                      **RESULT_FIELDS)
+# An input that names another job's output (client `Job.output_ref`, `outputs_ref`):
+# `name` is the input's file name; `chunk` is -1 for a job-wide input, else the
+# chunk whose own input it is; `from_chunk` is the producing job's chunk, or
+# SAME_CHUNK (each chunk i gets chunk i's output) or ALL_CHUNKS (inputs
+# name.0, name.1, ... from every chunk).
+SAME_CHUNK = -1
+ALL_CHUNKS = -2
+INPUT_REF = record(name=FileName(), chunk=Int(-1, U32_MAX), job=ID, output=RelPath(),
+                   from_chunk=Int(ALL_CHUNKS, U32_MAX))
 NODE = record(node=ID, role=U8, host=Str(255), address=Str(1024), slots=U32,
               free_slots=U32, running=U32, cache_bytes=U64, started_at=SECONDS,
               last_seen_s=SECONDS, state=Choice(("alive", "lost")), **WORKER_RESOURCES,
@@ -199,7 +214,9 @@ class Heartbeat(Message):
 
 @message("job_submit", body=dict(
     program=FILE_REF, args=List(Str()), inputs=FILE_MAP, chunk_inputs=List(FILE_MAP),
-    timeout_s=SECONDS, max_retries=U32, name=Str(255), limits=LIMITS, network=Bool()))
+    timeout_s=SECONDS, max_retries=U32, name=Str(255), limits=LIMITS, network=Bool(),
+    refs=List(INPUT_REF), after=List(ID), start_at=Nullable(SECONDS), deadline=Nullable(SECONDS),
+    hold=Bool(), cache=Bool(), retry_backoff_s=SECONDS))
 class JobSubmit(Message):
     request_id: int
     job_uuid_upper: int
@@ -214,9 +231,20 @@ class JobSubmit(Message):
     name: str
     limits: dict = field(default_factory=dict)  # ResourceLimits.as_body: what the job asked for
     network: bool = False
+    refs: list = field(default_factory=list)    # INPUT_REF: inputs from other jobs' outputs
+    after: list = field(default_factory=list)   # job ids that must succeed first
+    start_at: float | None = None               # unix seconds: not before
+    deadline: float | None = None               # unix seconds: fail what is unfinished by then
+    hold: bool = False                          # wait for job_release
+    cache: bool = False                         # reuse and record results by their inputs' hash
+    retry_backoff_s: float = 0.0                # pause before retrying an application failure
 
     def check(self) -> None:
         require(self.chunk_count >= 1, "job_submit: chunk_count must be at least 1")
+        for index, ref in enumerate(self.refs):
+            require(ref["chunk"] < self.chunk_count,
+                    f"job_submit: refs[{index}] is an input of chunk {ref['chunk']}, "
+                    f"but the job has {self.chunk_count} chunks")
         require(not self.chunk_inputs or len(self.chunk_inputs) == self.chunk_count,
                 f"job_submit: {len(self.chunk_inputs)} chunk_inputs for {self.chunk_count} chunks")
         require(self.timeout_s > 0, "job_submit: timeout_s must be positive")
@@ -258,7 +286,9 @@ class JobStatus(Message):
 
 @message("job_status_reply", body=dict(
     name=Str(255), submitted_at=SECONDS, finished_at=Nullable(SECONDS), error=Str(),
-    chunks=List(CHUNK_REPORT), limits=LIMITS, network=Bool(), waiting=Str()))
+    chunks=List(CHUNK_REPORT), limits=LIMITS, network=Bool(), waiting=Str(),
+    chunks_cached=U32, after=List(ID), start_at=Nullable(SECONDS), deadline=Nullable(SECONDS),
+    cache=Bool()))
 class JobStatusReply(Message):
     request_id: int
     job_uuid_upper: int
@@ -278,9 +308,16 @@ class JobStatusReply(Message):
     limits: dict = field(default_factory=dict)  # what each attempt may use, defaults filled in
     network: bool = False
     waiting: str = ""               # why its chunks cannot run now, or ""
+    chunks_cached: int = 0          # of chunks_succeeded: results reused from the cache
+    after: list = field(default_factory=list)   # the jobs it waits for (after= and refs)
+    start_at: float | None = None
+    deadline: float | None = None
+    cache: bool = False
 
     def check(self) -> None:
         check_member(JobState, self.state, "job_status_reply.state")
+        require(self.chunks_cached <= self.chunks_succeeded,
+                f"job_status_reply: {self.chunks_cached} chunks cached of {self.chunks_succeeded} succeeded")
         require(self.past_retention in (0, 1),
                 f"job_status_reply: past_retention {self.past_retention} is not 0 or 1")
         if self.past_retention:
@@ -305,6 +342,13 @@ class JobStatusReply(Message):
 
 @message("job_cancel")
 class JobCancel(Message):
+    request_id: int
+    job_uuid_upper: int
+    job_uuid_lower: int
+
+
+@message("job_release")
+class JobRelease(Message):
     request_id: int
     job_uuid_upper: int
     job_uuid_lower: int

@@ -25,6 +25,7 @@ SENDERS: dict[T, frozenset[NodeRole]] = {
     T.JOB_SUBMIT: frozenset({CLIENT}),
     T.JOB_STATUS: frozenset({CLIENT}),
     T.JOB_CANCEL: frozenset({CLIENT}),
+    T.JOB_RELEASE: frozenset({CLIENT}),
     T.JOB_SUBMIT_REPLY: frozenset({MASTER}),
     T.JOB_STATUS_REPLY: frozenset({MASTER}),
     # membership: workers join a load balancer, a load balancer the masters
