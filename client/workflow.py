@@ -29,7 +29,8 @@ UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _RELATIVE_TIME = re.compile(r"\+([0-9]+(?:\.[0-9]*)?)([smhd])")
 _OUTPUT_OF_JOB = re.compile(r"([0-9a-fA-F]{32}):(.+)", re.DOTALL)
 _CHUNK_SUFFIX = re.compile(r"(.*):([0-9]+|\*)", re.DOTALL)
-TIME_FORMS = "an ISO 8601 time (2026-11-30T15:00, 2026-11-30T15:00:00+01:00, ...Z) or +DURATION (+90s, +10m, +2h, +1d)"
+TIME_FORMS = ("an ISO 8601 time (2026-11-30T15:00, 2026-11-30T15:00:00+01:00, ...Z) "
+              "or +DURATION (+90s, +10m, +2h, +1d)")
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,8 @@ class Leader:
         if expected is wire.JobSubmitReply:
             return wire.JobSubmitReply.make(self.connection.node_id, request_id=7, job=message.job_uuid, created=1)
         if isinstance(message, wire.JobStatus):    # a status asked with detail gets every chunk's report
-            return status_reply(job=message.job_uuid, chunks=[chunk_report(0, "waiting"), chunk_report(1, "waiting")],
-                                **self.status)
+            reports = [chunk_report(0, "waiting"), chunk_report(1, "waiting")]
+            return status_reply(job=message.job_uuid, chunks=reports, **self.status)
         return status_reply(job=message.job_uuid, **self.status)
 
     def put(self, source, progress=None):
@@ -97,8 +97,8 @@ def test_output_refs_name_one_chunk_the_same_chunk_or_every_chunk():
     assert producer.output_ref("a/b/part.txt", chunk=3) == OutputRef(PRODUCER, "a/b/part.txt", 3)
     assert producer.outputs_ref("part.txt") == OutputRef(PRODUCER, "part.txt", ALL_CHUNKS)
     assert OutputRef(PRODUCER.upper(), "x").job == PRODUCER
-    assert [str(ref) for ref in (producer.output_ref("o"), producer.output_ref("o", 2), producer.outputs_ref("o"))] \
-        == [f"{PRODUCER}:o", f"{PRODUCER}:o:2", f"{PRODUCER}:o:*"]
+    refs = (producer.output_ref("o"), producer.output_ref("o", 2), producer.outputs_ref("o"))
+    assert [str(ref) for ref in refs] == [f"{PRODUCER}:o", f"{PRODUCER}:o:2", f"{PRODUCER}:o:*"]
     assert OutputRef(PRODUCER, "o", 4).as_body("in", 1) == dict(
         name="in", chunk=1, job=bytes.fromhex(PRODUCER), output="o", from_chunk=4)
 
