@@ -27,6 +27,16 @@ undone afterwards.
 - replica_set_counts_lost_nodes: replica_set takes the top R nodes whether
   alive or lost, so repair never puts a lost node's files back on R live
   nodes.
+- dependents_released_on_first_success: a job waiting for several jobs
+  is released when the first of them succeeds, not the last (one line of
+  master/workflow.py's `settle_dependents`).
+- new_leader_never_fires_timers: a leader that takes office after the
+  first believes a RunTimers of its own is outstanding, so it never
+  proposes one: start times, deadlines and backoffs wait for ever.
+- same_chunk_ref_reads_chunk_zero: a SAME_CHUNK reference gives every
+  chunk the producer's chunk 0 output (master/workflow.py's `_resolve`).
+- twins_run_at_once: the result cache's in-flight deduplication is gone:
+  a chunk whose twin is running runs too.
 """
 from __future__ import annotations
 
@@ -36,7 +46,9 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Callable, Iterator
 
+from uds.master import housekeeping, workflow
 from uds.master import state as state_module
+from uds.master.result_cache import ResultCache
 from uds.storage import placement, repair
 from uds.master.commands import FINAL_PHASES, ChunkEvent, ChunkPhase
 from uds.master.state import CHUNK_SUCCEEDED, ChunkAction, ChunkEventOutcome, ClusterState
@@ -72,13 +84,14 @@ def _stale_result_accepted() -> list[Patch]:
     return [(state_module._HANDLERS, ChunkEvent, apply)]
 
 
-def _source_patched(function: Callable, old: str, new: str) -> Callable:
-    """`function` compiled again from its source with `old` replaced by `new`."""
+def _source_patched(function: Callable, old: str, new: str, module: Any = state_module) -> Callable:
+    """`function` compiled again from its source with `old` replaced by
+    `new`, in the namespace of `module`."""
     source = textwrap.dedent(inspect.getsource(function))
     if source.count(old) != 1:
         raise LookupError(f"{function.__qualname__} no longer contains {old!r}")
-    namespace = dict(vars(state_module))
-    exec(compile(source.replace(old, new), state_module.__file__, "exec"), namespace)
+    namespace = dict(vars(module))
+    exec(compile(source.replace(old, new), module.__file__, "exec"), namespace)
     return namespace[function.__name__]
 
 
@@ -139,6 +152,43 @@ def _replica_set_counts_lost_nodes() -> list[Patch]:
     return [(module, "replica_set", replica_set) for module in (placement, repair, storage_repair)]
 
 
+def _dependents_released_on_first_success() -> list[Patch]:
+    patched = _source_patched(
+        workflow.settle_dependents,
+        "dependent.waiting_for = tuple(other for other in dependent.waiting_for if other != job)",
+        "dependent.waiting_for = ()", workflow)
+    return [(workflow, "settle_dependents", patched)]
+
+
+# The first leader takes office within this long of the start; a later one is new.
+FIRST_OFFICE_S = 0.2
+
+
+def _new_leader_never_fires_timers() -> list[Patch]:
+    original = housekeeping.Housekeeping._housekeeping_take_office
+
+    def take_office(self, now: float) -> None:
+        original(self, now)
+        if now > FIRST_OFFICE_S:
+            self._firing_timers = True
+
+    return [(housekeeping.Housekeeping, "_housekeeping_take_office", take_office)]
+
+
+def _same_chunk_ref_reads_chunk_zero() -> list[Patch]:
+    patched = _source_patched(workflow._resolve, "targets = [(chunk_inputs[index], ref.name, index)",
+                              "targets = [(chunk_inputs[index], ref.name, 0)", workflow)
+    return [(workflow, "_resolve", patched)]
+
+
+def _twins_run_at_once() -> list[Patch]:
+    def claim(self: ResultCache, key: bytes, chunk) -> bool:
+        self.runners[key] = chunk
+        return True
+
+    return [(ResultCache, "claim", claim)]
+
+
 BUGS: dict[str, Callable[[], list[Patch]]] = {
     "stale_result_accepted": _stale_result_accepted,
     "stale_result_accepted_in_flight": _stale_result_accepted_in_flight,
@@ -148,6 +198,10 @@ BUGS: dict[str, Callable[[], list[Patch]]] = {
     "deposed_leader_acknowledges": _deposed_leader_acknowledges,
     "reads_never_fail_over": _reads_never_fail_over,
     "replica_set_counts_lost_nodes": _replica_set_counts_lost_nodes,
+    "dependents_released_on_first_success": _dependents_released_on_first_success,
+    "new_leader_never_fires_timers": _new_leader_never_fires_timers,
+    "same_chunk_ref_reads_chunk_zero": _same_chunk_ref_reads_chunk_zero,
+    "twins_run_at_once": _twins_run_at_once,
 }
 
 

@@ -9,7 +9,10 @@ Safety, after every step that changed the replicated state:
   record never changes afterwards; the job's counters match its chunks;
 - a job is created once (one job_submitted event), however many masters
   its submission reached, and under however many request ids;
-- no chunk is cancelled (nothing here cancels) and every acknowledged job exists.
+- every acknowledged job exists;
+- the workflow rules (workflow_checks.py): dependencies, holds, start
+  times, deadlines, the inputs each chunk saw, the result cache, and the
+  client's view of each job's state.
 Safety, at every acknowledgement (job_submit_reply, hello_reply,
 chunk_events_ack), leader or not:
 - what it acknowledges is committed: the job is in the state, the grant
@@ -28,6 +31,9 @@ Storage, after every step and at the end:
 - at the end, every committed output (and log) is on a live node, and, once
   repair has settled, every committed output, the program and the inputs
   are on R live nodes (R = min(2, live nodes)).
+Safety, at every assignment a balancer sends a worker: the workflow
+rules for a dispatch (every dependency succeeded, the start time came, a
+held job released).
 Liveness:
 - every balancer is in step with each new leader (its target, and
   answered by it as leader: a grant, a refusal of the lease, an
@@ -41,9 +47,8 @@ from typing import Any, Callable
 
 from uds import wire
 from uds.master.commands import FINAL_PHASES, ChunkPhase
-from uds.master.state import (
-    CHUNK_CANCELLED, CHUNK_FAILED, CHUNK_SUCCEEDED, JOB_SUBMITTED, POISON_ERROR, ClusterState,
-)
+from uds.master.commands import CHUNK_CACHED
+from uds.master.state import CHUNK_CANCELLED, CHUNK_FAILED, CHUNK_SUCCEEDED, JOB_SUBMITTED, ClusterState
 from uds.storage.placement import ALIVE
 from uds.wire.leader_search import QUIET_S
 
@@ -51,11 +56,13 @@ from .loop import Simulation
 from .raft_group import Election, RaftGroup, event_key
 from .storage import PROOF_NAME, Proof, StorageCluster, StorageFailure
 from .trace import short
+from .workflow_checks import WorkflowBroken, WorkflowChecker
 
 # A balancer is back in step with a new leader within this long of its election.
 IN_STEP_S = 1.0
 
-FINAL_EVENT_KINDS = frozenset({CHUNK_SUCCEEDED, CHUNK_FAILED, CHUNK_CANCELLED})
+FINAL_EVENT_KINDS = frozenset({CHUNK_SUCCEEDED, CHUNK_FAILED, CHUNK_CANCELLED, CHUNK_CACHED})
+SUCCEEDED_PHASES = frozenset({ChunkPhase.SUCCEEDED, ChunkPhase.CACHED})
 
 
 class InvariantBroken(AssertionError):
@@ -74,13 +81,15 @@ class Checker:
         self.unfinished = 0
         self.in_step_checked = 0
         self.failures_seen = 0
+        self.workflows: WorkflowChecker | None = None
 
     def watch(self, group: RaftGroup, store: StorageCluster, acknowledged: dict[bytes, float],
               balancer_names: tuple[str, ...] = (), balancers: Callable[[], list] = list,
-              repair: Any = None, client_files: list[tuple[bytes, int]] = ()) -> None:
+              repair: Any = None, client_files: list[tuple[bytes, int]] = (), client: Any = None) -> None:
         """What to check: the Raft group, the storage nodes, the client's
         acknowledged jobs, the balancers' names and the live SimBalancers,
-        storage's repair and the files the client put (program, inputs)."""
+        storage's repair, the files the client put (program, inputs) and
+        the client itself (what it asked, what its polls saw)."""
         self.repair = repair
         self.client_files = list(client_files)
         self.balancer_names = balancer_names
@@ -89,18 +98,46 @@ class Checker:
         self.store = store
         self.acknowledged = acknowledged
         self.balancers = balancers
+        if client is not None:
+            self.workflows = WorkflowChecker(self.state, client, store.proof_of, lambda: group.office)
+            client.on_status = self._workflow_rule(self.workflows.status_seen)
+
+    def _workflow_rule(self, check: Callable[..., None]) -> Callable[..., None]:
+        def checked(*args: Any) -> None:
+            try:
+                check(*args)
+            except WorkflowBroken as broken:
+                raise InvariantBroken(str(broken)) from None
+        return checked
+
+    def assigning(self, balancer: str, job: bytes, attempts: list[tuple[int, int]]) -> None:
+        """Balancer `balancer` is sending a worker these (chunk, attempt) of `job`."""
+        if self.workflows is not None:
+            for chunk, attempt in attempts:
+                self._workflow_rule(self.workflows.may_run)(job, chunk, self.sim.now,
+                                                            f"assigned (attempt {attempt}) by {balancer}")
 
     def after_step(self) -> None:
+        try:
+            self._after_step()
+        except WorkflowBroken as broken:
+            raise InvariantBroken(str(broken)) from None
+
+    def _after_step(self) -> None:
         state = self.state
         self._check_lease()
         if len(self.store.failures) != self.failures_seen:
             self._check_storage_failures()
+        if self.workflows is not None and self.workflows.with_deadline:
+            self.workflows.deadlines_step(self.sim.now)
         if state.last_seq == self.seen_seq:
             return
         self._count_final_events()
         self.unfinished = 0
         for job, record in state.job_records.items():
             self._check_job(job, record)
+        if self.workflows is not None:
+            self.workflows.twins_step()
         for job in self.acknowledged:
             if job not in state.job_records:
                 raise InvariantBroken(f"acknowledged job {short(job)} is not in the state")
@@ -121,6 +158,8 @@ class Checker:
     def _count_final_events(self) -> None:
         events, self.seen_seq = self.state.events_after(self.seen_seq, 1 << 30)
         for event in events:
+            if self.workflows is not None:
+                self.workflows.event(event)
             if event.kind == JOB_SUBMITTED:
                 self.submitted[event.job] = self.submitted.get(event.job, 0) + 1
                 if self.submitted[event.job] > 1:
@@ -145,11 +184,16 @@ class Checker:
                                           f"but {'in' if key in table else 'not in'} the {phase.label} table")
             if chunk.phase not in FINAL_PHASES:
                 continue
-            succeeded += chunk.phase is ChunkPhase.SUCCEEDED
+            succeeded += chunk.phase in SUCCEEDED_PHASES
             if chunk.phase is ChunkPhase.CANCELLED:
-                raise InvariantBroken(f"chunk {index} of job {short(job)} cancelled, but nobody cancelled it")
-            self._check_result(job, index, chunk)
-            if self.final_events.get(key) != 1:
+                # Its job was cancelled or failed as a whole (workflow_checks.py
+                # judges why); one that was not in flight ends without an event.
+                if self.final_events.get(key, 0) > 1:
+                    raise InvariantBroken(f"chunk {index} of job {short(job)} cancelled "
+                                          f"with {self.final_events[key]} final events")
+            else:
+                self._check_result(job, index, chunk, record)
+            if chunk.phase is not ChunkPhase.CANCELLED and self.final_events.get(key) != 1:
                 raise InvariantBroken(f"chunk {index} of job {short(job)} is {chunk.phase.label} "
                                       f"with {self.final_events.get(key, 0)} final events")
             fingerprint = (chunk.phase, chunk.attempt, chunk.worker, chunk.result)
@@ -159,20 +203,27 @@ class Checker:
         if succeeded != record.chunks_succeeded:
             raise InvariantBroken(f"job {short(job)} counts {record.chunks_succeeded} chunks succeeded "
                                   f"but {succeeded} are")
+        if self.workflows is not None:
+            self.workflows.job(job, record, self.sim.now)
         if record.finished_at is None:
             self.unfinished += 1
 
-    def _check_result(self, job: bytes, index: int, chunk) -> None:
+    def _check_result(self, job: bytes, index: int, chunk, record) -> None:
         ref = chunk.result.outputs.get(PROOF_NAME) if chunk.result else None
         if ref is None:
             # Only a poisoned chunk ends without a program's output.
-            if chunk.phase is ChunkPhase.FAILED and chunk.result and chunk.result.error == POISON_ERROR:
+            if chunk.phase is ChunkPhase.FAILED and chunk.result and chunk.result.error.startswith("poison: "):
                 return
             raise InvariantBroken(f"chunk {index} of job {short(job)} is {chunk.phase.label} "
                                   f"without a program's output: {chunk.result}")
         proof = self.store.proof_of(ref)
+        if chunk.phase is ChunkPhase.CACHED and proof is not None and self.workflows is not None:
+            self.workflows.cached_from(job, index, record, proof)
+            return
         expected = Proof(job, index, chunk.attempt, chunk.worker)
-        if proof != expected:
+        if proof is not None and proof.ran() == expected.ran() and self.workflows is not None:
+            self.workflows.check_inputs(job, index, record, proof)
+        if proof is None or proof.ran() != expected.ran():
             raise InvariantBroken(
                 f"chunk {index} of job {short(job)} committed the output of attempt "
                 f"{proof.attempt if proof else '?'} on worker {short(proof.worker) if proof else '?'}, "

@@ -53,12 +53,14 @@ class _Batch:
 class SimBalancer(Host):
     def __init__(self, sim: Simulation, name: str, node_id: bytes, masters: tuple[str, ...],
                  heartbeat_interval_s: float, lease_s: float,
-                 on_batch_acknowledged: Callable[[str, list], None] = lambda master, events: None) -> None:
+                 on_batch_acknowledged: Callable[[str, list], None] = lambda master, events: None,
+                 on_assign: Callable[[str, bytes, list], None] = lambda balancer, job, attempts: None) -> None:
         super().__init__(sim, name)
         self.node_id = node_id
         self.search = LeaderSearch(tuple(masters), sim.random, silence_s=SILENCE_S,
                                    backoff_first_s=BACKOFF_FIRST_S, backoff_cap_s=BACKOFF_CAP_S)
         self.on_batch_acknowledged = on_batch_acknowledged
+        self.on_assign = on_assign
         self.hello_owed = False        # a new target is greeted at once, not at the next ask
         self.from_master = 0           # the index of the master whose message is being handled
         self.answered_at: dict[str, float] = {}   # master -> when it last answered as leader
@@ -179,6 +181,8 @@ class SimBalancer(Host):
     def _do_assign(self, effect: core.AssignChunks) -> None:
         if not self.lease.active(self.sim.now):
             return      # the scheduler sees no STARTED and takes them back
+        self.on_assign(self.name, effect.job_spec.job,
+                       [(assignment.chunk, assignment.attempt) for assignment in effect.assignments])
         self._send_worker(effect.worker, wire.WorkerRequest.make(
             self.node_id, epoch=max(self.epoch, 1),
             assignments=[assignment.to_record() for assignment in effect.assignments],

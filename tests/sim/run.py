@@ -23,6 +23,7 @@ from uds.wire.resources import NO_LIMITS, ResourceLimits
 
 from .checks import Checker, InvariantBroken
 from .client import SimClient
+from .workflow_checks import DEADLINE_EXCEEDED
 from .faults import FaultPlan, Nemesis, StorageFaultPlan
 from .loadbalancer_node import SimBalancer
 from .loop import Simulation
@@ -30,6 +31,7 @@ from .master_host import MasterHost
 from .raft_group import RaftGroup
 from .storage import StorageCluster
 from .storage_repair import StorageRepair
+from .workflows import draw_workflows, twin_pairs
 from .worker_node import SimWorker
 
 FAULT_PHASE_S = 5.0
@@ -64,6 +66,7 @@ class SeedReport:
     elections: int = 0              # after the first
     in_step_checked: int = 0        # elections after which a balancer's step was judged
     storage: dict[str, int] = field(default_factory=dict)   # repair's and reads' figures
+    workflows: dict[str, int] = field(default_factory=dict)  # what the workflow jobs went through
     trace: list[str] = field(default_factory=list)
 
     @property
@@ -111,7 +114,8 @@ class Cluster:
             self.group.started(host, at_start=self.master_generations[name] == 1)
         elif name in self.balancers:
             host = SimBalancer(self.sim, name, _id(name), MASTERS, WORKER_HEARTBEAT_S, WORKER_LEASE_S,
-                               on_batch_acknowledged=self.checker.batch_acknowledged)
+                               on_batch_acknowledged=self.checker.batch_acknowledged,
+                               on_assign=self.checker.assigning)
         else:
             host = SimWorker(self.sim, name, _id(name), self.balancers, self.store, self.slots,
                              WORKER_HEARTBEAT_S,
@@ -180,22 +184,30 @@ class Cluster:
         self.repair.back(address)
 
 
-def run_seed(seed: int, tracing: bool = False) -> SeedReport:
+def run_seed(seed: int, tracing: bool = False, with_workflows: bool = True) -> SeedReport:
     sim = Simulation(seed, tracing=tracing)
     rng = sim.random
     checker = Checker(sim)
     cluster = Cluster(sim, worker_count=WORKER_COUNT, slots=rng.choice((1, 2)), checker=checker)
     checker.watch(cluster.group, cluster.store, cluster.client.acknowledged, BALANCERS,
                   balancers=lambda: [sim.nodes[name] for name in cluster.balancers if name in sim.nodes],
-                  repair=cluster.repair, client_files=[cluster.client.program, *cluster.client.inputs.values()])
-    job_count = rng.choice((1, 2))
-    report = SeedReport(seed, jobs=job_count)
-    for index in range(job_count):
+                  repair=cluster.repair, client_files=[cluster.client.program, *cluster.client.inputs.values()],
+                  client=cluster.client)
+    plain_count = rng.choice((1, 2))
+    plain = []
+    for index in range(plain_count):
         chunks = rng.randint(1, 3)
-        report.chunks += chunks
         job = _id(f"job{index}")
+        plain.append((job, chunks))
         sim.at(rng.uniform(0.0, SUBMIT_BY_S), cluster.client.submit, job, chunks, rng.choice((0, 2)),
                JOB_LIMITS[index % len(JOB_LIMITS)])
+    workflows = draw_workflows(seed, plain) if with_workflows else []
+    for at, plan in workflows:
+        sim.at(at, cluster.client.submit_plan, plan)
+    checker.workflows.twins = twin_pairs([plan for _, plan in workflows])
+    job_count = plain_count + len(workflows)
+    report = SeedReport(seed, jobs=job_count, chunks=sum(chunks for _, chunks in plain)
+                        + sum(plan.chunk_count for _, plan in workflows))
     Nemesis(sim, cluster, FaultPlan.draw(sim), end=FAULT_PHASE_S,
             storage=StorageFaultPlan.draw(cluster.store.random, FAULT_PHASE_S)).start()
     try:
@@ -218,5 +230,27 @@ def run_seed(seed: int, tracing: bool = False) -> SeedReport:
     report.storage = {"repair_rounds": cluster.repair.rounds, "repair_copies": cluster.repair.copied,
                       "repair_trims": cluster.repair.trimmed, "reads_failed_over": cluster.store.reads_failed_over,
                       "storage_failures_checked": len(cluster.store.failures)}
+    report.workflows = workflow_figures(checker, cluster.client)
     report.trace = sim.trace_lines
     return report
+
+
+def workflow_figures(checker: Checker, client: SimClient) -> dict[str, int]:
+    """What the workflow jobs went through, for the suite to see that its
+    seeds exercise each rule."""
+    state = checker.state
+    records = list(state.job_records.values())
+    figures = {
+        "jobs_waiting_over_a_leader_change": checker.workflows.handoffs,
+        "deadlines_hit": sum(record.failed_by == DEADLINE_EXCEEDED for record in records),
+        "dependents_failed": sum(record.failed_by.startswith("dependency ") for record in records),
+        "dependents_cancelled": sum(record.cancelled and record.first_error.startswith("dependency ")
+                                    for record in records),
+        "held_released": len(checker.workflows.released),
+        "held_cancelled": sum(record.cancelled and record.spec.hold and job in client.cancelled_at
+                              for job, record in state.job_records.items()),
+        "chunks_cached": sum(record.chunks_cached for record in records),
+        "started_later": sum(record.spec.start_at is not None and record.started_at is not None for record in records),
+        "statuses_polled": checker.workflows.statuses,
+    }
+    return {name: int(value) for name, value in figures.items()}

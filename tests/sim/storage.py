@@ -1,7 +1,7 @@
 """Storage as the simulation runs it: N content-addressed nodes, placed by
 the real rendezvous hashing (storage/placement.py) with R = 2, and the
 output every simulated program writes: a proof of which job, chunk, attempt
-and worker made it.
+and worker made it, and of the inputs it was given.
 
 - A read walks `read_order` over the masters' membership and fails over: a
   node that is down costs the real probe timeout (storage/replicas.py's
@@ -56,18 +56,28 @@ Later = Callable[..., None]             # later(delay_s, action, *args), stopped
 
 
 class Proof(NamedTuple):
+    """What a program writes: who ran it, and the id of every input it was
+    given, by name, so that a chunk fed the wrong file cannot pass."""
+
     job: bytes
     chunk: int
     attempt: int
     worker: bytes
+    inputs: tuple[tuple[str, bytes], ...] = ()     # (name, file id), by name
 
     def content(self) -> bytes:
-        return f"{self.job.hex()} {self.chunk} {self.attempt} {self.worker.hex()}".encode()
+        seen = " ".join(f"{name}={file_id.hex()}" for name, file_id in self.inputs)
+        return f"{self.job.hex()} {self.chunk} {self.attempt} {self.worker.hex()} {seen}".strip().encode()
 
     @classmethod
     def parse(cls, content: bytes) -> "Proof":
-        job, chunk, attempt, worker = content.decode().split()
-        return cls(bytes.fromhex(job), int(chunk), int(attempt), bytes.fromhex(worker))
+        job, chunk, attempt, worker, *seen = content.decode().split()
+        inputs = tuple((name, bytes.fromhex(file_id)) for name, file_id in (item.split("=") for item in seen))
+        return cls(bytes.fromhex(job), int(chunk), int(attempt), bytes.fromhex(worker), inputs)
+
+    def ran(self) -> tuple[bytes, int, int, bytes]:
+        """The attempt that wrote it: (job, chunk, attempt, worker)."""
+        return self.job, self.chunk, self.attempt, self.worker
 
 
 @dataclass

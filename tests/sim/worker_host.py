@@ -11,7 +11,8 @@ way, and ends at once with an infrastructure error (REJECTED, as the real
 mount reports an input it could not give good bytes of) when no node
 serves one; then it runs for a seeded time and exits 0, or 1 one time in
 ten; it writes one output, a proof naming the job, chunk, attempt and
-worker that ran it, and sometimes a stdout. Outputs are stored on R live
+worker that ran it and the id of each input it was given (by name), and
+sometimes a stdout. Outputs are stored on R live
 nodes in put order, or the upload fails: fewer than R took one, or, during
 the fault phase, the machine sometimes fails to read them. SIGTERM ends a
 program shortly, unless it is one of the programs that trap it and hang,
@@ -65,7 +66,7 @@ class SimAttemptHost:
         self.traps_term: set[AttemptKey] = set()
         self.hung: set[AttemptKey] = set()                      # trapped SIGTERM: ends only by SIGKILL
         self.left: dict[AttemptKey, tuple[bytes | None, bytes | None]] = {}   # key -> (proof, stdout)
-        self.inputs: dict[AttemptKey, list[bytes]] = {}          # key -> its mounted inputs' ids
+        self.inputs: dict[AttemptKey, list[tuple[str, bytes]]] = {}   # key -> its mounted inputs: (name, id)
         self.storage_failed_at: dict[str, float] = {}             # storage node -> when it last did not answer
         self.next_run = 1
         self.handlers: dict[type, Callable[[Any], Any]] = {
@@ -118,7 +119,7 @@ class SimAttemptHost:
         if self._fails(MOUNT_FAILURE_ODDS, "mount_failed"):
             self._answer(MOUNT_S, core.MountFailed(effect.key, "simulated mount failure"))
         else:
-            self.inputs[effect.key] = [bytes(ref[0]) for _, ref in sorted(effect.inputs.items())]
+            self.inputs[effect.key] = [(name, bytes(ref[0])) for name, ref in sorted(effect.inputs.items())]
             self._answer(MOUNT_S, core.Mounted(effect.key, f"/sim/mnt/{effect.key.name}"))
 
     def unmount(self, effect: core.Unmount) -> None:
@@ -133,7 +134,7 @@ class SimAttemptHost:
             self.traps_term.add(key)
         exit_code = 1 if random.random() < PROGRAM_FAILURE_ODDS else 0
         run_s = self._uniform(LONG_PROGRAM_RUN_S if random.random() < LONG_PROGRAM_ODDS else PROGRAM_RUN_S)
-        self._read_inputs(key, run, list(self.inputs.get(key, ())), run_s, exit_code)
+        self._read_inputs(key, run, [file_id for _, file_id in self.inputs.get(key, ())], run_s, exit_code)
         if self.sim.tracing:
             self.sim.note(f"{self.name} starts {attempt_name(key)}")
         return core.ProcessStarted(key)
@@ -192,7 +193,7 @@ class SimAttemptHost:
         random = self.sim.random
         proof = None
         if not stopped or random.random() < PROOF_BEFORE_STOP_ODDS:
-            proof = Proof(key.job, key.chunk, key.attempt, self.node_id).content()
+            proof = Proof(key.job, key.chunk, key.attempt, self.node_id, tuple(self.inputs.get(key, ()))).content()
         stdout = None
         if random.random() < STDOUT_ODDS:
             stdout = f"stdout of {attempt_name(key)} on {self.name}".encode()
