@@ -2,7 +2,9 @@
 faults it injected, the elections it held (after the first of each seed),
 the balancers found in step with a new leader (checks.py), storage's
 figures (reads that failed over, repair's copies and trims, storage failures
-judged), and the seeds that failed. Prints one JSON line.
+judged), what the workflow jobs went through (run.py's `workflow_figures`;
+the deadline lateness is the largest of any seed, the rest are sums), and
+the seeds that failed. Prints one JSON line.
 
     python bench/sim.py [--seeds N] [--first S] [--plant BUG]
     python bench/sim.py --seed N --trace      # replay one seed, with its trace
@@ -27,6 +29,7 @@ FAILED_SEEDS_SHOWN = 20
 def campaign(first: int, count: int) -> dict:
     faults: dict[str, int] = {}
     storage: dict[str, int] = {}
+    workflows: dict[str, int] = {}
     failed: list[int] = []
     first_failure = ""
     chunks = messages = elections = judged = 0
@@ -43,6 +46,9 @@ def campaign(first: int, count: int) -> dict:
             faults[kind] = faults.get(kind, 0) + number
         for name, number in report.storage.items():
             storage[name] = storage.get(name, 0) + number
+        for name, number in report.workflows.items():
+            combined = max if name.endswith("_max_ms") else int.__add__
+            workflows[name] = combined(workflows.get(name, 0), number)
         if not report.ok:
             failed.append(seed)
             first_failure = first_failure or f"seed {seed}: {report.failure}"
@@ -61,6 +67,7 @@ def campaign(first: int, count: int) -> dict:
         "elections": elections,
         "elections_judged_in_step": judged,
         "storage": dict(sorted(storage.items())),
+        "workflows": dict(sorted(workflows.items())),
         "failures": len(failed),
         "failed_seeds": failed[:FAILED_SEEDS_SHOWN],
         "first_failure": first_failure[:2000],

@@ -34,7 +34,7 @@ undone afterwards.
   first believes a RunTimers of its own is outstanding, so it never
   proposes one: start times, deadlines and backoffs wait for ever.
 - same_chunk_ref_reads_chunk_zero: a SAME_CHUNK reference gives every
-  chunk the producer's chunk 0 output (master/workflow.py's `_resolve`).
+  chunk the producer's chunk 0 output (master/workflow.py's `resolve_from`).
 - twins_run_at_once: the result cache's in-flight deduplication is gone:
   a chunk whose twin is running runs too.
 """
@@ -176,9 +176,9 @@ def _new_leader_never_fires_timers() -> list[Patch]:
 
 
 def _same_chunk_ref_reads_chunk_zero() -> list[Patch]:
-    patched = _source_patched(workflow._resolve, "targets = [(chunk_inputs[index], ref.name, index)",
+    patched = _source_patched(workflow.resolve_from, "targets = [(chunk_inputs[index], ref.name, index)",
                               "targets = [(chunk_inputs[index], ref.name, 0)", workflow)
-    return [(workflow, "_resolve", patched)]
+    return [(workflow, "resolve_from", patched)]
 
 
 def _twins_run_at_once() -> list[Patch]:

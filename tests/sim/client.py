@@ -42,7 +42,7 @@ from .loop import Simulation
 RESEND_SUBMIT_S = 2.0
 JOB_TIMEOUT_S = 3600.0
 # Between two status polls (of the next job not known to be final).
-POLL_S = (0.2, 0.5)
+POLL_S = (0.4, 1.0)
 FINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 

@@ -23,7 +23,7 @@ from uds.wire.resources import NO_LIMITS, ResourceLimits
 
 from .checks import Checker, InvariantBroken
 from .client import SimClient
-from .workflow_checks import DEADLINE_EXCEEDED
+from .workflow_checks import DEADLINE_EXCEEDED, due_by
 from .faults import FaultPlan, Nemesis, StorageFaultPlan
 from .loadbalancer_node import SimBalancer
 from .loop import Simulation
@@ -252,5 +252,7 @@ def workflow_figures(checker: Checker, client: SimClient) -> dict[str, int]:
         "chunks_cached": sum(record.chunks_cached for record in records),
         "started_later": sum(record.spec.start_at is not None and record.started_at is not None for record in records),
         "statuses_polled": checker.workflows.statuses,
+        "deadline_lateness_max_ms": max((1000 * (record.finished_at - due_by(record)) for record in records
+                                         if record.failed_by == DEADLINE_EXCEEDED), default=0),
     }
     return {name: int(value) for name, value in figures.items()}

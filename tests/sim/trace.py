@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from uds import wire
-from uds.wire.enums import ChunkState
+from uds.wire.enums import ChunkState, JobState
 
 
 def short(node_id: bytes) -> str:
@@ -52,6 +52,23 @@ def _cancel(m: wire.ChunkCancel) -> str:
     return " ".join(_attempt(m.job_uuid, chunk, attempt) for chunk, attempt in m.attempts)
 
 
+def _workflow(m: wire.JobSubmit) -> str:
+    """What a submission waits for: after, refs, hold, start, deadline, cache."""
+    parts = [f"after {short(job)}" for job in m.after]
+    parts += [f"{ref['name']} <- {short(ref['job'])}:{ref['output']}:{_from_chunk(ref['from_chunk'])}"
+              for ref in m.refs]
+    parts += ["held"] * bool(m.hold) + ["cache"] * bool(m.cache)
+    if m.start_at is not None:
+        parts.append(f"starts {m.start_at:.4f}")
+    if m.deadline is not None:
+        parts.append(f"deadline {m.deadline:.4f}")
+    return "".join(f", {part}" for part in parts)
+
+
+def _from_chunk(value: int) -> str:
+    return {-1: "same", -2: "all"}.get(value, str(value))
+
+
 def _node_report(m: wire.NodeReport) -> str:
     return " ".join(f"{short(n['node'])}:{n['state']}" for n in m.nodes)
 
@@ -66,7 +83,12 @@ _DETAILS: dict[type, Callable[[Any], str]] = {
     wire.StatusAck: _status_ack,
     wire.ChunkCancel: _cancel,
     wire.NodeReport: _node_report,
-    wire.JobSubmit: lambda m: f"job {short(m.job_uuid)} ({m.chunk_count} chunks)",
+    wire.JobSubmit: lambda m: f"job {short(m.job_uuid)} ({m.chunk_count} chunks{_workflow(m)})",
+    wire.JobStatus: lambda m: f"job {short(m.job_uuid)}",
+    wire.JobStatusReply: lambda m: f"job {short(m.job_uuid)} {JobState(m.state).name.lower()}"
+                                   + (f" ({m.waiting})" if m.waiting else ""),
+    wire.JobRelease: lambda m: f"job {short(m.job_uuid)}",
+    wire.JobCancel: lambda m: f"job {short(m.job_uuid)}",
     wire.JobSubmitReply: lambda m: f"job {short(m.job_uuid)} created={m.created}",
     wire.Hello: lambda m: f"from {short(m.node_uuid)} started {m.start_time_ms}",
     wire.HelloReply: lambda m: f"epoch {m.epoch}",

@@ -13,7 +13,8 @@ deadlines, the result cache), checked by `Checker` (checks.py):
   deadline, reached, or for a dependency that failed; it is cancelled only
   when the client asked, or for a dependency that was cancelled; a chunk
   ends cancelled only with its job failed or cancelled so;
-- a job with a deadline is final by DEADLINE_BOUND_S after it;
+- a job with a deadline is final by DEADLINE_BOUND_S after it (or after
+  its submission committed, when that came later);
 - each chunk ran with the inputs its spec names: its proof lists, by name,
   the file ids that the checker resolves on its own from the spec and the
   producing chunks' committed results (job0's chunk i for SAME_CHUNK, every
@@ -53,6 +54,12 @@ DEADLINE_EXCEEDED = "deadline exceeded"
 # How far along a job is as the client sees it: never less than before.
 _RANK = {JobState.HELD: 0, JobState.WAITING: 1, JobState.QUEUED: 2, JobState.RUNNING: 3,
          JobState.SUCCEEDED: 4, JobState.FAILED: 4, JobState.CANCELLED: 4}
+
+
+def due_by(record: JobRecord) -> float:
+    """When a job with a deadline must end at the earliest: its deadline,
+    or its submission's commit when a leaderless cluster held it past that."""
+    return max(record.spec.deadline, record.submitted_at)
 
 
 class WorkflowBroken(AssertionError):
@@ -137,9 +144,10 @@ class WorkflowChecker:
         DEADLINE_BOUND_S after its deadline."""
         for job in self.with_deadline:
             record = self.state.job_records[job]
-            if record.finished_at is None and now > record.spec.deadline + DEADLINE_BOUND_S:
+            if record.finished_at is None and now > due_by(record) + DEADLINE_BOUND_S:
                 raise WorkflowBroken(f"job {short(job)} unfinished at {now:.4f} s, its deadline "
-                                     f"{record.spec.deadline:.4f} s long past")
+                                     f"{record.spec.deadline:.4f} s long past (submitted at "
+                                     f"{record.submitted_at:.4f} s)")
         self.with_deadline = [job for job in self.with_deadline
                               if self.state.job_records[job].finished_at is None]
 

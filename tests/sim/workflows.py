@@ -1,6 +1,6 @@
 """The workflow jobs a seed's client submits besides its plain ones, drawn
 from a random source of their own (so that the plain jobs, the cluster and
-the faults draw what they drew before workflows).
+the fault plan draw what they drew before workflows).
 
 Each kind comes with its own odds, so that a seed has none, some or all:
 
@@ -10,16 +10,18 @@ Each kind comes with its own odds, so that a seed has none, some or all:
   as part.0, part.1, ...) and, as its own input, job0's chunk 0 output;
   sometimes also after `held`;
 - `held`: held until the client releases it, 0.3-4 s after its
-  acknowledgement, or (one in four) cancels it instead; sometimes after
-  job0, sometimes with a deadline that may come first;
+  acknowledgement, or (three in ten) cancels it instead, which cancels
+  what waits for it; sometimes after job0, sometimes with a deadline that
+  may come first;
 - `later`: a start time 0.5-3 s ahead, sometimes with a deadline that may
-  come before it;
+  come before it; sometimes also after `held`;
 - `twin0` and `twin1`: two jobs with the same spec and cache=True, the
   second submitted 0-2 s after the first: while one's chunk runs the
   other's waits for it, and takes its result; half of the pairs read
   job0's outputs chunk by chunk.
 
-A deadline is 0.3-5 s after the submission: short enough that many are hit.
+A deadline is 0.3-5 s after the submission: short enough that many are
+hit.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ REDUCE_ODDS = 0.7           # of the seeds with a map
 DEADLINE_ODDS = 0.3
 DEADLINE_IN_S = (0.3, 5.0)
 RELEASE_IN_S = (0.3, 4.0)
-CANCEL_INSTEAD_ODDS = 0.25
+CANCEL_INSTEAD_ODDS = 0.3
 START_IN_S = (0.5, 3.0)
 TWIN_LAG_S = (0.0, 2.0)
 
@@ -80,8 +82,10 @@ def draw_workflows(seed: int, plain: list[tuple[bytes, int]]) -> list[tuple[floa
                 refs=(InputRef("part", JOB_WIDE, mapped.job, PROOF_NAME, ALL_CHUNKS),
                       InputRef("first", 0, job0, PROOF_NAME, 0)))))
     if draws["later"]:
+        after = (held.job,) if held is not None and rng.random() < 0.5 else ()
         planned.append((rng.uniform(0.0, 2.5), JobPlan(
-            _id("later"), rng.randint(1, 2), start_in=rng.uniform(*START_IN_S), deadline_in=_deadline(rng))))
+            _id("later"), rng.randint(1, 2), after=after, start_in=rng.uniform(*START_IN_S),
+            deadline_in=_deadline(rng))))
     if draws["twins"]:
         by_chunk = rng.random() < 0.5
         count = chunks0 if by_chunk else rng.randint(1, 3)
