@@ -262,6 +262,16 @@ def test_a_refused_run_of_the_timers_waits_before_the_next():
     assert proposed(harness.handle(Tick(), 1.0 + TIMERS_RETRY_S)) == [Propose((RunTimers(),), 3)]
 
 
+def test_a_run_of_the_timers_that_fired_nothing_waits_before_the_next():
+    harness = leading()
+    harness.state.timer_at = 1.0
+    harness.state.answers[RunTimers] = TimersOutcome(fired=0)
+    harness.handle(Tick(), 1.0)
+    assert harness.commit(1.2) == []
+    assert harness.handle(Tick(), 1.2) == [Wake(1.2 + TIMERS_RETRY_S)]
+    assert proposed(harness.handle(Tick(), 1.2 + TIMERS_RETRY_S)) == [Propose((RunTimers(),), 3)]
+
+
 def test_a_run_of_the_timers_whose_proposal_failed_is_proposed_again_at_once():
     harness = leading()
     harness.state.timer_at = 1.0
