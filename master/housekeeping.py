@@ -14,8 +14,10 @@ method here, chosen by the purpose kept with the command.
   RunTimers; its apply fires every timer due by the command's `now`. Jobs a
   deadline ends come back in the outcome with their attempts in flight,
   which the balancer is asked to kill, as for a cancel.
-- A RunTimers the state refuses, or that fires nothing, is not followed by
-  another for TIMERS_RETRY_S: the same answer would come back at every Tick.
+- A RunTimers the state refuses is not followed by another for
+  TIMERS_RETRY_S: the refusal would come back at every Tick. One it applies
+  clears every timer due by its `now`, stale ones (of a job that ended) too,
+  so the next is later.
 - The cache is pruned on the leader's settings ([scheduling]): the command
   carries them, so the replicas drop the same entries.
 
@@ -139,10 +141,6 @@ class Housekeeping:
                 self._timers_retry_at = self._now + TIMERS_RETRY_S
             return [Note(f"timers did not run: {outcome.error}", warning=True)]
         self._count("timers_fired", outcome.fired)
-        if not outcome.fired:
-            # Due by the leader's clock, yet nothing fired (the timer went
-            # with its job, or the state disagrees): not again at once.
-            self._timers_retry_at = self._now + TIMERS_RETRY_S
         effects: list[Effect] = []
         for job, attempts in outcome.cancelled:
             self._count("jobs_past_deadline")

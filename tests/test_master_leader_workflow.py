@@ -22,11 +22,12 @@ from uds.master.leader import (
 from uds.master.links import MIN_CREDIT
 from uds.master.state import ClusterState
 from uds.wire.cluster import Scheduling, StoragePolicy
-from uds.wire.enums import ErrorCode
+from uds.wire.enums import ChunkState, ErrorCode, JobState
 
 from test_master_leader import (
-    BALANCER_PEER, CLIENT, JOB, JOB_B, LEADING, MASTER, PROGRAM, WORKER, Cluster, error, heartbeat, hello,
-    proposed, received, request, status_reply, submit, submit_command, without,
+    BALANCER_PEER, CLIENT, JOB, JOB_B, LEADING, MASTER, PROGRAM, WORKER, Cluster, chunk_events, error,
+    event_record, heartbeat, hello, proposed, received, request, status_reply, submit, submit_command, with_balancer,
+    without,
 )
 
 JOB_C = b"L" * 16
@@ -262,16 +263,6 @@ def test_a_refused_run_of_the_timers_waits_before_the_next():
     assert proposed(harness.handle(Tick(), 1.0 + TIMERS_RETRY_S)) == [Propose((RunTimers(),), 3)]
 
 
-def test_a_run_of_the_timers_that_fired_nothing_waits_before_the_next():
-    harness = leading()
-    harness.state.timer_at = 1.0
-    harness.state.answers[RunTimers] = TimersOutcome(fired=0)
-    harness.handle(Tick(), 1.0)
-    assert harness.commit(1.2) == []
-    assert harness.handle(Tick(), 1.2) == [Wake(1.2 + TIMERS_RETRY_S)]
-    assert proposed(harness.handle(Tick(), 1.2 + TIMERS_RETRY_S)) == [Propose((RunTimers(),), 3)]
-
-
 def test_a_run_of_the_timers_whose_proposal_failed_is_proposed_again_at_once():
     harness = leading()
     harness.state.timer_at = 1.0
@@ -341,7 +332,6 @@ def test_a_new_leader_waits_a_full_interval_before_its_first_prune():
 def test_a_status_reply_carries_the_workflow_fields_and_each_attempts_failure_class():
     from uds.master.commands import ChunkView, JobView
     from uds.master.views import job_status_reply
-    from uds.wire.enums import JobState
 
     chunks = (ChunkView(chunk=0, phase="cached", attempt=0, worker=None, result=wire.NO_RESULT, retries_used=0,
                         lost_count=0),
@@ -358,3 +348,73 @@ def test_a_status_reply_carries_the_workflow_fields_and_each_attempts_failure_cl
         1, [JOB_B, JOB_C], 5.0, 60.0, True, "waiting for job " + JOB_B.hex())
     assert [(report["state"], report["failures"]) for report in reply.chunks] == [
         ("cached", []), ("delayed", ["infrastructure", "application"]), ("waiting", [])]
+
+
+# ---- over the real state ------------------------------------------------------
+# The same scenarios through ClusterState's own semantics (doc/states.md):
+# what the leader proposes and sends as a workflow job goes on.
+
+def dispatched_jobs(effects: list) -> list[bytes]:
+    """The jobs of the attempts dispatched in these effects, in order."""
+    return [attempt["job"] for effect in effects if isinstance(effect, Send)
+            and isinstance(effect.message, wire.ChunkDispatch) for attempt in effect.message.attempts]
+
+
+def real_leader_with_balancer(free_slots: int = 2) -> Cluster:
+    return with_balancer(free_slots)
+
+
+def test_a_held_job_is_dispatched_once_released():
+    cluster = real_leader_with_balancer()
+    cluster.handle(received(workflow_submit(hold=True)), 0.2)
+    assert dispatched_jobs(cluster.settle(0.2)) == []
+    assert cluster.state.job_state(JOB) is JobState.HELD
+    asked = release(request_id=20)
+    cluster.handle(received(asked), 0.4)
+    cluster.handle(Tick(), 0.4)
+    [answer] = cluster.commit(0.4)
+    assert answer == status_reply(asked, cluster.state)
+    assert answer.message.state == JobState.QUEUED
+    assert dispatched_jobs(cluster.settle(0.4)) == [JOB, JOB]
+
+
+def test_a_job_that_starts_later_is_dispatched_at_its_time():
+    cluster = real_leader_with_balancer()
+    cluster.handle(received(workflow_submit(start_at=1.0)), 0.2)
+    assert dispatched_jobs(cluster.settle(0.2)) == []
+    assert cluster.state.next_timer_at() == 1.0
+    assert Wake(1.0) in cluster.handle(Tick(), 0.5)
+    cluster.renew(0.9)
+    effects = cluster.settle(1.0)
+    assert proposed(effects)[0].commands == (RunTimers(),)
+    assert dispatched_jobs(effects) == [JOB, JOB]
+    assert cluster.leader.counters["timers_fired"] == 1
+
+
+def test_a_deadline_cancels_what_runs_at_the_balancer_and_answers_the_waiters():
+    cluster = real_leader_with_balancer()
+    cluster.handle(received(workflow_submit(deadline=1.0)), 0.2)
+    assert dispatched_jobs(cluster.settle(0.2)) == [JOB, JOB]
+    waiting = wire.JobStatus.make(CLIENT, request_id=21, job=JOB, detail=0, wait_ms=20_000, first_chunk=0,
+                                  max_chunks=0)
+    assert cluster.handle(received(waiting), 0.5) == []
+    cluster.renew(0.9)
+    effects = without((Propose, Wake), cluster.settle(1.0))
+    assert effects == [
+        Send(BALANCER_PEER, wire.ChunkCancel.make(MASTER, epoch=1, job=JOB, attempts=[[0, 1], [1, 1]])),
+        status_reply(waiting, cluster.state)]
+    assert cluster.state.job_state(JOB) is JobState.FAILED
+    assert cluster.state.job_view(JOB, 0, 0).error == "deadline exceeded"
+
+
+def test_a_dependent_job_is_dispatched_once_its_dependency_succeeded():
+    cluster = real_leader_with_balancer()
+    cluster.handle(received(submit(JOB_B)), 0.1)
+    cluster.settle(0.1)
+    cluster.handle(received(workflow_submit(after=[JOB_B], request_id=2)), 0.2)
+    assert dispatched_jobs(cluster.settle(0.2)) == []
+    assert cluster.state.job_state(JOB) is JobState.WAITING
+    cluster.renew(0.3)
+    cluster.handle(received(chunk_events(1, event_record(JOB_B, 0, 1, ChunkState.STARTED),
+                                         event_record(JOB_B, 0, 1, ChunkState.SUCCEEDED)), BALANCER_PEER), 0.4)
+    assert dispatched_jobs(cluster.settle(0.4)) == [JOB, JOB]
