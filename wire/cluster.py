@@ -46,8 +46,8 @@
 
     [scheduling]                        # how the masters run jobs (doc/cluster.md)
     poison_after = 3                    # workers lost in a row that quarantine a chunk
-    cache_max_entries = 100000          # result-cache entries kept, newest first
-    cache_max_age_s = 604800.0          # and none older than this (7 days)
+    cache_max_entries = 100000          # result-cache entries kept, least recently used dropped first
+    cache_max_age_s = 604800.0          # and none unused for longer than this (7 days)
 
 Relative paths are relative to the cluster file's folder. See doc/cluster.md.
 """
@@ -291,8 +291,9 @@ class Scheduling:
     """The [scheduling] table: how the masters run jobs. A chunk whose
     workers are lost `poison_after` times in a row is quarantined as poison
     (other infrastructure failures never quarantine). The result cache keeps
-    at most `cache_max_entries` entries, none older than `cache_max_age_s`;
-    the leader prunes it about once a minute."""
+    at most `cache_max_entries` entries, none unused for longer than
+    `cache_max_age_s` (a hit uses an entry); the leader prunes it about
+    once a minute."""
 
     poison_after: int = 3
     cache_max_entries: int = 100_000
