@@ -2,7 +2,8 @@
 master/housekeeping.py): what a submission carries into the log, releases,
 the state's timers and the result cache's pruning. Exact effects over a
 ClusterState whose timer, cache size and answers to the workflow commands
-each test sets (the state's own semantics are test_master_state's)."""
+each test sets, then a few scenarios over the real state (whose own
+semantics are test_master_state's)."""
 from __future__ import annotations
 
 from collections import deque
@@ -17,7 +18,7 @@ from uds.master.commands import (
 from uds.master.housekeeping import CACHE_PRUNE_INTERVAL_S, TIMERS_RETRY_S
 from uds.master.leader import (
     ACCEPTED_MESSAGES, PROPOSAL_TIMEOUT_S, DirectReader, Leader, Note, ProposalFailed, Propose, RaftStatus,
-    Reply, Send, Tick, Wake,
+    Send, Tick, Wake,
 )
 from uds.master.links import MIN_CREDIT
 from uds.master.state import ClusterState
@@ -26,7 +27,7 @@ from uds.wire.enums import ChunkState, ErrorCode, JobState
 
 from test_master_leader import (
     BALANCER_PEER, CLIENT, JOB, JOB_B, LEADING, MASTER, PROGRAM, WORKER, Cluster, chunk_events, error,
-    event_record, heartbeat, hello, proposed, received, request, status_reply, submit, submit_command, with_balancer,
+    event_record, heartbeat, hello, proposed, received, status_reply, submit, submit_command, with_balancer,
     without,
 )
 
@@ -360,12 +361,8 @@ def dispatched_jobs(effects: list) -> list[bytes]:
             and isinstance(effect.message, wire.ChunkDispatch) for attempt in effect.message.attempts]
 
 
-def real_leader_with_balancer(free_slots: int = 2) -> Cluster:
-    return with_balancer(free_slots)
-
-
 def test_a_held_job_is_dispatched_once_released():
-    cluster = real_leader_with_balancer()
+    cluster = with_balancer()
     cluster.handle(received(workflow_submit(hold=True)), 0.2)
     assert dispatched_jobs(cluster.settle(0.2)) == []
     assert cluster.state.job_state(JOB) is JobState.HELD
@@ -379,7 +376,7 @@ def test_a_held_job_is_dispatched_once_released():
 
 
 def test_a_job_that_starts_later_is_dispatched_at_its_time():
-    cluster = real_leader_with_balancer()
+    cluster = with_balancer()
     cluster.handle(received(workflow_submit(start_at=1.0)), 0.2)
     assert dispatched_jobs(cluster.settle(0.2)) == []
     assert cluster.state.next_timer_at() == 1.0
@@ -392,7 +389,7 @@ def test_a_job_that_starts_later_is_dispatched_at_its_time():
 
 
 def test_a_deadline_cancels_what_runs_at_the_balancer_and_answers_the_waiters():
-    cluster = real_leader_with_balancer()
+    cluster = with_balancer()
     cluster.handle(received(workflow_submit(deadline=1.0)), 0.2)
     assert dispatched_jobs(cluster.settle(0.2)) == [JOB, JOB]
     waiting = wire.JobStatus.make(CLIENT, request_id=21, job=JOB, detail=0, wait_ms=20_000, first_chunk=0,
@@ -408,7 +405,7 @@ def test_a_deadline_cancels_what_runs_at_the_balancer_and_answers_the_waiters():
 
 
 def test_a_dependent_job_is_dispatched_once_its_dependency_succeeded():
-    cluster = real_leader_with_balancer()
+    cluster = with_balancer()
     cluster.handle(received(submit(JOB_B)), 0.1)
     cluster.settle(0.1)
     cluster.handle(received(workflow_submit(after=[JOB_B], request_id=2)), 0.2)
