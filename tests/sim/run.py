@@ -4,7 +4,10 @@ A cluster of three masters (a Raft group modelled as one linearizable log,
 and the real leader core in each), two load
 balancers (one active at a time by its lease and epoch), two workers of
 different sizes that talk to both, and a client that submits a few small
-jobs, the second of which fits only the larger worker.
+jobs, the second of which fits only the larger worker, and the seed's
+workflow jobs (workflows.py: jobs that read others' outputs or wait for
+them, a held job, a later start, deadlines, twin cache jobs), releasing
+or cancelling what it holds and polling every job's status.
 Three storage nodes hold the program, the input every chunk reads and the
 outputs, each file on two of them (storage.py), and repair puts files back
 on two live nodes after a node is down or lost (storage_repair.py).

@@ -18,7 +18,7 @@ Each kind comes with its own odds, so that a seed has none, some or all:
 - `twin0` and `twin1`: two jobs with the same spec and cache=True, the
   second submitted 0-2 s after the first: while one's chunk runs the
   other's waits for it, and takes its result; half of the pairs read
-  job0's outputs chunk by chunk.
+  job0's outputs chunk by chunk; three in ten twin0s have a deadline.
 
 A deadline is 0.3-5 s after the submission: short enough that many are
 hit.
@@ -92,8 +92,12 @@ def draw_workflows(seed: int, plain: list[tuple[bytes, int]]) -> list[tuple[floa
         refs = (InputRef("in", JOB_WIDE, job0, PROOF_NAME, SAME_CHUNK),) if by_chunk else ()
         first_at = rng.uniform(0.0, 2.5)
         retries = rng.choice((0, 2))
+        # A deadline is no part of a chunk's key: twin0's may end its running
+        # chunks, and then twin1's waiting ones must run instead.
+        deadline_in = _deadline(rng)
         for index, at in enumerate((first_at, first_at + rng.uniform(*TWIN_LAG_S))):
-            planned.append((at, JobPlan(_id(f"twin{index}"), count, max_retries=retries, refs=refs, cache=True)))
+            planned.append((at, JobPlan(_id(f"twin{index}"), count, max_retries=retries, refs=refs, cache=True,
+                                        deadline_in=deadline_in if index == 0 else None)))
     return planned
 
 
