@@ -46,8 +46,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from uds import wire
-from uds.master.commands import FINAL_PHASES, ChunkPhase
-from uds.master.commands import CHUNK_CACHED
+from uds.master.commands import CHUNK_CACHED, FINAL_PHASES, ChunkPhase
 from uds.master.state import CHUNK_CANCELLED, CHUNK_FAILED, CHUNK_SUCCEEDED, JOB_SUBMITTED, ClusterState
 from uds.storage.placement import ALIVE
 from uds.wire.leader_search import QUIET_S
