@@ -165,6 +165,13 @@ class Nemesis:
     def _storage_fault(self, kind: str, down_s: float) -> None:
         store = self.cluster.store
         up = [address for address, node in store.nodes.items() if node.up]
+        if kind == "storage_lost":
+            # Not the only holder of a file: one written while the others
+            # were declared lost went to it alone (R = 1), and losing it then
+            # loses the file, which no replication could have kept.
+            up = [address for address in up if all(
+                any(file_id in other.blobs for other in store.nodes.values() if other.address != address)
+                for file_id in store.nodes[address].blobs)]
         if not up:
             return
         address = store.random.choice(up)
