@@ -1,21 +1,25 @@
 """Workflows in the masters' state (master/workflow.py, master/result_cache.py
 and the failure classes of master/state.py): one test per rule of
-doc/states.md, then a hypothesis state machine (tests/workflow_machine.py)."""
+doc/states.md, then a hypothesis state machine over all of them."""
 import copy
 import pickle
 from dataclasses import replace
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from uds.master.collection import reference_snapshot
 from uds.master.commands import (
-    ALL_CHUNKS, JOB_WIDE, SAME_CHUNK, CancelJob, CancelOutcome, DispatchAttempts, ForgetJobs, InputRef,
+    ALL_CHUNKS, FINAL_PHASES, JOB_WIDE, SAME_CHUNK, CancelJob, ChunkPhase, CancelOutcome, DispatchAttempts, ForgetJobs, InputRef,
     PruneCache, PruneCacheOutcome, ReleaseJob, ReleaseOutcome, RunTimers, SubmitJob, SubmitOutcome,
     TimersOutcome,
 )
 from uds.master.records import ChunkRecord, JobRecord
 from uds.master.result_cache import cache_key
 from uds.master.state import ClusterState
+from uds.master.workflow import BACKOFF, DEADLINE, START, chunk_cache_key, dependencies
 from uds.wire.enums import ChunkState, ErrorCode, JobState
 from uds.wire.records import ChunkEvent, ChunkResult
 from uds.wire.resources import ResourceLimits
@@ -664,7 +668,6 @@ def test_a_runner_that_ends_otherwise_hands_on_to_the_first_twin(ending):
 
 
 def _key(state, job, index):
-    from uds.master.workflow import chunk_cache_key
     return chunk_cache_key(state.job_records[job], index)
 
 
@@ -760,3 +763,310 @@ def test_records_pickled_before_workflows_load_with_their_defaults():
     from uds.master.records import _unpack_chunks
     packed = msgpack.packb([(1, 2, 0, 1, None, None)], use_bin_type=True)
     assert _unpack_chunks(packed) == [ChunkRecord(attempt=2, lost_count=1)]
+
+
+# -- the state machine ------------------------------------------------------------------
+
+MACHINE_JOBS = tuple(bytes([0x10 + index]) * 16 for index in range(10))
+MACHINE_WORKERS = (WORKER, bytes.fromhex("02" * 16))
+JOB_RANKS = {JobState.HELD: 0, JobState.WAITING: 1, JobState.QUEUED: 2, JobState.RUNNING: 3,
+             JobState.SUCCEEDED: 4, JobState.FAILED: 4, JobState.CANCELLED: 4}
+FINAL_JOB_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+# Phases a chunk may reach only once its job is ready (every dependency succeeded).
+READY_PHASES = {ChunkPhase.QUEUED, ChunkPhase.DISPATCHED, ChunkPhase.RUNNING, ChunkPhase.DELAYED,
+                ChunkPhase.SUCCEEDED, ChunkPhase.CACHED}
+RUNNER_PHASES = {ChunkPhase.QUEUED, ChunkPhase.DISPATCHED, ChunkPhase.RUNNING, ChunkPhase.DELAYED}
+
+
+class WorkflowMachine(RuleBasedStateMachine):
+    """Jobs with dependencies, refs, holds, start times, deadlines and the
+    cache (few programs and inputs, so keys collide), driven through every
+    report a worker can make and through time; the invariants after each step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = ClusterState()
+        self.now = 0.0
+        self.history: list[tuple[list, float]] = []
+        self.ranks: dict[bytes, int] = {}
+        self.final_views: dict[bytes, object] = {}
+        self.released: set[bytes] = set()
+        self.user_cancelled: set[bytes] = set()
+        self.ever_dropped: set[bytes] = set()
+
+    def apply(self, commands: list, advance: float = 1.0) -> list:
+        self.now += advance
+        self.history.append((commands, self.now))
+        return self.state.apply(commands, self.now)
+
+    def jobs(self) -> list[bytes]:
+        return list(self.state.job_records)
+
+    # -- rules --
+
+    @precondition(lambda self: len(self.state.job_records) < len(MACHINE_JOBS))
+    @rule(data=st.data(), chunk_count=st.sampled_from([1, 2, 2, 3]), args=st.sampled_from([("a",), ("a",), ("b",)]),
+          data_id=st.sampled_from([DATA[0], DATA[0], LOG[0]]), cache=st.sampled_from([True, True, False]), hold=st.integers(0, 6),
+          start_in=st.sampled_from([None, None, 0.0, 5.0, 20.0]),
+          deadline_in=st.sampled_from([None, None, None, 10.0, 60.0, 200.0]),
+          max_retries=st.integers(0, 1), backoff=st.sampled_from([0.0, 2.0]), poison_after=st.integers(1, 3))
+    def submit(self, data, chunk_count, args, data_id, cache, hold, start_in, deadline_in, max_retries, backoff,
+               poison_after):
+        job = MACHINE_JOBS[len(self.state.job_records)]
+        existing = self.jobs()
+        after = ()
+        if existing and data.draw(st.integers(0, 2)) == 0:
+            after = tuple(data.draw(st.lists(st.sampled_from(existing), min_size=1, max_size=2)))
+        refs = ()
+        if existing and data.draw(st.integers(0, 2)) == 0:
+            producer = data.draw(st.sampled_from(existing))
+            count = self.state.job_records[producer].spec.chunk_count
+            from_chunk = data.draw(st.sampled_from([SAME_CHUNK, ALL_CHUNKS, *range(count)]))
+            scope = data.draw(st.sampled_from([JOB_WIDE, *range(chunk_count)]))
+            refs = (ref("in", producer, output="o", from_chunk=from_chunk, chunk=scope),)
+        command = submit(job, chunk_count, args=args, inputs={"data": (data_id, 10)}, cache=cache,
+                         hold=hold == 0, after=after, refs=refs, max_retries=max_retries,
+                         start_at=None if start_in is None else self.now + 1 + start_in,
+                         deadline=None if deadline_in is None else self.now + 1 + deadline_in,
+                         retry_backoff_s=backoff, poison_after=poison_after)
+        before = copy.deepcopy(self.state)
+        [outcome] = self.apply([command])
+        if not outcome.ok:
+            # Only what a producer's record decides may refuse a well-formed spec.
+            assert outcome.error_code == ErrorCode.INVALID and ("has no output" in outcome.error
+                                                                or "takes each chunk's" in outcome.error), outcome
+            self.state = before
+            self.history.pop()
+            self.now -= 1.0
+            return
+        assert outcome == SubmitOutcome(created=True)
+
+    @precondition(lambda self: self.state.job_records)
+    @rule(data=st.data())
+    def release(self, data):
+        job = data.draw(st.sampled_from(self.jobs()))
+        record = self.state.job_records[job]
+        was_held = record.held and record.finished_at is None
+        [outcome] = self.apply([ReleaseJob(job)])
+        assert outcome == ReleaseOutcome(changed=was_held)
+        if was_held:
+            self.released.add(job)
+
+    @precondition(lambda self: self.state.job_records)
+    @rule(data=st.data(), really=st.integers(0, 9))
+    def cancel(self, data, really):
+        if really:
+            return
+        job = data.draw(st.sampled_from(self.jobs()))
+        record = self.state.job_records[job]
+        unfinished = record.finished_at is None
+        in_flight = {(index, chunk.attempt, chunk.worker) for index, chunk in enumerate(record.chunks)
+                     if chunk.phase in (ChunkPhase.DISPATCHED, ChunkPhase.RUNNING)}
+        [outcome] = self.apply([CancelJob(job)])
+        assert outcome.changed is unfinished and set(outcome.cancelled_attempts) == in_flight
+        if unfinished:
+            self.user_cancelled.add(job)
+            assert self.state.job_records[job].state == JobState.CANCELLED
+
+    @precondition(lambda self: self.state.queued)
+    @rule(limit=st.integers(1, 4))
+    def dispatch(self, limit):
+        ready = [attempt[:3] for attempt in self.state.ready_attempts(limit)]
+        [outcome] = self.apply([DispatchAttempts(tuple(ready))])
+        assert list(outcome.dispatched) == ready
+
+    @precondition(lambda self: self.state.dispatched or self.state.running)
+    @rule(data=st.data(), worker=st.sampled_from(MACHINE_WORKERS), output=st.sampled_from(["o", "o", "o", None]),
+          chunk_state=st.sampled_from([ChunkState.STARTED, ChunkState.SUCCEEDED, ChunkState.SUCCEEDED,
+                                       ChunkState.SUCCEEDED, ChunkState.FAILED, ChunkState.TIMED_OUT,
+                                       ChunkState.LOST, ChunkState.REJECTED, ChunkState.CANCELLED]))
+    def work(self, data, worker, output, chunk_state):
+        self.report_in_flight(data, worker, output, chunk_state)
+
+    def report_in_flight(self, data, worker, output, chunk_state):
+        job, index = data.draw(st.sampled_from(sorted([*self.state.dispatched, *self.state.running])))
+        chunk = self.state.job_records[job].chunks[index]
+        succeeded = chunk_state == ChunkState.SUCCEEDED
+        outputs = {output: out(index, job[0] % 4)} if succeeded and output else {}
+        [outcome] = self.apply([ChunkEvent(job=job, chunk=index, attempt=chunk.attempt, state=int(chunk_state),
+                                           worker=worker, result=ChunkResult(exit_code=0 if succeeded else 1,
+                                                                             outputs=outputs))])
+        assert outcome.ok and outcome.status in ("applied", "duplicate"), outcome
+
+    @precondition(lambda self: self.state.queued or self.state.dispatched or self.state.running)
+    @rule(data=st.data(), output=st.sampled_from(["o", "o", "o", None]))
+    def succeed(self, data, output):
+        """Chunks mostly succeed, so that jobs go on and results are reused."""
+        if not (self.state.dispatched or self.state.running):
+            self.dispatch(1)
+        self.report_in_flight(data, MACHINE_WORKERS[0], output, ChunkState.SUCCEEDED)
+
+    @precondition(lambda self: self.state.job_records)
+    @rule(data=st.data(), chunk_state=st.sampled_from(list(ChunkState)))
+    def report_on_a_chunk_not_in_flight(self, data, chunk_state):
+        """Reports on chunks that wait, are delayed, queued or final change nothing."""
+        job = data.draw(st.sampled_from(self.jobs()))
+        record = self.state.job_records[job]
+        index = data.draw(st.integers(0, record.spec.chunk_count - 1))
+        chunk = record.chunks[index]
+        if chunk.phase in (ChunkPhase.DISPATCHED, ChunkPhase.RUNNING):
+            return
+        before = copy.deepcopy(self.state)
+        [outcome] = self.apply([report(job, index, chunk.attempt, chunk_state, exit_code=0)])
+        assert outcome.status == ("final" if chunk.phase in FINAL_PHASES else "invalid"), outcome
+        assert self.state == before
+
+    @rule(advance=st.sampled_from([0.0, 0.5, 1.0, 2.0, 5.0, 20.0]))
+    def time_passes(self, advance):
+        due = self.state.next_timer_at()
+        [outcome] = self.apply([RunTimers()], advance)
+        assert outcome.ok
+        if due is not None and due <= self.now:
+            assert self.state.next_timer_at() is None or self.state.next_timer_at() > self.now
+        for job, attempts in outcome.cancelled:
+            record = self.state.job_records[job]
+            assert (record.state, record.first_error) == (JobState.FAILED, "deadline exceeded")
+            assert all(record.chunks[index].phase is ChunkPhase.CANCELLED for index, _, _ in attempts)
+
+    @rule(max_entries=st.sampled_from([0, 2, 100]), max_age_s=st.sampled_from([5.0, 50.0, 1e6]),
+          really=st.integers(0, 3))
+    def prune_cache(self, max_entries, max_age_s, really):
+        if really:
+            return
+        keys = set(self.state.result_cache.entries)
+        [outcome] = self.apply([PruneCache(max_entries, max_age_s, 10.0)])
+        dropped = keys - set(self.state.result_cache.entries)
+        assert outcome.dropped == len(dropped) and len(self.state.result_cache) <= max_entries
+        self.ever_dropped |= dropped
+
+    # -- invariants --
+
+    @invariant()
+    def jobs_never_go_backwards(self):
+        for job, record in self.state.job_records.items():
+            rank = JOB_RANKS[record.state]
+            assert rank >= self.ranks.get(job, 0), (job, record.state)
+            self.ranks[job] = rank
+            view = self.state.job_view(job)
+            if job in self.final_views:
+                assert view == self.final_views[job]
+            elif record.state in FINAL_JOB_STATES:
+                assert record.finished_at is not None
+                self.final_views[job] = view
+            else:
+                assert record.finished_at is None
+
+    @invariant()
+    def nothing_runs_before_its_job_may(self):
+        records = self.state.job_records
+        for job, record in records.items():
+            spec = record.spec
+            active = [index for index, chunk in enumerate(record.chunks) if chunk.phase in READY_PHASES]
+            dependency_states = {dependency: records[dependency].state for dependency in dependencies(spec)}
+            if active:
+                assert record.ready
+                assert all(state is JobState.SUCCEEDED for state in dependency_states.values()), (job, active)
+                assert not spec.hold or job in self.released
+                assert spec.start_at is None or spec.start_at <= self.now
+            if record.state is JobState.SUCCEEDED:
+                assert all(state is JobState.SUCCEEDED for state in dependency_states.values())
+            ended_badly = [dependency for dependency, state in dependency_states.items()
+                           if state in (JobState.FAILED, JobState.CANCELLED)]
+            if ended_badly:
+                assert record.state in (JobState.FAILED, JobState.CANCELLED)
+            if record.failed_by.startswith("dependency"):
+                named = bytes.fromhex(record.failed_by.split()[1])
+                assert dependency_states[named] is JobState.FAILED and record.failed_by.endswith("failed")
+            if record.cancelled and job not in self.user_cancelled:
+                assert any(state is JobState.CANCELLED for state in dependency_states.values())
+            if record.finished_at is None and not record.ready:
+                assert set(record.waiting_for) == {dependency for dependency, state in dependency_states.items()
+                                                   if state is not JobState.SUCCEEDED}
+                for dependency in record.waiting_for:
+                    assert job in self.state.dependents[dependency]
+
+    @invariant()
+    def tables_and_timers_agree_with_phases(self):
+        state = self.state
+        found = {phase: set() for phase in ChunkPhase}
+        for job, record in state.job_records.items():
+            for index, chunk in enumerate(record.chunks):
+                found[chunk.phase].add((job, index))
+        assert set(state.queued) == found[ChunkPhase.QUEUED]
+        assert set(state.dispatched) == found[ChunkPhase.DISPATCHED]
+        assert set(state.running) == found[ChunkPhase.RUNNING]
+        assert set(state.delayed) == found[ChunkPhase.DELAYED]
+        timers = set(state.timers)
+        for job, index in state.delayed:
+            chunk = state.job_records[job].chunks[index]
+            assert any(kind == BACKOFF and (timer_job, timer_index, attempt) == (job, index, chunk.attempt)
+                       for _, kind, timer_job, timer_index, attempt in timers)
+        for job, record in state.job_records.items():
+            if record.finished_at is not None:
+                continue
+            if record.spec.deadline is not None:
+                assert (record.spec.deadline, DEADLINE, job, 0, 0) in timers
+            if not record.ready and record.spec.start_at is not None and record.spec.start_at > self.now:
+                assert (record.spec.start_at, START, job, 0, 0) in timers
+        if state.timers:
+            assert state.next_timer_at() == min(timers)[0]
+
+    @invariant()
+    def runners_and_twins_agree_with_phases(self):
+        state = self.state
+        cache = state.result_cache
+        expected_runners, expected_twins = {}, set()
+        for job, record in state.job_records.items():
+            if not (record.spec.cache and record.ready):
+                continue
+            for index, chunk in enumerate(record.chunks):
+                if chunk.phase in RUNNER_PHASES:
+                    key = chunk_cache_key(record, index)
+                    assert key not in expected_runners, "two runners for one key"
+                    expected_runners[key] = (job, index)
+                elif chunk.phase is ChunkPhase.WAITING:
+                    expected_twins.add((chunk_cache_key(record, index), (job, index)))
+        assert cache.runners == expected_runners
+        twins = [(key, chunk) for key, chunks in cache.twins.items() for chunk in chunks]
+        assert len(twins) == len(set(twins)) and set(twins) == expected_twins
+        assert all(cache.twins.values()) and set(cache.twins) <= set(cache.runners)
+
+    @invariant()
+    def counts_and_cache_agree_with_phases(self):
+        state = self.state
+        for job, record in state.job_records.items():
+            labels = [chunk.phase for chunk in record.chunks]
+            cached = labels.count(ChunkPhase.CACHED)
+            assert (record.chunks_succeeded, record.chunks_cached, record.chunks_failed, record.chunks_cancelled) == (
+                labels.count(ChunkPhase.SUCCEEDED) + cached, cached, labels.count(ChunkPhase.FAILED),
+                labels.count(ChunkPhase.CANCELLED))
+            assert not cached or record.spec.cache
+            if record.spec.cache:
+                for index, chunk in enumerate(record.chunks):
+                    if chunk.phase is ChunkPhase.SUCCEEDED:
+                        key = chunk_cache_key(record, index)
+                        assert key in state.result_cache.entries or key in self.ever_dropped
+                    if chunk.phase is ChunkPhase.CACHED:
+                        assert chunk.attempt == 1 and chunk.worker is None
+
+    @invariant()
+    def each_success_is_committed_once(self):
+        events, last_seq = self.state.events_after(0, 1_000_000)
+        assert [e.seq for e in events] == list(range(1, last_seq + 1))
+        for kind, phase in (("chunk_succeeded", ChunkPhase.SUCCEEDED), ("chunk_cached", ChunkPhase.CACHED)):
+            logged = [(e.job, e.chunk) for e in events if e.kind == kind]
+            assert len(logged) == len(set(logged))
+            assert set(logged) == {(job, index) for job, record in self.state.job_records.items()
+                                   for index, chunk in enumerate(record.chunks) if chunk.phase is phase}
+
+    def teardown(self):
+        replica = ClusterState()
+        for commands, now in self.history:
+            replica.apply(commands, now)
+        assert replica == self.state
+        assert pickle.loads(pickle.dumps(self.state)) == self.state
+
+
+WorkflowMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=60, deadline=None,
+                                             suppress_health_check=[HealthCheck.too_slow])
+test_workflow_machine = WorkflowMachine.TestCase
