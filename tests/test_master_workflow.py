@@ -1070,3 +1070,37 @@ class WorkflowMachine(RuleBasedStateMachine):
 WorkflowMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=60, deadline=None,
                                              suppress_health_check=[HealthCheck.too_slow])
 test_workflow_machine = WorkflowMachine.TestCase
+
+
+def blank(cls):
+    return cls.__new__(cls)
+
+
+class PickledAs:
+    """Pickles as `cls` with `state`: what an older version wrote."""
+
+    def __init__(self, cls, state) -> None:
+        self.cls, self.state = cls, state
+
+    def __reduce__(self):
+        return blank, (self.cls,), self.state
+
+
+def test_a_snapshot_and_log_entries_from_before_workflows_load_and_apply():
+    state = ClusterState()
+    state.apply([submit(JOB_A, 2)], 1.0)
+    run(state, JOB_A, 0)
+    # A state without the workflow tables, and a SubmitJob of eleven fields.
+    _, slots = state.__reduce_ex__(4)[2]
+    old_slots = {name: value for name, value in slots.items()
+                 if name not in ("delayed", "dependents", "timers", "result_cache", "finished_jobs")}
+    old_spec = list(submit(JOB_B, 1).__getstate__())[:11]
+    assert old_spec[-1] is False       # network, the last field then
+    restored = pickle.loads(pickle.dumps(PickledAs(ClusterState, (None, old_slots))))
+    spec = pickle.loads(pickle.dumps(PickledAs(SubmitJob, old_spec)))
+    assert restored == state
+    assert spec == submit(JOB_B, 1)
+    assert one(restored, spec) == SubmitOutcome(created=True)
+    run(restored, JOB_A, 1)
+    assert restored.job_view(JOB_A).state == JobState.SUCCEEDED
+    assert pickle.loads(pickle.dumps(restored)) == restored
