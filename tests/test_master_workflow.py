@@ -305,6 +305,20 @@ def test_a_producer_with_the_output_in_the_referenced_chunk_only_is_accepted():
     assert state.chunk_inputs(JOB_B, 1) == {"p": out(1)}
 
 
+def test_a_producer_forgotten_before_its_dependent_was_ready_fails_the_dependent_clearly():
+    # Retention may forget a succeeded producer while its dependent still
+    # waits for another job: the refs can no longer be resolved.
+    state = ClusterState()
+    state.apply([submit(JOB_A, 1), submit(JOB_C, 1)], 1.0)
+    run(state, JOB_A, 0, outputs={"part.txt": out(0)})
+    one(state, submit(JOB_B, 1, after=(JOB_C,), refs=(ref("p", JOB_A, from_chunk=0),)), now=11.0)
+    assert one(state, ForgetJobs((JOB_A,), 10), now=12.0).forgotten == 1
+    run(state, JOB_C, 0, now=13.0)
+    view = state.job_view(JOB_B)
+    assert (view.state, view.error) == (
+        JobState.FAILED, f"job {JOB_A.hex()} left the masters' state before its outputs were read")
+
+
 # -- hold and release --------------------------------------------------------------
 
 def test_a_held_job_waits_for_its_release():
@@ -925,7 +939,9 @@ class WorkflowMachine(RuleBasedStateMachine):
             assert self.state.next_timer_at() is None or self.state.next_timer_at() > self.now
         for job, attempts in outcome.cancelled:
             record = self.state.job_records[job]
-            assert (record.state, record.first_error) == (JobState.FAILED, "deadline exceeded")
+            # Its error stays a chunk's if one failed before.
+            assert (record.state, record.failed_by) == (JobState.FAILED, "deadline exceeded")
+            assert record.first_error == "deadline exceeded" or record.chunks_failed
             assert all(record.chunks[index].phase is ChunkPhase.CANCELLED for index, _, _ in attempts)
 
     @rule(max_entries=st.sampled_from([0, 2, 100]), max_age_s=st.sampled_from([5.0, 50.0, 1e6]),
