@@ -855,6 +855,19 @@ class WorkflowMachine(RuleBasedStateMachine):
             return
         assert outcome == SubmitOutcome(created=True)
 
+    @precondition(lambda self: len(self.state.job_records) < len(MACHINE_JOBS)
+                  and any(record.spec.cache for record in self.state.job_records.values()))
+    @rule(data=st.data(), deadline_in=st.sampled_from([None, 1.0, 10.0]))
+    def submit_again(self, data, deadline_in):
+        """The same cache job under a new id: a hit, or a twin of a chunk in flight."""
+        job = MACHINE_JOBS[len(self.state.job_records)]
+        earlier = data.draw(st.sampled_from([record.spec for record in self.state.job_records.values()
+                                             if record.spec.cache]))
+        command = replace(earlier, job=job, hold=False, start_at=None,
+                          deadline=None if deadline_in is None else self.now + 1 + deadline_in)
+        [outcome] = self.apply([command])
+        assert outcome == SubmitOutcome(created=True), outcome
+
     @precondition(lambda self: self.state.job_records)
     @rule(data=st.data())
     def release(self, data):
@@ -867,7 +880,7 @@ class WorkflowMachine(RuleBasedStateMachine):
             self.released.add(job)
 
     @precondition(lambda self: self.state.job_records)
-    @rule(data=st.data(), really=st.integers(0, 9))
+    @rule(data=st.data(), really=st.integers(0, 5))
     def cancel(self, data, really):
         if really:
             return
