@@ -146,6 +146,10 @@ def created(state: ClusterState, record: JobRecord, now: float) -> None:
         producer = state.job_records[dependency]
         dependency_state = producer.state
         if dependency_state is JobState.SUCCEEDED:
+            missing = resolve_from(state, record, dependency)
+            if missing:     # checked before it was accepted: only a bug gets here
+                end_job(state, record, missing, cancelled=False, now=now)
+                return
             continue
         if dependency_state in (JobState.FAILED, JobState.CANCELLED):
             _end_for_dependency(state, record, dependency, dependency_state, now)
@@ -174,12 +178,6 @@ def start_if_ready(state: ClusterState, record: JobRecord, now: float) -> None:
         return
     if spec.start_at is not None and spec.start_at > now:
         return
-    if spec.refs:
-        resolved = _resolve(state, spec)
-        if isinstance(resolved, str):
-            end_job(state, record, resolved, cancelled=False, now=now)
-            return
-        record.resolved = resolved
     record.ready = True
     if spec.after or spec.refs or spec.hold or spec.start_at is not None:
         state._log(now, JOB_READY, job=spec.job)
@@ -188,23 +186,30 @@ def start_if_ready(state: ClusterState, record: JobRecord, now: float) -> None:
     state._finish_job_if_done(record, now)
 
 
-def _resolve(state: ClusterState, spec: SubmitJob) -> tuple[dict, tuple] | str:
-    """The job's inputs with its refs replaced by the files they name, or why
-    they cannot be (a producer that lacks the output)."""
-    inputs = dict(spec.inputs)
-    chunk_inputs = [dict(own) for own in spec.chunk_inputs] or [{} for _ in range(spec.chunk_count)]
-    outputs: dict[tuple[bytes, int], dict[str, FileRef]] = {}
+def resolve_from(state: ClusterState, record: JobRecord, producer_job: bytes) -> str:
+    """Replace the job's refs to `producer_job`, which has just succeeded (or
+    had before the job was submitted), by the files they name; "" or why
+    they cannot be (a producer that lacks the output). Each producer's refs
+    are read the moment it succeeds, so retention may forget it before the
+    job's other dependencies end."""
+    spec = record.spec
+    refs = [ref for ref in spec.refs if ref.job == producer_job]
+    if not refs:
+        return ""
+    if record.resolved is None:
+        own = [dict(inputs) for inputs in spec.chunk_inputs] or [{} for _ in range(spec.chunk_count)]
+        record.resolved = (dict(spec.inputs), tuple(own))
+    inputs, chunk_inputs = record.resolved
+    producer = state.job_records[producer_job]
+    outputs: dict[int, dict[str, FileRef]] = {}
 
-    def output_of(job: bytes, index: int, name: str) -> FileRef | None:
-        if (job, index) not in outputs:
-            result = state.job_records[job].chunks[index].result
-            outputs[(job, index)] = {} if result is None else result.outputs
-        return outputs[(job, index)].get(name)
+    def output_of(index: int, name: str) -> FileRef | None:
+        if index not in outputs:
+            result = producer.chunks[index].result
+            outputs[index] = {} if result is None else result.outputs
+        return outputs[index].get(name)
 
-    for ref in spec.refs:
-        producer = state.job_records.get(ref.job)
-        if producer is None:
-            return f"job {ref.job.hex()} left the masters' state before its outputs were read"
+    for ref in refs:
         if ref.from_chunk == SAME_CHUNK:
             targets = [(chunk_inputs[index], ref.name, index)
                        for index in (range(spec.chunk_count) if ref.chunk == JOB_WIDE else [ref.chunk])]
@@ -215,11 +220,11 @@ def _resolve(state: ClusterState, spec: SubmitJob) -> tuple[dict, tuple] | str:
             else:
                 targets = [(into, ref.name, ref.from_chunk)]
         for into, name, index in targets:
-            file = output_of(ref.job, index, ref.output)
+            file = output_of(index, ref.output)
             if file is None:
-                return f"job {ref.job.hex()} chunk {index} has no output {ref.output!r}"
+                return f"job {producer_job.hex()} chunk {index} has no output {ref.output!r}"
             into[name] = file
-    return inputs, tuple(chunk_inputs) if any(chunk_inputs) else ()
+    return ""
 
 
 def make_ready(state: ClusterState, record: JobRecord, index: int, now: float) -> None:
@@ -287,7 +292,11 @@ def settle_dependents(state: ClusterState, now: float) -> None:
                 continue
             if outcome is JobState.SUCCEEDED:
                 dependent.waiting_for = tuple(other for other in dependent.waiting_for if other != job)
-                start_if_ready(state, dependent, now)
+                missing = resolve_from(state, dependent, job)
+                if missing:
+                    end_job(state, dependent, missing, cancelled=False, now=now)
+                else:
+                    start_if_ready(state, dependent, now)
             else:
                 _end_for_dependency(state, dependent, job, outcome, now)
 
