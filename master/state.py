@@ -389,7 +389,7 @@ class ClusterState(StateQueries):
         if chunk.retries_used < spec.max_retries:
             chunk.retries_used += 1
             self._requeue(job_record, event, chunk, now, CHUNK_RETRIED,
-                          f"{why}; retry {chunk.retries_used} of {spec.max_retries}", spec.retry_backoff_s)
+                          _noted(why, f"retry {chunk.retries_used} of {spec.max_retries}"), spec.retry_backoff_s)
             return
         self._fail_finally(job_record, event, chunk, now, why)
 
@@ -540,7 +540,11 @@ def _report_text(event: ChunkEvent, note: str) -> str:
     """"state: the worker's text; note", the text cut so that the note
     survives the event log's cut."""
     error = event.result.error
-    text = _CHUNK_STATES[event.state].name.lower() + (f": {error}" if error else "")
+    return _noted(_CHUNK_STATES[event.state].name.lower() + (f": {error}" if error else ""), note)
+
+
+def _noted(text: str, note: str) -> str:
+    """"text; note", the text cut so that the note survives the event log's cut."""
     return f"{_short(text, EVENT_DETAIL_MAX_CHARS - len(note) - 2)}; {note}"
 
 

@@ -1134,3 +1134,11 @@ def test_a_snapshot_and_log_entries_from_before_workflows_load_and_apply():
     run(restored, JOB_A, 1)
     assert restored.job_view(JOB_A).state == JobState.SUCCEEDED
     assert pickle.loads(pickle.dumps(restored)) == restored
+
+
+def test_a_retry_keeps_its_note_in_the_event_however_long_the_workers_text():
+    state = ClusterState()
+    state.apply([submit(JOB_A, 1, max_retries=1)], 1.0)
+    end_attempt(state, JOB_A, 0, ChunkState.FAILED, error="x" * 500)
+    [retried] = [e for e in state.events_after(0, 100)[0] if e.kind == "chunk_retried"]
+    assert retried.detail.endswith("...; retry 1 of 1") and len(retried.detail) == 200
