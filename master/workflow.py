@@ -197,9 +197,11 @@ def resolve_from(state: ClusterState, record: JobRecord, producer_job: bytes) ->
     if not refs:
         return ""
     if record.resolved is None:
-        own = [dict(inputs) for inputs in spec.chunk_inputs] or [{} for _ in range(spec.chunk_count)]
-        record.resolved = (dict(spec.inputs), tuple(own))
-    inputs, chunk_inputs = record.resolved
+        inputs, chunk_inputs = dict(spec.inputs), [dict(own) for own in spec.chunk_inputs]
+    else:
+        inputs, chunk_inputs = record.resolved[0], list(record.resolved[1])
+    if not chunk_inputs:
+        chunk_inputs = [{} for _ in range(spec.chunk_count)]
     producer = state.job_records[producer_job]
     outputs: dict[int, dict[str, FileRef]] = {}
 
@@ -224,6 +226,9 @@ def resolve_from(state: ClusterState, record: JobRecord, producer_job: bytes) ->
             if file is None:
                 return f"job {producer_job.hex()} chunk {index} has no output {ref.output!r}"
             into[name] = file
+    # No empty map per chunk when no chunk has inputs of its own: a job of
+    # 200,000 chunks with job-wide refs would keep as many in every replica.
+    record.resolved = (inputs, tuple(chunk_inputs) if any(chunk_inputs) else ())
     return ""
 
 

@@ -1142,3 +1142,15 @@ def test_a_retry_keeps_its_note_in_the_event_however_long_the_workers_text():
     end_attempt(state, JOB_A, 0, ChunkState.FAILED, error="x" * 500)
     [retried] = [e for e in state.events_after(0, 100)[0] if e.kind == "chunk_retried"]
     assert retried.detail.endswith("...; retry 1 of 1") and len(retried.detail) == 200
+
+
+def test_job_wide_refs_keep_no_empty_input_map_per_chunk():
+    state = producer_done(3)
+    state.apply([submit(JOB_C, 3)], 11.0)
+    assert one(state, submit(JOB_B, 3, refs=(ref("all", JOB_A, from_chunk=ALL_CHUNKS),
+                                             ref("same", JOB_C, chunk=2)))).ok
+    assert state.job_records[JOB_B].resolved[1] == ()
+    assert state.job_spec(JOB_B)["inputs"]["all.2"] == out(2)
+    succeed_all(state, JOB_C, now=12.0, tag=1)
+    assert state.job_records[JOB_B].resolved[1] == ({}, {}, {"same": out(2, 1)})
+    assert [a.inputs for a in state.ready_attempts(3)] == [{}, {}, {"same": out(2, 1)}]
