@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from uds.master.collection import reference_snapshot
 from uds.master.commands import (
-    ALL_CHUNKS, FINAL_PHASES, JOB_WIDE, SAME_CHUNK, CancelJob, ChunkPhase, CancelOutcome, DispatchAttempts, ForgetJobs, InputRef,
+    ALL_CHUNKS, FINAL_PHASES, JOB_WIDE, SAME_CHUNK, CancelJob, ChunkPhase, NodeLost, NodeSeen, CancelOutcome, DispatchAttempts, ForgetJobs, InputRef,
     PruneCache, PruneCacheOutcome, ReleaseJob, ReleaseOutcome, RunTimers, SubmitJob, SubmitOutcome,
     TimersOutcome,
 )
@@ -20,7 +20,7 @@ from uds.master.records import ChunkRecord, JobRecord
 from uds.master.result_cache import cache_key
 from uds.master.state import ClusterState
 from uds.master.workflow import BACKOFF, DEADLINE, START, chunk_cache_key, dependencies
-from uds.wire.enums import ChunkState, ErrorCode, JobState
+from uds.wire.enums import ChunkState, ErrorCode, JobState, NodeRole
 from uds.wire.records import ChunkEvent, ChunkResult
 from uds.wire.resources import ResourceLimits
 
@@ -808,6 +808,7 @@ class WorkflowMachine(RuleBasedStateMachine):
         self.released: set[bytes] = set()
         self.user_cancelled: set[bytes] = set()
         self.ever_dropped: set[bytes] = set()
+        self.submitted = 0
 
     def apply(self, commands: list, advance: float = 1.0) -> list:
         self.now += advance
@@ -819,7 +820,7 @@ class WorkflowMachine(RuleBasedStateMachine):
 
     # -- rules --
 
-    @precondition(lambda self: len(self.state.job_records) < len(MACHINE_JOBS))
+    @precondition(lambda self: self.submitted < len(MACHINE_JOBS))
     @rule(data=st.data(), chunk_count=st.sampled_from([1, 2, 2, 3]), args=st.sampled_from([("a",), ("a",), ("b",)]),
           data_id=st.sampled_from([DATA[0], DATA[0], LOG[0]]), cache=st.sampled_from([True, True, False]), hold=st.integers(0, 6),
           start_in=st.sampled_from([None, None, 0.0, 5.0, 20.0]),
@@ -827,7 +828,7 @@ class WorkflowMachine(RuleBasedStateMachine):
           max_retries=st.integers(0, 1), backoff=st.sampled_from([0.0, 2.0]), poison_after=st.integers(1, 3))
     def submit(self, data, chunk_count, args, data_id, cache, hold, start_in, deadline_in, max_retries, backoff,
                poison_after):
-        job = MACHINE_JOBS[len(self.state.job_records)]
+        job = MACHINE_JOBS[self.submitted]
         existing = self.jobs()
         after = ()
         if existing and data.draw(st.integers(0, 2)) == 0:
@@ -855,19 +856,25 @@ class WorkflowMachine(RuleBasedStateMachine):
             self.now -= 1.0
             return
         assert outcome == SubmitOutcome(created=True)
+        self.submitted += 1
 
-    @precondition(lambda self: len(self.state.job_records) < len(MACHINE_JOBS)
+    @precondition(lambda self: self.submitted < len(MACHINE_JOBS)
                   and any(record.spec.cache for record in self.state.job_records.values()))
     @rule(data=st.data(), deadline_in=st.sampled_from([None, 1.0, 10.0]))
     def submit_again(self, data, deadline_in):
         """The same cache job under a new id: a hit, or a twin of a chunk in flight."""
-        job = MACHINE_JOBS[len(self.state.job_records)]
+        job = MACHINE_JOBS[self.submitted]
         earlier = data.draw(st.sampled_from([record.spec for record in self.state.job_records.values()
                                              if record.spec.cache]))
         command = replace(earlier, job=job, hold=False, start_at=None,
                           deadline=None if deadline_in is None else self.now + 1 + deadline_in)
         [outcome] = self.apply([command])
+        if not outcome.ok:
+            # A job it reads has been forgotten, or succeeded without the output, since.
+            assert "past retention" in outcome.error or "has no output" in outcome.error, outcome
+            return
         assert outcome == SubmitOutcome(created=True), outcome
+        self.submitted += 1
 
     @precondition(lambda self: self.state.job_records)
     @rule(data=st.data())
@@ -969,6 +976,30 @@ class WorkflowMachine(RuleBasedStateMachine):
         assert outcome.dropped == len(dropped) and len(self.state.result_cache) <= max_entries
         self.ever_dropped |= dropped
 
+    @rule(worker=st.sampled_from(MACHINE_WORKERS), process=st.sampled_from([100.0, 200.0]),
+          lost=st.booleans(), really=st.integers(0, 2))
+    def worker_comes_and_goes(self, worker, process, lost, really):
+        """A worker seen as another process, or lost: what it ran is lost."""
+        if really:
+            return
+        seen = NodeSeen(node=worker, role=int(NodeRole.WORKER), host="w", address="", slots=2, cache_bytes=0,
+                        started_at=process)
+        [outcome] = self.apply([NodeLost(worker) if lost and worker in self.state.node_records else seen])
+        assert outcome.ok
+        assert not any(self.state.job_records[job].chunks[index].worker == worker for job, index in self.state.running
+                       if lost)
+
+    @precondition(lambda self: self.state.history.finished)
+    @rule(data=st.data())
+    def forget(self, data):
+        """Retention forgets finished jobs, producers of waiting jobs too."""
+        jobs = data.draw(st.lists(st.sampled_from(list(self.state.history.finished)), min_size=1, max_size=2,
+                                  unique=True))
+        [outcome] = self.apply([ForgetJobs(tuple(jobs), 100, 5.0)])
+        assert outcome.forgotten == len(jobs)
+        for job in jobs:
+            self.final_views.pop(job, None)
+
     # -- invariants --
 
     @invariant()
@@ -992,7 +1023,7 @@ class WorkflowMachine(RuleBasedStateMachine):
         for job, record in records.items():
             spec = record.spec
             active = [index for index, chunk in enumerate(record.chunks) if chunk.phase in READY_PHASES]
-            dependency_states = {dependency: records[dependency].state for dependency in dependencies(spec)}
+            dependency_states = {dependency: self.state.job_state(dependency) for dependency in dependencies(spec)}
             if active:
                 assert record.ready
                 assert all(state is JobState.SUCCEEDED for state in dependency_states.values()), (job, active)
@@ -1086,7 +1117,7 @@ class WorkflowMachine(RuleBasedStateMachine):
         for kind, phase in (("chunk_succeeded", ChunkPhase.SUCCEEDED), ("chunk_cached", ChunkPhase.CACHED)):
             logged = [(e.job, e.chunk) for e in events if e.kind == kind]
             assert len(logged) == len(set(logged))
-            assert set(logged) == {(job, index) for job, record in self.state.job_records.items()
+            assert {(job, index) for job, index in logged if job in self.state.job_records} == {(job, index) for job, record in self.state.job_records.items()
                                    for index, chunk in enumerate(record.chunks) if chunk.phase is phase}
 
     def teardown(self):
