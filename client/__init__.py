@@ -12,7 +12,7 @@ from uds.errors import (
     AuthenticationRefused, ClientError, InvalidJobError, JobFailed, JobTimeout, NoClusterError, RemoteError,
     RequestTimeout, UnknownJobError,
 )
-from uds.client.jobs import ChunkStatus, Job, JobStatus
+from uds.client.jobs import ChunkStatus, Job, JobStatus, OutputRef
 from uds.wire.records import ChunkResult
 
 _default: Connection | None = None
@@ -42,6 +42,6 @@ def as_completed(jobs: Iterable[Job], timeout: float | None = None) -> Iterator[
 
 
 __all__ = ["connect", "put", "get", "submit_job", "as_completed", "find_cluster_file", "Connection",
-           "Job", "JobStatus", "ChunkStatus", "ChunkResult", "AuthenticationRefused", "ClientError",
+           "Job", "JobStatus", "ChunkStatus", "OutputRef", "ChunkResult", "AuthenticationRefused", "ClientError",
            "InvalidJobError", "JobFailed",
            "JobTimeout", "NoClusterError", "RemoteError", "RequestTimeout", "UnknownJobError"]

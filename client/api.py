@@ -23,6 +23,7 @@ import os
 import pathlib
 import tempfile
 import time
+from datetime import datetime
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from uds import wire
@@ -32,6 +33,7 @@ from uds.client.leader import (  # noqa: F401 - the timings are the client's, na
     BACKOFF_CAP_S, BACKOFF_FIRST_S, REFUSAL_CHECK_S, RESEND_AFTER_S, SILENCE_S, LeaderLink,
 )
 from uds.client.pins import pin_until_ms
+from uds.client.workflow import check_workflow, split_refs
 from uds.storage.client import StorageError
 from uds.storage.directory import StorageDirectory
 from uds.storage.replicas import ReplicatedStorage
@@ -176,8 +178,13 @@ class Connection:
                    chunk_inputs: Sequence[Mapping[str, Any]] | None = None, chunks: int = 1,
                    timeout: float = DEFAULT_CHUNK_TIMEOUT_S, max_retries: int = 0,
                    name: str | None = None, job_id: str | None = None,
-                   limits: Mapping[str, Any] | None = None, network: bool = False) -> Job:
-        """Run `program` as `chunks` chunks. Inputs are file ids, paths or bytes.
+                   limits: Mapping[str, Any] | None = None, network: bool = False,
+                   after: Iterable[Job | str] = (), start_at: float | datetime | None = None,
+                   deadline: float | datetime | None = None, hold: bool = False, cache: bool = False,
+                   retry_backoff: float = 0.0) -> Job:
+        """Run `program` as `chunks` chunks. Inputs are file ids, paths,
+        bytes, or other jobs' outputs (`job.output_ref(name)`,
+        `job.outputs_ref(name)`: the job then waits for those jobs).
 
         `timeout` is per chunk, in seconds. `limits` bound what each attempt
         may use: {"memory": "512M", "cpus": 1.5, "disk": "2G", "pids": 256,
@@ -186,6 +193,15 @@ class Connection:
         InvalidJobError, before sending anything, when an argument breaks a
         rule, and when no worker of the cluster has the memory, cpus or disk
         asked for (saying which).
+
+        Workflows (doc/client.md): `after` (Jobs or hex ids) must succeed
+        first; `start_at` is when it may start at the earliest, `deadline`
+        when what is unfinished fails ("deadline exceeded"), both unix
+        seconds or a datetime (naive: local time); `hold` keeps it until
+        `job.release()`; `cache` reuses the result of a chunk that ran
+        before with the same program, args, inputs and limits;
+        `retry_backoff` is the pause in seconds before a retry of a chunk
+        whose program failed.
         """
         spec = self._check_job(program, args, inputs, chunk_inputs, chunks, timeout, max_retries, name)
         try:
@@ -195,11 +211,14 @@ class Connection:
         if type(network) is not bool:
             raise InvalidJobError(f"network must be True or False, got {network!r}")
         job = id_from_hex(job_id) if job_id else new_id()
+        file_inputs, file_chunk_inputs, refs = split_refs(spec["inputs"], spec["chunk_inputs"])
+        workflow = check_workflow(refs, after, start_at, deadline, hold, cache, retry_backoff, job,
+                                  now=time.time())
         program_ref = self._resolve(program, "program")
-        input_refs = {key: self._resolve(value, f"input {key!r}") for key, value in spec["inputs"].items()}
+        input_refs = {key: self._resolve(value, f"input {key!r}") for key, value in file_inputs.items()}
         chunk_refs = [{key: self._resolve(value, f"chunk {index} input {key!r}")
                        for key, value in per_chunk.items()}
-                      for index, per_chunk in enumerate(spec["chunk_inputs"])]
+                      for index, per_chunk in enumerate(file_chunk_inputs)]
 
         # Part of the collection protocol (doc/storage.md): a stat
         # touches the blob on each node that holds it, so a file put or named
@@ -214,7 +233,7 @@ class Connection:
                 inputs={key: list(ref) for key, ref in input_refs.items()},
                 chunk_inputs=[{key: list(ref) for key, ref in refs.items()} for refs in chunk_refs],
                 timeout_s=float(timeout), max_retries=max_retries, name=spec["name"],
-                limits=asked.as_body(), network=network)
+                limits=asked.as_body(), network=network, **workflow.as_body())
 
         try:
             self._ask(request, wire.JobSubmitReply)
@@ -351,8 +370,17 @@ class Connection:
             patience_s=wait_ms / 1000.0)
 
     def cancel_job(self, job_id: str) -> JobStatus:
+        """Cancel a job, held and waiting ones too; its status after (counts only)."""
         job = self._file_id(job_id)
         reply = self._ask(lambda rid: wire.JobCancel.make(self.node_id, request_id=rid, job=job),
+                          wire.JobStatusReply)
+        return JobStatus.from_reply(reply)
+
+    def release_job(self, job_id: str) -> JobStatus:
+        """Let a job submitted with hold=True go on; a job not held is left
+        as it is. Its status after (counts only); UnknownJobError."""
+        job = self._file_id(job_id)
+        reply = self._ask(lambda rid: wire.JobRelease.make(self.node_id, request_id=rid, job=job),
                           wire.JobStatusReply)
         return JobStatus.from_reply(reply)
 

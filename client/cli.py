@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any, Callable
 
+from uds.client.status_view import print_status as _print_status
 from uds.units import size_text
 from uds.wire.enums import NodeRole
 from uds.wire.resources import ResourceLimits, ResourceSpecError
@@ -17,6 +18,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 # `uds submit` options that are ResourceLimits.parse keys (--cpu-time: cpu_time).
 LIMIT_FLAGS = ("memory", "cpus", "disk", "pids", "cpu_time")
+# `uds status` exits 0 for these; 1 for a failed or cancelled job.
+UNFAILED_JOB_STATES = ("succeeded", "queued", "running", "waiting", "held")
 
 
 class CommandError(Exception):
@@ -153,11 +156,23 @@ def get(options: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_assignment(text: str, what: str) -> tuple[str, str]:
+def _parse_assignment(text: str, what: str) -> tuple[str, Any]:
+    """NAME=PATH, NAME=FILE_ID, or NAME=JOB:OUTPUT[:CHUNK|*] (another job's output)."""
+    from uds.client.workflow import input_from_text
     name, separator, value = text.partition("=")
     if not separator or not name or not value:
-        raise CommandError(f"{what} {text!r}: expected NAME=PATH or NAME=FILE_ID")
-    return name, value
+        raise CommandError(f"{what} {text!r}: expected NAME=PATH, NAME=FILE_ID or NAME=JOB:OUTPUT[:CHUNK]")
+    return name, input_from_text(value)
+
+
+def _workflow_options(options: argparse.Namespace) -> dict[str, Any]:
+    """submit_job's workflow arguments from the command's words; times
+    given as +DURATION count from now."""
+    from uds.client.workflow import time_from_text
+    now = time.time()
+    return dict(after=options.after, hold=options.hold, cache=options.cache, retry_backoff=options.retry_backoff,
+                start_at=None if options.start_at is None else time_from_text(options.start_at, now, "--start-at"),
+                deadline=None if options.deadline is None else time_from_text(options.deadline, now, "--deadline"))
 
 
 def submit(options: argparse.Namespace) -> int:
@@ -179,11 +194,12 @@ def submit(options: argparse.Namespace) -> int:
         ResourceLimits.parse(limits)        # a bad value is refused before connecting
     except ResourceSpecError as fault:
         raise CommandError(str(fault)) from None
+    workflow = _workflow_options(options)
     with _connect(options) as connection:
         job = connection.submit_job(options.program, args=options.args, inputs=inputs,
                                     chunk_inputs=chunk_inputs, chunks=options.chunks,
                                     timeout=options.timeout, max_retries=options.retries,
-                                    name=options.name, limits=limits, network=options.network)
+                                    name=options.name, limits=limits, network=options.network, **workflow)
         print(job.id)
         if not options.wait:
             return 0
@@ -196,8 +212,10 @@ def _wait_with_bar(job: Any) -> Any:
     bar = Progress(f"job {job.id[:8]}")
 
     def show(status: Any) -> None:
+        # A held or waiting job is not final: the bar says why it stands still.
+        why = f" ({status.waiting})" if status.waiting and status.state in ("held", "waiting") else ""
         bar.update(status.finished, status.chunk_count,
-                   f"{status.finished}/{status.chunk_count} chunks, {status.state}")
+                   f"{status.finished}/{status.chunk_count} chunks, {status.state}{why}")
 
     try:
         return job.wait(progress=show)
@@ -205,46 +223,12 @@ def _wait_with_bar(job: Any) -> Any:
         bar.close()
 
 
-def _print_status(status: Any) -> None:
-    print(f"job {status.id} {status.name!r}: {status.state}, {status.succeeded} succeeded, "
-          f"{status.failed} failed of {status.chunk_count} chunks")
-    if status.past_retention:
-        print("details: past retention (the masters keep only the job's state, times and counts)")
-    else:
-        print(f"limits: {status.limits.describe()}; network {'on' if status.network else 'off'}")
-    if status.waiting:
-        print(f"waiting: {status.waiting}")
-    if status.error:
-        print(f"error: {status.error}")
-    for chunk in status.chunks:
-        result = chunk.result
-        exit_text = "-" if result.exit_code is None else str(result.exit_code)
-        line = f"  chunk {chunk.chunk:>4}  {chunk.state:<10} attempt {chunk.attempt}  exit {exit_text:>4}"
-        if result.elapsed_s:
-            line += f"  {result.elapsed_s:.2f}s"
-        if chunk.state in ("succeeded", "failed"):
-            line += f"  {_usage_text(chunk.usage)}"
-        if chunk.outputs:
-            line += "  outputs: " + ", ".join(f"{name}={fid}" for name, fid in sorted(chunk.outputs.items()))
-        if result.error:
-            line += f"  ({result.error})"
-        print(line)
-
-
-def _usage_text(usage: Any) -> str:
-    """"cpu 0.12s user 0.03s sys, peak 12.0 MiB, read 1.0 MiB (0 B from cache), wrote 5 B"."""
-    return (f"cpu {usage.cpu_user_s:.2f}s user {usage.cpu_system_s:.2f}s sys, "
-            f"peak {size_text(usage.peak_memory_bytes)}, "
-            f"read {size_text(usage.bytes_from_cache + usage.bytes_from_storage)} "
-            f"({size_text(usage.bytes_from_cache)} from cache), wrote {size_text(usage.output_bytes)}")
-
-
 def status(options: argparse.Namespace) -> int:
     with _connect(options) as connection:
         job = connection.job(options.job)
         result = _wait_with_bar(job) if options.wait else job.status()
         _print_status(result)
-        return 0 if result.state in ("succeeded", "queued", "running") else EXIT_FAILED
+        return 0 if result.state in UNFAILED_JOB_STATES else EXIT_FAILED
 
 
 def logs(options: argparse.Namespace) -> int:
@@ -267,6 +251,12 @@ def logs(options: argparse.Namespace) -> int:
 def cancel(options: argparse.Namespace) -> int:
     with _connect(options) as connection:
         _print_status(connection.job(options.job).cancel())
+    return 0
+
+
+def release(options: argparse.Namespace) -> int:
+    with _connect(options) as connection:
+        _print_status(connection.job(options.job).release())
     return 0
 
 
@@ -455,10 +445,25 @@ def build_parser() -> argparse.ArgumentParser:
                                     "arguments that start with '-' go after '--'.")
     sub.add_argument("program", help="executable file (a script with #! or a binary)")
     sub.add_argument("args", nargs="*", help="arguments for the program")
-    sub.add_argument("--input", action="append", default=[], metavar="NAME=PATH|ID",
-                     help="an input every chunk sees as $UDS_INPUTS/NAME (repeatable)")
-    sub.add_argument("--chunk-input", action="append", default=[], metavar="CHUNK:NAME=PATH|ID",
+    sub.add_argument("--input", action="append", default=[], metavar="NAME=PATH|ID|JOB:OUTPUT[:CHUNK]",
+                     help="an input every chunk sees as $UDS_INPUTS/NAME (repeatable): a file, a file id, "
+                          "or output OUTPUT of job JOB (32 hex): of chunk CHUNK, of the same chunk "
+                          "without CHUNK, of every chunk as NAME.0, NAME.1, ... with '*'")
+    sub.add_argument("--chunk-input", action="append", default=[], metavar="CHUNK:NAME=PATH|ID|JOB:OUTPUT[:C]",
                      help="an input only chunk CHUNK sees (repeatable)")
+    sub.add_argument("--after", action="append", default=[], metavar="JOB",
+                     help="start only once job JOB has succeeded (repeatable)")
+    sub.add_argument("--start-at", metavar="TIME",
+                     help="start no earlier: an ISO 8601 time (2026-11-30T15:00, local unless it has "
+                          "an offset or Z) or +DURATION from now (+90s, +10m, +2h, +1d)")
+    sub.add_argument("--deadline", metavar="TIME",
+                     help="fail what is unfinished at TIME (as --start-at) with 'deadline exceeded'")
+    sub.add_argument("--hold", action="store_true", help="wait for `uds release JOB` before starting")
+    sub.add_argument("--cache", action="store_true",
+                     help="reuse the result of a chunk run before with the same program, args, inputs "
+                          "and limits, and record this job's results for reuse")
+    sub.add_argument("--retry-backoff", type=float, default=0.0, metavar="SECONDS",
+                     help="pause before retrying a chunk whose program failed (default 0)")
     sub.add_argument("--chunks", type=int, default=1, help="number of chunks (default 1)")
     sub.add_argument("--timeout", type=float, default=3600.0, help="per-chunk timeout in seconds")
     sub.add_argument("--retries", type=int, default=0, help="retries of a failing chunk (default 0)")
@@ -482,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--stream", choices=("stdout", "stderr", "both"), default="both")
 
     sub = command("cancel", cancel, "cancel a job and kill its running chunks")
+    sub.add_argument("job", metavar="JOB")
+
+    sub = command("release", release, "let a job submitted with --hold go on")
     sub.add_argument("job", metavar="JOB")
 
     command("nodes", nodes, "list the cluster's nodes")

@@ -4,6 +4,11 @@ A chunk's result is the wire's own record, `ChunkResult`, whose file
 references are `(id bytes, size)`; the client names files by hex id, so
 `ChunkStatus` also gives the result's files that way. A `Job` asks its
 questions through any object with the `JobQueries` methods (a `Connection`).
+
+An `OutputRef` names an output of a job that may not have run yet; it is
+given as an input of another job (`inputs` or `chunk_inputs[i]` of
+`submit_job`), which the masters hold as waiting until the producer has
+succeeded (doc/client.md, "Pipelines").
 """
 from __future__ import annotations
 
@@ -12,13 +17,65 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from uds import wire
-from uds.errors import JobFailed, JobTimeout
+from uds.errors import InvalidJobError, JobFailed, JobTimeout
+from uds.wire.ids import ID_BYTES
+from uds.wire.messages import ALL_CHUNKS, SAME_CHUNK
 from uds.wire.records import ChunkResult
 from uds.wire.resources import NO_LIMITS, ResourceLimits, Usage
+from uds.wire.errors import WireError
+from uds.wire.schema import U32_MAX, RelPath
 
+# Held and waiting jobs are not final: they go on once released, once what
+# they wait for has succeeded, or at their start time.
 FINAL_JOB_STATES = ("succeeded", "failed", "cancelled")
 # Job.wait hears of progress at least this often.
 PROGRESS_INTERVAL_S = 0.5
+
+
+def is_job_id(value: object) -> bool:
+    """32 hex characters: how a client names a job or a file."""
+    return isinstance(value, str) and len(value) == 2 * ID_BYTES and \
+        all(c in "0123456789abcdef" for c in value.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRef:
+    """An output of job `job` (hex id), named by its path under the
+    producer's $UDS_OUTPUT, as another job's input.
+
+    `from_chunk` is the producing chunk, or SAME_CHUNK (the consuming
+    chunk i gets the producer's chunk i: a map after a map), or ALL_CHUNKS
+    (every chunk's output, as inputs NAME.0, NAME.1, ...: a reduce). A bad
+    field raises InvalidJobError here, before anything is sent; whether the
+    job exists and has that output the masters check."""
+
+    job: str
+    output: str
+    from_chunk: int = SAME_CHUNK
+
+    def __post_init__(self) -> None:
+        if not is_job_id(self.job):
+            raise InvalidJobError(f"output ref: job must be a job id of 32 hex characters, got {self.job!r}")
+        object.__setattr__(self, "job", self.job.lower())
+        try:
+            RelPath().check(self.output, "output ref")
+        except WireError as fault:
+            raise InvalidJobError(f"{fault} (an output is named by its path under $UDS_OUTPUT)") from None
+        chunk = self.from_chunk
+        if type(chunk) is not int or not (chunk in (SAME_CHUNK, ALL_CHUNKS) or 0 <= chunk <= U32_MAX):
+            raise InvalidJobError(f"output ref: chunk must be a chunk index (an integer from 0), "
+                                  f"got {chunk!r}")
+
+    def as_body(self, name: str, chunk: int) -> dict:
+        """The wire's INPUT_REF for input `name` of chunk `chunk` (-1: of every chunk)."""
+        return dict(name=name, chunk=chunk, job=bytes.fromhex(self.job), output=self.output,
+                    from_chunk=self.from_chunk)
+
+    def __str__(self) -> str:
+        """As `uds submit --input NAME=...` takes it: JOB:OUTPUT[:CHUNK|*]."""
+        if self.from_chunk == SAME_CHUNK:
+            return f"{self.job}:{self.output}"
+        return f"{self.job}:{self.output}:{'*' if self.from_chunk == ALL_CHUNKS else self.from_chunk}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,17 +84,22 @@ class ChunkStatus:
     final, the result of its last attempt."""
 
     chunk: int
-    state: str                       # queued, dispatched, running, succeeded, failed, cancelled
+    state: str                       # waiting, queued, dispatched, running, delayed,
+                                     #   succeeded, cached, failed, cancelled
     attempt: int
     worker: str | None               # hex id of the worker that ran it last
     result: ChunkResult              # exit code, outputs, logs, error, time, what it used
+    # The class of each failed attempt, oldest first: "application" (its
+    # program failed: uses max_retries) or "infrastructure" (the cluster's
+    # fault: retried without using them). The newest 64 at most.
+    failures: tuple[str, ...] = ()
 
     @classmethod
     def from_report(cls, report: dict) -> ChunkStatus:
         """From a CHUNK_REPORT of a job_status reply."""
         return cls(chunk=report["chunk"], state=report["state"], attempt=report["attempt"],
                    worker=report["worker"].hex() if report["worker"] else None,
-                   result=ChunkResult.from_body(report))
+                   result=ChunkResult.from_body(report), failures=tuple(report.get("failures", ())))
 
     @property
     def outputs(self) -> dict[str, str]:
@@ -64,9 +126,9 @@ class ChunkStatus:
 class JobStatus:
     id: str
     name: str
-    state: str                       # queued, running, succeeded, failed, cancelled
+    state: str                       # held, waiting, queued, running, succeeded, failed, cancelled
     chunk_count: int
-    succeeded: int
+    succeeded: int                   # cached ones included
     failed: int
     submitted_at: float
     finished_at: float | None
@@ -78,6 +140,11 @@ class JobStatus:
     # The masters keep only the job's history line: state, times and counts
     # are known, its chunk reports, limits and network are not.
     past_retention: bool = False
+    cached: int = 0                      # of `succeeded`: results reused from the cache
+    after: tuple[str, ...] = ()          # hex ids of the jobs it waits for (after= and its refs)
+    start_at: float | None = None        # unix seconds: it starts no earlier
+    deadline: float | None = None        # unix seconds: what is unfinished then fails
+    cache: bool = False                  # submitted with cache=True
 
     @property
     def done(self) -> bool:
@@ -96,7 +163,9 @@ class JobStatus:
             submitted_at=reply.submitted_at, finished_at=reply.finished_at, error=reply.error,
             chunks=[ChunkStatus.from_report(report) for report in reply.chunks],
             limits=ResourceLimits.from_body(reply.limits), network=reply.network, waiting=reply.waiting,
-            past_retention=bool(reply.past_retention),
+            past_retention=bool(reply.past_retention), cached=reply.chunks_cached,
+            after=tuple(job.hex() for job in reply.after), start_at=reply.start_at, deadline=reply.deadline,
+            cache=bool(reply.cache),
         )
 
 
@@ -107,6 +176,8 @@ class JobQueries(Protocol):
                    first_chunk: int = 0, max_chunks: int | None = None) -> JobStatus: ...
 
     def cancel_job(self, job_id: str) -> JobStatus: ...
+
+    def release_job(self, job_id: str) -> JobStatus: ...
 
     def get(self, file_id: str | bytes) -> bytes: ...
 
@@ -177,4 +248,25 @@ class Job:
         return stdout, stderr
 
     def cancel(self) -> JobStatus:
+        """Cancel it, whatever it waits for (held and waiting jobs too)."""
         return self.connection.cancel_job(self.id)
+
+    def release(self) -> JobStatus:
+        """Let a job submitted with hold=True go on (to wait for its
+        dependencies and start time, if it has any); a job not held is
+        left as it is. Its status after."""
+        return self.connection.release_job(self.id)
+
+    def output_ref(self, name: str, chunk: int | None = None) -> OutputRef:
+        """Its output `name` as another job's input: chunk `chunk`'s, or
+        without `chunk` the consuming chunk i gets this job's chunk i
+        (the two jobs then need as many chunks)."""
+        if chunk is not None and (type(chunk) is not int or chunk < 0):
+            raise InvalidJobError(f"output_ref: chunk must be a chunk index (an integer from 0) or None, "
+                                  f"got {chunk!r}")
+        return OutputRef(self.id, name, SAME_CHUNK if chunk is None else chunk)
+
+    def outputs_ref(self, name: str) -> OutputRef:
+        """Its output `name` of every chunk, as inputs NAME.0, NAME.1, ... of
+        each consuming chunk: a reduce."""
+        return OutputRef(self.id, name, ALL_CHUNKS)

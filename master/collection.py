@@ -5,6 +5,7 @@ A storage node asks the leader (`gc_check`) about blobs it has not used for
 longer than the grace period; the leader answers those that
 - no retained job references (its program, inputs, chunk inputs, and its
   chunks' outputs, stdout and stderr),
+- no result in the result cache references (master/result_cache.py),
 - no pin covers (a pin covers until `until + gc_grace_s`),
 - no job forgotten within `gc_grace_s` referenced (a release).
 doc/storage.md gives the whole protocol; doc/master.md its cost here.
@@ -145,19 +146,33 @@ def release_jobs(state: ClusterState, records: list[JobRecord], now: float, grac
     holds = state.holds
     holds.prune(now, grace_s if _is_grace(grace_s) else 0.0)
     holds.release((file for record in records
-                   for file in files_of(record.spec, [chunk.packed_result for chunk in record.chunks])), now)
+                   for file in files_of(record.spec, [chunk.packed_result for chunk in record.chunks],
+                                        record.resolved)), now)
 
 
-def files_of(spec: SubmitJob, packed_results: Iterable[bytes | None]) -> Iterator[bytes]:
+def release_packed_results(state: ClusterState, packed_results: list[bytes], now: float) -> None:
+    """The files of results that leave the result cache are released at `now`."""
+    state.holds.release(result_files(packed_results), now)
+
+
+def files_of(spec: SubmitJob, packed_results: Iterable[bytes | None],
+             resolved: tuple[dict, tuple] | None = None) -> Iterator[bytes]:
     """The ids of every file a job references: its program, inputs and chunk
-    inputs, and the outputs, stdout and stderr of its chunks' results
-    (packed as commands.pack_result packs them; None: no result yet)."""
+    inputs (`resolved`: with its refs resolved), and the outputs, stdout and
+    stderr of its chunks' results (packed as commands.pack_result packs
+    them; None: no result yet)."""
     yield spec.program[0]
-    for file, _size in spec.inputs.values():
+    inputs, chunk_inputs = (spec.inputs, spec.chunk_inputs) if resolved is None else resolved
+    for file, _size in inputs.values():
         yield file
-    for inputs in spec.chunk_inputs:
-        for file, _size in inputs.values():
+    for per_chunk in chunk_inputs:
+        for file, _size in per_chunk.values():
             yield file
+    yield from result_files(packed_results)
+
+
+def result_files(packed_results: Iterable[bytes | None]) -> Iterator[bytes]:
+    """The outputs, stdout and stderr of packed results."""
     for packed in packed_results:
         if packed is None:
             continue
@@ -176,8 +191,10 @@ class ReferenceSnapshot:
 
     asked: frozenset[bytes]
     held: frozenset[bytes]
-    jobs: tuple[tuple[SubmitJob, tuple[bytes | None, ...]], ...]   # every retained job
+    # Every retained job: its spec, its chunks' packed results, its resolved inputs.
+    jobs: tuple[tuple[SubmitJob, tuple[bytes | None, ...], tuple | None], ...]
     releases: tuple[bytes, ...]                                     # packed ids, within the grace
+    cached: tuple[bytes, ...] = ()                                  # the result cache's packed results
 
     def collectable(self) -> set[bytes]:
         """The asked files that nothing references or holds."""
@@ -185,11 +202,13 @@ class ReferenceSnapshot:
         for packed in self.releases:
             for at in range(0, len(packed), ID_BYTES):
                 free.discard(packed[at:at + ID_BYTES])
-        for spec, results in self.jobs:
+        for spec, results, resolved in self.jobs:
             if not free:
                 break
-            for file in files_of(spec, results):
+            for file in files_of(spec, results, resolved):
                 free.discard(file)
+        if free:
+            free.difference_update(result_files(self.cached))
         return free
 
 
@@ -201,6 +220,7 @@ def reference_snapshot(state: ClusterState, asked: Iterable[bytes], now: float,
     return ReferenceSnapshot(
         asked=asked,
         held=frozenset(file for file in asked if holds.pinned(file, now, grace_s)),
-        jobs=tuple((record.spec, tuple([chunk.packed_result for chunk in record.chunks]))
+        jobs=tuple((record.spec, tuple([chunk.packed_result for chunk in record.chunks]), record.resolved)
                    for record in state.job_records.values()),
-        releases=tuple(holds.recent_releases(now, grace_s)))
+        releases=tuple(holds.recent_releases(now, grace_s)),
+        cached=tuple(state.result_cache.packed_results()))

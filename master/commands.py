@@ -299,6 +299,37 @@ def submit_problem(command: SubmitJob, max_chunks: int) -> str:
         return f"limits: {fault}"
     if type(command.network) is not bool:
         return "network must be true or false"
+    return _workflow_problem(command)
+
+
+# The latest start time or deadline (the wire's SECONDS bound, the year 2286).
+MAX_TIME_S = 1e10
+
+
+def _is_ref(value: Any, chunk_count: int) -> bool:
+    return (isinstance(value, (tuple, list)) and len(value) == 5 and type(value[0]) is str
+            and value[0] not in ("", ".", "..") and "/" not in value[0] and "\0" not in value[0]
+            and type(value[1]) is int and JOB_WIDE <= value[1] < chunk_count
+            and is_id(value[2]) and type(value[3]) is str and value[3] != ""
+            and type(value[4]) is int and value[4] >= ALL_CHUNKS)
+
+
+def _workflow_problem(command: SubmitJob) -> str:
+    if not isinstance(command.refs, (tuple, list)) or not all(
+            _is_ref(ref, command.chunk_count) for ref in command.refs):
+        return "refs must be (name, chunk, job, output, from_chunk) references"
+    if not isinstance(command.after, (tuple, list)) or not all(is_id(job) for job in command.after):
+        return "after must be job ids"
+    for name in ("start_at", "deadline"):
+        value = getattr(command, name)
+        if value is not None and not (_is_seconds(value) and value <= MAX_TIME_S):
+            return f"{name} must be unix seconds (at most {MAX_TIME_S:g}) or none"
+    if type(command.hold) is not bool or type(command.cache) is not bool:
+        return "hold and cache must be true or false"
+    if not _is_seconds(command.retry_backoff_s):
+        return "retry_backoff_s must be seconds"
+    if type(command.poison_after) is not int or command.poison_after < 1:
+        return "poison_after must be a positive count"
     return ""
 
 

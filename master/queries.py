@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from uds.master.commands import (
     ChunkView, Event, FileRef, JobSummary, JobView, NodeView, ReadyAttempt, RunningAttempt,
 )
+from uds.master.records import FAILURE_LETTERS
+from uds.master.workflow import dependencies, waiting_reason
 from uds.wire.capacity import NO_CAPACITY, Capacity, unfit_reason
 from uds.wire.enums import JobState, NodeRole
 from uds.wire.records import NO_RESULT
@@ -26,6 +28,7 @@ from uds.wire.resources import ResourceLimits
 if TYPE_CHECKING:
     from uds.master.retention import HistoryLine, JobHistory
     from uds.master.records import ChunkRecord, JobRecord, NodeRecord
+    from uds.master.result_cache import ResultCache
 
 # QUEUED chunks `ready_attempts` looks at past those of jobs that wait for a
 # worker that could hold them: bounds a leader's tick while such a job waits.
@@ -47,6 +50,8 @@ class StateQueries:
     event_log: deque[Event]
     last_seq: int
     history: JobHistory
+    timers: list[tuple[float, int, bytes, int, int]]
+    result_cache: ResultCache
 
     def job_state(self, job: bytes) -> JobState | None:
         """The job's state, a forgotten job's too (None: never known, or
@@ -93,6 +98,8 @@ class StateQueries:
             chunks=tuple(_chunk_view(index, job_record.chunks[index])
                          for index in range(first_chunk, last_chunk)),
             limits=spec.limits, network=spec.network, waiting=self.waiting_reason(job_record),
+            chunks_cached=job_record.chunks_cached, after=dependencies(spec), start_at=spec.start_at,
+            deadline=spec.deadline, cache=spec.cache,
         )
 
     def unfit_reason(self, limits: ResourceLimits) -> str:
@@ -107,6 +114,8 @@ class StateQueries:
         no worker is alive, or none that is could hold one of them."""
         if job_record.finished_at is not None:
             return ""
+        if not job_record.ready:
+            return waiting_reason(job_record)
         if not any(record.role == NodeRole.WORKER and record.alive for record in self.node_records.values()):
             return "no worker is alive"
         return self.unfit_reason(job_record.spec.limits)
@@ -117,7 +126,7 @@ class StateQueries:
         if job_record is None:
             return None
         spec = job_record.spec
-        return dict(job=spec.job, program=spec.program, args=list(spec.args), inputs=dict(spec.inputs),
+        return dict(job=spec.job, program=spec.program, args=list(spec.args), inputs=dict(job_record.inputs),
                     chunk_count=spec.chunk_count, timeout_s=spec.timeout_s, limits=spec.limits.as_body(),
                     network=spec.network)
 
@@ -125,11 +134,11 @@ class StateQueries:
         """The chunk's own inputs (DISPATCH_ATTEMPT.inputs); {} when the job has none
         or there is no such chunk."""
         job_record = self.job_records.get(job)
-        if job_record is None or not job_record.spec.chunk_inputs:
+        if job_record is None or not job_record.chunk_inputs:
             return {}
         if not 0 <= chunk < job_record.spec.chunk_count:
             return {}
-        return dict(job_record.spec.chunk_inputs[chunk])
+        return dict(job_record.chunk_inputs[chunk])
 
     def ready_attempts(self, limit: int) -> list[ReadyAttempt]:
         """QUEUED chunks, oldest first, but none of a job that no alive
@@ -200,6 +209,16 @@ class StateQueries:
         newest_first.reverse()
         return newest_first, self.last_seq
 
+    def next_timer_at(self) -> float | None:
+        """When the earliest start time, deadline or backoff falls due (None:
+        no timer is set); the leader proposes RunTimers from then on. A
+        stale timer counts too: firing it costs a commit and clears it."""
+        return self.timers[0][0] if self.timers else None
+
+    def cache_size(self) -> int:
+        """Results in the result cache."""
+        return len(self.result_cache)
+
     def lease(self) -> tuple[bytes | None, int]:
         """The load balancer holding the lease and its epoch (0: never granted)."""
         return self.lease_holder, self.lease_epoch
@@ -227,4 +246,5 @@ class StateQueries:
 def _chunk_view(index: int, chunk: ChunkRecord) -> ChunkView:
     return ChunkView(chunk=index, phase=chunk.phase.label, attempt=chunk.attempt, worker=chunk.worker,
                      result=chunk.result or NO_RESULT, retries_used=chunk.retries_used,
-                     lost_count=chunk.lost_count)
+                     lost_count=chunk.lost_count,
+                     failures=tuple(FAILURE_LETTERS[letter] for letter in chunk.failures))

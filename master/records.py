@@ -12,34 +12,44 @@ from dataclasses import dataclass
 
 import msgpack
 
-from uds.master.commands import ChunkPhase, SubmitJob, unpack_result
+from uds.master.commands import ChunkPhase, FileRef, SubmitJob, unpack_result
 from uds.wire.capacity import Capacity
 from uds.wire.enums import JobState
 from uds.wire.records import ChunkResult
 
 _PHASES = {int(phase): phase for phase in ChunkPhase}
+# A chunk record keeps the classes of its newest failed attempts, one letter each.
+FAILURE_LETTERS = {"a": "application", "i": "infrastructure"}
+MAX_FAILURES_KEPT = 64
 
 
 @dataclass(slots=True)
 class ChunkRecord:
     phase: ChunkPhase = ChunkPhase.QUEUED
     attempt: int = 1
-    retries_used: int = 0           # program failures (FAILED, TIMED_OUT) requeued
-    lost_count: int = 0             # workers lost or refusing it (LOST, REJECTED)
+    retries_used: int = 0           # application failures (FAILED, TIMED_OUT) retried
+    lost_count: int = 0             # workers lost under it in a row (LOST; an application failure resets it)
     worker: bytes | None = None
     packed_result: bytes | None = None  # set only in a final phase; `result` reads it
+    failures: str = ""              # the class of each failed attempt, oldest first: FAILURE_LETTERS
 
     @property
     def result(self) -> ChunkResult | None:
         return None if self.packed_result is None else unpack_result(self.packed_result)
 
+    def failed_attempt(self, letter: str) -> None:
+        """Note a failed attempt's class ("a" or "i"), keeping the newest MAX_FAILURES_KEPT."""
+        self.failures = (self.failures + letter)[-MAX_FAILURES_KEPT:]
+
     # A bare tuple keeps snapshots small: a job may have 100,000 of these.
     def __getstate__(self) -> tuple:
-        return (self.phase, self.attempt, self.retries_used, self.lost_count, self.worker, self.packed_result)
+        return (self.phase, self.attempt, self.retries_used, self.lost_count, self.worker, self.packed_result,
+                self.failures)
 
     def __setstate__(self, values: tuple) -> None:
         (self.phase, self.attempt, self.retries_used, self.lost_count, self.worker,
-         self.packed_result) = values
+         self.packed_result, *failures) = values
+        self.failures = failures[0] if failures else ""
 
 
 @dataclass(slots=True)
@@ -54,18 +64,39 @@ class JobRecord:
     chunks_failed: int = 0
     chunks_cancelled: int = 0
     first_error: str = ""           # "chunk N: why", from the first chunk that failed
+    # Workflows (master/workflow.py).
+    held: bool = False              # submitted with hold and not yet released
+    waiting_for: tuple[bytes, ...] = ()   # dependencies that have not succeeded yet
+    ready: bool = True              # its chunks have left WAITING (dependencies, start time, hold)
+    failed_by: str = ""             # why the job failed as a whole (a dependency, its deadline), or ""
+    chunks_cached: int = 0          # of chunks_succeeded: results reused
+    # Inputs with the refs resolved (job-wide, per chunk); None: the spec's own.
+    resolved: tuple[dict[str, FileRef], tuple[dict[str, FileRef], ...]] | None = None
 
     # Its chunks as one msgpack blob: a snapshot then holds one object per
     # job, not four per chunk (a million chunks took 11 s and 300 MiB more).
     def __getstate__(self) -> tuple:
         return (self.spec, self.submitted_at, _pack_chunks(self.chunks), self.finished_at, self.cancelled,
                 self.started_at, self.chunks_succeeded, self.chunks_failed, self.chunks_cancelled,
-                self.first_error)
+                self.first_error, self.held, self.waiting_for, self.ready, self.failed_by, self.chunks_cached,
+                self.resolved)
 
     def __setstate__(self, values: tuple) -> None:
         (self.spec, self.submitted_at, chunks, self.finished_at, self.cancelled, self.started_at,
-         self.chunks_succeeded, self.chunks_failed, self.chunks_cancelled, self.first_error) = values
+         self.chunks_succeeded, self.chunks_failed, self.chunks_cancelled, self.first_error, *workflow) = values
         self.chunks = _unpack_chunks(chunks)
+        (self.held, self.waiting_for, self.ready, self.failed_by, self.chunks_cached,
+         self.resolved) = workflow or (False, (), True, "", 0, None)
+
+    @property
+    def inputs(self) -> dict[str, FileRef]:
+        """Its job-wide inputs, refs resolved ({} of refs until they are)."""
+        return self.spec.inputs if self.resolved is None else self.resolved[0]
+
+    @property
+    def chunk_inputs(self) -> tuple[dict[str, FileRef], ...]:
+        """One map per chunk, refs resolved, or () when no chunk has inputs of its own."""
+        return self.spec.chunk_inputs if self.resolved is None else self.resolved[1]
 
     @property
     def chunks_final(self) -> int:
@@ -75,9 +106,15 @@ class JobRecord:
     def state(self) -> JobState:
         if self.cancelled:
             return JobState.CANCELLED
+        if self.failed_by:
+            return JobState.FAILED
         if self.chunks_final == self.spec.chunk_count:
-            # Chunks are cancelled only with their job (self.cancelled).
+            # Chunks are cancelled only with their job (cancelled or failed_by).
             return JobState.FAILED if self.chunks_failed else JobState.SUCCEEDED
+        if self.held:
+            return JobState.HELD
+        if not self.ready:
+            return JobState.WAITING
         return JobState.QUEUED if self.started_at is None else JobState.RUNNING
 
 
@@ -103,13 +140,15 @@ class NodeRecord:
 
 def _pack_chunks(chunks: list[ChunkRecord]) -> bytes:
     return msgpack.packb([(int(chunk.phase), chunk.attempt, chunk.retries_used, chunk.lost_count,
-                           chunk.worker, chunk.packed_result) for chunk in chunks], use_bin_type=True)
+                           chunk.worker, chunk.packed_result, chunk.failures) for chunk in chunks],
+                         use_bin_type=True)
 
 
 def _unpack_chunks(packed: bytes) -> list[ChunkRecord]:
     # One bytes object per worker id, as the replicas share them (master/replicated.py).
     workers: dict[bytes, bytes] = {}
     return [ChunkRecord(_PHASES[phase], attempt, retries_used, lost_count,
-                        None if worker is None else workers.setdefault(worker, worker), packed_result)
-            for phase, attempt, retries_used, lost_count, worker, packed_result
+                        None if worker is None else workers.setdefault(worker, worker), packed_result,
+                        failures[0] if failures else "")
+            for phase, attempt, retries_used, lost_count, worker, packed_result, *failures
             in msgpack.unpackb(packed, raw=False, use_list=False)]

@@ -34,23 +34,32 @@ from uds.master.commands import (
     FINAL_PHASES, IN_FLIGHT_PHASES, JOB_CANCELLED, JOB_FAILED, JOB_SUBMITTED, JOB_SUCCEEDED,
     LEASE_GRANTED, NODE_JOINED, NODE_LOST, CancelJob, CancelOutcome, ChunkEventOutcome, ChunkPhase,
     Command, DispatchAttempts, DispatchOutcome, Event, ForgetJobs, GrantLease, LeaseOutcome, NodeLost,
-    NodeOutcome, NodeSeen, Outcome, PinFiles, PruneCollection, StateInvariantError, SubmitJob,
-    SubmitOutcome, checked_result,
+    NodeOutcome, NodeSeen, Outcome, PinFiles, PruneCache, PruneCollection, ReleaseJob, RunTimers,
+    StateInvariantError, SubmitJob, SubmitOutcome, checked_result,
     chunk_event_problem, is_id, node_seen_problem, normalised_submit, pack_result, submit_problem,
 )
+from uds.master import workflow
 from uds.master.collection import FileHolds, pin_files, prune_collection
 from uds.master.queries import ChunkKey, StateQueries
 from uds.master.records import ChunkRecord, JobRecord, NodeRecord
+from uds.master.result_cache import ResultCache
 from uds.master.retention import JobHistory, forget_jobs
 from uds.wire.enums import ChunkState, ErrorCode, JobState, NodeRole
 from uds.wire.errors import WireError
 from uds.wire.limits import MAX_BODY_ITEMS
 from uds.wire.records import ChunkEvent, ChunkResult
 
-# A chunk that has taken down this many workers (lost or rejected attempts)
-# is failed instead of being handed to yet another worker.
+# A chunk under which this many workers were lost in a row is quarantined
+# (failed as poison) instead of being handed to yet another worker; each job
+# carries the cluster's setting (SubmitJob.poison_after), this is the default.
 POISON_LIMIT = 3
-POISON_ERROR = f"poison: chunk lost {POISON_LIMIT} workers"
+POISON_ERROR = f"poison: {POISON_LIMIT} workers lost under it in a row"
+# A chunk that workers refuse (REJECTED: storage out of reach, no disk, an
+# input that cannot be read) waits this long before its next attempt,
+# doubling with each refusal in a row up to INFRA_BACKOFF_MAX_S: an outage
+# costs a few attempts a minute, and never the chunk.
+INFRA_BACKOFF_FIRST_S = 0.5
+INFRA_BACKOFF_MAX_S = 30.0
 
 # Newest events kept in the log; older ones are dropped, seq keeps counting.
 EVENT_LOG_LIMIT = 100_000
@@ -69,8 +78,10 @@ class ChunkAction(Enum):
 
     START = "start"         # -> RUNNING
     SUCCEED = "succeed"     # -> SUCCEEDED
-    FAIL = "fail"           # -> QUEUED with a new attempt, or FAILED when retries are used up
-    LOSE = "lose"           # -> QUEUED with a new attempt, or FAILED as poison
+    FAIL = "fail"           # application: -> a new attempt (after the job's backoff), or FAILED when retries are used up
+    LOSE = "lose"           # infrastructure, a worker lost: -> QUEUED with a new attempt, or FAILED as poison
+    REFUSE = "refuse"       # infrastructure, refused by the worker: -> a new attempt after a growing backoff
+    TAKE_BACK = "take_back" # infrastructure, a balancer took it back: -> QUEUED with a new attempt
     DUPLICATE = "duplicate" # nothing new (a second STARTED)
 
 
@@ -80,12 +91,12 @@ _REPORT_ACTIONS = {
     ChunkState.FAILED: ChunkAction.FAIL,
     ChunkState.TIMED_OUT: ChunkAction.FAIL,
     ChunkState.LOST: ChunkAction.LOSE,
-    ChunkState.REJECTED: ChunkAction.LOSE,
+    ChunkState.REJECTED: ChunkAction.REFUSE,
     # A worker cancels an attempt only when a balancer tells it to. The masters
-    # ask that only through CancelJob, which has made the chunk final already;
-    # any other cancel is a balancer taking a copy back (maybe a balancer since
-    # restarted, which cannot say so): to the chunk it is a loss.
-    ChunkState.CANCELLED: ChunkAction.LOSE,
+    # ask that only through CancelJob or a deadline, which have made the chunk
+    # final already; any other cancel is a balancer taking a copy back (maybe
+    # a balancer since restarted, which cannot say so).
+    ChunkState.CANCELLED: ChunkAction.TAKE_BACK,
 }
 # (phase, reported state) -> action, for events of the current attempt of a
 # chunk that is not final. A pair missing here (any report on a QUEUED chunk,
@@ -121,6 +132,14 @@ class ClusterState(StateQueries):
     # Pins and releases of forgotten jobs' files: what keeps files from
     # collection besides the jobs themselves (master/collection.py).
     holds: FileHolds = field(default_factory=FileHolds)
+    # Workflows (master/workflow.py): DELAYED chunks, the jobs waiting for
+    # each unfinished job, the timer heap, the result cache, and the jobs
+    # the command being applied finished whose dependents are still to settle.
+    delayed: dict[ChunkKey, None] = field(default_factory=dict)
+    dependents: dict[bytes, list[bytes]] = field(default_factory=dict)
+    timers: list[tuple[float, int, bytes, int, int]] = field(default_factory=list)
+    result_cache: ResultCache = field(default_factory=ResultCache)
+    finished_jobs: list[bytes] = field(default_factory=list)
 
     # ------------------------------------------------------------------
     # Writing: the one entry point the replicated method calls.
@@ -134,6 +153,8 @@ class ClusterState(StateQueries):
                 outcomes.append(_refused(f"unknown command {type(command).__name__}"))
             else:
                 outcomes.append(handler(self, command, now))
+            if self.finished_jobs:
+                workflow.settle_dependents(self, now)
         return outcomes
 
     def _apply_submit_job(self, command: SubmitJob, now: float) -> SubmitOutcome:
@@ -154,12 +175,23 @@ class ClusterState(StateQueries):
             # Refused while the client waits, rather than queued for ever.
             return SubmitOutcome(ok=False, error=f"no worker can run this job: {unfit}",
                                  error_code=ErrorCode.INVALID)
+        problem, code = workflow.dependency_problem(self, spec)
+        if problem:
+            return SubmitOutcome(ok=False, error=problem, error_code=code)
         job = spec.job
-        self.job_records[job] = JobRecord(spec=spec, submitted_at=now,
-                                   chunks=[ChunkRecord() for _ in range(spec.chunk_count)])
-        self.queued.update(((job, index), None) for index in range(spec.chunk_count))
+        waits = workflow.waits(spec)
+        phase = ChunkPhase.WAITING if waits else ChunkPhase.QUEUED
+        job_record = JobRecord(spec=spec, submitted_at=now, held=spec.hold, ready=not waits,
+                               chunks=[ChunkRecord(phase) for _ in range(spec.chunk_count)])
+        self.job_records[job] = job_record
         label = f"{spec.name}: " if spec.name else ""
         self._log(now, JOB_SUBMITTED, job=job, detail=f"{label}{spec.chunk_count} chunks")
+        if waits:
+            workflow.created(self, job_record, now)
+        else:
+            self.queued.update(((job, index), None) for index in range(spec.chunk_count))
+            if spec.deadline is not None:
+                workflow.created(self, job_record, now)
         return SubmitOutcome(created=True)
 
     def _apply_dispatch_attempts(self, command: DispatchAttempts, now: float) -> DispatchOutcome:
@@ -238,23 +270,9 @@ class ClusterState(StateQueries):
             return CancelOutcome(ok=False, error="unknown job", error_code=ErrorCode.UNKNOWN_JOB)
         if job_record.finished_at is not None:
             return CancelOutcome(changed=False)
-        job = job_record.spec.job
-        cancelled_attempts = []
-        for index, chunk in enumerate(job_record.chunks):
-            if chunk.phase in FINAL_PHASES:
-                continue
-            if chunk.phase is ChunkPhase.QUEUED:
-                _remove(self.queued, (job, index))
-            else:
-                self._leave_flight(job, index, chunk)
-                cancelled_attempts.append((index, chunk.attempt, chunk.worker))
-                self._log(now, CHUNK_CANCELLED, job=job, chunk=index, attempt=chunk.attempt,
-                          node=chunk.worker, detail="job cancelled")
-            chunk.phase = ChunkPhase.CANCELLED
-            job_record.chunks_cancelled += 1
-        job_record.cancelled = True
-        self._finish_job_if_done(job_record, now)
-        return CancelOutcome(cancelled_attempts=tuple(cancelled_attempts), changed=True)
+        cancelled_attempts = workflow.end_job(self, job_record, "job cancelled", cancelled=True, now=now,
+                                              record_error=False)
+        return CancelOutcome(cancelled_attempts=cancelled_attempts, changed=True)
 
     def _apply_node_seen(self, command: NodeSeen, now: float) -> NodeOutcome:
         problem = node_seen_problem(command)
@@ -344,33 +362,51 @@ class ClusterState(StateQueries):
                   node=event.worker)
 
     def _succeed(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord, now: float) -> None:
-        self._finish_chunk(job_record, event, chunk, ChunkPhase.SUCCEEDED, event.result)
+        self._finish_chunk(job_record, event, chunk, ChunkPhase.SUCCEEDED, event.result, now)
         job_record.chunks_succeeded += 1
         self._log(now, CHUNK_SUCCEEDED, job=job_record.spec.job, chunk=event.chunk,
                   attempt=chunk.attempt, node=event.worker, detail=f"{event.result.elapsed_s:.3f} s")
 
     def _fail(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord, now: float) -> None:
+        """An application failure: the program's own (exit, timeout, limit)."""
         why = event.result.failure_text(event.state)
-        if chunk.retries_used < job_record.spec.max_retries:
+        chunk.failed_attempt("a")
+        chunk.lost_count = 0
+        spec = job_record.spec
+        if chunk.retries_used < spec.max_retries:
             chunk.retries_used += 1
             self._requeue(job_record, event, chunk, now, CHUNK_RETRIED,
-                          f"{why}; retry {chunk.retries_used} of {job_record.spec.max_retries}")
+                          f"{why}; retry {chunk.retries_used} of {spec.max_retries}", spec.retry_backoff_s)
             return
         self._fail_finally(job_record, event, chunk, now, why)
 
     def _lose(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord, now: float) -> None:
+        """An infrastructure failure that the chunk may have caused: its worker was lost."""
+        chunk.failed_attempt("i")
         chunk.lost_count += 1
-        if chunk.lost_count >= POISON_LIMIT:
-            self._fail_finally(job_record, event, chunk, now, POISON_ERROR)
+        limit = job_record.spec.poison_after
+        if chunk.lost_count >= limit:
+            self._fail_finally(job_record, event, chunk, now, f"poison: {limit} workers lost under it in a row")
             return
-        error = event.result.error
-        why = _CHUNK_STATES[event.state].name.lower() + (f": {error}" if error else "")
         self._requeue(job_record, event, chunk, now, CHUNK_LOST,
-                      f"{why}; loss {chunk.lost_count} of {POISON_LIMIT}")
+                      f"{_report_text(event)}; lost {chunk.lost_count} of {limit} in a row")
+
+    def _refuse(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord, now: float) -> None:
+        """An infrastructure failure that is the cluster's: retried, after a
+        backoff that grows with the refusals in a row, and never counted."""
+        chunk.failed_attempt("i")
+        in_a_row = len(chunk.failures) - len(chunk.failures.rstrip("i"))
+        delay_s = min(INFRA_BACKOFF_MAX_S, INFRA_BACKOFF_FIRST_S * 2 ** min(in_a_row - 1, 16))
+        self._requeue(job_record, event, chunk, now, CHUNK_LOST,
+                      f"{_report_text(event)}; infrastructure, next attempt in {delay_s:g} s", delay_s)
+
+    def _take_back(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord, now: float) -> None:
+        chunk.failed_attempt("i")
+        self._requeue(job_record, event, chunk, now, CHUNK_LOST, f"{_report_text(event)}; taken back")
 
     def _fail_finally(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord,
                       now: float, why: str) -> None:
-        self._finish_chunk(job_record, event, chunk, ChunkPhase.FAILED, replace(event.result, error=why))
+        self._finish_chunk(job_record, event, chunk, ChunkPhase.FAILED, replace(event.result, error=why), now)
         job_record.chunks_failed += 1
         if not job_record.first_error:
             job_record.first_error = _short(f"chunk {event.chunk}: {why}")
@@ -378,23 +414,30 @@ class ClusterState(StateQueries):
                   attempt=chunk.attempt, node=event.worker, detail=why)
 
     def _finish_chunk(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord,
-                      phase: ChunkPhase, result: ChunkResult) -> None:
+                      phase: ChunkPhase, result: ChunkResult, now: float) -> None:
         self._leave_flight(job_record.spec.job, event.chunk, chunk)
         chunk.phase = phase
         chunk.worker = event.worker
         chunk.packed_result = pack_result(result)
+        if job_record.spec.cache:
+            workflow.chunk_final(self, job_record, event.chunk, now)
 
     def _requeue(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord, now: float,
-                 kind: str, detail: str) -> None:
-        """A new attempt at the back of the queue; the old one is fenced off."""
+                 kind: str, detail: str, delay_s: float = 0.0) -> None:
+        """A new attempt at the back of the queue, or DELAYED for `delay_s`;
+        the old one is fenced off."""
         job = job_record.spec.job
         self._leave_flight(job, event.chunk, chunk)
         self._log(now, kind, job=job, chunk=event.chunk, attempt=chunk.attempt,
                   node=event.worker, detail=detail)
-        chunk.phase = ChunkPhase.QUEUED
         chunk.attempt += 1
         chunk.worker = None
-        self.queued[(job, event.chunk)] = None
+        if delay_s > 0:
+            chunk.phase = ChunkPhase.DELAYED
+            workflow.delay(self, job, event.chunk, chunk.attempt, now + delay_s)
+        else:
+            chunk.phase = ChunkPhase.QUEUED
+            self.queued[(job, event.chunk)] = None
 
     def _leave_flight(self, job: bytes, index: int, chunk: ChunkRecord) -> None:
         if chunk.phase not in IN_FLIGHT_PHASES:
@@ -405,6 +448,8 @@ class ClusterState(StateQueries):
         if job_record.finished_at is not None or job_record.chunks_final < job_record.spec.chunk_count:
             return False
         job_record.finished_at = now
+        if job_record.spec.job in self.dependents:
+            self.finished_jobs.append(job_record.spec.job)
         self.history.job_finished(job_record)
         state = job_record.state
         kind = {JobState.SUCCEEDED: JOB_SUCCEEDED, JobState.FAILED: JOB_FAILED,
@@ -443,6 +488,9 @@ _HANDLERS: dict[type, Callable[[ClusterState, Any, float], Outcome]] = {
     ForgetJobs: forget_jobs,
     PinFiles: pin_files,
     PruneCollection: prune_collection,
+    ReleaseJob: workflow.release_job,
+    RunTimers: workflow.run_timers,
+    PruneCache: workflow.prune_cache,
 }
 
 _ACTIONS: dict[ChunkAction, Callable[[ClusterState, JobRecord, ChunkEvent, ChunkRecord, float], None]] = {
@@ -450,6 +498,8 @@ _ACTIONS: dict[ChunkAction, Callable[[ClusterState, JobRecord, ChunkEvent, Chunk
     ChunkAction.SUCCEED: ClusterState._succeed,
     ChunkAction.FAIL: ClusterState._fail,
     ChunkAction.LOSE: ClusterState._lose,
+    ChunkAction.REFUSE: ClusterState._refuse,
+    ChunkAction.TAKE_BACK: ClusterState._take_back,
 }
 
 
@@ -471,6 +521,11 @@ def _remove(table: dict, key: ChunkKey) -> None:
         del table[key]
     except KeyError:
         raise StateInvariantError(f"chunk {key[1]} of job {key[0].hex()} missing from its phase table") from None
+
+
+def _report_text(event: ChunkEvent) -> str:
+    error = event.result.error
+    return _CHUNK_STATES[event.state].name.lower() + (f": {error}" if error else "")
 
 
 def _short(text: str) -> str:

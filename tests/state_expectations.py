@@ -12,6 +12,8 @@ import dataclasses
 import math
 from typing import Any
 
+from uds.master import workflow
+from uds.master.commands import _workflow_problem
 from uds.master.commands import (
     CancelJob, CancelOutcome, ChunkEvent, ChunkEventOutcome, DispatchAttempts, DispatchOutcome,
     Event, NodeLost, NodeOutcome, NodeSeen, NodeView, ReadyAttempt, SubmitJob, SubmitOutcome,
@@ -37,7 +39,7 @@ def expected_event_status(sent: ChunkEvent, chunk, worker_started_at: float | No
         return "stale"
     if chunk.phase in FINAL:
         return "final"
-    if chunk.phase == "queued":
+    if chunk.phase in ("queued", "delayed", "waiting"):
         return "invalid"
     if chunk.phase == "running" and sent.state == ChunkState.STARTED:
         return "duplicate"
@@ -55,8 +57,12 @@ def expected_event_phase(sent: ChunkEvent, chunk, max_retries: int) -> tuple[str
         return "running", chunk.attempt
     if state in (ChunkState.FAILED, ChunkState.TIMED_OUT):
         return requeued if chunk.retries_used < max_retries else ("failed", chunk.attempt)
-    if state in (ChunkState.LOST, ChunkState.REJECTED, ChunkState.CANCELLED):
+    if state == ChunkState.LOST:
         return requeued if chunk.lost_count + 1 < POISON_LIMIT else ("failed", chunk.attempt)
+    if state == ChunkState.REJECTED:
+        return "delayed", chunk.attempt + 1     # the cluster's fault: after a backoff, never poison
+    if state == ChunkState.CANCELLED:
+        return requeued                         # taken back by a balancer
     return state.name.lower(), chunk.attempt
 
 
@@ -131,6 +137,7 @@ def _check_submit(before, after, command: SubmitJob, outcome, now):
     _require(type(command.limits) is ResourceLimits and all(
         _is_count(getattr(command.limits, name)) for name in LIMIT_FIELDS), command, "limits")
     _require(type(command.network) is bool, command, "network")
+    _require(not _workflow_problem(command), command, "workflow fields")
     job, count = command.job, command.chunk_count
     spec = dict(job=job, program=_ref(command.program), args=list(command.args),
                 inputs=_file_map(command.inputs), chunk_count=count, timeout_s=float(command.timeout_s),
@@ -142,6 +149,10 @@ def _check_submit(before, after, command: SubmitJob, outcome, now):
         assert after == before
         return
     _require(_fits_an_alive_worker(before, command.limits), command, "limits (no worker could run it)")
+    if workflow.waits(command) or command.deadline is not None:
+        # Waiting, deadlines and refs have their own model (tests/test_master_workflow.py).
+        assert outcome.ok and after.job_view(job) is not None
+        return
     assert outcome == SubmitOutcome(created=True)
     assert after.job_spec(job) == spec
     view = after.job_view(job)

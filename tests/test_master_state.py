@@ -15,10 +15,11 @@ from uds import wire
 from uds.master.commands import (
     CancelJob, CancelOutcome, ChunkEventOutcome, DispatchAttempts, DispatchOutcome, Event,
     JobSummary, NodeLost, NodeOutcome, NodeSeen, Outcome, ReadyAttempt, RunningAttempt,
-    SubmitJob, SubmitOutcome,
+    RunTimers, SubmitJob, SubmitOutcome,
 )
 from uds.master.state import (
     EVENT_LOG_LIMIT, POISON_LIMIT, ClusterState, StateInvariantError,
+    POISON_ERROR,
 )
 from state_expectations import check_accepted, expected_event_phase, expected_event_status
 from uds.wire.enums import ChunkState, ErrorCode, JobState, NodeRole
@@ -349,22 +350,43 @@ def test_a_timeout_counts_as_a_program_failure():
     assert state.job_view(JOB_A).error == "chunk 0: timed out"
 
 
-@pytest.mark.parametrize("loss", [ChunkState.LOST, ChunkState.REJECTED, ChunkState.CANCELLED])
-def test_worker_loss_does_not_use_retries_but_poison_fails_the_chunk(loss):
+def test_worker_loss_does_not_use_retries_but_poison_fails_the_chunk():
     state = started(chunk_count=1, max_retries=0)
     for attempt in range(1, POISON_LIMIT + 1):
         if attempt > 1:
             state.apply([DispatchAttempts(((JOB_A, 0, attempt),))], 3.0)
-        outcome = one(state, event(0, attempt, loss))
+        outcome = one(state, event(0, attempt, ChunkState.LOST))
         if attempt < POISON_LIMIT:
             assert outcome == ChunkEventOutcome(phase="queued")
             assert phases(state) == [("queued", attempt + 1)]
     assert outcome == ChunkEventOutcome(phase="failed", job_finished=True)
     chunk = state.job_view(JOB_A).chunks[0]
-    assert (chunk.result.error, chunk.retries_used, chunk.lost_count) == (
-        "poison: chunk lost 3 workers", 0, 3)
-    assert state.job_view(JOB_A).error == "chunk 0: poison: chunk lost 3 workers"
+    assert (chunk.result.error, chunk.retries_used, chunk.lost_count) == (POISON_ERROR, 0, 3)
+    assert chunk.failures == ("infrastructure",) * POISON_LIMIT
+    assert state.job_view(JOB_A).error == f"chunk 0: {POISON_ERROR}"
     assert [kind for kind, _, _ in kinds(state)].count("chunk_lost") == POISON_LIMIT - 1
+
+
+@pytest.mark.parametrize("refusal", [ChunkState.REJECTED, ChunkState.CANCELLED])
+def test_refusals_and_take_backs_are_retried_for_ever_and_never_poison(refusal):
+    state = started(chunk_count=1, max_retries=0)
+    now = 3.0
+    for attempt in range(1, 3 * POISON_LIMIT):
+        if attempt > 1:
+            if refusal == ChunkState.REJECTED:
+                # A refused chunk waits out its backoff, growing with each refusal.
+                assert phases(state) == [("delayed", attempt)]
+                due = state.next_timer_at()
+                assert due - now == min(30.0, 0.5 * 2 ** (attempt - 2))
+                now = due + 1.0
+                state.apply([RunTimers()], now)
+            assert phases(state) == [("queued", attempt)]
+            state.apply([DispatchAttempts(((JOB_A, 0, attempt),))], now)
+        one(state, event(0, attempt, refusal), now)
+    chunk = state.job_view(JOB_A).chunks[0]
+    assert (chunk.retries_used, chunk.lost_count) == (0, 0)
+    assert chunk.failures == ("infrastructure",) * (3 * POISON_LIMIT - 1)
+    assert state.job_view(JOB_A).state == JobState.RUNNING
 
 
 def test_a_chunk_cancelled_by_its_worker_without_cancel_job_is_lost_not_cancelled():
@@ -466,7 +488,7 @@ def test_a_lost_or_restarted_worker_loses_its_running_attempts(command, why):
     assert state.job_view(JOB_A).chunks[0].lost_count == 1
     lost_events = [e for e in state.events_after(after, 10)[0] if e.kind == "chunk_lost"]
     assert [(e.chunk, e.attempt, e.node, e.detail) for e in lost_events] == [
-        (0, 1, WORKER_1, f"lost: {why}; loss 1 of {POISON_LIMIT}")]
+        (0, 1, WORKER_1, f"lost: {why}; lost 1 of {POISON_LIMIT} in a row")]
     # The balancer's own LOST, or a late result of that attempt, is stale now.
     assert one(state, event(0, 1, ChunkState.LOST)).status == "stale"
     assert one(state, event(0, 1, ChunkState.SUCCEEDED, exit_code=0)).status == "stale"
@@ -495,7 +517,7 @@ def test_a_lost_worker_back_as_the_same_process_keeps_what_it_started_since():
     state.apply([DispatchAttempts(((JOB_A, 0, 3),)), event(0, 3, ChunkState.STARTED)], 7.0)
     one(state, worker_seen(started_at=300.0), now=8.0)
     assert phases(state) == [("failed", 3), ("dispatched", 1)]
-    assert state.job_view(JOB_A).chunks[0].result.error == f"poison: chunk lost {POISON_LIMIT} workers"
+    assert state.job_view(JOB_A).chunks[0].result.error == POISON_ERROR
 
 
 def restarted_while_dispatched() -> ClusterState:
@@ -911,6 +933,17 @@ class ClusterStateMachine(RuleBasedStateMachine):
         assert (after.phase, after.attempt) == expected_event_phase(
             sent, chunk, self.submitted[sent.job].max_retries)
 
+    @precondition(lambda self: self.state.delayed)
+    @rule()
+    def backoffs_pass(self):
+        """Time passes until every backoff is due: delayed chunks are queued again."""
+        self.now = max(self.now, self.state.next_timer_at())
+        delayed = set(self.state.delayed)
+        [outcome] = self.apply([RunTimers()])
+        assert outcome.ok and outcome.fired >= len(delayed) and not self.state.delayed
+        for job, index in delayed:
+            assert self.state.job_view(job).chunks[index].phase == "queued"
+
     @rule(job=st.sampled_from(JOB_IDS), really=st.integers(0, 3))
     def cancel(self, job, really):
         if really:
@@ -939,7 +972,7 @@ class ClusterStateMachine(RuleBasedStateMachine):
     @invariant()
     def chunks_agree_with_jobs_and_queues(self):
         state = self.state
-        counts = {"queued": 0, "dispatched": 0, "running": 0}
+        counts = {"queued": 0, "dispatched": 0, "running": 0, "delayed": 0}
         queued = set()
         for job in JOB_IDS:
             view = state.job_view(job)
@@ -967,6 +1000,8 @@ class ClusterStateMachine(RuleBasedStateMachine):
         assert state.in_flight_count() == counts["dispatched"] + counts["running"]
         assert len(state.dispatched_attempts()) == counts["dispatched"]
         assert len(state.running_attempts()) == counts["running"]
+        assert len(state.delayed) == counts["delayed"]
+        assert (state.next_timer_at() is not None) >= bool(counts["delayed"])
         ready = [attempt[:3] for attempt in state.ready_attempts(1000)]
         assert len(ready) == len(queued) and set(ready) == queued
 
