@@ -107,6 +107,12 @@ def test_a_storage_outage_longer_than_the_poison_limit_fails_no_chunk(healthy):
         assert set(chunk.failures) == {"infrastructure"}
         assert chunk.attempt == len(chunk.failures) + 1
         assert connection.get(chunk.outputs["out"]) == b"stored\n"
+        # Each failure was the outage: the output could not be stored.
+        events, _ = connection.events(after=0, limit=10_000)
+        rejected = [event for event in events if event["job"] == bytes.fromhex(job.id)
+                    and event["chunk"] == chunk.chunk and event["kind"] == "chunk_lost"]
+        assert len(rejected) == len(chunk.failures)
+        assert all("could not store results" in event["detail"] for event in rejected), rejected
 
 
 def test_a_chunk_whose_workers_die_under_it_k_times_in_a_row_is_poison(healthy):

@@ -155,7 +155,7 @@ def test_references_that_cannot_be_met_are_refused_at_submit(shared_cluster):
     connection = shared_cluster.connection
     done = connection.submit_job(b"#!/bin/sh\necho x > $UDS_OUTPUT/present\n", chunks=2)
     assert done.wait(timeout=WAIT_S).state == "succeeded"
-    with pytest.raises(ClientError, match="has no output absent"):
+    with pytest.raises(ClientError, match=f"job {done.id} chunk 1 has no output 'absent'"):
         connection.submit_job(CLOCK, inputs={"a": done.output_ref("absent", chunk=1)})
     stranger = connection.job(os.urandom(16).hex())
     with pytest.raises(ClientError, match=f"unknown job {stranger.id}"):
@@ -208,7 +208,7 @@ def test_a_held_job_stays_held_until_released_then_runs(shared_cluster):
     connection = shared_cluster.connection
     held = connection.submit_job(CLOCK, chunks=2, hold=True)
     status = held.status()
-    assert (status.state, status.waiting) == ("held", "held")
+    assert status.state == "held" and status.waiting.startswith("held"), status
     assert {chunk.state for chunk in status.chunks} == {"waiting"}
     _run_alongside(connection)
     assert held.status().state == "held"
