@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
 def build(context: DaemonContext):
     from uds.master.node import MasterNode
     from uds.master.replicated import RaftGroup
-    from uds.wire.cluster import default_limits, retention, storage_policy
+    from uds.wire.cluster import default_limits, retention, scheduling, storage_policy
     entry = context.entry
     partners = [master.raft for master in context.cluster.masters if master.raft != entry.raft]
     wake_read, wake_write = wake_pipe()
@@ -28,7 +28,7 @@ def build(context: DaemonContext):
         return MasterNode(context.node_id, entry.address, raft, context.transport, wake_read,
                           client_addresses={master.raft: master.address for master in context.cluster.masters},
                           default_limits=default_limits(context.cluster), retention=retention(context.cluster),
-                          storage_policy=storage_policy(context.cluster),
+                          storage_policy=storage_policy(context.cluster), scheduling=scheduling(context.cluster),
                           cluster_path=context.cluster.path)
     except Exception:
         raft.destroy()

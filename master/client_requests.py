@@ -1,13 +1,18 @@
-"""The leader's answers to clients: submitting, cancelling and following jobs,
-listing nodes and events.
+"""The leader's answers to clients: submitting, cancelling, releasing and
+following jobs, listing nodes and events.
 
 Rules of this module: those of master/leader.py, whose `Leader` inherits
 `ClientRequests`. A handler takes the decoded request and `now` and returns
 effects; one that needs a command committed queues it with its purpose
-(`AnswerSubmit`, `AnswerCancel`) and answers from the outcome. The state is
-read only through the leader's `StateReader`.
+(`AnswerSubmit`, `AnswerCancel`, `AnswerRelease`) and answers from the
+outcome. The state is read only through the leader's `StateReader`.
 
-What a handler uses of the leader: `node_id`, `default_limits`, `_reader`,
+A submission goes in as the client sent it, with the cluster's defaults
+filled in (its limits, and the poison limit of [scheduling]); whether its
+dependencies exist, its references resolve, its times make sense is the
+state's to judge at the commit, where the replicas agree on it.
+
+What a handler uses of the leader: `node_id`, `default_limits`, `scheduling`, `_reader`,
 `_waiters`, `_lease`, and `_not_leading`, `_queue`, `_error`, `_count`,
 `_dispatch_with_submission`, `_storage_figures`.
 """
@@ -22,6 +27,7 @@ from uds.master.leader_events import Effect, Reply, Request, Send, StateReader
 from uds.master.links import LoadBalancerLease
 from uds.master.views import event_records, job_status_reply, node_records
 from uds.master.waiters import StatusPage, StatusWaiters
+from uds.wire.cluster import Scheduling
 from uds.wire.enums import ErrorCode, JobState
 from uds.wire.resources import ResourceLimits, ResourceSpecError, chunk_disk_cap, format_bytes
 
@@ -41,12 +47,27 @@ class AnswerCancel:
     job: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class AnswerRelease:
+    request: Request
+    job: bytes
+
+
+def input_refs(records: list[dict]) -> tuple[commands.InputRef, ...]:
+    """The wire's INPUT_REF records as the state's InputRef tuples."""
+    return tuple(commands.InputRef(name=record["name"], chunk=record["chunk"], job=bytes(record["job"]),
+                                   output=record["output"], from_chunk=record["from_chunk"])
+                 for record in records)
+
+
 class ClientRequests:
-    """The handlers of JobSubmit, JobStatus, JobCancel, NodesQuery and
-    EventsQuery, and what follows the commit of a submission or a cancel."""
+    """The handlers of JobSubmit, JobStatus, JobCancel, JobRelease,
+    NodesQuery and EventsQuery, and what follows the commit of a
+    submission, a cancel or a release."""
 
     node_id: bytes
     default_limits: ResourceLimits
+    scheduling: Scheduling
     _reader: StateReader
     _waiters: StatusWaiters
     _lease: LoadBalancerLease
@@ -76,7 +97,11 @@ class ClientRequests:
             chunk_inputs=tuple({name: tuple(ref) for name, ref in per_chunk.items()}
                                for per_chunk in message.chunk_inputs),
             chunk_count=message.chunk_count, timeout_s=message.timeout_s,
-            max_retries=message.max_retries, limits=limits, network=message.network)
+            max_retries=message.max_retries, limits=limits, network=message.network,
+            refs=input_refs(message.refs), after=tuple(bytes(job) for job in message.after),
+            start_at=message.start_at, deadline=message.deadline, hold=bool(message.hold),
+            cache=bool(message.cache), retry_backoff_s=float(message.retry_backoff_s),
+            poison_after=self.scheduling.poison_after)
         self._queue(command, AnswerSubmit(request, command.job))
         self._dispatch_with_submission(command)
         return []
@@ -130,14 +155,34 @@ class ClientRequests:
     def _cancelled(self, purpose: AnswerCancel, outcome: commands.Outcome) -> list[Effect]:
         if not outcome.ok:
             return [self._error(purpose.request, outcome.error_code or ErrorCode.INVALID, outcome.error)]
-        effects: list[Effect] = []
-        attempts = [[chunk, attempt] for chunk, attempt, _worker in outcome.cancelled_attempts]
-        link = self._lease.holder
-        if attempts and link is not None:
-            effects.append(Send(link.peer, wire.ChunkCancel.make(
-                self.node_id, epoch=link.epoch, job=purpose.job, attempts=attempts)))
+        effects = self._cancel_attempts(purpose.job, outcome.cancelled_attempts)
         effects.append(self._status_reply(purpose.request, purpose.job))
         return effects
+
+    def _cancel_attempts(self, job: bytes, cancelled: tuple[tuple[int, int, bytes | None], ...]) -> list[Effect]:
+        """Ask the balancer to kill a job's attempts that a commit ended while
+        they were dispatched or running (a cancel, a deadline). Without a
+        balancer holding the lease there is nobody to ask."""
+        attempts = [[chunk, attempt] for chunk, attempt, _worker in cancelled]
+        link = self._lease.holder
+        if not attempts or link is None:
+            return []
+        return [Send(link.peer, wire.ChunkCancel.make(self.node_id, epoch=link.epoch, job=job, attempts=attempts))]
+
+    def _on_job_release(self, message: wire.JobRelease, request: Request, now: float) -> list[Effect]:
+        refused = self._not_leading(request)
+        if refused:
+            return refused
+        self._queue(commands.ReleaseJob(job=message.job_uuid), AnswerRelease(request, message.job_uuid))
+        return []
+
+    def _released(self, purpose: AnswerRelease, outcome: commands.Outcome) -> list[Effect]:
+        """The job's status once the release committed; releasing a job that is
+        not held changes nothing and is answered the same way."""
+        if not outcome.ok:
+            return [self._error(purpose.request, outcome.error_code or ErrorCode.INVALID, outcome.error)]
+        self._count("jobs_released" if outcome.changed else "jobs_released_again")
+        return [self._status_reply(purpose.request, purpose.job)]
 
     def _on_nodes_query(self, message: wire.NodesQuery, request: Request, now: float) -> list[Effect]:
         # Only the leader: the live view of the workers is its soft state (a

@@ -6,11 +6,12 @@ Rules of this module:
   opens a file. `Leader.handle(event, now)` returns effects; the shell
   (master/node.py) carries each out. `now` is the shell's wall clock in
   seconds, the same clock whose value goes into each proposal.
-- Answers to clients (submit, status, cancel, nodes, events) are
-  master/client_requests.py, and to storage nodes and pins (storage
-  heartbeats, gc_check, file_pin) master/storage_requests.py, which `Leader`
-  inherits; the balancer's messages and dispatching are here. All follow
-  these rules.
+- Answers to clients (submit, status, cancel, release, nodes, events) are
+  master/client_requests.py, to storage nodes and pins (storage
+  heartbeats, gc_check, file_pin) master/storage_requests.py, and the
+  leader's own periodic proposals (retention, the state's timers, the result
+  cache) master/housekeeping.py, which `Leader` inherits; the balancer's
+  messages and dispatching are here. All follow these rules.
 - The replicated state is read only through ClusterState's pure queries, by
   way of the `StateReader` given to the constructor: the shell's reader takes
   the state's lock, a simulation's (`DirectReader`) reads the state itself.
@@ -48,7 +49,8 @@ from typing import Any, Callable
 
 from uds import wire
 from uds.master import state as core
-from uds.master.client_requests import AnswerCancel, AnswerSubmit, ClientRequests
+from uds.master.client_requests import AnswerCancel, AnswerRelease, AnswerSubmit, ClientRequests
+from uds.master.housekeeping import FireTimers, Forget, Housekeeping, PruneResults
 from uds.master.links import (  # noqa: F401
     LOADBALANCER_LEASE_S, LoadBalancerLease, LoadBalancerLink, dispatch_messages, dispatch_records,
 )
@@ -60,13 +62,12 @@ from uds.master.leader_events import (  # noqa: F401
 from uds.master.proposals import (  # noqa: F401
     MAX_COMMANDS_PER_PROPOSAL, MAX_OUTSTANDING_PROPOSALS, PROPOSAL_TIMEOUT_S, Proposal, Proposals,
 )
-from uds.master.retention import jobs_to_forget, next_due_at
 from uds.master.storage_nodes import StorageNodes
 from uds.master.storage_requests import (
     AnswerGcChecks, AnswerPin, GcChecks, StorageLost, StorageRequests, StorageSeen,
 )
 from uds.master.waiters import MAX_STATUS_WAIT_S, STATUS_PAGE_CHUNKS, StatusWaiters  # noqa: F401
-from uds.wire.cluster import Retention, StoragePolicy
+from uds.wire.cluster import Retention, Scheduling, StoragePolicy
 from uds.wire.enums import ErrorCode, NodeRole
 from uds.wire.resources import NO_LIMITS, ResourceLimits
 
@@ -76,6 +77,11 @@ RESEND_DISPATCHED_S = 3.0
 HEARTBEAT_INTERVAL_S = 0.25
 # Chunk event outcomes that change nothing and are worth a log line.
 IGNORED_EVENT_STATUSES = frozenset({core.EVENT_STALE, core.EVENT_UNKNOWN, core.EVENT_INVALID})
+
+def may_wait(command: core.SubmitJob) -> bool:
+    """Whether the job's chunks may be other than QUEUED once it is committed."""
+    return bool(command.after or command.refs or command.hold or command.start_at is not None or command.cache)
+
 
 # ---- what a command's outcome is for ------------------------------------------
 
@@ -103,24 +109,19 @@ class _Lease:
     request: Request | None
 
 
-@dataclass(frozen=True, slots=True)
-class _Forget:
-    """A ForgetJobs: one is proposed at a time."""
-
-
-_Purpose = (AnswerSubmit | _SendDispatched | AnswerCancel | _AcknowledgeEvents | _Lease | _Forget
-            | StorageSeen | StorageLost | AnswerPin | AnswerGcChecks)
+_Purpose = (AnswerSubmit | _SendDispatched | AnswerCancel | AnswerRelease | _AcknowledgeEvents | _Lease
+            | Forget | FireTimers | PruneResults | StorageSeen | StorageLost | AnswerPin | AnswerGcChecks)
 
 
 # What a Received message may be; the shell's dispatcher refuses the rest.
 ACCEPTED_MESSAGES: tuple[type, ...] = (
-    wire.JobSubmit, wire.JobStatus, wire.JobCancel, wire.NodesQuery, wire.EventsQuery,
+    wire.JobSubmit, wire.JobStatus, wire.JobCancel, wire.JobRelease, wire.NodesQuery, wire.EventsQuery,
     wire.Hello, wire.Heartbeat, wire.ChunkEvents, wire.NodeReport,
     wire.StorageHeartbeat, wire.GcCheck, wire.FilePin,
 )
 
 
-class Leader(ClientRequests, StorageRequests):
+class Leader(ClientRequests, StorageRequests, Housekeeping):
     """The leader's decisions. `handle(event, now) -> effects`.
 
     `node_id`, `host`, `address` and `started_at` describe this master (its
@@ -130,12 +131,14 @@ class Leader(ClientRequests, StorageRequests):
     and worker then sees the same limits for it. `retention` (the cluster
     file's [retention]) says when finished jobs leave the replicated state;
     `storage_policy` (its [storage_policy]) when a storage node is lost and
-    how long collection waits.
+    how long collection waits; `scheduling` (its [scheduling]) the poison
+    limit each job is submitted with and the bounds of the result cache.
     """
 
     def __init__(self, node_id: bytes, reader: StateReader, *, host: str = "", address: str = "",
                  started_at: float = 0.0, default_limits: ResourceLimits = NO_LIMITS,
-                 retention: Retention = Retention(), storage_policy: StoragePolicy = StoragePolicy()) -> None:
+                 retention: Retention = Retention(), storage_policy: StoragePolicy = StoragePolicy(),
+                 scheduling: Scheduling = Scheduling()) -> None:
         self.node_id = node_id
         self.storage_policy = storage_policy
         self._storage = StorageNodes()
@@ -143,8 +146,8 @@ class Leader(ClientRequests, StorageRequests):
         self._gc_checks = GcChecks()
         self.default_limits = default_limits
         self.retention = retention
-        self._forgetting = False
-        self._retention_due_at: float | None = None
+        self.scheduling = scheduling
+        self._housekeeping_init()
         self.counters: dict[str, int] = {}
         self._reader = reader
         self._host, self._address, self._started_at = host, address, started_at
@@ -166,6 +169,7 @@ class Leader(ClientRequests, StorageRequests):
             wire.JobSubmit: self._on_job_submit,
             wire.JobStatus: self._on_job_status,
             wire.JobCancel: self._on_job_cancel,
+            wire.JobRelease: self._on_job_release,
             wire.NodesQuery: self._on_nodes_query,
             wire.EventsQuery: self._on_events_query,
             wire.Hello: self._on_hello,
@@ -180,9 +184,12 @@ class Leader(ClientRequests, StorageRequests):
             AnswerSubmit: self._submitted,
             _SendDispatched: self._dispatched,
             AnswerCancel: self._cancelled,
+            AnswerRelease: self._released,
             _AcknowledgeEvents: self._events_committed,
             _Lease: self._lease_committed,
-            _Forget: self._forgot,
+            Forget: self._forgot,
+            FireTimers: self._timers_fired,
+            PruneResults: self._cache_pruned,
             StorageSeen: self._storage_registered,
             StorageLost: self._storage_lost,
             AnswerPin: self._pinned,
@@ -242,6 +249,7 @@ class Leader(ClientRequests, StorageRequests):
         if event.leader and not was_leader:
             self._lease.take_office(self._lease_clock)
             self._storage_take_office(now)
+            self._housekeeping_take_office(now)
         return []
 
     def _not_leading(self, request: Request) -> list[Effect]:
@@ -407,9 +415,12 @@ class Leader(ClientRequests, StorageRequests):
         """Dispatch the new job's first chunks in the same batch as the job
         itself: the batch applies in order, so they are queued by then, and
         the job starts one commit sooner. (Skipped harmlessly for a job that
-        already existed: only chunks queued at attempt 1 are dispatched.)"""
+        already existed: only chunks queued at attempt 1 are dispatched.)
+        Not for a job that may wait (dependencies, a hold, a start time) or
+        whose chunks may come from the cache: its chunks are not queued by
+        then, and the Tick dispatches them once they are."""
         link = self._lease.holder
-        if link is None:
+        if link is None or may_wait(command):
             return
         count = min(self._credit(link), command.chunk_count)
         if count > 0:
@@ -447,7 +458,7 @@ class Leader(ClientRequests, StorageRequests):
         if self._raft.leader:
             effects.extend(self._leader_timers(now))
             effects.extend(self._storage_timers(now))
-            self._forget_past_retention(now)
+            self._housekeeping(now)
         effects.extend(self._proposals.flush(now))
         wake = self._next_wake()
         if wake is not None:
@@ -475,31 +486,10 @@ class Leader(ClientRequests, StorageRequests):
         self._dispatch_ready(link)
         return effects
 
-    def _forget_past_retention(self, now: float) -> None:
-        """Propose that the finished jobs due by the retention settings leave
-        the state (one ForgetJobs at a time), and note when the next falls due."""
-        if self._forgetting:
-            return
-        settings = self.retention
-        jobs, self._retention_due_at = self._reader.read(
-            lambda state: (jobs_to_forget(state, settings, now), next_due_at(state, settings)))
-        if jobs:
-            self._forgetting = True
-            self._queue(core.ForgetJobs(tuple(jobs), settings.history_lines, self.storage_policy.gc_grace_s),
-                        _Forget())
-
-    def _forgot(self, purpose: _Forget, outcome: core.Outcome) -> list[Effect]:
-        self._forgetting = False
-        if outcome.ok:
-            self._count("jobs_forgotten", outcome.forgotten)
-        return []
-
     def _next_wake(self) -> float | None:
         """When the next timer falls due, if any is set. Each timer compares
         `now >=` the very sum returned here, so a Tick at that time fires it."""
-        times = [self._waiters.next_deadline(), self._proposals.next_deadline()]
-        if self._raft.leader and not self._forgetting:
-            times.append(self._retention_due_at)
+        times = [self._waiters.next_deadline(), self._proposals.next_deadline(), *self._housekeeping_wakes()]
         if self._raft.leader and self._storage_due_at is not None and self._storage_due_at < float("inf"):
             times.append(self._storage_due_at)
         if self._lease.holder is not None and self._raft.leader:

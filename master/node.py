@@ -24,7 +24,7 @@ from uds.master import membership
 from uds.master.raft_node import RAFT_ROLES
 from uds.master.replicated import Commit, MembershipCommitted, RaftGroup
 from uds.wire import cluster as cluster_file
-from uds.wire.cluster import Retention, StoragePolicy
+from uds.wire.cluster import Retention, Scheduling, StoragePolicy
 from uds.daemon.dispatch import handle_request
 from uds.daemon.runtime import drain, guarded
 from uds.wire.enums import ErrorCode, NodeRole
@@ -43,7 +43,7 @@ class MasterNode:
                  wake_fd: int, host: str | None = None,
                  client_addresses: dict[str, str] | None = None,
                  default_limits: ResourceLimits = NO_LIMITS, retention: Retention = Retention(),
-                 storage_policy: StoragePolicy = StoragePolicy(),
+                 storage_policy: StoragePolicy = StoragePolicy(), scheduling: Scheduling = Scheduling(),
                  cluster_path: pathlib.Path | None = None) -> None:
         self.node_id = node_id
         self.cluster_path = cluster_path       # re-read when a master is to be added
@@ -58,7 +58,7 @@ class MasterNode:
         self.counters: dict[str, int] = {}
         self.leader = core.Leader(node_id, raft, host=host or socket_module.gethostname(), address=address,
                                   started_at=time.time(), default_limits=default_limits, retention=retention,
-                                  storage_policy=storage_policy)
+                                  storage_policy=storage_policy, scheduling=scheduling)
         self.raft_status = core.NOT_STARTED
         self.wake_at: float | None = None
         # The membership change handed to the Raft group and not yet committed.

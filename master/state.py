@@ -389,7 +389,7 @@ class ClusterState(StateQueries):
             self._fail_finally(job_record, event, chunk, now, f"poison: {limit} workers lost under it in a row")
             return
         self._requeue(job_record, event, chunk, now, CHUNK_LOST,
-                      f"{_report_text(event)}; lost {chunk.lost_count} of {limit} in a row")
+                      _report_text(event, f"lost {chunk.lost_count} of {limit} in a row"))
 
     def _refuse(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord, now: float) -> None:
         """An infrastructure failure that is the cluster's: retried, after a
@@ -398,11 +398,11 @@ class ClusterState(StateQueries):
         in_a_row = len(chunk.failures) - len(chunk.failures.rstrip("i"))
         delay_s = min(INFRA_BACKOFF_MAX_S, INFRA_BACKOFF_FIRST_S * 2 ** min(in_a_row - 1, 16))
         self._requeue(job_record, event, chunk, now, CHUNK_LOST,
-                      f"{_report_text(event)}; infrastructure, next attempt in {delay_s:g} s", delay_s)
+                      _report_text(event, f"infrastructure, next attempt in {delay_s:g} s"), delay_s)
 
     def _take_back(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord, now: float) -> None:
         chunk.failed_attempt("i")
-        self._requeue(job_record, event, chunk, now, CHUNK_LOST, f"{_report_text(event)}; taken back")
+        self._requeue(job_record, event, chunk, now, CHUNK_LOST, _report_text(event, "taken back"))
 
     def _fail_finally(self, job_record: JobRecord, event: ChunkEvent, chunk: ChunkRecord,
                       now: float, why: str) -> None:
@@ -523,12 +523,15 @@ def _remove(table: dict, key: ChunkKey) -> None:
         raise StateInvariantError(f"chunk {key[1]} of job {key[0].hex()} missing from its phase table") from None
 
 
-def _report_text(event: ChunkEvent) -> str:
+def _report_text(event: ChunkEvent, note: str) -> str:
+    """"state: the worker's text; note", the text cut so that the note
+    survives the event log's cut."""
     error = event.result.error
-    return _CHUNK_STATES[event.state].name.lower() + (f": {error}" if error else "")
+    text = _CHUNK_STATES[event.state].name.lower() + (f": {error}" if error else "")
+    return f"{_short(text, EVENT_DETAIL_MAX_CHARS - len(note) - 2)}; {note}"
 
 
-def _short(text: str) -> str:
-    if len(text) <= EVENT_DETAIL_MAX_CHARS:
+def _short(text: str, limit: int = EVENT_DETAIL_MAX_CHARS) -> str:
+    if len(text) <= limit:
         return text
-    return text[: EVENT_DETAIL_MAX_CHARS - 3] + "..."
+    return text[: max(0, limit - 3)] + "..."

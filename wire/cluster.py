@@ -44,6 +44,11 @@
     gc_grace_s = 3600.0                 # unreferenced this long before a blob is collected
     gc_interval_s = 600.0               # how often each node runs a collection pass
 
+    [scheduling]                        # how the masters run jobs (doc/cluster.md)
+    poison_after = 3                    # workers lost in a row that quarantine a chunk
+    cache_max_entries = 100000          # result-cache entries kept, least recently used dropped first
+    cache_max_age_s = 604800.0          # and none unused for longer than this (7 days)
+
 Relative paths are relative to the cluster file's folder. See doc/cluster.md.
 """
 from __future__ import annotations
@@ -193,6 +198,7 @@ def load(path: str | os.PathLike[str]) -> Cluster:
     default_limits(cluster)     # a bad [limits] table is the cluster file's error, found at load
     retention(cluster)          # and so is a bad [retention] table
     storage_policy(cluster)     # and a bad [storage_policy] table
+    scheduling(cluster)         # and a bad [scheduling] table
     return cluster
 
 
@@ -278,6 +284,34 @@ def storage_policy(cluster: Cluster) -> StoragePolicy:
     if policy.lost_after_s <= policy.heartbeat_interval_s:
         raise ClusterFileError("storage_policy: lost_after_s must be longer than heartbeat_interval_s")
     return policy
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    """The [scheduling] table: how the masters run jobs. A chunk whose
+    workers are lost `poison_after` times in a row is quarantined as poison
+    (other infrastructure failures never quarantine). The result cache keeps
+    at most `cache_max_entries` entries, none unused for longer than
+    `cache_max_age_s` (a hit uses an entry); the leader prunes it about
+    once a minute."""
+
+    poison_after: int = 3
+    cache_max_entries: int = 100_000
+    cache_max_age_s: float = 7 * 24 * 3600.0
+
+
+_SCHEDULING_KEYS = {"poison_after": int, "cache_max_entries": int, "cache_max_age_s": float}
+
+
+def scheduling(cluster: Cluster) -> Scheduling:
+    """The [scheduling] table, its defaults filled in."""
+    values = _settings(cluster, "scheduling", _SCHEDULING_KEYS)
+    if values.get("poison_after", 1) < 1:
+        raise ClusterFileError(f"scheduling.poison_after: must be 1 or more, not {values['poison_after']}")
+    for key in ("cache_max_entries", "cache_max_age_s"):
+        if not values.get(key, 0) >= 0:     # nan too
+            raise ClusterFileError(f"scheduling.{key}: must be zero or more, not {values[key]}")
+    return Scheduling(**values)
 
 
 def render(keys: str, masters: list[dict], loadbalancers: list[dict], storage: list[dict],
