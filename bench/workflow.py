@@ -62,6 +62,20 @@ def timed_run(connection: client.Connection, folder, program: str, chunks: int) 
             "cpu_s": {role: round(used - cpu_before.get(role, 0.0), 2) for role, used in sorted(cpu_after.items())}}
 
 
+def report_uncached(connection: client.Connection, first_id: str, again_id: str, most: int = 10) -> None:
+    """Say on stderr which chunks of the re-run were not taken from the
+    cache, and how the same chunk of the first run ended."""
+    told = 0
+    for chunk in connection.job_status(again_id).chunks:
+        if chunk.state != "cached" and told < most:
+            told += 1
+            before = connection.job_status(first_id, first_chunk=chunk.chunk, max_chunks=1).chunks[0]
+            print(f"bench: re-run chunk {chunk.chunk} {chunk.state} (attempt {chunk.attempt}, failures "
+                  f"{chunk.failures}, {chunk.result.error or 'no error'}); in the first run "
+                  f"{before.state} at attempt {before.attempt}, failures {before.failures}, "
+                  f"{before.result.error or 'no error'}", file=sys.stderr)
+
+
 def events_since(connection: client.Connection, after: int) -> list[dict]:
     found = []
     while True:
@@ -115,6 +129,7 @@ def main() -> int:
               and again["status"].cached == options.chunks)
         if not ok:
             mark_failed(folder)
+            report_uncached(connection, first["status"].id, again["status"].id)
         dependency = dependency_latencies(connection, program, options.pairs)
     report = {
         "benchmark": "workflow",
@@ -122,8 +137,10 @@ def main() -> int:
         "workers": 2,
         "chunks": options.chunks,
         "first_run_s": round(first["seconds"], 3),
+        "first_run_succeeded": first["status"].succeeded,
         "first_run_cached": first["status"].cached,
         "cached_rerun_s": round(again["seconds"], 3),
+        "cached_rerun_succeeded": again["status"].succeeded,
         "cached_rerun_cached": again["status"].cached,
         "rerun_to_first_ratio": round(again["seconds"] / first["seconds"], 4),
         "cached_rerun_us_per_chunk": round(1e6 * again["seconds"] / options.chunks, 1),

@@ -83,7 +83,7 @@ def test_a_storage_outage_longer_than_the_poison_limit_fails_no_chunk(healthy):
     wait_until(lambda: len({chunk.worker for chunk in connection.submit_job(
         program, args=["warm"], chunks=2 * WORKERS).wait(timeout=WAIT_S).chunks}) == WORKERS,
         "the program on every worker", timeout=WAIT_S)
-    job = connection.submit_job(program, chunks=WORKERS, hold=True, timeout=30)
+    job = connection.submit_job(program, chunks=WORKERS, hold=True, timeout=30, cache=True)
     storage = cluster.daemons["storage"]
     os.kill(storage.pid, signal.SIGSTOP)
     try:
@@ -113,6 +113,9 @@ def test_a_storage_outage_longer_than_the_poison_limit_fails_no_chunk(healthy):
                     and event["chunk"] == chunk.chunk and event["kind"] == "chunk_lost"]
         assert len(rejected) == len(chunk.failures)
         assert all("could not store results" in event["detail"] for event in rejected), rejected
+    # The results of the attempts that got through are in the cache.
+    again = connection.submit_job(program, chunks=WORKERS, timeout=30, cache=True).status()
+    assert (again.state, again.cached) == ("succeeded", WORKERS), again
 
 
 def test_a_chunk_whose_workers_die_under_it_k_times_in_a_row_is_poison(healthy):
