@@ -162,8 +162,10 @@ def test_references_that_cannot_be_met_are_refused_at_submit(shared_cluster):
         connection.submit_job(CLOCK, inputs={"a": stranger.output_ref("present")})
     with pytest.raises(ClientError, match=f"unknown job {stranger.id}"):
         connection.submit_job(CLOCK, after=[stranger])
-    with pytest.raises(ClientError):           # chunk i of 3 cannot read chunk i of 2
+    with pytest.raises(ClientError, match=f"job {done.id}, which has 2 chunks, not 3"):
         connection.submit_job(CLOCK, chunks=3, inputs={"a": done.output_ref("present")})
+    with pytest.raises(ClientError, match="is named twice"):
+        connection.submit_job(CLOCK, inputs={"a.0": b"own", "a": done.outputs_ref("present")})
 
 
 def test_a_failed_middle_stage_fails_its_dependents_naming_it(shared_cluster):
