@@ -250,9 +250,9 @@ def test_a_job_started_at_a_time_starts_then_and_not_before(shared_cluster):
     assert final.state == "succeeded", final
     for chunk in final.chunks:
         ran_at = float(connection.get(chunk.stdout))
-        assert start_at <= ran_at < start_at + 3.0
+        assert start_at <= ran_at < start_at + 5.0
     dispatched = [event["at"] for event in _events(connection, job.id, "chunk_dispatched")]
-    assert start_at <= min(dispatched) < start_at + 1.5
+    assert start_at <= min(dispatched) < start_at + 2.5   # a loaded machine's margin
 
 
 def test_a_held_job_that_is_also_deferred_waits_for_both(shared_cluster):
@@ -273,7 +273,7 @@ def test_a_held_job_that_is_also_deferred_waits_for_both(shared_cluster):
 def test_a_deadline_fails_the_job_and_kills_its_running_chunk(shared_cluster):
     connection = shared_cluster.connection
     mark = f"300.{time.time_ns() % 10**9:09d}"
-    deadline = time.time() + 3.0
+    deadline = time.time() + 4.0   # after the chunk has started, even on a loaded machine
     job = connection.submit_job(b"#!/bin/sh\nexec sleep " + mark.encode() + b"\n", deadline=deadline, timeout=300)
     never_released = connection.submit_job(CLOCK, hold=True, deadline=deadline)
     pids = wait_until(lambda: _marked_processes(mark), "the chunk running", timeout=WAIT_S)
