@@ -10,8 +10,8 @@ with 2 workers. Prints one JSON line.
 - A dependency: --pairs pairs of one-chunk jobs, A and B after=[A],
   submitted together, one pair at a time. From the event log's times: the
   commit of A's last chunk to the dispatch of B's first chunk (a chunk
-  as short as /bin/true ends before it would report its start); beside it, a lone job's submit to its first dispatch, the floor any
-  job pays.
+  as short as /bin/true ends before it would report its start); beside
+  it, a lone job's submit to its first dispatch (0: the same commit).
 
     python bench/workflow.py [--masters 1|3|5] [--chunks N] [--pairs P]
 """

@@ -74,8 +74,7 @@ def _unique() -> bytes:
 
 
 def test_a_storage_outage_longer_than_the_poison_limit_fails_no_chunk(healthy):
-    cluster = healthy
-    connection = cluster.connection
+    connection = healthy.connection
     program = (b"#!/bin/sh\n" + _unique() +
                b'if [ "$1" = warm ]; then sleep 0.5; exit 0; fi\necho stored > $UDS_OUTPUT/out\n')
     # Every worker fetches the program while storage is up: in the outage,
@@ -84,7 +83,7 @@ def test_a_storage_outage_longer_than_the_poison_limit_fails_no_chunk(healthy):
         program, args=["warm"], chunks=2 * WORKERS).wait(timeout=WAIT_S).chunks}) == WORKERS,
         "the program on every worker", timeout=WAIT_S)
     job = connection.submit_job(program, chunks=WORKERS, hold=True, timeout=30, cache=True)
-    storage = cluster.daemons["storage"]
+    storage = healthy.daemons["storage"]
     os.kill(storage.pid, signal.SIGSTOP)
     try:
         wait_until(lambda: _storage_state(connection) == "lost", "storage declared lost", timeout=20)
