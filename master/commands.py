@@ -533,7 +533,6 @@ JOB_FORGOTTEN = "job_forgotten"     # past retention: only its history line is k
 JOB_RELEASED = "job_released"       # a held job was released
 JOB_READY = "job_ready"             # a job that waited: its chunks are queued
 CHUNK_CACHED = "chunk_cached"       # a chunk's result came from the cache or its in-flight twin
-CHUNK_DELAYED = "chunk_delayed"     # a new attempt waits out a backoff
 
 
 class ReadyAttempt(NamedTuple):
