@@ -37,6 +37,7 @@ bench: setup
 	$(VENV_PYTHON) bench/fuse_read.py
 	$(VENV_PYTHON) bench/throughput.py
 	$(VENV_PYTHON) bench/latency.py
+	$(VENV_PYTHON) bench/workflow.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info wire/_wire_cffi.*

@@ -83,6 +83,19 @@ class SubmitJob:
     retry_backoff_s: float = 0.0            # before each retry of an application failure
     poison_after: int = 3                   # workers lost in a row that quarantine a chunk (the leader's setting)
 
+    # Pickled (in log entries and snapshots) as its field values in order.
+    # An entry written before a field existed is shorter: the missing
+    # fields take their defaults, or every replica would fail on it.
+    def __getstate__(self) -> tuple:
+        return tuple(getattr(self, field.name) for field in fields(self))
+
+    def __setstate__(self, values: tuple) -> None:
+        known = fields(self)
+        for field, value in zip(known, values):
+            object.__setattr__(self, field.name, value)
+        for field in known[len(values):]:
+            object.__setattr__(self, field.name, field.default)
+
 
 class InputRef(NamedTuple):
     """An input that is another job's output (wire INPUT_REF). `chunk` is
@@ -520,7 +533,6 @@ JOB_FORGOTTEN = "job_forgotten"     # past retention: only its history line is k
 JOB_RELEASED = "job_released"       # a held job was released
 JOB_READY = "job_ready"             # a job that waited: its chunks are queued
 CHUNK_CACHED = "chunk_cached"       # a chunk's result came from the cache or its in-flight twin
-CHUNK_DELAYED = "chunk_delayed"     # a new attempt waits out a backoff
 
 
 class ReadyAttempt(NamedTuple):

@@ -24,7 +24,7 @@ Transitions are the table CHUNK_TRANSITIONS; doc/states.md draws them.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any, Callable, Iterable
 
@@ -140,6 +140,19 @@ class ClusterState(StateQueries):
     timers: list[tuple[float, int, bytes, int, int]] = field(default_factory=list)
     result_cache: ResultCache = field(default_factory=ResultCache)
     finished_jobs: list[bytes] = field(default_factory=list)
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        # Pickled as its slots. A snapshot taken before a table existed
+        # lacks it: it starts empty rather than missing on every replica.
+        _, slots = state
+        for known in fields(self):
+            if known.name in slots:
+                value = slots[known.name]
+            elif known.default_factory is not MISSING:
+                value = known.default_factory()
+            else:
+                value = known.default
+            setattr(self, known.name, value)
 
     # ------------------------------------------------------------------
     # Writing: the one entry point the replicated method calls.
@@ -376,7 +389,7 @@ class ClusterState(StateQueries):
         if chunk.retries_used < spec.max_retries:
             chunk.retries_used += 1
             self._requeue(job_record, event, chunk, now, CHUNK_RETRIED,
-                          f"{why}; retry {chunk.retries_used} of {spec.max_retries}", spec.retry_backoff_s)
+                          _noted(why, f"retry {chunk.retries_used} of {spec.max_retries}"), spec.retry_backoff_s)
             return
         self._fail_finally(job_record, event, chunk, now, why)
 
@@ -527,7 +540,11 @@ def _report_text(event: ChunkEvent, note: str) -> str:
     """"state: the worker's text; note", the text cut so that the note
     survives the event log's cut."""
     error = event.result.error
-    text = _CHUNK_STATES[event.state].name.lower() + (f": {error}" if error else "")
+    return _noted(_CHUNK_STATES[event.state].name.lower() + (f": {error}" if error else ""), note)
+
+
+def _noted(text: str, note: str) -> str:
+    """"text; note", the text cut so that the note survives the event log's cut."""
     return f"{_short(text, EVENT_DETAIL_MAX_CHARS - len(note) - 2)}; {note}"
 
 

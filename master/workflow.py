@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import heapq
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from uds.master.collection import release_packed_results
 from uds.master.commands import (
@@ -64,9 +64,13 @@ def dependency_problem(state: ClusterState, spec: SubmitJob) -> tuple[str, int]:
             if job in state.history.lines:
                 return f"job {job.hex()} is past retention: its outputs are no longer known", ErrorCode.INVALID
             return f"unknown job {job.hex()}", ErrorCode.UNKNOWN_JOB
-    job_wide = set(spec.inputs)
-    per_chunk: dict[int, set[str]] = {}
-    job_wide_bytes = sum(len(name) + INPUT_ENTRY_BYTES for name in spec.inputs)
+    # The names each ref adds: job-wide, to every chunk (a job-wide
+    # SAME_CHUNK ref), or to one chunk. A ref's name may clash with no other
+    # name the chunk sees; the spec's own inputs keep their rule (a chunk's
+    # own input of a job-wide name replaces it for that chunk).
+    job_wide: list[str] = []
+    every_chunk: list[str] = []
+    one_chunk: dict[int, list[str]] = {}
     for ref in spec.refs:
         producer = state.job_records[ref.job]
         count = producer.spec.chunk_count
@@ -75,39 +79,56 @@ def dependency_problem(state: ClusterState, spec: SubmitJob) -> tuple[str, int]:
                     f"{count} chunks, not {spec.chunk_count}"), ErrorCode.INVALID
         if ref.from_chunk >= count:
             return f"job {ref.job.hex()} has {count} chunks, no chunk {ref.from_chunk}", ErrorCode.INVALID
-        names = [f"{ref.name}.{index}" for index in range(count)] if ref.from_chunk == ALL_CHUNKS else [ref.name]
-        scope = job_wide if ref.chunk == JOB_WIDE and ref.from_chunk != SAME_CHUNK else per_chunk.setdefault(
-            ref.chunk, set())
-        for name in names:
-            if name in scope:
-                return f"input {name!r} is named twice", ErrorCode.INVALID
-            scope.add(name)
-        if scope is job_wide:
-            job_wide_bytes += sum(len(name) + INPUT_ENTRY_BYTES for name in names)
+        if ref.from_chunk == ALL_CHUNKS:
+            names, producing = [f"{ref.name}.{index}" for index in range(count)], range(count)
+        elif ref.from_chunk == SAME_CHUNK:
+            names = [ref.name]
+            producing = range(spec.chunk_count) if ref.chunk == JOB_WIDE else [ref.chunk]
+        else:
+            names, producing = [ref.name], [ref.from_chunk]
+        if ref.chunk != JOB_WIDE:
+            one_chunk.setdefault(ref.chunk, []).extend(names)
+        elif ref.from_chunk == SAME_CHUNK:
+            every_chunk.extend(names)
+        else:
+            job_wide.extend(names)
         if producer.state is JobState.SUCCEEDED:
-            missing = _missing_output(producer, ref.output, ref.from_chunk, spec.chunk_count)
+            missing = _missing_output(producer, ref.output, producing)
             if missing:
                 return missing, ErrorCode.INVALID
+    everywhere = [*job_wide, *every_chunk]
+    clash = _clash(everywhere, (spec.inputs,))
+    seen_everywhere = set(everywhere)
+    for own in spec.chunk_inputs:
+        clash = clash or next((name for name in own if name in seen_everywhere), "")
+    for index, names in one_chunk.items():
+        own = spec.chunk_inputs[index] if spec.chunk_inputs else {}
+        clash = clash or _clash(names, (seen_everywhere, spec.inputs, own))
+    if clash:
+        return f"input {clash!r} is named twice", ErrorCode.INVALID
+    job_wide_bytes = sum(len(name) + INPUT_ENTRY_BYTES for name in (*spec.inputs, *job_wide))
     if job_wide_bytes > MAX_JOB_SPEC_BYTES:
         return f"its job-wide inputs would take {job_wide_bytes} bytes, more than {MAX_JOB_SPEC_BYTES}", \
             ErrorCode.INVALID
-    own = {name for inputs in spec.chunk_inputs for name in inputs}
-    for scope_chunk, names in per_chunk.items():
-        clash = (names & job_wide) or (names & own if scope_chunk == JOB_WIDE else names & set(
-            spec.chunk_inputs[scope_chunk] if spec.chunk_inputs else ()))
-        if clash:
-            return f"input {sorted(clash)[0]!r} is named twice", ErrorCode.INVALID
+    for index in (one_chunk or ([JOB_WIDE] if every_chunk else [])):
+        names = [*every_chunk, *one_chunk.get(index, ())]
         if sum(len(name) + INPUT_ENTRY_BYTES for name in names) > MAX_CHUNK_INPUTS_BYTES:
             return f"the inputs of a chunk would take more than {MAX_CHUNK_INPUTS_BYTES} bytes", ErrorCode.INVALID
     return "", 0
 
 
-def _missing_output(producer: JobRecord, output: str, from_chunk: int, chunk_count: int) -> str:
-    """Which chunk of a succeeded producer lacks `output`, as an error, or ""."""
-    if from_chunk >= 0:
-        chunks = [from_chunk]
-    else:
-        chunks = range(producer.spec.chunk_count if from_chunk == ALL_CHUNKS else chunk_count)
+def _clash(names: list[str], others: tuple) -> str:
+    """A name that is twice in `names` or also in one of `others`, or ""."""
+    counted: set[str] = set()
+    for name in names:
+        if name in counted or any(name in other for other in others):
+            return name
+        counted.add(name)
+    return ""
+
+
+def _missing_output(producer: JobRecord, output: str, chunks: Iterable[int]) -> str:
+    """Which of `chunks` of a succeeded producer lacks `output`, as an error, or ""."""
     for index in chunks:
         result = producer.chunks[index].result
         if result is None or output not in result.outputs:
@@ -176,9 +197,11 @@ def resolve_from(state: ClusterState, record: JobRecord, producer_job: bytes) ->
     if not refs:
         return ""
     if record.resolved is None:
-        own = [dict(inputs) for inputs in spec.chunk_inputs] or [{} for _ in range(spec.chunk_count)]
-        record.resolved = (dict(spec.inputs), tuple(own))
-    inputs, chunk_inputs = record.resolved
+        inputs, chunk_inputs = dict(spec.inputs), [dict(own) for own in spec.chunk_inputs]
+    else:
+        inputs, chunk_inputs = record.resolved[0], list(record.resolved[1])
+    if not chunk_inputs:
+        chunk_inputs = [{} for _ in range(spec.chunk_count)]
     producer = state.job_records[producer_job]
     outputs: dict[int, dict[str, FileRef]] = {}
 
@@ -203,6 +226,9 @@ def resolve_from(state: ClusterState, record: JobRecord, producer_job: bytes) ->
             if file is None:
                 return f"job {producer_job.hex()} chunk {index} has no output {ref.output!r}"
             into[name] = file
+    # No empty map per chunk when no chunk has inputs of its own: a job of
+    # 200,000 chunks with job-wide refs would keep as many in every replica.
+    record.resolved = (inputs, tuple(chunk_inputs) if any(chunk_inputs) else ())
     return ""
 
 

@@ -1,10 +1,14 @@
 """make demo: word frequencies of the licence texts on this machine, counted
-by a real job on a real dev cluster, checked against a local count.
+by a two-stage pipeline on a real dev cluster, checked against a local count.
 
 Starts a dev cluster with two workers in a folder of its own, uploads the
-texts, runs one chunk per group of files (each chunk sees only its own files
-under $UDS_INPUTS), merges the chunks' outputs, prints the top words, checks
-them against counting locally, and stops the cluster.
+texts and submits two jobs at once: a map, one chunk per group of files
+(each chunk sees only its own files under $UDS_INPUTS and writes their word
+counts), and a one-chunk reduce that reads every map chunk's counts
+(`outputs_ref`: counts.json.0, counts.json.1, ...) and merges them. The
+masters hold the reduce as `waiting` until the map has succeeded. The demo
+prints the top words, checks them against counting locally, and stops the
+cluster.
 
     python scripts/demo.py [--masters 1|3|5] [--loadbalancers 2]
 
@@ -49,6 +53,20 @@ print(f"chunk {os.environ['UDS_CHUNK']} of {os.environ['UDS_CHUNKS']}: "
       f"{sum(counts.values())} words in {len(os.listdir(folder))} files")
 '''
 
+REDUCE = b'''#!/usr/bin/env python3
+"""Merge the counts.json.N of every map chunk in $UDS_INPUTS into $UDS_OUTPUT/counts.json."""
+import collections, json, os
+counts = collections.Counter()
+folder = os.environ["UDS_INPUTS"]
+parts = sorted(os.listdir(folder))
+for name in parts:
+    with open(os.path.join(folder, name)) as part:
+        counts.update(json.load(part))
+with open(os.path.join(os.environ["UDS_OUTPUT"], "counts.json"), "w") as out:
+    json.dump(counts, out)
+print(f"merged {' '.join(parts)}: {sum(counts.values())} words")
+'''
+
 
 def texts() -> list[pathlib.Path]:
     files = sorted(path for path in LICENSES.iterdir() if path.is_file() and not path.is_symlink())
@@ -87,28 +105,33 @@ def main(argv: list[str] | None = None) -> int:
             for index, path in enumerate(files):
                 chunk_inputs[index % CHUNKS][path.name] = connection.put(path)
             print(f"uploaded {len(files)} licence texts from {LICENSES}")
-            job = connection.submit_job(PROGRAM, chunk_inputs=chunk_inputs, chunks=CHUNKS,
-                                        timeout=60, name="word-count")
-            print(f"submitted job {job.id} with {CHUNKS} chunks")
-            bar = Progress("word-count", stream=sys.stdout)
-            status = job.wait(timeout=120, progress=lambda s: bar.update(
-                s.finished, s.chunk_count, f"{s.finished}/{s.chunk_count} chunks"))
-            bar.close()
-            if status.state != "succeeded":
+            words = connection.submit_job(PROGRAM, chunk_inputs=chunk_inputs, chunks=CHUNKS,
+                                          timeout=60, name="word-count")
+            merge = connection.submit_job(REDUCE, inputs={"counts.json": words.outputs_ref("counts.json")},
+                                          timeout=60, name="merge-counts")
+            print(f"submitted the map, job {words.id} with {CHUNKS} chunks, and the reduce, job "
+                  f"{merge.id}, which is {merge.status(detail=False).state} until the map succeeds")
+            statuses = {}
+            for job, name in ((words, "word-count"), (merge, "merge-counts")):
+                bar = Progress(name, stream=sys.stdout)
+                statuses[job.id] = status = job.wait(timeout=120, progress=lambda s: bar.update(
+                    s.finished, s.chunk_count, f"{s.finished}/{s.chunk_count} chunks"))
+                bar.close()
+                if status.state != "succeeded":
+                    print(f"demo: job {status.name} {status.state}: {status.error}")
+                    for chunk in status.chunks:
+                        print(f"chunk {chunk.chunk}: {chunk.state} {chunk.result.error}")
+                        if chunk.stderr:
+                            print(connection.get(chunk.stderr).decode(errors="replace"))
+                    return 1
                 for chunk in status.chunks:
-                    print(f"chunk {chunk.chunk}: {chunk.state} {chunk.result.error}")
-                    if chunk.stderr:
-                        print(connection.get(chunk.stderr).decode(errors="replace"))
-                print(f"demo: the job {status.state}")
-                return 1
-            merged: collections.Counter = collections.Counter()
-            for chunk in status.chunks:
-                merged.update(json.loads(connection.get(chunk.outputs["counts.json"])))
-                result = chunk.result
-                print(f"  chunk {chunk.chunk} on worker {chunk.worker[:8]}: {result.elapsed_s:.2f}s, "
-                      f"{result.bytes_from_storage} bytes from storage, "
-                      f"{result.bytes_from_cache} from cache; stdout: "
-                      f"{connection.get(chunk.stdout).decode().strip()}")
+                    result = chunk.result
+                    print(f"  {status.name} chunk {chunk.chunk} on worker {chunk.worker[:8]}: "
+                          f"{result.elapsed_s:.2f}s, {result.bytes_from_storage} bytes from storage, "
+                          f"{result.bytes_from_cache} from cache; stdout: "
+                          f"{connection.get(chunk.stdout).decode().strip()}")
+            merged = collections.Counter(json.loads(
+                connection.get(statuses[merge.id].chunks[0].outputs["counts.json"])))
         print(f"\ntop {TOP} words of {sum(merged.values())}:")
         for word, count in merged.most_common(TOP):
             print(f"  {count:>7}  {word}")

@@ -118,7 +118,7 @@ class ClusterLayout:
     def create(cls, root: pathlib.Path, lease_s: float = 2.0, heartbeat_interval_s: float = 0.25,
                slots: int = 2, cache_bytes: int = 1 << 30, limits: dict | None = None,
                loadbalancers: int = 1, masters: int = 1, storage: int = 1,
-               storage_policy: dict | None = None) -> "ClusterLayout":
+               storage_policy: dict | None = None, scheduling: dict | None = None) -> "ClusterLayout":
         root.mkdir(parents=True, exist_ok=True)
         create_cluster_keys(root / "cluster-keys")
         export_every_role(root / "cluster-keys", root / "keys")
@@ -134,6 +134,8 @@ class ClusterLayout:
                      "heartbeat_interval_s": heartbeat_interval_s, "lease_s": lease_s},
             limits=limits, storage_policy=storage_policy,
         )
+        if scheduling:  # numbers only: poison_after, cache_max_entries, cache_max_age_s
+            text += "\n[scheduling]\n" + "".join(f"{key} = {value!r}\n" for key, value in scheduling.items())
         path = root / "cluster.toml"
         path.write_text(text)
         return cls(root=root, path=path)

@@ -26,7 +26,7 @@ from uds.wire.resources import ResourceLimits
 
 LIMIT_FIELDS = tuple(field.name for field in dataclasses.fields(ResourceLimits))
 
-FINAL = {"succeeded", "failed", "cancelled"}
+FINAL = {"succeeded", "failed", "cancelled", "cached"}
 IN_FLIGHT = {"dispatched", "running"}
 
 

@@ -48,7 +48,7 @@ def _demo():
     return module
 
 
-def test_three_masters_and_two_balancers_run_the_demo_job(tmp_path, monkeypatch):
+def test_three_masters_and_two_balancers_run_the_demo_pipeline(tmp_path, monkeypatch):
     from uds import client
     demo = _demo()
     folder = tmp_path / "dev"
@@ -65,11 +65,12 @@ def test_three_masters_and_two_balancers_run_the_demo_job(tmp_path, monkeypatch)
                 chunk_inputs[index % demo.CHUNKS][path.name] = connection.put(path)
             job = connection.submit_job(demo.PROGRAM, chunk_inputs=chunk_inputs, chunks=demo.CHUNKS,
                                         timeout=60, name="word-count")
-            status = job.wait(timeout=120)
+            merge = connection.submit_job(demo.REDUCE, inputs={"counts.json": job.outputs_ref("counts.json")},
+                                          timeout=60, name="merge-counts")
+            status = merge.wait(timeout=120)
             assert status.state == "succeeded", status
-            merged: collections.Counter = collections.Counter()
-            for chunk in status.chunks:
-                merged.update(json.loads(connection.get(chunk.outputs["counts.json"])))
+            assert job.status().state == "succeeded"
+            merged = collections.Counter(json.loads(connection.get(status.chunks[0].outputs["counts.json"])))
         assert merged == demo.local_counts(files)
         listed = uds("nodes", cluster_dir=folder).stdout.decode()
         roles = [line.split()[1] for line in listed.splitlines() if line.startswith("tcp://")]

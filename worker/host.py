@@ -239,7 +239,12 @@ class AttemptHost:
 
     def clean(self, effect: core.Clean) -> None:
         self.outputs.pop(effect.key, None)
-        self.helpers.submit(self._tidy, self.processes.pop(effect.key))
+        running = self.processes.pop(effect.key, None)
+        if running is None:
+            # It never started (no sandbox slot, say): only its folder may be left.
+            self.helpers.submit(remove_workdir, self.work_root / effect.key.name)
+            return
+        self.helpers.submit(self._tidy, running)
 
     def _tidy(self, running: RunningChunk) -> None:
         """Helper thread: remove the attempt's folders; give its slot back emptied."""
