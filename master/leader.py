@@ -243,9 +243,13 @@ class Leader(ClientRequests, StorageRequests, Housekeeping):
         was_leader, self._raft = self._raft.leader, event
         if was_leader and not event.leader:
             # Another master dispatches now; what this one meant to is its to redo.
+            effects: list[Effect] = [Note("no longer the leader")]
+            dropped = self._proposals.drop_queued(now)
+            if dropped is not None:
+                effects.extend(self._finish(dropped, None, "no longer the leader"))
             self._dispatching.clear()
             self._lease.revoke()
-            return [Note("no longer the leader")]
+            return effects
         if event.leader and not was_leader:
             self._lease.take_office(self._lease_clock)
             self._storage_take_office(now)

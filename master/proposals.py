@@ -68,6 +68,19 @@ class Proposals:
             proposals.append(Propose(commands, tag))
         return proposals
 
+    def drop_queued(self, now: float) -> Proposal | None:
+        """What queued and was never proposed, no longer to be: a master that
+        lost office must not propose it as a follower (pysyncobj forwards a
+        follower's proposal to the new leader, which would commit what the
+        old one decided, a lease grant among them)."""
+        if not self._queued:
+            return None
+        dropped = Proposal(tuple(command for command, _ in self._queued),
+                           tuple(purpose for _, purpose in self._queued), now)
+        self._queued.clear()
+        self._count("commands_dropped", len(dropped.commands))
+        return dropped
+
     def settle(self, tag: int) -> Proposal | None:
         """The proposal `tag` names, no longer awaited; None if it was not."""
         return self._awaited.pop(tag, None)

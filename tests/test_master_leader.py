@@ -312,13 +312,31 @@ def test_only_the_leader_answers_nodes_and_events_queries_and_a_follower_names_i
 
 def test_stepping_down_forgets_the_balancer_and_what_it_meant_to_dispatch():
     cluster = with_balancer()
-    cluster.handle(received(submit(chunks=2)), 1.0)
+    asked = submit(chunks=2)
+    cluster.handle(received(asked), 1.0)
     assert cluster.leader.dispatching == {(JOB, 0, 1), (JOB, 1, 1)}
+    # What it queued and never proposed is dropped: the client is told to ask again.
     assert cluster.handle(RaftStatus(ready=True, leader=False, leader_address="tcp://m2"), 1.0) == [
-        Note("no longer the leader")]
+        Note("no longer the leader"), error(asked, ErrorCode.BUSY, "no longer the leader")]
     assert cluster.leader.dispatching == frozenset() and cluster.leader.loadbalancer is None
+    assert cluster.leader.queued_commands == 0 and proposed(cluster.handle(Tick(), 1.1)) == []
     assert cluster.handle(received(heartbeat(2), BALANCER_PEER), 1.1) == [
         error(heartbeat(2), ErrorCode.UNEXPECTED, "hello first", BALANCER_PEER)]
+
+
+def test_a_master_that_lost_office_never_proposes_what_it_had_queued_behind_its_last_proposal():
+    # The simulation's seed 4814: a lease grant queued while the leader was cut
+    # off, proposed after it healed as a follower, committed through the new
+    # leader, made two balancers believe they held the lease at once.
+    cluster = leading()
+    cluster.handle(received(submit(JOB, request_id=1)), 1.0)
+    assert len(proposed(cluster.handle(Tick(), 1.0))) == 1
+    cluster.handle(received(hello(), BALANCER_PEER), 1.1)   # a GrantLease queues behind it
+    assert cluster.leader.queued_commands >= 1
+    cluster.handle(RaftStatus(ready=True, leader=False, leader_address="tcp://m2"), 1.2)
+    cluster.commit(1.3)
+    assert proposed(cluster.handle(Tick(), 1.4)) == []
+    assert cluster.state.lease() == (None, 0)
 
 
 # ---- dispatching ---------------------------------------------------------------
