@@ -46,8 +46,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from uds import wire
-from uds.master.commands import CHUNK_CACHED, FINAL_PHASES, ChunkPhase
-from uds.master.state import CHUNK_CANCELLED, CHUNK_FAILED, CHUNK_SUCCEEDED, JOB_SUBMITTED, ClusterState
+from uds.master.commands import (
+    CHUNK_CACHED, CHUNK_CANCELLED, CHUNK_FAILED, CHUNK_SUCCEEDED, FINAL_PHASES, JOB_SUBMITTED, ChunkPhase,
+)
+from uds.master.state import ClusterState
 from uds.storage.placement import ALIVE
 from uds.wire.leader_search import QUIET_S
 
