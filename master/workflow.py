@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Iterable
 
 from uds.master.collection import release_packed_results
 from uds.master.commands import (
-    ALL_CHUNKS, CHUNK_CACHED, CHUNK_CANCELLED, JOB_READY, JOB_RELEASED, JOB_WIDE, SAME_CHUNK,
-    ChunkPhase, FileRef, PruneCache, PruneCacheOutcome, ReleaseJob, ReleaseOutcome, RunTimers, SubmitJob,
+    ALL_CHUNKS, CHUNK_CACHED, CHUNK_CANCELLED, FINAL_PHASES, IN_FLIGHT_PHASES, JOB_READY, JOB_RELEASED, JOB_WIDE,
+    SAME_CHUNK, ChunkPhase, FileRef, PruneCache, PruneCacheOutcome, ReleaseJob, ReleaseOutcome, RunTimers, SubmitJob,
     TimersOutcome, is_id,
 )
 from uds.master.result_cache import cache_key
@@ -324,14 +324,14 @@ def end_job(state: ClusterState, record: JobRecord, reason: str, *, cancelled: b
     in_flight = []
     for index, chunk in enumerate(record.chunks):
         phase = chunk.phase
-        if phase in (ChunkPhase.SUCCEEDED, ChunkPhase.FAILED, ChunkPhase.CANCELLED, ChunkPhase.CACHED):
+        if phase in FINAL_PHASES:
             continue
         key = (job, index)
         if phase is ChunkPhase.QUEUED:
             del state.queued[key]
         elif phase is ChunkPhase.DELAYED:
             del state.delayed[key]
-        elif phase in (ChunkPhase.DISPATCHED, ChunkPhase.RUNNING):
+        elif phase in IN_FLIGHT_PHASES:
             state._leave_flight(job, index, chunk)
             in_flight.append((index, chunk.attempt, chunk.worker))
             state._log(now, CHUNK_CANCELLED, job=job, chunk=index, attempt=chunk.attempt, node=chunk.worker,
