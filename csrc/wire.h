@@ -74,7 +74,11 @@ enum message_type {
     MSG_GC_RUN_REPLY = 44,
     MSG_FILE_PIN = 45,
     MSG_FILE_PIN_REPLY = 46,
-    MSG_JOB_RELEASE = 47
+    MSG_JOB_RELEASE = 47,
+    MSG_ATTEMPTS_QUERY = 48,
+    MSG_ATTEMPTS_REPLY = 49,
+    MSG_JOBS_QUERY = 50,
+    MSG_JOBS_REPLY = 51
 };
 
 /* Roles, in hello.role and nodes_reply. */
@@ -188,7 +192,11 @@ struct error {
 } UDS_PACKED;
 
 /* worker/load balancer/client -> master or load balancer: I am here.
- * Body: host, address (where the sender serves, "" if nowhere), version. */
+ * Body: host, address (where the sender serves, "" if nowhere), version,
+ * what a worker offers (millicpus, memory_bytes, disk_bytes, sandbox), and
+ * the node's facts: software (its uds version), cpus, machine_memory_bytes,
+ * machine_disk_bytes (the machine's, 0: not known), addresses (every
+ * address the node is reached at). */
 struct hello {
     struct generic_message header;
     uint64_t request_id;
@@ -298,6 +306,44 @@ struct job_release {
     uint64_t request_id;
     uint64_t job_uuid_upper;
     uint64_t job_uuid_lower;
+} UDS_PACKED;
+
+/* client -> master: every attempt of one chunk that the masters keep. No
+ * body. */
+struct attempts_query {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t job_uuid_upper;
+    uint64_t job_uuid_lower;
+    uint32_t chunk;
+} UDS_PACKED;
+
+/* Body: attempts [{attempt, state, failure, worker, dispatched_at,
+ * running_at, committed_at, <result fields>}], oldest first;
+ * attempts_dropped: how many older attempts are no longer kept. */
+struct attempts_reply {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t job_uuid_upper;
+    uint64_t job_uuid_lower;
+    uint32_t chunk;
+} UDS_PACKED;
+
+/* client -> master: jobs newest first, those kept and those past retention.
+ * Body: states [u8] ([]: any), since (or nil): submitted at or after it;
+ * before (or nil): [submitted_at, job] of the last job of the previous page. */
+struct jobs_query {
+    struct generic_message header;
+    uint64_t request_id;
+    uint32_t limit;
+} UDS_PACKED;
+
+/* Body: jobs [{job, name, state, submitted_at, started_at, finished_at,
+ * chunk_count, chunks_succeeded, chunks_failed, chunks_cancelled,
+ * chunks_cached, past_retention, error}]; more: another page follows. */
+struct jobs_reply {
+    struct generic_message header;
+    uint64_t request_id;
 } UDS_PACKED;
 
 /* master -> active load balancer: run these chunk attempts.
@@ -443,13 +489,17 @@ struct nodes_query {
 } UDS_PACKED;
 
 /* Body: nodes [{node, role, host, address, slots, free_slots, running,
- * cache_bytes, started_at, last_seen_s, state}]. */
+ * cache_bytes, started_at, last_seen_s, state, <what a worker offers>,
+ * lease_epoch, figures, <the node's facts, as in hello>}]. */
 struct nodes_reply {
     struct generic_message header;
     uint64_t request_id;
 } UDS_PACKED;
 
-/* client -> master: events with sequence number > after_seq. No body. */
+/* client -> master: up to limit events with sequence number > after_seq.
+ * Body: job (or nil), node (or nil), kinds [str] ([]: every kind): only
+ * events that match all given filters; wait_ms: when none match yet, hold
+ * the request until one commits or the wait is over. */
 struct events_query {
     struct generic_message header;
     uint64_t request_id;
@@ -457,7 +507,10 @@ struct events_query {
     uint32_t limit;
 } UDS_PACKED;
 
-/* Body: events [{seq, at, kind, job, chunk, attempt, node, detail}]. */
+/* Body: events [{seq, at, kind, job, chunk, attempt, node, detail}];
+ * through_seq: the reply covers the log up to this seq (ask again after it);
+ * gap_from, gap_to: events in [gap_from, gap_to] that might have matched were
+ * dropped from the log before they were read (0, 0: none). */
 struct events_reply {
     struct generic_message header;
     uint64_t request_id;
@@ -514,7 +567,8 @@ struct master_change_reply {
 /* storage -> master, every heartbeat interval: I serve at `address`, with
  * these figures. It is also the storage node's hello: the first one from a
  * node, or from a new process of it, registers it with the masters.
- * Body: host, address, version, figures {name: int} (capacity_bytes,
+ * Body: host, address, version, <the node's facts, as in hello>,
+ * figures {name: int} (capacity_bytes,
  * used_bytes, free_bytes, blob_count, repair_pending, repaired_files,
  * repaired_bytes, scrubbed_blobs, corrupt_blobs, ...). */
 struct storage_heartbeat {

@@ -12,7 +12,7 @@ from typing import Any, Mapping, NamedTuple, Union
 from uds.wire import messages
 from uds.wire.capacity import Capacity
 from uds.wire.enums import NodeRole
-from uds.wire.records import NO_WORKER, ChunkEvent, FileRef  # noqa: F401  (used as scheduler.X)
+from uds.wire.records import NO_FACTS, NO_WORKER, ChunkEvent, FileRef, NodeFacts  # noqa: F401  (used as scheduler.X)
 from uds.wire.resources import NO_LIMITS, ResourceLimits
 
 
@@ -107,13 +107,14 @@ class WorkerHello:
     started_at: float         # of the worker process: a new value means it restarted
     capacity: Capacity = Capacity()   # cpus, memory and disk it offers (0: not measured)
     sandbox: str = ""
+    facts: NodeFacts = NO_FACTS       # version, machine, addresses
 
     @classmethod
     def of_message(cls, message: messages.Hello) -> "WorkerHello":
         return cls(worker=message.node_uuid, slots=message.slots, cache_bytes=message.cache_bytes,
                    host=message.host, address=message.address, started_at=message.start_time_ms / 1000.0,
                    capacity=Capacity(message.millicpus, message.memory_bytes, message.disk_bytes),
-                   sandbox=message.sandbox)
+                   sandbox=message.sandbox, facts=NodeFacts.from_body(message))
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,12 +178,14 @@ class WorkerView:
     state: str = "alive"
     capacity: Capacity = Capacity()
     sandbox: str = ""
+    facts: NodeFacts = NO_FACTS
 
     def to_record(self) -> dict[str, Any]:
-        record = {item.name: getattr(self, item.name) for item in fields(self) if item.name != "capacity"}
+        record = {item.name: getattr(self, item.name) for item in fields(self)
+                  if item.name not in ("capacity", "facts")}
         record.update(role=int(NodeRole.WORKER), millicpus=self.capacity.millicpus,
                       memory_bytes=self.capacity.memory_bytes, disk_bytes=self.capacity.disk_bytes,
-                      lease_epoch=0, figures={})
+                      lease_epoch=0, figures={}, **self.facts.as_body())
         return record
 
 

@@ -37,7 +37,7 @@ from uds.loadbalancer.events import (  # noqa: F401
 )
 from uds.wire.capacity import NO_CAPACITY, Capacity
 from uds.wire.enums import FINAL_CHUNK_STATES, ChunkState
-from uds.wire.records import ChunkResult
+from uds.wire.records import NO_FACTS, ChunkResult, NodeFacts
 
 # Attempts that ended (final, lost, cancelled) are remembered so that a late
 # heartbeat or a re-sent dispatch naming them is recognised. ~150 bytes each.
@@ -70,6 +70,7 @@ class _Worker:
     last_seen: float
     capacity: Capacity = NO_CAPACITY            # what it offers (0: not measured)
     sandbox: str = ""
+    facts: NodeFacts = NO_FACTS                 # version, machine, addresses
     reserved: Capacity = NO_CAPACITY            # the requests of its attempts, summed
     # Only the first heartbeat after hello says what the worker runs and
     # caches; placing before it would guess both.
@@ -106,7 +107,7 @@ class _Worker:
                           free_slots=self.free_slots, running=len(self.attempts),
                           cache_bytes=self.cache_capacity_bytes, started_at=self.started_at,
                           last_seen_s=max(0.0, now - self.last_seen), state=state,
-                          capacity=self.capacity, sandbox=self.sandbox)
+                          capacity=self.capacity, sandbox=self.sandbox, facts=self.facts)
 
 
 class Scheduler:
@@ -188,11 +189,11 @@ class Scheduler:
             joined = self._workers[event.worker] = _Worker(
                 node=event.worker, slots=event.slots, cache_capacity_bytes=event.cache_bytes,
                 host=event.host, address=event.address, started_at=event.started_at, last_seen=now,
-                capacity=event.capacity, sandbox=event.sandbox)
+                capacity=event.capacity, sandbox=event.sandbox, facts=event.facts)
             effects.append(WorkerJoined(event.worker, joined.view(now)))
             return effects
         known.slots, known.cache_capacity_bytes = event.slots, event.cache_bytes
-        known.capacity, known.sandbox = event.capacity, event.sandbox
+        known.capacity, known.sandbox, known.facts = event.capacity, event.sandbox, event.facts
         known.host, known.address, known.last_seen = event.host, event.address, now
         # The next heartbeat re-sends the whole cache.
         known.ready = False

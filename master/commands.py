@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from uds.wire.enums import ChunkState, JobState, NodeRole
 from uds.wire.errors import WireError
 from uds.wire.ids import ID_BYTES
-from uds.wire.records import ChunkEvent, ChunkResult, FileRef
+from uds.wire.records import NO_FACTS, ChunkEvent, ChunkResult, FileRef, NodeFacts
 from uds.wire.resources import NO_LIMITS, ResourceLimits, ResourceSpecError
 
 
@@ -177,6 +177,7 @@ class NodeSeen:
     memory_bytes: int = 0
     disk_bytes: int = 0
     sandbox: str = ""                       # how it contains its chunks
+    facts: NodeFacts = NO_FACTS             # version, machine, addresses
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,8 +381,9 @@ def pack_result(result: ChunkResult) -> bytes:
 
 
 def unpack_result(packed: bytes) -> ChunkResult:
-    """The result `pack_result` packed, equal to the one it was given."""
-    return ChunkResult.from_body(dict(zip(_RESULT_FIELDS, msgpack.unpackb(packed, raw=False), strict=True)))
+    """The result `pack_result` packed, equal to the one it was given. One
+    packed before a field existed (an older snapshot) reads it as its default."""
+    return ChunkResult.from_body(dict(zip(_RESULT_FIELDS, msgpack.unpackb(packed, raw=False))))
 
 
 def node_seen_problem(command: NodeSeen) -> str:
@@ -398,6 +400,12 @@ def node_seen_problem(command: NodeSeen) -> str:
         return "sandbox must be a string"
     if not _is_seconds(command.started_at):
         return "started_at must be seconds"
+    facts = command.facts
+    if not isinstance(facts, NodeFacts) or type(facts.software) is not str or not all(
+            _is_count(getattr(facts, name)) for name in ("cpus", "machine_memory_bytes", "machine_disk_bytes")):
+        return "facts must be a NodeFacts with a software string and counts"
+    if type(facts.addresses) is not tuple or not all(type(address) is str for address in facts.addresses):
+        return "facts.addresses must be a tuple of strings"
     return ""
 
 
@@ -628,6 +636,7 @@ class NodeView:
     memory_bytes: int = 0
     disk_bytes: int = 0
     sandbox: str = ""
+    facts: NodeFacts = NO_FACTS
 
     def as_record(self, free_slots: int = 0, running: int = 0,
                   last_seen_s: float = 0.0, figures: dict[str, int] | None = None) -> dict[str, Any]:
@@ -640,5 +649,5 @@ class NodeView:
             cache_bytes=self.cache_bytes, started_at=self.started_at,
             last_seen_s=last_seen_s, state=self.state, millicpus=self.millicpus,
             memory_bytes=self.memory_bytes, disk_bytes=self.disk_bytes, sandbox=self.sandbox,
-            lease_epoch=0, figures=dict(figures or {}),
+            lease_epoch=0, figures=dict(figures or {}), **self.facts.as_body(),
         )

@@ -69,6 +69,7 @@ from uds.master.storage_requests import (
 from uds.master.waiters import MAX_STATUS_WAIT_S, STATUS_PAGE_CHUNKS, StatusWaiters  # noqa: F401
 from uds.wire.cluster import Retention, Scheduling, StoragePolicy
 from uds.wire.enums import ErrorCode, NodeRole
+from uds.wire.records import NO_FACTS, NodeFacts
 from uds.wire.resources import NO_LIMITS, ResourceLimits
 
 # Dispatched attempts that have not started are sent again this often, in
@@ -138,8 +139,9 @@ class Leader(ClientRequests, StorageRequests, Housekeeping):
     def __init__(self, node_id: bytes, reader: StateReader, *, host: str = "", address: str = "",
                  started_at: float = 0.0, default_limits: ResourceLimits = NO_LIMITS,
                  retention: Retention = Retention(), storage_policy: StoragePolicy = StoragePolicy(),
-                 scheduling: Scheduling = Scheduling()) -> None:
+                 scheduling: Scheduling = Scheduling(), facts: NodeFacts = NO_FACTS) -> None:
         self.node_id = node_id
+        self.facts = facts
         self.storage_policy = storage_policy
         self._storage = StorageNodes()
         self._storage_due_at: float | None = None
@@ -292,7 +294,8 @@ class Leader(ClientRequests, StorageRequests, Housekeeping):
                 or known.address != message.address):
             # Standby or active, every balancer is listed (`uds nodes`).
             self._queue(core.NodeSeen(node=message.node_uuid, role=message.role, host=message.host,
-                                      address=message.address, slots=0, cache_bytes=0, started_at=started_at))
+                                      address=message.address, slots=0, cache_bytes=0, started_at=started_at,
+                                      facts=NodeFacts.from_body(message)))
         holder, epoch = self._reader.read(lambda state: state.lease())
         grant_epoch = self._lease.epoch_for(message.node_uuid, holder, epoch, self._lease_clock)
         if grant_epoch is None:
@@ -393,7 +396,8 @@ class Leader(ClientRequests, StorageRequests, Housekeeping):
                                           address=node["address"], slots=node["slots"],
                                           cache_bytes=node["cache_bytes"], started_at=node["started_at"],
                                           millicpus=node["millicpus"], memory_bytes=node["memory_bytes"],
-                                          disk_bytes=node["disk_bytes"], sandbox=node["sandbox"]))
+                                          disk_bytes=node["disk_bytes"], sandbox=node["sandbox"],
+                                          facts=NodeFacts.from_body(node)))
             elif not alive and view is not None and view.state == "alive":
                 self._queue(core.NodeLost(node=node_id))
         return []
@@ -474,7 +478,7 @@ class Leader(ClientRequests, StorageRequests, Housekeeping):
             self._announced = True
             self._queue(core.NodeSeen(node=self.node_id, role=int(NodeRole.MASTER), host=self._host,
                                       address=self._address, slots=0, cache_bytes=0,
-                                      started_at=self._started_at))
+                                      started_at=self._started_at, facts=self.facts))
         lapsed = self._lease.lapse(self._lease_clock)
         if lapsed is not None:
             return [Note(f"load balancer {lapsed.node.hex()} unrenewed for "

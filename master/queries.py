@@ -229,7 +229,7 @@ class StateQueries:
                          started_at=record.started_at, state="alive" if record.alive else "lost",
                          changed_at=record.changed_at, millicpus=record.millicpus,
                          memory_bytes=record.memory_bytes, disk_bytes=record.disk_bytes,
-                         sandbox=record.sandbox)
+                         sandbox=record.sandbox, facts=record.facts)
                 for node, record in self.node_records.items()]
 
     def jobs(self, limit: int) -> list[JobSummary]:

@@ -15,7 +15,7 @@ import msgpack
 from uds.master.commands import ChunkPhase, FileRef, SubmitJob, unpack_result
 from uds.wire.capacity import Capacity
 from uds.wire.enums import JobState
-from uds.wire.records import ChunkResult
+from uds.wire.records import NO_FACTS, ChunkResult, NodeFacts
 
 _PHASES = {int(phase): phase for phase in ChunkPhase}
 # A chunk record keeps the classes of its newest failed attempts, one letter each.
@@ -132,10 +132,21 @@ class NodeRecord:
     memory_bytes: int = 0
     disk_bytes: int = 0
     sandbox: str = ""
+    facts: NodeFacts = NO_FACTS     # version, machine, addresses, as it said at its last join
 
     @property
     def capacity(self) -> Capacity:
         return Capacity(self.millicpus, self.memory_bytes, self.disk_bytes)
+
+    def __getstate__(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, values: tuple) -> None:
+        # A record pickled before a field existed takes that field's default.
+        defaults = (NO_FACTS,)
+        known = tuple(values) + defaults[len(values) - len(self.__slots__) + len(defaults):]
+        for name, value in zip(self.__slots__, known, strict=True):
+            setattr(self, name, value)
 
 
 def _pack_chunks(chunks: list[ChunkRecord]) -> bytes:

@@ -295,7 +295,7 @@ class ClusterState(StateQueries):
                        slots=command.slots, cache_bytes=command.cache_bytes,
                        started_at=float(command.started_at), millicpus=command.millicpus,
                        memory_bytes=command.memory_bytes, disk_bytes=command.disk_bytes,
-                       sandbox=command.sandbox)
+                       sandbox=command.sandbox, facts=command.facts)
         existing = self.node_records.get(command.node)
         if existing is not None and existing.alive:
             if all(getattr(existing, name) == value for name, value in details.items()):

@@ -32,6 +32,7 @@ from uds.master.leader_events import Effect, Note, RaftStatus, Reply, Request, S
 from uds.master.storage_nodes import StorageNodes, address_problem, needs_registration
 from uds.wire.cluster import StoragePolicy
 from uds.wire.enums import ErrorCode, NodeRole
+from uds.wire.records import NodeFacts
 
 
 # ---- what a command's outcome is for ------------------------------------------
@@ -104,7 +105,8 @@ class StorageRequests:
             self._storage.registering.add(node)
             self._queue(commands.NodeSeen(node=node, role=int(NodeRole.STORAGE), host=message.host,
                                           address=message.address, slots=0, cache_bytes=0,
-                                          started_at=started_at), StorageSeen(node, request))
+                                          started_at=started_at, facts=NodeFacts.from_body(message)),
+                        StorageSeen(node, request))
             return []
         return [self._membership_reply(request, views)]
 

@@ -26,9 +26,12 @@ LOG = bytes.fromhex("10101010202020203030303040404040")
 RESULT = dict(exit_code=0, outputs={"counts.txt": [OUTPUT, 1234]}, stdout=[LOG, 10],
               stderr=None, error="", elapsed_s=0.25, bytes_from_cache=4096,
               bytes_from_storage=65536, cpu_user_s=0.125, cpu_system_s=0.0625,
-              peak_memory_bytes=1 << 24, output_bytes=1244)
+              peak_memory_bytes=1 << 24, output_bytes=1244, assigned_at=1_795_000_001.0,
+              started_at=1_795_000_001.5, ended_at=1_795_000_001.75)
 LIMITS = {"memory_bytes": 512 << 20, "millicpus": 1500}
 WORKER_RESOURCES = dict(millicpus=8000, memory_bytes=16 << 30, disk_bytes=100 << 30, sandbox="bubblewrap")
+NODE_FACTS = dict(software="0.12.0", cpus=8, machine_memory_bytes=32 << 30, machine_disk_bytes=500 << 30,
+                  addresses=["tcp://10.0.0.7:7400", "10.0.0.7"])
 
 
 def samples() -> list[wire.Message]:
@@ -50,7 +53,8 @@ def samples() -> list[wire.Message]:
                      failed_type=int(m.MessageType.FILE_READ), reason="no such file"),
         m.Hello.make(NODE, request_id=1, role=int(NodeRole.WORKER), slots=4,
                      cache_bytes=1 << 30, start_time_ms=1_795_000_000_000,
-                     host="node-1", address="tcp://127.0.0.1:5601", version=1, **WORKER_RESOURCES),
+                     host="node-1", address="tcp://127.0.0.1:5601", version=1, **WORKER_RESOURCES,
+                     **NODE_FACTS),
         m.HelloReply.make(NODE, request_id=1, epoch=3, heartbeat_interval_ms=500, lease_ms=3000),
         m.Heartbeat.make(NODE, epoch=3, free_slots=3, running_count=1,
                          running=[[JOB, 1, 1]], cache_added=[[FILE, 70000]], cache_removed=[]),
@@ -98,11 +102,12 @@ def samples() -> list[wire.Message]:
             "node": NODE, "role": int(NodeRole.WORKER), "host": "node-1",
             "address": "", "slots": 4, "free_slots": 3, "running": 1, "cache_bytes": 1 << 30,
             "started_at": 1_795_000_000.0, "last_seen_s": 0.5, "state": "alive", **WORKER_RESOURCES, "lease_epoch": 0,
-            "figures": {}}]),
-        m.EventsQuery.make(NODE, request_id=9, after_seq=0, limit=100),
+            "figures": {}, **NODE_FACTS}]),
+        m.EventsQuery.make(NODE, request_id=9, after_seq=0, limit=100, job=JOB, node=None,
+                           kinds=["job_submitted", "chunk_succeeded"], wait_ms=30000),
         m.EventsReply.make(NODE, request_id=9, last_seq=1, events=[{
             "seq": 1, "at": 1_795_000_000.0, "kind": "job_submitted", "job": JOB, "chunk": None,
-            "attempt": None, "node": None, "detail": "count, 2 chunks"}]),
+            "attempt": None, "node": None, "detail": "count, 2 chunks"}], through_seq=1, gap_from=0, gap_to=0),
         m.StatsQuery.make(NODE, request_id=10),
         m.StatsReply.make(NODE, request_id=10, role=int(NodeRole.STORAGE),
                           counters={"bytes_served": 4096, "reads": 1}),
@@ -112,7 +117,7 @@ def samples() -> list[wire.Message]:
             "node": NODE, "role": int(NodeRole.WORKER), "host": "node-1",
             "address": "", "slots": 4, "free_slots": 3, "running": 1, "cache_bytes": 1 << 30,
             "started_at": 1_795_000_000.0, "last_seen_s": 0.5, "state": "alive", **WORKER_RESOURCES, "lease_epoch": 0,
-            "figures": {}}]),
+            "figures": {}, **NODE_FACTS}]),
         m.FileManifest.make(NODE, request_id=11, file=FILE, first_block=1),
         m.FileManifestReply.make(NODE, request_id=11, file=FILE, file_length=3 * (1 << 20) + 1,
                                  first_block=1, block_count=2, hashes=bytes(range(64))),
@@ -122,7 +127,7 @@ def samples() -> list[wire.Message]:
                                  members=["10.0.0.1:7110", "10.0.0.2:7110", "10.0.0.4:7110"]),
         m.StorageHeartbeat.make(NODE, request_id=13, start_time_ms=1_795_000_000_000, host="store-1",
                                 address="tcp://10.0.0.5:7300", version=1,
-                                figures={"free_bytes": 1 << 30, "blob_count": 12}),
+                                figures={"free_bytes": 1 << 30, "blob_count": 12}, **NODE_FACTS),
         m.StorageHeartbeatReply.make(NODE, request_id=13, heartbeat_interval_ms=1000, nodes=[
             {"node": NODE, "address": "tcp://10.0.0.5:7300", "state": "alive", "free_bytes": 1 << 30}]),
         m.FileReplicate.make(NODE, request_id=14, file=FILE, file_length=11,
@@ -133,6 +138,20 @@ def samples() -> list[wire.Message]:
         m.GcRunReply.make(NODE, request_id=16, dry_run=1, blobs_examined=3, bytes=11, files=[[FILE, 11]]),
         m.FilePin.make(NODE, request_id=17, until_ms=1_795_086_400_000, files=[FILE]),
         m.FilePinReply.make(NODE, request_id=17, file_count=1),
+        m.AttemptsQuery.make(NODE, request_id=18, job=JOB, chunk=1),
+        m.AttemptsReply.make(NODE, request_id=18, job=JOB, chunk=1, attempts_dropped=0, attempts=[
+            {"attempt": 1, "state": "failed", "failure": "application", "worker": NODE,
+             "dispatched_at": 1_795_000_000.5, "running_at": 1_795_000_001.6, "committed_at": 1_795_000_001.8,
+             **RESULT, "exit_code": 3},
+            {"attempt": 2, "state": "queued", "failure": "", "worker": None, "dispatched_at": None,
+             "running_at": None, "committed_at": None, **wire.ChunkResult().as_body()}]),
+        m.JobsQuery.make(NODE, request_id=19, limit=50, states=[int(JobState.FAILED)], since=1_795_000_000.0,
+                         before=[1_795_000_100.0, JOB]),
+        m.JobsReply.make(NODE, request_id=19, more=True, jobs=[
+            {"job": JOB, "name": "count", "state": int(JobState.FAILED), "submitted_at": 1_795_000_000.0,
+             "started_at": 1_795_000_000.5, "finished_at": 1_795_000_009.0, "chunk_count": 2,
+             "chunks_succeeded": 1, "chunks_failed": 1, "chunks_cancelled": 0, "chunks_cached": 0,
+             "past_retention": True, "error": "chunk 1: exit code 3"}]),
     ]
 
 

@@ -152,6 +152,14 @@ def _satisfy_rules(cls: type, values: dict) -> dict:
     elif name in ("nodes_reply", "node_report"):
         for node in values["nodes"]:
             node["role"] = _member(NodeRole, node["role"])
+    elif name == "events_reply":
+        low, high = sorted((values["gap_from"], values["gap_to"]))
+        values["gap_from"], values["gap_to"] = (low, high) if low else (0, 0)
+    elif name == "jobs_query":
+        values["states"] = [_member(JobState, state) for state in values["states"]]
+    elif name == "jobs_reply":
+        for line in values["jobs"]:
+            line["state"] = _member(JobState, line["state"])
     return values
 
 

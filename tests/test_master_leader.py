@@ -27,6 +27,7 @@ from uds.master.leader import (
 )
 from uds.master.links import CREDIT_PER_SLOT, MIN_CREDIT
 from uds.master.state import ClusterState
+from uds.wire.records import NodeFacts
 from uds.wire.resources import ResourceLimits
 from uds.wire import ChunkState, ErrorCode, JobState, MessageType, NodeRole
 
@@ -87,7 +88,8 @@ def event_record(job: bytes, chunk: int, attempt: int, state: ChunkState) -> dic
     return dict(job=job, chunk=chunk, attempt=attempt, state=int(state), worker=WORKER, worker_started_at=0.0,
                 exit_code=0 if state == ChunkState.SUCCEEDED else None, outputs={}, stdout=None,
                 stderr=None, error="", elapsed_s=0.5, bytes_from_cache=0, bytes_from_storage=0,
-                cpu_user_s=0.25, cpu_system_s=0.0, peak_memory_bytes=1 << 20, output_bytes=0)
+                cpu_user_s=0.25, cpu_system_s=0.0, peak_memory_bytes=1 << 20, output_bytes=0,
+                assigned_at=0.0, started_at=0.0, ended_at=0.0)
 
 
 def chunk_events(batch_id: int, *records: dict) -> wire.ChunkEvents:
@@ -456,12 +458,15 @@ def test_node_reports_become_node_seen_and_node_lost():
     cluster = with_balancer()
     node = dict(node=WORKER, role=int(NodeRole.WORKER), host="w", address="tcp://w", slots=2, free_slots=2,
                 running=0, cache_bytes=10, started_at=3.0, last_seen_s=0.1, state="alive",
-                millicpus=4000, memory_bytes=8 << 30, disk_bytes=50 << 30, sandbox="bubblewrap", lease_epoch=0, figures={})
+                millicpus=4000, memory_bytes=8 << 30, disk_bytes=50 << 30, sandbox="bubblewrap", lease_epoch=0, figures={},
+                software="0.12.0", cpus=4, machine_memory_bytes=8 << 30, machine_disk_bytes=60 << 30,
+                addresses=["10.0.0.9"])
     report = wire.NodeReport.make(BALANCER, epoch=1, nodes=[node])
     cluster.handle(received(report, BALANCER_PEER), 1.0)
     seen = NodeSeen(node=WORKER, role=int(NodeRole.WORKER), host="w", address="tcp://w", slots=2,
                     cache_bytes=10, started_at=3.0, millicpus=4000, memory_bytes=8 << 30,
-                    disk_bytes=50 << 30, sandbox="bubblewrap")
+                    disk_bytes=50 << 30, sandbox="bubblewrap",
+                    facts=NodeFacts("0.12.0", 4, 8 << 30, 60 << 30, ("10.0.0.9",)))
     assert proposed(cluster.settle(1.0))[0].commands == (seen,)
     cluster.handle(received(report, BALANCER_PEER), 1.2)
     assert proposed(cluster.settle(1.2)) == []          # nothing new

@@ -59,9 +59,9 @@ class Message:
         return self.SPEC.size
 
     @classmethod
-    def make(cls, node: bytes, **values: Any) -> "Message":
+    def make(cls, sender: bytes, /, **values: Any) -> "Message":
         """Build from 16-byte ids: `FileRead.make(node_id, file=fid, ...)`."""
-        node_upper, node_lower = split_id(node)
+        node_upper, node_lower = split_id(sender)
         expanded = {"node_uuid_upper": node_upper, "node_uuid_lower": node_lower}
         for name, value in values.items():
             if f"{name}_uuid_upper" in cls.SPEC.struct_fields:

@@ -47,6 +47,13 @@ LIMITS = Map(Choice(LIMIT_NAMES), Int(0, I64_MAX), max_items=len(LIMIT_NAMES))
 # its chunks are contained ("none" when it runs them unconfined).
 WORKER_RESOURCES: dict[str, Schema] = dict(millicpus=U32, memory_bytes=U64, disk_bytes=U64,
                                            sandbox=Str(64))
+# What every node says of itself (hello, storage_heartbeat) and the masters
+# keep in its record: its uds version, the machine's cpus, memory and disk
+# (0: not known), and every address it is reached at.
+MAX_NODE_ADDRESSES = 16
+NODE_FACTS: dict[str, Schema] = dict(software=Str(64), cpus=U32, machine_memory_bytes=U64,
+                                     machine_disk_bytes=U64,
+                                     addresses=List(Str(1024), max_items=MAX_NODE_ADDRESSES))
 ASSIGNMENT = record(chunk=U32, attempt=U32, inputs=FILE_MAP)
 JOB_SPEC = record(job=ID, program=FILE_REF, args=List(Str()), inputs=FILE_MAP,
                   chunk_count=U32, timeout_s=SECONDS, limits=LIMITS, network=Bool())
@@ -73,10 +80,32 @@ NODE = record(node=ID, role=U8, host=Str(255), address=Str(1024), slots=U32,
               free_slots=U32, running=U32, cache_bytes=U64, started_at=SECONDS,
               last_seen_s=SECONDS, state=Choice(("alive", "lost")), **WORKER_RESOURCES,
               lease_epoch=U64,  # a balancer holding the lease: its epoch; else 0
-              figures=Map(Str(64), I64, max_items=64))  # a storage node's (wire/storage_messages.py); else {}
+              figures=Map(Str(64), I64, max_items=64),  # a storage node's (wire/storage_messages.py); else {}
+              **NODE_FACTS)
 EVENT = record(seq=U64, at=SECONDS, kind=Str(64), job=Nullable(ID), chunk=Nullable(U32),
                attempt=Nullable(U32), node=Nullable(ID), detail=Str())
 RUNNING_ATTEMPT = Tuple((ID, U32, U32))
+# How one attempt of a chunk stands or ended. "queued": not dispatched yet
+# (also while it waits or is delayed); "cached": its result came from the
+# result cache or an in-flight twin.
+ATTEMPT_STATES = ("queued", "dispatched", "running", "succeeded", "failed", "timed_out", "lost",
+                  "rejected", "cancelled", "cached")
+# The failure class of an attempt that failed, else "".
+ATTEMPT_FAILURES = ("", *FAILURE_CLASSES)
+# An attempt as the masters keep it: its worker (nil: none took it), when the
+# masters committed its dispatch, its start and its end (their clock; nil:
+# not yet), and what its worker reported (RESULT_FIELDS, with the worker's
+# own timeline: assigned_at, started_at, ended_at).
+ATTEMPT = record(attempt=U32, state=Choice(ATTEMPT_STATES), failure=Choice(ATTEMPT_FAILURES),
+                 worker=Nullable(ID), dispatched_at=Nullable(SECONDS), running_at=Nullable(SECONDS),
+                 committed_at=Nullable(SECONDS), **RESULT_FIELDS)
+# A line of the job list: a job the masters keep, or the history line of one
+# past retention (past_retention: its chunks are no longer known).
+JOB_LINE = record(job=ID, name=Str(255), state=U8, submitted_at=SECONDS, started_at=Nullable(SECONDS),
+                  finished_at=Nullable(SECONDS), chunk_count=U32, chunks_succeeded=U32, chunks_failed=U32,
+                  chunks_cancelled=U32, chunks_cached=U32, past_retention=Bool(), error=Str())
+# The most kinds one events_query may name.
+MAX_EVENT_KINDS = 32
 
 
 @message("worker_request", body=dict(
@@ -130,6 +159,9 @@ class WorkerStatus(Message):
     cpu_system_s: float = 0.0
     peak_memory_bytes: int = 0
     output_bytes: int = 0
+    assigned_at: float = 0.0        # the worker's timeline (wire/records.py TIMELINE_FIELDS)
+    started_at: float = 0.0
+    ended_at: float = 0.0
 
     def check(self) -> None:
         check_member(ChunkState, self.state, "worker_status.state")
@@ -167,7 +199,7 @@ class Error(Message):
         check_member(ErrorCode, self.error_code, "error.error_code")
 
 
-@message("hello", body=dict(host=Str(255), address=Str(1024), version=U32, **WORKER_RESOURCES))
+@message("hello", body=dict(host=Str(255), address=Str(1024), version=U32, **WORKER_RESOURCES, **NODE_FACTS))
 class Hello(Message):
     request_id: int
     role: int
@@ -181,6 +213,11 @@ class Hello(Message):
     memory_bytes: int = 0
     disk_bytes: int = 0
     sandbox: str = ""
+    software: str = ""              # NODE_FACTS
+    cpus: int = 0
+    machine_memory_bytes: int = 0
+    machine_disk_bytes: int = 0
+    addresses: list = field(default_factory=list)
 
     def check(self) -> None:
         check_member(NodeRole, self.role, "hello.role")
@@ -418,18 +455,75 @@ class NodesReply(Message):
             check_member(NodeRole, node["role"], f"nodes_reply.nodes[{index}].role")
 
 
-@message("events_query")
+@message("events_query", body=dict(job=Nullable(ID), node=Nullable(ID),
+                                   kinds=List(Str(64), max_items=MAX_EVENT_KINDS), wait_ms=U32))
 class EventsQuery(Message):
     request_id: int
     after_seq: int
     limit: int
+    job: bytes | None = None        # only this job's events
+    node: bytes | None = None       # only events naming this node
+    kinds: list = field(default_factory=list)   # only these kinds ([]: all)
+    wait_ms: int = 0                # none yet: hold the request until one commits, this long at most
 
 
-@message("events_reply", body=dict(events=List(EVENT)))
+@message("events_reply", body=dict(events=List(EVENT), through_seq=U64, gap_from=U64, gap_to=U64))
 class EventsReply(Message):
     request_id: int
     last_seq: int
     events: list
+    through_seq: int = 0            # the reply covers the log up to here: ask again after it
+    gap_from: int = 0               # events gap_from..gap_to that might have matched were dropped (0: none)
+    gap_to: int = 0
+
+    def check(self) -> None:
+        require(self.gap_from <= self.gap_to,
+                f"events_reply: gap_from {self.gap_from} is after gap_to {self.gap_to}")
+        require((self.gap_from == 0) == (self.gap_to == 0),
+                f"events_reply: gap_from {self.gap_from} and gap_to {self.gap_to} must both be 0 or neither")
+
+
+@message("attempts_query")
+class AttemptsQuery(Message):
+    request_id: int
+    job_uuid_upper: int
+    job_uuid_lower: int
+    chunk: int
+
+
+@message("attempts_reply", body=dict(attempts=List(ATTEMPT), attempts_dropped=U32))
+class AttemptsReply(Message):
+    request_id: int
+    job_uuid_upper: int
+    job_uuid_lower: int
+    chunk: int
+    attempts: list
+    attempts_dropped: int = 0       # older attempts no longer kept
+
+
+@message("jobs_query", body=dict(states=List(U8, max_items=16), since=Nullable(SECONDS),
+                                 before=Nullable(Tuple((SECONDS, ID)))))
+class JobsQuery(Message):
+    request_id: int
+    limit: int
+    states: list = field(default_factory=list)  # wire.enums.JobState values ([]: any)
+    since: float | None = None      # submitted at or after this
+    before: list | None = None      # [submitted_at, job] of the last line of the previous page
+
+    def check(self) -> None:
+        for index, state in enumerate(self.states):
+            check_member(JobState, state, f"jobs_query.states[{index}]")
+
+
+@message("jobs_reply", body=dict(jobs=List(JOB_LINE), more=Bool()))
+class JobsReply(Message):
+    request_id: int
+    jobs: list
+    more: bool = False              # another page follows: ask with before = the last line's
+
+    def check(self) -> None:
+        for index, line in enumerate(self.jobs):
+            check_member(JobState, line["state"], f"jobs_reply.jobs[{index}].state")
 
 
 @message("stats_query")

@@ -37,7 +37,13 @@ RESULT_FIELDS: dict[str, Schema] = dict(
     stderr=Nullable(FILE_REF), error=Str(), elapsed_s=SECONDS,
     bytes_from_cache=U64, bytes_from_storage=U64,
     cpu_user_s=SECONDS, cpu_system_s=SECONDS, peak_memory_bytes=U64, output_bytes=U64,
+    assigned_at=SECONDS, started_at=SECONDS, ended_at=SECONDS,
 )
+# The result's fields that date the attempt on its worker's clock (unix
+# seconds, 0: not known): when the worker accepted the assignment, started
+# the program and saw it end. The masters date the rest (dispatched,
+# committed) on theirs.
+TIMELINE_FIELDS = ("assigned_at", "started_at", "ended_at")
 # The result's fields that say what the attempt used (wire.resources.Usage);
 # its wall time is elapsed_s.
 USAGE_FIELDS = ("bytes_from_cache", "bytes_from_storage", "cpu_user_s", "cpu_system_s",
@@ -72,6 +78,9 @@ class ChunkResult:
     cpu_system_s: float = 0.0
     peak_memory_bytes: int = 0
     output_bytes: int = 0                   # outputs and logs stored
+    assigned_at: float = 0.0                # TIMELINE_FIELDS, on the worker's clock; 0: not known
+    started_at: float = 0.0
+    ended_at: float = 0.0
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ChunkResult:
@@ -85,6 +94,8 @@ class ChunkResult:
             bytes_from_cache=body["bytes_from_cache"], bytes_from_storage=body["bytes_from_storage"],
             cpu_user_s=body["cpu_user_s"], cpu_system_s=body["cpu_system_s"],
             peak_memory_bytes=body["peak_memory_bytes"], output_bytes=body["output_bytes"],
+            assigned_at=body.get("assigned_at", 0.0), started_at=body.get("started_at", 0.0),
+            ended_at=body.get("ended_at", 0.0),
         )
 
     def as_body(self) -> dict[str, Any]:
@@ -95,6 +106,7 @@ class ChunkResult:
             bytes_from_cache=self.bytes_from_cache, bytes_from_storage=self.bytes_from_storage,
             cpu_user_s=self.cpu_user_s, cpu_system_s=self.cpu_system_s,
             peak_memory_bytes=self.peak_memory_bytes, output_bytes=self.output_bytes,
+            assigned_at=self.assigned_at, started_at=self.started_at, ended_at=self.ended_at,
         )
 
     @property
@@ -121,6 +133,35 @@ class ChunkResult:
 
 
 NO_RESULT = ChunkResult()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFacts:
+    """What a node says of itself (wire/messages.py NODE_FACTS): its uds
+    version, the machine's cpus, memory and disk (0: not known) and every
+    address it is reached at."""
+
+    software: str = ""
+    cpus: int = 0
+    machine_memory_bytes: int = 0
+    machine_disk_bytes: int = 0
+    addresses: tuple[str, ...] = ()
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> NodeFacts:
+        """The facts of a decoded body or message (other keys are ignored)."""
+        get = body.get if isinstance(body, Mapping) else lambda name, default: getattr(body, name, default)
+        return cls(software=get("software", ""), cpus=get("cpus", 0),
+                   machine_memory_bytes=get("machine_memory_bytes", 0),
+                   machine_disk_bytes=get("machine_disk_bytes", 0),
+                   addresses=tuple(get("addresses", ())))
+
+    def as_body(self) -> dict[str, Any]:
+        return dict(software=self.software, cpus=self.cpus, machine_memory_bytes=self.machine_memory_bytes,
+                    machine_disk_bytes=self.machine_disk_bytes, addresses=list(self.addresses))
+
+
+NO_FACTS = NodeFacts()
 
 
 @dataclass(frozen=True, slots=True)

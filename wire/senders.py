@@ -57,9 +57,13 @@ SENDERS: dict[T, frozenset[NodeRole]] = {
     # read-only questions any member of the cluster may ask, and their answers
     T.NODES_QUERY: ANYONE,
     T.EVENTS_QUERY: ANYONE,
+    T.ATTEMPTS_QUERY: ANYONE,
+    T.JOBS_QUERY: ANYONE,
     T.STATS_QUERY: ANYONE,
     T.NODES_REPLY: frozenset({MASTER, LOADBALANCER}),
     T.EVENTS_REPLY: frozenset({MASTER}),
+    T.ATTEMPTS_REPLY: frozenset({MASTER}),
+    T.JOBS_REPLY: frozenset({MASTER}),
     T.STATS_REPLY: frozenset({MASTER, LOADBALANCER, STORAGE}),
     T.ERROR: ANYONE,
     # the Raft group's members: an operator's client asks the leader. There

@@ -6,7 +6,10 @@ the same REGISTRY. See doc/storage.md for the protocols.
 """
 from __future__ import annotations
 
+from dataclasses import field
+
 from uds.wire.message_class import MAX_TIME_MS, Message, message, require
+from uds.wire.messages import NODE_FACTS
 from uds.wire.schema import FILE_REF, ID, I64, U64, Choice, List, Map, Str, record
 
 # At most this many file ids in one gc_check, gc_check_reply or file_pin:
@@ -18,7 +21,8 @@ STORAGE_MEMBER = record(node=ID, address=Str(1024), state=Choice(("alive", "lost
 FILE_IDS = List(ID, max_items=MAX_FILES_PER_MESSAGE)
 
 
-@message("storage_heartbeat", body=dict(host=Str(255), address=Str(1024), version=U64, figures=FIGURES))
+@message("storage_heartbeat", body=dict(host=Str(255), address=Str(1024), version=U64, figures=FIGURES,
+                                        **NODE_FACTS))
 class StorageHeartbeat(Message):
     request_id: int
     start_time_ms: int
@@ -26,6 +30,11 @@ class StorageHeartbeat(Message):
     address: str
     version: int
     figures: dict
+    software: str = ""              # NODE_FACTS (wire/messages.py)
+    cpus: int = 0
+    machine_memory_bytes: int = 0
+    machine_disk_bytes: int = 0
+    addresses: list = field(default_factory=list)
 
     def check(self) -> None:
         require(self.address.startswith(("tcp://", "ipc://")),
