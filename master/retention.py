@@ -62,6 +62,7 @@ class HistoryLine:
     error: str                      # the first chunk failure, or ""
     output_ids: bytes               # up to HISTORY_OUTPUT_IDS ids of 16 bytes, chunk order
     output_count: int               # outputs the job had in all
+    chunks_cached: int = 0          # of chunks_succeeded: results reused (0 in a line older than the field)
 
     @classmethod
     def of(cls, record: JobRecord) -> HistoryLine:
@@ -80,7 +81,7 @@ class HistoryLine:
                    finished_at=record.finished_at, chunk_count=spec.chunk_count,
                    chunks_succeeded=record.chunks_succeeded, chunks_failed=record.chunks_failed,
                    chunks_cancelled=record.chunks_cancelled, error=record.first_error,
-                   output_ids=bytes(ids), output_count=count)
+                   output_ids=bytes(ids), output_count=count, chunks_cached=record.chunks_cached)
 
     @property
     def outputs(self) -> list[bytes]:
@@ -93,14 +94,18 @@ class HistoryLine:
         return JobView(job=self.job, state=JobState(self.state), chunk_count=self.chunk_count,
                        chunks_succeeded=self.chunks_succeeded, chunks_failed=self.chunks_failed,
                        name=self.name, submitted_at=self.submitted_at, finished_at=self.finished_at,
-                       error=self.error, first_chunk=self.chunk_count, chunks=(), past_retention=True)
+                       error=self.error, first_chunk=self.chunk_count, chunks=(), past_retention=True,
+                       chunks_cached=self.chunks_cached)
 
     # A bare tuple keeps snapshots small: there may be 100,000 of these.
     def __getstate__(self) -> tuple:
         return tuple(getattr(self, name) for name in self.__slots__)
 
     def __setstate__(self, values: tuple) -> None:
-        for name, value in zip(self.__slots__, values, strict=True):
+        # A line pickled before a field existed takes that field's default.
+        defaults = (0,)
+        known = tuple(values) + defaults[len(values) - len(self.__slots__) + len(defaults):]
+        for name, value in zip(self.__slots__, known, strict=True):
             object.__setattr__(self, name, value)
 
 
