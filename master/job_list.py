@@ -18,6 +18,10 @@ Rules of this module:
   the newest lines at once and nearly every later entry is dismissed by one
   comparison of its submitted_at, so a page costs O(kept jobs + history
   lines) cheap steps (both bounded by [retention]) and no sort of them.
+- The one bound trusted is JobHistory.lines_submitted_by, which no line's
+  submitted_at exceeds: the kept jobs are read first, and when the page is
+  full with jobs newer than that bound (the usual first page), or `since` is
+  after it, the history lines (up to 100,000 by default) are not read.
 """
 from __future__ import annotations
 
@@ -104,20 +108,24 @@ def job_page(job_records: dict[bytes, JobRecord], history: JobHistory, wanted: J
     whether more follow. Kept jobs and history lines together."""
     limit = max(1, limit)
     newest = _Newest(limit + 1, wanted)
-    newest.take(reversed(job_records.items()), _record_state, wanted.states)
-    newest.take(reversed(history.lines.items()), _line_state, wanted.states)
+    states = frozenset(int(state) for state in wanted.states)
+    newest.take(reversed(job_records.items()), _record_state, states)
+    # Lines all older than the newest already chosen, or than `since`, are
+    # not read at all: the usual first page costs only the kept jobs.
+    if history.lines_submitted_by >= max(newest.floor_at, newest.since):
+        newest.take(reversed(history.lines.items()), _line_state, states)
     chosen = newest.sorted()
     lines = [JobLine.of_history(item) if past else JobLine.of_record(item)
              for _at, _job, item, past in chosen[:limit]]
     return JobPage(lines=lines, more=len(chosen) > limit)
 
 
-def _record_state(record: JobRecord) -> JobState:
-    return record.state
+def _record_state(record: JobRecord) -> int:
+    return record.state         # an IntEnum: compares and hashes as its value
 
 
-def _line_state(line: HistoryLine) -> JobState:
-    return JobState(line.state)
+def _line_state(line: HistoryLine) -> int:
+    return line.state
 
 
 class _Newest:
@@ -132,7 +140,7 @@ class _Newest:
         self.since = -math.inf if wanted.since is None else wanted.since
         self.before_at, self.before_job = (math.inf, b"") if wanted.before is None else wanted.before
 
-    def take(self, entries: Iterable[tuple[bytes, Any]], state_of: Any, states: frozenset[JobState]) -> None:
+    def take(self, entries: Iterable[tuple[bytes, Any]], state_of: Any, states: frozenset[int]) -> None:
         heap, size = self.heap, self.size
         floor_at, since = self.floor_at, self.since
         before_at, before_job = self.before_at, self.before_job

@@ -20,6 +20,7 @@ Rules of this module:
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import islice
@@ -118,6 +119,24 @@ class JobHistory:
     finished: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
     finished_chunks: int = 0        # chunks of the jobs in `finished`
     lines: OrderedDict[bytes, HistoryLine] = field(default_factory=OrderedDict)
+    # No line was submitted later than this: the newest submitted_at of the
+    # lines added (some may have been dropped since), so that the job list
+    # (master/job_list.py) passes over the lines without reading them when
+    # they are all older than what it has. Derived: not pickled, worked out
+    # again from the lines when a snapshot loads.
+    lines_submitted_by: float = field(default=-math.inf, compare=False)
+
+    def __getstate__(self) -> tuple[None, dict]:
+        return None, {"finished": self.finished, "finished_chunks": self.finished_chunks, "lines": self.lines}
+
+    def __setstate__(self, state: tuple[None, dict]) -> None:
+        _, slots = state
+        self.finished, self.finished_chunks, self.lines = slots["finished"], slots["finished_chunks"], slots["lines"]
+        self.lines_submitted_by = max((line.submitted_at for line in self.lines.values()), default=-math.inf)
+
+    def add_line(self, line: HistoryLine) -> None:
+        self.lines[line.job] = line
+        self.lines_submitted_by = max(self.lines_submitted_by, line.submitted_at)
 
     def job_finished(self, record: JobRecord) -> None:
         self.finished[record.spec.job] = None
@@ -153,7 +172,7 @@ def forget_jobs(state: ClusterState, command: ForgetJobs, now: float) -> ForgetO
         del state.job_records[job]
         del history.finished[job]
         history.finished_chunks -= record.spec.chunk_count
-        history.lines[job] = line
+        history.add_line(line)
         state._log(now, JOB_FORGOTTEN, job=job, detail=f"{JobState(line.state).name.lower()}, past retention")
         forgotten += 1
     while len(history.lines) > keep:

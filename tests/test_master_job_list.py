@@ -3,6 +3,7 @@ across the jobs kept and the history lines of those forgotten, filtered and
 paged; the leader's answer to jobs_query; and the history line's cached
 count, which older snapshots lack."""
 import pickle
+from collections import OrderedDict
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -149,6 +150,34 @@ def test_a_leader_whose_clock_is_behind_does_not_break_the_order():
     assert page(state) == (expected, False)
     for limit in range(1, 5):
         assert every_page(state, limit) == expected
+
+
+class Unread(OrderedDict):
+    """History lines that must not be read."""
+
+    def items(self):
+        raise AssertionError("the history lines were read")
+
+
+def test_history_lines_older_than_a_full_page_or_than_since_are_not_read():
+    state = history_state()
+    assert state.history.lines_submitted_by == 3.0
+    state.history.lines = Unread(state.history.lines)
+    assert page(state, limit=3) == ([job_id(7), job_id(6), job_id(5)], True)
+    assert page(state, since=3.5) == ([job_id(7), job_id(6), job_id(5), job_id(4)], False)
+
+
+def test_the_bound_on_the_lines_is_worked_out_again_when_a_snapshot_loads():
+    state = history_state()
+    restored = pickle.loads(pickle.dumps(state))
+    assert restored == state and restored.history.lines_submitted_by == 3.0
+    # Lines dropped leave the bound where it was: still above every line.
+    state.apply([ForgetJobs((job_id(4), job_id(5)), 2)], 30.0)
+    assert list(state.history.lines) == [job_id(4), job_id(5)] and state.history.lines_submitted_by == 5.0
+    state.history.lines.popitem()
+    assert pickle.loads(pickle.dumps(state)).history.lines_submitted_by == 4.0
+    # The pickled form is the one before the bound existed.
+    assert set(state.history.__getstate__()[1]) == {"finished", "finished_chunks", "lines"}
 
 
 # A job: when submitted (not in order), whether it is held, whether it
