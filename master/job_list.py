@@ -28,7 +28,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from uds.wire.enums import JobState
 
@@ -109,11 +109,11 @@ def job_page(job_records: dict[bytes, JobRecord], history: JobHistory, wanted: J
     limit = max(1, limit)
     newest = _Newest(limit + 1, wanted)
     states = frozenset(int(state) for state in wanted.states)
-    newest.take(reversed(job_records.items()), _record_state, states)
+    newest.take(reversed(job_records.items()), _record_state, states, past=False)
     # Lines all older than the newest already chosen, or than `since`, are
     # not read at all: the usual first page costs only the kept jobs.
     if history.lines_submitted_by >= max(newest.floor_at, newest.since):
-        newest.take(reversed(history.lines.items()), _line_state, states)
+        newest.take(reversed(history.lines.items()), _line_state, states, past=True)
     chosen = newest.sorted()
     lines = [JobLine.of_history(item) if past else JobLine.of_record(item)
              for _at, _job, item, past in chosen[:limit]]
@@ -140,11 +140,13 @@ class _Newest:
         self.since = -math.inf if wanted.since is None else wanted.since
         self.before_at, self.before_job = (math.inf, b"") if wanted.before is None else wanted.before
 
-    def take(self, entries: Iterable[tuple[bytes, Any]], state_of: Any, states: frozenset[int]) -> None:
+    def take(self, entries: Iterable[tuple[bytes, Any]], state_of: Callable[[Any], int], states: frozenset[int],
+             past: bool) -> None:
+        """Offer (job, record or history line) entries, best newest first;
+        `past`: they are history lines."""
         heap, size = self.heap, self.size
         floor_at, since = self.floor_at, self.since
         before_at, before_job = self.before_at, self.before_job
-        past = state_of is _line_state
         for job, item in entries:
             at = item.submitted_at
             # The cheap tests first: most entries leave at the first one.
