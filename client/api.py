@@ -329,6 +329,27 @@ class Connection:
     def job(self, job_id: str) -> Job:
         return Job(self, self._file_id(job_id).hex())
 
+    def jobs(self, state: str | Iterable[str] | None = None, since: float | datetime | str | None = None,
+             limit: int | None = 100) -> list:
+        """The jobs the masters know, newest first, as `JobSummary`s: those
+        kept and those past retention (known by their history line) alike.
+
+        `state`: a state's name or names (held, waiting, queued, running,
+        succeeded, failed, cancelled; None: any); `since`: submitted at or
+        after, as unix seconds, a datetime (naive: local time), or text, a
+        duration back from now ("30m", "2h", "1d") or an ISO time; `limit`:
+        at most that many (None: all). Read page by page. Raises
+        BadJobQueryError (a ValueError) before sending anything for a bad
+        argument."""
+        from uds.client.job_list import check_limit, list_jobs, since_seconds, state_values
+        states, since_s, most = state_values(state), since_seconds(since, time.time()), check_limit(limit)
+
+        def ask_page(page_limit: int, states: list[int], since_s: float | None, before: list | None) -> Any:
+            return self._ask(lambda rid: wire.JobsQuery.make(self.node_id, request_id=rid, limit=page_limit,
+                                                             states=states, since=since_s, before=before),
+                             wire.JobsReply)
+        return list_jobs(ask_page, states, since_s, most)
+
     def job_status(self, job_id: str, detail: bool = True, wait: float = 0.0,
                    first_chunk: int = 0, max_chunks: int | None = None) -> JobStatus:
         """The job's state; with detail=False the counts only (no per-chunk

@@ -260,6 +260,19 @@ def release(options: argparse.Namespace) -> int:
     return 0
 
 
+def jobs(options: argparse.Namespace) -> int:
+    from uds.client.job_list import job_table, since_seconds, state_values
+    # Bad words are refused before connecting; a duration counts back from now.
+    states = [word for text in options.state or () for word in text.split(",")]
+    state_values(states)
+    since = since_seconds(options.since, time.time())
+    if options.limit < 1:
+        raise CommandError(f"--limit must be 1 or more, not {options.limit}")
+    with _connect(options) as connection:
+        print("\n".join(job_table(connection.jobs(state=states or None, since=since, limit=options.limit))))
+    return 0
+
+
 def _sandbox_or_lease(node: dict) -> str:
     from uds.wire.enums import NodeRole
     if node["role"] == NodeRole.WORKER:
@@ -504,6 +517,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("job", metavar="JOB")
 
     command("nodes", nodes, "list the cluster's nodes")
+
+    sub = command("jobs", jobs, "list jobs, newest first, those past retention too")
+    sub.add_argument("--state", action="append", metavar="STATE",
+                     help="only jobs in this state (repeatable, or comma-separated): held, waiting, queued, "
+                          "running, succeeded, failed, cancelled")
+    sub.add_argument("--since", metavar="TIME",
+                     help="only jobs submitted since: a duration back from now (30m, 2h, 1d), an ISO 8601 "
+                          "time (local unless it has an offset or Z) or unix seconds")
+    sub.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
 
     sub = command("events", events, "print the cluster's event log")
     sub.add_argument("--after", type=int, default=0, help="start after this sequence number")

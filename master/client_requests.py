@@ -25,6 +25,7 @@ from uds import wire
 from uds.master import commands
 from uds.master.event_log import MAX_EVENTS_PER_REPLY, EventFilter, EventsMatch, events_matching, events_since
 from uds.master.event_waiters import EventsWaiter, EventWaiters
+from uds.master.job_list import MAX_JOBS_PER_PAGE, JobFilter, job_page
 from uds.master.leader_events import Effect, Reply, Request, Send, StateReader
 from uds.master.links import LoadBalancerLease
 from uds.master.views import event_records, job_status_reply, node_records
@@ -64,7 +65,7 @@ def input_refs(records: list[dict]) -> tuple[commands.InputRef, ...]:
 
 class ClientRequests:
     """The handlers of JobSubmit, JobStatus, JobCancel, JobRelease,
-    NodesQuery and EventsQuery, and what follows the commit of a
+    NodesQuery, EventsQuery and JobsQuery, and what follows the commit of a
     submission, a cancel or a release."""
 
     node_id: bytes
@@ -255,3 +256,19 @@ class ClientRequests:
         return Reply(request, wire.EventsReply.make(
             self.node_id, request_id=request.request_id, last_seq=last_seq, events=records,
             through_seq=through_seq, gap_from=match.gap_from, gap_to=match.gap_to))
+
+    def _on_jobs_query(self, message: wire.JobsQuery, request: Request, now: float) -> list[Effect]:
+        # Only the leader, like the events: a client paging through the list
+        # must not read an older state for its next page.
+        refused = self._not_leading(request)
+        if refused:
+            return refused
+        before = None if message.before is None else (float(message.before[0]), bytes(message.before[1]))
+        wanted = JobFilter(states=frozenset(JobState(state) for state in message.states),
+                           since=message.since, before=before)
+        limit = max(1, min(message.limit, MAX_JOBS_PER_PAGE))
+        page = self._reader.read(lambda state: job_page(state.job_records, state.history, wanted, limit))
+        records = [line.as_record() for line in page.lines]
+        fit = wire.items_that_fit(records)
+        return [Reply(request, wire.JobsReply.make(self.node_id, request_id=request.request_id,
+                                                   jobs=records[:fit], more=page.more or fit < len(records)))]

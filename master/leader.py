@@ -120,6 +120,7 @@ ACCEPTED_MESSAGES: tuple[type, ...] = (
     wire.JobSubmit, wire.JobStatus, wire.JobCancel, wire.JobRelease, wire.NodesQuery, wire.EventsQuery,
     wire.Hello, wire.Heartbeat, wire.ChunkEvents, wire.NodeReport,
     wire.StorageHeartbeat, wire.GcCheck, wire.FilePin,
+    wire.JobsQuery,
 )
 
 
@@ -177,6 +178,7 @@ class Leader(ClientRequests, StorageRequests, Housekeeping):
             wire.JobRelease: self._on_job_release,
             wire.NodesQuery: self._on_nodes_query,
             wire.EventsQuery: self._on_events_query,
+            wire.JobsQuery: self._on_jobs_query,
             wire.Hello: self._on_hello,
             wire.Heartbeat: self._on_heartbeat,
             wire.ChunkEvents: self._on_chunk_events,

@@ -20,6 +20,7 @@ Rules of this module:
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import islice
@@ -62,6 +63,7 @@ class HistoryLine:
     error: str                      # the first chunk failure, or ""
     output_ids: bytes               # up to HISTORY_OUTPUT_IDS ids of 16 bytes, chunk order
     output_count: int               # outputs the job had in all
+    chunks_cached: int = 0          # of chunks_succeeded: results reused (0 in a line older than the field)
 
     @classmethod
     def of(cls, record: JobRecord) -> HistoryLine:
@@ -80,7 +82,7 @@ class HistoryLine:
                    finished_at=record.finished_at, chunk_count=spec.chunk_count,
                    chunks_succeeded=record.chunks_succeeded, chunks_failed=record.chunks_failed,
                    chunks_cancelled=record.chunks_cancelled, error=record.first_error,
-                   output_ids=bytes(ids), output_count=count)
+                   output_ids=bytes(ids), output_count=count, chunks_cached=record.chunks_cached)
 
     @property
     def outputs(self) -> list[bytes]:
@@ -93,14 +95,18 @@ class HistoryLine:
         return JobView(job=self.job, state=JobState(self.state), chunk_count=self.chunk_count,
                        chunks_succeeded=self.chunks_succeeded, chunks_failed=self.chunks_failed,
                        name=self.name, submitted_at=self.submitted_at, finished_at=self.finished_at,
-                       error=self.error, first_chunk=self.chunk_count, chunks=(), past_retention=True)
+                       error=self.error, first_chunk=self.chunk_count, chunks=(), past_retention=True,
+                       chunks_cached=self.chunks_cached)
 
     # A bare tuple keeps snapshots small: there may be 100,000 of these.
     def __getstate__(self) -> tuple:
         return tuple(getattr(self, name) for name in self.__slots__)
 
     def __setstate__(self, values: tuple) -> None:
-        for name, value in zip(self.__slots__, values, strict=True):
+        # A line pickled before a field existed takes that field's default.
+        defaults = (0,)
+        known = tuple(values) + defaults[len(values) - len(self.__slots__) + len(defaults):]
+        for name, value in zip(self.__slots__, known, strict=True):
             object.__setattr__(self, name, value)
 
 
@@ -113,6 +119,24 @@ class JobHistory:
     finished: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
     finished_chunks: int = 0        # chunks of the jobs in `finished`
     lines: OrderedDict[bytes, HistoryLine] = field(default_factory=OrderedDict)
+    # No line was submitted later than this: the newest submitted_at of the
+    # lines added (some may have been dropped since), so that the job list
+    # (master/job_list.py) passes over the lines without reading them when
+    # they are all older than what it has. Derived: not pickled, worked out
+    # again from the lines when a snapshot loads.
+    lines_submitted_by: float = field(default=-math.inf, compare=False)
+
+    def __getstate__(self) -> tuple[None, dict]:
+        return None, {"finished": self.finished, "finished_chunks": self.finished_chunks, "lines": self.lines}
+
+    def __setstate__(self, state: tuple[None, dict]) -> None:
+        _, slots = state
+        self.finished, self.finished_chunks, self.lines = slots["finished"], slots["finished_chunks"], slots["lines"]
+        self.lines_submitted_by = max((line.submitted_at for line in self.lines.values()), default=-math.inf)
+
+    def add_line(self, line: HistoryLine) -> None:
+        self.lines[line.job] = line
+        self.lines_submitted_by = max(self.lines_submitted_by, line.submitted_at)
 
     def job_finished(self, record: JobRecord) -> None:
         self.finished[record.spec.job] = None
@@ -148,7 +172,7 @@ def forget_jobs(state: ClusterState, command: ForgetJobs, now: float) -> ForgetO
         del state.job_records[job]
         del history.finished[job]
         history.finished_chunks -= record.spec.chunk_count
-        history.lines[job] = line
+        history.add_line(line)
         state._log(now, JOB_FORGOTTEN, job=job, detail=f"{JobState(line.state).name.lower()}, past retention")
         forgotten += 1
     while len(history.lines) > keep:
