@@ -44,10 +44,10 @@ def machine_cpus() -> int:
         return os.cpu_count() or 0
 
 
-def machine_memory_bytes(meminfo: pathlib.Path = MEMINFO) -> int:
-    """MemTotal of /proc/meminfo; 0 where there is none."""
+def machine_memory_bytes(meminfo: pathlib.Path | None = None) -> int:
+    """MemTotal of /proc/meminfo (or `meminfo`); 0 where there is none."""
     try:
-        for line in meminfo.read_text().splitlines():
+        for line in (meminfo or MEMINFO).read_text().splitlines():
             if line.startswith("MemTotal:"):
                 parts = line.split()
                 return int(parts[1]) * 1024 if parts[2:] == ["kB"] else int(parts[1])
@@ -89,10 +89,10 @@ def _ipv4_addresses() -> list[str]:
     return found
 
 
-def _ipv6_addresses(if_inet6: pathlib.Path = IF_INET6) -> list[str]:
+def _ipv6_addresses() -> list[str]:
     """Every IPv6 address of /proc/net/if_inet6 (32 hex digits first on each line)."""
     try:
-        lines = if_inet6.read_text().splitlines()
+        lines = IF_INET6.read_text().splitlines()
     except OSError:
         return []
     found = []
