@@ -6,7 +6,7 @@ import os
 import pathlib
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from uds.client.status_view import print_status as _print_status
 from uds.units import size_text
@@ -376,8 +376,18 @@ def admin_masters(options: argparse.Namespace) -> int:
 
 # -- parser ---------------------------------------------------------------------
 
+class CommandParser(argparse.ArgumentParser):
+    """A parser whose usage errors are one line, like every other error of
+    `uds`, pointing at the help instead of printing the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.partition(" ")[2]
+        print(f"uds: {command + ': ' if command else ''}{message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="uds", description="uds: distributed job execution")
+    parser = CommandParser(prog="uds", description="uds: distributed job execution")
     parser.add_argument("--cluster", metavar="FILE",
                         help="cluster file (default: $UDS_CLUSTER, else the dev cluster's)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -260,6 +260,11 @@ def is_id(value: Any) -> bool:
     return type(value) is bytes and len(value) == ID_BYTES
 
 
+def unknown_job(job: Any) -> str:
+    """The error for a job id the masters do not know, naming it."""
+    return f"unknown job {job.hex() if type(job) is bytes else repr(job)}"
+
+
 def _is_count(value: Any) -> bool:
     return type(value) is int and value >= 0
 

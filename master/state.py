@@ -36,7 +36,7 @@ from uds.master.commands import (
     Command, DispatchAttempts, DispatchOutcome, Event, ForgetJobs, GrantLease, LeaseOutcome, NodeLost,
     NodeOutcome, NodeSeen, Outcome, PinFiles, PruneCache, PruneCollection, ReleaseJob, RunTimers,
     StateInvariantError, SubmitJob, SubmitOutcome, checked_result,
-    chunk_event_problem, is_id, node_seen_problem, normalised_submit, pack_result, submit_problem,
+    chunk_event_problem, is_id, node_seen_problem, unknown_job, normalised_submit, pack_result, submit_problem,
 )
 from uds.master import workflow
 from uds.master.collection import FileHolds, pin_files, prune_collection
@@ -280,7 +280,7 @@ class ClusterState(StateQueries):
         if job_record is None:
             if is_id(command.job) and command.job in self.history.lines:
                 return CancelOutcome(changed=False)
-            return CancelOutcome(ok=False, error="unknown job", error_code=ErrorCode.UNKNOWN_JOB)
+            return CancelOutcome(ok=False, error=unknown_job(command.job), error_code=ErrorCode.UNKNOWN_JOB)
         if job_record.finished_at is not None:
             return CancelOutcome(changed=False)
         cancelled_attempts = workflow.end_job(self, job_record, "job cancelled", cancelled=True, now=now,

@@ -29,7 +29,7 @@ from uds.master.collection import release_packed_results
 from uds.master.commands import (
     ALL_CHUNKS, CHUNK_CACHED, CHUNK_CANCELLED, FINAL_PHASES, IN_FLIGHT_PHASES, JOB_READY, JOB_RELEASED, JOB_WIDE,
     SAME_CHUNK, ChunkPhase, FileRef, PruneCache, PruneCacheOutcome, ReleaseJob, ReleaseOutcome, RunTimers, SubmitJob,
-    TimersOutcome, is_id,
+    TimersOutcome, is_id, unknown_job,
 )
 from uds.master.result_cache import cache_key
 from uds.wire.enums import ErrorCode, JobState
@@ -360,7 +360,7 @@ def release_job(state: ClusterState, command: ReleaseJob, now: float) -> Release
     if record is None:
         if is_id(command.job) and command.job in state.history.lines:
             return ReleaseOutcome(changed=False)
-        return ReleaseOutcome(ok=False, error="unknown job", error_code=ErrorCode.UNKNOWN_JOB)
+        return ReleaseOutcome(ok=False, error=unknown_job(command.job), error_code=ErrorCode.UNKNOWN_JOB)
     if not record.held or record.finished_at is not None:
         return ReleaseOutcome(changed=False)
     record.held = False

@@ -96,7 +96,9 @@ def test_nodes_and_events(dev_dir):
 @pytest.mark.parametrize("args, message", [
     (("get", "nothex"), "an id is 32 hex characters"),
     (("get", "0" * 32), "no file 000"),
-    (("status", "0" * 32), "unknown job"),
+    (("status", "0" * 32), "unknown job " + "0" * 32),
+    (("cancel", "0" * 32), "unknown job " + "0" * 32),
+    (("release", "0" * 32), "unknown job " + "0" * 32),
     (("submit", "/no/such/program"), "is not a file"),
     (("submit", "/bin/true", "--input", "bad"), "expected NAME=PATH"),
     (("submit", "/bin/true", "--input", "a/b=/bin/true"), "plain file name"),
@@ -115,6 +117,21 @@ def test_errors_print_one_line_and_exit_non_zero(dev_dir, args, message):
     error = result.stderr.decode().strip()
     assert len(error.splitlines()) == 1, error
     assert error.startswith("uds: ") and message in error, error
+
+
+@pytest.mark.parametrize("args, message", [
+    (("frobnicate",), "argument COMMAND: invalid choice: 'frobnicate'"),
+    (("status",), "status: the following arguments are required: JOB (see uds status --help)"),
+    (("submit", "/bin/true", "--chunks", "x"), "submit: argument --chunks: invalid int value: 'x'"),
+    (("keys", "init"), "keys init: the following arguments are required"),
+    (("status", "x", "--", "y"), "'--' only goes with submit"),
+])
+def test_usage_errors_print_one_line_and_exit_2(tmp_path, args, message):
+    result = uds(*args, cluster_dir=tmp_path / "nowhere.toml", check=False)
+    assert result.returncode == 2
+    error = result.stderr.decode().strip()
+    assert len(error.splitlines()) == 1 and error.startswith("uds: ") and message in error, error
+    assert not result.stdout
 
 
 def test_no_cluster_is_a_clear_error(tmp_path):

@@ -140,7 +140,7 @@ def test_unknown_commands_are_refused_and_outcomes_follow_command_order():
     assert outcomes == [
         SubmitOutcome(created=True),
         Outcome(ok=False, error="unknown command str", error_code=ErrorCode.INVALID),
-        CancelOutcome(ok=False, error="unknown job", error_code=ErrorCode.UNKNOWN_JOB),
+        CancelOutcome(ok=False, error=f"unknown job {JOB_B.hex()}", error_code=ErrorCode.UNKNOWN_JOB),
         SubmitOutcome(created=False),
     ]
 

@@ -332,7 +332,7 @@ def test_a_held_job_waits_for_its_release():
     assert one(state, ReleaseJob(JOB_A)) == ReleaseOutcome(changed=True)
     assert (state.job_view(JOB_A).state, phases(state, JOB_A)) == (JobState.QUEUED, ["queued", "queued"])
     assert one(state, ReleaseJob(JOB_A)) == ReleaseOutcome(changed=False)
-    assert one(state, ReleaseJob(UNKNOWN)) == ReleaseOutcome(ok=False, error="unknown job",
+    assert one(state, ReleaseJob(UNKNOWN)) == ReleaseOutcome(ok=False, error=f"unknown job {UNKNOWN.hex()}",
                                                              error_code=ErrorCode.UNKNOWN_JOB)
     assert [e.kind for e in state.events_after(0, 10)[0]] == ["job_submitted", "job_released", "job_ready"]
 
