@@ -76,18 +76,18 @@ def report_uncached(connection: client.Connection, first_id: str, again_id: str,
                   f"{before.result.error or 'no error'}", file=sys.stderr)
 
 
-def events_since(connection: client.Connection, after: int) -> list[dict]:
+def events_since(connection: client.Connection, after: int) -> list:
     found = []
     while True:
-        page, last_seq = connection.events(after=after, limit=10_000)
-        found += page
-        if not page or page[-1]["seq"] >= last_seq:
+        page = connection.events(after=after, limit=10_000)
+        found += page.events
+        if page.through_seq >= page.last_seq or page.through_seq <= after:
             return found
-        after = page[-1]["seq"]
+        after = page.through_seq
 
 
 def dependency_latencies(connection: client.Connection, program: str, pairs: int) -> dict:
-    _, start_seq = connection.events(after=0, limit=1)
+    start_seq = connection.events(after=0, limit=1).last_seq
     jobs = []
     for _ in range(pairs):
         first = connection.submit_job(program, timeout=30)
@@ -98,11 +98,11 @@ def dependency_latencies(connection: client.Connection, program: str, pairs: int
         jobs.append((first.id, second.id))
     at: dict[tuple[str, str], float] = {}
     for event in events_since(connection, start_seq):
-        if event["job"] is not None:
-            key = (event["job"].hex(), event["kind"])
+        if event.job is not None:
+            key = (event.job, event.kind)
             # The last commit of a kind, the first dispatch or start.
-            if event["kind"] in ("chunk_succeeded", "job_submitted") or key not in at:
-                at[key] = event["at"]
+            if event.kind in ("chunk_succeeded", "job_submitted") or key not in at:
+                at[key] = event.at
     to_dispatch = [at[(b, "chunk_dispatched")] - at[(a, "chunk_succeeded")] for a, b in jobs]
     floor = [at[(a, "chunk_dispatched")] - at[(a, "job_submitted")] for a, _ in jobs]
     return {

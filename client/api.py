@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from uds import wire
 from uds.errors import ClientError, InvalidJobError, NoClusterError, RemoteError, RequestTimeout
+from uds.client.events import GAP, JOB_FINAL_KINDS, Event, EventsPage, read_page
+from uds.client.events import follow as follow_events
 from uds.client.jobs import ChunkStatus, Job, JobStatus
 from uds.client.leader import (  # noqa: F401 - the timings are the client's, named here too
     BACKOFF_CAP_S, BACKOFF_FIRST_S, REFUSAL_CHECK_S, RESEND_AFTER_S, SILENCE_S, LeaderLink,
@@ -395,10 +397,22 @@ class Connection:
         AmbiguousNodeError. See client/node_history.py."""
         return node_history(self, node)
 
-    def events(self, after: int = 0, limit: int = 1000) -> tuple[list[dict], int]:
-        reply = self._ask(lambda rid: wire.EventsQuery.make(self.node_id, request_id=rid, after_seq=after,
-                                                            limit=limit), wire.EventsReply)
-        return reply.events, reply.last_seq
+    def events(self, after: int = 0, limit: int = 1000, job: Any = None, node: Any = None,
+               kinds: Iterable[str] = (), wait: float = 0.0) -> EventsPage:
+        """One page of the masters' event log: the events after seq `after`
+        (of `job`, naming `node`, of `kinds`, when given), oldest first, at
+        most `limit`. With `wait` seconds (at most 30), a query that finds
+        none is held until one commits or the wait is over. Ask the next
+        page after its `through_seq`; `gap` says which events that might
+        have matched the log dropped (client/events.py)."""
+        return read_page(self, after, limit, job, node, kinds, wait)
+
+    def follow(self, job: Any = None, node: Any = None, kinds: Iterable[str] = (),
+               after: int = 0) -> Iterator[Event]:
+        """Every event after seq `after` that matches, as it commits, without
+        end; a leader change is followed through from the last seq read. A
+        gap is yielded as an Event of kind "gap"."""
+        return follow_events(self, after, job=job, node=node, kinds=kinds)
 
     def master_stats(self) -> dict:
         reply = self._ask(lambda rid: wire.StatsQuery.make(self.node_id, request_id=rid), wire.StatsReply)
@@ -422,20 +436,32 @@ class Connection:
         return change_masters(self, add, address)
 
     def as_completed(self, jobs: Iterable[Job], timeout: float | None = None) -> Iterator[Job]:
-        """Yield each job once it has finished, in the order they finish."""
-        waiting = list(jobs)
+        """Yield each job once it has finished, in the order they finish:
+        those finished already first, then each as its final event commits."""
+        waiting = {job.id: job for job in jobs}
         deadline = None if timeout is None else time.monotonic() + timeout
-        pause = 0.005
-        while waiting:
-            for job in list(waiting):
-                if job.status(detail=False).done:
-                    waiting.remove(job)
+        # The log's end before the statuses are read: a job that ends after
+        # its status was read has its final event after this seq.
+        start = self.events(after=0, limit=1).last_seq if waiting else 0
+        for job in list(waiting.values()):
+            if job.status(detail=False).done:
+                del waiting[job.id]
+                yield job
+        only = next(iter(waiting)) if len(waiting) == 1 else None
+        try:
+            for event in follow_events(self, start, job=only, kinds=JOB_FINAL_KINDS, deadline=deadline):
+                job = waiting.pop(event.job, None) if event.job is not None else None
+                if job is not None:
                     yield job
-            if waiting:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise RequestTimeout(f"{len(waiting)} jobs still running after {timeout}s")
-                time.sleep(pause)
-                pause = min(pause * 1.5, 0.25)
+                elif event.kind == GAP:
+                    # Final events may be among those dropped: ask the jobs themselves.
+                    for job in [job for job in waiting.values() if job.status(detail=False).done]:
+                        del waiting[job.id]
+                        yield job
+                if not waiting:
+                    return
+        except RequestTimeout:
+            raise RequestTimeout(f"{len(waiting)} jobs still running after {timeout}s") from None
 
     # -- requests to the masters -------------------------------------------
 

@@ -339,29 +339,30 @@ def admin_gc(options: argparse.Namespace) -> int:
 
 
 def events(options: argparse.Namespace) -> int:
+    """The event log, or what of it --job, --node and --kind pick; with
+    --follow, then each event as it commits (held queries, no polling); with
+    --follow and --job, until the job's final event."""
+    from uds.client.events import JOB_FINAL_KINDS, PAGE_EVENTS, Event
     with _connect(options) as connection:
+        if options.follow:
+            listed = connection.follow(job=options.job, node=options.node, kinds=options.kind or (),
+                                       after=options.after)
+            for event in listed:
+                print(event, flush=True)
+                if options.job and event.kind in JOB_FINAL_KINDS:
+                    return 0
+            return 0
         after = options.after
         while True:
-            listed, last_seq = connection.events(after=after, limit=1000)
-            for event in listed:
-                parts = [f"{event['seq']:>6}", time.strftime("%H:%M:%S", time.localtime(event["at"])),
-                         event["kind"]]
-                if event["job"]:
-                    parts.append(f"job {event['job'].hex()[:8]}")
-                if event["chunk"] is not None:
-                    parts.append(f"chunk {event['chunk']}")
-                if event["attempt"] is not None:
-                    parts.append(f"attempt {event['attempt']}")
-                if event["node"]:
-                    parts.append(f"node {event['node'].hex()[:8]}")
-                if event["detail"]:
-                    parts.append(event["detail"])
-                print("  ".join(parts), flush=True)
-                after = event["seq"]
-            if not options.follow:
+            page = connection.events(after=after, limit=PAGE_EVENTS, job=options.job, node=options.node,
+                                     kinds=options.kind or ())
+            if page.gap is not None:
+                print(Event.gap(*page.gap, time.time()), flush=True)
+            for event in page.events:
+                print(event, flush=True)
+            if page.through_seq <= after or page.through_seq >= page.last_seq:
                 return 0
-            if not listed:
-                time.sleep(0.5)
+            after = page.through_seq
 
 
 def admin_masters(options: argparse.Namespace) -> int:
@@ -517,7 +518,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("events", events, "print the cluster's event log")
     sub.add_argument("--after", type=int, default=0, help="start after this sequence number")
-    sub.add_argument("--follow", action="store_true", help="keep printing new events")
+    sub.add_argument("--job", metavar="JOB", help="only this job's events")
+    sub.add_argument("--node", metavar="NODE", help="only events naming this node (its id)")
+    sub.add_argument("--kind", metavar="KIND", action="append",
+                     help="only events of this kind (repeat for more): job_submitted, chunk_started, ...")
+    sub.add_argument("--follow", action="store_true",
+                     help="keep printing events as they commit (with --job: until the job ends)")
     return parser
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 from uds import wire
+from uds.client.events import Event, job_events
 from uds.errors import InvalidJobError, JobFailed, JobTimeout
 from uds.wire.ids import ID_BYTES
 from uds.wire.messages import ALL_CHUNKS, SAME_CHUNK
@@ -246,6 +247,12 @@ class Job:
         stdout = self.connection.get(result.stdout) if result.stdout else b""
         stderr = self.connection.get(result.stderr) if result.stderr else b""
         return stdout, stderr
+
+    def events(self, after: int = 0, follow: bool = True) -> Iterator[Event]:
+        """Its events after seq `after`, oldest first: with `follow`, as they
+        commit, ending after its job_succeeded, job_failed or job_cancelled
+        event; otherwise those the masters' log holds now (client/events.py)."""
+        return job_events(self.connection, self.id, after, follow)
 
     def cancel(self) -> JobStatus:
         """Cancel it, whatever it waits for (held and waiting jobs too)."""

@@ -5,17 +5,17 @@ of a balancer, and the chunk events naming a worker (the attempts it ran).
 
 A node is named by its full id, a prefix of it, or its host name; a name
 that fits no node, or more than one, is an error that says so. The events
-come from the leader a page at a time until the log's end.
+come from the leader, which picks those naming the node
+(`Connection.events(node=...)`, client/events.py), a page at a time until
+the log's end.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from uds.client.events import PAGE_EVENTS, Event
 from uds.errors import ClientError
-
-# Events asked for per request: short records, well inside one body.
-EVENTS_PAGE = 5000
 
 
 class UnknownNodeError(ClientError, LookupError):
@@ -29,13 +29,13 @@ class AmbiguousNodeError(ClientError, LookupError):
 @dataclass(frozen=True)
 class NodeHistory:
     """One node's NODE record (wire/messages.py NODE, as `Connection.nodes()`
-    lists it) and its events (EVENT records), oldest first. `gap`: the log no
-    longer holds some events that may have named the node (what the
-    masters' page said of them), else None."""
+    lists it) and its events, oldest first. `gap`: (from, to), the seqs of
+    events the log dropped before they were read, any of which may have
+    named the node; None when the log still holds every one."""
 
     record: dict
-    events: list[dict]
-    gap: Any = None
+    events: list[Event]
+    gap: tuple[int, int] | None = None
 
 
 def _short(record: dict) -> str:
@@ -64,17 +64,19 @@ def find_node(records: Sequence[dict], name: str) -> dict:
     return matches[0]
 
 
-def node_events(connection: Any, node: bytes) -> tuple[list[dict], Any]:
-    """Every event of the log that names `node`, oldest first, and the gap
-    the leader reported (None when the log still holds all it might)."""
-    events: list[dict] = []
-    after = 0
+def node_events(connection: Any, node: bytes) -> tuple[list[Event], tuple[int, int] | None]:
+    """Every event of the log that names `node`, oldest first, and the seqs
+    the log dropped that might have (the first page's gap: later pages start
+    after it), or None."""
+    events: list[Event] = []
+    after, gap = 0, None
     while True:
-        page, last_seq = connection.events(after=after, limit=EVENTS_PAGE)
-        events.extend(event for event in page if event["node"] == node)
-        if not page or page[-1]["seq"] >= last_seq:
-            return events, None
-        after = page[-1]["seq"]
+        page = connection.events(after=after, limit=PAGE_EVENTS, node=node)
+        gap = gap or page.gap
+        events.extend(page.events)
+        if page.through_seq <= after or page.through_seq >= page.last_seq:
+            return events, gap
+        after = page.through_seq
 
 
 def node_history(connection: Any, name: str) -> NodeHistory:

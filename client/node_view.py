@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
+from uds.client.events import Event
 from uds.client.node_history import NodeHistory
 from uds.units import size_text
 from uds.wire.enums import NodeRole
@@ -65,17 +66,18 @@ def _lease_or_offer(record: dict) -> list[tuple[str, str]]:
     return []
 
 
-def event_line(event: dict) -> str:
-    """One event: its seq, time, kind, then what it names besides the node."""
-    parts = [f"{event['seq']:>8}", _when(event["at"]), f"{event['kind']:<16}"]
-    if event.get("job"):
-        parts.append(f"job {event['job'].hex()[:8]}")
-    if event.get("chunk") is not None:
-        parts.append(f"chunk {event['chunk']}")
-    if event.get("attempt") is not None:
-        parts.append(f"attempt {event['attempt']}")
-    if event.get("detail"):
-        parts.append(event["detail"])
+def event_line(event: Event) -> str:
+    """One event: its seq, date and time, kind, then what it names besides
+    the node (`uds events` prints the time of day alone, and the node)."""
+    parts = [f"{event.seq:>8}", _when(event.at), f"{event.kind:<16}"]
+    if event.job:
+        parts.append(f"job {event.job[:8]}")
+    if event.chunk is not None:
+        parts.append(f"chunk {event.chunk}")
+    if event.attempt is not None:
+        parts.append(f"attempt {event.attempt}")
+    if event.detail:
+        parts.append(event.detail)
     return "  ".join(parts).rstrip()
 
 
@@ -93,7 +95,8 @@ def print_history(history: NodeHistory, say: Any = print) -> None:
         say(f"{name + ':':<12}{value}")
     say("")
     if history.gap:
-        say(f"(the event log no longer holds its oldest events: {history.gap})")
+        first, last = history.gap
+        say(f"(events {first}..{last} were dropped from the masters' log: some of this node's may be among them)")
     if not history.events:
         say("no events name this node")
         return

@@ -13,7 +13,7 @@ dependencies exist, its references resolve, its times make sense is the
 state's to judge at the commit, where the replicas agree on it.
 
 What a handler uses of the leader: `node_id`, `default_limits`, `scheduling`, `_reader`,
-`_waiters`, `_lease`, and `_not_leading`, `_queue`, `_error`, `_count`,
+`_waiters`, `_event_waiters`, `_events_checked`, `_lease`, and `_not_leading`, `_queue`, `_error`, `_count`,
 `_dispatch_with_submission`, `_storage_figures`.
 """
 from __future__ import annotations
@@ -23,6 +23,8 @@ from typing import Callable
 
 from uds import wire
 from uds.master import commands
+from uds.master.event_log import MAX_EVENTS_PER_REPLY, EventFilter, EventsMatch, events_matching, events_since
+from uds.master.event_waiters import EventsWaiter, EventWaiters
 from uds.master.leader_events import Effect, Reply, Request, Send, StateReader
 from uds.master.links import LoadBalancerLease
 from uds.master.views import event_records, job_status_reply, node_records
@@ -70,6 +72,8 @@ class ClientRequests:
     scheduling: Scheduling
     _reader: StateReader
     _waiters: StatusWaiters
+    _event_waiters: EventWaiters
+    _events_checked: int
     _lease: LoadBalancerLease
     _not_leading: Callable[[Request], list[Effect]]
     _queue: Callable[..., None]
@@ -202,7 +206,52 @@ class ClientRequests:
         refused = self._not_leading(request)
         if refused:
             return refused
-        limit = max(1, min(message.limit, 10_000))
-        events, last_seq = self._reader.read(lambda state: state.events_after(message.after_seq, limit))
-        return [Reply(request, wire.EventsReply.make(self.node_id, request_id=request.request_id,
-                                                     last_seq=last_seq, events=event_records(events)))]
+        self._count("events_queries")
+        limit = max(1, min(message.limit, MAX_EVENTS_PER_REPLY))
+        wanted = EventFilter.of(message.job, message.node, message.kinds)
+        match, last_seq = self._reader.read(lambda state: (
+            events_matching(state, message.after_seq, wanted.job, wanted.node, wanted.kinds, limit),
+            state.last_seq))
+        if message.wait_ms and not match.events and not match.gap_from and match.through_seq >= last_seq:
+            if not len(self._event_waiters):
+                self._events_checked = last_seq     # what came before was read just now
+            after_seq = max(message.after_seq, match.through_seq)
+            if self._event_waiters.hold(request, after_seq, wanted, limit, message.wait_ms, now):
+                self._count("events_queries_held")
+                return []
+            self._count("events_queries_refused")
+            return [self._error(request, ErrorCode.BUSY, (
+                f"{len(self._event_waiters)} events queries are held already: ask again later"))]
+        return [self._events_reply(request, match, last_seq)]
+
+    def _answer_event_waiters(self, now: float) -> list[Effect]:
+        """Answer held events queries that an event committed since the last
+        look matches, and those whose wait is over."""
+        if not len(self._event_waiters):
+            return []
+        checked = self._events_checked
+        new, last_seq = self._reader.read(lambda state: (
+            events_since(state, checked) if state.last_seq > checked else [], state.last_seq))
+        self._events_checked = max(checked, last_seq)
+        waiters = self._event_waiters.matched(new) + self._event_waiters.due(now)
+        return self._answer_events(waiters)
+
+    def _answer_events(self, waiters: list[EventsWaiter]) -> list[Effect]:
+        if not waiters:
+            return []
+        pages = self._reader.read(lambda state: [
+            (events_matching(state, waiter.after_seq, waiter.wanted.job, waiter.wanted.node,
+                             waiter.wanted.kinds, waiter.limit), state.last_seq)
+            for waiter in waiters])
+        return [self._events_reply(waiter.request, match, last_seq)
+                for waiter, (match, last_seq) in zip(waiters, pages, strict=True)]
+
+    def _events_reply(self, request: Request, match: EventsMatch, last_seq: int) -> Reply:
+        records = event_records(match.events)
+        # Cut to what one body holds: the reply then covers the log only so far.
+        through_seq = match.through_seq
+        if len(records) < len(match.events):
+            through_seq = records[-1]["seq"] if records else match.events[0].seq - 1
+        return Reply(request, wire.EventsReply.make(
+            self.node_id, request_id=request.request_id, last_seq=last_seq, events=records,
+            through_seq=through_seq, gap_from=match.gap_from, gap_to=match.gap_to))

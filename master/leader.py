@@ -66,6 +66,7 @@ from uds.master.storage_nodes import StorageNodes
 from uds.master.storage_requests import (
     AnswerGcChecks, AnswerPin, GcChecks, StorageLost, StorageRequests, StorageSeen,
 )
+from uds.master.event_waiters import MAX_EVENT_WAITERS, MAX_EVENTS_WAIT_S, EventWaiters  # noqa: F401
 from uds.master.waiters import MAX_STATUS_WAIT_S, STATUS_PAGE_CHUNKS, StatusWaiters  # noqa: F401
 from uds.wire.cluster import Retention, Scheduling, StoragePolicy
 from uds.wire.enums import ErrorCode, NodeRole
@@ -159,6 +160,8 @@ class Leader(ClientRequests, StorageRequests, Housekeeping):
         self._proposals = Proposals(self._count)
         self._dispatching: set[tuple[bytes, int, int]] = set()
         self._waiters = StatusWaiters()
+        self._event_waiters = EventWaiters()
+        self._events_checked = 0            # the held events queries have been matched against the log to here
         self._last_resend = 0.0
         self._handlers: dict[type, Callable[[Any, float], list[Effect]]] = {
             RaftStatus: self._on_raft_status,
@@ -239,6 +242,10 @@ class Leader(ClientRequests, StorageRequests, Housekeeping):
     def status_waiters(self) -> int:
         return len(self._waiters)
 
+    @property
+    def events_waiters(self) -> int:
+        return len(self._event_waiters)
+
     # ---- leadership ------------------------------------------------------
 
     def _on_raft_status(self, event: RaftStatus, now: float) -> list[Effect]:
@@ -251,6 +258,10 @@ class Leader(ClientRequests, StorageRequests, Housekeeping):
                 effects.extend(self._finish(dropped, None, "no longer the leader"))
             self._dispatching.clear()
             self._lease.revoke()
+            # A held events query would wait on a log this master no longer
+            # extends: its client asks the new leader from its last seq.
+            for waiter in self._event_waiters.release_all():
+                effects.extend(self._not_leading(waiter.request))
             return effects
         if event.leader and not was_leader:
             self._lease.take_office(self._lease_clock)
@@ -462,6 +473,8 @@ class Leader(ClientRequests, StorageRequests, Housekeeping):
 
     def _on_tick(self, event: Tick, now: float) -> list[Effect]:
         effects = self._answer_waiters(now, only_expired=True)
+        # Also what commits of an earlier leader's entries added to the log.
+        effects.extend(self._answer_event_waiters(now))
         effects.extend(self._give_up_proposals(now))
         if self._raft.leader:
             effects.extend(self._leader_timers(now))
@@ -497,7 +510,8 @@ class Leader(ClientRequests, StorageRequests, Housekeeping):
     def _next_wake(self) -> float | None:
         """When the next timer falls due, if any is set. Each timer compares
         `now >=` the very sum returned here, so a Tick at that time fires it."""
-        times = [self._waiters.next_deadline(), self._proposals.next_deadline(), *self._housekeeping_wakes()]
+        times = [self._waiters.next_deadline(), self._event_waiters.next_deadline(),
+                 self._proposals.next_deadline(), *self._housekeeping_wakes()]
         if self._raft.leader and self._storage_due_at is not None and self._storage_due_at < float("inf"):
             times.append(self._storage_due_at)
         if self._lease.holder is not None and self._raft.leader:
@@ -518,7 +532,7 @@ class Leader(ClientRequests, StorageRequests, Housekeeping):
         proposal = self._proposals.settle(event.tag)
         effects = [] if proposal is None else self._finish(proposal, event.outcomes)
         # Even a proposal given up on changed the state: a job may have ended.
-        return effects + self._answer_waiters(now)
+        return effects + self._answer_waiters(now) + self._answer_event_waiters(now)
 
     def _on_proposal_failed(self, event: ProposalFailed, now: float) -> list[Effect]:
         proposal = self._proposals.settle(event.tag)

@@ -199,6 +199,7 @@ class ClusterState(StateQueries):
         self.job_records[job] = job_record
         label = f"{spec.name}: " if spec.name else ""
         self._log(now, JOB_SUBMITTED, job=job, detail=f"{label}{spec.chunk_count} chunks")
+        job_record.first_seq = self.last_seq
         if waits:
             workflow.created(self, job_record, now)
         else:

@@ -458,15 +458,18 @@ class JobStream:
 
 
 def all_events(cluster_path: pathlib.Path) -> list[dict]:
+    """The whole event log, each event as its EVENT record (ids as bytes), for the checker."""
     from uds import client as uds_client
     events, after = [], 0
     with uds_client.connect(cluster_path, timeout=CLIENT_TIMEOUT_S) as connection:
         while True:
-            page, last = connection.events(after=after, limit=1000)
-            events += page
-            if not page or last <= after:
+            page = connection.events(after=after, limit=1000)
+            events += [{**{name: getattr(event, name) for name in event.__slots__},
+                        "job": event.job and bytes.fromhex(event.job),
+                        "node": event.node and bytes.fromhex(event.node)} for event in page.events]
+            if page.through_seq >= page.last_seq or page.through_seq <= after:
                 return events
-            after = page[-1]["seq"]
+            after = page.through_seq
 
 
 def apply(nemesis: Callable, cluster: HostCluster, stream: JobStream, rng: random.Random) -> Fault:

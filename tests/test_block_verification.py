@@ -46,9 +46,7 @@ def _blob_path(layout, file_id_hex):
 
 
 def _lost_details(connection, job_id):
-    events, _ = connection.events(after=0, limit=10_000)
-    return [event["detail"] for event in events
-            if event["kind"] == "chunk_lost" and event["job"] and event["job"].hex() == job_id]
+    return [event.detail for event in connection.events(job=job_id, kinds=["chunk_lost"], limit=10_000).events]
 
 
 def test_a_flipped_byte_on_the_storage_disk_never_reaches_the_program(shared_cluster):

@@ -9,9 +9,8 @@ from uds.worker.runner import LOG_CAP_BYTES
 WAIT_S = 60.0
 
 
-def _events_of(connection, job_id: str, kind: str) -> list[dict]:
-    events, _ = connection.events(after=0, limit=10_000)
-    return [event for event in events if event["kind"] == kind and event["job"] and event["job"].hex() == job_id]
+def _events_of(connection, job_id: str, kind: str) -> list:
+    return connection.events(job=job_id, kinds=[kind], limit=10_000).events
 
 
 def _dropped_note(extra_bytes: int) -> bytes:
@@ -30,9 +29,9 @@ def test_a_chunk_that_fails_then_succeeds_on_its_retry(shared_cluster, tmp_path)
     [chunk] = status.chunks
     assert (chunk.state, chunk.attempt, chunk.result.exit_code, chunk.result.error) == ("succeeded", 2, 0, "")
     assert connection.get(chunk.stdout) == b"attempt 2 ran\n"
-    assert [(e["attempt"], e["detail"]) for e in _events_of(connection, job.id, "chunk_retried")] == [
+    assert [(e.attempt, e.detail) for e in _events_of(connection, job.id, "chunk_retried")] == [
         (1, "exit code 3; retry 1 of 1")]
-    assert [e["attempt"] for e in _events_of(connection, job.id, "chunk_succeeded")] == [2]
+    assert [e.attempt for e in _events_of(connection, job.id, "chunk_succeeded")] == [2]
 
 
 def test_a_log_over_the_cap_is_stored_cut_at_the_cap(shared_cluster):
@@ -80,8 +79,8 @@ def test_a_program_no_worker_can_fetch_is_retried_as_infrastructure_until_its_de
     assert chunk.failures == ("infrastructure",) * (chunk.attempt - 1), chunk
     # Each worker said why it refused: the rejections are in the event log.
     rejections = _events_of(connection, status.id, "chunk_lost")
-    assert [event["attempt"] for event in rejections] == list(range(1, chunk.attempt))
+    assert [event.attempt for event in rejections] == list(range(1, chunk.attempt))
     for event in rejections:
-        assert event["detail"].startswith("rejected: cannot fetch the program"), event
-        assert "infrastructure, next attempt in" in event["detail"], event
+        assert event.detail.startswith("rejected: cannot fetch the program"), event
+        assert "infrastructure, next attempt in" in event.detail, event
     assert not _events_of(connection, status.id, "chunk_failed")

@@ -92,10 +92,8 @@ def test_daemon_survives_a_storm_of_bad_messages(cluster, role):
     assert cluster.daemons[role].alive(), cluster.daemons[role].log()
     # Well-formed junk may include real submissions, possibly of many chunks
     # ahead in the queue: cancel them, as an operator would.
-    events, _ = cluster.connection.events(after=0, limit=10_000)
-    for event in events:
-        if event["kind"] == "job_submitted":
-            cluster.connection.cancel_job(event["job"].hex())
+    for event in cluster.connection.events(kinds=["job_submitted"], limit=10_000).events:
+        cluster.connection.cancel_job(event.job)
     # And the cluster as a whole still works.
     job = cluster.connection.submit_job(b"#!/bin/sh\necho still here\n", timeout=30)
     status = job.wait(timeout=60)

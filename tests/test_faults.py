@@ -31,8 +31,7 @@ def _alive(pid: int) -> bool:
 
 
 def _events_of(connection, job_id, kind):
-    events, _ = connection.events(after=0, limit=10_000)
-    return [event for event in events if event["kind"] == kind and event["job"] and event["job"].hex() == job_id]
+    return connection.events(job=job_id, kinds=[kind], limit=10_000).events
 
 
 def test_worker_killed_mid_chunk_completes_elsewhere_exactly_once(cluster):
@@ -116,7 +115,7 @@ def test_master_killed_and_restarted_keeps_every_job(cluster):
     assert connection.get(done.result()[0].stdout) == b"before\n"
     for chunk in range(3):
         succeeded = [event for event in _events_of(connection, running.id, "chunk_succeeded")
-                     if event["chunk"] == chunk]
+                     if event.chunk == chunk]
         assert len(succeeded) == 1
     # And new work is accepted and run after the restart.
     assert connection.submit_job(b"#!/bin/sh\ntrue\n").wait(timeout=WAIT_S).state == "succeeded"
@@ -144,7 +143,7 @@ def test_loadbalancer_killed_mid_job_and_restarted(cluster):
     assert sorted(connection.get(chunk.stdout) for chunk in status.chunks) == [b"0\n", b"1\n", b"2\n", b"3\n"]
     for chunk in range(4):
         succeeded = [event for event in _events_of(connection, job.id, "chunk_succeeded")
-                     if event["chunk"] == chunk]
+                     if event.chunk == chunk]
         assert len(succeeded) == 1
 
 

@@ -74,8 +74,8 @@ def test_one_is_active_the_other_takes_over_after_kill_9_and_the_old_one_returns
         wait_until(lambda: _balancers(connection).get(_node_of(balancers[name])) == "standby",
                    what="the restarted balancer standby")
         assert _active(connection) == new
-    grants = [event for event in connection.events(0, 10_000)[0] if event["kind"] == "lease_granted"]
-    assert [event["detail"] for event in grants] == [f"epoch {n}" for n in range(1, FAILOVERS + 2)]
+    grants = connection.events(0, 10_000, kinds=["lease_granted"]).events
+    assert [event.detail for event in grants] == [f"epoch {n}" for n in range(1, FAILOVERS + 2)]
     ordered = sorted(times)
     print(f"lease failover after kill -9: median {statistics.median(times):.3f}s, "
           f"p99 {ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]:.3f}s, "
@@ -108,12 +108,12 @@ def test_chunks_keep_running_through_a_kill_9_of_the_active_balancer_and_commit_
     assert status.state == "succeeded", status
     for index, chunk in enumerate(status.chunks):
         assert connection.get(chunk.result.outputs["n"][0]) == f"{index}\n".encode()
-    events = connection.events(0, 10_000)[0]
-    succeeded = [event["chunk"] for event in events if event["kind"] == "chunk_succeeded"]
+    events = connection.events(0, 10_000).events
+    succeeded = [event.chunk for event in events if event.kind == "chunk_succeeded"]
     assert sorted(succeeded) == list(range(chunks))               # each chunk committed once
     granted = next(event for event in events
-                   if event["kind"] == "lease_granted" and event["detail"] == f"epoch {epoch + 1}")
+                   if event.kind == "lease_granted" and event.detail == f"epoch {epoch + 1}")
     dispatched = next(event for event in events
-                      if event["kind"] == "chunk_dispatched" and event["seq"] > granted["seq"])
-    print(f"kill -9 to the next dispatched chunk: {dispatched['at'] - killed_at:.3f}s")
-    assert dispatched["at"] - killed_at < 2.0
+                      if event.kind == "chunk_dispatched" and event.seq > granted.seq)
+    print(f"kill -9 to the next dispatched chunk: {dispatched.at - killed_at:.3f}s")
+    assert dispatched.at - killed_at < 2.0

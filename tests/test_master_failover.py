@@ -98,20 +98,13 @@ def every_chunk_committed_once(connection: client.Connection, job, chunks: int) 
     assert not rerun, f"chunks run again (chunk: its last attempt): {rerun}"
     results = wait_until(lambda: (lambda found: len(found) >= chunks and found)(committed(connection, job.id)),
                          what="every result in the event log", timeout=WAIT_S)
-    assert Counter(event["chunk"] for event in results) == Counter(range(chunks)), "a chunk committed twice"
+    assert Counter(event.chunk for event in results) == Counter(range(chunks)), "a chunk committed twice"
     return results
 
 
-def committed(connection: client.Connection, job_id: str, kind: str = "chunk_succeeded") -> list[dict]:
+def committed(connection: client.Connection, job_id: str, kind: str = "chunk_succeeded") -> list:
     """The job's events of `kind` in the event log, read page by page."""
-    found, after = [], 0
-    while True:
-        events, last = connection.events(after=after, limit=10_000)
-        found += [event for event in events if event["kind"] == kind and event["job"]
-                  and event["job"].hex() == job_id]
-        if not events or events[-1]["seq"] >= last:
-            return found
-        after = events[-1]["seq"]
+    return [event for event in connection.job(job_id).events(follow=False) if event.kind == kind]
 
 
 def test_a_client_whose_first_master_is_dead_still_submits_and_completes_a_job(three_masters):
@@ -139,7 +132,7 @@ def test_the_leader_killed_mid_job_every_chunk_is_committed_once(three_masters):
         killed_at = time.time()
         masters[old].kill9()
         results = every_chunk_committed_once(connection, job, chunks)
-        after = [event["at"] for event in results if event["at"] > killed_at]
+        after = [event.at for event in results if event.at > killed_at]
         assert after, "no result committed after the kill: the job ended before it"
         failovers.append(min(after) - killed_at)
         masters[old] = layout.start("master", name=str(old))           # back, as a follower
@@ -165,7 +158,7 @@ def test_the_leader_frozen_mid_job_then_thawed_every_chunk_is_committed_once(thr
     frozen_at = time.time()
     os.kill(masters[old].pid, signal.SIGSTOP)
     try:
-        wait_until(lambda: (lambda found: [event for event in found if event["at"] > frozen_at])(
+        wait_until(lambda: (lambda found: [event for event in found if event.at > frozen_at])(
             committed(connection, job.id)), what="a result committed by the next leader", timeout=WAIT_S)
         took = time.time() - frozen_at
     finally:
@@ -174,7 +167,7 @@ def test_the_leader_frozen_mid_job_then_thawed_every_chunk_is_committed_once(thr
     assert status.state == "succeeded", status
     results = wait_until(lambda: (lambda found: len(found) >= chunks and found)(committed(connection, job.id)),
                          what="every result in the event log", timeout=WAIT_S)
-    assert Counter(event["chunk"] for event in results) == Counter(range(chunks)), "a chunk committed twice"
+    assert Counter(event.chunk for event in results) == Counter(range(chunks)), "a chunk committed twice"
     assert others["loadbalancer"].alive()
     print(f"leader frozen: a result committed by the next leader within {took:.2f}s (seen by the client)")
 

@@ -529,7 +529,8 @@ def test_a_message_type_it_does_not_serve_is_answered_unexpected():
 CORE_MODULES = ("master/leader.py", "master/client_requests.py", "master/leader_events.py",
                 "master/proposals.py", "master/waiters.py", "master/links.py", "master/views.py",
                 "master/state.py", "master/queries.py", "master/commands.py", "master/retention.py",
-                "master/storage_requests.py", "master/storage_nodes.py", "master/collection.py")
+                "master/storage_requests.py", "master/storage_nodes.py", "master/collection.py",
+                "master/event_log.py", "master/event_waiters.py")
 FORBIDDEN = {"zmq", "threading", "socket", "time", "os", "llfuse", "random"}
 
 

@@ -91,8 +91,8 @@ def test_storage_membership_pins_and_gc_check_through_a_real_master(master):
         # Silent for lost_after_s: lost, in the table and in the event log.
         wait_until(lambda: any(node["node"] == STORE and node["state"] == "lost" for node in connection.nodes()),
                    "the silent storage node lost", timeout=LOST_AFTER_S + 10.0)
-        events, _ = connection.events()
-        assert [event["kind"] for event in events if event["node"] == STORE] == ["node_joined", "node_lost"]
+        events = connection.events(node=STORE).events
+        assert [event.kind for event in events] == ["node_joined", "node_lost"]
         # Its next heartbeat brings it back.
         reply = storage.ask(beat)
         assert reply.nodes[0]["state"] == "alive"

@@ -2,6 +2,7 @@
 naming a node, gathering its events and printing them."""
 import pytest
 
+from uds.client.events import Event, EventsPage
 from uds.client.node_history import AmbiguousNodeError, NodeHistory, UnknownNodeError, find_node, node_events
 from uds.client.node_view import print_facts_table, print_history
 from uds.wire.enums import NodeRole
@@ -43,26 +44,29 @@ def test_a_name_that_fits_several_nodes_or_none_says_so_naming_it():
 
 
 def _event(seq, kind, node, job=None, chunk=None, attempt=None, detail=""):
-    return dict(seq=seq, at=1_700_000_000.0 + seq, kind=kind, job=job, chunk=chunk, attempt=attempt,
-                node=node, detail=detail)
+    return Event(seq, 1_700_000_000.0 + seq, kind, job and job.hex(), chunk, attempt, node and node.hex(), detail)
 
 
 class EventLog:
-    """Answers `Connection.events(after, limit)` from a list, counting the asks."""
+    """Answers `Connection.events(after, limit, node=...)` as the masters do
+    (master/event_log.py): each page looks at `scanned` events of the log at
+    most and says how far it covered (through_seq)."""
 
-    def __init__(self, events):
-        self.events = events
-        self.asked = 0
+    def __init__(self, events, scanned, first_kept=1):
+        self.events, self.scanned, self.first_kept = events, scanned, first_kept
+        self.asked = []
 
-    def events_page(self, after, limit):
-        self.asked += 1
-        page = [event for event in self.events if event["seq"] > after][:limit]
-        return page, self.events[-1]["seq"] if self.events else 0
+    def events_page(self, after=0, limit=1000, job=None, node=None, kinds=(), wait=0.0):
+        self.asked.append((after, node))
+        last_seq = self.events[-1].seq if self.events else 0
+        looked = [event for event in self.events if event.seq > after][:self.scanned]
+        matching = [event for event in looked if event.node == node.hex()][:limit]
+        through = looked[-1].seq if looked else last_seq
+        gap = (after + 1, self.first_kept - 1) if after + 1 < self.first_kept else None
+        return EventsPage(matching, through, last_seq, gap)
 
 
-def test_node_events_are_every_event_naming_it_oldest_first_across_pages(monkeypatch):
-    import uds.client.node_history as module
-    monkeypatch.setattr(module, "EVENTS_PAGE", 3)
+def test_node_events_are_every_event_naming_it_oldest_first_across_pages():
     job = bytes(range(16))
     log = [_event(1, "node_joined", WORKER), _event(2, "node_joined", BALANCER),
            _event(3, "lease_granted", BALANCER), _event(4, "job_submitted", None, job=job),
@@ -71,17 +75,18 @@ def test_node_events_are_every_event_naming_it_oldest_first_across_pages(monkeyp
            _event(7, "chunk_started", TWIN, job=job, chunk=1, attempt=1),
            _event(8, "node_lost", WORKER), _event(9, "chunk_lost", WORKER, job=job, chunk=0, attempt=1),
            _event(10, "node_joined", WORKER)]
-    answers = EventLog(log)
-
-    class Connection:
-        def events(self, after=0, limit=1000):
-            return answers.events_page(after, limit)
-
-    events, gap = node_events(Connection(), WORKER)
-    assert [event["seq"] for event in events] == [1, 6, 8, 9, 10] and gap is None
-    assert answers.asked == 4
-    assert node_events(Connection(), bytes(16)) == ([], None)
-    assert node_events(type("Empty", (), {"events": lambda self, after=0, limit=0: ([], 0)})(), WORKER) == ([], None)
+    answers = EventLog(log, scanned=3)
+    connection = type("Connection", (), {"events": lambda self, **asked: answers.events_page(**asked)})()
+    events, gap = node_events(connection, WORKER)
+    assert [event.seq for event in events] == [1, 6, 8, 9, 10] and gap is None
+    assert answers.asked == [(0, WORKER), (3, WORKER), (6, WORKER), (9, WORKER)]
+    assert node_events(connection, bytes(16)) == ([], None)
+    # The log dropped its oldest events: the history says which.
+    answers = EventLog(log[4:], scanned=100, first_kept=5)
+    events, gap = node_events(connection, WORKER)
+    assert [event.seq for event in events] == [6, 8, 9, 10] and gap == (1, 4)
+    answers = EventLog([], scanned=3)
+    assert node_events(connection, WORKER) == ([], None)
 
 
 def test_the_facts_table_shows_one_address_and_a_count_or_every_one(capsys):
@@ -115,8 +120,9 @@ def test_the_history_prints_the_record_then_each_event_oldest_first(capsys):
                                                "attempt", "2", "0.100", "s"]
 
 
-def test_a_balancers_history_says_whether_it_holds_the_lease_and_a_quiet_node_says_it_has_no_events(capsys):
-    print_history(NodeHistory(record=RECORDS[2], events=[]))
+def test_a_balancers_history_says_whether_it_holds_the_lease_and_what_the_log_dropped(capsys):
+    print_history(NodeHistory(record=RECORDS[2], events=[], gap=(1, 4)))
     out = capsys.readouterr().out
     assert "lease:      held, epoch 3\n" in out and "version:    -\n" in out
-    assert out.endswith("no events name this node\n")
+    assert out.endswith("(events 1..4 were dropped from the masters' log: some of this node's may be among "
+                        "them)\nno events name this node\n")

@@ -107,11 +107,10 @@ def test_a_storage_outage_longer_than_the_poison_limit_fails_no_chunk(healthy):
         assert chunk.attempt == len(chunk.failures) + 1
         assert connection.get(chunk.outputs["out"]) == b"stored\n"
         # Each failure was the outage: the output could not be stored.
-        events, _ = connection.events(after=0, limit=10_000)
-        rejected = [event for event in events if event["job"] == bytes.fromhex(job.id)
-                    and event["chunk"] == chunk.chunk and event["kind"] == "chunk_lost"]
+        events = connection.events(job=job.id, kinds=["chunk_lost"], limit=10_000).events
+        rejected = [event for event in events if event.chunk == chunk.chunk]
         assert len(rejected) == len(chunk.failures)
-        assert all("could not store results" in event["detail"] for event in rejected), rejected
+        assert all("could not store results" in event.detail for event in rejected), rejected
     # The results of the attempts that got through are in the cache.
     again = connection.submit_job(program, chunks=WORKERS, timeout=30, cache=True).status()
     assert (again.state, again.cached) == ("succeeded", WORKERS), again

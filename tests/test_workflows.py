@@ -65,16 +65,9 @@ TEXTS = [
 CLOCK = b"#!/bin/sh\ndate +%s.%N\n"
 
 
-def _events(connection, job_id: str, kind: str | None = None) -> list[dict]:
+def _events(connection, job_id: str, kind: str | None = None) -> list:
     """Every event of the job (of one kind), oldest first, read page by page."""
-    found, after = [], 0
-    while True:
-        page, last_seq = connection.events(after=after, limit=10_000)
-        found += [event for event in page if event["job"] and event["job"].hex() == job_id
-                  and (kind is None or event["kind"] == kind)]
-        if not page or page[-1]["seq"] >= last_seq:
-            return found
-        after = page[-1]["seq"]
+    return [event for event in connection.job(job_id).events(follow=False) if kind is None or event.kind == kind]
 
 
 def _unique() -> bytes:
@@ -130,8 +123,8 @@ def test_a_three_stage_pipeline_computes_what_a_local_count_does(shared_cluster)
         assert (int(index), first_word) == (chunk.chunk, TEXTS[chunk.chunk].split()[0].lower())
     # No stage began before the one it reads from had committed its last chunk.
     for producer, consumer in ((split, count), (count, merge)):
-        ended = max(event["at"] for event in _events(connection, producer.id, "chunk_succeeded"))
-        began = min(event["at"] for event in _events(connection, consumer.id, "chunk_dispatched"))
+        ended = max(event.at for event in _events(connection, producer.id, "chunk_succeeded"))
+        began = min(event.at for event in _events(connection, consumer.id, "chunk_dispatched"))
         assert began >= ended
 
 
@@ -147,7 +140,7 @@ def test_one_chunks_output_and_after_without_files(shared_cluster):
     assert status.state == "succeeded", status
     for chunk in status.chunks:
         assert connection.get(chunk.stdout) == b"made by 2\npart\n"
-    ended = max(event["at"] for event in _events(connection, reader.id, "chunk_succeeded"))
+    ended = max(event.at for event in _events(connection, reader.id, "chunk_succeeded"))
     assert float(connection.get(ordered.status().chunks[0].stdout)) >= ended - 0.5
 
 
@@ -223,7 +216,7 @@ def test_a_held_job_stays_held_until_released_then_runs(shared_cluster):
         assert float(connection.get(chunk.stdout)) >= released_at - 0.5
     release = _events(connection, held.id, "job_released")
     assert len(release) == 1
-    assert min(event["seq"] for event in _events(connection, held.id, "chunk_dispatched")) > release[0]["seq"]
+    assert min(event.seq for event in _events(connection, held.id, "chunk_dispatched")) > release[0].seq
     # Releasing again changes nothing.
     assert held.release().state == "succeeded"
 
@@ -251,7 +244,7 @@ def test_a_job_started_at_a_time_starts_then_and_not_before(shared_cluster):
     for chunk in final.chunks:
         ran_at = float(connection.get(chunk.stdout))
         assert start_at <= ran_at < start_at + 5.0
-    dispatched = [event["at"] for event in _events(connection, job.id, "chunk_dispatched")]
+    dispatched = [event.at for event in _events(connection, job.id, "chunk_dispatched")]
     assert start_at <= min(dispatched) < start_at + 2.5   # a loaded machine's margin
 
 
@@ -296,9 +289,9 @@ def test_application_failures_use_retries_and_wait_out_the_backoff(shared_cluste
     chunk = status.chunks[0]
     assert (chunk.attempt, chunk.failures) == (2, ("application", "application"))
     events = _events(connection, job.id)
-    first_ended = min(event["at"] for event in events if event["attempt"] == 1
-                      and event["kind"] not in ("chunk_dispatched", "chunk_started"))
-    second = [event["at"] for event in events if event["attempt"] == 2 and event["kind"] == "chunk_dispatched"]
+    first_ended = min(event.at for event in events if event.attempt == 1
+                      and event.kind not in ("chunk_dispatched", "chunk_started"))
+    second = [event.at for event in events if event.attempt == 2 and event.kind == "chunk_dispatched"]
     assert second and second[0] >= first_ended + 1.0
 
 
@@ -321,7 +314,7 @@ def test_a_rerun_after_one_input_changed_runs_that_chunk_alone(shared_cluster):
     states = collections.Counter(chunk.state for chunk in after.chunks)
     assert states == {"cached": chunks - 1, "succeeded": 1}
     assert after.chunks[37].state == "succeeded"
-    assert [event["chunk"] for event in _events(connection, again.id, "chunk_dispatched")] == [37]
+    assert [event.chunk for event in _events(connection, again.id, "chunk_dispatched")] == [37]
     for old, new in zip(before.chunks, after.chunks):
         if new.chunk == 37:
             assert connection.get(new.outputs["copy"]) == b"changed\n"
@@ -342,7 +335,7 @@ def test_identical_chunks_in_flight_at_once_run_once(shared_cluster):
     assert [status.state for status in statuses] == ["succeeded", "succeeded"], statuses
     # Each chunk was sent to a worker once, for one job or the other, and ran once.
     sent = [event for job in jobs for event in _events(connection, job.id, "chunk_dispatched")]
-    assert sorted(event["chunk"] for event in sent) == list(range(chunks))
+    assert sorted(event.chunk for event in sent) == list(range(chunks))
     assert statuses[0].cached + statuses[1].cached == chunks
     for first, second in zip(statuses[0].chunks, statuses[1].chunks):
         assert first.outputs == second.outputs
