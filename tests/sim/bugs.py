@@ -37,6 +37,10 @@ undone afterwards.
   chunk the producer's chunk 0 output (master/workflow.py's `resolve_from`).
 - twins_run_at_once: the result cache's in-flight deduplication is gone:
   a chunk whose twin is running runs too.
+- events_query_repeats_its_cursor: an events_query is answered from the
+  event at `after_seq`, not after it (one character of
+  master/event_log.py's `events_matching`), so a subscriber reads one
+  event twice at each request.
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Callable, Iterator
 
-from uds.master import housekeeping, workflow
+from uds.master import client_requests, event_log, housekeeping, workflow
 from uds.master import state as state_module
 from uds.master.result_cache import ResultCache
 from uds.storage import placement, repair
@@ -189,6 +193,12 @@ def _twins_run_at_once() -> list[Patch]:
     return [(ResultCache, "claim", claim)]
 
 
+def _events_query_repeats_its_cursor() -> list[Patch]:
+    patched = _source_patched(event_log.events_matching, "start_seq = max(after_seq + 1, first_kept)",
+                              "start_seq = max(after_seq, first_kept)", event_log)
+    return [(client_requests, "events_matching", patched)]
+
+
 BUGS: dict[str, Callable[[], list[Patch]]] = {
     "stale_result_accepted": _stale_result_accepted,
     "stale_result_accepted_in_flight": _stale_result_accepted_in_flight,
@@ -202,6 +212,7 @@ BUGS: dict[str, Callable[[], list[Patch]]] = {
     "new_leader_never_fires_timers": _new_leader_never_fires_timers,
     "same_chunk_ref_reads_chunk_zero": _same_chunk_ref_reads_chunk_zero,
     "twins_run_at_once": _twins_run_at_once,
+    "events_query_repeats_its_cursor": _events_query_repeats_its_cursor,
 }
 
 

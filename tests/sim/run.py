@@ -26,6 +26,7 @@ from uds.wire.resources import NO_LIMITS, ResourceLimits
 
 from .checks import Checker, InvariantBroken
 from .client import SimClient
+from .event_follower import EventFollower
 from .workflow_checks import DEADLINE_EXCEEDED, due_by
 from .faults import FaultPlan, Nemesis, StorageFaultPlan
 from .loadbalancer_node import SimBalancer
@@ -54,6 +55,7 @@ WORKER_CAPACITIES = (Capacity(2000, 2 * GIB, 0), Capacity(2000, 4 * GIB, 0))
 JOB_LIMITS = (NO_LIMITS, ResourceLimits(memory_bytes=3 * GIB, millicpus=1000))
 MASTERS = ("master0", "master1", "master2")
 CLIENT = "client"
+FOLLOWER = "follower"
 BALANCERS = ("lb0", "lb1")
 
 
@@ -70,6 +72,8 @@ class SeedReport:
     in_step_checked: int = 0        # elections after which a balancer's step was judged
     storage: dict[str, int] = field(default_factory=dict)   # repair's and reads' figures
     workflows: dict[str, int] = field(default_factory=dict)  # what the workflow jobs went through
+    events_followed: int = 0        # events the subscriber received, each checked against the log
+    events_logged: int = 0          # events the masters committed
     trace: list[str] = field(default_factory=list)
 
     @property
@@ -102,6 +106,8 @@ class Cluster:
         data, _, _ = self.store.put(b"the input every chunk reads\n")
         self.client = SimClient(sim, CLIENT, MASTERS, program, {"data": data})
         sim.nodes[self.client.name] = self.client
+        self.follower = EventFollower(sim, FOLLOWER, MASTERS)
+        sim.nodes[self.follower.name] = self.follower
         for name in [*self.masters, *self.balancers, *self.workers]:
             self.restart(name)
         self.group.elect_at_start(self.group.hosts[MASTERS[0]])
@@ -175,6 +181,7 @@ class Cluster:
         which go on until repair settles (membership and repair are modelled
         here, apart from the masters), with no traffic for nobody."""
         self.stopped = True
+        self.follower.stop()
         for name in [*self.masters, *self.balancers, *self.workers, self.client.name]:
             if name in self.sim.nodes:
                 self.crash(name)
@@ -211,6 +218,7 @@ def run_seed(seed: int, tracing: bool = False, with_workflows: bool = True) -> S
     job_count = plain_count + len(workflows)
     report = SeedReport(seed, jobs=job_count, chunks=sum(chunks for _, chunks in plain)
                         + sum(plan.chunk_count for _, plan in workflows))
+    sim.at(0.0, cluster.follower.start)
     Nemesis(sim, cluster, FaultPlan.draw(sim), end=FAULT_PHASE_S,
             storage=StorageFaultPlan.draw(cluster.store.random, FAULT_PHASE_S)).start()
     try:
@@ -221,6 +229,9 @@ def run_seed(seed: int, tracing: bool = False, with_workflows: bool = True) -> S
             sim.run_until(FAULT_PHASE_S + QUIET_DEADLINE_S, lambda: not cluster.repair.round_due,
                           checker.after_step)
         checker.at_end(job_count, sim.now)
+        followed = cluster.follower.problems(checker.state.event_log)
+        if followed:
+            raise InvariantBroken(f"the event subscriber: {followed[0]}")
     except InvariantBroken as broken:
         report.failure = f"at {sim.now:.4f} s: {broken}"
     except Exception:  # noqa: BLE001 - any crash of a core is a finding too
@@ -234,6 +245,8 @@ def run_seed(seed: int, tracing: bool = False, with_workflows: bool = True) -> S
                       "repair_trims": cluster.repair.trimmed, "reads_failed_over": cluster.store.reads_failed_over,
                       "storage_failures_checked": len(cluster.store.failures)}
     report.workflows = workflow_figures(checker, cluster.client)
+    report.events_followed = len(cluster.follower.received)
+    report.events_logged = checker.state.last_seq
     report.trace = sim.trace_lines
     return report
 

@@ -73,6 +73,15 @@ def test_the_seeds_change_leaders_and_judge_the_balancers_step(suite_reports):
     assert sum(report.in_step_checked for report in suite_reports) >= 100
 
 
+def test_a_subscriber_follows_the_event_log_through_every_fault(suite_reports):
+    # Each seed's subscriber is checked at its end (run.py): every event once,
+    # in order, as the log holds it. Here: it kept up, across the leader
+    # changes, crashes, freezes and cut-offs of the seeds.
+    followed = sum(report.events_followed for report in suite_reports)
+    logged = sum(report.events_logged for report in suite_reports)
+    assert followed >= 0.8 * logged, (followed, logged)
+
+
 def test_a_seed_replays_exactly_with_a_readable_trace():
     with planted("stale_result_accepted_in_flight"):
         first = next(report for report in map(run_seed, range(PLANTED_BUG_SEED_LIMIT)) if not report.ok)
