@@ -34,6 +34,7 @@ from uds.client.jobs import ChunkStatus, Job, JobStatus
 from uds.client.leader import (  # noqa: F401 - the timings are the client's, named here too
     BACKOFF_CAP_S, BACKOFF_FIRST_S, REFUSAL_CHECK_S, RESEND_AFTER_S, SILENCE_S, LeaderLink,
 )
+from uds.client.node_history import NodeHistory, node_history
 from uds.client.pins import pin_until_ms
 from uds.client.workflow import check_workflow, split_refs
 from uds.storage.client import StorageError
@@ -410,6 +411,12 @@ class Connection:
     def nodes(self) -> list[dict]:
         reply = self._ask(lambda rid: wire.NodesQuery.make(self.node_id, request_id=rid), wire.NodesReply)
         return reply.nodes
+
+    def node_history(self, node: str) -> NodeHistory:
+        """The record and events of the node `node` names (its id, an id
+        prefix or its host name): raises UnknownNodeError or
+        AmbiguousNodeError. See client/node_history.py."""
+        return node_history(self, node)
 
     def events(self, after: int = 0, limit: int = 1000, job: Any = None, node: Any = None,
                kinds: Iterable[str] = (), wait: float = 0.0) -> EventsPage:

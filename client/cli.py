@@ -311,6 +311,11 @@ def _print_masters(records: list) -> None:
 
 def nodes(options: argparse.Namespace) -> int:
     from uds.wire.enums import NodeRole
+    from uds.client.node_view import print_facts_table, print_history
+    if options.history is not None:
+        with _connect(options) as connection:
+            print_history(connection.node_history(options.history))
+        return 0
     with _connect(options) as connection:
         _print_masters(connection.masters())
         print()
@@ -329,6 +334,8 @@ def nodes(options: argparse.Namespace) -> int:
             print(f"{node['node'].hex():<34}{NodeRole(node['role']).name.lower():<14}{node['state']:<7}"
                   f"{node['host'][:15]:<16}{node['slots']:>6}{node['free_slots']:>6}{node['running']:>8}"
                   f"{offered}{node['address']}")
+        print()
+        print_facts_table(listed, options.long)
         from uds.client.storage_view import print_reachability, print_storage_table
         print()
         print_storage_table(listed)
@@ -516,7 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("release", release, "let a job submitted with --hold go on")
     sub.add_argument("job", metavar="JOB")
 
-    command("nodes", nodes, "list the cluster's nodes")
+    sub = command("nodes", nodes, "list the cluster's nodes, or one node's history")
+    sub.add_argument("--long", action="store_true", help="every address of each node, not only its first")
+    sub.add_argument("--history", metavar="NODE",
+                     help="the node's record and its events, oldest first (NODE: its id, an id prefix or "
+                          "its host name)")
 
     sub = command("jobs", jobs, "list jobs, newest first, those past retention too")
     sub.add_argument("--state", action="append", metavar="STATE",

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from uds.wire.ids import ID_BYTES, id_from_hex, new_id
+from uds.wire.records import NO_FACTS, NodeFacts
 
 NODE_ID_FILE = "node_id"
 READY_FILE = "ready"
@@ -124,6 +125,7 @@ class DaemonContext:
     node_id: bytes
     data: pathlib.Path
     log: logging.Logger
+    facts: NodeFacts = NO_FACTS     # gathered once at start (daemon/node_facts.py)
 
 
 class Node(Protocol):
@@ -132,11 +134,19 @@ class Node(Protocol):
     def close(self) -> None: ...
 
 
+def listening_endpoints(entry: Any) -> list[str]:
+    """Where the node of a cluster file entry serves: a master's client and
+    Raft addresses, a balancer's or storage node's address; none for a worker
+    (entry None)."""
+    return [address for address in (getattr(entry, "address", ""), getattr(entry, "raft", "")) if address]
+
+
 def run_daemon(role: str, options: argparse.Namespace, entries: str,
                data_of: Callable[[Any, Any], pathlib.Path], build: Callable[[DaemonContext], Node]) -> int:
     """The life of every daemon: configuration (a fault exits 2 with one
     line), node id, the node's loop until SIGTERM/SIGINT, the ready file
     while it serves, and a clean shutdown. Start-up faults exit 1."""
+    from uds.daemon.node_facts import gather_node_facts
     from uds.wire.transport import Transport, TransportError
     try:
         cluster, entry, keys = open_cluster(options.cluster, role, entries, getattr(options, "index", 0))
@@ -149,7 +159,8 @@ def run_daemon(role: str, options: argparse.Namespace, entries: str,
     data = data_of(cluster, entry)
     try:
         node_id = load_node_id(data)
-        node = build(DaemonContext(options, cluster, entry, transport, node_id, data, log))
+        facts = gather_node_facts(data, listening_endpoints(entry))
+        node = build(DaemonContext(options, cluster, entry, transport, node_id, data, log, facts))
     except Exception as fault:  # noqa: BLE001 - any start-up fault is reported in one line
         log.debug("start-up failed", exc_info=True)
         print(f"{role}: cannot start: {fault}", file=sys.stderr)

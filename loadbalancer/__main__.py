@@ -21,7 +21,8 @@ def build(context: DaemonContext):
     workers = context.cluster.workers
     return LoadBalancerNode(context.node_id, context.entry.address,
                             [master.address for master in context.cluster.masters], context.transport,
-                            heartbeat_interval_s=workers.heartbeat_interval_s, lease_s=workers.lease_s)
+                            heartbeat_interval_s=workers.heartbeat_interval_s, lease_s=workers.lease_s,
+                            facts=context.facts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from uds.loadbalancer.masters import MasterLink
 from uds.daemon.runtime import guarded
 from uds.daemon.dispatch import Dispatcher
 from uds.wire.enums import FINAL_CHUNK_STATES, ErrorCode, NodeRole
+from uds.wire.records import NO_FACTS, NodeFacts
 from uds.wire.transport import Transport, recv_messages, send_message
 
 log = logging.getLogger("loadbalancer")
@@ -60,8 +61,10 @@ class EventBatch:
 
 class LoadBalancerNode:
     def __init__(self, node_id: bytes, address: str, master_addresses: list[str], transport: Transport,
-                 heartbeat_interval_s: float, lease_s: float) -> None:
+                 heartbeat_interval_s: float, lease_s: float, facts: NodeFacts = NO_FACTS) -> None:
+        """`facts`: what this balancer says of itself in its hello to the masters."""
         self.node_id = node_id
+        self.facts = facts
         self.address = address
         self.transport = transport
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -306,7 +309,8 @@ class LoadBalancerNode:
         self.lease.ask(request_id, now)
         self._send_master(wire.Hello.make(
             self.node_id, request_id=request_id, role=int(NodeRole.LOADBALANCER), slots=0, cache_bytes=0,
-            start_time_ms=int(self.started_at * 1000), host=self.host, address=self.address, version=1),
+            start_time_ms=int(self.started_at * 1000), host=self.host, address=self.address, version=1,
+            **self.facts.as_body()),
             now, wants_answer=True)
 
     def _left_master(self, why: str) -> None:

@@ -28,6 +28,7 @@ from uds.wire.cluster import Retention, Scheduling, StoragePolicy
 from uds.daemon.dispatch import handle_request
 from uds.daemon.runtime import drain, guarded
 from uds.wire.enums import ErrorCode, NodeRole
+from uds.wire.records import NO_FACTS, NodeFacts
 from uds.wire.resources import NO_LIMITS, ResourceLimits
 from uds.wire.transport import Transport, recv_messages, send_message
 
@@ -44,7 +45,8 @@ class MasterNode:
                  client_addresses: dict[str, str] | None = None,
                  default_limits: ResourceLimits = NO_LIMITS, retention: Retention = Retention(),
                  storage_policy: StoragePolicy = StoragePolicy(), scheduling: Scheduling = Scheduling(),
-                 cluster_path: pathlib.Path | None = None) -> None:
+                 cluster_path: pathlib.Path | None = None, facts: NodeFacts = NO_FACTS) -> None:
+        """`facts`: what this master says of itself in its node record when it leads."""
         self.node_id = node_id
         self.cluster_path = cluster_path       # re-read when a master is to be added
         self.address = address
@@ -58,7 +60,7 @@ class MasterNode:
         self.counters: dict[str, int] = {}
         self.leader = core.Leader(node_id, raft, host=host or socket_module.gethostname(), address=address,
                                   started_at=time.time(), default_limits=default_limits, retention=retention,
-                                  storage_policy=storage_policy, scheduling=scheduling)
+                                  storage_policy=storage_policy, scheduling=scheduling, facts=facts)
         self.raft_status = core.NOT_STARTED
         self.wake_at: float | None = None
         # The membership change handed to the Raft group and not yet committed.

@@ -43,7 +43,8 @@ class StorageNode:
             cluster = context.cluster
             self.duties = Duties(context.transport, context.node_id, context.entry.address, self.store,
                                  storage_policy(cluster), [master.address for master in cluster.masters],
-                                 [entry.address for entry in cluster.storage], self.service.post)
+                                 [entry.address for entry in cluster.storage], self.service.post,
+                                 facts=context.facts)
         except Exception:
             self.service.close()
             self.store.close()

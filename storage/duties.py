@@ -23,6 +23,7 @@ from uds.storage.service import Helpers
 from uds.daemon.dispatch import RequestRefused
 from uds.wire import ErrorCode, Message
 from uds.wire.cluster import StoragePolicy
+from uds.wire.records import NO_FACTS, NodeFacts
 from uds.wire.transport import Transport
 
 log = logging.getLogger("storage")
@@ -41,14 +42,15 @@ class Duties(Helpers):
 
     def __init__(self, transport: Transport, node_id: bytes, address: str, store: BlobStore,
                  policy: StoragePolicy, masters: Sequence[str], storage: Sequence[str],
-                 post: Callable[[bytes, Message], None]) -> None:
+                 post: Callable[[bytes, Message], None], facts: NodeFacts = NO_FACTS) -> None:
+        """`facts`: what this node says of itself in its heartbeats to the masters."""
         self.address = address
         self.store = store
         self._corrupt_lock = threading.Lock()
         self.corrupt_blobs = 0
         self.puller = Puller(transport, node_id, store, policy.repair_bytes_per_s, post)
         self.keeper = Keeper(transport, node_id, address, store, policy, masters, storage, post,
-                             figures=self.heartbeat_figures)
+                             figures=self.heartbeat_figures, facts=facts)
         self.scrubber = Scrubber(store, policy.scrub_bytes_per_s, policy.scrub_interval_s, self.corrupt)
         self.threads = (self.puller, self.keeper, self.scrubber)
 

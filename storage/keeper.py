@@ -48,6 +48,7 @@ from uds.wire.cluster import StoragePolicy
 from uds.wire.enums import NodeRole
 from uds.wire.leader_hint import leader_hint
 from uds.wire.leader_search import LeaderSearch
+from uds.wire.records import NO_FACTS, NodeFacts
 from uds.wire.storage_messages import MAX_FILES_PER_MESSAGE
 from uds.wire.transport import Transport, recv_messages, send_message
 
@@ -120,7 +121,8 @@ class Keeper(threading.Thread):
     def __init__(self, transport: Transport, node_id: bytes, address: str, store: BlobStore,
                  policy: StoragePolicy, masters: Sequence[str], storage: Sequence[str],
                  reply: Reply, figures: Callable[[], dict[str, int]],
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 facts: NodeFacts = NO_FACTS) -> None:
         super().__init__(name="storage-keeper", daemon=True)
         self.transport = transport
         self.node_id = node_id
@@ -130,6 +132,7 @@ class Keeper(threading.Thread):
         self.master_addresses = tuple(masters)
         self.reply = reply
         self.figures = figures
+        self.facts_body = facts.as_body()      # gathered once at start, sent in every heartbeat
         self.clock = clock
         self.wall = wall
         self.host = socket.gethostname()
@@ -272,7 +275,7 @@ class Keeper(threading.Thread):
         figures = {name: int(value) for name, value in self.figures().items()}
         self._send_master(wire.StorageHeartbeat.make(
             self.node_id, request_id=next(self._request_ids), start_time_ms=self.start_time_ms,
-            host=self.host[:255], address=self.address, version=VERSION, figures=figures), now)
+            host=self.host[:255], address=self.address, version=VERSION, figures=figures, **self.facts_body), now)
         self.counters["heartbeats_sent"] += 1
 
     def _count_inventory(self) -> None:

@@ -70,7 +70,8 @@ def build(context: DaemonContext):
                           cache_bytes=options.cache_bytes or cluster.workers.cache_bytes,
                           heartbeat_interval_s=cluster.workers.heartbeat_interval_s,
                           wake_read=wake_read, wake_write=wake_write, sandbox=sandbox,
-                          capacity=capacity, masters=[entry.address for entry in cluster.masters])
+                          capacity=capacity, masters=[entry.address for entry in cluster.masters],
+                          facts=context.facts)
     except SandboxUnavailable as fault:
         storage.close()
         raise ConfigurationError(f"cannot build the sandbox programs run in: {fault}. Fix that, or start "

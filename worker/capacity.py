@@ -9,31 +9,19 @@ from __future__ import annotations
 import os
 import pathlib
 
+from uds.daemon.node_facts import MEMINFO, machine_cpus, machine_memory_bytes
 from uds.wire.capacity import Capacity
 from uds.wire.resources import ResourceSpecError, parse_size
-
-MEMINFO = pathlib.Path("/proc/meminfo")
 
 
 def detect_millicpus() -> int:
     """Cpus this process may run on, in thousandths."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        count = os.cpu_count() or 0
-    return count * 1000
+    return machine_cpus() * 1000
 
 
 def detect_memory_bytes(meminfo: pathlib.Path = MEMINFO) -> int:
     """MemTotal of /proc/meminfo; 0 where there is none."""
-    try:
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                parts = line.split()
-                return int(parts[1]) * 1024 if parts[2:] == ["kB"] else int(parts[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+    return machine_memory_bytes(meminfo)
 
 
 def detect_disk_bytes(folder: pathlib.Path) -> int:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 from uds import wire
 from uds.wire.capacity import NO_CAPACITY, Capacity
 from uds.wire.enums import ErrorCode, NodeRole
+from uds.wire.records import NO_FACTS, NodeFacts
 from uds.wire.resources import ResourceLimits
 from uds.worker import attempts as core
 from uds.worker.attempts import AttemptKey
@@ -61,13 +62,14 @@ def event_of(message: wire.Message, balancer: core.Balancer = 0) -> Any | None:
 
 
 def hello_message(node_id: bytes, request_id: int, slots: int, cache_bytes: int, start_time_ms: int,
-                  host: str, capacity: Capacity = NO_CAPACITY, sandbox: str = "none") -> wire.Hello:
-    """The worker's hello: its slots and cache, and what it offers chunks
-    (cpus, memory, disk) and how it contains them."""
+                  host: str, capacity: Capacity = NO_CAPACITY, sandbox: str = "none",
+                  facts: NodeFacts = NO_FACTS) -> wire.Hello:
+    """The worker's hello: its slots and cache, what it offers chunks
+    (cpus, memory, disk) and how it contains them, and its node facts."""
     return wire.Hello.make(node_id, request_id=request_id, role=int(NodeRole.WORKER), slots=slots,
                            cache_bytes=cache_bytes, start_time_ms=start_time_ms, host=host, address="",
                            version=1, millicpus=capacity.millicpus, memory_bytes=capacity.memory_bytes,
-                           disk_bytes=capacity.disk_bytes, sandbox=sandbox[:64])
+                           disk_bytes=capacity.disk_bytes, sandbox=sandbox[:64], **facts.as_body())
 
 
 def heartbeat_message(node_id: bytes, effect: core.SendHeartbeat, cache_added: list,

@@ -31,6 +31,7 @@ from uds.daemon.runtime import drain, guarded, wake
 from uds.storage.directory import DirectoryRefresher, StorageDirectory
 from uds.storage.replicas import ReplicatedStorage
 from uds.wire.capacity import Capacity
+from uds.wire.records import NO_FACTS, NodeFacts
 from uds.wire.transport import Transport, recv_messages, send_message
 from uds.worker import attempts as core
 from uds.worker.attempts import AttemptKey
@@ -55,11 +56,13 @@ class WorkerNode:
                  storage: str | ReplicatedStorage,
                  transport: Transport, slots: int, cache_bytes: int, heartbeat_interval_s: float,
                  wake_read: int, wake_write: int, sandbox: SandboxSettings = SandboxSettings(enabled=False),
-                 capacity: Capacity | None = None, masters: Sequence[str] = ()) -> None:
+                 capacity: Capacity | None = None, masters: Sequence[str] = (),
+                 facts: NodeFacts = NO_FACTS) -> None:
         """`storage`: the cluster's storage nodes as one, or one node's
         address. With `masters`, a thread keeps the storage membership fresh
-        from them."""
+        from them. `facts`: what it says of itself in every hello."""
         self.node_id, self.transport = node_id, transport
+        self.facts = facts
         self.slots, self.cache_bytes = slots, cache_bytes
         self.capacity = capacity if capacity is not None else worker_capacity(data)
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -203,7 +206,7 @@ class WorkerNode:
         self.next_request_id += 1
         self._send(effect.to, hello_message(self.node_id, self.next_request_id, self.slots, self.cache_bytes,
                                             self.start_time_ms, self.hostname, self.capacity,
-                                            getattr(self.host, "sandbox_label", "none")))
+                                            getattr(self.host, "sandbox_label", "none"), self.facts))
 
     def do_heartbeat(self, effect: core.SendHeartbeat) -> None:
         added, removed = self.host.cache.drain_changes()
