@@ -304,6 +304,10 @@ class ClusterState(StateQueries):
             restarted = existing.started_at != details["started_at"]
             for name, value in details.items():
                 setattr(existing, name, value)
+            if restarted:
+                # Back as a new process before it was found lost: its history shows the join.
+                self._log(now, NODE_JOINED, node=command.node,
+                          detail=f"{NodeRole(command.role).name.lower()} {command.host} {command.address}, restarted")
             if restarted and command.role == NodeRole.WORKER:
                 self._lose_attempts_on(command.node, now, "worker restarted")
             return NodeOutcome(changed=False, updated=True)

@@ -287,7 +287,8 @@ def _check_node_seen(before, after, command: NodeSeen, outcome, now):
         sandbox=command.sandbox)
     new_process = known is None or known.started_at != float(command.started_at)
     events = [(e.kind, e.node) for e in _new_events(before, after)]
-    head = [("node_joined", command.node)] if joined else []
+    # A join, or a new process of a node still alive (restarted before it was found lost).
+    head = [("node_joined", command.node)] if joined or new_process else []
     assert events[:len(head)] == head
     # A new process of a node loses what its node ran: each RUNNING chunk on
     # it is requeued (chunk_lost) or, poisoned, failed with its job maybe.
