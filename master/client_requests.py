@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from uds import wire
-from uds.master import commands
+from uds.master import attempts, commands
 from uds.master.leader_events import Effect, Reply, Request, Send, StateReader
 from uds.master.links import LoadBalancerLease
-from uds.master.views import event_records, job_status_reply, node_records
+from uds.master.views import attempts_reply, event_records, job_status_reply, node_records
 from uds.master.waiters import StatusPage, StatusWaiters
 from uds.wire.cluster import Scheduling
 from uds.wire.enums import ErrorCode, JobState
@@ -62,7 +62,7 @@ def input_refs(records: list[dict]) -> tuple[commands.InputRef, ...]:
 
 class ClientRequests:
     """The handlers of JobSubmit, JobStatus, JobCancel, JobRelease,
-    NodesQuery and EventsQuery, and what follows the commit of a
+    NodesQuery, EventsQuery and AttemptsQuery, and what follows the commit of a
     submission, a cancel or a release."""
 
     node_id: bytes
@@ -206,3 +206,14 @@ class ClientRequests:
         events, last_seq = self._reader.read(lambda state: state.events_after(message.after_seq, limit))
         return [Reply(request, wire.EventsReply.make(self.node_id, request_id=request.request_id,
                                                      last_seq=last_seq, events=event_records(events)))]
+
+    def _on_attempts_query(self, message: wire.AttemptsQuery, request: Request, now: float) -> list[Effect]:
+        refused = self._not_leading(request)
+        if refused:
+            return refused
+        job, chunk = message.job_uuid, message.chunk
+        try:
+            views, dropped = self._reader.read(lambda state: attempts.job_chunk_attempts(state, job, chunk))
+        except attempts.AttemptsNotFound as missing:
+            return [self._error(request, missing.code, str(missing))]
+        return [Reply(request, attempts_reply(self.node_id, request.request_id, job, chunk, views, dropped))]
