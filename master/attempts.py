@@ -14,7 +14,7 @@ Rules of this module:
   a chunk retried for ever must not grow without bound in every replica.
   It is one msgpack blob, [dropped, entry, entry, ...], so that a chunk
   never retried costs nothing and one retried costs one bytes object.
-  An entry is (attempt, the worker's ChunkState it ended in, worker or None,
+  An entry is (attempt, the ChunkState its report ended it in, worker or None,
   dispatched_at, running_at, committed_at, the packed result).
 - Files of past attempts (outputs, stdout, stderr) stay referenced while
   their job is kept (master/collection.py reads them through `past_results`).
@@ -70,7 +70,8 @@ def requeued(chunk: ChunkRecord, event: ChunkEvent, now: float) -> None:
     """The current attempt ended as `event` reports and the chunk goes on
     with a new one: it joins `past`, and the timeline starts afresh. Called
     before the attempt number moves on."""
-    worker = None if event.worker == NO_WORKER else event.worker
+    # A balancer's report names no worker: the attempt's is the one that started it, if any.
+    worker = chunk.worker if event.worker == NO_WORKER else event.worker
     entry = (chunk.attempt, int(event.state), worker, chunk.dispatched_at, chunk.running_at, now,
              pack_result(event.result))
     dropped, entries = _unpacked(chunk.past)

@@ -214,3 +214,13 @@ def test_only_the_leader_answers_an_attempts_query():
     follower.handle(RaftStatus(ready=True, leader=False, leader_address="tcp://m2"), 0.0)
     [refused] = follower.handle(received(ask()), 1.0)
     assert refused.message.error_code == ErrorCode.NOT_LEADER
+
+
+def test_an_attempt_a_balancer_ends_keeps_the_worker_that_started_it():
+    state = ClusterState()
+    state.apply([spec(max_retries=0)], 1.0)
+    state.apply([DispatchAttempts(((JOB_A, 0, 1),))], 20.0)
+    state.apply([ChunkEvent(JOB_A, 0, 1, int(ChunkState.STARTED), WORKER_2)], 21.0)
+    state.apply([ChunkEvent(JOB_A, 0, 1, int(ChunkState.LOST), NO_WORKER)], 22.0)   # the balancer's report
+    views, _ = attempts_of(state)
+    assert [(v.attempt, v.state, v.worker) for v in views] == [(1, "lost", WORKER_2), (2, "queued", None)]
