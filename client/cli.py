@@ -229,7 +229,10 @@ def status(options: argparse.Namespace) -> int:
         job = connection.job(options.job)
         if options.chunk is not None:
             result = _wait_with_bar(job) if options.wait else job.status(detail=False)
-            print_chunk_attempts(result, job, options.chunk)
+            try:
+                print_chunk_attempts(result, job, options.chunk)
+            except IndexError as fault:     # past retention, or no such chunk
+                raise CommandError(str(fault)) from None
             return 0 if result.state in UNFAILED_JOB_STATES else EXIT_FAILED
         result = _wait_with_bar(job) if options.wait else job.status()
         _print_status(result)

@@ -102,3 +102,8 @@ def test_an_attempts_question_names_what_is_not_there(shared_cluster, retried):
         connection.attempts(unknown, 0)
     with pytest.raises(InvalidJobError, match=f"job {retried.id} has 1 chunks, no chunk 5"):
         connection.attempts(retried.id, 5)
+
+
+def test_uds_status_of_a_chunk_that_is_not_there_is_one_line(shared_cluster, retried):
+    shown = uds(shared_cluster, "status", retried.id, "--chunk", "4", check=False)
+    assert (shown.returncode, shown.stderr.decode()) == (1, f"uds: job {retried.id} has 1 chunks, no chunk 4\n")

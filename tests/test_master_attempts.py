@@ -224,3 +224,18 @@ def test_an_attempt_a_balancer_ends_keeps_the_worker_that_started_it():
     state.apply([ChunkEvent(JOB_A, 0, 1, int(ChunkState.LOST), NO_WORKER)], 22.0)   # the balancer's report
     views, _ = attempts_of(state)
     assert [(v.attempt, v.state, v.worker) for v in views] == [(1, "lost", WORKER_2), (2, "queued", None)]
+
+
+def test_a_reply_holds_the_newest_attempts_that_fit_one_body_and_counts_the_rest():
+    from uds.master.attempts import AttemptView
+    from uds.master.views import attempts_reply
+    outputs = {f"{'o' * 100}/{index}": (index.to_bytes(16, "big"), 1) for index in range(1000)}
+    views = [AttemptView(attempt=number, state="failed", failure="application", worker=WORKER_1,
+                         dispatched_at=1.0, running_at=2.0, committed_at=3.0,
+                         result=ChunkResult(exit_code=1, outputs=outputs))
+             for number in range(1, MAX_PAST_ATTEMPTS + 2)]
+    reply = wire.decode(wire.encode(attempts_reply(MASTER, 5, JOB_A, 0, views, dropped=7)))
+    kept = [record["attempt"] for record in reply.attempts]
+    assert 0 < len(kept) < len(views)
+    assert kept == list(range(len(views) - len(kept) + 1, len(views) + 1))
+    assert reply.attempts_dropped == 7 + len(views) - len(kept)
