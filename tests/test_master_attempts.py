@@ -5,7 +5,6 @@ import pickle
 from dataclasses import replace
 
 import msgpack
-import pytest
 
 from uds import wire
 from uds.master.attempts import MAX_PAST_ATTEMPTS, chunk_attempts
@@ -13,7 +12,7 @@ from uds.master.collection import reference_snapshot
 from uds.master.commands import (
     CancelJob, ChunkPhase, DispatchAttempts, ForgetJobs, NodeLost, RunTimers, SubmitJob, pack_result,
 )
-from uds.master.records import ChunkRecord, JobRecord, _unpack_chunks
+from uds.master.records import ChunkRecord, _unpack_chunks
 from uds.master.state import ClusterState
 from uds.wire.enums import ChunkState, ErrorCode
 from uds.wire.records import NO_RESULT, NO_WORKER, ChunkEvent, ChunkResult
