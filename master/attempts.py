@@ -58,12 +58,12 @@ _OPEN_STATES = {
 
 def dispatched(chunk: ChunkRecord, now: float) -> None:
     """The chunk's current attempt was committed as dispatched."""
-    chunk.dispatched_at = now
+    chunk.dispatched_at = on_grid(now)
 
 
 def started(chunk: ChunkRecord, now: float) -> None:
     """Its worker reported the current attempt STARTED."""
-    chunk.running_at = on_grid(chunk.dispatched_at, now)
+    chunk.running_at = on_grid(now)
 
 
 def requeued(chunk: ChunkRecord, event: ChunkEvent, now: float) -> None:
@@ -72,7 +72,7 @@ def requeued(chunk: ChunkRecord, event: ChunkEvent, now: float) -> None:
     before the attempt number moves on."""
     # A balancer's report names no worker: the attempt's is the one that started it, if any.
     worker = chunk.worker if event.worker == NO_WORKER else event.worker
-    entry = (chunk.attempt, int(event.state), worker, chunk.dispatched_at, chunk.running_at, now,
+    entry = (chunk.attempt, int(event.state), worker, chunk.dispatched_at, chunk.running_at, on_grid(now),
              pack_result(event.result))
     dropped, entries = _unpacked(chunk.past)
     entries.append(entry)
@@ -88,7 +88,7 @@ def ended(chunk: ChunkRecord, state: int, now: float) -> None:
     `state` is the worker's ChunkState it ended in, 0 when no worker
     reported the ending (cancelled with its job, a cached result)."""
     chunk.ended = int(state)
-    chunk.committed_at = on_grid(chunk.dispatched_at, now)
+    chunk.committed_at = on_grid(now)
 
 
 # ---- reading --------------------------------------------------------------------

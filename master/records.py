@@ -9,6 +9,7 @@ job's chunks pickled as one msgpack blob.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import msgpack
 
@@ -35,8 +36,7 @@ class ChunkRecord:
     # The current attempt's timeline on the masters' clock (0.0: not yet), and
     # the worker's ChunkState it ended in (0: not ended, or ended without a
     # report: cancelled with its job, or a cached result). master/attempts.py
-    # sets them; running_at and committed_at lie on a millisecond grid from
-    # dispatched_at (`on_grid`), which packs them in a few bytes.
+    # sets them, to the millisecond (`on_grid`), which packs them in a few bytes.
     dispatched_at: float = 0.0
     running_at: float = 0.0
     committed_at: float = 0.0       # when it became final
@@ -162,20 +162,22 @@ class NodeRecord:
             setattr(self, name, value)
 
 
-def on_grid(base: float, at: float) -> float:
-    """`at` moved to the nearest whole millisecond after `base`: what a
-    chunk record keeps as running_at and committed_at, so that they pack as
-    small integers and read back exactly."""
-    return base + round((at - base) * 1000) / 1000
+@lru_cache(maxsize=16)
+def on_grid(at: float) -> float:
+    """`at` to the nearest whole millisecond, as a chunk record keeps its
+    times: running_at and committed_at then pack as small integers after
+    dispatched_at and read back exactly. The chunks that one command
+    changes share one float (the command's `now`, here remembered)."""
+    return round(at * 1000) / 1000
 
 
 def _pack_attempt_fields(chunk: ChunkRecord) -> list:
     """The timeline, ending and past attempts as packed after `failures`:
     running_at and committed_at as milliseconds after dispatched_at, and the
     trailing defaults left out (a chunk queued or never retried costs little)."""
-    base = chunk.dispatched_at
-    packed = [base, round((chunk.running_at - base) * 1000) if chunk.running_at else None,
-              round((chunk.committed_at - base) * 1000) if chunk.committed_at else None, chunk.ended, chunk.past]
+    base_ms = round(chunk.dispatched_at * 1000)
+    packed = [chunk.dispatched_at, round(chunk.running_at * 1000) - base_ms if chunk.running_at else None,
+              round(chunk.committed_at * 1000) - base_ms if chunk.committed_at else None, chunk.ended, chunk.past]
     while packed and packed[-1] == _ATTEMPT_DEFAULTS[len(packed) - 1]:
         packed.pop()
     return packed
@@ -189,10 +191,10 @@ def _unpack_attempt_fields(chunk: ChunkRecord, packed: tuple | list, times: dict
     """Set what _pack_attempt_fields packed (fields an older record lacks,
     or left out, take their defaults). `times` shares one float per value."""
     base, running_ms, committed_ms, ended, past = (*packed, *_ATTEMPT_DEFAULTS[len(packed):])
-    base = times.setdefault(base, base)
-    chunk.dispatched_at = base
-    chunk.running_at = 0.0 if running_ms is None else _shared(times, base + running_ms / 1000)
-    chunk.committed_at = 0.0 if committed_ms is None else _shared(times, base + committed_ms / 1000)
+    base_ms = round(base * 1000)
+    chunk.dispatched_at = _shared(times, base)
+    chunk.running_at = 0.0 if running_ms is None else _shared(times, (base_ms + running_ms) / 1000)
+    chunk.committed_at = 0.0 if committed_ms is None else _shared(times, (base_ms + committed_ms) / 1000)
     chunk.ended = ended
     chunk.past = past
 

@@ -5,14 +5,17 @@ import pickle
 from dataclasses import replace
 
 import msgpack
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from uds import wire
+from uds.master import attempts
 from uds.master.attempts import MAX_PAST_ATTEMPTS, chunk_attempts
 from uds.master.collection import reference_snapshot
 from uds.master.commands import (
     CancelJob, ChunkPhase, DispatchAttempts, ForgetJobs, NodeLost, RunTimers, SubmitJob, pack_result,
 )
-from uds.master.records import ChunkRecord, _unpack_chunks
+from uds.master.records import ChunkRecord, JobRecord, _unpack_chunks
 from uds.master.state import ClusterState
 from uds.wire.enums import ChunkState, ErrorCode
 from uds.wire.records import NO_RESULT, NO_WORKER, ChunkEvent, ChunkResult
@@ -152,6 +155,30 @@ def test_a_record_with_its_timeline_and_past_pickles_back_equal():
     assert chunk_attempts(restored.chunks[0]) == chunk_attempts(record.chunks[0])
     unchanged = ChunkRecord()
     assert pickle.loads(pickle.dumps(unchanged)) == unchanged
+
+
+TIMES = st.floats(0.0, 4e9, allow_nan=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(TIMES, TIMES, TIMES, st.booleans(), st.booleans()), min_size=1, max_size=10))
+def test_any_timeline_reads_back_exactly_from_a_snapshot(timelines):
+    chunks = []
+    for dispatched, running, ended, started, retried in timelines:
+        chunk = ChunkRecord()
+        attempts.dispatched(chunk, dispatched)
+        if started:
+            attempts.started(chunk, running)
+        if retried:
+            attempts.requeued(chunk, ChunkEvent(JOB_A, 0, 1, int(ChunkState.LOST), WORKER_1), ended)
+            chunk.attempt += 1
+            attempts.dispatched(chunk, running)
+        attempts.ended(chunk, int(ChunkState.SUCCEEDED), ended)
+        chunks.append(chunk)
+    record = JobRecord(spec=spec(chunks=len(chunks)), submitted_at=1.0, chunks=chunks)
+    restored = pickle.loads(pickle.dumps(record))
+    assert restored == record
+    assert [chunk_attempts(chunk) for chunk in restored.chunks] == [chunk_attempts(chunk) for chunk in chunks]
 
 
 def test_files_of_past_attempts_are_referenced_while_the_job_is_kept_and_released_with_it():
