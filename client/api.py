@@ -30,6 +30,7 @@ from uds import wire
 from uds.errors import ClientError, InvalidJobError, NoClusterError, RemoteError, RequestTimeout
 from uds.client.events import GAP, JOB_FINAL_KINDS, Event, EventsPage, read_page
 from uds.client.events import follow as follow_events
+from uds.client.attempts import Attempt, AttemptList
 from uds.client.jobs import ChunkStatus, Job, JobStatus
 from uds.client.leader import (  # noqa: F401 - the timings are the client's, named here too
     BACKOFF_CAP_S, BACKOFF_FIRST_S, REFUSAL_CHECK_S, RESEND_AFTER_S, SILENCE_S, LeaderLink,
@@ -392,6 +393,18 @@ class Connection:
             self.node_id, request_id=rid, job=job, detail=int(detail), wait_ms=wait_ms,
             first_chunk=first_chunk, max_chunks=min(max_chunks, U32_MAX)), wire.JobStatusReply,
             patience_s=wait_ms / 1000.0)
+
+    def attempts(self, job_id: str, chunk: int) -> AttemptList:
+        """Every attempt of the job's chunk `chunk` that the masters keep,
+        oldest first, the current one last (client/attempts.py). Raises
+        UnknownJobError (also for a job past retention) and InvalidJobError
+        (no such chunk)."""
+        job = self._file_id(job_id)
+        if type(chunk) is not int or not 0 <= chunk <= U32_MAX:
+            raise InvalidJobError(f"chunk must be a chunk index (an integer from 0), not {chunk!r}")
+        reply = self._ask(lambda rid: wire.AttemptsQuery.make(self.node_id, request_id=rid, job=job, chunk=chunk),
+                          wire.AttemptsReply)
+        return AttemptList([Attempt.from_record(record) for record in reply.attempts], reply.attempts_dropped)
 
     def cancel_job(self, job_id: str) -> JobStatus:
         """Cancel a job, held and waiting ones too; its status after (counts only)."""

@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any, Callable, NoReturn
 
+from uds.client.attempts import print_chunk_attempts
 from uds.client.status_view import print_status as _print_status
 from uds.units import size_text
 from uds.wire.enums import NodeRole
@@ -226,6 +227,13 @@ def _wait_with_bar(job: Any) -> Any:
 def status(options: argparse.Namespace) -> int:
     with _connect(options) as connection:
         job = connection.job(options.job)
+        if options.chunk is not None:
+            result = _wait_with_bar(job) if options.wait else job.status(detail=False)
+            try:
+                print_chunk_attempts(result, job, options.chunk)
+            except IndexError as fault:     # past retention, or no such chunk
+                raise CommandError(str(fault)) from None
+            return 0 if result.state in UNFAILED_JOB_STATES else EXIT_FAILED
         result = _wait_with_bar(job) if options.wait else job.status()
         _print_status(result)
         return 0 if result.state in UNFAILED_JOB_STATES else EXIT_FAILED
@@ -239,7 +247,10 @@ def logs(options: argparse.Namespace) -> int:
             raise CommandError(f"job {options.job} is past retention: its chunk reports are no longer kept")
         if options.chunk < 0 or not page.chunks:
             raise CommandError(f"job {options.job} has chunks 0..{page.chunk_count - 1}, not {options.chunk}")
-        stdout, stderr = job.logs(options.chunk)
+        try:
+            stdout, stderr = job.logs(options.chunk, options.attempt)
+        except IndexError as fault:
+            raise CommandError(str(fault)) from None
         if options.stream in ("stdout", "both"):
             sys.stdout.buffer.write(stdout)
         if options.stream in ("stderr", "both"):
@@ -510,11 +521,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("status", status, "show a job's state and per-chunk results")
     sub.add_argument("job", metavar="JOB")
+    sub.add_argument("--chunk", type=int, metavar="I", help="show chunk I with every attempt it kept")
     sub.add_argument("--wait", action="store_true", help="wait until it finishes")
 
     sub = command("logs", logs, "print a chunk's captured output")
     sub.add_argument("job", metavar="JOB")
     sub.add_argument("--chunk", type=int, default=0, help="chunk index (default 0)")
+    sub.add_argument("--attempt", type=int, metavar="K",
+                     help="that attempt's output (default: the chunk's current or final attempt)")
     sub.add_argument("--stream", choices=("stdout", "stderr", "both"), default="both")
 
     sub = command("cancel", cancel, "cancel a job and kill its running chunks")

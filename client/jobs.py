@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 from uds import wire
 from uds.client.events import Event, job_events
@@ -25,6 +25,9 @@ from uds.wire.records import ChunkResult
 from uds.wire.resources import NO_LIMITS, ResourceLimits, Usage
 from uds.wire.errors import WireError
 from uds.wire.schema import U32_MAX, RelPath
+
+if TYPE_CHECKING:
+    from uds.client.attempts import AttemptList
 
 # Held and waiting jobs are not final: they go on once released, once what
 # they wait for has succeeded, or at their start time.
@@ -182,6 +185,8 @@ class JobQueries(Protocol):
 
     def get(self, file_id: str | bytes) -> bytes: ...
 
+    def attempts(self, job_id: str, chunk: int) -> AttemptList: ...
+
 
 class Job:
     """A submitted job. Every method asks the masters afresh."""
@@ -241,8 +246,18 @@ class Job:
     def output(self, name: str, chunk: int = 0) -> bytes:
         return self.connection.get(self.outputs(chunk)[name])
 
-    def logs(self, chunk: int = 0) -> tuple[bytes, bytes]:
-        """The chunk's captured (stdout, stderr); empty if not yet stored."""
+    def attempts(self, chunk: int = 0) -> AttemptList:
+        """Every attempt of the chunk the masters keep, oldest first, with its
+        state, failure class, worker, result, usage and timeline
+        (client/attempts.py)."""
+        return self.connection.attempts(self.id, chunk)
+
+    def logs(self, chunk: int = 0, attempt: int | None = None) -> tuple[bytes, bytes]:
+        """The chunk's captured (stdout, stderr); empty if not yet stored.
+        `attempt`: that attempt's (its number, from 1); None: the chunk's
+        current or final attempt's. Raises IndexError for an attempt not kept."""
+        if attempt is not None:
+            return self._attempt_logs(chunk, attempt)
         result = self.chunk(chunk)
         stdout = self.connection.get(result.stdout) if result.stdout else b""
         stderr = self.connection.get(result.stderr) if result.stderr else b""
@@ -253,6 +268,16 @@ class Job:
         commit, ending after its job_succeeded, job_failed or job_cancelled
         event; otherwise those the masters' log holds now (client/events.py)."""
         return job_events(self.connection, self.id, after, follow)
+
+    def _attempt_logs(self, chunk: int, number: int) -> tuple[bytes, bytes]:
+        attempts = self.attempts(chunk)
+        found = next((attempt for attempt in attempts if attempt.number == number), None)
+        if found is None:
+            kept = f"{attempts[0].number}..{attempts[-1].number}" if attempts else "none"
+            raise IndexError(f"job {self.id} chunk {chunk} has no attempt {number} kept (attempts kept: {kept})")
+        stdout = self.connection.get(found.stdout) if found.stdout else b""
+        stderr = self.connection.get(found.stderr) if found.stderr else b""
+        return stdout, stderr
 
     def cancel(self) -> JobStatus:
         """Cancel it, whatever it waits for (held and waiting jobs too)."""

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 from uds import wire
-from uds.master import commands
+from uds.master import attempts, commands
 from uds.master.event_log import MAX_EVENTS_PER_REPLY, EventFilter, EventsMatch, events_matching, events_since
 from uds.master.event_waiters import EventsWaiter, EventWaiters
 from uds.master.job_list import MAX_JOBS_PER_PAGE, JobFilter, job_page
 from uds.master.leader_events import Effect, Reply, Request, Send, StateReader
 from uds.master.links import LoadBalancerLease
-from uds.master.views import event_records, job_status_reply, node_records
+from uds.master.views import attempts_reply, event_records, job_status_reply, node_records
 from uds.master.waiters import StatusPage, StatusWaiters
 from uds.wire.cluster import Scheduling
 from uds.wire.enums import ErrorCode, JobState
@@ -65,7 +65,7 @@ def input_refs(records: list[dict]) -> tuple[commands.InputRef, ...]:
 
 class ClientRequests:
     """The handlers of JobSubmit, JobStatus, JobCancel, JobRelease,
-    NodesQuery, EventsQuery and JobsQuery, and what follows the commit of a
+    NodesQuery, EventsQuery, JobsQuery and AttemptsQuery, and what follows the commit of a
     submission, a cancel or a release."""
 
     node_id: bytes
@@ -272,3 +272,14 @@ class ClientRequests:
         fit = wire.items_that_fit(records)
         return [Reply(request, wire.JobsReply.make(self.node_id, request_id=request.request_id,
                                                    jobs=records[:fit], more=page.more or fit < len(records)))]
+
+    def _on_attempts_query(self, message: wire.AttemptsQuery, request: Request, now: float) -> list[Effect]:
+        refused = self._not_leading(request)
+        if refused:
+            return refused
+        job, chunk = message.job_uuid, message.chunk
+        try:
+            views, dropped = self._reader.read(lambda state: attempts.job_chunk_attempts(state, job, chunk))
+        except attempts.AttemptsNotFound as missing:
+            return [self._error(request, missing.code, str(missing))]
+        return [Reply(request, attempts_reply(self.node_id, request.request_id, job, chunk, views, dropped))]

@@ -3,8 +3,8 @@ collected, and which of the files a storage node asks about may go.
 
 A storage node asks the leader (`gc_check`) about blobs it has not used for
 longer than the grace period; the leader answers those that
-- no retained job references (its program, inputs, chunk inputs, and its
-  chunks' outputs, stdout and stderr),
+- no retained job references (its program, inputs, chunk inputs, and the
+  outputs, stdout and stderr of its chunks' attempts, past ones included),
 - no result in the result cache references (master/result_cache.py),
 - no pin covers (a pin covers until `until + gc_grace_s`),
 - no job forgotten within `gc_grace_s` referenced (a release).
@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 import msgpack
 
+from uds.master.attempts import past_results
 from uds.master.commands import (
     PinFiles, PinOutcome, PruneCollection, PruneOutcome, SubmitJob, is_id,
 )
@@ -146,8 +147,15 @@ def release_jobs(state: ClusterState, records: list[JobRecord], now: float, grac
     holds = state.holds
     holds.prune(now, grace_s if _is_grace(grace_s) else 0.0)
     holds.release((file for record in records
-                   for file in files_of(record.spec, [chunk.packed_result for chunk in record.chunks],
-                                        record.resolved)), now)
+                   for file in files_of(record.spec, _chunk_results(record), record.resolved)), now)
+
+
+def _chunk_results(record: JobRecord) -> Iterator[bytes | None]:
+    """The packed results of every attempt the job's chunks keep."""
+    for chunk in record.chunks:
+        yield chunk.packed_result
+        if chunk.past:
+            yield from past_results(chunk.past)
 
 
 def release_packed_results(state: ClusterState, packed_results: list[bytes], now: float) -> None:
@@ -191,8 +199,9 @@ class ReferenceSnapshot:
 
     asked: frozenset[bytes]
     held: frozenset[bytes]
-    # Every retained job: its spec, its chunks' packed results, its resolved inputs.
-    jobs: tuple[tuple[SubmitJob, tuple[bytes | None, ...], tuple | None], ...]
+    # Every retained job: its spec, its chunks' packed results, its resolved
+    # inputs, and the `past` of its chunks that have past attempts.
+    jobs: tuple[tuple[SubmitJob, tuple[bytes | None, ...], tuple | None, tuple[bytes, ...]], ...]
     releases: tuple[bytes, ...]                                     # packed ids, within the grace
     cached: tuple[bytes, ...] = ()                                  # the result cache's packed results
 
@@ -202,11 +211,13 @@ class ReferenceSnapshot:
         for packed in self.releases:
             for at in range(0, len(packed), ID_BYTES):
                 free.discard(packed[at:at + ID_BYTES])
-        for spec, results, resolved in self.jobs:
+        for spec, results, resolved, pasts in self.jobs:
             if not free:
                 break
             for file in files_of(spec, results, resolved):
                 free.discard(file)
+            for past in pasts:
+                free.difference_update(result_files(past_results(past)))
         if free:
             free.difference_update(result_files(self.cached))
         return free
@@ -220,7 +231,8 @@ def reference_snapshot(state: ClusterState, asked: Iterable[bytes], now: float,
     return ReferenceSnapshot(
         asked=asked,
         held=frozenset(file for file in asked if holds.pinned(file, now, grace_s)),
-        jobs=tuple((record.spec, tuple([chunk.packed_result for chunk in record.chunks]), record.resolved)
+        jobs=tuple((record.spec, tuple([chunk.packed_result for chunk in record.chunks]), record.resolved,
+                    tuple([chunk.past for chunk in record.chunks if chunk.past]))
                    for record in state.job_records.values()),
         releases=tuple(holds.recent_releases(now, grace_s)),
         cached=tuple(state.result_cache.packed_results()))

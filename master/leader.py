@@ -118,6 +118,7 @@ _Purpose = (AnswerSubmit | _SendDispatched | AnswerCancel | AnswerRelease | _Ack
 # What a Received message may be; the shell's dispatcher refuses the rest.
 ACCEPTED_MESSAGES: tuple[type, ...] = (
     wire.JobSubmit, wire.JobStatus, wire.JobCancel, wire.JobRelease, wire.NodesQuery, wire.EventsQuery,
+    wire.AttemptsQuery,
     wire.Hello, wire.Heartbeat, wire.ChunkEvents, wire.NodeReport,
     wire.StorageHeartbeat, wire.GcCheck, wire.FilePin,
     wire.JobsQuery,
@@ -179,6 +180,7 @@ class Leader(ClientRequests, StorageRequests, Housekeeping):
             wire.NodesQuery: self._on_nodes_query,
             wire.EventsQuery: self._on_events_query,
             wire.JobsQuery: self._on_jobs_query,
+            wire.AttemptsQuery: self._on_attempts_query,
             wire.Hello: self._on_hello,
             wire.Heartbeat: self._on_heartbeat,
             wire.ChunkEvents: self._on_chunk_events,

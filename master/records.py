@@ -9,6 +9,7 @@ job's chunks pickled as one msgpack blob.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import msgpack
 
@@ -32,6 +33,17 @@ class ChunkRecord:
     worker: bytes | None = None
     packed_result: bytes | None = None  # set only in a final phase; `result` reads it
     failures: str = ""              # the class of each failed attempt, oldest first: FAILURE_LETTERS
+    # The current attempt's timeline on the masters' clock (0.0: not yet), and
+    # the worker's ChunkState it ended in (0: not ended, or ended without a
+    # report: cancelled with its job, or a cached result). master/attempts.py
+    # sets them, to the millisecond (`on_grid`), which packs them in a few bytes.
+    dispatched_at: float = 0.0
+    running_at: float = 0.0
+    committed_at: float = 0.0       # when it became final
+    ended: int = 0
+    # The attempts that ended without ending the chunk, packed by
+    # master/attempts.py (b"": none): at most 64 kept, with a count of the dropped.
+    past: bytes = b""
 
     @property
     def result(self) -> ChunkResult | None:
@@ -44,12 +56,13 @@ class ChunkRecord:
     # A bare tuple keeps snapshots small: a job may have 100,000 of these.
     def __getstate__(self) -> tuple:
         return (self.phase, self.attempt, self.retries_used, self.lost_count, self.worker, self.packed_result,
-                self.failures)
+                self.failures, *_pack_attempt_fields(self))
 
     def __setstate__(self, values: tuple) -> None:
         (self.phase, self.attempt, self.retries_used, self.lost_count, self.worker,
-         self.packed_result, *failures) = values
-        self.failures = failures[0] if failures else ""
+         self.packed_result, *rest) = values
+        self.failures = rest[0] if rest else ""
+        _unpack_attempt_fields(self, rest[1:], {})
 
 
 @dataclass(slots=True)
@@ -154,17 +167,65 @@ class NodeRecord:
             setattr(self, name, value)
 
 
+@lru_cache(maxsize=16)
+def on_grid(at: float) -> float:
+    """`at` to the nearest whole millisecond, as a chunk record keeps its
+    times: running_at and committed_at then pack as small integers after
+    dispatched_at and read back exactly. The chunks that one command
+    changes share one float (the command's `now`, here remembered)."""
+    return round(at * 1000) / 1000
+
+
+def _pack_attempt_fields(chunk: ChunkRecord) -> list:
+    """The timeline, ending and past attempts as packed after `failures`:
+    running_at and committed_at as milliseconds after dispatched_at, and the
+    trailing defaults left out (a chunk queued or never retried costs little)."""
+    base_ms = round(chunk.dispatched_at * 1000)
+    packed = [chunk.dispatched_at, round(chunk.running_at * 1000) - base_ms if chunk.running_at else None,
+              round(chunk.committed_at * 1000) - base_ms if chunk.committed_at else None, chunk.ended, chunk.past]
+    while packed and packed[-1] == _ATTEMPT_DEFAULTS[len(packed) - 1]:
+        packed.pop()
+    return packed
+
+
+# What a left-out field of _pack_attempt_fields reads as, by position.
+_ATTEMPT_DEFAULTS = (0.0, None, None, 0, b"")
+
+
+def _unpack_attempt_fields(chunk: ChunkRecord, packed: tuple | list, times: dict[float, float]) -> None:
+    """Set what _pack_attempt_fields packed (fields an older record lacks,
+    or left out, take their defaults). `times` shares one float per value."""
+    base, running_ms, committed_ms, ended, past = (*packed, *_ATTEMPT_DEFAULTS[len(packed):])
+    base_ms = round(base * 1000)
+    chunk.dispatched_at = _shared(times, base)
+    chunk.running_at = 0.0 if running_ms is None else _shared(times, (base_ms + running_ms) / 1000)
+    chunk.committed_at = 0.0 if committed_ms is None else _shared(times, (base_ms + committed_ms) / 1000)
+    chunk.ended = ended
+    chunk.past = past
+
+
+def _shared(times: dict[float, float], value: float) -> float:
+    return times.setdefault(value, value)
+
+
 def _pack_chunks(chunks: list[ChunkRecord]) -> bytes:
     return msgpack.packb([(int(chunk.phase), chunk.attempt, chunk.retries_used, chunk.lost_count,
-                           chunk.worker, chunk.packed_result, chunk.failures) for chunk in chunks],
-                         use_bin_type=True)
+                           chunk.worker, chunk.packed_result, chunk.failures, *_pack_attempt_fields(chunk))
+                          for chunk in chunks], use_bin_type=True)
 
 
 def _unpack_chunks(packed: bytes) -> list[ChunkRecord]:
-    # One bytes object per worker id, as the replicas share them (master/replicated.py).
+    # One bytes object per worker id, as the replicas share them
+    # (master/replicated.py), and one float per time.
     workers: dict[bytes, bytes] = {}
-    return [ChunkRecord(_PHASES[phase], attempt, retries_used, lost_count,
-                        None if worker is None else workers.setdefault(worker, worker), packed_result,
-                        failures[0] if failures else "")
-            for phase, attempt, retries_used, lost_count, worker, packed_result, *failures
-            in msgpack.unpackb(packed, raw=False, use_list=False)]
+    times: dict[float, float] = {}
+    chunks = []
+    for phase, attempt, retries_used, lost_count, worker, packed_result, *rest in msgpack.unpackb(
+            packed, raw=False, use_list=False):
+        chunk = ChunkRecord(_PHASES[phase], attempt, retries_used, lost_count,
+                            None if worker is None else workers.setdefault(worker, worker), packed_result,
+                            rest[0] if rest else "")
+        if len(rest) > 1:
+            _unpack_attempt_fields(chunk, rest[1:], times)
+        chunks.append(chunk)
+    return chunks

@@ -38,7 +38,7 @@ from uds.master.commands import (
     StateInvariantError, SubmitJob, SubmitOutcome, checked_result,
     chunk_event_problem, is_id, node_seen_problem, unknown_job, normalised_submit, pack_result, submit_problem,
 )
-from uds.master import workflow
+from uds.master import attempts, workflow
 from uds.master.collection import FileHolds, pin_files, prune_collection
 from uds.master.queries import ChunkKey, StateQueries
 from uds.master.records import ChunkRecord, JobRecord, NodeRecord
@@ -223,6 +223,7 @@ class ClusterState(StateQueries):
             key = (job_record.spec.job, index)
             _move(self.queued, self.dispatched, key)
             chunk.phase = ChunkPhase.DISPATCHED
+            attempts.dispatched(chunk, now)
             job_record.started_at = now if job_record.started_at is None else job_record.started_at
             dispatched.append((key[0], index, chunk.attempt))
             self._log(now, CHUNK_DISPATCHED, job=key[0], chunk=index, attempt=chunk.attempt)
@@ -376,6 +377,7 @@ class ClusterState(StateQueries):
         _move(self.dispatched, self.running, key)
         chunk.phase = ChunkPhase.RUNNING
         chunk.worker = event.worker
+        attempts.started(chunk, now)
         self._log(now, CHUNK_STARTED, job=key[0], chunk=event.chunk, attempt=chunk.attempt,
                   node=event.worker)
 
@@ -437,6 +439,7 @@ class ClusterState(StateQueries):
         chunk.phase = phase
         chunk.worker = event.worker
         chunk.packed_result = pack_result(result)
+        attempts.ended(chunk, event.state, now)
         if job_record.spec.cache:
             workflow.chunk_final(self, job_record, event.chunk, now)
 
@@ -448,6 +451,7 @@ class ClusterState(StateQueries):
         self._leave_flight(job, event.chunk, chunk)
         self._log(now, kind, job=job, chunk=event.chunk, attempt=chunk.attempt,
                   node=event.worker, detail=detail)
+        attempts.requeued(chunk, event, now)
         chunk.attempt += 1
         chunk.worker = None
         if delay_s > 0:

@@ -5,6 +5,7 @@ from typing import Any
 
 from uds import wire
 from uds.wire.enums import NodeRole
+from uds.master.attempts import AttemptView
 from uds.master.commands import Event, JobView, NodeView
 
 
@@ -46,6 +47,17 @@ def node_records(nodes: list[NodeView], live: dict[bytes, dict], now: float,
         else:
             records.append(view.as_record())
     return records
+
+
+def attempts_reply(node_id: bytes, request_id: int, job: bytes, chunk: int, attempts: list[AttemptView],
+                   dropped: int) -> wire.AttemptsReply:
+    """The reply listing a chunk's attempts, oldest first: the newest that
+    one body holds (the older ones beyond it count as dropped)."""
+    records = [attempt.as_record() for attempt in attempts]
+    fit = wire.items_that_fit(records[::-1])
+    return wire.AttemptsReply.make(node_id, request_id=request_id, job=job, chunk=chunk,
+                                   attempts=records[len(records) - fit:],
+                                   attempts_dropped=dropped + len(records) - fit)
 
 
 def event_records(events: list[Event]) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ import heapq
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Iterable
 
+from uds.master import attempts
 from uds.master.collection import release_packed_results
 from uds.master.commands import (
     ALL_CHUNKS, CHUNK_CACHED, CHUNK_CANCELLED, FINAL_PHASES, IN_FLIGHT_PHASES, JOB_READY, JOB_RELEASED, JOB_WIDE,
@@ -244,6 +245,7 @@ def make_ready(state: ClusterState, record: JobRecord, index: int, now: float) -
         if packed is not None:
             chunk.phase = ChunkPhase.CACHED
             chunk.packed_result = packed
+            attempts.ended(chunk, 0, now)
             record.chunks_succeeded += 1
             record.chunks_cached += 1
             state._log(now, CHUNK_CACHED, job=key[0], chunk=index, attempt=chunk.attempt)
@@ -339,6 +341,7 @@ def end_job(state: ClusterState, record: JobRecord, reason: str, *, cancelled: b
         elif phase is ChunkPhase.WAITING and record.ready and record.spec.cache:
             state.result_cache.drop_twin(chunk_cache_key(record, index), key)
         chunk.phase = ChunkPhase.CANCELLED
+        attempts.ended(chunk, 0, now)
         record.chunks_cancelled += 1
         if record.spec.cache and record.ready and phase is not ChunkPhase.WAITING:
             chunk_final(state, record, index, now)

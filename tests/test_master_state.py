@@ -17,6 +17,8 @@ from uds.master.commands import (
     JobSummary, NodeLost, NodeOutcome, NodeSeen, Outcome, ReadyAttempt, RunningAttempt,
     RunTimers, SubmitJob, SubmitOutcome,
 )
+from uds.master.attempts import chunk_attempts
+from uds.master.commands import FINAL_PHASES
 from uds.master.state import (
     EVENT_LOG_LIMIT, POISON_LIMIT, ClusterState, StateInvariantError,
     POISON_ERROR,
@@ -853,6 +855,7 @@ class ClusterStateMachine(RuleBasedStateMachine):
         self.cancelled: set[bytes] = set()
         self.sent_events: list[ChunkEvent] = []
         self.submitted: dict[bytes, SubmitJob] = {}
+        self.kept_attempts: dict[tuple[bytes, int], list] = {}
 
     def apply(self, commands: list) -> list:
         self.now += 1.0
@@ -1021,6 +1024,28 @@ class ClusterStateMachine(RuleBasedStateMachine):
         assert len(successes) == len(set(successes))
         assert len(successes) == sum(view.chunks_succeeded for view in (
             self.state.job_view(job) for job in JOB_IDS) if view is not None)
+
+    @invariant()
+    def every_ended_attempt_is_kept_once_in_order(self):
+        """Each attempt that ended without ending its chunk is in the chunk's
+        past once, numbered in order, with the requeue that ended it logged;
+        the current attempt comes last; what was kept never changes."""
+        events, _ = self.state.events_after(0, EVENT_LOG_LIMIT)
+        requeues: dict[tuple[bytes, int], int] = {}
+        for e in events:
+            if e.kind in ("chunk_retried", "chunk_lost"):
+                requeues[(e.job, e.chunk)] = requeues.get((e.job, e.chunk), 0) + 1
+        for job, record in self.state.job_records.items():
+            for index, chunk in enumerate(record.chunks):
+                views, dropped = chunk_attempts(chunk)
+                assert dropped == 0
+                assert [view.attempt for view in views] == list(range(1, chunk.attempt + 1))
+                assert len(views) - 1 == requeues.get((job, index), 0)
+                assert all(view.committed_at is not None for view in views[:-1])
+                assert (views[-1].committed_at is not None) == (chunk.phase in FINAL_PHASES)
+                kept = self.kept_attempts.setdefault((job, index), [])
+                assert views[:len(kept)] == kept
+                self.kept_attempts[(job, index)] = views[:-1]
 
     def teardown(self):
         replicas = [ClusterState(), ClusterState()]

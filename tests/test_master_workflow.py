@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from uds.master.attempts import chunk_attempts
 from uds.master.collection import reference_snapshot
 from uds.master.commands import (
     ALL_CHUNKS, FINAL_PHASES, JOB_WIDE, SAME_CHUNK, CancelJob, ChunkPhase, NodeLost, NodeSeen, CancelOutcome, DispatchAttempts, ForgetJobs, InputRef,
@@ -793,6 +794,15 @@ READY_PHASES = {ChunkPhase.QUEUED, ChunkPhase.DISPATCHED, ChunkPhase.RUNNING, Ch
 RUNNER_PHASES = {ChunkPhase.QUEUED, ChunkPhase.DISPATCHED, ChunkPhase.RUNNING, ChunkPhase.DELAYED}
 
 
+# What the current attempt of a chunk in each phase reads as (master/attempts.py).
+ATTEMPT_STATE_OF_PHASE = {
+    ChunkPhase.WAITING: {"queued"}, ChunkPhase.QUEUED: {"queued"}, ChunkPhase.DELAYED: {"queued"},
+    ChunkPhase.DISPATCHED: {"dispatched"}, ChunkPhase.RUNNING: {"running"}, ChunkPhase.SUCCEEDED: {"succeeded"},
+    ChunkPhase.CACHED: {"cached"}, ChunkPhase.CANCELLED: {"cancelled"},
+    ChunkPhase.FAILED: {"failed", "timed_out", "lost"},
+}
+
+
 class WorkflowMachine(RuleBasedStateMachine):
     """Jobs with dependencies, refs, holds, start times, deadlines and the
     cache (few programs and inputs, so keys collide), driven through every
@@ -1119,6 +1129,19 @@ class WorkflowMachine(RuleBasedStateMachine):
             assert len(logged) == len(set(logged))
             assert {(job, index) for job, index in logged if job in self.state.job_records} == {(job, index) for job, record in self.state.job_records.items()
                                    for index, chunk in enumerate(record.chunks) if chunk.phase is phase}
+
+    @invariant()
+    def every_attempt_is_kept_once_and_reads_as_its_chunk_ended(self):
+        for job, record in self.state.job_records.items():
+            for index, chunk in enumerate(record.chunks):
+                views, dropped = chunk_attempts(chunk)
+                assert dropped == 0 and [view.attempt for view in views] == list(range(1, chunk.attempt + 1))
+                assert all(view.committed_at is not None for view in views[:-1])
+                current = views[-1]
+                if current.committed_at is not None or self.history[0][1] > 0.0:
+                    # (A chunk that ended at time 0.0 reads as not committed: 0.0 is "not yet".)
+                    assert (current.committed_at is not None) == (chunk.phase in FINAL_PHASES), (job, index, chunk)
+                assert current.state in ATTEMPT_STATE_OF_PHASE[chunk.phase], (current, chunk.phase)
 
     def teardown(self):
         replica = ClusterState()

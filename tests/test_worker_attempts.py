@@ -127,6 +127,47 @@ def test_an_attempt_reports_what_it_used():
                                         wall_s=1.0)
 
 
+WALL_CLOCK = 1_764_500_000.0
+
+
+def timed(slots: int = 2) -> Attempts:
+    """A registered core that knows the wall clock: unix seconds at its zero."""
+    core = Attempts(slots, HEARTBEAT_S, wall_clock_offset_s=WALL_CLOCK)
+    core.handle(Tick(), 0.0)
+    core.handle(HelloAnswered(EPOCH), 0.0)
+    return core
+
+
+def test_a_final_report_carries_the_attempts_timeline_in_unix_seconds():
+    core = timed()
+    k = key(0)
+    core.handle(assigned((0, 1)), 1.0)
+    core.handle(ProgramFetched(k, "/programs/p"), 1.5)
+    core.handle(Mounted(k, "/mnt/x"), 2.0)
+    core.handle(ProcessStarted(k), 2.25)
+    core.handle(ProcessExited(k, 0, stdout_bytes=3), 4.0)
+    [report] = core.handle(Uploaded(k, {}, (b"o" * 16, 3), None), 4.5)
+    assert (report.result.assigned_at, report.result.started_at, report.result.ended_at) == (
+        WALL_CLOCK + 1.0, WALL_CLOCK + 2.25, WALL_CLOCK + 4.0)
+    assert report.result.elapsed_s == 1.75
+
+
+def test_an_attempt_that_never_ran_its_program_ends_when_it_is_reported():
+    core = timed()
+    k = key(0)
+    core.handle(assigned((0, 1)), 1.0)
+    [report] = core.handle(ProgramUnavailable(k, "gone"), 3.0)
+    assert (report.result.assigned_at, report.result.started_at, report.result.ended_at) == (
+        WALL_CLOCK + 1.0, 0.0, WALL_CLOCK + 3.0)
+
+
+def test_without_a_wall_clock_the_timeline_is_not_known():
+    core = registered()
+    k = running(core, 0, now=1.0)
+    [report, *_] = core.handle(ProcessExited(k, 0), 2.0)
+    assert (report.result.assigned_at, report.result.started_at, report.result.ended_at) == (0.0, 0.0, 0.0)
+
+
 def test_a_limit_exceeded_fails_with_its_reason_and_keeps_the_peak():
     core = registered()
     k = running(core, 0, now=1.0)

@@ -39,6 +39,11 @@ Rules of this module (the contract for worker/node.py and tests/sim/):
   HelloAnswered (which ticks itself) sets a timer that is already due. The
   shell also reports the size of a running attempt's logs (LogSize) as often
   as it likes.
+- Timeline. A final report's result carries when the worker accepted the
+  assignment, when the program's process started and when it ended (or,
+  with no process, when the attempt ended) in unix seconds: the caller's
+  `now` plus `wall_clock_offset_s`, which the shell measures once. Without
+  that offset the core knows no wall clock and leaves them 0.0 (not known).
 - An attempt takes a slot from assignment to its final report. Its final
   report is sent once, then resent every RESEND_STATUS_S while registered,
   until a status_ack confirms the masters committed it.
@@ -158,6 +163,9 @@ class _Attempt:
     resend_at: float = 0.0
     exit_state: ChunkState | None = None       # set at exit, before the upload
     exit_result: ChunkResult | None = None
+    assigned_at: float = 0.0                   # the timeline, on the caller's clock; 0.0: not yet
+    process_started_at: float = 0.0
+    ended_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -173,13 +181,16 @@ class _Link:
 class Attempts:
     """The chunk attempts of one worker. `handle(event, now) -> effects`.
     `balancers` is how many load balancers the cluster has; events and
-    effects name them 0..balancers-1."""
+    effects name them 0..balancers-1. `wall_clock_offset_s`: unix seconds
+    at the caller's clock zero (None: the reports carry no timeline)."""
 
-    def __init__(self, slots: int, heartbeat_interval_s: float, balancers: int = 1) -> None:
+    def __init__(self, slots: int, heartbeat_interval_s: float, balancers: int = 1,
+                 wall_clock_offset_s: float | None = None) -> None:
         if balancers < 1:
             raise ValueError("a worker needs at least one load balancer")
         self.slots = slots
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.wall_clock_offset_s = wall_clock_offset_s
         self.epoch = 0                  # the highest seen
         self.followed: Balancer = 0     # the balancer that last sent it; reports go there
         self.counters: dict[str, int] = {}
@@ -305,7 +316,7 @@ class Attempts:
                 continue                                # a repeated assignment
             inputs = dict(event.job.inputs)
             inputs.update(chunk.inputs)
-            self._attempts[key] = _Attempt(key=key, job=event.job, inputs=inputs)
+            self._attempts[key] = _Attempt(key=key, job=event.job, inputs=inputs, assigned_at=now)
             self._count("attempts_accepted")
             effects.append(FetchProgram(key, event.job.program))
         return effects
@@ -446,7 +457,7 @@ class Attempts:
     def _on_process_started(self, event: ProcessStarted, now: float) -> list[Effect]:
         attempt = self._held(event)
         self._count("attempts_started")
-        attempt.started_at = now
+        attempt.started_at = attempt.process_started_at = now
         attempt.deadline = now + attempt.job.timeout_s
         attempt.started_report_at = now + STARTED_DELAY_S
         if attempt.cancel_requested:
@@ -462,6 +473,7 @@ class Attempts:
 
     def _on_process_exited(self, event: ProcessExited, now: float) -> list[Effect]:
         attempt = self._held(event)
+        attempt.ended_at = now
         state, result, outputs = exit_report(event, attempt.stop_reason, attempt.job.timeout_s,
                                              elapsed_s=max(0.0, now - attempt.started_at))
         if not outputs and not event.stdout_bytes and not event.stderr_bytes:
@@ -496,10 +508,20 @@ class Attempts:
     def _finish(self, attempt: _Attempt, state: ChunkState, result: ChunkResult, now: float,
                 event: Any) -> list[Effect]:
         self._move(attempt, Phase.REPORTED, event)
-        attempt.final = Report(attempt.key, state, self.epoch, result, self.followed)
+        attempt.final = Report(attempt.key, state, self.epoch, self._timed(attempt, result, now), self.followed)
         attempt.resend_at = now + RESEND_STATUS_S
         self._count(f"attempts_{state.name.lower()}")
         return [attempt.final]
+
+    def _timed(self, attempt: _Attempt, result: ChunkResult, now: float) -> ChunkResult:
+        """`result` with the attempt's timeline in unix seconds, when the core knows the wall clock."""
+        offset = self.wall_clock_offset_s
+        if offset is None:
+            return result
+        started = attempt.process_started_at
+        return replace(result, assigned_at=attempt.assigned_at + offset,
+                       started_at=started + offset if started else 0.0,
+                       ended_at=(attempt.ended_at or now) + offset)
 
     def _check(self, attempt: _Attempt, event: Any) -> None:
         if (attempt.phase, type(event)) not in TRANSITIONS:

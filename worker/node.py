@@ -71,7 +71,8 @@ class WorkerNode:
         self.wake_read, self.wake_write = wake_read, wake_write
         if isinstance(loadbalancer_addresses, str):
             loadbalancer_addresses = [loadbalancer_addresses]
-        self.core = core.Attempts(slots, heartbeat_interval_s, balancers=len(loadbalancer_addresses))
+        self.core = core.Attempts(slots, heartbeat_interval_s, balancers=len(loadbalancer_addresses),
+                                  wall_clock_offset_s=time.time() - time.monotonic())
         self.answers: queue.SimpleQueue[Any] = queue.SimpleQueue()     # core events from helper threads
         self.counters: dict[str, int] = {}
         self.next_request_id = 1

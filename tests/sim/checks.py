@@ -46,6 +46,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from uds import wire
+from uds.master.attempts import chunk_attempts
 from uds.master.commands import (
     CHUNK_CACHED, CHUNK_CANCELLED, CHUNK_FAILED, CHUNK_SUCCEEDED, FINAL_PHASES, JOB_SUBMITTED, ChunkPhase,
 )
@@ -372,4 +373,26 @@ class Checker:
                 phases = ", ".join(f"{index}:{chunk.phase.label}/{chunk.attempt}"
                                    for index, chunk in enumerate(record.chunks))
                 raise InvariantBroken(f"job {short(job)} unfinished at {now:.2f} s: {phases}")
+            for index, chunk in enumerate(record.chunks):
+                self._check_attempts(job, index, chunk)
         self._check_storage_at_end(now)
+
+    @staticmethod
+    def _check_attempts(job: bytes, index: int, chunk) -> None:
+        """Every attempt of the chunk is kept once, numbered 1, 2, ..., and
+        each one's timeline runs forward: dispatched, the worker's assigned,
+        started and ended, then committed (one simulated clock for all; the
+        masters keep running_at and committed_at to the millisecond)."""
+        views, dropped = chunk_attempts(chunk)
+        numbers = [view.attempt for view in views]
+        if numbers != list(range(dropped + 1, chunk.attempt + 1)):
+            raise InvariantBroken(f"chunk {index} of job {short(job)} at attempt {chunk.attempt} "
+                                  f"keeps attempts {numbers} ({dropped} dropped)")
+        for view in views:
+            result = view.result
+            steps = [view.dispatched_at, result.assigned_at or None, result.started_at or None,
+                     result.ended_at or None, view.committed_at]
+            known = [at for at in steps if at is not None]
+            if any(later < earlier - 0.001 for earlier, later in zip(known, known[1:])):
+                raise InvariantBroken(f"attempt {view.attempt} of chunk {index} of job {short(job)} "
+                                      f"has its timeline out of order: {steps}")

@@ -50,7 +50,8 @@ class SimWorker(Host):
         self.slots = slots
         self.capacity = capacity
         self.start_time_ms = int(round(sim.now, 3) * 1000)     # of this process, in its hello and reports
-        self.core = core.Attempts(slots, heartbeat_interval_s)
+        # The simulated clock is the wall clock too: reports carry the timeline.
+        self.core = core.Attempts(slots, heartbeat_interval_s, wall_clock_offset_s=0.0)
         self.host = SimAttemptHost(sim, name, node_id, store, self.later, self._apply, faults_until)
         self.effects: dict[type, Callable[[Any], Any]] = {
             **self.host.handlers,
