@@ -280,6 +280,15 @@ def test_held_queries_get_the_not_leader_error_when_the_master_stops_leading():
     assert cluster.leader.events_waiters == 0
 
 
+def test_a_query_resent_while_held_is_held_once_and_answered_once():
+    cluster = leading()
+    asked = events_query(26, after=cluster.state.last_seq, wait_ms=5000)
+    assert cluster.handle(received(asked), 1.0) == []
+    assert cluster.handle(received(asked), 3.0) == []
+    assert cluster.leader.events_waiters == 1 and cluster.leader.counters["events_queries"] == 1
+    assert [reply.request for reply in replies(cluster.handle(Tick(), 6.0))] == [request(asked)]
+
+
 def test_beyond_the_cap_a_held_query_is_refused_busy():
     cluster = leading()
     cluster.leader._event_waiters.capacity = 1
