@@ -99,7 +99,9 @@ def test_a_jobs_events_followed_through_the_kill_of_the_leader(three_masters):  
 
     def kill_when_running() -> None:
         wait_until(lambda: len(seen) > 50, what="events before the kill", timeout=WAIT_S)
-        masters[leader(layout)].kill9()
+        [old] = wait_until(lambda: (lambda index: index is not None and [index])(leader(layout)),
+                           what="the leader", timeout=WAIT_S)
+        masters[old].kill9()
         killed.set()
 
     killer = threading.Thread(target=kill_when_running)
