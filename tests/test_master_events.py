@@ -20,7 +20,7 @@ from uds.master.state import ClusterState
 from uds.wire import ChunkState, ErrorCode
 
 from test_master_leader import (
-    BALANCER_PEER, CLIENT, CLIENT_PEER, JOB, JOB_B, WORKER, chunk_events, event_record, leading, received,
+    BALANCER_PEER, CLIENT, CLIENT_PEER, JOB, JOB_B, chunk_events, event_record, leading, received,
     request, submit, submit_command, with_balancer,
 )
 
@@ -85,7 +85,7 @@ def test_asking_past_the_end_finds_nothing_and_covers_the_log():
 
 def test_a_gap_is_what_the_log_dropped_after_the_seq_asked_from():
     state = log_of(MIXED, dropped=10)                   # seqs 11..16 kept
-    assert events_matching(state, 0) [2:] == (1, 10)
+    assert events_matching(state, 0)[2:] == (1, 10)
     assert events_matching(state, 4, node=NODE_A)[2:] == (5, 10)
     assert events_matching(state, 10)[2:] == (0, 0)
     assert seqs(events_matching(state, 4).events) == [11, 12, 13, 14, 15, 16]
