@@ -38,6 +38,7 @@ bench: setup
 	$(VENV_PYTHON) bench/throughput.py
 	$(VENV_PYTHON) bench/latency.py
 	$(VENV_PYTHON) bench/workflow.py
+	$(VENV_PYTHON) bench/events.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info wire/_wire_cffi.*

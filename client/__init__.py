@@ -12,6 +12,7 @@ from uds.errors import (
     AuthenticationRefused, ClientError, InvalidJobError, JobFailed, JobTimeout, NoClusterError, RemoteError,
     RequestTimeout, UnknownJobError,
 )
+from uds.client.events import Event, EventsPage
 from uds.client.jobs import ChunkStatus, Job, JobStatus, OutputRef
 from uds.wire.records import ChunkResult
 
@@ -42,6 +43,6 @@ def as_completed(jobs: Iterable[Job], timeout: float | None = None) -> Iterator[
 
 
 __all__ = ["connect", "put", "get", "submit_job", "as_completed", "find_cluster_file", "Connection",
-           "Job", "JobStatus", "ChunkStatus", "OutputRef", "ChunkResult", "AuthenticationRefused", "ClientError",
+           "Job", "JobStatus", "ChunkStatus", "OutputRef", "ChunkResult", "Event", "EventsPage", "AuthenticationRefused", "ClientError",
            "InvalidJobError", "JobFailed",
            "JobTimeout", "NoClusterError", "RemoteError", "RequestTimeout", "UnknownJobError"]

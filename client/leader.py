@@ -7,7 +7,9 @@ masters in turn, follows an ERR_NOT_LEADER that names the leader, takes a
 master silent for SILENCE_S for gone, and backs off with jitter once none
 of them served (doc/client.md). Every request carries a request id and is
 resent with the same id when no answer comes, which is safe because the
-masters apply it once.
+masters apply it once. A master whose connection drops while it holds a
+request (it was killed) is left at once, without waiting out the request's
+own wait (a held status or events query may wait 20 s).
 
 Rules: a LeaderLink belongs to one thread (it owns DEALER sockets, made on
 first use); make one per thread from a shared Transport.
@@ -25,7 +27,7 @@ from uds import wire
 from uds.errors import AuthenticationRefused, InvalidJobError, RemoteError, RequestTimeout, UnknownJobError
 from uds.wire.enums import NodeRole
 from uds.wire.leader_search import LeaderSearch
-from uds.wire.transport import Transport, recv_message, refusal, send_message
+from uds.wire.transport import Transport, connected, disconnects, recv_message, refusal, send_message
 
 # A master that holds a request is sent it again after this long without
 # an answer (another master may be asked meanwhile).
@@ -87,12 +89,15 @@ class LeaderLink:
         search = self._search
         deadline = time.monotonic() + timeout
         holding: dict[int, float] = {}      # master index -> when it was last sent the request
+        drops: dict[int, int] = {}          # master index -> its connection's drops when it was sent it
         while True:
             now = time.monotonic()
             target = search.due(now)
             if target is not None:
                 if target not in holding or now - holding[target] >= RESEND_AFTER_S:
-                    send_message(self._master_socket(target), frames, counters=self._transport)
+                    socket = self._master_socket(target)
+                    drops.setdefault(target, disconnects(socket))
+                    send_message(socket, frames, counters=self._transport)
                     holding[target] = now
                 search.asked(now)
             wake_in = min(REFUSAL_CHECK_S, deadline - now,
@@ -113,7 +118,17 @@ class LeaderLink:
                 if isinstance(reply, expected):
                     return reply
                 continue
-            search.overdue(now, patience_s)
+            if target is not None and target in holding \
+                    and disconnects(self._master_socket(target)) > drops[target]:
+                # It hung up holding the request (it stopped): do not wait out the request's wait.
+                del holding[target], drops[target]
+                search.hung_up(target, now)
+                continue
+            # A wait the request asked for counts only while the master can
+            # hold it: not while its connection is down (a dead master
+            # named again by a stale hint).
+            up = target is not None and connected(self._master_socket(target))
+            search.overdue(now, patience_s if up else 0.0)
             if now >= deadline:
                 asked = ", ".join(search.addresses[index] for index in sorted(holding)) or "none"
                 raise RequestTimeout(f"no answer from the masters in {timeout:g}s "

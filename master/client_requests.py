@@ -207,6 +207,8 @@ class ClientRequests:
         refused = self._not_leading(request)
         if refused:
             return refused
+        if self._event_waiters.holds(request):
+            return []           # resent while held: the held one is answered
         self._count("events_queries")
         limit = max(1, min(message.limit, MAX_EVENTS_PER_REPLY))
         wanted = EventFilter.of(message.job, message.node, message.kinds)

@@ -56,6 +56,9 @@ class EventWaiters:
     def __len__(self) -> int:
         return len(self._held)
 
+    def holds(self, request: Request) -> bool:
+        return request in self._keys
+
     def hold(self, request: Request, after_seq: int, wanted: EventFilter, limit: int, wait_ms: int,
              now: float) -> bool:
         """Hold the query; False when MAX_EVENT_WAITERS are held already."""

@@ -89,6 +89,15 @@ def test_a_request_that_asked_to_wait_is_given_its_wait_too():
     assert s.overdue(1.6, patience_s=1.0) and s.target == 1
 
 
+def test_a_master_that_hung_up_holding_a_request_is_left_at_once_whatever_the_wait():
+    s = search(silence_s=0.5)
+    s.asked(0.0)
+    s.hung_up(1, 0.1)             # not the target: old news
+    assert s.target == 0
+    s.hung_up(0, 0.2)
+    assert s.target == 1 and s.quiet(0, 0.3) and s.due(0.2) == 1
+
+
 def test_hearing_from_the_target_stops_its_silence_clock():
     s = search(silence_s=0.5)
     s.asked(0.0)

@@ -7,8 +7,9 @@ from __future__ import annotations
 import pickle
 from collections import deque
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from uds import wire
 from uds.master.commands import Event
@@ -19,7 +20,7 @@ from uds.master.state import ClusterState
 from uds.wire import ChunkState, ErrorCode
 
 from test_master_leader import (
-    BALANCER_PEER, CLIENT, CLIENT_PEER, JOB, JOB_B, WORKER, chunk_events, event_record, leading, received,
+    BALANCER_PEER, CLIENT, CLIENT_PEER, JOB, JOB_B, chunk_events, event_record, leading, received,
     request, submit, submit_command, with_balancer,
 )
 
@@ -84,7 +85,7 @@ def test_asking_past_the_end_finds_nothing_and_covers_the_log():
 
 def test_a_gap_is_what_the_log_dropped_after_the_seq_asked_from():
     state = log_of(MIXED, dropped=10)                   # seqs 11..16 kept
-    assert events_matching(state, 0) [2:] == (1, 10)
+    assert events_matching(state, 0)[2:] == (1, 10)
     assert events_matching(state, 4, node=NODE_A)[2:] == (5, 10)
     assert events_matching(state, 10)[2:] == (0, 0)
     assert seqs(events_matching(state, 4).events) == [11, 12, 13, 14, 15, 16]
@@ -280,9 +281,113 @@ def test_held_queries_get_the_not_leader_error_when_the_master_stops_leading():
     assert cluster.leader.events_waiters == 0
 
 
+def test_a_query_resent_while_held_is_held_once_and_answered_once():
+    cluster = leading()
+    asked = events_query(26, after=cluster.state.last_seq, wait_ms=5000)
+    assert cluster.handle(received(asked), 1.0) == []
+    assert cluster.handle(received(asked), 3.0) == []
+    assert cluster.leader.events_waiters == 1 and cluster.leader.counters["events_queries"] == 1
+    assert [reply.request for reply in replies(cluster.handle(Tick(), 6.0))] == [request(asked)]
+
+
 def test_beyond_the_cap_a_held_query_is_refused_busy():
     cluster = leading()
     cluster.leader._event_waiters.capacity = 1
     cluster.handle(received(events_query(24, after=cluster.state.last_seq, wait_ms=5000)), 1.0)
     [refused] = cluster.handle(received(events_query(25, after=cluster.state.last_seq, wait_ms=5000)), 1.0)
     assert refused.message.error_code == ErrorCode.BUSY
+
+
+# ---- a leader and a real state, driven by hypothesis ---------------------------------
+
+JOBS = [bytes([n]) * 16 for n in (1, 2, 3)]
+KINDS = ["job_submitted", "chunk_dispatched", "job_cancelled", "chunk_cancelled"]
+
+
+class HeldEventsMachine(RuleBasedStateMachine):
+    """Jobs submitted and cancelled while clients hold events queries with
+    filters: after every step, no query is held while the log has an event
+    it wants, every answer holds only what its query wants, in order, and
+    each query is answered once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cluster = with_balancer(free_slots=4)
+        self.now = 0.1
+        self.asked: dict[int, wire.EventsQuery] = {}
+        self.answered: dict[int, wire.Message] = {}
+        self.request_ids = iter(range(100, 10**6))
+
+    def absorb(self, effects: list) -> None:
+        for reply in replies(effects):
+            if reply.request.message_type != int(wire.MessageType.EVENTS_QUERY):
+                continue
+            request_id = reply.request.request_id
+            assert request_id not in self.answered, "a query answered twice"
+            self.answered[request_id] = reply.message
+
+    def settle(self) -> None:
+        self.absorb(self.cluster.settle(self.now))
+
+    @rule(job=st.sampled_from(JOBS), chunks=st.integers(1, 3))
+    def submit(self, job, chunks):
+        self.absorb(self.cluster.handle(received(submit(job, chunks, next(self.request_ids))), self.now))
+        self.settle()
+
+    @rule(job=st.sampled_from(JOBS))
+    def cancel(self, job):
+        asked = wire.JobCancel.make(CLIENT, request_id=next(self.request_ids), job=job)
+        self.absorb(self.cluster.handle(received(asked), self.now))
+        self.settle()
+
+    @rule(job=st.sampled_from([None, *JOBS]), kinds=st.sets(st.sampled_from(KINDS), max_size=2),
+          back=st.integers(0, 4), wait_ms=st.sampled_from([0, 300, 5000]))
+    def query(self, job, kinds, back, wait_ms):
+        request_id = next(self.request_ids)
+        after = max(0, self.cluster.state.last_seq - back)
+        asked = events_query(request_id, after, wait_ms, job, tuple(sorted(kinds)))
+        self.asked[request_id] = asked
+        self.absorb(self.cluster.handle(received(asked), self.now))
+
+    @rule(seconds=st.sampled_from([0.05, 0.4, 6.0]))
+    def time_passes(self, seconds):
+        self.now += seconds
+        self.renew_lease()
+        self.absorb(self.cluster.handle(Tick(), self.now))
+
+    def renew_lease(self) -> None:
+        self.cluster.renew(self.now)
+
+    @invariant()
+    def nothing_is_held_that_could_be_answered(self):
+        log = list(self.cluster.state.event_log)
+        for waiter in self.cluster.leader._event_waiters._held.values():
+            assert not [event for event in log if event.seq > waiter.after_seq and waiter.wanted.matches(event)]
+
+    @invariant()
+    def answers_hold_what_was_asked_in_order(self):
+        for request_id, reply in self.answered.items():
+            asked = self.asked[request_id]
+            assert isinstance(reply, wire.EventsReply), reply
+            wanted = EventFilter.of(asked.job, asked.node, asked.kinds)
+            seqs_read = [event["seq"] for event in reply.events]
+            assert seqs_read == sorted(set(seqs_read)) and all(seq > asked.after_seq for seq in seqs_read)
+            assert all(wanted.matches(Event(**event)) for event in reply.events)
+            assert reply.through_seq >= max(seqs_read, default=0)
+            if asked.wait_ms == 0 or not reply.events:
+                continue
+            # Nothing it wanted was left out below its coverage.
+            log = [event for event in self.cluster.state.event_log
+                   if asked.after_seq < event.seq <= reply.through_seq and wanted.matches(event)]
+            assert [event.seq for event in log][:len(seqs_read)] == seqs_read
+
+    @invariant()
+    def a_query_without_wait_is_answered_at_once(self):
+        for request_id, asked in self.asked.items():
+            if asked.wait_ms == 0:
+                assert request_id in self.answered
+
+
+TestHeldEvents = HeldEventsMachine.TestCase
+TestHeldEvents.settings = settings(max_examples=40, stateful_step_count=25, deadline=None,
+                                   suppress_health_check=[HealthCheck.too_slow])

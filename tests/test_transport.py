@@ -27,6 +27,8 @@ from uds.wire.transport import (
     Received,
     Transport,
     TransportError,
+    connected,
+    disconnects,
     recv_message,
     refusal,
     send_message,
@@ -196,6 +198,16 @@ def test_a_refused_key_is_known_at_once(transport, server, tmp_path):
     good = transport.client_socket(zmq.DEALER, server.endpoint)
     assert request(good, [b"ok"]) == [b"echo", b"ok"]
     assert refusal(good) is None
+
+
+def test_a_connecting_socket_knows_whether_its_connection_is_up(transport, server):
+    client = transport.client_socket(zmq.DEALER, server.endpoint)
+    assert request(client, [b"up"]) == [b"echo", b"up"]
+    wait_until(lambda: connected(client))
+    assert disconnects(client) == 0
+    server.stop()                 # the server goes: its connection drops
+    wait_until(lambda: not connected(client))
+    assert disconnects(client) == 1
 
 
 def test_large_frames_round_trip(transport, server):

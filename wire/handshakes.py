@@ -3,8 +3,11 @@
 Every socket a Transport makes is watched. For a bound socket the thread
 counts handshakes accepted and refused; for a connecting socket it notes on
 the socket (`refused`) why the server refused our handshake, so that a caller
-learns it within its next look instead of at the end of its timeout. Only
-this thread touches the monitor PAIR sockets.
+learns it within its next look instead of at the end of its timeout; and it
+notes on the socket whether a connection is up (`connected`) and counts those
+that dropped (`disconnects`), so that a caller waiting on a server that died
+learns it at once. Only this thread
+touches the monitor PAIR sockets.
 """
 from __future__ import annotations
 
@@ -147,6 +150,7 @@ class HandshakeMonitor(threading.Thread):
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             watched.hang_ups = 0
             sock.refused = None  # admitted now (keys were reloaded)
+            sock.connected = True
         elif event in _REFUSALS:
             self._counters.increment("handshakes_refused_by_peer")
             sock.refused = f"authentication refused by {watched.name}: {_REFUSALS[event]}"
@@ -155,6 +159,10 @@ class HandshakeMonitor(threading.Thread):
             if watched.hang_ups >= HANG_UPS_FOR_REFUSAL:
                 self._counters.increment("handshakes_refused_by_peer")
                 sock.refused = f"authentication refused by {watched.name}: {_HANG_UP_REFUSAL}"
+        elif event == zmq.EVENT_DISCONNECTED:
+            # An established connection dropped: the server stopped or was cut off.
+            sock.connected = False
+            sock.disconnects += 1
 
 
 @dataclasses.dataclass

@@ -15,7 +15,8 @@ Rules:
   seeds it.
 - Silence is an answer too: a target asked at time t that has said nothing
   by t + silence_s (+ whatever wait the request itself asked for) is taken
-  for gone, and the search moves on.
+  for gone, and the search moves on. So is a target whose connection
+  dropped while it held the request (`hung_up`), at once.
 - A master found silent is quiet for `quiet_s`: rounds leave it out,
   unless every master is quiet. Anything heard from it ends its quiet. So a
   dead leader costs one silence, not one per round, and is still tried
@@ -151,6 +152,15 @@ class LeaderSearch:
             self.silent_at.pop(named)
             self.hint_lifted_at[named] = now
         self._move_on(now, named)
+
+    def hung_up(self, index: int, now: float) -> None:
+        """The master `index` dropped its connection while it held a request
+        (it stopped): taken for gone at once, as if silent, and the search
+        moves on; a wait the request asked for is not waited out."""
+        if index != self.target:
+            return
+        self.silent_at[index] = now
+        self._move_on(now, None)
 
     def overdue(self, now: float, patience_s: float = 0.0) -> bool:
         """True, and the search has moved on, if the target was asked more

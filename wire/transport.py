@@ -143,11 +143,27 @@ class Received:
 
 class RoleSocket(zmq.Socket):
     """A zmq socket that knows whom it talks to: `server_role` is the role
-    whose key a connecting socket pinned (None on a bound one), and
-    `refused` the reason its last handshake was refused, if it was."""
+    whose key a connecting socket pinned (None on a bound one),
+    `refused` the reason its last handshake was refused, if it was,
+    `connected` whether a connection is up (its handshake done, not dropped
+    since), and `disconnects` how many of its connections dropped."""
 
     server_role: NodeRole | None = None
     refused: str | None = None
+    connected: bool = False
+    disconnects: int = 0
+
+
+def disconnects(socket: zmq.Socket) -> int:
+    """How many established connections of this connecting socket have
+    dropped so far (the server stopped, or the network cut it)."""
+    return socket.disconnects
+
+
+def connected(socket: zmq.Socket) -> bool:
+    """Whether this connecting socket has a connection up: a handshake
+    done and not dropped since. False while libzmq tries to reconnect."""
+    return socket.connected
 
 
 def refusal(socket: zmq.Socket) -> str | None:
