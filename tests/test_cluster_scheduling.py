@@ -9,6 +9,7 @@ import pytest
 
 from uds.wire import cluster as cluster_file
 from uds.wire.cluster import Scheduling
+from uds.wire.records import NO_FACTS
 
 from test_master_retention import cluster_with
 
@@ -81,6 +82,7 @@ def test_the_master_daemon_hands_the_table_to_its_leader(tmp_path, monkeypatch):
         entry = cluster.masters[0]
         data = tmp_path
         transport = type("Transport", (), {"keys": None})()
+        facts = NO_FACTS
 
     Context.cluster = cluster
     master_main.build(Context())
