@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from uds.client.results import ResultFields
 from uds.client.status_view import chunk_line, status_lines, usage_text
 from uds.wire.records import ChunkResult
-from uds.wire.resources import Usage
 
 # The timeline's steps, in the order they happen.
 TIMELINE_STEPS = ("dispatched", "assigned", "started", "ended", "committed")
 
 
 @dataclass(frozen=True, slots=True)
-class Attempt:
+class Attempt(ResultFields):
     """One attempt of a chunk."""
 
     number: int
@@ -45,32 +45,6 @@ class Attempt:
         return cls(number=record["attempt"], state=record["state"], failure=record["failure"],
                    worker=record["worker"].hex() if record["worker"] else None, result=result,
                    timeline=timeline)
-
-    @property
-    def exit_code(self) -> int | None:
-        return self.result.exit_code
-
-    @property
-    def error(self) -> str:
-        return self.result.error
-
-    @property
-    def usage(self) -> Usage:
-        return self.result.usage
-
-    @property
-    def outputs(self) -> dict[str, str]:
-        """Its outputs: name under $UDS_OUTPUT -> hex file id."""
-        return {name: ref[0].hex() for name, ref in self.result.outputs.items()}
-
-    @property
-    def stdout(self) -> str | None:
-        """Hex file id of its captured stdout; None if there was none."""
-        return self.result.stdout[0].hex() if self.result.stdout else None
-
-    @property
-    def stderr(self) -> str | None:
-        return self.result.stderr[0].hex() if self.result.stderr else None
 
 
 class AttemptList(list):

@@ -61,18 +61,24 @@ class Event:
 
     def __str__(self) -> str:
         """One line, as `uds events` prints it."""
-        parts = [f"{self.seq:>6}", time.strftime("%H:%M:%S", time.localtime(self.at)), self.kind]
+        return "  ".join([f"{self.seq:>6}", time.strftime("%H:%M:%S", time.localtime(self.at)), self.kind,
+                          *self.named()])
+
+    def named(self, node: bool = True) -> list[str]:
+        """What it names, as the event lines of `uds` print it: job, chunk,
+        attempt, node (unless not asked for) and detail."""
+        parts = []
         if self.job:
             parts.append(f"job {self.job[:8]}")
         if self.chunk is not None:
             parts.append(f"chunk {self.chunk}")
         if self.attempt is not None:
             parts.append(f"attempt {self.attempt}")
-        if self.node:
+        if node and self.node:
             parts.append(f"node {self.node[:8]}")
         if self.detail:
             parts.append(self.detail)
-        return "  ".join(parts)
+        return parts
 
 
 @dataclass(frozen=True, slots=True)

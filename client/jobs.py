@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 from uds import wire
 from uds.client.events import Event, job_events
+from uds.client.results import ResultFields
 from uds.errors import InvalidJobError, JobFailed, JobTimeout
 from uds.wire.ids import ID_BYTES
 from uds.wire.messages import ALL_CHUNKS, SAME_CHUNK
 from uds.wire.records import ChunkResult
-from uds.wire.resources import NO_LIMITS, ResourceLimits, Usage
+from uds.wire.resources import NO_LIMITS, ResourceLimits
 from uds.wire.errors import WireError
 from uds.wire.schema import U32_MAX, RelPath
 
@@ -83,7 +84,7 @@ class OutputRef:
 
 
 @dataclass(frozen=True, slots=True)
-class ChunkStatus:
+class ChunkStatus(ResultFields):
     """One chunk as a client sees it: where it stands and, once it is
     final, the result of its last attempt."""
 
@@ -104,26 +105,6 @@ class ChunkStatus:
         return cls(chunk=report["chunk"], state=report["state"], attempt=report["attempt"],
                    worker=report["worker"].hex() if report["worker"] else None,
                    result=ChunkResult.from_body(report), failures=tuple(report.get("failures", ())))
-
-    @property
-    def outputs(self) -> dict[str, str]:
-        """The result's outputs: name under $UDS_OUTPUT -> hex file id."""
-        return {name: ref[0].hex() for name, ref in self.result.outputs.items()}
-
-    @property
-    def usage(self) -> Usage:
-        """What its last attempt used: cpu time, peak memory, bytes read
-        (from the cache, from storage) and stored, wall time; 0: not measured."""
-        return self.result.usage
-
-    @property
-    def stdout(self) -> str | None:
-        """Hex file id of the captured stdout; None if there was none."""
-        return self.result.stdout[0].hex() if self.result.stdout else None
-
-    @property
-    def stderr(self) -> str | None:
-        return self.result.stderr[0].hex() if self.result.stderr else None
 
 
 @dataclass(frozen=True)

@@ -69,16 +69,7 @@ def _lease_or_offer(record: dict) -> list[tuple[str, str]]:
 def event_line(event: Event) -> str:
     """One event: its seq, date and time, kind, then what it names besides
     the node (`uds events` prints the time of day alone, and the node)."""
-    parts = [f"{event.seq:>8}", _when(event.at), f"{event.kind:<16}"]
-    if event.job:
-        parts.append(f"job {event.job[:8]}")
-    if event.chunk is not None:
-        parts.append(f"chunk {event.chunk}")
-    if event.attempt is not None:
-        parts.append(f"attempt {event.attempt}")
-    if event.detail:
-        parts.append(event.detail)
-    return "  ".join(parts).rstrip()
+    return "  ".join([f"{event.seq:>8}", _when(event.at), f"{event.kind:<16}", *event.named(node=False)]).rstrip()
 
 
 def print_history(history: NodeHistory, say: Any = print) -> None:

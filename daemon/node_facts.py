@@ -59,16 +59,20 @@ def machine_memory_bytes(meminfo: pathlib.Path | None = None) -> int:
 def disk_size_bytes(folder: pathlib.Path | None) -> int:
     """The size of the file system holding `folder` (or its nearest existing
     parent); 0 for a node without one, or where it cannot be read."""
-    if folder is None:
-        return 0
+    stats = None if folder is None else file_system_of(folder)
+    return 0 if stats is None else stats.f_blocks * stats.f_frsize
+
+
+def file_system_of(folder: pathlib.Path) -> os.statvfs_result | None:
+    """The statvfs of the file system holding `folder`, or of its nearest
+    existing parent; None where it cannot be read."""
     path = pathlib.Path(folder)
     while not path.exists() and path != path.parent:
         path = path.parent
     try:
-        stats = os.statvfs(path)
+        return os.statvfs(path)
     except OSError:
-        return 0
-    return stats.f_blocks * stats.f_frsize
+        return None
 
 
 def _ipv4_addresses() -> list[str]:

@@ -6,10 +6,9 @@ as "not measured" and never holds against a request.
 """
 from __future__ import annotations
 
-import os
 import pathlib
 
-from uds.daemon.node_facts import MEMINFO, machine_cpus, machine_memory_bytes
+from uds.daemon.node_facts import MEMINFO, file_system_of, machine_cpus, machine_memory_bytes
 from uds.wire.capacity import Capacity
 from uds.wire.resources import ResourceSpecError, parse_size
 
@@ -26,14 +25,8 @@ def detect_memory_bytes(meminfo: pathlib.Path = MEMINFO) -> int:
 
 def detect_disk_bytes(folder: pathlib.Path) -> int:
     """Free bytes of the file system holding `folder` (or its nearest parent)."""
-    path = pathlib.Path(folder)
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    try:
-        stats = os.statvfs(path)
-    except OSError:
-        return 0
-    return stats.f_bavail * stats.f_frsize
+    stats = file_system_of(folder)
+    return 0 if stats is None else stats.f_bavail * stats.f_frsize
 
 
 def worker_capacity(data: pathlib.Path, cpus: float | str | None = None, memory: str | int | None = None,
