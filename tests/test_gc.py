@@ -288,7 +288,10 @@ def test_gc_never_takes_the_input_of_a_submission_that_races_it(make_cluster):
     once and some after waiting about the grace period, while every node
     runs passes back to back: no submitted job's file is ever deleted, no
     job fails, and what nothing references is still collected."""
-    grace_s = 1.0
+    # A submission is safe when it commits within the grace after the
+    # client's touch of its inputs; a real grace is hours, and even a
+    # loaded 2-core machine commits within this one.
+    grace_s = 3.0
     cluster = make_cluster(grace_s=grace_s, workers=1)
     connection = cluster.connection
     stop = threading.Event()
@@ -359,7 +362,14 @@ def test_gc_never_takes_the_input_of_a_submission_that_races_it(make_cluster):
     assert passes > 10 and len(submitted) >= RACE_THREADS, (passes, len(submitted))
 
     for job_id, files in submitted.items():
-        status = connection.job(job_id).wait(timeout=120)
+        try:
+            status = connection.job(job_id).wait(timeout=120)
+        except client.JobTimeout:
+            # Say what kept it: each attempt, and whether a pass took one of its files.
+            attempts = [(attempt.number, attempt.state, attempt.failure, attempt.error, attempt.timeline)
+                        for attempt in connection.attempts(job_id, 0)]
+            raise AssertionError(f"job {job_id} unfinished: attempts {attempts}; its files deleted: "
+                                 f"{[d for d in deletions if d[2] in files]}") from None
         assert status.state == "succeeded", (status, [chunk.result for chunk in status.chunks])
         chunk = status.chunks[0]
         files |= {chunk.stdout} | set(chunk.outputs.values())
