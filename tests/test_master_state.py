@@ -856,6 +856,9 @@ class ClusterStateMachine(RuleBasedStateMachine):
         self.sent_events: list[ChunkEvent] = []
         self.submitted: dict[bytes, SubmitJob] = {}
         self.kept_attempts: dict[tuple[bytes, int], list] = {}
+        self.requeues: dict[tuple[bytes, int], int] = {}
+        self.requeues_seen_seq = 0
+        self.attempts_checked: dict[tuple[bytes, int], tuple] = {}
 
     def apply(self, commands: list) -> list:
         self.now += 1.0
@@ -1030,13 +1033,20 @@ class ClusterStateMachine(RuleBasedStateMachine):
         """Each attempt that ended without ending its chunk is in the chunk's
         past once, numbered in order, with the requeue that ended it logged;
         the current attempt comes last; what was kept never changes."""
-        events, _ = self.state.events_after(0, EVENT_LOG_LIMIT)
-        requeues: dict[tuple[bytes, int], int] = {}
+        # The requeues logged since the last look (the log is read once over the run).
+        events, self.requeues_seen_seq = self.state.events_after(self.requeues_seen_seq, EVENT_LOG_LIMIT)
+        requeues = self.requeues
         for e in events:
             if e.kind in ("chunk_retried", "chunk_lost"):
                 requeues[(e.job, e.chunk)] = requeues.get((e.job, e.chunk), 0) + 1
         for job, record in self.state.job_records.items():
             for index, chunk in enumerate(record.chunks):
+                # Checked again only when the chunk changed since the last step.
+                signature = (chunk.phase, chunk.attempt, chunk.past, chunk.dispatched_at, chunk.running_at,
+                             chunk.committed_at, chunk.ended, requeues.get((job, index), 0))
+                if self.attempts_checked.get((job, index)) == signature:
+                    continue
+                self.attempts_checked[(job, index)] = signature
                 views, dropped = chunk_attempts(chunk)
                 assert dropped == 0
                 assert [view.attempt for view in views] == list(range(1, chunk.attempt + 1))
