@@ -2,18 +2,12 @@
 twice leaves three attempts, each one's stdout and stderr readable through
 the library and `uds logs --attempt`, with its class, worker and timeline;
 `uds status --chunk` lists them."""
-import os
-import pathlib
-import subprocess
-import sys
-
 import pytest
 
+from test_cli import uds as run_uds
 from uds.errors import InvalidJobError, UnknownJobError
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 WAIT_S = 60.0
-COMMAND_TIMEOUT_S = 60
 # The masters keep running_at and committed_at on a millisecond grid.
 GRID_S = 0.001
 # Each attempt prints what no other attempt prints, so each log blob differs.
@@ -22,13 +16,7 @@ PROGRAM = (b'#!/bin/sh\necho "out of $UDS_JOB attempt $UDS_ATTEMPT"\n'
 
 
 def uds(cluster, *args, check=True):
-    environment = dict(os.environ, PYTHONPATH=str(ROOT))
-    environment.pop("UDS_CLUSTER", None)
-    result = subprocess.run([sys.executable, "-m", "uds.client.cli", "--cluster", str(cluster.layout.path), *args],
-                            capture_output=True, timeout=COMMAND_TIMEOUT_S, env=environment)
-    if check and result.returncode != 0:
-        raise AssertionError(f"uds {' '.join(args)} exited {result.returncode}: {result.stderr.decode()}")
-    return result
+    return run_uds(*args, cluster_dir=cluster.layout.path, check=check)
 
 
 @pytest.fixture(scope="module")

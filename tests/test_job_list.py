@@ -5,18 +5,14 @@ three forgotten, known by their history lines), one held and one waiting
 for it."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from conftest import _wait_for_workers
-from daemons import ROOT, ClusterLayout, start_cluster, wait_until
+from daemons import ClusterLayout, start_cluster, wait_until
+from test_cli import uds as run_uds
 from uds import client
 from uds.client import job_list
 
-COMMAND_TIMEOUT_S = 60
 KEPT_FINISHED = 2
 SUCCEEDS = b"#!/bin/sh\necho done\n"
 FAILS = b"#!/bin/sh\necho broken >&2\nexit 3\n"
@@ -35,10 +31,7 @@ class Cluster:
         _wait_for_workers(self.connection, 1)
 
     def uds(self, *args: str, fails: bool = False) -> str:
-        environment = dict(os.environ, PYTHONPATH=str(ROOT))
-        environment.pop("UDS_CLUSTER", None)
-        result = subprocess.run([sys.executable, "-m", "uds.client.cli", "--cluster", str(self.layout.path), *args],
-                                capture_output=True, timeout=COMMAND_TIMEOUT_S, env=environment)
+        result = run_uds(*args, cluster_dir=self.layout.path, check=False)
         assert (result.returncode != 0) == fails, (args, result.stdout.decode(), result.stderr.decode())
         return result.stderr.decode() if fails else result.stdout.decode()
 

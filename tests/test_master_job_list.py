@@ -17,17 +17,9 @@ from uds.master.state import ClusterState
 from uds.wire.enums import ChunkState, ErrorCode, JobState
 from uds.wire.records import ChunkEvent, ChunkResult
 
-WORKER = bytes.fromhex("01" * 16)
-PROGRAM = (bytes.fromhex("f0" * 16), 1234)
-MASTER = b"M" * 16
-CLIENT = b"C" * 16
-CLIENT_PEER = b"client-peer"
-LEADING = RaftStatus(ready=True, leader=True, leader_address=None)
+from test_master_retention import CLIENT, CLIENT_PEER, LEADING, MASTER, PROGRAM, WORKER, job_id
+
 FOLLOWING = RaftStatus(ready=True, leader=False, leader_address="tcp://10.0.0.2:5000")
-
-
-def job_id(number: int) -> bytes:
-    return number.to_bytes(16, "big")
 
 
 def submit(job: bytes, chunk_count: int = 1, hold: bool = False) -> SubmitJob:
