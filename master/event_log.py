@@ -120,7 +120,4 @@ def log_slice(log: deque[Event], start: int, count: int) -> list[Event]:
 def events_since(state: ClusterState, after_seq: int) -> list[Event]:
     """Every event of the log with seq > `after_seq` (those still kept), for
     the leader's look at what the last commits added."""
-    log = state.event_log
-    first_kept = state.last_seq - len(log) + 1
-    start = max(after_seq + 1, first_kept) - first_kept
-    return log_slice(log, start, len(log) - start)
+    return state.events_after(after_seq, len(state.event_log))[0]

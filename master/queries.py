@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from uds.master.commands import (
     ChunkView, Event, FileRef, JobSummary, JobView, NodeView, ReadyAttempt, RunningAttempt,
 )
+from uds.master.event_log import log_slice
 from uds.master.records import FAILURE_LETTERS
 from uds.master.workflow import dependencies, waiting_reason
 from uds.wire.capacity import NO_CAPACITY, Capacity, unfit_reason
@@ -199,15 +200,7 @@ class StateQueries:
         log = self.event_log
         first_seq = self.last_seq - len(log) + 1
         start = max(seq + 1, first_seq) - first_seq
-        stop = min(start + max(0, limit), len(log))
-        if start >= stop:
-            return [], self.last_seq
-        if start < len(log) // 2:
-            return list(islice(log, start, stop)), self.last_seq
-        # Followers read near the tail: walk from that end instead.
-        newest_first = list(islice(reversed(log), len(log) - stop, len(log) - start))
-        newest_first.reverse()
-        return newest_first, self.last_seq
+        return log_slice(log, start, max(0, limit)), self.last_seq
 
     def next_timer_at(self) -> float | None:
         """When the earliest start time, deadline or backoff falls due (None:
