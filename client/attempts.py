@@ -5,8 +5,8 @@ The masters keep each attempt of a chunk: the ones retried, lost, refused
 or taken back, and the one that ended it (or runs now), with its failure
 class, its worker, what its worker reported (exit code, outputs, logs,
 usage) and its timeline. Times are unix seconds: dispatched, running and
-committed on the masters' clock, assigned, started and ended on the
-worker's. A chunk keeps its newest 64 attempts; `AttemptList.dropped` counts
+committed on the masters' clock; assigned, started, first read (of an
+input), ended and uploaded (outputs and logs stored) on the worker's. A chunk keeps its newest 64 attempts; `AttemptList.dropped` counts
 the older ones.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from uds.client.status_view import chunk_line, status_lines, usage_text
 from uds.wire.records import ChunkResult
 
 # The timeline's steps, in the order they happen.
-TIMELINE_STEPS = ("dispatched", "assigned", "started", "ended", "committed")
+TIMELINE_STEPS = ("dispatched", "assigned", "started", "first_read", "ended", "uploaded", "committed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +40,8 @@ class Attempt(ResultFields):
         """From an ATTEMPT record of an attempts_reply."""
         result = ChunkResult.from_body(record)
         timeline = dict(dispatched=record["dispatched_at"], assigned=result.assigned_at or None,
-                        started=result.started_at or None, ended=result.ended_at or None,
+                        started=result.started_at or None, first_read=result.first_read_at or None,
+                        ended=result.ended_at or None, uploaded=result.uploaded_at or None,
                         committed=record["committed_at"])
         return cls(number=record["attempt"], state=record["state"], failure=record["failure"],
                    worker=record["worker"].hex() if record["worker"] else None, result=result,

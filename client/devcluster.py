@@ -37,6 +37,8 @@ ROLES_IN_START_ORDER = ("storage", "master", "loadbalancer")
 # A Raft group of an even size tolerates no more failures than one member fewer.
 MASTER_COUNTS = (1, 3, 5)
 LOG_TAIL_BYTES = 2000
+# Ports beyond one per worker in the workers' metrics range, for ports taken meanwhile.
+WORKER_METRICS_SPARE_PORTS = 32
 # Each ask for the node table while waiting for the workers.
 WORKERS_QUERY_TIMEOUT_S = 5.0
 
@@ -74,6 +76,13 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def _worker_metrics_ports(workers: int) -> str:
+    """A port range for the workers' /metrics, from a port free now, with
+    room to spare: each worker takes the first port of it still free."""
+    first = min(_free_port(), 65535 - workers - WORKER_METRICS_SPARE_PORTS)
+    return f"127.0.0.1:{first}-{first + workers + WORKER_METRICS_SPARE_PORTS}"
 
 
 def pid_alive(pid: int) -> bool:
@@ -115,13 +124,14 @@ def write_cluster_file(folder: pathlib.Path, workers: int, slots: int, loadbalan
     path.write_text(cluster_file.render(
         keys="keys",
         masters=[{"address": f"tcp://127.0.0.1:{_free_port()}", "raft": f"127.0.0.1:{_free_port()}",
-                  "data": f"data/master-{index}"} for index in range(masters)],
-        loadbalancers=[{"address": f"tcp://127.0.0.1:{_free_port()}", "data": f"data/loadbalancer-{index}"}
-                       for index in range(loadbalancers)],
-        storage=[{"address": f"tcp://127.0.0.1:{_free_port()}", "data": f"data/storage-{index}"}
-                 for index in range(storage)],
+                  "data": f"data/master-{index}", "metrics": f"127.0.0.1:{_free_port()}"}
+                 for index in range(masters)],
+        loadbalancers=[{"address": f"tcp://127.0.0.1:{_free_port()}", "data": f"data/loadbalancer-{index}",
+                        "metrics": f"127.0.0.1:{_free_port()}"} for index in range(loadbalancers)],
+        storage=[{"address": f"tcp://127.0.0.1:{_free_port()}", "data": f"data/storage-{index}",
+                  "metrics": f"127.0.0.1:{_free_port()}"} for index in range(storage)],
         workers={"data": "data/workers", "slots": slots, "cache_bytes": 2 << 30,
-                 "heartbeat_interval_s": 0.25, "lease_s": 3.0},
+                 "heartbeat_interval_s": 0.25, "lease_s": 3.0, "metrics": _worker_metrics_ports(workers)},
         storage_policy={"replicas": default_replicas(storage) if replicas is None else replicas},
     ))
     return path

@@ -4,7 +4,8 @@
 # libfuse 2 headers with pkg-config (llfuse), fusermount (fuse3), and venv;
 # for the worker's sandbox: bubblewrap, setpriv and mount (util-linux) and
 # mkfs.ext4 (e2fsprogs); for the tests' network hosts: ip (iproute2),
-# nft (nftables) and nsenter (util-linux).
+# nft (nftables) and nsenter (util-linux); for the dashboard's browser tests:
+# chromium and chromedriver (chromium-driver).
 # Usage: scripts/install-system-deps.sh PYTHON
 set -euo pipefail
 python=${1:-python3}
@@ -25,6 +26,8 @@ PATH="$PATH:/sbin:/usr/sbin" command -v mkfs.ext4 >/dev/null || missing+=(e2fspr
 PATH="$PATH:/sbin:/usr/sbin" command -v ip >/dev/null || missing+=(iproute2)
 PATH="$PATH:/sbin:/usr/sbin" command -v nft >/dev/null || missing+=(nftables)
 command -v nsenter >/dev/null || missing+=(util-linux)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 
 if ((${#missing[@]} == 0)); then
     exit 0

@@ -27,7 +27,8 @@ RESULT = dict(exit_code=0, outputs={"counts.txt": [OUTPUT, 1234]}, stdout=[LOG, 
               stderr=None, error="", elapsed_s=0.25, bytes_from_cache=4096,
               bytes_from_storage=65536, cpu_user_s=0.125, cpu_system_s=0.0625,
               peak_memory_bytes=1 << 24, output_bytes=1244, assigned_at=1_795_000_001.0,
-              started_at=1_795_000_001.5, ended_at=1_795_000_001.75)
+              started_at=1_795_000_001.5, first_read_at=1_795_000_001.625,
+              ended_at=1_795_000_001.75, uploaded_at=1_795_000_001.875)
 LIMITS = {"memory_bytes": 512 << 20, "millicpus": 1500}
 WORKER_RESOURCES = dict(millicpus=8000, memory_bytes=16 << 30, disk_bytes=100 << 30, sandbox="bubblewrap")
 NODE_FACTS = dict(software="0.12.0", cpus=8, machine_memory_bytes=32 << 30, machine_disk_bytes=500 << 30,

@@ -71,7 +71,8 @@ def chunk_report(chunk, state, failures=(), **fields):
     report = dict(chunk=chunk, state=state, attempt=len(failures) + 1, worker=None, failures=list(failures),
                   exit_code=None, outputs={}, stdout=None, stderr=None, error="", elapsed_s=0.0,
                   bytes_from_cache=0, bytes_from_storage=0, cpu_user_s=0.0, cpu_system_s=0.0,
-                  peak_memory_bytes=0, output_bytes=0, assigned_at=0.0, started_at=0.0, ended_at=0.0)
+                  peak_memory_bytes=0, output_bytes=0, assigned_at=0.0, started_at=0.0, first_read_at=0.0, ended_at=0.0,
+                  uploaded_at=0.0)
     report.update(fields)
     return report
 

@@ -162,7 +162,11 @@ def test_export_holds_every_public_key_and_only_its_own_secret(cluster_keys, tmp
     expected = [*PUBLIC_FILES, f"private/{role_name(role)}.key_secret"]
     if role == NodeRole.MASTER:
         expected.append("private/raft.password")
+    if role == NodeRole.CLIENT:
+        expected.append("private/admin.token")
     assert _files(exported.path) == sorted(expected)
+    if role != NodeRole.CLIENT:
+        assert exported.admin_token() is None
     assert exported.keypair() == KeyFolder(cluster_keys, role).keypair()
     assert stat.S_IMODE(os.stat(exported.private_dir).st_mode) == 0o700
     for secret in exported.private_dir.iterdir():
@@ -180,6 +184,14 @@ def test_a_clients_folder_holds_no_server_secret_and_no_raft_password(cluster_ke
     assert KeyFolder(cluster_keys, NodeRole.MASTER).raft_password().encode() not in contents
     with pytest.raises(KeyFolderError, match="only masters"):
         exported.raft_password()
+    assert exported.admin_token() == KeyFolder(cluster_keys, NodeRole.CLIENT).admin_token()
+
+
+def test_an_admin_token_others_can_read_is_refused(cluster_keys):
+    token = cluster_keys / "private" / "admin.token"
+    os.chmod(token, 0o644)
+    with pytest.raises(KeyFolderError, match="chmod 600"):
+        KeyFolder(cluster_keys, NodeRole.CLIENT).admin_token()
 
 
 def test_export_refuses_existing_keys(cluster_keys, tmp_path):

@@ -89,7 +89,8 @@ def event_record(job: bytes, chunk: int, attempt: int, state: ChunkState) -> dic
                 exit_code=0 if state == ChunkState.SUCCEEDED else None, outputs={}, stdout=None,
                 stderr=None, error="", elapsed_s=0.5, bytes_from_cache=0, bytes_from_storage=0,
                 cpu_user_s=0.25, cpu_system_s=0.0, peak_memory_bytes=1 << 20, output_bytes=0,
-                assigned_at=0.0, started_at=0.0, ended_at=0.0)
+                assigned_at=0.0, started_at=0.0, first_read_at=0.0, ended_at=0.0,
+                  uploaded_at=0.0)
 
 
 def chunk_events(batch_id: int, *records: dict) -> wire.ChunkEvents:

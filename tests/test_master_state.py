@@ -208,7 +208,7 @@ def test_success_commits_the_result_once():
         chunk=0, state="succeeded", attempt=1, worker=WORKER_1, failures=[], exit_code=0, outputs={"out/a": OUT},
         stdout=LOG, stderr=None, error="", elapsed_s=1.5, bytes_from_cache=3, bytes_from_storage=4,
         cpu_user_s=0.0, cpu_system_s=0.0, peak_memory_bytes=0, output_bytes=0, assigned_at=0.0,
-        started_at=0.0, ended_at=0.0)
+        started_at=0.0, first_read_at=0.0, ended_at=0.0, uploaded_at=0.0)
     # The second chunk succeeds straight from DISPATCHED (its STARTED was lost).
     assert one(state, event(1, 1, ChunkState.SUCCEEDED, worker=WORKER_2, exit_code=0), now=5.0) == (
         ChunkEventOutcome(phase="succeeded", job_finished=True))

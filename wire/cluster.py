@@ -6,6 +6,7 @@
     address = "tcp://127.0.0.1:7100"    # clients, load balancers: ZeroMQ ROUTER
     raft = "127.0.0.1:7110"             # pysyncobj peer address
     data = "data/master-0"
+    metrics = "127.0.0.1:9100"          # optional: Prometheus /metrics (doc/metrics.md)
 
     [[loadbalancers]]
     address = "tcp://127.0.0.1:7200"    # workers connect here
@@ -22,6 +23,7 @@
     heartbeat_interval_s = 0.5
     lease_s = 3.0                       # silence after which a worker is lost
     slot_uids = "61000-61063"           # uids the sandbox runs programs as (default: by node id)
+    metrics = "127.0.0.1:9200-9263"     # optional: each worker serves /metrics on the first free port
 
     [limits]                            # what a job gets when it asks for nothing
     memory = "2G"                       # same keys as a job's limits
@@ -56,6 +58,7 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,12 +75,14 @@ class MasterEntry:
     address: str
     raft: str
     data: pathlib.Path
+    metrics: str = ""                   # HOST:PORT of its /metrics; "": none
 
 
 @dataclass(frozen=True)
 class ServiceEntry:
     address: str
     data: pathlib.Path
+    metrics: str = ""                   # HOST:PORT of its /metrics; "": none
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ class WorkerDefaults:
     heartbeat_interval_s: float = 0.5
     lease_s: float = 3.0
     slot_uids: str = ""                 # "first-last"; empty: the worker's default range
+    metrics: str = ""                   # HOST:FIRST-LAST (or HOST:PORT) for /metrics; "": none
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,41 @@ def _address(table: dict, key: str, where: str) -> str:
     return value
 
 
+def _metrics(table: dict, where: str) -> str:
+    """The table's optional `metrics` address, checked; "" when it has none."""
+    if "metrics" not in table:
+        return ""
+    value = _require(table, "metrics", str, where)
+    try:
+        parse_metrics_address(value)
+    except ClusterFileError as fault:
+        raise ClusterFileError(f"{where}.{fault}") from None
+    return value
+
+
+def parse_metrics_address(address: str) -> tuple[str, int, int]:
+    """(host, first port, last port) of "HOST:PORT" or "HOST:FIRST-LAST"
+    ("[V6]:PORT" for an IPv6 host). Raises ClusterFileError saying what is wrong."""
+    host, separator, ports = address.rpartition(":")
+    if not separator or not host:
+        raise ClusterFileError(f"metrics address {address!r}: expected HOST:PORT or HOST:FIRST-LAST")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    first_text, _, last_text = ports.partition("-")
+    try:
+        first = int(first_text)
+        last = int(last_text) if last_text else first
+    except ValueError:
+        raise ClusterFileError(f"metrics address {address!r}: {ports!r} is not a port or FIRST-LAST") from None
+    if not 0 <= first <= last < 65536 or (first == 0 and last != 0):
+        raise ClusterFileError(f"metrics address {address!r}: ports must be 0 or 1-65535, first <= last")
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        if not host.replace("-", "").replace(".", "").isalnum():
+            raise ClusterFileError(f"metrics address {address!r}: {host!r} is not a host") from None
+    return host, first, last
+
+
 def load(path: str | os.PathLike[str]) -> Cluster:
     file = pathlib.Path(path).resolve()
     try:
@@ -166,13 +207,15 @@ def load(path: str | os.PathLike[str]) -> Cluster:
     masters = tuple(
         MasterEntry(_address(item, "address", f"masters[{index}]"),
                     _require(item, "raft", str, f"masters[{index}]"),
-                    resolve(_require(item, "data", str, f"masters[{index}]")))
+                    resolve(_require(item, "data", str, f"masters[{index}]")),
+                    _metrics(item, f"masters[{index}]"))
         for index, item in enumerate(entries("masters")))
     services = {}
     for name in ("loadbalancers", "storage"):
         services[name] = tuple(
             ServiceEntry(_address(item, "address", f"{name}[{index}]"),
-                         resolve(_require(item, "data", str, f"{name}[{index}]")))
+                         resolve(_require(item, "data", str, f"{name}[{index}]")),
+                         _metrics(item, f"{name}[{index}]"))
             for index, item in enumerate(entries(name)))
     workers_table = document.get("workers", {})
     if type(workers_table) is not dict:
@@ -184,6 +227,7 @@ def load(path: str | os.PathLike[str]) -> Cluster:
         heartbeat_interval_s=float(workers_table.get("heartbeat_interval_s", 0.5)),
         lease_s=float(workers_table.get("lease_s", 3.0)),
         slot_uids=str(workers_table.get("slot_uids", "")),
+        metrics=_metrics(workers_table, "workers"),
     )
     if workers.slots < 1 or workers.cache_bytes < 1 or workers.heartbeat_interval_s <= 0 \
             or workers.lease_s <= workers.heartbeat_interval_s:

@@ -9,10 +9,14 @@ hosts (it holds every secret):
     private/                  mode 0700
     private/ROLE.key_secret   mode 0600, one per role
     private/raft.password     mode 0600, pysyncobj's password (master/raft.py)
+    private/admin.token       mode 0600, the cluster's admin token: what the
+                              dashboard asks before it changes anything
+                              (doc/dashboard.md)
 
 `uds keys export --role ROLE DIR` writes what one host of that role holds:
 the same layout with every role's public key (the keys it trusts and pins),
-its own role's secret, and the Raft password for masters only. A cluster
+its own role's secret, the Raft password for masters only, and the admin
+token for clients only. A cluster
 file's `keys` names a folder holding one such folder per role,
 `KEYS/ROLE/`; each process opens the one of its own role (`open_role`).
 
@@ -39,10 +43,12 @@ from zmq.utils import z85
 from uds.wire.enums import NodeRole
 
 RAFT_PASSWORD_FILE = "raft.password"
+ADMIN_TOKEN_FILE = "admin.token"
 PUBLIC_DIR = "public"
 PRIVATE_DIR = "private"
 
 RAFT_PASSWORD_BYTES = 32
+ADMIN_TOKEN_BYTES = 32
 CURVE_KEY_BYTES = 32
 Z85_KEY_CHARS = 40  # CURVE_KEY_BYTES in z85
 
@@ -54,6 +60,8 @@ GROUP_OTHER_BITS = 0o077
 ROLES: tuple[NodeRole, ...] = tuple(NodeRole)
 # Only these roles hold the Raft password.
 RAFT_ROLES = frozenset({NodeRole.MASTER})
+# Only these roles hold the admin token.
+ADMIN_ROLES = frozenset({NodeRole.CLIENT})
 # The role a connection goes to when its caller names none: a client's and a
 # load balancer's go to the masters, a worker's to its load balancer; masters
 # and storage nodes talk to their own kind.
@@ -141,6 +149,15 @@ class KeyFolder:
                                  f"only masters hold the Raft password")
         return self._raft_password
 
+    def admin_token(self) -> str | None:
+        """The cluster's admin token, read now; None when this folder holds
+        none (another role's, or made before there was one). A token file
+        others can read, or an empty one, is an error."""
+        token_file = self.private_dir / ADMIN_TOKEN_FILE
+        if not token_file.exists():
+            return None
+        return _read_secret_text(token_file, "the admin token")
+
     def __repr__(self) -> str:
         return f"KeyFolder({str(self.path)!r}, {role_name(self.role)})"
 
@@ -162,6 +179,7 @@ def create_cluster_keys(path: str | os.PathLike[str]) -> pathlib.Path:
             os.chmod(secret_file, SECRET_FILE_MODE)
             os.replace(public_file, public / f"{role_name(role)}.key")
         _write_secret(private / RAFT_PASSWORD_FILE, secrets.token_hex(RAFT_PASSWORD_BYTES) + "\n")
+        _write_secret(private / ADMIN_TOKEN_FILE, secrets.token_urlsafe(ADMIN_TOKEN_BYTES) + "\n")
     except OSError as e:
         raise KeyFolderError(f"cannot create key folder {root}: {e}") from e
     for role in ROLES:
@@ -185,6 +203,9 @@ def export_role(cluster_keys: str | os.PathLike[str], role: NodeRole,
         _write_secret(private / secret_name, (source.private_dir / secret_name).read_text())
         if role in RAFT_ROLES:
             _write_secret(private / RAFT_PASSWORD_FILE, source.raft_password() + "\n")
+        admin_token = KeyFolder.admin_token(source)
+        if role in ADMIN_ROLES and admin_token is not None:
+            _write_secret(private / ADMIN_TOKEN_FILE, admin_token + "\n")
     except OSError as e:
         raise KeyFolderError(f"cannot write key folder {root}: {e}") from e
     return KeyFolder(root, role)
@@ -258,15 +279,18 @@ def _read_public(public_file: pathlib.Path) -> bytes:
 
 
 def _load_raft_password(root: pathlib.Path) -> str:
-    password_file = root / PRIVATE_DIR / RAFT_PASSWORD_FILE
-    _check_secret_file(password_file, "the Raft password")
+    return _read_secret_text(root / PRIVATE_DIR / RAFT_PASSWORD_FILE, "the Raft password")
+
+
+def _read_secret_text(secret_file: pathlib.Path, what: str) -> str:
+    _check_secret_file(secret_file, what)
     try:
-        password = password_file.read_text(encoding="ascii").strip()
+        text = secret_file.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as e:
-        raise KeyFolderError(f"cannot read {password_file}: {e}") from e
-    if not password:
-        raise KeyFolderError(f"{password_file} is empty")
-    return password
+        raise KeyFolderError(f"cannot read {secret_file}: {e}") from e
+    if not text:
+        raise KeyFolderError(f"{secret_file} is empty")
+    return text
 
 
 def _check_secret_file(secret_file: pathlib.Path, what: str) -> None:

@@ -95,7 +95,7 @@ ATTEMPT_FAILURES = ("", *FAILURE_CLASSES)
 # An attempt as the masters keep it: its worker (nil: none took it), when the
 # masters committed its dispatch, its start and its end (their clock; nil:
 # not yet), and what its worker reported (RESULT_FIELDS, with the worker's
-# own timeline: assigned_at, started_at, ended_at).
+# own timeline: TIMELINE_FIELDS).
 ATTEMPT = record(attempt=U32, state=Choice(ATTEMPT_STATES), failure=Choice(ATTEMPT_FAILURES),
                  worker=Nullable(ID), dispatched_at=Nullable(SECONDS), running_at=Nullable(SECONDS),
                  committed_at=Nullable(SECONDS), **RESULT_FIELDS)
@@ -161,7 +161,9 @@ class WorkerStatus(Message):
     output_bytes: int = 0
     assigned_at: float = 0.0        # the worker's timeline (wire/records.py TIMELINE_FIELDS)
     started_at: float = 0.0
+    first_read_at: float = 0.0
     ended_at: float = 0.0
+    uploaded_at: float = 0.0
 
     def check(self) -> None:
         check_member(ChunkState, self.state, "worker_status.state")

@@ -37,13 +37,15 @@ RESULT_FIELDS: dict[str, Schema] = dict(
     stderr=Nullable(FILE_REF), error=Str(), elapsed_s=SECONDS,
     bytes_from_cache=U64, bytes_from_storage=U64,
     cpu_user_s=SECONDS, cpu_system_s=SECONDS, peak_memory_bytes=U64, output_bytes=U64,
-    assigned_at=SECONDS, started_at=SECONDS, ended_at=SECONDS,
+    assigned_at=SECONDS, started_at=SECONDS, first_read_at=SECONDS, ended_at=SECONDS,
+    uploaded_at=SECONDS,
 )
 # The result's fields that date the attempt on its worker's clock (unix
 # seconds, 0: not known): when the worker accepted the assignment, started
-# the program and saw it end. The masters date the rest (dispatched,
-# committed) on theirs.
-TIMELINE_FIELDS = ("assigned_at", "started_at", "ended_at")
+# the program, saw its first read of an input, saw it end, and had stored
+# its outputs and logs. The masters date the rest (dispatched, committed) on
+# theirs.
+TIMELINE_FIELDS = ("assigned_at", "started_at", "first_read_at", "ended_at", "uploaded_at")
 # The result's fields that say what the attempt used (wire.resources.Usage);
 # its wall time is elapsed_s.
 USAGE_FIELDS = ("bytes_from_cache", "bytes_from_storage", "cpu_user_s", "cpu_system_s",
@@ -80,7 +82,9 @@ class ChunkResult:
     output_bytes: int = 0                   # outputs and logs stored
     assigned_at: float = 0.0                # TIMELINE_FIELDS, on the worker's clock; 0: not known
     started_at: float = 0.0
+    first_read_at: float = 0.0              # 0 also when the program read no input
     ended_at: float = 0.0
+    uploaded_at: float = 0.0
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> ChunkResult:
@@ -94,8 +98,7 @@ class ChunkResult:
             bytes_from_cache=body["bytes_from_cache"], bytes_from_storage=body["bytes_from_storage"],
             cpu_user_s=body["cpu_user_s"], cpu_system_s=body["cpu_system_s"],
             peak_memory_bytes=body["peak_memory_bytes"], output_bytes=body["output_bytes"],
-            assigned_at=body.get("assigned_at", 0.0), started_at=body.get("started_at", 0.0),
-            ended_at=body.get("ended_at", 0.0),
+            **{name: body.get(name, 0.0) for name in TIMELINE_FIELDS},
         )
 
     def as_body(self) -> dict[str, Any]:
@@ -106,7 +109,8 @@ class ChunkResult:
             bytes_from_cache=self.bytes_from_cache, bytes_from_storage=self.bytes_from_storage,
             cpu_user_s=self.cpu_user_s, cpu_system_s=self.cpu_system_s,
             peak_memory_bytes=self.peak_memory_bytes, output_bytes=self.output_bytes,
-            assigned_at=self.assigned_at, started_at=self.started_at, ended_at=self.ended_at,
+            assigned_at=self.assigned_at, started_at=self.started_at, first_read_at=self.first_read_at,
+            ended_at=self.ended_at, uploaded_at=self.uploaded_at,
         )
 
     @property

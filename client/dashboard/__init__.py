@@ -1,0 +1,1 @@
+"""`uds dashboard`: a web page of the cluster, live (doc/dashboard.md)."""
