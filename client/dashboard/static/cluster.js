@@ -123,7 +123,9 @@ class RateChart {
         ...this.size(),
         legend: {show: false},
         cursor: {drag: {x: false, y: false}},
-        scales: {y: {range: (u, min, max) => [0, Math.max(1, max * 1.15)]}},
+        // The last five minutes, whatever the points cover; chunks/s from 0.
+        scales: {x: {time: true, range: (u, min, max) => [max - RATE_WINDOW_S, max]},
+                 y: {range: (u, min, max) => [0, Math.max(1, max * 1.15)]}},
         axes: [{}, {label: "chunks/s", size: 50}],
         series: [{}, {label: "chunks/s", stroke: "#2f6fd6", width: 2, fill: "rgba(47,111,214,0.12)"}],
       }, [this.times, this.rates], this.holder);
