@@ -110,11 +110,15 @@ def dev(options: argparse.Namespace) -> int:
                                      unsafe_no_sandbox=options.unsafe_no_sandbox,
                                      loadbalancers=options.loadbalancers,
                                      masters=_master_count(options.masters),
-                                     storage=options.storage, replicas=options.replicas)
+                                     storage=options.storage, replicas=options.replicas,
+                                     dashboard=None if options.no_dashboard else options.dashboard_port)
     except devcluster.DevClusterError as fault:
         raise CommandError(str(fault)) from None
     cluster = folder.expanduser().resolve() / "cluster.toml"
     print(f"dev cluster ready: {len(processes)} processes, cluster file {cluster}")
+    for process in processes:
+        if process.url:
+            print(f"dashboard: {process.url}")
     if options.detach:
         print(f"stop it with: uds dev --stop --dir {folder}")
         return 0
@@ -354,6 +358,13 @@ def nodes(options: argparse.Namespace) -> int:
     return 0
 
 
+def dashboard(options: argparse.Namespace) -> int:
+    """Serve the dashboard until interrupted (client/dashboard/, doc/dashboard.md)."""
+    from uds.client.api import find_cluster_file
+    from uds.client.dashboard.__main__ import run
+    return run(find_cluster_file(options.cluster), options.listen, options.admin_token_file)
+
+
 def admin_gc(options: argparse.Namespace) -> int:
     """One collection pass on every storage node now, or what it would delete."""
     from uds.client.storage_view import print_gc
@@ -439,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="copies of each file, [storage_policy] replicas (default: 2, at most --storage)")
     sub.add_argument("--unsafe-no-sandbox", action="store_true",
                      help="workers run programs unconfined, as themselves (see doc/worker.md)")
+    sub.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
+    sub.add_argument("--dashboard-port", type=int, default=8265, metavar="PORT",
+                     help="the dashboard's port on 127.0.0.1 (default 8265, another if taken; 0: any free one)")
     mode = sub.add_mutually_exclusive_group()
     mode.add_argument("--detach", action="store_true", help="start in the background, return when ready")
     mode.add_argument("--stop", action="store_true", help="stop the dev cluster in --dir")
@@ -536,6 +550,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("release", release, "let a job submitted with --hold go on")
     sub.add_argument("job", metavar="JOB")
+
+    sub = command("dashboard", dashboard, "serve the cluster's web dashboard until interrupted")
+    sub.add_argument("--listen", default="127.0.0.1:8265", metavar="HOST:PORT",
+                     help="where to serve (default 127.0.0.1:8265); an address other than loopback needs "
+                          "the admin token")
+    sub.add_argument("--admin-token-file", metavar="FILE",
+                     help="the admin token (default: the cluster's, from the client key folder)")
 
     sub = command("nodes", nodes, "list the cluster's nodes, or one node's history")
     sub.add_argument("--long", action="store_true", help="every address of each node, not only its first")

@@ -8,6 +8,11 @@ DIR holds everything: `cluster-keys/` (a fresh key set each start) and
 `data/` (kept across starts, so stored files and jobs survive), `logs/`,
 and `dev.pids` while it runs.
 
+`uds dev` also starts the dashboard (client/dashboard/, doc/dashboard.md)
+as one more recorded process, on 127.0.0.1:DASHBOARD_PORT when that is
+free, else on a free port, once the workers are ready; its log is
+`logs/dashboard.log`.
+
 A start that fails stops what it started but keeps every daemon's log in
 `logs/`, and says which daemon failed and how (its exit status and the end
 of its log).
@@ -41,6 +46,10 @@ LOG_TAIL_BYTES = 2000
 WORKER_METRICS_SPARE_PORTS = 32
 # Each ask for the node table while waiting for the workers.
 WORKERS_QUERY_TIMEOUT_S = 5.0
+# The dashboard's port when free (as `uds dashboard`'s default).
+DASHBOARD_PORT = 8265
+# Each ask of the dashboard's /api/session while waiting for it.
+DASHBOARD_PROBE_TIMEOUT_S = 1.0
 
 
 class DevClusterError(Exception):
@@ -55,6 +64,7 @@ class DevProcess:
     data: pathlib.Path
     log: pathlib.Path | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)   # when this process started it
+    url: str = ""                   # the dashboard's
 
     def exit_status(self) -> int | None:
         """Its exit status once it has exited; None while it runs, or if not our child."""
@@ -76,6 +86,20 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def dashboard_port(wanted: int) -> int:
+    """`wanted` if it is free now, else (and for 0) any free port."""
+    return wanted if wanted and _port_free(wanted) else _free_port()
 
 
 def _worker_metrics_ports(workers: int) -> str:
@@ -140,12 +164,15 @@ def write_cluster_file(folder: pathlib.Path, workers: int, slots: int, loadbalan
 def start(folder: pathlib.Path, workers: int, slots: int, detach: bool,
           worker_options: Sequence[str] = (), unsafe_no_sandbox: bool = False,
           loadbalancers: int = 1, masters: int = 1, storage: int = 1,
-          replicas: int | None = None) -> list[DevProcess]:
+          replicas: int | None = None, dashboard: int | None = None) -> list[DevProcess]:
     """Start every daemon and wait until each is ready. `worker_options` go
     to every worker's command line (--cpus, --memory, --disk); with
     unsafe_no_sandbox the workers run programs unconfined (--unsafe-no-sandbox).
     `masters` (1, 3 or 5) members of the Raft group are started, and
-    `storage` storage nodes that keep `replicas` copies of each file."""
+    `storage` storage nodes that keep `replicas` copies of each file.
+    With `dashboard` (a port; 0: any free one) the dashboard is started
+    last, on that port if it is free, and waited for: its process's `url`
+    says where it is."""
     folder = folder.expanduser().resolve()
     if running_pids(folder):
         raise DevClusterError(f"a dev cluster is already running in {folder}; stop it with "
@@ -189,6 +216,10 @@ def start(folder: pathlib.Path, workers: int, slots: int, detach: bool,
         for process in started:
             _wait_ready(process, logs)
         _wait_for_workers(path, workers, started)
+        if dashboard is not None:
+            started.append(_start_dashboard(folder, path, dashboard_port(dashboard), detach))
+            _record(folder, started)
+            _wait_dashboard(started[-1])
     except BaseException as fault:
         failure = _failure(fault, started, logs)
         stop_processes(started)
@@ -197,6 +228,36 @@ def start(folder: pathlib.Path, workers: int, slots: int, detach: bool,
             raise
         raise failure from None
     return started
+
+
+def _start_dashboard(folder: pathlib.Path, cluster_path: pathlib.Path, port: int, detach: bool) -> DevProcess:
+    log_path = folder / "logs" / "dashboard.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uds.client.dashboard", "--cluster", str(cluster_path),
+             "--listen", f"127.0.0.1:{port}"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=detach)
+    return DevProcess("dashboard", "dashboard", process.pid, folder, log_path, process,
+                      url=f"http://127.0.0.1:{port}/")
+
+
+def _wait_dashboard(process: DevProcess) -> None:
+    """Until the dashboard answers /api/session."""
+    import urllib.error
+    import urllib.request
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.exited():
+            raise DevClusterError("the dashboard exited during start-up")
+        try:
+            with urllib.request.urlopen(process.url + "api/session", timeout=DASHBOARD_PROBE_TIMEOUT_S) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.05)
+    raise DevClusterError(f"the dashboard did not answer at {process.url} after {READY_TIMEOUT_S:g}s "
+                          f"(see {process.log})")
 
 
 def _with_status(status: int | None) -> str:

@@ -176,8 +176,11 @@ def test_dev_in_the_foreground_stops_everything_on_interrupt(tmp_path):
         while b"press Ctrl-C" not in output and time.monotonic() < deadline:
             output += process.stdout.readline()
         assert b"press Ctrl-C" in output, output
-        pids = [entry["pid"] for entry in json.loads((folder / "dev.pids").read_text())]
-        assert len(pids) == 4
+        entries = json.loads((folder / "dev.pids").read_text())
+        pids = [entry["pid"] for entry in entries]
+        # Storage, master, balancer, worker, and the dashboard, whose URL is printed.
+        assert [entry["role"] for entry in entries][-1] == "dashboard" and len(pids) == 5
+        assert b"dashboard: http://127.0.0.1:" in output, output
         assert b"worker" in uds("nodes", cluster_dir=folder).stdout
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
