@@ -84,6 +84,7 @@ export class ChunkPanel {
     this.panel.hidden = false;
     this.panel.dataset.chunk = String(chunk);
     await this.load();
+    if (this.chunk === chunk) this.panel.scrollIntoView({block: "nearest"});
   }
 
   async refresh(chunk) {

@@ -151,7 +151,7 @@ function fillHeader(header, job) {
 
 function fillArgs(list, args) {
   clear(list);
-  if (!args || !args.length) list.append(el("li", {class: "muted", text: "(none)"}));
+  if (!args || !args.length) list.append(el("li", {class: "muted none", text: "(none)"}));
   for (const arg of args || []) list.append(el("li", {}, el("code", {text: arg})));
 }
 
@@ -195,10 +195,10 @@ export function renderJob(root, [jobId], {openStream, session}) {
   root.append(
     header,
     el("div", {class: "actions"}, cancel, release, actionMessage),
-    el("div", {class: "grid-2"}, section("Args", args), section("Inputs", inputs)),
     section("Chunks", legend, gridHolder),
     el("div", {class: "grid-2 wide-left"}, panel, el("section", {class: "panel log-panel"}, logTitle, logView)),
     section("Task stream", el("div", {class: "svg-holder"}, streamHolder)),
+    el("div", {class: "grid-2"}, section("Args", args), section("Inputs", inputs)),
     section("Dependencies", el("div", {class: "svg-holder"}, graphHolder)));
 
   let job = null;
@@ -321,6 +321,9 @@ export function renderJob(root, [jobId], {openStream, session}) {
 async function workersFromCluster(names) {
   try {
     const cluster = await getJSON("/api/cluster");
-    for (const worker of cluster.workers || []) if (worker.node) names[worker.node] = worker.name || shortId(worker.node);
+    // Workers of one host share its name: the node id tells them apart.
+    for (const worker of cluster.workers || []) {
+      if (worker.node) names[worker.node] = `${worker.name ? worker.name + " " : ""}${shortId(worker.node)}`;
+    }
   } catch (ignored) { /* the labels stay short ids */ }
 }
