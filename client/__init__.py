@@ -13,7 +13,7 @@ from uds.errors import (
     RequestTimeout, UnknownJobError,
 )
 from uds.client.events import Event, EventsPage
-from uds.client.jobs import ChunkStatus, Job, JobStatus, OutputRef
+from uds.client.jobs import ChunkStatus, Job, JobSpec, JobStatus, OutputRef
 from uds.wire.records import ChunkResult
 
 _default: Connection | None = None
@@ -43,6 +43,6 @@ def as_completed(jobs: Iterable[Job], timeout: float | None = None) -> Iterator[
 
 
 __all__ = ["connect", "put", "get", "submit_job", "as_completed", "find_cluster_file", "Connection",
-           "Job", "JobStatus", "ChunkStatus", "OutputRef", "ChunkResult", "Event", "EventsPage", "AuthenticationRefused", "ClientError",
+           "Job", "JobSpec", "JobStatus", "ChunkStatus", "OutputRef", "ChunkResult", "Event", "EventsPage", "AuthenticationRefused", "ClientError",
            "InvalidJobError", "JobFailed",
            "JobTimeout", "NoClusterError", "RemoteError", "RequestTimeout", "UnknownJobError"]

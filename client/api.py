@@ -31,7 +31,7 @@ from uds.errors import ClientError, InvalidJobError, NoClusterError, RemoteError
 from uds.client.events import GAP, JOB_FINAL_KINDS, Event, EventsPage, read_page
 from uds.client.events import follow as follow_events
 from uds.client.attempts import Attempt, AttemptList
-from uds.client.jobs import ChunkStatus, Job, JobStatus
+from uds.client.jobs import ChunkStatus, Job, JobSpec, JobStatus
 from uds.client.leader import (  # noqa: F401 - the timings are the client's, named here too
     BACKOFF_CAP_S, BACKOFF_FIRST_S, REFUSAL_CHECK_S, RESEND_AFTER_S, SILENCE_S, LeaderLink,
 )
@@ -405,6 +405,15 @@ class Connection:
         reply = self._ask(lambda rid: wire.AttemptsQuery.make(self.node_id, request_id=rid, job=job, chunk=chunk),
                           wire.AttemptsReply)
         return AttemptList([Attempt.from_record(record) for record in reply.attempts], reply.attempts_dropped)
+
+    def job_spec(self, job_id: str) -> JobSpec:
+        """What the job was submitted with: program, args, job-wide inputs
+        (refs resolved once their jobs succeeded) and the jobs it waits for.
+        Raises UnknownJobError, also for a job past retention (whose spec
+        the masters no longer keep)."""
+        job = self._file_id(job_id)
+        return JobSpec.from_reply(self._ask(lambda rid: wire.JobSpecQuery.make(self.node_id, request_id=rid, job=job),
+                                            wire.JobSpecReply))
 
     def cancel_job(self, job_id: str) -> JobStatus:
         """Cancel a job, held and waiting ones too; its status after (counts only)."""

@@ -154,6 +154,29 @@ class JobStatus:
         )
 
 
+@dataclass(frozen=True)
+class JobSpec:
+    """What a job was submitted with (`Connection.job_spec`): its program
+    and args, its job-wide inputs (refs to other jobs' outputs once those
+    succeeded) and the jobs it waits for. File references are (id bytes,
+    size), as in ChunkResult."""
+
+    id: str
+    name: str
+    program: tuple[bytes, int]
+    args: tuple[str, ...]
+    inputs: dict[str, tuple[bytes, int]]
+    after: tuple[str, ...] = ()         # hex ids
+    inputs_dropped: int = 0             # left out of a map too large for one reply
+
+    @classmethod
+    def from_reply(cls, reply: wire.JobSpecReply) -> JobSpec:
+        return cls(id=reply.job_uuid.hex(), name=reply.name, program=(bytes(reply.program[0]), reply.program[1]),
+                   args=tuple(reply.args),
+                   inputs={name: (bytes(ref[0]), ref[1]) for name, ref in reply.inputs.items()},
+                   after=tuple(bytes(job).hex() for job in reply.after), inputs_dropped=reply.inputs_dropped)
+
+
 class JobQueries(Protocol):
     """What a Job asks of its connection."""
 

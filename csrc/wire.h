@@ -78,7 +78,9 @@ enum message_type {
     MSG_ATTEMPTS_QUERY = 48,
     MSG_ATTEMPTS_REPLY = 49,
     MSG_JOBS_QUERY = 50,
-    MSG_JOBS_REPLY = 51
+    MSG_JOBS_REPLY = 51,
+    MSG_JOB_SPEC_QUERY = 52,
+    MSG_JOB_SPEC_REPLY = 53
 };
 
 /* Roles, in hello.role and nodes_reply. */
@@ -344,6 +346,25 @@ struct jobs_query {
 struct jobs_reply {
     struct generic_message header;
     uint64_t request_id;
+} UDS_PACKED;
+
+/* client -> master: what a job was submitted with. No body. Answered by
+ * job_spec_reply, or UNKNOWN_JOB (also for a job past retention). */
+struct job_spec_query {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t job_uuid_upper;
+    uint64_t job_uuid_lower;
+} UDS_PACKED;
+
+/* Body: name, program [id, size], args [str], inputs {name: [id, size]}
+ * (job-wide, refs resolved once their jobs succeeded), inputs_dropped (of
+ * a map too large for one body), after [job ids it waits for]. */
+struct job_spec_reply {
+    struct generic_message header;
+    uint64_t request_id;
+    uint64_t job_uuid_upper;
+    uint64_t job_uuid_lower;
 } UDS_PACKED;
 
 /* master -> active load balancer: run these chunk attempts.

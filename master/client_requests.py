@@ -28,7 +28,9 @@ from uds.master.event_waiters import EventsWaiter, EventWaiters
 from uds.master.job_list import MAX_JOBS_PER_PAGE, JobFilter, job_page
 from uds.master.leader_events import Effect, Reply, Request, Send, StateReader
 from uds.master.links import LoadBalancerLease
-from uds.master.views import attempts_reply, event_records, job_status_reply, node_records
+from uds.master.views import (
+    JobSpecNotFound, attempts_reply, event_records, job_spec_fields, job_spec_reply, job_status_reply, node_records,
+)
 from uds.master.waiters import StatusPage, StatusWaiters
 from uds.wire.cluster import Scheduling
 from uds.wire.enums import ErrorCode, JobState
@@ -65,7 +67,7 @@ def input_refs(records: list[dict]) -> tuple[commands.InputRef, ...]:
 
 class ClientRequests:
     """The handlers of JobSubmit, JobStatus, JobCancel, JobRelease,
-    NodesQuery, EventsQuery, JobsQuery and AttemptsQuery, and what follows the commit of a
+    NodesQuery, EventsQuery, JobsQuery, AttemptsQuery and JobSpecQuery, and what follows the commit of a
     submission, a cancel or a release."""
 
     node_id: bytes
@@ -285,3 +287,15 @@ class ClientRequests:
         except attempts.AttemptsNotFound as missing:
             return [self._error(request, missing.code, str(missing))]
         return [Reply(request, attempts_reply(self.node_id, request.request_id, job, chunk, views, dropped))]
+
+    def _on_job_spec_query(self, message: wire.JobSpecQuery, request: Request, now: float) -> list[Effect]:
+        # Only the leader, like the attempts: a follower may not have the job yet.
+        refused = self._not_leading(request)
+        if refused:
+            return refused
+        job = message.job_uuid
+        try:
+            fields = self._reader.read(lambda state: job_spec_fields(state, job))
+        except JobSpecNotFound as missing:
+            return [self._error(request, missing.code, str(missing))]
+        return [Reply(request, job_spec_reply(self.node_id, request.request_id, job, fields))]

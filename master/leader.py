@@ -121,7 +121,7 @@ ACCEPTED_MESSAGES: tuple[type, ...] = (
     wire.AttemptsQuery,
     wire.Hello, wire.Heartbeat, wire.ChunkEvents, wire.NodeReport,
     wire.StorageHeartbeat, wire.GcCheck, wire.FilePin,
-    wire.JobsQuery,
+    wire.JobsQuery, wire.JobSpecQuery,
 )
 
 
@@ -181,6 +181,7 @@ class Leader(ClientRequests, StorageRequests, Housekeeping):
             wire.EventsQuery: self._on_events_query,
             wire.JobsQuery: self._on_jobs_query,
             wire.AttemptsQuery: self._on_attempts_query,
+            wire.JobSpecQuery: self._on_job_spec_query,
             wire.Hello: self._on_hello,
             wire.Heartbeat: self._on_heartbeat,
             wire.ChunkEvents: self._on_chunk_events,

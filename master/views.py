@@ -1,12 +1,17 @@
 """Turning the state's views into reply messages."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uds import wire
 from uds.wire.enums import NodeRole
 from uds.master.attempts import AttemptView
-from uds.master.commands import Event, JobView, NodeView
+from uds.master.commands import Event, FileRef, JobView, NodeView
+from uds.master.workflow import dependencies
+from uds.wire.enums import ErrorCode
+
+if TYPE_CHECKING:
+    from uds.master.queries import StateQueries
 
 
 def job_status_reply(node_id: bytes, request_id: int, job: bytes, view: JobView) -> wire.JobStatusReply:
@@ -65,3 +70,39 @@ def event_records(events: list[Event]) -> list[dict[str, Any]]:
     again after the last seq it got."""
     records = [event._asdict() for event in events]
     return records[:wire.items_that_fit(records)]
+
+
+class JobSpecNotFound(Exception):
+    """The job of a job_spec_query is not kept: `code` is the wire's ErrorCode."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+def job_spec_fields(state: StateQueries, job: bytes) -> dict[str, Any]:
+    """What job `job` was submitted with, as a job_spec_reply's body (copies):
+    its name, program, args, job-wide inputs with the refs resolved so far,
+    and the jobs it waits for. Raises JobSpecNotFound for a job never known
+    or past retention."""
+    record = state.job_records.get(job)
+    if record is None:
+        if state.history_line(job) is not None:
+            raise JobSpecNotFound(ErrorCode.UNKNOWN_JOB,
+                                  f"job {job.hex()} is past retention: its spec is no longer kept")
+        raise JobSpecNotFound(ErrorCode.UNKNOWN_JOB, f"unknown job {job.hex()}")
+    spec = record.spec
+    return {"name": spec.name, "program": spec.program, "args": list(spec.args),
+            "inputs": dict(record.inputs), "after": list(dependencies(spec))}
+
+
+def job_spec_reply(node_id: bytes, request_id: int, job: bytes, fields: dict[str, Any]) -> wire.JobSpecReply:
+    """The reply; inputs beyond what one body holds (a reduce over very many
+    chunks) are left out, by name, and counted."""
+    inputs: dict[str, FileRef] = fields["inputs"]
+    names = sorted(inputs)
+    fit = wire.items_that_fit([(name, inputs[name]) for name in names])
+    return wire.JobSpecReply.make(node_id, request_id=request_id, job=job, name=fields["name"],
+                                  program=fields["program"], args=fields["args"],
+                                  inputs={name: inputs[name] for name in names[:fit]},
+                                  inputs_dropped=len(names) - fit, after=fields["after"])

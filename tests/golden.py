@@ -153,6 +153,10 @@ def samples() -> list[wire.Message]:
              "started_at": 1_795_000_000.5, "finished_at": 1_795_000_009.0, "chunk_count": 2,
              "chunks_succeeded": 1, "chunks_failed": 1, "chunks_cancelled": 0, "chunks_cached": 0,
              "past_retention": True, "error": "chunk 1: exit code 3"}]),
+        m.JobSpecQuery.make(NODE, request_id=20, job=JOB),
+        m.JobSpecReply.make(NODE, request_id=20, job=JOB, name="count", program=[FILE, 11],
+                            args=["--top", "10"], inputs={"words.txt": [FILE, 11]}, inputs_dropped=0,
+                            after=[NODE]),
     ]
 
 

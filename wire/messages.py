@@ -528,6 +528,27 @@ class JobsReply(Message):
             check_member(JobState, line["state"], f"jobs_reply.jobs[{index}].state")
 
 
+@message("job_spec_query")
+class JobSpecQuery(Message):
+    request_id: int
+    job_uuid_upper: int
+    job_uuid_lower: int
+
+
+@message("job_spec_reply", body=dict(name=Str(255), program=FILE_REF, args=List(Str()), inputs=FILE_MAP,
+                                     inputs_dropped=U32, after=List(ID)))
+class JobSpecReply(Message):
+    request_id: int
+    job_uuid_upper: int
+    job_uuid_lower: int
+    name: str
+    program: list
+    args: list
+    inputs: dict                    # job-wide, refs resolved (those not yet resolved are absent)
+    inputs_dropped: int = 0         # inputs left out of a map too large for one body
+    after: list = field(default_factory=list)   # the jobs it waits for: after= and its refs' jobs
+
+
 @message("stats_query")
 class StatsQuery(Message):
     request_id: int

@@ -59,11 +59,13 @@ SENDERS: dict[T, frozenset[NodeRole]] = {
     T.EVENTS_QUERY: ANYONE,
     T.ATTEMPTS_QUERY: ANYONE,
     T.JOBS_QUERY: ANYONE,
+    T.JOB_SPEC_QUERY: ANYONE,
     T.STATS_QUERY: ANYONE,
     T.NODES_REPLY: frozenset({MASTER, LOADBALANCER}),
     T.EVENTS_REPLY: frozenset({MASTER}),
     T.ATTEMPTS_REPLY: frozenset({MASTER}),
     T.JOBS_REPLY: frozenset({MASTER}),
+    T.JOB_SPEC_REPLY: frozenset({MASTER}),
     T.STATS_REPLY: frozenset({MASTER, LOADBALANCER, STORAGE}),
     T.ERROR: ANYONE,
     # the Raft group's members: an operator's client asks the leader. There
