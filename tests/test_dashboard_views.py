@@ -184,3 +184,18 @@ def test_a_download_name_is_always_a_plain_header_safe_file_name(name):
     assert 0 < len(safe) <= 100
     assert all(c.isascii() and (c.isalnum() or c in "._+-") for c in safe)
     assert not safe.startswith(".") and "/" not in safe and '"' not in safe
+
+
+def test_a_workers_cached_bytes_come_from_its_metrics_url():
+    from uds.client.dashboard.worker_metrics import CACHED_BYTES, gauge_value, metrics_url
+    node = {"addresses": ["tcp://10.0.0.5:7000", "10.0.0.5", "http://10.0.0.5:9100/metrics"]}
+    assert metrics_url(node) == "http://10.0.0.5:9100/metrics" and metrics_url({"addresses": []}) is None
+    text = (f"# HELP {CACHED_BYTES} Bytes.\n# TYPE {CACHED_BYTES} gauge\n{CACHED_BYTES} 4096.0\n"
+            "# TYPE uds_worker_slots_free gauge\nuds_worker_slots_free 2.0\n")
+    assert gauge_value(text, CACHED_BYTES) == 4096.0
+    assert gauge_value("uds_worker_slots_free 2.0\n", CACHED_BYTES) is None
+    assert gauge_value("not { metrics", CACHED_BYTES) is None
+    worker = {"node": b"\x04" * 16, "role": NodeRole.WORKER, "host": "h", "address": "", "state": "alive",
+              "slots": 1, "free_slots": 1, "running": 0, "millicpus": 1000, "memory_bytes": 1, "cache_bytes": 8}
+    [shown] = views.cluster_json([], [worker], {}, 1.0, cached={"04" * 16: 4096})["workers"]
+    assert (shown["cached_bytes"], shown["cache_capacity_bytes"]) == (4096, 8)

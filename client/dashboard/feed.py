@@ -24,7 +24,9 @@ from typing import Any, Callable
 from uds.client.dashboard.views import (
     RateMeter, TaskStream, chunk_brief, cluster_json, event_json, job_counts,
 )
+from uds.client.dashboard.worker_metrics import cached_bytes
 from uds.errors import ClientError
+from uds.wire.enums import NodeRole
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +44,16 @@ MASTERS_TIMEOUT_S = 1.0
 
 def read_cluster(connection: Any) -> dict:
     """/api/cluster, read now: every master asked directly, the node table
-    and the leader's counters (each None when the leader did not answer)."""
+    and the leader's counters (each None when the leader did not answer),
+    and each worker's cached bytes from its /metrics."""
     masters = connection.masters(timeout=MASTERS_TIMEOUT_S)
     try:
         nodes = connection.nodes()
         counters = connection.master_stats()
     except ClientError:
         nodes = counters = None
-    return cluster_json(masters, nodes, counters, time.time())
+    workers = [node for node in nodes or () if int(node["role"]) == NodeRole.WORKER]
+    return cluster_json(masters, nodes, counters, time.time(), cached_bytes(workers))
 
 
 class Subscriber:

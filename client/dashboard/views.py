@@ -257,18 +257,21 @@ def storage_json(node: dict) -> dict:
             "blobs": figures.get("blob_count"), "repair": repair}
 
 
-def worker_json(node: dict) -> dict:
+def worker_json(node: dict, cached: dict[str, int] | None = None) -> dict:
+    """`cached`: hex node id -> the bytes its block cache holds (its /metrics)."""
     return {"node": _hex(node["node"]), "name": node["host"], "address": node["address"], "state": node["state"],
             "slots": node["slots"], "free_slots": node["free_slots"], "running": node["running"],
             "cpus": node.get("millicpus", 0) / 1000 if node.get("millicpus") else None,
             "memory_bytes": node.get("memory_bytes") or None,
-            # The masters know a worker's cache size, not how much of it is filled.
-            "cached_bytes": None, "cache_capacity_bytes": node.get("cache_bytes") or None}
+            "cached_bytes": (cached or {}).get(_hex(node["node"])),
+            "cache_capacity_bytes": node.get("cache_bytes") or None}
 
 
-def cluster_json(masters: Sequence[Any], nodes: Sequence[dict] | None, counters: dict | None, at: float) -> dict:
+def cluster_json(masters: Sequence[Any], nodes: Sequence[dict] | None, counters: dict | None, at: float,
+                 cached: dict[str, int] | None = None) -> dict:
     """/api/cluster: `masters` from `c.masters()`, `nodes` from `c.nodes()`
-    and `counters` from `c.master_stats()` (None: the leader did not answer)."""
+    and `counters` from `c.master_stats()` (None: the leader did not answer);
+    `cached`: the workers' cached bytes, by hex node id."""
     nodes = nodes or []
     balancers = [node for node in nodes if _role(node) == NodeRole.LOADBALANCER]
     active_epoch = max((int(node.get("lease_epoch", 0)) for node in balancers), default=0)
@@ -276,7 +279,7 @@ def cluster_json(masters: Sequence[Any], nodes: Sequence[dict] | None, counters:
             "leader": leader_address(masters),
             "balancers": [balancer_json(node, active_epoch) for node in balancers],
             "storage": [storage_json(node) for node in nodes if _role(node) == NodeRole.STORAGE],
-            "workers": [worker_json(node) for node in nodes if _role(node) == NodeRole.WORKER],
+            "workers": [worker_json(node, cached) for node in nodes if _role(node) == NodeRole.WORKER],
             "counters": dict(counters) if counters is not None else {}}
 
 
