@@ -118,6 +118,11 @@ def chunk_states(driver) -> list[str]:
         "return [...document.querySelectorAll('#chunk-grid .chunk')].map((chunk) => chunk.dataset.state);")
 
 
+def header_state(driver) -> str | None:
+    found = css(driver, "#job-header")
+    return found[0].get_attribute("data-state") if found else None
+
+
 def open_page(driver, dashboard: Dashboard, path: str) -> None:
     """Loads the dashboard afresh at `path` and marks the document, so that a
     reload (which would drop the mark) is seen."""
@@ -168,7 +173,7 @@ def test_a_job_moves_live_and_its_logs_open(dashboard, browser):
         wait_for(browser, finished, "every chunk of the grid to succeed")
         assert len(states_seen) > 2, states_seen          # it went through states in between
         assert still_loaded(browser)
-        wait_for(browser, lambda d: "succeeded" in text_of(d, "#job-header"), "the header to say succeeded")
+        wait_for(browser, lambda d: header_state(d) == "succeeded", "the header to say succeeded")
         wait_for(browser, lambda d: css(d, "#task-stream rect.ts-bar"), "the task stream's bars")
 
         css(browser, "#chunk-grid .chunk[data-index='7']")[0].click()
@@ -213,4 +218,43 @@ def test_html_in_args_input_names_and_stdout_is_shown_as_text(dashboard, browser
     assert browser.execute_script("return window.__xss") is None
     # Nothing of the data became an element.
     assert browser.execute_script("return document.querySelectorAll('#page script, #page img').length") == 0
+    assert still_loaded(browser)
+
+
+def admin_token(dashboard: Dashboard) -> str:
+    from uds.wire import cluster as cluster_file
+    from uds.wire.enums import NodeRole
+    from uds.wire.keys import open_role
+    return open_role(cluster_file.load(dashboard.folder / "cluster.toml").keys, NodeRole.CLIENT).admin_token()
+
+
+def test_release_asks_for_the_admin_token_and_says_why_it_was_refused(dashboard, browser):
+    with dashboard.connect() as connection:
+        held = connection.submit_job(b"#!/bin/sh\necho released\n", timeout=60, hold=True, name="held-for-release")
+    open_page(browser, dashboard, f"/jobs/{held.id}")
+    wait_for(browser, lambda d: header_state(d) == "held", "the held job's header")
+    browser.execute_script("sessionStorage.clear(); window.prompt = () => 'not-the-token';")
+    css(browser, "#release-job")[0].click()
+    wait_for(browser, lambda d: "refused" in text_of(d, "#action-message"), "the refusal")
+    assert "token" in text_of(browser, "#action-message")     # the server's own reason
+    assert browser.execute_script("return sessionStorage.length") == 0
+    browser.execute_script("window.prompt = (question) => arguments[0];", admin_token(dashboard))
+    css(browser, "#release-job")[0].click()
+    wait_for(browser, lambda d: header_state(d) == "succeeded", "the released job to succeed")
+    assert text_of(browser, "#action-message") == ""
+    assert still_loaded(browser)
+
+    # The jobs page's filters: by state, and a since the server cannot read.
+    css(browser, "#nav-jobs")[0].click()
+    wait_for(browser, lambda d: css(d, f"tr.job-row[data-job='{held.id}']"), "the jobs list")
+    from selenium.webdriver.support.ui import Select
+    Select(css(browser, "#filter-state")[0]).select_by_value("held")
+    wait_for(browser, lambda d: not css(d, "tr.job-row"), "no held job left in the list")
+    Select(css(browser, "#filter-state")[0]).select_by_value("succeeded")
+    wait_for(browser, lambda d: css(d, f"tr.job-row[data-job='{held.id}']"), "the succeeded jobs")
+    assert {row.get_attribute("data-state") for row in css(browser, "tr.job-row")} == {"succeeded"}
+    since = css(browser, "#filter-since")[0]
+    since.send_keys("lots")
+    css(browser, ".filters button[type=submit]")[0].click()
+    wait_for(browser, lambda d: "since" in text_of(d, "#jobs-message"), "the server's word on the since")
     assert still_loaded(browser)

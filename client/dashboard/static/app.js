@@ -23,10 +23,15 @@ function setConnection(state) {
   badge.dataset.state = state;
 }
 
-// One live stream per page; `handlers` maps an event name to fn(data).
-function openStream(query, handlers) {
+// One live stream per page; `handlers` maps an event name to fn(data), and
+// "open" to fn() called at each (re)connection, when the page may have missed
+// events.
+function openStream(query, {open, ...handlers}) {
   const source = new EventSource(`/api/stream${query || ""}`);
-  source.addEventListener("open", () => setConnection("live"));
+  source.addEventListener("open", () => {
+    setConnection("live");
+    if (open) open();
+  });
   source.addEventListener("error", () => setConnection(source.readyState === EventSource.CLOSED ? "closed"
     : "reconnecting"));
   for (const [name, handler] of Object.entries(handlers)) {

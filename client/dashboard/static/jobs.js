@@ -106,7 +106,12 @@ export function renderJobs(root, params, {openStream}) {
   stateFilter.addEventListener("change", changed);
   const refresh = throttle(load, REFRESH_INTERVAL_MS);
   load();
+  let connected = false;
   const source = openStream("", {
+    open: () => {
+      if (connected) refresh();      // a reconnection: events may have been missed
+      connected = true;
+    },
     log: (data) => { if (CHANGING_KINDS.test(String(data.kind || ""))) refresh(); },
   });
   return {
