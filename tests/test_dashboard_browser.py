@@ -74,6 +74,7 @@ def browser():
                      f"--window-size={WINDOW[0]},{WINDOW[1]}"):
         options.add_argument(argument)
     options.binary_location = str(CHROMIUM)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     try:
         yield driver
@@ -135,6 +136,14 @@ def still_loaded(driver) -> bool:
     return driver.execute_script("return window.__marker") == 1
 
 
+def script_errors(driver) -> list[dict]:
+    """The console's errors since last asked, but for failed requests (a refused
+    action's 403 is one): a script that threw, or anything the page's
+    Content-Security-Policy blocked."""
+    return [entry for entry in driver.get_log("browser")
+            if entry["level"] == "SEVERE" and entry.get("source") != "network"]
+
+
 # -- tests -------------------------------------------------------------------------
 
 def test_a_job_moves_live_and_its_logs_open(dashboard, browser):
@@ -191,6 +200,7 @@ def test_a_job_moves_live_and_its_logs_open(dashboard, browser):
     wait_for(browser, lambda d: css(d, "#rate-chart canvas"), "the chunks-per-second chart")
     assert still_loaded(browser)
     screenshot(browser, "dashboard-cluster.png")
+    assert script_errors(browser) == []
 
 
 def test_html_in_args_input_names_and_stdout_is_shown_as_text(dashboard, browser):
@@ -219,6 +229,7 @@ def test_html_in_args_input_names_and_stdout_is_shown_as_text(dashboard, browser
     # Nothing of the data became an element.
     assert browser.execute_script("return document.querySelectorAll('#page script, #page img').length") == 0
     assert still_loaded(browser)
+    assert script_errors(browser) == []
 
 
 def admin_token(dashboard: Dashboard) -> str:
@@ -258,3 +269,4 @@ def test_release_asks_for_the_admin_token_and_says_why_it_was_refused(dashboard,
     css(browser, ".filters button[type=submit]")[0].click()
     wait_for(browser, lambda d: "since" in text_of(d, "#jobs-message"), "the server's word on the since")
     assert still_loaded(browser)
+    assert script_errors(browser) == []
