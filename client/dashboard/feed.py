@@ -137,16 +137,18 @@ class Feed:
 
     def _follow(self) -> None:
         seq: int | None = None
+        live_after = 0          # events up to here happened before the dashboard started
         while not self._stop.is_set():
             try:
                 with self._connect() as connection:
                     if seq is None:
-                        seq = max(0, connection.events(after=0, limit=1).last_seq - RECENT_EVENTS)
+                        live_after = connection.events(after=0, limit=1).last_seq
+                        seq = max(0, live_after - RECENT_EVENTS)
                     for event in connection.follow(after=seq):
                         if self._stop.is_set():
                             return
                         seq = max(seq, event.seq)
-                        self._hand(self._on_event, event)
+                        self._hand(self._on_event, event, event.seq > live_after)
             except Exception as fault:
                 log.warning("dashboard: following the event log failed (%s); again in %gs", fault, RETRY_S)
                 self._stop.wait(RETRY_S)
@@ -190,8 +192,11 @@ class Feed:
             if job is None or subscriber.job == job:
                 subscriber.send(name, data)
 
-    def _on_event(self, event: Any) -> None:
-        self.rate.note(event, time.monotonic())
+    def _on_event(self, event: Any, live: bool = True) -> None:
+        """One event of the log; `live`: it committed after the dashboard
+        started (the recent ones read back at start are not counted in the rate)."""
+        if live:
+            self.rate.note(event, time.monotonic())
         item = event_json(event)
         self.recent.append(item)
         self._publish("log", item)

@@ -147,7 +147,7 @@ class Dashboard:
                     self.afters[summary.id] = connection.job_status(summary.id, detail=False).after
                 except UnknownJobError:
                     self.afters[summary.id] = ()
-        return dependents_of(job, self.afters)
+        return dependents_of(job, dict(self.afters))     # a copy: other pool threads add to it
 
     async def attempts(self, request: web.Request) -> web.Response:
         job = _job_id(request)
