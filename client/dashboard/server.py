@@ -243,7 +243,9 @@ class Dashboard:
         await self.feed.stop()
 
     async def on_cleanup(self, app: web.Application) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.clients.close)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.feed.join)
+        await loop.run_in_executor(None, self.clients.close)
 
 
 def _job_spec(connection: Any, job: str) -> Any:
