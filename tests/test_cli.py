@@ -204,7 +204,8 @@ def test_keys_init_then_export_one_role(tmp_path):
     uds("keys", "init", str(tmp_path / "set"))
     uds("keys", "export", "--role", "client", "--keys", str(tmp_path / "set"), str(tmp_path / "client"))
     publics = [f"public/{role}.key" for role in ("client", "loadbalancer", "master", "storage", "worker")]
-    assert _files(tmp_path / "client") == sorted([*publics, "private/client.key_secret"])
+    # The client's folder holds the admin token too (the dashboard's actions need it).
+    assert _files(tmp_path / "client") == sorted([*publics, "private/client.key_secret", "private/admin.token"])
     uds("keys", "export", "--role", "master", "--keys", str(tmp_path / "set"), str(tmp_path / "master"))
     assert _files(tmp_path / "master") == sorted([*publics, "private/master.key_secret", "private/raft.password"])
     again = uds("keys", "export", "--role", "client", "--keys", str(tmp_path / "set"), str(tmp_path / "client"),
@@ -215,7 +216,8 @@ def test_keys_init_then_export_one_role(tmp_path):
 def test_dev_lays_out_one_key_folder_per_role(dev_dir):
     for role in ("client", "loadbalancer", "master", "storage", "worker"):
         secrets = sorted(path.name for path in (dev_dir / "keys" / role / "private").iterdir())
-        assert secrets == sorted([f"{role}.key_secret", *(["raft.password"] if role == "master" else [])])
+        assert secrets == sorted([f"{role}.key_secret", *(["raft.password"] if role == "master" else []),
+                                  *(["admin.token"] if role == "client" else [])])
 
 
 def test_a_job_past_retention_shows_its_state_and_counts_and_says_its_details_are_gone(capsys):

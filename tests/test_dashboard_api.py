@@ -17,7 +17,8 @@ import pytest
 
 from test_cli import ROOT, uds
 
-PROGRAM = b"#!/bin/sh\necho \"out <script>alert(1)</script> $1\"\necho oops >&2\necho made > \"$UDS_OUTPUT/result.txt\"\n"
+PROGRAM = (b"#!/bin/sh\necho \"out <script>alert(1)</script> $1\"\necho oops >&2\n"
+           b"echo made > \"$UDS_OUTPUT/result.txt\"\n")
 EVENT_WAIT_S = 20.0
 HTTP_TIMEOUT_S = 10.0
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "

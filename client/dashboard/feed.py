@@ -25,7 +25,8 @@ from uds.client.dashboard.views import (
     RateMeter, TaskStream, chunk_brief, cluster_json, event_json, job_counts,
 )
 from uds.client.dashboard.worker_metrics import cached_bytes
-from uds.errors import ClientError
+from uds.client.events import follow
+from uds.errors import ClientError, RequestTimeout
 from uds.wire.enums import NodeRole
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ RECENT_EVENTS = 200
 MAX_QUEUED = 2000
 # After a fault in a reading thread, the next try.
 RETRY_S = 1.0
+# The follower's held query returns at least this often, to see whether to
+# stop: the dashboard stops within about this, its connections closed.
+STOP_CHECK_S = 1.0
 # The masters asked one by one for `masters()`: a dead one costs this.
 MASTERS_TIMEOUT_S = 1.0
 
@@ -109,14 +113,19 @@ class Feed:
                        asyncio.create_task(self._every(CHUNKS_BATCH_S, self._send_chunks))]
 
     async def stop(self) -> None:
-        """Stop the timers; the reading threads end at their next step (they
-        are daemon threads: one held in a follow request is not waited for)."""
+        """Stop the timers and end every stream; the reading threads end
+        at their next step (join waits for them)."""
         self._stop.set()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for subscriber in self.subscribers:
             subscriber.queue.put_nowait(None)
+
+    def join(self, timeout_s: float = STOP_CHECK_S + 2 * MASTERS_TIMEOUT_S) -> None:
+        """Wait (blocking) for the reading threads to close their connections."""
+        for thread in self._threads:
+            thread.join(timeout_s)
 
     async def _every(self, interval_s: float, action: Callable[[], Any]) -> None:
         while True:
@@ -137,16 +146,20 @@ class Feed:
 
     def _follow(self) -> None:
         seq: int | None = None
+        live_after = 0          # events up to here happened before the dashboard started
         while not self._stop.is_set():
             try:
                 with self._connect() as connection:
                     if seq is None:
-                        seq = max(0, connection.events(after=0, limit=1).last_seq - RECENT_EVENTS)
-                    for event in connection.follow(after=seq):
-                        if self._stop.is_set():
-                            return
-                        seq = max(seq, event.seq)
-                        self._hand(self._on_event, event)
+                        live_after = connection.events(after=0, limit=1).last_seq
+                        seq = max(0, live_after - RECENT_EVENTS)
+                    while not self._stop.is_set():
+                        try:
+                            for event in follow(connection, seq, deadline=time.monotonic() + STOP_CHECK_S):
+                                seq = max(seq, event.seq)
+                                self._hand(self._on_event, event, event.seq > live_after)
+                        except RequestTimeout:
+                            continue    # no event within STOP_CHECK_S: see whether to stop, then on
             except Exception as fault:
                 log.warning("dashboard: following the event log failed (%s); again in %gs", fault, RETRY_S)
                 self._stop.wait(RETRY_S)
@@ -190,8 +203,11 @@ class Feed:
             if job is None or subscriber.job == job:
                 subscriber.send(name, data)
 
-    def _on_event(self, event: Any) -> None:
-        self.rate.note(event, time.monotonic())
+    def _on_event(self, event: Any, live: bool = True) -> None:
+        """One event of the log; `live`: it committed after the dashboard
+        started (the recent ones read back at start are not counted in the rate)."""
+        if live:
+            self.rate.note(event, time.monotonic())
         item = event_json(event)
         self.recent.append(item)
         self._publish("log", item)

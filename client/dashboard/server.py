@@ -147,7 +147,7 @@ class Dashboard:
                     self.afters[summary.id] = connection.job_status(summary.id, detail=False).after
                 except UnknownJobError:
                     self.afters[summary.id] = ()
-        return dependents_of(job, self.afters)
+        return dependents_of(job, dict(self.afters))     # a copy: other pool threads add to it
 
     async def attempts(self, request: web.Request) -> web.Response:
         job = _job_id(request)
@@ -243,7 +243,9 @@ class Dashboard:
         await self.feed.stop()
 
     async def on_cleanup(self, app: web.Application) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.clients.close)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.feed.join)
+        await loop.run_in_executor(None, self.clients.close)
 
 
 def _job_spec(connection: Any, job: str) -> Any:

@@ -13,7 +13,6 @@ from collections import deque
 from typing import Any, Iterable, Sequence
 
 from uds.client.attempts import TIMELINE_STEPS
-from uds.client.masters import UNREACHABLE
 from uds.wire.enums import NodeRole
 
 # A chunk's state as the pages colour it. "delayed" (a retry waiting out
@@ -282,7 +281,3 @@ def cluster_json(masters: Sequence[Any], nodes: Sequence[dict] | None, counters:
             "workers": [worker_json(node, cached) for node in nodes if _role(node) == NodeRole.WORKER],
             "counters": dict(counters) if counters is not None else {}}
 
-
-def unreachable(masters: Sequence[Any]) -> bool:
-    """Whether no master answered."""
-    return all(record.role == UNREACHABLE for record in masters)
