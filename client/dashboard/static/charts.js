@@ -49,14 +49,15 @@ export class TaskStream {
     this.frame = null;
   }
 
-  set(bars) {
-    this.bars.clear();
-    this.update(bars);
-  }
-
+  // Bars only ever end: an ended bar is kept over an open one of the same
+  // attempt, whichever came last (a job read earlier, an event later).
   update(bars) {
     for (const bar of bars || []) {
-      if (bar && bar.start !== null && bar.start !== undefined) this.bars.set(barKey(bar), bar);
+      if (!bar || bar.start === null || bar.start === undefined) continue;
+      const known = this.bars.get(barKey(bar));
+      const ended = (b) => b.end !== null && b.end !== undefined;
+      if (known && ended(known) && !ended(bar)) continue;
+      this.bars.set(barKey(bar), bar);
     }
     this.schedule();
   }

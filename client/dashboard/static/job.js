@@ -115,7 +115,7 @@ class ChunkGrid {
 
 const STATE_RANK = {waiting: 0, queued: 1, dispatched: 2, running: 3};
 
-// Whether a change that arrived before the job was read is newer than what
+// Whether a change that arrived while the job was read is newer than what
 // the read gave: a later attempt, or the same attempt further on.
 function isNewer(change, chunk) {
   if (!chunk) return false;
@@ -209,7 +209,9 @@ export function renderJob(root, [jobId], {openStream, session}) {
   const stream = new TaskStream(streamHolder, (id) => workerNames[id] || shortId(id) || "?",
                                 (index) => chunkPanel.open(index));
   const dirtyChunks = new Set();
-  const early = [];
+  const during = [];       // chunk changes that came while the job was being read
+  let reading = 0;         // reads of the job under way
+  let loads = 0;           // reads of the job begun
   const refreshPanel = throttle(() => {
     if (chunkPanel.chunk !== null && dirtyChunks.has(chunkPanel.chunk)) chunkPanel.refresh(chunkPanel.chunk);
     dirtyChunks.clear();
@@ -230,22 +232,35 @@ export function renderJob(root, [jobId], {openStream, session}) {
   }
 
   async function load() {
+    const mine = ++loads;
+    reading += 1;
+    let answer;
     try {
-      job = await getJSON(`/api/jobs/${encodeURIComponent(jobId)}`);
+      answer = await getJSON(`/api/jobs/${encodeURIComponent(jobId)}`);
     } catch (fault) {
-      clear(header).append(el("h1", {text: `Job ${jobId}`}),
-                           el("p", {class: "error-text", text: fault.message}));
+      if (mine === loads && !closed) {
+        replaceChildren(header, el("h1", {text: `Job ${jobId}`}), el("p", {class: "error-text", text: fault.message}));
+      }
       return;
+    } finally {
+      reading -= 1;
     }
-    if (closed) return;
+    if (closed || mine !== loads) return;      // a later read is on its way
+    job = answer;
     fillHeader(header, job);
     fillArgs(args, job.args);
     fillInputs(inputs.tBodies[0], job.inputs);
-    grid.set(job.chunks, job.chunk_count);
-    grid.update(early.splice(0).filter((change) => isNewer(change, grid.chunks[change.index])));
+    if (job.past_retention && !(job.chunks || []).length) {
+      grid.set([], 0);
+      gridHolder.append(el("p", {class: "muted", text: "past retention: its chunks are no longer kept"}));
+    } else {
+      grid.set(job.chunks, job.chunk_count);
+    }
+    // Changes that came while the job was read may be newer than what it gave.
+    grid.update(during.splice(0).filter((change) => isNewer(change, grid.chunks[change.index])));
     fillLegend();
     fillActions();
-    stream.set(job.stream);
+    stream.update(job.stream);
     drawDependencies(graphHolder, job, {});
     loadRelated(job);
   }
@@ -290,18 +305,18 @@ export function renderJob(root, [jobId], {openStream, session}) {
   const source = openStream(`?job=${encodeURIComponent(jobId)}`, {
     job: (data) => {
       if (!job || data.job !== job.job) return;
-      const wasFinal = FINAL_JOB_STATES.has(job.state);
+      const stateChanged = data.state !== job.state;
       job = {...job, ...data};
       fillHeader(header, job);
       fillActions();
-      if (!wasFinal && FINAL_JOB_STATES.has(job.state)) load();
+      // A new state brings times, a reason to wait or an error that `job`
+      // events do not carry: read the job again (a few times in its life).
+      if (stateChanged) load();
     },
     chunks: (data) => {
       const changes = Array.isArray(data) ? data : data.chunks;
-      if (!job) {
-        early.push(...(changes || []));     // applied once the job is read
-        return;
-      }
+      if (reading) during.push(...(changes || []));
+      if (!job) return;
       grid.update(changes);
       fillLegend();
       for (const change of changes || []) dirtyChunks.add(change.index);
