@@ -97,6 +97,18 @@ def css(driver, selector: str):
     return driver.find_elements(By.CSS_SELECTOR, selector)
 
 
+def click(driver, selector: str) -> None:
+    """Clicks the first element `selector` finds, again if a live update
+    replaced it in between."""
+    def clicked(d):
+        found = css(d, selector)
+        if not found:
+            return False
+        found[0].click()
+        return True
+    wait_for(driver, clicked, f"a click on {selector}")
+
+
 def text_of(driver, selector: str) -> str:
     found = css(driver, selector)
     return found[0].get_attribute("textContent") if found else ""
@@ -168,7 +180,7 @@ def test_a_job_moves_live_and_its_logs_open(dashboard, browser):
 
         watched = connection.submit_job(SLOW_CHUNKS, chunks=chunks, timeout=60, hold=True, name="watched-live")
         wait_for(browser, lambda d: css(d, f"tr.job-row[data-job='{watched.id}'] a.job-name"), "the second job")
-        css(browser, f"tr.job-row[data-job='{watched.id}'] a.job-name")[0].click()
+        click(browser, f"tr.job-row[data-job='{watched.id}'] a.job-name")
         wait_for(browser, lambda d: len(chunk_states(d)) == chunks, "the chunk grid")
         assert "succeeded" not in chunk_states(browser)
         watched.release()
@@ -185,15 +197,15 @@ def test_a_job_moves_live_and_its_logs_open(dashboard, browser):
         wait_for(browser, lambda d: header_state(d) == "succeeded", "the header to say succeeded")
         wait_for(browser, lambda d: css(d, "#task-stream rect.ts-bar"), "the task stream's bars")
 
-        css(browser, "#chunk-grid .chunk[data-index='7']")[0].click()
+        click(browser, "#chunk-grid .chunk[data-index='7']")
         wait_for(browser, lambda d: css(d, "#chunk-panel .show-stdout:not([disabled])"), "chunk 7's stdout button")
         assert css(browser, "#chunk-panel .timeline .phase"), text_of(browser, "#chunk-panel")
-        css(browser, "#chunk-panel .show-stdout")[0].click()
+        click(browser, "#chunk-panel .show-stdout")
         wait_for(browser, lambda d: text_of(d, "#log-view") == f"chunk 7 of {chunks}\n", "chunk 7's stdout")
         assert still_loaded(browser)
         screenshot(browser, "dashboard-job.png")
 
-    css(browser, "#nav-cluster")[0].click()
+    click(browser, "#nav-cluster")
     wait_for(browser, lambda d: "leader" in text_of(d, "#masters tbody"), "the masters with a leader")
     wait_for(browser, lambda d: len(css(d, "#workers tbody tr")) == 2, "both workers")
     wait_for(browser, lambda d: watched.id[:8] in text_of(d, "#event-stream"), "the job's events in the stream")
@@ -211,19 +223,19 @@ def test_html_in_args_input_names_and_stdout_is_shown_as_text(dashboard, browser
     open_page(browser, dashboard, "/jobs")
     wait_for(browser, lambda d: css(d, f"tr.job-row[data-job='{job.id}']"), "the job's row")
     assert SCRIPT in text_of(browser, f"tr.job-row[data-job='{job.id}'] a.job-name")
-    css(browser, f"tr.job-row[data-job='{job.id}'] a.job-name")[0].click()
+    click(browser, f"tr.job-row[data-job='{job.id}'] a.job-name")
     wait_for(browser, lambda d: SCRIPT in text_of(d, "#job-args"), "the args")
     assert IMAGE in text_of(browser, "#job-args")
     assert IMAGE in text_of(browser, "#job-inputs") and OPEN_SCRIPT in text_of(browser, "#job-inputs")
     assert SCRIPT in text_of(browser, "#job-header")
     wait_for(browser, lambda d: css(d, "#chunk-grid .chunk[data-index='0']"), "the chunk grid")
-    css(browser, "#chunk-grid .chunk[data-index='0']")[0].click()
+    click(browser, "#chunk-grid .chunk[data-index='0']")
     wait_for(browser, lambda d: css(d, "#chunk-panel a.output-download"), "the chunk's outputs")
     assert "<img src=x onerror=window.__xss=1>" in text_of(browser, "#chunk-panel a.output-download")
-    css(browser, "#chunk-panel .show-stdout")[0].click()
+    click(browser, "#chunk-panel .show-stdout")
     wait_for(browser, lambda d: SCRIPT in text_of(d, "#log-view"), "the stdout")
     assert IMAGE in text_of(browser, "#log-view")
-    css(browser, "#nav-cluster")[0].click()
+    click(browser, "#nav-cluster")
     wait_for(browser, lambda d: SCRIPT in text_of(d, "#event-stream"), "the job's name in the event stream")
     assert browser.execute_script("return window.__xss") is None
     # Nothing of the data became an element.
@@ -245,18 +257,18 @@ def test_release_asks_for_the_admin_token_and_says_why_it_was_refused(dashboard,
     open_page(browser, dashboard, f"/jobs/{held.id}")
     wait_for(browser, lambda d: header_state(d) == "held", "the held job's header")
     browser.execute_script("sessionStorage.clear(); window.prompt = () => 'not-the-token';")
-    css(browser, "#release-job")[0].click()
+    click(browser, "#release-job")
     wait_for(browser, lambda d: "refused" in text_of(d, "#action-message"), "the refusal")
     assert "token" in text_of(browser, "#action-message")     # the server's own reason
     assert browser.execute_script("return sessionStorage.length") == 0
     browser.execute_script("window.prompt = (question) => arguments[0];", admin_token(dashboard))
-    css(browser, "#release-job")[0].click()
+    click(browser, "#release-job")
     wait_for(browser, lambda d: header_state(d) == "succeeded", "the released job to succeed")
     assert text_of(browser, "#action-message") == ""
     assert still_loaded(browser)
 
     # The jobs page's filters: by state, and a since the server cannot read.
-    css(browser, "#nav-jobs")[0].click()
+    click(browser, "#nav-jobs")
     wait_for(browser, lambda d: css(d, f"tr.job-row[data-job='{held.id}']"), "the jobs list")
     from selenium.webdriver.support.ui import Select
     Select(css(browser, "#filter-state")[0]).select_by_value("held")
@@ -266,7 +278,7 @@ def test_release_asks_for_the_admin_token_and_says_why_it_was_refused(dashboard,
     assert {row.get_attribute("data-state") for row in css(browser, "tr.job-row")} == {"succeeded"}
     since = css(browser, "#filter-since")[0]
     since.send_keys("lots")
-    css(browser, ".filters button[type=submit]")[0].click()
+    click(browser, ".filters button[type=submit]")
     wait_for(browser, lambda d: "since" in text_of(d, "#jobs-message"), "the server's word on the since")
     assert still_loaded(browser)
     assert script_errors(browser) == []
