@@ -20,7 +20,7 @@ from test_cli import ROOT, uds
 PROGRAM = (b"#!/bin/sh\necho \"out <script>alert(1)</script> $1\"\necho oops >&2\n"
            b"echo made > \"$UDS_OUTPUT/result.txt\"\n")
 EVENT_WAIT_S = 20.0
-HTTP_TIMEOUT_S = 10.0
+HTTP_TIMEOUT_S = 30.0      # a loaded test machine answers slowly; every wait ends on an answer
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
        "frame-ancestors 'none'")
 

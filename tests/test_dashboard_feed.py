@@ -3,6 +3,7 @@ its reading threads: events and job statuses are handed to it directly."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from uds.client.dashboard import feed as feed_module
 from uds.client.dashboard.feed import Feed
@@ -29,13 +30,17 @@ class Statuses:
     def __init__(self) -> None:
         self.current = status("queued", "queued")
         self.asked = 0
+        self.spans: list[tuple[int, int | None]] = []
 
     async def run(self, fn, *args):
         self.asked += 1
         return fn(self, *args)
 
-    def job_status(self, job: str, detail: bool = True) -> JobStatus:
-        return self.current
+    def job_status(self, job: str, detail: bool = True, first_chunk: int = 0,
+                   max_chunks: int | None = None) -> JobStatus:
+        self.spans.append((first_chunk, max_chunks))
+        end = None if max_chunks is None else first_chunk + max_chunks
+        return replace(self.current, chunks=self.current.chunks[first_chunk:end])
 
 
 def drain(subscriber) -> list[tuple[str, object]]:
@@ -67,6 +72,7 @@ def test_a_watching_page_gets_its_jobs_chunks_in_full_then_only_what_changed():
         asked = statuses.asked
         await feed._send_chunks()
         assert statuses.asked == asked + 1          # one read for two events of the job, none for the other
+        assert statuses.spans[-1] == (0, 1)         # of the chunk they named
         sent = drain(watcher)
         assert [name for name, _ in sent] == ["log", "stream", "log", "stream", "log", "job", "chunks"]
         assert sent[-1] == ("chunks", {"chunks": [{"index": 0, "state": "succeeded", "attempt": 1,
@@ -112,4 +118,25 @@ def test_the_last_page_watching_a_job_forgets_it():
         feed._on_event(event(1, "chunk_succeeded"))
         await feed._send_chunks()
         assert statuses.asked == 1 and not feed._known
+    asyncio.run(scenario())
+
+
+def test_events_of_some_chunks_read_only_their_span_and_keep_the_counts_of_all():
+    async def scenario():
+        statuses = Statuses()
+        statuses.current = status(*["cancelled"] * 2, *["queued"] * 8)
+        feed = Feed(connect=None, run=statuses.run)
+        watcher = feed.subscribe(JOB)
+        await feed._send_chunks()
+        assert statuses.spans == [(0, None)]
+        drain(watcher)
+        statuses.current = status(*["cancelled"] * 2, *["queued"] * 3, "running", "queued", "succeeded",
+                                  "queued", "queued")
+        feed._on_event(event(1, "chunk_started", chunk=5))
+        feed._on_event(event(2, "chunk_succeeded", chunk=7))
+        await feed._send_chunks()
+        assert statuses.spans[-1] == (5, 3)
+        sent = dict((name, data) for name, data in drain(watcher) if name in ("job", "chunks"))
+        assert [(c["index"], c["state"]) for c in sent["chunks"]["chunks"]] == [(5, "running"), (7, "succeeded")]
+        assert sent["job"]["cancelled"] == 2 and sent["job"]["succeeded"] == 1
     asyncio.run(scenario())

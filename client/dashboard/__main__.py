@@ -13,11 +13,15 @@ import logging
 import pathlib
 import signal
 import sys
-
-from aiohttp import web
+from typing import TYPE_CHECKING
 
 from uds.client.dashboard.auth import Gate, TokenFileError, TokenRequiredError, parse_listen, read_token_file
-from uds.client.dashboard.server import Dashboard, make_app
+
+if TYPE_CHECKING:
+    from uds.client.dashboard.server import Dashboard
+
+# The server (aiohttp) is imported once the arguments and the bind rules
+# are known to be good, so that a refusal is quick.
 
 DEFAULT_LISTEN = "127.0.0.1:8265"
 EXIT_USAGE = 2
@@ -38,7 +42,7 @@ def cluster_token(cluster_path: pathlib.Path) -> str | None:
         return None
 
 
-def make_dashboard(cluster_path: pathlib.Path, listen: str, token_file: str | None = None) -> Dashboard:
+def make_dashboard(cluster_path: pathlib.Path, listen: str, token_file: str | None = None) -> "Dashboard":
     """Raises DashboardStartError for a bad --listen, token file, or a refused bind."""
     try:
         host, _ = parse_listen(listen)
@@ -46,6 +50,7 @@ def make_dashboard(cluster_path: pathlib.Path, listen: str, token_file: str | No
         gate = Gate.for_listen(host, token)
     except (ValueError, TokenFileError, TokenRequiredError) as fault:
         raise DashboardStartError(str(fault)) from None
+    from uds.client.dashboard.server import Dashboard
     return Dashboard(cluster_path, gate, listen)
 
 
@@ -54,8 +59,10 @@ def url_of(host: str, port: int) -> str:
     return f"http://{shown}:{port}/"
 
 
-async def serve(dashboard: Dashboard, say=print) -> None:
+async def serve(dashboard: "Dashboard", say=print) -> None:
     """Listen, say the URL, serve until SIGTERM or SIGINT."""
+    from aiohttp import web
+    from uds.client.dashboard.server import make_app
     host, port = parse_listen(dashboard.listen)
     runner = web.AppRunner(make_app(dashboard), access_log=None, shutdown_timeout=2.0)
     await runner.setup()

@@ -93,7 +93,8 @@ class Feed:
         self.cluster_read_at = 0.0          # monotonic
         self.rate = RateMeter()
         self.open_bars = TaskStream(keep_ended=False)
-        self._dirty: set[str] = set()
+        # Watched jobs to read again: the chunks their events named, or None: every chunk.
+        self._dirty: dict[str, set[int] | None] = {}
         self._known: dict[str, dict[int, dict]] = {}     # watched job -> index -> chunk brief
         self._counts: dict[str, dict] = {}
         self._stop = threading.Event()
@@ -185,7 +186,7 @@ class Feed:
         for item in self.recent:
             subscriber.send("log", item)
         if job is not None:
-            self._dirty.add(job)
+            self._dirty[job] = None
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
@@ -193,7 +194,7 @@ class Feed:
         if subscriber.job is not None and not self._watchers(subscriber.job):
             self._known.pop(subscriber.job, None)
             self._counts.pop(subscriber.job, None)
-            self._dirty.discard(subscriber.job)
+            self._dirty.pop(subscriber.job, None)
 
     def _watchers(self, job: str) -> list[Subscriber]:
         return [subscriber for subscriber in self.subscribers if subscriber.job == job]
@@ -213,11 +214,13 @@ class Feed:
         self._publish("log", item)
         bar = self.open_bars.add(event) if event.job is not None else None
         if event.job is not None and self._watchers(event.job):
-            self._dirty.add(event.job)
+            self._note_dirty(event.job, event.chunk)
             if bar is not None:
                 self._publish("stream", {"stream": [bar]}, job=event.job)
         elif event.job is None and event.kind == "gap":
-            self._dirty.update(subscriber.job for subscriber in self.subscribers if subscriber.job)
+            for subscriber in self.subscribers:
+                if subscriber.job:
+                    self._dirty[subscriber.job] = None
 
     def _on_cluster(self, cluster: dict) -> None:
         self.cluster = cluster
@@ -227,30 +230,47 @@ class Feed:
     async def _send_rate(self) -> None:
         self._publish("rate", {"at": time.time(), "chunks_per_s": self.rate.rate(time.monotonic())})
 
+    def _note_dirty(self, job: str, chunk: int | None) -> None:
+        if job in self._dirty and self._dirty[job] is None:
+            return
+        if chunk is None:
+            self._dirty[job] = None         # a job's own event: read it all
+        else:
+            self._dirty.setdefault(job, set()).add(chunk)
+
     async def _send_chunks(self) -> None:
-        dirty, self._dirty = self._dirty, set()
-        for job in dirty:
-            if not self._watchers(job):
+        """Read each watched job that had events: only the span of chunks
+        they named (a large job is not read whole at every event), or
+        every chunk for a page that has not had them yet."""
+        dirty, self._dirty = self._dirty, {}
+        for job, chunks in dirty.items():
+            watchers = self._watchers(job)
+            if not watchers:
                 continue
+            if any(subscriber.new for subscriber in watchers) or job not in self._known:
+                chunks = None
+            first, count = (0, None) if chunks is None else (min(chunks), max(chunks) - min(chunks) + 1)
             try:
-                status = await self._run(lambda connection, job=job: connection.job_status(job, detail=True))
+                status = await self._run(lambda connection, job=job, first=first, count=count:
+                                         connection.job_status(job, detail=True, first_chunk=first, max_chunks=count))
             except ClientError as fault:
                 log.info("dashboard: job %s not read (%s)", job, fault)
                 continue
             self._send_job(job, status)
 
     def _send_job(self, job: str, status: Any) -> None:
+        """Send what changed of the chunks `status` holds (all of them, or a span)."""
         briefs = {chunk.chunk: chunk_brief(chunk) for chunk in status.chunks}
-        known = self._known.get(job, {})
+        known = self._known.setdefault(job, {})
         changed = [brief for index, brief in sorted(briefs.items()) if known.get(index) != brief]
-        self._known[job] = briefs
-        counts = job_counts(status)
+        known.update(briefs)
+        counts = job_counts(status, cancelled=sum(brief["state"] == "cancelled" for brief in known.values()))
         counts_changed = counts != self._counts.get(job)
         self._counts[job] = counts
         for subscriber in self._watchers(job):
             if subscriber.new:
                 subscriber.send("job", counts)
-                subscriber.send("chunks", {"chunks": [briefs[index] for index in sorted(briefs)]})
+                subscriber.send("chunks", {"chunks": [known[index] for index in sorted(known)]})
                 subscriber.new = False
                 continue
             if counts_changed:

@@ -130,9 +130,10 @@ class Dashboard:
 
     async def job(self, request: web.Request) -> web.Response:
         job = _job_id(request)
-        status = await self.clients.run(lambda c: c.job_status(job, detail=True))
-        spec = await self.clients.run(_job_spec, job)
-        stream = await self.clients.run(lambda c: task_stream(job_events(c, job, follow_on=False)))
+        # Three questions at once, each on a pool thread of its own.
+        status, spec, stream = await asyncio.gather(
+            self.clients.run(lambda c: c.job_status(job, detail=True)), self.clients.run(_job_spec, job),
+            self.clients.run(lambda c: task_stream(job_events(c, job, follow_on=False))))
         dependents = await self.clients.run(self._dependents, job, status.submitted_at)
         return json_response(job_json(status, spec, dependents, stream))
 

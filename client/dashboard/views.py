@@ -84,10 +84,12 @@ def chunk_brief(chunk: Any) -> dict:
             "worker": chunk.worker}
 
 
-def job_counts(status: Any) -> dict:
-    """The `job` event of /api/stream: a job's state and counts."""
+def job_counts(status: Any, cancelled: int | None = None) -> dict:
+    """The `job` event of /api/stream: a job's state and counts; `cancelled`
+    when its status holds only some of its chunks (else counted from them)."""
     return {"job": status.id, "state": status.state, "succeeded": status.succeeded, "failed": status.failed,
-            "cached": status.cached, "cancelled": _cancelled(status), "chunk_count": status.chunk_count}
+            "cached": status.cached, "cancelled": _cancelled(status) if cancelled is None else cancelled,
+            "chunk_count": status.chunk_count}
 
 
 def _cancelled(status: Any) -> int:
