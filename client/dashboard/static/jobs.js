@@ -86,8 +86,20 @@ export function renderJobs(root, params, {openStream}) {
       if (closed || mine !== asking) return;
       message.textContent = "";
       const now = Date.now() / 1000;
-      const body = clear(jobsTable.tBodies[0]);
-      for (const job of answer.jobs || []) body.append(jobRow(job, now));
+      const body = jobsTable.tBodies[0];
+      // A row whose job did not change is kept, so that a refresh does not
+      // take the row from under the pointer; only finished jobs stay still.
+      const kept = new Map();
+      for (const old of body.querySelectorAll("tr.job-row")) kept.set(old.dataset.job, old);
+      const rows = (answer.jobs || []).map((job) => {
+        const signature = JSON.stringify(job);
+        const old = kept.get(job.job);
+        if (old && old.dataset.signature === signature && FINAL_JOB_STATES.has(job.state)) return old;
+        const fresh = jobRow(job, now);
+        fresh.dataset.signature = signature;
+        return fresh;
+      });
+      clear(body).append(...rows);
       if (!body.childElementCount) body.append(el("tr", {class: "empty"}, el("td", {colspan: 8, text: "no jobs"})));
       count.textContent = `${(answer.jobs || []).length} shown`;
     } catch (fault) {
