@@ -196,6 +196,7 @@ def test_a_job_moves_live_and_its_logs_open(dashboard, browser):
         assert still_loaded(browser)
         wait_for(browser, lambda d: header_state(d) == "succeeded", "the header to say succeeded")
         wait_for(browser, lambda d: css(d, "#task-stream rect.ts-bar"), "the task stream's bars")
+        wait_for(browser, lambda d: "job_succeeded" in text_of(d, "#job-events"), "the job's events")
 
         click(browser, "#chunk-grid .chunk[data-index='7']")
         wait_for(browser, lambda d: css(d, "#chunk-panel .show-stdout:not([disabled])"), "chunk 7's stdout button")

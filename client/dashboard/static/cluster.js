@@ -7,7 +7,7 @@ import {badge, bytesText, clear, el, jobPath, link, numCell, numberText, row, sh
         timeText, getJSON} from "./dom.js";
 
 const RATE_WINDOW_S = 300;
-const EVENT_ROWS_MAX = 200;
+export const EVENT_ROWS_MAX = 200;
 
 function nodeCell(node) {
   return el("td", {class: "mono", title: node || "", text: node ? shortId(node) : "–"});
@@ -140,7 +140,7 @@ class RateChart {
   }
 }
 
-function eventRow(event) {
+export function eventRow(event) {
   const item = el("li", {class: `event kind-${String(event.kind || "").replace(/[^a-z_]/g, "")}`,
                          dataset: {seq: String(event.seq ?? ""), kind: String(event.kind ?? "")}},
     el("span", {class: "when", text: timeText(event.at)}),

@@ -8,6 +8,7 @@ import {FINAL_JOB_STATES, HttpError, badge, bytesText, clear, durationText, el, 
 import {progressBar, jobDuration} from "./jobs.js";
 import {GRAPH_SIDE_MAX, TaskStream, drawDependencies} from "./charts.js";
 import {ChunkPanel} from "./chunk_panel.js";
+import {EVENT_ROWS_MAX, eventRow} from "./cluster.js";
 
 // Up to this many chunks the grid is one element per chunk; beyond, a canvas.
 const GRID_ELEMENTS_MAX = 5000;
@@ -182,6 +183,7 @@ export function renderJob(root, [jobId], {openStream, session}) {
   const legend = el("div", {class: "legend"});
   const streamHolder = svg("svg", {id: "task-stream", class: "drawing"});
   const graphHolder = svg("svg", {id: "dep-graph", class: "drawing"});
+  const events = el("ul", {id: "job-events", class: "event-stream"});
   const panel = el("section", {id: "chunk-panel", class: "panel chunk-panel", hidden: true});
   const logTitle = el("h2", {class: "log-title", text: "Logs"});
   const logView = el("pre", {id: "log-view", class: "log-view empty",
@@ -199,7 +201,8 @@ export function renderJob(root, [jobId], {openStream, session}) {
     el("div", {class: "grid-2 wide-left"}, panel, el("section", {class: "panel log-panel"}, logTitle, logView)),
     section("Task stream", el("div", {class: "svg-holder"}, streamHolder)),
     el("div", {class: "grid-2"}, section("Args", args), section("Inputs", inputs)),
-    section("Dependencies", el("div", {class: "svg-holder"}, graphHolder)));
+    section("Dependencies", el("div", {class: "svg-holder"}, graphHolder)),
+    section("Recent events", events));
 
   let job = null;
   let closed = false;
@@ -321,6 +324,11 @@ export function renderJob(root, [jobId], {openStream, session}) {
       fillLegend();
       for (const change of changes || []) dirtyChunks.add(change.index);
       refreshPanel();
+    },
+    log: (data) => {
+      if (data.job !== jobId.toLowerCase()) return;
+      events.prepend(eventRow(data));
+      while (events.childElementCount > EVENT_ROWS_MAX) events.lastElementChild.remove();
     },
     stream: (data) => stream.update(Array.isArray(data) ? data : (data.stream || data.bars || [data])),
   });
