@@ -50,6 +50,8 @@ WORKERS_QUERY_TIMEOUT_S = 5.0
 DASHBOARD_PORT = 8265
 # Each ask of the dashboard's /api/session while waiting for it.
 DASHBOARD_PROBE_TIMEOUT_S = 1.0
+# Starts of the dashboard, each on a port free a moment before.
+DASHBOARD_TRIES = 2
 
 
 class DevClusterError(Exception):
@@ -217,9 +219,17 @@ def start(folder: pathlib.Path, workers: int, slots: int, detach: bool,
             _wait_ready(process, logs)
         _wait_for_workers(path, workers, started)
         if dashboard is not None:
-            started.append(_start_dashboard(folder, path, dashboard_port(dashboard), detach))
-            _record(folder, started)
-            _wait_dashboard(started[-1])
+            port = dashboard_port(dashboard)
+            for attempt in range(DASHBOARD_TRIES):
+                started.append(_start_dashboard(folder, path, port, detach))
+                _record(folder, started)
+                if _wait_dashboard(started[-1]):
+                    break
+                # Its port was taken between the probe and its bind: another free one.
+                started.pop()
+                port = _free_port()
+            else:
+                raise DevClusterError(f"the dashboard exited during start-up (see {logs / 'dashboard.log'})")
     except BaseException as fault:
         failure = _failure(fault, started, logs)
         stop_processes(started)
@@ -241,18 +251,18 @@ def _start_dashboard(folder: pathlib.Path, cluster_path: pathlib.Path, port: int
                       url=f"http://127.0.0.1:{port}/")
 
 
-def _wait_dashboard(process: DevProcess) -> None:
-    """Until the dashboard answers /api/session."""
+def _wait_dashboard(process: DevProcess) -> bool:
+    """Until the dashboard answers /api/session: True; False if it exited."""
     import urllib.error
     import urllib.request
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.exited():
-            raise DevClusterError("the dashboard exited during start-up")
+            return False
         try:
             with urllib.request.urlopen(process.url + "api/session", timeout=DASHBOARD_PROBE_TIMEOUT_S) as reply:
                 if reply.status == 200:
-                    return
+                    return True
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.05)

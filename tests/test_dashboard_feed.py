@@ -3,6 +3,7 @@ its reading threads: events and job statuses are handed to it directly."""
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 
 from uds.client.dashboard import feed as feed_module
@@ -44,9 +45,11 @@ class Statuses:
 
 
 def drain(subscriber) -> list[tuple[str, object]]:
+    """What the subscriber was sent, JSON texts decoded."""
     items = []
     while not subscriber.queue.empty():
-        items.append(subscriber.queue.get_nowait())
+        item = subscriber.queue.get_nowait()
+        items.append(item if item is None else (item[0], json.loads(item[1]) if isinstance(item[1], str) else item[1]))
     return items
 
 

@@ -58,7 +58,6 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import socket
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,6 +172,9 @@ def parse_metrics_address(address: str) -> tuple[str, int, int]:
         raise ClusterFileError(f"metrics address {address!r}: {ports!r} is not a port or FIRST-LAST") from None
     if not 0 <= first <= last < 65536 or (first == 0 and last != 0):
         raise ClusterFileError(f"metrics address {address!r}: ports must be 0 or 1-65535, first <= last")
+    # Imported here: the masters' core reads the cluster file's types and
+    # must load no I/O module (tests/test_master_leader.py checks it).
+    import socket
     try:
         socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
     except socket.gaierror:

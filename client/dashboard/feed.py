@@ -15,6 +15,7 @@ ends; the browser's EventSource reconnects).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -61,7 +62,8 @@ def read_cluster(connection: Any) -> dict:
 
 
 class Subscriber:
-    """One open /api/stream: its queue of (event name, data) and the job it watches."""
+    """One open /api/stream: its queue of (event name, data: a JSON text or
+    an object to dump) and the job it watches."""
 
     def __init__(self, job: str | None) -> None:
         self.job = job
@@ -200,9 +202,12 @@ class Feed:
         return [subscriber for subscriber in self.subscribers if subscriber.job == job]
 
     def _publish(self, name: str, data: Any, job: str | None = None) -> None:
+        """Send to every subscriber (of `job`, if given), as JSON made once."""
+        text = None
         for subscriber in list(self.subscribers):
             if job is None or subscriber.job == job:
-                subscriber.send(name, data)
+                text = json.dumps(data) if text is None else text
+                subscriber.send(name, text)
 
     def _on_event(self, event: Any, live: bool = True) -> None:
         """One event of the log; `live`: it committed after the dashboard

@@ -227,7 +227,8 @@ class Dashboard:
                 if item is None:
                     break
                 name, data = item
-                await response.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+                text = data if isinstance(data, str) else json.dumps(data)
+                await response.write(f"event: {name}\ndata: {text}\n\n".encode())
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
