@@ -7,7 +7,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
-from typing import Iterable
+from typing import Callable, Iterable, TypeVar
 
 import pytest
 
@@ -28,6 +28,7 @@ TRACE_TAIL_LINES = 60
 # the reports are those of one process, in half the time on two cores.
 SEED_PROCESSES = 2
 SEEDS_PER_TASK = 5
+T, R = TypeVar("T"), TypeVar("R")
 
 
 def explain(report: SeedReport) -> str:
@@ -39,15 +40,25 @@ def explain(report: SeedReport) -> str:
             f"last {TRACE_TAIL_LINES} lines of its trace:\n{tail}")
 
 
-def run_seeds(seeds: Iterable[int]) -> list[SeedReport]:
-    """Each seed's report, in the order of `seeds`, from SEED_PROCESSES
-    fresh processes (spawned: nothing of this one, such as a planted bug,
-    goes with them)."""
+def in_processes(function: Callable[[T], R], items: Iterable[T], chunksize: int = 1) -> list[R]:
+    """`function` of each item, in order, from SEED_PROCESSES fresh
+    processes (spawned: nothing of this one, such as a planted bug, goes
+    with them); in this one when the suite has a single core."""
     processes = min(SEED_PROCESSES, len(os.sched_getaffinity(0)))
     if processes < 2:
-        return [run_seed(seed) for seed in seeds]
+        return [function(item) for item in items]
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        return pool.map(run_seed, seeds, chunksize=SEEDS_PER_TASK)
+        return pool.map(function, items, chunksize=chunksize)
+
+
+def run_seeds(seeds: Iterable[int]) -> list[SeedReport]:
+    return in_processes(run_seed, seeds, chunksize=SEEDS_PER_TASK)
+
+
+def first_failing_seed(bug: str) -> int | None:
+    """The first seed that fails with `bug` planted, or None within PLANTED_BUG_SEED_LIMIT."""
+    with planted(bug):
+        return next((seed for seed in range(PLANTED_BUG_SEED_LIMIT) if not run_seed(seed).ok), None)
 
 
 @pytest.fixture(scope="module")
@@ -115,13 +126,17 @@ def test_a_seed_replays_exactly_with_a_readable_trace():
         float(line.split()[0])          # every line starts with the fake time
 
 
+@pytest.fixture(scope="module")
+def caught() -> dict[str, int | None]:
+    """Each planted bug -> the first seed that caught it (each bug planted
+    in a process of its own)."""
+    bugs = sorted(BUGS)
+    return dict(zip(bugs, in_processes(first_failing_seed, bugs)))
+
+
 @pytest.mark.parametrize("bug", sorted(BUGS))
-def test_a_planted_bug_is_caught(bug):
-    with planted(bug):
-        for seed in range(PLANTED_BUG_SEED_LIMIT):
-            if not run_seed(seed).ok:
-                return
-    pytest.fail(f"{bug} went unnoticed for {PLANTED_BUG_SEED_LIMIT} seeds")
+def test_a_planted_bug_is_caught(caught, bug):
+    assert caught[bug] is not None, f"{bug} went unnoticed for {PLANTED_BUG_SEED_LIMIT} seeds"
 
 
 def test_planting_a_bug_is_undone_afterwards():
