@@ -83,20 +83,17 @@ def mutate(rng: random.Random, golden: list[list[bytes]], bodies: dict) -> list[
     return frames
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--inputs", type=int, default=1_000_000)
-    parser.add_argument("--seed", type=int, default=20261123)
-    options = parser.parse_args()
-
-    rng = random.Random(options.seed)
+def campaign(inputs: int, seed: int) -> dict:
+    """`inputs` mutated frames from `seed` (the same seed, the same inputs),
+    decoded and re-encoded: the figures, with the first failures' frames."""
+    rng = random.Random(seed)
     golden = [[bytes.fromhex(frame) for frame in frames] for frames in load_vectors().values()]
     bodies = {frames[0][:1]: [name for name, _ in wire.REGISTRY[frames[0][0]].SPEC.body]
               for frames in golden if wire.REGISTRY[frames[0][0]].SPEC.body}
     accepted = rejected = 0
     failures: list[dict] = []
     started = time.perf_counter()
-    for _ in range(options.inputs):
+    for _ in range(inputs):
         frames = mutate(rng, golden, bodies)
         try:
             message = wire.decode(frames)
@@ -115,7 +112,7 @@ def main() -> int:
         except BaseException as fault:  # noqa: BLE001
             failures.append({"frames": [frame.hex() for frame in frames], "error": repr(fault)})
     seconds = time.perf_counter() - started
-    print(json.dumps({
+    return {
         "benchmark": "fuzz_wire",
         "inputs": accepted + rejected + len(failures),
         "accepted": accepted,
@@ -123,10 +120,19 @@ def main() -> int:
         "failures": len(failures),
         "failure_examples": failures[:3],
         "seconds": round(seconds, 1),
-        "inputs_per_second": round((accepted + rejected) / seconds),
-        "seed": options.seed,
-    }))
-    return 1 if failures else 0
+        "inputs_per_second": round((accepted + rejected) / max(seconds, 1e-9)),
+        "seed": seed,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=20261123)
+    options = parser.parse_args()
+    result = campaign(options.inputs, options.seed)
+    print(json.dumps(result))
+    return 1 if result["failures"] else 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Every attempt of a chunk kept, on a real phase-1 cluster: a chunk retried
 twice leaves three attempts, each one's stdout and stderr readable through
 the library and `uds logs --attempt`, with its class, worker and timeline;
-`uds status --chunk` lists them."""
+`uds status --chunk` lists them, each with its phases drawn. A chunk that
+reads an input and stores an output has every step of its timeline, in
+order."""
 import pytest
 
 from test_cli import uds as run_uds
@@ -10,6 +12,8 @@ from uds.errors import InvalidJobError, UnknownJobError
 WAIT_S = 60.0
 # The masters keep running_at and committed_at on a millisecond grid.
 GRID_S = 0.001
+# The worker's steps are on its clock, the others on the masters': one machine here.
+CLOCKS_S = 0.005
 # Each attempt prints what no other attempt prints, so each log blob differs.
 PROGRAM = (b'#!/bin/sh\necho "out of $UDS_JOB attempt $UDS_ATTEMPT"\n'
            b'echo "err of attempt $UDS_ATTEMPT" >&2\nexit 3\n')
@@ -43,8 +47,11 @@ def test_each_attempt_is_kept_with_its_class_worker_result_and_timeline(shared_c
     steps = []
     for attempt in attempts:
         timeline = attempt.timeline
-        assert None not in timeline.values(), attempt
-        assert list(timeline) == ["dispatched", "assigned", "started", "ended", "committed"]
+        assert list(timeline) == ["dispatched", "assigned", "started", "first_read", "ended", "uploaded",
+                                  "committed"]
+        assert timeline["first_read"] is None, attempt            # it reads no input
+        del timeline["first_read"]
+        assert None not in timeline.values(), attempt             # its logs were stored
         steps.extend(timeline.values())
         assert attempt.usage.wall_s > 0 and attempt.result.elapsed_s > 0
     assert all(later >= earlier - GRID_S for earlier, later in zip(steps, steps[1:])), steps
@@ -78,9 +85,28 @@ def test_uds_status_of_a_chunk_lists_its_attempts(shared_cluster, retried):
     assert [words[:4] for words in attempt_lines] == [
         ["attempt", str(number), "failed", "(application)"] for number in (1, 2, 3)]
     timelines = [line.split() for line in lines if line.lstrip().startswith("dispatched ")]
-    assert len(timelines) == 3 and all(words[::2] == ["dispatched", "assigned", "started", "ended", "committed"]
-                                       for words in timelines)
-    assert "-" not in [word for words in timelines for word in words[1::2]]
+    assert len(timelines) == 3 and all(
+        words[::2] == ["dispatched", "assigned", "started", "ended", "uploaded", "committed"] for words in timelines)
+    phases = [line.strip() for line in lines if line.lstrip().startswith("dispatch ")]
+    assert len(phases) == 3 and all(" | start " in line and " | run " in line and " | commit " in line
+                                    for line in phases), lines
+    bars = [line.strip() for line in lines if line.lstrip().startswith("[")]
+    assert len(bars) == 3 and all(len(bar) == 62 and "r" in bar for bar in bars), lines
+
+
+def test_a_chunk_that_reads_an_input_has_its_whole_timeline_in_order(shared_cluster):
+    program = b'#!/bin/sh\ncat "$UDS_INPUTS/data" > "$UDS_OUTPUT/copy"\n'
+    job = shared_cluster.connection.submit_job(program, inputs={"data": b"read me\n"}, timeout=WAIT_S)
+    status = job.wait(timeout=WAIT_S)
+    assert status.state == "succeeded", status
+    [attempt] = job.attempts(0)
+    timeline = attempt.timeline
+    assert None not in timeline.values(), timeline
+    steps = [timeline[step] for step in ("dispatched", "assigned", "started", "first_read", "ended", "uploaded",
+                                         "committed")]
+    assert all(later >= earlier - CLOCKS_S for earlier, later in zip(steps, steps[1:])), timeline
+    assert [name for name, _, _ in attempt.phases()] == ["dispatch", "start", "first read", "run", "upload",
+                                                         "commit"]
 
 
 def test_an_attempts_question_names_what_is_not_there(shared_cluster, retried):

@@ -78,6 +78,26 @@ def test_listing_attributes_and_full_read(mounted):
         os.stat(os.path.join(directory, "missing"))
 
 
+def test_the_first_read_of_a_chunk_directory_is_noticed_once(mounted):
+    noticed: list[str] = []
+    inputs = {}
+    for name, content in (("a", os.urandom(3 * MiB)), ("b", b"small")):
+        inputs[name] = (mounted.source.add(content), len(content))
+    directories = {dir_name: mounted.mount.add_chunk(dir_name, inputs, lambda d=dir_name: noticed.append(d))
+                   for dir_name in ("c-0-1", "c-1-1")}
+    first = directories["c-0-1"]
+    assert sorted(os.listdir(first)) == ["a", "b"] and os.stat(os.path.join(first, "a")).st_size == 3 * MiB
+    with open(os.path.join(first, "b"), "rb"):
+        pass
+    assert noticed == []                        # a listing, a stat, an open: no read yet
+    for name in ("a", "b", "a"):
+        with open(os.path.join(first, name), "rb") as stream:
+            stream.read()
+    assert noticed == ["c-0-1"]
+    assert read_at(os.path.join(directories["c-1-1"], "b"), 0, 5) == b"small"
+    assert noticed == ["c-0-1", "c-1-1"]
+
+
 def test_small_read_in_a_large_file_fetches_a_block_or_two_and_rereads_fetch_nothing(mounted, big_content):
     directory = mounted.add("c", {"big": big_content})
     path = os.path.join(directory, "big")

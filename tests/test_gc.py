@@ -229,7 +229,10 @@ def _blobs_other_than(cluster: GcCluster, files: set[str]) -> set[str]:
     return found - files
 
 
-PIN = "10s"
+# Long enough to outlast the unpinned file's grace and the passes that
+# collect it (the pinned files must survive those), short enough to wait out.
+PIN_S = 5
+PIN = f"{PIN_S}s"
 
 
 def test_gc_keeps_a_pinned_file_until_the_pin_and_the_grace_are_over(make_cluster):
@@ -256,10 +259,10 @@ def test_gc_keeps_a_pinned_file_until_the_pin_and_the_grace_are_over(make_cluste
     assert by_command in output, output
     # A pin may come before the put: an id no node holds yet is pinned too.
     early = os.urandom(4000)
-    assert connection.pin([bytes.fromhex(_id_of(early))], int((begun + 10) * 1000)) == 1
+    assert connection.pin([bytes.fromhex(_id_of(early))], int((begun + PIN_S) * 1000)) == 1
     assert connection.put(early) == _id_of(early)
     unpinned = connection.put(os.urandom(4000))
-    held_until = begun + 10 + grace_s
+    held_until = begun + PIN_S + grace_s
 
     pinned_files = {pinned, by_command, _id_of(early)}
     assert all(len(cluster.holders(file)) == 2 for file in pinned_files | {unpinned})
@@ -273,7 +276,7 @@ def test_gc_keeps_a_pinned_file_until_the_pin_and_the_grace_are_over(make_cluste
                timeout=30)
     assert time.time() >= held_until or all(cluster.holders(file) for file in pinned_files)
     wait_until(lambda: collection_pass() is not None and not any(cluster.holders(file) for file in pinned_files),
-               "the pinned files collected after the pin and the grace", timeout=10 + grace_s + 30)
+               "the pinned files collected after the pin and the grace", timeout=PIN_S + grace_s + 30)
     with pytest.raises(BadPinError):
         connection.put(b"x", pin="999999999999d")
 

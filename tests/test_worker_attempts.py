@@ -17,7 +17,7 @@ from uds.worker import attempts
 from uds.worker.attempts import (
     EPOCH, HELLO_RETRY_S, KILL_GRACE_S, RESEND_STATUS_S, STARTED_DELAY_S,
     TRANSITIONS, Assigned, AttemptKey, Attempts, CancelReceived, ChunkAssignment, ChunkResult, Clean,
-    DeadlinePassed, FetchProgram, GraceOver, HelloAnswered, HelloRequired, InvalidTransition, JobSpec, LogSize,
+    DeadlinePassed, FetchProgram, FirstRead, GraceOver, HelloAnswered, HelloRequired, InvalidTransition, JobSpec, LogSize,
     Mount, Mounted, MountFailed, Phase, ProcessExited, ProcessStarted, ProgramFetched, ProgramUnavailable,
     Report, Resend, SayHello, SendHeartbeat, Signal, SignalName, Start, StatusAcknowledged, Tick,
     UnknownEventError, Unmount, Upload, Uploaded, UploadFailed,
@@ -152,6 +152,60 @@ def test_a_final_report_carries_the_attempts_timeline_in_unix_seconds():
     assert report.result.elapsed_s == 1.75
 
 
+def test_the_timeline_has_the_first_read_and_the_upload_in_their_order():
+    core = timed()
+    k = key(0)
+    core.handle(assigned((0, 1)), 1.0)
+    core.handle(ProgramFetched(k, "/programs/p"), 1.5)
+    core.handle(Mounted(k, "/mnt/x"), 2.0)
+    assert core.handle(FirstRead(k), 2.1) == []         # before it runs: not the running program's
+    core.handle(ProcessStarted(k), 2.25)
+    assert core.handle(FirstRead(k), 2.5) == []
+    assert core.handle(FirstRead(k), 3.0) == []         # only the first counts
+    core.handle(ProcessExited(k, 0, outputs=("a",)), 4.0)
+    assert core.handle(FirstRead(k), 4.2) == []         # a straggler after the end is not
+    [report] = core.handle(Uploaded(k, {"a": (b"a" * 16, 1)}), 4.5)
+    result = report.result
+    timeline = (result.assigned_at, result.started_at, result.first_read_at, result.ended_at, result.uploaded_at)
+    assert timeline == tuple(WALL_CLOCK + at for at in (1.0, 2.25, 2.5, 4.0, 4.5))
+    assert list(timeline) == sorted(timeline)
+    assert core.handle(FirstRead(k), 5.0) == []         # reported: nothing changes
+    assert core.unacknowledged()[k].result.first_read_at == WALL_CLOCK + 2.5
+    core.handle(StatusAcknowledged(EPOCH, (k,)), 6.0)
+    assert core.handle(FirstRead(k), 6.5) == []         # forgotten: ignored, never an error
+
+
+def test_a_program_that_reads_no_input_and_stores_nothing_has_neither_step():
+    core = timed()
+    k = key(0)
+    core.handle(assigned((0, 1)), 1.0)
+    core.handle(ProgramFetched(k, "/programs/p"), 1.0)
+    core.handle(Mounted(k, "/mnt/x"), 1.0)
+    core.handle(ProcessStarted(k), 1.5)
+    [report, *_] = core.handle(ProcessExited(k, 0), 2.0)
+    assert (report.result.first_read_at, report.result.uploaded_at) == (0.0, 0.0)
+    assert report.result.ended_at == WALL_CLOCK + 2.0
+
+
+def test_a_failed_upload_stored_nothing_so_it_has_no_upload_time():
+    core = timed()
+    k = running(core, 0, now=1.0)
+    core.handle(FirstRead(k), 1.25)
+    core.handle(ProcessExited(k, 0, stdout_bytes=3), 2.0)
+    [report] = core.handle(UploadFailed(k, "no storage node"), 2.5)
+    assert (report.result.first_read_at, report.result.uploaded_at) == (WALL_CLOCK + 1.25, 0.0)
+
+
+def test_a_stopped_program_keeps_its_first_read():
+    core = timed()
+    k = running(core, 0, now=1.0)
+    core.handle(CancelReceived(EPOCH, JOB), 1.5)
+    assert core.phase(k) is Phase.STOPPING
+    core.handle(FirstRead(k), 1.75)                     # it still runs until it exits
+    [report, *_] = core.handle(ProcessExited(k, -15), 2.0)
+    assert report.result.first_read_at == WALL_CLOCK + 1.75
+
+
 def test_an_attempt_that_never_ran_its_program_ends_when_it_is_reported():
     core = timed()
     k = key(0)
@@ -164,8 +218,10 @@ def test_an_attempt_that_never_ran_its_program_ends_when_it_is_reported():
 def test_without_a_wall_clock_the_timeline_is_not_known():
     core = registered()
     k = running(core, 0, now=1.0)
+    core.handle(FirstRead(k), 1.5)
     [report, *_] = core.handle(ProcessExited(k, 0), 2.0)
     assert (report.result.assigned_at, report.result.started_at, report.result.ended_at) == (0.0, 0.0, 0.0)
+    assert (report.result.first_read_at, report.result.uploaded_at) == (0.0, 0.0)
 
 
 def test_a_limit_exceeded_fails_with_its_reason_and_keeps_the_peak():
@@ -501,6 +557,12 @@ class AttemptsMachine(RuleBasedStateMachine):
         k = data.draw(st.sampled_from(sorted(self.processes)))
         self.processes.discard(k)
         self._feed(ProcessExited(k, exit_code, outputs=("out",) if outputs else ()))
+
+    @precondition(lambda self: self.assigned)
+    @rule(data=st.data())
+    def first_read(self, data):
+        # A notice in any phase, of an attempt held or forgotten: never an effect, never an error.
+        assert self._feed(FirstRead(data.draw(st.sampled_from(sorted(self.assigned))))) == []
 
     @precondition(lambda self: self.processes)
     @rule(data=st.data())

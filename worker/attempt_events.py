@@ -153,6 +153,15 @@ class ProcessExited:
 
 
 @dataclass(frozen=True, slots=True)
+class FirstRead:
+    """The attempt's program read an input through the mount for the first
+    time. A notice, not an answer: sent once per attempt, and only by an
+    attempt whose program reads."""
+
+    key: AttemptKey
+
+
+@dataclass(frozen=True, slots=True)
 class LogSize:
     key: AttemptKey
     size_bytes: int                     # the larger of stdout and stderr
@@ -185,7 +194,7 @@ class GraceOver:
 
 Event = Union[Assigned, CancelReceived, StatusAcknowledged, HelloAnswered, HelloRequired, Tick,
               ProgramFetched, ProgramUnavailable, Mounted, MountFailed, ProcessStarted, ProcessExited,
-              LogSize, Uploaded, UploadFailed]
+              FirstRead, LogSize, Uploaded, UploadFailed]
 
 
 # ---- effects: what the shell carries out -------------------------------------

@@ -38,12 +38,15 @@ Rules of this module (the contract for worker/node.py and tests/sim/):
   reaches `next_wakeup()`; more often is harmless. No event but
   HelloAnswered (which ticks itself) sets a timer that is already due. The
   shell also reports the size of a running attempt's logs (LogSize) as often
-  as it likes.
+  as it likes, and the first read of an input by its program (FirstRead),
+  once: a notice, not an answer, ignored unless its program runs.
 - Timeline. A final report's result carries when the worker accepted the
-  assignment, when the program's process started and when it ended (or,
-  with no process, when the attempt ended) in unix seconds: the caller's
+  assignment, when the program's process started, when it first read an
+  input, when it ended (or, with no process, when the attempt ended) and
+  when its outputs and logs were stored, in unix seconds: the caller's
   `now` plus `wall_clock_offset_s`, which the shell measures once. Without
-  that offset the core knows no wall clock and leaves them 0.0 (not known).
+  that offset the core knows no wall clock and leaves them 0.0 (not known);
+  so are a first read that never came and an upload there was no need of.
 - An attempt takes a slot from assignment to its final report. Its final
   report is sent once, then resent every RESEND_STATUS_S while registered,
   until a status_ack confirms the masters committed it.
@@ -61,7 +64,7 @@ from typing import Any, Callable
 # The events and effects are re-exported: callers use them as attempts.X.
 from uds.worker.attempt_events import (  # noqa: F401
     AttemptKey, Assigned, Balancer, CancelReceived, ChunkAssignment, ChunkResult, Clean, DeadlinePassed, Effect,
-    Event, FetchProgram, FileRef, GraceOver, HelloAnswered, HelloRequired, JobSpec, LogSize, Mount,
+    Event, FetchProgram, FileRef, FirstRead, GraceOver, HelloAnswered, HelloRequired, JobSpec, LogSize, Mount,
     Mounted, MountFailed, ProcessExited, ProcessStarted, ProgramFetched, ProgramUnavailable, Report,
     Resend, SayHello, SendHeartbeat, Signal, SignalName, Start, StatusAcknowledged, Tick, Unmount,
     Upload, Uploaded, UploadFailed,
@@ -165,7 +168,9 @@ class _Attempt:
     exit_result: ChunkResult | None = None
     assigned_at: float = 0.0                   # the timeline, on the caller's clock; 0.0: not yet
     process_started_at: float = 0.0
+    first_read_at: float = 0.0
     ended_at: float = 0.0
+    uploaded_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -210,6 +215,7 @@ class Attempts:
             MountFailed: self._on_mount_failed,
             ProcessStarted: self._on_process_started,
             ProcessExited: self._on_process_exited,
+            FirstRead: self._on_first_read,
             LogSize: self._on_log_size,
             Uploaded: self._on_uploaded,
             UploadFailed: self._on_upload_failed,
@@ -465,6 +471,14 @@ class Attempts:
         self._move(attempt, Phase.RUNNING, event)
         return []
 
+    def _on_first_read(self, event: FirstRead, now: float) -> list[Effect]:
+        # A read seen after the end (a straggler of the process group) is
+        # not the running program's: the timeline keeps its order.
+        attempt = self._attempts.get(event.key)
+        if attempt is not None and attempt.phase in _SIGNALLABLE and not attempt.first_read_at:
+            attempt.first_read_at = now
+        return []
+
     def _on_log_size(self, event: LogSize, now: float) -> list[Effect]:
         attempt = self._held(event)
         if attempt.phase is Phase.RUNNING and event.size_bytes > LOG_KILL_BYTES:
@@ -487,6 +501,7 @@ class Attempts:
     def _on_uploaded(self, event: Uploaded, now: float) -> list[Effect]:
         attempt = self._held(event)
         assert attempt.exit_state is not None and attempt.exit_result is not None
+        attempt.uploaded_at = now
         return self._finish(attempt, attempt.exit_state, with_uploads(attempt.exit_result, event), now, event)
 
     def _on_upload_failed(self, event: UploadFailed, now: float) -> list[Effect]:
@@ -518,10 +533,11 @@ class Attempts:
         offset = self.wall_clock_offset_s
         if offset is None:
             return result
-        started = attempt.process_started_at
+        def wall(at: float) -> float:
+            return at + offset if at else 0.0
         return replace(result, assigned_at=attempt.assigned_at + offset,
-                       started_at=started + offset if started else 0.0,
-                       ended_at=(attempt.ended_at or now) + offset)
+                       started_at=wall(attempt.process_started_at), first_read_at=wall(attempt.first_read_at),
+                       ended_at=(attempt.ended_at or now) + offset, uploaded_at=wall(attempt.uploaded_at))
 
     def _check(self, attempt: _Attempt, event: Any) -> None:
         if (attempt.phase, type(event)) not in TRANSITIONS:

@@ -14,6 +14,9 @@ Rules:
   directory, naming the input, its id and the cause (which names the storage
   node): the worker reports the attempt as an infrastructure failure, not as
   the program's exit code (`chunk_faults`).
+- A chunk directory may carry a first-read notice: called once, by the
+  first read of any of its inputs, with neither lock held (it only hands
+  a fact to the worker's loop). Later reads pay one attribute test for it.
 - The tree has its own lock, so the worker's main thread may add and remove
   chunks while handlers run. It is never held across a cache read or a wait.
 - llfuse keeps its session in module globals: one FuseMount per process at a time.
@@ -32,6 +35,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import llfuse
 
@@ -68,6 +72,7 @@ class _ChunkDir:
     bytes_read: int = 0
     bytes_fetched: int = 0
     faults: list[tuple[bool, str]] = field(default_factory=list)  # (an echo?, why a read failed)
+    first_read_notice: Callable[[], None] | None = None  # taken by the first read
 
 
 MAX_FAULTS_KEPT = 8  # per chunk directory: the first few say what went wrong
@@ -135,12 +140,13 @@ class _Operations(llfuse.Operations):
 
     # ----- the worker's side ------------------------------------------------------------------
 
-    def add_chunk(self, name: bytes, inputs: dict[str, tuple[bytes, int]]) -> None:
+    def add_chunk(self, name: bytes, inputs: dict[str, tuple[bytes, int]],
+                  first_read_notice: Callable[[], None] | None = None) -> None:
         checked = {_check_name(input_name): (file_id, size) for input_name, (file_id, size) in inputs.items()}
         with self._lock:  # the cache's lock is taken inside this one, never the other way round
             if name in self._chunks:
                 raise ValueError(f"chunk directory {os.fsdecode(name)!r} exists")
-            chunk = _ChunkDir(next(self._inodes), name, time.time_ns())
+            chunk = _ChunkDir(next(self._inodes), name, time.time_ns(), first_read_notice=first_read_notice)
             for input_name, (file_id, size) in checked.items():
                 chunk.files[input_name] = _InputFile(next(self._inodes), chunk, input_name, file_id, size)
                 self._cache.pin(file_id)  # before the program can see it
@@ -283,8 +289,14 @@ class _Operations(llfuse.Operations):
     def read(self, handle: int, offset: int, length: int) -> bytes:
         with self._lock:
             node = self._open_files.get(handle)
+            notice = None
+            if node is not None and node.chunk.first_read_notice is not None:
+                notice, node.chunk.first_read_notice = node.chunk.first_read_notice, None
         if node is None:
             raise llfuse.FUSEError(errno.EBADF)
+        if notice is not None:
+            with llfuse.lock_released:
+                notice()
         try:
             with llfuse.lock_released:  # a fetch may take milliseconds: let other requests run
                 data, fetched = self._cache.read(node.file_id, node.size, offset, length)
@@ -391,9 +403,11 @@ class FuseMount:
                       JOIN_TIMEOUT_S, self.mountpoint)
         self._thread = None
 
-    def add_chunk(self, dir_name: str, inputs: dict[str, tuple[bytes, int]]) -> str:
-        """Show `inputs` ({name: (file id, size)}) under mountpoint/dir_name; pins them."""
-        self._operations.add_chunk(_check_name(dir_name), inputs)
+    def add_chunk(self, dir_name: str, inputs: dict[str, tuple[bytes, int]],
+                  first_read_notice: Callable[[], None] | None = None) -> str:
+        """Show `inputs` ({name: (file id, size)}) under mountpoint/dir_name; pins them.
+        `first_read_notice` is called once, from a FUSE thread, at the first read of one of them."""
+        self._operations.add_chunk(_check_name(dir_name), inputs, first_read_notice)
         return str(self.mountpoint / dir_name)
 
     def remove_chunk(self, dir_name: str) -> tuple[int, int]:

@@ -134,7 +134,9 @@ class AttemptHost:
 
     def add_mount(self, effect: core.Mount) -> core.Mounted | core.MountFailed:
         try:
-            return core.Mounted(effect.key, self.mount.add_chunk(effect.key.name, dict(effect.inputs)))
+            first_read = core.FirstRead(effect.key)         # told once, from a FUSE thread
+            return core.Mounted(effect.key, self.mount.add_chunk(effect.key.name, dict(effect.inputs),
+                                                                 lambda: self.hand_back(first_read)))
         except Exception as fault:  # noqa: BLE001 - reported as the attempt's REJECTED
             log.exception("preparing %s", effect.key.name)
             return core.MountFailed(effect.key, str(fault))

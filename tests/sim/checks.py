@@ -381,7 +381,8 @@ class Checker:
     def _check_attempts(job: bytes, index: int, chunk) -> None:
         """Every attempt of the chunk is kept once, numbered 1, 2, ..., and
         each one's timeline runs forward: dispatched, the worker's assigned,
-        started and ended, then committed (one simulated clock for all; the
+        started, first read, ended and uploaded (each where known), then
+        committed (one simulated clock for all; the
         masters keep running_at and committed_at to the millisecond)."""
         views, dropped = chunk_attempts(chunk)
         numbers = [view.attempt for view in views]
@@ -391,7 +392,8 @@ class Checker:
         for view in views:
             result = view.result
             steps = [view.dispatched_at, result.assigned_at or None, result.started_at or None,
-                     result.ended_at or None, view.committed_at]
+                     result.first_read_at or None, result.ended_at or None, result.uploaded_at or None,
+                     view.committed_at]
             known = [at for at in steps if at is not None]
             if any(later < earlier - 0.001 for earlier, later in zip(known, known[1:])):
                 raise InvariantBroken(f"attempt {view.attempt} of chunk {index} of job {short(job)} "

@@ -134,6 +134,9 @@ class SimAttemptHost:
             self.traps_term.add(key)
         exit_code = 1 if random.random() < PROGRAM_FAILURE_ODDS else 0
         run_s = self._uniform(LONG_PROGRAM_RUN_S if random.random() < LONG_PROGRAM_ODDS else PROGRAM_RUN_S)
+        if self.inputs.get(key):
+            # Its first read, told as the mount tells it: once, from elsewhere, after the start.
+            self.later(0.0, self.hand_back, core.FirstRead(key))
         self._read_inputs(key, run, [file_id for _, file_id in self.inputs.get(key, ())], run_s, exit_code)
         if self.sim.tracing:
             self.sim.note(f"{self.name} starts {attempt_name(key)}")
