@@ -27,7 +27,8 @@ from uds.loadbalancer.lease import BalancerLease
 from uds.loadbalancer.masters import MasterLink
 from uds.daemon.runtime import guarded
 from uds.daemon.dispatch import Dispatcher
-from uds.daemon.metrics import DaemonMetrics, prefixed
+from uds.daemon.metrics import DaemonMetrics
+from uds.loadbalancer.balancer_metrics import BalancerMetrics
 from uds.wire.enums import FINAL_CHUNK_STATES, ErrorCode, NodeRole
 from uds.wire.records import NO_FACTS, NodeFacts
 from uds.wire.transport import Transport, recv_messages, send_message
@@ -50,17 +51,6 @@ SETTLE_HEARTBEATS = 1.5
 LOOP_WAKE_S = 0.05
 # How often the loop copies its gauges (queued and running chunks) for /metrics.
 FIGURES_REFRESH_S = 1.0
-
-GAUGE_DOCS = {
-    "chunks_queued": "Chunk attempts received from the master, not yet placed on a worker.",
-    "chunks_running": "Chunk attempts placed on workers (slots taken).",
-    "slots": "Slots of the alive workers.",
-    "slots_free": "Free slots of the alive workers.",
-    "workers": "Workers known (alive or lost).",
-    "active": "1 while this balancer holds the lease, else 0 (a standby).",
-    "epoch": "The lease epoch this balancer last held.",
-    "unacknowledged_batches": "Batches of chunk events sent to the master and not yet acknowledged.",
-}
 
 
 @dataclass
@@ -112,17 +102,9 @@ class LoadBalancerNode:
         self.next_batch_id = int(time.time() * 1000)  # unique across restarts of this node
         self.next_request_id = 1
         self.counters: dict[str, int] = {}
-        self.metrics = metrics if metrics is not None else DaemonMetrics("loadbalancer")
-        self.queue_wait_seconds = self.metrics.histogram(
-            "queue_wait_seconds", "A chunk attempt, from its chunk_dispatch's arrival to its assignment to a worker.")
-        # When each attempt not yet assigned arrived (monotonic); pruned to the
-        # scheduler's pending ones at each tick.
-        self.arrived: dict[core.AttemptKey, float] = {}
-        self.figures: dict[str, int] = {}
+        self.metrics = BalancerMetrics(metrics if metrics is not None else DaemonMetrics("loadbalancer"),
+                                       self.counters, transport.counters)
         self.figures_at = 0.0
-        self.metrics.counters_from(lambda: {**self.counters,
-                                            **prefixed("transport_", self.transport.counters.snapshot())})
-        self.metrics.gauges_from(lambda: dict(self.figures), GAUGE_DOCS)
         self.last_tick = 0.0
         self.last_node_report = 0.0
         self.worker_handlers: dict[type, Callable[[Any, bytes, float], None]] = {
@@ -250,15 +232,7 @@ class LoadBalancerNode:
         self._apply(message.chunk_event(), now)
 
     def _refresh_figures(self, now: float) -> None:
-        total, free = self.scheduler.capacity()
-        pending = self.scheduler.pending_count()
-        if len(self.arrived) > pending:     # repeats of assigned attempts, cancelled ones
-            waiting = set(self.scheduler.pending())
-            self.arrived = {key: at for key, at in self.arrived.items() if key in waiting}
-        self.figures = {"chunks_queued": pending, "chunks_running": total - free, "slots": total,
-                        "slots_free": free, "workers": len(self.scheduler.workers(now)),
-                        "active": int(self.lease.active(now)), "epoch": self.epoch,
-                        "unacknowledged_batches": len(self.unacknowledged)}
+        self.metrics.refresh(self.scheduler, self.lease.active(now), self.epoch, len(self.unacknowledged), now)
 
     def on_stats_query(self, message: wire.StatsQuery, peer: bytes, now: float) -> None:
         counters = dict(self.counters)
@@ -286,11 +260,7 @@ class LoadBalancerNode:
             # scheduler sees no STARTED and takes the attempts back.
             self._count("assignments_withheld", len(effect.assignments))
             return
-        job = effect.job_spec.job
-        for assignment in effect.assignments:
-            arrived_at = self.arrived.pop(core.AttemptKey(job, assignment.chunk, assignment.attempt), None)
-            if arrived_at is not None:
-                self.queue_wait_seconds.observe(max(0.0, now - arrived_at))
+        self.metrics.assigned(effect.job_spec.job, effect.assignments, now)
         job_fields = effect.job_spec.request_fields()
         records = [assignment.to_record() for assignment in effect.assignments]
         # Chunks with many inputs of their own go in several requests.
@@ -443,8 +413,7 @@ class LoadBalancerNode:
 
     def on_dispatch(self, message: wire.ChunkDispatch, peer: bytes | None, now: float) -> None:
         self._count("attempts_received", len(message.attempts))
-        for attempt in message.attempts:
-            self.arrived.setdefault(core.AttemptKey(attempt["job"], attempt["chunk"], attempt["attempt"]), now)
+        self.metrics.arrived(message.attempts, now)
         if not self.lease.active(now):
             if len(self.held_dispatches) < MAX_HELD_DISPATCHES:
                 self.held_dispatches.append(message)
