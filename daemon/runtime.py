@@ -185,7 +185,6 @@ def run_daemon(role: str, options: argparse.Namespace, entries: str,
     except Exception as fault:  # noqa: BLE001 - any start-up fault is reported in one line
         log.debug("start-up failed", exc_info=True)
         print(f"{role}: cannot start: {fault}", file=sys.stderr)
-        metrics.close()
         transport.close()
         return 1
     log.info("node %s started, data in %s", node_id.hex(), data)
@@ -193,10 +192,11 @@ def run_daemon(role: str, options: argparse.Namespace, entries: str,
         node.run(stop.is_set, lambda: announce_ready(data))
     finally:
         withdraw_ready(data)
+        # /metrics is served from a daemon thread, which ends with the
+        # process: stopping it first would only wait for its poll interval.
         try:
             node.close()
         finally:
-            metrics.close()
             transport.close()
     log.info("stopped")
     return 0
