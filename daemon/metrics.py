@@ -15,7 +15,7 @@ range); a daemon with none configured serves nothing.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -29,6 +29,9 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
                    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 # Copying a dict the daemon's loop is changing may meet a resize: try again.
 READ_ATTEMPTS = 5
+
+# Hosts that bind every interface, and so name none a scraper could use.
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
 FigureReader = Callable[[], Mapping[str, float]]
 
@@ -91,11 +94,15 @@ class DaemonMetrics:
             server.shutdown()
             server.server_close()
 
-    def url(self) -> str:
-        """http://HOST:PORT/metrics once served, else ""."""
+    def url(self, reachable_at: Sequence[str] = ()) -> str:
+        """http://HOST:PORT/metrics once served, else "". Served on every
+        interface (0.0.0.0, ::), it names the first of `reachable_at`, this
+        host's addresses, instead: the wildcard is no address to scrape."""
         if self.address is None:
             return ""
         host, port = self.address
+        if host in WILDCARD_HOSTS and reachable_at:
+            host = reachable_at[0]
         shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{port}/metrics"
 

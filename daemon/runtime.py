@@ -161,7 +161,7 @@ def run_daemon(role: str, options: argparse.Namespace, entries: str,
     endpoints (it has none the cluster file gives): a scraper finds it
     there, through `uds nodes --long`."""
     from uds.daemon.metrics import DaemonMetrics
-    from uds.daemon.node_facts import gather_node_facts
+    from uds.daemon.node_facts import gather_node_facts, host_addresses
     from uds.wire.transport import Transport, TransportError
     try:
         cluster, entry, keys = open_cluster(options.cluster, role, entries, getattr(options, "index", 0))
@@ -178,7 +178,7 @@ def run_daemon(role: str, options: argparse.Namespace, entries: str,
         if address:
             metrics.serve(address)
             log.info("metrics on %s", metrics.url())
-        listening = listening_endpoints(entry) if entry is not None else [metrics.url()]
+        listening = listening_endpoints(entry) if entry is not None else [metrics.url(host_addresses())]
         node_id = load_node_id(data)
         facts = gather_node_facts(data, listening)
         node = build(DaemonContext(options, cluster, entry, transport, node_id, data, log, facts, metrics))

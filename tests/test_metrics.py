@@ -108,6 +108,14 @@ def test_a_range_serves_on_its_first_free_port(metrics):
     assert "python_info" not in scrape(metrics.url())      # its own registry, not the process's
 
 
+def test_a_wildcard_host_is_named_by_an_address_of_this_host(metrics):
+    metrics.serve("0.0.0.0:0")
+    port = metrics.address[1]
+    assert metrics.url(["192.0.2.7", "fd00::7"]) == f"http://192.0.2.7:{port}/metrics"
+    assert metrics.url(["fd00::7"]) == f"http://[fd00::7]:{port}/metrics"
+    assert metrics.url() == f"http://0.0.0.0:{port}/metrics"       # nothing better known
+
+
 def test_a_taken_port_is_refused_saying_why(metrics):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
