@@ -15,13 +15,13 @@ range); a daemon with none configured serves nothing.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from uds.wire.cluster import parse_metrics_address
+from uds.wire.cluster import ClusterFileError, parse_metrics_address
 
 # Seconds, from a loopback round trip to a stuck chunk: one set of buckets
 # for every latency, so dashboards can put any two side by side.
@@ -30,11 +30,14 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 # Copying a dict the daemon's loop is changing may meet a resize: try again.
 READ_ATTEMPTS = 5
 
+# Hosts that bind every interface, and so name none a scraper could use.
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+
 FigureReader = Callable[[], Mapping[str, float]]
 
 
 class MetricsAddressError(ValueError):
-    """No port of the metrics address is free."""
+    """The metrics address is malformed, or no port of it can be bound."""
 
 
 class DaemonMetrics:
@@ -44,6 +47,7 @@ class DaemonMetrics:
         self.role = role
         self.registry = CollectorRegistry(auto_describe=True)
         self.address: tuple[str, int] | None = None     # where it is served, once serve() ran
+        self._server = None
 
     def name(self, name: str) -> str:
         return f"uds_{self.role}_{name}"
@@ -64,24 +68,41 @@ class DaemonMetrics:
     def serve(self, address: str) -> tuple[str, int]:
         """Serve /metrics on `address`: "HOST:PORT" (port 0: any free one) or
         "HOST:FIRST-LAST" (the first free port of the range). Returns
-        (host, port) served on."""
-        host, first, last = parse_metrics_address(address)
+        (host, port) served on. Raises MetricsAddressError when no port of
+        it can be bound, saying why the last one could not."""
+        try:
+            host, first, last = parse_metrics_address(address)
+        except ClusterFileError as fault:
+            raise MetricsAddressError(str(fault)) from None
+        refusal: OSError | None = None
         for port in range(first, last + 1):
             try:
                 server, _thread = start_http_server(port, addr=host, registry=self.registry)
-            except OSError:
-                if port == last:
-                    raise MetricsAddressError(f"metrics: no free port in {address}") from None
+            except OSError as fault:
+                refusal = fault
                 continue
+            self._server = server
             self.address = (host, server.server_address[1])
             return self.address
-        raise MetricsAddressError(f"metrics: no port in {address}")
+        where = "no port of" if last > first else "cannot bind"
+        raise MetricsAddressError(f"metrics: {where} {address}: {refusal}")
 
-    def url(self) -> str:
-        """http://HOST:PORT/metrics once served, else ""."""
+    def close(self) -> None:
+        """Stop serving (the scrape under way, if any, ends first)."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+    def url(self, reachable_at: Sequence[str] = ()) -> str:
+        """http://HOST:PORT/metrics once served, else "". Served on every
+        interface (0.0.0.0, ::), it names the first of `reachable_at`, this
+        host's addresses, instead: the wildcard is no address to scrape."""
         if self.address is None:
             return ""
         host, port = self.address
+        if host in WILDCARD_HOSTS and reachable_at:
+            host = reachable_at[0]
         shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{port}/metrics"
 
@@ -105,6 +126,11 @@ class _FigureCollector(Collector):
         # Figures appear as the daemon first counts them: nothing to describe
         # up front, and describing must not read them.
         return iter(())
+
+
+def prefixed(prefix: str, figures: Mapping[str, float]) -> dict[str, float]:
+    """The figures with `prefix` before each name ("transport_", say)."""
+    return {prefix + name: value for name, value in figures.items()}
 
 
 def _read_figures(read: FigureReader) -> dict[str, float]:

@@ -126,6 +126,7 @@ class DaemonContext:
     data: pathlib.Path
     log: logging.Logger
     facts: NodeFacts = NO_FACTS     # gathered once at start (daemon/node_facts.py)
+    metrics: Any = None             # its DaemonMetrics (daemon/metrics.py), served if configured
 
 
 class Node(Protocol):
@@ -141,12 +142,26 @@ def listening_endpoints(entry: Any) -> list[str]:
     return [address for address in (getattr(entry, "address", ""), getattr(entry, "raft", "")) if address]
 
 
+def metrics_address(cluster: Any, entry: Any) -> str:
+    """Where the node of a cluster file entry serves /metrics: its entry's
+    `metrics`, a worker's (entry None) the [workers] range; "": nowhere."""
+    if entry is None:
+        return cluster.workers.metrics
+    return getattr(entry, "metrics", "")
+
+
 def run_daemon(role: str, options: argparse.Namespace, entries: str,
                data_of: Callable[[Any, Any], pathlib.Path], build: Callable[[DaemonContext], Node]) -> int:
     """The life of every daemon: configuration (a fault exits 2 with one
     line), node id, the node's loop until SIGTERM/SIGINT, the ready file
-    while it serves, and a clean shutdown. Start-up faults exit 1."""
-    from uds.daemon.node_facts import gather_node_facts
+    while it serves, and a clean shutdown. Start-up faults exit 1, among
+    them a metrics address that cannot be served on.
+
+    A worker names its /metrics URL among its addresses, after its own
+    endpoints (it has none the cluster file gives): a scraper finds it
+    there, through `uds nodes --long`."""
+    from uds.daemon.metrics import DaemonMetrics
+    from uds.daemon.node_facts import gather_node_facts, host_addresses
     from uds.wire.transport import Transport, TransportError
     try:
         cluster, entry, keys = open_cluster(options.cluster, role, entries, getattr(options, "index", 0))
@@ -157,10 +172,16 @@ def run_daemon(role: str, options: argparse.Namespace, entries: str,
     log = setup_logging(role, options.verbose)
     stop = stop_event_on_signals()
     data = data_of(cluster, entry)
+    metrics = DaemonMetrics(role)
     try:
+        address = metrics_address(cluster, entry)
+        if address:
+            metrics.serve(address)
+            log.info("metrics on %s", metrics.url())
+        listening = listening_endpoints(entry) if entry is not None else [metrics.url(host_addresses())]
         node_id = load_node_id(data)
-        facts = gather_node_facts(data, listening_endpoints(entry))
-        node = build(DaemonContext(options, cluster, entry, transport, node_id, data, log, facts))
+        facts = gather_node_facts(data, listening)
+        node = build(DaemonContext(options, cluster, entry, transport, node_id, data, log, facts, metrics))
     except Exception as fault:  # noqa: BLE001 - any start-up fault is reported in one line
         log.debug("start-up failed", exc_info=True)
         print(f"{role}: cannot start: {fault}", file=sys.stderr)
@@ -171,6 +192,8 @@ def run_daemon(role: str, options: argparse.Namespace, entries: str,
         node.run(stop.is_set, lambda: announce_ready(data))
     finally:
         withdraw_ready(data)
+        # /metrics is served from a daemon thread, which ends with the
+        # process: stopping it first would only wait for its poll interval.
         try:
             node.close()
         finally:

@@ -22,7 +22,7 @@ def build(context: DaemonContext):
     return LoadBalancerNode(context.node_id, context.entry.address,
                             [master.address for master in context.cluster.masters], context.transport,
                             heartbeat_interval_s=workers.heartbeat_interval_s, lease_s=workers.lease_s,
-                            facts=context.facts)
+                            facts=context.facts, metrics=context.metrics)
 
 
 def main(argv: list[str] | None = None) -> int:

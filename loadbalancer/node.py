@@ -27,6 +27,8 @@ from uds.loadbalancer.lease import BalancerLease
 from uds.loadbalancer.masters import MasterLink
 from uds.daemon.runtime import guarded
 from uds.daemon.dispatch import Dispatcher
+from uds.daemon.metrics import DaemonMetrics
+from uds.loadbalancer.balancer_metrics import BalancerMetrics
 from uds.wire.enums import FINAL_CHUNK_STATES, ErrorCode, NodeRole
 from uds.wire.records import NO_FACTS, NodeFacts
 from uds.wire.transport import Transport, recv_messages, send_message
@@ -47,6 +49,8 @@ SETTLE_HEARTBEATS = 1.5
 # The loop wakes at least this often, to ask for the lease and to notice a
 # silent master in time, whatever the heartbeat interval.
 LOOP_WAKE_S = 0.05
+# How often the loop copies its gauges (queued and running chunks) for /metrics.
+FIGURES_REFRESH_S = 1.0
 
 
 @dataclass
@@ -61,8 +65,10 @@ class EventBatch:
 
 class LoadBalancerNode:
     def __init__(self, node_id: bytes, address: str, master_addresses: list[str], transport: Transport,
-                 heartbeat_interval_s: float, lease_s: float, facts: NodeFacts = NO_FACTS) -> None:
-        """`facts`: what this balancer says of itself in its hello to the masters."""
+                 heartbeat_interval_s: float, lease_s: float, facts: NodeFacts = NO_FACTS,
+                 metrics: DaemonMetrics | None = None) -> None:
+        """`facts`: what this balancer says of itself in its hello to the
+        masters. `metrics`: where its figures are exported (daemon/metrics.py)."""
         self.node_id = node_id
         self.facts = facts
         self.address = address
@@ -96,6 +102,9 @@ class LoadBalancerNode:
         self.next_batch_id = int(time.time() * 1000)  # unique across restarts of this node
         self.next_request_id = 1
         self.counters: dict[str, int] = {}
+        self.metrics = BalancerMetrics(metrics if metrics is not None else DaemonMetrics("loadbalancer"),
+                                       self.counters, transport.counters)
+        self.figures_at = 0.0
         self.last_tick = 0.0
         self.last_node_report = 0.0
         self.worker_handlers: dict[type, Callable[[Any, bytes, float], None]] = {
@@ -150,6 +159,9 @@ class LoadBalancerNode:
                 self._drain(self.workers_socket, now, self._handle_worker)
             guarded(log, self._count, self._on_timers, now)
             guarded(log, self._count, self._flush_events, now)
+            if now - self.figures_at >= FIGURES_REFRESH_S:
+                self.figures_at = now
+                guarded(log, self._count, self._refresh_figures, now)
 
     def _drain(self, socket: zmq.Socket, now: float, handle: Callable[[Any, float], None]) -> None:
         for received in recv_messages(socket, self.transport, MESSAGES_PER_WAKEUP):
@@ -219,6 +231,9 @@ class LoadBalancerNode:
         self._count("worker_statuses")
         self._apply(message.chunk_event(), now)
 
+    def _refresh_figures(self, now: float) -> None:
+        self.metrics.refresh(self.scheduler, self.lease.active(now), self.epoch, len(self.unacknowledged), now)
+
     def on_stats_query(self, message: wire.StatsQuery, peer: bytes, now: float) -> None:
         counters = dict(self.counters)
         counters.update({f"transport_{name}": value for name, value in self.transport.counters.items()})
@@ -245,6 +260,7 @@ class LoadBalancerNode:
             # scheduler sees no STARTED and takes the attempts back.
             self._count("assignments_withheld", len(effect.assignments))
             return
+        self.metrics.assigned(effect.job_spec.job, effect.assignments, now)
         job_fields = effect.job_spec.request_fields()
         records = [assignment.to_record() for assignment in effect.assignments]
         # Chunks with many inputs of their own go in several requests.
@@ -397,6 +413,7 @@ class LoadBalancerNode:
 
     def on_dispatch(self, message: wire.ChunkDispatch, peer: bytes | None, now: float) -> None:
         self._count("attempts_received", len(message.attempts))
+        self.metrics.arrived(message.attempts, now)
         if not self.lease.active(now):
             if len(self.held_dispatches) < MAX_HELD_DISPATCHES:
                 self.held_dispatches.append(message)

@@ -29,7 +29,8 @@ def build(context: DaemonContext):
                           client_addresses={master.raft: master.address for master in context.cluster.masters},
                           default_limits=default_limits(context.cluster), retention=retention(context.cluster),
                           storage_policy=storage_policy(context.cluster), scheduling=scheduling(context.cluster),
-                          cluster_path=context.cluster.path, facts=context.facts)
+                          cluster_path=context.cluster.path, facts=context.facts,
+                          metrics=context.metrics)
     except Exception:
         raft.destroy()
         raise

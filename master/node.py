@@ -26,6 +26,9 @@ from uds.master.replicated import Commit, MembershipCommitted, RaftGroup
 from uds.wire import cluster as cluster_file
 from uds.wire.cluster import Retention, Scheduling, StoragePolicy
 from uds.daemon.dispatch import handle_request
+from uds.daemon.metrics import DaemonMetrics, prefixed
+from uds.master.event_log import events_since
+from uds.master.event_timings import CHUNK_QUEUE_WAIT, JOB_SUBMIT_TO_RESULT, EventTimings
 from uds.daemon.runtime import drain, guarded
 from uds.wire.enums import ErrorCode, NodeRole
 from uds.wire.records import NO_FACTS, NodeFacts
@@ -37,6 +40,22 @@ log = logging.getLogger("master")
 MESSAGES_PER_WAKEUP = 1000
 # The longest the loop sleeps when no timer of the core falls due sooner.
 IDLE_POLL_MS = 100
+# How often the loop copies its gauges (queued chunks, Raft term...) for /metrics.
+FIGURES_REFRESH_S = 1.0
+
+GAUGE_DOCS = {
+    "is_leader": "1 on the leader (confirmed by a majority), else 0.",
+    "raft_term": "The Raft term this master is in.",
+    "raft_commit_index": "The Raft log's commit index here.",
+    "raft_last_applied": "The last Raft entry applied to this master's state.",
+    "chunks_queued": "Chunks waiting for a slot (the replicated state's queue).",
+    "chunks_dispatched": "Chunks dispatched to the load balancer, not yet started.",
+    "chunks_running": "Chunks whose program runs on a worker.",
+    "chunks_delayed": "Chunks waiting for a start time or a retry's backoff.",
+    "jobs": "Jobs in the replicated state, finished ones kept included.",
+    "result_cache_entries": "Entries of the result cache.",
+    "proposals_outstanding": "Proposals of this leader awaiting their commit.",
+}
 
 
 class MasterNode:
@@ -45,8 +64,10 @@ class MasterNode:
                  client_addresses: dict[str, str] | None = None,
                  default_limits: ResourceLimits = NO_LIMITS, retention: Retention = Retention(),
                  storage_policy: StoragePolicy = StoragePolicy(), scheduling: Scheduling = Scheduling(),
-                 cluster_path: pathlib.Path | None = None, facts: NodeFacts = NO_FACTS) -> None:
-        """`facts`: what this master says of itself in its node record when it leads."""
+                 cluster_path: pathlib.Path | None = None, facts: NodeFacts = NO_FACTS,
+                 metrics: DaemonMetrics | None = None) -> None:
+        """`facts`: what this master says of itself in its node record when it
+        leads. `metrics`: where its figures are exported (daemon/metrics.py)."""
         self.node_id = node_id
         self.cluster_path = cluster_path       # re-read when a master is to be added
         self.address = address
@@ -65,6 +86,7 @@ class MasterNode:
         self.wake_at: float | None = None
         # The membership change handed to the Raft group and not yet committed.
         self.membership_pending: membership.PendingChange | None = None
+        self._metrics_init(metrics)
         self.handlers: dict[type, Callable[[Any, bytes, float], None]] = {
             **{message_type: self.on_message for message_type in core.ACCEPTED_MESSAGES},
             wire.StatsQuery: self.on_stats_query,
@@ -93,6 +115,10 @@ class MasterNode:
                 drain(self.wake_fd)
             guarded(log, self._count, self._feed_raft_status, now)
             guarded(log, self._count, self._feed_commits, now)
+            guarded(log, self._count, self._time_events)
+            if now - self.figures_at >= FIGURES_REFRESH_S:
+                self.figures_at = now
+                guarded(log, self._count, self._refresh_figures)
             if self.socket in ready:
                 for received in recv_messages(self.socket, self.transport, MESSAGES_PER_WAKEUP):
                     self._count("messages")
@@ -131,6 +157,11 @@ class MasterNode:
     def _feed_commits(self, now: float) -> None:
         while not self.raft.commits.empty():
             commit: Commit | MembershipCommitted = self.raft.commits.get()
+            self.committed = True
+            if isinstance(commit, Commit):
+                proposed_at = self.proposed_at.pop(commit.token, None)
+                if proposed_at is not None and commit.outcomes is not None:
+                    self.raft_commit_seconds.observe(time.monotonic() - proposed_at)
             if isinstance(commit, MembershipCommitted):
                 self._membership_committed(commit)
             elif commit.outcomes is None:
@@ -149,6 +180,7 @@ class MasterNode:
     # -- effects --------------------------------------------------------------
 
     def do_propose(self, effect: core.Propose, now: float) -> None:
+        self.proposed_at[effect.tag] = time.monotonic()
         self.raft.propose(effect.tag, list(effect.commands), now)
 
     def do_wake(self, effect: core.Wake, now: float) -> None:
@@ -228,6 +260,71 @@ class MasterNode:
         return {"raft_role": RAFT_ROLES.index(record.role), "raft_term": record.term,
                 "raft_commit_index": record.commit_index, "raft_last_applied": record.last_applied,
                 "raft_leader_index": members.index(record.leader) if record.leader in members else -1}
+
+    # -- /metrics -------------------------------------------------------------
+
+    def _metrics_init(self, metrics: DaemonMetrics | None) -> None:
+        self.metrics = metrics if metrics is not None else DaemonMetrics("master")
+        self.raft_commit_seconds = self.metrics.histogram(
+            "raft_commit_seconds", "A proposal of this leader, from its hand-over to the Raft group to its commit.")
+        self.event_seconds = {
+            CHUNK_QUEUE_WAIT: self.metrics.histogram(
+                CHUNK_QUEUE_WAIT, "A chunk queued (job submitted, released or ready, or the chunk "
+                                  "requeued) to its dispatch committed; observed by the leader."),
+            JOB_SUBMIT_TO_RESULT: self.metrics.histogram(
+                JOB_SUBMIT_TO_RESULT, "A job submitted to its final state committed; observed by the leader."),
+        }
+        self.proposed_at: dict[int, float] = {}     # proposal tag -> monotonic time handed to Raft
+        self.committed = False                      # commits arrived since events were last timed
+        self.timings = EventTimings()
+        self.events_timed: int | None = None        # the log's seq timed up to; None: not leading
+        # Gauges the loop refreshes every FIGURES_REFRESH_S; /metrics copies them.
+        self.figures: dict[str, int] = {}
+        self.figures_at = 0.0
+        self.metrics.counters_from(self._counter_figures)
+        self.metrics.gauges_from(lambda: dict(self.figures), GAUGE_DOCS)
+
+    def _counter_figures(self) -> dict[str, int]:
+        """From the HTTP server's thread: copies of what stats_query counts."""
+        counters = dict(self.leader.counters)
+        for name, value in dict(self.counters).items():
+            counters[name] = counters.get(name, 0) + value
+        counters.update(prefixed("transport_", self.transport.counters.snapshot()))
+        counters["raft_journal_syncs"] = self.raft.journal_syncs
+        return counters
+
+    def _time_events(self) -> None:
+        """The leader's chunk and job histograms, from the events its
+        commits added to the log (master/event_timings.py)."""
+        if not self.raft_status.leader:
+            if self.events_timed is not None:
+                self.events_timed = None
+                self.timings.forget_all()
+                self.proposed_at.clear()
+            return
+        if self.events_timed is None:
+            self.events_timed = self.raft.read(lambda state: state.last_seq)   # what came before is not timed
+            self.committed = False
+            return
+        if not self.committed:
+            return
+        self.committed = False
+        timed = self.events_timed
+        events, self.events_timed = self.raft.read(lambda state: (
+            events_since(state, timed) if state.last_seq > timed else [], state.last_seq))
+        for duration in self.timings.durations(events):
+            self.event_seconds[duration.histogram].observe(duration.seconds)
+
+    def _refresh_figures(self) -> None:
+        record = self.raft.record()
+        figures = self.raft.read(lambda state: {
+            "chunks_queued": len(state.queued), "chunks_dispatched": len(state.dispatched),
+            "chunks_running": len(state.running), "chunks_delayed": len(state.delayed),
+            "jobs": len(state.job_records), "result_cache_entries": state.cache_size()})
+        figures.update(is_leader=int(self.raft.is_leader), raft_term=record.term,
+                       raft_commit_index=record.commit_index, raft_last_applied=record.last_applied,
+                       proposals_outstanding=self.leader.outstanding_proposals)
+        self.figures = figures
 
     def on_stats_query(self, message: wire.StatsQuery, peer: bytes, now: float) -> None:
         """The counters of this process: the core's and the loop's."""

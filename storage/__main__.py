@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Callable
 
+from uds.daemon.metrics import prefixed
 from uds.daemon.runtime import DaemonContext, add_common_arguments, run_daemon
 
 
@@ -22,6 +23,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_common_arguments(parser, "storage")
     return parser
+
+
+GAUGE_DOCS = {
+    "used_bytes": "Bytes of the blobs kept (as of the last inventory, every few seconds).",
+    "free_bytes": "Free bytes of the data folder's filesystem.",
+    "capacity_bytes": "Size of the data folder's filesystem.",
+    "blobs": "Blobs kept (as of the last inventory).",
+    "repair_pending": "Files the repair scan under way has still to look at.",
+    "uploads_open": "Uploads begun and not yet ended.",
+    "repair_pulls_queued": "Repair pulls waiting for their turn.",
+}
 
 
 class StorageNode:
@@ -50,6 +62,26 @@ class StorageNode:
             self.store.close()
             raise
         self.service.helpers = self.duties
+        if context.metrics is not None:
+            context.metrics.counters_from(self.counter_figures)
+            context.metrics.gauges_from(self.gauge_figures, GAUGE_DOCS)
+
+    # -- /metrics: read from the HTTP server's thread, copies only ------------
+
+    def counter_figures(self) -> dict[str, int]:
+        duties = self.duties
+        return {**self.service.counters, **duties.keeper.counters, **duties.puller.counters,
+                **duties.scrubber.counters, "corrupt_blobs": duties.corrupt_blobs,
+                "temp_files_removed": self.store.temp_files_removed,
+                **prefixed("transport_", self.service.transport.counters.snapshot())}
+
+    def gauge_figures(self) -> dict[str, int]:
+        """The disk's figures (a statfs) and the last inventory's."""
+        figures = self.duties.keeper.heartbeat_figures()
+        return {"used_bytes": figures["used_bytes"], "free_bytes": figures["free_bytes"],
+                "capacity_bytes": figures["capacity_bytes"], "blobs": figures["blob_count"],
+                "repair_pending": figures["repair_pending"], "uploads_open": len(self.service.uploads),
+                "repair_pulls_queued": self.duties.puller.waiting}
 
     def run(self, stop: Callable[[], bool], on_serving: Callable[[], None]) -> None:
         self.duties.start()

@@ -39,6 +39,8 @@ def _end_with_test_process() -> None:
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 30.0
+# Ports in the workers' metrics range: each worker takes the first free one.
+WORKER_METRICS_PORTS = 32
 
 
 def wait_until(predicate, what: str = "condition", timeout: float = 45.0):
@@ -57,6 +59,28 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def free_port_range(count: int, taken: set[int]) -> tuple[int, int]:
+    """(first, last): `count` ports from one free now, none of `taken`
+    (the other daemons' ports, which a worker must not take first)."""
+    while True:
+        first = min(free_port(), 65535 - count)
+        last = first + count - 1
+        if not any(first <= port <= last for port in taken):
+            return first, last
+
+
+class _Ports:
+    """Free ports, each remembered, so the workers' range can avoid them."""
+
+    def __init__(self) -> None:
+        self.given: set[int] = set()
+
+    def __call__(self) -> int:
+        port = free_port()
+        self.given.add(port)
+        return port
 
 
 @dataclass
@@ -122,16 +146,20 @@ class ClusterLayout:
         root.mkdir(parents=True, exist_ok=True)
         create_cluster_keys(root / "cluster-keys")
         export_every_role(root / "cluster-keys", root / "keys")
+        port = _Ports()     # every daemon serves /metrics too (doc/metrics.md)
+        master_entries = [{"address": f"tcp://127.0.0.1:{port()}", "raft": f"127.0.0.1:{port()}",
+                           "data": f"data/master-{index}", "metrics": f"127.0.0.1:{port()}"}
+                          for index in range(masters)]
+        balancer_entries = [{"address": f"tcp://127.0.0.1:{port()}", "data": f"data/loadbalancer-{index}",
+                             "metrics": f"127.0.0.1:{port()}"} for index in range(loadbalancers)]
+        storage_entries = [{"address": f"tcp://127.0.0.1:{port()}", "data": f"data/storage-{index}",
+                            "metrics": f"127.0.0.1:{port()}"} for index in range(storage)]
+        first, last = free_port_range(WORKER_METRICS_PORTS, port.given)
         text = cluster_file.render(
-            keys="keys",
-            masters=[{"address": f"tcp://127.0.0.1:{free_port()}", "raft": f"127.0.0.1:{free_port()}",
-                      "data": f"data/master-{index}"} for index in range(masters)],
-            loadbalancers=[{"address": f"tcp://127.0.0.1:{free_port()}", "data": f"data/loadbalancer-{index}"}
-                           for index in range(loadbalancers)],
-            storage=[{"address": f"tcp://127.0.0.1:{free_port()}", "data": f"data/storage-{index}"}
-                     for index in range(storage)],
+            keys="keys", masters=master_entries, loadbalancers=balancer_entries, storage=storage_entries,
             workers={"data": "data/workers", "slots": slots, "cache_bytes": cache_bytes,
-                     "heartbeat_interval_s": heartbeat_interval_s, "lease_s": lease_s},
+                     "heartbeat_interval_s": heartbeat_interval_s, "lease_s": lease_s,
+                     "metrics": f"127.0.0.1:{first}-{last}"},
             limits=limits, storage_policy=storage_policy,
         )
         if scheduling:  # numbers only: poison_after, cache_max_entries, cache_max_age_s

@@ -83,6 +83,7 @@ def test_the_master_daemon_hands_the_table_to_its_leader(tmp_path, monkeypatch):
         data = tmp_path
         transport = type("Transport", (), {"keys": None})()
         facts = NO_FACTS
+        metrics = None
 
     Context.cluster = cluster
     master_main.build(Context())

@@ -71,7 +71,7 @@ def build(context: DaemonContext):
                           heartbeat_interval_s=cluster.workers.heartbeat_interval_s,
                           wake_read=wake_read, wake_write=wake_write, sandbox=sandbox,
                           capacity=capacity, masters=[entry.address for entry in cluster.masters],
-                          facts=context.facts)
+                          facts=context.facts, metrics=context.metrics)
     except SandboxUnavailable as fault:
         storage.close()
         raise ConfigurationError(f"cannot build the sandbox programs run in: {fault}. Fix that, or start "

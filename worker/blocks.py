@@ -19,6 +19,7 @@ Rules:
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Callable, Protocol
 
@@ -128,17 +129,30 @@ class StorageBlockSource:
 class ReplicatedBlockSource:
     """Fetches blocks from whichever replica has them good (see the rules).
     With `spread`, consecutive blocks of a file start at different replicas,
-    so that one reader's read-ahead draws on several nodes at once."""
+    so that one reader's read-ahead draws on several nodes at once.
+    `observe_fetch` is given the seconds each block fetch took (the worker's
+    block-fetch histogram), failed ones too."""
 
-    def __init__(self, storage: "ReplicatedStorage", spread: bool = False) -> None:
+    def __init__(self, storage: "ReplicatedStorage", spread: bool = False,
+                 observe_fetch: Callable[[float], None] | None = None) -> None:
         self._storage = storage
         self._spread = spread
+        self._observe_fetch = observe_fetch
         self._local = threading.local()
         self._lock = threading.Lock()
         self._manifests: OrderedDict[bytes, BlockManifest] = OrderedDict()
         self._manifest_bytes = 0
 
     def fetch(self, file_id: bytes, offset: int, length: int) -> bytes:
+        if self._observe_fetch is None:
+            return self._fetch(file_id, offset, length)
+        started = time.monotonic()
+        try:
+            return self._fetch(file_id, offset, length)
+        finally:
+            self._observe_fetch(time.monotonic() - started)
+
+    def _fetch(self, file_id: bytes, offset: int, length: int) -> bytes:
         from uds.storage.client import StorageError
         from uds.storage.replicas import NoGoodCopy
 

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+from uds.daemon.metrics import DaemonMetrics
 from uds.storage.replicas import ReplicatedStorage
 from uds.wire.resources import NO_LIMITS, ResourceLimits, Usage, chunk_disk_cap
 from uds.wire.transport import Transport
@@ -65,7 +66,9 @@ class SandboxSettings:
 class AttemptHost:
     def __init__(self, node_id: bytes, data: pathlib.Path, storage: ReplicatedStorage, transport: Transport,
                  cache_bytes: int, hand_back: Callable[[Any], None],
-                 sandbox: SandboxSettings = SandboxSettings(enabled=False)) -> None:
+                 sandbox: SandboxSettings = SandboxSettings(enabled=False),
+                 metrics: DaemonMetrics | None = None) -> None:
+        """`metrics`: where block fetches and FUSE reads are timed (none: nowhere)."""
         self.node_id, self.storage, self.transport = node_id, storage, transport
         self.hand_back = hand_back
         self.processes: dict[AttemptKey, RunningChunk] = {}
@@ -91,13 +94,22 @@ class AttemptHost:
         self.work_root = data / "work"
         shutil.rmtree(self.work_root, ignore_errors=True)  # left by a crash: nothing in it runs now
         self.work_root.mkdir(parents=True, exist_ok=True)
-        self.cache = BlockCache(data / "cache", ReplicatedBlockSource(storage, spread=SPREAD_READS), cache_bytes)
+        fetch_seconds = read_seconds = None
+        if metrics is not None:
+            fetch_seconds = metrics.histogram(
+                "block_fetch_seconds", "Fetching one block of an input from storage, failed fetches too.").observe
+            read_seconds = metrics.histogram(
+                "fuse_read_seconds", "Answering one read of the FUSE mount, from the cache or storage.").observe
+        source = ReplicatedBlockSource(storage, spread=SPREAD_READS, observe_fetch=fetch_seconds)
+        self.cache = BlockCache(data / "cache", source, cache_bytes)
         self.programs = ProgramStore(data / "programs", self.cache)
         mountpoint = data / "mnt"
         clear_stale_mount(mountpoint)
         mountpoint.mkdir(parents=True, exist_ok=True)
         # Programs run as slot users: the mount must let other users in.
         self.mount = FuseMount(mountpoint, self.cache, allow_other=self.sandbox is not None)
+        if read_seconds is not None:
+            self.mount.observe_reads(read_seconds)
         self.mount.start()
         self.helpers = ThreadPoolExecutor(HELPER_THREADS, thread_name_prefix="worker-helper")
         self.handlers: dict[type, Callable[[Any], Any]] = {

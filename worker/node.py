@@ -26,6 +26,7 @@ import zmq
 
 from uds import wire
 from uds.daemon.dispatch import handle_request
+from uds.daemon.metrics import DaemonMetrics, prefixed
 from uds.client.leader import LeaderLink
 from uds.daemon.runtime import drain, guarded, wake
 from uds.storage.directory import DirectoryRefresher, StorageDirectory
@@ -49,6 +50,17 @@ MESSAGES_PER_WAKEUP = 1000
 MEMBERSHIP_TIMEOUT_S = 2.0
 # How often the logs of running programs are measured for the core's limit.
 LOG_CHECK_S = 0.1
+# How often the loop copies its gauges (running chunks, free slots) for /metrics.
+FIGURES_REFRESH_S = 1.0
+
+
+GAUGE_DOCS = {
+    "chunks_running": "Chunk attempts whose program runs now.",
+    "slots": "Chunks this worker runs at once.",
+    "slots_free": "Slots no attempt holds.",
+    "cached_bytes": "Bytes of input blocks in the block cache.",
+    "cache_capacity_bytes": "The block cache's size cap.",
+}
 
 
 class WorkerNode:
@@ -57,10 +69,11 @@ class WorkerNode:
                  transport: Transport, slots: int, cache_bytes: int, heartbeat_interval_s: float,
                  wake_read: int, wake_write: int, sandbox: SandboxSettings = SandboxSettings(enabled=False),
                  capacity: Capacity | None = None, masters: Sequence[str] = (),
-                 facts: NodeFacts = NO_FACTS) -> None:
+                 facts: NodeFacts = NO_FACTS, metrics: DaemonMetrics | None = None) -> None:
         """`storage`: the cluster's storage nodes as one, or one node's
         address. With `masters`, a thread keeps the storage membership fresh
-        from them. `facts`: what it says of itself in every hello."""
+        from them. `facts`: what it says of itself in every hello.
+        `metrics`: where its figures are exported (daemon/metrics.py)."""
         self.node_id, self.transport = node_id, transport
         self.facts = facts
         self.slots, self.cache_bytes = slots, cache_bytes
@@ -80,7 +93,16 @@ class WorkerNode:
         if isinstance(storage, str):
             storage = ReplicatedStorage(transport, node_id, StorageDirectory([storage]), replicas=1)
         self.storage = storage
-        self.host = AttemptHost(node_id, data, storage, transport, cache_bytes, self._hand_back, sandbox)
+        self.metrics = metrics if metrics is not None else DaemonMetrics("worker")
+        self.chunk_run_seconds = self.metrics.histogram(
+            "chunk_run_seconds", "Wall time of a chunk's program, from its start to its end.")
+        # Gauges the loop refreshes every FIGURES_REFRESH_S; /metrics copies them.
+        self.figures: dict[str, int] = {}
+        self.figures_at = 0.0
+        self.host = AttemptHost(node_id, data, storage, transport, cache_bytes, self._hand_back, sandbox,
+                                metrics=self.metrics)
+        self.metrics.counters_from(self._counter_figures)
+        self.metrics.gauges_from(self._gauge_figures, GAUGE_DOCS)
         self.refresher: DirectoryRefresher | None = None
         if masters:
             link = LeaderLink(transport, node_id, masters)
@@ -111,6 +133,23 @@ class WorkerNode:
 
     def stats(self) -> dict[str, int]:
         return {**self.counters, **self.core.counters}
+
+    # -- /metrics (read from the HTTP server's thread: copies only) -------------
+
+    def _counter_figures(self) -> dict[str, int]:
+        cache = self.host.cache.counters()
+        return {**self.counters, **self.core.counters, **prefixed("transport_", self.transport.counters.snapshot()),
+                "cache_bytes_fetched": cache.bytes_fetched, "cache_bytes_served": cache.bytes_served_from_cache,
+                "cache_evictions": cache.evictions, "cache_corrupt_files": cache.corrupt_files,
+                "cache_corrupt_blocks": cache.corrupt_blocks}
+
+    def _gauge_figures(self) -> dict[str, int]:
+        cache = self.host.cache.counters()
+        return {**self.figures, "cached_bytes": cache.disk_bytes, "cache_capacity_bytes": cache.capacity_bytes}
+
+    def _refresh_figures(self) -> None:
+        running = len(self.core.in_phase(core.Phase.RUNNING))
+        self.figures = {"chunks_running": running, "slots": self.slots, "slots_free": self.core.free_slots()}
 
     # -- loop -----------------------------------------------------------------
 
@@ -146,6 +185,9 @@ class WorkerNode:
                     for received in recv_messages(balancer_socket, self.transport, MESSAGES_PER_WAKEUP):
                         handle_request(received, self.handlers[balancer], now, "a worker",
                                        self._refuse, self._count, log)
+            if now - self.figures_at >= FIGURES_REFRESH_S:
+                self.figures_at = now
+                guarded(log, self._count, self._refresh_figures)
             if now - self.last_log_check >= LOG_CHECK_S:
                 self.last_log_check = now
                 for key in self.core.in_phase(core.Phase.RUNNING):
@@ -171,7 +213,10 @@ class WorkerNode:
                     events.append(answer)
 
     def _on_exit(self, key: AttemptKey, now: float) -> None:
-        self._apply(self.host.exited(key), now)
+        exited = self.host.exited(key)
+        if exited.usage.wall_s > 0:
+            self.chunk_run_seconds.observe(exited.usage.wall_s)
+        self._apply(exited, now)
 
     def _on_log_size(self, key: AttemptKey, now: float) -> None:
         self._apply(self.host.log_size(key), now)
