@@ -227,7 +227,7 @@ def event_text(event: Any) -> str:
 
 def master_json(record: Any) -> dict:
     return {"address": record.address, "role": record.role, "term": record.term,
-            "commit_index": record.commit_index, "lag": record.lag, "node": None}
+            "commit_index": record.commit_index, "lag": record.lag}
 
 
 def leader_address(masters: Sequence[Any]) -> str | None:
@@ -259,8 +259,11 @@ def storage_json(node: dict) -> dict:
 
 
 def worker_json(node: dict, cached: dict[str, int] | None = None) -> dict:
-    """`cached`: hex node id -> the bytes its block cache holds (its /metrics)."""
-    return {"node": _hex(node["node"]), "name": node["host"], "address": node["address"], "state": node["state"],
+    """`cached`: hex node id -> the bytes its block cache holds (its /metrics).
+    A worker listens on nothing of its own: its address is the first it
+    names (its metrics URL, when it serves one)."""
+    address = node["address"] or next(iter(node.get("addresses") or ()), "")
+    return {"node": _hex(node["node"]), "name": node["host"], "address": address, "state": node["state"],
             "slots": node["slots"], "free_slots": node["free_slots"], "running": node["running"],
             "cpus": node.get("millicpus", 0) / 1000 if node.get("millicpus") else None,
             "memory_bytes": node.get("memory_bytes") or None,

@@ -37,7 +37,7 @@ function fillMasters(tbody, cluster) {
     tbody.append(row([
       el("td", {class: "mono", text: master.address}),
       el("td", {}, badge(master.role), leader ? el("span", {class: "leader-mark", title: "the leader", text: "★"}) : null),
-      numCell(master.term), numCell(master.commit_index), numCell(master.lag), nodeCell(master.node),
+      numCell(master.term), numCell(master.commit_index), numCell(master.lag),
     ], {class: leader ? "leader" : null}));
   }
 }
@@ -154,7 +154,7 @@ export function eventRow(event) {
 }
 
 export function renderCluster(root, params, {openStream}) {
-  const masters = table("masters", ["address", "role", "term", "commit index", "lag", "node"]);
+  const masters = table("masters", ["address", "role", "term", "commit index", "lag"]);
   const balancers = table("balancers", ["node", "host", "address", "state", "active", "epoch"]);
   const storage = table("storage", ["node", "host", "address", "state", "used", "free", "usage", "blobs",
                                     "repair"]);
