@@ -14,7 +14,9 @@ import pathlib
 import shutil
 import sys
 import tempfile
-from typing import Iterator
+import threading
+import time
+from typing import Any, Callable, Iterator
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -110,3 +112,28 @@ def daemon_cpu_seconds(folder: pathlib.Path) -> dict[str, float]:
             continue
         used[entry["role"]] += sum(int(value) for value in fields[11:15]) / ticks
     return dict(used)
+
+
+def run_in_threads(work: Callable[[Any], Any], shares: list) -> tuple[list, float]:
+    """`work(share)` for every share at once, one thread each: the results,
+    in the shares' order, and the seconds until the last ended. The first
+    fault of any thread is raised here."""
+    results: list = [None] * len(shares)
+    faults: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            results[index] = work(shares[index])
+        except BaseException as fault:  # raised by the calling thread
+            faults.append(fault)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(shares))]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    if faults:
+        raise faults[0]
+    return results, elapsed

@@ -33,7 +33,7 @@ import types
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cluster import dev_cluster_folder, true_binary  # noqa: E402
+from cluster import dev_cluster_folder, run_in_threads, true_binary  # noqa: E402
 from throughput import AWAIT_POLL_S  # noqa: E402
 from uds import client  # noqa: E402
 from uds.client.events import JOB_FINAL_KINDS, follow, job_events  # noqa: E402
@@ -124,25 +124,8 @@ def throughput(folder, connection: client.Connection, program: str, options: arg
     for thread in threads:
         thread.start()
     shares = [job_ids[index::THREADS] for index in range(THREADS)]     # any count: some get one more
-    results: list = [None] * THREADS
-    faults: list[BaseException] = []
-
-    def run(index: int) -> None:
-        try:
-            results[index] = submit_and_await(folder, program, options.chunks, shares[index],
-                                              time.monotonic() + 600)
-        except BaseException as fault:  # reported by the main thread
-            faults.append(fault)
-
-    submitters = [threading.Thread(target=run, args=(index,)) for index in range(THREADS)]
-    started = time.monotonic()
-    for thread in submitters:
-        thread.start()
-    for thread in submitters:
-        thread.join()
-    elapsed = time.monotonic() - started
-    if faults:
-        raise faults[0]
+    results, elapsed = run_in_threads(
+        lambda share: submit_and_await(folder, program, options.chunks, share, time.monotonic() + 600), shares)
     for thread in threads:
         thread.join(120)
     if any(thread.is_alive() for thread in threads):

@@ -34,7 +34,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cluster import add_masters_option, daemon_cpu_seconds, dev_cluster_folder, mark_failed, true_binary  # noqa: E402
+from cluster import add_masters_option, daemon_cpu_seconds, dev_cluster_folder, mark_failed, run_in_threads, true_binary  # noqa: E402
 from uds import client  # noqa: E402
 from uds.wire import cluster as cluster_file  # noqa: E402
 
@@ -193,27 +193,10 @@ def run_workload(options: argparse.Namespace, folder, connection: client.Connect
     """The jobs, submitted from the client threads and awaited: what they did and how fast."""
     threads = max(1, min(options.threads, options.jobs))
     shares = [options.jobs // threads + (1 if index < options.jobs % threads else 0) for index in range(threads)]
-    results: list = [None] * threads
-    faults: list[BaseException] = []
-
-    def run(index: int) -> None:
-        try:
-            results[index] = submit_and_await(folder, program, options.chunks, shares[index],
-                                              time.monotonic() + 600)
-        except BaseException as fault:  # reported by the main thread
-            faults.append(fault)
-
-    workers = [threading.Thread(target=run, args=(index,)) for index in range(threads)]
     cpu_before, client_before = daemon_cpu_seconds(folder), os.times()
-    started = time.monotonic()
-    for thread in workers:
-        thread.start()
-    for thread in workers:
-        thread.join()
-    elapsed = time.monotonic() - started
+    results, elapsed = run_in_threads(
+        lambda share: submit_and_await(folder, program, options.chunks, share, time.monotonic() + 600), shares)
     cpu_after, client_after = daemon_cpu_seconds(folder), os.times()
-    if faults:
-        raise faults[0]
     succeeded = sum(status.succeeded for share in results for status in share)
     if succeeded < options.chunks * options.jobs:
         mark_failed(folder)
