@@ -147,7 +147,8 @@ def test_a_job_shows_in_the_list_and_on_its_own_with_args_inputs_chunks_and_stre
     assert [item["name"] for item in body["inputs"]] == ["<b>in<i>.txt"]
     assert body["program"]["size"] == len(PROGRAM)
     assert [chunk["state"] for chunk in body["chunks"]] == ["succeeded", "succeeded"]
-    assert sorted(bar["chunk"] for bar in body["stream"]) == [0, 1], [str(e) for e in connection.job(job).events(follow=False)]
+    assert sorted(bar["chunk"] for bar in body["stream"]) == [0, 1], "\n".join(
+        str(event) for event in connection.job(job).events(follow=False))
     assert all(bar["end"] >= bar["start"] for bar in body["stream"])
     assert http(base + "api/jobs/" + "0" * 32).status == 404
     assert http(base + "api/jobs/nope").status == 400

@@ -10,11 +10,16 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import logging
 import threading
 import time
 
 from uds.worker.cache import BlockCache
 
+log = logging.getLogger("worker")
+
+# What a program being copied in is named, after its id, until it is whole.
+TEMPORARY_MARK = ".tmp"
 # Program executables kept (one per program id); older unused ones are removed.
 MAX_PROGRAMS = 256
 PROGRAM_IDLE_S = 600.0
@@ -25,7 +30,7 @@ class ProgramStore:
         self.root = root
         self.cache = cache
         root.mkdir(exist_ok=True)
-        for leftover in root.glob("*.tmp*"):
+        for leftover in root.glob(f"*{TEMPORARY_MARK}*"):
             leftover.unlink(missing_ok=True)
 
     def present(self, program_id: bytes) -> pathlib.Path | None:
@@ -45,18 +50,33 @@ class ProgramStore:
         try:
             if not program.exists():
                 cached = self.cache.ensure_complete(program_id, program_size)
-                temporary = program.with_name(f"{program.name}.tmp{threading.get_ident()}")
+                temporary = program.with_name(f"{program.name}{TEMPORARY_MARK}{threading.get_ident()}")
                 shutil.copyfile(cached, temporary)
                 temporary.chmod(0o555)
                 os.replace(temporary, program)
-                self._forget_old()
+                try:
+                    self._forget_old()
+                except OSError as fault:    # the program is here: pruning can wait for the next fetch
+                    log.warning("cannot prune old programs in %s: %s", self.root, fault)
             return program
         finally:
             self.cache.unpin(program_id)
 
     def _forget_old(self) -> None:
-        programs = sorted(self.root.iterdir(), key=lambda path: path.stat().st_mtime)
+        """Remove the least recently used programs beyond MAX_PROGRAMS that
+        have been idle for PROGRAM_IDLE_S. Another thread's fetch of the same
+        program may rename its temporary file away between the listing and
+        its stat: files in the making are not programs, and one gone is skipped."""
+        programs = []
+        for path in self.root.iterdir():
+            if TEMPORARY_MARK in path.name:
+                continue
+            try:
+                programs.append((path.stat().st_mtime, path))
+            except FileNotFoundError:
+                continue
+        programs.sort()
         cutoff = time.time() - PROGRAM_IDLE_S
-        for path in programs[:max(0, len(programs) - MAX_PROGRAMS)]:
-            if path.stat().st_mtime < cutoff:  # a running process keeps its inode anyway
+        for used_at, path in programs[:max(0, len(programs) - MAX_PROGRAMS)]:
+            if used_at < cutoff:  # a running process keeps its inode anyway
                 path.unlink(missing_ok=True)
