@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import random
 import shutil
 import signal
 import socket
@@ -42,6 +43,15 @@ ROLES_IN_START_ORDER = ("storage", "master", "loadbalancer")
 # A Raft group of an even size tolerates no more failures than one member fewer.
 MASTER_COUNTS = (1, 3, 5)
 LOG_TAIL_BYTES = 2000
+# Ports for daemons are chosen from FIXED_PORTS_FROM up to the kernel's
+# ephemeral range (EPHEMERAL_PORTS), when it leaves room for that.
+EPHEMERAL_PORTS = pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range")
+DEFAULT_FIRST_EPHEMERAL_PORT = 32768
+FIXED_PORTS_FROM = 10000
+FIXED_PORTS_AT_LEAST = 4096
+FREE_PORT_TRIES = 200
+_PORT_CHOICE = random.Random()          # its own: a test seeding `random` must not repeat ports
+_PORTS_HANDED_OUT: set[int] = set()
 # Ports beyond one per worker in the workers' metrics range, for ports taken meanwhile.
 WORKER_METRICS_SPARE_PORTS = 32
 # Each ask for the node table while waiting for the workers.
@@ -84,17 +94,41 @@ class DevProcess:
             return ""
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port free now on 127.0.0.1, below the kernel's ephemeral range, and
+    not handed out before by this process. A port is chosen well before its
+    daemon binds it; one from the ephemeral range could meanwhile become the
+    source port of some outgoing connection (another daemon's link to a peer)."""
+    first_ephemeral = _first_ephemeral_port()
+    if first_ephemeral - FIXED_PORTS_FROM < FIXED_PORTS_AT_LEAST:
+        return _anyfree_port()
+    for _ in range(FREE_PORT_TRIES):
+        port = _PORT_CHOICE.randrange(FIXED_PORTS_FROM, first_ephemeral)
+        if port not in _PORTS_HANDED_OUT and _port_free(port, reuse=False):
+            _PORTS_HANDED_OUT.add(port)
+            return port
+    return _anyfree_port()
+
+
+def _anyfree_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-def _port_free(port: int) -> bool:
+def _first_ephemeral_port() -> int:
+    try:
+        return int(EPHEMERAL_PORTS.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return DEFAULT_FIRST_EPHEMERAL_PORT
+
+
+def _port_free(port: int, reuse: bool = True) -> bool:
     with socket.socket() as probe:
-        # As the dashboard binds (aiohttp reuses the address): a port the
-        # last run's dashboard left in TIME_WAIT is free to it.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # With `reuse`, as the dashboard binds (aiohttp reuses the address):
+        # a port the last run's dashboard left in TIME_WAIT is free to it.
+        if reuse:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
@@ -104,13 +138,13 @@ def _port_free(port: int) -> bool:
 
 def dashboard_port(wanted: int) -> int:
     """`wanted` if it is free now, else (and for 0) any free port."""
-    return wanted if wanted and _port_free(wanted) else _free_port()
+    return wanted if wanted and _port_free(wanted) else free_port()
 
 
 def _worker_metrics_ports(workers: int) -> str:
     """A port range for the workers' /metrics, from a port free now, with
     room to spare: each worker takes the first port of it still free."""
-    first = min(_free_port(), 65535 - workers - WORKER_METRICS_SPARE_PORTS)
+    first = min(free_port(), 65535 - workers - WORKER_METRICS_SPARE_PORTS)
     return f"127.0.0.1:{first}-{first + workers + WORKER_METRICS_SPARE_PORTS}"
 
 
@@ -152,13 +186,13 @@ def write_cluster_file(folder: pathlib.Path, workers: int, slots: int, loadbalan
     path = folder / "cluster.toml"
     path.write_text(cluster_file.render(
         keys="keys",
-        masters=[{"address": f"tcp://127.0.0.1:{_free_port()}", "raft": f"127.0.0.1:{_free_port()}",
-                  "data": f"data/master-{index}", "metrics": f"127.0.0.1:{_free_port()}"}
+        masters=[{"address": f"tcp://127.0.0.1:{free_port()}", "raft": f"127.0.0.1:{free_port()}",
+                  "data": f"data/master-{index}", "metrics": f"127.0.0.1:{free_port()}"}
                  for index in range(masters)],
-        loadbalancers=[{"address": f"tcp://127.0.0.1:{_free_port()}", "data": f"data/loadbalancer-{index}",
-                        "metrics": f"127.0.0.1:{_free_port()}"} for index in range(loadbalancers)],
-        storage=[{"address": f"tcp://127.0.0.1:{_free_port()}", "data": f"data/storage-{index}",
-                  "metrics": f"127.0.0.1:{_free_port()}"} for index in range(storage)],
+        loadbalancers=[{"address": f"tcp://127.0.0.1:{free_port()}", "data": f"data/loadbalancer-{index}",
+                        "metrics": f"127.0.0.1:{free_port()}"} for index in range(loadbalancers)],
+        storage=[{"address": f"tcp://127.0.0.1:{free_port()}", "data": f"data/storage-{index}",
+                  "metrics": f"127.0.0.1:{free_port()}"} for index in range(storage)],
         workers={"data": "data/workers", "slots": slots, "cache_bytes": 2 << 30,
                  "heartbeat_interval_s": 0.25, "lease_s": 3.0, "metrics": _worker_metrics_ports(workers)},
         storage_policy={"replicas": default_replicas(storage) if replicas is None else replicas},
@@ -230,7 +264,7 @@ def start(folder: pathlib.Path, workers: int, slots: int, detach: bool,
                     break
                 # Its port was taken between the probe and its bind: another free one.
                 started.pop()
-                port = _free_port()
+                port = free_port()
             else:
                 raise DevClusterError(f"the dashboard exited during start-up (see {logs / 'dashboard.log'})")
     except BaseException as fault:

@@ -14,13 +14,13 @@ import ctypes
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from uds.client import devcluster
 from uds.wire import cluster as cluster_file
 from uds.daemon.runtime import ready_pid
 from uds.wire.enums import NodeRole
@@ -56,9 +56,8 @@ def wait_until(predicate, what: str = "condition", timeout: float = 45.0):
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port free now, below the ephemeral range (see devcluster.free_port)."""
+    return devcluster.free_port()
 
 
 def free_port_range(count: int, taken: set[int]) -> tuple[int, int]:

@@ -239,6 +239,14 @@ def test_pages_and_static_files_carry_the_security_headers(dashboard):
     assert http(base + "api/nothing").json()["error"]
 
 
+def test_a_page_whose_name_was_rebound_to_loopback_reads_nothing(dashboard):
+    base, _, _ = dashboard
+    port = base.rstrip("/").rsplit(":", 1)[1]
+    refused = http(base + "api/jobs", headers={"Host": f"rebound.example:{port}"})
+    assert refused.status == 403 and "127.0.0.1" in refused.json()["error"]
+    assert http(base + "api/jobs", headers={"Host": f"localhost:{port}"}).status == 200
+
+
 def _dashboard(cluster: pathlib.Path, *args: str) -> subprocess.Popen:
     environment = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "uds.client.dashboard", "--cluster", str(cluster), *args],

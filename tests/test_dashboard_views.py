@@ -165,6 +165,18 @@ def test_on_loopback_reading_is_open_and_actions_need_the_header():
     assert auth.Gate.for_listen("127.0.0.1", None).check_action("sesame").status == 409
 
 
+@pytest.mark.parametrize("host, allowed", [("127.0.0.1:8265", True), ("localhost:8265", True), ("localhost", True),
+                                           ("[::1]:8265", True), ("127.0.0.1", True),
+                                           ("rebound.example:8265", False), ("10.1.2.3:8265", False),
+                                           ("", False), (None, False), ("[::1", False)])
+def test_on_loopback_a_request_must_name_a_loopback_host(host, allowed):
+    refusal = auth.Gate.for_listen("127.0.0.1", "sesame").check_host(host)
+    assert (refusal is None) is allowed
+    if not allowed:
+        assert refusal.status == 403 and "127.0.0.1" in refusal.reason
+    assert auth.Gate.for_listen("0.0.0.0", "sesame").check_host(host) is None   # the token guards it there
+
+
 @pytest.mark.parametrize("listen, parsed", [("127.0.0.1:8265", ("127.0.0.1", 8265)), ("[::1]:0", ("::1", 0)),
                                             ("0.0.0.0:80", ("0.0.0.0", 80))])
 def test_listen_addresses_parse(listen, parsed):

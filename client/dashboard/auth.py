@@ -1,7 +1,10 @@
 """Who may do what on the dashboard (doc/dashboard.md, "Token and bind rules").
 
 - Reading is open on a loopback address: whoever can reach 127.0.0.1 is
-  already on the machine.
+  already on the machine. A request there must name a loopback host
+  (`Host: 127.0.0.1:PORT`, `localhost`, `[::1]`): a web page whose own name
+  is made to resolve to 127.0.0.1 (DNS rebinding) sends its own name, and
+  is refused, so it cannot read the cluster through a visitor's browser.
 - Any other bind address needs the cluster's admin token to start, and
   then every request but /static/ must carry it: in the X-UDS-Admin-Token
   header, or once as ?token=, which sets an HttpOnly, SameSite=Strict
@@ -46,6 +49,13 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def host_of(host_header: str) -> str:
+    """The host of a Host header: without its port, IPv6 brackets removed."""
+    if host_header.startswith("["):
+        return host_header[1:host_header.find("]")] if "]" in host_header else ""
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -99,6 +109,13 @@ class Gate:
         if not _matches(given, self.token):
             return Refusal(403, "wrong admin token")
         return None
+
+    def check_host(self, host_header: str | None) -> Refusal | None:
+        """On a loopback bind, whether the request names a loopback host; None: it does."""
+        if self.everything or (host_header and is_loopback(host_of(host_header))):
+            return None
+        return Refusal(403, f"this dashboard answers requests for 127.0.0.1, localhost or [::1] only, "
+                            f"not for {(host_header or '(no Host header)')[:100]!r}")
 
     def sets_cookie(self, query: str | None) -> bool:
         """A right ?token= is kept in the cookie."""

@@ -268,7 +268,7 @@ def _job_spec(connection: Any, job: str) -> Any:
 async def gate_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     dashboard: Dashboard = request.app[STATE]
     query_token = request.query.get(TOKEN_QUERY)
-    refusal = dashboard.gate.check_request(request.path, request.headers.get(TOKEN_HEADER),
+    refusal = dashboard.gate.check_host(request.headers.get("Host")) or dashboard.gate.check_request(request.path, request.headers.get(TOKEN_HEADER),
                                            request.cookies.get(TOKEN_COOKIE), query_token)
     if refusal is not None:
         return error_response(refusal.status, refusal.reason)
