@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cluster import add_masters_option, daemon_cpu_seconds, dev_cluster_folder, mark_failed, run_in_threads, true_binary  # noqa: E402
 from uds import client  # noqa: E402
 from uds.wire import cluster as cluster_file  # noqa: E402
+from uds.client.dashboard.worker_metrics import metrics_url  # noqa: E402
 
 LAUNCH_SECONDS = 3.0
 # How long one status request may wait at the master for its job to end.
@@ -109,9 +110,8 @@ def metrics_urls(folder, connection: client.Connection) -> list[str]:
     loaded = cluster_file.load(folder / "cluster.toml")
     entries = (*loaded.masters, *loaded.loadbalancers, *loaded.storage)
     urls = [f"http://{entry.metrics}/metrics" for entry in entries if entry.metrics]
-    for node in connection.nodes():
-        if node["role"] == WORKER_ROLE and node["state"] == "alive":
-            urls += [address for address in node.get("addresses", ()) if address.startswith("http://")][:1]
+    urls += [url for node in connection.nodes()
+             if node["role"] == WORKER_ROLE and node["state"] == "alive" and (url := metrics_url(node))]
     return urls
 
 

@@ -8,9 +8,9 @@ dict copied at the scrape, the gauges as the loop last replaced them.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
-from uds.daemon.metrics import DaemonMetrics, prefixed
+from uds.daemon.metrics import DaemonMetrics
 from uds.loadbalancer.events import AttemptKey, Assignment
 from uds.loadbalancer.scheduler import Scheduler
 
@@ -27,7 +27,8 @@ GAUGE_DOCS = {
 
 
 class BalancerMetrics:
-    def __init__(self, metrics: DaemonMetrics, counters: dict[str, int], transport_counters) -> None:
+    def __init__(self, metrics: DaemonMetrics, read_counters: Callable[[], dict[str, int]]) -> None:
+        """`read_counters`: what stats_query counts, as a copy, from any thread."""
         self.metrics = metrics
         self.queue_wait_seconds = metrics.histogram(
             "queue_wait_seconds", "A chunk attempt, from its chunk_dispatch's arrival to its assignment to a worker.")
@@ -35,7 +36,7 @@ class BalancerMetrics:
         # clock); pruned to the scheduler's pending ones at each refresh.
         self.arrived_at: dict[AttemptKey, float] = {}
         self.figures: dict[str, int] = {}
-        metrics.counters_from(lambda: {**counters, **prefixed("transport_", transport_counters.snapshot())})
+        metrics.counters_from(read_counters)
         metrics.gauges_from(lambda: dict(self.figures), GAUGE_DOCS)
 
     def arrived(self, attempts: Iterable[Mapping], now: float) -> None:

@@ -27,7 +27,7 @@ from uds.loadbalancer.lease import BalancerLease
 from uds.loadbalancer.masters import MasterLink
 from uds.daemon.runtime import guarded
 from uds.daemon.dispatch import Dispatcher
-from uds.daemon.metrics import DaemonMetrics
+from uds.daemon.metrics import DaemonMetrics, prefixed
 from uds.loadbalancer.balancer_metrics import BalancerMetrics
 from uds.wire.enums import FINAL_CHUNK_STATES, ErrorCode, NodeRole
 from uds.wire.records import NO_FACTS, NodeFacts
@@ -103,7 +103,7 @@ class LoadBalancerNode:
         self.next_request_id = 1
         self.counters: dict[str, int] = {}
         self.metrics = BalancerMetrics(metrics if metrics is not None else DaemonMetrics("loadbalancer"),
-                                       self.counters, transport.counters)
+                                       self._process_counters)
         self.figures_at = 0.0
         self.last_tick = 0.0
         self.last_node_report = 0.0
@@ -234,9 +234,12 @@ class LoadBalancerNode:
     def _refresh_figures(self, now: float) -> None:
         self.metrics.refresh(self.scheduler, self.lease.active(now), self.epoch, len(self.unacknowledged), now)
 
+    def _process_counters(self) -> dict[str, int]:
+        """Its counters and the transport's, as copies (/metrics reads them from its own thread)."""
+        return {**self.counters, **prefixed("transport_", self.transport.counters.snapshot())}
+
     def on_stats_query(self, message: wire.StatsQuery, peer: bytes, now: float) -> None:
-        counters = dict(self.counters)
-        counters.update({f"transport_{name}": value for name, value in self.transport.counters.items()})
+        counters = self._process_counters()
         total, free = self.scheduler.capacity()
         counters.update(slots=total, free_slots=free, pending=self.scheduler.pending_count(),
                         unacknowledged_batches=len(self.unacknowledged),

@@ -281,11 +281,12 @@ class MasterNode:
         # Gauges the loop refreshes every FIGURES_REFRESH_S; /metrics copies them.
         self.figures: dict[str, int] = {}
         self.figures_at = 0.0
-        self.metrics.counters_from(self._counter_figures)
+        self.metrics.counters_from(self._process_counters)
         self.metrics.gauges_from(lambda: dict(self.figures), GAUGE_DOCS)
 
-    def _counter_figures(self) -> dict[str, int]:
-        """From the HTTP server's thread: copies of what stats_query counts."""
+    def _process_counters(self) -> dict[str, int]:
+        """The counters of this process: the core's, the loop's and the
+        transport's, as copies (/metrics reads them from its own thread)."""
         counters = dict(self.leader.counters)
         for name, value in dict(self.counters).items():
             counters[name] = counters.get(name, 0) + value
@@ -327,14 +328,10 @@ class MasterNode:
         self.figures = figures
 
     def on_stats_query(self, message: wire.StatsQuery, peer: bytes, now: float) -> None:
-        """The counters of this process: the core's and the loop's."""
-        counters = dict(self.leader.counters)
-        for name, value in self.counters.items():
-            counters[name] = counters.get(name, 0) + value
-        counters.update({f"transport_{name}": value for name, value in self.transport.counters.items()})
+        """The counters of this process, and where it stands in the Raft group."""
+        counters = self._process_counters()
         counters["leader"] = int(self.raft.is_leader)
         counters.update(self._raft_counters())
-        counters["raft_journal_syncs"] = self.raft.journal_syncs
         counters["in_flight"] = self.raft.read(lambda state: state.in_flight_count())
         self._send(peer, wire.StatsReply.make(self.node_id, request_id=message.request_id,
                                               role=int(NodeRole.MASTER), counters=counters))

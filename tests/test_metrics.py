@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemons import ClusterLayout, wait_until
 from uds.daemon.metrics import READ_ATTEMPTS, DaemonMetrics, MetricsAddressError, prefixed
+from uds.client.dashboard.worker_metrics import metrics_url
 from uds.master.commands import (
     CHUNK_DISPATCHED, CHUNK_RETRIED, JOB_READY, JOB_SUBMITTED, JOB_SUCCEEDED, Event,
 )
@@ -208,9 +209,9 @@ def test_every_daemon_of_a_cluster_serves_its_metrics(cluster):
     assert sample(storage, "uds_storage_reads", "_total") + sample(storage, "uds_storage_file_requests",
                                                                      "_total") > 0
 
-    urls = [next(address for address in node["addresses"] if address.startswith("http://"))
-            for node in connection.nodes() if node["role"] == WORKER_ROLE and node["state"] == "alive"]
-    assert len(urls) == len(cluster.worker_names())
+    urls = [metrics_url(node) for node in connection.nodes()
+            if node["role"] == WORKER_ROLE and node["state"] == "alive"]
+    assert len(urls) == len(cluster.worker_names()) and None not in urls
     runs = fetches = reads = 0
     for url in urls:
         worker = scrape(url)

@@ -138,7 +138,7 @@ class WorkerNode:
 
     def _counter_figures(self) -> dict[str, int]:
         cache = self.host.cache.counters()
-        return {**self.counters, **self.core.counters, **prefixed("transport_", self.transport.counters.snapshot()),
+        return {**self.stats(), **prefixed("transport_", self.transport.counters.snapshot()),
                 "cache_bytes_fetched": cache.bytes_fetched, "cache_bytes_served": cache.bytes_served_from_cache,
                 "cache_evictions": cache.evictions, "cache_corrupt_files": cache.corrupt_files,
                 "cache_corrupt_blocks": cache.corrupt_blocks}
